@@ -1,0 +1,57 @@
+"""One RQ job function per processing step; each takes only the task id."""
+
+from __future__ import annotations
+
+from jobs.runner import StepContext, run_step
+from webapp.services import media, transcription
+
+
+def _extract_audio(ctx: StepContext) -> None:
+    media.extract_audio(ctx.source, ctx.artifacts / "audio.wav", ctx.duration, ctx.on_progress)
+
+
+def _transcribe(ctx: StepContext) -> None:
+    audio = ctx.artifacts / "audio.wav"
+    if not audio.is_file():
+        raise transcription.TranscriptionError("audio.wav is missing; run extract_audio first")
+    result = transcription.transcribe(audio, ctx.settings.whisper_model, ctx.on_progress,
+                                      cpu_threads=ctx.settings.whisper_threads)
+    transcription.write_json(result, ctx.artifacts / "transcript.json")
+    transcription.write_vtt(result, ctx.artifacts / "captions.vtt")
+    transcription.write_srt(result, ctx.artifacts / "captions.srt")
+
+
+def _thumbnails(ctx: StepContext) -> None:
+    media.make_poster(ctx.source, ctx.artifacts / "poster.jpg", ctx.duration)
+    ctx.on_progress(0.1)
+    media.make_storyboard(
+        ctx.source, ctx.artifacts / "storyboard.jpg", ctx.artifacts / "storyboard.vtt",
+        ctx.duration or 0.0, ctx.width or 0, ctx.height or 0,
+        on_progress=lambda f: ctx.on_progress(0.1 + 0.9 * f),
+    )
+
+
+def _transcode(ctx: StepContext) -> None:
+    media.transcode_preview(ctx.source, ctx.artifacts / "preview.mp4", ctx.duration,
+                            ctx.on_progress, has_audio=ctx.has_audio,
+                            threads=ctx.settings.ffmpeg_threads)
+
+
+def extract_audio(task_id: str) -> str:
+    """16 kHz mono WAV of the source's audio."""
+    return run_step(task_id, "extract_audio", _extract_audio)
+
+
+def transcribe(task_id: str) -> str:
+    """Transcript JSON plus VTT/SRT captions from the extracted audio."""
+    return run_step(task_id, "transcribe", _transcribe)
+
+
+def thumbnails(task_id: str) -> str:
+    """Poster frame and storyboard sprite with its VTT index."""
+    return run_step(task_id, "thumbnails", _thumbnails)
+
+
+def transcode(task_id: str) -> str:
+    """Small H.264/AAC MP4 preview with faststart."""
+    return run_step(task_id, "transcode", _transcode)

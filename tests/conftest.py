@@ -1,0 +1,120 @@
+"""Shared fixtures: a fresh database (SQLite and PostgreSQL), real Redis, app, client, workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from redis import Redis
+from sqlalchemy import text
+
+from webapp import create_app
+from webapp.config import PROJECT_ROOT, Settings
+from webapp.db import get_engine, session_factory
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = ("sqlite", "postgresql")
+
+
+def migrate(url: str) -> None:
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.attributes["database_url"] = url
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+
+
+@pytest.fixture(scope="session")
+def redis_conn() -> Redis:
+    conn = Redis.from_url(TEST_REDIS_URL)
+    conn.ping()  # a missing Redis is a failure, never a skip
+    conn.flushdb()
+    return conn
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    migrate(f"sqlite:///{path}")
+    get_engine(f"sqlite:///{path}").dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    engine = get_engine(TEST_POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS subtasks, processing_tasks, videos, "
+                          "alembic_version CASCADE"))
+    migrate(TEST_POSTGRES_URL)
+    return TEST_POSTGRES_URL
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request, tmp_path) -> str:
+    """A migrated, empty database on each backend in turn."""
+    if request.param == "sqlite":
+        path = tmp_path / "vidpipe.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgres_url")
+    with get_engine(url).begin() as conn:
+        conn.execute(text("TRUNCATE videos, processing_tasks, subtasks CASCADE"))
+    return url
+
+
+@pytest.fixture
+def settings(database_url, tmp_path, redis_conn, monkeypatch) -> Settings:
+    """Settings exported to the environment too, so worker processes see the same ones."""
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": TEST_REDIS_URL,
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "QUEUE_NAME": f"test-{uuid.uuid4().hex[:12]}",
+        "PROGRESS_INTERVAL": "0.2",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env()
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    yield app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def db_session(settings):
+    with session_factory(settings.database_url)() as session:
+        yield session
+
+
+def run_worker(burst: bool = True, timeout: float = 240, **popen) -> subprocess.CompletedProcess:
+    """Run a real RQ worker process (`python -m jobs.worker --burst`) until the queue is empty."""
+    cmd = [sys.executable, "-m", "jobs.worker", "--burst"]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False, **popen)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def start_worker() -> subprocess.Popen:
+    """A long-running worker process; the caller stops it."""
+    return subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

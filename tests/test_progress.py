@@ -1,0 +1,152 @@
+"""The progress service: weighted totals, state transitions, monotonic progress, throttling."""
+
+from __future__ import annotations
+
+import pytest
+
+from webapp.config import DEFAULT_WEIGHTS, STEPS
+from webapp.models import ProcessingTask, Video
+from webapp.services import progress
+
+
+def make_video(session, **kw) -> Video:
+    fields = dict(original_filename="clip.mp4", stored_name="source.mp4", size_bytes=10,
+                  format_name="mov,mp4", duration=4.0, width=320, height=240,
+                  has_audio=True, has_video=True)
+    fields.update(kw)
+    video = Video(**fields)
+    session.add(video)
+    session.commit()
+    return video
+
+
+def make_task(session, video, skipped=None, reused=()) -> ProcessingTask:
+    task = progress.new_task(video, "run_sync", DEFAULT_WEIGHTS, skipped or {}, reused)
+    session.add(task)
+    session.commit()
+    return task
+
+
+def view(session, task_id) -> progress.ProgressView:
+    session.expire_all()
+    return progress.task_view(session.get(ProcessingTask, task_id))
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        ([(10, "pending", 0), (50, "pending", 0), (10, "pending", 0), (30, "pending", 0)], 0.0),
+        ([(10, "completed", 0), (50, "running", 50), (10, "pending", 0), (30, "running", 10)],
+         10 + 25 + 3),
+        ([(10, "skipped", 0), (50, "skipped", 0), (10, "completed", 100),
+          (30, "completed", 100)], 100.0),
+        ([(1, "completed", 100), (1, "failed", 40)], 70.0),
+        ([(1, "running", 100), (1, "completed", 100)], 99.99),  # 100 only when all are done
+        ([], 0.0),
+    ],
+)
+def test_weighted_total(parts, expected):
+    assert progress.weighted_total(parts) == pytest.approx(expected)
+
+
+def test_initial_view_lists_every_step_pending():
+    v = progress.initial_view("vid", DEFAULT_WEIGHTS)
+    assert (v.status, v.progress, v.task_id, v.eta_seconds) == ("pending", 0.0, None, None)
+    assert [(s.name, s.status, s.progress, s.weight) for s in v.subtasks] == [
+        (name, "pending", 0.0, DEFAULT_WEIGHTS[name]) for name in STEPS
+    ]
+
+
+def test_new_task_marks_skipped_and_reused_steps(db_session):
+    video = make_video(db_session, has_video=False, width=None, height=None)
+    task = make_task(db_session, video,
+                     skipped={"thumbnails": "no video stream", "transcode": "no video stream"},
+                     reused=["extract_audio"])
+    v = view(db_session, task.id)
+    states = {s.name: (s.status, s.reused) for s in v.subtasks}
+    assert states == {"extract_audio": ("completed", True), "transcribe": ("pending", False),
+                      "thumbnails": ("skipped", False), "transcode": ("skipped", False)}
+    assert v.status == "queued"
+    assert v.progress == 50.0  # 10 reused + 40 skipped out of 100
+
+
+def test_task_with_nothing_to_run_is_completed_at_once(db_session):
+    video = make_video(db_session)
+    task = make_task(db_session, video, reused=STEPS)
+    assert view(db_session, task.id).status == "completed"
+    assert view(db_session, task.id).progress == 100.0
+
+
+def test_run_of_a_task_moves_forward_and_completes(db_session):
+    task = make_task(db_session, make_video(db_session))
+    totals = []
+    for step in STEPS:
+        assert progress.start_subtask(db_session, task.id, step)
+        assert view(db_session, task.id).status == "running"
+        for pct in (20, 60, 40, 90):  # 40 arrives late and must not move progress back
+            progress.report_progress(db_session, task.id, step, pct)
+            totals.append(view(db_session, task.id).progress)
+        sub = next(s for s in view(db_session, task.id).subtasks if s.name == step)
+        assert (sub.status, sub.progress, sub.attempt) == ("running", 90.0, 1)
+        progress.finish_subtask(db_session, task.id, step, "completed")
+        totals.append(view(db_session, task.id).progress)
+    assert totals == sorted(totals)
+    final = view(db_session, task.id)
+    assert (final.status, final.progress, final.error) == ("completed", 100.0, None)
+    assert final.finished_at is not None and final.started_at is not None
+    assert all(s.finished_at >= s.started_at for s in final.subtasks)
+
+
+def test_failed_step_fails_the_task_once_all_steps_ended(db_session):
+    task = make_task(db_session, make_video(db_session))
+    progress.start_subtask(db_session, task.id, "extract_audio")
+    progress.finish_subtask(db_session, task.id, "extract_audio", "failed", "ffmpeg failed: boom")
+    assert view(db_session, task.id).status == "running"  # other steps still to come
+    progress.finish_subtask(db_session, task.id, "transcribe", "cancelled",
+                            "not run because extract_audio failed")
+    for step in ("thumbnails", "transcode"):
+        progress.start_subtask(db_session, task.id, step)
+        progress.finish_subtask(db_session, task.id, step, "completed")
+    final = view(db_session, task.id)
+    assert final.status == "failed"
+    assert "extract_audio: ffmpeg failed: boom" in final.error
+    assert final.progress < 100
+
+
+def test_cancel_freezes_the_task_against_late_writes(db_session):
+    task = make_task(db_session, make_video(db_session))
+    progress.start_subtask(db_session, task.id, "transcode")
+    progress.report_progress(db_session, task.id, "transcode", 30)
+    assert progress.cancel_task(db_session, task.id, "cancelled by request")
+    db_session.commit()
+    assert not progress.cancel_task(db_session, task.id, "again")
+    # a job that did not notice yet keeps reporting and finishing
+    progress.report_progress(db_session, task.id, "transcode", 80)
+    progress.finish_subtask(db_session, task.id, "transcode", "completed")
+    assert not progress.start_subtask(db_session, task.id, "thumbnails")
+    v = view(db_session, task.id)
+    assert v.status == "cancelled"
+    assert {s.status for s in v.subtasks} == {"cancelled"}
+    assert next(s for s in v.subtasks if s.name == "transcode").progress == 30.0
+
+
+def test_eta_from_progress_rate(db_session):
+    from datetime import timedelta
+
+    task = make_task(db_session, make_video(db_session))
+    progress.start_subtask(db_session, task.id, "transcode")
+    task = db_session.get(ProcessingTask, task.id)
+    db_session.refresh(task)
+    now = task.started_at + timedelta(seconds=30)
+    assert progress.estimate_eta(task, 25.0, now) == pytest.approx(90.0)
+    assert progress.estimate_eta(task, 0.0, now) is None
+
+
+def test_reporter_throttles_writes_but_keeps_moving():
+    clock = iter([0.0, 0.1, 0.2, 0.6, 0.7, 1.3, 1.4]).__next__
+    written = []
+    reporter = progress.ProgressReporter(written.append, min_interval=0.5, clock=clock)
+    for fraction in (0.1, 0.2, 0.3, 0.4, 0.35, 0.5, 0.6):
+        reporter(fraction)
+    assert written == [10.0, 40.0, 50.0]
+    assert reporter.writes == 3

@@ -1,0 +1,32 @@
+"""The vidpipe Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from webapp.config import PROJECT_ROOT, Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app; tests pass their own Settings, everyone else gets the environment's."""
+    settings = settings or Settings.from_env()
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+        instance_path=str(PROJECT_ROOT / "instance"),
+    )
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    # Uploads stream to disk; keep werkzeug from buffering big form parts in memory.
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from webapp import api, extensions, health
+
+    extensions.init_app(app, settings)
+    api.init_app(app)
+    app.register_blueprint(health.bp)
+    return app

@@ -1,0 +1,68 @@
+"""The JSON API: flask-smorest setup, one JSON error shape, and the v1 blueprints."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, request
+from flask_smorest import Api as SmorestApi
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from webapp.api.schemas import ErrorSchema
+from webapp.services.errors import ServiceError
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api"
+
+
+class Api(SmorestApi):
+    """flask-smorest's Api with our error schema, and JSON errors only under /api."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error: HTTPException):
+        if not request.path.startswith(API_PREFIX):
+            return error  # HTML pages keep Flask's (or the UI's) HTML errors
+        data = getattr(error, "data", None) or {}
+        message = data.get("message") or error.description or error.name
+        if isinstance(error, InternalServerError):
+            message = "internal server error; the details are in the server log"
+        payload = {"code": error.code, "status": error.name, "message": message}
+        errors = data.get("errors") or data.get("messages")
+        if errors:
+            payload["errors"] = errors
+        for key, value in (data.get("extra") or {}).items():
+            payload[key] = value
+        return payload, error.code, data.get("headers", {})
+
+
+api = Api()
+
+
+def handle_service_error(error: ServiceError):
+    """Domain errors become the same JSON shape, with their status code."""
+    from http import HTTPStatus
+
+    payload = {"code": error.status, "status": HTTPStatus(error.status).phrase,
+               "message": error.message, **error.extra}
+    return payload, error.status
+
+
+def init_app(app: Flask) -> None:
+    from webapp.api import processing, videos
+
+    app.config.setdefault("API_TITLE", "vidpipe")
+    app.config.setdefault("API_VERSION", "v1")
+    app.config.setdefault("OPENAPI_VERSION", "3.0.3")
+    app.config.setdefault("OPENAPI_URL_PREFIX", API_PREFIX)
+    app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
+    app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "docs")
+    app.config.setdefault("OPENAPI_SWAGGER_UI_URL", "/static/vendor/swagger-ui/")
+    app.config.setdefault("API_SPEC_OPTIONS", {
+        "info": {"description": "Upload media, process it in background workers, "
+                                "follow weighted progress, fetch the results."},
+    })
+    api.init_app(app)
+    api.register_blueprint(videos.blp, url_prefix=f"{API_PREFIX}/v1")
+    api.register_blueprint(processing.blp, url_prefix=f"{API_PREFIX}/v1")
+    app.register_error_handler(ServiceError, handle_service_error)

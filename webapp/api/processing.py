@@ -1,0 +1,84 @@
+"""Processing runs of a video: trigger (202), follow progress, cancel."""
+
+from __future__ import annotations
+
+from flask import url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from webapp import extensions as ext
+from webapp.api.schemas import (
+    AsyncTaskSchema,
+    ForceBodySchema,
+    ForceQuerySchema,
+    TaskProgressSchema,
+)
+from webapp.api.videos import find_video
+from webapp.services import processing, progress
+
+blp = Blueprint("processing", __name__, description="Run the pipeline and follow its progress")
+
+_MESSAGES = {
+    "run_sync": "processing started; steps whose outputs already exist are kept",
+    "reprocess": "reprocessing started; every step runs again",
+}
+
+
+def _trigger(video_id: str, mode: str, query: dict, body: dict):
+    video = find_video(video_id)
+    force = bool(query.get("force") or body.get("force"))
+    task = processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
+                              video.id, mode, force=force)
+    url = url_for("processing.Progress", video_id=video.id)
+    message = _MESSAGES[mode] if task.status != "completed" else "nothing to do: all outputs exist"
+    payload = {"task_id": task.id, "video_id": video.id, "status": task.status,
+               "message": message, "progress_url": url}
+    return payload, 202, {"Location": url}
+
+
+def _trigger_docs(view):
+    for code in ("NOT_FOUND", "CONFLICT", "SERVICE_UNAVAILABLE"):
+        view = blp.alt_response({"NOT_FOUND": 404, "CONFLICT": 409,
+                                 "SERVICE_UNAVAILABLE": 503}[code], response=code)(view)
+    return view
+
+
+@blp.route("/videos/<string:video_id>/run_sync")
+class RunSync(MethodView):
+    @blp.arguments(ForceQuerySchema, location="query")
+    @blp.arguments(ForceBodySchema, location="json", required=False)
+    @blp.response(202, AsyncTaskSchema)
+    @_trigger_docs
+    def post(self, query, body, video_id):
+        """Process the video in the background, keeping outputs that already exist"""
+        return _trigger(video_id, "run_sync", query, body)
+
+
+@blp.route("/videos/<string:video_id>/reprocess")
+class Progress(MethodView):
+    @blp.response(200, TaskProgressSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, video_id):
+        """Weighted total progress and every step of the latest run"""
+        video = find_video(video_id)
+        return progress.video_progress(ext.db(), video, ext.settings().weights)
+
+    @blp.arguments(ForceQuerySchema, location="query")
+    @blp.arguments(ForceBodySchema, location="json", required=False)
+    @blp.response(202, AsyncTaskSchema)
+    @_trigger_docs
+    def post(self, query, body, video_id):
+        """Process the video again from scratch, in the background"""
+        return _trigger(video_id, "reprocess", query, body)
+
+
+@blp.route("/videos/<string:video_id>/cancel")
+class Cancel(MethodView):
+    @blp.response(200, TaskProgressSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
+    def post(self, video_id):
+        """Stop the active run: running steps are stopped, waiting ones cancelled"""
+        video = find_video(video_id)
+        task = processing.cancel(ext.db(), ext.redis(), video.id)
+        return progress.task_view(task)

@@ -1,0 +1,106 @@
+"""Marshmallow schemas of the JSON API (requests, responses, errors)."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from flask_smorest.fields import Upload
+from marshmallow import fields, validate
+
+from webapp.models import SUBTASK_STATUSES, TASK_STATUSES
+
+
+class ErrorSchema(ma.Schema):
+    """Every error answer of /api: `code`, `status`, `message`, and details where useful."""
+
+    code = fields.Integer(required=True, metadata={"description": "HTTP status code"})
+    status = fields.String(required=True, metadata={"description": "HTTP status name"})
+    message = fields.String(required=True, metadata={"description": "What went wrong"})
+    errors = fields.Dict(metadata={"description": "Validation errors by location and field"})
+    task_id = fields.String(
+        allow_none=True, metadata={"description": "On 409: the task that is already active"}
+    )
+
+
+class UploadSchema(ma.Schema):
+    file = Upload(required=True, metadata={"description": "The audio or video file"})
+
+
+class ForceQuerySchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    force = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Cancel an active task and start a new one instead of 409"},
+    )
+
+
+class ForceBodySchema(ma.Schema):
+    force = fields.Boolean(load_default=False, metadata={"description": "Same as the query flag"})
+
+
+class SubTaskProgressSchema(ma.Schema):
+    name = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(SUBTASK_STATUSES))
+    progress = fields.Float(required=True, metadata={"description": "0-100"})
+    weight = fields.Float(required=True, metadata={"description": "Share of the total"})
+    attempt = fields.Integer(required=True, metadata={"description": "1 on the first try"})
+    reused = fields.Boolean(
+        required=True, metadata={"description": "Output kept from an earlier run (run_sync)"}
+    )
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    error = fields.String(allow_none=True, metadata={"description": "Why it failed or skipped"})
+
+
+class TaskProgressSchema(ma.Schema):
+    video_id = fields.String(required=True)
+    task_id = fields.String(allow_none=True, metadata={"description": "null before any run"})
+    mode = fields.String(allow_none=True, metadata={"description": "run_sync or reprocess"})
+    status = fields.String(required=True, validate=validate.OneOf(TASK_STATUSES))
+    progress = fields.Float(required=True, metadata={"description": "Weighted total, 0-100"})
+    subtasks = fields.List(fields.Nested(SubTaskProgressSchema), required=True)
+    created_at = fields.DateTime(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    error = fields.String(allow_none=True)
+    eta_seconds = fields.Float(allow_none=True, metadata={"description": "null when unknown"})
+
+
+class AsyncTaskSchema(ma.Schema):
+    task_id = fields.String(required=True)
+    video_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(TASK_STATUSES))
+    message = fields.String(required=True)
+    progress_url = fields.String(required=True)
+
+
+class ProgressSummarySchema(ma.Schema):
+    task_id = fields.String(allow_none=True)
+    status = fields.String(required=True)
+    progress = fields.Float(required=True)
+
+
+class VideoSchema(ma.Schema):
+    id = fields.String(required=True)
+    original_filename = fields.String(required=True)
+    size_bytes = fields.Integer(required=True)
+    format_name = fields.String(required=True)
+    duration = fields.Float(allow_none=True, metadata={"description": "Seconds"})
+    width = fields.Integer(allow_none=True)
+    height = fields.Integer(allow_none=True)
+    has_audio = fields.Boolean(required=True)
+    has_video = fields.Boolean(required=True)
+    video_codec = fields.String(allow_none=True)
+    audio_codec = fields.String(allow_none=True)
+    created_at = fields.DateTime(required=True)
+    processing = fields.Nested(ProgressSummarySchema, required=True)
+    progress_url = fields.String(required=True)
+    artifacts_url = fields.String(required=True)
+
+
+class ArtifactSchema(ma.Schema):
+    name = fields.String(required=True)
+    size_bytes = fields.Integer(required=True)
+    mime_type = fields.String(required=True)
+    url = fields.String(required=True)

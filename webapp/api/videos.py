@@ -1,0 +1,110 @@
+"""Videos and their artifacts: upload, list, show, delete, download."""
+
+from __future__ import annotations
+
+from flask import send_file, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from webapp import extensions as ext
+from webapp.api.schemas import ArtifactSchema, UploadSchema, VideoSchema
+from webapp.models import Video
+from webapp.services import ingest, progress
+from webapp.services.errors import NotFound
+from webapp.services.processing import get_video
+from webapp.services.storage import is_valid_id
+
+blp = Blueprint("videos", __name__, description="Uploaded media and what was made of it")
+
+
+def find_video(video_id: str) -> Video:
+    """The video, or a 404 for unknown ids of any shape."""
+    if not is_valid_id(video_id):
+        raise NotFound(f"video {video_id} not found")
+    return get_video(ext.db(), video_id)
+
+
+def video_payload(video: Video) -> dict:
+    view = progress.video_progress(ext.db(), video, ext.settings().weights)
+    return {
+        **{c: getattr(video, c) for c in VideoSchema().fields if hasattr(video, c)},
+        "processing": {"task_id": view.task_id, "status": view.status, "progress": view.progress},
+        "progress_url": url_for("processing.Progress", video_id=video.id),
+        "artifacts_url": url_for("videos.Artifacts", video_id=video.id),
+    }
+
+
+@blp.route("/videos")
+class Videos(MethodView):
+    @blp.arguments(UploadSchema, location="files")
+    @blp.response(201, VideoSchema)
+    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
+    def post(self, files):
+        """Upload a video or audio file (multipart field `file`)"""
+        upload = files["file"]
+        video = ingest.ingest(ext.db(), ext.storage(), upload.stream, upload.filename)
+        return video_payload(video), 201, {"Location": url_for("videos.VideoById",
+                                                              video_id=video.id)}
+
+    @blp.response(200, VideoSchema(many=True))
+    @blp.paginate()
+    def get(self, pagination_parameters):
+        """List videos, newest first"""
+        videos, total = ingest.list_videos(
+            ext.db(), pagination_parameters.page, pagination_parameters.page_size
+        )
+        pagination_parameters.item_count = total
+        return [video_payload(v) for v in videos]
+
+
+@blp.route("/videos/<string:video_id>")
+class VideoById(MethodView):
+    @blp.response(200, VideoSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, video_id):
+        """Show one video with its latest processing summary"""
+        return video_payload(find_video(video_id))
+
+    @blp.response(204)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
+    def delete(self, video_id):
+        """Delete a video, its tasks and every file (409 while processing)"""
+        find_video(video_id)
+        ingest.delete_video(ext.db(), ext.storage(), video_id)
+
+
+@blp.route("/videos/<string:video_id>/artifacts")
+class Artifacts(MethodView):
+    @blp.response(200, ArtifactSchema(many=True))
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, video_id):
+        """List the outputs that exist for a video"""
+        video = find_video(video_id)
+        return [
+            {"name": a.name, "size_bytes": a.size_bytes, "mime_type": a.mime_type,
+             "url": url_for("videos.Artifact", video_id=video.id, name=a.name)}
+            for a in ext.storage().list_artifacts(video.id)
+        ]
+
+
+_FILE_RESPONSES = {
+    "200": {"description": "The file",
+            "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                 "format": "binary"}}}},
+    "206": {"description": "The requested byte range (HTTP Range)"},
+}
+
+
+@blp.route("/videos/<string:video_id>/artifacts/<string:name>")
+class Artifact(MethodView):
+    @blp.doc(responses=_FILE_RESPONSES)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, video_id, name):
+        """Download one output; supports HTTP Range so players can seek"""
+        video = find_video(video_id)
+        artifact = ext.storage().artifact(video.id, name)
+        if artifact is None:
+            raise NotFound(f"artifact {name!r} does not exist for video {video.id}")
+        return send_file(artifact.path, mimetype=artifact.mime_type, conditional=True,
+                         download_name=name, max_age=0)

@@ -1,0 +1,78 @@
+"""Settings read from the environment, with documented defaults (see README, "Configuration")."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+INSTANCE_DIR = PROJECT_ROOT / "instance"
+
+STEPS = ("extract_audio", "transcribe", "thumbnails", "transcode")
+DEFAULT_WEIGHTS = {"extract_audio": 10.0, "transcribe": 50.0, "thumbnails": 10.0, "transcode": 30.0}
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _weights_from_env() -> dict[str, float]:
+    weights = {}
+    for step in STEPS:
+        raw = _env(f"WEIGHT_{step.upper()}", str(DEFAULT_WEIGHTS[step]))
+        weights[step] = float(raw)
+        if weights[step] <= 0:
+            raise ValueError(f"WEIGHT_{step.upper()} must be > 0, got {raw!r}")
+    return weights
+
+
+@dataclass
+class Settings:
+    """Everything the web process and the workers need; both read it the same way."""
+
+    database_url: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "vidpipe"
+    media_root: Path = INSTANCE_DIR / "media"
+    max_upload_bytes: int = 2 * 1024**3
+    whisper_model: str = "tiny.en"
+    whisper_threads: int = 0
+    ffmpeg_threads: int = 0
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    progress_interval: float = 0.5
+    job_timeout_base: int = 300
+    job_timeout_per_second: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{INSTANCE_DIR / 'vidpipe.db'}"
+        self.media_root = Path(self.media_root)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Build settings from environment variables; keyword arguments win."""
+        values: dict[str, Any] = {
+            "database_url": _env("DATABASE_URL", ""),
+            "redis_url": _env("REDIS_URL", cls.redis_url),
+            "queue_name": _env("QUEUE_NAME", cls.queue_name),
+            "media_root": Path(_env("MEDIA_ROOT", str(INSTANCE_DIR / "media"))),
+            "max_upload_bytes": int(_env("MAX_UPLOAD_BYTES", str(cls.max_upload_bytes))),
+            "whisper_model": _env("WHISPER_MODEL", cls.whisper_model),
+            "whisper_threads": int(_env("WHISPER_THREADS", "0")),
+            "ffmpeg_threads": int(_env("FFMPEG_THREADS", "0")),
+            "weights": _weights_from_env(),
+            "progress_interval": float(_env("PROGRESS_INTERVAL", str(cls.progress_interval))),
+            "job_timeout_base": int(_env("JOB_TIMEOUT_BASE", str(cls.job_timeout_base))),
+            "job_timeout_per_second": float(
+                _env("JOB_TIMEOUT_PER_SECOND", str(cls.job_timeout_per_second))
+            ),
+        }
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        values.update(overrides)
+        return cls(**values)

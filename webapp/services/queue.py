@@ -1,0 +1,87 @@
+"""The RQ side of a task: enqueue its step jobs in dependency order, and stop them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Dependency, Job, JobStatus
+
+from webapp.config import STEPS, Settings
+from webapp.services.errors import QueueUnavailable
+
+log = logging.getLogger(__name__)
+
+# Steps that consume another step's output; RQ runs them after their parent ends,
+# whether it succeeded or not (the job itself decides to work or give up).
+NEEDS: dict[str, str] = {"transcribe": "extract_audio"}
+JOB_FUNCTIONS = {step: f"jobs.steps.{step}" for step in STEPS}
+
+
+def connect(redis_url: str) -> Redis:
+    """A Redis client that fails fast when the server is away."""
+    return Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10,
+                          health_check_interval=30)
+
+
+def job_id(task_id: str, step: str) -> str:
+    return f"{task_id}-{step}"
+
+
+def job_timeout(settings: Settings, duration: float | None) -> int:
+    """Seconds a step may run: a base plus a budget per second of media."""
+    return int(settings.job_timeout_base + settings.job_timeout_per_second * (duration or 0))
+
+
+def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id: str,
+                  steps: Iterable[str], duration: float | None) -> list[str]:
+    """Enqueue one job per step to run; returns the job ids. Raises QueueUnavailable."""
+    queue = Queue(settings.queue_name, connection=connection)
+    wanted = [s for s in STEPS if s in set(steps)]
+    ids = []
+    try:
+        for step in wanted:
+            parent = NEEDS.get(step)
+            depends = None
+            if parent in wanted:
+                depends = Dependency(jobs=[job_id(task_id, parent)], allow_failure=True,
+                                     enqueue_at_front=True)
+            queue.enqueue(
+                JOB_FUNCTIONS[step],
+                task_id,
+                job_id=job_id(task_id, step),
+                depends_on=depends,
+                job_timeout=job_timeout(settings, duration),
+                result_ttl=24 * 3600,
+                failure_ttl=7 * 24 * 3600,
+                description=f"{step} of video {video_id} (task {task_id})",
+                meta={"task_id": task_id, "video_id": video_id, "step": step},
+            )
+            ids.append(job_id(task_id, step))
+    except RedisError as exc:
+        raise QueueUnavailable(f"the job queue (Redis) is unavailable: {exc}") from exc
+    return ids
+
+
+def stop_jobs(connection: Redis, task_id: str) -> None:
+    """Cancel a task's waiting jobs and stop its running ones; best effort."""
+    for step in STEPS:
+        try:
+            job = Job.fetch(job_id(task_id, step), connection=connection)
+        except NoSuchJobError:
+            continue
+        except RedisError:
+            log.warning("could not reach Redis to stop jobs of task %s", task_id)
+            return
+        try:
+            if job.get_status(refresh=False) == JobStatus.STARTED:
+                send_stop_job_command(connection, job.id)
+            elif not job.is_finished and not job.is_failed:
+                job.cancel()
+        except (InvalidJobOperation, RedisError) as exc:
+            log.info("job %s not stopped: %s", job.id, exc)
