@@ -80,8 +80,11 @@ class Storage:
         return all(self.artifact(video_id, n) is not None for n in STEP_OUTPUTS[step])
 
     def remove_step_outputs(self, video_id: str, step: str) -> None:
+        """Delete a step's outputs, and the partial files an interrupted run may have left."""
         for name in STEP_OUTPUTS[step]:
-            self.artifact_path(video_id, name).unlink(missing_ok=True)
+            path = self.artifact_path(video_id, name)
+            path.unlink(missing_ok=True)
+            path.with_name(f".{path.stem}.part{path.suffix}").unlink(missing_ok=True)
 
     def staging_path(self) -> Path:
         """A fresh path for an upload that has not been accepted yet."""

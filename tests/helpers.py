@@ -1,0 +1,50 @@
+"""Small helpers shared by the API and pipeline tests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def upload(client, path: Path, name: str | None = None):
+    with open(path, "rb") as fh:
+        return client.post("/api/v1/videos", data={"file": (fh, name or path.name)},
+                           content_type="multipart/form-data")
+
+
+def upload_ok(client, path: Path, name: str | None = None) -> dict:
+    resp = upload(client, path, name)
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()
+
+
+def progress_of(client, video_id: str) -> dict:
+    resp = client.get(f"/api/v1/videos/{video_id}/reprocess")
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()
+
+
+def subtasks(state: dict) -> dict[str, dict]:
+    return {s["name"]: s for s in state["subtasks"]}
+
+
+def wait_for(predicate, timeout: float = 120, interval: float = 0.1):
+    """Poll until predicate() returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s; last value {value!r}")
+
+
+def assert_json_error(resp, status: int) -> dict:
+    assert resp.status_code == status, (resp.status_code, resp.data[:500])
+    assert resp.is_json, resp.data[:200]
+    body = resp.get_json()
+    assert body["code"] == status
+    assert isinstance(body["status"], str) and body["status"]
+    assert isinstance(body["message"], str) and body["message"]
+    return body

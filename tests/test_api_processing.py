@@ -1,0 +1,153 @@
+"""Processing API: trigger (202), conflicts (409), force, cancel, progress, Redis outage, race."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from tests import mediagen
+from tests.helpers import assert_json_error, progress_of, subtasks, upload_ok
+from webapp import create_app
+from webapp.config import STEPS, Settings
+from webapp.models import ProcessingTask
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return mediagen.make_video(tmp_path_factory.mktemp("m") / "clip.mp4", duration=2.0)
+
+
+@pytest.fixture
+def video_id(client, clip) -> str:
+    return upload_ok(client, clip)["id"]
+
+
+def job_status(redis_conn, task_id: str, step: str) -> JobStatus:
+    return Job.fetch(f"{task_id}-{step}", connection=redis_conn).get_status()
+
+
+def test_progress_before_any_run_is_the_initial_state(client, video_id):
+    state = progress_of(client, video_id)
+    assert state["task_id"] is None and state["status"] == "pending"
+    assert state["progress"] == 0 and state["eta_seconds"] is None
+    assert [(s["name"], s["status"], s["progress"]) for s in state["subtasks"]] == [
+        (name, "pending", 0) for name in STEPS]
+    assert sum(s["weight"] for s in state["subtasks"]) == 100
+
+
+@pytest.mark.parametrize("mode", ["run_sync", "reprocess"])
+def test_trigger_answers_202_and_enqueues_the_steps(client, settings, redis_conn, video_id, mode):
+    resp = client.post(f"/api/v1/videos/{video_id}/{mode}")
+    assert resp.status_code == 202
+    body = resp.get_json()
+    assert body["video_id"] == video_id and body["status"] == "queued" and body["message"]
+    assert body["progress_url"] == f"/api/v1/videos/{video_id}/reprocess"
+    assert resp.headers["Location"].endswith(body["progress_url"])
+    state = progress_of(client, video_id)
+    assert (state["task_id"], state["status"], state["mode"]) == (body["task_id"], "queued", mode)
+    queue = Queue(settings.queue_name, connection=redis_conn)
+    assert sorted(queue.job_ids) == sorted(
+        f"{body['task_id']}-{s}" for s in ("extract_audio", "thumbnails", "transcode"))
+    assert job_status(redis_conn, body["task_id"], "transcribe") == JobStatus.DEFERRED
+
+
+def test_second_trigger_is_409_naming_the_active_task(client, video_id):
+    first = client.post(f"/api/v1/videos/{video_id}/run_sync").get_json()
+    for mode in ("run_sync", "reprocess"):
+        body = assert_json_error(client.post(f"/api/v1/videos/{video_id}/{mode}"), 409)
+        assert body["task_id"] == first["task_id"]
+        assert first["task_id"] in body["message"]
+
+
+@pytest.mark.parametrize("how", ["query", "json"])
+def test_force_replaces_the_active_task(client, redis_conn, db_session, video_id, how):
+    first = client.post(f"/api/v1/videos/{video_id}/run_sync").get_json()
+    if how == "query":
+        resp = client.post(f"/api/v1/videos/{video_id}/reprocess?force=true")
+    else:
+        resp = client.post(f"/api/v1/videos/{video_id}/reprocess", json={"force": True})
+    assert resp.status_code == 202
+    second = resp.get_json()
+    assert second["task_id"] != first["task_id"]
+    old = db_session.get(ProcessingTask, first["task_id"])
+    assert old.status == "cancelled"
+    assert {s.status for s in old.subtasks} == {"cancelled"}
+    for step in STEPS:
+        assert job_status(redis_conn, first["task_id"], step) == JobStatus.CANCELED
+    assert progress_of(client, video_id)["task_id"] == second["task_id"]
+
+
+def test_force_without_an_active_task_just_starts(client, video_id):
+    assert client.post(f"/api/v1/videos/{video_id}/run_sync?force=true").status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"query_string": {"force": "maybe"}}, 422),
+        ({"json": {"force": "maybe"}}, 422),
+        ({"json": {"forse": True}}, 422),
+        ({"data": "{not json", "content_type": "application/json"}, 400),
+    ],
+)
+def test_bad_trigger_parameters_are_rejected(client, db_session, video_id, kwargs, status):
+    assert_json_error(client.post(f"/api/v1/videos/{video_id}/run_sync", **kwargs), status)
+    assert db_session.query(ProcessingTask).count() == 0
+
+
+def test_cancel_stops_the_active_task(client, redis_conn, video_id):
+    assert_json_error(client.post(f"/api/v1/videos/{video_id}/cancel"), 409)
+    task_id = client.post(f"/api/v1/videos/{video_id}/run_sync").get_json()["task_id"]
+    resp = client.post(f"/api/v1/videos/{video_id}/cancel")
+    assert resp.status_code == 200
+    state = resp.get_json()
+    assert (state["task_id"], state["status"]) == (task_id, "cancelled")
+    assert {s["status"] for s in state["subtasks"]} == {"cancelled"}
+    assert all(job_status(redis_conn, task_id, s) == JobStatus.CANCELED for s in STEPS)
+    assert_json_error(client.post(f"/api/v1/videos/{video_id}/cancel"), 409)
+    assert client.post(f"/api/v1/videos/{video_id}/run_sync").status_code == 202
+
+
+def test_audio_only_video_skips_picture_steps(client, tmp_path):
+    audio = mediagen.make_audio_only(tmp_path / "a.m4a", "hello there")
+    vid = upload_ok(client, audio)["id"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    subs = subtasks(progress_of(client, vid))
+    assert subs["thumbnails"]["status"] == subs["transcode"]["status"] == "skipped"
+    assert subs["thumbnails"]["error"] == "no video stream"
+    assert progress_of(client, vid)["progress"] == 40.0
+
+
+def test_triggers_with_redis_down_are_503_and_leave_no_task(settings, db_session, clip):
+    down = create_app(Settings.from_env(redis_url="redis://127.0.0.1:1/0")).test_client()
+    vid = upload_ok(down, clip)["id"]
+    body = assert_json_error(down.post(f"/api/v1/videos/{vid}/run_sync"), 503)
+    assert "Redis" in body["message"]
+    assert db_session.query(ProcessingTask).count() == 0
+    assert progress_of(down, vid)["status"] == "pending"
+
+
+def test_twenty_simultaneous_triggers_give_exactly_one_202(app, video_id, db_session):
+    barrier = threading.Barrier(20)
+    results: list[tuple[int, dict]] = []
+
+    def trigger(mode: str) -> None:
+        client = app.test_client()
+        barrier.wait()
+        resp = client.post(f"/api/v1/videos/{video_id}/{mode}")
+        results.append((resp.status_code, resp.get_json()))
+
+    threads = [threading.Thread(target=trigger, args=("run_sync" if i % 2 else "reprocess",))
+               for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    codes = sorted(code for code, _ in results)
+    assert codes == [202] + [409] * 19, codes
+    winner = next(body["task_id"] for code, body in results if code == 202)
+    assert {body["task_id"] for code, body in results if code == 409} == {winner}
+    assert db_session.query(ProcessingTask).count() == 1

@@ -1,0 +1,196 @@
+"""Videos API: upload, list, show, delete, artifacts, errors, OpenAPI and health."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests import mediagen
+from tests.helpers import assert_json_error, upload, upload_ok
+from webapp import create_app
+from webapp.config import Settings
+from webapp.models import ProcessingTask, Video
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return mediagen.make_video(tmp_path_factory.mktemp("m") / "clip.mp4", duration=2.0)
+
+
+@pytest.fixture(scope="module")
+def speech_m4a(tmp_path_factory):
+    return mediagen.make_audio_only(tmp_path_factory.mktemp("m") / "hello.m4a", "hello world")
+
+
+def media_files(settings) -> list[str]:
+    root = settings.media_root
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_upload_probes_and_stores_the_file(client, settings, clip, db_session):
+    resp = upload(client, clip, "My clip.mp4")
+    assert resp.status_code == 201
+    body = resp.get_json()
+    assert resp.headers["Location"].endswith(f"/api/v1/videos/{body['id']}")
+    assert body["original_filename"] == "My clip.mp4"
+    assert body["size_bytes"] == clip.stat().st_size
+    assert body["duration"] == pytest.approx(2.0, abs=0.1)
+    assert (body["width"], body["height"]) == (320, 240)
+    assert body["has_audio"] and body["has_video"]
+    assert body["processing"] == {"task_id": None, "status": "pending", "progress": 0.0}
+    assert body["progress_url"] == f"/api/v1/videos/{body['id']}/reprocess"
+    assert media_files(settings) == [f"videos/{body['id']}/source.mp4"]
+    assert db_session.get(Video, body["id"]) is not None
+
+
+def test_audio_only_upload_is_accepted(client, speech_m4a):
+    body = upload_ok(client, speech_m4a)
+    assert body["has_audio"] and not body["has_video"]
+    assert body["width"] is None
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "why"),
+    [
+        (b"this is not a video\n" * 50, "notes.mp4", "not a playable"),
+        (b"", "empty.mp4", "empty"),
+        (bytes(range(256)) * 40, "noise.mkv", "not a playable"),
+    ],
+)
+def test_non_media_upload_is_422_and_leaves_nothing(client, settings, db_session, tmp_path,
+                                                   content, name, why):
+    path = tmp_path / name
+    path.write_bytes(content)
+    body = assert_json_error(upload(client, path), 422)
+    assert why in body["message"]
+    assert db_session.query(Video).count() == 0
+    assert media_files(settings) == []
+
+
+def test_image_upload_is_rejected(client, tmp_path, settings):
+    png = tmp_path / "still.png"
+    os.system(f"ffmpeg -loglevel error -f lavfi -i color=red:s=64x64 -frames:v 1 {png}")
+    assert_json_error(upload(client, png), 422)
+    assert media_files(settings) == []
+
+
+def test_upload_without_file_field_is_422(client):
+    resp = client.post("/api/v1/videos", data={"other": "x"}, content_type="multipart/form-data")
+    body = assert_json_error(resp, 422)
+    assert "file" in json.dumps(body["errors"])
+
+
+def test_upload_over_the_limit_is_413(settings, clip):
+    small = Settings.from_env(max_upload_bytes=1000)
+    client = create_app(small).test_client()
+    body = assert_json_error(upload(client, clip), 413)
+    assert body["message"]
+    assert media_files(settings) == []
+
+
+def test_list_is_paginated_newest_first(client, clip):
+    ids = [upload_ok(client, clip, f"v{i}.mp4")["id"] for i in range(3)]
+    resp = client.get("/api/v1/videos?page=1&page_size=2")
+    assert resp.status_code == 200
+    assert [v["id"] for v in resp.get_json()] == ids[::-1][:2]
+    pagination = json.loads(resp.headers["X-Pagination"])
+    assert pagination["total"] == 3 and pagination["total_pages"] == 2
+    page2 = client.get("/api/v1/videos?page=2&page_size=2").get_json()
+    assert [v["id"] for v in page2] == [ids[0]]
+    assert_json_error(client.get("/api/v1/videos?page=0"), 422)
+
+
+@pytest.mark.parametrize(
+    "video_id",
+    ["00000000-0000-4000-8000-000000000000", "abc", "1", "..%2F..%2Fetc", "ABC-" * 20],
+)
+def test_unknown_ids_of_any_shape_are_json_404(client, video_id):
+    for path in ("", "/reprocess", "/artifacts", "/artifacts/poster.jpg"):
+        assert_json_error(client.get(f"/api/v1/videos/{video_id}{path}"), 404)
+    for path in ("/run_sync", "/reprocess", "/cancel"):
+        assert_json_error(client.post(f"/api/v1/videos/{video_id}{path}"), 404)
+    assert_json_error(client.delete(f"/api/v1/videos/{video_id}"), 404)
+
+
+def test_unknown_artifact_and_traversal_are_404(client, clip):
+    vid = upload_ok(client, clip)["id"]
+    for name in ("poster.jpg", "source.mp4", "..%2Fsource.mp4", "../source.mp4", "x.txt"):
+        assert client.get(f"/api/v1/videos/{vid}/artifacts/{name}").status_code == 404
+    assert client.get(f"/api/v1/videos/{vid}/artifacts").get_json() == []
+
+
+def test_delete_removes_row_tasks_and_files(client, settings, clip, db_session, redis_conn):
+    vid = upload_ok(client, clip)["id"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    body = assert_json_error(client.delete(f"/api/v1/videos/{vid}"), 409)
+    task_id = body["task_id"]
+    assert client.post(f"/api/v1/videos/{vid}/cancel").status_code == 200
+    assert client.delete(f"/api/v1/videos/{vid}").status_code == 204
+    db_session.expire_all()
+    assert db_session.get(Video, vid) is None
+    assert db_session.get(ProcessingTask, task_id) is None
+    assert media_files(settings) == []
+    assert_json_error(client.get(f"/api/v1/videos/{vid}"), 404)
+
+
+def test_wrong_method_is_json_405(client):
+    assert_json_error(client.put("/api/v1/videos"), 405)
+    assert_json_error(client.get("/api/v1/nothing-here"), 404)
+
+
+def test_unexpected_error_is_json_500_without_traceback(app, client, monkeypatch):
+    from webapp.services import ingest
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(ingest, "list_videos", broken)
+    app.config["TESTING"] = False
+    body = assert_json_error(client.get("/api/v1/videos"), 500)
+    assert "secret" not in json.dumps(body) and "Traceback" not in json.dumps(body)
+
+
+def test_openapi_documents_every_endpoint(client):
+    spec = client.get("/api/openapi.json").get_json()
+    paths = spec["paths"]
+    expected = {
+        "/api/v1/videos": {"get", "post"},
+        "/api/v1/videos/{video_id}": {"get", "delete"},
+        "/api/v1/videos/{video_id}/run_sync": {"post"},
+        "/api/v1/videos/{video_id}/reprocess": {"get", "post"},
+        "/api/v1/videos/{video_id}/cancel": {"post"},
+        "/api/v1/videos/{video_id}/artifacts": {"get"},
+        "/api/v1/videos/{video_id}/artifacts/{name}": {"get"},
+    }
+    for path, methods in expected.items():
+        assert set(paths[path]) >= methods, path
+    assert set(paths["/api/v1/videos/{video_id}/run_sync"]["post"]["responses"]) >= {
+        "202", "404", "409", "422", "503"}
+    schemas = spec["components"]["schemas"]
+    assert {"AsyncTask", "TaskProgress", "SubTaskProgress", "Video", "Error"} <= set(schemas)
+
+
+def test_docs_page_uses_only_vendored_assets(client):
+    page = client.get("/api/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in html
+    assert "//cdn" not in html and "unpkg" not in html and "jsdelivr" not in html
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js"):
+        assert client.get(f"/static/vendor/swagger-ui/{asset}").status_code == 200
+
+
+def test_healthz_reports_database_and_redis(client):
+    resp = client.get("/healthz")
+    assert resp.status_code == 200
+    assert resp.get_json()["checks"] == {"database": "ok", "redis": "ok"}
+
+
+def test_healthz_names_redis_when_it_is_down(settings):
+    app = create_app(Settings.from_env(redis_url="redis://127.0.0.1:1/0"))
+    resp = app.test_client().get("/healthz")
+    assert resp.status_code == 503
+    assert resp.get_json()["checks"]["redis"].startswith("down")
+    assert resp.get_json()["checks"]["database"] == "ok"

@@ -1,0 +1,238 @@
+"""End to end: real uploads processed by real RQ workers with ffmpeg and whisper."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import ffmpeg
+import pytest
+import srt
+from rq.job import Job, JobStatus
+
+from tests import mediagen
+from tests.conftest import run_worker, start_worker
+from tests.helpers import progress_of, subtasks, upload_ok, wait_for
+from webapp.services.storage import ARTIFACT_NAMES
+
+pytestmark = pytest.mark.e2e
+
+SENTENCE = "Hello and welcome. Please call me tomorrow morning about the weather report."
+VTT_TIME = r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}"
+
+
+@pytest.fixture(scope="module")
+def speech_video(tmp_path_factory):
+    return mediagen.make_speech_video(tmp_path_factory.mktemp("m") / "talk.mp4", SENTENCE,
+                                      size="640x360")
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def artifact(client, vid: str, name: str, **kw):
+    return client.get(f"/api/v1/videos/{vid}/artifacts/{name}", **kw)
+
+
+def test_speech_video_is_processed_into_every_artifact(client, speech_video, tmp_path):
+    vid = upload_ok(client, speech_video)["id"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    run_worker()
+    state = progress_of(client, vid)
+    assert (state["status"], state["progress"], state["error"]) == ("completed", 100, None)
+    assert all(s["status"] == "completed" and s["attempt"] == 1 for s in state["subtasks"])
+    listed = client.get(f"/api/v1/videos/{vid}/artifacts").get_json()
+    assert sorted(a["name"] for a in listed) == sorted(ARTIFACT_NAMES)
+    assert all(a["size_bytes"] > 0 for a in listed)
+
+    transcript = artifact(client, vid, "transcript.json").get_json()
+    assert transcript["language"] == "en"
+    expected = words(SENTENCE)
+    assert len(expected & words(transcript["text"])) >= 0.8 * len(expected), transcript["text"]
+    ends = [s["end"] for s in transcript["segments"]]
+    assert ends == sorted(ends) and ends[-1] <= transcript["duration"] + 0.5
+
+    vtt = artifact(client, vid, "captions.vtt").get_data(as_text=True)
+    assert vtt.startswith("WEBVTT")
+    assert len(re.findall(VTT_TIME, vtt)) == len(transcript["segments"])
+    cues = list(srt.parse(artifact(client, vid, "captions.srt").get_data(as_text=True)))
+    assert [c.content.strip() for c in cues] == [s["text"] for s in transcript["segments"]]
+
+    preview = tmp_path / "preview.mp4"
+    preview.write_bytes(artifact(client, vid, "preview.mp4").data)
+    streams = {s["codec_type"]: s for s in ffmpeg.probe(str(preview))["streams"]}
+    assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
+    assert int(streams["video"]["height"]) == 360
+
+    audio = tmp_path / "audio.wav"
+    audio.write_bytes(artifact(client, vid, "audio.wav").data)
+    astream = ffmpeg.probe(str(audio))["streams"][0]
+    assert (astream["sample_rate"], astream["channels"]) == ("16000", 1)
+
+    board = artifact(client, vid, "storyboard.vtt").get_data(as_text=True)
+    tiles = re.findall(r"storyboard\.jpg#xywh=(\d+),(\d+),(\d+),(\d+)", board)
+    assert len(tiles) >= 2
+    assert artifact(client, vid, "poster.jpg").mimetype == "image/jpeg"
+
+
+def test_artifacts_support_range_requests(client, speech_video):
+    vid = upload_ok(client, speech_video)["id"]
+    client.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    full = artifact(client, vid, "preview.mp4")
+    assert full.headers["Accept-Ranges"] == "bytes"
+    part = artifact(client, vid, "preview.mp4", headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206
+    assert part.headers["Content-Range"] == f"bytes 100-199/{len(full.data)}"
+    assert part.data == full.data[100:200]
+    assert artifact(client, vid, "captions.vtt").mimetype == "text/vtt"
+
+
+def test_video_without_audio_skips_audio_steps(client, tmp_path):
+    silent = mediagen.make_video(tmp_path / "silent.mp4", duration=3.0, audio=False)
+    vid = upload_ok(client, silent)["id"]
+    client.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    state = progress_of(client, vid)
+    subs = subtasks(state)
+    assert state["status"] == "completed" and state["progress"] == 100
+    assert subs["extract_audio"]["status"] == subs["transcribe"]["status"] == "skipped"
+    names = {a["name"] for a in client.get(f"/api/v1/videos/{vid}/artifacts").get_json()}
+    assert names == {"poster.jpg", "storyboard.jpg", "storyboard.vtt", "preview.mp4"}
+
+
+def test_audio_only_file_is_transcribed(client, tmp_path):
+    audio = mediagen.make_audio_only(tmp_path / "voice.m4a", SENTENCE)
+    vid = upload_ok(client, audio)["id"]
+    client.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    state = progress_of(client, vid)
+    assert state["status"] == "completed"
+    names = {a["name"] for a in client.get(f"/api/v1/videos/{vid}/artifacts").get_json()}
+    assert names == {"audio.wav", "transcript.json", "captions.vtt", "captions.srt"}
+    text = artifact(client, vid, "transcript.json").get_json()["text"]
+    assert {"call", "tomorrow", "morning", "weather"} <= words(text)
+
+
+def test_failed_step_is_reported_and_run_sync_resumes_only_it(client, speech_video, monkeypatch):
+    vid = upload_ok(client, speech_video)["id"]
+    monkeypatch.setenv("WHISPER_MODEL", "/nonexistent/model")
+    client.post(f"/api/v1/videos/{vid}/reprocess")
+    run_worker()
+    state = progress_of(client, vid)
+    subs = subtasks(state)
+    assert state["status"] == "failed"
+    assert subs["transcribe"]["status"] == "failed"
+    assert "unknown whisper model" in subs["transcribe"]["error"]
+    assert "Traceback" not in subs["transcribe"]["error"]
+    assert "transcribe" in state["error"]
+    assert all(subs[s]["status"] == "completed" for s in ("extract_audio", "thumbnails",
+                                                           "transcode"))
+    assert state["progress"] == 50
+
+    monkeypatch.delenv("WHISPER_MODEL")
+    resumed = client.post(f"/api/v1/videos/{vid}/run_sync").get_json()
+    subs = subtasks(progress_of(client, vid))
+    assert [n for n, s in subs.items() if s["reused"]] == ["extract_audio", "thumbnails",
+                                                           "transcode"]
+    assert subs["transcribe"]["status"] == "pending"
+    run_worker()
+    state = progress_of(client, vid)
+    assert (state["task_id"], state["status"], state["progress"]) == (
+        resumed["task_id"], "completed", 100)
+    assert subtasks(state)["transcribe"]["attempt"] == 1
+
+
+def test_failing_parent_does_not_leave_its_dependant_waiting(client, speech_video, settings,
+                                                             redis_conn):
+    vid = upload_ok(client, speech_video)["id"]
+    source = next((settings.media_root / "videos" / vid).glob("source*"))
+    # The file turns bad after upload (disk trouble, a bad copy): every step must fail cleanly.
+    data = source.read_bytes()
+    source.write_bytes(data[: len(data) // 3])
+    task_id = client.post(f"/api/v1/videos/{vid}/run_sync").get_json()["task_id"]
+    run_worker()
+    state = progress_of(client, vid)
+    subs = subtasks(state)
+    assert state["status"] == "failed"
+    assert subs["extract_audio"]["status"] == "failed"
+    assert subs["transcribe"]["status"] == "cancelled"
+    assert "extract_audio" in subs["transcribe"]["error"]
+    assert Job.fetch(f"{task_id}-transcribe", connection=redis_conn).get_status() in (
+        JobStatus.FINISHED,)
+    assert client.get(f"/api/v1/videos/{vid}/artifacts").get_json() == []
+
+
+def _running_step(client, vid, step):
+    def check():
+        sub = subtasks(progress_of(client, vid))[step]
+        return sub["status"] == "running" and sub["progress"] > 0
+    return check
+
+
+@pytest.fixture
+def long_video(tmp_path):
+    return mediagen.make_video(tmp_path / "long.mp4", duration=6.0, size="1280x720")
+
+
+@pytest.fixture
+def worker():
+    proc = start_worker()
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_progress_moves_continuously_and_never_backwards(client, long_video, worker):
+    vid = upload_ok(client, long_video)["id"]
+    client.post(f"/api/v1/videos/{vid}/reprocess")
+    seen = []
+
+    def finished():
+        state = progress_of(client, vid)
+        seen.append(state["progress"])
+        return state["status"] in ("completed", "failed")
+
+    wait_for(finished, timeout=180, interval=0.05)
+    assert progress_of(client, vid)["status"] == "completed"
+    assert seen == sorted(seen), seen
+    assert seen[-1] == 100
+    assert len({p for p in seen if 0 < p < 100}) >= 3, seen
+
+
+def test_cancel_stops_a_running_step(client, long_video, worker, redis_conn, settings):
+    vid = upload_ok(client, long_video)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    wait_for(_running_step(client, vid, "transcode"), timeout=60, interval=0.05)
+    state = client.post(f"/api/v1/videos/{vid}/cancel").get_json()
+    assert state["status"] == "cancelled"
+    assert not [s for s in state["subtasks"] if s["status"] in ("pending", "running")]
+    job = Job.fetch(f"{task_id}-transcode", connection=redis_conn)
+    wait_for(lambda: job.get_status() == JobStatus.STOPPED, timeout=10)
+    frozen = progress_of(client, vid)
+    assert frozen["status"] == "cancelled"
+    artifacts_dir = settings.media_root / "videos" / vid / "artifacts"
+    assert not (artifacts_dir / "preview.mp4").exists()
+    # the next run starts cleanly and completes
+    client.post(f"/api/v1/videos/{vid}/run_sync")
+    wait_for(lambda: progress_of(client, vid)["status"] == "completed", timeout=180)
+    assert not list(artifacts_dir.glob(".*part*"))
+
+
+def test_force_replaces_a_running_task(client, long_video, worker, redis_conn):
+    vid = upload_ok(client, long_video)["id"]
+    first = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    wait_for(_running_step(client, vid, "transcode"), timeout=60, interval=0.05)
+    resp = client.post(f"/api/v1/videos/{vid}/reprocess", json={"force": True})
+    assert resp.status_code == 202
+    second = resp.get_json()["task_id"]
+    wait_for(lambda: progress_of(client, vid)["status"] == "completed", timeout=180)
+    state = progress_of(client, vid)
+    assert state["task_id"] == second
+    assert Job.fetch(f"{first}-transcode", connection=redis_conn).get_status() == (
+        JobStatus.STOPPED)
+
