@@ -58,6 +58,8 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
     app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "docs")
     app.config.setdefault("OPENAPI_SWAGGER_UI_URL", "/static/vendor/swagger-ui/")
+    # No call to the public validator service: the docs page must work offline.
+    app.config.setdefault("OPENAPI_SWAGGER_UI_CONFIG", {"validatorUrl": None})
     app.config.setdefault("API_SPEC_OPTIONS", {
         "info": {"description": "Upload media, process it in background workers, "
                                 "follow weighted progress, fetch the results."},

@@ -1,0 +1,101 @@
+"""Generates tiny real media files for tests (ffmpeg lavfi sources and espeak-ng speech)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+FFMPEG = ("ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error")
+
+
+def _ffmpeg(*args: str) -> None:
+    done = subprocess.run([*FFMPEG, *args], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"ffmpeg {' '.join(args)} failed:\n{done.stderr}")
+
+
+def make_video(
+    dst: Path,
+    duration: float = 4.0,
+    size: str = "320x240",
+    rate: int = 25,
+    audio: bool = True,
+    faststart: bool = False,
+    audio_duration: float | None = None,
+) -> Path:
+    """H.264/AAC MP4 of a moving test pattern, with a 440 Hz tone unless audio=False.
+
+    faststart puts the moov index first, so a truncated copy still probes (and fails later);
+    audio_duration (default: duration) lets the tone outlast the picture, as in many uploads.
+    """
+    inputs = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={duration}"]
+    codecs = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+    if audio:
+        tone = f"sine=frequency=440:sample_rate=44100:duration={audio_duration or duration}"
+        inputs += ["-f", "lavfi", "-i", tone]
+        codecs += ["-c:a", "aac", "-b:a", "96k"]
+    if faststart:
+        codecs += ["-movflags", "+faststart"]
+    _ffmpeg(*inputs, *codecs, str(dst))
+    return dst
+
+
+def make_speech_wav(dst: Path, text: str) -> Path:
+    """espeak-ng reading text in a US English voice (22.05 kHz mono WAV)."""
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(dst), text],
+        check=True, capture_output=True, timeout=60,
+    )
+    return dst
+
+
+def make_speech_video(dst: Path, text: str, size: str = "320x240") -> Path:
+    """MP4 of a test pattern lasting exactly as long as the spoken text."""
+    speech = make_speech_wav(dst.with_name(f"{dst.stem}.speech.wav"), text)
+    try:
+        _ffmpeg(
+            "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-i", str(speech),
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-shortest", str(dst),
+        )
+    finally:
+        speech.unlink(missing_ok=True)
+    return dst
+
+
+def make_audio_only(dst: Path, text: str) -> Path:
+    """Speech as a compressed audio file; the codec follows dst's suffix (.m4a AAC, .mp3)."""
+    speech = make_speech_wav(dst.with_name(f"{dst.stem}.speech.wav"), text)
+    try:
+        _ffmpeg("-i", str(speech), str(dst))
+    finally:
+        speech.unlink(missing_ok=True)
+    return dst
+
+
+def make_tones_wav(dst: Path, duration: float = 5.0) -> Path:
+    """Tones and no speech: a warbling, pulsing siren-like sound (16 kHz mono WAV).
+
+    Whisper without voice-activity detection "hears" words in this (tiny.en invents phrases
+    like "We need to go."), which is what makes it a useful no-speech sample.
+    """
+    # Quoted so the filtergraph parser leaves the expression's commas alone.
+    tone = "0.5*sin(2*PI*(200+100*sin(2*PI*3*t))*t)*(0.5+0.5*sin(2*PI*4*t))"
+    _ffmpeg(
+        "-f", "lavfi", "-i", f"aevalsrc='{tone}':s=16000:d={duration}",
+        "-ac", "1", "-c:a", "pcm_s16le", str(dst),
+    )
+    return dst
+
+
+def make_image(dst: Path, size: str = "320x240") -> Path:
+    """A single still picture; the format follows dst's suffix (.png, .jpg)."""
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}", "-frames:v", "1", str(dst))
+    return dst
+
+
+def make_truncated(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    """Copy only the first fraction of src's bytes, like an interrupted upload."""
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst

@@ -1,0 +1,434 @@
+"""Tests of webapp.services.media against the real ffmpeg, on generated clips."""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+import pytest
+import webvtt
+
+from tests import mediagen
+from webapp.services import media
+from webapp.services.media import MediaError
+
+SPEECH = "Open the window and let the fresh air come into the room."
+
+
+@pytest.fixture(scope="module")
+def gen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gen")
+
+
+@pytest.fixture(scope="module")
+def clip(gen_dir: Path) -> Path:
+    return mediagen.make_video(gen_dir / "clip.mp4", duration=4.0)
+
+
+@pytest.fixture(scope="module")
+def hd_clip(gen_dir: Path) -> Path:
+    return mediagen.make_video(gen_dir / "hd.mp4", duration=6.0, size="1280x720")
+
+
+@pytest.fixture(scope="module")
+def silent_clip(gen_dir: Path) -> Path:
+    return mediagen.make_video(gen_dir / "silent.mp4", duration=3.0, audio=False)
+
+
+@pytest.fixture(scope="module")
+def speech_m4a(gen_dir: Path) -> Path:
+    return mediagen.make_audio_only(gen_dir / "speech.m4a", SPEECH)
+
+
+@pytest.fixture(scope="module")
+def truncated_faststart(gen_dir: Path) -> Path:
+    whole = mediagen.make_video(gen_dir / "whole.mp4", duration=6.0, faststart=True)
+    return mediagen.make_truncated(whole, gen_dir / "cut.mp4")
+
+
+class Recorder:
+    """A progress callback that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def __call__(self, fraction: float) -> None:
+        self.values.append(fraction)
+
+    def assert_well_formed(self) -> None:
+        assert self.values, "no progress reported"
+        assert all(0.0 <= v <= 1.0 for v in self.values)
+        assert self.values == sorted(self.values), "progress went backwards"
+        assert self.values[-1] == 1.0
+
+
+def streams(path: Path) -> dict[str, dict[str, Any]]:
+    """The first stream of each type, straight from ffprobe (not from the code under test)."""
+    found: dict[str, dict[str, Any]] = {}
+    for stream in ffmpeg.probe(str(path))["streams"]:
+        found.setdefault(stream["codec_type"], stream)
+    return found
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".part" in p.name)
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    boxes = []
+    with path.open("rb") as f:
+        while header := f.read(8):
+            size, kind = struct.unpack(">I4s", header)
+            if size == 1:
+                size = struct.unpack(">Q", f.read(8))[0] - 8
+            boxes.append(kind.decode("latin-1"))
+            f.seek(size - 8, 1)
+    return boxes
+
+
+# --- probe -----------------------------------------------------------------------------
+
+
+def test_probe_video_with_audio(clip: Path) -> None:
+    info = media.probe(clip)
+    assert info.duration == pytest.approx(4.0, abs=0.1)
+    assert (info.width, info.height) == (320, 240)
+    assert (info.video_codec, info.audio_codec) == ("h264", "aac")
+    assert info.has_video and info.has_audio
+    assert info.frame_rate == pytest.approx(25.0)
+    assert "mp4" in info.format_name
+
+
+def test_probe_video_without_audio(silent_clip: Path) -> None:
+    info = media.probe(silent_clip)
+    assert info.has_video and not info.has_audio
+    assert info.audio_codec is None
+    assert info.duration == pytest.approx(3.0, abs=0.1)
+
+
+def test_probe_audio_only(speech_m4a: Path) -> None:
+    info = media.probe(speech_m4a)
+    assert info.has_audio and not info.has_video
+    assert info.audio_codec == "aac"
+    assert (info.width, info.height, info.video_codec, info.frame_rate) == (None,) * 4
+    assert info.duration is not None and 2.0 < info.duration < 6.0
+
+
+def test_probe_reports_displayed_size_of_rotated_video(clip: Path, tmp_path: Path) -> None:
+    # Phones store portrait video as landscape frames plus a 90-degree rotation flag.
+    rotated = tmp_path / "portrait.mp4"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(clip), "-c", "copy",
+         "-metadata:s:v:0", "rotate=90", str(rotated)],
+        check=True,
+    )
+    info = media.probe(rotated)
+    assert (info.width, info.height) == (240, 320)
+    preview = tmp_path / "preview.mp4"
+    media.transcode_preview(rotated, preview, info.duration)
+    video = streams(preview)["video"]
+    assert (video["width"], video["height"]) == (240, 320)  # upright, as in the probe
+
+
+def test_probe_ignores_cover_art(speech_m4a: Path, tmp_path: Path) -> None:
+    cover = mediagen.make_image(tmp_path / "cover.png")
+    with_art = tmp_path / "song.mp3"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(speech_m4a), "-i", str(cover),
+         "-map", "0:a", "-map", "1:v", "-c:v", "copy", "-disposition:v", "attached_pic",
+         str(with_art)],
+        check=True,
+    )
+    assert "video" in streams(with_art)
+    info = media.probe(with_art)
+    assert info.has_audio and not info.has_video
+
+
+def _text_file(path: Path) -> None:
+    path.write_text("this is not a video\n" * 20)
+
+
+def _png(path: Path) -> None:
+    mediagen.make_image(path)
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "reason"),
+    [
+        ("notes.mp4", _text_file, "not a media file"),
+        ("picture.png", _png, "no audio or video stream"),
+        ("picture.jpg", _png, "no audio or video stream"),
+        ("empty.mp4", _empty, "not a media file"),
+    ],
+)
+def test_probe_rejects_non_media(tmp_path: Path, name: str, make: Any, reason: str) -> None:
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(MediaError, match=reason) as caught:
+        media.probe(path)
+    message = str(caught.value)
+    assert len(message) <= 320 and "\n" not in message
+    assert str(tmp_path) not in message  # no server paths in user-facing errors
+
+
+def test_probe_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="not a media file"):
+        media.probe(tmp_path / "gone.mp4")
+
+
+# --- extract_audio -----------------------------------------------------------------------
+
+
+def test_extract_audio_is_16k_mono_pcm(hd_clip: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "audio.wav"
+    progress = Recorder()
+    media.extract_audio(hd_clip, dst, media.probe(hd_clip).duration, progress)
+    audio = streams(dst)["audio"]
+    assert audio["codec_name"] == "pcm_s16le"
+    assert (int(audio["sample_rate"]), audio["channels"]) == (16000, 1)
+    assert float(audio["duration"]) == pytest.approx(6.0, abs=0.1)
+    # Extraction takes well under ffmpeg's report period, so only the shape is checked here;
+    # test_transcode_reports_intermediate_progress checks the in-between values.
+    progress.assert_well_formed()
+    assert leftovers(tmp_path) == []
+
+
+def test_extract_audio_without_audio_stream(silent_clip: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "audio.wav"
+    with pytest.raises(MediaError, match="ffmpeg failed"):
+        media.extract_audio(silent_clip, dst, 3.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extract_audio_replaces_existing_output(clip: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "audio.wav"
+    dst.write_bytes(b"stale")
+    media.extract_audio(clip, dst, 4.0)
+    assert streams(dst)["audio"]["codec_name"] == "pcm_s16le"
+
+
+# --- transcode_preview -------------------------------------------------------------------
+
+
+def test_transcode_hd_to_480p(hd_clip: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "preview.mp4"
+    media.transcode_preview(hd_clip, dst, 6.0)
+    found = streams(dst)
+    assert found["video"]["codec_name"] == "h264"
+    assert found["video"]["pix_fmt"] == "yuv420p"
+    assert found["audio"]["codec_name"] == "aac"
+    assert found["video"]["height"] == 480
+    assert found["video"]["width"] % 2 == 0
+    assert found["video"]["width"] == pytest.approx(480 * 16 / 9, abs=2)
+    boxes = top_level_boxes(dst)
+    assert boxes.index("moov") < boxes.index("mdat"), boxes  # faststart: playable while loading
+    assert leftovers(tmp_path) == []
+
+
+def test_transcode_reports_intermediate_progress(hd_clip: Path, tmp_path: Path) -> None:
+    progress = Recorder()
+    # One thread makes the encode take long enough for several progress reports.
+    media.transcode_preview(hd_clip, tmp_path / "preview.mp4", 6.0, progress, threads=1)
+    progress.assert_well_formed()
+    assert any(0.0 < v < 1.0 for v in progress.values), progress.values
+
+
+def test_transcode_never_upscales(clip: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "preview.mp4"
+    media.transcode_preview(clip, dst, 4.0)
+    video = streams(dst)["video"]
+    assert (video["width"], video["height"]) == (320, 240)
+
+
+def test_transcode_without_audio(silent_clip: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "preview.mp4"
+    media.transcode_preview(silent_clip, dst, 3.0, has_audio=False)
+    assert set(streams(dst)) == {"video"}
+
+
+def test_cancelling_from_progress_callback(hd_clip: Path, tmp_path: Path) -> None:
+    class Cancelled(Exception):
+        pass
+
+    def cancel(fraction: float) -> None:
+        if fraction > 0:
+            raise Cancelled
+
+    dst = tmp_path / "preview.mp4"
+    with pytest.raises(Cancelled):  # the caller's own exception, not wrapped
+        media.transcode_preview(hd_clip, dst, 6.0, cancel)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_transcode_failure_leaves_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "notes.mp4"
+    _text_file(src)
+    dst = tmp_path / "preview.mp4"
+    with pytest.raises(MediaError, match="ffmpeg failed") as caught:
+        media.transcode_preview(src, dst, 4.0)
+    assert len(str(caught.value)) <= 320
+    assert str(tmp_path) not in str(caught.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.mp4"]
+
+
+# --- poster ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "max_width", "size"),
+    [("hd_clip", 1280, (1280, 720)), ("hd_clip", 640, (640, 360)), ("clip", 1280, (320, 240))],
+)
+def test_poster_is_a_scaled_jpeg(
+    request: pytest.FixtureRequest, tmp_path: Path, source: str, max_width: int, size: tuple
+) -> None:
+    src: Path = request.getfixturevalue(source)
+    dst = tmp_path / "poster.jpg"
+    media.make_poster(src, dst, media.probe(src).duration, max_width=max_width)
+    assert dst.read_bytes()[:2] == b"\xff\xd8"  # JPEG start-of-image marker
+    video = streams(dst)["video"]
+    assert (video["width"], video["height"]) == size
+    assert leftovers(tmp_path) == []
+
+
+def test_poster_with_unknown_duration(clip: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "poster.jpg"
+    media.make_poster(clip, dst, None)
+    assert streams(dst)["video"]["codec_name"] == "mjpeg"
+
+
+def test_poster_when_picture_ends_before_the_seek_point(tmp_path: Path) -> None:
+    src = mediagen.make_video(tmp_path / "src.mp4", duration=0.4, audio_duration=6.0)
+    dst = tmp_path / "poster.jpg"
+    media.make_poster(src, dst, media.probe(src).duration)  # wants 0.6 s in: no frame there
+    assert streams(dst)["video"]["width"] == 320
+    assert leftovers(tmp_path) == []
+
+
+# --- storyboard ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("duration", "size", "expected"),
+    [
+        # interval, columns, rows, tile_width, tile_height, count
+        (6.0, (320, 240), (2.0, 3, 1, 160, 120, 3)),
+        (4.0, (1280, 720), (2.0, 2, 1, 160, 90, 2)),
+        (0.5, (1280, 720), (2.0, 1, 1, 160, 90, 1)),
+        (4.001, (320, 240), (2.0, 2, 1, 160, 120, 2)),
+        (4.01, (320, 240), (2.0, 3, 1, 160, 120, 3)),
+        (5.0, (321, 241), (2.0, 3, 1, 160, 120, 3)),
+        (21.0, (1920, 1080), (2.0, 10, 2, 160, 90, 11)),
+        (200.0, (1080, 1920), (2.0, 10, 10, 160, 284, 100)),
+        (250.0, (640, 480), (2.5, 10, 10, 160, 120, 100)),
+        (3600.0, (853, 480), (36.0, 10, 10, 160, 90, 100)),
+    ],
+)
+def test_plan_storyboard(duration: float, size: tuple[int, int], expected: tuple) -> None:
+    plan = media.plan_storyboard(duration, *size)
+    assert (
+        plan.interval, plan.columns, plan.rows, plan.tile_width, plan.tile_height, plan.count
+    ) == expected
+    assert plan.tile_height % 2 == 0
+    assert plan.columns * plan.rows >= plan.count
+
+
+def _vtt_seconds(stamp: str) -> float:
+    hours, minutes, seconds = stamp.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def check_storyboard(board: media.Storyboard, sprite: Path, vtt: Path, duration: float) -> None:
+    picture = streams(sprite)["video"]
+    assert picture["codec_name"] == "mjpeg"
+    assert (picture["width"], picture["height"]) == (
+        board.columns * board.tile_width, board.rows * board.tile_height
+    )
+    cues = webvtt.read(str(vtt)).captions
+    assert len(cues) == board.count
+    assert _vtt_seconds(cues[0].start) == 0.0
+    assert _vtt_seconds(cues[-1].end) == pytest.approx(duration, abs=0.001)
+    for before, after in zip(cues, cues[1:], strict=False):
+        assert before.end == after.start  # contiguous: every moment has a thumbnail
+    for cue in cues:
+        assert _vtt_seconds(cue.start) < _vtt_seconds(cue.end)
+        match = re.fullmatch(r"storyboard\.jpg#xywh=(\d+),(\d+),(\d+),(\d+)", cue.text)
+        assert match, cue.text
+        x, y, w, h = map(int, match.groups())
+        assert (w, h) == (board.tile_width, board.tile_height)
+        assert x + w <= picture["width"] and y + h <= picture["height"]
+
+
+def test_storyboard(hd_clip: Path, tmp_path: Path) -> None:
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    progress = Recorder()
+    info = media.probe(hd_clip)
+    assert info.duration and info.width and info.height
+    board = media.make_storyboard(
+        hd_clip, sprite, vtt, info.duration, info.width, info.height, progress
+    )
+    assert board == media.plan_storyboard(info.duration, 1280, 720)
+    assert (board.count, board.tile_width, board.tile_height) == (3, 160, 90)
+    check_storyboard(board, sprite, vtt, info.duration)
+    progress.assert_well_formed()
+    assert leftovers(tmp_path) == []
+
+
+def test_storyboard_when_audio_outlasts_picture(tmp_path: Path) -> None:
+    # The container says 4.3 s, so the plan wants a tile at 4 s, but the picture stops at 4 s.
+    src = mediagen.make_video(tmp_path / "src.mp4", duration=4.0, audio_duration=4.3)
+    info = media.probe(src)
+    assert info.duration == pytest.approx(4.3, abs=0.05)
+    assert media.plan_storyboard(info.duration, 320, 240).count == 3
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = media.make_storyboard(src, sprite, vtt, info.duration, 320, 240)
+    assert board.count == 2
+    check_storyboard(board, sprite, vtt, info.duration)
+
+
+def test_storyboard_needs_duration_and_size(clip: Path, tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="duration and size"):
+        media.make_storyboard(clip, tmp_path / "s.jpg", tmp_path / "s.vtt", 0.0, 0, 0)
+
+
+# --- truncated uploads -----------------------------------------------------------------
+
+
+def test_truncated_plain_mp4_is_not_media(clip: Path, tmp_path: Path) -> None:
+    # A plain MP4 keeps its index (moov) at the end, so the first half is unreadable.
+    cut = mediagen.make_truncated(clip, tmp_path / "cut.mp4")
+    with pytest.raises(MediaError, match="not a media file"):
+        media.probe(cut)
+
+
+def test_truncated_faststart_mp4_probes_at_full_length(truncated_faststart: Path) -> None:
+    # The index survives and still claims the whole duration: only decoding can tell.
+    assert media.probe(truncated_faststart).duration == pytest.approx(6.0, abs=0.1)
+
+
+def test_truncated_audio_extract_fails(truncated_faststart: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "audio.wav"
+    with pytest.raises(MediaError, match=r"ended early at \d+\.\d s of 6\.0 s"):
+        media.extract_audio(truncated_faststart, dst, 6.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_transcode_fails(truncated_faststart: Path, tmp_path: Path) -> None:
+    with pytest.raises(MediaError):
+        media.transcode_preview(truncated_faststart, tmp_path / "preview.mp4", 6.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_storyboard_fails(truncated_faststart: Path, tmp_path: Path) -> None:
+    with pytest.raises(MediaError):
+        media.make_storyboard(
+            truncated_faststart, tmp_path / "s.jpg", tmp_path / "s.vtt", 6.0, 320, 240
+        )
+    assert list(tmp_path.iterdir()) == []

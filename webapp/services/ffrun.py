@@ -1,0 +1,179 @@
+"""Runs ffmpeg with progress reporting, short readable errors and all-or-nothing outputs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from ffmpeg.nodes import OutputStream
+
+ProgressCallback = Callable[[float], None]
+
+# -progress reports every 0.5 s by default; 0.25 s keeps short jobs visibly moving.
+GLOBAL_ARGS = (
+    "-nostdin", "-hide_banner", "-loglevel", "error",
+    "-stats_period", "0.25", "-progress", "pipe:1", "-nostats",
+)
+# Output that stops before this share of the probed duration means the input ended early.
+COMPLETE_SHARE = 0.9
+MAX_MESSAGE = 300
+# "[h264 @ 0x55d1c2]" -> "[h264]"; "[NULL]" (an unnamed parser) says nothing at all.
+_ADDRESS = re.compile(r" @ 0x[0-9a-f]+\]")
+_UNNAMED = "[NULL] "
+_NOISE = {"Conversion failed!", "Exiting normally, received signal 2."}
+
+
+class MediaError(Exception):
+    """An ffprobe/ffmpeg call failed; str(exc) is a short human-readable reason."""
+
+
+@dataclass
+class RunResult:
+    out_time: float | None = None  # seconds written, from the last progress report
+    frames: int | None = None  # frames written to the first video output
+    reported: float = 0.0  # last progress fraction passed to the callback
+
+
+def error_tail(stderr: str | bytes | Iterable[str], paths: Sequence[Path] = ()) -> str:
+    """The last meaningful stderr lines, without pointer noise or server paths."""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    if isinstance(stderr, str):
+        stderr = stderr.splitlines()
+    lines = [_ADDRESS.sub("]", line.strip()).removeprefix(_UNNAMED) for line in stderr]
+    lines = [line for line in lines if line and line not in _NOISE]
+    message = "; ".join(lines[-3:])
+    # Users see these messages; where the server keeps files is none of their business.
+    for path in paths:
+        message = message.replace(str(path), path.name)
+    if len(message) > MAX_MESSAGE:
+        message = "..." + message[-(MAX_MESSAGE - 3):]
+    return message
+
+
+@contextmanager
+def atomic_output(dst: Path) -> Iterator[Path]:
+    """Yield a hidden sibling path to write; it replaces dst only if the block succeeds."""
+    # Same suffix as dst so ffmpeg still picks the muxer from the extension.
+    tmp = dst.with_name(f".{dst.stem}.part{dst.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def require_output(path: Path) -> None:
+    """ffmpeg exits 0 without writing anything when, e.g., a seek lands past the last frame."""
+    if not path.is_file() or path.stat().st_size == 0:
+        raise MediaError("ffmpeg produced no output")
+
+
+def run(
+    stream: OutputStream,
+    duration: float | None,
+    on_progress: ProgressCallback | None = None,
+    *,
+    xerror: bool = False,
+    check_complete: bool = True,
+    paths: Sequence[Path] = (),
+) -> RunResult:
+    """Run ffmpeg to completion, reporting progress; raise MediaError on any failure.
+
+    check_complete compares the last reported output time with duration, because a
+    truncated input makes ffmpeg stop early yet still exit 0.
+    """
+    proc = _spawn(stream, xerror)
+    tail: deque[str] = deque(maxlen=20)
+    # ffmpeg blocks once the stderr pipe buffer is full, so it is drained concurrently.
+    drainer = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    drainer.start()
+    try:
+        result = _read_progress(proc.stdout, duration, on_progress)
+        code = proc.wait()
+    except BaseException:
+        # A failing or cancelling callback must not leave ffmpeg running.
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        drainer.join(timeout=5)
+        _close(proc)
+    if code != 0:
+        raise MediaError(f"ffmpeg failed: {error_tail(tail, paths) or f'exit code {code}'}")
+    if check_complete:
+        check_reached_end(result.out_time, duration)
+    if on_progress is not None and result.reported < 1.0:
+        on_progress(1.0)
+    return result
+
+
+def _spawn(stream: OutputStream, xerror: bool) -> subprocess.Popen[bytes]:
+    args = GLOBAL_ARGS + (("-xerror",) if xerror else ())
+    try:
+        return stream.global_args(*args).overwrite_output().run_async(
+            pipe_stdout=True, pipe_stderr=True
+        )
+    except FileNotFoundError:
+        raise MediaError("ffmpeg is not installed") from None
+
+
+def check_reached_end(reached: float | None, duration: float | None) -> None:
+    """Raise if output stopped well before the probed duration."""
+    if not duration or duration <= 0:
+        return
+    if reached is None or reached < COMPLETE_SHARE * duration:
+        raise MediaError(
+            f"input ended early at {reached or 0.0:.1f} s of {duration:.1f} s (truncated file?)"
+        )
+
+
+def _read_progress(
+    stdout: IO[bytes], duration: float | None, on_progress: ProgressCallback | None
+) -> RunResult:
+    result = RunResult()
+    for raw in stdout:
+        key, _, value = raw.decode(errors="replace").strip().partition("=")
+        if key == "frame" and value.isdigit():
+            result.frames = int(value)
+        # out_time_ms is misnamed by ffmpeg and also holds microseconds.
+        elif key in ("out_time_us", "out_time_ms"):
+            seconds = _parse_us(value)
+            if seconds is None or (result.out_time is not None and seconds <= result.out_time):
+                continue
+            result.out_time = seconds
+            if on_progress is not None and duration and duration > 0:
+                share = min(1.0, seconds / duration)
+                if share > result.reported:
+                    result.reported = share
+                    on_progress(share)
+    return result
+
+
+def _parse_us(value: str) -> float | None:
+    # "N/A" before the first packet, and a huge negative number when nothing was muxed yet.
+    try:
+        micros = int(value)
+    except ValueError:
+        return None
+    return micros / 1_000_000 if micros >= 0 else None
+
+
+def _drain(stderr: IO[bytes], tail: deque[str]) -> None:
+    for raw in stderr:
+        tail.append(raw.decode(errors="replace"))
+
+
+def _close(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            with suppress(OSError):
+                pipe.close()

@@ -1,0 +1,310 @@
+"""Media inspection and conversion (probe, audio, poster, storyboard, preview) via ffmpeg."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+import webvtt
+from ffmpeg.nodes import OutputStream
+
+# MediaError and ProgressCallback are part of this module's interface, hence the aliases.
+from webapp.services.ffrun import COMPLETE_SHARE, atomic_output, error_tail, require_output, run
+from webapp.services.ffrun import MediaError as MediaError
+from webapp.services.ffrun import ProgressCallback as ProgressCallback
+
+# Demuxers that read still images (besides the "*_pipe" ones); ffmpeg calls pictures video.
+_IMAGE_FORMATS = {"image2", "image2pipe"}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    format_name: str
+    duration: float | None  # seconds
+    has_video: bool
+    has_audio: bool
+    width: int | None  # as displayed, i.e. swapped for 90-degree rotated phone videos
+    height: int | None
+    video_codec: str | None
+    audio_codec: str | None
+    frame_rate: float | None
+
+
+@dataclass(frozen=True)
+class Storyboard:
+    interval: float  # seconds of video per tile
+    columns: int
+    rows: int
+    tile_width: int
+    tile_height: int
+    count: int  # tiles actually used; the sprite may have blank cells after them
+
+
+def probe(path: Path) -> ProbeResult:
+    """Describe a media file; raise MediaError unless it has real audio or video."""
+    try:
+        info = ffmpeg.probe(str(path), v="error")
+    except ffmpeg.Error as exc:
+        reason = error_tail(exc.stderr or b"", [path]) or "unreadable"
+        raise MediaError(f"not a media file: {reason}") from None
+    except FileNotFoundError:
+        raise MediaError("ffprobe is not installed") from None
+    fmt: dict[str, Any] = info.get("format", {})
+    streams: list[dict[str, Any]] = info.get("streams", [])
+    format_name = str(fmt.get("format_name", ""))
+    video = next((s for s in streams if _is_moving_video(s, format_name)), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if video is None and audio is None:
+        raise MediaError("not a media file: no audio or video stream")
+    width, height = _display_size(video) if video else (None, None)
+    return ProbeResult(
+        format_name=format_name,
+        duration=_duration(fmt, streams),
+        has_video=video is not None,
+        has_audio=audio is not None,
+        width=width,
+        height=height,
+        video_codec=video.get("codec_name") if video else None,
+        audio_codec=audio.get("codec_name") if audio else None,
+        frame_rate=_frame_rate(video) if video else None,
+    )
+
+
+def _is_moving_video(stream: dict[str, Any], format_name: str) -> bool:
+    if stream.get("codec_type") != "video":
+        return False
+    # Cover art in MP3/M4A files is a video stream flagged as an attached picture.
+    if stream.get("disposition", {}).get("attached_pic") == 1:
+        return False
+    if format_name in _IMAGE_FORMATS or format_name.endswith("_pipe"):
+        return False
+    # A single frame (a one-frame GIF, say) is a still picture, not a video.
+    return _number(stream.get("nb_frames"), int) != 1
+
+
+def _display_size(stream: dict[str, Any]) -> tuple[int | None, int | None]:
+    width = _number(stream.get("width"), int)
+    height = _number(stream.get("height"), int)
+    rotation = _number(stream.get("tags", {}).get("rotate"), int) or 0
+    for side_data in stream.get("side_data_list", []):
+        rotation = _number(side_data.get("rotation"), int) or rotation
+    # ffmpeg auto-rotates when decoding, so what users see has the sides swapped.
+    if rotation % 180 == 90:
+        return height, width
+    return width, height
+
+
+def _duration(fmt: dict[str, Any], streams: list[dict[str, Any]]) -> float | None:
+    duration = _number(fmt.get("duration"), float)
+    if duration is None:
+        known = [_number(s.get("duration"), float) for s in streams]
+        duration = max((d for d in known if d is not None), default=None)
+    return duration if duration is not None and duration > 0 else None
+
+
+def _frame_rate(stream: dict[str, Any]) -> float | None:
+    for key in ("avg_frame_rate", "r_frame_rate"):
+        try:
+            rate = Fraction(str(stream.get(key, "")))
+        except (ValueError, ZeroDivisionError):
+            continue
+        if rate > 0:
+            return round(float(rate), 3)
+    return None
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    """ffprobe's JSON holds most numbers as strings, or "N/A"."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def extract_audio(
+    src: Path, dst: Path, duration: float | None, on_progress: ProgressCallback | None = None
+) -> None:
+    """Write the first audio stream as 16 kHz mono 16-bit WAV, what whisper wants."""
+    with atomic_output(dst) as tmp:
+        stream = ffmpeg.input(str(src))["a:0"].output(
+            str(tmp), ac=1, ar=16000, acodec="pcm_s16le", f="wav"
+        )
+        # -xerror does not catch a cut-off audio track (the demuxer just sees EOF early),
+        # only the output-duration check does.
+        run(stream, duration, on_progress, xerror=True, paths=(src, tmp))
+        require_output(tmp)
+
+
+def make_poster(src: Path, dst: Path, duration: float | None, max_width: int = 1280) -> None:
+    """Write one JPEG frame from early on (skipping black intros), at most max_width wide."""
+    seek = min(duration * 0.1, 5.0) if duration else 0.0
+    try:
+        _grab_frame(src, dst, seek, max_width)
+    except MediaError:
+        if seek == 0.0:
+            raise
+        # The video track can be shorter than the container (e.g. audio runs on).
+        _grab_frame(src, dst, 0.0, max_width)
+
+
+def _grab_frame(src: Path, dst: Path, seek: float, max_width: int) -> None:
+    with atomic_output(dst) as tmp:
+        stream = (
+            ffmpeg.input(str(src), ss=seek)["v:0"]
+            .filter("scale", f"min(iw,{max_width})", -2)
+            .output(str(tmp), vframes=1, **{"q:v": 3})
+        )
+        run(stream, None, check_complete=False, paths=(src, tmp))
+        require_output(tmp)
+
+
+def plan_storyboard(
+    duration: float,
+    width: int,
+    height: int,
+    tile_width: int = 160,
+    max_tiles: int = 100,
+    interval: float = 2.0,
+) -> Storyboard:
+    """Lay out storyboard tiles: one per interval, stretched so there are at most max_tiles."""
+    if width <= 0 or height <= 0 or tile_width <= 0 or max_tiles <= 0 or interval <= 0:
+        raise ValueError("storyboard sizes and interval must be positive")
+    # A tail under a thousandth of an interval would get a cue of (almost) no length.
+    count = max(1, math.ceil(duration / interval - 0.001))
+    if count > max_tiles:
+        interval, count = duration / max_tiles, max_tiles
+    columns = min(count, 10)
+    # JPEG and most scalers want even sizes; 2 is the floor for absurd aspect ratios.
+    tile_height = max(2, round(tile_width * height / width / 2) * 2)
+    return Storyboard(
+        interval=interval,
+        columns=columns,
+        rows=math.ceil(count / columns),
+        tile_width=tile_width,
+        tile_height=tile_height,
+        count=count,
+    )
+
+
+def make_storyboard(
+    src: Path,
+    sprite_dst: Path,
+    vtt_dst: Path,
+    duration: float,
+    width: int,
+    height: int,
+    on_progress: ProgressCallback | None = None,
+    sprite_name: str = "storyboard.jpg",
+) -> Storyboard:
+    """Write a thumbnail sprite and the WebVTT that maps each interval to its tile.
+
+    The returned count is the number of tiles ffmpeg really produced, which can be one
+    short of the plan when the video track ends a moment before the container does.
+    """
+    if duration <= 0 or width <= 0 or height <= 0:
+        raise MediaError("storyboard needs the video's duration and size, and probe found none")
+    plan = plan_storyboard(duration, width, height)
+    with atomic_output(sprite_dst) as tmp:
+        result = run(
+            _storyboard_graph(src, tmp, plan),
+            duration,
+            on_progress,
+            xerror=True,
+            # Output times are those of the sampled frames, not of the decoded end.
+            check_complete=False,
+            paths=(src, tmp),
+        )
+        require_output(tmp)
+        plan = _confirm_tiles(plan, result.frames, duration)
+        with atomic_output(vtt_dst) as vtt_tmp:
+            vtt_tmp.write_text(_storyboard_vtt(plan, duration, sprite_name), encoding="utf-8")
+    return plan
+
+
+def _storyboard_graph(src: Path, dst: Path, plan: Storyboard) -> OutputStream:
+    # The first frame at or after each multiple of the interval; the millisecond of slack
+    # keeps float error from skipping to the next frame, and the cap keeps one sprite.
+    pick = (
+        f"lt(selected_n,{plan.count})"
+        f"*gte(t-start_t+0.001,selected_n*{plan.interval!r})"
+    )
+    tiles = (
+        ffmpeg.input(str(src))["v:0"]
+        .filter("select", pick)
+        .filter("scale", plan.tile_width, plan.tile_height)
+        .split()
+    )
+    # The null output comes first so the progress "frame=" counts the sampled frames.
+    counter = tiles[0].output("-", f="null")
+    sprite = tiles[1].filter("tile", f"{plan.columns}x{plan.rows}").output(
+        str(dst), vframes=1, **{"q:v": 4}
+    )
+    return ffmpeg.merge_outputs(counter, sprite)
+
+
+def _confirm_tiles(plan: Storyboard, frames: int | None, duration: float) -> Storyboard:
+    if not frames:
+        raise MediaError("storyboard: ffmpeg sampled no frames")
+    if frames > plan.count:
+        raise MediaError(f"storyboard: expected {plan.count} frames, ffmpeg made {frames}")
+    # No frame at frames*interval or later means the video ended before that point.
+    if frames < plan.count and frames * plan.interval < COMPLETE_SHARE * duration:
+        raise MediaError(
+            f"input ended early before {frames * plan.interval:.1f} s of {duration:.1f} s"
+            " (truncated file?)"
+        )
+    return replace(plan, count=frames)
+
+
+def _storyboard_vtt(plan: Storyboard, duration: float, sprite_name: str) -> str:
+    captions = []
+    for i in range(plan.count):
+        start = i * plan.interval
+        end = duration if i == plan.count - 1 else min((i + 1) * plan.interval, duration)
+        x = (i % plan.columns) * plan.tile_width
+        y = (i // plan.columns) * plan.tile_height
+        payload = f"{sprite_name}#xywh={x},{y},{plan.tile_width},{plan.tile_height}"
+        captions.append(webvtt.Caption(_vtt_time(start), _vtt_time(end), payload))
+    return webvtt.WebVTT(captions=captions).content
+
+
+def _vtt_time(seconds: float) -> str:
+    millis = round(max(0.0, seconds) * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d}.{millis % 1000:03d}"
+
+
+def transcode_preview(
+    src: Path,
+    dst: Path,
+    duration: float | None,
+    on_progress: ProgressCallback | None = None,
+    max_height: int = 480,
+    has_audio: bool = True,
+    threads: int = 0,
+) -> None:
+    """Write a small web-playable MP4 (H.264/AAC, never upscaled, moov first for streaming)."""
+    source = ffmpeg.input(str(src))
+    # Height capped and kept even (yuv420p needs even sizes); width follows the aspect.
+    video = source["v:0"].filter("scale", -2, f"trunc(min(ih,{max_height})/2)*2")
+    streams = [video, source["a:0"]] if has_audio else [video]
+    options: dict[str, Any] = {
+        "vcodec": "libx264",
+        "preset": "veryfast",
+        "crf": 28,
+        "pix_fmt": "yuv420p",
+        "threads": threads,
+        "movflags": "+faststart",
+    }
+    if has_audio:
+        options.update({"acodec": "aac", "b:a": "128k"})
+    with atomic_output(dst) as tmp:
+        stream = ffmpeg.output(*streams, str(tmp), **options)
+        run(stream, duration, on_progress, xerror=True, paths=(src, tmp))
+        require_output(tmp)
