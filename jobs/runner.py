@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rq.timeouts import JobTimeoutException
-from webapp.services.media import MediaError
-from webapp.services.transcription import TranscriptionError
 
 from webapp.config import Settings
 from webapp.db import session_factory
 from webapp.models import SUBTASK_DONE, ProcessingTask, Video
 from webapp.services import progress
+from webapp.services.media import MediaError
 from webapp.services.queue import NEEDS
 from webapp.services.storage import Storage
+from webapp.services.transcription import TranscriptionError
 
 log = logging.getLogger(__name__)
 
