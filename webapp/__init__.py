@@ -24,9 +24,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from webapp import api, extensions, health
+    from webapp import api, extensions, health, ui
 
     extensions.init_app(app, settings)
     api.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(ui.bp)
+    init_dashboard(app, settings)
     return app
+
+
+def init_dashboard(app: Flask, settings: Settings) -> None:
+    """rq-dashboard, mounted at /rq inside this app."""
+    import rq_dashboard
+
+    # rq-dashboard 0.9 wants a list of URLs; a plain string makes its data pages fail.
+    app.config["RQ_DASHBOARD_REDIS_URL"] = [settings.redis_url]
+    rq_dashboard.web.setup_rq_connection(app)
+    app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")

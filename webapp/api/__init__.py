@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
-from flask import Flask, request
+from flask import Flask, render_template, request
 from flask_smorest import Api as SmorestApi
 from werkzeug.exceptions import HTTPException, InternalServerError
 
@@ -22,7 +23,7 @@ class Api(SmorestApi):
 
     def handle_http_exception(self, error: HTTPException):
         if not request.path.startswith(API_PREFIX):
-            return error  # HTML pages keep Flask's (or the UI's) HTML errors
+            return html_error(error.code or 500, error.name, error.description or "")
         data = getattr(error, "data", None) or {}
         message = data.get("message") or error.description or error.name
         if isinstance(error, InternalServerError):
@@ -39,10 +40,15 @@ class Api(SmorestApi):
 api = Api()
 
 
-def handle_service_error(error: ServiceError):
-    """Domain errors become the same JSON shape, with their status code."""
-    from http import HTTPStatus
+def html_error(code: int, name: str, message: str):
+    """Outside /api, errors are a readable HTML page."""
+    return render_template("error.html", code=code, name=name, message=message), code
 
+
+def handle_service_error(error: ServiceError):
+    """Domain errors become the same JSON shape (an HTML page outside /api)."""
+    if not request.path.startswith(API_PREFIX):
+        return html_error(error.status, HTTPStatus(error.status).phrase, error.message)
     payload = {"code": error.status, "status": HTTPStatus(error.status).phrase,
                "message": error.message, **error.extra}
     return payload, error.status

@@ -12,15 +12,12 @@ from webapp.models import Video
 from webapp.services import ingest, progress
 from webapp.services.errors import NotFound
 from webapp.services.processing import get_video
-from webapp.services.storage import is_valid_id
 
 blp = Blueprint("videos", __name__, description="Uploaded media and what was made of it")
 
 
 def find_video(video_id: str) -> Video:
     """The video, or a 404 for unknown ids of any shape."""
-    if not is_valid_id(video_id):
-        raise NotFound(f"video {video_id} not found")
     return get_video(ext.db(), video_id)
 
 

@@ -12,14 +12,15 @@ from webapp.config import STEPS, Settings
 from webapp.models import ProcessingTask, Video
 from webapp.services import progress, queue
 from webapp.services.errors import Conflict, NotFound
-from webapp.services.storage import Storage
+from webapp.services.storage import Storage, is_valid_id
 
 log = logging.getLogger(__name__)
 MODES = ("run_sync", "reprocess")
 
 
 def get_video(session: Session, video_id: str) -> Video:
-    video = session.get(Video, video_id)
+    """The video, or NotFound for unknown ids of any shape."""
+    video = session.get(Video, video_id) if is_valid_id(video_id) else None
     if video is None:
         raise NotFound(f"video {video_id} not found")
     return video

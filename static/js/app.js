@@ -1,0 +1,49 @@
+// vidpipe page behaviour: upload progress, seeking from transcript/storyboard, current line.
+(function () {
+  "use strict";
+
+  // Upload progress for the HTMX-enhanced upload form.
+  document.addEventListener("htmx:xhr:progress", function (evt) {
+    var bar = document.getElementById("upload-progress");
+    if (!bar || !evt.target.closest("#upload-form") || !evt.detail.lengthComputable) return;
+    bar.hidden = false;
+    bar.value = (evt.detail.loaded / evt.detail.total) * 100;
+  });
+  document.addEventListener("htmx:beforeRequest", function (evt) {
+    var form = evt.target.closest && evt.target.closest("#upload-form");
+    if (form) document.getElementById("upload-submit").disabled = true;
+  });
+  document.addEventListener("htmx:afterRequest", function (evt) {
+    var form = evt.target.closest && evt.target.closest("#upload-form");
+    if (!form || evt.detail.successful) return;
+    document.getElementById("upload-submit").disabled = false;
+    document.getElementById("upload-progress").hidden = true;
+  });
+
+  // Clicking a transcript line or a storyboard tile seeks the player there.
+  document.addEventListener("click", function (evt) {
+    var target = evt.target.closest("#transcript [data-start], #storyboard [data-start]");
+    var player = document.getElementById("player");
+    if (!target || !player) return;
+    player.currentTime = parseFloat(target.dataset.start);
+    highlight(player);
+  });
+
+  // Media events do not bubble: listen in the capture phase so swapped-in players work too.
+  document.addEventListener("timeupdate", function (evt) {
+    if (evt.target.id === "player") highlight(evt.target);
+  }, true);
+
+  function highlight(player) {
+    var t = player.currentTime;
+    var lines = document.querySelectorAll("#transcript .line");
+    lines.forEach(function (line) {
+      var current = t >= parseFloat(line.dataset.start) && t < parseFloat(line.dataset.end);
+      if (current !== line.classList.contains("current")) {
+        line.classList.toggle("current", current);
+        if (current) line.setAttribute("aria-current", "true");
+        else line.removeAttribute("aria-current");
+      }
+    });
+  }
+})();

@@ -1,0 +1,217 @@
+"""Web UI pages and HTMX fragments through Flask's test client."""
+
+from __future__ import annotations
+
+import pytest
+from bs4 import BeautifulSoup
+
+from tests import mediagen
+from tests.conftest import run_worker
+
+HX = {"HX-Request": "true"}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return mediagen.make_video(tmp_path_factory.mktemp("m") / "clip.mp4", duration=2.0)
+
+
+def soup(resp) -> BeautifulSoup:
+    return BeautifulSoup(resp.get_data(as_text=True), "html.parser")
+
+
+def form_upload(client, path, name=None, headers=None):
+    with open(path, "rb") as fh:
+        return client.post("/videos", data={"file": (fh, name or path.name)},
+                           content_type="multipart/form-data", headers=headers or {})
+
+
+def uploaded(client, path, name=None) -> str:
+    resp = form_upload(client, path, name)
+    assert resp.status_code == 303, resp.get_data(as_text=True)[:500]
+    return resp.headers["Location"].rsplit("/", 1)[-1]
+
+
+def buttons(page: BeautifulSoup) -> dict[str, bool]:
+    """Which action buttons are enabled."""
+    return {b["id"]: not b.has_attr("disabled") for b in page.select(".actions button")}
+
+
+def test_library_page_has_upload_form_and_navigation(client):
+    resp = client.get("/")
+    assert resp.status_code == 200
+    page = soup(resp)
+    assert page.title.string.strip()
+    form = page.select_one("form#upload-form")
+    assert form["method"] == "post" and form["enctype"] == "multipart/form-data"
+    assert page.select_one('input[type=file][name=file]')
+    assert page.select_one("button#upload-submit[type=submit]")
+    assert page.select_one("progress#upload-progress")
+    assert {a["href"] for a in page.select("nav a")} >= {"/", "/rq/"}
+    assert page.select_one('link[rel=icon]')
+    assert "No videos yet" in page.get_text()
+    assert page.select_one('script[src="/static/vendor/htmx/htmx.min.js"]')
+
+
+def test_form_upload_starts_processing_and_goes_to_the_video(client, clip):
+    resp = form_upload(client, clip)
+    assert resp.status_code == 303
+    vid = resp.headers["Location"].rsplit("/", 1)[-1]
+    assert resp.headers["Location"] == f"/videos/{vid}"
+    page = soup(client.get(f"/videos/{vid}"))
+    assert page.select_one("#progress-panel")["data-status"] == "queued"
+    assert page.h1.get_text() == "clip.mp4"
+
+
+def test_htmx_upload_redirects_with_a_header(client, clip):
+    resp = form_upload(client, clip, headers=HX)
+    assert resp.status_code == 204
+    assert resp.headers["HX-Redirect"].startswith("/videos/")
+
+
+@pytest.mark.parametrize("htmx", [False, True])
+def test_refused_upload_shows_a_readable_message(client, tmp_path, htmx):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video at all\n" * 20)
+    resp = form_upload(client, bad, headers=HX if htmx else None)
+    assert resp.status_code == 422
+    page = soup(resp)
+    assert "not a playable audio or video file" in page.select_one("#upload-message").get_text()
+    assert (page.html is None) == htmx  # a fragment for HTMX, the whole page otherwise
+    resp = client.post("/videos", data={}, content_type="multipart/form-data")
+    assert resp.status_code == 422
+    assert "choose a file" in soup(resp).select_one("#upload-message").get_text()
+
+
+def test_library_lists_newest_first_and_polls_only_active_rows(client, clip):
+    first = uploaded(client, clip, "first.mp4")
+    second = uploaded(client, clip, "second.mp4")
+    client.post(f"/videos/{first}/cancel")
+    rows = soup(client.get("/")).select(".video-row")
+    assert [r["data-video-id"] for r in rows] == [second, first]
+    assert rows[0].has_attr("hx-trigger") and rows[0].select_one("progress.overall")
+    assert not rows[1].has_attr("hx-trigger") and rows[1]["data-status"] == "cancelled"
+    row = client.get(f"/videos/{second}/row", headers=HX)
+    assert soup(row).select_one("li.video-row")["data-status"] == "queued"
+
+
+def test_video_page_vs_htmx_fragment(client, clip):
+    vid = uploaded(client, clip)
+    full = soup(client.get(f"/videos/{vid}"))
+    assert full.html is not None and full.select_one("#metadata")
+    fragment = soup(client.get(f"/videos/{vid}", headers=HX))
+    assert fragment.html is None
+    assert fragment.select_one("section#progress-panel")
+    assert not fragment.select_one("#metadata")
+
+
+def test_buttons_and_polling_follow_the_task_state(client, clip):
+    vid = uploaded(client, clip)
+    page = soup(client.get(f"/videos/{vid}"))
+    panel = page.select_one("#progress-panel")
+    assert panel["hx-trigger"] == "every 1s" and panel["hx-swap"] == "outerHTML"
+    assert buttons(page) == {"btn-run": False, "btn-reprocess": False, "btn-force": True,
+                             "btn-cancel": True, "btn-delete": False}
+    resp = client.post(f"/videos/{vid}/cancel", headers=HX)
+    assert resp.status_code == 200
+    panel_page = soup(resp)
+    panel = panel_page.select_one("#progress-panel")
+    assert panel["data-status"] == "cancelled" and not panel.has_attr("hx-trigger")
+    assert buttons(panel_page) == {"btn-run": True, "btn-reprocess": True, "btn-force": False,
+                                   "btn-cancel": False, "btn-delete": True}
+    assert panel_page.select_one("#btn-run").get_text() == "Resume"
+
+
+def test_conflict_is_shown_as_a_message(client, clip):
+    vid = uploaded(client, clip)
+    resp = client.post(f"/videos/{vid}/reprocess", headers=HX)
+    assert resp.status_code == 409
+    message = soup(resp).select_one("#message").get_text()
+    assert "already has a queued task" in message
+    plain = client.post(f"/videos/{vid}/run")
+    assert plain.status_code == 409 and soup(plain).html is not None
+    resp = client.post(f"/videos/{vid}/delete", headers=HX)
+    assert resp.status_code == 409 and "cancel it first" in soup(resp).get_text()
+
+
+def test_force_and_run_answer_with_a_fresh_panel(client, clip):
+    vid = uploaded(client, clip)
+    before = soup(client.get(f"/videos/{vid}")).select_one("#progress-panel")
+    resp = client.post(f"/videos/{vid}/force", headers=HX)
+    assert resp.status_code == 200
+    assert soup(resp).select_one("#progress-panel")["data-status"] == "queued"
+    plain = client.post(f"/videos/{vid}/cancel")
+    assert plain.status_code == 303 and plain.headers["Location"] == f"/videos/{vid}"
+    assert before is not None
+
+
+def test_delete_goes_back_to_the_library(client, clip):
+    vid = uploaded(client, clip)
+    client.post(f"/videos/{vid}/cancel")
+    resp = client.post(f"/videos/{vid}/delete", headers=HX)
+    assert resp.status_code == 204 and resp.headers["HX-Redirect"] == "/"
+    assert client.get(f"/videos/{vid}").status_code == 404
+
+
+def test_unknown_video_page_is_an_html_404(client):
+    resp = client.get("/videos/not-a-video")
+    assert resp.status_code == 404 and resp.mimetype == "text/html"
+    assert "Back to the library" in resp.get_data(as_text=True)
+
+
+def test_original_filename_is_escaped(client, clip):
+    vid = uploaded(client, clip, "<img src=x onerror=alert(1)>.mp4")
+    for url in (f"/videos/{vid}", "/"):
+        html = client.get(url).get_data(as_text=True)
+        assert "<img src=x" not in html
+        assert "&lt;img src=x onerror=alert(1)&gt;.mp4" in html
+
+
+def test_finished_video_shows_player_storyboard_transcript_and_downloads(client, tmp_path):
+    talk = mediagen.make_speech_video(tmp_path / "talk.mp4",
+                                      "Hello and welcome. Please call me tomorrow morning.")
+    vid = uploaded(client, talk)
+    page = soup(client.get(f"/videos/{vid}"))
+    assert not page.select_one("#results video")
+    run_worker()
+    page = soup(client.get(f"/videos/{vid}"))
+    assert page.select_one("#progress-panel")["data-status"] == "completed"
+    assert not page.select_one("#progress-panel").has_attr("hx-trigger")
+    player = page.select_one("video#player")
+    assert player["poster"].endswith("/artifacts/poster.jpg")
+    assert player.select_one('source[type="video/mp4"]')["src"].endswith("/artifacts/preview.mp4")
+    track = player.select_one('track[kind=captions]')
+    assert track["src"].endswith("/artifacts/captions.vtt") and track.has_attr("default")
+    tiles = page.select("#storyboard button.tile[data-start]")
+    assert len(tiles) >= 2 and float(tiles[1]["data-start"]) > 0
+    lines = page.select("#transcript button.line")
+    assert lines and "tomorrow" in " ".join(li.get_text() for li in lines).lower()
+    assert all(float(li["data-end"]) > float(li["data-start"]) for li in lines)
+    links = [a["href"] for a in page.select("#downloads a")]
+    assert len(links) == 8
+    assert all(client.get(href).status_code == 200 for href in links)
+    # The poll that sees the end also brings the results in, out of band.
+    last_poll = soup(client.get(f"/videos/{vid}/panel?poll=1", headers=HX))
+    assert last_poll.select_one('#results[hx-swap-oob="true"] video#player')
+    assert not soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#results")
+
+
+def test_audio_only_gets_an_audio_player(client, tmp_path):
+    audio = mediagen.make_audio_only(tmp_path / "voice.m4a", "Please call me tomorrow.")
+    vid = uploaded(client, audio)
+    run_worker()
+    page = soup(client.get(f"/videos/{vid}"))
+    assert page.select_one("audio#player") and not page.select_one("video")
+    assert page.select("#transcript button.line")
+
+
+def test_rq_dashboard_is_mounted(client):
+    assert client.get("/rq/").status_code == 200
+    queues = client.get("/rq/0/data/queues.json")
+    assert queues.status_code == 200 and "queues" in queues.get_json()
+
+
+def test_static_assets_and_favicon(client):
+    for url in ("/favicon.ico", "/static/favicon.svg", "/static/css/app.css",
+                "/static/js/app.js", "/static/vendor/htmx/htmx.min.js"):
+        assert client.get(url).status_code == 200, url

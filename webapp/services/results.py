@@ -1,0 +1,73 @@
+"""Reads finished outputs back for display: transcript lines and storyboard tiles."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+
+import webvtt
+
+from webapp.services.storage import Storage
+
+log = logging.getLogger(__name__)
+_XYWH = re.compile(r"#xywh=(\d+),(\d+),(\d+),(\d+)$")
+
+
+@dataclass(frozen=True)
+class Line:
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Tile:
+    start: float
+    end: float
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def _seconds(timestamp: str) -> float:
+    # webvtt-py's *_in_seconds drop the milliseconds; players seek to the millisecond.
+    hours, minutes, seconds = (["0"] + timestamp.split(":"))[-3:]
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def transcript_lines(storage: Storage, video_id: str) -> list[Line] | None:
+    """The transcript's timed lines, or None when there is no (readable) transcript."""
+    found = storage.artifact(video_id, "transcript.json")
+    if found is None:
+        return None
+    try:
+        data = json.loads(found.path.read_text(encoding="utf-8"))
+        return [Line(float(s["start"]), float(s["end"]), str(s["text"]))
+                for s in data["segments"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("unreadable transcript of video %s: %s", video_id, exc)
+        return None
+
+
+def storyboard_tiles(storage: Storage, video_id: str) -> tuple[list[Tile], int, int]:
+    """Tiles of the storyboard sprite with the sprite's width and height (0, 0 if none)."""
+    index = storage.artifact(video_id, "storyboard.vtt")
+    if index is None or storage.artifact(video_id, "storyboard.jpg") is None:
+        return [], 0, 0
+    try:
+        cues = webvtt.read(str(index.path))
+    except Exception as exc:  # webvtt-py raises its own and OSError
+        log.warning("unreadable storyboard index of video %s: %s", video_id, exc)
+        return [], 0, 0
+    tiles = []
+    for cue in cues:
+        match = _XYWH.search(cue.text.strip())
+        if match:
+            x, y, w, h = (int(v) for v in match.groups())
+            tiles.append(Tile(_seconds(cue.start), _seconds(cue.end), x, y, w, h))
+    width = max((t.x + t.w for t in tiles), default=0)
+    height = max((t.y + t.h for t in tiles), default=0)
+    return tiles, width, height

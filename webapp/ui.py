@@ -1,0 +1,179 @@
+"""Server-rendered pages and HTMX fragments; they call the same services as the JSON API."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+    url_for,
+)
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from webapp import extensions as ext
+from webapp.models import Video
+from webapp.services import ingest, processing, progress, results
+from webapp.services.errors import InvalidMedia, ServiceError
+
+log = logging.getLogger(__name__)
+bp = Blueprint("ui", __name__)
+PAGE_SIZE = 20
+ACTIONS = {
+    "run": ("run_sync", False),
+    "reprocess": ("reprocess", False),
+    "force": ("reprocess", True),
+}
+
+
+def is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def render(page: str, fragment: str, status: int = 200, **context) -> tuple[str, int]:
+    """The whole page for a browser navigation, only the fragment for an HTMX request."""
+    return render_template(fragment if is_htmx() else page, **context), status
+
+
+def video_context(video: Video, message: str | None = None, poll: bool = False) -> dict:
+    """Everything the video page and its fragments show."""
+    storage = ext.storage()
+    state = progress.video_progress(ext.db(), video, ext.settings().weights)
+    tiles, sprite_w, sprite_h = results.storyboard_tiles(storage, video.id)
+    return {
+        "video": video,
+        "state": state,
+        "message": message,
+        "poll": poll,
+        "artifacts": {a.name: a for a in storage.list_artifacts(video.id)},
+        "lines": results.transcript_lines(storage, video.id),
+        "tiles": tiles,
+        "sprite_size": (sprite_w, sprite_h),
+    }
+
+
+def show_video(video_id: str, message: str | None = None, status: int = 200):
+    video = processing.get_video(ext.db(), video_id)
+    return render("videos/show.html", "videos/_panel.html", status,
+                  **video_context(video, message))
+
+
+def library_page(page: int, message: str | None = None) -> str:
+    videos, total = ingest.list_videos(ext.db(), page, PAGE_SIZE)
+    weights, storage = ext.settings().weights, ext.storage()
+    rows = [(v, progress.video_progress(ext.db(), v, weights)) for v in videos]
+    posters = {v.id for v in videos if storage.artifact(v.id, "poster.jpg")}
+    return render_template("library/index.html", rows=rows, page=page, total=total,
+                           pages=max(1, -(-total // PAGE_SIZE)), posters=posters,
+                           message=message)
+
+
+@bp.get("/")
+def library():
+    """The library: upload form and every video, newest first."""
+    return library_page(max(1, request.args.get("page", 1, type=int) or 1))
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for it at the root whatever the page says."""
+    return send_from_directory(current_app.static_folder, "favicon.ico",
+                               mimetype="image/vnd.microsoft.icon")
+
+
+@bp.get("/videos/<video_id>/row")
+def library_row(video_id: str):
+    """One library row; it keeps polling while its video is being processed."""
+    video = processing.get_video(ext.db(), video_id)
+    state = progress.video_progress(ext.db(), video, ext.settings().weights)
+    has_poster = ext.storage().artifact(video.id, "poster.jpg") is not None
+    return render_template("library/_row.html", video=video, state=state,
+                           posters={video.id} if has_poster else set())
+
+
+@bp.post("/videos")
+def upload():
+    """Upload from the form, start processing at once, go to the video page."""
+    try:
+        file = request.files.get("file")
+        if file is None or not file.filename:
+            raise InvalidMedia("choose a file to upload first")
+        video = ingest.ingest(ext.db(), ext.storage(), file.stream, file.filename)
+    except RequestEntityTooLarge:
+        limit = ext.settings().max_upload_bytes
+        return upload_failed(f"the file is larger than the limit of {limit:,} bytes", 413)
+    except ServiceError as exc:
+        return upload_failed(exc.message, exc.status)
+    try:
+        processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
+                           video.id, "run_sync")
+    except ServiceError as exc:
+        log.warning("video %s uploaded but not started: %s", video.id, exc.message)
+    return go_to(url_for("ui.video_page", video_id=video.id))
+
+
+def upload_failed(message: str, status: int):
+    """The library page (or just its upload message) explaining why the upload was refused."""
+    if is_htmx():
+        return render_template("library/_upload_message.html", message=message), status
+    return library_page(1, message=message), status
+
+
+def go_to(url: str) -> Response:
+    """Navigate: HX-Redirect for HTMX, 303 See Other for a plain form."""
+    if is_htmx():
+        return Response(status=204, headers={"HX-Redirect": url})
+    return redirect(url, code=303)
+
+
+@bp.get("/videos/<video_id>")
+def video_page(video_id: str):
+    """One video: metadata, actions, live progress and, when done, the results."""
+    return show_video(video_id)
+
+
+@bp.get("/videos/<video_id>/panel")
+def panel(video_id: str):
+    """The progress panel fragment (polled while a task is active)."""
+    video = processing.get_video(ext.db(), video_id)
+    poll = request.args.get("poll") == "1"
+    return render_template("videos/_panel.html", **video_context(video, poll=poll))
+
+
+@bp.post("/videos/<video_id>/<any(run, reprocess, force):action>")
+def start(video_id: str, action: str):
+    """Run, Reprocess or Force reprocess; answers with the updated panel."""
+    mode, force = ACTIONS[action]
+    try:
+        processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
+                           video_id, mode, force=force)
+    except ServiceError as exc:
+        return show_video(video_id, exc.message, exc.status)
+    return show_video(video_id) if is_htmx() else go_to(url_for("ui.video_page",
+                                                                 video_id=video_id))
+
+
+@bp.post("/videos/<video_id>/cancel")
+def cancel(video_id: str):
+    """Cancel the active task; answers with the updated panel."""
+    try:
+        processing.cancel(ext.db(), ext.redis(), video_id)
+    except ServiceError as exc:
+        return show_video(video_id, exc.message, exc.status)
+    return show_video(video_id) if is_htmx() else go_to(url_for("ui.video_page",
+                                                                 video_id=video_id))
+
+
+@bp.post("/videos/<video_id>/delete")
+def delete(video_id: str):
+    """Delete the video and its files, then back to the library."""
+    try:
+        ingest.delete_video(ext.db(), ext.storage(), video_id)
+    except ServiceError as exc:
+        return show_video(video_id, exc.message, exc.status)
+    return go_to(url_for("ui.library"))
