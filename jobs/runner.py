@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from webapp.config import Settings
@@ -71,6 +72,24 @@ def _prepare(sessions, task_id: str, step: str) -> Video | None:
         return video
 
 
+# Failures that another attempt would only repeat: bad media, bad model, too slow.
+PERMANENT = (MediaError, TranscriptionError, JobTimeoutException)
+
+
+def _record_failure(session, task_id: str, step: str, exc: Exception) -> None:
+    reason = readable_error(exc)
+    job = get_current_job()
+    if job is not None and job.retries_left and not isinstance(exc, PERMANENT):
+        progress.retry_subtask(session, task_id, step,
+                               f"{reason}; retrying ({job.retries_left} tries left)")
+        log.warning("%s of task %s failed: %s; retrying", step, task_id, reason)
+        return
+    if job is not None:
+        job.retries_left = 0  # RQ must not retry what the step already gave up
+    progress.finish_subtask(session, task_id, step, "failed", reason)
+    log.warning("%s of task %s failed: %s", step, task_id, reason)
+
+
 def run_step(task_id: str, step: str, work: Work) -> str:
     """Execute `work` for one step of a task, recording start, progress and end."""
     settings = Settings.from_env()
@@ -93,8 +112,7 @@ def run_step(task_id: str, step: str, work: Work) -> str:
         except Exception as exc:
             storage.remove_step_outputs(video.id, step)
             session.rollback()
-            progress.finish_subtask(session, task_id, step, "failed", readable_error(exc))
-            log.warning("%s of task %s failed: %s", step, task_id, readable_error(exc))
+            _record_failure(session, task_id, step, exc)
             raise
         progress.finish_subtask(session, task_id, step, "completed")
     log.info("%s of task %s completed (%d progress writes)", step, task_id, reporter.writes)

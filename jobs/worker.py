@@ -6,9 +6,39 @@ import argparse
 import logging
 
 from rq import Queue, Worker
+from rq.job import Job
 
+from jobs import hooks, reconciler
 from webapp.config import Settings
 from webapp.services.queue import connect
+
+
+class VidpipeWorker(Worker):
+    """RQ's forking worker, with a hook for killed horses and a shorter heartbeat grace.
+
+    RQ declares a silent worker's job abandoned 60 s after its last heartbeat; here it
+    takes job_monitoring_interval + heartbeat_grace (30 s by default), so a crashed
+    host's step is retried well within a minute, yet a merely slow worker is not robbed.
+    """
+
+    def __init__(self, *args, heartbeat_grace: int = 30, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.heartbeat_grace = heartbeat_grace
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        interval = self.job_monitoring_interval
+        if job.timeout and job.timeout > 0:
+            interval = min(job.timeout - working_time, interval)
+        return int(interval) + self.heartbeat_grace
+
+
+def build_worker(settings: Settings, name: str | None = None) -> VidpipeWorker:
+    connection = connect(settings.redis_url)
+    queue = Queue(settings.queue_name, connection=connection)
+    return VidpipeWorker([queue], connection=connection, name=name,
+                         job_monitoring_interval=settings.heartbeat_interval,
+                         heartbeat_grace=settings.heartbeat_grace,
+                         work_horse_killed_handler=hooks.horse_killed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,10 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    connection = connect(settings.redis_url)
-    queue = Queue(settings.queue_name, connection=connection)
-    worker = Worker([queue], connection=connection, name=args.name)
-    worker.work(burst=args.burst, logging_level="INFO")
+    worker = build_worker(settings, args.name)
+    helper = reconciler.spawn() if settings.reconcile_interval > 0 and not args.burst else None
+    try:
+        worker.work(burst=args.burst, logging_level="INFO")
+    finally:
+        if helper is not None:
+            helper.terminate()
+            helper.wait(10)
     return 0
 
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -37,8 +38,7 @@ def migrate(url: str) -> None:
 def redis_conn() -> Redis:
     conn = Redis.from_url(TEST_REDIS_URL)
     conn.ping()  # a missing Redis is a failure, never a skip
-    conn.flushdb()
-    return conn
+    return conn  # not flushed: every test has its own queue, and test runs may overlap
 
 
 @pytest.fixture(scope="session")
@@ -50,13 +50,19 @@ def sqlite_template(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    engine = get_engine(TEST_POSTGRES_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS subtasks, processing_tasks, videos, "
-                          "alembic_version CASCADE"))
-    migrate(TEST_POSTGRES_URL)
-    return TEST_POSTGRES_URL
+def postgres_url():
+    """A private schema for this test session, so parallel runs never share tables."""
+    schema = f"vidpipe_test_{uuid.uuid4().hex[:10]}"
+    admin = get_engine(TEST_POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in TEST_POSTGRES_URL else "?"
+    url = f"{TEST_POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    migrate(url)
+    yield url
+    get_engine(url).dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -114,7 +120,15 @@ def run_worker(burst: bool = True, timeout: float = 240, **popen) -> subprocess.
     return proc
 
 
-def start_worker() -> subprocess.Popen:
-    """A long-running worker process; the caller stops it."""
-    return subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=PROJECT_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_worker(env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A long-running worker process in its own session; the caller stops it.
+
+    Its log goes to a file (`proc.log_path`): an unread pipe would fill and block it.
+    """
+    with tempfile.NamedTemporaryFile("w", prefix="worker-", suffix=".log",
+                                     delete=False) as log:
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=PROJECT_ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+    proc.log_path = log.name
+    return proc

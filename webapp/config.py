@@ -45,6 +45,10 @@ class Settings:
     progress_interval: float = 0.5
     job_timeout_base: int = 300
     job_timeout_per_second: float = 10.0
+    step_retries: int = 2
+    heartbeat_interval: int = 5
+    heartbeat_grace: int = 30
+    reconcile_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -68,6 +72,12 @@ class Settings:
             "job_timeout_base": int(_env("JOB_TIMEOUT_BASE", str(cls.job_timeout_base))),
             "job_timeout_per_second": float(
                 _env("JOB_TIMEOUT_PER_SECOND", str(cls.job_timeout_per_second))
+            ),
+            "step_retries": int(_env("STEP_RETRIES", str(cls.step_retries))),
+            "heartbeat_interval": int(_env("HEARTBEAT_INTERVAL", str(cls.heartbeat_interval))),
+            "heartbeat_grace": int(_env("HEARTBEAT_GRACE", str(cls.heartbeat_grace))),
+            "reconcile_interval": float(
+                _env("RECONCILE_INTERVAL", str(cls.reconcile_interval))
             ),
         }
         known = {f.name for f in fields(cls)}

@@ -236,6 +236,21 @@ def finish_subtask(
     session.commit()
 
 
+def retry_subtask(session: Session, task_id: str, name: str, reason: str) -> bool:
+    """An attempt died and another is coming: the step waits again, saying why.
+
+    Its progress restarts from 0 (the one case where a total may go back), and the
+    attempt counter keeps growing so the next try shows as attempt 2, 3, ...
+    """
+    result = session.execute(
+        _subtask_update(task_id, name)
+        .where(SubTask.status.in_(("pending", "running")))
+        .values(status="pending", progress=0.0, error=reason)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
 def _close_task_if_done(session: Session, task_id: str, now: datetime) -> None:
     rows = session.execute(
         select(SubTask.name, SubTask.status, SubTask.error).where(SubTask.task_id == task_id)

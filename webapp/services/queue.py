@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Callback, Queue, Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # whether it succeeded or not (the job itself decides to work or give up).
 NEEDS: dict[str, str] = {"transcribe": "extract_audio"}
 JOB_FUNCTIONS = {step: f"jobs.steps.{step}" for step in STEPS}
+FAILURE_CALLBACK = "jobs.hooks.on_failure"
 
 
 def connect(redis_url: str) -> Redis:
@@ -39,16 +40,21 @@ def job_timeout(settings: Settings, duration: float | None) -> int:
 
 
 def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id: str,
-                  steps: Iterable[str], duration: float | None) -> list[str]:
-    """Enqueue one job per step to run; returns the job ids. Raises QueueUnavailable."""
+                  steps: Iterable[str], duration: float | None,
+                  after: Iterable[str] = ()) -> list[str]:
+    """Enqueue one job per step to run; returns the job ids. Raises QueueUnavailable.
+
+    `after` names steps whose jobs are already in the queue: dependants wait for them.
+    """
     queue = Queue(settings.queue_name, connection=connection)
     wanted = [s for s in STEPS if s in set(steps)]
+    waiting = set(wanted) | set(after)
     ids = []
     try:
         for step in wanted:
             parent = NEEDS.get(step)
             depends = None
-            if parent in wanted:
+            if parent in waiting:
                 depends = Dependency(jobs=[job_id(task_id, parent)], allow_failure=True,
                                      enqueue_at_front=True)
             queue.enqueue(
@@ -59,8 +65,12 @@ def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id:
                 job_timeout=job_timeout(settings, duration),
                 result_ttl=24 * 3600,
                 failure_ttl=7 * 24 * 3600,
+                # A crashed attempt (killed horse, dead worker) is tried again by any worker.
+                retry=Retry(max=settings.step_retries) if settings.step_retries else None,
+                on_failure=Callback(FAILURE_CALLBACK),
                 description=f"{step} of video {video_id} (task {task_id})",
-                meta={"task_id": task_id, "video_id": video_id, "step": step},
+                meta={"task_id": task_id, "video_id": video_id, "step": step,
+                      "max_tries": settings.step_retries + 1},
             )
             ids.append(job_id(task_id, step))
     except RedisError as exc:

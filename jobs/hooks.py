@@ -1,0 +1,49 @@
+"""What happens when a step's attempt dies: retry it, or record the failure for good."""
+
+from __future__ import annotations
+
+import logging
+
+from rq.job import Job
+
+from webapp.config import Settings
+from webapp.db import session_factory
+from webapp.services import progress
+
+log = logging.getLogger(__name__)
+
+
+def attempt_failed(job: Job, reason: str) -> None:
+    """Record a dead attempt of a step job; RQ's Retry decides whether another comes."""
+    task_id, step = job.meta.get("task_id"), job.meta.get("step")
+    if not task_id or not step:
+        return
+    settings = Settings.from_env()
+    with session_factory(settings.database_url)() as session:
+        if job.retries_left:
+            progress.retry_subtask(session, task_id, step,
+                                   f"{reason}; retrying ({job.retries_left} tries left)")
+            log.warning("%s of task %s: %s; retrying", step, task_id, reason)
+        else:
+            tries = job.meta.get("max_tries")
+            suffix = f" (after {tries} attempts)" if tries and tries > 1 else ""
+            progress.finish_subtask(session, task_id, step, "failed", reason + suffix)
+            log.error("%s of task %s failed for good: %s", step, task_id, reason)
+
+
+def on_failure(job: Job, connection, exc_type, exc_value, traceback) -> None:
+    """RQ failure callback: runs in the horse after an exception, or in the process that
+    finds the job abandoned because its whole worker died."""
+    from rq.exceptions import AbandonedJobError
+
+    if isinstance(exc_value, AbandonedJobError) or exc_type is AbandonedJobError:
+        attempt_failed(job, "the worker running this step stopped responding (crash?)")
+    # Exceptions raised by the step itself were already recorded by the step runner.
+
+
+def horse_killed(job: Job, retpid: int, ret_val: int, rusage) -> None:
+    """Worker hook: the work-horse process died without reporting (SIGKILL, OOM killer)."""
+    import os
+
+    how = f"signal {os.WTERMSIG(ret_val)}" if os.WIFSIGNALED(ret_val) else f"status {ret_val}"
+    attempt_failed(job, f"the worker process running this step was killed ({how})")

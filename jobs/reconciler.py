@@ -1,0 +1,131 @@
+"""Finds what RQ cannot see: steps whose job died or vanished, and tasks left open.
+
+Runs every few seconds beside each worker, as its own process (a thread in the worker
+would be forked into every work-horse mid-lock), one pass at a time under a Redis lock:
+- cleans RQ's started-job registry so jobs of a dead worker are retried or failed
+  (RQ on its own does this only when a worker is idle, every 10 minutes);
+- compares every active task in the database with its jobs in Redis: a job that
+  vanished (Redis restarted, nothing on disk) is enqueued again; a job that ended
+  without its step recording the end gets the step failed with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from redis import Redis
+from redis.exceptions import LockError, RedisError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import clean_registries
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from webapp.config import Settings
+from webapp.db import session_factory
+from webapp.models import ACTIVE_STATUSES, ProcessingTask, Video, utcnow
+from webapp.services import progress, queue
+from webapp.services.queue import connect
+
+log = logging.getLogger(__name__)
+LOCK_KEY = "vidpipe:reconciler:{queue}"
+# A task younger than this may still be between its commit and its enqueue.
+GRACE = timedelta(seconds=10)
+ENDED = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed",
+         JobStatus.STOPPED: "was stopped", JobStatus.CANCELED: "was cancelled"}
+
+
+def reconcile(settings: Settings, connection: Redis) -> int:
+    """One pass; returns how many steps it acted on. Skips if another process holds the lock."""
+    lock = connection.lock(LOCK_KEY.format(queue=settings.queue_name), timeout=60,
+                           blocking=False)
+    if not lock.acquire():
+        return 0
+    try:
+        clean_registries(Queue(settings.queue_name, connection=connection))
+        with session_factory(settings.database_url)() as session:
+            return _check_tasks(session, settings, connection)
+    finally:
+        with contextlib.suppress(RedisError, LockError):
+            lock.release()
+
+
+def _check_tasks(session: Session, settings: Settings, connection: Redis) -> int:
+    cutoff = utcnow() - GRACE
+    tasks = session.scalars(select(ProcessingTask).where(
+        ProcessingTask.status.in_(ACTIVE_STATUSES), ProcessingTask.created_at < cutoff)).all()
+    acted = 0
+    for task in tasks:
+        lost, waiting = [], set()
+        for sub in task.subtasks:
+            if sub.status not in ("pending", "running"):
+                continue
+            try:
+                job = Job.fetch(queue.job_id(task.id, sub.name), connection=connection)
+                status = job.get_status()
+            except NoSuchJobError:
+                lost.append(sub.name)
+                continue
+            waiting.add(sub.name)
+            if status in ENDED:
+                progress.finish_subtask(session, task.id, sub.name, "failed",
+                                        f"its job {ENDED[status]} without recording a result")
+                acted += 1
+        if lost:
+            video = session.get(Video, task.video_id)
+            log.warning("task %s: jobs of %s vanished from Redis; enqueuing them again",
+                        task.id, lost)
+            queue.enqueue_steps(connection, settings, task.id, task.video_id, lost,
+                                video.duration if video else None, after=waiting)
+            acted += len(lost)
+    session.commit()
+    return acted
+
+
+def run_forever(settings: Settings, connection: Redis, interval: float,
+                alive: Callable[[], bool] = lambda: True) -> None:
+    """Reconcile every `interval` seconds while alive(); never dies on an error."""
+    while alive():
+        try:
+            acted = reconcile(settings, connection)
+            if acted:
+                log.info("reconciler acted on %d step(s)", acted)
+        except RedisError as exc:
+            log.warning("reconciler: Redis unavailable (%s)", exc)
+        except Exception:
+            log.exception("reconciler pass failed")
+        time.sleep(interval)
+
+
+def spawn() -> subprocess.Popen:
+    """Start a reconciler process that ends by itself when its parent (a worker) ends."""
+    return subprocess.Popen([sys.executable, "-m", "jobs.reconciler", "--follow-parent"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--follow-parent", action="store_true",
+                        help="exit when the process that started this one is gone")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    run_forever(settings, connect(settings.redis_url), settings.reconcile_interval,
+                alive=(lambda: os.getppid() == parent) if args.follow_parent else (lambda: True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

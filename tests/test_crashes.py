@@ -1,0 +1,144 @@
+"""Crashes: work-horses and whole workers killed with SIGKILL mid-step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests import mediagen
+from tests.conftest import start_worker
+from tests.helpers import progress_of, subtasks, upload_ok, wait_for
+from webapp import create_app
+
+pytestmark = pytest.mark.e2e
+FAST_RECOVERY = {"HEARTBEAT_INTERVAL": "1", "HEARTBEAT_GRACE": "10", "RECONCILE_INTERVAL": "1"}
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of pid, from /proc."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def long_video(tmp_path):
+    return mediagen.make_video(tmp_path / "long.mp4", duration=8.0, size="1280x720")
+
+
+@pytest.fixture
+def workers():
+    procs: list[subprocess.Popen] = []
+
+    def start(**env):
+        proc = start_worker({**FAST_RECOVERY, **env})
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        for horse in horses(proc):
+            os.killpg(horse, signal.SIGKILL)
+        stop(proc)
+
+
+def transcode_running(client, vid):
+    def check():
+        sub = subtasks(progress_of(client, vid))["transcode"]
+        return sub["status"] == "running" and sub["progress"] > 0 and sub
+    return check
+
+
+def horses(worker: subprocess.Popen) -> list[int]:
+    """The worker's work-horses: children that lead their own process group."""
+    found = []
+    for pid in children(worker.pid):
+        try:
+            if os.getpgid(pid) == pid:
+                found.append(pid)
+        except ProcessLookupError:
+            pass
+    return found
+
+
+def horse_of(worker: subprocess.Popen) -> int:
+    return wait_for(lambda: next(iter(horses(worker)), None), timeout=10)
+
+
+def kill_horse(worker: subprocess.Popen) -> None:
+    horse = horse_of(worker)
+    os.killpg(horse, signal.SIGKILL)  # the horse leads its own group: ffmpeg dies too
+
+
+def test_killed_horse_is_retried_and_the_task_completes(client, long_video, workers, settings):
+    worker = workers()
+    vid = upload_ok(client, long_video)["id"]
+    client.post(f"/api/v1/videos/{vid}/reprocess")
+    wait_for(transcode_running(client, vid), timeout=60, interval=0.05)
+    kill_horse(worker)
+    state = wait_for(lambda: (s := progress_of(client, vid))["status"] != "running" and s,
+                     timeout=120)
+    assert state["status"] == "completed", state
+    transcode = subtasks(state)["transcode"]
+    assert (transcode["status"], transcode["attempt"]) == ("completed", 2)
+    artifacts = settings.media_root / "videos" / vid / "artifacts"
+    assert not list(artifacts.glob(".*part*"))
+
+
+def test_killed_horse_without_retries_fails_then_resumes(settings, long_video, workers):
+    client = create_app(replace(settings, step_retries=0)).test_client()
+    worker = workers()
+    vid = upload_ok(client, long_video)["id"]
+    client.post(f"/api/v1/videos/{vid}/reprocess")
+    wait_for(transcode_running(client, vid), timeout=60, interval=0.05)
+    kill_horse(worker)
+    state = wait_for(lambda: (s := progress_of(client, vid))["status"] == "failed" and s,
+                     timeout=60)
+    transcode = subtasks(state)["transcode"]
+    assert transcode["status"] == "failed"
+    assert "killed (signal 9)" in transcode["error"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202  # no stuck 409
+    state = wait_for(lambda: (s := progress_of(client, vid))["status"] == "completed" and s,
+                     timeout=120)
+    assert [n for n, s in subtasks(state).items() if not s["reused"]] == ["transcode"]
+
+
+def test_whole_worker_killed_is_noticed_and_a_later_worker_finishes(client, long_video,
+                                                                   workers):
+    worker = workers()
+    vid = upload_ok(client, long_video)["id"]
+    client.post(f"/api/v1/videos/{vid}/reprocess")
+    wait_for(transcode_running(client, vid), timeout=60, interval=0.05)
+    horse = horse_of(worker)
+    os.killpg(horse, signal.SIGKILL)
+    worker.send_signal(signal.SIGKILL)  # a host crash: nobody is left to report anything
+    worker.wait()
+    assert subtasks(progress_of(client, vid))["transcode"]["status"] == "running"
+    workers()  # a replacement worker, started after the crash
+    # within 60 s the dead attempt stops claiming to run, and the new worker retries it
+    wait_for(lambda: subtasks(progress_of(client, vid))["transcode"]["attempt"] >= 2,
+             timeout=60, interval=0.5)
+    state = wait_for(lambda: (s := progress_of(client, vid))["status"] == "completed" and s,
+                     timeout=120)
+    assert subtasks(state)["transcode"]["attempt"] == 2
