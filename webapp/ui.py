@@ -8,12 +8,14 @@ from flask import (
     Blueprint,
     Response,
     current_app,
+    g,
     redirect,
     render_template,
     request,
     send_from_directory,
     url_for,
 )
+from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp import extensions as ext
@@ -29,6 +31,22 @@ ACTIONS = {
     "reprocess": ("reprocess", False),
     "force": ("reprocess", True),
 }
+
+
+@bp.app_context_processor
+def queue_status() -> dict:
+    """Pages warn when the job queue is unreachable (progress and results still work)."""
+
+    def queue_down() -> bool:
+        if "queue_down" not in g:
+            try:
+                ext.redis().ping()
+                g.queue_down = False
+            except RedisError:
+                g.queue_down = True
+        return g.queue_down
+
+    return {"queue_down": queue_down}
 
 
 def is_htmx() -> bool:
