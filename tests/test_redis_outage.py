@@ -1,0 +1,132 @@
+"""Redis outages: a private redis-server is really stopped and restarted (empty) mid-test."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import replace
+
+import pytest
+from redis import Redis
+
+from tests import mediagen
+from tests.conftest import start_worker
+from tests.helpers import assert_json_error, progress_of, upload_ok, wait_for
+from webapp import create_app
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of the test's own that keeps nothing on disk, like production here."""
+
+    def __init__(self, tmp_path) -> None:
+        self.port = free_port()
+        self.dir = tmp_path
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.answers, timeout=10, interval=0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()  # no shutdown save, no goodbye: like a crash
+            self.proc.wait()
+
+    def answers(self) -> bool:
+        try:
+            return bool(Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+        except Exception:
+            return False
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def outage_app(settings, redis_server, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", redis_server.url)  # for the workers
+    monkeypatch.setenv("RECONCILE_INTERVAL", "1")
+    return create_app(replace(settings, redis_url=redis_server.url))
+
+
+@pytest.fixture
+def clip(tmp_path):
+    return mediagen.make_video(tmp_path / "clip.mp4", duration=2.0)
+
+
+@pytest.fixture
+def worker_proc():
+    procs = []
+
+    def start():
+        procs.append(start_worker())
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_with_redis_down_the_service_degrades_honestly_and_recovers(
+        outage_app, redis_server, clip, db_session, worker_proc):
+    from webapp.models import ProcessingTask
+
+    client = outage_app.test_client()
+    worker_proc()  # started while Redis is up; it must survive the outage
+    vid = upload_ok(client, clip)["id"]
+    redis_server.stop()
+
+    body = assert_json_error(client.post(f"/api/v1/videos/{vid}/run_sync"), 503)
+    assert "Redis" in body["message"]
+    assert db_session.query(ProcessingTask).count() == 0
+    assert progress_of(client, vid)["status"] == "pending"
+    assert client.get("/api/v1/videos").status_code == 200
+    assert client.get(f"/api/v1/videos/{vid}/artifacts").status_code == 200
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.get_json()["checks"]["redis"].startswith("down")
+    page = client.get(f"/videos/{vid}").get_data(as_text=True)
+    assert 'id="queue-banner"' in page
+    assert upload_ok(client, clip)["id"]  # uploads do not need the queue
+
+    redis_server.start()  # back, and empty
+    assert client.get("/healthz").status_code == 200
+    assert 'id="queue-banner"' not in client.get("/").get_data(as_text=True)
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    state = wait_for(lambda: (s := progress_of(client, vid))["status"] == "completed" and s,
+                     timeout=90)
+    assert state["progress"] == 100
+
+
+def test_jobs_forgotten_by_a_restarted_redis_are_enqueued_again(
+        outage_app, redis_server, clip, worker_proc):
+    client = outage_app.test_client()
+    vid = upload_ok(client, clip)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/run_sync").get_json()["task_id"]
+    redis_server.stop()
+    redis_server.start()  # nothing kept on disk: the queue is gone
+    assert not Redis.from_url(redis_server.url).keys("rq:job:*")
+    started = time.monotonic()
+    worker_proc()
+    state = wait_for(lambda: (s := progress_of(client, vid))["status"] == "completed" and s,
+                     timeout=60)
+    assert state["task_id"] == task_id
+    assert time.monotonic() - started < 60
