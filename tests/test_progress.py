@@ -150,3 +150,22 @@ def test_reporter_throttles_writes_but_keeps_moving():
         reporter(fraction)
     assert written == [10.0, 40.0, 50.0]
     assert reporter.writes == 3
+
+
+def test_late_writes_of_a_replaced_task_never_touch_the_new_one(db_session):
+    video = make_video(db_session)
+    old = make_task(db_session, video)
+    progress.start_subtask(db_session, old.id, "transcode")
+    assert progress.cancel_task(db_session, old.id, "replaced by a forced run")
+    db_session.commit()
+    new = make_task(db_session, video)
+    progress.start_subtask(db_session, new.id, "transcode")
+    progress.report_progress(db_session, new.id, "transcode", 10)
+    # the old job, not yet stopped, keeps going
+    progress.report_progress(db_session, old.id, "transcode", 95)
+    progress.finish_subtask(db_session, old.id, "transcode", "failed", "killed")
+    progress.retry_subtask(db_session, old.id, "transcode", "retrying")
+    fresh = {s.name: s for s in view(db_session, new.id).subtasks}
+    assert (fresh["transcode"].status, fresh["transcode"].progress) == ("running", 10.0)
+    assert view(db_session, new.id).status == "running"
+    assert view(db_session, old.id).status == "cancelled"
