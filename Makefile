@@ -41,7 +41,7 @@ lint: deps
 	$(BIN)/ruff check .
 
 test: deps  ## lint, then every test against SQLite and PostgreSQL, real Redis/ffmpeg/whisper
-	scripts/system-deps.sh espeak-ng
+	scripts/system-deps.sh espeak-ng chromium
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} scripts/ensure-redis.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

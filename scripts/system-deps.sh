@@ -4,7 +4,8 @@
 set -euo pipefail
 
 declare -A provides=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [espeak-ng]=espeak-ng
-                     [redis-server]=redis-server [redis-cli]=redis-tools)
+                     [redis-server]=redis-server [redis-cli]=redis-tools
+                     [chromium]=chromium)
 wanted=("$@")
 missing=()
 for cmd in ffmpeg ffprobe "${wanted[@]}"; do

@@ -53,11 +53,6 @@ def is_htmx() -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def render(page: str, fragment: str, status: int = 200, **context) -> tuple[str, int]:
-    """The whole page for a browser navigation, only the fragment for an HTMX request."""
-    return render_template(fragment if is_htmx() else page, **context), status
-
-
 def video_context(video: Video, message: str | None = None, poll: bool = False) -> dict:
     """Everything the video page and its fragments show."""
     storage = ext.storage()
@@ -76,9 +71,14 @@ def video_context(video: Video, message: str | None = None, poll: bool = False) 
 
 
 def show_video(video_id: str, message: str | None = None, status: int = 200):
+    """The video page, or for HTMX the fresh panel plus the action's message (out of band)."""
     video = processing.get_video(ext.db(), video_id)
-    return render("videos/show.html", "videos/_panel.html", status,
-                  **video_context(video, message))
+    context = video_context(video, message)
+    if not is_htmx():
+        return render_template("videos/show.html", **context), status
+    html = render_template("videos/_panel.html", **context)
+    html += render_template("videos/_message.html", message=message, oob=True)
+    return html, status
 
 
 def library_page(page: int, message: str | None = None) -> str:

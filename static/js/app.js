@@ -15,7 +15,8 @@
   });
   document.addEventListener("htmx:afterRequest", function (evt) {
     var form = evt.target.closest && evt.target.closest("#upload-form");
-    if (!form || evt.detail.successful) return;
+    // 4xx answers are swapped in (they carry the message), so look at the status itself.
+    if (!form || (evt.detail.successful && evt.detail.xhr.status < 400)) return;
     document.getElementById("upload-submit").disabled = false;
     document.getElementById("upload-progress").hidden = true;
   });

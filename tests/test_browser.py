@@ -1,0 +1,574 @@
+"""The web UI in a real browser (Debian's Chromium via Playwright), against a live server and a
+real RQ worker: upload, live progress, player/transcript/storyboard, cancel, conflicts.
+
+Runs once, on SQLite: the UI does not depend on the database backend.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests import browser, mediagen
+from tests.browser import (
+    LOCAL_HOST,
+    api_progress,
+    api_trigger,
+    api_upload,
+    button_states,
+    enabled,
+    panel_state,
+    player_state,
+    sample_panel,
+    screenshot_dir,
+    step_states,
+    wait_until,
+)
+from webapp.config import STEPS
+from webapp.services.storage import ARTIFACT_NAMES
+
+# The harness's fixtures, used by name below.
+chromium, browser_log, live_server, worker, page = (
+    browser.chromium, browser.browser_log, browser.live_server, browser.worker, browser.page)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
+]
+
+# About 30 s of speech: with one worker the whole run takes several seconds, long enough to
+# watch the bar move (the panel polls once a second) and to cancel a running task.
+LONG_TEXT = (
+    "Hello and welcome to the video pipeline. Today we talk about the weather in the "
+    "mountains. It will rain in the morning and the sun comes out in the afternoon. Please "
+    "call me tomorrow morning about the report. The meeting starts at nine and ends before "
+    "lunch. Bring your notes and a cup of coffee. The train leaves at six in the evening. "
+    "Thank you for watching and goodbye."
+)
+SHORT_TEXT = ("Hello and welcome. Please call me tomorrow morning about the weather report. "
+              "The meeting starts at nine. Thank you and goodbye.")
+VIDEO_URL = re.compile(r"/videos/([0-9a-f-]{36})$")
+SEEK_TOLERANCE = 0.5
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("browser-media")
+    return {
+        "long": mediagen.make_speech_video(root / "long-talk.mp4", LONG_TEXT, size="960x540"),
+        "short": mediagen.make_speech_video(root / "short-talk.mp4", SHORT_TEXT,
+                                            size="640x360"),
+        "audio": mediagen.make_audio_only(root / "voice-memo.m4a", SHORT_TEXT),
+    }
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+def check_page_frame(page: Page) -> None:
+    """What every page has: a title, a favicon, a nav to the library and to rq-dashboard."""
+    assert page.title().strip(), f"{page.url}: empty <title>"
+    assert page.locator("link[rel~='icon']").count() >= 1, f"{page.url}: no favicon link"
+    hrefs = page.locator("nav a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
+    paths = {urlsplit(h).path for h in hrefs}
+    assert "/" in paths, f"{page.url}: nav has no link to / ({hrefs})"
+    assert paths & {"/rq", "/rq/"}, f"{page.url}: nav has no link to /rq ({hrefs})"
+
+
+def upload_with_form(page: Page, path: Path) -> str:
+    """Choose the file, press the button, land on the new video's page; returns its id."""
+    page.goto("/")
+    page.set_input_files("#upload-file", str(path))
+    page.click("#upload-submit")
+    page.wait_for_url(VIDEO_URL, timeout=30_000)
+    return VIDEO_URL.search(page.url).group(1)
+
+
+def wait_api_status(page: Page, vid: str, status: str, timeout: float = 120) -> dict:
+    def check():
+        state = api_progress(page, vid)
+        return state if state["status"] == status else None
+    return wait_until(check, timeout=timeout, interval=0.2,
+                      what=f"video {vid} reaching {status}")
+
+
+def panel(page: Page):
+    return page.locator("#progress-panel")
+
+
+def show_results(page: Page, timeout: float = 5_000) -> bool:
+    """Wait for the results after completion; reload if they do not come by themselves.
+
+    The contract allows both; returns True when they appeared without a reload.
+    """
+    try:
+        expect(page.locator("#results #player")).to_be_attached(timeout=timeout)
+        return True
+    except AssertionError:
+        warnings.warn("results did not appear without a page reload", stacklevel=2)
+        page.reload()
+        expect(page.locator("#results #player")).to_be_attached()
+        return False
+
+
+def pause(page: Page) -> None:
+    page.evaluate("() => document.querySelector('#player').pause()")
+
+
+def play_muted(page: Page) -> None:
+    page.evaluate("""async () => {
+        const p = document.querySelector('#player');
+        p.muted = true;
+        await p.play();
+    }""")
+
+
+def expect_seek_to(page: Page, start: float) -> None:
+    page.wait_for_function(
+        "([s, tol]) => Math.abs(document.querySelector('#player').currentTime - s) < tol",
+        arg=[start, SEEK_TOLERANCE], timeout=5_000)
+
+
+def float_attr(locator, name: str) -> float:
+    value = locator.get_attribute(name)
+    assert value is not None, f"missing {name}"
+    return float(value)
+
+
+def percent_number(text: str | None) -> float:
+    match = re.search(r"(\d+(?:\.\d+)?)\s*%", text or "")
+    assert match, f"no percentage in {text!r}"
+    return float(match.group(1))
+
+
+# -- 1. upload through the form, live progress ---------------------------------------------
+
+def test_upload_form_then_live_progress_until_completed(page, worker, browser_log, media):
+    path = media["long"]
+    page.goto("/")
+    check_page_frame(page)
+    expect(page.locator("#upload-progress")).to_be_hidden()
+
+    # Slow the upload down (Chromium's own throttling) so its progress bar can be seen moving.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": path.stat().st_size / 1.5})
+    page.set_input_files("#upload-file", str(path))
+    page.click("#upload-submit")
+    upload_values = []
+    while not VIDEO_URL.search(page.url):
+        try:
+            shown = page.evaluate("""() => {
+                const b = document.querySelector('#upload-progress');
+                return b && !b.hidden && b.offsetParent !== null ? b.value : null;
+            }""")
+        except Exception:  # the page navigated away between two samples
+            break
+        if shown is not None:
+            upload_values.append(shown)
+        time.sleep(0.05)
+    page.wait_for_url(VIDEO_URL, timeout=30_000)
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    vid = VIDEO_URL.search(page.url).group(1)
+    assert [v for v in upload_values if 0 < v < 100], (
+        f"#upload-progress never showed a value between 0 and 100: {upload_values}")
+    assert upload_values == sorted(upload_values), upload_values
+
+    check_page_frame(page)
+    first = panel_state(page)
+    assert first["status"] in ("queued", "running"), (
+        f"processing was not active when the page opened ({first}); the test video is too "
+        "short for this machine")
+    assert first["trigger"] and first["get"], f"an active panel must poll: {first}"
+    progress_path = urlsplit(first["get"]).path
+
+    samples = []
+    buttons_while_running = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = panel_state(page)
+        samples.append(state)
+        if state["status"] == "running" and buttons_while_running is None:
+            buttons_while_running = button_states(page)
+        if state["status"] in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    done_at = time.monotonic()
+    assert samples[-1]["status"] == "completed", samples[-1]
+
+    statuses = [s["status"] for s in samples]
+    order = {"queued": 0, "running": 1, "completed": 2}
+    assert set(statuses) <= set(order), statuses
+    assert [order[s] for s in statuses] == sorted(order[s] for s in statuses), statuses
+    assert "running" in statuses, statuses
+
+    values = [s["value"] for s in samples]
+    assert None not in values, f"#overall-progress without a value: {samples}"
+    values = [float(v) for v in values]
+    assert all(s["max"] == "100" for s in samples)
+    assert values == sorted(values), f"the bar went backwards: {values}"
+    assert values[-1] == 100, values
+    intermediate = sorted({v for v in values if 0 < v < 100})
+    print(f"upload bar: {len(upload_values)} samples; overall bar, distinct values seen "
+          f"in {len(samples)} samples: {sorted(set(values))}")
+    assert len(intermediate) >= 3, f"too few intermediate values: {values}"
+    for s in samples:
+        assert abs(percent_number(s["percent"]) - float(s["value"])) <= 0.5, s
+
+    etas = [s["eta"] for s in samples if s["status"] == "running"]
+    assert any(re.search(r"\d", e or "") for e in etas), f"#eta never showed a time: {etas}"
+    assert buttons_while_running == {"run": False, "reprocess": False, "force": True,
+                                     "cancel": True, "delete": False}, buttons_while_running
+
+    # Finished: polling stopped, every step done, buttons follow.
+    final = panel_state(page)
+    assert final["trigger"] is None and final["get"] is None, final
+    assert percent_number(final["percent"]) == 100
+    steps = step_states(page)
+    assert all(float(s["value"]) == 100 and s["status"] == "completed"
+               for s in steps.values()), steps
+    expect(page.locator("#eta")).to_be_attached()
+    buttons = button_states(page)
+    assert buttons["cancel"] is False and buttons["force"] is False, buttons
+    assert buttons["reprocess"] is True and buttons["delete"] is True, buttons
+
+    show_results(page)
+    time.sleep(2.5)
+    late = browser_log.requests_to(progress_path, since=done_at)
+    assert not late, f"the page kept polling {progress_path} after completion: {late}"
+    assert api_progress(page, vid)["status"] == "completed"
+
+
+# -- 2. the results: player, captions, transcript, storyboard, downloads ------------------
+
+def test_player_transcript_storyboard_and_downloads(page, worker, media):
+    vid = api_upload(page, media["short"])
+    api_trigger(page, vid)
+    page.goto(f"/videos/{vid}")
+    expect(panel(page)).to_have_attribute("data-status", "completed", timeout=60_000)
+    show_results(page)
+    check_page_frame(page)
+
+    player = page.locator("#player")
+    assert player.evaluate("p => p.tagName") == "VIDEO"
+    assert player.get_attribute("controls") is not None
+    poster = player.get_attribute("poster")
+    assert poster and poster.endswith(f"/{vid}/artifacts/poster.jpg"), poster
+    resp = page.request.get(poster)
+    assert resp.status == 200 and resp.headers["content-type"] == "image/jpeg"
+    source = page.locator("#player source")
+    assert source.get_attribute("src").endswith(f"/{vid}/artifacts/preview.mp4")
+    assert source.get_attribute("type") == "video/mp4"
+    track = page.locator("#player track")
+    assert {a: track.get_attribute(a) for a in ("kind", "srclang", "label")} == {
+        "kind": "captions", "srclang": "en", "label": "English"}
+    assert track.get_attribute("default") is not None
+    assert track.get_attribute("src").endswith(f"/{vid}/artifacts/captions.vtt")
+
+    # The preview really plays (H.264/AAC in Debian's Chromium).
+    assert page.evaluate("() => document.createElement('video').canPlayType("
+                         "'video/mp4; codecs=\"avc1.42E01E, mp4a.40.2\"')") == "probably"
+    play_muted(page)
+    page.wait_for_function("() => document.querySelector('#player').currentTime > 0.5",
+                           timeout=10_000)
+    state = player_state(page)
+    assert state["error"] is None and not state["paused"], state
+    assert page.evaluate("() => document.querySelector('#player').videoWidth") == 640
+
+    # Captions: the default track shows and its cues are the transcript's lines.
+    mode = page.evaluate("() => document.querySelector('#player').textTracks[0].mode")
+    if mode != "showing":
+        warnings.warn(f"default captions track was {mode!r}, not 'showing'", stacklevel=1)
+        page.evaluate("() => { document.querySelector('#player').textTracks[0].mode = "
+                      "'showing'; }")
+    page.wait_for_function("""() => {
+        const t = document.querySelector('#player').textTracks[0];
+        return t.cues && t.cues.length > 0;
+    }""", timeout=10_000)
+    cues = page.evaluate("""() => Array.from(document.querySelector('#player').textTracks[0]
+        .cues, c => ({start: c.startTime, end: c.endTime, text: c.text}))""")
+
+    lines = page.locator("#transcript button.line")
+    count = lines.count()
+    assert count >= 2, f"expected several transcript lines, got {count}"
+    assert count == len(cues), (count, cues)
+    texts = lines.all_text_contents()
+    for cue, text in zip(cues, texts, strict=True):
+        assert " ".join(cue["text"].split()) in " ".join(text.split()), (cue, text)
+    starts = [float_attr(lines.nth(i), "data-start") for i in range(count)]
+    ends = [float_attr(lines.nth(i), "data-end") for i in range(count)]
+    assert starts == sorted(starts) and all(s < e for s, e in zip(starts, ends, strict=True))
+    assert all(abs(c["start"] - s) < 0.01 for c, s in zip(cues, starts, strict=True)), cues
+
+    # Clicking a transcript line (not the first) seeks there ...
+    pause(page)
+    index = count // 2
+    lines.nth(index).click()
+    expect_seek_to(page, starts[index])
+    # ... and while playing, the line at the current time is marked.
+    play_muted(page)
+    seen_clicked_current = False
+    for _ in range(10):
+        time.sleep(0.15)
+        t, current = page.evaluate("""() => [document.querySelector('#player').currentTime,
+            Array.from(document.querySelectorAll('#transcript .line.current'),
+                       l => [parseFloat(l.dataset.start), parseFloat(l.dataset.end)])]""")
+        assert len(current) <= 1, f"several current lines at {t}: {current}"
+        if current:
+            start, end = current[0]
+            # timeupdate fires about every 250 ms: allow that much lag at a line's edges
+            assert start - 0.3 <= t <= end + 0.3, f"line {current[0]} is current at {t}"
+            seen_clicked_current |= start == starts[index]
+        else:  # (the same lag when a line starts right after a pause in the speech)
+            assert not any(s + 0.3 <= t < e for s, e in zip(starts, ends, strict=True)), (
+                f"no line is marked current at {t}")
+    assert seen_clicked_current, "the clicked line never got class 'current'"
+    assert page.locator("#transcript .line.current").count() <= 1
+
+    # Clicking a storyboard tile seeks to its time.
+    pause(page)
+    tiles = page.locator("#storyboard button.tile")
+    n_tiles = tiles.count()
+    assert n_tiles >= 2, n_tiles
+    tile_starts = [float_attr(tiles.nth(i), "data-start") for i in range(n_tiles)]
+    assert tile_starts == sorted(tile_starts) and tile_starts[0] < tile_starts[-1]
+    for i in (n_tiles - 1, 1):
+        tiles.nth(i).click()
+        expect_seek_to(page, tile_starts[i])
+    box = tiles.nth(0).bounding_box()
+    assert box and box["width"] > 20 and box["height"] > 10, box
+
+    # Every download link works, one per artifact.
+    hrefs = page.locator("#downloads a").evaluate_all(
+        "as => as.map(a => a.getAttribute('href'))")
+    assert sorted(h.rsplit("/", 1)[-1] for h in hrefs) == sorted(ARTIFACT_NAMES), hrefs
+    for href in hrefs:
+        resp = page.request.get(href)
+        assert resp.status == 200, (href, resp.status)
+        assert resp.body(), href
+
+
+def test_audio_upload_gets_an_audio_player_and_can_be_deleted(page, worker, media):
+    vid = upload_with_form(page, media["audio"])
+    expect(panel(page)).to_have_attribute("data-status", "completed", timeout=60_000)
+    assert set(step_states(page)) == set(STEPS)
+    assert "skipped" in step_states(page)["thumbnails"]["status"]
+    show_results(page)
+    assert page.locator("#player").evaluate("p => p.tagName") == "AUDIO"
+    play_muted(page)
+    page.wait_for_function("() => document.querySelector('#player').currentTime > 0.3",
+                           timeout=10_000)
+    assert page.locator("#transcript button.line").count() >= 1
+    assert page.locator("#storyboard button.tile").count() == 0
+    names = sorted(h.rsplit("/", 1)[-1] for h in page.locator("#downloads a").evaluate_all(
+        "as => as.map(a => a.getAttribute('href'))"))
+    assert names == sorted(["audio.wav", "transcript.json", "captions.vtt", "captions.srt"])
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#btn-delete")
+    page.wait_for_url(re.compile(r"/$"))
+    expect(page.locator(f".video-row[data-video-id='{vid}']")).to_have_count(0)
+    assert page.request.get(f"/api/v1/videos/{vid}").status == 404
+
+
+def test_upload_of_a_non_media_file_is_refused_readably(page, browser_log, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video\n" * 100)
+    page.goto("/")
+    browser_log.expect_http_error("/videos")
+    with page.expect_response(lambda r: r.request.method == "POST"
+                              and urlsplit(r.url).path == "/videos") as info:
+        page.set_input_files("#upload-file", str(notes))
+        page.click("#upload-submit")
+    assert info.value.status == 422
+    alert = page.locator("#upload-form [role=alert]")
+    expect(alert).to_contain_text("not a playable audio or video file")
+    assert urlsplit(page.url).path == "/"
+    expect(page.locator("#video-list .video-row")).to_have_count(0)
+    # The form is ready for another try: button enabled, upload bar hidden again.
+    time.sleep(0.5)
+    form_state = page.evaluate("""() => ({
+        submit_disabled: document.querySelector('#upload-submit').disabled,
+        progress_hidden: document.querySelector('#upload-progress').offsetParent === null,
+    })""")
+    assert form_state == {"submit_disabled": False, "progress_hidden": True}, form_state
+    assert page.request.get("/api/v1/videos").json() == []
+
+
+# -- 4. cancel from the browser, then run again --------------------------------------------
+
+def test_cancel_then_run_again_from_the_browser(page, worker, media):
+    vid = upload_with_form(page, media["long"])
+    expect(panel(page)).to_have_attribute("data-status", "running", timeout=30_000)
+    expect(page.locator("#btn-cancel")).to_be_enabled()
+    page.click("#btn-cancel")
+    expect(panel(page)).to_have_attribute("data-status", "cancelled", timeout=10_000)
+    assert api_progress(page, vid)["status"] == "cancelled"
+    assert panel_state(page)["trigger"] is None
+    expect(page.locator("#btn-run")).to_be_enabled()
+    expect(page.locator("#btn-cancel")).to_be_disabled()
+    expect(page.locator("#btn-force")).to_be_disabled()
+    expect(page.locator("#btn-delete")).to_be_enabled()
+    statuses = {s["status"] for s in step_states(page).values()}
+    assert "cancelled" in statuses, statuses
+    time.sleep(1.5)  # a cancelled panel stays cancelled (no stale poll brings "running" back)
+    assert panel_state(page)["status"] == "cancelled"
+
+    with page.expect_response(lambda r: r.request.method == "POST"
+                              and urlsplit(r.url).path == f"/videos/{vid}/run") as info:
+        page.click("#btn-run")
+    assert info.value.status in (200, 202), info.value.status
+    expect(panel(page)).to_have_attribute("data-status", re.compile(r"^(queued|running)$"))
+    samples = sample_panel(page, timeout=120)
+    assert samples[-1]["status"] == "completed", samples[-1]
+    assert float(samples[-1]["value"]) == 100
+    assert enabled(page, "#btn-cancel") is False
+    assert api_progress(page, vid)["status"] == "completed"
+
+
+# -- 5. conflicts are readable; force replaces the running task -----------------------------
+
+def test_conflict_is_shown_as_a_message_and_force_replaces_the_task(page, worker, media,
+                                                                    browser_log):
+    vid = api_upload(page, media["long"])
+    first_task = api_trigger(page, vid)
+    page.goto(f"/videos/{vid}")
+    expect(panel(page)).to_have_attribute("data-status", "running", timeout=30_000)
+    expect(page.locator("#btn-reprocess")).to_be_disabled()
+
+    # A person cannot press the disabled button; a stale page (or a second tab) can.
+    browser_log.expect_http_error(f"/videos/{vid}/reprocess")
+    with page.expect_response(lambda r: r.request.method == "POST"
+                              and urlsplit(r.url).path == f"/videos/{vid}/reprocess") as info:
+        page.evaluate("""() => {
+            const b = document.querySelector('#btn-reprocess');
+            b.disabled = false;
+            b.click();
+        }""")
+    assert info.value.status == 409
+    message = page.locator("#message")
+    expect(message).to_contain_text("already", timeout=5_000)
+    assert message.get_attribute("role") == "alert"
+    assert first_task in message.text_content() or "running" in message.text_content()
+    # Readable means it stays long enough to be read, whatever the panel's polling does
+    # (checked at the end, so that a vanishing message does not hide the force check).
+    shown_at, lost_after = time.monotonic(), None
+    while time.monotonic() - shown_at < 2.5 and lost_after is None:
+        if "already" not in (message.text_content() or ""):
+            lost_after = time.monotonic() - shown_at
+        time.sleep(0.05)
+    assert api_progress(page, vid)["task_id"] == first_task
+
+    with page.expect_response(lambda r: r.request.method == "POST"
+                              and urlsplit(r.url).path == f"/videos/{vid}/force") as info:
+        page.click("#btn-force")
+    assert info.value.status in (200, 202), info.value.status
+    wait_until(lambda: api_progress(page, vid)["task_id"] != first_task, timeout=10,
+               what="a new task replacing the running one")
+    second = api_progress(page, vid)["task_id"]
+    assert panel_state(page)["status"] in ("queued", "running")
+    expect(panel(page)).to_have_attribute("data-status", "completed", timeout=120_000)
+    state = api_progress(page, vid)
+    assert (state["task_id"], state["status"]) == (second, "completed")
+    assert "already" not in (page.locator("#message").text_content() or "")
+    assert lost_after is None, (
+        f"#message lost the 409 message {lost_after:.2f} s after it appeared: the active "
+        "panel's next poll (hx-swap outerHTML) replaced it with an empty #message")
+
+
+# -- 6. screenshots of the library, an active and a finished video page ---------------------
+
+def test_library_and_screenshots(page, worker, media, tmp_path):
+    shots = screenshot_dir(tmp_path)
+    short = api_upload(page, media["short"])
+    api_trigger(page, short)
+    wait_api_status(page, short, "completed", timeout=60)
+    pending = api_upload(page, media["audio"])
+    long = api_upload(page, media["long"])
+    api_trigger(page, long)
+
+    page.goto("/")
+    check_page_frame(page)
+    rows = page.locator("#video-list .video-row")
+    expect(rows).to_have_count(3)
+    ids = rows.evaluate_all("rs => rs.map(r => r.dataset.videoId)")
+    assert ids == [long, pending, short], "the library is not newest first"
+    for vid in ids:
+        row = page.locator(f".video-row[data-video-id='{vid}']")
+        assert row.locator(f"a[href$='/videos/{vid}']").count() >= 1, f"row {vid} has no link"
+    active = page.locator(f".video-row[data-video-id='{long}']")
+    expect(active.locator("progress.overall")).to_be_attached(timeout=10_000)
+    page.wait_for_function(
+        """(id) => {
+            const bar = document.querySelector(
+                `.video-row[data-video-id="${id}"] progress.overall`);
+            return bar && parseFloat(bar.getAttribute('value')) > 0;
+        }""", arg=long, timeout=30_000)
+    assert page.locator(
+        f".video-row[data-video-id='{short}'] progress.overall").count() == 0
+    page.screenshot(path=str(shots / "library.png"))
+
+    page.goto(f"/videos/{long}")
+    page.wait_for_function("""() => {
+        const panel = document.querySelector('#progress-panel');
+        const bar = document.querySelector('#overall-progress');
+        return panel.dataset.status === 'running' && parseFloat(bar.getAttribute('value')) > 20;
+    }""", timeout=60_000)
+    page.screenshot(path=str(shots / "video-active.png"))
+
+    expect(panel(page)).to_have_attribute("data-status", "completed", timeout=120_000)
+    show_results(page)
+    expect(page.locator("#transcript button.line").first).to_be_visible()
+    page.wait_for_function("() => document.querySelector('#player').readyState >= 1",
+                           timeout=10_000)
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(shots / "video-done.png"), full_page=True)
+
+    for name in ("library.png", "video-active.png", "video-done.png"):
+        data = (shots / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000, name
+
+    # Back in the library the finished row is no longer shown as active.
+    page.click("nav a[href='/']")
+    row = page.locator(f".video-row[data-video-id='{long}']")
+    expect(row).to_be_visible()
+    expect(row.locator("progress.overall")).to_have_count(0)
+
+
+# -- 3. nothing broke in the browser, nothing left 127.0.0.1 ------------------------------
+
+def test_no_console_errors_and_no_foreign_requests(page, browser_log, media):
+    """Over every page this module opened (tests 1, 2, 4, 5, 6 run before this one)."""
+    if not any(VIDEO_URL.search(urlsplit(u).path) for u in browser_log.pages):
+        # Run alone: walk the pages once so the checks below are not vacuous.
+        vid = api_upload(page, media["short"])
+        page.goto(f"/videos/{vid}")
+        page.goto("/")
+    # The nav's other links (rq-dashboard, and the API docs if linked) work offline too.
+    page.goto("/")
+    page.locator("nav a[href^='/rq']").click()
+    page.wait_for_load_state("networkidle")
+    assert urlsplit(page.url).path.startswith("/rq")
+    assert page.locator("body").inner_text().strip()
+    page.goto("/")
+    if page.locator("nav a[href='/api/docs']").count():
+        page.locator("nav a[href='/api/docs']").click()
+        page.wait_for_load_state("networkidle")
+        expect(page.locator(".swagger-ui .info")).to_be_visible()
+    print(f"{len(browser_log.pages)} pages, {len(browser_log.requests)} requests; "
+          f"aborted by the browser: {browser_log.failed_requests}")
+
+    assert browser_log.pages, "no page was recorded"
+    assert len(browser_log.requests) > 10, browser_log.requests
+    assert not browser_log.console_errors, browser_log.console_errors
+    assert not browser_log.page_errors, browser_log.page_errors
+    assert not browser_log.real_failures(), browser_log.real_failures()
+    foreign = browser_log.foreign_requests()
+    assert not foreign, f"requests left {LOCAL_HOST}: {foreign}"
