@@ -20,6 +20,16 @@ def soup(resp) -> BeautifulSoup:
     return BeautifulSoup(resp.get_data(as_text=True), "html.parser")
 
 
+@pytest.fixture
+def client(app):
+    """Like a browser that opened the library: its requests carry the page's CSRF token in
+    X-CSRFToken, as HTMX sends it (CSRF itself is tested in test_security.py)."""
+    client = app.test_client()
+    token = soup(client.get("/")).select_one('meta[name="csrf-token"]')["content"]
+    client.environ_base["HTTP_X_CSRFTOKEN"] = token
+    return client
+
+
 def form_upload(client, path, name=None, headers=None):
     with open(path, "rb") as fh:
         return client.post("/videos", data={"file": (fh, name or path.name)},

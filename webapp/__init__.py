@@ -12,6 +12,10 @@ from webapp.config import PROJECT_ROOT, Settings
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; tests pass their own Settings, everyone else gets the environment's."""
     settings = settings or Settings.from_env()
+    if settings.host:  # no unprotected service on the network (README, "Security")
+        from webapp.security import check_exposure
+
+        check_exposure(settings.host, settings)
     app = Flask(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),
@@ -24,13 +28,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from webapp import api, extensions, health, ui
+    from webapp import api, extensions, health, security, ui
 
     extensions.init_app(app, settings)
     api.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
     init_dashboard(app, settings)
+    security.init_app(app, settings)  # last: it finds the /api and /rq blueprints
     return app
 
 

@@ -49,6 +49,13 @@ class Settings:
     heartbeat_interval: int = 5
     heartbeat_grace: int = 30
     reconcile_interval: float = 5.0
+    # The web process (README, "Security"). host is HOST as configured, "" when unset (the
+    # Procfile/gunicorn.conf.py then listen on 127.0.0.1). Secrets stay out of repr().
+    host: str = ""
+    api_token: str = field(default="", repr=False)
+    admin_password: str = field(default="", repr=False)
+    allow_insecure: bool = False
+    secret_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -79,6 +86,12 @@ class Settings:
             "reconcile_interval": float(
                 _env("RECONCILE_INTERVAL", str(cls.reconcile_interval))
             ),
+            "host": _env("HOST", "").strip(),
+            "api_token": _env("API_TOKEN", ""),
+            "admin_password": _env("ADMIN_PASSWORD", ""),
+            "allow_insecure": _env("ALLOW_INSECURE", "0").strip().lower()
+            in ("1", "true", "yes", "on"),
+            "secret_key": _env("SECRET_KEY", ""),
         }
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known

@@ -1,0 +1,43 @@
+"""gunicorn settings of the web process (the Procfile's `web` line), from the environment.
+
+HOST (127.0.0.1), PORT (5000) and WEB_WORKERS (2) as in the README. Before it opens any
+socket the master refuses a non-loopback address unless API_TOKEN and ADMIN_PASSWORD are
+both set, or ALLOW_INSECURE=1 (webapp/security.py, check_exposure). The check looks at the
+addresses gunicorn will really bind, so a `--bind` on the command line is checked too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from gunicorn.util import parse_address
+
+_host = os.environ.get("HOST") or "127.0.0.1"
+if ":" in _host and not _host.startswith("["):
+    _host = f"[{_host}]"  # an IPv6 address
+bind = [f"{_host}:{os.environ.get('PORT') or '5000'}"]
+workers = int(os.environ.get("WEB_WORKERS") or 2)
+threads = 4
+timeout = 600  # large uploads
+accesslog = "-"
+
+
+def on_starting(server) -> None:
+    from webapp.config import Settings
+    from webapp.security import InsecureExposure, check_exposure
+
+    settings = Settings.from_env()
+    for address in server.cfg.bind:
+        parsed = parse_address(address)
+        if isinstance(parsed, str):
+            host = None  # a Unix socket
+        elif isinstance(parsed, int):
+            host = f"fd://{parsed}"  # a socket handed over (systemd): its address is unknown
+        else:
+            host = parsed[0]
+        try:
+            check_exposure(host, settings)
+        except InsecureExposure as exc:
+            server.log.error("vidpipe: %s", exc)
+            sys.exit(1)

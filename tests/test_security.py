@@ -1,0 +1,578 @@
+"""Access control and web security: API token, admin login, exposure check (also through a real
+gunicorn), CSRF on the UI's forms, security headers, the persisted secret key."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+
+from tests import mediagen
+from tests.helpers import progress_of, upload_ok
+from webapp import create_app
+from webapp.config import PROJECT_ROOT, Settings
+from webapp.security import (
+    CSP,
+    InsecureExposure,
+    check_exposure,
+    is_loopback,
+    persistent_secret_key,
+)
+from webapp.services.storage import Storage
+
+TOKEN = "s3cret-token-4f9c1e77"
+PASSWORD = "correct horse battery staple"
+HX = {"HX-Request": "true"}
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return mediagen.make_video(tmp_path_factory.mktemp("m") / "clip.mp4", duration=1.0)
+
+
+def basic(user: str = "admin", password: str = PASSWORD) -> dict[str, str]:
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def make_app(settings: Settings, **changes):
+    app = create_app(replace(settings, secret_key="test-secret-key", **changes))
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def secured(settings):
+    """API_TOKEN and ADMIN_PASSWORD both set."""
+    return make_app(settings, api_token=TOKEN, admin_password=PASSWORD)
+
+
+def soup(resp) -> BeautifulSoup:
+    return BeautifulSoup(resp.get_data(as_text=True), "html.parser")
+
+
+def upload(client, path: Path, headers=None, url="/api/v1/videos", data=None):
+    with open(path, "rb") as fh:
+        return client.post(url, data={"file": (fh, path.name), **(data or {})},
+                           content_type="multipart/form-data", headers=headers or {})
+
+
+def assert_unauthorized_json(resp, challenge: str = "Bearer") -> dict:
+    assert resp.status_code == 401, resp.get_data(as_text=True)[:300]
+    assert resp.mimetype == "application/json"
+    assert resp.headers["WWW-Authenticate"] == challenge
+    body = resp.get_json()
+    assert body["code"] == 401 and body["status"] == "Unauthorized" and body["message"]
+    return body
+
+
+# -- API_TOKEN ----------------------------------------------------------------------------
+
+def test_api_needs_the_bearer_token(secured, clip):
+    client = secured.test_client()
+    vid = upload_ok_with_token(client, clip)
+    attempts = [
+        ("GET", "/api/v1/videos", {}),
+        ("POST", "/api/v1/videos", None),  # an upload
+        ("POST", f"/api/v1/videos/{vid}/run_sync", {}),
+        ("GET", f"/api/v1/videos/{vid}", {}),
+        ("DELETE", f"/api/v1/videos/{vid}", {}),
+    ]
+    wrong = [{}, bearer("wrong"), bearer(TOKEN + "x"), bearer(TOKEN[:-1]),
+             {"Authorization": TOKEN}, {"Authorization": f"Token {TOKEN}"},
+             {"Authorization": "Bearer \u00e9\u00e8"}, basic()]  # the admin login is no token
+    for method, url, _ in attempts:
+        for headers in wrong:
+            if url == "/api/v1/videos" and method == "POST":
+                resp = upload(client, clip, headers)
+            else:
+                resp = client.open(url, method=method, headers=headers)
+            body = assert_unauthorized_json(resp)
+            expected = "is not valid" if headers else "Authorization: Bearer"
+            assert expected in body["message"], (method, url, headers, body)
+    # Nothing happened: still one video, never started.
+    listing = client.get("/api/v1/videos", headers=bearer())
+    assert listing.status_code == 200 and [v["id"] for v in listing.get_json()] == [vid]
+    assert progress_of_with_token(client, vid)["status"] == "pending"
+    # With the token everything works.
+    assert upload(client, clip, bearer()).status_code == 201
+    started = client.post(f"/api/v1/videos/{vid}/run_sync", headers=bearer())
+    assert started.status_code == 202, started.get_json()
+    assert client.get(f"/api/v1/videos/{vid}", headers=bearer()).status_code == 200
+    # "bearer" is case-insensitive (RFC 7235), the token is not.
+    assert client.get("/api/v1/videos", headers={"Authorization": f"bearer {TOKEN}"}
+                      ).status_code == 200
+    assert_unauthorized_json(client.get("/api/v1/videos", headers=bearer(TOKEN.upper())))
+
+
+def upload_ok_with_token(client, path: Path) -> str:
+    resp = upload(client, path, bearer())
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()["id"]
+
+
+def progress_of_with_token(client, vid: str) -> dict:
+    resp = client.get(f"/api/v1/videos/{vid}/reprocess", headers=bearer())
+    assert resp.status_code == 200
+    return resp.get_json()
+
+
+def test_openapi_docs_and_health_stay_open(secured):
+    client = secured.test_client()
+    spec = client.get("/api/openapi.json")
+    assert spec.status_code == 200
+    doc = spec.get_json()
+    assert doc["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": doc["components"][
+            "securitySchemes"]["bearerAuth"]["description"]}
+    assert doc["security"] == [{"bearerAuth": []}]
+    docs = client.get("/api/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.get_data(as_text=True)
+    assert client.get("/healthz").status_code == 200
+    # Anything else under /api needs the token too (fail closed for future routes).
+    assert_unauthorized_json(client.get("/api/v2/videos"))
+    assert_unauthorized_json(client.get("/api/v1"))
+    for url in ("/static/css/app.css", "/static/vendor/htmx/htmx.min.js", "/favicon.ico",
+                "/static/vendor/swagger-ui/swagger-ui-bundle.js"):
+        assert client.get(url).status_code == 200, url
+
+
+def test_without_a_token_the_api_is_open_and_the_spec_requires_nothing(settings):
+    app = make_app(settings, admin_password=PASSWORD)  # only the UI is protected
+    client = app.test_client()
+    assert client.get("/api/v1/videos").status_code == 200
+    doc = client.get("/api/openapi.json").get_json()
+    assert "bearerAuth" in doc["components"]["securitySchemes"]  # described, not required
+    assert "security" not in doc
+    assert client.get("/").status_code == 401
+
+
+def test_artifacts_also_accept_the_admin_login(secured, settings, clip):
+    """The UI embeds artifacts (<video>, <img>, downloads) straight from the API."""
+    client = secured.test_client()
+    vid = upload_ok_with_token(client, clip)
+    poster = Storage(settings.media_root).artifact_path(vid, "poster.jpg")
+    poster.parent.mkdir(parents=True, exist_ok=True)
+    poster.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    url = f"/api/v1/videos/{vid}/artifacts/poster.jpg"
+    assert client.get(url, headers=bearer()).status_code == 200
+    assert client.get(url, headers=basic()).status_code == 200
+    assert client.head(url, headers=basic()).status_code == 200
+    both = 'Bearer, Basic realm="vidpipe"'
+    assert_unauthorized_json(client.get(url), both)
+    assert_unauthorized_json(client.get(url, headers=basic(password="nope")), both)
+    # Only reading artifact files: not the listing, not anything else.
+    assert_unauthorized_json(client.get(f"/api/v1/videos/{vid}/artifacts", headers=basic()))
+    assert_unauthorized_json(client.get(f"/api/v1/videos/{vid}", headers=basic()))
+    assert_unauthorized_json(client.delete(f"/api/v1/videos/{vid}", headers=basic()))
+
+
+# -- ADMIN_PASSWORD -----------------------------------------------------------------------
+
+def test_ui_and_rq_need_the_admin_login(secured, clip):
+    client = secured.test_client()
+    vid = upload_ok_with_token(client, clip)
+    pages = ["/", f"/videos/{vid}", f"/videos/{vid}/panel", f"/videos/{vid}/row",
+             "/videos/not-a-video", "/rq/", "/rq/0/data/queues.json", "/rq/0/view/workers"]
+    bad_logins = [{}, basic(password="wrong"), basic(user="root"), basic(user="Admin"),
+                  basic(password=PASSWORD + " "), bearer(),
+                  {"Authorization": "Basic not-base64!"}]
+    for url in pages:
+        for headers in bad_logins:
+            resp = client.get(url, headers=headers)
+            assert resp.status_code == 401, (url, headers, resp.status_code)
+            assert resp.headers["WWW-Authenticate"] == 'Basic realm="vidpipe"'
+            assert resp.mimetype == "text/html" and "admin" in resp.get_data(as_text=True)
+        expected = 404 if "not-a-video" in url else 200
+        assert client.get(url, headers=basic()).status_code == expected, url
+    # Actions too, before any CSRF check: 401, and nothing happened.
+    for action in ("run", "reprocess", "force", "cancel", "delete"):
+        assert client.post(f"/videos/{vid}/{action}").status_code == 401
+    assert client.post("/videos").status_code == 401
+    assert progress_of_with_token(client, vid)["status"] == "pending"
+    assert client.get(f"/api/v1/videos/{vid}", headers=bearer()).status_code == 200
+
+
+def test_with_the_login_the_ui_works_end_to_end(secured, clip):
+    client = secured.test_client()
+    page = soup(client.get("/", headers=basic()))
+    token = page.select_one('meta[name="csrf-token"]')["content"]
+    headers = {**basic(), "X-CSRFToken": token}
+    resp = upload(client, clip, headers, url="/videos")
+    assert resp.status_code == 303, resp.get_data(as_text=True)[:300]
+    vid = resp.headers["Location"].rsplit("/", 1)[-1]
+    assert client.post(f"/videos/{vid}/cancel", headers={**headers, **HX}).status_code == 200
+    assert progress_of_with_token(client, vid)["status"] == "cancelled"
+
+
+# -- exposure -----------------------------------------------------------------------------
+
+LOOPBACK = ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]", "::ffff:127.0.0.1", None]
+EXPOSED = ["0.0.0.0", "", "::", "[::]", "192.168.1.10", "10.0.0.1", "2001:db8::1",
+           "no-such-host.invalid"]
+SECRETS = {
+    "none": {},
+    "token only": {"api_token": "t"},
+    "password only": {"admin_password": "p"},
+    "both": {"api_token": "t", "admin_password": "p"},
+    "none, allowed": {"allow_insecure": True},
+    "token only, allowed": {"api_token": "t", "allow_insecure": True},
+}
+
+
+@pytest.mark.parametrize("secrets", list(SECRETS))
+@pytest.mark.parametrize("host", LOOPBACK + EXPOSED)
+def test_exposure_check(host, secrets):
+    settings = Settings(**SECRETS[secrets])
+    refused = host in EXPOSED and secrets not in ("both", "none, allowed",
+                                                  "token only, allowed")
+    if not refused:
+        check_exposure(host, settings)
+        return
+    with pytest.raises(InsecureExposure) as info:
+        check_exposure(host, settings)
+    message = str(info.value)
+    assert "refusing to listen on" in message and "not a loopback address" in message
+    assert "ALLOW_INSECURE=1" in message
+    missing = {"none": ["API_TOKEN", "ADMIN_PASSWORD"], "token only": ["ADMIN_PASSWORD"],
+               "password only": ["API_TOKEN"]}[secrets]
+    assert f"{' and '.join(missing)} {'are' if len(missing) == 2 else 'is'} not set" in message
+
+
+def test_is_loopback_resolves_names():
+    assert is_loopback("localhost") and is_loopback("LOCALHOST") and is_loopback("127.8.9.10")
+    assert not is_loopback(socket.gethostname()) or all(
+        is_loopback(i[4][0]) for i in socket.getaddrinfo(socket.gethostname(), None))
+    assert not is_loopback("") and not is_loopback("0.0.0.0") and not is_loopback("::")
+
+
+def test_settings_read_the_security_variables(monkeypatch):
+    for name, value in {"HOST": "0.0.0.0", "API_TOKEN": "tok", "ADMIN_PASSWORD": "pw",
+                        "SECRET_KEY": "sk", "ALLOW_INSECURE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    s = Settings.from_env()
+    assert (s.host, s.api_token, s.admin_password, s.secret_key, s.allow_insecure) == (
+        "0.0.0.0", "tok", "pw", "sk", True)
+    assert "tok" not in repr(s) and "pw" not in repr(s) and "sk" not in repr(s)
+    for off in ("0", "", "no", "false"):
+        monkeypatch.setenv("ALLOW_INSECURE", off)
+        assert Settings.from_env().allow_insecure is False
+    for name in ("HOST", "API_TOKEN", "ADMIN_PASSWORD", "SECRET_KEY", "ALLOW_INSECURE"):
+        monkeypatch.delenv(name)
+    s = Settings.from_env()
+    assert (s.host, s.api_token, s.admin_password, s.secret_key, s.allow_insecure) == (
+        "", "", "", "", False)
+
+
+def test_create_app_checks_a_configured_host(settings):
+    with pytest.raises(InsecureExposure, match="refusing to listen on 0.0.0.0"):
+        create_app(replace(settings, host="0.0.0.0", secret_key="k"))
+    with pytest.raises(InsecureExposure, match="ADMIN_PASSWORD is not set"):
+        create_app(replace(settings, host="0.0.0.0", api_token="t", secret_key="k"))
+    for ok in ({"api_token": "t", "admin_password": "p"}, {"allow_insecure": True}, {}):
+        host = "127.0.0.1" if not ok else "0.0.0.0"
+        create_app(replace(settings, host=host, secret_key="k", **ok))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gunicorn_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HOST", "PORT", "API_TOKEN", "ADMIN_PASSWORD", "ALLOW_INSECURE",
+                        "GUNICORN_CMD_ARGS")}
+    env.update({"DATABASE_URL": f"sqlite:///{tmp_path / 'unused.db'}",
+                "MEDIA_ROOT": str(tmp_path / "media"), "SECRET_KEY": "k",
+                "WEB_WORKERS": "1", **extra})
+    return env
+
+
+def test_gunicorn_refuses_to_listen_openly_without_the_secrets(tmp_path):
+    port = free_port()
+    for extra, missing in (({}, "API_TOKEN and ADMIN_PASSWORD are not set"),
+                           ({"API_TOKEN": "t"}, "ADMIN_PASSWORD is not set")):
+        env = gunicorn_env(tmp_path, HOST="0.0.0.0", PORT=str(port), **extra)
+        proc = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
+                              cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                              timeout=30, check=False)
+        assert proc.returncode != 0
+        output = proc.stdout + proc.stderr
+        assert "refusing to listen on 0.0.0.0" in output and missing in output, output
+        assert "Listening at" not in output and "Booting worker" not in output, output
+
+
+def test_gunicorn_starts_with_allow_insecure(tmp_path):
+    """HOST=0.0.0.0 with ALLOW_INSECURE=1 starts (the app's own check passes too); the socket
+    itself is bound on 127.0.0.1 (--bind wins over the config file) to expose nothing."""
+    port = free_port()
+    env = gunicorn_env(tmp_path, HOST="0.0.0.0", PORT=str(port), ALLOW_INSECURE="1")
+    log = tmp_path / "gunicorn.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py",
+                                 "--bind", f"127.0.0.1:{port}", "wsgi:app"],
+                                cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        status = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/static/favicon.svg")
+                status = conn.getresponse().status
+                conn.close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert status == 200, log.read_text()
+        assert "ALLOW_INSECURE=1" in log.read_text()  # the app said it is exposed on purpose
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    assert proc.returncode is not None
+
+
+# -- CSRF ---------------------------------------------------------------------------------
+
+def page_token(client, url: str = "/") -> str:
+    return soup(client.get(url)).select_one('meta[name="csrf-token"]')["content"]
+
+
+def api_upload(client, clip) -> str:
+    return upload_ok(client, clip)["id"]
+
+
+def test_every_post_form_carries_the_token(client, clip):
+    vid = api_upload(client, clip)
+    for url in ("/", f"/videos/{vid}", f"/videos/{vid}/panel"):
+        page = soup(client.get(url))
+        forms = page.select('form[method="post"]')
+        assert forms, url
+        for form in forms:
+            field = form.select_one('input[type="hidden"][name="csrf_token"]')
+            assert field and field["value"], (url, form.get("action"))
+    page = soup(client.get("/"))
+    meta = page.select_one('meta[name="csrf-token"]')["content"]
+    assert json.loads(page.body["hx-headers"]) == {"X-CSRFToken": meta}
+
+
+def test_ui_posts_without_a_valid_token_are_refused_and_change_nothing(app, client, clip):
+    vid = api_upload(client, clip)
+    page_token(client)  # the session exists: only the token is missing
+    other = app.test_client()
+    foreign = page_token(other)  # a valid token, of another session
+    for headers in ({}, {"X-CSRFToken": "garbage"}, {"X-CSRFToken": foreign}):
+        for htmx in (False, True):
+            h = {**headers, **(HX if htmx else {})}
+            resp = upload(client, clip, h, url="/videos")
+            assert resp.status_code == 400
+            for action in ("run", "reprocess", "force", "delete"):
+                resp = client.post(f"/videos/{vid}/{action}", headers=h)
+                assert resp.status_code == 400, (action, headers)
+                text = resp.get_data(as_text=True)
+                assert "reload the page and try again" in text and "Traceback" not in text
+                if htmx:
+                    assert resp.headers["HX-Retarget"] == "#message"
+                    assert soup(resp).select_one("p#message[role=alert]")
+                else:
+                    assert soup(resp).html is not None and "400" in soup(resp).title.string
+    assert [v["id"] for v in client.get("/api/v1/videos").get_json()] == [vid]
+    assert progress_of(client, vid)["status"] == "pending"  # never started, not deleted
+    # Cancel and force on an active task.
+    task = client.post(f"/api/v1/videos/{vid}/run_sync").get_json()["task_id"]
+    for action in ("cancel", "force"):
+        assert client.post(f"/videos/{vid}/{action}", headers=HX).status_code == 400
+    state = progress_of(client, vid)
+    assert (state["task_id"], state["status"]) == (task, "queued")
+
+
+def test_htmx_upload_refusal_is_a_fragment_for_the_upload_message(client, clip):
+    page_token(client)
+    resp = upload(client, clip, HX, url="/videos")
+    assert resp.status_code == 400
+    assert resp.headers["HX-Retarget"] == "#upload-message"
+    assert resp.headers["HX-Reswap"] == "outerHTML"
+    p = soup(resp).select_one("p#upload-message.error[role=alert]")
+    assert "The CSRF token is missing." in p.get_text()
+
+
+def test_ui_posts_with_the_token_work(client, clip):
+    # A plain form: the hidden field of the page's own form.
+    page = soup(client.get("/"))
+    field = page.select_one("#upload-form input[name=csrf_token]")["value"]
+    resp = upload(client, clip, url="/videos", data={"csrf_token": field})
+    assert resp.status_code == 303
+    vid = resp.headers["Location"].rsplit("/", 1)[-1]
+    panel = soup(client.get(f"/videos/{vid}"))
+    cancel_form = panel.select_one(f'form[action="/videos/{vid}/cancel"]')
+    resp = client.post(f"/videos/{vid}/cancel",
+                       data={"csrf_token": cancel_form.select_one("input")["value"]})
+    assert resp.status_code == 303 and progress_of(client, vid)["status"] == "cancelled"
+    # HTMX: the header from <body hx-headers>.
+    token = page_token(client, f"/videos/{vid}")
+    resp = client.post(f"/videos/{vid}/run", headers={**HX, "X-CSRFToken": token})
+    assert resp.status_code == 200 and progress_of(client, vid)["status"] == "queued"
+    resp = client.post(f"/videos/{vid}/force", headers={**HX, "X-CSRFToken": token})
+    assert resp.status_code == 200
+    client.post(f"/videos/{vid}/cancel", headers={**HX, "X-CSRFToken": token})
+    resp = client.post(f"/videos/{vid}/delete", headers={**HX, "X-CSRFToken": token})
+    assert resp.status_code == 204 and resp.headers["HX-Redirect"] == "/"
+    assert client.get(f"/api/v1/videos/{vid}").status_code == 404
+
+
+def test_htmx_upload_over_the_limit_keeps_its_readable_413(settings, clip):
+    """The header token is checked without reading the (too large) body first."""
+    app = make_app(settings, max_upload_bytes=1000)
+    client = app.test_client()
+    token = page_token(client)
+    resp = upload(client, clip, {**HX, "X-CSRFToken": token}, url="/videos")
+    assert resp.status_code == 413
+    assert "larger than the limit" in soup(resp).select_one("#upload-message").get_text()
+
+
+def test_the_api_needs_no_csrf_token(client, clip):
+    page_token(client)  # even with a session cookie
+    vid = api_upload(client, clip)
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    assert client.post(f"/api/v1/videos/{vid}/cancel").status_code == 200
+    assert client.delete(f"/api/v1/videos/{vid}").status_code == 204
+
+
+def test_rq_dashboard_actions_work_from_its_pages_but_not_cross_site(app, client, settings,
+                                                                      clip, redis_conn):
+    """rq-dashboard posts without a CSRF token: exempt, but only from this origin."""
+    vid = api_upload(client, clip)
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    queue = settings.queue_name
+    jobs = redis_conn.llen(f"rq:queue:{queue}")
+    assert jobs > 0
+    empty = f"/rq/queue/{queue}/queued/empty"
+    for headers in ({"Origin": "http://evil.example"}, {"Referer": "http://evil.example/x"},
+                    {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "null"}):
+        assert client.post(empty, headers=headers).status_code == 403, headers
+    assert client.get(f"/rq/requeue/{queue}", headers={"Sec-Fetch-Site": "cross-site"}
+                      ).status_code == 403
+    assert redis_conn.llen(f"rq:queue:{queue}") == jobs
+    # Its own page's jQuery POST (same origin), or a script without a browser: allowed.
+    same = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
+    assert client.post(f"/rq/queue/{queue}/compact", headers=same).get_json() == {
+        "status": "OK"}
+    assert client.get(f"/rq/requeue/{queue}", headers=same).status_code == 200
+    assert client.post(empty).status_code == 200
+    assert redis_conn.llen(f"rq:queue:{queue}") == 0
+
+
+# -- headers ------------------------------------------------------------------------------
+
+EXPECTED_CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; "
+                "script-src 'self'; frame-ancestors 'none'; base-uri 'self'; "
+                "form-action 'self'")
+ALLOWED_SOURCES = {"'self'", "'none'", "'unsafe-inline'", "'unsafe-eval'", "data:"}
+
+
+def assert_common_headers(resp) -> None:
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert resp.headers["Referrer-Policy"] == "same-origin"
+
+
+def csp(resp) -> dict[str, list[str]]:
+    policy = {}
+    for directive in resp.headers["Content-Security-Policy"].split(";"):
+        name, *sources = directive.split()
+        policy[name] = sources
+    return policy
+
+
+def test_html_pages_have_the_strict_policy_and_nothing_inline(client, clip):
+    vid = api_upload(client, clip)
+    assert CSP == EXPECTED_CSP
+    for url, headers in (("/", {}), (f"/videos/{vid}", {}), (f"/videos/{vid}", HX),
+                         (f"/videos/{vid}/panel", HX), (f"/videos/{vid}/row", HX),
+                         ("/videos/not-a-video", {})):
+        resp = client.get(url, headers=headers)
+        assert resp.mimetype == "text/html", url
+        assert resp.headers["Content-Security-Policy"] == EXPECTED_CSP, url
+        assert_common_headers(resp)
+        page = soup(resp)
+        assert not page.select("style, [style]"), url
+        assert all(s.has_attr("src") for s in page.select("script")), url
+        assert not [a for tag in page.find_all(True) for a in tag.attrs
+                    if a.startswith("on") or a.startswith("hx-on")], url
+    config = soup(client.get("/")).select_one('meta[name="htmx-config"]')["content"]
+    assert '"includeIndicatorStyles": false' in config
+
+
+def test_relaxed_policies_for_swagger_ui_and_rq_dashboard_stay_on_this_host(client):
+    for url in ("/api/docs", "/rq/", "/rq/0/view/jobs"):
+        resp = client.get(url)
+        assert resp.status_code == 200, url
+        assert_common_headers(resp)
+        policy = csp(resp)
+        assert policy["frame-ancestors"] == ["'none'"] and policy["default-src"] == ["'self'"]
+        assert "'unsafe-inline'" in policy["script-src"], url
+        for name, sources in policy.items():
+            assert set(sources) <= ALLOWED_SOURCES, (url, name, sources)
+    assert "'unsafe-eval'" not in csp(client.get("/api/docs"))["script-src"]
+    assert csp(client.get("/api/docs"))["style-src"] == ["'self'"]
+
+
+def test_every_response_gets_the_basic_headers(client):
+    for url in ("/api/v1/videos", "/api/openapi.json", "/healthz", "/static/css/app.css",
+                "/api/v1/videos/nope"):
+        assert_common_headers(client.get(url))
+
+
+# -- secret key ---------------------------------------------------------------------------
+
+def test_secret_key_is_generated_once_and_shared(tmp_path):
+    instance = tmp_path / "instance"
+    keys: list[str] = []
+    threads = [threading.Thread(target=lambda: keys.append(persistent_secret_key(instance)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    path = instance / "secret_key"
+    assert len(set(keys)) == 1 and len(keys[0]) >= 64
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().strip() == keys[0]
+    assert persistent_secret_key(instance) == keys[0]  # a restart reads the same key
+    assert list(instance.iterdir()) == [path]  # no temporary files left behind
+    path.write_text("")
+    with pytest.raises(RuntimeError, match="is empty"):
+        persistent_secret_key(instance)
+
+
+def test_the_app_uses_secret_key_or_the_persisted_one(settings):
+    assert make_app(settings).secret_key == "test-secret-key"
+    app = create_app(replace(settings, secret_key=""))
+    assert app.secret_key == (Path(app.instance_path) / "secret_key").read_text().strip()
+    assert create_app(replace(settings, secret_key="")).secret_key == app.secret_key

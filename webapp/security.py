@@ -1,0 +1,342 @@
+"""Access control and web security (see README, "Security").
+
+- `API_TOKEN`: every /api/v1 request (anything under /api) needs `Authorization: Bearer
+  <token>`; /api/openapi.json and /api/docs stay readable.
+- `ADMIN_PASSWORD`: the web UI (its pages, fragments and actions) and /rq need HTTP basic auth
+  as `admin`. Static files, /favicon.ico and /healthz stay public.
+- CSRF (Flask-WTF) on the UI's state-changing requests; /api and /rq are exempt.
+- Security headers (CSP, nosniff, frame and referrer policy) on every response.
+- `check_exposure`: the web process refuses a non-loopback address without both secrets.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, current_app, request
+from flask_smorest import abort
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from markupsafe import Markup
+
+from webapp.config import Settings
+
+log = logging.getLogger(__name__)
+
+REALM = "vidpipe"
+ADMIN_USER = "admin"
+# Open to everyone whatever is configured (by endpoint, i.e. what really serves the request):
+# the health check (monitoring), the app's static files (vendored htmx, CSS, JS, Swagger UI
+# assets: nothing secret, and the public /api/docs page needs them), the favicon browsers fetch
+# by themselves, and flask-smorest's /api/openapi.json and /api/docs.
+PUBLIC_ENDPOINTS = ("static", "ui.favicon", "health.healthz")
+API_DOCS_BLUEPRINT = "api-docs."
+# Everything else under /api is governed by API_TOKEN alone (the UI's password does not apply).
+API_PREFIX = "/api/"
+# What rq-dashboard serves; like the UI it needs the admin password.
+RQ_PREFIX = "/rq"
+# The artifact files: the UI shows them (<video>, <img>, download links) straight from the
+# API, so a browser logged in as admin may read them with its basic auth as well.
+ARTIFACT_ENDPOINT = "videos.Artifact"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+# The app's own pages: only its own assets, nothing inline, never framed.
+CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; "
+       "script-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
+# Swagger UI (flask-smorest's page starts it with an inline script).
+CSP_API_DOCS = ("default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'self'; "
+                "form-action 'self'")
+# rq-dashboard: inline scripts and style attributes, and underscore's _.template compiles its
+# row templates with `new Function` (hence 'unsafe-eval'). Still nothing but this host.
+CSP_RQ = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+          "script-src 'self' 'unsafe-inline' 'unsafe-eval'; frame-ancestors 'none'; "
+          "base-uri 'self'; form-action 'self'")
+API_DOCS_PATH = "/api/docs"
+
+
+# -- exposure: no open service on the network --------------------------------------------
+
+class InsecureExposure(RuntimeError):
+    """The web process was asked to listen beyond this machine without access control."""
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` (a name or an address) only ever means this machine."""
+    host = host.strip().strip("[]")
+    if not host:
+        return False  # "" is every interface
+    if host.lower() == "localhost":
+        return True
+    try:
+        return _loopback_ip(host)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False  # cannot tell: treat it as exposed
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(_loopback_ip(a) for a in addresses)
+
+
+def _loopback_ip(text: str) -> bool:
+    ip = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def check_exposure(host: str | None, settings: Settings) -> None:
+    """Raise InsecureExposure when listening on `host` would expose the service unprotected.
+
+    `host` None means a Unix socket (never exposed). A non-loopback host needs both API_TOKEN
+    and ADMIN_PASSWORD, unless ALLOW_INSECURE=1 says that is wanted anyway.
+    """
+    if host is None or is_loopback(host):
+        return
+    missing = [name for name, value in (("API_TOKEN", settings.api_token),
+                                        ("ADMIN_PASSWORD", settings.admin_password))
+               if not value]
+    if not missing:
+        return
+    shown = f"[{host.strip('[]')}]" if ":" in host else host or "every interface"
+    if settings.allow_insecure:
+        log.warning("listening on %s without %s (ALLOW_INSECURE=1): anyone who can reach it "
+                    "can use it", shown, " and ".join(missing))
+        return
+    verb = "is" if len(missing) == 1 else "are"
+    raise InsecureExposure(
+        f"refusing to listen on {shown}: it is not a loopback address and "
+        f"{' and '.join(missing)} {verb} not set, so anyone who can reach this port could "
+        "upload, process and delete videos and control the job queue. Set both API_TOKEN and "
+        "ADMIN_PASSWORD (see README, \"Security\"), or listen on 127.0.0.1, or set "
+        "ALLOW_INSECURE=1 to expose it without access control anyway."
+    )
+
+
+# -- the secret key (signs the session that holds the CSRF token) ------------------------
+
+def persistent_secret_key(instance_dir: Path) -> str:
+    """`instance_dir/secret_key`, created (mode 0600) with a random key if missing.
+
+    Several gunicorn workers may start at once: the key is written to a private temporary
+    file and hard-linked into place, so exactly one key ever appears, complete, and every
+    process reads that one.
+    """
+    path = Path(instance_dir) / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+                log.info("generated a new secret key in %s", path)
+            except FileExistsError:
+                pass  # another process was first: use its key
+        finally:
+            os.unlink(tmp)
+    if path.stat().st_mode & 0o077:
+        log.warning("%s is readable by other users; it should be mode 0600", path)
+    key = path.read_text().strip()
+    if not key:
+        raise RuntimeError(f"{path} is empty: delete it (a new key is then generated) "
+                           "or set SECRET_KEY")
+    return key
+
+
+# -- authentication -----------------------------------------------------------------------
+
+def _equal(given: str, expected: str) -> bool:
+    """Constant-time comparison (bytes, so that any header text can be compared)."""
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def bearer_ok(token: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and _equal(given.strip(), token)
+
+
+def admin_ok(password: str) -> bool:
+    auth = request.authorization
+    if auth is None or auth.type != "basic":
+        return False
+    user_ok = _equal(auth.username or "", ADMIN_USER)
+    password_ok = _equal(auth.password or "", password)
+    return user_ok and password_ok
+
+
+def basic_challenge() -> Response:
+    body = ("<!doctype html><title>401 Unauthorized · vidpipe</title>"
+            "<h1>401 · Unauthorized</h1><p>Log in as <code>admin</code> with the "
+            "ADMIN_PASSWORD of this vidpipe.</p>")
+    return Response(body, 401, {"WWW-Authenticate": f'Basic realm="{REALM}"'},
+                    mimetype="text/html")
+
+
+def authenticate():
+    """before_request: the API token for /api/v1, the admin password for the UI and /rq."""
+    settings: Settings = current_app.extensions["vidpipe_security"]
+    endpoint = request.endpoint or ""
+    if endpoint in PUBLIC_ENDPOINTS or endpoint.startswith(API_DOCS_BLUEPRINT):
+        return None
+    if request.path.startswith(API_PREFIX):
+        if not settings.api_token or bearer_ok(settings.api_token):
+            return None
+        challenge = "Bearer"
+        if (settings.admin_password and request.endpoint == ARTIFACT_ENDPOINT
+                and request.method in SAFE_METHODS):
+            if admin_ok(settings.admin_password):
+                return None
+            challenge = f'Bearer, Basic realm="{REALM}"'
+        if "Authorization" in request.headers:
+            message = "the API token is not valid"
+        else:
+            message = "an API token is required: send 'Authorization: Bearer <API_TOKEN>'"
+        abort(401, message=message, headers={"WWW-Authenticate": challenge})
+    if settings.admin_password and not admin_ok(settings.admin_password):
+        return basic_challenge()
+    return None
+
+
+def _cross_origin() -> bool:
+    """True when a browser says this request comes from another site."""
+    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+        return True
+    origin = request.headers.get("Origin") or request.referrer
+    if origin is None:
+        return False  # not a browser (curl with the admin password, say)
+    return urlsplit(origin).netloc != request.host
+
+
+def rq_same_origin():
+    """before_request: rq-dashboard's actions come only from its own pages.
+
+    rq-dashboard posts its actions (delete/requeue a job, empty/compact a queue) with jQuery
+    and no CSRF token, so its blueprint is exempt from CSRFProtect; instead a browser request
+    that changes something there must come from this origin. Its GET /rq/requeue/<queue>
+    changes state too and is treated the same way.
+    """
+    if not (request.path == RQ_PREFIX or request.path.startswith(RQ_PREFIX + "/")):
+        return None
+    changes = (request.method not in SAFE_METHODS
+               or request.endpoint == "rq_dashboard.requeue_all")
+    if changes and _cross_origin():
+        return Response("cross-site request refused", 403, mimetype="text/plain")
+    return None
+
+
+# -- CSRF ---------------------------------------------------------------------------------
+
+class CSRF(CSRFProtect):
+    """Flask-WTF's CSRFProtect reading the X-CSRFToken header before the form.
+
+    HTMX sends the header with every request, so its token is checked without parsing the
+    request body first: an HTMX upload over MAX_CONTENT_LENGTH then still reaches the upload
+    view, which answers with its readable 413 message. Plain forms carry the hidden field.
+    """
+
+    def _get_csrf_token(self):
+        for header in current_app.config["WTF_CSRF_HEADERS"]:
+            token = request.headers.get(header)
+            if token:
+                return token
+        return super()._get_csrf_token()
+
+
+def csrf_failed(error: CSRFError):
+    """400 with a readable message: a fragment into the form's message line for HTMX."""
+    message = (f"{error.description} This form is stale or was not sent from this site: "
+               "reload the page and try again.")
+    if request.headers.get("HX-Request") == "true":
+        target = "upload-message" if request.endpoint == "ui.upload" else "message"
+        html = Markup('<p id="{}" class="message error" role="alert">{}</p>').format(
+            target, message)
+        return Response(html, 400, {"HX-Retarget": f"#{target}", "HX-Reswap": "outerHTML"},
+                        mimetype="text/html")
+    from webapp.api import html_error
+
+    return html_error(400, "Bad Request", message)
+
+
+def _exempt_blueprints(app: Flask, csrf: CSRFProtect) -> list[str]:
+    """Blueprints serving only under /api (token-authenticated JSON) or /rq (see above)."""
+    paths: dict[str, list[str]] = {}
+    for rule in app.url_map.iter_rules():
+        if "." in rule.endpoint:
+            paths.setdefault(rule.endpoint.rsplit(".", 1)[0], []).append(rule.rule)
+    exempt = []
+    for name, rules in paths.items():
+        if name in app.blueprints and all(
+                r.startswith(API_PREFIX) or r.startswith(RQ_PREFIX + "/") for r in rules):
+            csrf.exempt(app.blueprints[name])
+            exempt.append(name)
+    return exempt
+
+
+# -- headers ------------------------------------------------------------------------------
+
+def security_headers(response: Response) -> Response:
+    """after_request: a strict CSP (relaxed for Swagger UI and rq-dashboard), no sniffing,
+    no framing, no referrer to other sites."""
+    path = request.path
+    if path == API_DOCS_PATH or path.startswith(API_DOCS_PATH + "/"):
+        policy = CSP_API_DOCS
+    elif path == RQ_PREFIX or path.startswith(RQ_PREFIX + "/"):
+        policy = CSP_RQ
+    else:
+        policy = CSP
+    response.headers.setdefault("Content-Security-Policy", policy)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+# -- OpenAPI ------------------------------------------------------------------------------
+
+def document_api_auth(settings: Settings) -> None:
+    """The bearer scheme is always described; it is required globally only when enforced."""
+    from webapp.api import api
+
+    api.spec.components.security_scheme("bearerAuth", {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The server's API_TOKEN. Required on every /api/v1 request when the "
+                       "server sets API_TOKEN (then listed under the global `security`).",
+    })
+    if settings.api_token:
+        api.spec.options["security"] = [{"bearerAuth": []}]
+
+
+# -- wiring -------------------------------------------------------------------------------
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Call after every blueprint is registered (CSRF exemptions are found by their URLs)."""
+    app.extensions["vidpipe_security"] = settings
+    app.secret_key = settings.secret_key or persistent_secret_key(Path(app.instance_path))
+    if app.config.get("SESSION_COOKIE_SAMESITE") is None:  # Flask's default is None
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    # Pages stay open for long runs; the token is bound to the session, which ends with the
+    # browser session, so it does not also expire after an hour.
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
+    # Before CSRFProtect's own hook: who you are is checked before what you sent.
+    app.before_request(authenticate)
+    app.before_request(rq_same_origin)
+    csrf = CSRF()
+    csrf.init_app(app)
+    _exempt_blueprints(app, csrf)
+    app.register_error_handler(CSRFError, csrf_failed)
+    app.after_request(security_headers)
+    document_api_auth(settings)
