@@ -25,6 +25,9 @@ from webapp.services.errors import InvalidMedia, ServiceError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ui", __name__)
+# Routes taking an id have merge_slashes=False: werkzeug would answer an id like `..%2F`
+# (so `/videos/..//panel`) with a 308 to a merged path instead of a plain 404.
+
 PAGE_SIZE = 20
 ACTIONS = {
     "run": ("run_sync", False),
@@ -104,7 +107,7 @@ def favicon():
                                mimetype="image/vnd.microsoft.icon")
 
 
-@bp.get("/videos/<video_id>/row")
+@bp.get("/videos/<video_id>/row", merge_slashes=False)
 def library_row(video_id: str):
     """One library row; it keeps polling while its video is being processed."""
     video = processing.get_video(ext.db(), video_id)
@@ -149,13 +152,13 @@ def go_to(url: str) -> Response:
     return redirect(url, code=303)
 
 
-@bp.get("/videos/<video_id>")
+@bp.get("/videos/<video_id>", merge_slashes=False)
 def video_page(video_id: str):
     """One video: metadata, actions, live progress and, when done, the results."""
     return show_video(video_id)
 
 
-@bp.get("/videos/<video_id>/panel")
+@bp.get("/videos/<video_id>/panel", merge_slashes=False)
 def panel(video_id: str):
     """The progress panel fragment (polled while a task is active)."""
     video = processing.get_video(ext.db(), video_id)
@@ -163,7 +166,7 @@ def panel(video_id: str):
     return render_template("videos/_panel.html", **video_context(video, poll=poll))
 
 
-@bp.post("/videos/<video_id>/<any(run, reprocess, force):action>")
+@bp.post("/videos/<video_id>/<any(run, reprocess, force):action>", merge_slashes=False)
 def start(video_id: str, action: str):
     """Run, Reprocess or Force reprocess; answers with the updated panel."""
     mode, force = ACTIONS[action]
@@ -176,7 +179,7 @@ def start(video_id: str, action: str):
                                                                  video_id=video_id))
 
 
-@bp.post("/videos/<video_id>/cancel")
+@bp.post("/videos/<video_id>/cancel", merge_slashes=False)
 def cancel(video_id: str):
     """Cancel the active task; answers with the updated panel."""
     try:
@@ -187,7 +190,7 @@ def cancel(video_id: str):
                                                                  video_id=video_id))
 
 
-@bp.post("/videos/<video_id>/delete")
+@bp.post("/videos/<video_id>/delete", merge_slashes=False)
 def delete(video_id: str):
     """Delete the video and its files, then back to the library."""
     try:

@@ -7,7 +7,8 @@ from http import HTTPStatus
 
 from flask import Flask, render_template, request
 from flask_smorest import Api as SmorestApi
-from werkzeug.exceptions import HTTPException, InternalServerError
+from flask_smorest.pagination import PaginationMetadataSchema
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from webapp.api.schemas import ErrorSchema
 from webapp.services.errors import ServiceError
@@ -20,6 +21,17 @@ class Api(SmorestApi):
     """flask-smorest's Api with our error schema, and JSON errors only under /api."""
 
     ERROR_SCHEMA = ErrorSchema
+    # No catch-all "default" response: every operation lists the statuses it can answer,
+    # so a client (and the schemathesis test) can tell an undocumented one.
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def _register_pagination_header(self):
+        # X-Pagination holds a JSON object. A bare `schema` would declare OpenAPI's default
+        # "simple" header style (`total,3,page,1`), which is not what is sent; `content` is.
+        self.spec.components.header("PAGINATION", {
+            "description": "Pagination metadata, as a JSON object",
+            "content": {"application/json": {"schema": PaginationMetadataSchema}},
+        }, lazy=True)
 
     def handle_http_exception(self, error: HTTPException):
         if not request.path.startswith(API_PREFIX):
@@ -28,6 +40,12 @@ class Api(SmorestApi):
         message = data.get("message") or error.description or error.name
         if isinstance(error, InternalServerError):
             message = "internal server error; the details are in the server log"
+        elif isinstance(error, RequestEntityTooLarge):
+            limit, length = request.max_content_length, request.content_length
+            if limit and (length is None or length > limit):
+                message = f"the request body is larger than the limit of {limit:,} bytes"
+            else:  # werkzeug's form limits: too many parts, or a big non-file field
+                message = "the form has too many parts, or a field besides the file is too big"
         payload = {"code": error.code, "status": error.name, "message": message}
         errors = data.get("errors") or data.get("messages")
         if errors:

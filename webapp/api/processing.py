@@ -7,6 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from webapp import extensions as ext
+from webapp.api.guards import error_response, json_or_no_body
 from webapp.api.schemas import (
     AsyncTaskSchema,
     ForceBodySchema,
@@ -17,6 +18,8 @@ from webapp.api.videos import find_video
 from webapp.services import processing, progress
 
 blp = Blueprint("processing", __name__, description="Run the pipeline and follow its progress")
+# Routes taking an id have merge_slashes=False: werkzeug would answer an id like `..%2F`
+# (so `/videos/..//panel`) with a 308 to a merged path instead of a plain 404.
 
 _MESSAGES = {
     "run_sync": "processing started; steps whose outputs already exist are kept",
@@ -40,11 +43,15 @@ def _trigger_docs(view):
     for code in ("NOT_FOUND", "CONFLICT", "SERVICE_UNAVAILABLE"):
         view = blp.alt_response({"NOT_FOUND": 404, "CONFLICT": 409,
                                  "SERVICE_UNAVAILABLE": 503}[code], response=code)(view)
+    view = error_response(blp, 400, "The body is not valid JSON, or nested too deeply")(view)
+    view = error_response(blp, 413, "A body over 64 KiB")(view)
+    view = error_response(blp, 415, "A body that is not JSON (a form, text, ...)")(view)
     return view
 
 
-@blp.route("/videos/<string:video_id>/run_sync")
+@blp.route("/videos/<string:video_id>/run_sync", merge_slashes=False)
 class RunSync(MethodView):
+    @json_or_no_body
     @blp.arguments(ForceQuerySchema, location="query")
     @blp.arguments(ForceBodySchema, location="json", required=False)
     @blp.response(202, AsyncTaskSchema)
@@ -54,7 +61,7 @@ class RunSync(MethodView):
         return _trigger(video_id, "run_sync", query, body)
 
 
-@blp.route("/videos/<string:video_id>/reprocess")
+@blp.route("/videos/<string:video_id>/reprocess", merge_slashes=False)
 class Progress(MethodView):
     @blp.response(200, TaskProgressSchema)
     @blp.alt_response(404, response="NOT_FOUND")
@@ -63,6 +70,7 @@ class Progress(MethodView):
         video = find_video(video_id)
         return progress.video_progress(ext.db(), video, ext.settings().weights)
 
+    @json_or_no_body
     @blp.arguments(ForceQuerySchema, location="query")
     @blp.arguments(ForceBodySchema, location="json", required=False)
     @blp.response(202, AsyncTaskSchema)
@@ -72,7 +80,7 @@ class Progress(MethodView):
         return _trigger(video_id, "reprocess", query, body)
 
 
-@blp.route("/videos/<string:video_id>/cancel")
+@blp.route("/videos/<string:video_id>/cancel", merge_slashes=False)
 class Cancel(MethodView):
     @blp.response(200, TaskProgressSchema)
     @blp.alt_response(404, response="NOT_FOUND")

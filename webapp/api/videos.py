@@ -7,13 +7,17 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from webapp import extensions as ext
+from webapp.api.guards import error_response, multipart_upload
 from webapp.api.schemas import ArtifactSchema, UploadSchema, VideoSchema
 from webapp.models import Video
 from webapp.services import ingest, progress
 from webapp.services.errors import NotFound
 from webapp.services.processing import get_video
+from webapp.services.storage import ARTIFACT_NAMES, mime_type
 
 blp = Blueprint("videos", __name__, description="Uploaded media and what was made of it")
+# Routes taking an id have merge_slashes=False: werkzeug would answer an id like `..%2F`
+# (so `/videos/..//panel`) with a 308 to a merged path instead of a plain 404.
 
 
 def find_video(video_id: str) -> Video:
@@ -33,9 +37,12 @@ def video_payload(video: Video) -> dict:
 
 @blp.route("/videos")
 class Videos(MethodView):
+    @multipart_upload
     @blp.arguments(UploadSchema, location="files")
     @blp.response(201, VideoSchema)
-    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
+    @error_response(blp, 411, "No Content-Length, and the server cannot read a chunked body")
+    @error_response(blp, 413, "Larger than MAX_UPLOAD_BYTES (or a form bomb); nothing stored")
+    @error_response(blp, 415, "The body is not multipart/form-data")
     def post(self, files):
         """Upload a video or audio file (multipart field `file`)"""
         upload = files["file"]
@@ -54,7 +61,7 @@ class Videos(MethodView):
         return [video_payload(v) for v in videos]
 
 
-@blp.route("/videos/<string:video_id>")
+@blp.route("/videos/<string:video_id>", merge_slashes=False)
 class VideoById(MethodView):
     @blp.response(200, VideoSchema)
     @blp.alt_response(404, response="NOT_FOUND")
@@ -71,7 +78,7 @@ class VideoById(MethodView):
         ingest.delete_video(ext.db(), ext.storage(), video_id)
 
 
-@blp.route("/videos/<string:video_id>/artifacts")
+@blp.route("/videos/<string:video_id>/artifacts", merge_slashes=False)
 class Artifacts(MethodView):
     @blp.response(200, ArtifactSchema(many=True))
     @blp.alt_response(404, response="NOT_FOUND")
@@ -85,18 +92,23 @@ class Artifacts(MethodView):
         ]
 
 
+# Each artifact is served with its own media type (audio/wav, text/vtt, image/jpeg, ...).
+_FILE_CONTENT = {
+    mime: {"schema": {"type": "string", "format": "binary"}}
+    for mime in sorted({mime_type(name) for name in ARTIFACT_NAMES})
+}
 _FILE_RESPONSES = {
-    "200": {"description": "The file",
-            "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                 "format": "binary"}}}},
-    "206": {"description": "The requested byte range (HTTP Range)"},
+    "200": {"description": "The file", "content": _FILE_CONTENT},
+    "206": {"description": "The requested byte range (HTTP Range)", "content": _FILE_CONTENT},
+    "304": {"description": "Not modified since the copy the client has (conditional request)"},
 }
 
 
-@blp.route("/videos/<string:video_id>/artifacts/<string:name>")
+@blp.route("/videos/<string:video_id>/artifacts/<string:name>", merge_slashes=False)
 class Artifact(MethodView):
     @blp.doc(responses=_FILE_RESPONSES)
     @blp.alt_response(404, response="NOT_FOUND")
+    @error_response(blp, 416, "The requested byte range is outside the file")
     def get(self, video_id, name):
         """Download one output; supports HTTP Range so players can seek"""
         video = find_video(video_id)

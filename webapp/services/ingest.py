@@ -8,6 +8,7 @@ import unicodedata
 from pathlib import Path
 from typing import IO
 
+import ffmpeg
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -21,17 +22,47 @@ log = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
 
 
+_MAX_NAME = 255
+# Control, format (bidi overrides, zero-width), unassigned, private-use, line/paragraph breaks.
+_DROPPED = {"Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp"}
+
+
 def clean_filename(name: str | None) -> str:
-    """The original name as display metadata: no path, no control or bidi characters, ≤255."""
+    """The original name as display metadata only (files are stored under generated names).
+
+    No path, no control, bidi or line-break characters, not just dots and spaces, and at
+    most 255 characters, keeping the extension when it has to be shortened.
+    """
     name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
-    name = unicodedata.normalize("NFC", name).strip() or "upload"
-    return name[:255]
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in _DROPPED)
+    name = unicodedata.normalize("NFC", name).strip()
+    if not name.strip(". "):
+        return "upload"
+    if len(name) > _MAX_NAME:
+        stem, dot, ext = name.rpartition(".")
+        if dot and stem and len(ext) <= 16:
+            name = stem[: _MAX_NAME - len(ext) - 1] + dot + ext
+        else:
+            name = name[:_MAX_NAME]
+    return name
 
 
 def _stored_name(original: str) -> str:
     suffix = Path(original).suffix.lower()
     return "source" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else "")
+
+
+def _has_packets(path: Path) -> bool:
+    """Whether the file holds at least one audio/video packet (reads only the first one).
+
+    A container can declare streams and hold nothing, e.g. a WAV header with no samples;
+    probe then finds no duration, and processing would "complete" with empty outputs.
+    """
+    try:
+        info = ffmpeg.probe(str(path), v="error", show_packets=None, read_intervals="%+#1")
+    except ffmpeg.Error:
+        return False
+    return bool(info.get("packets"))
 
 
 def _stream_to(stream: IO[bytes], target: Path) -> int:
@@ -54,7 +85,11 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
         try:
             info = media.probe(staged)
         except media.MediaError as exc:
-            raise InvalidMedia(f"not a playable audio or video file: {exc}") from None
+            # ffprobe names the staged file (a random hex name): say "the file" instead.
+            reason = str(exc).replace(f"{staged.name}: ", "").replace(staged.name, "the file")
+            raise InvalidMedia(f"not a playable audio or video file: {reason}") from None
+        if info.duration is None and not _has_packets(staged):
+            raise InvalidMedia("the file has audio or video streams but no data in them")
         original = clean_filename(filename)
         video = Video(
             original_filename=original, stored_name=_stored_name(original), size_bytes=size,
@@ -79,8 +114,12 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
 def list_videos(session: Session, page: int, page_size: int) -> tuple[list[Video], int]:
     """One page of videos, newest first, and the total count."""
     total = session.scalar(select(func.count()).select_from(Video)) or 0
+    offset = (page - 1) * page_size
+    if offset >= total:
+        # Past the end, and huge page numbers would overflow the database's integers.
+        return [], total
     stmt = (select(Video).order_by(Video.created_at.desc(), Video.id)
-            .offset((page - 1) * page_size).limit(page_size))
+            .offset(offset).limit(page_size))
     return list(session.scalars(stmt)), total
 
 

@@ -1,0 +1,509 @@
+"""Hostile and broken input: every case is really sent, and must end in a clear 4xx (nothing
+kept) or in a run that fails with a readable reason — never a 500, a short "completed"
+output, or a file written outside MEDIA_ROOT.
+
+Already covered elsewhere, not repeated here: zero-byte / text / noise / image uploads and an
+upload over the limit *with* Content-Length (test_api_videos), force=maybe and malformed JSON
+on run_sync (test_api_processing), a source that goes bad after upload (test_pipeline).
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import re
+import struct
+import tempfile
+import threading
+import unicodedata
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests import mediagen
+from tests.conftest import run_worker
+from tests.helpers import assert_json_error, progress_of, upload, upload_ok
+from webapp import create_app
+from webapp.config import Settings
+from webapp.models import ProcessingTask, Video
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return mediagen.make_video(tmp_path_factory.mktemp("m") / "clip.mp4", duration=1.0)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    """An upload cut off at 55 %: moov is first (+faststart), so it still probes as 10 s."""
+    folder = tmp_path_factory.mktemp("m")
+    whole = mediagen.make_video(folder / "whole.mp4", duration=10.0, size="160x120",
+                                faststart=True)
+    return mediagen.make_truncated(whole, folder / "interrupted.mp4", fraction=0.55)
+
+
+def media_files(settings) -> list[str]:
+    root = settings.media_root
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def files_outside_media(settings) -> set[str]:
+    """Every file in the session's temporary tree except MEDIA_ROOT and the SQLite database.
+
+    MEDIA_ROOT is <tmp>/<test>/media, so `../../x` from a video folder would land in here.
+    """
+    base = settings.media_root.parent.parent
+    return {str(p) for p in base.rglob("*")
+            if p.is_file() and settings.media_root not in p.parents
+            and not p.name.startswith("vidpipe.db")}
+
+
+def no_rows(db_session) -> None:
+    db_session.expire_all()
+    assert db_session.query(Video).count() == 0
+    assert db_session.query(ProcessingTask).count() == 0
+
+
+def multipart(disposition: bytes, content: bytes) -> tuple[bytes, str]:
+    """A multipart body with exactly these Content-Disposition parameters (no re-encoding)."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\n".encode()
+            + b'Content-Disposition: form-data; name="file"; ' + disposition + b"\r\n"
+            + b"Content-Type: application/octet-stream\r\n\r\n"
+            + content + f"\r\n--{boundary}--\r\n".encode())
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+# --- broken media ---------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_interrupted_upload_is_accepted_but_its_run_fails_without_outputs(
+        client, settings, interrupted):
+    before = files_outside_media(settings)
+    body = upload_ok(client, interrupted, "holiday.mp4")
+    assert body["duration"] == pytest.approx(10.0, abs=0.2)  # the index still claims 10 s
+    vid = body["id"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    run_worker()
+
+    state = progress_of(client, vid)
+    assert state["status"] == "failed" and state["progress"] < 100
+    assert state["error"] and "Traceback" not in state["error"]
+    statuses = {s["name"]: s["status"] for s in state["subtasks"]}
+    assert "completed" not in statuses.values(), statuses
+    failed = [s for s in state["subtasks"] if s["status"] == "failed"]
+    assert failed
+    for step in failed:
+        error = step["error"] or ""
+        assert 0 < len(error) <= 1000, step
+        assert "Traceback" not in error and str(settings.media_root) not in error, step
+    assert any(re.search(r"truncated|ended early|corrupt", s["error"]) for s in failed), failed
+    # Nothing short left behind: no listed artifact and no file (not even a .part) on disk.
+    assert client.get(f"/api/v1/videos/{vid}/artifacts").get_json() == []
+    assert media_files(settings) == [f"videos/{vid}/source.mp4"]
+    assert files_outside_media(settings) == before
+
+
+def _empty_wav() -> bytes:
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+    return b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", 0)
+
+
+BROKEN = [
+    ("nothing-inside.wav", lambda folder: _empty_wav(), "no data"),
+    ("header-only.mp4",
+     lambda folder: mediagen.make_video(folder / "v.mp4", faststart=True).read_bytes()[:64],
+     "not a playable"),
+    ("moov-at-end-cut.mp4",  # an interrupted upload of an ordinary MP4 has no index at all
+     lambda folder: mediagen.make_truncated(mediagen.make_video(folder / "v.mp4"),
+                                            folder / "cut.mp4", 0.4).read_bytes(),
+     "moov atom not found"),
+    ("page.mp4", lambda folder: b"<!doctype html><title>x</title><p>not a video</p>" * 20,
+     "not a playable"),
+    ("zeros.mov", lambda folder: bytes(256 * 1024), "not a playable"),
+    ("still.mp4", lambda folder: mediagen.make_image(folder / "i.png").read_bytes(),
+     "not a playable"),
+]
+
+
+@pytest.fixture(scope="module")
+def broken_files(tmp_path_factory) -> list[tuple[Path, str]]:
+    folder = tmp_path_factory.mktemp("broken")
+    files = []
+    for name, make, why in BROKEN:
+        path = folder / name
+        path.write_bytes(make(folder))
+        files.append((path, why))
+    return files
+
+
+def test_broken_media_is_422_with_a_readable_reason_and_leaves_nothing(
+        client, settings, db_session, broken_files):
+    for path, why in broken_files:
+        body = assert_json_error(upload(client, path), 422)
+        assert why in body["message"], (path.name, body)
+        # The reason names neither the staged file's random name nor server paths.
+        assert not re.search(r"[0-9a-f]{32}", body["message"]), body
+        assert str(settings.media_root) not in body["message"]
+        no_rows(db_session)
+        assert media_files(settings) == [], path.name
+
+
+# --- oversized and unbounded uploads --------------------------------------------------------
+
+
+class CountingStream(io.BytesIO):
+    """A request body that remembers how far the app read into it."""
+
+    @property
+    def read_bytes(self) -> int:
+        return self.tell()
+
+
+LIMIT = 256 * 1024
+
+
+@pytest.fixture
+def limited_app(settings):
+    return create_app(Settings.from_env(max_upload_bytes=LIMIT))
+
+
+def test_chunked_upload_over_the_limit_is_413_before_it_is_stored(limited_app, settings,
+                                                                   db_session):
+    """No Content-Length (chunked), as a real server passes it: the limit stops the reading."""
+    body, content_type = multipart(b'filename="big.mp4"', b"\0" * (8 * LIMIT))
+    stream = CountingStream(body)
+    resp = limited_app.test_client().post(
+        "/api/v1/videos", input_stream=stream, content_type=content_type,
+        # What werkzeug's server and gunicorn put in the environ for a chunked body.
+        environ_overrides={"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True,
+                           "CONTENT_LENGTH": ""},
+    )
+    assert resp.request.content_length is None
+    assert f"{LIMIT:,} bytes" in assert_json_error(resp, 413)["message"]
+    assert stream.read_bytes < 2 * LIMIT  # it stopped at the limit, not at the end
+    no_rows(db_session)
+    assert media_files(settings) == []
+
+
+def test_unbounded_upload_the_server_cannot_end_is_411(limited_app, settings, db_session, clip):
+    body, content_type = multipart(b'filename="clip.mp4"', clip.read_bytes())
+    resp = limited_app.test_client().post(
+        "/api/v1/videos", input_stream=io.BytesIO(body), content_type=content_type,
+        environ_overrides={"HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": ""},
+    )
+    assert "Content-Length" in assert_json_error(resp, 411)["message"]
+    no_rows(db_session)
+    assert media_files(settings) == []
+
+
+@pytest.fixture
+def live_server(limited_app):
+    """The app behind werkzeug's own HTTP server, on a free loopback port."""
+    server = make_server("127.0.0.1", 0, limited_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_port
+    server.shutdown()
+    thread.join(10)
+
+
+def post_chunked(port: int, body: bytes, content_type: str) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        chunks = (body[i:i + 64 * 1024] for i in range(0, len(body), 64 * 1024))
+        conn.request("POST", "/api/v1/videos", body=chunks, encode_chunked=True,
+                     headers={"Content-Type": content_type})
+        resp = conn.getresponse()
+        assert resp.getheader("Content-Type") == "application/json"
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_real_chunked_uploads_over_http(live_server, settings, db_session, clip):
+    """Over a socket: Transfer-Encoding: chunked and no Content-Length at all."""
+    # 4x the limit: big enough to be refused, small enough for the socket buffers, so the
+    # client has sent it all before the server answers and closes.
+    big, content_type = multipart(b'filename="big.mp4"', b"\0" * (4 * LIMIT))
+    status, body = post_chunked(live_server, big, content_type)
+    assert (status, body["code"]) == (413, 413), body
+    assert f"{LIMIT:,} bytes" in body["message"]
+    no_rows(db_session)
+    assert media_files(settings) == []
+
+    empty, content_type = multipart(b'filename="empty.mp4"', b"")
+    status, body = post_chunked(live_server, empty, content_type)
+    assert (status, body["message"]) == (422, "the uploaded file is empty")
+    assert media_files(settings) == []
+
+    # The same path takes a small file: the 413 above is the limit, not chunking.
+    small, content_type = multipart(b'filename="clip.mp4"', clip.read_bytes())
+    status, body = post_chunked(live_server, small, content_type)
+    assert status == 201, body
+    assert media_files(settings) == [f"videos/{body['id']}/source.mp4"]
+
+
+def test_form_bombs_are_413_and_leave_nothing(client, settings, db_session):
+    many_parts = {f"field{i}": "x" for i in range(1500)}
+    big_field = {"note": "x" * (2 * 1024 * 1024)}
+    for extra in (many_parts, big_field):
+        data = {**extra, "file": (io.BytesIO(b"\0" * 1000), "a.mp4")}
+        body = assert_json_error(client.post("/api/v1/videos", data=data), 413)
+        assert "form" in body["message"], body
+    no_rows(db_session)
+    assert media_files(settings) == []
+
+
+def test_upload_that_is_not_multipart_is_415(client, settings, db_session):
+    for kwargs in [
+        {"json": {"file": "clip.mp4"}},
+        {"data": "file=clip.mp4", "content_type": "application/x-www-form-urlencoded"},
+        {"data": b"\x00\x00\x00\x18ftypmp42", "content_type": "video/mp4"},
+        {"data": "", "content_type": ""},
+    ]:
+        resp = client.post("/api/v1/videos", **kwargs)
+        assert "multipart/form-data" in assert_json_error(resp, 415)["message"]
+    no_rows(db_session)
+    assert media_files(settings) == []
+
+
+MALFORMED_MULTIPART = [
+    (b"file=not-a-file", "multipart/form-data"),  # no boundary
+    (b"garbage without any boundary", "multipart/form-data; boundary=xyz"),
+    (b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\njust text\r\n--b--\r\n',
+     "multipart/form-data; boundary=b"),  # a text field, not a file
+    (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n'
+     b"\x00\x01 cut before the closing boundary", "multipart/form-data; boundary=b"),
+]
+
+
+def test_malformed_multipart_is_4xx_and_leaves_nothing(client, settings, db_session):
+    for body, content_type in MALFORMED_MULTIPART:
+        resp = client.post("/api/v1/videos", data=body, content_type=content_type)
+        assert 400 <= resp.status_code < 500, (body[:60], resp.status_code, resp.data[:300])
+        assert_json_error(resp, resp.status_code)
+    no_rows(db_session)
+    assert media_files(settings) == []
+
+
+# --- file names ------------------------------------------------------------------------------
+
+# (sent name, exact cleaned name expected back); {m} is replaced by a per-test marker so that a
+# file written anywhere under that name would be found.
+NAMES = [
+    ("../../../../{m}.mp4", "{m}.mp4"),
+    ("..\\..\\..\\{m}.mp4", "{m}.mp4"),
+    ("/tmp/{m}.mp4", "{m}.mp4"),
+    ("C:\\Users\\x\\{m}.mp4", "{m}.mp4"),
+    ("videos/../../{m}", "{m}"),
+    ("Fête de l’été — ビデオ 🎬 {m}.mp4", "Fête de l’été — ビデオ 🎬 {m}.mp4"),
+    ("e\u0301cole {m}.MOV", "\u00e9cole {m}.MOV"),  # stored NFC
+    ("invoice\u202e4pm.{m}.exe", "invoice4pm.{m}.exe"),  # right-to-left override
+    ("\u2066{m}\u2069\u200f\u200b.mp4", "{m}.mp4"),  # bidi isolates, RLM, zero-width space
+    ("nul\x00byte {m}.mp4", "nulbyte {m}.mp4"),
+    ("line\r\nX-Injected: 1 {m}.mp4", "lineX-Injected: 1 {m}.mp4"),
+    ("para\u2028graph\u2029 {m}.mp4", "paragraph {m}.mp4"),
+    ("\x1b[31mred\x7f {m}.mp4", "[31mred {m}.mp4"),
+    ("<img src=x onerror=alert(1)> {m}.mp4", "<img src=x onerror=alert(1)> {m}.mp4"),
+    ("{m}" + "x" * 1000 + ".mp4", "{m}" + "x" * (255 - 4 - 32) + ".mp4"),
+    ("...", "upload"),
+    ("..", "upload"),
+    ("   ", "upload"),
+    (". . .", "upload"),
+]
+
+
+@pytest.mark.parametrize("transport", ["rfc5987", "raw"])
+def test_hostile_filenames_are_only_cleaned_metadata(client, settings, db_session, clip,
+                                                     transport):
+    before = files_outside_media(settings)
+    for template, expected_template in NAMES:
+        marker = uuid.uuid4().hex
+        sent, expected = template.format(m=marker), expected_template.format(m=marker)
+        check_one_filename(client, settings, db_session, clip, transport, sent, expected)
+        assert not list(Path(tempfile.gettempdir()).glob(f"*{marker}*")), sent
+    assert files_outside_media(settings) == before
+
+
+def check_one_filename(client, settings, db_session, clip, transport, sent, expected):
+    if transport == "rfc5987":  # filename*=UTF-8''…: every code point arrives as sent
+        disposition = b"filename*=UTF-8''" + quote(sent, safe="").encode()
+    else:  # the raw bytes in a quoted filename="…", as a careless or hostile client sends it
+        disposition = b'filename="' + sent.encode() + b'"'
+    body, content_type = multipart(disposition, clip.read_bytes())
+    resp = client.post("/api/v1/videos", data=body, content_type=content_type)
+    if resp.status_code != 201:
+        # Only a raw CR/LF can break the part's headers; then the file is simply missing.
+        assert transport == "raw" and "\r" in sent, (sent, resp.data[:300])
+        assert_json_error(resp, 422)
+        return
+    video = resp.get_json()
+    shown = video["original_filename"]
+    if transport == "rfc5987":
+        assert shown == expected, sent
+    # Whatever the transport: a bare, printable, bounded name, or the placeholder.
+    assert "/" not in shown and "\\" not in shown and shown.strip(". "), (sent, shown)
+    assert not [c for c in shown if unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"}], shown
+    assert 0 < len(shown) <= 255 and shown == unicodedata.normalize("NFC", shown), shown
+    # Stored under a generated name; the original name is only in the row and the JSON.
+    folder = settings.media_root / "videos" / video["id"]
+    stored = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert len(stored) == 1 and re.fullmatch(r"source(\.[a-z0-9]{1,8})?", stored[0]), stored
+    assert db_session.get(Video, video["id"]).original_filename == shown
+    again = client.get(f"/api/v1/videos/{video['id']}")
+    assert again.get_json()["original_filename"] == shown
+    raw = again.get_data().rstrip(b"\n")
+    assert not re.search(rb"[\x00-\x1f]", raw), raw  # JSON escapes whatever is left
+    if "<img" in shown:  # and the HTML page shows it as text, not markup
+        page = client.get(f"/videos/{video['id']}").get_data(as_text=True)
+        assert "<img src=x" not in page and "&lt;img src=x" in page
+    assert client.delete(f"/api/v1/videos/{video['id']}").status_code == 204
+    assert media_files(settings) == []
+
+
+# --- ids and artifact names in URLs ----------------------------------------------------------
+
+HOSTILE_IDS = [
+    "%2e%2e%2f",
+    "%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "..%2F..%2F..%2Fetc%2Fpasswd",
+    "%252e%252e%252f%252e%252e%252fetc%252fpasswd",  # double-encoded
+    "..\\..\\..\\etc\\passwd",
+    "..%5c..%5c..%5cetc%5cpasswd",
+    "%2Fetc%2Fpasswd",
+    "/etc/passwd",
+    "%00",
+    "{id}%00",
+    "{id}%00.json",
+    "{id}%2f..%2f{id}",
+    "..%2f{id}",
+    "{id}%20",
+    "%20{id}",
+    "{upper}",
+    "%C0%AE%C0%AE%2F",  # overlong UTF-8 dots
+    "%ff%fe",
+    "a" * 4000,
+    "{id}" * 100,
+]
+
+
+@pytest.fixture
+def stored(client, settings, clip) -> dict:
+    """A real video with a real poster, and a secret file next to MEDIA_ROOT's folders."""
+    video = upload_ok(client, clip)
+    folder = settings.media_root / "videos" / video["id"]
+    mediagen.make_image(folder / "artifacts" / "poster.jpg")
+    secret = settings.media_root / "secret.txt"
+    secret.write_text("do not serve")
+    return {"id": video["id"], "folder": folder, "secret": secret}
+
+
+def test_traversal_and_odd_ids_are_404_on_every_route(client, stored):
+    vid = stored["id"]
+    for raw in HOSTILE_IDS:
+        ident = raw.format(id=vid, upper=vid.upper())
+        base = f"/api/v1/videos/{ident}"
+        for method, path in [("GET", ""), ("GET", "/reprocess"), ("GET", "/artifacts"),
+                             ("GET", "/artifacts/poster.jpg"), ("POST", "/run_sync"),
+                             ("POST", "/reprocess"), ("POST", "/cancel"), ("DELETE", "")]:
+            resp = client.open(base + path, method=method)
+            assert resp.status_code == 404 and resp.is_json, (method, base + path,
+                                                              resp.status_code)
+            assert_json_error(resp, 404)
+        for path in ("", "/panel", "/row"):
+            resp = client.get(f"/videos/{ident}{path}")
+            assert resp.status_code == 404, (f"/videos/{ident}{path}", resp.status_code)
+            assert resp.mimetype == "text/html"
+    # Nothing was deleted or started by any of it.
+    assert client.get(f"/api/v1/videos/{vid}").get_json()["processing"]["task_id"] is None
+    assert (stored["folder"] / "source.mp4").is_file() and stored["secret"].is_file()
+
+
+HOSTILE_NAMES = [
+    "source.mp4", "..%2fsource.mp4", "%2e%2e%2fsource.mp4", "%252e%252e%252fsource.mp4",
+    "..\\source.mp4", "..%5csource.mp4", "..%2f..%2fsecret.txt", "%2Ftmp%2Fsecret.txt",
+    "%2fetc%2fpasswd", ".", "..", "%2e", "%2e%2e", "artifacts", "%00", "poster.jpg%00",
+    "poster.jpg%00.txt", "POSTER.JPG", "poster.jpg%20", "%20poster.jpg", "poster.jpg.",
+    "%2e%2fposter.jpg", "poster.jpg%2f", "poster.jpg;.txt", "\uff50oster.jpg",
+    "poster%2ejpg%2e%2e", "p" * 4000,
+]
+
+
+def test_artifact_names_of_every_shape_are_404(client, stored):
+    vid = stored["id"]
+    assert client.get(f"/api/v1/videos/{vid}/artifacts/poster.jpg").status_code == 200
+    for name in HOSTILE_NAMES:
+        url = f"/api/v1/videos/{vid}/artifacts/{name}"
+        resp = client.get(url)
+        assert resp.status_code == 404 and resp.is_json, (url, resp.status_code)
+        assert_json_error(resp, 404)
+        assert b"do not serve" not in resp.data
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def video_id(client, clip) -> str:
+    return upload_ok(client, clip)["id"]
+
+
+BAD_TRIGGERS = [
+    ({"query_string": "force=maybe"}, 422),
+    ({"query_string": "force="}, 422),
+    ({"query_string": "force=%00"}, 422),
+    ({"json": {"force": "maybe"}}, 422),
+    ({"json": {"force": None}}, 422),
+    ({"json": {"force": True, "priority": 9}}, 422),
+    ({"json": [{"force": True}]}, 422),
+    ({"json": "force"}, 422),
+    ({"json": 1}, 422),
+    ({"data": "null", "content_type": "application/json"}, 422),
+    ({"data": "{not json", "content_type": "application/json"}, 400),
+    ({"data": b'{"force": "\xff"}', "content_type": "application/json"}, 400),
+    # Nested deeper than Python's JSON parser can recurse: was a RecursionError, a 500.
+    ({"data": "[" * 20000 + "]" * 20000, "content_type": "application/json"}, 400),
+    ({"data": "[" + "0," * 40000 + "0]", "content_type": "application/json"}, 413),
+    # Bodies the JSON parser would silently ignore: was a 202 *without* force.
+    ({"data": "force=true", "content_type": "application/x-www-form-urlencoded"}, 415),
+    ({"data": '{"force": true}', "content_type": "text/plain"}, 415),
+    ({"data": {"force": "true"}, "content_type": "multipart/form-data"}, 415),
+]
+
+
+@pytest.mark.parametrize("mode", ["run_sync", "reprocess"])
+def test_bad_trigger_parameters_are_4xx_and_start_nothing(client, db_session, video_id, mode):
+    for kwargs, status in BAD_TRIGGERS:
+        resp = client.post(f"/api/v1/videos/{video_id}/{mode}", **kwargs)
+        assert resp.status_code == status, (kwargs, resp.status_code, resp.data[:300])
+        assert_json_error(resp, status)
+    db_session.expire_all()
+    assert db_session.query(ProcessingTask).count() == 0
+
+
+def test_json_options_with_a_json_media_type_variant_are_read(client, video_id):
+    resp = client.post(f"/api/v1/videos/{video_id}/run_sync", data='{"force": true}',
+                       content_type="application/json; charset=utf-8")
+    assert resp.status_code == 202, resp.get_json()
+
+
+def test_bad_page_parameters_are_4xx_and_huge_pages_are_empty(client, video_id):
+    for query in ("page=1000000000000000000000000000000",  # was a 500 (integer overflow)
+                  "page=9223372036854775807&page_size=100"):
+        resp = client.get(f"/api/v1/videos?{query}")
+        assert resp.status_code == 200 and resp.get_json() == [], query
+        assert json.loads(resp.headers["X-Pagination"])["total"] == 1
+    for query in ("page=-1", "page=", "page=1.5", "page=abc", "page=%00", "page_size=0",
+                  "page_size=-1", "page_size=101", "page_size=1e3",
+                  "page_size=100000000000000000000000"):
+        assert_json_error(client.get(f"/api/v1/videos?{query}"), 422)
+
+
+def test_library_page_with_a_huge_page_number_is_not_an_error(client, video_id):
+    assert client.get("/?page=1000000000000000000000000000000").status_code == 200

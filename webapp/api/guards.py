@@ -1,0 +1,72 @@
+"""Checks that run before flask-smorest parses a request body, for bodies it would misread.
+
+Put them above `@blp.arguments`, so they run first. webargs only reads a body of the
+content type it expects: a form or plain text sent to a JSON endpoint is silently ignored
+(`-d force=true` would start a run *without* force). An options body has no reason to be
+big or deeply nested. A multipart upload without Content-Length that the server does not
+terminate (werkzeug refuses to read such a stream) would look like "no file". Each of these
+gets a clear 4xx instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+
+from flask import request
+from flask_smorest import abort
+
+from webapp.api.schemas import ErrorSchema
+
+MAX_JSON_BYTES = 64 * 1024
+
+
+def has_body() -> bool:
+    """True if the request carries a body (a Content-Length above 0, or chunked)."""
+    if request.content_length is not None:
+        return request.content_length > 0
+    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+
+
+def json_or_no_body(view: Callable) -> Callable:
+    """Options as a small JSON object or nothing: 415 for other bodies, 413 over 64 KiB,
+    400 for JSON nested so deeply that Python's parser would raise RecursionError (a 500)."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        # Per request (Flask >= 3.1), before anything reads the body.
+        request.max_content_length = MAX_JSON_BYTES
+        if has_body():
+            if not request.is_json:
+                abort(415, message="send options as a JSON object (Content-Type: "
+                                   "application/json) or in the query string, e.g. ?force=true")
+            try:
+                json.loads(request.get_data(cache=True))
+            except RecursionError:
+                abort(400, message="the JSON body is nested too deeply")
+            except ValueError:
+                pass  # not JSON at all: the argument parser answers 400 with the details
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def multipart_upload(view: Callable) -> Callable:
+    """415 unless multipart/form-data; 411 for a body of unknown length the server won't end."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        if request.mimetype != "multipart/form-data":
+            abort(415, message="upload the file as multipart/form-data, in the field `file`")
+        if request.content_length is None and not request.environ.get("wsgi.input_terminated"):
+            abort(411, message="the upload has no Content-Length and this server cannot read "
+                               "a chunked body; send Content-Length")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def error_response(blp, code: int, description: str) -> Callable:
+    """Document an error answer by number (HTTPStatus names differ between Python versions)."""
+    return blp.alt_response(code, schema=ErrorSchema, description=description)
