@@ -134,8 +134,9 @@ class Pollers:
             t.join(60)
 
 
-def test_soak_uploads_processed_while_clients_poll(server, tmp_path):
+def test_soak_uploads_processed_while_clients_poll(server, settings, tmp_path):
     port, proc = server
+    backend = settings.database_url.split(":", 1)[0].split("+")[0]
     clip = mediagen.make_speech_video(tmp_path / "soak.mp4", "Hello there. Good morning.",
                                       size="320x240")
     data = clip.read_bytes()
@@ -167,7 +168,7 @@ def test_soak_uploads_processed_while_clients_poll(server, tmp_path):
             w.wait(30)
     polls = sum(pollers.codes.values())
     report = {
-        "uploads": UPLOADS, "pollers": POLLERS, "seconds": round(elapsed, 1),
+        "database": backend, "uploads": UPLOADS, "pollers": POLLERS, "seconds": round(elapsed, 1),
         "polls": polls, "poll_codes": pollers.codes, "poll_errors": len(pollers.errors),
         "poll_p50_ms": round(statistics.median(pollers.latencies) * 1000, 1),
         "poll_p99_ms": round(statistics.quantiles(pollers.latencies, n=100)[98] * 1000, 1),
@@ -176,7 +177,8 @@ def test_soak_uploads_processed_while_clients_poll(server, tmp_path):
     }
     print("SOAK", json.dumps(report))
     if os.environ.get("SOAK_REPORT"):
-        Path(os.environ["SOAK_REPORT"]).write_text(json.dumps(report, indent=2) + "\n")
+        target = Path(os.environ["SOAK_REPORT"]) / f"soak-{backend}.json"
+        target.write_text(json.dumps(report, indent=2) + "\n")
     assert [s["status"] for s in states] == ["completed"] * UPLOADS
     assert pollers.errors == []
     assert set(pollers.codes) == {200} and polls > POLLERS
