@@ -7,7 +7,7 @@ WORKERS ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHON := $(CURDIR)/$(BIN)/python
 
-.PHONY: run web worker migrate test lint deps system-deps redis clean
+.PHONY: run web worker migrate test bench lint deps system-deps redis clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -45,6 +45,14 @@ test: deps  ## lint, then every test against SQLite and PostgreSQL, real Redis/f
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} scripts/ensure-redis.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+BENCHES ?= pipeline polling trigger progress_writes upload_memory scale transcription
+
+bench: deps  ## every benchmark in bench/, then their table into docs/PERFORMANCE.md
+	scripts/system-deps.sh espeak-ng
+	REDIS_URL=$${BENCH_REDIS_URL:-redis://127.0.0.1:6379/13} scripts/ensure-redis.sh
+	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

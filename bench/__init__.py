@@ -1,0 +1,1 @@
+"""vidpipe benchmarks (`make bench`); each module measures one target against a baseline."""

@@ -1,0 +1,64 @@
+"""Shared helpers for benchmarks: repeated timing, summaries, and result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Result:
+    """One benchmark's outcome, as written to bench/results/<name>.json."""
+
+    name: str                 # module name, e.g. "pipeline"
+    title: str                # what was measured, one line
+    target: str               # the target in words, e.g. "ratio <= 1.0"
+    measured: str             # the headline figure in words, e.g. "ratio 0.93 (median of 5)"
+    met: bool | None          # None when there is no pass/fail target
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""           # why a target is missed and what would close it
+
+    def write(self) -> Path:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        payload = asdict(self) | {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M")}
+        path = RESULTS / f"{self.name}.json"
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"[{self.name}] {self.measured} — target {self.target}: "
+              f"{'met' if self.met else 'MISSED' if self.met is False else 'reported'}")
+        return path
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min, max and (for 3+ runs) the interquartile range."""
+    out = {"median": statistics.median(values), "min": min(values), "max": max(values),
+           "runs": len(values)}
+    if len(values) >= 3:
+        q = statistics.quantiles(values, n=4)
+        out["iqr"] = q[2] - q[0]
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
