@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 from werkzeug.serving import make_server
 
-from tests.conftest import start_worker
+from tests.helpers import wait_for
 from webapp.config import STEPS
 
 LOCAL_HOST = "127.0.0.1"
@@ -144,25 +143,6 @@ def live_server(app) -> Iterator[str]:
 
 
 @pytest.fixture
-def worker(settings) -> Iterator[subprocess.Popen]:
-    """One real RQ worker process serving this test's queue (settings are in its env)."""
-    proc = start_worker()
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    log_path = getattr(proc, "log_path", None)  # conftest sends the worker's log to a file
-    if log_path:
-        log = Path(log_path)
-        if log.exists():  # shown by pytest when the test failed
-            print("worker log (tail):\n" + log.read_text(errors="replace")[-3000:])
-            log.unlink()
-
-
-@pytest.fixture
 def page(chromium, browser_log, live_server) -> Iterator[Page]:
     """A fresh browser context and page on the live server, recorded into browser_log."""
     context = chromium.new_context(base_url=live_server, viewport=VIEWPORT)
@@ -197,14 +177,7 @@ def api_progress(page: Page, video_id: str) -> dict:
 
 def wait_until(predicate: Callable[[], object], timeout: float = 60, interval: float = 0.1,
                what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout} s; last value {value!r}")
+    return wait_for(predicate, timeout=timeout, interval=interval, what=what)
 
 
 _PANEL_JS = """() => {

@@ -132,3 +132,26 @@ def start_worker(env: dict[str, str] | None = None) -> subprocess.Popen:
                                 env={**os.environ, **(env or {})}, start_new_session=True)
     proc.log_path = log.name
     return proc
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    """Stop a worker started by start_worker; print its log's tail (pytest shows it on failure)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    log = Path(proc.log_path)
+    if log.exists():
+        print("worker log (tail):\n" + log.read_text(errors="replace")[-3000:])
+        log.unlink()
+
+
+@pytest.fixture
+def worker(settings):
+    """One real RQ worker process serving this test's queue (settings are in its env)."""
+    proc = start_worker()
+    yield proc
+    stop_worker(proc)

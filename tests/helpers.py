@@ -28,7 +28,7 @@ def subtasks(state: dict) -> dict[str, dict]:
     return {s["name"]: s for s in state["subtasks"]}
 
 
-def wait_for(predicate, timeout: float = 120, interval: float = 0.1):
+def wait_for(predicate, timeout: float = 120, interval: float = 0.1, what: str = "condition"):
     """Poll until predicate() returns something truthy; fail with the last value otherwise."""
     deadline = time.monotonic() + timeout
     value = None
@@ -37,7 +37,7 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.1):
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s; last value {value!r}")
+    raise AssertionError(f"{what} not met within {timeout} s; last value {value!r}")
 
 
 def assert_json_error(resp, status: int) -> dict:

@@ -34,8 +34,8 @@ from webapp.config import STEPS
 from webapp.services.storage import ARTIFACT_NAMES
 
 # The harness's fixtures, used by name below.
-chromium, browser_log, live_server, worker, page = (
-    browser.chromium, browser.browser_log, browser.live_server, browser.worker, browser.page)
+chromium, browser_log, live_server, page = (
+    browser.chromium, browser.browser_log, browser.live_server, browser.page)
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 
 import ffmpeg
 import pytest
@@ -11,7 +10,7 @@ import srt
 from rq.job import Job, JobStatus
 
 from tests import mediagen
-from tests.conftest import run_worker, start_worker
+from tests.conftest import run_worker
 from tests.helpers import progress_of, subtasks, upload_ok, wait_for
 from webapp.services.storage import ARTIFACT_NAMES
 
@@ -174,17 +173,6 @@ def _running_step(client, vid, step):
 @pytest.fixture
 def long_video(tmp_path):
     return mediagen.make_video(tmp_path / "long.mp4", duration=6.0, size="1280x720")
-
-
-@pytest.fixture
-def worker():
-    proc = start_worker()
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def test_progress_moves_continuously_and_never_backwards(client, long_video, worker):
