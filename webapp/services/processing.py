@@ -20,7 +20,9 @@ MODES = ("run_sync", "reprocess")
 
 def get_video(session: Session, video_id: str) -> Video:
     """The video, or NotFound for unknown ids of any shape."""
-    video = session.get(Video, video_id) if is_valid_id(video_id) else None
+    if not is_valid_id(video_id):
+        raise NotFound("no video has this id (ids are UUIDs)")
+    video = session.get(Video, video_id)
     if video is None:
         raise NotFound(f"video {video_id} not found")
     return video
