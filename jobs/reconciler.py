@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "vidpipe:reconciler:{queue}"
 # A task younger than this may still be between its commit and its enqueue.
 GRACE = timedelta(seconds=10)
+STALE_UPLOAD = 3600.0  # seconds without a write before a staged upload counts as abandoned
 ENDED = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed",
          JobStatus.STOPPED: "was stopped", JobStatus.CANCELED: "was cancelled"}
 
@@ -53,11 +54,31 @@ def reconcile(settings: Settings, connection: Redis) -> int:
         return 0
     try:
         clean_registries(Queue(settings.queue_name, connection=connection))
+        sweep_staging(settings)
         with session_factory(settings.database_url)() as session:
             return _check_tasks(session, settings, connection)
     finally:
         with contextlib.suppress(RedisError, LockError):
             lock.release()
+
+
+def sweep_staging(settings: Settings, older_than: float = STALE_UPLOAD) -> int:
+    """Delete uploads left in staging by a web process that died mid-request.
+
+    A live upload keeps writing, so its file's mtime stays fresh; an hour of silence
+    means nobody will ever finish it.
+    """
+    staging = settings.media_root / "staging"
+    removed = 0
+    cutoff = time.time() - older_than
+    for path in staging.glob("*") if staging.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    if removed:
+        log.warning("removed %d abandoned upload(s) from %s", removed, staging)
+    return removed
 
 
 def _check_tasks(session: Session, settings: Settings, connection: Redis) -> int:

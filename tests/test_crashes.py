@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -142,3 +143,17 @@ def test_whole_worker_killed_is_noticed_and_a_later_worker_finishes(client, long
     state = wait_for(lambda: (s := progress_of(client, vid))["status"] == "completed" and s,
                      timeout=120)
     assert subtasks(state)["transcode"]["attempt"] == 2
+
+
+def test_uploads_abandoned_in_staging_are_swept(settings):
+    from jobs.reconciler import sweep_staging
+
+    staging = settings.media_root / "staging"
+    staging.mkdir(parents=True)
+    old, fresh = staging / "old-upload", staging / "live-upload"
+    old.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y" * 100)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    assert sweep_staging(settings) == 1
+    assert not old.exists() and fresh.exists()
