@@ -49,7 +49,7 @@ test: deps  ## lint, then every test against SQLite and PostgreSQL, real Redis/f
 BENCHES ?= pipeline polling trigger progress_writes upload_memory scale transcription
 
 bench: deps  ## every benchmark in bench/, then their table into docs/PERFORMANCE.md
-	scripts/system-deps.sh espeak-ng
+	scripts/system-deps.sh espeak-ng wrk
 	REDIS_URL=$${BENCH_REDIS_URL:-redis://127.0.0.1:6379/13} scripts/ensure-redis.sh
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done
 	$(BIN)/python -m bench.report

@@ -5,7 +5,7 @@ set -euo pipefail
 
 declare -A provides=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [espeak-ng]=espeak-ng
                      [redis-server]=redis-server [redis-cli]=redis-tools
-                     [chromium]=chromium)
+                     [chromium]=chromium [wrk]=wrk)
 wanted=("$@")
 missing=()
 for cmd in ffmpeg ffprobe "${wanted[@]}"; do

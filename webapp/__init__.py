@@ -3,10 +3,44 @@
 from __future__ import annotations
 
 import logging
+import typing as t
 
-from flask import Flask
+from flask import Flask, Request
 
 from webapp.config import PROJECT_ROOT, Settings
+
+
+class UploadRequest(Request):
+    """Flask's request, spooling an uploaded file straight into MEDIA_ROOT/staging.
+
+    werkzeug's default puts every file part over 500 KB in a temporary file in TMPDIR, which
+    ingest then had to copy into MEDIA_ROOT/staging: each upload was written to disk twice
+    (and held in RAM where TMPDIR is a tmpfs). The first file part of a request now goes to a
+    StagedFile in staging, which ingest renames into place; any further file part (the API
+    and the form take one file) keeps werkzeug's default. The staged file is deleted when the
+    request ends unless ingest accepted it, even when parsing failed half-way (413, a cut
+    body), when werkzeug never hands it to `files`.
+    """
+
+    _staged_upload: t.IO[bytes] | None = None
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None,
+                         content_length: int | None = None) -> t.IO[bytes]:
+        if self._staged_upload is not None:
+            return super()._get_file_stream(total_content_length, content_type, filename,
+                                            content_length)
+        from webapp import extensions as ext
+
+        self._staged_upload = ext.storage().staging_file()
+        return self._staged_upload
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._staged_upload is not None:
+                self._staged_upload.close()
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -22,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         static_folder=str(PROJECT_ROOT / "static"),
         instance_path=str(PROJECT_ROOT / "instance"),
     )
+    app.request_class = UploadRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     # Uploads stream to disk; keep werkzeug from buffering big form parts in memory.
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024

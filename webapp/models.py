@@ -93,6 +93,10 @@ class ProcessingTask(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Bumped (with updated_at) by the progress service on every change to the task or any of
+    # its subtasks: (id, version) identifies what a progress poll would show (its ETag).
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     video: Mapped[Video] = relationship(back_populates="tasks")
     subtasks: Mapped[list[SubTask]] = relationship(
@@ -103,7 +107,9 @@ class ProcessingTask(Base):
     )
 
     __table_args__ = (
-        Index("ix_tasks_video_created", "video_id", "created_at"),
+        # The latest task of a video (ORDER BY created_at DESC, id DESC LIMIT 1) straight
+        # from the index, without sorting that video's older tasks.
+        Index("ix_tasks_video_created", "video_id", "created_at", "id"),
         # The database itself guarantees at most one active task per video.
         Index(
             "uq_tasks_one_active_per_video",

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Callable
 
 from flask import (
     Blueprint,
     Response,
     current_app,
     g,
+    make_response,
     redirect,
     render_template,
     request,
     send_from_directory,
+    session,
     url_for,
 )
+from flask_wtf.csrf import generate_csrf
 from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -56,10 +61,12 @@ def is_htmx() -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def video_context(video: Video, message: str | None = None, poll: bool = False) -> dict:
+def video_context(video: Video, message: str | None = None, poll: bool = False,
+                  state: progress.ProgressView | None = None) -> dict:
     """Everything the video page and its fragments show."""
     storage = ext.storage()
-    state = progress.video_progress(ext.db(), video, ext.settings().weights)
+    if state is None:
+        state = progress.video_progress(ext.db(), video, ext.settings().weights)
     tiles, sprite_w, sprite_h = results.storyboard_tiles(storage, video.id)
     return {
         "video": video,
@@ -107,14 +114,50 @@ def favicon():
                                mimetype="image/vnd.microsoft.icon")
 
 
+# The polled fragments (a row, the progress panel) are conditional, like the JSON progress:
+# ETag from the task row alone (progress.progress_tag), `Cache-Control: no-cache` so that
+# the browser revalidates its copy with If-None-Match, and a 304 without rendering anything
+# while nothing changed. The browser hands its cached copy to HTMX as a 200 (a conditional
+# request it made itself is invisible to XHR), so the page looks exactly as before.
+FRAGMENT_CACHE_CONTROL = "no-cache, private"
+
+
+def polled_fragment(tag: str, render: Callable[[], tuple[str, str]]) -> Response:
+    """304 when the browser's copy (If-None-Match) has `tag`, else the (html, tag) of
+    render(), the tag of what it rendered."""
+    if request.if_none_match.contains_weak(tag):
+        response = Response(status=304)
+    else:
+        html, tag = render()
+        response = make_response(html)
+    response.set_etag(tag)
+    response.headers["Cache-Control"] = FRAGMENT_CACHE_CONTROL
+    return response
+
+
+def _csrf_digest() -> str:
+    """Which CSRF token the panel's forms carry: part of its tag (another session, another
+    copy). Flask-WTF keeps the raw token in the session, made by the first generate_csrf."""
+    key = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    if key not in session:
+        generate_csrf()
+    return hashlib.sha256(str(session.get(key)).encode()).hexdigest()[:12]
+
+
 @bp.get("/videos/<video_id>/row", merge_slashes=False)
 def library_row(video_id: str):
     """One library row; it keeps polling while its video is being processed."""
-    video = processing.get_video(ext.db(), video_id)
-    state = progress.video_progress(ext.db(), video, ext.settings().weights)
-    has_poster = ext.storage().artifact(video.id, "poster.jpg") is not None
-    return render_template("library/_row.html", video=video, state=state,
-                           posters={video.id} if has_poster else set())
+    weights = ext.settings().weights
+    tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
+
+    def render() -> tuple[str, str]:
+        video = processing.get_video(ext.db(), video_id)
+        state, tag = progress.tagged_progress(ext.db(), video.id, weights)
+        has_poster = ext.storage().artifact(video.id, "poster.jpg") is not None
+        return render_template("library/_row.html", video=video, state=state,
+                               posters={video.id} if has_poster else set()), f"row-{tag}"
+
+    return polled_fragment(f"row-{tag}", render)
 
 
 @bp.post("/videos")
@@ -161,9 +204,19 @@ def video_page(video_id: str):
 @bp.get("/videos/<video_id>/panel", merge_slashes=False)
 def panel(video_id: str):
     """The progress panel fragment (polled while a task is active)."""
-    video = processing.get_video(ext.db(), video_id)
     poll = request.args.get("poll") == "1"
-    return render_template("videos/_panel.html", **video_context(video, poll=poll))
+    weights = ext.settings().weights
+    tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
+    session_tag = f"{_csrf_digest()}-{int(poll)}"
+
+    def render() -> tuple[str, str]:
+        video = processing.get_video(ext.db(), video_id)
+        state, tag = progress.tagged_progress(ext.db(), video.id, weights)
+        html = render_template("videos/_panel.html",
+                               **video_context(video, poll=poll, state=state))
+        return html, f"panel-{tag}-{session_tag}"
+
+    return polled_fragment(f"panel-{tag}-{session_tag}", render)
 
 
 @bp.post("/videos/<video_id>/<any(run, reprocess, force):action>", merge_slashes=False)

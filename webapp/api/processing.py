@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import url_for
+from flask import Response, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -39,6 +39,26 @@ def _trigger(video_id: str, mode: str, query: dict, body: dict):
     return payload, 202, {"Location": url}
 
 
+# Progress polling is conditional: the ETag comes from the task row alone (see
+# progress.progress_tag), so a poll of an unchanged task costs one indexed query (the
+# video and its latest task's version) and answers 304 without building a body.
+CACHE_CONTROL = "no-cache, private"  # always revalidate; never in a shared cache
+_ETAG_HEADERS = {
+    "ETag": {"description": "Strong validator of this progress (changes with any step)",
+             "required": True, "schema": {"type": "string"}},
+    "Cache-Control": {"description": "`no-cache, private`: revalidate with If-None-Match",
+                      "required": True, "schema": {"type": "string"}},
+}
+_IF_NONE_MATCH = {
+    "name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+    "description": "The ETag of the progress the client has: 304 while it is still current",
+}
+
+
+def _validators(tag: str) -> dict[str, str]:
+    return {"ETag": f'"{tag}"', "Cache-Control": CACHE_CONTROL}
+
+
 def _trigger_docs(view):
     for code in ("NOT_FOUND", "CONFLICT", "SERVICE_UNAVAILABLE"):
         view = blp.alt_response({"NOT_FOUND": 404, "CONFLICT": 409,
@@ -63,12 +83,23 @@ class RunSync(MethodView):
 
 @blp.route("/videos/<string:video_id>/reprocess", merge_slashes=False)
 class Progress(MethodView):
-    @blp.response(200, TaskProgressSchema)
+    @blp.response(200, TaskProgressSchema, headers=_ETAG_HEADERS)
+    @blp.alt_response(304, description="Not Modified: the progress in If-None-Match is current",
+                      headers=_ETAG_HEADERS)
     @blp.alt_response(404, response="NOT_FOUND")
+    @blp.doc(parameters=[_IF_NONE_MATCH])
     def get(self, video_id):
-        """Weighted total progress and every step of the latest run"""
-        video = find_video(video_id)
-        return progress.video_progress(ext.db(), video, ext.settings().weights)
+        """Weighted total progress and every step of the latest run
+
+        Conditional: send the ETag of the last answer in If-None-Match to get a bodiless
+        304 while nothing changed (the cheap way to poll).
+        """
+        weights = ext.settings().weights
+        tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
+        if request.if_none_match.contains_weak(tag):
+            return Response(status=304, headers=_validators(tag))
+        view, tag = progress.tagged_progress(ext.db(), video_id, weights)
+        return view, 200, _validators(tag)
 
     @json_or_no_body
     @blp.arguments(ForceQuerySchema, location="query")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -16,7 +17,7 @@ from webapp.models import Video
 from webapp.services import media, progress
 from webapp.services.errors import Conflict, InvalidMedia
 from webapp.services.processing import get_video
-from webapp.services.storage import Storage
+from webapp.services.storage import StagedFile, Storage
 
 log = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
@@ -65,21 +66,38 @@ def _has_packets(path: Path) -> bool:
     return bool(info.get("packets"))
 
 
-def _stream_to(stream: IO[bytes], target: Path) -> int:
-    size = 0
-    with open(target, "wb") as out:
+def _staged(storage: Storage, stream: IO[bytes]) -> StagedFile:
+    """The upload as a file in this storage's staging folder.
+
+    Uploads through the web app already are one (the request spools the file part straight
+    into staging, see webapp.UploadRequest): it is taken as it is, not copied. Any other
+    stream is copied into a new staged file.
+    """
+    if (isinstance(stream, StagedFile) and stream.staged
+            and stream.path.parent == storage.staging_dir):
+        stream.flush()
+        return stream
+    staged = storage.staging_file()
+    try:
         while chunk := stream.read(_CHUNK):
-            out.write(chunk)
-            size += len(chunk)
-    return size
+            staged.write(chunk)
+        staged.flush()
+    except BaseException:
+        staged.close()
+        raise
+    return staged
 
 
 def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str | None) -> Video:
-    """Store an upload and record it; InvalidMedia (nothing kept) if it is not audio/video."""
-    staged = storage.staging_path()
+    """Store an upload and record it; InvalidMedia (nothing kept) if it is not audio/video.
+
+    The staged file is closed either way: moved into the video's folder, or deleted.
+    """
     video_id: str | None = None
+    staged_file = _staged(storage, stream)
+    staged = staged_file.path
     try:
-        size = _stream_to(stream, staged)
+        size = os.fstat(staged_file.fileno()).st_size
         if size == 0:
             raise InvalidMedia("the uploaded file is empty")
         try:
@@ -100,19 +118,20 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
         session.add(video)
         session.flush()
         video_id = video.id
-        storage.adopt_source(staged, video.id, video.stored_name)
+        storage.adopt_source(staged_file, video.id, video.stored_name)
         session.commit()
         return video
     except BaseException:
         session.rollback()
-        staged.unlink(missing_ok=True)
         if video_id is not None:
             storage.remove_video(video_id)
         raise
+    finally:
+        staged_file.close()  # deletes it unless adopt_source moved it
 
 
 def list_videos(session: Session, page: int, page_size: int) -> tuple[list[Video], int]:
-    """One page of videos, newest first, and the total count."""
+    """One page of videos, newest first, and the total count (their progress prefetched)."""
     total = session.scalar(select(func.count()).select_from(Video)) or 0
     offset = (page - 1) * page_size
     if offset >= total:
@@ -120,7 +139,11 @@ def list_videos(session: Session, page: int, page_size: int) -> tuple[list[Video
         return [], total
     stmt = (select(Video).order_by(Video.created_at.desc(), Video.id)
             .offset(offset).limit(page_size))
-    return list(session.scalars(stmt)), total
+    videos = list(session.scalars(stmt))
+    # Every list shows each video's progress: read the page's latest tasks in one query
+    # rather than two per video.
+    progress.prefetch_progress(session, [v.id for v in videos])
+    return videos, total
 
 
 def delete_video(session: Session, storage: Storage, video_id: str) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, event, exists, select, update
 from sqlalchemy.orm import Session
 
 from webapp.config import STEPS
@@ -20,6 +22,8 @@ from webapp.models import (
     Video,
     utcnow,
 )
+from webapp.services.errors import NotFound
+from webapp.services.storage import is_valid_id
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,17 @@ def _subtask_view(sub: SubTask) -> SubtaskView:
 
 
 def task_view(task: ProcessingTask) -> ProgressView:
-    """The public progress of one task."""
-    subs = list(task.subtasks)
+    """The public progress of one task.
+
+    A function of the stored rows only (so of `progress_tag`): the ETA is the one as of the
+    task's last change, not of the moment of the request, so an unchanged task always shows
+    the same thing and a poll may answer 304 Not Modified.
+    """
+    return _view(task, list(task.subtasks))
+
+
+def _view(task, subs: list) -> ProgressView:
+    """The view of a task and its subtasks, ORM objects or rows with the same attributes."""
     progress = weighted_total((s.weight, s.status, s.progress) for s in subs)
     return ProgressView(
         video_id=task.video_id,
@@ -107,7 +120,7 @@ def task_view(task: ProcessingTask) -> ProgressView:
         started_at=task.started_at,
         finished_at=task.finished_at,
         error=task.error,
-        eta_seconds=estimate_eta(task, progress),
+        eta_seconds=estimate_eta(task, progress, task.updated_at),
     )
 
 
@@ -136,9 +149,153 @@ def active_task(session: Session, video_id: str) -> ProcessingTask | None:
 
 def video_progress(session: Session, video: Video, weights: Mapping[str, float]) -> ProgressView:
     """Progress of the video's latest task, or its initial state."""
-    task = latest_task(session, video.id)
-    return task_view(task) if task is not None else initial_view(video.id, weights)
+    prefetched = session.info.get(_PREFETCHED)
+    if prefetched is not None and video.id in prefetched:
+        found = prefetched.pop(video.id)
+        return _view(*found) if found else initial_view(video.id, weights)
+    return progress_of(video.id, latest_task(session, video.id), weights)
 
+
+def progress_of(
+    video_id: str, task: ProcessingTask | None, weights: Mapping[str, float]
+) -> ProgressView:
+    """Progress of a video whose latest task (from `latest_task`) is `task`."""
+    return task_view(task) if task is not None else initial_view(video_id, weights)
+
+
+# -- polls and lists: the same views from plain rows, in one query each -------------------
+
+def progress_tag(task: ProcessingTask | None, weights: Mapping[str, float]) -> str:
+    """A strong validator of what `video_progress` shows for a video whose latest task is
+    `task`: it changes whenever that would (the task's version is bumped on every write of
+    this service), so equal tags mean an equal view. Needs only the task row.
+    """
+    if task is None:  # the initial view depends only on the configured weights
+        weights_crc = zlib.crc32(repr(sorted(weights.items())).encode())
+        return f"initial-{weights_crc:08x}"
+    return _tag(task.id, task.version, task.status)
+
+
+def _tag(task_id: str, version: int, status: str) -> str:
+    return f"{task_id}-{version}-{status}"
+
+
+def poll_tag(session: Session, video_id: str, weights: Mapping[str, float]) -> str:
+    """`progress_tag` of the video's latest task, in one indexed query and no ORM objects:
+    what a poll needs to tell that nothing changed. NotFound for unknown ids of any shape.
+    """
+    row = (session.connection().execute(_TAG_QUERY, {"video_id": video_id}).first()
+           if is_valid_id(video_id) else None)
+    if row is None:
+        raise NotFound(f"video {video_id} not found")
+    _, task_id, version, status = row
+    if task_id is None:
+        return progress_tag(None, weights)
+    return _tag(task_id, version, status)
+
+
+def tagged_progress(
+    session: Session, video_id: str, weights: Mapping[str, float]
+) -> tuple[ProgressView, str]:
+    """The video's progress and its `progress_tag`, both from one query (one snapshot), as
+    plain rows: what a poll answers when something changed. The video must exist."""
+    rows = session.connection().execute(_PROGRESS_QUERY, {"video_id": video_id}).all()
+    found = _tasks_of(rows).get(video_id)
+    if found is None:
+        return initial_view(video_id, weights), progress_tag(None, weights)
+    task, subs = found
+    return _view(task, subs), _tag(task.id, task.version, task.status)
+
+
+# session.info key: video id -> (task, subtasks) as plain rows, or None; see below.
+_PREFETCHED = "vidpipe.progress"
+
+
+def prefetch_progress(session: Session, video_ids: Iterable[str]) -> None:
+    """Read the latest task and its subtasks of many videos in one query (plain rows).
+
+    For a list page: the next `video_progress` of each of these videos in this session
+    uses what was read here, once, instead of two queries per video. What was read is
+    forgotten at the end of the transaction (commit or rollback), so it is never older than
+    what the session would read itself.
+    """
+    video_ids = list(dict.fromkeys(video_ids))
+    if not video_ids:
+        return
+    rows = session.connection().execute(_PAGE_QUERY, {"video_ids": video_ids}).all()
+    found: dict[str, tuple | None] = dict.fromkeys(video_ids)
+    found.update(_tasks_of(rows))
+    session.info.setdefault(_PREFETCHED, {}).update(found)
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_prefetched(session: Session, *_args) -> None:
+    session.info.pop(_PREFETCHED, None)
+
+
+_VIDEOS, _TASKS, _SUBTASKS = Video.__table__, ProcessingTask.__table__, SubTask.__table__
+_NEWER = _TASKS.alias("newer")
+_TASK_COLUMNS = tuple(c.name for c in _TASKS.c)
+_SUBTASK_COLUMNS = tuple(c.name for c in _SUBTASKS.c)
+
+
+def _latest_id(video_id):
+    """SELECT the id of the latest task of `video_id` (a column or a parameter), from
+    ix_tasks_video_created alone."""
+    return (
+        select(_NEWER.c.id)
+        .where(_NEWER.c.video_id == video_id)
+        .order_by(_NEWER.c.created_at.desc(), _NEWER.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _with_subtasks(*where):
+    """SELECT tasks joined with their subtasks (one row per subtask, in order; columns
+    t_<task column>, s_<subtask column>)."""
+    return (
+        select(*(c.label(f"t_{c.name}") for c in _TASKS.c),
+               *(c.label(f"s_{c.name}") for c in _SUBTASKS.c))
+        .select_from(_TASKS.outerjoin(_SUBTASKS, _SUBTASKS.c.task_id == _TASKS.c.id))
+        .where(*where)
+        .order_by(_TASKS.c.video_id, _SUBTASKS.c.position)
+    )
+
+
+# The video (so: does it exist) and its latest task's id, version and status.
+_TAG_QUERY = (
+    select(_VIDEOS.c.id, _TASKS.c.id, _TASKS.c.version, _TASKS.c.status)
+    .select_from(_VIDEOS.outerjoin(
+        _TASKS, _TASKS.c.id == _latest_id(_VIDEOS.c.id).correlate(_VIDEOS)))
+    .where(_VIDEOS.c.id == bindparam("video_id"))
+)
+# The latest task of one video with its subtasks (the subquery runs once) ...
+_PROGRESS_QUERY = _with_subtasks(_TASKS.c.id == _latest_id(bindparam("video_id")))
+# ... and of each video of a page.
+_PAGE_QUERY = _with_subtasks(
+    _TASKS.c.video_id.in_(bindparam("video_ids", expanding=True)),
+    _TASKS.c.id == _latest_id(_TASKS.c.video_id).correlate(_TASKS),
+)
+
+
+def _tasks_of(rows) -> dict[str, tuple[SimpleNamespace, list[SimpleNamespace]]]:
+    """video id -> (task, its subtasks in order) from rows of `_with_subtasks`."""
+    found: dict[str, tuple[SimpleNamespace, list[SimpleNamespace]]] = {}
+    for row in rows:
+        values = row._mapping
+        video_id = values["t_video_id"]
+        if video_id not in found:
+            task = SimpleNamespace(**{name: values[f"t_{name}"] for name in _TASK_COLUMNS})
+            found[video_id] = (task, [])
+        if values["s_id"] is not None:
+            found[video_id][1].append(
+                SimpleNamespace(**{name: values[f"s_{name}"] for name in _SUBTASK_COLUMNS}))
+    return found
+
+
+# -- writers --------------------------------------------------------------------------------
 
 def new_task(
     video: Video,
@@ -150,7 +307,8 @@ def new_task(
     """A queued task with one subtask per step; `skipped` maps step -> reason it does not apply."""
     now = utcnow()
     reused = set(reused)
-    task = ProcessingTask(video_id=video.id, mode=mode, status="queued", created_at=now)
+    task = ProcessingTask(video_id=video.id, mode=mode, status="queued", created_at=now,
+                          version=0, updated_at=now)
     for position, step in enumerate(STEPS):
         sub = SubTask(name=step, position=position, weight=weights[step], status="pending",
                       progress=0.0, attempt=0, reused=False)
@@ -164,15 +322,20 @@ def new_task(
     return task
 
 
-def _lock_task(session: Session, task_id: str) -> None:
-    # A no-op UPDATE takes the row lock (PostgreSQL) / the write lock (SQLite) first,
-    # so concurrent finishers of one task serialize and the last one sees every result.
-    session.execute(
+def _touch_task(session: Session, task_id: str, now: datetime, *conditions) -> bool:
+    """Bump the task's version before changing it or a subtask (see `progress_tag`).
+
+    It is the first write of every change, so it also takes the task's row lock
+    (PostgreSQL) / the write lock (SQLite) first: concurrent writers of one task serialize,
+    always in the same order (task, then subtasks), and the last finisher sees every result.
+    """
+    result = session.execute(
         update(ProcessingTask)
-        .where(ProcessingTask.id == task_id)
-        .values(status=ProcessingTask.status)
+        .where(ProcessingTask.id == task_id, *conditions)
+        .values(version=ProcessingTask.version + 1, updated_at=now)
         .execution_options(synchronize_session=False)
     )
+    return result.rowcount == 1
 
 
 def _subtask_update(task_id: str, name: str):
@@ -186,7 +349,7 @@ def _subtask_update(task_id: str, name: str):
 def start_subtask(session: Session, task_id: str, name: str) -> bool:
     """Mark a step running (a new attempt); False if the task no longer wants it."""
     now = utcnow()
-    _lock_task(session, task_id)
+    _touch_task(session, task_id, now)
     result = session.execute(
         _subtask_update(task_id, name)
         .where(SubTask.status.in_(("pending", "running")))
@@ -209,11 +372,15 @@ def start_subtask(session: Session, task_id: str, name: str) -> bool:
 def report_progress(session: Session, task_id: str, name: str, percent: float) -> None:
     """Record a running step's progress (0-100); never moves it backwards, ignores stale tasks."""
     percent = min(100.0, max(0.0, percent))
-    session.execute(
-        _subtask_update(task_id, name)
-        .where(SubTask.status == "running", SubTask.progress < percent)
-        .values(progress=percent)
-    )
+    moves = (SubTask.task_id == task_id, SubTask.name == name, SubTask.status == "running",
+             SubTask.progress < percent)
+    # The version is bumped only when the progress really moves (the EXISTS), and then the
+    # same condition moves it: no write at all for a stale or backward report.
+    if _touch_task(session, task_id, utcnow(), exists().where(*moves)):
+        session.execute(
+            update(SubTask).where(*moves).values(progress=percent)
+            .execution_options(synchronize_session=False)
+        )
     session.commit()
 
 
@@ -223,7 +390,7 @@ def finish_subtask(
     """End a step (completed/failed/skipped/cancelled) and close the task when all steps ended."""
     assert status in SUBTASK_FINAL, status
     now = utcnow()
-    _lock_task(session, task_id)
+    _touch_task(session, task_id, now)
     values: dict[str, object] = {"status": status, "finished_at": now, "error": error}
     if status == "completed":
         values["progress"] = 100.0
@@ -242,6 +409,7 @@ def retry_subtask(session: Session, task_id: str, name: str, reason: str) -> boo
     Its progress restarts from 0 (the one case where a total may go back), and the
     attempt counter keeps growing so the next try shows as attempt 2, 3, ...
     """
+    _touch_task(session, task_id, utcnow())
     result = session.execute(
         _subtask_update(task_id, name)
         .where(SubTask.status.in_(("pending", "running")))
@@ -280,7 +448,8 @@ def cancel_task(session: Session, task_id: str, reason: str) -> bool:
     result = session.execute(
         update(ProcessingTask)
         .where(ProcessingTask.id == task_id, ProcessingTask.status.in_(ACTIVE_STATUSES))
-        .values(status="cancelled", finished_at=now, error=reason)
+        .values(status="cancelled", finished_at=now, error=reason,
+                version=ProcessingTask.version + 1, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import mimetypes
 import os
 import re
@@ -39,6 +40,35 @@ def mime_type(name: str) -> str:
     suffix = Path(name).suffix.lower()
     guessed = _MIME_OVERRIDES.get(suffix) or mimetypes.guess_type(name)[0]
     return guessed or "application/octet-stream"
+
+
+class StagedFile(io.BufferedRandom):
+    """An upload being received, written straight into MEDIA_ROOT/staging.
+
+    Closing it deletes it (the request closes it when it ends, whatever happened, and garbage
+    collection closes it too), unless `move_to` gave it its final name first: a rename on the
+    same filesystem, so an accepted upload is written to disk once and never copied.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(path, "x+"))  # a new file (O_EXCL), read and write
+        self.path = path
+        self.staged = True  # False once moved into place or deleted
+
+    def move_to(self, target: Path) -> None:
+        if not self.staged:
+            raise ValueError("the staged file was already moved or deleted")
+        self.flush()
+        os.replace(self.path, target)
+        self.staged = False
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.staged:
+                self.staged = False
+                self.path.unlink(missing_ok=True)
 
 
 class Storage:
@@ -86,18 +116,25 @@ class Storage:
             path.unlink(missing_ok=True)
             path.with_name(f".{path.stem}.part{path.suffix}").unlink(missing_ok=True)
 
+    @property
+    def staging_dir(self) -> Path:
+        return self.root / "staging"
+
     def staging_path(self) -> Path:
         """A fresh path for an upload that has not been accepted yet."""
-        staging = self.root / "staging"
-        staging.mkdir(parents=True, exist_ok=True)
-        return staging / uuid.uuid4().hex
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        return self.staging_dir / uuid.uuid4().hex
 
-    def adopt_source(self, staged: Path, video_id: str, stored_name: str) -> Path:
+    def staging_file(self) -> StagedFile:
+        """A new, empty file in staging, deleted when closed unless moved into place."""
+        return StagedFile(self.staging_path())
+
+    def adopt_source(self, staged: StagedFile, video_id: str, stored_name: str) -> Path:
         """Move an accepted upload from staging to its video folder."""
         target = self.source_path(video_id, stored_name)
         target.parent.mkdir(parents=True, exist_ok=True)
         self.artifacts_dir(video_id).mkdir(exist_ok=True)
-        os.replace(staged, target)
+        staged.move_to(target)
         return target
 
     def remove_video(self, video_id: str) -> None:
