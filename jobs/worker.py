@@ -21,6 +21,10 @@ class VidpipeWorker(Worker):
     host's step is retried well within a minute, yet a merely slow worker is not robbed.
     """
 
+    # RQ backs off up to 60 s between reconnects while Redis is away; after an outage
+    # work should resume within seconds of Redis coming back.
+    max_connection_wait_time = 5.0
+
     def __init__(self, *args, heartbeat_grace: int = 30, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.heartbeat_grace = heartbeat_grace
