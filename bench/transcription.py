@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import media
 from bench.common import Result, spread
+from bench.pipeline import disturbance
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 MODELS = [m.strip() for m in os.environ.get("BENCH_MODELS", "tiny.en,base").split(",")
@@ -180,7 +181,10 @@ def main() -> int:
     results = []
     for name in MODELS:
         print(f"[transcription] {name}: {len(clips)} clips x {RUNS} passes ...", flush=True)
-        results.append(measure_model(name, clips, joined))
+        cpu: dict[str, Any] = {}
+        with disturbance(cpu):  # the machine may be shared: record what others took
+            measured = measure_model(name, clips, joined)
+        results.append(measured | cpu)
         r = results[-1]
         print(f"[transcription] {name}: WER {r['clips']['wer']:.1%} "
               f"(joined {r['joined']['wer']:.1%}), RTF {r['clips']['rtf']:.3f} "
@@ -192,6 +196,9 @@ def main() -> int:
         "window, so a 2 s clip costs about as much as a 30 s one; the joined (long-form) "
         "RTF is the one that applies to a video's soundtrack. WER counts substitutions, "
         "deletions and insertions over the normalised reference words of all clips."
+        f" Other processes took {main_result['cpu']['other_processes_s']:.1f} of "
+        f"{main_result['cpu']['cores_x_wall_s']:.0f} CPU s while {main_result['model']} "
+        "was measured (a shared machine)."
     )
     Result(
         name="transcription",
