@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import mediagen
-from tests.conftest import start_worker
+from tests.conftest import start_worker, stop_worker
 from tests.helpers import progress_of, subtasks, upload_ok, wait_for
 from webapp import create_app
 
@@ -33,16 +33,6 @@ def children(pid: int) -> list[int]:
     return kids
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
 def long_video(tmp_path):
     return mediagen.make_video(tmp_path / "long.mp4", duration=8.0, size="1280x720")
@@ -61,7 +51,7 @@ def workers():
     for proc in procs:
         for horse in horses(proc):
             os.killpg(horse, signal.SIGKILL)
-        stop(proc)
+        stop_worker(proc)
 
 
 def transcode_running(client, vid):

@@ -219,28 +219,29 @@ def panel(video_id: str):
     return polled_fragment(f"panel-{tag}-{session_tag}", render)
 
 
+def act(video_id: str, action: Callable[[], object]):
+    """Run a panel action: the updated panel (or page), with the error message if it failed."""
+    try:
+        action()
+    except ServiceError as exc:
+        return show_video(video_id, exc.message, exc.status)
+    if is_htmx():
+        return show_video(video_id)
+    return go_to(url_for("ui.video_page", video_id=video_id))
+
+
 @bp.post("/videos/<video_id>/<any(run, reprocess, force):action>", merge_slashes=False)
 def start(video_id: str, action: str):
     """Run, Reprocess or Force reprocess; answers with the updated panel."""
     mode, force = ACTIONS[action]
-    try:
-        processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
-                           video_id, mode, force=force)
-    except ServiceError as exc:
-        return show_video(video_id, exc.message, exc.status)
-    return show_video(video_id) if is_htmx() else go_to(url_for("ui.video_page",
-                                                                 video_id=video_id))
+    return act(video_id, lambda: processing.trigger(
+        ext.db(), ext.settings(), ext.storage(), ext.redis(), video_id, mode, force=force))
 
 
 @bp.post("/videos/<video_id>/cancel", merge_slashes=False)
 def cancel(video_id: str):
     """Cancel the active task; answers with the updated panel."""
-    try:
-        processing.cancel(ext.db(), ext.redis(), video_id)
-    except ServiceError as exc:
-        return show_video(video_id, exc.message, exc.status)
-    return show_video(video_id) if is_htmx() else go_to(url_for("ui.video_page",
-                                                                 video_id=video_id))
+    return act(video_id, lambda: processing.cancel(ext.db(), ext.redis(), video_id))
 
 
 @bp.post("/videos/<video_id>/delete", merge_slashes=False)
