@@ -108,7 +108,7 @@ def postgres_schema(prefix: str) -> Iterator[str]:
     """A private, migrated schema on BENCH_POSTGRES_URL (like tests/conftest.py); dropped after."""
     from sqlalchemy import text
 
-    from webapp.db import get_engine
+    from webapp.db import dispose, get_engine
 
     schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = get_engine(POSTGRES_URL)
@@ -120,7 +120,7 @@ def postgres_schema(prefix: str) -> Iterator[str]:
         migrate(url)
         yield url
     finally:
-        get_engine(url).dispose()
+        dispose(url)
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 

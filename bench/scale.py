@@ -209,7 +209,7 @@ def plans(database_url: str) -> dict[str, list[str]]:
     middle = ids[len(ids) // 2]
     queries = {"count": count, "page": page,
                "page_progress": progress._PAGE_QUERY.params(video_ids=ids),
-               "poll_tag": progress._TAG_QUERY.params(video_id=middle),
+               "poll_tag": progress.TAG_QUERY.params(video_id=middle),
                "poll_progress": progress._PROGRESS_QUERY.params(video_id=middle)}
     prefix = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
     out = {}

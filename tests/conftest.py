@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from webapp import create_app
 from webapp.config import PROJECT_ROOT, Settings
-from webapp.db import get_engine, session_factory
+from webapp.db import dispose, get_engine, session_factory
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TEST_POSTGRES_URL = os.environ.get(
@@ -60,7 +60,7 @@ def postgres_url():
     url = f"{TEST_POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
     migrate(url)
     yield url
-    get_engine(url).dispose()
+    dispose(url)
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 

@@ -8,12 +8,15 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
+from werkzeug.test import Client
+from werkzeug.wrappers import Response
 
 from tests import browser
 from tests.test_progress import make_task, make_video
 from webapp.config import DEFAULT_WEIGHTS, STEPS
 from webapp.db import get_engine
+from webapp.fastpoll import ConditionalPolls
 from webapp.models import ProcessingTask
 from webapp.services import progress
 
@@ -24,18 +27,20 @@ HX = {"HX-Request": "true"}
 
 @contextmanager
 def counted(settings):
-    """The SQL statements the app sends while the block runs."""
+    """The SQL statements the app sends while the block runs (on both of its engines)."""
     statements: list[str] = []
 
     def count(conn, cursor, statement, *_args):
         statements.append(statement)
 
-    engine = get_engine(settings.database_url)
-    event.listen(engine, "before_cursor_execute", count)
+    engines = [get_engine(settings.database_url, autocommit=a) for a in (False, True)]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
     try:
         yield statements
     finally:
-        event.remove(engine, "before_cursor_execute", count)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
 
 
 @pytest.fixture
@@ -173,6 +178,94 @@ def test_unknown_video_is_still_404(client):
     resp = client.get(PROGRESS.format("0" * 8 + "-0000-0000-0000-" + "0" * 12),
                       headers={"If-None-Match": "*"})
     assert resp.status_code == 404 and "ETag" not in resp.headers
+
+
+# -- the 304s answered in front of Flask (webapp/fastpoll.py) ------------------------------
+
+@contextmanager
+def flask_requests(app):
+    """How many requests reached the Flask app (its before_request hooks) in the block."""
+    seen: list[str] = []
+    app.before_request_funcs.setdefault(None, []).insert(0, lambda: seen.append("x") and None)
+    try:
+        yield seen
+    finally:
+        app.before_request_funcs[None].pop(0)
+
+
+def flask_only(app) -> Client:
+    """A client of the Flask app itself, without the fast path in front of it."""
+    assert isinstance(app.wsgi_app, ConditionalPolls)
+    return Client(app.wsgi_app.app, Response)
+
+
+def test_unchanged_progress_is_answered_before_flask_as_flask_would(app, client, running):
+    video_id, _ = running
+    url = PROGRESS.format(video_id)
+    etag = client.get(url).headers["ETag"]
+    for method in ("GET", "HEAD"):
+        with flask_requests(app) as seen:
+            fast = client.open(url, method=method, headers={"If-None-Match": etag})
+        assert seen == [], "a conditional poll of an unchanged progress reached Flask"
+        assert_not_modified(fast, etag)
+        reference = flask_only(app).open(url, method=method, headers={"If-None-Match": etag})
+        assert reference.status_code == 304
+        assert sorted(fast.headers.items()) == sorted(reference.headers.items())
+
+
+def test_everything_else_is_left_to_flask(app, client, db_session, running):
+    video_id, task_id = running
+    url = PROGRESS.format(video_id)
+    etag = client.get(url).headers["ETag"]
+    progress.report_progress(db_session, task_id, "transcode", 60)
+    unknown = PROGRESS.format("0" * 8 + "-0000-4000-8000-" + "0" * 12)
+    cases = [  # (path, headers, method, the status Flask answers)
+        (url, {}, "GET", 200),  # no validator
+        (url, {"If-None-Match": etag}, "GET", 200),  # the progress moved
+        (url + "/", {"If-None-Match": "*"}, "GET", 404),  # not the route
+        (unknown, {"If-None-Match": "*"}, "GET", 404),
+        (PROGRESS.format("not-an-id"), {"If-None-Match": "*"}, "GET", 404),
+        (url, {"If-None-Match": "*"}, "POST", 415),  # a trigger, with a wrong body
+    ]
+    for path, headers, method, status in cases:
+        with flask_requests(app) as seen:
+            kwargs = {"data": "x", "content_type": "text/plain"} if method == "POST" else {}
+            resp = client.open(path, method=method, headers=headers, **kwargs)
+        assert (resp.status_code, len(seen)) == (status, 1), (path, headers, method)
+
+
+def test_the_api_token_is_required_on_the_fast_path_too(settings, db_session):
+    from tests.test_security import TOKEN, bearer, make_app
+
+    app = make_app(settings, api_token=TOKEN)
+    client = app.test_client()
+    video = make_video(db_session)
+    make_task(db_session, video)
+    url = PROGRESS.format(video.id)
+    etag = client.get(url, headers=bearer()).headers["ETag"]
+    for headers in ({}, bearer("wrong"), {"Authorization": f"Basic {TOKEN}"}):
+        resp = client.get(url, headers={**headers, "If-None-Match": etag})
+        assert resp.status_code == 401 and "ETag" not in resp.headers, headers
+    with flask_requests(app) as seen:
+        assert_not_modified(client.get(url, headers={**bearer(), "If-None-Match": etag}), etag)
+    assert seen == []
+
+
+def test_a_database_error_on_the_fast_path_leaves_the_poll_to_flask(app, client, running,
+                                                                    tmp_path):
+    """The fast path's own connection failing is never a failed poll."""
+    video_id, _ = running
+    url = PROGRESS.format(video_id)
+    etag = client.get(url).headers["ETag"]
+    fast = app.wsgi_app
+    working, fast.engine = fast.engine, create_engine(f"sqlite:///{tmp_path}/missing/x.db")
+    try:
+        with flask_requests(app) as seen:
+            assert_not_modified(client.get(url, headers={"If-None-Match": etag}), etag)
+        assert len(seen) == 1
+    finally:
+        fast.engine.dispose()
+        fast.engine = working
 
 
 # -- queries per poll ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool], Engine] = {}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -24,20 +24,36 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def get_engine(url: str) -> Engine:
-    """Return this process's engine for `url`, creating it on first use."""
-    engine = _engines.get(url)
+def get_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """Return this process's engine for `url`, creating it on first use.
+
+    `autocommit=True` gives a second engine for single read-only statements on the hottest
+    path (conditional progress polls, webapp/fastpoll.py): no transaction to open and roll
+    back around each statement, and no pre-ping round trip before it (a dead connection
+    raises, is discarded by the pool, and the caller falls back to the regular path).
+    """
+    key = (url, autocommit)
+    engine = _engines.get(key)
     if engine is None:
+        options: dict = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 10})
+            engine = create_engine(url, connect_args={"timeout": 10}, **options)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
-        _engines[url] = engine
+            engine = create_engine(url, pool_pre_ping=not autocommit, **options)
+        _engines[key] = engine
     return engine
+
+
+def dispose(url: str) -> None:
+    """Close every pooled connection of this process to `url` (both engines)."""
+    for autocommit in (False, True):
+        engine = _engines.get((url, autocommit))
+        if engine is not None:
+            engine.dispose()
 
 
 def _dispose_after_fork() -> None:

@@ -163,9 +163,14 @@ def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
-def bearer_ok(token: str) -> bool:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+def bearer_matches(authorization: str, token: str) -> bool:
+    """True when an Authorization header's value is `Bearer <token>`."""
+    scheme, _, given = authorization.partition(" ")
     return scheme.lower() == "bearer" and _equal(given.strip(), token)
+
+
+def bearer_ok(token: str) -> bool:
+    return bearer_matches(request.headers.get("Authorization", ""), token)
 
 
 def admin_ok(password: str) -> bool:
@@ -287,20 +292,24 @@ def _exempt_blueprints(app: Flask, csrf: CSRFProtect) -> list[str]:
 
 # -- headers ------------------------------------------------------------------------------
 
+# Sent with every response, whatever its path.
+FIXED_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                 "Referrer-Policy": "same-origin"}
+
+
+def content_security_policy(path: str) -> str:
+    if path == API_DOCS_PATH or path.startswith(API_DOCS_PATH + "/"):
+        return CSP_API_DOCS
+    if path == RQ_PREFIX or path.startswith(RQ_PREFIX + "/"):
+        return CSP_RQ
+    return CSP
+
+
 def security_headers(response: Response) -> Response:
     """after_request: a strict CSP (relaxed for Swagger UI and rq-dashboard), no sniffing,
     no framing, no referrer to other sites."""
-    path = request.path
-    if path == API_DOCS_PATH or path.startswith(API_DOCS_PATH + "/"):
-        policy = CSP_API_DOCS
-    elif path == RQ_PREFIX or path.startswith(RQ_PREFIX + "/"):
-        policy = CSP_RQ
-    else:
-        policy = CSP
-    response.headers.setdefault("Content-Security-Policy", policy)
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers.setdefault("Content-Security-Policy", content_security_policy(request.path))
+    response.headers.update(FIXED_HEADERS)
     return response
 
 

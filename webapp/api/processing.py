@@ -15,6 +15,7 @@ from webapp.api.schemas import (
     TaskProgressSchema,
 )
 from webapp.api.videos import find_video
+from webapp.fastpoll import validators
 from webapp.services import processing, progress
 
 blp = Blueprint("processing", __name__, description="Run the pipeline and follow its progress")
@@ -41,8 +42,8 @@ def _trigger(video_id: str, mode: str, query: dict, body: dict):
 
 # Progress polling is conditional: the ETag comes from the task row alone (see
 # progress.progress_tag), so a poll of an unchanged task costs one indexed query (the
-# video and its latest task's version) and answers 304 without building a body.
-CACHE_CONTROL = "no-cache, private"  # always revalidate; never in a shared cache
+# video and its latest task's version) and answers 304 without building a body. Those
+# 304s are answered in front of Flask by webapp/fastpoll.py; this view is the reference.
 _ETAG_HEADERS = {
     "ETag": {"description": "Strong validator of this progress (changes with any step)",
              "required": True, "schema": {"type": "string"}},
@@ -53,10 +54,6 @@ _IF_NONE_MATCH = {
     "name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
     "description": "The ETag of the progress the client has: 304 while it is still current",
 }
-
-
-def _validators(tag: str) -> dict[str, str]:
-    return {"ETag": f'"{tag}"', "Cache-Control": CACHE_CONTROL}
 
 
 def _trigger_docs(view):
@@ -97,9 +94,9 @@ class Progress(MethodView):
         weights = ext.settings().weights
         tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
         if request.if_none_match.contains_weak(tag):
-            return Response(status=304, headers=_validators(tag))
+            return Response(status=304, headers=validators(tag))
         view, tag = progress.tagged_progress(ext.db(), video_id, weights)
-        return view, 200, _validators(tag)
+        return view, 200, validators(tag)
 
     @json_or_no_body
     @blp.arguments(ForceQuerySchema, location="query")

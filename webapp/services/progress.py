@@ -184,10 +184,15 @@ def poll_tag(session: Session, video_id: str, weights: Mapping[str, float]) -> s
     """`progress_tag` of the video's latest task, in one indexed query and no ORM objects:
     what a poll needs to tell that nothing changed. NotFound for unknown ids of any shape.
     """
-    row = (session.connection().execute(_TAG_QUERY, {"video_id": video_id}).first()
+    row = (session.connection().execute(TAG_QUERY, {"video_id": video_id}).first()
            if is_valid_id(video_id) else None)
     if row is None:
         raise NotFound(f"video {video_id} not found")
+    return tag_of_row(row, weights)
+
+
+def tag_of_row(row, weights: Mapping[str, float]) -> str:
+    """`progress_tag` from a row of TAG_QUERY (video id, task id, version, status)."""
     _, task_id, version, status = row
     if task_id is None:
         return progress_tag(None, weights)
@@ -264,8 +269,9 @@ def _with_subtasks(*where):
     )
 
 
-# The video (so: does it exist) and its latest task's id, version and status.
-_TAG_QUERY = (
+# The video (so: does it exist) and its latest task's id, version and status; parameter
+# `video_id`. What a poll reads (here and in webapp/fastpoll.py).
+TAG_QUERY = (
     select(_VIDEOS.c.id, _TASKS.c.id, _TASKS.c.version, _TASKS.c.status)
     .select_from(_VIDEOS.outerjoin(
         _TASKS, _TASKS.c.id == _latest_id(_VIDEOS.c.id).correlate(_VIDEOS)))
