@@ -158,8 +158,11 @@ def test_the_polled_view_is_the_services_view(db_session, running):
         assert polled == progress.progress_of(vid, task, DEFAULT_WEIGHTS)
         assert tag == progress.progress_tag(task, DEFAULT_WEIGHTS)
         assert tag == progress.poll_tag(db_session, vid, DEFAULT_WEIGHTS)
-    with pytest.raises(progress.NotFound):
-        progress.poll_tag(db_session, "not-an-id", DEFAULT_WEIGHTS)
+    for unknown in ("not-an-id", "0" * 8 + "-0000-4000-8000-" + "0" * 12):
+        with pytest.raises(progress.NotFound):
+            progress.poll_tag(db_session, unknown, DEFAULT_WEIGHTS)
+        with pytest.raises(progress.NotFound):
+            progress.tagged_progress(db_session, unknown, DEFAULT_WEIGHTS)
 
 
 def test_a_video_that_never_ran_is_conditional_too(client, db_session):
@@ -213,18 +216,43 @@ def test_unchanged_progress_is_answered_before_flask_as_flask_would(app, client,
         assert sorted(fast.headers.items()) == sorted(reference.headers.items())
 
 
-def test_everything_else_is_left_to_flask(app, client, db_session, running):
+def test_a_200_is_built_once_per_change_and_then_served_before_flask(app, client, db_session,
+                                                                     running):
     video_id, task_id = running
     url = PROGRESS.format(video_id)
-    etag = client.get(url).headers["ETag"]
+    with flask_requests(app) as seen:
+        first = client.get(url)
+        again = [client.get(url) for _ in range(3)]
+    assert len(seen) == 1, "an unchanged progress was built again"
+    reference = flask_only(app).get(url)
+    for resp in again:
+        assert resp.status_code == 200 and resp.data == first.data == reference.data
+        assert sorted(resp.headers.items()) == sorted(reference.headers.items())
     progress.report_progress(db_session, task_id, "transcode", 60)
+    with flask_requests(app) as seen:
+        moved = client.get(url)
+        assert client.get(url).data == moved.data
+    assert len(seen) == 1
+    assert moved.headers["ETag"] != first.headers["ETag"]
+    assert {s["name"]: s["progress"] for s in moved.get_json()["subtasks"]}["transcode"] == 60
+
+
+def test_videos_that_never_ran_share_a_tag_but_not_an_answer(client, db_session):
+    videos = [make_video(db_session) for _ in range(2)]
+    answers = [client.get(PROGRESS.format(v.id)) for v in videos for _ in range(2)]
+    assert len({a.headers["ETag"] for a in answers}) == 1
+    assert [a.get_json()["video_id"] for a in answers] == [videos[0].id] * 2 + [videos[1].id] * 2
+
+
+def test_everything_else_is_left_to_flask(app, client, running):
+    video_id, _ = running
+    url = PROGRESS.format(video_id)
     unknown = PROGRESS.format("0" * 8 + "-0000-4000-8000-" + "0" * 12)
     cases = [  # (path, headers, method, the status Flask answers)
-        (url, {}, "GET", 200),  # no validator
-        (url, {"If-None-Match": etag}, "GET", 200),  # the progress moved
+        (url, {"If-None-Match": '"other"'}, "HEAD", 200),  # HEAD: only its 304 is answered
         (url + "/", {"If-None-Match": "*"}, "GET", 404),  # not the route
         (unknown, {"If-None-Match": "*"}, "GET", 404),
-        (PROGRESS.format("not-an-id"), {"If-None-Match": "*"}, "GET", 404),
+        (PROGRESS.format("not-an-id"), {}, "GET", 404),
         (url, {"If-None-Match": "*"}, "POST", 415),  # a trigger, with a wrong body
     ]
     for path, headers, method, status in cases:
@@ -244,10 +272,12 @@ def test_the_api_token_is_required_on_the_fast_path_too(settings, db_session):
     url = PROGRESS.format(video.id)
     etag = client.get(url, headers=bearer()).headers["ETag"]
     for headers in ({}, bearer("wrong"), {"Authorization": f"Basic {TOKEN}"}):
-        resp = client.get(url, headers={**headers, "If-None-Match": etag})
-        assert resp.status_code == 401 and "ETag" not in resp.headers, headers
+        for validator in ({"If-None-Match": etag}, {}):  # neither a 304 nor a known 200
+            resp = client.get(url, headers={**headers, **validator})
+            assert resp.status_code == 401 and "ETag" not in resp.headers, headers
     with flask_requests(app) as seen:
         assert_not_modified(client.get(url, headers={**bearer(), "If-None-Match": etag}), etag)
+        assert client.get(url, headers=bearer()).headers["ETag"] == etag
     assert seen == []
 
 
@@ -296,7 +326,8 @@ def test_a_poll_costs_a_few_queries_whatever_the_history(client, settings, db_se
             assert get(client, url.format(video.id), resp.headers["ETag"]).status_code == 304
         counts.append((len(full), len(conditional)))
     # 304: one query (the video joined with its latest task's version). 200: that, then the
-    # latest task joined with its subtasks (and for the HTML fragments the video's row too).
+    # latest task joined with its subtasks (for the HTML fragments the video's row too; for
+    # the JSON progress the video joined with both, in the Flask view).
     expected = (2, 1) if url == PROGRESS else (3, 1)
     assert counts == [expected, expected], counts
 

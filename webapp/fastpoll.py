@@ -1,26 +1,33 @@
-"""The hot path of progress polling: `304 Not Modified` without going through Flask.
+"""The hot path of progress polling, in front of Flask: one indexed query per poll.
 
-A poller that already has the current progress sends its ETag in If-None-Match and gets a
-bodiless 304 (webapp/api/processing.py, `Progress.get`). That is most polls of a running
-task, and all of them once it ended, so this WSGI layer in front of the Flask app answers
-exactly those itself: a `GET`/`HEAD /api/v1/videos/<id>/reprocess` whose If-None-Match
-holds the current tag, from an authorized client, gets the 304 Flask would send, with the
-same headers, after one indexed query (`progress.TAG_QUERY`) on a pooled autocommit
-connection. Everything else -- no If-None-Match, a changed progress, an unknown video, a
-missing or wrong API token, a database error -- goes to the Flask app untouched, which
-answers it as before. The Flask route stays the reference: tests/test_polling.py checks
-that both give the same answer.
+`GET /api/v1/videos/<id>/reprocess` is what every poller sends, once a second, for as long
+as a run lasts (and often after). Its answer is a function of the video's latest task row
+alone, named by the task's tag (`progress.progress_tag`: task id, version, status), so this
+WSGI layer in front of the Flask app works like a validating HTTP cache:
 
-Measured in bench/polling.py: a conditional poll costs about a third of the CPU time it
-costs through Flask (docs/PERFORMANCE.md, section 2).
+1. it reads the current tag (`progress.TAG_QUERY`: one indexed query, on a pooled
+   autocommit connection);
+2. a client whose If-None-Match holds that tag gets a bodiless `304 Not Modified`;
+3. a client without it gets the 200 that Flask answered earlier for the same video and the
+   same tag, kept in a small LRU of recent answers (at most CACHED_ANSWERS, ~1.5 KB each);
+4. anything else -- a tag never answered yet, an unknown video, a missing or wrong API
+   token, a database error, any other method or path -- goes to the Flask app untouched,
+   which answers as it always does; its 200s are remembered under their own ETag.
+
+So a change of the progress is serialized once per web process, not once per poller, and
+an unchanged one costs the query. The Flask view (webapp/api/processing.py) stays the
+reference: tests/test_polling.py checks that both give the same answers with the same
+headers. Measured in bench/polling.py (docs/PERFORMANCE.md, section 2).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable
 
+from cachetools import LRUCache
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.http import parse_etags
 
@@ -35,6 +42,9 @@ log = logging.getLogger(__name__)
 # The Flask route is /api/v1/videos/<video_id>/reprocess (merge_slashes=False).
 _PATH = re.compile(r"/api/v1/videos/([^/]+)/reprocess")
 CACHE_CONTROL = "no-cache, private"  # always revalidate; never in a shared cache
+CACHED_ANSWERS = 512
+
+Headers = list[tuple[str, str]]
 
 
 def validators(tag: str) -> dict[str, str]:
@@ -43,27 +53,43 @@ def validators(tag: str) -> dict[str, str]:
 
 
 class ConditionalPolls:
-    """WSGI middleware: answers conditional polls of an unchanged progress with a 304."""
+    """WSGI middleware answering progress polls from one query (see the module's doc)."""
 
     def __init__(self, app: Callable, settings: Settings) -> None:
         self.app = app
         self.weights = dict(settings.weights)
         self.api_token = settings.api_token
         self.engine = get_engine(settings.database_url, autocommit=True)
-        self.fixed_headers = [("Content-Security-Policy", security.CSP),
-                              *security.FIXED_HEADERS.items()]
+        self.fixed_headers: Headers = [("Content-Security-Policy", security.CSP),
+                                       *security.FIXED_HEADERS.items()]
+        # (video id, tag) -> (headers, body) of a 200 Flask answered; the initial tag is
+        # the same for every video that never ran, hence the video id in the key.
+        self.answers: LRUCache = LRUCache(CACHED_ANSWERS)
+        self._lock = threading.Lock()  # LRUCache is not thread-safe (gthread workers)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        match = _PATH.fullmatch(environ.get("PATH_INFO", "")) if method in ("GET",
+                                                                              "HEAD") else None
+        if match is None or not self._authorized(environ):
+            return self.app(environ, start_response)
+        video_id = match.group(1)
+        tag = self._current_tag(video_id)
+        if tag is None:
+            return self.app(environ, start_response)
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
-        if if_none_match and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
-            match = _PATH.fullmatch(environ.get("PATH_INFO", ""))
-            if match and self._authorized(environ):
-                tag = self._current_tag(match.group(1))
-                if tag is not None and parse_etags(if_none_match).contains_weak(tag):
-                    start_response("304 NOT MODIFIED",
-                                   [*validators(tag).items(), *self.fixed_headers])
-                    return []
-        return self.app(environ, start_response)
+        if if_none_match and parse_etags(if_none_match).contains_weak(tag):
+            start_response("304 NOT MODIFIED", [*validators(tag).items(), *self.fixed_headers])
+            return []
+        if method != "GET":
+            return self.app(environ, start_response)
+        with self._lock:
+            known = self.answers.get((video_id, tag))
+        if known is not None:
+            headers, body = known
+            start_response("200 OK", list(headers))
+            return [body]
+        return self._remember(video_id, environ, start_response)
 
     def _authorized(self, environ: dict) -> bool:
         return not self.api_token or security.bearer_matches(
@@ -77,6 +103,30 @@ class ConditionalPolls:
             with self.engine.connect() as conn:
                 row = conn.execute(progress.TAG_QUERY, {"video_id": video_id}).first()
         except SQLAlchemyError as exc:  # Flask answers this poll, with its own error if any
-            log.debug("conditional poll of %s left to the app: %s", video_id, exc)
+            log.debug("poll of %s left to the app: %s", video_id, exc)
             return None
         return progress.tag_of_row(row, self.weights) if row is not None else None
+
+    def _remember(self, video_id: str, environ: dict,
+                  start_response: Callable) -> Iterable[bytes]:
+        """Let Flask answer, and keep its 200 under the tag in its own ETag (which may be
+        newer than the one read above: the progress can move in between)."""
+        answered: dict = {}
+
+        def capture(status: str, headers: Headers, exc_info=None):
+            answered.update(status=status, headers=list(headers))
+            return start_response(status, headers, exc_info)
+
+        result = self.app(environ, capture)
+        try:
+            body = b"".join(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        headers = dict(answered.get("headers", ()))
+        etag = headers.get("ETag", "")
+        if (answered.get("status", "").startswith("200 ") and etag.startswith('"')
+                and "Set-Cookie" not in headers):
+            with self._lock:
+                self.answers[(video_id, etag.strip('"'))] = (tuple(answered["headers"]), body)
+        return [body]

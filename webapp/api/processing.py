@@ -91,11 +91,10 @@ class Progress(MethodView):
         Conditional: send the ETag of the last answer in If-None-Match to get a bodiless
         304 while nothing changed (the cheap way to poll).
         """
-        weights = ext.settings().weights
-        tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
+        # One query, 404 for an unknown video.
+        view, tag = progress.tagged_progress(ext.db(), video_id, ext.settings().weights)
         if request.if_none_match.contains_weak(tag):
             return Response(status=304, headers=validators(tag))
-        view, tag = progress.tagged_progress(ext.db(), video_id, weights)
         return view, 200, validators(tag)
 
     @json_or_no_body

@@ -203,8 +203,11 @@ def tagged_progress(
     session: Session, video_id: str, weights: Mapping[str, float]
 ) -> tuple[ProgressView, str]:
     """The video's progress and its `progress_tag`, both from one query (one snapshot), as
-    plain rows: what a poll answers when something changed. The video must exist."""
-    rows = session.connection().execute(_PROGRESS_QUERY, {"video_id": video_id}).all()
+    plain rows: what a poll answers when something changed. NotFound for unknown ids."""
+    rows = (session.connection().execute(_PROGRESS_QUERY, {"video_id": video_id}).all()
+            if is_valid_id(video_id) else [])
+    if not rows:
+        raise NotFound(f"video {video_id} not found")
     found = _tasks_of(rows).get(video_id)
     if found is None:
         return initial_view(video_id, weights), progress_tag(None, weights)
@@ -257,13 +260,13 @@ def _latest_id(video_id):
     )
 
 
-def _with_subtasks(*where):
+def _with_subtasks(*where, tasks=_TASKS):
     """SELECT tasks joined with their subtasks (one row per subtask, in order; columns
-    t_<task column>, s_<subtask column>)."""
+    t_<task column>, s_<subtask column>); `tasks` may be a join that holds the task table."""
     return (
         select(*(c.label(f"t_{c.name}") for c in _TASKS.c),
                *(c.label(f"s_{c.name}") for c in _SUBTASKS.c))
-        .select_from(_TASKS.outerjoin(_SUBTASKS, _SUBTASKS.c.task_id == _TASKS.c.id))
+        .select_from(tasks.outerjoin(_SUBTASKS, _SUBTASKS.c.task_id == _TASKS.c.id))
         .where(*where)
         .order_by(_TASKS.c.video_id, _SUBTASKS.c.position)
     )
@@ -277,8 +280,12 @@ TAG_QUERY = (
         _TASKS, _TASKS.c.id == _latest_id(_VIDEOS.c.id).correlate(_VIDEOS)))
     .where(_VIDEOS.c.id == bindparam("video_id"))
 )
-# The latest task of one video with its subtasks (the subquery runs once) ...
-_PROGRESS_QUERY = _with_subtasks(_TASKS.c.id == _latest_id(bindparam("video_id")))
+# One video's latest task with its subtasks: one row per subtask, or one row of NULLs when
+# the video never ran, or no row when there is no such video ...
+_PROGRESS_QUERY = _with_subtasks(
+    _VIDEOS.c.id == bindparam("video_id"),
+    tasks=_VIDEOS.outerjoin(_TASKS, _TASKS.c.id == _latest_id(_VIDEOS.c.id).correlate(_VIDEOS)),
+)
 # ... and of each video of a page.
 _PAGE_QUERY = _with_subtasks(
     _TASKS.c.video_id.in_(bindparam("video_ids", expanding=True)),
@@ -292,6 +299,8 @@ def _tasks_of(rows) -> dict[str, tuple[SimpleNamespace, list[SimpleNamespace]]]:
     for row in rows:
         values = row._mapping
         video_id = values["t_video_id"]
+        if video_id is None:  # a video without tasks
+            continue
         if video_id not in found:
             task = SimpleNamespace(**{name: values[f"t_{name}"] for name in _TASK_COLUMNS})
             found[video_id] = (task, [])
