@@ -63,8 +63,8 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
     video = get_video(session, video_id)
     if force:
         _replace_active(session, connection, video_id)
-    elif progress.active_task(session, video_id) is not None:
-        raise _conflict(session, video_id)
+    # Without force an active task is found by the insert itself: the partial unique index
+    # (one active task per video) refuses it, and the 409 names the task it collided with.
     skipped = inapplicable_steps(video)
     reused = []
     if mode == "run_sync":
@@ -75,7 +75,7 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
     try:
         session.commit()
     except IntegrityError:
-        # Another request won the race; the partial unique index said no.
+        # The video has an active task (maybe one a concurrent request just created).
         session.rollback()
         raise _conflict(session, video_id) from None
     to_run = [s.name for s in task.subtasks if s.status == "pending"]

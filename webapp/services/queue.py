@@ -49,33 +49,60 @@ def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id:
     queue = Queue(settings.queue_name, connection=connection)
     wanted = [s for s in STEPS if s in set(steps)]
     waiting = set(wanted) | set(after)
-    ids = []
+    specs = []
+    for step in wanted:
+        parent = NEEDS.get(step)
+        depends = None
+        if parent in waiting:
+            depends = Dependency(jobs=[job_id(task_id, parent)], allow_failure=True,
+                                 enqueue_at_front=True)
+        specs.append(dict(
+            func=JOB_FUNCTIONS[step],
+            args=(task_id,),
+            job_id=job_id(task_id, step),
+            depends_on=depends,
+            timeout=job_timeout(settings, duration),
+            result_ttl=24 * 3600,
+            failure_ttl=7 * 24 * 3600,
+            # A crashed attempt (killed horse, dead worker) is tried again by any worker.
+            retry=Retry(max=settings.step_retries) if settings.step_retries else None,
+            on_failure=Callback(FAILURE_CALLBACK),
+            description=f"{step} of video {video_id} (task {task_id})",
+            meta={"task_id": task_id, "video_id": video_id, "step": step,
+                  "max_tries": settings.step_retries + 1},
+        ))
     try:
-        for step in wanted:
-            parent = NEEDS.get(step)
-            depends = None
-            if parent in waiting:
-                depends = Dependency(jobs=[job_id(task_id, parent)], allow_failure=True,
-                                     enqueue_at_front=True)
-            queue.enqueue(
-                JOB_FUNCTIONS[step],
-                task_id,
-                job_id=job_id(task_id, step),
-                depends_on=depends,
-                job_timeout=job_timeout(settings, duration),
-                result_ttl=24 * 3600,
-                failure_ttl=7 * 24 * 3600,
-                # A crashed attempt (killed horse, dead worker) is tried again by any worker.
-                retry=Retry(max=settings.step_retries) if settings.step_retries else None,
-                on_failure=Callback(FAILURE_CALLBACK),
-                description=f"{step} of video {video_id} (task {task_id})",
-                meta={"task_id": task_id, "video_id": video_id, "step": step,
-                      "max_tries": settings.step_retries + 1},
-            )
-            ids.append(job_id(task_id, step))
+        if all(NEEDS.get(step) not in after for step in wanted):
+            _enqueue_together(queue, specs)
+        else:  # a parent is already in the queue, maybe running or ended: RQ checks it
+            queue.enqueue_many([Queue.prepare_data(**spec) for spec in specs])
     except RedisError as exc:
         raise QueueUnavailable(f"the job queue (Redis) is unavailable: {exc}") from exc
-    return ids
+    return [job_id(task_id, step) for step in wanted]
+
+
+def _enqueue_together(queue: Queue, specs: list[dict]) -> None:
+    """Enqueue jobs whose parents are all among them, in one MULTI/EXEC: one round trip.
+
+    RQ's own enqueue checks each dependant's parents under WATCH (several round trips per
+    job) because a parent may already have ended. Here every parent is created in the same
+    transaction, so none can have ended before its dependants are registered: they are
+    saved deferred and registered with their parents at once, as RQ's setup_dependencies
+    does for an unfinished parent, and RQ enqueues them when the parent ends.
+    """
+    with queue.connection.pipeline() as pipe:
+        pipe.multi()
+        for spec in specs:
+            job = queue.create_job(**spec)
+            job.origin = queue.name
+            if spec["depends_on"] is not None:
+                job.set_status(JobStatus.DEFERRED, pipeline=pipe)
+                job.register_dependency(pipeline=pipe)
+                job.save(pipeline=pipe)
+                job.cleanup(ttl=job.ttl, pipeline=pipe)
+            else:
+                queue.enqueue_job(job, pipeline=pipe)
+        pipe.execute()
 
 
 def stop_jobs(connection: Redis, task_id: str) -> None:

@@ -1,0 +1,86 @@
+"""The RQ side of a task (webapp/services/queue.py) against the real Redis: what a worker
+finds after a trigger, and after the reconciler enqueues lost jobs again."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from redis.connection import Connection
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from webapp.config import STEPS
+from webapp.services import queue
+
+
+@pytest.fixture
+def rq_queue(settings, redis_conn) -> Queue:
+    return Queue(settings.queue_name, connection=redis_conn)
+
+
+def fetch(redis_conn, task_id: str, step: str) -> Job:
+    return Job.fetch(queue.job_id(task_id, step), connection=redis_conn)
+
+
+def test_a_new_tasks_jobs_reach_redis_in_one_round_trip(settings, redis_conn, rq_queue,
+                                                        monkeypatch):
+    conn = queue.connect(settings.redis_url)
+    # The connection exists, and RQ knows the server's version, before counting.
+    Queue(settings.queue_name, connection=conn).get_redis_server_version()
+    sent = []
+    real_send = Connection.send_packed_command
+    monkeypatch.setattr(Connection, "send_packed_command",
+                        lambda self, *a, **k: (sent.append(1), real_send(self, *a, **k))[1])
+    task_id = str(uuid.uuid4())
+    ids = queue.enqueue_steps(conn, settings, task_id, "video-1", STEPS, duration=30.0)
+    monkeypatch.undo()
+    assert len(sent) == 1, f"{len(sent)} round trips to Redis"
+    assert ids == [queue.job_id(task_id, s) for s in STEPS]
+    # What a worker finds: three jobs to run now, the transcription waiting for the audio.
+    assert sorted(rq_queue.job_ids) == sorted(
+        queue.job_id(task_id, s) for s in ("extract_audio", "thumbnails", "transcode"))
+    assert rq_queue.deferred_job_registry.get_job_ids() == [queue.job_id(task_id, "transcribe")]
+    parent = fetch(redis_conn, task_id, "extract_audio")
+    assert parent.dependent_ids == [queue.job_id(task_id, "transcribe")]
+    for step in STEPS:
+        job = fetch(redis_conn, task_id, step)
+        assert job.func_name == f"jobs.steps.{step}" and tuple(job.args) == (task_id,)
+        assert job.origin == settings.queue_name
+        assert job.timeout == queue.job_timeout(settings, 30.0)
+        assert job.retries_left == settings.step_retries
+        assert job.failure_callback.__name__ == "on_failure"
+        assert job.meta == {"task_id": task_id, "video_id": "video-1", "step": step,
+                            "max_tries": settings.step_retries + 1}
+    child = fetch(redis_conn, task_id, "transcribe")
+    assert child.get_status() == JobStatus.DEFERRED
+    assert (child.allow_dependency_failures, child.enqueue_at_front) == (True, True)
+    assert child._dependency_ids == [queue.job_id(task_id, "extract_audio")]
+
+
+@pytest.mark.parametrize("parent_status", [JobStatus.QUEUED, JobStatus.STARTED,
+                                           JobStatus.FINISHED, JobStatus.FAILED])
+def test_a_lost_job_enqueued_again_waits_only_for_a_parent_still_to_end(
+        settings, redis_conn, rq_queue, parent_status):
+    """The reconciler's case: the transcription's job vanished, its parent is still known."""
+    task_id = str(uuid.uuid4())
+    parent = rq_queue.create_job("jobs.steps.extract_audio", args=(task_id,),
+                                 job_id=queue.job_id(task_id, "extract_audio"))
+    parent.origin = rq_queue.name
+    parent.save()
+    parent.set_status(parent_status)
+    queue.enqueue_steps(redis_conn, settings, task_id, "video-1", ["transcribe"], 10.0,
+                        after={"extract_audio"})
+    child = fetch(redis_conn, task_id, "transcribe")
+    ended = parent_status in (JobStatus.FINISHED, JobStatus.FAILED)  # allow_failure
+    assert child.get_status() == (JobStatus.QUEUED if ended else JobStatus.DEFERRED)
+    assert (child.id in rq_queue.job_ids) is ended
+
+
+def test_without_retries_jobs_have_none(settings, redis_conn):
+    from dataclasses import replace
+
+    task_id = str(uuid.uuid4())
+    queue.enqueue_steps(redis_conn, replace(settings, step_retries=0), task_id, "v",
+                        ["transcode"], None)
+    assert fetch(redis_conn, task_id, "transcode").retries_left is None
