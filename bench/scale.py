@@ -105,12 +105,14 @@ def counted(database_url: str) -> Iterator[list[str]]:
     def count(_conn, _cursor, statement, *_args):
         statements.append(statement)
 
-    engine = get_engine(database_url)
-    event.listen(engine, "before_cursor_execute", count)
+    engines = [get_engine(database_url, autocommit=a) for a in (False, True)]  # see fastpoll
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
     try:
         yield statements
     finally:
-        event.remove(engine, "before_cursor_execute", count)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
 
 
 class Target:

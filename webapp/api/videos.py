@@ -25,10 +25,15 @@ def find_video(video_id: str) -> Video:
     return get_video(ext.db(), video_id)
 
 
+# The Video attributes VideoSchema shows (a schema instance deep-copies its fields: build
+# one once, not one per row of a list page).
+_VIDEO_FIELDS = tuple(VideoSchema().fields)
+
+
 def video_payload(video: Video) -> dict:
     view = progress.video_progress(ext.db(), video, ext.settings().weights)
     return {
-        **{c: getattr(video, c) for c in VideoSchema().fields if hasattr(video, c)},
+        **{c: getattr(video, c) for c in _VIDEO_FIELDS if hasattr(video, c)},
         "processing": {"task_id": view.task_id, "status": view.status, "progress": view.progress},
         "progress_url": url_for("processing.Progress", video_id=video.id),
         "artifacts_url": url_for("videos.Artifacts", video_id=video.id),

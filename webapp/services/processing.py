@@ -71,8 +71,8 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
         reused = [s for s in STEPS
                   if s not in skipped and storage.step_outputs_exist(video.id, s)]
     task = progress.new_task(video, mode, settings.weights, skipped, reused)
-    session.add(task)
     try:
+        progress.insert_task(session, task)
         session.commit()
     except IntegrityError:
         # The video has an active task (maybe one a concurrent request just created).
@@ -83,7 +83,7 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
         try:
             queue.enqueue_steps(connection, settings, task.id, video.id, to_run, video.duration)
         except Exception:
-            session.delete(task)
+            progress.delete_task(session, task.id)
             session.commit()
             raise
     log.info("task %s (%s) for video %s: running %s", task.id, mode, video.id, to_run)

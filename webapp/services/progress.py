@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 
-from sqlalchemy import bindparam, event, exists, select, update
+from sqlalchemy import bindparam, delete, event, exists, insert, select, update
 from sqlalchemy.orm import Session
 
 from webapp.config import STEPS
@@ -20,6 +20,7 @@ from webapp.models import (
     ProcessingTask,
     SubTask,
     Video,
+    new_id,
     utcnow,
 )
 from webapp.services.errors import NotFound
@@ -322,7 +323,8 @@ def new_task(
     """A queued task with one subtask per step; `skipped` maps step -> reason it does not apply."""
     now = utcnow()
     reused = set(reused)
-    task = ProcessingTask(video_id=video.id, mode=mode, status="queued", created_at=now,
+    task = ProcessingTask(id=new_id(), video_id=video.id, mode=mode, status="queued",
+                          created_at=now,
                           version=0, updated_at=now)
     for position, step in enumerate(STEPS):
         sub = SubTask(name=step, position=position, weight=weights[step], status="pending",
@@ -335,6 +337,29 @@ def new_task(
     if all(s.status in SUBTASK_DONE for s in task.subtasks):
         task.status, task.started_at, task.finished_at = "completed", now, now
     return task
+
+
+def insert_task(session: Session, task: ProcessingTask) -> None:
+    """Write a task made by `new_task` and its subtasks: one INSERT per table.
+
+    The ORM would insert the subtasks one statement at a time (it reads each one's id back),
+    holding SQLite's single write lock meanwhile; nothing here needs those ids. `task` stays
+    a plain object, not in the session. The caller commits (or rolls back).
+    """
+    session.execute(insert(ProcessingTask), [_row(task)])
+    session.execute(insert(SubTask), [{**_row(sub), "task_id": task.id} for sub in task.subtasks])
+
+
+def delete_task(session: Session, task_id: str) -> None:
+    """Remove a task that never ran (its subtasks go with it: ON DELETE CASCADE)."""
+    session.execute(delete(SubTask).where(SubTask.task_id == task_id))
+    session.execute(delete(ProcessingTask).where(ProcessingTask.id == task_id))
+
+
+def _row(obj) -> dict:
+    """The column values set on a new ORM object (unset ones get the column's default)."""
+    return {c.key: value for c in obj.__table__.columns
+            if (value := getattr(obj, c.key)) is not None}
 
 
 def _touch_task(session: Session, task_id: str, now: datetime, *conditions) -> bool:
