@@ -11,7 +11,10 @@ Requests go through vidpipe's Flask app in this process (its test client: the ap
 time, without HTTP or a server around it; Redis on BENCH_REDIS_URL answers the UI's queue
 check):
 
-- list: `GET /api/v1/videos?page=1&page_size=20` (JSON) and `GET /` (the library page);
+- list: `GET /api/v1/videos?page=1&page_size=10` (JSON: a page of 10, so that the first page
+  holds the same number of rows with 10 videos as with 10 000 and only the size of the
+  tables differs) and `GET /` (the library page, 20 rows a page: 10 rows with 10 videos, 20
+  with 20 or 10 000, hence also the comparison with 20);
 - poll: `GET /api/v1/videos/<id>/reprocess` of a video in the middle, plain (200) and
   conditional (If-None-Match, 304), and the library row fragment `GET /videos/<id>/row`.
 
@@ -133,7 +136,7 @@ class Target:
         poll = f"/api/v1/videos/{middle}/reprocess"
         etag = self.client.get(poll).headers["ETag"]
         self.requests = {
-            "list_api": ("/api/v1/videos?page=1&page_size=20", {}, 200),
+            "list_api": ("/api/v1/videos?page=1&page_size=10", {}, 200),
             "list_ui": ("/", {}, 200),
             "poll": (poll, {}, 200),
             "poll_304": (poll, {"If-None-Match": etag}, 304),
@@ -235,7 +238,8 @@ def main() -> int:
         for backend in ("sqlite", "postgresql"):
             details[backend] = measure_backend(backend, tmp)
     endpoints = ("list_api", "list_ui", "poll", "poll_304", "row_ui")
-    worst = max(details[b][e]["ratio_10000_vs_10"] for b in details for e in endpoints)
+    worst, worst_of = max((details[b][e]["ratio_10000_vs_10"], f"{b} {e}")
+                          for b in details for e in endpoints)
     worst_same_page = max(details[b][e]["ratio_10000_vs_20"] for b in details for e in endpoints)
     details["setup"] = {
         "requests": "Flask test client in this process (the app's own time)",
@@ -251,8 +255,8 @@ def main() -> int:
         name="scale",
         title="Lists and polls with 10 000 videos vs 10 (SQLite and PostgreSQL)",
         target=f"10 000 / 10 ≤ {TARGET}×",
-        measured=(f"worst ratio {worst:.2f}× (10 000 vs a full page of 20: "
-                  f"{worst_same_page:.2f}×; median of {RUNS} rounds)"),
+        measured=(f"worst ratio {worst:.2f}× ({worst_of}); against 20 videos (every page as "
+                  f"full as with 10 000): worst {worst_same_page:.2f}× (median of {RUNS} rounds)"),
         met=worst <= TARGET,
         details=details,
         notes=("ratios 10 000 / 10 by endpoint: "

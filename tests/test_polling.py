@@ -16,7 +16,7 @@ from tests import browser
 from tests.test_progress import make_task, make_video
 from webapp.config import DEFAULT_WEIGHTS, STEPS
 from webapp.db import get_engine
-from webapp.fastpoll import ConditionalPolls
+from webapp.fastpoll import ProgressPolls
 from webapp.models import ProcessingTask
 from webapp.services import progress
 
@@ -183,7 +183,7 @@ def test_unknown_video_is_still_404(client):
     assert resp.status_code == 404 and "ETag" not in resp.headers
 
 
-# -- the 304s answered in front of Flask (webapp/fastpoll.py) ------------------------------
+# -- polls answered in front of Flask (webapp/fastpoll.py) ----------------------------------
 
 @contextmanager
 def flask_requests(app):
@@ -198,7 +198,7 @@ def flask_requests(app):
 
 def flask_only(app) -> Client:
     """A client of the Flask app itself, without the fast path in front of it."""
-    assert isinstance(app.wsgi_app, ConditionalPolls)
+    assert isinstance(app.wsgi_app, ProgressPolls)
     return Client(app.wsgi_app.app, Response)
 
 

@@ -71,9 +71,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(ui.bp)
     init_dashboard(app, settings)
     security.init_app(app, settings)  # last: it finds the /api and /rq blueprints
-    from webapp.fastpoll import ConditionalPolls
+    from webapp.fastpoll import ProgressPolls
 
-    app.wsgi_app = ConditionalPolls(app.wsgi_app, settings)  # 304s of unchanged progress
+    app.wsgi_app = ProgressPolls(app.wsgi_app, settings)  # polls of unchanged progress
     return app
 
 

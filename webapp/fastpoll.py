@@ -52,7 +52,7 @@ def validators(tag: str) -> dict[str, str]:
     return {"ETag": f'"{tag}"', "Cache-Control": CACHE_CONTROL}
 
 
-class ConditionalPolls:
+class ProgressPolls:
     """WSGI middleware answering progress polls from one query (see the module's doc)."""
 
     def __init__(self, app: Callable, settings: Settings) -> None:
