@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 import wave
 import zipfile
 from dataclasses import dataclass
@@ -105,15 +108,38 @@ class Clip:
         return Clip(corpus, name, path, " ".join(reference.split()), round(duration, 3))
 
 
-def _pip_download(dst: Path, *requirements: str, sdist: bool = False) -> None:
+def _pip_download(dst: Path, *requirements: str) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "-d", str(dst), *requirements]
-    if sdist:
-        cmd[4:4] = ["--no-binary", ":all:"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"pip download {' '.join(requirements)} failed:\n{done.stderr[-2000:]}")
+
+
+def _download_sdist(dst: Path, name: str, version: str) -> Path:
+    """The source archive of name==version from the package index, checked against the
+    index's sha256. Not `pip download --no-binary`: pip would prepare the package's metadata
+    first, i.e. build its build dependencies (Cython, from source) for minutes, to keep a
+    tarball whose files are all this needs."""
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    request = urllib.request.Request(f"{index}/{name}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        files = json.load(resp)["files"]
+    filename = f"{name}-{version}.tar.gz"
+    entry = next((f for f in files if f["filename"] == filename), None)
+    if entry is None:
+        raise RuntimeError(f"{filename} is not on {index}")
+    dst.mkdir(parents=True, exist_ok=True)
+    target = dst / filename
+    with urllib.request.urlopen(urllib.parse.urljoin(f"{index}/{name}/", entry["url"]),
+                                timeout=300) as resp:
+        data = resp.read()
+    if hashlib.sha256(data).hexdigest() != entry["hashes"]["sha256"]:
+        raise RuntimeError(f"{filename}: sha256 differs from the index's")
+    target.write_bytes(data)
+    return target
 
 
 def _pocketsphinx_data() -> Path:
@@ -125,7 +151,7 @@ def _pocketsphinx_data() -> Path:
         return data
     archive = root / f"pocketsphinx-{version}.tar.gz"
     if not archive.is_file():
-        _pip_download(root, POCKETSPHINX, sdist=True)
+        _download_sdist(root, "pocketsphinx", version)
     with tarfile.open(archive) as tar:
         prefix = f"pocketsphinx-{version}/test/data/"
         members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()]
