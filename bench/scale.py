@@ -19,9 +19,15 @@ check):
   conditional (If-None-Match, 304), and the library row fragment `GET /videos/<id>/row`.
 
 Each of BENCH_RUNS (5) rounds times BENCH_REQUESTS (60) requests of each endpoint on each
-database (sizes in alternating order), after a warm-up; per endpoint: the median of the
-rounds' median latency, the ratio 10 000 / 10 (and 10 000 / 20), and the SQL statements
-one request sends (counted with a before_cursor_execute listener).
+database, after a warm-up, the databases taking turns request by request (in alternating
+order: a shared VM's speed drifts); per endpoint: the median of the rounds' median latency,
+the ratio 10 000 / 10 (and 10 000 / 20), and the SQL statements one request sends (counted
+with a before_cursor_execute listener).
+
+The target compares each request with the same request on the small database whose answer
+holds as much: 10 videos for the polls, the row fragment and the JSON list (pages of 10),
+20 for the library page (20 rows a page: with 10 videos it shows half as many rows as with
+10 000, which measures the page's size, not the database's). Both ratios are reported.
 
     .venv/bin/python -m bench.scale
 """
@@ -46,6 +52,11 @@ REQUESTS = int(os.environ.get("BENCH_REQUESTS", "60"))
 SIZES = (10, 20, 10_000)
 BIG, SMALL = 10_000, 10
 TARGET = 1.5
+# The ratio each endpoint's target uses (see above): 10 000 / 10, or 10 000 / 20 for the
+# library page, whose page of 20 rows holds 10 with 10 videos.
+SAME_ANSWER = {"list_api": "ratio_10000_vs_10", "list_ui": "ratio_10000_vs_20",
+               "poll": "ratio_10000_vs_10", "poll_304": "ratio_10000_vs_10",
+               "row_ui": "ratio_10000_vs_10"}
 
 
 def fill(database_url: str, count: int) -> str:
@@ -178,11 +189,15 @@ def measure_backend(backend: str, tmp: Path) -> dict:
                 target.time(name, 10)
         rounds: dict[int, dict[str, list[float]]] = {s: {n: [] for n in names} for s in SIZES}
         for run in range(RUNS):
-            order = list(SIZES) if run % 2 == 0 else list(reversed(SIZES))
-            for size in order:
-                for name in names:
-                    took = targets[size].time(name, REQUESTS)
-                    rounds[size][name].append(statistics.median(took) * 1000)
+            for name in names:
+                # The sizes take turns request by request (in alternating order), so that the
+                # drift of a shared VM's speed hits all of them alike.
+                took: dict[int, list[float]] = {size: [] for size in SIZES}
+                for i in range(REQUESTS):
+                    for size in SIZES if (run + i) % 2 == 0 else reversed(SIZES):
+                        took[size] += targets[size].time(name, 1)
+                for size in SIZES:
+                    rounds[size][name].append(statistics.median(took[size]) * 1000)
         out: dict = {}
         for name in names:
             section = {f"{size}_ms": spread(rounds[size][name]) for size in SIZES}
@@ -238,9 +253,10 @@ def main() -> int:
         for backend in ("sqlite", "postgresql"):
             details[backend] = measure_backend(backend, tmp)
     endpoints = ("list_api", "list_ui", "poll", "poll_304", "row_ui")
-    worst, worst_of = max((details[b][e]["ratio_10000_vs_10"], f"{b} {e}")
+    worst, worst_of = max((details[b][e][SAME_ANSWER[e]], f"{b} {e}")
                           for b in details for e in endpoints)
-    worst_same_page = max(details[b][e]["ratio_10000_vs_20"] for b in details for e in endpoints)
+    raw_worst, raw_of = max((details[b][e]["ratio_10000_vs_10"], f"{b} {e}")
+                            for b in details for e in endpoints)
     details["setup"] = {
         "requests": "Flask test client in this process (the app's own time)",
         "data": "each video: 1 completed task + 4 completed subtasks; bulk Core inserts",
@@ -254,12 +270,13 @@ def main() -> int:
     Result(
         name="scale",
         title="Lists and polls with 10 000 videos vs 10 (SQLite and PostgreSQL)",
-        target=f"10 000 / 10 ≤ {TARGET}×",
-        measured=(f"worst ratio {worst:.2f}× ({worst_of}); against 20 videos (every page as "
-                  f"full as with 10 000): worst {worst_same_page:.2f}× (median of {RUNS} rounds)"),
+        target=f"10 000 / 10 ≤ {TARGET}× (answers of the same size)",
+        measured=(f"worst ratio {worst:.2f}× ({worst_of}) against the same answer on 10 "
+                  f"videos (library page: 20); against 10 videos for all: worst {raw_worst:.2f}× "
+                  f"({raw_of}) (median of {RUNS} rounds)"),
         met=worst <= TARGET,
         details=details,
-        notes=("ratios 10 000 / 10 by endpoint: "
+        notes=("ratios 10 000 / 10 by endpoint (library page: 10 rows vs 20): "
                + "; ".join(f"{b}: " + ", ".join(f"{e} {r:.2f}" for e, r in s.items())
                            for b, s in summary.items())
                + ". See docs/PERFORMANCE.md, section 6."),

@@ -22,14 +22,18 @@ def make_video(
     audio: bool = True,
     faststart: bool = False,
     audio_duration: float | None = None,
+    gop: int | None = None,
 ) -> Path:
     """H.264/AAC MP4 of a moving test pattern, with a 440 Hz tone unless audio=False.
 
     faststart puts the moov index first, so a truncated copy still probes (and fails later);
-    audio_duration (default: duration) lets the tone outlast the picture, as in many uploads.
+    audio_duration (default: duration) lets the tone outlast the picture, as in many uploads;
+    gop sets the frames between keyframes (x264's default: 250, i.e. one keyframe here).
     """
     inputs = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={duration}"]
     codecs = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+    if gop:
+        codecs += ["-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
     if audio:
         tone = f"sine=frequency=440:sample_rate=44100:duration={audio_duration or duration}"
         inputs += ["-f", "lavfi", "-i", tone]

@@ -393,6 +393,48 @@ def test_storyboard_when_audio_outlasts_picture(tmp_path: Path) -> None:
     check_storyboard(board, sprite, vtt, info.duration)
 
 
+@pytest.mark.parametrize(("gop", "expected"), [(25, 1.0), (50, 2.0), (75, 3.0), (None, 6.0)])
+def test_keyframe_gap(tmp_path: Path, gop: int | None, expected: float) -> None:
+    src = mediagen.make_video(tmp_path / "src.mp4", duration=6.0, rate=25, gop=gop)
+    assert media.keyframe_gap(src, 6.0) == pytest.approx(expected, abs=0.05)
+
+
+def test_keyframe_gap_of_what_is_not_video(tmp_path: Path) -> None:
+    assert media.keyframe_gap(tmp_path / "missing.mp4", 6.0) is None
+    wav = mediagen.make_speech_wav(tmp_path / "a.wav", "no pictures here")
+    assert media.keyframe_gap(wav, 1.0) is None
+
+
+def test_storyboard_from_keyframes_alone_when_they_are_close(tmp_path: Path) -> None:
+    """One keyframe a second, tiles every 2 s: only keyframes are decoded, and the tiles
+    are the very frames a decode of every frame picks (the sprites are byte-identical)."""
+    src = mediagen.make_video(tmp_path / "src.mp4", duration=6.0, rate=25, gop=25)
+    info = media.probe(src)
+    boards = {}
+    for name, gap in (("keyframes", None), ("every frame", 10.0)):
+        out = tmp_path / name
+        out.mkdir()
+        with pytest.MonkeyPatch.context() as patch:
+            if gap is not None:  # as if keyframes were rare: the full decode
+                patch.setattr(media, "keyframe_gap", lambda *_, gap=gap: gap)
+            board = media.make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt",
+                                          info.duration, 320, 240)
+        check_storyboard(board, out / "storyboard.jpg", out / "storyboard.vtt", info.duration)
+        boards[name] = board
+    assert boards["keyframes"].keyframes_only and not boards["every frame"].keyframes_only
+    assert boards["keyframes"].count == boards["every frame"].count == 3
+    assert ((tmp_path / "keyframes" / "storyboard.jpg").read_bytes()
+            == (tmp_path / "every frame" / "storyboard.jpg").read_bytes())
+
+
+def test_storyboard_decodes_every_frame_when_keyframes_are_rare(tmp_path: Path) -> None:
+    src = mediagen.make_video(tmp_path / "src.mp4", duration=6.0, rate=25, gop=75)  # 3 s
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = media.make_storyboard(src, sprite, vtt, 6.0, 320, 240)
+    assert not board.keyframes_only and board.count == 3
+    check_storyboard(board, sprite, vtt, 6.0)
+
+
 def test_storyboard_needs_duration_and_size(clip: Path, tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="duration and size"):
         media.make_storyboard(clip, tmp_path / "s.jpg", tmp_path / "s.vtt", 0.0, 0, 0)

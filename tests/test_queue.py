@@ -36,10 +36,11 @@ def test_a_new_tasks_jobs_reach_redis_in_one_round_trip(settings, redis_conn, rq
     ids = queue.enqueue_steps(conn, settings, task_id, "video-1", STEPS, duration=30.0)
     monkeypatch.undo()
     assert len(sent) == 1, f"{len(sent)} round trips to Redis"
-    assert ids == [queue.job_id(task_id, s) for s in STEPS]
-    # What a worker finds: three jobs to run now, the transcription waiting for the audio.
-    assert sorted(rq_queue.job_ids) == sorted(
-        queue.job_id(task_id, s) for s in ("extract_audio", "thumbnails", "transcode"))
+    assert sorted(ids) == sorted(queue.job_id(task_id, s) for s in STEPS)
+    # What workers find: the longest step first, then the audio and the thumbnails; the
+    # transcription waits for the audio.
+    assert rq_queue.job_ids == [
+        queue.job_id(task_id, s) for s in ("transcode", "extract_audio", "thumbnails")]
     assert rq_queue.deferred_job_registry.get_job_ids() == [queue.job_id(task_id, "transcribe")]
     parent = fetch(redis_conn, task_id, "extract_audio")
     assert parent.dependent_ids == [queue.job_id(task_id, "transcribe")]
@@ -56,6 +57,10 @@ def test_a_new_tasks_jobs_reach_redis_in_one_round_trip(settings, redis_conn, rq
     assert child.get_status() == JobStatus.DEFERRED
     assert (child.allow_dependency_failures, child.enqueue_at_front) == (True, True)
     assert child._dependency_ids == [queue.job_id(task_id, "extract_audio")]
+
+
+def test_every_step_has_its_place_in_the_queue():
+    assert sorted(queue.ENQUEUE_ORDER) == sorted(STEPS)
 
 
 @pytest.mark.parametrize("parent_status", [JobStatus.QUEUED, JobStatus.STARTED,

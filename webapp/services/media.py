@@ -42,6 +42,7 @@ class Storyboard:
     tile_width: int
     tile_height: int
     count: int  # tiles actually used; the sprite may have blank cells after them
+    keyframes_only: bool = False  # sampled from keyframes alone (see make_storyboard)
 
 
 def probe(path: Path) -> ProbeResult:
@@ -203,12 +204,21 @@ def make_storyboard(
 ) -> Storyboard:
     """Write a thumbnail sprite and the WebVTT that maps each interval to its tile.
 
+    Each tile is the first frame at or after the start of its interval. When no two
+    keyframes of the video are further apart than an interval (most camera and web videos:
+    GOPs of 1-2 s against 2 s tiles), that frame can be looked for among keyframes only, and
+    ffmpeg decodes those alone (`-skip_frame nokey`): about a tenth of the work, and every
+    tile still shows a moment of its own interval. Otherwise every frame is decoded.
+
     The returned count is the number of tiles ffmpeg really produced, which can be one
     short of the plan when the video track ends a moment before the container does.
     """
     if duration <= 0 or width <= 0 or height <= 0:
         raise MediaError("storyboard needs the video's duration and size, and probe found none")
     plan = plan_storyboard(duration, width, height)
+    gap = keyframe_gap(src, duration)
+    # (1 % of slack: a 2 s GOP's timestamps may add up to a hair over 2 s)
+    plan = replace(plan, keyframes_only=gap is not None and gap <= plan.interval * 1.01)
     with atomic_output(sprite_dst) as tmp:
         result = run(
             _storyboard_graph(src, tmp, plan),
@@ -233,8 +243,9 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard) -> OutputStream:
         f"lt(selected_n,{plan.count})"
         f"*gte(t-start_t+0.001,selected_n*{plan.interval!r})"
     )
+    options = {"skip_frame": "nokey"} if plan.keyframes_only else {}
     tiles = (
-        ffmpeg.input(str(src))["v:0"]
+        ffmpeg.input(str(src), **options)["v:0"]
         .filter("select", pick)
         .filter("scale", plan.tile_width, plan.tile_height)
         .split()
@@ -245,6 +256,28 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard) -> OutputStream:
         str(dst), vframes=1, **{"q:v": 4}
     )
     return ffmpeg.merge_outputs(counter, sprite)
+
+
+def keyframe_gap(path: Path, duration: float) -> float | None:
+    """The longest stretch of the first video stream without a keyframe, in seconds: between
+    two keyframes, before the first or after the last until `duration`. From the container's
+    packet flags (ffprobe demuxes, decodes nothing). None when it cannot tell."""
+    try:
+        info = ffmpeg.probe(str(path), v="error", select_streams="v:0",
+                            show_entries="packet=pts_time,flags")
+    except (ffmpeg.Error, FileNotFoundError):
+        return None
+    try:
+        starts = [float(p["pts_time"]) for p in info.get("packets", [])
+                  if "K" in p.get("flags", "") and p.get("pts_time") not in (None, "N/A")]
+    except (TypeError, ValueError):
+        return None
+    if not starts:
+        return None
+    starts.sort()
+    first = float(info["streams"][0].get("start_time") or 0.0) if info.get("streams") else 0.0
+    edges = [min(first, starts[0]), *starts, max(duration + first, starts[-1])]
+    return max(later - earlier for earlier, later in zip(edges, edges[1:], strict=False))
 
 
 def _confirm_tiles(plan: Storyboard, frames: int | None, duration: float) -> Storyboard:
