@@ -477,34 +477,36 @@ def analyse(state: dict[str, Any], wall0: float, wall1: float) -> dict[str, Any]
         steps[name] = {"start": round(start, 3), "end": round(end, 3),
                        "seconds": round(end - start, 3), "attempt": s["attempt"]}
     last_end = max(s["end"] for s in steps.values())
-    lanes = {
-        # Worker 1 (normally): extract_audio, then its dependant transcribe.
-        "audio_lane": {"steps": ["extract_audio", "transcribe"],
-                       "busy_s": round(steps["extract_audio"]["seconds"]
-                                       + steps["transcribe"]["seconds"], 3),
-                       "ends_at": steps["transcribe"]["end"]},
-        # Worker 2: thumbnails, then transcode (enqueued after it).
-        "video_lane": {"steps": ["thumbnails", "transcode"],
-                       "busy_s": round(steps["thumbnails"]["seconds"]
-                                       + steps["transcode"]["seconds"], 3),
-                       "ends_at": steps["transcode"]["end"]},
-    }
+    # Which worker ran what: a step continues the lane whose last step had ended when it
+    # started (within 50 ms), else it opens a lane of its own.
+    lanes: list[list[str]] = []
+    idle: dict[str, float] = {}
+    for name in sorted(steps, key=lambda n: steps[n]["start"]):
+        lane = next((ln for ln in lanes
+                     if steps[ln[-1]]["end"] <= steps[name]["start"] + 0.05), None)
+        before = steps[lane[-1]]["end"] if lane else 0.0
+        idle[f"idle_before_{name}_s"] = round(steps[name]["start"] - before, 3)
+        if lane is None:
+            lanes.append([name])
+        else:
+            lane.append(name)
+    lane_info = [{"steps": ln, "busy_s": round(sum(steps[n]["seconds"] for n in ln), 3),
+                  "ends_at": steps[ln[-1]]["end"]} for ln in lanes]
     return {
         "steps": steps,
         "gaps": {
             "trigger_to_first_start_s": round(min(s["start"] for s in steps.values()), 3),
             "extract_audio_to_transcribe_s": round(
                 steps["transcribe"]["start"] - steps["extract_audio"]["end"], 3),
-            "thumbnails_to_transcode_s": round(
-                steps["transcode"]["start"] - steps["thumbnails"]["end"], 3),
+            **{key: idle[key] for key in sorted(idle)},
             "task_finished_after_last_step_s": round(
                 ts(state["finished_at"]) - created - last_end, 3),
             "seen_completed_after_last_step_s": round(wall1 - created - last_end, 3),
             "task_created_before_202_s": round(wall0 - created, 3),
         },
-        "lanes": lanes,
-        "critical_lane": max(lanes, key=lambda k: lanes[k]["ends_at"]),
-        "cpu_lanes_busy_share": round(sum(v["busy_s"] for v in lanes.values())
+        "lanes": lane_info,
+        "critical_lane": max(lane_info, key=lambda ln: ln["ends_at"])["steps"],
+        "cpu_lanes_busy_share": round(sum(ln["busy_s"] for ln in lane_info)
                                       / (WORKERS * (wall1 - created)), 3),
     }
 
@@ -625,8 +627,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     steps = {n: round(statistics.median(r["steps"][n]["seconds"] for r in runs), 3)
              for n in STEPS}
     gaps = {g: round(statistics.median(r["gaps"][g] for r in runs), 3) for g in runs[0]["gaps"]}
+    median_run = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
     return {"seconds": spread([r["seconds"] for r in runs]), "step_median_s": steps,
-            "gap_median_s": gaps,
+            "gap_median_s": gaps, "lanes_of_median_run": median_run["lanes"],
             "other_processes_cpu_s": [r["cpu"]["other_processes_s"] for r in runs]}
 
 
@@ -758,15 +761,14 @@ def explain(ratio: float, vid: dict[str, Any], hand: dict[str, float],
             extra: dict[str, Any]) -> str:
     s, g = vid["step_median_s"], vid["gap_median_s"]
     wall = vid["seconds"]["median"]
-    video_lane = s["thumbnails"] + g["thumbnails_to_transcode_s"] + s["transcode"]
-    audio_lane = s["extract_audio"] + g["extract_audio_to_transcribe_s"] + s["transcribe"]
-    longer, shorter = sorted([("thumbnails then transcode", video_lane),
-                              ("extract_audio then transcribe", audio_lane)],
-                             key=lambda x: -x[1])
+    lanes = sorted(vid["lanes_of_median_run"], key=lambda ln: -ln["ends_at"])
+    lane_text = " beside ".join(
+        f"{' then '.join(ln['steps'])} (ends at {ln['ends_at']:.1f} s"
+        + (", the critical path)" if i == 0 else ")") for i, ln in enumerate(lanes))
+    idle = sum(v for k, v in g.items() if k.startswith("idle_before_"))
     parts = [
-        f"vidpipe's 2 workers run two lanes at once: {longer[0]} ({longer[1]:.1f} s, the "
-        f"critical path) beside {shorter[0]} ({shorter[1]:.1f} s, after which that worker "
-        f"idles); by hand the five commands run in a row "
+        f"vidpipe's {WORKERS} workers run {len(lanes)} lanes at once (the median run): "
+        f"{lane_text}; by hand the five commands run in a row "
         f"({' + '.join(f'{k} {v:.1f}' for k, v in hand.items())} s).",
         f"On 2 shared cores the overlapped steps take transcode {s['transcode']:.1f} s "
         f"(alone {hand['transcode']:.1f} s), transcribe {s['transcribe']:.1f} s (a fresh "
@@ -775,9 +777,8 @@ def explain(ratio: float, vid: dict[str, Any], hand: dict[str, float],
         f"{hand['poster'] + hand['storyboard']:.1f} s).",
         f"Queue overhead is small: {g['trigger_to_first_start_s']:.2f} s from trigger to "
         f"first start, {g['extract_audio_to_transcribe_s']:.2f} s between extract_audio and "
-        f"transcribe, {g['thumbnails_to_transcode_s']:.2f} s between thumbnails and "
-        f"transcode, {g['seen_completed_after_last_step_s']:.2f} s until the poll sees "
-        f"'completed'.",
+        f"transcribe, {idle:.2f} s of workers waiting before steps in all, "
+        f"{g['seen_completed_after_last_step_s']:.2f} s until the poll sees 'completed'.",
         f"Each transcribe job runs in a fresh RQ work horse that imports faster-whisper and "
         f"loads the model again ({whisper.get('import_s', 0):.2f} s + "
         f"{whisper.get('load_s', 0):.2f} s in a fresh process).",
