@@ -1,6 +1,7 @@
 """gunicorn settings of the web process (the Procfile's `web` line), from the environment.
 
-HOST (127.0.0.1), PORT (5000) and WEB_WORKERS (2) as in the README. Before it opens any
+HOST (127.0.0.1), PORT (5000), WEB_WORKERS (2 per CPU core, at most 8) and WEB_THREADS (2)
+as in the README. Before it opens any
 socket the master refuses a non-loopback address unless API_TOKEN and ADMIN_PASSWORD are
 both set, or ALLOW_INSECURE=1 (webapp/security.py, check_exposure). The check looks at the
 addresses gunicorn will really bind, so a `--bind` on the command line is checked too.
@@ -17,8 +18,19 @@ _host = os.environ.get("HOST") or "127.0.0.1"
 if ":" in _host and not _host.startswith("["):
     _host = f"[{_host}]"  # an IPv6 address
 bind = [f"{_host}:{os.environ.get('PORT') or '5000'}"]
-workers = int(os.environ.get("WEB_WORKERS") or 2)
-threads = 4
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this process may use
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Processes rather than threads: a trigger is CPU work under the GIL, and with 4 threads in
+# each of 2 processes on 2 cores triggers queued behind each other's time slices (p50 48 ms,
+# 135/s with 8 clients); 4 processes x 2 threads did 200-240/s at p50 27 ms, with the same 8
+# requests served at once (docs/PERFORMANCE.md, section 3). Each process is ~75 MB.
+workers = int(os.environ.get("WEB_WORKERS") or min(2 * _cores(), 8))
+threads = int(os.environ.get("WEB_THREADS") or 2)
 timeout = 600  # large uploads
 accesslog = "-"
 

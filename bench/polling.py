@@ -1,7 +1,7 @@
 """Progress polling: vidpipe's `GET /api/v1/videos/<id>/reprocess` against a bare Flask app.
 
 Both run under the same gunicorn settings as the Procfile's web process (`gunicorn -c
-gunicorn.conf.py`: WEB_WORKERS=2 gthread workers x 4 threads, access log on stdout, here
+gunicorn.conf.py`: its default gthread workers and threads, access log on stdout, here
 to a file). vidpipe serves a fresh SQLite database (alembic migrations) holding one video
 whose task is running (extract_audio done, transcode at 42 %); the baseline is
 bench/bare_app.py, one Flask endpoint answering the very JSON document vidpipe answers.
@@ -46,6 +46,7 @@ import json
 import os
 import re
 import resource
+import runpy
 import shutil
 import signal
 import socket
@@ -135,7 +136,8 @@ def postgres_schema(prefix: str) -> Iterator[str]:
 def app_env(tmp: Path, database_url: str, queue_name: str, **extra: str) -> dict[str, str]:
     """The environment of vidpipe's processes for one benchmark (nothing of the user's)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("API_TOKEN", "ADMIN_PASSWORD", "HOST", "PORT", "WEB_WORKERS")}
+           if k not in ("API_TOKEN", "ADMIN_PASSWORD", "HOST", "PORT", "WEB_WORKERS",
+                        "WEB_THREADS")}
     env.update(DATABASE_URL=database_url, REDIS_URL=REDIS_URL, QUEUE_NAME=queue_name,
                MEDIA_ROOT=str(tmp / "media"), SECRET_KEY=uuid.uuid4().hex, **extra)
     return env
@@ -172,6 +174,17 @@ class Server:
             fh.seek(offset)
             text = fh.read().decode("utf-8", "replace")
         return Counter(re.findall(r'" (\d{3}) ', text))
+
+
+def gunicorn_size() -> str:
+    """The web concurrency gunicorn.conf.py gives on this machine by default, as the
+    benchmarks run it (WEB_WORKERS and WEB_THREADS unset, see app_env)."""
+    saved = {k: os.environ.pop(k) for k in ("WEB_WORKERS", "WEB_THREADS") if k in os.environ}
+    try:
+        conf = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    finally:
+        os.environ.update(saved)
+    return f"{conf['workers']} gthread workers x {conf['threads']} threads"
 
 
 def process_cpu(pid: int) -> float:
@@ -430,7 +443,7 @@ def main() -> int:
         finally:
             cleanup_redis(queue)
     details["setup"] = {
-        "gunicorn": "gunicorn -c gunicorn.conf.py (2 gthread workers x 4 threads, access log "
+        "gunicorn": f"gunicorn -c gunicorn.conf.py ({gunicorn_size()}, access log "
                     "to a file)",
         "database": "SQLite (WAL), one video, task running (extract_audio done, transcode 42 %)",
         "load": f"wrk -t1 -c{CONNECTIONS} -d{SECONDS:g}s, keep-alive, closed loop",

@@ -1,7 +1,7 @@
 """Trigger latency: `POST /api/v1/videos/<id>/run_sync` with 8 concurrent clients.
 
 The real stack: gunicorn as the Procfile runs it (`gunicorn -c gunicorn.conf.py wsgi:app`,
-2 gthread workers x 4 threads), a fresh SQLite database (alembic migrations), real Redis
+its default gthread workers and threads), a fresh SQLite database (alembic migrations), real Redis
 (BENCH_REDIS_URL, default redis://127.0.0.1:6379/13, a queue of its own that no worker
 consumes). Each run inserts 8 x BENCH_TRIGGERS (25) videos directly in the database, each
 with a tiny real source file (a hard link of one 1 s clip) and no outputs yet, so every
@@ -42,6 +42,7 @@ from bench.polling import (
     app_env,
     cleanup_redis,
     gunicorn,
+    gunicorn_size,
     loadavg,
     migrate,
     run_main,
@@ -248,7 +249,7 @@ def main() -> int:
         "bare_runs": bare_runs,
         "in_process_sequential": breakdown,
         "setup": {
-            "gunicorn": "gunicorn -c gunicorn.conf.py (2 gthread workers x 4 threads)",
+            "gunicorn": f"gunicorn -c gunicorn.conf.py ({gunicorn_size()})",
             "database": "SQLite (WAL, synchronous=NORMAL)",
             "redis": REDIS_URL, "clients": CLIENTS, "triggers_per_client": PER_CLIENT,
             "jobs_per_trigger": 4, "loadavg_before": load_before, "loadavg_after": loadavg(),

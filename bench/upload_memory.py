@@ -1,20 +1,19 @@
 """Upload memory: the web process's peak RSS while a 2 GB video is uploaded.
 
 A real ~2 GB H.264 file (testsrc2 1080p, lossless x264, looped with `-stream_loop -c copy`;
-cached in bench/.cache/, removed after the run unless BENCH_KEEP=1) is POSTed with
-`curl -F file=@...` (curl streams it from disk) to /api/v1/videos of a real gunicorn started
-as the Procfile does (`gunicorn -c gunicorn.conf.py wsgi:app`: WEB_WORKERS=2 gthread workers,
-4 threads), with a temporary SQLite database migrated by alembic, a temporary MEDIA_ROOT and
-MAX_UPLOAD_BYTES=4000000000. Every gunicorn process (master and workers) is sampled every
-50 ms from /proc/<pid>/status (VmRSS) during the upload, and each worker's VmHWM (kernel
-high-water mark) is read at the end. Baseline in the same run: the same gunicorn idle after
-a few small uploads. Also recorded: upload wall time and throughput, and how many bytes the
-worker wrote (/proc/<pid>/io wchar) per byte of upload, i.e. whether the body is written to
+cached in bench/.cache/, removed after the run unless BENCH_KEEP=1) is POSTed with `curl -F
+file=@...` (curl streams it from disk) to /api/v1/videos of a real gunicorn started as the
+Procfile does (`gunicorn -c gunicorn.conf.py wsgi:app`, here with WEB_WORKERS=2 gthread workers
+of its default threads), with a temporary SQLite database migrated by alembic, a temporary
+MEDIA_ROOT and MAX_UPLOAD_BYTES=4000000000. Every gunicorn process (master and workers) is
+sampled every 50 ms from /proc/<pid>/status (VmRSS) during the upload, and each worker's VmHWM
+(kernel high-water mark) is read at the end. Baseline in the same run: the same gunicorn idle
+after a few small uploads. Also recorded: upload wall time and throughput, and how many bytes
+the worker wrote (/proc/<pid>/io wchar) per byte of upload, i.e. whether the body is written to
 disk once or twice. Every run starts a fresh gunicorn. BENCH_RUNS (3) runs; BENCH_UPLOAD_MB
 (2147, i.e. 2 GiB) sets the upload size for trial runs; BENCH_APP_DIR runs gunicorn in another
-copy of the app (e.g. a snapshot of an older webapp/, for a before/after comparison).
-MB = 10^6 bytes throughout.
-"""
+copy of the app (e.g. a snapshot of an older webapp/, for a before/after comparison). MB = 10^6
+bytes throughout. """
 
 from __future__ import annotations
 
@@ -360,7 +359,7 @@ def main() -> None:
             "peak_extra_disk_mb": spread(pick("peak_extra_disk_mb")),
             "file_bytes": runs[0]["file_bytes"],
             "sample_interval_s": SAMPLE_EVERY,
-            "gunicorn": f"{WORKERS} gthread workers x 4 threads (gunicorn.conf.py)",
+            "gunicorn": f"{WORKERS} gthread workers (gunicorn.conf.py)",
             "runs": runs,
         },
         notes=("MB = 10^6 bytes. Peak = the larger of the 50 ms VmRSS samples and the "
