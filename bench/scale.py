@@ -108,27 +108,6 @@ def database(backend: str, tmp: Path, size: int) -> Iterator[str]:
             yield url
 
 
-@contextlib.contextmanager
-def counted(database_url: str) -> Iterator[list[str]]:
-    from sqlalchemy import event
-
-    from webapp.db import get_engine
-
-    statements: list[str] = []
-
-    def count(_conn, _cursor, statement, *_args):
-        statements.append(statement)
-
-    engines = [get_engine(database_url, autocommit=a) for a in (False, True)]  # see fastpoll
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", count)
-
-
 class Target:
     """vidpipe's app on one database, and the requests to time."""
 
@@ -168,7 +147,9 @@ class Target:
 
     def statements(self, name: str) -> int:
         path, headers, _ = self.requests[name]
-        with counted(self.database_url) as statements:
+        from webapp.db import statements_sent
+
+        with statements_sent(self.database_url) as statements:
             self.client.get(path, headers=headers).get_data()
         return len(statements)
 

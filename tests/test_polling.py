@@ -8,14 +8,14 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine
 from werkzeug.test import Client
 from werkzeug.wrappers import Response
 
 from tests import browser
 from tests.test_progress import make_task, make_video
 from webapp.config import DEFAULT_WEIGHTS, STEPS
-from webapp.db import get_engine
+from webapp.db import statements_sent
 from webapp.fastpoll import ProgressPolls
 from webapp.models import ProcessingTask
 from webapp.services import progress
@@ -25,22 +25,9 @@ PROGRESS = "/api/v1/videos/{}/reprocess"
 HX = {"HX-Request": "true"}
 
 
-@contextmanager
 def counted(settings):
-    """The SQL statements the app sends while the block runs (on both of its engines)."""
-    statements: list[str] = []
-
-    def count(conn, cursor, statement, *_args):
-        statements.append(statement)
-
-    engines = [get_engine(settings.database_url, autocommit=a) for a in (False, True)]
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", count)
+    """The SQL statements the app sends while the block runs."""
+    return statements_sent(settings.database_url)
 
 
 @pytest.fixture

@@ -140,6 +140,25 @@ def get_engine(url: str, *, autocommit: bool = False) -> Engine:
     return engine
 
 
+@contextmanager
+def statements_sent(url: str) -> Iterator[list[str]]:
+    """The SQL statements this process sends to `url` (through both engines) while the
+    block runs: for tests and benchmarks that count the queries of a request."""
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    engines = [get_engine(url, autocommit=a) for a in (False, True)]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+
+
 def dispose(url: str) -> None:
     """Close every pooled connection of this process to `url` (both engines)."""
     for autocommit in (False, True):
