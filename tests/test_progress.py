@@ -138,8 +138,12 @@ def test_eta_from_progress_rate(db_session):
     task = db_session.get(ProcessingTask, task.id)
     db_session.refresh(task)
     now = task.started_at + timedelta(seconds=30)
-    assert progress.estimate_eta(task, 25.0, now) == pytest.approx(90.0)
-    assert progress.estimate_eta(task, 0.0, now) is None
+    assert progress.estimate_eta(task, task.subtasks, now) is None  # nothing measured yet
+    progress.report_progress(db_session, task.id, "transcode", 25.0)
+    db_session.refresh(task)
+    # 90 s more for the preview, then the 70 weight units of the other steps at its
+    # 120 s / 30 units on the one worker seen running.
+    assert progress.estimate_eta(task, task.subtasks, now) == pytest.approx(90.0 + 280.0)
 
 
 def test_reporter_throttles_writes_but_keeps_moving():

@@ -23,6 +23,7 @@ from webapp.models import (
     new_id,
     utcnow,
 )
+from webapp.services import eta
 from webapp.services.errors import NotFound
 from webapp.services.storage import is_valid_id
 
@@ -71,16 +72,10 @@ def weighted_total(parts: Iterable[tuple[float, str, float]]) -> float:
     return 100.0 if done else min(value, 99.99)
 
 
-def estimate_eta(
-    task: ProcessingTask, progress: float, now: datetime | None = None
-) -> float | None:
-    """Seconds left, extrapolated from the progress rate since the task started; None if unknown."""
-    if task.status not in ACTIVE_STATUSES or task.started_at is None or progress <= 0:
-        return None
-    elapsed = ((now or utcnow()) - task.started_at).total_seconds()
-    if elapsed <= 0:
-        return None
-    return round(elapsed * (100.0 - progress) / progress, 1)
+def estimate_eta(task, subtasks: list, now: datetime | None = None) -> float | None:
+    """Seconds left, from the rates of the steps that really run (webapp/services/eta.py);
+    None if unknown."""
+    return eta.seconds_left(task, subtasks, now or utcnow())
 
 
 def _subtask_view(sub: SubTask) -> SubtaskView:
@@ -121,7 +116,7 @@ def _view(task, subs: list) -> ProgressView:
         started_at=task.started_at,
         finished_at=task.finished_at,
         error=task.error,
-        eta_seconds=estimate_eta(task, progress, task.updated_at),
+        eta_seconds=estimate_eta(task, subs, task.updated_at),
     )
 
 
