@@ -69,17 +69,25 @@ def test_reused_and_skipped_steps_neither_count_as_done_nor_as_speed():
     assert total == pytest.approx(77.5)  # what the old extrapolation divided by
 
 
-def test_parallel_steps_end_with_the_longest_lane():
-    # Preview at 20 % after 10 s: 40 s left. Transcription at 50 % after 4 s: 4 s left,
-    # then its worker takes the thumbnails: (1 + 50 + 8) s over 90 weight units.
-    subs = rows(extract_audio=sub("extract_audio", "completed", started=0, finished=1),
-                transcribe=sub("transcribe", "running", 50, started=6),
+def test_a_pace_measured_beside_another_step_counts_the_time_shared():
+    # Preview and thumbnails shared the machine for 4 s, then the preview ran alone for 6:
+    # 8 s of the machine to itself for 25 %, so 24 s more (30 s if sharing were ignored).
+    subs = rows(extract_audio=sub("extract_audio", "skipped"),
+                transcribe=sub("transcribe", "skipped"),
+                thumbnails=sub("thumbnails", "completed", started=0, finished=4),
+                transcode=sub("transcode", "running", 25, started=0))
+    assert left(subs, 10) == pytest.approx(24.0)
+
+
+def test_a_step_speeds_up_when_the_step_beside_it_ends():
+    # Both ran side by side for 10 s: 5 s alone each. The transcription (50 %) needs 5 s
+    # alone more, i.e. 10 s shared; the preview (20 %) 20 s alone, 5 of which go by
+    # meanwhile, and the other 15 alone.
+    subs = rows(extract_audio=sub("extract_audio", "completed", finished=0, reused=True),
+                transcribe=sub("transcribe", "running", 50, started=0),
+                thumbnails=sub("thumbnails", "skipped"),
                 transcode=sub("transcode", "running", 20, started=0))
-    assert left(subs, 10) == pytest.approx(40.0)
-    # The same, but with long thumbnails: now the second lane ends last.
-    subs[STEPS.index("thumbnails")].weight = 100
-    per_weight = (1 + 50 + 8) / 90
-    assert left(subs, 10) == pytest.approx(round(4 + 100 * per_weight, 1))
+    assert left(subs, 10) == pytest.approx(10 + 15)
 
 
 def test_one_worker_runs_the_waiting_steps_one_after_another():
@@ -90,34 +98,39 @@ def test_one_worker_runs_the_waiting_steps_one_after_another():
 
 
 def test_a_step_waits_for_its_parent_even_when_a_worker_is_free():
-    # Thumbnails end in 1 s, the audio in 2 s: the transcription starts at 2, not 1.
+    # Preview [0, 1], audio [0, 2] and thumbnails [1, 2] ran two at a time: 0.5, 1 and
+    # 0.5 s alone; so 0.07 s alone per unit (0.5 + 2 + 1 s projected for 50 units). Audio
+    # and thumbnails each need as much again: the thumbnails end at 1 s (shared), the
+    # audio at 1.5 s, alone. Only then can the transcription start: 50 × 0.07 = 3.5 s.
     subs = rows(extract_audio=sub("extract_audio", "running", 50, started=0),
                 thumbnails=sub("thumbnails", "running", 50, started=1),
                 transcode=sub("transcode", "completed", started=0, finished=1))
-    per_weight = (4 + 2 + 1) / 50  # projected audio 4 s, thumbnails 2 s, preview 1 s
-    assert left(subs, 2) == pytest.approx(round(2 + 50 * per_weight, 1))
+    assert left(subs, 2) == pytest.approx(1.5 + 3.5)
 
 
 def test_a_step_whose_parent_failed_is_not_waited_for():
     subs = rows(extract_audio=sub("extract_audio", "failed", started=0, finished=1),
                 transcode=sub("transcode", "running", 50, started=0))
     subs[STEPS.index("extract_audio")].progress = 30.0
-    # Only the thumbnails remain besides the preview: 5 s + 10 units at 20 s / 30 units.
-    assert left(subs, 5) == pytest.approx(round(5 + 10 * 10 / 30, 1))
+    # The preview had 4.5 s alone for 50 %: 4.5 s more; then the thumbnails, 10 units at
+    # 9 s / 30 units. The transcription never runs.
+    assert left(subs, 5) == pytest.approx(4.5 + 3.0)
 
 
 def test_a_running_step_at_zero_is_estimated_from_its_weight_and_never_negative():
+    # Audio [0, 1] and preview [0, 3] at 50 %, transcription [1, 3] at 0 %, two at a time:
+    # 0.5 s alone for the audio, 1.5 s for the preview (3 s projected): 0.0875 s per unit.
+    # The transcription should take 4.375 s alone, 1 of which is done. Played out: the
+    # preview ends at 3 s, the thumbnails (0.875 s alone) start on its worker and end at
+    # 4.75 s, the transcription at 5.75 s.
     subs = rows(extract_audio=sub("extract_audio", "completed", started=0, finished=1),
                 transcribe=sub("transcribe", "running", 0, started=1),
                 transcode=sub("transcode", "running", 50, started=0))
-    # 0.175 s per unit (audio 1 s, preview 6 s, for 40 units): the transcription should
-    # take 8.75 s, 2 of which are gone; the preview's worker does the thumbnails meanwhile.
-    per_weight = (1 + 6) / 40
-    assert left(subs, 3) == pytest.approx(round(50 * per_weight - 2, 1))
-    # Long overdue: that step is "any moment now", not a negative time; the thumbnails
-    # (1 s at 0.1 s per unit) follow on the only worker.
+    assert left(subs, 3) == pytest.approx(5.75, abs=0.05)
+    # Long overdue: the transcription is "any moment now", not a negative time; then the
+    # thumbnails take 10 units at 2 s / 40 units.
     subs[STEPS.index("transcode")] = sub("transcode", "completed", started=0, finished=3)
-    assert left(subs, 60) == pytest.approx(1.0)
+    assert left(subs, 60) == pytest.approx(0.5)
 
 
 def test_the_progress_view_shows_the_eta_as_of_the_tasks_last_change():
@@ -127,7 +140,7 @@ def test_the_progress_view_shows_the_eta_as_of_the_tasks_last_change():
                 thumbnails=sub("thumbnails", "completed", started=0, finished=2))
     row = task("running", updated=10)
     view = progress._view(row, subs)
-    assert view.eta_seconds == pytest.approx(30.0)
+    assert view.eta_seconds == pytest.approx(27.0)  # 9 s alone for 25 %
     # The same rows give the same view whenever they are read: nothing reads the clock.
     assert progress._view(row, subs) == view
-    assert progress.estimate_eta(row, subs, at(20)) == pytest.approx(60.0)
+    assert progress.estimate_eta(row, subs, at(20)) == pytest.approx(57.0)

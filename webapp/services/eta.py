@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -27,87 +25,101 @@ def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | N
     1. Only steps that run in this task count. A reused step (run_sync kept its output)
        and a skipped one take no time and say nothing about speed; a failed or cancelled
        one will not run again, nor will a step waiting for it.
-    2. A running step at p % after e seconds (since its started_at) needs e × (100 − p) / p
-       more: its own average rate, which includes the slowdown from the steps beside it.
-    3. A step not started yet, or still at 0 %, is expected to take its weight × the
-       seconds per unit of weight seen in this task so far (completed steps: how long they
-       took; running ones: how long their rate says they will take). Weights are the
-       configured relative costs, so this is as good as they are; it matters mostly
-       early on, since a step's own rate replaces it as soon as the step reports progress.
-    4. Steps run side by side, one per worker, and as many workers are assumed as steps
-       are running now (at least one): each waiting step goes, in the queue's order, to
-       the worker that frees first, not before its parent step (transcribe needs
-       extract_audio) has ended. The task ends when its last step does.
-    Not modelled: a step speeding up when the steps beside it end and free the CPU (the
-    ETA errs high while they share it), and workers that are idle now but would take a
-    waiting step.
+    2. The steps of a task that run at the same time share the machine: while k of them
+       run, each goes at 1/k of its pace alone. So a step's time "alone" so far is the
+       integral of dt / k over its run (from the started_at/finished_at of all steps),
+       and a step at p % after s seconds alone needs s × (100 − p) / p more.
+    3. A step not started yet, or still at 0 %, needs its weight × the seconds alone per
+       unit of weight seen in this task so far (completed steps: what they took; running
+       ones: what their pace says they will take). Weights are the configured relative
+       costs, so this is as good as they are; a step's own pace replaces it as soon as the
+       step reports progress.
+    4. As many workers are assumed as steps are running now (at least one). The future is
+       played out: each waiting step goes, in the queue's order, to the first free worker
+       once its parent (transcribe needs extract_audio) has ended; whenever a step ends,
+       the others speed up (point 2). The task ends when its last step does.
+    Sharing assumes that each step alone would keep the machine busy, as ffmpeg and
+    whisper do on the 2-core machine this was measured on (docs/PERFORMANCE.md, "ETA
+    accuracy"); with cores to spare, steps running side by side hardly slow each other
+    and the ETA errs low while they do. Work of other tasks on the same workers is not
+    seen at all.
     """
     if task.status not in ACTIVE_STATUSES or now is None:
         return None
     steps = [s for s in subtasks if not s.reused and s.status != "skipped"]
-    per_weight = _seconds_per_weight(steps, now)
+    alone = _time_alone(steps, now)
+    per_weight = _seconds_per_weight(steps, alone)
     if per_weight is None:
         return None
-    ends = {s.name: 0.0 for s in steps if s.status in _ENDED}  # seconds from now
-    workers = []
-    for step in steps:
-        if step.status == "running":
-            ends[step.name] = _running_left(step, now, per_weight)
-            workers.append(ends[step.name])
     doomed = {s.name for s in steps if s.status in ("failed", "cancelled")}
-    waiting = [s for s in steps if s.status == "pending" and NEEDS.get(s.name) not in doomed]
-    _schedule(sorted(waiting, key=_queue_position), ends, workers or [0.0], per_weight)
-    return round(max(ends.values(), default=0.0), 1)
+    running = {s.name: _work_left(s, alone[s.name], per_weight)
+               for s in steps if s.status == "running"}
+    waiting = sorted((s for s in steps
+                      if s.status == "pending" and NEEDS.get(s.name) not in doomed),
+                     key=_queue_position)
+    return round(_play_out(running, waiting, per_weight), 1)
 
 
-def _elapsed(step: Any, now: datetime) -> float:
-    if step.started_at is None:
-        return 0.0
-    return max(0.0, (now - step.started_at).total_seconds())
+def _time_alone(steps: Sequence[Any], now: datetime) -> dict[str, float]:
+    """Step name -> seconds of the machine it had to itself: ∫ dt / (steps running at t)."""
+    spans = {}
+    for step in steps:
+        end = now if step.status == "running" else step.finished_at
+        if step.started_at is not None and end is not None:
+            spans[step.name] = (step.started_at, max(step.started_at, end))
+    marks = sorted({t for span in spans.values() for t in span})
+    alone = {step.name: 0.0 for step in steps}
+    for a, b in zip(marks, marks[1:], strict=False):
+        sharing = [name for name, (start, end) in spans.items() if start <= a and b <= end]
+        for name in sharing:
+            alone[name] += (b - a).total_seconds() / len(sharing)
+    return alone
 
 
-def _seconds_per_weight(steps: Sequence[Any], now: datetime) -> float | None:
-    """Seconds per unit of weight, over the steps of this task that measured something."""
+def _seconds_per_weight(steps: Sequence[Any], alone: dict[str, float]) -> float | None:
+    """Seconds alone per unit of weight, over the steps of this task that measured any."""
     spent = weight = 0.0
     for step in steps:
         if step.status == "completed" and step.started_at and step.finished_at:
-            seconds = max(0.0, (step.finished_at - step.started_at).total_seconds())
-        elif step.status == "running" and step.progress > 0 and _elapsed(step, now) > 0:
-            seconds = _elapsed(step, now) * 100.0 / step.progress
+            seconds = alone[step.name]
+        elif step.status == "running" and step.progress > 0 and alone[step.name] > 0:
+            seconds = alone[step.name] * 100.0 / step.progress
         else:
             continue
         spent, weight = spent + seconds, weight + step.weight
     return spent / weight if weight > 0 else None
 
 
-def _running_left(step: Any, now: datetime, per_weight: float) -> float:
-    elapsed, done = _elapsed(step, now), min(100.0, step.progress)
-    if done > 0 and elapsed > 0:
-        return elapsed * (100.0 - done) / done
-    return max(0.0, step.weight * per_weight - elapsed)
+def _work_left(step: Any, alone: float, per_weight: float) -> float:
+    """Seconds alone a running step still needs."""
+    done = min(100.0, step.progress)
+    if done > 0 and alone > 0:
+        return alone * (100.0 - done) / done
+    return max(0.0, step.weight * per_weight - alone)
 
 
 def _queue_position(step: Any) -> int:
     return ENQUEUE_ORDER.index(step.name) if step.name in ENQUEUE_ORDER else len(ENQUEUE_ORDER)
 
 
-def _schedule(waiting: list[Any], ends: dict[str, float], workers: list[float],
-              per_weight: float) -> None:
-    """Add to `ends` when each waiting step (in queue order) would end on `workers`
-    (the times, from now, they become free)."""
-    free = sorted(workers)
-    todo = list(waiting)
-    while todo:
-        worker = free.pop(0)
-
-        def start(step: Any, worker: float = worker) -> float:
-            parent = NEEDS.get(step.name)
-            if any(other.name == parent for other in todo):
-                return math.inf  # its parent is not even scheduled yet
-            return max(worker, ends.get(parent, 0.0) if parent else 0.0)
-
-        # Ready ones in queue order first (min keeps the first of equal starts).
-        step = min(todo, key=start)
-        todo.remove(step)
-        ends[step.name] = start(step) + step.weight * per_weight
-        bisect.insort(free, ends[step.name])
+def _play_out(running: dict[str, float], waiting: list[Any], per_weight: float) -> float:
+    """Seconds until the last step ends: `running` maps steps to the seconds alone they
+    still need; `waiting` steps start in order on free workers once their parent ended."""
+    workers, clock = max(1, len(running)), 0.0
+    active, todo = dict(running), list(waiting)
+    while True:
+        while len(active) < workers:
+            ready = [s for s in todo if NEEDS.get(s.name) not in active
+                     and all(other.name != NEEDS.get(s.name) for other in todo)]
+            if not ready:
+                break
+            todo.remove(ready[0])
+            active[ready[0].name] = ready[0].weight * per_weight
+        if not active:
+            return clock
+        # The step nearest its end ends first; until then all share the machine.
+        name = min(active, key=active.__getitem__)
+        step_left = active.pop(name)
+        clock += step_left * (len(active) + 1)
+        for other in active:
+            active[other] -= step_left
