@@ -79,33 +79,28 @@ def test_a_pace_measured_beside_another_step_counts_the_time_shared():
     assert left(subs, 10) == pytest.approx(24.0)
 
 
-def test_a_step_speeds_up_when_the_step_beside_it_ends():
+def test_steps_side_by_side_get_through_one_second_of_work_alone_per_second():
     # Both ran side by side for 10 s: 5 s alone each. The transcription (50 %) needs 5 s
-    # alone more, i.e. 10 s shared; the preview (20 %) 20 s alone, 5 of which go by
-    # meanwhile, and the other 15 alone.
+    # alone more, the preview (20 %) 20: 25 s in all, whether the transcription ends
+    # after 10 s shared and the preview goes on alone, or they ran one after the other.
     subs = rows(extract_audio=sub("extract_audio", "completed", finished=0, reused=True),
                 transcribe=sub("transcribe", "running", 50, started=0),
                 thumbnails=sub("thumbnails", "skipped"),
                 transcode=sub("transcode", "running", 20, started=0))
-    assert left(subs, 10) == pytest.approx(10 + 15)
+    assert left(subs, 10) == pytest.approx(5 + 20)
 
 
-def test_one_worker_runs_the_waiting_steps_one_after_another():
-    # One step running means one worker: 10 s left for it, then 70 weight units at the
-    # preview's 20 s / 30 units.
+def test_steps_not_started_take_their_weight_at_the_pace_seen_so_far():
+    # One step ran: 20 s for 30 weight units. The other 70 units follow at that pace.
     subs = rows(transcode=sub("transcode", "running", 50, started=0))
     assert left(subs, 10) == pytest.approx(round(10 + 70 * 20 / 30, 1))
-
-
-def test_a_step_waits_for_its_parent_even_when_a_worker_is_free():
     # Preview [0, 1], audio [0, 2] and thumbnails [1, 2] ran two at a time: 0.5, 1 and
-    # 0.5 s alone; so 0.07 s alone per unit (0.5 + 2 + 1 s projected for 50 units). Audio
-    # and thumbnails each need as much again: the thumbnails end at 1 s (shared), the
-    # audio at 1.5 s, alone. Only then can the transcription start: 50 × 0.07 = 3.5 s.
+    # 0.5 s alone; 0.07 s alone per unit (0.5 + 2 + 1 s projected for 50 units). Left:
+    # 1 s of audio, 0.5 of thumbnails, and the transcription, 50 × 0.07 = 3.5 s.
     subs = rows(extract_audio=sub("extract_audio", "running", 50, started=0),
                 thumbnails=sub("thumbnails", "running", 50, started=1),
                 transcode=sub("transcode", "completed", started=0, finished=1))
-    assert left(subs, 2) == pytest.approx(1.5 + 3.5)
+    assert left(subs, 2) == pytest.approx(1 + 0.5 + 3.5)
 
 
 def test_a_step_whose_parent_failed_is_not_waited_for():
@@ -120,9 +115,7 @@ def test_a_step_whose_parent_failed_is_not_waited_for():
 def test_a_running_step_at_zero_is_estimated_from_its_weight_and_never_negative():
     # Audio [0, 1] and preview [0, 3] at 50 %, transcription [1, 3] at 0 %, two at a time:
     # 0.5 s alone for the audio, 1.5 s for the preview (3 s projected): 0.0875 s per unit.
-    # The transcription should take 4.375 s alone, 1 of which is done. Played out: the
-    # preview ends at 3 s, the thumbnails (0.875 s alone) start on its worker and end at
-    # 4.75 s, the transcription at 5.75 s.
+    # Left: the preview's 1.5 s, the transcription's 4.375 − 1 s, the thumbnails' 0.875.
     subs = rows(extract_audio=sub("extract_audio", "completed", started=0, finished=1),
                 transcribe=sub("transcribe", "running", 0, started=1),
                 transcode=sub("transcode", "running", 50, started=0))
@@ -144,3 +137,4 @@ def test_the_progress_view_shows_the_eta_as_of_the_tasks_last_change():
     # The same rows give the same view whenever they are read: nothing reads the clock.
     assert progress._view(row, subs) == view
     assert progress.estimate_eta(row, subs, at(20)) == pytest.approx(57.0)
+

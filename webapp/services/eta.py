@@ -7,10 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from webapp.models import ACTIVE_STATUSES
-from webapp.services.queue import ENQUEUE_ORDER, NEEDS
-
-# Steps whose work is over in this task, or that will never start in it.
-_ENDED = ("completed", "failed", "cancelled")
+from webapp.services.queue import NEEDS
 
 
 def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | None:
@@ -34,15 +31,17 @@ def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | N
        ones: what their pace says they will take). Weights are the configured relative
        costs, so this is as good as they are; a step's own pace replaces it as soon as the
        step reports progress.
-    4. As many workers are assumed as steps are running now (at least one). The future is
-       played out: each waiting step goes, in the queue's order, to the first free worker
-       once its parent (transcribe needs extract_audio) has ended; whenever a step ends,
-       the others speed up (point 2). The task ends when its last step does.
-    Sharing assumes that each step alone would keep the machine busy, as ffmpeg and
-    whisper do on the 2-core machine this was measured on (docs/PERFORMANCE.md, "ETA
-    accuracy"); with cores to spare, steps running side by side hardly slow each other
-    and the ETA errs low while they do. Work of other tasks on the same workers is not
-    seen at all.
+    4. Sharing the machine, the steps together get through one second of work alone per
+       second, however many workers run them side by side, and a step that waits for its
+       parent (transcribe for extract_audio) cannot leave the machine idle (its parent
+       runs, alone if need be). So the task ends when the sum of the work left is done.
+    Point 2 is nearly true where each step alone keeps the machine busy, as ffmpeg and
+    whisper do on the 2-core machine this was measured on: there two workers finish a
+    video only 13 % sooner than the same steps one after the other (docs/PERFORMANCE.md,
+    section 1), so steps slow each other down about 1.5x, not 2x, and the ETA errs a
+    little low while they share the machine (section 8 measures how much). With cores to
+    spare they hardly slow each other and the ETA errs high. Work of other tasks on the
+    same workers is not seen at all.
     """
     if task.status not in ACTIVE_STATUSES or now is None:
         return None
@@ -52,12 +51,11 @@ def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | N
     if per_weight is None:
         return None
     doomed = {s.name for s in steps if s.status in ("failed", "cancelled")}
-    running = {s.name: _work_left(s, alone[s.name], per_weight)
-               for s in steps if s.status == "running"}
-    waiting = sorted((s for s in steps
-                      if s.status == "pending" and NEEDS.get(s.name) not in doomed),
-                     key=_queue_position)
-    return round(_play_out(running, waiting, per_weight), 1)
+    running = sum(_work_left(s, alone[s.name], per_weight)
+                  for s in steps if s.status == "running")
+    waiting = sum(s.weight * per_weight for s in steps
+                  if s.status == "pending" and NEEDS.get(s.name) not in doomed)
+    return round(running + waiting, 1)
 
 
 def _time_alone(steps: Sequence[Any], now: datetime) -> dict[str, float]:
@@ -96,30 +94,3 @@ def _work_left(step: Any, alone: float, per_weight: float) -> float:
     if done > 0 and alone > 0:
         return alone * (100.0 - done) / done
     return max(0.0, step.weight * per_weight - alone)
-
-
-def _queue_position(step: Any) -> int:
-    return ENQUEUE_ORDER.index(step.name) if step.name in ENQUEUE_ORDER else len(ENQUEUE_ORDER)
-
-
-def _play_out(running: dict[str, float], waiting: list[Any], per_weight: float) -> float:
-    """Seconds until the last step ends: `running` maps steps to the seconds alone they
-    still need; `waiting` steps start in order on free workers once their parent ended."""
-    workers, clock = max(1, len(running)), 0.0
-    active, todo = dict(running), list(waiting)
-    while True:
-        while len(active) < workers:
-            ready = [s for s in todo if NEEDS.get(s.name) not in active
-                     and all(other.name != NEEDS.get(s.name) for other in todo)]
-            if not ready:
-                break
-            todo.remove(ready[0])
-            active[ready[0].name] = ready[0].weight * per_weight
-        if not active:
-            return clock
-        # The step nearest its end ends first; until then all share the machine.
-        name = min(active, key=active.__getitem__)
-        step_left = active.pop(name)
-        clock += step_left * (len(active) + 1)
-        for other in active:
-            active[other] -= step_left
