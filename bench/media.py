@@ -2,6 +2,7 @@
 
 - speech_video(): a 1280x720 30 fps H.264/AAC MP4 of a moving test pattern with espeak-ng
   reading a public-domain passage (Austen), 120 s by default.
+- silent_video(): the same picture without any audio stream, 90 s by default.
 - real_speech_clips(): recorded human speech with reference transcripts, from the test data
   shipped in the pocketsphinx source distribution on PyPI (LibriVox, "cards", "go forward").
 - whisper_base_dir(): the multilingual faster-whisper "base" model, reassembled from the
@@ -89,6 +90,23 @@ def speech_video(duration: int = 120, size: str = "1280x720", rate: int = 30) ->
             "-map", "0:v", "-map", "1:a", "-af", "apad", "-t", str(duration),
             *video_args, *audio_args, "-movflags", "+faststart", str(part),
         )
+        part.replace(dst)
+    return dst
+
+
+def silent_video(duration: int = 90, size: str = "1280x720", rate: int = 30) -> Path:
+    """A video without any audio stream: test pattern only, encoded like speech_video's."""
+    video_args = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", str(2 * rate),
+                  "-pix_fmt", "yuv420p"]
+    key = _recipe_hash("silent", duration, size, rate, video_args, 1)
+    dst = CACHE / f"silent-{size}-{rate}fps-{duration}s-{key}.mp4"
+    if dst.is_file():
+        return dst
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        part = Path(tmp) / "video.mp4"
+        _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={duration}",
+                *video_args, "-movflags", "+faststart", str(part))
         part.replace(dst)
     return dst
 

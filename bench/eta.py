@@ -1,0 +1,257 @@
+"""ETA accuracy: does "now + eta_seconds" predict when a task really ends?
+
+For each of three media (bench/media.py: 36 s and 120 s 1280x720 speech videos, and a 90 s
+one without audio, whose audio steps are skipped) the video is uploaded and `POST
+.../run_sync` triggers a task, on the real stack of bench/pipeline.py: a fresh SQLite
+database, a private queue on BENCH_REDIS_URL, the Flask app in this process (test client)
+and 2 `python -m jobs.worker` processes. `GET .../reprocess` is sampled every 0.5 s until
+the task ends.
+
+Definitions, all in seconds since the trigger (the moment before the POST):
+    F    the real finish: the task's finished_at;
+    t_i  when sample i was read; eta_i its eta_seconds;
+    error_i = (t_i + eta_i - F) / F, the predicted finish's error as a share of the run;
+    p_i  the progress of the work that runs: Σ weight × progress / Σ weight over the
+         steps neither skipped nor reused. For the speech videos this is the total the
+         API shows; for the silent one the shown total counts the two skipped audio steps
+         as done and starts at 60 %, before any step has reported anything.
+A sample is judged when the task is still active and p_i > 25 %; it is within bounds when
+|error_i| <= 0.25 (a judged sample without an ETA counts as out of bounds). Target: every
+judged sample of every medium within bounds. Reported per medium: the worst error and the
+share of judged samples within bounds; the same judged by the shown total; and the
+estimate vidpipe used before (elapsed × (100 - shown) / shown, as of the task's
+updated_at), replayed on the same samples.
+
+    .venv/bin/python -m bench.eta      # ~2 minutes, plus making the media once (~2 min)
+
+Environment: BENCH_REDIS_URL (default redis://127.0.0.1:6379/13); BENCH_ETA_MEDIA, a
+comma-separated list of kind:seconds with kind speech or silent (default
+"speech:36,speech:120,silent:90"), for quick trials only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench import media as benchmedia
+from bench.common import Result
+from bench.pipeline import Stack, disturbance
+from webapp.config import PROJECT_ROOT, STEPS
+
+SAMPLE = 0.5
+FROM_PROGRESS = 25.0
+BOUND = 0.25
+RUN_TIMEOUT = 900.0
+MEDIA = os.environ.get("BENCH_ETA_MEDIA", "speech:36,speech:120,silent:90")
+ACTIVE = ("queued", "running")
+ENDED = ("completed", "failed", "cancelled")
+
+
+def log(message: str) -> None:
+    print(f"[eta] {message}", flush=True)
+
+
+def ts(value: str | None) -> float | None:
+    return None if value is None else datetime.fromisoformat(value).timestamp()
+
+
+def make_media(spec: str) -> tuple[str, Path]:
+    kind, _, seconds = spec.partition(":")
+    makers: dict[str, Callable[[int], Path]] = {"speech": benchmedia.speech_video,
+                                                "silent": benchmedia.silent_video}
+    label = f"{seconds} s 720p {'speech' if kind == 'speech' else 'no audio'}"
+    return label, makers[kind](int(seconds))
+
+
+class Sampler:
+    """Reads the progress view, and the task row's updated_at the view is computed at."""
+
+    def __init__(self, stack: Stack) -> None:
+        from sqlalchemy import select
+
+        from webapp.db import get_engine
+        from webapp.models import ProcessingTask
+
+        self.stack = stack
+        self.engine = get_engine(stack.env["DATABASE_URL"])
+        self.query = select(ProcessingTask.updated_at)
+        self.task = ProcessingTask
+
+    def updated_at(self, task_id: str) -> float:
+        with self.engine.connect() as conn:
+            stmt = self.query.where(self.task.id == task_id)
+            return conn.execute(stmt).scalar_one().timestamp()  # an aware UTC datetime
+
+    def run(self, video_id: str) -> dict[str, Any]:
+        """Trigger run_sync, sample until the task ends; times in seconds since the trigger."""
+        client = self.stack.client
+        url = f"/api/v1/videos/{video_id}/reprocess"
+        trigger = time.time()
+        resp = client.post(f"/api/v1/videos/{video_id}/run_sync")
+        if resp.status_code != 202:
+            raise RuntimeError(f"run_sync answered {resp.status_code}: {resp.data[:500]!r}")
+        task_id = resp.get_json()["task_id"]
+        self.stack.task_ids.append(task_id)
+        samples, due = [], time.monotonic()
+        while True:
+            state = client.get(url).get_json()
+            at = time.time()
+            samples.append({"t": round(at - trigger, 3), "status": state["status"],
+                            "shown": state["progress"], "own": own_progress(state),
+                            "eta": state["eta_seconds"],
+                            "steps": [round(s["progress"], 1) for s in state["subtasks"]],
+                            "updated": round(self.updated_at(task_id) - trigger, 3),
+                            "started": _rel(state["started_at"], trigger)})
+            if state["status"] in ENDED:
+                break
+            if at - trigger > RUN_TIMEOUT:
+                raise RuntimeError(f"not done after {RUN_TIMEOUT} s: {state}")
+            due += SAMPLE
+            time.sleep(max(0.0, due - time.monotonic()))
+        if state["status"] != "completed":
+            raise RuntimeError(f"task {state['status']}: {state}\n{self.stack.worker_logs()}")
+        steps = {s["name"]: {"status": s["status"], "reused": s.get("reused", False),
+                             "start": _rel(s["started_at"], trigger),
+                             "end": _rel(s["finished_at"], trigger)}
+                 for s in state["subtasks"]}
+        return {"finish_s": _rel(state["finished_at"], trigger), "steps": steps,
+                "samples": samples}
+
+
+def own_progress(state: dict[str, Any]) -> float:
+    """The total progress over the steps that run in the task (not skipped, not reused)."""
+    steps = [s for s in state["subtasks"] if s["status"] != "skipped" and not s["reused"]]
+    weight = sum(s["weight"] for s in steps)
+    return round(sum(s["weight"] * s["progress"] for s in steps) / weight, 2) if weight else 0.0
+
+
+def _rel(value: str | None, origin: float) -> float | None:
+    stamp = ts(value)
+    return None if stamp is None else round(stamp - origin, 3)
+
+
+def old_eta(sample: dict[str, Any]) -> float | None:
+    """What vidpipe showed before: the task's elapsed time extrapolated over its total, as
+    of the task's last change (reused and skipped steps counted as done)."""
+    p, started = sample["shown"], sample["started"]
+    if started is None or p <= 0 or sample["updated"] <= started:
+        return None
+    return round((sample["updated"] - started) * (100.0 - p) / p, 1)
+
+
+def judge(samples: list[dict[str, Any]], finish: float,
+          eta_of: Callable[[dict[str, Any]], float | None], total: str = "own") -> dict[str, Any]:
+    """Errors of the predicted finish (t + eta) of the samples whose `total` progress
+    ("own": of the steps that run; "shown": the task's) is past FROM_PROGRESS."""
+    judged = [s for s in samples if s["status"] in ACTIVE and s[total] > FROM_PROGRESS]
+    errors = []
+    for s in judged:
+        eta = eta_of(s)
+        errors.append(None if eta is None else (s["t"] + eta - finish) / finish)
+    known = [e for e in errors if e is not None]
+    within = sum(1 for e in known if abs(e) <= BOUND)
+    worst = max(known, key=abs) if known else None
+    return {"judged": len(judged), "within": within,
+            "within_share": round(within / len(judged), 3) if judged else None,
+            "worst_error": None if worst is None else round(worst, 3),
+            "without_eta": len(errors) - len(known),
+            "first_judged_t": judged[0]["t"] if judged else None,
+            "errors": [None if e is None else round(e, 3) for e in errors]}
+
+
+def measure(stack: Stack, label: str, path: Path) -> dict[str, Any]:
+    from webapp.services import media
+
+    probe = media.probe(path)
+    video = stack.upload(path)
+    log(f"{label}: {probe.duration:.1f} s, audio {probe.has_audio}; run_sync ...")
+    cpu: dict[str, Any] = {}
+    with disturbance(cpu):
+        run = Sampler(stack).run(video["id"])
+    finish = run["finish_s"]
+    now = judge(run["samples"], finish, lambda s: s["eta"])
+    before = judge(run["samples"], finish, old_eta)
+    shown = judge(run["samples"], finish, lambda s: s["eta"], total="shown")
+    log(f"{label}: finished after {finish:.1f} s; {now['judged']} samples past "
+        f"{FROM_PROGRESS:.0f} %, worst error {_pct(now['worst_error'])}, within ±25 %: "
+        f"{_pct(now['within_share'])} (old estimate: worst {_pct(before['worst_error'])}, "
+        f"within {_pct(before['within_share'])}); other processes took "
+        f"{cpu['cpu']['other_processes_s']} of {cpu['cpu']['cores_x_wall_s']} CPU s")
+    return {"medium": label, "path": os.path.relpath(path, PROJECT_ROOT),
+            "duration_s": probe.duration, "has_audio": probe.has_audio,
+            "finish_s": finish, "steps": run["steps"], "eta": now, "old_eta": before,
+            "eta_judged_from_shown_total": shown,
+            "samples": [[s["t"], s["shown"], s["own"], s["eta"], old_eta(s), *s["steps"]]
+                        for s in run["samples"]],
+            "samples_columns": ["t_s", "progress_shown", "progress_own", "eta_s",
+                                "old_eta_s", *(f"{name}_progress" for name in STEPS)]} | cpu
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:+.0f} %" if value < 0 else f"{value:.0%}"
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    log("preparing the media (cached in bench/.cache)")
+    media = [make_media(spec.strip()) for spec in MEDIA.split(",") if spec.strip()]
+    work = Path(tempfile.mkdtemp(prefix="vidpipe-bench-eta-"))
+    stack = Stack(work)
+    results = []
+    try:
+        stack.start()
+        stack.start_workers()
+        for label, path in media:
+            results.append(measure(stack, label, path))
+    finally:
+        stack.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+    write(results)
+    return 0
+
+
+def write(results: list[dict[str, Any]]) -> None:
+    met = all(r["eta"]["within_share"] == 1.0 for r in results)
+    parts = [f"{r['medium']}: worst {_signed(r['eta']['worst_error'])}, "
+             f"{_share(r['eta']['within_share'])} within" for r in results]
+    old = [f"{_signed(r['old_eta']['worst_error'])}" for r in results]
+    Result(
+        name="eta",
+        title="ETA accuracy after 25 % progress (run_sync, 2 workers, 3 media)",
+        target="predicted finish within ±25 % of the real one, every sample",
+        measured=f"{'; '.join(parts)} (old estimate's worst: {', '.join(old)})",
+        met=met,
+        details={
+            "definition": "error = (t + eta_seconds - F) / F, t and F (the task's "
+                          "finished_at) in seconds since the trigger; judged: samples of "
+                          f"an active task with total progress > {FROM_PROGRESS:.0f} %; "
+                          f"within bounds: |error| <= {BOUND}",
+            "sample_interval_s": SAMPLE,
+            "workers": 2,
+            "media": results,
+        },
+        notes="The old estimate is replayed on the same samples (elapsed since the task "
+              "started, as of its updated_at, extrapolated over the total progress).",
+    ).write()
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:+.1f} %"
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.0f} %"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
