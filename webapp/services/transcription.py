@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import wave
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +39,11 @@ BURST = 0.01
 TICK = 0.25
 # Whisper decodes 30 s windows of audio and reports each one's segments when it is done.
 WINDOW = 30.0
-# Seconds of audio per second assumed before the first window is measured: below what
-# tiny.en does on 2 shared cores (14-20), so the first estimate errs on the slow side, yet
-# close enough that the first window's segments do not jump far ahead of it.
-INITIAL_RATE = 15.0
+# Seconds of audio per second assumed from the child's start to its first window: the
+# pace of tiny.en, model loading included, beside an ffmpeg encode on 2 otherwise idle
+# cores is 10-14, so the estimate errs on the slow side, yet the first window's segments
+# do not jump far ahead of it.
+INITIAL_RATE = 10.0
 # An estimate never reaches the end; the child's clean exit does.
 MAX_SHARE = 0.99
 
@@ -134,9 +136,12 @@ def transcribe(
     model_dir = resolve_model_path(model_name)
     if stop is not None and stop.is_set():
         raise Stopped("transcription stopped before it started")
+    estimate = _Estimate()
     proc = _spawn(audio, model_dir, cpu_threads, language)
+    if (seconds := _wav_seconds(audio)) is not None:
+        estimate.start(seconds, time.monotonic())
     try:
-        outcome = _follow(proc, on_progress, stop)
+        outcome = _follow(proc, on_progress, stop, estimate)
         code = proc.wait()
     finally:
         # Whatever happened (stop, a failing callback, a job timeout): no orphan whisper.
@@ -183,12 +188,12 @@ class _Outcome:
 
 
 def _follow(proc: subprocess.Popen[str], on_progress: ProgressCallback | None,
-            stop: threading.Event | None) -> _Outcome:
+            stop: threading.Event | None, estimate: _Estimate) -> _Outcome:
     """Read the child's lines until it closes stdout, reporting progress meanwhile."""
     lines: queue.Queue[str | None] = queue.Queue()
     # A thread reads, so the loop below can tick and watch `stop` while the child is silent.
     threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-    outcome, estimate, next_tick = _Outcome(), _Estimate(), 0.0
+    outcome, next_tick = _Outcome(), 0.0
     while True:
         if stop is not None and stop.is_set():
             raise Stopped("transcription stopped")
@@ -196,7 +201,8 @@ def _follow(proc: subprocess.Popen[str], on_progress: ProgressCallback | None,
         moved = [_take(outcome, estimate, line, now) for line in batch if line is not None]
         if None in batch:
             return outcome
-        if on_progress is not None and estimate.started and (any(moved) or now >= next_tick):
+        due = any(moved) or now >= next_tick
+        if on_progress is not None and estimate.started is not None and due:
             on_progress(estimate.share(now))
             next_tick = now + TICK
 
@@ -230,7 +236,7 @@ def _take(outcome: _Outcome, estimate: _Estimate, line: str, now: float) -> bool
         return False
     if "info" in message:
         outcome.info = message["info"]
-        estimate.start(float(outcome.info["duration"]), now)
+        estimate.decode(float(outcome.info["duration"]), now)
     elif "segment" in message:
         start, end, text = message["segment"]
         outcome.segments.append((float(start), float(end), str(text)))
@@ -259,27 +265,36 @@ class _Estimate:
 
     Whisper reports segments a 30 s window at a time, after decoding the whole window.
     Between reports the position is extrapolated at the rate measured so far (seconds of
-    audio reached per second since decoding began; INITIAL_RATE before the first window),
-    but never past the end of the window being decoded (the last reported position +
-    WINDOW), never to MAX_SHARE or beyond (only the child's clean exit says 1.0), and never
-    backwards.
+    audio reached per second since decoding began), but never past the end of the window
+    being decoded (the last reported position + WINDOW), never to MAX_SHARE or beyond
+    (only the child's clean exit says 1.0), and never backwards. Before the first window
+    it grows at INITIAL_RATE from the child's start when the audio's length is known then
+    (a WAV file's header says it), so that the model's loading (0.6 s on an idle machine,
+    seconds on a busy one) does not show as a stalled step; else from the info line.
     """
 
     duration: float = 0.0
-    started: float | None = None  # monotonic time decoding began (the child's info line)
+    started: float | None = None  # monotonic time the estimate began
+    decoding: float | None = None  # when decoding began (the child's info line)
     reached: float = 0.0  # end of the last reported segment, seconds
     reached_at: float = 0.0
     shown: float = 0.0  # last share given out
 
     def start(self, duration: float, now: float) -> None:
-        self.duration, self.started, self.reached_at = duration, now, now
+        self.duration = duration
+        if self.started is None:
+            self.started = self.reached_at = now
+
+    def decode(self, duration: float, now: float) -> None:
+        self.start(duration, now)
+        self.decoding = now
 
     def reach(self, position: float, now: float) -> None:
         if position > self.reached:
             self.reached, self.reached_at = position, now
 
     def rate(self) -> float:
-        spent = self.reached_at - (self.started or self.reached_at)
+        spent = self.reached_at - (self.decoding or self.reached_at)
         return self.reached / spent if self.reached > 0 and spent > 0 else INITIAL_RATE
 
     def share(self, now: float) -> float:
@@ -288,6 +303,15 @@ class _Estimate:
             guess = min(guess, self.reached + WINDOW)
             self.shown = max(self.shown, min(guess / self.duration, MAX_SHARE))
         return self.shown
+
+
+def _wav_seconds(audio: Path) -> float | None:
+    """The length of a WAV file from its header; None for anything else."""
+    try:
+        with wave.open(str(audio)) as wav:
+            return wav.getnframes() / wav.getframerate()
+    except (wave.Error, EOFError, OSError, ZeroDivisionError):
+        return None
 
 
 def _segment(start: float, end: float, text: str, duration: float) -> Segment:
