@@ -56,6 +56,16 @@ def test_no_eta_before_any_step_measured_anything():
     assert left(subs, 1.0) is None
 
 
+def test_no_eta_while_a_step_has_barely_started():
+    """Seen in bench/eta.py: 0.1 % of the preview after 1.5 s made the ETA 1930 s of a
+    26 s run; "not known yet" is the honest answer until a step's pace means something."""
+    subs = rows(extract_audio=sub("extract_audio", "completed", started=0, finished=0.7),
+                transcode=sub("transcode", "running", 0.1, started=0.2))
+    assert left(subs, 1.5) is None
+    subs[STEPS.index("transcode")].progress = 1.0
+    assert left(subs, 1.5) is not None
+
+
 def test_reused_and_skipped_steps_neither_count_as_done_nor_as_speed():
     """run_sync kept audio and transcript, and there is no picture to take thumbnails of:
     the old estimate called the task 77.5 % done after 10 s and said 2.9 s were left,

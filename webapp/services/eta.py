@@ -9,6 +9,10 @@ from typing import Any
 from webapp.models import ACTIVE_STATUSES
 from webapp.services.queue import NEEDS
 
+# A pace measured on less progress than this says nothing yet: the tools' start-up (up to
+# seconds on a busy machine) dominates it, and ETAs of hours came out for 1-minute runs.
+MIN_PROGRESS = 1.0
+
 
 def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | None:
     """Seconds until `task` ends, as seen at `now`; None while nothing tells yet.
@@ -19,6 +23,8 @@ def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | N
     its ETA, and a poll may answer 304).
 
     The model:
+    0. No ETA while a running step has done more than nothing but less than MIN_PROGRESS
+       (1 %): its pace is mostly its start-up, and would say hours where seconds remain.
     1. Only steps that run in this task count. A reused step (run_sync kept its output)
        and a skipped one take no time and say nothing about speed; a failed or cancelled
        one will not run again, nor will a step waiting for it.
@@ -46,6 +52,8 @@ def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | N
     if task.status not in ACTIVE_STATUSES or now is None:
         return None
     steps = [s for s in subtasks if not s.reused and s.status != "skipped"]
+    if any(s.status == "running" and 0 < s.progress < MIN_PROGRESS for s in steps):
+        return None
     alone = _time_alone(steps, now)
     per_weight = _seconds_per_weight(steps, alone)
     if per_weight is None:
