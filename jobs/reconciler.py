@@ -39,8 +39,9 @@ from webapp.services.queue import connect
 
 log = logging.getLogger(__name__)
 LOCK_KEY = "vidpipe:reconciler:{queue}"
-# A task younger than this may still be between its commit and its enqueue.
-GRACE = timedelta(seconds=10)
+# A task younger than this may still be between its commit and its enqueue: longer than a
+# trigger's enqueue can take against a slow Redis (2 s to connect + 10 s socket timeout).
+GRACE = timedelta(seconds=30)
 STALE_UPLOAD = 3600.0  # seconds without a write before a staged upload counts as abandoned
 ENDED = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed",
          JobStatus.STOPPED: "was stopped", JobStatus.CANCELED: "was cancelled"}
@@ -99,15 +100,18 @@ def _check_tasks(session: Session, settings: Settings, connection: Redis) -> int
                 continue
             waiting.add(sub.name)
             if status in ENDED:
+                attempt = sub.attempt if sub.status == "running" else None
                 progress.finish_subtask(session, task.id, sub.name, "failed",
-                                        f"its job {ENDED[status]} without recording a result")
+                                        f"its job {ENDED[status]} without recording a result",
+                                        attempt=attempt)
                 acted += 1
         if lost:
             video = session.get(Video, task.video_id)
-            log.warning("task %s: jobs of %s vanished from Redis; enqueuing them again",
-                        task.id, lost)
+            log.warning("task %s: no job runs %s (Redis restarted, or the trigger could not "
+                        "enqueue); enqueuing them again", task.id, lost)
             queue.enqueue_steps(connection, settings, task.id, task.video_id, lost,
-                                video.duration if video else None, after=waiting)
+                                video.duration if video else None, after=waiting,
+                                takeover=True)
             acted += len(lost)
     session.commit()
     return acted

@@ -26,7 +26,7 @@ from werkzeug.serving import make_server
 
 from tests import mediagen
 from tests.conftest import run_worker
-from tests.helpers import assert_json_error, progress_of, upload, upload_ok
+from tests.helpers import assert_json_error, progress_of, publish_files, upload, upload_ok
 from webapp import create_app
 from webapp.config import Settings
 from webapp.models import ProcessingTask, Video
@@ -398,10 +398,14 @@ def stored(client, settings, clip) -> dict:
     """A real video with a real poster, and a secret file next to MEDIA_ROOT's folders."""
     video = upload_ok(client, clip)
     folder = settings.media_root / "videos" / video["id"]
-    mediagen.make_image(folder / "artifacts" / "poster.jpg")
+    poster = folder / "poster.jpg"
+    mediagen.make_image(poster)
+    task_id = publish_files(settings, video["id"], "thumbnails", {
+        "poster.jpg": poster.read_bytes(), "storyboard.jpg": b"x", "storyboard.vtt": b"WEBVTT\n"})
+    poster.unlink()
     secret = settings.media_root / "secret.txt"
     secret.write_text("do not serve")
-    return {"id": video["id"], "folder": folder, "secret": secret}
+    return {"id": video["id"], "folder": folder, "secret": secret, "task_id": task_id}
 
 
 def test_traversal_and_odd_ids_are_404_on_every_route(client, stored):
@@ -421,7 +425,9 @@ def test_traversal_and_odd_ids_are_404_on_every_route(client, stored):
             assert resp.status_code == 404, (f"/videos/{ident}{path}", resp.status_code)
             assert resp.mimetype == "text/html"
     # Nothing was deleted or started by any of it.
-    assert client.get(f"/api/v1/videos/{vid}").get_json()["processing"]["task_id"] is None
+    # No hostile request started a run: the latest task is still the one that made the poster.
+    latest = client.get(f"/api/v1/videos/{vid}").get_json()["processing"]["task_id"]
+    assert latest == stored["task_id"]
     assert (stored["folder"] / "source.mp4").is_file() and stored["secret"].is_file()
 
 

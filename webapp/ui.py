@@ -25,7 +25,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp import extensions as ext
 from webapp.models import Video
-from webapp.services import ingest, processing, progress, results
+from webapp.services import ingest, processing, progress, publications, results
 from webapp.services.errors import InvalidMedia, ServiceError
 
 log = logging.getLogger(__name__)
@@ -64,17 +64,18 @@ def is_htmx() -> bool:
 def video_context(video: Video, message: str | None = None, poll: bool = False,
                   state: progress.ProgressView | None = None) -> dict:
     """Everything the video page and its fragments show."""
-    storage = ext.storage()
     if state is None:
         state = progress.video_progress(ext.db(), video, ext.settings().weights)
-    tiles, sprite_w, sprite_h = results.storyboard_tiles(storage, video.id)
+    artifacts = {a.name: a
+                 for a in publications.artifacts(ext.db(), ext.storage(), video.id)}
+    tiles, sprite_w, sprite_h = results.storyboard_tiles(artifacts, video.id)
     return {
         "video": video,
         "state": state,
         "message": message,
         "poll": poll,
-        "artifacts": {a.name: a for a in storage.list_artifacts(video.id)},
-        "lines": results.transcript_lines(storage, video.id),
+        "artifacts": artifacts,
+        "lines": results.transcript_lines(artifacts.get("transcript.json"), video.id),
         "tiles": tiles,
         "sprite_size": (sprite_w, sprite_h),
     }
@@ -93,9 +94,9 @@ def show_video(video_id: str, message: str | None = None, status: int = 200):
 
 def library_page(page: int, message: str | None = None) -> str:
     videos, total = ingest.list_videos(ext.db(), page, PAGE_SIZE)
-    weights, storage = ext.settings().weights, ext.storage()
+    weights = ext.settings().weights
     rows = [(v, progress.video_progress(ext.db(), v, weights)) for v in videos]
-    posters = {v.id for v in videos if storage.artifact(v.id, "poster.jpg")}
+    posters = publications.with_step(ext.db(), (v.id for v in videos), "thumbnails")
     return render_template("library/index.html", rows=rows, page=page, total=total,
                            pages=max(1, -(-total // PAGE_SIZE)), posters=posters,
                            message=message)
@@ -153,9 +154,9 @@ def library_row(video_id: str):
     def render() -> tuple[str, str]:
         video = processing.get_video(ext.db(), video_id)
         state, tag = progress.tagged_progress(ext.db(), video.id, weights)
-        has_poster = ext.storage().artifact(video.id, "poster.jpg") is not None
+        posters = publications.with_step(ext.db(), [video.id], "thumbnails")
         return render_template("library/_row.html", video=video, state=state,
-                               posters={video.id} if has_poster else set()), f"row-{tag}"
+                               posters=posters), f"row-{tag}"
 
     return polled_fragment(f"row-{tag}", render)
 

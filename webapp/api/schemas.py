@@ -103,4 +103,7 @@ class ArtifactSchema(ma.Schema):
     name = fields.String(required=True)
     size_bytes = fields.Integer(required=True)
     mime_type = fields.String(required=True)
+    step = fields.String(required=True, metadata={"description": "The step that made it"})
+    task_id = fields.String(required=True, metadata={
+        "description": "The run (task) whose completed step published this file"})
     url = fields.String(required=True)

@@ -9,6 +9,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -33,6 +34,40 @@ _NOISE = {"Conversion failed!", "Exiting normally, received signal 2."}
 
 class MediaError(Exception):
     """An ffprobe/ffmpeg call failed; str(exc) is a short human-readable reason."""
+
+
+class Stopped(Exception):
+    """The caller asked the work to stop; the tool's process was killed."""
+
+
+# The stop signal of the work in progress (a step's attempt that may be cancelled or
+# superseded at any time): every ffmpeg run inside `stopping(event)` is killed within
+# ~0.1 s of the event being set, and then raises Stopped.
+_STOP: ContextVar[threading.Event | None] = ContextVar("vidpipe_ffmpeg_stop", default=None)
+
+
+@contextmanager
+def stopping(event: threading.Event) -> Iterator[threading.Event]:
+    """Make every ffmpeg run in this block stop (Stopped) when `event` is set."""
+    token = _STOP.set(event)
+    try:
+        yield event
+    finally:
+        _STOP.reset(token)
+
+
+def check_stop() -> None:
+    """Raise Stopped if the work in progress was asked to stop (between two tool runs)."""
+    event = _STOP.get()
+    if event is not None and event.is_set():
+        raise Stopped("stopped on request")
+
+
+def _kill_on_stop(proc: subprocess.Popen[bytes], event: threading.Event) -> None:
+    while proc.poll() is None:
+        if event.wait(0.1):
+            proc.kill()
+            return
 
 
 @dataclass
@@ -91,7 +126,11 @@ def run(
     check_complete compares the last reported output time with duration, because a
     truncated input makes ffmpeg stop early yet still exit 0.
     """
+    check_stop()
     proc = _spawn(stream, xerror)
+    stop = _STOP.get()
+    if stop is not None:
+        threading.Thread(target=_kill_on_stop, args=(proc, stop), daemon=True).start()
     tail: deque[str] = deque(maxlen=20)
     # ffmpeg blocks once the stderr pipe buffer is full, so it is drained concurrently.
     drainer = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
@@ -107,6 +146,7 @@ def run(
     finally:
         drainer.join(timeout=5)
         _close(proc)
+    check_stop()  # killed on request: not a media error
     if code != 0:
         raise MediaError(f"ffmpeg failed: {error_tail(tail, paths) or f'exit code {code}'}")
     if check_complete:

