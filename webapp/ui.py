@@ -242,7 +242,8 @@ def start(video_id: str, action: str):
 @bp.post("/videos/<video_id>/cancel", merge_slashes=False)
 def cancel(video_id: str):
     """Cancel the active task; answers with the updated panel."""
-    return act(video_id, lambda: processing.cancel(ext.db(), ext.redis(), video_id))
+    return act(video_id, lambda: processing.cancel(ext.db(), ext.storage(), ext.redis(),
+                                                   video_id))
 
 
 @bp.post("/videos/<video_id>/delete", merge_slashes=False)

@@ -69,13 +69,16 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
         queue.check_available(connection)
     skipped = inapplicable_steps(video)
     for _ in range(FORCE_TRIES if force else 1):
+        # The old task is cancelled first, and the new one made after: once that UPDATE
+        # holds the lock, any later forced run has to cancel this one first, so the
+        # newest task (by created_at) is always the one left active.
+        replaced = (progress.cancel_active(session, video.id, "replaced by a forced run")
+                    if force else [])
         reused = []
         if mode == "run_sync":
             kept = publications.complete_steps(session, storage, video.id)
             reused = [s for s in STEPS if s not in skipped and s in kept]
         task = progress.new_task(video, mode, settings.weights, skipped, reused)
-        replaced = (progress.cancel_active(session, video.id, "replaced by a forced run")
-                    if force else [])
         # Nothing to run, but "nothing to do" must not hide a task that is running.
         if (not force and task.status not in ACTIVE_STATUSES
                 and progress.active_task(session, video.id) is not None):
@@ -95,6 +98,8 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
         raise QueueUnavailable("too many concurrent forced runs of this video; try again")
     for old in replaced:
         queue.stop_jobs(connection, old)
+    if replaced:
+        publications.collect_garbage(session, storage, video.id)
     _enqueue(session, settings, connection, task, video, replaced)
     log.info("task %s (%s) for video %s: running %s%s", task.id, mode, video.id,
              [s.name for s in task.subtasks if s.status == "pending"],
@@ -121,8 +126,13 @@ def _enqueue(session: Session, settings: Settings, connection: Redis, task: Proc
         raise
 
 
-def cancel(session: Session, connection: Redis, video_id: str) -> ProcessingTask:
-    """Cancel the video's active task (409 if there is none)."""
+def cancel(session: Session, storage: Storage, connection: Redis,
+           video_id: str) -> ProcessingTask:
+    """Cancel the video's active task (409 if there is none).
+
+    Its running attempts stop within a progress interval by their own check of the database
+    (RQ's stop command is the fast path); its unpublished files are removed at once.
+    """
     get_video(session, video_id)
     cancelled = progress.cancel_active(session, video_id, "cancelled by request")
     if not cancelled:
@@ -130,4 +140,5 @@ def cancel(session: Session, connection: Redis, video_id: str) -> ProcessingTask
         raise Conflict(f"video {video_id} has no active task to cancel")
     session.commit()
     queue.stop_jobs(connection, cancelled[0])
+    publications.collect_garbage(session, storage, video_id)
     return session.get(ProcessingTask, cancelled[0], populate_existing=True)
