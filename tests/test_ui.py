@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from bs4 import BeautifulSoup
+from sqlalchemy import update
 
 from tests import mediagen
 from tests.conftest import run_worker
+from webapp.models import ProcessingTask, SubTask
+from webapp.services import progress
 
 HX = {"HX-Request": "true"}
 
@@ -215,6 +220,85 @@ def test_audio_only_gets_an_audio_player(client, tmp_path):
     page = soup(client.get(f"/videos/{vid}"))
     assert page.select_one("audio#player") and not page.select_one("video")
     assert page.select("#transcript button.line")
+
+
+AUDIO_FAILED = "The audio could not be extracted: the file is cut short or damaged after 3.3 s."
+POSTER_FAILED = "The poster could not be made: the video data is damaged after 1.2 s."
+# Raw ffmpeg output, with characters that must come out as text, not markup.
+AUDIO_DETAIL = ("[mov,mp4,m4a,3gp,3g2,mj2] stream 1, offset 0x1b775a: partial file\n"
+                "[h264] Invalid NAL unit size (3969 > 3943).\n<script>alert(1)</script>")
+
+
+def fail_steps(db_session, vid: str) -> str:
+    """The video's queued task, run by hand through the progress service: extract_audio and
+    thumbnails fail, transcribe is not run, transcode completes."""
+    task_id = db_session.query(ProcessingTask.id).filter_by(video_id=vid).scalar()
+    for step, status, error in [
+        ("extract_audio", "failed", AUDIO_FAILED),
+        ("transcribe", "cancelled", "not run because extract_audio failed"),
+        ("thumbnails", "failed", POSTER_FAILED),
+        ("transcode", "completed", None),
+    ]:
+        progress.start_subtask(db_session, task_id, step)
+        progress.finish_subtask(db_session, task_id, step, status, error)
+    return task_id
+
+
+def store_detail(db_session, monkeypatch, task_id: str, step: str, detail: str) -> None:
+    """What the step's runner keeps of MediaError.detail, in subtasks.error_detail."""
+    if "error_detail" in SubTask.__table__.c:
+        db_session.execute(update(SubTask).where(SubTask.task_id == task_id, SubTask.name == step)
+                           .values(error_detail=detail))
+        db_session.commit()
+        return
+    # Until that column exists, the view is given the value the column will hold.
+    real = progress._subtask_view
+
+    def with_detail(sub):
+        view = real(sub)
+        return dataclasses.replace(view, error_detail=detail) if view.name == step else view
+
+    monkeypatch.setattr(progress, "_subtask_view", with_detail)
+
+
+def test_failed_steps_say_each_sentence_once_with_the_raw_output_behind_details(
+        client, clip, db_session, monkeypatch):
+    vid = uploaded(client, clip)
+    task_id = fail_steps(db_session, vid)
+    store_detail(db_session, monkeypatch, task_id, "extract_audio", AUDIO_DETAIL)
+    panel = soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#progress-panel")
+    assert panel["data-status"] == "failed"
+    text = panel.get_text()
+    for sentence in (AUDIO_FAILED, POSTER_FAILED, "not run because extract_audio failed"):
+        assert text.count(sentence) == 1, (sentence, text)
+    assert AUDIO_FAILED in panel.select_one("#step-extract_audio").get_text()
+    assert POSTER_FAILED in panel.select_one("#step-thumbnails").get_text()
+    # The raw output: once, behind a closed "details" disclosure of its own step, as text.
+    details = panel.select("details")
+    assert [d["id"] for d in details] == ["detail-extract_audio"]
+    assert details[0].summary.get_text() == "details" and not details[0].has_attr("open")
+    assert details[0].pre.get_text() == AUDIO_DETAIL
+    assert not panel.select("script") and text.count("Invalid NAL unit size") == 1
+    assert not panel.select_one("#step-transcode small.error")
+
+
+def test_a_task_error_is_not_repeated_by_its_steps(client, clip, db_session):
+    vid = uploaded(client, clip)
+    task_id = db_session.query(ProcessingTask.id).filter_by(video_id=vid).scalar()
+    assert progress.cancel_task(db_session, task_id, "cancelled by user")
+    db_session.commit()
+    panel = soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#progress-panel")
+    assert panel.select_one("#task-error").get_text() == "cancelled by user"
+    assert panel.get_text().count("cancelled by user") == 1
+    # A summary of its own (not made of the steps' texts) stands beside the steps' sentences.
+    vid = uploaded(client, clip, "second.mp4")
+    task_id = fail_steps(db_session, vid)
+    db_session.execute(update(ProcessingTask).where(ProcessingTask.id == task_id)
+                       .values(error="2 of 4 steps failed", version=ProcessingTask.version + 1))
+    db_session.commit()
+    panel = soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#progress-panel")
+    assert panel.select_one("#task-error").get_text() == "2 of 4 steps failed"
+    assert panel.get_text().count(AUDIO_FAILED) == 1
 
 
 def test_rq_dashboard_is_mounted(client):

@@ -38,6 +38,7 @@ class SubtaskView:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    error_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def _subtask_view(sub: SubTask) -> SubtaskView:
         started_at=sub.started_at,
         finished_at=sub.finished_at,
         error=sub.error,
+        error_detail=getattr(sub, "error_detail", None),
     )
 
 
