@@ -553,6 +553,22 @@ def test_mp4_cut_in_its_last_second_is_found(whole: dict[str, Path], tmp_path: P
     assert cut is not None and 11.0 < cut.ends_at < 12.0, cut
 
 
+def test_mp4_stating_more_than_its_tracks_hold_is_not_called_cut(whole: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    """Every byte its index points at is there: odd, but whole (its movie header says 18 s
+    where the tracks hold 12 s)."""
+    data = bytearray(whole["front.mp4"].read_bytes())
+    at = data.index(b"mvhd") + 4 + 4 + 8  # version and flags, creation and modification
+    timescale, length = struct.unpack(">II", data[at:at + 8])
+    data[at + 4:at + 8] = struct.pack(">I", length * 3 // 2)
+    longer = tmp_path / "longer.mp4"
+    longer.write_bytes(data)
+    assert media.probe(longer).duration == pytest.approx(18.0, abs=0.1)
+    assert find_cut(longer) is None
+    # The same file cut is still found: the index shows the missing bytes.
+    assert find_cut(mediagen.make_truncated(longer, tmp_path / "cut.mp4", 0.5)) is not None
+
+
 def test_plain_mp4_without_its_index_starts_like_an_mp4(whole: dict[str, Path],
                                                         tmp_path: Path) -> None:
     cut_file = mediagen.make_truncated(whole["plain.mp4"], tmp_path / "c.mp4", 0.5)

@@ -65,7 +65,7 @@ def _mp4_index_cut(path: Path, size: int, duration: float) -> tuple[bool, Cut | 
     """Checks the byte range of every sample in the MP4/MOV index against the file size.
 
     (False, None) when the index cannot tell: unreadable, or a fragmented MP4 whose index
-    only covers the fragments read so far.
+    may only cover the fragments read so far.
     """
     import av  # PyAV (faster-whisper's dependency), for the demuxer's sample table
 
@@ -80,8 +80,28 @@ def _mp4_index_cut(path: Path, size: int, duration: float) -> tuple[bool, Cut | 
     if missing:
         # Bytes the index points at are missing: a cut, however close to the end.
         return True, Cut(min(min(missing), duration), duration)
-    covered = max(at for at, _ in ends)
-    return (covered >= duration - max(SLACK, SLACK_SHARE * duration)), None
+    # Every byte of a plain MP4's index is there: whole, even if its tracks stop before the
+    # movie's stated length.
+    return not _fragmented(path), None
+
+
+def _fragmented(path: Path, boxes: int = 64) -> bool:
+    """Whether a "moof" box comes among the first top-level boxes: a fragmented MP4, whose
+    samples are indexed fragment by fragment as they are read."""
+    with path.open("rb") as f:
+        for _ in range(boxes):
+            header = f.read(8)
+            if len(header) < 8:
+                return False
+            size, kind = struct.unpack(">I4s", header)
+            if kind == b"moof":
+                return True
+            if size == 1:  # a 64-bit size follows the type
+                size = struct.unpack(">Q", f.read(8))[0] - 8
+            if size < 8:  # 0: "to the end of the file"; below 8: not a box at all
+                return False
+            f.seek(size - 8, 1)
+    return False
 
 
 def _first_missing(stream: Any, size: int) -> tuple[float, bool] | None:

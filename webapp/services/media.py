@@ -257,28 +257,14 @@ def make_storyboard(
     The returned count is the number of tiles ffmpeg really produced, which can be one
     short of the plan when the video track ends a moment before the container does.
     """
-    with failing_as("The storyboard could not be made"):
-        return _storyboard(src, sprite_dst, vtt_dst, duration, width, height, on_progress,
-                           sprite_name)
-
-
-def _storyboard(
-    src: Path,
-    sprite_dst: Path,
-    vtt_dst: Path,
-    duration: float,
-    width: int,
-    height: int,
-    on_progress: ProgressCallback | None,
-    sprite_name: str,
-) -> Storyboard:
     if duration <= 0 or width <= 0 or height <= 0:
-        raise MediaError("the video's duration and size are unknown")
+        raise MediaError("The storyboard could not be made: the video's duration and size"
+                         " are unknown.")
     plan = plan_storyboard(duration, width, height)
     gap = keyframe_gap(src, duration)
     # (1 % of slack: a 2 s GOP's timestamps may add up to a hair over 2 s)
     plan = replace(plan, keyframes_only=gap is not None and gap <= plan.interval * 1.01)
-    with atomic_output(sprite_dst) as tmp:
+    with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
         result = run(
             _storyboard_graph(src, tmp, plan),
             duration,
