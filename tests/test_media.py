@@ -637,3 +637,32 @@ def test_damaged_data_is_one_sentence_and_the_raw_output_a_detail(
     assert detail and detail not in message and "\n" not in message
     assert str(tmp_path) not in detail and len(detail) <= ffrun.MAX_DETAIL
     assert [p.name for p in tmp_path.iterdir()] == ["damaged.mp4"]
+
+
+def test_poster_of_a_file_without_pictures(tmp_path: Path) -> None:
+    tone = mediagen.make_media(tmp_path / "tone.wav", 3.0)
+    with pytest.raises(MediaError) as caught:
+        media.make_poster(tone, tmp_path / "poster.jpg", 3.0)
+    assert str(caught.value) == "The poster could not be made: the file has no video track."
+    assert "matches no streams" in caught.value.detail
+
+
+@pytest.mark.parametrize(("stderr", "reached", "reason"), [
+    # What ffmpeg 5 printed in this project's failures, address noise included.
+    (["[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55af] stream 1, offset 0x1b775a: partial file"], 3.34,
+     "the file is cut short or damaged after 3.3 s"),
+    (["[NULL @ 0x559b] Invalid NAL unit size (3969 > 3943).",
+      "[NULL @ 0x559b] missing picture in access unit with size 3947",
+      "cut.mp4: corrupt input packet in stream 0"], 0.0, "the video data is damaged"),
+    (["[aac @ 0x564e] Number of bands (14) exceeds limit (10)."], 12.0,
+     "the audio data is damaged after 12.0 s"),
+    (["[aac @ 0x1] Number of bands (14) exceeds limit (10).",
+      "[h264 @ 0x2] error while decoding MB 8 7"], None, "the media data is damaged"),
+    (["/srv/media/videos/x/source.mp4: No such file or directory"], None,
+     "the source file is missing on the server"),
+    (["Error opening output file: No space left on device"], None, "the server's disk is full"),
+    (["[libx264 @ 0x1] something unforeseen"], 1.0, "ffmpeg stopped with an error"),
+])
+def test_failure_reasons_read_as_a_user_would_put_them(stderr: list[str], reached: float | None,
+                                                       reason: str) -> None:
+    assert ffrun.failure_reason(stderr, reached) == reason

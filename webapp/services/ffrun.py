@@ -176,8 +176,8 @@ def check_reached_end(
         )
 
 
-# "Stream map '0:a:0' matches no streams."
-_NO_STREAM = re.compile(r"Stream map '\d+:([avs])(?::\d+)?' matches no streams")
+# "Stream map '0:a:0' matches no streams.", "Stream specifier ':v:0' in filtergraph ..."
+_NO_STREAM = re.compile(r"Stream (?:map '\d+|specifier ')?:([avs])\b.*matches no streams")
 _KINDS = {"a": "audio", "v": "video", "s": "subtitle"}
 # Demuxers saying the data stops where the index says there is more.
 _CUT_SIGNS = ("partial file", "end of file", "truncat")
@@ -188,6 +188,8 @@ _VIDEO_DECODERS = {"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "mpeg4", "mp
                    "dvvideo", "png"}
 _AUDIO_DECODERS = {"aac", "mp3", "mp3float", "mp2", "mp2float", "opus", "libopus", "vorbis",
                    "flac", "ac3", "eac3", "dca", "alac", "wmav2", "amrnb", "amrwb"}
+# Complaints of video parsers, which ffmpeg prints without a name ("[NULL]").
+_VIDEO_SIGNS = ("nal unit", "missing picture", "slice header", "macroblock")
 _BRACKET = re.compile(r"^\[([\w,]+)\]")
 
 
@@ -216,6 +218,8 @@ def failure_reason(stderr: Iterable[str], reached: float | None) -> str:
 def _decoder_kinds(lines: Sequence[str]) -> set[str]:
     """"video" and/or "audio", after the decoders that complained ("[h264] ...")."""
     kinds: set[str] = set()
+    if any(sign in line.lower() for line in lines for sign in _VIDEO_SIGNS):
+        kinds.add("video")
     for line in lines:
         match = _BRACKET.match(line)
         name = match.group(1) if match else ""
