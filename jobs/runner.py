@@ -21,10 +21,10 @@ from webapp.config import Settings
 from webapp.db import session_factory
 from webapp.models import SUBTASK_DONE, ProcessingTask, Video
 from webapp.services import ffrun, progress, publications
+from webapp.services.errors import ToolError
 from webapp.services.media import MediaError
 from webapp.services.queue import NEEDS
 from webapp.services.storage import Storage
-from webapp.services.transcription import TranscriptionError
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,12 @@ class StepFailed(Exception):
 
 
 # Failures that another attempt would only repeat: bad media, bad model, too slow.
-PERMANENT = (MediaError, TranscriptionError, JobTimeoutException)
+PERMANENT = (ToolError, JobTimeoutException)
 
 
 def readable_error(exc: BaseException) -> str:
     """One line a user can act on, not a traceback (nor a server's internals)."""
-    if isinstance(exc, MediaError | TranscriptionError):
+    if isinstance(exc, ToolError):
         text = str(exc)
     elif isinstance(exc, JobTimeoutException):
         text = "the step took longer than its time limit and was stopped"

