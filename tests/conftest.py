@@ -165,7 +165,9 @@ def start_worker(env: dict[str, str] | None = None) -> subprocess.Popen:
 
 
 def stop_worker(proc: subprocess.Popen) -> None:
-    """Stop a worker started by start_worker; print its log's tail (pytest shows it on failure)."""
+    """Stop a worker started by start_worker, and whatever it left in its session (a horse
+    still working after a SIGKILL, its ffmpeg, its reconciler); print its log's tail
+    (pytest shows it on failure)."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -173,6 +175,17 @@ def stop_worker(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    run = os.environ.get(RUN_MARK)
+
+    def survivors() -> list[int]:  # the run's mark: never a stranger that reused the pid
+        return [pid for pid in procs.in_session(proc.pid)
+                if run is not None and procs.environ(pid).get(RUN_MARK) == run]
+
+    deadline = time.monotonic() + 10
+    while (left := survivors()) and time.monotonic() < deadline:
+        for pid in left:
+            procs.kill(pid)
+        time.sleep(0.05)
     log = Path(proc.log_path)
     if log.exists():
         print("worker log (tail):\n" + log.read_text(errors="replace")[-3000:])

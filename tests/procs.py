@@ -37,6 +37,18 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def in_session(sid: int) -> list[int]:
+    """Live processes of session sid (a worker started in a session of its own: the worker,
+    its reconciler, its work-horses and their ffmpeg)."""
+    found = []
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
 def cmdline(pid: int) -> str:
     try:
         raw = (PROC / str(pid) / "cmdline").read_bytes()
