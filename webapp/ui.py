@@ -43,7 +43,8 @@ ACTIONS = {
 
 @bp.app_context_processor
 def queue_status() -> dict:
-    """Pages warn when the job queue is unreachable (progress and results still work)."""
+    """Pages warn when the job queue is unreachable (progress and results still work), and
+    when no worker serves it while a task is active (ui.no_worker)."""
 
     def queue_down() -> bool:
         if "queue_down" not in g:
