@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -133,22 +134,44 @@ def run_forever(settings: Settings, connection: Redis, interval: float,
 
 
 def spawn() -> subprocess.Popen:
-    """Start a reconciler process that ends by itself when its parent (a worker) ends."""
-    return subprocess.Popen([sys.executable, "-m", "jobs.reconciler", "--follow-parent"])
+    """Start a reconciler process that ends with its parent, this worker.
+
+    The parent's pid goes on the command line: read by the child with os.getppid() after
+    its start-up, it would be PID 1's if the worker died first, and followed forever.
+    """
+    return subprocess.Popen([sys.executable, "-m", "jobs.reconciler",
+                             "--parent", str(os.getpid())])
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def follow_parent(parent: int) -> bool:
+    """Have the kernel send SIGTERM when `parent` ends; False if it has already ended.
+
+    Asked first, checked second: a parent that dies before the request leaves this process
+    adopted by another (so the check fails), one that dies after it triggers the signal.
+    The run loop still compares os.getppid() with `parent` where prctl does not exist.
+    """
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is not None and prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    return os.getppid() == parent
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--follow-parent", action="store_true",
-                        help="exit when the process that started this one is gone")
+    parser.add_argument("--parent", type=int, metavar="PID",
+                        help="end when this process (the worker that started this one) ends")
     args = parser.parse_args(argv)
+    if args.parent is not None and not follow_parent(args.parent):
+        return 0  # the worker died while this process was starting
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    parent = os.getppid()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    run_forever(settings, connect(settings.redis_url), settings.reconcile_interval,
-                alive=(lambda: os.getppid() == parent) if args.follow_parent else (lambda: True))
+    alive = (lambda: True) if args.parent is None else (lambda: os.getppid() == args.parent)
+    run_forever(settings, connect(settings.redis_url), settings.reconcile_interval, alive)
     return 0
 
 

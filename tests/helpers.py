@@ -75,3 +75,20 @@ def publish_files(settings, video_id: str, step: str, files: dict[str, bytes]) -
         assert progress.complete_subtask(session, task.id, step, attempt, video_id=video_id,
                                          folder=folder)
         return task.id
+
+
+def always(predicate, within: float, interval: float = 0.05, what: str = "condition"):
+    """A negative check: fail as soon as predicate() is falsy during the next `within` s.
+
+    It watches the whole window, so a state that comes and goes (a stale poll swapping an
+    old panel in, a request that should never be made) is caught when it happens, where a
+    sleep followed by one look would miss it.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if not value:
+            raise AssertionError(f"{what} stopped holding; value {value!r}")
+        if time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)

@@ -221,6 +221,7 @@ def test_healthz_reports_database_and_redis(client):
     resp = client.get("/healthz")
     assert resp.status_code == 200
     assert resp.get_json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert resp.get_json()["workers"] == 0  # none on this test's queue: still healthy
 
 
 def test_healthz_names_redis_when_it_is_down(settings):
@@ -229,3 +230,4 @@ def test_healthz_names_redis_when_it_is_down(settings):
     assert resp.status_code == 503
     assert resp.get_json()["checks"]["redis"].startswith("down")
     assert resp.get_json()["checks"]["database"] == "ok"
+    assert resp.get_json()["workers"] is None  # unknown

@@ -43,7 +43,8 @@ ACTIONS = {
 
 @bp.app_context_processor
 def queue_status() -> dict:
-    """Pages warn when the job queue is unreachable (progress and results still work)."""
+    """Pages warn when the job queue is unreachable (progress and results still work), and
+    when no worker serves it while a task is active (ui.no_worker)."""
 
     def queue_down() -> bool:
         if "queue_down" not in g:
@@ -54,7 +55,15 @@ def queue_status() -> dict:
                 g.queue_down = True
         return g.queue_down
 
-    return {"queue_down": queue_down}
+    return {"queue_down": queue_down, "no_worker": no_worker}
+
+
+def no_worker() -> bool:
+    """True when Redis answers and no worker serves the queue: active tasks would wait
+    forever. Asked once per request, and at most every 2 s per process (WorkerCensus)."""
+    if "no_worker" not in g:
+        g.no_worker = ext.handles().workers.count() == 0
+    return g.no_worker
 
 
 def is_htmx() -> bool:
@@ -208,7 +217,8 @@ def panel(video_id: str):
     poll = request.args.get("poll") == "1"
     weights = ext.settings().weights
     tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
-    session_tag = f"{_csrf_digest()}-{int(poll)}"
+    # The panel says when no worker lives: that is part of what it shows, so of its tag.
+    session_tag = f"{_csrf_digest()}-{int(poll)}-w{int(not no_worker())}"
 
     def render() -> tuple[str, str]:
         video = processing.get_video(ext.db(), video_id)
