@@ -58,7 +58,9 @@ def test_healthz_counts_the_workers_of_its_queue_and_is_200_without_any(client, 
              what="/healthz counting the worker")
     code, body = health(client)
     assert (code, body["workers"]) == (200, 1), body
-    stop_worker(mine)  # a worker that stops normally unregisters at once
+    stop_worker(mine)  # a worker that stops normally unregisters at once ...
+    # ... and the web process counts again at most 2 s later (its count is cached)
+    wait_for(lambda: health(client)[1]["workers"] == 0, timeout=5, what="the count drops")
     assert health(client) == (200, {"status": "ok", "workers": 0,
                                     "checks": {"database": "ok", "redis": "ok"}})
 
