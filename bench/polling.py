@@ -288,9 +288,9 @@ def insert_running_video(database_url: str) -> tuple[str, str]:
         session.add(task)
         session.commit()
         progress.start_subtask(session, task.id, "extract_audio")
-        progress.finish_subtask(session, task.id, "extract_audio", "completed")
+        progress.complete_subtask(session, task.id, "extract_audio", 1)
         progress.start_subtask(session, task.id, "transcode")
-        progress.report_progress(session, task.id, "transcode", 42.0)
+        progress.report_progress(session, task.id, "transcode", 1, 42.0)
         return video.id, task.id
 
 

@@ -3,7 +3,7 @@
 A real worker (`python -m jobs.worker --burst`, RQ, forked work-horse) transcodes a 20 s
 1280x720 30 fps H.264/AAC clip (bench/media.py) into the preview; the task has only that
 step to run (the others are marked skipped), so every write of the task is the transcode's.
-ffmpeg reports every 0.25 s (`-stats_period 0.25`), and the worker's ProgressReporter
+ffmpeg reports every 0.25 s (`-stats_period 0.25`), and the worker's AttemptWatch
 writes at most one every PROGRESS_INTERVAL (default 0.5 s) and only when the value grew.
 
 Counting: every write of the progress service bumps the task's `version` (one transaction:
@@ -18,8 +18,8 @@ to the first one. The worker's own log line "(N progress writes)" is checked aga
 count. Rate = progress writes / (finished_at - started_at) of the step.
 
 Each of BENCH_RUNS (3) runs transcodes once with the default PROGRESS_INTERVAL (0.5 s) and
-once with PROGRESS_INTERVAL=0 (no throttling: every growing ffmpeg report is written), the
-baseline that shows what the throttle saves.
+once with PROGRESS_INTERVAL=0 (the watch's shortest tick, 0.05 s: nearly every growing ffmpeg
+report is written), the baseline that shows what the throttle saves.
 
     .venv/bin/python -m bench.progress_writes
 """
@@ -140,8 +140,8 @@ def one_run(tmp: Path, env: dict[str, str], database_url: str, video_id: str,
                                f"{log.read_text()[-2000:]}")
         running = (sub.finished_at - sub.started_at).total_seconds()
         version = task.version
-    writes = version - 2  # start_subtask and finish_subtask are the other two
-    logged = re.search(rf"{STEP} of task {task_id} completed \((\d+) progress writes\)",
+    writes = version - 2  # start_subtask and complete_subtask are the other two
+    logged = re.search(rf"{STEP} of task {task_id} completed \(attempt 1, (\d+) progress writes\)",
                        log.read_text())
     if logged is None or int(logged.group(1)) != writes:
         raise RuntimeError(f"version count {writes} != worker log {logged and logged.group(0)}")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
+from redis.exceptions import RedisError
 from rq.job import Job
 
+from jobs.attempt import with_retries
 from webapp.config import Settings
 from webapp.db import session_factory
 from webapp.services import progress
@@ -18,17 +21,23 @@ def attempt_failed(job: Job, reason: str) -> None:
     task_id, step = job.meta.get("task_id"), job.meta.get("step")
     if not task_id or not step:
         return
+    # The attempt the dead job ran (None if it died before starting one): the writes below
+    # are fenced by it, so they never touch a newer attempt of the step.
+    attempt = job.meta.get("attempt")
     settings = Settings.from_env()
-    with session_factory(settings.database_url)() as session:
-        if job.retries_left:
-            progress.retry_subtask(session, task_id, step,
-                                   f"{reason}; retrying ({job.retries_left} tries left)")
-            log.warning("%s of task %s: %s; retrying", step, task_id, reason)
-        else:
-            tries = job.meta.get("max_tries")
-            suffix = f" (after {tries} attempts)" if tries and tries > 1 else ""
-            progress.finish_subtask(session, task_id, step, "failed", reason + suffix)
-            log.error("%s of task %s failed for good: %s", step, task_id, reason)
+    sessions = session_factory(settings.database_url)
+    if job.retries_left:
+        with_retries(sessions, lambda s: progress.retry_subtask(
+            s, task_id, step, f"{reason}; retrying ({job.retries_left} tries left)", attempt),
+            f"recording a retry of {step} of task {task_id}")
+        log.warning("%s of task %s: %s; retrying", step, task_id, reason)
+    else:
+        tries = job.meta.get("max_tries")
+        suffix = f" (after {tries} attempts)" if tries and tries > 1 else ""
+        with_retries(sessions, lambda s: progress.finish_subtask(
+            s, task_id, step, "failed", reason + suffix, attempt=attempt),
+            f"recording the failure of {step} of task {task_id}")
+        log.error("%s of task %s failed for good: %s", step, task_id, reason)
 
 
 def on_failure(job: Job, connection, exc_type, exc_value, traceback) -> None:
@@ -46,4 +55,6 @@ def horse_killed(job: Job, retpid: int, ret_val: int, rusage) -> None:
     import os
 
     how = f"signal {os.WTERMSIG(ret_val)}" if os.WIFSIGNALED(ret_val) else f"status {ret_val}"
+    with contextlib.suppress(RedisError):
+        job.get_meta(refresh=True)  # the attempt number the horse saved
     attempt_failed(job, f"the worker process running this step was killed ({how})")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -39,8 +40,9 @@ from webapp.services.queue import connect
 
 log = logging.getLogger(__name__)
 LOCK_KEY = "vidpipe:reconciler:{queue}"
-# A task younger than this may still be between its commit and its enqueue.
-GRACE = timedelta(seconds=10)
+# A task younger than this may still be between its commit and its enqueue: longer than a
+# trigger's enqueue can take against a slow Redis (2 s to connect + 10 s socket timeout).
+GRACE = timedelta(seconds=30)
 STALE_UPLOAD = 3600.0  # seconds without a write before a staged upload counts as abandoned
 ENDED = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed",
          JobStatus.STOPPED: "was stopped", JobStatus.CANCELED: "was cancelled"}
@@ -99,15 +101,18 @@ def _check_tasks(session: Session, settings: Settings, connection: Redis) -> int
                 continue
             waiting.add(sub.name)
             if status in ENDED:
+                attempt = sub.attempt if sub.status == "running" else None
                 progress.finish_subtask(session, task.id, sub.name, "failed",
-                                        f"its job {ENDED[status]} without recording a result")
+                                        f"its job {ENDED[status]} without recording a result",
+                                        attempt=attempt)
                 acted += 1
         if lost:
             video = session.get(Video, task.video_id)
-            log.warning("task %s: jobs of %s vanished from Redis; enqueuing them again",
-                        task.id, lost)
+            log.warning("task %s: no job runs %s (Redis restarted, or the trigger could not "
+                        "enqueue); enqueuing them again", task.id, lost)
             queue.enqueue_steps(connection, settings, task.id, task.video_id, lost,
-                                video.duration if video else None, after=waiting)
+                                video.duration if video else None, after=waiting,
+                                takeover=True)
             acted += len(lost)
     session.commit()
     return acted
@@ -129,22 +134,44 @@ def run_forever(settings: Settings, connection: Redis, interval: float,
 
 
 def spawn() -> subprocess.Popen:
-    """Start a reconciler process that ends by itself when its parent (a worker) ends."""
-    return subprocess.Popen([sys.executable, "-m", "jobs.reconciler", "--follow-parent"])
+    """Start a reconciler process that ends with its parent, this worker.
+
+    The parent's pid goes on the command line: read by the child with os.getppid() after
+    its start-up, it would be PID 1's if the worker died first, and followed forever.
+    """
+    return subprocess.Popen([sys.executable, "-m", "jobs.reconciler",
+                             "--parent", str(os.getpid())])
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def follow_parent(parent: int) -> bool:
+    """Have the kernel send SIGTERM when `parent` ends; False if it has already ended.
+
+    Asked first, checked second: a parent that dies before the request leaves this process
+    adopted by another (so the check fails), one that dies after it triggers the signal.
+    The run loop still compares os.getppid() with `parent` where prctl does not exist.
+    """
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is not None and prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    return os.getppid() == parent
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--follow-parent", action="store_true",
-                        help="exit when the process that started this one is gone")
+    parser.add_argument("--parent", type=int, metavar="PID",
+                        help="end when this process (the worker that started this one) ends")
     args = parser.parse_args(argv)
+    if args.parent is not None and not follow_parent(args.parent):
+        return 0  # the worker died while this process was starting
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    parent = os.getppid()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    run_forever(settings, connect(settings.redis_url), settings.reconcile_interval,
-                alive=(lambda: os.getppid() == parent) if args.follow_parent else (lambda: True))
+    alive = (lambda: True) if args.parent is None else (lambda: os.getppid() == args.parent)
+    run_forever(settings, connect(settings.redis_url), settings.reconcile_interval, alive)
     return 0
 
 

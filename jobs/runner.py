@@ -1,23 +1,30 @@
-"""Runs one step of a task: decide whether to work, track progress, record the outcome."""
+"""Runs one attempt of a step: start it, watch it, publish its outputs or discard them."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.job import Job
 from rq.timeouts import JobTimeoutException
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.attempt import AttemptWatch, with_retries
 from webapp.config import Settings
 from webapp.db import session_factory
 from webapp.models import SUBTASK_DONE, ProcessingTask, Video
-from webapp.services import progress
+from webapp.services import ffrun, progress, publications
+from webapp.services.errors import ToolError
 from webapp.services.media import MediaError
 from webapp.services.queue import NEEDS
 from webapp.services.storage import Storage
-from webapp.services.transcription import TranscriptionError
 
 log = logging.getLogger(__name__)
 
@@ -29,91 +36,182 @@ class StepContext:
     settings: Settings
     video_id: str
     source: Path
-    artifacts: Path
+    artifacts: Path  # this attempt's own output folder
+    inputs: dict[str, Path]  # the video's published outputs, by name (e.g. audio.wav)
     duration: float | None
     width: int | None
     height: int | None
     has_audio: bool
     on_progress: Callable[[float], None]
+    stop: threading.Event  # set when the attempt is no longer wanted
 
 
 Work = Callable[[StepContext], None]
 
 
-def readable_error(exc: BaseException) -> str:
-    """One line a user can act on, not a traceback."""
-    if isinstance(exc, MediaError | TranscriptionError):
-        text = str(exc)
-    elif isinstance(exc, JobTimeoutException):
-        text = f"the step took too long and was stopped ({exc})"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return text.strip()[:1000] or type(exc).__name__
-
-
-def _prepare(sessions, task_id: str, step: str) -> Video | None:
-    """Start the step if the task still wants it; None means: nothing to do."""
-    with sessions() as session:
-        task = session.get(ProcessingTask, task_id)
-        if task is None:
-            log.info("task %s is gone; %s not run", task_id, step)
-            return None
-        parent = NEEDS.get(step)
-        parent_status = progress.subtask_status(session, task_id, parent) if parent else None
-        if parent and parent_status not in SUBTASK_DONE:
-            progress.finish_subtask(session, task_id, step, "cancelled",
-                                    f"not run because {parent} {parent_status}")
-            return None
-        if not progress.start_subtask(session, task_id, step):
-            log.info("task %s no longer wants %s", task_id, step)
-            return None
-        video = session.get(Video, task.video_id)
-        session.expunge(video)
-        return video
+class StepFailed(Exception):
+    """The step failed for a reason the media or the model gave, already recorded on the
+    step: an expected outcome that the worker logs as one line, without a traceback."""
 
 
 # Failures that another attempt would only repeat: bad media, bad model, too slow.
-PERMANENT = (MediaError, TranscriptionError, JobTimeoutException)
+PERMANENT = (ToolError, JobTimeoutException)
 
 
-def _record_failure(session, task_id: str, step: str, exc: Exception) -> None:
-    reason = readable_error(exc)
-    job = get_current_job()
-    if job is not None and job.retries_left and not isinstance(exc, PERMANENT):
-        progress.retry_subtask(session, task_id, step,
-                               f"{reason}; retrying ({job.retries_left} tries left)")
-        log.warning("%s of task %s failed: %s; retrying", step, task_id, reason)
+def readable_error(exc: BaseException) -> str:
+    """One line a user can act on, not a traceback (nor a server's internals)."""
+    if isinstance(exc, ToolError):
+        text = str(exc)
+    elif isinstance(exc, JobTimeoutException):
+        text = "the step took longer than its time limit and was stopped"
+    else:
+        text = "the step failed because of an internal error (see the worker's log)"
+    return text.strip()[:1000] or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class _Started:
+    video: Video
+    attempt: int
+    inputs: dict[str, Path]
+
+
+def _start(session: Session, storage: Storage, task_id: str, step: str,
+           takeover: bool) -> _Started | None:
+    """Start an attempt if the task still wants the step; None means: nothing to do."""
+    task = session.get(ProcessingTask, task_id)
+    if task is None:
+        log.info("task %s is gone; %s not run", task_id, step)
+        return None
+    parent = NEEDS.get(step)
+    parent_status = progress.subtask_status(session, task_id, parent) if parent else None
+    if parent and parent_status not in SUBTASK_DONE:
+        progress.finish_subtask(session, task_id, step, "cancelled",
+                                f"not run because {parent} {parent_status}")
+        return None
+    video = session.get(Video, task.video_id)
+    session.expunge(video)
+    attempt = progress.start_subtask(session, task_id, step, takeover=takeover)
+    if attempt is None:
+        log.info("task %s no longer wants %s", task_id, step)
+        return None
+    inputs = {a.name: a.path for a in publications.artifacts(session, storage, video.id)}
+    session.commit()
+    return _Started(video, attempt, inputs)
+
+
+def _takeover(job: Job | None) -> bool:
+    """Whether this job may take over a step that still shows running: it is a retry of an
+    attempt that died, or the reconciler enqueued it again after its job vanished."""
+    if job is None:
+        return False
+    first_try_retries = int(job.meta.get("max_tries", 1)) - 1
+    return bool(job.meta.get("takeover")) or (job.retries_left or 0) < first_try_retries
+
+
+def _remember_attempt(job: Job | None, attempt: int) -> None:
+    """Tell the crash hooks (jobs.hooks) which attempt this job runs, so that their writes
+    are fenced like ours."""
+    if job is None:
         return
-    if job is not None:
-        job.retries_left = 0  # RQ must not retry what the step already gave up
-    progress.finish_subtask(session, task_id, step, "failed", reason)
-    log.warning("%s of task %s failed: %s", step, task_id, reason)
+    job.meta["attempt"] = attempt
+    with contextlib.suppress(RedisError):
+        job.save_meta()
 
 
 def run_step(task_id: str, step: str, work: Work) -> str:
-    """Execute `work` for one step of a task, recording start, progress and end."""
+    """Run one attempt of a step of a task: "completed", "not run", "stopped", or raise."""
     settings = Settings.from_env()
     sessions = session_factory(settings.database_url)
-    video = _prepare(sessions, task_id, step)
-    if video is None:
-        return "not run"
     storage = Storage(settings.media_root)
-    with sessions() as session:
-        storage.remove_step_outputs(video.id, step)
-        reporter = progress.ProgressReporter(
-            lambda percent: progress.report_progress(session, task_id, step, percent),
-            settings.progress_interval,
-        )
+    job = get_current_job()
+    started = with_retries(
+        sessions, lambda s: _start(s, storage, task_id, step, _takeover(job)),
+        f"starting {step} of task {task_id}")
+    if started is None:
+        return "not run"
+    video, attempt = started.video, started.attempt
+    _remember_attempt(job, attempt)
+    folder = storage.attempt_folder(task_id, step, attempt)
+    out = storage.folder_path(video.id, folder)
+    out.mkdir(parents=True, exist_ok=True)
+    watch = AttemptWatch(sessions, task_id, step, attempt, settings.progress_interval)
+    with watch, ffrun.stopping(watch.stop):
         ctx = StepContext(settings, video.id, storage.source_path(video.id, video.stored_name),
-                          storage.artifacts_dir(video.id), video.duration, video.width,
-                          video.height, video.has_audio, reporter)
+                          out, started.inputs, video.duration, video.width, video.height,
+                          video.has_audio, watch, watch.stop)
         try:
             work(ctx)
+            ffrun.check_stop()
+            if not storage.outputs_complete(video.id, folder, step):
+                raise MediaError(f"{step} did not write all its outputs")
         except Exception as exc:
-            storage.remove_step_outputs(video.id, step)
-            session.rollback()
-            _record_failure(session, task_id, step, exc)
+            storage.remove_folder(video.id, folder)
+            if watch.stop.is_set() or not _still_current(sessions, task_id, step, attempt):
+                log.info("%s of task %s: attempt %d stopped", step, task_id, attempt)
+                return "stopped"
+            _record_failure(sessions, job, task_id, step, attempt, exc)
             raise
-        progress.finish_subtask(session, task_id, step, "completed")
-    log.info("%s of task %s completed (%d progress writes)", step, task_id, reporter.writes)
+    if not _publish(sessions, task_id, step, attempt, video.id, folder):
+        storage.remove_folder(video.id, folder)
+        log.info("%s of task %s: attempt %d superseded; not published", step, task_id, attempt)
+        return "stopped"
+    with_retries(sessions, lambda s: publications.collect_garbage(s, storage, video.id),
+                 f"removing replaced outputs of video {video.id}")
+    log.info("%s of task %s completed (attempt %d, %d progress writes)", step, task_id,
+             attempt, watch.writes)
     return "completed"
+
+
+def _still_current(sessions: sessionmaker[Session], task_id: str, step: str,
+                   attempt: int) -> bool:
+    """Whether the attempt is still wanted; True when the database cannot tell (a failure
+    of a stale attempt is then refused by the fenced write anyway)."""
+    try:
+        with sessions() as session:
+            return progress.attempt_is_current(session, task_id, step, attempt)
+    except SQLAlchemyError:
+        return True
+
+
+def _publish(sessions: sessionmaker[Session], task_id: str, step: str, attempt: int,
+             video_id: str, folder: str) -> bool:
+    """Complete the step and publish the folder; True if this attempt's files are published.
+
+    A retried write may find its first try committed after all (the answer was lost):
+    the publication row then names this very attempt.
+    """
+    tries = 0
+
+    def write(session: Session) -> bool:
+        nonlocal tries
+        tries += 1
+        if progress.complete_subtask(session, task_id, step, attempt, video_id=video_id,
+                                     folder=folder):
+            return True
+        pub = publications.published(session, video_id).get(step) if tries > 1 else None
+        return pub is not None and (pub.task_id, pub.attempt) == (task_id, attempt)
+
+    return with_retries(sessions, write, f"publishing {step} of task {task_id}")
+
+
+def _record_failure(sessions: sessionmaker[Session], job: Job | None, task_id: str, step: str,
+                    attempt: int, exc: Exception) -> None:
+    """Record the failed attempt (retry or failed for good); raise StepFailed for expected
+    failures so that the worker logs them as one line."""
+    reason = readable_error(exc)
+    detail = getattr(exc, "detail", None)
+    if job is not None and job.retries_left and not isinstance(exc, PERMANENT):
+        with_retries(sessions, lambda s: progress.retry_subtask(
+            s, task_id, step, f"{reason}; retrying ({job.retries_left} tries left)", attempt),
+            f"recording a retry of {step} of task {task_id}")
+        log.exception("%s of task %s failed; retrying", step, task_id)
+        return
+    if job is not None:
+        job.retries_left = 0  # RQ must not retry what the step already gave up
+    with_retries(sessions, lambda s: progress.finish_subtask(
+        s, task_id, step, "failed", reason, attempt=attempt, detail=detail),
+        f"recording the failure of {step} of task {task_id}")
+    if isinstance(exc, PERMANENT):
+        raise StepFailed(f"{step} of task {task_id} failed: {reason}") from None
+    log.exception("%s of task %s failed", step, task_id)

@@ -11,11 +11,13 @@ def _extract_audio(ctx: StepContext) -> None:
 
 
 def _transcribe(ctx: StepContext) -> None:
-    audio = ctx.artifacts / "audio.wav"
-    if not audio.is_file():
-        raise transcription.TranscriptionError("audio.wav is missing; run extract_audio first")
+    audio = ctx.inputs.get("audio.wav")
+    if audio is None:
+        raise transcription.TranscriptionError(
+            "there is no extracted audio to transcribe; run the whole pipeline again")
     result = transcription.transcribe(audio, ctx.settings.whisper_model, ctx.on_progress,
-                                      cpu_threads=ctx.settings.whisper_threads)
+                                      cpu_threads=ctx.settings.whisper_threads,
+                                      stop=ctx.stop)
     transcription.write_json(result, ctx.artifacts / "transcript.json")
     transcription.write_vtt(result, ctx.artifacts / "captions.vtt")
     transcription.write_srt(result, ctx.artifacts / "captions.srt")

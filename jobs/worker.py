@@ -7,8 +7,10 @@ import logging
 
 from rq import Queue, Worker
 from rq.job import Job
+from rq.job_lifecycle import call_exception_handlers
 
 from jobs import hooks, reconciler
+from jobs.runner import StepFailed
 from webapp.config import Settings
 from webapp.services.queue import connect
 
@@ -28,6 +30,15 @@ class VidpipeWorker(Worker):
     def __init__(self, *args, heartbeat_grace: int = 30, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.heartbeat_grace = heartbeat_grace
+
+    def handle_exception(self, job: Job, *exc_info) -> None:
+        """A step that failed for an expected reason (bad media, a model error, too slow) is
+        logged as one line; tracebacks are for bugs."""
+        if exc_info and isinstance(exc_info[1], StepFailed):
+            self.log.warning("job %s: %s", job.id, exc_info[1])
+            call_exception_handlers(self._exc_handlers, job, *exc_info)
+            return
+        super().handle_exception(job, *exc_info)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         interval = self.job_monitoring_interval

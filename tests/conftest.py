@@ -7,7 +7,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from alembic.config import Config
 from redis import Redis
 from sqlalchemy import text
 
+from tests import procs
 from webapp import create_app
 from webapp.config import PROJECT_ROOT, Settings
 from webapp.db import dispose, get_engine, session_factory
@@ -25,6 +28,33 @@ TEST_POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = ("sqlite", "postgresql")
+# In the environment of every process the tests start (children inherit it): the run's id,
+# and under RUN_MARK_TEST the test during which it started.
+RUN_MARK = "VIDPIPE_TEST_RUN"
+EXIT_GRACE = 10.0  # seconds for processes stopped by the last teardowns to finish exiting
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_run() -> Iterator[None]:
+    """No worker, reconciler, gunicorn, redis-server, ffmpeg... started by a test survives
+    the run: survivors are killed, and the run fails naming them."""
+    run = uuid.uuid4().hex
+    os.environ[RUN_MARK] = run
+    yield
+    del os.environ[RUN_MARK]
+    deadline = time.monotonic() + EXIT_GRACE
+    while (left := procs.marked(RUN_MARK, run)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for proc in left:
+        procs.kill(proc.pid)
+    assert not left, "processes outlived the test run (killed now):\n" + "\n".join(
+        map(str, left))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Name the test in the environment before any of its fixtures starts a process."""
+    os.environ[f"{RUN_MARK}_TEST"] = item.nodeid
 
 
 def migrate(url: str) -> None:
@@ -135,7 +165,9 @@ def start_worker(env: dict[str, str] | None = None) -> subprocess.Popen:
 
 
 def stop_worker(proc: subprocess.Popen) -> None:
-    """Stop a worker started by start_worker; print its log's tail (pytest shows it on failure)."""
+    """Stop a worker started by start_worker, and whatever it left in its session (a horse
+    still working after a SIGKILL, its ffmpeg, its reconciler); print its log's tail
+    (pytest shows it on failure)."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -143,6 +175,17 @@ def stop_worker(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    run = os.environ.get(RUN_MARK)
+
+    def survivors() -> list[int]:  # the run's mark: never a stranger that reused the pid
+        return [pid for pid in procs.in_session(proc.pid)
+                if run is not None and procs.environ(pid).get(RUN_MARK) == run]
+
+    deadline = time.monotonic() + 10
+    while (left := survivors()) and time.monotonic() < deadline:
+        for pid in left:
+            procs.kill(pid)
+        time.sleep(0.05)
     log = Path(proc.log_path)
     if log.exists():
         print("worker log (tail):\n" + log.read_text(errors="replace")[-3000:])

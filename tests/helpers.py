@@ -48,3 +48,47 @@ def assert_json_error(resp, status: int) -> dict:
     assert isinstance(body["status"], str) and body["status"]
     assert isinstance(body["message"], str) and body["message"]
     return body
+
+
+def publish_files(settings, video_id: str, step: str, files: dict[str, bytes]) -> str:
+    """Publish `files` as the outputs of `step` of the video, the way a worker does: a task
+    whose attempt writes them into its own folder and completes. Returns the task id."""
+    from webapp.config import STEPS
+    from webapp.db import session_factory
+    from webapp.models import Video
+    from webapp.services import progress
+    from webapp.services.storage import Storage
+
+    storage = Storage(settings.media_root)
+    with session_factory(settings.database_url)() as session:
+        video = session.get(Video, video_id)
+        others = {s: "not part of this test" for s in STEPS if s != step}
+        task = progress.new_task(video, "reprocess", settings.weights, others)
+        progress.insert_task(session, task)
+        session.commit()
+        attempt = progress.start_subtask(session, task.id, step)
+        folder = storage.attempt_folder(task.id, step, attempt)
+        path = storage.folder_path(video_id, folder)
+        path.mkdir(parents=True)
+        for name, data in files.items():
+            (path / name).write_bytes(data)
+        assert progress.complete_subtask(session, task.id, step, attempt, video_id=video_id,
+                                         folder=folder)
+        return task.id
+
+
+def always(predicate, within: float, interval: float = 0.05, what: str = "condition"):
+    """A negative check: fail as soon as predicate() is falsy during the next `within` s.
+
+    It watches the whole window, so a state that comes and goes (a stale poll swapping an
+    old panel in, a request that should never be made) is caught when it happens, where a
+    sleep followed by one look would miss it.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if not value:
+            raise AssertionError(f"{what} stopped holding; value {value!r}")
+        if time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)

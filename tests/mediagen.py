@@ -44,6 +44,31 @@ def make_video(
     return dst
 
 
+# Codecs by container: what phones, browsers and recorders commonly write in each.
+_CODECS = {
+    ".mkv": ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac"],
+    ".webm": ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k",
+              "-c:a", "libopus"],
+    ".mov": ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac"],
+    ".wav": ["-c:a", "pcm_s16le"],
+    ".mp3": ["-c:a", "libmp3lame", "-b:a", "64k"],
+    ".flac": ["-c:a", "flac"],
+}
+
+
+def make_media(dst: Path, duration: float = 12.0, audio_duration: float | None = None) -> Path:
+    """A test pattern and/or a tone in the container (and usual codecs) of dst's suffix:
+    .mkv .webm .mov (picture and tone, the tone lasting audio_duration) or .wav .mp3 .flac
+    (tone only). For .mp4 see make_video."""
+    codecs = _CODECS[dst.suffix]
+    inputs = []
+    if "-c:v" in codecs:
+        inputs += ["-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=25:duration={duration}"]
+    tone = f"sine=frequency=440:sample_rate=48000:duration={audio_duration or duration}"
+    _ffmpeg(*inputs, "-f", "lavfi", "-i", tone, *codecs, str(dst))
+    return dst
+
+
 def make_speech_wav(dst: Path, text: str) -> Path:
     """espeak-ng reading text in a US English voice (22.05 kHz mono WAV)."""
     subprocess.run(

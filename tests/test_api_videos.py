@@ -69,6 +69,38 @@ def test_non_media_upload_is_422_and_leaves_nothing(client, settings, db_session
     assert media_files(settings) == []
 
 
+# Whole files of every kind, among them tracks of very different lengths: none is "cut".
+WHOLE_KINDS = {
+    "faststart.mp4": lambda d: mediagen.make_video(d / "faststart.mp4", 6.0, "160x120",
+                                                   faststart=True),
+    "plain.mp4": lambda d: mediagen.make_video(d / "plain.mp4", 6.0, "160x120"),
+    "short-audio.mp4": lambda d: mediagen.make_video(d / "short-audio.mp4", 12.0, "160x120",
+                                                     faststart=True, audio_duration=1.0),
+    "short-picture.mp4": lambda d: mediagen.make_video(d / "short-picture.mp4", 1.0,
+                                                       "160x120", audio_duration=12.0),
+    "clip.mov": lambda d: mediagen.make_media(d / "clip.mov", 6.0),
+    "clip.mkv": lambda d: mediagen.make_media(d / "clip.mkv", 6.0),
+    "short-audio.mkv": lambda d: mediagen.make_media(d / "short-audio.mkv", 12.0, 1.0),
+    "clip.webm": lambda d: mediagen.make_media(d / "clip.webm", 6.0),
+    "tone.wav": lambda d: mediagen.make_media(d / "tone.wav", 6.0),
+    "tone.mp3": lambda d: mediagen.make_media(d / "tone.mp3", 6.0),
+    "tone.flac": lambda d: mediagen.make_media(d / "tone.flac", 6.0),
+}
+
+
+@pytest.fixture(scope="module")
+def whole_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("whole")
+    return {name: make(folder) for name, make in WHOLE_KINDS.items()}
+
+
+def test_whole_uploads_of_every_kind_are_accepted(client, settings, whole_files):
+    for name, path in whole_files.items():
+        body = upload_ok(client, path, name)
+        assert body["duration"] == pytest.approx(12.0 if "short" in name else 6.0, abs=0.2)
+    assert len(media_files(settings)) == len(whole_files)  # just the sources, nothing staged
+
+
 def test_image_upload_is_rejected(client, tmp_path, settings):
     png = tmp_path / "still.png"
     os.system(f"ffmpeg -loglevel error -f lavfi -i color=red:s=64x64 -frames:v 1 {png}")
@@ -170,6 +202,9 @@ def test_openapi_documents_every_endpoint(client):
         "202", "404", "409", "422", "503"}
     schemas = spec["components"]["schemas"]
     assert {"AsyncTask", "TaskProgress", "SubTaskProgress", "Video", "Error"} <= set(schemas)
+    detail = schemas["SubTaskProgress"]["properties"]["error_detail"]
+    assert detail.get("nullable") or "null" in detail.get("type", [])
+    assert "raw output" in detail["description"] and "bug report" in detail["description"]
 
 
 def test_docs_page_uses_only_vendored_assets(client):
@@ -186,6 +221,7 @@ def test_healthz_reports_database_and_redis(client):
     resp = client.get("/healthz")
     assert resp.status_code == 200
     assert resp.get_json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert resp.get_json()["workers"] == 0  # none on this test's queue: still healthy
 
 
 def test_healthz_names_redis_when_it_is_down(settings):
@@ -194,3 +230,4 @@ def test_healthz_names_redis_when_it_is_down(settings):
     assert resp.status_code == 503
     assert resp.get_json()["checks"]["redis"].startswith("down")
     assert resp.get_json()["checks"]["database"] == "ok"
+    assert resp.get_json()["workers"] is None  # unknown

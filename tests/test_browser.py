@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 import time
-import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 
 from tests import browser, mediagen
@@ -30,6 +30,7 @@ from tests.browser import (
     step_states,
     wait_until,
 )
+from tests.helpers import always
 from webapp.config import STEPS
 from webapp.services.storage import ARTIFACT_NAMES
 
@@ -100,19 +101,34 @@ def panel(page: Page):
     return page.locator("#progress-panel")
 
 
-def show_results(page: Page, timeout: float = 5_000) -> bool:
-    """Wait for the results after completion; reload if they do not come by themselves.
-
-    The contract allows both; returns True when they appeared without a reload.
+def show_results(page: Page, timeout: float = 10_000) -> None:
+    """The results appear by themselves once the task has completed (the panel's last poll
+    brings them, out of band), their captions showing; fail with what the page shows if not.
     """
     try:
         expect(page.locator("#results #player")).to_be_attached(timeout=timeout)
-        return True
+    except AssertionError as exc:
+        results = page.evaluate("() => document.querySelector('#results')?.outerHTML ?? null")
+        raise AssertionError(
+            f"{page.url}: no results {timeout / 1000:.0f} s after completion, without a "
+            f"reload; panel {panel_state(page)}; #results {str(results)[:600]!r}") from exc
+    if page.locator("#player track").count():
+        expect_captions_showing(page)
+
+
+def captions_mode(page: Page) -> str | None:
+    """The mode of the player's first text track (None without one)."""
+    return page.evaluate("() => document.querySelector('#player')?.textTracks[0]?.mode ?? null")
+
+
+def expect_captions_showing(page: Page, timeout: float = 5) -> None:
+    """The default captions track shows by itself: the browser's automatic text track
+    selection turns a <track default> on once the player has its metadata."""
+    try:
+        wait_until(lambda: captions_mode(page) == "showing", timeout=timeout)
     except AssertionError:
-        warnings.warn("results did not appear without a page reload", stacklevel=2)
-        page.reload()
-        expect(page.locator("#results #player")).to_be_attached()
-        return False
+        raise AssertionError(f"the default captions track is {captions_mode(page)!r}, not "
+                             f"'showing', {timeout} s after the results appeared") from None
 
 
 def pause(page: Page) -> None:
@@ -168,7 +184,7 @@ def test_upload_form_then_live_progress_until_completed(page, worker, browser_lo
                 const b = document.querySelector('#upload-progress');
                 return b && !b.hidden && b.offsetParent !== null ? b.value : null;
             }""")
-        except Exception:  # the page navigated away between two samples
+        except PlaywrightError:  # the page navigated away between two samples
             break
         if shown is not None:
             upload_values.append(shown)
@@ -240,9 +256,10 @@ def test_upload_form_then_live_progress_until_completed(page, worker, browser_lo
     assert buttons["reprocess"] is True and buttons["delete"] is True, buttons
 
     show_results(page)
-    time.sleep(2.5)
-    late = browser_log.requests_to(progress_path, since=done_at)
-    assert not late, f"the page kept polling {progress_path} after completion: {late}"
+    assert page.locator("[hx-trigger*='every']").count() == 0, "a poll is still set up"
+    # Over 2.5 poll periods, no request: failing as soon as one is made.
+    always(lambda: not browser_log.requests_to(progress_path, since=done_at), within=2.5,
+           what=f"no poll of {progress_path} after completion")
     assert api_progress(page, vid)["status"] == "completed"
 
 
@@ -282,12 +299,8 @@ def test_player_transcript_storyboard_and_downloads(page, worker, media):
     assert state["error"] is None and not state["paused"], state
     assert page.evaluate("() => document.querySelector('#player').videoWidth") == 640
 
-    # Captions: the default track shows and its cues are the transcript's lines.
-    mode = page.evaluate("() => document.querySelector('#player').textTracks[0].mode")
-    if mode != "showing":
-        warnings.warn(f"default captions track was {mode!r}, not 'showing'", stacklevel=1)
-        page.evaluate("() => { document.querySelector('#player').textTracks[0].mode = "
-                      "'showing'; }")
+    # Captions: the default track shows by itself and its cues are the transcript's lines.
+    expect_captions_showing(page)
     page.wait_for_function("""() => {
         const t = document.querySelector('#player').textTracks[0];
         return t.cues && t.cues.length > 0;
@@ -393,12 +406,14 @@ def test_upload_of_a_non_media_file_is_refused_readably(page, browser_log, tmp_p
     assert urlsplit(page.url).path == "/"
     expect(page.locator("#video-list .video-row")).to_have_count(0)
     # The form is ready for another try: button enabled, upload bar hidden again.
-    time.sleep(0.5)
-    form_state = page.evaluate("""() => ({
-        submit_disabled: document.querySelector('#upload-submit').disabled,
-        progress_hidden: document.querySelector('#upload-progress').offsetParent === null,
-    })""")
-    assert form_state == {"submit_disabled": False, "progress_hidden": True}, form_state
+    def form_state() -> dict:
+        return page.evaluate("""() => ({
+            submit_disabled: document.querySelector('#upload-submit').disabled,
+            progress_hidden: document.querySelector('#upload-progress').offsetParent === null,
+        })""")
+    ready = {"submit_disabled": False, "progress_hidden": True}
+    wait_until(lambda: form_state() == ready, timeout=5,
+               what="the upload form ready for another try")
     assert page.request.get("/api/v1/videos").json() == []
 
 
@@ -418,8 +433,10 @@ def test_cancel_then_run_again_from_the_browser(page, worker, media):
     expect(page.locator("#btn-delete")).to_be_enabled()
     statuses = {s["status"] for s in step_states(page).values()}
     assert "cancelled" in statuses, statuses
-    time.sleep(1.5)  # a cancelled panel stays cancelled (no stale poll brings "running" back)
-    assert panel_state(page)["status"] == "cancelled"
+    # A cancelled panel stays cancelled: no stale poll brings "running" back (a poll
+    # answered after the cancel would land within a poll period; watch two).
+    always(lambda: panel_state(page)["status"] == "cancelled", within=2.0,
+           what="the panel staying cancelled")
 
     with page.expect_response(lambda r: r.request.method == "POST"
                               and urlsplit(r.url).path == f"/videos/{vid}/run") as info:

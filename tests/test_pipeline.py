@@ -203,12 +203,15 @@ def test_cancel_stops_a_running_step(client, long_video, worker, redis_conn, set
     wait_for(lambda: job.get_status() == JobStatus.STOPPED, timeout=10)
     frozen = progress_of(client, vid)
     assert frozen["status"] == "cancelled"
-    artifacts_dir = settings.media_root / "videos" / vid / "artifacts"
-    assert not (artifacts_dir / "preview.mp4").exists()
+    listed = {a["name"] for a in client.get(f"/api/v1/videos/{vid}/artifacts").get_json()}
+    assert "preview.mp4" not in listed
+    runs = settings.media_root / "videos" / vid / "runs"
+    assert not list(runs.glob(f"{task_id}/transcode.*"))  # the cancelled attempt's files
     # the next run starts cleanly and completes
     client.post(f"/api/v1/videos/{vid}/run_sync")
     wait_for(lambda: progress_of(client, vid)["status"] == "completed", timeout=180)
-    assert not list(artifacts_dir.glob(".*part*"))
+    assert not list(runs.glob("*/*/.*part*"))
+    assert not list(runs.glob(f"{task_id}/*"))
 
 
 def test_force_replaces_a_running_task(client, long_video, worker, redis_conn):

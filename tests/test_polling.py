@@ -36,9 +36,9 @@ def running(db_session):
     video = make_video(db_session)
     task = make_task(db_session, video)
     progress.start_subtask(db_session, task.id, "extract_audio")
-    progress.finish_subtask(db_session, task.id, "extract_audio", "completed")
+    progress.complete_subtask(db_session, task.id, "extract_audio", 1)
     progress.start_subtask(db_session, task.id, "transcode")
-    progress.report_progress(db_session, task.id, "transcode", 30)
+    progress.report_progress(db_session, task.id, "transcode", 1, 30)
     return video.id, task.id
 
 
@@ -102,16 +102,17 @@ def test_every_change_of_the_task_changes_the_etag(client, db_session, running):
         action()
         assert client.get(url, headers={"If-None-Match": seen[-1]}).status_code == 304
 
-    state = changed(lambda: progress.report_progress(db_session, task_id, "transcode", 45))
+    state = changed(lambda: progress.report_progress(db_session, task_id, "transcode", 1, 45))
     assert {s["name"]: s["progress"] for s in state["subtasks"]}["transcode"] == 45
-    unchanged(lambda: progress.report_progress(db_session, task_id, "transcode", 40))  # late
-    unchanged(lambda: progress.report_progress(db_session, task_id, "transcode", 45))
+    unchanged(lambda: progress.report_progress(db_session, task_id, "transcode", 1, 40))  # late
+    unchanged(lambda: progress.report_progress(db_session, task_id, "transcode", 1, 45))
     changed(lambda: progress.start_subtask(db_session, task_id, "thumbnails"))
-    changed(lambda: progress.retry_subtask(db_session, task_id, "thumbnails", "worker died"))
-    changed(lambda: progress.finish_subtask(db_session, task_id, "transcode", "completed"))
+    changed(lambda: progress.retry_subtask(db_session, task_id, "thumbnails", "worker died",
+                                           1))
+    changed(lambda: progress.complete_subtask(db_session, task_id, "transcode", 1))
     assert changed(lambda: (progress.cancel_task(db_session, task_id, "stop"),
                             db_session.commit()))["status"] == "cancelled"
-    unchanged(lambda: progress.report_progress(db_session, task_id, "transcode", 99))
+    unchanged(lambda: progress.report_progress(db_session, task_id, "transcode", 1, 99))
     video = db_session.get(ProcessingTask, task_id).video
     new = changed(lambda: make_task(db_session, video))
     assert new["task_id"] != task_id and new["status"] == "queued"
@@ -134,7 +135,7 @@ def test_the_polled_view_is_the_services_view(db_session, running):
     video = make_video(db_session)  # never ran
     states = [(video.id, lambda: None), (video_id, lambda: None)]
     states.append((video_id, lambda: progress.retry_subtask(db_session, task_id, "transcode",
-                                                            "worker died")))
+                                                            "worker died", 1)))
     states.append((video_id, lambda: (progress.cancel_task(db_session, task_id, "stop"),
                                       db_session.commit())))
     for vid, action in states:
@@ -215,7 +216,7 @@ def test_a_200_is_built_once_per_change_and_then_served_before_flask(app, client
     for resp in again:
         assert resp.status_code == 200 and resp.data == first.data == reference.data
         assert sorted(resp.headers.items()) == sorted(reference.headers.items())
-    progress.report_progress(db_session, task_id, "transcode", 60)
+    progress.report_progress(db_session, task_id, "transcode", 1, 60)
     with flask_requests(app) as seen:
         moved = client.get(url)
         assert client.get(url).data == moved.data
@@ -305,7 +306,7 @@ def test_a_poll_costs_a_few_queries_whatever_the_history(client, settings, db_se
         add_history(db_session, video, runs)
         task = make_task(db_session, video)
         progress.start_subtask(db_session, task.id, "transcode")
-        progress.report_progress(db_session, task.id, "transcode", 10)
+        progress.report_progress(db_session, task.id, "transcode", 1, 10)
         with counted(settings) as full:
             resp = get(client, url.format(video.id))
         assert resp.status_code == 200
@@ -313,9 +314,10 @@ def test_a_poll_costs_a_few_queries_whatever_the_history(client, settings, db_se
             assert get(client, url.format(video.id), resp.headers["ETag"]).status_code == 304
         counts.append((len(full), len(conditional)))
     # 304: one query (the video joined with its latest task's version). 200: that, then the
-    # latest task joined with its subtasks (for the HTML fragments the video's row too; for
-    # the JSON progress the video joined with both, in the Flask view).
-    expected = (2, 1) if url == PROGRESS else (3, 1)
+    # latest task joined with its subtasks (for the HTML fragments the video's row and its
+    # published outputs too; for the JSON progress the video joined with both, in the Flask
+    # view).
+    expected = (2, 1) if url == PROGRESS else (4, 1)
     assert counts == [expected, expected], counts
 
 
@@ -326,15 +328,16 @@ def test_list_pages_do_not_query_per_video(client, app, settings, db_session):
             video = make_video(db_session)
             task = make_task(db_session, video)
             progress.start_subtask(db_session, task.id, "transcode")
-            progress.report_progress(db_session, task.id, "transcode", 5.0 * total)
+            progress.report_progress(db_session, task.id, "transcode", 1, 5.0 * total)
         with counted(settings) as api:
             listed = client.get("/api/v1/videos?page_size=20")
         with counted(settings) as page:
             assert client.get("/").status_code == 200
         assert len(listed.get_json()) == total
         counts[total] = (len(api), len(page))
-    # count, page, the page's latest tasks joined with their subtasks
-    assert counts[3] == counts[12] == (3, 3), counts
+    # count, page, the page's latest tasks joined with their subtasks (and for the library
+    # page, which of them have a published poster)
+    assert counts[3] == counts[12] == (3, 4), counts
 
 
 def progress_list(client) -> list[dict]:
@@ -348,7 +351,7 @@ def test_list_shows_each_videos_latest_task(client, db_session):
     time.sleep(0.002)
     new = make_task(db_session, busy)
     progress.start_subtask(db_session, new.id, "transcode")
-    progress.report_progress(db_session, new.id, "transcode", 50)
+    progress.report_progress(db_session, new.id, "transcode", 1, 50)
     listed = {v["id"]: v["processing"] for v in progress_list(client)}
     assert listed[idle.id] == {"task_id": None, "status": "pending", "progress": 0.0}
     assert listed[busy.id]["task_id"] == new.id != old.id
@@ -360,7 +363,7 @@ def test_prefetched_progress_is_used_once_and_forgotten_at_commit(settings, db_s
     video, other = make_video(db_session), make_video(db_session)
     first = make_task(db_session, video)
     progress.start_subtask(db_session, first.id, "transcode")
-    progress.report_progress(db_session, first.id, "transcode", 12.5)
+    progress.report_progress(db_session, first.id, "transcode", 1, 12.5)
     progress.prefetch_progress(db_session, [video.id, other.id])
     with counted(settings) as statements:
         prefetched = progress.video_progress(db_session, video, DEFAULT_WEIGHTS)
@@ -393,7 +396,7 @@ def test_fragments_answer_304_until_the_progress_moves(client, db_session, runni
     etag = resp.headers["ETag"]
     assert not etag.startswith("W/") and resp.headers["Cache-Control"] == "no-cache, private"
     assert_not_modified(get(client, url.format(video_id), etag), etag)
-    progress.report_progress(db_session, task_id, "transcode", 31)
+    progress.report_progress(db_session, task_id, "transcode", 1, 31)
     moved = get(client, url.format(video_id), etag)
     assert moved.status_code == 200 and moved.headers["ETag"] != etag
     assert "31.0 %" in moved.get_data(as_text=True) or url == ROW
@@ -401,7 +404,7 @@ def test_fragments_answer_304_until_the_progress_moves(client, db_session, runni
     for step in STEPS:
         if step != "extract_audio":
             progress.start_subtask(db_session, task_id, step)
-            progress.finish_subtask(db_session, task_id, step, "completed")
+            progress.complete_subtask(db_session, task_id, step, 1)
     done = get(client, url.format(video_id), moved.headers["ETag"])
     assert done.status_code == 200
     assert 'data-status="completed"' in done.get_data(as_text=True)
@@ -488,7 +491,7 @@ def test_browser_revalidates_polls_and_keeps_the_panel_on_304(browser_page, db_s
     assert page.locator("#progress-panel").get_attribute("data-status") == "running"
     assert percent.text_content() == before  # nothing blanked or changed by the 304s
 
-    progress.report_progress(db_session, task_id, "transcode", 90)
+    progress.report_progress(db_session, task_id, "transcode", 1, 90)
     page.wait_for_function(
         "(before) => document.querySelector('#overall-percent').textContent.trim() !== before",
         arg=before.strip(), timeout=10_000)
@@ -496,7 +499,7 @@ def test_browser_revalidates_polls_and_keeps_the_panel_on_304(browser_page, db_s
     for step in STEPS:
         if step != "extract_audio":
             progress.start_subtask(db_session, task_id, step)
-            progress.finish_subtask(db_session, task_id, step, "completed")
+            progress.complete_subtask(db_session, task_id, step, 1)
     page.wait_for_function(
         "() => document.querySelector('#progress-panel').dataset.status === 'completed'",
         timeout=10_000)

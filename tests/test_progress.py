@@ -81,14 +81,15 @@ def test_run_of_a_task_moves_forward_and_completes(db_session):
     task = make_task(db_session, make_video(db_session))
     totals = []
     for step in STEPS:
-        assert progress.start_subtask(db_session, task.id, step)
+        attempt = progress.start_subtask(db_session, task.id, step)
+        assert attempt == 1
         assert view(db_session, task.id).status == "running"
         for pct in (20, 60, 40, 90):  # 40 arrives late and must not move progress back
-            progress.report_progress(db_session, task.id, step, pct)
+            progress.report_progress(db_session, task.id, step, attempt, pct)
             totals.append(view(db_session, task.id).progress)
         sub = next(s for s in view(db_session, task.id).subtasks if s.name == step)
         assert (sub.status, sub.progress, sub.attempt) == ("running", 90.0, 1)
-        progress.finish_subtask(db_session, task.id, step, "completed")
+        assert progress.complete_subtask(db_session, task.id, step, attempt)
         totals.append(view(db_session, task.id).progress)
     assert totals == sorted(totals)
     final = view(db_session, task.id)
@@ -99,30 +100,37 @@ def test_run_of_a_task_moves_forward_and_completes(db_session):
 
 def test_failed_step_fails_the_task_once_all_steps_ended(db_session):
     task = make_task(db_session, make_video(db_session))
-    progress.start_subtask(db_session, task.id, "extract_audio")
-    progress.finish_subtask(db_session, task.id, "extract_audio", "failed", "ffmpeg failed: boom")
+    attempt = progress.start_subtask(db_session, task.id, "extract_audio")
+    assert progress.finish_subtask(db_session, task.id, "extract_audio", "failed",
+                                   "The audio could not be read.", attempt=attempt,
+                                   detail="[aac] invalid data")
     assert view(db_session, task.id).status == "running"  # other steps still to come
     progress.finish_subtask(db_session, task.id, "transcribe", "cancelled",
                             "not run because extract_audio failed")
     for step in ("thumbnails", "transcode"):
-        progress.start_subtask(db_session, task.id, step)
-        progress.finish_subtask(db_session, task.id, step, "completed")
+        attempt = progress.start_subtask(db_session, task.id, step)
+        progress.complete_subtask(db_session, task.id, step, attempt)
     final = view(db_session, task.id)
     assert final.status == "failed"
-    assert "extract_audio: ffmpeg failed: boom" in final.error
+    # The task says which steps did not complete; each step says why, once.
+    assert final.error == "failed: extract_audio; not run: transcribe"
+    failed = next(s for s in final.subtasks if s.name == "extract_audio")
+    assert (failed.error, failed.error_detail) == ("The audio could not be read.",
+                                                   "[aac] invalid data")
     assert final.progress < 100
 
 
 def test_cancel_freezes_the_task_against_late_writes(db_session):
     task = make_task(db_session, make_video(db_session))
-    progress.start_subtask(db_session, task.id, "transcode")
-    progress.report_progress(db_session, task.id, "transcode", 30)
+    attempt = progress.start_subtask(db_session, task.id, "transcode")
+    progress.report_progress(db_session, task.id, "transcode", attempt, 30)
     assert progress.cancel_task(db_session, task.id, "cancelled by request")
     db_session.commit()
     assert not progress.cancel_task(db_session, task.id, "again")
-    # a job that did not notice yet keeps reporting and finishing
-    progress.report_progress(db_session, task.id, "transcode", 80)
-    progress.finish_subtask(db_session, task.id, "transcode", "completed")
+    # a job that did not notice yet keeps reporting and finishing: every write is refused
+    assert not progress.attempt_is_current(db_session, task.id, "transcode", attempt)
+    progress.report_progress(db_session, task.id, "transcode", attempt, 80)
+    assert not progress.complete_subtask(db_session, task.id, "transcode", attempt)
     assert not progress.start_subtask(db_session, task.id, "thumbnails")
     v = view(db_session, task.id)
     assert v.status == "cancelled"
@@ -146,29 +154,20 @@ def test_eta_from_progress_rate(db_session):
     assert progress.estimate_eta(task, task.subtasks, now) == pytest.approx(90.0 + 280.0)
 
 
-def test_reporter_throttles_writes_but_keeps_moving():
-    clock = iter([0.0, 0.1, 0.2, 0.6, 0.7, 1.3, 1.4]).__next__
-    written = []
-    reporter = progress.ProgressReporter(written.append, min_interval=0.5, clock=clock)
-    for fraction in (0.1, 0.2, 0.3, 0.4, 0.35, 0.5, 0.6):
-        reporter(fraction)
-    assert written == [10.0, 40.0, 50.0]
-    assert reporter.writes == 3
-
-
 def test_late_writes_of_a_replaced_task_never_touch_the_new_one(db_session):
     video = make_video(db_session)
     old = make_task(db_session, video)
-    progress.start_subtask(db_session, old.id, "transcode")
+    old_attempt = progress.start_subtask(db_session, old.id, "transcode")
     assert progress.cancel_task(db_session, old.id, "replaced by a forced run")
     db_session.commit()
     new = make_task(db_session, video)
-    progress.start_subtask(db_session, new.id, "transcode")
-    progress.report_progress(db_session, new.id, "transcode", 10)
+    attempt = progress.start_subtask(db_session, new.id, "transcode")
+    progress.report_progress(db_session, new.id, "transcode", attempt, 10)
     # the old job, not yet stopped, keeps going
-    progress.report_progress(db_session, old.id, "transcode", 95)
-    progress.finish_subtask(db_session, old.id, "transcode", "failed", "killed")
-    progress.retry_subtask(db_session, old.id, "transcode", "retrying")
+    progress.report_progress(db_session, old.id, "transcode", old_attempt, 95)
+    assert not progress.finish_subtask(db_session, old.id, "transcode", "failed", "killed",
+                                       attempt=old_attempt)
+    assert not progress.retry_subtask(db_session, old.id, "transcode", "retrying", old_attempt)
     fresh = {s.name: s for s in view(db_session, new.id).subtasks}
     assert (fresh["transcode"].status, fresh["transcode"].progress) == ("running", 10.0)
     assert view(db_session, new.id).status == "running"

@@ -52,7 +52,7 @@ def test_a_new_tasks_jobs_reach_redis_in_one_round_trip(settings, redis_conn, rq
         assert job.retries_left == settings.step_retries
         assert job.failure_callback.__name__ == "on_failure"
         assert job.meta == {"task_id": task_id, "video_id": "video-1", "step": step,
-                            "max_tries": settings.step_retries + 1}
+                            "max_tries": settings.step_retries + 1, "takeover": False}
     child = fetch(redis_conn, task_id, "transcribe")
     assert child.get_status() == JobStatus.DEFERRED
     assert (child.allow_dependency_failures, child.enqueue_at_front) == (True, True)

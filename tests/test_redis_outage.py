@@ -11,7 +11,7 @@ import pytest
 from redis import Redis
 
 from tests import mediagen
-from tests.conftest import start_worker
+from tests.conftest import start_worker, stop_worker
 from tests.helpers import assert_json_error, progress_of, upload_ok, wait_for
 from webapp import create_app
 
@@ -82,8 +82,7 @@ def worker_proc():
 
     yield start
     for proc in procs:
-        proc.terminate()
-        proc.wait(20)
+        stop_worker(proc)
 
 
 def test_with_redis_down_the_service_degrades_honestly_and_recovers(

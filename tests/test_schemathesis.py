@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +39,10 @@ from schemathesis.checks import (
 )
 
 from tests import mediagen
-from tests.helpers import upload_ok
+from tests.helpers import publish_files, upload_ok
 from webapp import create_app
 from webapp.config import Settings
-from webapp.services.storage import ARTIFACT_NAMES
+from webapp.services.storage import ARTIFACT_NAMES, STEP_OUTPUTS
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
@@ -106,12 +105,12 @@ def known(app, client, settings, media_samples):
     # The description fuzzed is the one this app serves.
     assert client.get("/api/openapi.json").get_json() == schema.raw_schema
     idle = upload_ok(client, media_samples["clip"])["id"]
-    artifacts = settings.media_root / "videos" / idle / "artifacts"
-    for name in ARTIFACT_NAMES:
-        sample = media_samples["poster" if name.endswith(".jpg") else "clip"]
-        shutil.copy(sample, artifacts / name)
-    (artifacts / "transcript.json").write_text('{"text": "", "segments": []}')
-    (artifacts / "captions.vtt").write_text("WEBVTT\n")
+    files = {name: media_samples["poster" if name.endswith(".jpg") else "clip"].read_bytes()
+             for name in ARTIFACT_NAMES}
+    files["transcript.json"] = b'{"text": "", "segments": []}'
+    files["captions.vtt"] = b"WEBVTT\n"
+    for step, names in STEP_OUTPUTS.items():
+        publish_files(settings, idle, step, {name: files[name] for name in names})
     busy = upload_ok(client, media_samples["clip"])["id"]
     assert client.post(f"/api/v1/videos/{busy}/run_sync").status_code == 202
     KNOWN.video_ids = [idle, busy]

@@ -21,7 +21,7 @@ import pytest
 from bs4 import BeautifulSoup
 
 from tests import mediagen
-from tests.helpers import progress_of, upload_ok
+from tests.helpers import progress_of, publish_files, upload_ok
 from webapp import create_app
 from webapp.config import PROJECT_ROOT, Settings
 from webapp.security import (
@@ -31,7 +31,6 @@ from webapp.security import (
     is_loopback,
     persistent_secret_key,
 )
-from webapp.services.storage import Storage
 
 TOKEN = "s3cret-token-4f9c1e77"
 PASSWORD = "correct horse battery staple"
@@ -169,9 +168,9 @@ def test_artifacts_also_accept_the_admin_login(secured, settings, clip):
     """The UI embeds artifacts (<video>, <img>, downloads) straight from the API."""
     client = secured.test_client()
     vid = upload_ok_with_token(client, clip)
-    poster = Storage(settings.media_root).artifact_path(vid, "poster.jpg")
-    poster.parent.mkdir(parents=True, exist_ok=True)
-    poster.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    publish_files(settings, vid, "thumbnails", {
+        "poster.jpg": b"\xff\xd8\xff\xe0 not really a jpeg", "storyboard.jpg": b"x",
+        "storyboard.vtt": b"WEBVTT\n"})
     url = f"/api/v1/videos/{vid}/artifacts/poster.jpg"
     assert client.get(url, headers=bearer()).status_code == 200
     assert client.get(url, headers=basic()).status_code == 200

@@ -7,6 +7,8 @@ from bs4 import BeautifulSoup
 
 from tests import mediagen
 from tests.conftest import run_worker
+from webapp.models import ProcessingTask
+from webapp.services import progress
 
 HX = {"HX-Request": "true"}
 
@@ -215,6 +217,74 @@ def test_audio_only_gets_an_audio_player(client, tmp_path):
     page = soup(client.get(f"/videos/{vid}"))
     assert page.select_one("audio#player") and not page.select_one("video")
     assert page.select("#transcript button.line")
+
+
+AUDIO_FAILED = "The audio could not be extracted: the file is cut short or damaged after 3.3 s."
+POSTER_FAILED = "The poster could not be made: the video data is damaged after 1.2 s."
+# Raw ffmpeg output, with characters that must come out as text, not markup.
+AUDIO_DETAIL = ("[mov,mp4,m4a,3gp,3g2,mj2] stream 1, offset 0x1b775a: partial file\n"
+                "[h264] Invalid NAL unit size (3969 > 3943).\n<script>alert(1)</script>")
+
+
+def fail_steps(db_session, vid: str) -> str:
+    """The video's queued task, run by hand through the progress service: extract_audio and
+    thumbnails fail, transcribe is not run, transcode completes."""
+    task_id = db_session.query(ProcessingTask.id).filter_by(video_id=vid).scalar()
+    for step, status, error in [
+        ("extract_audio", "failed", AUDIO_FAILED),
+        ("transcribe", "cancelled", "not run because extract_audio failed"),
+        ("thumbnails", "failed", POSTER_FAILED),
+        ("transcode", "completed", None),
+    ]:
+        if status == "cancelled":  # never started
+            progress.finish_subtask(db_session, task_id, step, status, error)
+            continue
+        attempt = progress.start_subtask(db_session, task_id, step)
+        if status == "completed":
+            assert progress.complete_subtask(db_session, task_id, step, attempt)
+        else:
+            detail = AUDIO_DETAIL if step == "extract_audio" else None
+            assert progress.finish_subtask(db_session, task_id, step, status, error,
+                                           attempt=attempt, detail=detail)
+    return task_id
+
+
+def test_failed_steps_say_each_sentence_once_with_the_raw_output_behind_details(
+        client, clip, db_session):
+    vid = uploaded(client, clip)
+    task_id = fail_steps(db_session, vid)
+    panel = soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#progress-panel")
+    assert panel["data-status"] == "failed"
+    text = panel.get_text()
+    for sentence in (AUDIO_FAILED, POSTER_FAILED, "not run because extract_audio failed"):
+        assert text.count(sentence) == 1, (sentence, text)
+    assert AUDIO_FAILED in panel.select_one("#step-extract_audio").get_text()
+    assert POSTER_FAILED in panel.select_one("#step-thumbnails").get_text()
+    # The raw output: once, behind a closed "details" disclosure of its own step, as text.
+    details = panel.select("details")
+    assert [d["id"] for d in details] == [f"detail-{task_id}-extract_audio"]
+    assert details[0].summary.get_text() == "details" and not details[0].has_attr("open")
+    assert details[0].has_attr("hx-preserve")  # an opened one stays open while others poll
+    assert details[0].pre.get_text() == AUDIO_DETAIL
+    assert not panel.select("script") and text.count("Invalid NAL unit size") == 1
+    assert not panel.select_one("#step-transcode small.error")
+
+
+def test_a_task_error_is_not_repeated_by_its_steps(client, clip, db_session):
+    vid = uploaded(client, clip)
+    task_id = db_session.query(ProcessingTask.id).filter_by(video_id=vid).scalar()
+    assert progress.cancel_task(db_session, task_id, "cancelled by user")
+    db_session.commit()
+    panel = soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#progress-panel")
+    assert panel.select_one("#task-error").get_text() == "cancelled by user"
+    assert panel.get_text().count("cancelled by user") == 1
+    # A failed task's error is a summary naming its steps; each step says why, once.
+    vid = uploaded(client, clip, "second.mp4")
+    fail_steps(db_session, vid)
+    panel = soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#progress-panel")
+    assert panel.select_one("#task-error").get_text() == (
+        "failed: extract_audio, thumbnails; not run: transcribe")
+    assert panel.get_text().count(AUDIO_FAILED) == 1
 
 
 def test_rq_dashboard_is_mounted(client):

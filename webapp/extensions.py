@@ -10,6 +10,7 @@ from webapp.config import Settings
 from webapp.db import session_factory
 from webapp.services.queue import connect
 from webapp.services.storage import Storage
+from webapp.services.workers import WorkerCensus
 
 _KEY = "vidpipe"
 
@@ -22,6 +23,7 @@ class Handles:
         self.storage = Storage(settings.media_root)
         self.sessions = session_factory(settings.database_url)
         self.redis: Redis = connect(settings.redis_url)
+        self.workers = WorkerCensus(self.redis, settings.queue_name)
 
 
 def init_app(app: Flask, settings: Settings) -> None:

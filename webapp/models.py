@@ -1,4 +1,4 @@
-"""Typed SQLAlchemy models: videos, processing tasks and their subtasks."""
+"""Typed SQLAlchemy models: videos, processing tasks, their subtasks and published outputs."""
 
 from __future__ import annotations
 
@@ -133,10 +133,31 @@ class SubTask(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     reused: Mapped[bool] = mapped_column(default=False)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)  # one sentence for people
+    error_detail: Mapped[str | None] = mapped_column(Text)  # the tool's own words, for bugs
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     task: Mapped[ProcessingTask] = relationship(back_populates="subtasks")
 
     __table_args__ = (UniqueConstraint("task_id", "name", name="uq_subtasks_task_name"),)
+
+
+class Publication(Base):
+    """Which attempt's files are the video's outputs of one step: what every reader sees.
+
+    A run writes each attempt of a step into a folder of its own (`folder`, relative to the
+    video's folder); the row switches to it in the transaction that marks that attempt's
+    step completed, so readers only ever see complete sets that a completed step produced.
+    """
+
+    __tablename__ = "publications"
+
+    video_id: Mapped[str] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    step: Mapped[str] = mapped_column(String(32), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("processing_tasks.id", ondelete="CASCADE"),
+                                         index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    folder: Mapped[str] = mapped_column(String(200))
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

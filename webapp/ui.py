@@ -25,7 +25,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp import extensions as ext
 from webapp.models import Video
-from webapp.services import ingest, processing, progress, results
+from webapp.services import ingest, processing, progress, publications, results
 from webapp.services.errors import InvalidMedia, ServiceError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ ACTIONS = {
 
 @bp.app_context_processor
 def queue_status() -> dict:
-    """Pages warn when the job queue is unreachable (progress and results still work)."""
+    """Pages warn when the job queue is unreachable (progress and results still work), and
+    when no worker serves it while a task is active (ui.no_worker)."""
 
     def queue_down() -> bool:
         if "queue_down" not in g:
@@ -54,7 +55,15 @@ def queue_status() -> dict:
                 g.queue_down = True
         return g.queue_down
 
-    return {"queue_down": queue_down}
+    return {"queue_down": queue_down, "no_worker": no_worker}
+
+
+def no_worker() -> bool:
+    """True when Redis answers and no worker serves the queue: active tasks would wait
+    forever. Asked once per request, and at most every 2 s per process (WorkerCensus)."""
+    if "no_worker" not in g:
+        g.no_worker = ext.handles().workers.count() == 0
+    return g.no_worker
 
 
 def is_htmx() -> bool:
@@ -64,17 +73,18 @@ def is_htmx() -> bool:
 def video_context(video: Video, message: str | None = None, poll: bool = False,
                   state: progress.ProgressView | None = None) -> dict:
     """Everything the video page and its fragments show."""
-    storage = ext.storage()
     if state is None:
         state = progress.video_progress(ext.db(), video, ext.settings().weights)
-    tiles, sprite_w, sprite_h = results.storyboard_tiles(storage, video.id)
+    artifacts = {a.name: a
+                 for a in publications.artifacts(ext.db(), ext.storage(), video.id)}
+    tiles, sprite_w, sprite_h = results.storyboard_tiles(artifacts, video.id)
     return {
         "video": video,
         "state": state,
         "message": message,
         "poll": poll,
-        "artifacts": {a.name: a for a in storage.list_artifacts(video.id)},
-        "lines": results.transcript_lines(storage, video.id),
+        "artifacts": artifacts,
+        "lines": results.transcript_lines(artifacts.get("transcript.json"), video.id),
         "tiles": tiles,
         "sprite_size": (sprite_w, sprite_h),
     }
@@ -93,9 +103,9 @@ def show_video(video_id: str, message: str | None = None, status: int = 200):
 
 def library_page(page: int, message: str | None = None) -> str:
     videos, total = ingest.list_videos(ext.db(), page, PAGE_SIZE)
-    weights, storage = ext.settings().weights, ext.storage()
+    weights = ext.settings().weights
     rows = [(v, progress.video_progress(ext.db(), v, weights)) for v in videos]
-    posters = {v.id for v in videos if storage.artifact(v.id, "poster.jpg")}
+    posters = publications.with_step(ext.db(), (v.id for v in videos), "thumbnails")
     return render_template("library/index.html", rows=rows, page=page, total=total,
                            pages=max(1, -(-total // PAGE_SIZE)), posters=posters,
                            message=message)
@@ -153,9 +163,9 @@ def library_row(video_id: str):
     def render() -> tuple[str, str]:
         video = processing.get_video(ext.db(), video_id)
         state, tag = progress.tagged_progress(ext.db(), video.id, weights)
-        has_poster = ext.storage().artifact(video.id, "poster.jpg") is not None
+        posters = publications.with_step(ext.db(), [video.id], "thumbnails")
         return render_template("library/_row.html", video=video, state=state,
-                               posters={video.id} if has_poster else set()), f"row-{tag}"
+                               posters=posters), f"row-{tag}"
 
     return polled_fragment(f"row-{tag}", render)
 
@@ -207,7 +217,8 @@ def panel(video_id: str):
     poll = request.args.get("poll") == "1"
     weights = ext.settings().weights
     tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
-    session_tag = f"{_csrf_digest()}-{int(poll)}"
+    # The panel says when no worker lives: that is part of what it shows, so of its tag.
+    session_tag = f"{_csrf_digest()}-{int(poll)}-w{int(not no_worker())}"
 
     def render() -> tuple[str, str]:
         video = processing.get_video(ext.db(), video_id)
@@ -241,7 +252,8 @@ def start(video_id: str, action: str):
 @bp.post("/videos/<video_id>/cancel", merge_slashes=False)
 def cancel(video_id: str):
     """Cancel the active task; answers with the updated panel."""
-    return act(video_id, lambda: processing.cancel(ext.db(), ext.redis(), video_id))
+    return act(video_id, lambda: processing.cancel(ext.db(), ext.storage(), ext.redis(),
+                                                   video_id))
 
 
 @bp.post("/videos/<video_id>/delete", merge_slashes=False)

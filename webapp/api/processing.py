@@ -115,5 +115,5 @@ class Cancel(MethodView):
     def post(self, video_id):
         """Stop the active run: running steps are stopped, waiting ones cancelled"""
         video = find_video(video_id)
-        task = processing.cancel(ext.db(), ext.redis(), video.id)
+        task = processing.cancel(ext.db(), ext.storage(), ext.redis(), video.id)
         return progress.task_view(task)

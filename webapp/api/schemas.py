@@ -50,7 +50,15 @@ class SubTaskProgressSchema(ma.Schema):
     )
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
-    error = fields.String(allow_none=True, metadata={"description": "Why it failed or skipped"})
+    error = fields.String(
+        allow_none=True,
+        metadata={"description": "Why it failed or skipped: one sentence for people"},
+    )
+    error_detail = fields.String(
+        allow_none=True,
+        metadata={"description": "The raw output of the tool that failed (ffmpeg, whisper),"
+                  " server paths removed, for bug reports; null when there is none"},
+    )
 
 
 class TaskProgressSchema(ma.Schema):
@@ -103,4 +111,7 @@ class ArtifactSchema(ma.Schema):
     name = fields.String(required=True)
     size_bytes = fields.Integer(required=True)
     mime_type = fields.String(required=True)
+    step = fields.String(required=True, metadata={"description": "The step that made it"})
+    task_id = fields.String(required=True, metadata={
+        "description": "The run (task) whose completed step published this file"})
     url = fields.String(required=True)

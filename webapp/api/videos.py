@@ -10,7 +10,7 @@ from webapp import extensions as ext
 from webapp.api.guards import error_response, multipart_upload
 from webapp.api.schemas import ArtifactSchema, UploadSchema, VideoSchema
 from webapp.models import Video
-from webapp.services import ingest, progress
+from webapp.services import ingest, progress, publications
 from webapp.services.errors import NotFound
 from webapp.services.processing import get_video
 from webapp.services.storage import ARTIFACT_NAMES, mime_type
@@ -92,8 +92,9 @@ class Artifacts(MethodView):
         video = find_video(video_id)
         return [
             {"name": a.name, "size_bytes": a.size_bytes, "mime_type": a.mime_type,
+             "step": a.step, "task_id": a.task_id,
              "url": url_for("videos.Artifact", video_id=video.id, name=a.name)}
-            for a in ext.storage().list_artifacts(video.id)
+            for a in publications.artifacts(ext.db(), ext.storage(), video.id)
         ]
 
 
@@ -117,8 +118,15 @@ class Artifact(MethodView):
     def get(self, video_id, name):
         """Download one output; supports HTTP Range so players can seek"""
         video = find_video(video_id)
-        artifact = ext.storage().artifact(video.id, name)
-        if artifact is None:
-            raise NotFound(f"artifact {name!r} does not exist for video {video.id}")
-        return send_file(artifact.path, mimetype=artifact.mime_type, conditional=True,
-                         download_name=name, max_age=0)
+        # The published file is resolved again if a newer run replaced (and removed) it
+        # between the lookup and the open.
+        for _ in range(3):
+            artifact = publications.artifact(ext.db(), ext.storage(), video.id, name)
+            if artifact is None:
+                raise NotFound(f"artifact {name!r} does not exist for video {video.id}")
+            try:
+                return send_file(artifact.path, mimetype=artifact.mime_type, conditional=True,
+                                 download_name=name, max_age=0)
+            except FileNotFoundError:
+                ext.db().rollback()
+        raise NotFound(f"artifact {name!r} does not exist for video {video.id}")

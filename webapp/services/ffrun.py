@@ -9,11 +9,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from ffmpeg.nodes import OutputStream
+
+from webapp.services.errors import ToolError
 
 ProgressCallback = Callable[[float], None]
 
@@ -25,18 +28,54 @@ GLOBAL_ARGS = (
 # Output that stops before this share of the probed duration means the input ended early.
 COMPLETE_SHARE = 0.9
 MAX_MESSAGE = 300
+MAX_DETAIL = 2000
 # "[h264 @ 0x55d1c2]" -> "[h264]"; "[NULL]" (an unnamed parser) says nothing at all.
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+\]")
 _UNNAMED = "[NULL] "
 _NOISE = {"Conversion failed!", "Exiting normally, received signal 2."}
 
 
-class MediaError(Exception):
-    """An ffprobe/ffmpeg call failed; str(exc) is a short human-readable reason."""
+class MediaError(ToolError):
+    """An ffprobe/ffmpeg call failed on this input.
+
+    The public wrappers (media.py) raise it with str(exc) = one sentence saying what could
+    not be made and why ("The preview could not be encoded: the video data is damaged after
+    3.3 s."), and `detail` = ffmpeg's own last lines, server paths removed, or None.
+    """
 
 
 class Stopped(Exception):
     """The caller asked the work to stop; the tool's process was killed."""
+
+
+# The stop signal of the work in progress (a step's attempt that may be cancelled or
+# superseded at any time): every ffmpeg run inside `stopping(event)` is killed within
+# ~0.1 s of the event being set, and then raises Stopped.
+_STOP: ContextVar[threading.Event | None] = ContextVar("vidpipe_ffmpeg_stop", default=None)
+
+
+@contextmanager
+def stopping(event: threading.Event) -> Iterator[threading.Event]:
+    """Make every ffmpeg run in this block stop (Stopped) when `event` is set."""
+    token = _STOP.set(event)
+    try:
+        yield event
+    finally:
+        _STOP.reset(token)
+
+
+def check_stop() -> None:
+    """Raise Stopped if the work in progress was asked to stop (between two tool runs)."""
+    event = _STOP.get()
+    if event is not None and event.is_set():
+        raise Stopped("stopped on request")
+
+
+def _kill_on_stop(proc: subprocess.Popen[bytes], event: threading.Event) -> None:
+    while proc.poll() is None:
+        if event.wait(0.1):
+            proc.kill()
+            return
 
 
 @dataclass
@@ -46,21 +85,46 @@ class RunResult:
     reported: float = 0.0  # last progress fraction passed to the callback
 
 
-def error_tail(stderr: str | bytes | Iterable[str], paths: Sequence[Path] = ()) -> str:
+def error_tail(
+    stderr: str | bytes | Iterable[str],
+    paths: Sequence[Path] = (),
+    lines: int = 3,
+    limit: int = MAX_MESSAGE,
+    sep: str = "; ",
+) -> str:
     """The last meaningful stderr lines, without pointer noise or server paths."""
+    kept = _meaningful(stderr)
+    message = sep.join(kept[-lines:])
+    # Users see these messages; where the server keeps files is none of their business.
+    for path in paths:
+        message = message.replace(str(path), path.name)
+    if len(message) > limit:
+        message = "..." + message[-(limit - 3):]
+    return message
+
+
+def error_detail(stderr: str | bytes | Iterable[str], paths: Sequence[Path] = ()) -> str | None:
+    """The raw tool output kept beside a failure's sentence (MediaError.detail)."""
+    return error_tail(stderr, paths, lines=12, limit=MAX_DETAIL, sep="\n") or None
+
+
+def _meaningful(stderr: str | bytes | Iterable[str]) -> list[str]:
     if isinstance(stderr, bytes):
         stderr = stderr.decode(errors="replace")
     if isinstance(stderr, str):
         stderr = stderr.splitlines()
     lines = [_ADDRESS.sub("]", line.strip()).removeprefix(_UNNAMED) for line in stderr]
-    lines = [line for line in lines if line and line not in _NOISE]
-    message = "; ".join(lines[-3:])
-    # Users see these messages; where the server keeps files is none of their business.
-    for path in paths:
-        message = message.replace(str(path), path.name)
-    if len(message) > MAX_MESSAGE:
-        message = "..." + message[-(MAX_MESSAGE - 3):]
-    return message
+    return [line for line in lines if line and line not in _NOISE]
+
+
+@contextmanager
+def failing_as(action: str) -> Iterator[None]:
+    """Turn the reason of a MediaError raised inside into the sentence users see:
+    "<action>: <reason>." (the detail is kept). Other exceptions pass untouched."""
+    try:
+        yield
+    except MediaError as exc:
+        raise MediaError(f"{action}: {exc}.", detail=exc.detail) from None
 
 
 @contextmanager
@@ -78,7 +142,7 @@ def atomic_output(dst: Path) -> Iterator[Path]:
 def require_output(path: Path) -> None:
     """ffmpeg exits 0 without writing anything when, e.g., a seek lands past the last frame."""
     if not path.is_file() or path.stat().st_size == 0:
-        raise MediaError("ffmpeg produced no output")
+        raise MediaError("ffmpeg wrote no output")
 
 
 def run(
@@ -92,10 +156,16 @@ def run(
 ) -> RunResult:
     """Run ffmpeg to completion, reporting progress; raise MediaError on any failure.
 
-    check_complete compares the last reported output time with duration, because a
-    truncated input makes ffmpeg stop early yet still exit 0.
+    The error's message is a reason ("the video data is damaged after 3.3 s"), for the
+    caller to complete into a sentence with failing_as. check_complete compares the last
+    reported output time with duration, because a truncated input makes ffmpeg stop early
+    yet still exit 0.
     """
+    check_stop()
     proc = _spawn(stream, xerror)
+    stop = _STOP.get()
+    if stop is not None:
+        threading.Thread(target=_kill_on_stop, args=(proc, stop), daemon=True).start()
     tail: deque[str] = deque(maxlen=20)
     # ffmpeg blocks once the stderr pipe buffer is full, so it is drained concurrently.
     drainer = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
@@ -111,10 +181,12 @@ def run(
     finally:
         drainer.join(timeout=5)
         _close(proc)
+    check_stop()  # killed on request: not a media error
     if code != 0:
-        raise MediaError(f"ffmpeg failed: {error_tail(tail, paths) or f'exit code {code}'}")
+        raise MediaError(failure_reason(tail, result.out_time),
+                         detail=error_detail(tail, paths) or f"ffmpeg exit code {code}")
     if check_complete:
-        check_reached_end(result.out_time, duration)
+        check_reached_end(result.out_time, duration, error_detail(tail, paths))
     if on_progress is not None and result.reported < 1.0:
         on_progress(1.0)
     return result
@@ -127,17 +199,75 @@ def _spawn(stream: OutputStream, xerror: bool) -> subprocess.Popen[bytes]:
             pipe_stdout=True, pipe_stderr=True
         )
     except FileNotFoundError:
-        raise MediaError("ffmpeg is not installed") from None
+        raise MediaError("ffmpeg is not installed on the server") from None
 
 
-def check_reached_end(reached: float | None, duration: float | None) -> None:
+def check_reached_end(
+    reached: float | None, duration: float | None, detail: str | None = None
+) -> None:
     """Raise if output stopped well before the probed duration."""
     if not duration or duration <= 0:
         return
     if reached is None or reached < COMPLETE_SHARE * duration:
         raise MediaError(
-            f"input ended early at {reached or 0.0:.1f} s of {duration:.1f} s (truncated file?)"
+            f"the input ends at {reached or 0.0:.1f} s of {duration:.1f} s"
+            " (the file is cut short or damaged)",
+            detail=detail,
         )
+
+
+# "Stream map '0:a:0' matches no streams.", "Stream specifier ':v:0' in filtergraph ..."
+_NO_STREAM = re.compile(r"Stream (?:map '\d+|specifier ')?:([avs])\b.*matches no streams")
+_KINDS = {"a": "audio", "v": "video", "s": "subtitle"}
+# Demuxers saying the data stops where the index says there is more.
+_CUT_SIGNS = ("partial file", "end of file", "truncat")
+_DAMAGE_SIGNS = ("invalid data found", "corrupt", "error while decoding", "invalid nal",
+                 "missing picture", "decoding error", "header missing", "invalid frame")
+_VIDEO_DECODERS = {"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "mpeg4", "mpeg2video",
+                   "mpeg1video", "mjpeg", "prores", "theora", "vc1", "wmv3", "h263", "flv",
+                   "dvvideo", "png"}
+_AUDIO_DECODERS = {"aac", "mp3", "mp3float", "mp2", "mp2float", "opus", "libopus", "vorbis",
+                   "flac", "ac3", "eac3", "dca", "alac", "wmav2", "amrnb", "amrwb"}
+# Complaints of video parsers, which ffmpeg prints without a name ("[NULL]").
+_VIDEO_SIGNS = ("nal unit", "missing picture", "slice header", "macroblock")
+_BRACKET = re.compile(r"^\[([\w,]+)\]")
+
+
+def failure_reason(stderr: Iterable[str], reached: float | None) -> str:
+    """Why ffmpeg failed, as a user would put it, from its last stderr lines."""
+    lines = _meaningful(stderr)
+    text = "\n".join(lines).lower()
+    missing = _NO_STREAM.search("\n".join(lines))
+    if missing:
+        return f"the file has no {_KINDS.get(missing.group(1), 'such')} track"
+    if "no such file or directory" in text:
+        return "the source file is missing on the server"
+    if "no space left on device" in text:
+        return "the server's disk is full"
+    # The last progress report before the failure: the damage lies somewhere after it.
+    after = f" after {reached:.1f} s" if reached and reached >= 0.1 else ""
+    if any(sign in text for sign in _CUT_SIGNS):
+        return f"the file is cut short or damaged{after}"
+    kinds = _decoder_kinds(lines)
+    if kinds or any(sign in text for sign in _DAMAGE_SIGNS):
+        kind = next(iter(kinds)) if len(kinds) == 1 else "media"
+        return f"the {kind} data is damaged{after}"
+    return "ffmpeg stopped with an error"
+
+
+def _decoder_kinds(lines: Sequence[str]) -> set[str]:
+    """"video" and/or "audio", after the decoders that complained ("[h264] ...")."""
+    kinds: set[str] = set()
+    if any(sign in line.lower() for line in lines for sign in _VIDEO_SIGNS):
+        kinds.add("video")
+    for line in lines:
+        match = _BRACKET.match(line)
+        name = match.group(1) if match else ""
+        if name in _VIDEO_DECODERS:
+            kinds.add("video")
+        elif name in _AUDIO_DECODERS or name.startswith("pcm_"):
+            kinds.add("audio")
+    return kinds
 
 
 def _read_progress(

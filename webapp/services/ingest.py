@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from webapp.models import Video
-from webapp.services import media, progress
+from webapp.services import integrity, media, progress
 from webapp.services.errors import Conflict, InvalidMedia
 from webapp.services.processing import get_video
 from webapp.services.storage import StagedFile, Storage
@@ -66,6 +66,23 @@ def _has_packets(path: Path) -> bool:
     return bool(info.get("packets"))
 
 
+def _whole_media(path: Path) -> media.ProbeResult:
+    """Probe the upload; InvalidMedia unless it is audio/video with all its data there."""
+    try:
+        info = media.probe(path)
+    except media.MediaError as exc:
+        if integrity.starts_like_mp4(path):
+            raise InvalidMedia("the file is incomplete: its MP4 index (moov atom) is missing"
+                               " or cut off; upload it again") from None
+        raise InvalidMedia(str(exc)) from None
+    if info.duration is None and not _has_packets(path):
+        raise InvalidMedia("the file has audio or video streams but no data in them")
+    cut = integrity.find_cut(path, info.format_name, info.duration)
+    if cut is not None:
+        raise InvalidMedia(f"{cut}; upload it again")
+    return info
+
+
 def _staged(storage: Storage, stream: IO[bytes]) -> StagedFile:
     """The upload as a file in this storage's staging folder.
 
@@ -100,14 +117,7 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
         size = os.fstat(staged_file.fileno()).st_size
         if size == 0:
             raise InvalidMedia("the uploaded file is empty")
-        try:
-            info = media.probe(staged)
-        except media.MediaError as exc:
-            # ffprobe names the staged file (a random hex name): say "the file" instead.
-            reason = str(exc).replace(f"{staged.name}: ", "").replace(staged.name, "the file")
-            raise InvalidMedia(f"not a playable audio or video file: {reason}") from None
-        if info.duration is None and not _has_packets(staged):
-            raise InvalidMedia("the file has audio or video streams but no data in them")
+        info = _whole_media(staged)
         original = clean_filename(filename)
         video = Video(
             original_filename=original, stored_name=_stored_name(original), size_bytes=size,

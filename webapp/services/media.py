@@ -13,7 +13,15 @@ import webvtt
 from ffmpeg.nodes import OutputStream
 
 # MediaError and ProgressCallback are part of this module's interface, hence the aliases.
-from webapp.services.ffrun import COMPLETE_SHARE, atomic_output, error_tail, require_output, run
+from webapp.services.ffrun import (
+    COMPLETE_SHARE,
+    atomic_output,
+    error_detail,
+    error_tail,
+    failing_as,
+    require_output,
+    run,
+)
 from webapp.services.ffrun import MediaError as MediaError
 from webapp.services.ffrun import ProgressCallback as ProgressCallback
 
@@ -50,17 +58,18 @@ def probe(path: Path) -> ProbeResult:
     try:
         info = ffmpeg.probe(str(path), v="error")
     except ffmpeg.Error as exc:
-        reason = error_tail(exc.stderr or b"", [path]) or "unreadable"
-        raise MediaError(f"not a media file: {reason}") from None
+        stderr = exc.stderr or b""
+        raise MediaError(f"not a playable audio or video file: {_last_word(stderr, path)}",
+                         detail=error_detail(stderr, [path])) from None
     except FileNotFoundError:
-        raise MediaError("ffprobe is not installed") from None
+        raise MediaError("ffprobe is not installed on the server") from None
     fmt: dict[str, Any] = info.get("format", {})
     streams: list[dict[str, Any]] = info.get("streams", [])
     format_name = str(fmt.get("format_name", ""))
     video = next((s for s in streams if _is_moving_video(s, format_name)), None)
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     if video is None and audio is None:
-        raise MediaError("not a media file: no audio or video stream")
+        raise MediaError("not a playable audio or video file: it has no audio or video stream")
     width, height = _display_size(video) if video else (None, None)
     return ProbeResult(
         format_name=format_name,
@@ -73,6 +82,14 @@ def probe(path: Path) -> ProbeResult:
         audio_codec=audio.get("codec_name") if audio else None,
         frame_rate=_frame_rate(video) if video else None,
     )
+
+
+def _last_word(stderr: bytes, path: Path) -> str:
+    """ffprobe's closing "<file>: <reason>" line, as the reason alone."""
+    reason = error_tail(stderr, [path], lines=1) or "ffprobe cannot read it"
+    # The file is the user's own upload; its server-side (random) name tells them nothing.
+    reason = reason.removeprefix(f"{path.name}: ").replace(path.name, "the file")
+    return reason[:1].lower() + reason[1:] if reason[1:2].islower() else reason
 
 
 def _is_moving_video(stream: dict[str, Any], format_name: str) -> bool:
@@ -131,7 +148,9 @@ def extract_audio(
     src: Path, dst: Path, duration: float | None, on_progress: ProgressCallback | None = None
 ) -> None:
     """Write the first audio stream as 16 kHz mono 16-bit WAV, what whisper wants."""
-    with atomic_output(dst) as tmp:
+    # An audio track may well stop before the video does: measure it against its own length.
+    duration = stream_duration(src, "a:0") or duration
+    with failing_as("The audio could not be extracted"), atomic_output(dst) as tmp:
         stream = ffmpeg.input(str(src))["a:0"].output(
             str(tmp), ac=1, ar=16000, acodec="pcm_s16le", f="wav"
         )
@@ -141,16 +160,41 @@ def extract_audio(
         require_output(tmp)
 
 
+def stream_duration(path: Path, selector: str) -> float | None:
+    """The length the container states for one stream ("a:0"), from its header; None when
+    it states none (Matroska keeps it in a DURATION tag, when at all)."""
+    try:
+        info = ffmpeg.probe(str(path), v="error", select_streams=selector,
+                            show_entries="stream=duration:stream_tags=DURATION")
+    except (ffmpeg.Error, FileNotFoundError):
+        return None
+    streams = info.get("streams") or [{}]
+    duration = _number(streams[0].get("duration"), float)
+    if duration is None:
+        duration = _clock_seconds(streams[0].get("tags", {}).get("DURATION"))
+    return duration if duration and duration > 0 else None
+
+
+def _clock_seconds(value: Any) -> float | None:
+    """ "00:00:06.023000000" -> 6.023"""
+    try:
+        hours, minutes, seconds = str(value).split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
 def make_poster(src: Path, dst: Path, duration: float | None, max_width: int = 1280) -> None:
     """Write one JPEG frame from early on (skipping black intros), at most max_width wide."""
     seek = min(duration * 0.1, 5.0) if duration else 0.0
-    try:
-        _grab_frame(src, dst, seek, max_width)
-    except MediaError:
-        if seek == 0.0:
-            raise
-        # The video track can be shorter than the container (e.g. audio runs on).
-        _grab_frame(src, dst, 0.0, max_width)
+    with failing_as("The poster could not be made"):
+        try:
+            _grab_frame(src, dst, seek, max_width)
+        except MediaError:
+            if seek == 0.0:
+                raise
+            # The video track can be shorter than the container (e.g. audio runs on).
+            _grab_frame(src, dst, 0.0, max_width)
 
 
 def _grab_frame(src: Path, dst: Path, seek: float, max_width: int) -> None:
@@ -214,12 +258,13 @@ def make_storyboard(
     short of the plan when the video track ends a moment before the container does.
     """
     if duration <= 0 or width <= 0 or height <= 0:
-        raise MediaError("storyboard needs the video's duration and size, and probe found none")
+        raise MediaError("The storyboard could not be made: the video's duration and size"
+                         " are unknown.")
     plan = plan_storyboard(duration, width, height)
     gap = keyframe_gap(src, duration)
     # (1 % of slack: a 2 s GOP's timestamps may add up to a hair over 2 s)
     plan = replace(plan, keyframes_only=gap is not None and gap <= plan.interval * 1.01)
-    with atomic_output(sprite_dst) as tmp:
+    with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
         result = run(
             _storyboard_graph(src, tmp, plan),
             duration,
@@ -282,14 +327,14 @@ def keyframe_gap(path: Path, duration: float) -> float | None:
 
 def _confirm_tiles(plan: Storyboard, frames: int | None, duration: float) -> Storyboard:
     if not frames:
-        raise MediaError("storyboard: ffmpeg sampled no frames")
+        raise MediaError("no frame of the video could be read")
     if frames > plan.count:
-        raise MediaError(f"storyboard: expected {plan.count} frames, ffmpeg made {frames}")
+        raise MediaError(f"ffmpeg made {frames} tiles where {plan.count} were planned")
     # No frame at frames*interval or later means the video ended before that point.
     if frames < plan.count and frames * plan.interval < COMPLETE_SHARE * duration:
         raise MediaError(
-            f"input ended early before {frames * plan.interval:.1f} s of {duration:.1f} s"
-            " (truncated file?)"
+            f"the video ends before {frames * plan.interval:.1f} s of {duration:.1f} s"
+            " (the file is cut short or damaged)"
         )
     return replace(plan, count=frames)
 
@@ -337,7 +382,7 @@ def transcode_preview(
     }
     if has_audio:
         options.update({"acodec": "aac", "b:a": "128k"})
-    with atomic_output(dst) as tmp:
+    with failing_as("The preview could not be encoded"), atomic_output(dst) as tmp:
         stream = ffmpeg.output(*streams, str(tmp), **options)
         run(stream, duration, on_progress, xerror=True, paths=(src, tmp))
         require_output(tmp)

@@ -9,9 +9,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from webapp.config import STEPS, Settings
-from webapp.models import ProcessingTask, Video
-from webapp.services import progress, queue
-from webapp.services.errors import Conflict, NotFound
+from webapp.models import ACTIVE_STATUSES, ProcessingTask, Video
+from webapp.services import progress, publications, queue
+from webapp.services.errors import Conflict, NotFound, QueueUnavailable
 from webapp.services.storage import Storage, is_valid_id
 
 log = logging.getLogger(__name__)
@@ -49,55 +49,96 @@ def _conflict(session: Session, video_id: str) -> Conflict:
     )
 
 
-def _replace_active(session: Session, connection: Redis, video_id: str) -> None:
-    active = progress.active_task(session, video_id)
-    if active is not None and progress.cancel_task(session, active.id, "replaced by a forced run"):
-        session.commit()
-        queue.stop_jobs(connection, active.id)
+# Concurrent forced triggers of one video each replace the task the one before created;
+# each try that loses the race to another's insert simply tries again.
+FORCE_TRIES = 20
 
 
 def trigger(session: Session, settings: Settings, storage: Storage, connection: Redis,
             video_id: str, mode: str, force: bool = False) -> ProcessingTask:
-    """Create the video's one active task and enqueue its steps (409 if one is active)."""
+    """Create the video's one active task and enqueue its steps.
+
+    Without force, an active task means Conflict (409), whatever the new task would do.
+    With force, the active task is cancelled and the new one created in one transaction,
+    and a forced trigger never gets Conflict; if the queue does not answer before that
+    switch, QueueUnavailable (503) and the old run goes on untouched.
+    """
     assert mode in MODES, mode
     video = get_video(session, video_id)
     if force:
-        _replace_active(session, connection, video_id)
-    # Without force an active task is found by the insert itself: the partial unique index
-    # (one active task per video) refuses it, and the 409 names the task it collided with.
+        queue.check_available(connection)
     skipped = inapplicable_steps(video)
-    reused = []
-    if mode == "run_sync":
-        reused = [s for s in STEPS
-                  if s not in skipped and storage.step_outputs_exist(video.id, s)]
-    task = progress.new_task(video, mode, settings.weights, skipped, reused)
-    try:
-        progress.insert_task(session, task)
-        session.commit()
-    except IntegrityError:
-        # The video has an active task (maybe one a concurrent request just created).
-        session.rollback()
-        raise _conflict(session, video_id) from None
-    to_run = [s.name for s in task.subtasks if s.status == "pending"]
-    if to_run:
+    for _ in range(FORCE_TRIES if force else 1):
+        # The old task is cancelled first, and the new one made after: once that UPDATE
+        # holds the lock, any later forced run has to cancel this one first, so the
+        # newest task (by created_at) is always the one left active.
+        replaced = (progress.cancel_active(session, video.id, "replaced by a forced run")
+                    if force else [])
+        reused = []
+        if mode == "run_sync":
+            kept = publications.complete_steps(session, storage, video.id)
+            reused = [s for s in STEPS if s not in skipped and s in kept]
+        task = progress.new_task(video, mode, settings.weights, skipped, reused)
+        # Nothing to run, but "nothing to do" must not hide a task that is running.
+        if (not force and task.status not in ACTIVE_STATUSES
+                and progress.active_task(session, video.id) is not None):
+            session.rollback()
+            raise _conflict(session, video.id)
         try:
-            queue.enqueue_steps(connection, settings, task.id, video.id, to_run, video.duration)
-        except Exception:
-            progress.delete_task(session, task.id)
+            # Without force an active task is found by the insert itself: the partial
+            # unique index (one active task per video) refuses it.
+            progress.insert_task(session, task)
             session.commit()
-            raise
-    log.info("task %s (%s) for video %s: running %s", task.id, mode, video.id, to_run)
+            break
+        except IntegrityError:
+            session.rollback()
+            if not force:
+                raise _conflict(session, video.id) from None
+    else:
+        raise QueueUnavailable("too many concurrent forced runs of this video; try again")
+    for old in replaced:
+        queue.stop_jobs(connection, old)
+    if replaced:
+        publications.collect_garbage(session, storage, video.id)
+    _enqueue(session, settings, connection, task, video, replaced)
+    log.info("task %s (%s) for video %s: running %s%s", task.id, mode, video.id,
+             [s.name for s in task.subtasks if s.status == "pending"],
+             f", replacing {replaced}" if replaced else "")
     return task
 
 
-def cancel(session: Session, connection: Redis, video_id: str) -> ProcessingTask:
-    """Cancel the video's active task (409 if there is none)."""
+def _enqueue(session: Session, settings: Settings, connection: Redis, task: ProcessingTask,
+             video: Video, replaced: list[str]) -> None:
+    """Enqueue the new task's jobs. If the queue fails now, a plain trigger is undone (503);
+    a forced one has already replaced the old run, so its task stays queued and the
+    reconciler enqueues its jobs once Redis answers again."""
+    to_run = [s.name for s in task.subtasks if s.status == "pending"]
+    if not to_run:
+        return
+    try:
+        queue.enqueue_steps(connection, settings, task.id, video.id, to_run, video.duration)
+    except QueueUnavailable:
+        if replaced:
+            log.warning("task %s: queue unavailable; the reconciler will enqueue it", task.id)
+            return
+        progress.delete_task(session, task.id)
+        session.commit()
+        raise
+
+
+def cancel(session: Session, storage: Storage, connection: Redis,
+           video_id: str) -> ProcessingTask:
+    """Cancel the video's active task (409 if there is none).
+
+    Its running attempts stop within a progress interval by their own check of the database
+    (RQ's stop command is the fast path); its unpublished files are removed at once.
+    """
     get_video(session, video_id)
-    active = progress.active_task(session, video_id)
-    if active is None or not progress.cancel_task(session, active.id, "cancelled by request"):
+    cancelled = progress.cancel_active(session, video_id, "cancelled by request")
+    if not cancelled:
         session.rollback()
         raise Conflict(f"video {video_id} has no active task to cancel")
     session.commit()
-    queue.stop_jobs(connection, active.id)
-    session.refresh(active)
-    return active
+    queue.stop_jobs(connection, cancelled[0])
+    publications.collect_garbage(session, storage, video_id)
+    return session.get(ProcessingTask, cancelled[0], populate_existing=True)

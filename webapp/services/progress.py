@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -23,7 +22,7 @@ from webapp.models import (
     new_id,
     utcnow,
 )
-from webapp.services import eta
+from webapp.services import eta, publications
 from webapp.services.errors import NotFound
 from webapp.services.storage import is_valid_id
 
@@ -39,6 +38,7 @@ class SubtaskView:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    error_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ def _subtask_view(sub: SubTask) -> SubtaskView:
         started_at=sub.started_at,
         finished_at=sub.finished_at,
         error=sub.error,
+        error_detail=getattr(sub, "error_detail", None),
     )
 
 
@@ -381,19 +382,43 @@ def _subtask_update(task_id: str, name: str):
     )
 
 
-def start_subtask(session: Session, task_id: str, name: str) -> bool:
-    """Mark a step running (a new attempt); False if the task no longer wants it."""
+# Every write of a step's attempt is fenced: it names the attempt (the subtask's `attempt`
+# number, handed out by start_subtask) and changes nothing unless that attempt is still the
+# step's running one. A stale attempt (superseded by a retry, or its task cancelled or
+# replaced) can neither move progress, nor complete, fail or reset the step.
+
+def _attempt_is(task_id: str, name: str, attempt: int | None) -> tuple:
+    """WHERE clauses for "the step is in the state `attempt`'s write expects": running
+    that attempt, or for None (a step no attempt started, e.g. its parent failed) pending."""
+    if attempt is None:
+        return (SubTask.task_id == task_id, SubTask.name == name, SubTask.status == "pending")
+    return (SubTask.task_id == task_id, SubTask.name == name, SubTask.status == "running",
+            SubTask.attempt == attempt)
+
+
+def start_subtask(session: Session, task_id: str, name: str, *,
+                  takeover: bool = False) -> int | None:
+    """Start a new attempt of a pending step of an active task; its attempt number, or None
+    if the task no longer wants the step.
+
+    A step already running is taken over only with `takeover` (a retry of an attempt that
+    died, or a job the reconciler enqueued again): the old attempt, if it still lives, is
+    stale from here on and stops itself. A second delivery of the same job is refused.
+    """
     now = utcnow()
-    _touch_task(session, task_id, now)
-    result = session.execute(
-        _subtask_update(task_id, name)
-        .where(SubTask.status.in_(("pending", "running")))
-        .values(status="running", progress=0.0, attempt=SubTask.attempt + 1,
-                started_at=now, finished_at=None, error=None)
-    )
-    if result.rowcount != 1:
-        session.commit()
-        return False
+    statuses = ("pending", "running") if takeover else ("pending",)
+    attempt = None
+    if _touch_task(session, task_id, now, ProcessingTask.status.in_(ACTIVE_STATUSES)):
+        attempt = session.scalar(
+            _subtask_update(task_id, name)
+            .where(SubTask.status.in_(statuses))
+            .values(status="running", progress=0.0, attempt=SubTask.attempt + 1,
+                    started_at=now, finished_at=None, error=None, error_detail=None)
+            .returning(SubTask.attempt)
+        )
+    if attempt is None:
+        session.rollback()
+        return None
     session.execute(
         update(ProcessingTask)
         .where(ProcessingTask.id == task_id, ProcessingTask.status == "queued")
@@ -401,14 +426,14 @@ def start_subtask(session: Session, task_id: str, name: str) -> bool:
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    return True
+    return attempt
 
 
-def report_progress(session: Session, task_id: str, name: str, percent: float) -> None:
-    """Record a running step's progress (0-100); never moves it backwards, ignores stale tasks."""
+def report_progress(session: Session, task_id: str, name: str, attempt: int,
+                    percent: float) -> None:
+    """Record an attempt's progress (0-100); never backwards, nothing for a stale attempt."""
     percent = min(100.0, max(0.0, percent))
-    moves = (SubTask.task_id == task_id, SubTask.name == name, SubTask.status == "running",
-             SubTask.progress < percent)
+    moves = (*_attempt_is(task_id, name, attempt), SubTask.progress < percent)
     # The version is bumped only when the progress really moves (the EXISTS), and then the
     # same condition moves it: no write at all for a stale or backward report.
     if _touch_task(session, task_id, utcnow(), exists().where(*moves)):
@@ -419,54 +444,100 @@ def report_progress(session: Session, task_id: str, name: str, percent: float) -
     session.commit()
 
 
-def finish_subtask(
-    session: Session, task_id: str, name: str, status: str, error: str | None = None
-) -> None:
-    """End a step (completed/failed/skipped/cancelled) and close the task when all steps ended."""
-    assert status in SUBTASK_FINAL, status
+def attempt_is_current(session: Session, task_id: str, name: str, attempt: int) -> bool:
+    """Whether `attempt` is still the running attempt of the step (so its work is wanted)."""
+    current = session.scalar(select(SubTask.id).where(*_attempt_is(task_id, name, attempt)))
+    session.rollback()  # end the read: a long-lived session must not pin a snapshot
+    return current is not None
+
+
+def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
+                     video_id: str | None = None, folder: str | None = None) -> bool:
+    """Mark an attempt's step completed and publish its output folder, in one transaction.
+
+    False (and nothing written) if the attempt is stale: its files must then never be
+    published. `folder` None completes a step that has nothing to publish.
+    """
     now = utcnow()
     _touch_task(session, task_id, now)
-    values: dict[str, object] = {"status": status, "finished_at": now, "error": error}
-    if status == "completed":
-        values["progress"] = 100.0
-    session.execute(
-        _subtask_update(task_id, name)
-        .where(SubTask.status.in_(("pending", "running")))
-        .values(**values)
+    result = session.execute(
+        update(SubTask).where(*_attempt_is(task_id, name, attempt))
+        .values(status="completed", progress=100.0, finished_at=now, error=None,
+                error_detail=None)
+        .execution_options(synchronize_session=False)
     )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    if folder is not None:
+        assert video_id is not None
+        publications.switch(session, video_id, name, task_id, attempt, folder)
     _close_task_if_done(session, task_id, now)
     session.commit()
+    return True
 
 
-def retry_subtask(session: Session, task_id: str, name: str, reason: str) -> bool:
+def finish_subtask(
+    session: Session, task_id: str, name: str, status: str, error: str | None = None, *,
+    attempt: int | None = None, detail: str | None = None,
+) -> bool:
+    """End a step that did not complete (failed/skipped/cancelled) and close the task when
+    all its steps ended. `attempt` is the attempt that ends (None: a step that never
+    started); False (nothing written) if the step is no longer in that state."""
+    assert status in SUBTASK_FINAL and status != "completed", status
+    now = utcnow()
+    _touch_task(session, task_id, now)
+    result = session.execute(
+        update(SubTask).where(*_attempt_is(task_id, name, attempt))
+        .values(status=status, finished_at=now, error=error, error_detail=detail)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    _close_task_if_done(session, task_id, now)
+    session.commit()
+    return True
+
+
+def retry_subtask(session: Session, task_id: str, name: str, reason: str,
+                  attempt: int | None = None) -> bool:
     """An attempt died and another is coming: the step waits again, saying why.
 
     Its progress restarts from 0 (the one case where a total may go back), and the
-    attempt counter keeps growing so the next try shows as attempt 2, 3, ...
+    attempt counter keeps growing so the next try shows as attempt 2, 3, ... False
+    (nothing written) if `attempt` is not the step's running attempt any more.
     """
     _touch_task(session, task_id, utcnow())
     result = session.execute(
-        _subtask_update(task_id, name)
-        .where(SubTask.status.in_(("pending", "running")))
+        update(SubTask).where(*_attempt_is(task_id, name, attempt))
         .values(status="pending", progress=0.0, error=reason)
+        .execution_options(synchronize_session=False)
     )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
     session.commit()
-    return result.rowcount == 1
+    return True
 
 
 def _close_task_if_done(session: Session, task_id: str, now: datetime) -> None:
     rows = session.execute(
-        select(SubTask.name, SubTask.status, SubTask.error).where(SubTask.task_id == task_id)
+        select(SubTask.name, SubTask.status).where(SubTask.task_id == task_id)
     ).all()
-    if not rows or any(status not in SUBTASK_FINAL for _, status, _ in rows):
+    if not rows or any(status not in SUBTASK_FINAL for _, status in rows):
         return
-    failures = [f"{name}: {error or status}" for name, status, error in rows
-                if status not in SUBTASK_DONE]
-    status = "failed" if failures else "completed"
+    failed = [name for name, status in rows if status == "failed"]
+    not_run = [name for name, status in rows if status == "cancelled"]
+    # A summary: each step's own error says what happened to it.
+    summary = "; ".join(part for part in (
+        f"failed: {', '.join(failed)}" if failed else "",
+        f"not run: {', '.join(not_run)}" if not_run else "") if part)
     session.execute(
         update(ProcessingTask)
         .where(ProcessingTask.id == task_id, ProcessingTask.status.in_(ACTIVE_STATUSES))
-        .values(status=status, finished_at=now, error="; ".join(failures) or None)
+        .values(status="failed" if summary else "completed", finished_at=now,
+                error=summary or None)
         .execution_options(synchronize_session=False)
     )
 
@@ -478,43 +549,35 @@ def subtask_status(session: Session, task_id: str, name: str) -> str | None:
 
 
 def cancel_task(session: Session, task_id: str, reason: str) -> bool:
-    """Mark an active task and its unfinished steps cancelled; False if it was not active."""
+    """Mark an active task and its unfinished steps cancelled, in the caller's transaction;
+    False if it was not active."""
+    return bool(_cancel(session, reason, ProcessingTask.id == task_id))
+
+
+def cancel_active(session: Session, video_id: str, reason: str) -> list[str]:
+    """Cancel the video's active task (if any) in the caller's transaction; its id in a list.
+
+    One conditional UPDATE finds and cancels it, so a task that a concurrent request
+    cancelled first is not reported twice.
+    """
+    return _cancel(session, reason, ProcessingTask.video_id == video_id)
+
+
+def _cancel(session: Session, reason: str, which) -> list[str]:
     now = utcnow()
-    result = session.execute(
+    ids = list(session.scalars(
         update(ProcessingTask)
-        .where(ProcessingTask.id == task_id, ProcessingTask.status.in_(ACTIVE_STATUSES))
+        .where(which, ProcessingTask.status.in_(ACTIVE_STATUSES))
         .values(status="cancelled", finished_at=now, error=reason,
                 version=ProcessingTask.version + 1, updated_at=now)
+        .returning(ProcessingTask.id)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        return False
-    session.execute(
-        update(SubTask)
-        .where(SubTask.task_id == task_id, SubTask.status.in_(("pending", "running")))
-        .values(status="cancelled", finished_at=now, error=reason)
-        .execution_options(synchronize_session=False)
-    )
-    return True
-
-
-class ProgressReporter:
-    """Turns a stream of fractions from a media tool into throttled progress writes."""
-
-    def __init__(self, write: Callable[[float], None], min_interval: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._write = write
-        self._min_interval = min_interval
-        self._clock = clock
-        self._last_time = float("-inf")
-        self._last_value = 0.0
-        self.writes = 0
-
-    def __call__(self, fraction: float) -> None:
-        percent = round(min(1.0, max(0.0, fraction)) * 100.0, 2)
-        now = self._clock()
-        if percent <= self._last_value or now - self._last_time < self._min_interval:
-            return
-        self._last_time, self._last_value = now, percent
-        self.writes += 1
-        self._write(percent)
+    ))
+    if ids:
+        session.execute(
+            update(SubTask)
+            .where(SubTask.task_id.in_(ids), SubTask.status.in_(("pending", "running")))
+            .values(status="cancelled", finished_at=now, error=reason)
+            .execution_options(synchronize_session=False)
+        )
+    return ids

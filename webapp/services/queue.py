@@ -35,6 +35,14 @@ def connect(redis_url: str) -> Redis:
                           health_check_interval=30)
 
 
+def check_available(connection: Redis) -> None:
+    """QueueUnavailable unless Redis answers now (before a change that needs the queue)."""
+    try:
+        connection.ping()
+    except RedisError as exc:
+        raise QueueUnavailable(f"the job queue (Redis) is unavailable: {exc}") from exc
+
+
 def job_id(task_id: str, step: str) -> str:
     return f"{task_id}-{step}"
 
@@ -46,10 +54,12 @@ def job_timeout(settings: Settings, duration: float | None) -> int:
 
 def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id: str,
                   steps: Iterable[str], duration: float | None,
-                  after: Iterable[str] = ()) -> list[str]:
+                  after: Iterable[str] = (), takeover: bool = False) -> list[str]:
     """Enqueue one job per step to run; returns the job ids. Raises QueueUnavailable.
 
     `after` names steps whose jobs are already in the queue: dependants wait for them.
+    `takeover`: the jobs replace jobs that vanished (the reconciler), so their first attempt
+    may take over a step that still shows running (see progress.start_subtask).
     """
     queue = Queue(settings.queue_name, connection=connection)
     wanted = [s for s in ENQUEUE_ORDER if s in set(steps)]
@@ -74,7 +84,7 @@ def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id:
             on_failure=Callback(FAILURE_CALLBACK),
             description=f"{step} of video {video_id} (task {task_id})",
             meta={"task_id": task_id, "video_id": video_id, "step": step,
-                  "max_tries": settings.step_retries + 1},
+                  "max_tries": settings.step_retries + 1, "takeover": takeover},
         ))
     try:
         if all(NEEDS.get(step) not in after for step in wanted):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import webvtt
 
-from webapp.services.storage import Storage
+from webapp.services.storage import ArtifactFile
 
 log = logging.getLogger(__name__)
 _XYWH = re.compile(r"#xywh=(\d+),(\d+),(\d+),(\d+)$")
@@ -38,9 +38,8 @@ def _seconds(timestamp: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def transcript_lines(storage: Storage, video_id: str) -> list[Line] | None:
-    """The transcript's timed lines, or None when there is no (readable) transcript."""
-    found = storage.artifact(video_id, "transcript.json")
+def transcript_lines(found: ArtifactFile | None, video_id: str) -> list[Line] | None:
+    """The published transcript's timed lines, or None when there is no (readable) one."""
     if found is None:
         return None
     try:
@@ -52,10 +51,12 @@ def transcript_lines(storage: Storage, video_id: str) -> list[Line] | None:
         return None
 
 
-def storyboard_tiles(storage: Storage, video_id: str) -> tuple[list[Tile], int, int]:
-    """Tiles of the storyboard sprite with the sprite's width and height (0, 0 if none)."""
-    index = storage.artifact(video_id, "storyboard.vtt")
-    if index is None or storage.artifact(video_id, "storyboard.jpg") is None:
+def storyboard_tiles(artifacts: dict[str, ArtifactFile],
+                     video_id: str) -> tuple[list[Tile], int, int]:
+    """Tiles of the published storyboard sprite with the sprite's width and height (0, 0 if
+    none); `artifacts` are the video's published outputs by name."""
+    index = artifacts.get("storyboard.vtt")
+    if index is None or "storyboard.jpg" not in artifacts:
         return [], 0, 0
     try:
         cues = webvtt.read(str(index.path))

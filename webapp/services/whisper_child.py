@@ -8,7 +8,7 @@ transcription stops at once instead of at the end of a 30 s window.
 Protocol, one JSON object per line on the original stdout:
     {"info": {"language": "en", "duration": 61.2}}   once, when decoding starts
     {"segment": [start, end, text]}                  per segment, as whisper yields them
-    {"error": "short human message"}                 then exit code 1
+    {"error": "what went wrong", "detail": "the library's words"}   then exit code 1
 Exit code 0 after the last segment means the transcript is complete.
 
 Also imported by the parent for `load_model` and `short_message` (stdlib-only at import).
@@ -84,7 +84,8 @@ def transcribe(out: IO[str], audio: str, model_dir: str, cpu_threads: int,
     try:
         model = load_model(model_dir, cpu_threads)
     except Exception as exc:  # CTranslate2 raises RuntimeError, ValueError, OSError...
-        _send(out, {"error": f"could not load whisper model: {short_message(exc)}"})
+        _send(out, {"error": "the whisper model could not be loaded",
+                    "detail": short_message(exc)})
         return 1
     try:
         # The VAD filter keeps whisper from inventing words over music or silence.
@@ -94,7 +95,8 @@ def transcribe(out: IO[str], audio: str, model_dir: str, cpu_threads: int,
         for piece in pieces:
             _send(out, {"segment": [float(piece.start), float(piece.end), piece.text]})
     except Exception as exc:  # PyAV, CTranslate2 and faster-whisper raise assorted types
-        _send(out, {"error": f"transcription failed: {short_message(exc)}"})
+        _send(out, {"error": "whisper could not read or decode the audio",
+                    "detail": short_message(exc)})
         return 1
     return 0
 

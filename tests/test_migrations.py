@@ -1,0 +1,89 @@
+"""Alembic migrations on existing data: outputs written before versioning stay published."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+
+from tests.conftest import BACKENDS, TEST_POSTGRES_URL
+from webapp import create_app
+from webapp.config import PROJECT_ROOT, Settings
+from webapp.db import dispose, get_engine
+from webapp.services.storage import STEP_OUTPUTS
+
+
+def alembic(url: str) -> Config:
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.attributes["database_url"] = url
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request, tmp_path):
+    """A database with no tables yet, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    schema = f"vidpipe_mig_{uuid.uuid4().hex[:10]}"
+    admin = get_engine(TEST_POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in TEST_POSTGRES_URL else "?"
+    url = f"{TEST_POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    try:
+        yield url
+    finally:
+        dispose(url)
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+def test_outputs_of_old_runs_are_published_by_the_upgrade(empty_url, tmp_path, monkeypatch):
+    url = empty_url
+    settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
+    command.upgrade(alembic(url), "0002")
+    vid, task = "0b6f5d6e-0000-4000-8000-000000000001", "0b6f5d6e-0000-4000-8000-0000000000aa"
+    with get_engine(url).begin() as conn:
+        conn.execute(text(
+            "INSERT INTO videos (id, original_filename, stored_name, size_bytes, format_name, "
+            "duration, has_audio, has_video, created_at) VALUES "
+            "(:v, 'old.mp4', 'source.mp4', 1, 'mov', 1.0, true, true, '2026-11-01 10:00:00')"),
+            {"v": vid})
+        conn.execute(text(
+            "INSERT INTO processing_tasks (id, video_id, mode, status, created_at, version) "
+            "VALUES (:t, :v, 'run_sync', 'completed', '2026-11-01 10:00:01', 9)"),
+            {"t": task, "v": vid})
+        for position, step in enumerate(STEP_OUTPUTS):
+            # transcode failed in that run: its file must not be published
+            status = "failed" if step == "transcode" else "completed"
+            conn.execute(text(
+                "INSERT INTO subtasks (task_id, name, position, weight, status, progress, "
+                "attempt, reused) VALUES (:t, :n, :p, 25, :s, 100, 1, false)"),
+                {"t": task, "n": step, "p": position, "s": status})
+    legacy = settings.media_root / "videos" / vid / "artifacts"
+    legacy.mkdir(parents=True)
+    for names in STEP_OUTPUTS.values():
+        for name in names:
+            (legacy / name).write_bytes(f"old {name}".encode())
+    (legacy / "captions.srt").unlink()  # an incomplete set is not published either
+    monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
+
+    command.upgrade(alembic(url), "head")
+
+    with get_engine(url).connect() as conn:
+        rows = conn.execute(text("SELECT step, task_id, attempt, folder FROM publications")).all()
+    assert sorted(rows) == [("extract_audio", task, 1, "artifacts"),
+                            ("thumbnails", task, 1, "artifacts")]
+    client = create_app(settings).test_client()
+    listed = client.get(f"/api/v1/videos/{vid}/artifacts").get_json()
+    assert sorted(a["name"] for a in listed) == sorted(
+        STEP_OUTPUTS["extract_audio"] + STEP_OUTPUTS["thumbnails"])
+    assert all(a["task_id"] == task for a in listed)
+    poster = client.get(f"/api/v1/videos/{vid}/artifacts/poster.jpg")
+    assert poster.status_code == 200 and poster.data == b"old poster.jpg"
+    command.downgrade(alembic(url), "0002")  # and back

@@ -1,0 +1,142 @@
+"""Workers: /healthz and the UI say whether any serves the queue, and the reconciler beside
+each never outlives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+from bs4 import BeautifulSoup
+
+from tests import mediagen, procs
+from tests.conftest import start_worker, stop_worker
+from tests.helpers import upload_ok, wait_for
+
+pytestmark = pytest.mark.e2e
+HX = {"HX-Request": "true"}
+NO_WORKER = "No worker is running: queued tasks will wait until one starts (make worker)."
+
+
+@pytest.fixture
+def workers():
+    """Start real worker processes (env overrides as keywords); all stopped at the end."""
+    started: list[subprocess.Popen] = []
+
+    def start(**env: str) -> subprocess.Popen:
+        started.append(start_worker(env))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        stop_worker(proc)
+
+
+def health(client) -> tuple[int, dict]:
+    resp = client.get("/healthz")
+    return resp.status_code, resp.get_json()
+
+
+def banner(html: str) -> str | None:
+    """The text of the no-worker banner, None when the page has none."""
+    found = BeautifulSoup(html, "html.parser").select_one("#worker-banner")
+    return " ".join(found.get_text().split()) if found else None
+
+
+def panel_poll(client, vid: str, etag: str | None = None):
+    headers = {**HX, **({"If-None-Match": etag} if etag else {})}
+    return client.get(f"/videos/{vid}/panel?poll=1", headers=headers)
+
+
+def test_healthz_counts_the_workers_of_its_queue_and_is_200_without_any(client, workers):
+    assert health(client) == (200, {"status": "ok", "workers": 0,
+                                    "checks": {"database": "ok", "redis": "ok"}})
+    mine = workers()
+    workers(QUEUE_NAME="another-queue")  # serves another queue: not counted
+    wait_for(lambda: health(client)[1]["workers"] == 1, timeout=30,
+             what="/healthz counting the worker")
+    code, body = health(client)
+    assert (code, body["workers"]) == (200, 1), body
+    stop_worker(mine)  # a worker that stops normally unregisters at once ...
+    # ... and the web process counts again at most 2 s later (its count is cached)
+    wait_for(lambda: health(client)[1]["workers"] == 0, timeout=5, what="the count drops")
+    assert health(client) == (200, {"status": "ok", "workers": 0,
+                                    "checks": {"database": "ok", "redis": "ok"}})
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("workers")
+    return {"long": mediagen.make_video(root / "long.mp4", duration=12.0, size="1280x720"),
+            "short": mediagen.make_video(root / "short.mp4", duration=2.0)}
+
+
+def test_pages_say_when_no_worker_serves_an_active_task(client, clips, workers):
+    long_vid = upload_ok(client, clips["long"])["id"]
+    vid = upload_ok(client, clips["short"])["id"]
+    assert banner(client.get("/").get_data(as_text=True)) is None  # nothing waits yet
+    for v in (long_vid, vid):
+        assert client.post(f"/api/v1/videos/{v}/run_sync").status_code == 202
+
+    assert banner(client.get(f"/videos/{vid}").get_data(as_text=True)) == NO_WORKER
+    assert banner(client.get("/").get_data(as_text=True)) == NO_WORKER
+    first = panel_poll(client, vid)
+    assert first.status_code == 200 and banner(first.get_data(as_text=True)) == NO_WORKER
+    assert panel_poll(client, vid, first.headers["ETag"]).status_code == 304
+
+    # A worker starts, busy with the long video first: `vid` is still queued, its task row
+    # unchanged, yet its panel must drop the banner (a 304 would have kept it).
+    workers()
+    fresh = wait_for(lambda: (r := panel_poll(client, vid, first.headers["ETag"])).status_code
+                     == 200 and r, timeout=30, what="the panel changing once a worker lives")
+    page = BeautifulSoup(fresh.get_data(as_text=True), "html.parser")
+    status = page.select_one("#progress-panel")["data-status"]
+    assert status == "queued", (
+        f"the panel changed only once the task was {status}: 304s kept a stale banner while "
+        "it was queued (or the long video is too short to keep it queued)")
+    assert banner(str(page)) is None
+
+    wait_for(lambda: client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["status"]
+             == "completed", timeout=180, what="both videos processed")
+    assert banner(client.get(f"/videos/{vid}").get_data(as_text=True)) is None
+
+
+def test_a_finished_task_shows_no_banner_without_workers(client, clips, workers):
+    vid = upload_ok(client, clips["short"])["id"]
+    proc = workers()
+    client.post(f"/api/v1/videos/{vid}/run_sync")
+    wait_for(lambda: client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["status"]
+             == "completed", timeout=120, what="the video processed")
+    stop_worker(proc)
+    assert health(client)[1]["workers"] == 0
+    assert banner(client.get(f"/videos/{vid}").get_data(as_text=True)) is None
+    assert banner(client.get("/").get_data(as_text=True)) is None
+
+
+# -- the reconciler process beside each worker ----------------------------------------------
+
+def reconciler_of(worker: subprocess.Popen) -> int | None:
+    return next((pid for pid in procs.children(worker.pid)
+                 if "jobs.reconciler" in procs.cmdline(pid)), None)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("when", ["during its start-up", "after its start-up"])
+def test_a_worker_killed_leaves_no_reconciler(settings, workers, when):
+    worker = workers()
+    # Python installs the SIGTERM handler once the reconciler is past its start-up.
+    started = (lambda pid: True) if when == "during its start-up" else (
+        lambda pid: procs.handles_signal(pid, signal.SIGTERM))
+    reconciler = wait_for(lambda: (pid := reconciler_of(worker)) and started(pid) and pid,
+                          timeout=30, interval=0.005, what="the worker's reconciler")
+    try:
+        past_start_up = procs.handles_signal(reconciler, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        assert past_start_up == (when == "after its start-up"), (
+            "the kill did not come when this case says")
+        wait_for(lambda: not procs.running(reconciler), timeout=10,
+                 what=f"reconciler {reconciler} ending after its worker was killed")
+    finally:
+        procs.kill(reconciler)

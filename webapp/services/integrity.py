@@ -1,0 +1,209 @@
+"""Finds media files cut short (interrupted uploads, partial copies) by looking at their end.
+
+A cut file often still probes at its full length: an MP4 with its index (moov) in front, a
+Matroska or MP3 file whose header states the duration, a WAV whose header states the data
+size. Processing would fail later, so uploads are checked here, in well under a second:
+the data that should be at the end is looked for, nothing is decoded.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Seconds before the stated end where the tail check starts reading packets.
+TAIL = 5.0
+# How far short of its stated duration a file's data may stop and still count as whole:
+# the last packet's end and the container's duration rarely differ by more than a frame.
+SLACK = 1.0
+SLACK_SHARE = 0.01
+_MP4_FAMILY = "mp4"  # ffprobe calls the demuxer "mov,mp4,m4a,3gp,3g2,mj2"
+_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a file's data really ends, against the length its header states."""
+
+    ends_at: float  # seconds
+    duration: float  # seconds
+
+    def __str__(self) -> str:
+        # Rounded down, so a file missing its last moment never "ends at 36.5 s of 36.5 s".
+        ends_at = math.floor(self.ends_at * 10) / 10
+        return f"the file ends at {ends_at:.1f} s of {self.duration:.1f} s"
+
+
+def find_cut(path: Path, format_name: str, duration: float | None) -> Cut | None:
+    """The Cut if the file's data stops clearly before its stated end; None if it is whole
+    or nothing can tell (then processing's own end-of-output check still stands)."""
+    size = path.stat().st_size
+    if format_name == "wav":
+        return _wav_cut(path, size)
+    if not duration or duration <= 0:
+        return None
+    if _MP4_FAMILY in format_name.split(","):
+        known, cut = _mp4_index_cut(path, size, duration)
+        if known:
+            return cut
+    return _tail_cut(path, duration)
+
+
+def _short(ends_at: float, duration: float) -> Cut | None:
+    ends_at = min(max(0.0, ends_at), duration)
+    if duration - ends_at > max(SLACK, SLACK_SHARE * duration):
+        return Cut(ends_at, duration)
+    return None
+
+
+def _mp4_index_cut(path: Path, size: int, duration: float) -> tuple[bool, Cut | None]:
+    """Checks the byte range of every sample in the MP4/MOV index against the file size.
+
+    (False, None) when the index cannot tell: unreadable, or a fragmented MP4 whose index
+    may only cover the fragments read so far.
+    """
+    import av  # PyAV (faster-whisper's dependency), for the demuxer's sample table
+
+    try:
+        with av.open(str(path)) as container:
+            ends = [_first_missing(stream, size) for stream in container.streams]
+    except (av.FFmpegError, OSError):
+        return False, None
+    if not ends or any(end is None for end in ends):
+        return False, None
+    missing = [at for at, whole in ends if not whole]
+    if missing:
+        # Bytes the index points at are missing: a cut, however close to the end.
+        return True, Cut(min(min(missing), duration), duration)
+    # Every byte of a plain MP4's index is there: whole, even if its tracks stop before the
+    # movie's stated length.
+    return not _fragmented(path), None
+
+
+def _fragmented(path: Path, boxes: int = 64) -> bool:
+    """Whether a "moof" box comes among the first top-level boxes: a fragmented MP4, whose
+    samples are indexed fragment by fragment as they are read."""
+    with path.open("rb") as f:
+        for _ in range(boxes):
+            header = f.read(8)
+            if len(header) < 8:
+                return False
+            size, kind = struct.unpack(">I4s", header)
+            if kind == b"moof":
+                return True
+            if size == 1:  # a 64-bit size follows the type
+                size = struct.unpack(">Q", f.read(8))[0] - 8
+            if size < 8:  # 0: "to the end of the file"; below 8: not a box at all
+                return False
+            f.seek(size - 8, 1)
+    return False
+
+
+def _first_missing(stream: Any, size: int) -> tuple[float, bool] | None:
+    """(time of the first sample whose bytes lie past the end of the file, False), or (time
+    of the last sample, True) when all are there; None without an index."""
+    entries = stream.index_entries
+    if not len(entries):
+        return None
+    # Samples are stored in time order, so their end offsets grow: bisect, not a loop over
+    # hundreds of thousands of entries.
+    first = bisect.bisect_right(range(len(entries)), size,
+                                key=lambda i: entries[i].pos + entries[i].size)
+    whole = first == len(entries)
+    entry = entries[len(entries) - 1 if whole else first]
+    return float(max(0, entry.timestamp) * stream.time_base), whole
+
+
+def _tail_cut(path: Path, duration: float) -> Cut | None:
+    """Reads the packets of the last few seconds (ffprobe demuxes, decodes nothing) and
+    compares where the last one ends with the stated duration."""
+    found, last_end = _last_packet_end(path, max(0.0, duration - TAIL))
+    if found and last_end is None:
+        # Nothing at all near the end (the seek went past the data): read it all to find
+        # where it stops. Only cut files get here.
+        found, last_end = _last_packet_end(path, None)
+    return _short(last_end, duration) if found and last_end is not None else None
+
+
+def _last_packet_end(path: Path, since: float | None) -> tuple[bool, float | None]:
+    """(whether ffprobe could tell, the end of the last packet read from `since` on, in
+    seconds from the file's start)."""
+    args = ["ffprobe", "-v", "warning", "-of", "compact",
+            "-show_entries", "format=start_time:packet=pts_time,dts_time,duration_time",
+            *(["-read_intervals", f"{since:.3f}%"] if since is not None else []), str(path)]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=_TIMEOUT,
+                              errors="replace")
+    except (OSError, subprocess.TimeoutExpired):
+        return False, None
+    # A duration guessed from the bitrate (MP3 without a Xing header, raw AAC) is no
+    # statement about the file's length: it cannot show a cut, only make up one.
+    if done.returncode != 0 or "Estimating duration from bitrate" in done.stderr:
+        return False, None
+    start, last_end = 0.0, None
+    for line in done.stdout.splitlines():
+        fields = dict(part.partition("=")[::2] for part in line.split("|")[1:])
+        if line.startswith("format|"):
+            start = _seconds(fields.get("start_time")) or 0.0
+            continue
+        at = _seconds(fields.get("pts_time"))
+        at = at if at is not None else _seconds(fields.get("dts_time"))
+        if at is not None:
+            end = at + (_seconds(fields.get("duration_time")) or 0.0)
+            last_end = end if last_end is None else max(last_end, end)
+    return True, None if last_end is None else last_end - start
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "", "N/A") else None
+    except ValueError:
+        return None
+
+
+# How MP4/MOV files begin: a box size, then one of these box types.
+_MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"}
+
+
+def starts_like_mp4(path: Path) -> bool:
+    """Whether the file begins as an MP4/MOV does: if ffprobe still cannot read it, its
+    index (moov) is missing or cut off, as in an interrupted upload of a plain MP4."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    return len(head) == 8 and head[4:8] in _MP4_FIRST_BOXES
+
+
+def _wav_cut(path: Path, size: int) -> Cut | None:
+    """A WAV header states how many bytes of samples follow; ffprobe just stops at EOF."""
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        byte_rate = None
+        while chunk := f.read(8):
+            if len(chunk) < 8:
+                return None
+            kind, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if kind == b"fmt " and length >= 12:
+                byte_rate = struct.unpack("<I", f.read(12)[8:12])[0]
+                f.seek(length - 12 + (length & 1), 1)
+            elif kind == b"data":
+                return _wav_data_cut(f.tell(), length, size, byte_rate)
+            else:
+                f.seek(length + (length & 1), 1)
+    return None
+
+
+def _wav_data_cut(offset: int, declared: int, size: int, byte_rate: int | None) -> Cut | None:
+    # Writers that stream (or never finish) leave 0 or all ones in the size field.
+    if not byte_rate or declared == 0 or declared >= 0xFFFFFF00:
+        return None
+    present = max(0, size - offset)
+    if present >= declared:
+        return None
+    return _short(present / byte_rate, declared / byte_rate)

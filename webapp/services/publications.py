@@ -1,0 +1,108 @@
+"""Published outputs: which attempt's files every reader sees, and the switch to new ones.
+
+A step's attempt writes into a folder of its own (Storage.attempt_folder). The row of
+(video, step) in `publications` names the folder that is published; it switches in the
+transaction that marks the attempt's step completed (progress.complete_subtask), so the API,
+the UI and downloads only ever see complete sets that a completed step produced, and a
+cancelled, failed or crashed run leaves the published files untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from webapp.models import ACTIVE_STATUSES, ProcessingTask, Publication, utcnow
+from webapp.services.storage import ARTIFACT_NAMES, STEP_OUTPUTS, ArtifactFile, Storage, step_of
+
+
+def published(session: Session, video_id: str) -> dict[str, Publication]:
+    """step -> its publication, for the steps of the video that have one."""
+    rows = session.scalars(select(Publication).where(Publication.video_id == video_id))
+    return {row.step: row for row in rows}
+
+
+def artifacts(session: Session, storage: Storage, video_id: str) -> list[ArtifactFile]:
+    """Every published output of the video that is on disk, in ARTIFACT_NAMES order."""
+    found = published(session, video_id)
+    files = []
+    for name in ARTIFACT_NAMES:
+        pub = found.get(step_of(name) or "")
+        if pub is not None:
+            artifact = storage.artifact_in(video_id, pub.folder, name, pub.task_id)
+            if artifact is not None:
+                files.append(artifact)
+    return files
+
+
+def artifact(session: Session, storage: Storage, video_id: str,
+             name: str) -> ArtifactFile | None:
+    """One published output, or None if it is not published (or not on disk)."""
+    step = step_of(name)
+    if step is None:
+        return None
+    pub = session.get(Publication, (video_id, step))
+    return storage.artifact_in(video_id, pub.folder, name, pub.task_id) if pub else None
+
+
+def complete_steps(session: Session, storage: Storage, video_id: str) -> set[str]:
+    """Steps whose published outputs are all on disk: what run_sync may keep."""
+    return {step for step, pub in published(session, video_id).items()
+            if storage.outputs_complete(video_id, pub.folder, step)}
+
+
+def with_step(session: Session, video_ids: Iterable[str], step: str) -> set[str]:
+    """Which of these videos have `step` published (one query, e.g. posters of a page)."""
+    ids = list(video_ids)
+    if not ids:
+        return set()
+    return set(session.scalars(select(Publication.video_id).where(
+        Publication.video_id.in_(ids), Publication.step == step)))
+
+
+def switch(session: Session, video_id: str, step: str, task_id: str, attempt: int,
+           folder: str) -> str | None:
+    """Publish an attempt's folder for (video, step) in the caller's transaction.
+
+    Returns the folder it replaced (to delete once committed), None if there was none.
+    Only the progress service calls this, after its conditional write proved the attempt
+    current: at most one attempt of a video's step can get here at a time.
+    """
+    assert step in STEP_OUTPUTS, step
+    old = session.scalar(select(Publication.folder).where(
+        Publication.video_id == video_id, Publication.step == step))
+    values = {"task_id": task_id, "attempt": attempt, "folder": folder,
+              "published_at": utcnow()}
+    if old is None:
+        session.execute(insert(Publication).values(video_id=video_id, step=step, **values))
+    else:
+        session.execute(update(Publication).where(
+            Publication.video_id == video_id, Publication.step == step).values(**values)
+            .execution_options(synchronize_session=False))
+    return old if old != folder else None
+
+
+def collect_garbage(session: Session, storage: Storage, video_id: str) -> list[str]:
+    """Delete the video's output folders that nobody reads or writes any more.
+
+    Kept: published folders, and every folder of the video's active task (its attempts may
+    still be writing). Gone: replaced sets, and what cancelled, failed or crashed attempts
+    left. Returns the folders removed. Disk use per video stays bounded by the published set
+    plus the active run's.
+    """
+    # Active tasks first: a task that completes in between has published before it ended,
+    # so the second query sees its folders.
+    active = set(session.scalars(select(ProcessingTask.id).where(
+        ProcessingTask.video_id == video_id, ProcessingTask.status.in_(ACTIVE_STATUSES))))
+    keep = set(session.scalars(select(Publication.folder).where(
+        Publication.video_id == video_id)))
+    removed = []
+    for folder in storage.output_folders(video_id):
+        task_part = folder.split("/")[1] if folder.count("/") == 2 else None
+        if folder in keep or task_part in active:
+            continue
+        storage.remove_folder(video_id, folder)
+        removed.append(folder)
+    return removed
