@@ -147,7 +147,7 @@ def test_eta_from_progress_rate(db_session):
     db_session.refresh(task)
     now = task.started_at + timedelta(seconds=30)
     assert progress.estimate_eta(task, task.subtasks, now) is None  # nothing measured yet
-    progress.report_progress(db_session, task.id, "transcode", 25.0)
+    progress.report_progress(db_session, task.id, "transcode", 1, 25.0)
     db_session.refresh(task)
     # 90 s more for the preview, then the 70 weight units of the other steps at its
     # 120 s / 30 units on the one worker seen running.
