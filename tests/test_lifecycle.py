@@ -158,6 +158,25 @@ def test_a_step_stops_within_3_s_of_a_cancel_the_worker_is_not_told_about(
                                  client.get(f"/api/v1/videos/{vid}/artifacts").get_json()}
 
 
+def test_transcription_stops_within_3_s_of_a_cancel_the_worker_is_not_told_about(
+        client, settings, tmp_path, worker):
+    """Whisper yields only between 30 s windows: it runs in a child process that the step
+    kills once its check of the database says the attempt is no longer wanted."""
+    text = " ".join(["The weather report for tomorrow morning says rain in the north."] * 30)
+    audio = mediagen.make_audio_only(tmp_path / "talk.m4a", text)
+    vid = upload_ok(client, audio)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    wait_for(running(client, vid, "transcribe"), timeout=90, interval=0.05)
+    assert any("whisper" in c for c in tool_processes(settings, vid))
+    with session_factory(settings.database_url)() as session:  # no RQ stop command
+        assert progress.cancel_task(session, task_id, "cancelled behind RQ's back")
+        session.commit()
+    wait_for(lambda: not tool_processes(settings, vid), timeout=3, interval=0.05,
+             what="no whisper working on the video")
+    assert "transcript.json" not in {a["name"] for a in
+                                     client.get(f"/api/v1/videos/{vid}/artifacts").get_json()}
+
+
 # -- fencing --------------------------------------------------------------------------------
 
 def test_attempts_are_fenced(db_session, client, settings, clip):
