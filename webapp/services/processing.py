@@ -41,9 +41,9 @@ def inapplicable_steps(video: Video) -> dict[str, str]:
 def _conflict(session: Session, video_id: str) -> Conflict:
     active = progress.active_task(session, video_id)
     task_id = active.id if active else None
-    status = active.status if active else "active"
+    status = f"a {active.status}" if active else "an active"
     return Conflict(
-        f"video {video_id} already has a {status} task {task_id}; "
+        f"video {video_id} already has {status} task {task_id}; "
         "wait for it, cancel it, or pass force=true to replace it",
         task_id=task_id,
     )
@@ -52,6 +52,9 @@ def _conflict(session: Session, video_id: str) -> Conflict:
 # Concurrent forced triggers of one video each replace the task the one before created;
 # each try that loses the race to another's insert simply tries again.
 FORCE_TRIES = 20
+# A plain trigger whose insert collided with a task that ended before it could be named
+# (cancelled, replaced) tries again: the video is free, and a 409 must name a task.
+PLAIN_TRIES = 3
 
 
 def trigger(session: Session, settings: Settings, storage: Storage, connection: Redis,
@@ -68,7 +71,7 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
     if force:
         queue.check_available(connection)
     skipped = inapplicable_steps(video)
-    for _ in range(FORCE_TRIES if force else 1):
+    for _ in range(FORCE_TRIES if force else PLAIN_TRIES):
         reused = []
         if mode == "run_sync":
             kept = publications.complete_steps(session, storage, video.id)
@@ -89,9 +92,11 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
             break
         except IntegrityError:
             session.rollback()
-            if not force:
-                raise _conflict(session, video.id) from None
+            if not force and (conflict := _conflict(session, video.id)).extra["task_id"]:
+                raise conflict from None
     else:
+        if not force:
+            raise _conflict(session, video.id)
         raise QueueUnavailable("too many concurrent forced runs of this video; try again")
     for old in replaced:
         queue.stop_jobs(connection, old)
