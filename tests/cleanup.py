@@ -13,10 +13,13 @@ from redis import Redis
 
 
 def purge_queue(conn: Redis, queue_name: str, task_ids: Iterable[str] = ()) -> int:
-    """Delete the Redis keys of a test's queue (registries, workers' set, the reconciler's
+    """Delete the Redis keys of a test's queue (registries, its workers, the reconciler's
     lock) and of its tasks' jobs (jobs are named <task id>-<step>); the number deleted."""
     patterns = [f"*{queue_name}*", *(f"rq:*{task_id}*" for task_id in task_ids)]
     keys = {key for pattern in patterns for key in conn.scan_iter(match=pattern, count=500)}
+    # Dead workers' keys expire by themselves a minute later; theirs go now.
+    keys |= {key for key in conn.scan_iter(match="rq:worker:*", count=500)
+             if conn.hget(key, "queues") == queue_name.encode()}
     conn.srem("rq:queues", f"rq:queue:{queue_name}")
     return conn.delete(*keys) if keys else 0
 

@@ -103,3 +103,15 @@ def make_truncated(src: Path, dst: Path, fraction: float = 0.5) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[: int(len(data) * fraction)])
     return dst
+
+
+def make_repeated(src: Path, dst: Path, copies: int) -> Path:
+    """`copies` times `src` end to end, without re-encoding (concat demuxer, stream copy):
+    a long video for the cost of a short one."""
+    listing = dst.with_name(f"{dst.stem}.list.txt")
+    listing.write_text(f"file '{src.resolve()}'\n" * copies)
+    try:
+        _ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(dst))
+    finally:
+        listing.unlink(missing_ok=True)
+    return dst

@@ -9,6 +9,7 @@ again once the database answers.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import sqlite3
 import threading
@@ -32,30 +33,39 @@ from webapp.db import dispose
 from webapp.services import media
 
 pytestmark = pytest.mark.e2e
-# How long the preview encode of `slow_video` should take on this machine: well beyond
-# SQLite's 10 s busy timeout (webapp/db.py), so a step outlasts a lock held that long.
-STEP_SECONDS = 40.0
+# How long the transcode step should take: past a 3 s outage, and well past SQLite's
+# 10 s busy timeout (webapp/db.py) for a lock held that long.
+RESTART_STEP_SECONDS = 15.0
+LOCK_STEP_SECONDS = 40.0
+CLIP_SECONDS = 8.0
 OUTAGE = 3.0  # seconds PostgreSQL is down, at least
 WARNING = "progress not written"  # jobs/attempt.py, AttemptWatch: a failed progress write
 
 
-@pytest.fixture(scope="module")
-def slow_video(tmp_path_factory) -> Path:
-    """A silent 720p video whose preview takes about STEP_SECONDS to encode here.
+@dataclass(frozen=True)
+class Calibrated:
+    clip: Path  # a silent 720p clip of CLIP_SECONDS
+    cost: float  # seconds this machine takes to encode a second of it into a preview
 
-    Machines and their load differ by several times, so the length is measured, not
-    guessed: a short clip is encoded with the step's own code and settings first.
-    """
-    folder = tmp_path_factory.mktemp("slow")
-    probe = mediagen.make_video(folder / "probe.mp4", duration=8.0, size="1280x720",
-                                audio=False)
-    started = time.monotonic()
-    media.transcode_preview(probe, folder / "probe-preview.mp4", 8.0, has_audio=False,
-                            threads=1)
-    per_second = (time.monotonic() - started) / 8.0
-    duration = round(min(240.0, max(20.0, STEP_SECONDS / per_second)))
-    return mediagen.make_video(folder / "slow.mp4", duration=duration, size="1280x720",
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory) -> Calibrated:
+    """Machines and their load differ by several times, so the encode cost is measured,
+    with the step's own code and settings, to give each test a video as long as it needs:
+    a step that ends before the hiccup does tests nothing."""
+    folder = tmp_path_factory.mktemp("probe")
+    clip = mediagen.make_video(folder / "clip.mp4", duration=CLIP_SECONDS, size="1280x720",
                                audio=False)
+    started = time.monotonic()
+    media.transcode_preview(clip, folder / "preview.mp4", CLIP_SECONDS, has_audio=False,
+                            threads=1)
+    return Calibrated(clip, (time.monotonic() - started) / CLIP_SECONDS)
+
+
+def slow_video(folder: Path, calibrated: Calibrated, seconds: float) -> Path:
+    """A silent 720p video whose preview takes about `seconds` to encode here."""
+    copies = math.ceil(seconds / (calibrated.cost * CLIP_SECONDS))
+    return mediagen.make_repeated(calibrated.clip, folder / "slow.mp4", min(30, max(2, copies)))
 
 
 def use_database(monkeypatch, tmp_path: Path, url: str) -> Settings:
@@ -163,13 +173,15 @@ def assert_completed_first_try(client, vid: str, poller: Poller, worker) -> None
     assert "retrying" not in log, log[-3000:]
 
 
-def test_progress_survives_a_postgresql_restart(slow_video, monkeypatch, tmp_path, redis_conn):
+def test_progress_survives_a_postgresql_restart(calibrated, monkeypatch, tmp_path,
+                                                redis_conn):
+    video = slow_video(tmp_path, calibrated, RESTART_STEP_SECONDS)
     with private_cluster() as cluster:
         migrate(cluster.url)
         settings = use_database(monkeypatch, tmp_path, cluster.url)
         client = create_app(settings).test_client()
         try:
-            with (running_task(settings, client, slow_video, redis_conn) as (vid, worker),
+            with (running_task(settings, client, video, redis_conn) as (vid, worker),
                   Poller(client, vid, "transcode") as poller):
                 wait_for(poller.step_moving, timeout=120, interval=0.05,
                          what="transcode running")
@@ -214,15 +226,16 @@ def write_lock_held(path: Path) -> Iterator[float]:
         conn.close()
 
 
-def test_step_outlasts_a_held_sqlite_write_lock(slow_video, sqlite_template, monkeypatch,
+def test_step_outlasts_a_held_sqlite_write_lock(calibrated, sqlite_template, monkeypatch,
                                                 tmp_path, redis_conn):
+    video = slow_video(tmp_path, calibrated, LOCK_STEP_SECONDS)
     path = tmp_path / "vidpipe.db"
     shutil.copy(sqlite_template, path)
     url = f"sqlite:///{path}"
     settings = use_database(monkeypatch, tmp_path, url)
     client = create_app(settings).test_client()
     try:
-        with (running_task(settings, client, slow_video, redis_conn) as (vid, worker),
+        with (running_task(settings, client, video, redis_conn) as (vid, worker),
               Poller(client, vid, "transcode") as poller):
             wait_for(poller.step_moving, timeout=120, interval=0.05, what="transcode running")
             with write_lock_held(path) as taken:
