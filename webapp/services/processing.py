@@ -38,8 +38,9 @@ def inapplicable_steps(video: Video) -> dict[str, str]:
     return skipped
 
 
-def _conflict(session: Session, video_id: str) -> Conflict:
-    active = progress.active_task(session, video_id)
+def _conflict(video_id: str, active: ProcessingTask | None) -> Conflict:
+    """The 409 naming `active`, read in the transaction that found it (a second read may
+    find it ended, and a 409 must name the task)."""
     task_id = active.id if active else None
     status = f"a {active.status}" if active else "an active"
     return Conflict(
@@ -80,10 +81,12 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
         replaced = (progress.cancel_active(session, video.id, "replaced by a forced run")
                     if force else [])
         # Nothing to run, but "nothing to do" must not hide a task that is running.
-        if (not force and task.status not in ACTIVE_STATUSES
-                and progress.active_task(session, video.id) is not None):
-            session.rollback()
-            raise _conflict(session, video.id)
+        if not force and task.status not in ACTIVE_STATUSES:
+            active = progress.active_task(session, video.id)
+            if active is not None:
+                conflict = _conflict(video.id, active)
+                session.rollback()
+                raise conflict
         try:
             # Without force an active task is found by the insert itself: the partial
             # unique index (one active task per video) refuses it.
@@ -92,11 +95,11 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
             break
         except IntegrityError:
             session.rollback()
-            if not force and (conflict := _conflict(session, video.id)).extra["task_id"]:
-                raise conflict from None
+            if not force and (active := progress.active_task(session, video.id)):
+                raise _conflict(video.id, active) from None
     else:
         if not force:
-            raise _conflict(session, video.id)
+            raise _conflict(video.id, progress.active_task(session, video.id))
         raise QueueUnavailable("too many concurrent forced runs of this video; try again")
     for old in replaced:
         queue.stop_jobs(connection, old)
