@@ -32,7 +32,10 @@ from webapp.config import Settings
 from webapp.db import dispose
 from webapp.services import media
 
-pytestmark = pytest.mark.e2e
+# Deadlines: the step starts within START, the task ends within END (several times the
+# planned step), all well inside the test's timeout.
+START, END = 60, 150
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(START + END + 60 + 60)]
 # How long the transcode step should take: past a 3 s outage, and well past SQLite's
 # 10 s busy timeout (webapp/db.py) for a lock held that long.
 RESTART_STEP_SECONDS = 15.0
@@ -55,7 +58,7 @@ def calibrated(tmp_path_factory) -> Calibrated:
     a step that ends before the hiccup does tests nothing."""
     folder = tmp_path_factory.mktemp("probe")
     clip = mediagen.make_video(folder / "clip.mp4", duration=CLIP_SECONDS, size="1280x720",
-                               audio=False)
+                               audio=False, compact=True)
     started = time.monotonic()
     media.transcode_preview(clip, folder / "preview.mp4", CLIP_SECONDS, has_audio=False,
                             threads=1)
@@ -65,7 +68,7 @@ def calibrated(tmp_path_factory) -> Calibrated:
 def slow_video(folder: Path, calibrated: Calibrated, seconds: float) -> Path:
     """A silent 720p video whose preview takes about `seconds` to encode here."""
     copies = math.ceil(seconds / (calibrated.cost * CLIP_SECONDS))
-    return mediagen.make_repeated(calibrated.clip, folder / "slow.mp4", min(30, max(2, copies)))
+    return mediagen.make_repeated(calibrated.clip, folder / "slow.mp4", min(60, max(2, copies)))
 
 
 def use_database(monkeypatch, tmp_path: Path, url: str) -> Settings:
@@ -183,7 +186,7 @@ def test_progress_survives_a_postgresql_restart(calibrated, monkeypatch, tmp_pat
         try:
             with (running_task(settings, client, video, redis_conn) as (vid, worker),
                   Poller(client, vid, "transcode") as poller):
-                wait_for(poller.step_moving, timeout=120, interval=0.05,
+                wait_for(poller.step_moving, timeout=START, interval=0.05,
                          what="transcode running")
                 before = poller.latest()
                 cluster.stop()
@@ -195,7 +198,7 @@ def test_progress_survives_a_postgresql_restart(calibrated, monkeypatch, tmp_pat
                          what="a failed progress write in the worker's log")
                 cluster.start()
                 restarted = time.monotonic()
-                wait_for(poller.ended, timeout=300, interval=0.2, what="the task ended")
+                wait_for(poller.ended, timeout=END, interval=0.2, what="the task ended")
                 assert before.status == "running"
                 moved = [s for s in poller.between(restarted)
                          if s.step_status == "running" and s.step_progress > before.step_progress]
@@ -237,14 +240,14 @@ def test_step_outlasts_a_held_sqlite_write_lock(calibrated, sqlite_template, mon
     try:
         with (running_task(settings, client, video, redis_conn) as (vid, worker),
               Poller(client, vid, "transcode") as poller):
-            wait_for(poller.step_moving, timeout=120, interval=0.05, what="transcode running")
+            wait_for(poller.step_moving, timeout=START, interval=0.05, what="transcode running")
             with write_lock_held(path) as taken:
                 # Held until a progress write has given up: longer than the busy timeout.
                 wait_for(lambda: lock_warning(read_log(worker)), timeout=60, interval=0.1,
                          what="a progress write failing on the lock")
                 released = time.monotonic()
             held = poller.between(taken + 0.5, released)  # polls sent after it was taken
-            wait_for(poller.ended, timeout=300, interval=0.2, what="the task ended")
+            wait_for(poller.ended, timeout=END, interval=0.2, what="the task ended")
             assert released - taken >= 10, "the lock was not held beyond the busy timeout"
             # Nothing could be written while the lock was held ...
             assert held and len({(s.step_status, s.step_progress) for s in held}) == 1, held
