@@ -1,7 +1,9 @@
 """Concurrency: a minute of random triggers, forced triggers and cancels against a real
 gunicorn web process and two real RQ workers, then the task lifecycle's invariants.
 
-Issue 9's invariants, checked on what really happened: at most one active task per video
+The load ends with a forced reprocess of every video, cancelled while one of its steps
+runs (so that the end state always holds killed attempts). Issue 9's invariants, checked
+on what really happened: at most one active task per video
 (sampled every 0.5 s during the run), 409 only where it means "a task is active", every
 active task ends once the load stops, every published output belongs to a completed step
 and is complete and downloadable byte for byte, disk use is only the published sets, and
@@ -49,8 +51,10 @@ SAMPLE_EVERY = 0.5  # seconds between two reads of the active tasks
 DRAIN_SECONDS = 90
 FINAL_SECONDS = 90  # a last run_sync of every video completes within this
 CLEAN_SECONDS = 20  # left-over folders are gone / processes have exited within this
+START_SECONDS = 30  # a step of a new task starts within this, once the load has stopped
 # The deadlines above plus start-up (web, workers, uploads) and teardown, with a margin.
-TIMEOUT = LOAD_SECONDS + DRAIN_SECONDS + FINAL_SECONDS + 3 * CLEAN_SECONDS + 120
+TIMEOUT = (LOAD_SECONDS + VIDEOS * START_SECONDS + DRAIN_SECONDS + FINAL_SECONDS
+           + 3 * CLEAN_SECONDS + 120)
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(TIMEOUT)]
 
 # (endpoint, force): plain triggers most often, so that tasks also get to run.
@@ -491,6 +495,29 @@ def test_random_triggers_forces_and_cancels_keep_every_invariant(settings, media
     assert not found.problems, "\n".join(found.problems)
 
 
+def running_step(settings: Settings, task_id: str) -> str | None:
+    with session_factory(settings.database_url)() as session:
+        return session.scalar(select(SubTask.name).where(SubTask.task_id == task_id,
+                                                         SubTask.status == "running"))
+
+
+def cancel_while_running(port: int, settings: Settings, video: str,
+                         found: Findings) -> list[Call]:
+    """End the load on a video with what a random end may or may not bring: a forced
+    reprocess, cancelled while one of its steps runs (its work-horse is killed)."""
+    forced = send(port, "reprocess", video, True)
+    task_id = forced.body.get("task_id")
+    if forced.status != 202 or not task_id:
+        return [forced]  # check_answers reports it
+    try:
+        wait_for(lambda: running_step(settings, task_id), timeout=START_SECONDS,
+                 interval=0.05, what=f"a step of task {task_id} running")
+    except AssertionError as exc:
+        found.add(str(exc))
+        return [forced]
+    return [forced, send(port, "cancel", video, False)]
+
+
 def run_load(port: int, settings: Settings, videos: list[str], found: Findings) -> None:
     """The load with the sampler, then every check that needs the processes alive."""
     seed = random.randrange(1 << 30)
@@ -498,6 +525,8 @@ def run_load(port: int, settings: Settings, videos: list[str], found: Findings) 
     with Sampler(settings) as sampler:
         with Load(port, videos, seed) as load:
             time.sleep(LOAD_SECONDS)  # the load runs in its threads meanwhile
+        for video in videos:
+            load.calls.extend(cancel_while_running(port, settings, video, found))
         idle = wait_until_idle(settings, DRAIN_SECONDS, "after the load", found)
     tasks, counts = task_summary(settings)
     check_samples(sampler, found)
