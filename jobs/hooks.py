@@ -50,6 +50,23 @@ def on_failure(job: Job, connection, exc_type, exc_value, traceback) -> None:
     # Exceptions raised by the step itself were already recorded by the step runner.
 
 
+def on_stopped(job: Job, connection) -> None:
+    """RQ stopped callback: runs in the worker once the horse it killed for `stop_jobs`
+    (cancel, force) is dead. The horse could not remove its attempt's folder, and no
+    publication of the video may come to collect it: collect it now."""
+    from webapp.services import publications
+    from webapp.services.storage import Storage
+
+    video_id = job.meta.get("video_id")
+    if not video_id:
+        return
+    settings = Settings.from_env()
+    storage = Storage(settings.media_root)
+    with_retries(session_factory(settings.database_url),
+                 lambda s: publications.collect_garbage(s, storage, video_id),
+                 f"removing the outputs of stopped job {job.id}", delays=(0.5, 1, 2))
+
+
 def horse_killed(job: Job, retpid: int, ret_val: int, rusage) -> None:
     """Worker hook: the work-horse process died without reporting (SIGKILL, OOM killer)."""
     import os

@@ -38,12 +38,13 @@ def inapplicable_steps(video: Video) -> dict[str, str]:
     return skipped
 
 
-def _conflict(session: Session, video_id: str) -> Conflict:
-    active = progress.active_task(session, video_id)
+def _conflict(video_id: str, active: ProcessingTask | None) -> Conflict:
+    """The 409 naming `active`, read in the transaction that found it (a second read may
+    find it ended, and a 409 must name the task)."""
     task_id = active.id if active else None
-    status = active.status if active else "active"
+    status = f"a {active.status}" if active else "an active"
     return Conflict(
-        f"video {video_id} already has a {status} task {task_id}; "
+        f"video {video_id} already has {status} task {task_id}; "
         "wait for it, cancel it, or pass force=true to replace it",
         task_id=task_id,
     )
@@ -52,6 +53,9 @@ def _conflict(session: Session, video_id: str) -> Conflict:
 # Concurrent forced triggers of one video each replace the task the one before created;
 # each try that loses the race to another's insert simply tries again.
 FORCE_TRIES = 20
+# A plain trigger whose insert collided with a task that ended before it could be named
+# (cancelled, replaced) tries again: the video is free, and a 409 must name a task.
+PLAIN_TRIES = 3
 
 
 def trigger(session: Session, settings: Settings, storage: Storage, connection: Redis,
@@ -68,7 +72,7 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
     if force:
         queue.check_available(connection)
     skipped = inapplicable_steps(video)
-    for _ in range(FORCE_TRIES if force else 1):
+    for _ in range(FORCE_TRIES if force else PLAIN_TRIES):
         # The old task is cancelled first, and the new one made after: once that UPDATE
         # holds the lock, any later forced run has to cancel this one first, so the
         # newest task (by created_at) is always the one left active.
@@ -80,10 +84,12 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
             reused = [s for s in STEPS if s not in skipped and s in kept]
         task = progress.new_task(video, mode, settings.weights, skipped, reused)
         # Nothing to run, but "nothing to do" must not hide a task that is running.
-        if (not force and task.status not in ACTIVE_STATUSES
-                and progress.active_task(session, video.id) is not None):
-            session.rollback()
-            raise _conflict(session, video.id)
+        if not force and task.status not in ACTIVE_STATUSES:
+            active = progress.active_task(session, video.id)
+            if active is not None:
+                conflict = _conflict(video.id, active)
+                session.rollback()
+                raise conflict
         try:
             # Without force an active task is found by the insert itself: the partial
             # unique index (one active task per video) refuses it.
@@ -92,9 +98,11 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
             break
         except IntegrityError:
             session.rollback()
-            if not force:
-                raise _conflict(session, video.id) from None
+            if not force and (active := progress.active_task(session, video.id)):
+                raise _conflict(video.id, active) from None
     else:
+        if not force:
+            raise _conflict(video.id, progress.active_task(session, video.id))
         raise QueueUnavailable("too many concurrent forced runs of this video; try again")
     for old in replaced:
         queue.stop_jobs(connection, old)

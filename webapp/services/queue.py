@@ -27,6 +27,7 @@ JOB_FUNCTIONS = {step: f"jobs.steps.{step}" for step in STEPS}
 # them (docs/PERFORMANCE.md, section 1). STEPS keeps the order steps are shown in.
 ENQUEUE_ORDER = ("transcode", "extract_audio", "transcribe", "thumbnails")
 FAILURE_CALLBACK = "jobs.hooks.on_failure"
+STOPPED_CALLBACK = "jobs.hooks.on_stopped"
 
 
 def connect(redis_url: str) -> Redis:
@@ -82,6 +83,7 @@ def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id:
             # A crashed attempt (killed horse, dead worker) is tried again by any worker.
             retry=Retry(max=settings.step_retries) if settings.step_retries else None,
             on_failure=Callback(FAILURE_CALLBACK),
+            on_stopped=Callback(STOPPED_CALLBACK),
             description=f"{step} of video {video_id} (task {task_id})",
             meta={"task_id": task_id, "video_id": video_id, "step": step,
                   "max_tries": settings.step_retries + 1, "takeover": takeover},

@@ -1,0 +1,69 @@
+"""Leaving nothing behind: a test queue's Redis keys, and every process of a session."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from redis import Redis
+
+
+def purge_queue(conn: Redis, queue_name: str, task_ids: Iterable[str] = ()) -> int:
+    """Delete the Redis keys of a test's queue (registries, its workers, the reconciler's
+    lock) and of its tasks' jobs (jobs are named <task id>-<step>); the number deleted."""
+    patterns = [f"*{queue_name}*", *(f"rq:*{task_id}*" for task_id in task_ids)]
+    keys = {key for pattern in patterns for key in conn.scan_iter(match=pattern, count=500)}
+    # Dead workers' keys expire by themselves a minute later; theirs go now.
+    keys |= {key for key in conn.scan_iter(match="rq:worker:*", count=500)
+             if conn.hget(key, "queues") == queue_name.encode()}
+    conn.srem("rq:queues", f"rq:queue:{queue_name}")
+    return conn.delete(*keys) if keys else 0
+
+
+def session_of(pid: int) -> int | None:
+    """The session id of a process (None if it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def processes_in(sessions: Iterable[int]) -> dict[int, str]:
+    """pid -> command line of every live (not zombie) process in these sessions.
+
+    A process started with start_new_session=True leads a session of its own, and
+    everything it starts stays in it (RQ's work-horses only change their process group):
+    the way to find all that a worker or a web server left behind.
+    """
+    wanted = set(sessions)
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] == "Z" or int(fields[4]) not in wanted:
+                continue
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        found[int(stat.parent.name)] = cmd.strip()
+    return found
+
+
+def wait_sessions_gone(sessions: Iterable[int], timeout: float) -> dict[int, str]:
+    """Wait until no process of these sessions lives; what is still alive at the end."""
+    sessions = list(sessions)
+    deadline = time.monotonic() + timeout
+    while (left := processes_in(sessions)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def kill_sessions(sessions: Iterable[int]) -> None:
+    """SIGKILL every process left in these sessions (a teardown's last resort)."""
+    for pid in processes_in(sessions):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)

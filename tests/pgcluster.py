@@ -1,0 +1,101 @@
+"""A private PostgreSQL cluster for one test: its own folder, port and processes.
+
+Tests that stop and restart PostgreSQL must never touch the shared server on :5432, so
+they start a cluster of their own here. initdb and the server refuse to run as root: as
+root, they run as the `postgres` user (runuser) in a folder that user owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+RUN_AS = "postgres"  # the system user initdb/postgres run as when the tests run as root
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PgCluster:
+    """One initdb'd cluster on 127.0.0.1:<port>, trust auth, in a temporary folder."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="vidpipe-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self.port = _free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._as_root = os.geteuid() == 0
+        if self._as_root:
+            user = pwd.getpwnam(RUN_AS)
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self.dir.chmod(0o700)
+
+    def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
+        cmd = [str(PG_BIN / tool), *args]
+        if self._as_root:
+            cmd = ["runuser", "-u", RUN_AS, "--", *cmd]
+        done = subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} {' '.join(args)} failed ({done.returncode}):\n"
+                               f"{done.stdout}\n{done.stderr}\n{self.log_tail()}")
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                  "-E", "UTF8", "--no-sync")
+
+    def start(self) -> None:
+        # Sockets in the cluster's own folder; fsync off: a test cluster need not survive
+        # a power cut, and its writes should not compete with the shared server's.
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off -c full_page_writes=off -c synchronous_commit=off")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
+                  "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (its clients are disconnected), waiting until it is down."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def remove(self) -> None:
+        """Stop the server if it runs (immediately if a fast stop fails), then delete
+        every file of the cluster."""
+        if self.running():
+            try:
+                self.stop("fast")
+            except (RuntimeError, subprocess.TimeoutExpired):
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                    self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_cluster() -> Iterator[PgCluster]:
+    """A started private cluster; stopped and deleted on exit, whatever happened."""
+    cluster = PgCluster()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
