@@ -11,7 +11,8 @@ from rq.job import Job
 from jobs.attempt import with_retries
 from webapp.config import Settings
 from webapp.db import session_factory
-from webapp.services import progress
+from webapp.services import progress, publications
+from webapp.services.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,16 @@ def attempt_failed(job: Job, reason: str) -> None:
             s, task_id, step, "failed", reason + suffix, attempt=attempt),
             f"recording the failure of {step} of task {task_id}")
         log.error("%s of task %s failed for good: %s", step, task_id, reason)
+    _remove_dead_files(sessions, settings, job)
+
+
+def _remove_dead_files(sessions, settings: Settings, job: Job) -> None:
+    """The dead attempt could not remove its folder; no later publication may come to."""
+    video_id = job.meta.get("video_id")
+    if video_id:
+        storage = Storage(settings.media_root)
+        with_retries(sessions, lambda s: publications.collect_garbage(s, storage, video_id),
+                     f"removing the files of job {job.id}", delays=(0.5, 1, 2))
 
 
 def on_failure(job: Job, connection, exc_type, exc_value, traceback) -> None:
@@ -54,17 +65,8 @@ def on_stopped(job: Job, connection) -> None:
     """RQ stopped callback: runs in the worker once the horse it killed for `stop_jobs`
     (cancel, force) is dead. The horse could not remove its attempt's folder, and no
     publication of the video may come to collect it: collect it now."""
-    from webapp.services import publications
-    from webapp.services.storage import Storage
-
-    video_id = job.meta.get("video_id")
-    if not video_id:
-        return
     settings = Settings.from_env()
-    storage = Storage(settings.media_root)
-    with_retries(session_factory(settings.database_url),
-                 lambda s: publications.collect_garbage(s, storage, video_id),
-                 f"removing the outputs of stopped job {job.id}", delays=(0.5, 1, 2))
+    _remove_dead_files(session_factory(settings.database_url), settings, job)
 
 
 def horse_killed(job: Job, retpid: int, ret_val: int, rusage) -> None:

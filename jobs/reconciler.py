@@ -30,6 +30,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import clean_registries
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from webapp.config import Settings
@@ -128,6 +129,9 @@ def run_forever(settings: Settings, connection: Redis, interval: float,
                 log.info("reconciler acted on %d step(s)", acted)
         except RedisError as exc:
             log.warning("reconciler: Redis unavailable (%s)", exc)
+        except SQLAlchemyError as exc:  # an outage, not a bug: one line, not a traceback
+            log.warning("reconciler: database unavailable (%s)",
+                        " ".join(str(getattr(exc, "orig", None) or exc).split())[:200])
         except Exception:
             log.exception("reconciler pass failed")
         time.sleep(interval)

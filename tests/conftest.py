@@ -19,6 +19,7 @@ from redis import Redis
 from sqlalchemy import text
 
 from tests import procs
+from tests.cleanup import purge_queue
 from webapp import create_app
 from webapp.config import PROJECT_ROOT, Settings
 from webapp.db import dispose, get_engine, session_factory
@@ -120,7 +121,18 @@ def settings(database_url, tmp_path, redis_conn, monkeypatch) -> Settings:
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return Settings.from_env()
+    settings = Settings.from_env()
+    yield settings
+    # No Redis key of the test outlives it: its queue's, and its tasks' jobs and results.
+    purge_queue(redis_conn, settings.queue_name, _task_ids(settings.database_url))
+
+
+def _task_ids(url: str) -> list[str]:
+    try:
+        with get_engine(url).connect() as conn:
+            return list(conn.execute(text("SELECT id FROM processing_tasks")).scalars())
+    except Exception:  # a test that broke its database still gets its queue's keys purged
+        return []
 
 
 @pytest.fixture

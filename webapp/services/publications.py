@@ -14,8 +14,15 @@ from collections.abc import Iterable
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from webapp.models import ACTIVE_STATUSES, ProcessingTask, Publication, utcnow
-from webapp.services.storage import ARTIFACT_NAMES, STEP_OUTPUTS, ArtifactFile, Storage, step_of
+from webapp.models import ProcessingTask, Publication, SubTask, utcnow
+from webapp.services.storage import (
+    ARTIFACT_NAMES,
+    RUNS,
+    STEP_OUTPUTS,
+    ArtifactFile,
+    Storage,
+    step_of,
+)
 
 
 def published(session: Session, video_id: str) -> dict[str, Publication]:
@@ -87,22 +94,24 @@ def switch(session: Session, video_id: str, step: str, task_id: str, attempt: in
 def collect_garbage(session: Session, storage: Storage, video_id: str) -> list[str]:
     """Delete the video's output folders that nobody reads or writes any more.
 
-    Kept: published folders, and every folder of the video's active task (its attempts may
-    still be writing). Gone: replaced sets, and what cancelled, failed or crashed attempts
-    left. Returns the folders removed. Disk use per video stays bounded by the published set
-    plus the active run's.
+    Kept: published folders, and the folders of attempts still running. Gone: replaced
+    sets, and what cancelled, failed, superseded or crashed attempts left. Returns the
+    folders removed. Disk use per video stays bounded by the published set plus the
+    running attempts'.
     """
-    # Active tasks first: a task that completes in between has published before it ended,
-    # so the second query sees its folders.
-    active = set(session.scalars(select(ProcessingTask.id).where(
-        ProcessingTask.video_id == video_id, ProcessingTask.status.in_(ACTIVE_STATUSES))))
-    keep = set(session.scalars(select(Publication.folder).where(
+    # The order matters. Folders are listed before the database is read: an attempt makes
+    # its folder after it is recorded running, so a folder seen here whose attempt started
+    # is seen running below. Running attempts are read before publications: an attempt
+    # that completes in between has published its folder by the second read.
+    on_disk = storage.output_folders(video_id)
+    running = session.execute(
+        select(SubTask.task_id, SubTask.name, SubTask.attempt)
+        .join(ProcessingTask, ProcessingTask.id == SubTask.task_id)
+        .where(ProcessingTask.video_id == video_id, SubTask.status == "running")).all()
+    keep = {f"{RUNS}/{task_id}/{step}.{attempt}" for task_id, step, attempt in running}
+    keep.update(session.scalars(select(Publication.folder).where(
         Publication.video_id == video_id)))
-    removed = []
-    for folder in storage.output_folders(video_id):
-        task_part = folder.split("/")[1] if folder.count("/") == 2 else None
-        if folder in keep or task_part in active:
-            continue
+    removed = [folder for folder in on_disk if folder not in keep]
+    for folder in removed:
         storage.remove_folder(video_id, folder)
-        removed.append(folder)
     return removed
