@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "vidpipe:reconciler:{queue}"
 # A task younger than this may still be between its commit and its enqueue: longer than a
 # trigger's enqueue can take against a slow Redis (2 s to connect + 10 s socket timeout).
-GRACE = timedelta(seconds=30)
+GRACE = timedelta(seconds=15)
 STALE_UPLOAD = 3600.0  # seconds without a write before a staged upload counts as abandoned
 ENDED = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed",
          JobStatus.STOPPED: "was stopped", JobStatus.CANCELED: "was cancelled"}

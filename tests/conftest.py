@@ -10,6 +10,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,20 +81,29 @@ def sqlite_template(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A private schema for this test session, so parallel runs never share tables."""
-    schema = f"vidpipe_test_{uuid.uuid4().hex[:10]}"
+@contextmanager
+def private_schema(prefix: str = "vidpipe_test") -> Iterator[str]:
+    """A PostgreSQL schema of its own, dropped on exit: the URL whose search_path is it."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = get_engine(TEST_POSTGRES_URL)
     with admin.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     sep = "&" if "?" in TEST_POSTGRES_URL else "?"
     url = f"{TEST_POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    migrate(url)
-    yield url
-    dispose(url)
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    try:
+        yield url
+    finally:
+        dispose(url)
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A private schema for this test session, so parallel runs never share tables."""
+    with private_schema() as url:
+        migrate(url)
+        yield url
 
 
 @pytest.fixture(params=BACKENDS)

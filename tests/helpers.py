@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
+import uuid
 from pathlib import Path
 
 
@@ -92,3 +95,27 @@ def always(predicate, within: float, interval: float = 0.05, what: str = "condit
         if time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None,
+                 headers: dict | None = None, timeout: float = 60) -> tuple[int, bytes]:
+    """One request to a real server on 127.0.0.1:port: (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def http_upload(port: int, data: bytes, name: str) -> str:
+    """Upload `data` to a real server as a multipart file; the new video's id."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"{name}\"\r\nContent-Type: video/mp4\r\n\r\n").encode()
+    body += data + f"\r\n--{boundary}--\r\n".encode()
+    status, raw = http_request(port, "POST", "/api/v1/videos", body,
+                               {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 201, raw[:300]
+    return json.loads(raw)["id"]

@@ -12,7 +12,6 @@ no process of the web server or the workers is left.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import random
@@ -21,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tests import mediagen
 from tests.cleanup import kill_sessions, purge_queue, wait_sessions_gone
 from tests.conftest import start_worker, stop_worker
-from tests.helpers import wait_for
+from tests.helpers import http_request, http_upload, wait_for
 from tests.test_redis_outage import free_port
 from webapp.config import PROJECT_ROOT, STEPS, Settings
 from webapp.db import dispose, session_factory
@@ -68,28 +66,6 @@ STAMP_SLACK = timedelta(seconds=12)
 
 # -- HTTP --------------------------------------------------------------------------------
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict | None = None, timeout: float = 60) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def upload(port: int, data: bytes, name: str) -> str:
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{name}\"\r\nContent-Type: video/mp4\r\n\r\n").encode()
-    body += data + f"\r\n--{boundary}--\r\n".encode()
-    status, raw = request(port, "POST", "/api/v1/videos", body,
-                          {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    assert status == 201, raw[:300]
-    return json.loads(raw)["id"]
-
-
 @contextmanager
 def web_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen]]:
     """The web process as `make run` starts it (gunicorn with the project's config), in a
@@ -118,7 +94,7 @@ def web_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen]]:
 
 def _healthy(port: int) -> bool:
     try:
-        return request(port, "GET", "/healthz", timeout=5)[0] == 200
+        return http_request(port, "GET", "/healthz", timeout=5)[0] == 200
     except OSError:
         return False
 
@@ -142,7 +118,7 @@ def send(port: int, action: str, video: str, force: bool) -> Call:
     path = f"/api/v1/videos/{video}/{action}" + ("?force=true" if force else "")
     sent, sent_wall = time.monotonic(), datetime.now(UTC)
     try:
-        status, raw = request(port, "POST", path)
+        status, raw = http_request(port, "POST", path)
         try:
             body = json.loads(raw)
         except ValueError:
@@ -331,7 +307,7 @@ def check_downloads(port: int, session, storage: Storage, videos: list[str],
     pubs = {(p.video_id, p.step): p for p in session.scalars(select(Publication))}
     count = 0
     for video in videos:
-        status, raw = request(port, "GET", f"/api/v1/videos/{video}/artifacts")
+        status, raw = http_request(port, "GET", f"/api/v1/videos/{video}/artifacts")
         listed = json.loads(raw) if status == 200 else []
         expected = {n for s in STEPS for n in STEP_OUTPUTS[s] if (video, s) in pubs}
         if status != 200 or {a["name"] for a in listed} != expected:
@@ -342,7 +318,7 @@ def check_downloads(port: int, session, storage: Storage, videos: list[str],
                 found.add(f"{video}/{item['name']}: listed from task {item['task_id']}, "
                           f"published: {pub and pub.task_id}")
                 continue
-            status, data = request(port, "GET", item["url"])
+            status, data = http_request(port, "GET", item["url"])
             disk = (storage.folder_path(video, pub.folder) / item["name"]).read_bytes()
             count += 1
             if status != 200 or data != disk:
@@ -414,7 +390,7 @@ def final_runs(port: int, settings: Settings, videos: list[str], found: Findings
     and afterwards every step of every video has a published output."""
     tasks = {}
     for video in videos:
-        status, raw = request(port, "POST", f"/api/v1/videos/{video}/run_sync")
+        status, raw = http_request(port, "POST", f"/api/v1/videos/{video}/run_sync")
         if status != 202:
             found.add(f"final run_sync of {video}: {status} {raw[:300]!r}")
             continue
@@ -479,7 +455,7 @@ def test_random_triggers_forces_and_cancels_keep_every_invariant(settings, media
                 worker = start_worker()
                 sessions.append(worker.pid)
                 stack.callback(stop_worker, worker)
-            videos = [upload(port, data, f"clip{i}.mp4") for i, data in enumerate(media)]
+            videos = [http_upload(port, data, f"clip{i}.mp4") for i, data in enumerate(media)]
             run_load(port, settings, videos, found)
         # The web process, the workers, their reconcilers, horses and tools all exit.
         left = wait_sessions_gone(sessions, CLEAN_SECONDS)

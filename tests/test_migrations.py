@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from tests.conftest import BACKENDS, TEST_POSTGRES_URL
+from tests.conftest import BACKENDS, private_schema
 from webapp import create_app
 from webapp.config import PROJECT_ROOT, Settings
-from webapp.db import dispose, get_engine
+from webapp.db import get_engine
 from webapp.services.storage import STEP_OUTPUTS
 
 
@@ -29,18 +27,8 @@ def empty_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'old.db'}"
         return
-    schema = f"vidpipe_mig_{uuid.uuid4().hex[:10]}"
-    admin = get_engine(TEST_POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in TEST_POSTGRES_URL else "?"
-    url = f"{TEST_POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    try:
+    with private_schema("vidpipe_mig") as url:
         yield url
-    finally:
-        dispose(url)
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
 
 def test_outputs_of_old_runs_are_published_by_the_upgrade(empty_url, tmp_path, monkeypatch):

@@ -11,14 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tests import mediagen
 from tests.conftest import start_worker, stop_worker
-from tests.helpers import wait_for
+from tests.helpers import http_request, http_upload, wait_for
 from tests.test_redis_outage import free_port
 
 pytestmark = pytest.mark.e2e
@@ -50,28 +49,6 @@ def web_pids(master: int) -> list[int]:
     return pids
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def upload(port: int, data: bytes, name: str) -> str:
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{name}\"\r\nContent-Type: video/mp4\r\n\r\n").encode()
-    body += data + f"\r\n--{boundary}--\r\n".encode()
-    status, raw = request(port, "POST", "/api/v1/videos", body,
-                          {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    assert status == 201, raw[:300]
-    return json.loads(raw)["id"]
-
-
 @pytest.fixture
 def server(settings, tmp_path):
     port = free_port()
@@ -95,7 +72,7 @@ def server(settings, tmp_path):
 
 def _answers(port: int) -> bool:
     try:
-        return request(port, "GET", "/healthz")[0] == 200
+        return http_request(port, "GET", "/healthz")[0] == 200
     except OSError:
         return False
 
@@ -154,20 +131,20 @@ def test_soak_uploads_processed_while_clients_poll(server, settings, tmp_path):
     data = clip.read_bytes()
     workers = [start_worker() for _ in range(2)]
     try:
-        first = upload(port, data, "warmup.mp4")
-        request(port, "GET", f"/api/v1/videos/{first}/reprocess")
+        first = http_upload(port, data, "warmup.mp4")
+        http_request(port, "GET", f"/api/v1/videos/{first}/reprocess")
         rss_start = rss_kib(web_pids(proc.pid))
         started = time.monotonic()
         ids = [first]
         with Pollers(port, ids) as pollers:
             for i in range(UPLOADS - 1):
-                ids.append(upload(port, data, f"soak-{i}.mp4"))
+                ids.append(http_upload(port, data, f"soak-{i}.mp4"))
             for vid in ids:
-                status, raw = request(port, "POST", f"/api/v1/videos/{vid}/run_sync")
+                status, raw = http_request(port, "POST", f"/api/v1/videos/{vid}/run_sync")
                 assert status == 202, raw[:300]
 
             def all_done():
-                states = [json.loads(request(port, "GET", f"/api/v1/videos/{v}/reprocess")[1])
+                states = [json.loads(http_request(port, "GET", f"/api/v1/videos/{v}/reprocess")[1])
                           for v in ids]
                 return all(s["status"] not in ("queued", "running") for s in states) and states
 

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# PyAV (faster-whisper's dependency), for the demuxer's sample table. Imported with the
+# app, not at the first upload: every web process pays its ~17 MB at start-up, once.
+import av
+
 # Seconds before the stated end where the tail check starts reading packets.
 TAIL = 5.0
 # How far short of its stated duration a file's data may stop and still count as whole:
@@ -67,8 +71,6 @@ def _mp4_index_cut(path: Path, size: int, duration: float) -> tuple[bool, Cut | 
     (False, None) when the index cannot tell: unreadable, or a fragmented MP4 whose index
     may only cover the fragments read so far.
     """
-    import av  # PyAV (faster-whisper's dependency), for the demuxer's sample table
-
     try:
         with av.open(str(path)) as container:
             ends = [_first_missing(stream, size) for stream in container.streams]

@@ -71,35 +71,11 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
     video = get_video(session, video_id)
     if force:
         queue.check_available(connection)
-    skipped = inapplicable_steps(video)
     for _ in range(FORCE_TRIES if force else PLAIN_TRIES):
-        # The old task is cancelled first, and the new one made after: once that UPDATE
-        # holds the lock, any later forced run has to cancel this one first, so the
-        # newest task (by created_at) is always the one left active.
-        replaced = (progress.cancel_active(session, video.id, "replaced by a forced run")
-                    if force else [])
-        reused = []
-        if mode == "run_sync":
-            kept = publications.complete_steps(session, storage, video.id)
-            reused = [s for s in STEPS if s not in skipped and s in kept]
-        task = progress.new_task(video, mode, settings.weights, skipped, reused)
-        # Nothing to run, but "nothing to do" must not hide a task that is running.
-        if not force and task.status not in ACTIVE_STATUSES:
-            active = progress.active_task(session, video.id)
-            if active is not None:
-                conflict = _conflict(video.id, active)
-                session.rollback()
-                raise conflict
-        try:
-            # Without force an active task is found by the insert itself: the partial
-            # unique index (one active task per video) refuses it.
-            progress.insert_task(session, task)
-            session.commit()
+        created = _create(session, settings, storage, video, mode, force)
+        if created is not None:
+            task, replaced = created
             break
-        except IntegrityError:
-            session.rollback()
-            if not force and (active := progress.active_task(session, video.id)):
-                raise _conflict(video.id, active) from None
     else:
         if not force:
             raise _conflict(video.id, progress.active_task(session, video.id))
@@ -113,6 +89,41 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
              [s.name for s in task.subtasks if s.status == "pending"],
              f", replacing {replaced}" if replaced else "")
     return task
+
+
+def _create(session: Session, settings: Settings, storage: Storage, video: Video, mode: str,
+            force: bool) -> tuple[ProcessingTask, list[str]] | None:
+    """One try at the trigger's transaction: the new task and the ids of the tasks it
+    replaced, or None when it collided with a task that ended before it could be named."""
+    # The old task is cancelled first, and the new one made after: once that UPDATE holds
+    # the lock, any later forced run has to cancel this one first, so the newest task (by
+    # created_at) is always the one left active.
+    replaced = (progress.cancel_active(session, video.id, "replaced by a forced run")
+                if force else [])
+    skipped = inapplicable_steps(video)
+    reused = []
+    if mode == "run_sync":
+        kept = publications.complete_steps(session, storage, video.id)
+        reused = [s for s in STEPS if s not in skipped and s in kept]
+    task = progress.new_task(video, mode, settings.weights, skipped, reused)
+    # Nothing to run, but "nothing to do" must not hide a task that is running.
+    if not force and task.status not in ACTIVE_STATUSES:
+        active = progress.active_task(session, video.id)
+        if active is not None:
+            conflict = _conflict(video.id, active)
+            session.rollback()
+            raise conflict
+    try:
+        # Without force an active task is found by the insert itself: the partial unique
+        # index (one active task per video) refuses it.
+        progress.insert_task(session, task)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if not force and (active := progress.active_task(session, video.id)):
+            raise _conflict(video.id, active) from None
+        return None
+    return task, replaced
 
 
 def _enqueue(session: Session, settings: Settings, connection: Redis, task: ProcessingTask,
