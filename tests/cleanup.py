@@ -14,10 +14,19 @@ from redis import Redis
 
 def purge_queue(conn: Redis, queue_name: str, task_ids: Iterable[str] = ()) -> int:
     """Delete the Redis keys of a test's queue (registries, its workers, the reconciler's
-    lock) and of its tasks' jobs (jobs are named <task id>-<step>); the number deleted.
-    One pass over the key space, however many tasks."""
-    names = [queue_name.encode(), *(t.encode() for t in task_ids)]
-    keys = {key for key in conn.scan_iter(count=1000) if any(n in key for n in names)}
+    lock), of its jobs (found by their origin, so also those of tasks the test deleted) and
+    of its tasks' jobs; the number deleted. One pass over the key space."""
+    every = list(conn.scan_iter(count=1000))
+    jobs = [key for key in every if key.startswith(b"rq:job:") and key.count(b":") == 2]
+    with conn.pipeline(transaction=False) as pipe:
+        for key in jobs:
+            pipe.hget(key, "origin")
+        origins = pipe.execute(raise_on_error=False)
+    queue = queue_name.encode()
+    names = [queue, *(t.encode() for t in task_ids),
+             *(key.removeprefix(b"rq:job:") for key, origin in zip(jobs, origins, strict=True)
+               if origin == queue)]
+    keys = {key for key in every if any(name in key for name in names)}
     # Dead workers' keys expire by themselves a minute later; theirs go now.
     keys |= {key for key in conn.scan_iter(match="rq:worker:*", count=500, _type="hash")
              if conn.hget(key, "queues") == queue_name.encode()}

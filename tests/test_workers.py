@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
@@ -58,6 +59,10 @@ def test_healthz_counts_the_workers_of_its_queue_and_is_200_without_any(client, 
              what="/healthz counting the worker")
     code, body = health(client)
     assert (code, body["workers"]) == (200, 1), body
+    # RQ registers a worker before it installs its signal handlers: stopped before it
+    # listens, it dies without unregistering (and stays counted until its key expires).
+    wait_for(lambda: "Listening on" in Path(mine.log_path).read_text(), timeout=30,
+             what="the worker listening")
     stop_worker(mine)  # a worker that stops normally unregisters at once ...
     # ... and the web process counts again at most 2 s later (its count is cached)
     wait_for(lambda: health(client)[1]["workers"] == 0, timeout=5, what="the count drops")
