@@ -21,6 +21,7 @@ import pytest
 import srt
 import webvtt
 
+from bench.media import PASSAGE  # public-domain prose, about 78 s spoken
 from tests import mediagen
 from webapp.config import PROJECT_ROOT
 from webapp.services import media, transcription
@@ -31,23 +32,6 @@ from webapp.services.transcription import Segment, Transcript, TranscriptionErro
 # recall threshold below leaves room for model noise without passing garbage.
 SENTENCE = "Please call Stella and ask her to bring these things from the store."
 OTHER_SENTENCE = "Open the window and let the fresh air come into the room."
-# Jane Austen, "Pride and Prejudice" (1813), chapter 1: public domain. About 78 s spoken.
-PASSAGE = (
-    "It is a truth universally acknowledged, that a single man in possession of a good "
-    "fortune, must be in want of a wife. However little known the feelings or views of such "
-    "a man may be on his first entering a neighbourhood, this truth is so well fixed in the "
-    "minds of the surrounding families, that he is considered the rightful property of some "
-    "one or other of their daughters. My dear Mister Bennet, said his lady to him one day, "
-    "have you heard that Netherfield Park is let at last? Mister Bennet replied that he had "
-    "not. But it is, returned she; for Missus Long has just been here, and she told me all "
-    "about it. Mister Bennet made no answer. Do you not want to know who has taken it? cried "
-    "his wife impatiently. You want to tell me, and I have no objection to hearing it. This "
-    "was invitation enough. Why, my dear, you must know, Missus Long says that Netherfield is "
-    "taken by a young man of large fortune from the north of England; that he came down on "
-    "Monday in a chaise and four to see the place, and was so much delighted with it, that "
-    "he agreed with Mister Morris immediately; that he is to take possession before "
-    "Michaelmas, and some of his servants are to be in the house by the end of next week."
-)
 VTT_TIMING = re.compile(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}")
 
 
