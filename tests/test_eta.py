@@ -18,14 +18,18 @@ def at(seconds: float) -> datetime:
 
 
 def sub(name: str, status: str = "pending", progress: float = 0.0, started: float | None = None,
-        finished: float | None = None, reused: bool = False) -> SimpleNamespace:
-    """A subtask row as progress._tasks_of makes it (times in seconds after T0)."""
+        finished: float | None = None, reused: bool = False,
+        first: tuple[float, float] | None = None) -> SimpleNamespace:
+    """A subtask row as progress._tasks_of makes it (times in seconds after T0); `first` is
+    its first progress report, (seconds, percent)."""
     return SimpleNamespace(
         name=name, position=STEPS.index(name), weight=DEFAULT_WEIGHTS[name], status=status,
         progress=100.0 if status == "completed" else progress, attempt=1 if started else 0,
         reused=reused, error=None,
         started_at=None if started is None else at(started),
-        finished_at=None if finished is None else at(finished))
+        finished_at=None if finished is None else at(finished),
+        first_progress_at=None if first is None else at(first[0]),
+        first_progress=None if first is None else first[1])
 
 
 def task(status: str = "running", updated: float = 0.0) -> SimpleNamespace:
@@ -56,14 +60,43 @@ def test_no_eta_before_any_step_measured_anything():
     assert left(subs, 1.0) is None
 
 
-def test_no_eta_while_a_step_has_barely_started():
-    """Seen in bench/eta.py: 0.1 % of the preview after 1.5 s made the ETA 1930 s of a
-    26 s run; "not known yet" is the honest answer until a step's pace means something."""
-    subs = rows(extract_audio=sub("extract_audio", "completed", started=0, finished=0.7),
-                transcode=sub("transcode", "running", 0.1, started=0.2))
+def test_no_eta_from_a_first_report_alone():
+    """One report is a position, not a pace (seen in bench/eta.py: 0.1 % of the preview
+    after 1.5 s of ffmpeg's start-up made the ETA 1930 s of a 26 s run)."""
+    subs = rows(extract_audio=sub("extract_audio", "skipped"),
+                transcribe=sub("transcribe", "skipped"),
+                thumbnails=sub("thumbnails", "skipped"),
+                transcode=sub("transcode", "running", 0.1, started=0.2, first=(1.5, 0.1)))
     assert left(subs, 1.5) is None
-    subs[STEPS.index("transcode")].progress = 1.0
-    assert left(subs, 1.5) is not None
+    # Nor from a pace over less than MIN_MEASURED percent of the work.
+    subs[STEPS.index("transcode")].progress = 0.1 + eta.MIN_MEASURED / 2
+    assert left(subs, 2.0) is None
+
+
+def test_a_pace_is_measured_from_the_first_report_leaving_the_start_up_out():
+    # The preview started at 0, said 1 % at 2 s (ffmpeg's start-up), 21 % at 4 s: 20 % in
+    # 2 s, so the 79 % left take 7.9 s more (measured from its start: 15 s).
+    subs = rows(extract_audio=sub("extract_audio", "skipped"),
+                transcribe=sub("transcribe", "skipped"),
+                thumbnails=sub("thumbnails", "skipped"),
+                transcode=sub("transcode", "running", 21, started=0, first=(2, 1)))
+    assert left(subs, 4) == pytest.approx(7.9)
+
+
+def test_a_young_pace_is_blended_with_what_the_steps_cost_predicts():
+    """Thumbnails (2 cost units) took 1 s alone; the preview (70 units) would then take
+    35 s. Its own pace, 4 % in its first 1 s since the first report (24 s in all), counts
+    for 4 / TRUST of the estimate, the cost's prediction for the rest."""
+    subs = rows(extract_audio=sub("extract_audio", "skipped"),
+                transcribe=sub("transcribe", "skipped"),
+                thumbnails=sub("thumbnails", "completed", started=0, finished=1),
+                transcode=sub("transcode", "running", 5, started=1, first=(1, 1)))
+    own = 4 / eta.TRUST
+    total = own * (1 + 1 * 95 / 4) + (1 - own) * 35
+    assert left(subs, 2) == pytest.approx(round(total - 1, 1))
+    # Past TRUST percent the step's own pace alone counts: 20 % in 2 s, 79 % in 7.9 more.
+    subs[STEPS.index("transcode")].progress = 21
+    assert left(subs, 3) == pytest.approx(7.9)
 
 
 def test_reused_and_skipped_steps_neither_count_as_done_nor_as_speed():
@@ -100,40 +133,43 @@ def test_steps_side_by_side_get_through_one_second_of_work_alone_per_second():
     assert left(subs, 10) == pytest.approx(5 + 20)
 
 
-def test_steps_not_started_take_their_weight_at_the_pace_seen_so_far():
-    # One step ran: 20 s for 30 weight units. The other 70 units follow at that pace.
+def test_steps_not_started_take_their_cost_at_the_pace_seen_so_far():
+    # One step ran: 20 s projected for its 70 cost units. The other 30 units follow at
+    # that pace (not at the weights': they say how the total is shown, not how long).
     subs = rows(transcode=sub("transcode", "running", 50, started=0))
-    assert left(subs, 10) == pytest.approx(round(10 + 70 * 20 / 30, 1))
+    assert left(subs, 10) == pytest.approx(round(10 + 30 * 20 / 70, 1))
     # Preview [0, 1], audio [0, 2] and thumbnails [1, 2] ran two at a time: 0.5, 1 and
-    # 0.5 s alone; 0.07 s alone per unit (0.5 + 2 + 1 s projected for 50 units). Left:
-    # 1 s of audio, 0.5 of thumbnails, and the transcription, 50 × 0.07 = 3.5 s.
+    # 0.5 s alone, the two running ones half done: 0.5 + 2 + 1 s for 73 cost units. Left:
+    # 1 s of audio, 0.5 of thumbnails, and the transcription's 27 units at that pace.
     subs = rows(extract_audio=sub("extract_audio", "running", 50, started=0),
                 thumbnails=sub("thumbnails", "running", 50, started=1),
                 transcode=sub("transcode", "completed", started=0, finished=1))
-    assert left(subs, 2) == pytest.approx(1 + 0.5 + 3.5)
+    assert left(subs, 2) == pytest.approx(round(1 + 0.5 + 27 * 3.5 / 73, 1))
 
 
 def test_a_step_whose_parent_failed_is_not_waited_for():
     subs = rows(extract_audio=sub("extract_audio", "failed", started=0, finished=1),
                 transcode=sub("transcode", "running", 50, started=0))
     subs[STEPS.index("extract_audio")].progress = 30.0
-    # The preview had 4.5 s alone for 50 %: 4.5 s more; then the thumbnails, 10 units at
-    # 9 s / 30 units. The transcription never runs.
-    assert left(subs, 5) == pytest.approx(4.5 + 3.0)
+    # The preview had 4.5 s alone for 50 %: 4.5 s more; then the thumbnails, 2 cost units
+    # at 9 s / 70 units. The transcription never runs.
+    assert left(subs, 5) == pytest.approx(round(4.5 + 2 * 9 / 70, 1))
 
 
-def test_a_running_step_at_zero_is_estimated_from_its_weight_and_never_negative():
+def test_a_running_step_at_zero_is_estimated_from_its_cost_and_never_negative():
     # Audio [0, 1] and preview [0, 3] at 50 %, transcription [1, 3] at 0 %, two at a time:
-    # 0.5 s alone for the audio, 1.5 s for the preview (3 s projected): 0.0875 s per unit.
-    # Left: the preview's 1.5 s, the transcription's 4.375 − 1 s, the thumbnails' 0.875.
+    # 0.5 s alone for the audio, 1.5 s for the preview (3 s projected): 3.5 s for 71 cost
+    # units. Left: the preview's 1.5 s, the transcription's 27 units less its 1 s alone,
+    # the thumbnails' 2 units.
     subs = rows(extract_audio=sub("extract_audio", "completed", started=0, finished=1),
                 transcribe=sub("transcribe", "running", 0, started=1),
                 transcode=sub("transcode", "running", 50, started=0))
-    assert left(subs, 3) == pytest.approx(5.75, abs=0.05)
+    per_unit = 3.5 / 71
+    assert left(subs, 3) == pytest.approx(1.5 + 27 * per_unit - 1 + 2 * per_unit, abs=0.05)
     # Long overdue: the transcription is "any moment now", not a negative time; then the
-    # thumbnails take 10 units at 2 s / 40 units.
+    # thumbnails take 2 units at 3.5 s / 71 units.
     subs[STEPS.index("transcode")] = sub("transcode", "completed", started=0, finished=3)
-    assert left(subs, 60) == pytest.approx(0.5)
+    assert left(subs, 60) == pytest.approx(round(2 * 3.5 / 71, 1))
 
 
 def test_the_progress_view_shows_the_eta_as_of_the_tasks_last_change():

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from webapp.config import DEFAULT_WEIGHTS, STEPS
-from webapp.models import ProcessingTask, Video
+from webapp.models import ProcessingTask, SubTask, Video
 from webapp.services import progress
 
 
@@ -147,11 +148,35 @@ def test_eta_from_progress_rate(db_session):
     db_session.refresh(task)
     now = task.started_at + timedelta(seconds=30)
     assert progress.estimate_eta(task, task.subtasks, now) is None  # nothing measured yet
+    progress.report_progress(db_session, task.id, "transcode", 1, 1.0)
+    db_session.refresh(task)
+    assert progress.estimate_eta(task, task.subtasks, now) is None  # a position, no pace
     progress.report_progress(db_session, task.id, "transcode", 1, 25.0)
     db_session.refresh(task)
-    # 90 s more for the preview, then the 70 weight units of the other steps at its
-    # 120 s / 30 units on the one worker seen running.
-    assert progress.estimate_eta(task, task.subtasks, now) == pytest.approx(90.0 + 280.0)
+    # Measured from the first report (moments after the start): 24 % in 30 s, so 93.75 s
+    # more for the preview, then the 30 cost units of the other steps at its 123.75 s /
+    # 70 units (eta.COSTS).
+    expected = 30 * 75 / 24 + 30 * (30 + 30 * 75 / 24) / 70
+    assert progress.estimate_eta(task, task.subtasks, now) == pytest.approx(expected, rel=0.01)
+
+
+def test_an_attempts_first_progress_report_is_kept_and_a_new_attempt_forgets_it(db_session):
+    task = make_task(db_session, make_video(db_session))
+    attempt = progress.start_subtask(db_session, task.id, "transcode")
+    for percent in (0.0, 3.0, 7.5):
+        progress.report_progress(db_session, task.id, "transcode", attempt, percent)
+    step = db_session.scalar(select(SubTask).where(SubTask.task_id == task.id,
+                                                   SubTask.name == "transcode"))
+    db_session.refresh(step)
+    assert (step.progress, step.first_progress) == (7.5, 3.0)
+    assert step.started_at <= step.first_progress_at
+    assert progress.retry_subtask(db_session, task.id, "transcode", "the worker died", attempt)
+    db_session.refresh(step)
+    assert (step.first_progress_at, step.first_progress) == (None, None)
+    attempt = progress.start_subtask(db_session, task.id, "transcode")
+    progress.report_progress(db_session, task.id, "transcode", attempt, 2.0)
+    db_session.refresh(step)
+    assert step.first_progress == 2.0
 
 
 def test_late_writes_of_a_replaced_task_never_touch_the_new_one(db_session):

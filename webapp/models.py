@@ -137,6 +137,10 @@ class SubTask(Base):
     error_detail: Mapped[str | None] = mapped_column(Text)  # the tool's own words, for bugs
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The attempt's first progress report above 0: when, and at what percent. A pace
+    # measured from here leaves out the tool's start-up (webapp/services/eta.py).
+    first_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    first_progress: Mapped[float | None] = mapped_column(Float)
 
     task: Mapped[ProcessingTask] = relationship(back_populates="subtasks")
 

@@ -74,8 +74,9 @@ class TaskProgressSchema(ma.Schema):
     error = fields.String(allow_none=True)
     eta_seconds = fields.Float(allow_none=True, metadata={"description": (
         "Seconds until the run ends, as of its last change: the work left in the steps that "
-        "really run (reused and skipped steps excluded), at the pace each has shown. null "
-        "when unknown (before any step has shown a pace) or when the run has ended")})
+        "really run (reused and skipped steps excluded), at the pace each has shown since "
+        "its first progress report. null when unknown (before any step has shown a pace) "
+        "or when the run has ended")})
 
 
 class AsyncTaskSchema(ma.Schema):

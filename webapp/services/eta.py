@@ -9,9 +9,17 @@ from typing import Any
 from webapp.models import ACTIVE_STATUSES
 from webapp.services.queue import NEEDS
 
-# A pace measured on less progress than this says nothing yet: the tools' start-up (up to
-# seconds on a busy machine) dominates it, and ETAs of hours came out for 1-minute runs.
-MIN_PROGRESS = 1.0
+# What each step costs relative to the others, for the ETA only: the seconds each took
+# alone on a 2-minute 720p speech video (docs/PERFORMANCE.md, section 1: 0.4, 13.2, 1.0 and
+# 33.8 s) as shares of their sum. The weights of the progress bar (configuration, 10/50/10/30
+# by default) say how a total is shown, not how long a step takes: with them, thumbnails
+# done in 0.7 s made the preview look like a 2-second job. A step not listed costs its weight.
+COSTS = {"extract_audio": 1.0, "transcribe": 27.0, "thumbnails": 2.0, "transcode": 70.0}
+# A step's own pace is not believed before it has measured this many percent of its work
+# (after its first report); until then it is blended with what its cost predicts.
+TRUST = 10.0
+# A pace measured over less than this (percent, after the first report) is not used at all.
+MIN_MEASURED = 1.0
 
 
 def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | None:
@@ -23,82 +31,102 @@ def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | N
     its ETA, and a poll may answer 304).
 
     The model:
-    0. No ETA while a running step has done more than nothing but less than MIN_PROGRESS
-       (1 %): its pace is mostly its start-up, and would say hours where seconds remain.
     1. Only steps that run in this task count. A reused step (run_sync kept its output)
        and a skipped one take no time and say nothing about speed; a failed or cancelled
        one will not run again, nor will a step waiting for it.
     2. The steps of a task that run at the same time share the machine: while k of them
-       run, each goes at 1/k of its pace alone. So a step's time "alone" so far is the
-       integral of dt / k over its run (from the started_at/finished_at of all steps),
-       and a step at p % after s seconds alone needs s × (100 − p) / p more.
-    3. A step not started yet, or still at 0 %, needs its weight × the seconds alone per
-       unit of weight seen in this task so far (completed steps: what they took; running
-       ones: what their pace says they will take). Weights are the configured relative
-       costs, so this is as good as they are; a step's own pace replaces it as soon as the
-       step reports progress.
-    4. Sharing the machine, the steps together get through one second of work alone per
+       run, each goes at 1/k of its pace alone. So a step's time "alone" is the integral
+       of dt / k over its run (from the started_at/finished_at of all steps).
+    3. A running step's pace is measured from its first progress report
+       (`first_progress_at`, `first_progress`), not from its start: ffmpeg's and whisper's
+       start-up (up to seconds on a busy machine) is no measure of the work, and paces
+       from the start said hours where seconds remained. A step that did p0 % at its first
+       report and p % now, after s seconds alone since then, needs s × (100 − p) / (p − p0)
+       seconds alone more.
+    4. Every step also has an expected length: its COSTS share × the seconds alone per cost
+       unit of the steps measured in this task (completed ones: what they took; running
+       ones past TRUST %: what their pace says they will take). A step not started, or
+       not measured yet, needs that; a running step's own pace takes over from it
+       gradually, fully once it has measured TRUST % of its work.
+    5. Sharing the machine, the steps together get through one second of work alone per
        second, however many workers run them side by side, and a step that waits for its
        parent (transcribe for extract_audio) cannot leave the machine idle (its parent
        runs, alone if need be). So the task ends when the sum of the work left is done.
-    Point 2 is nearly true where each step alone keeps the machine busy, as ffmpeg and
-    whisper do on the 2-core machine this was measured on: there two workers finish a
-    video only 13 % sooner than the same steps one after the other (docs/PERFORMANCE.md,
-    section 1), so steps slow each other down about 1.5x, not 2x, and the ETA errs a
-    little low while they share the machine (section 8 measures how much). With cores to
-    spare they hardly slow each other and the ETA errs high. Work of other tasks on the
-    same workers is not seen at all.
+    Point 5 is nearly true where each step alone keeps the machine busy, as ffmpeg and
+    whisper do on the 2-core machine this was measured on (docs/PERFORMANCE.md, section 8,
+    measures how near). With cores to spare steps hardly slow each other and the ETA errs
+    high. Work of other tasks on the same workers is not seen at all.
     """
     if task.status not in ACTIVE_STATUSES or now is None:
         return None
     steps = [s for s in subtasks if not s.reused and s.status != "skipped"]
-    if any(s.status == "running" and 0 < s.progress < MIN_PROGRESS for s in steps):
+    alone, paced = _time_alone(steps, now)
+    measured = _measured(steps, alone, paced)
+    trusted = {name: m for name, m in measured.items() if m[1] >= TRUST} or measured
+    if not trusted:
         return None
-    alone = _time_alone(steps, now)
-    per_weight = _seconds_per_weight(steps, alone)
-    if per_weight is None:
-        return None
+    per_cost = sum(total for total, _ in trusted.values()) / sum(
+        _cost(step) for step in steps if step.name in trusted)
     doomed = {s.name for s in steps if s.status in ("failed", "cancelled")}
-    running = sum(_work_left(s, alone[s.name], per_weight)
-                  for s in steps if s.status == "running")
-    waiting = sum(s.weight * per_weight for s in steps
-                  if s.status == "pending" and NEEDS.get(s.name) not in doomed)
-    return round(running + waiting, 1)
+    left = 0.0
+    for step in steps:
+        expected = _cost(step) * per_cost
+        if step.status == "running":
+            if step.name in measured:
+                total, seen = measured[step.name]
+                own = min(1.0, seen / TRUST)
+                expected = own * total + (1.0 - own) * expected
+            left += max(0.0, expected - alone[step.name])
+        elif step.status == "pending" and NEEDS.get(step.name) not in doomed:
+            left += expected
+    return round(left, 1)
 
 
-def _time_alone(steps: Sequence[Any], now: datetime) -> dict[str, float]:
-    """Step name -> seconds of the machine it had to itself: ∫ dt / (steps running at t)."""
-    spans = {}
+def _cost(step: Any) -> float:
+    return COSTS.get(step.name, step.weight)
+
+
+def _paced_from(step: Any) -> tuple[datetime | None, float]:
+    """When a step's pace is measured from, and its progress then (its first report; rows
+    from before that was recorded: its start, at 0)."""
+    first_at = getattr(step, "first_progress_at", None)
+    if first_at is not None:
+        return first_at, getattr(step, "first_progress", None) or 0.0
+    return step.started_at, 0.0
+
+
+def _time_alone(steps: Sequence[Any], now: datetime) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds of the machine each step had to itself, ∫ dt / (steps running at t): since
+    its start, and since its pace is measured (_paced_from)."""
+    spans, since = {}, {}
     for step in steps:
         end = now if step.status == "running" else step.finished_at
         if step.started_at is not None and end is not None:
             spans[step.name] = (step.started_at, max(step.started_at, end))
-    marks = sorted({t for span in spans.values() for t in span})
+            since[step.name] = _paced_from(step)[0] or step.started_at
+    marks = sorted({t for span in spans.values() for t in span} | set(since.values()))
     alone = {step.name: 0.0 for step in steps}
+    paced = dict(alone)
     for a, b in zip(marks, marks[1:], strict=False):
         sharing = [name for name, (start, end) in spans.items() if start <= a and b <= end]
         for name in sharing:
             alone[name] += (b - a).total_seconds() / len(sharing)
-    return alone
+            if a >= since[name]:
+                paced[name] += (b - a).total_seconds() / len(sharing)
+    return alone, paced
 
 
-def _seconds_per_weight(steps: Sequence[Any], alone: dict[str, float]) -> float | None:
-    """Seconds alone per unit of weight, over the steps of this task that measured any."""
-    spent = weight = 0.0
+def _measured(steps: Sequence[Any], alone: dict[str, float],
+              paced: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Step name -> (its whole length alone, as measured; how much of its work, in percent,
+    that measure rests on), for the completed steps and the running ones with a pace."""
+    measured = {}
     for step in steps:
         if step.status == "completed" and step.started_at and step.finished_at:
-            seconds = alone[step.name]
-        elif step.status == "running" and step.progress > 0 and alone[step.name] > 0:
-            seconds = alone[step.name] * 100.0 / step.progress
-        else:
-            continue
-        spent, weight = spent + seconds, weight + step.weight
-    return spent / weight if weight > 0 else None
-
-
-def _work_left(step: Any, alone: float, per_weight: float) -> float:
-    """Seconds alone a running step still needs."""
-    done = min(100.0, step.progress)
-    if done > 0 and alone > 0:
-        return alone * (100.0 - done) / done
-    return max(0.0, step.weight * per_weight - alone)
+            measured[step.name] = (alone[step.name], 100.0)
+        elif step.status == "running" and paced[step.name] > 0:
+            seen = min(100.0, step.progress) - _paced_from(step)[1]
+            if seen >= MIN_MEASURED:
+                rest = paced[step.name] * (100.0 - min(100.0, step.progress)) / seen
+                measured[step.name] = (alone[step.name] + rest, seen)
+    return measured

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 
-from sqlalchemy import bindparam, delete, event, exists, insert, select, update
+from sqlalchemy import bindparam, case, delete, event, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from webapp.config import STEPS
@@ -413,7 +413,8 @@ def start_subtask(session: Session, task_id: str, name: str, *,
             _subtask_update(task_id, name)
             .where(SubTask.status.in_(statuses))
             .values(status="running", progress=0.0, attempt=SubTask.attempt + 1,
-                    started_at=now, finished_at=None, error=None, error_detail=None)
+                    started_at=now, finished_at=None, error=None, error_detail=None,
+                    first_progress_at=None, first_progress=None)
             .returning(SubTask.attempt)
         )
     if attempt is None:
@@ -435,10 +436,16 @@ def report_progress(session: Session, task_id: str, name: str, attempt: int,
     percent = min(100.0, max(0.0, percent))
     moves = (*_attempt_is(task_id, name, attempt), SubTask.progress < percent)
     # The version is bumped only when the progress really moves (the EXISTS), and then the
-    # same condition moves it: no write at all for a stale or backward report.
-    if _touch_task(session, task_id, utcnow(), exists().where(*moves)):
+    # same condition moves it: no write at all for a stale or backward report. The first
+    # report of an attempt is kept as well (the right-hand sides read the old row).
+    now = utcnow()
+    first = SubTask.first_progress_at.is_(None)
+    if _touch_task(session, task_id, now, exists().where(*moves)):
         session.execute(
-            update(SubTask).where(*moves).values(progress=percent)
+            update(SubTask).where(*moves)
+            .values(progress=percent,
+                    first_progress_at=func.coalesce(SubTask.first_progress_at, now),
+                    first_progress=case((first, percent), else_=SubTask.first_progress))
             .execution_options(synchronize_session=False)
         )
     session.commit()
@@ -511,7 +518,8 @@ def retry_subtask(session: Session, task_id: str, name: str, reason: str,
     _touch_task(session, task_id, utcnow())
     result = session.execute(
         update(SubTask).where(*_attempt_is(task_id, name, attempt))
-        .values(status="pending", progress=0.0, error=reason)
+        .values(status="pending", progress=0.0, error=reason, first_progress_at=None,
+                first_progress=None)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
