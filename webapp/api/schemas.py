@@ -119,3 +119,18 @@ class ArtifactSchema(ma.Schema):
     task_id = fields.String(required=True, metadata={
         "description": "The run (task) whose completed step published this file"})
     url = fields.String(required=True)
+
+
+class TranscriptSegmentSchema(ma.Schema):
+    start = fields.Float(required=True, metadata={"description": "Seconds"})
+    end = fields.Float(required=True, metadata={"description": "Seconds"})
+    text = fields.String(required=True)
+
+
+class TranscriptSchema(ma.Schema):
+    """transcript.json, the one artifact served as JSON."""
+
+    language = fields.String(required=True, metadata={"description": "Language code, e.g. en"})
+    duration = fields.Float(required=True, metadata={"description": "Seconds of audio"})
+    segments = fields.List(fields.Nested(TranscriptSegmentSchema), required=True)
+    text = fields.String(required=True, metadata={"description": "The segments' text joined"})

@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 
 from webapp import extensions as ext
 from webapp.api.guards import error_response, multipart_upload
-from webapp.api.schemas import ArtifactSchema, UploadSchema, VideoSchema
+from webapp.api.schemas import ArtifactSchema, TranscriptSchema, UploadSchema, VideoSchema
 from webapp.models import Video
 from webapp.services import ingest, progress, publications
 from webapp.services.errors import NotFound
@@ -98,14 +98,18 @@ class Artifacts(MethodView):
         ]
 
 
-# Each artifact is served with its own media type (audio/wav, text/vtt, image/jpeg, ...).
-_FILE_CONTENT = {
-    mime: {"schema": {"type": "string", "format": "binary"}}
-    for mime in sorted({mime_type(name) for name in ARTIFACT_NAMES})
-}
+# Each artifact is served with its own media type (audio/wav, text/vtt, image/jpeg, ...);
+# the one JSON artifact (transcript.json) is described as what it holds, since clients
+# (and schemathesis) read an application/json body as JSON, not as a binary string.
+# A byte range of it is no JSON document, so 206 answers stay binary strings.
+_MIME_TYPES = sorted({mime_type(name) for name in ARTIFACT_NAMES})
+_BINARY = {"type": "string", "format": "binary"}
 _FILE_RESPONSES = {
-    "200": {"description": "The file", "content": _FILE_CONTENT},
-    "206": {"description": "The requested byte range (HTTP Range)", "content": _FILE_CONTENT},
+    "200": {"description": "The file", "content": {
+        mime: {"schema": TranscriptSchema if mime == "application/json" else _BINARY}
+        for mime in _MIME_TYPES}},
+    "206": {"description": "The requested byte range (HTTP Range)",
+            "content": {mime: {"schema": _BINARY} for mime in _MIME_TYPES}},
     "304": {"description": "Not modified since the copy the client has (conditional request)"},
 }
 
