@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from webapp.db import dispose, get_engine
+from webapp.db import BUSY_TIMEOUT, WriteTurnTimeout, dispose, get_engine
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def write_in_thread(engine, who: str, log: list[str]) -> threading.Thread:
             try:
                 conn.execute(text("INSERT INTO t (who) VALUES (:who)"), {"who": who})
             finally:
-                conn.exec_driver_sql("PRAGMA busy_timeout=10000")
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
         log.append(f"{who} committed")
 
     thread = threading.Thread(target=write, daemon=True)
@@ -102,3 +102,36 @@ def test_one_thread_with_two_write_transactions_gets_sqlites_error_not_a_deadloc
     assert log == ["later committed"]
     first.close()
     second.close()
+
+
+# pytest-timeout fails the test if the writer hangs: nothing here measures how long it took.
+@pytest.mark.timeout(BUSY_TIMEOUT * 3)
+def test_a_turn_never_given_back_fails_the_next_writer_instead_of_hanging(engine):
+    """A thread that leaks its transaction keeps the write turn; the next writer of the
+    process gets "database is locked" once SQLite's busy timeout has passed, like a writer
+    of another process would, and the process writes again once the turn is given back."""
+    took_turn, let_go = threading.Event(), threading.Event()
+
+    def leak():
+        conn = engine.connect()
+        conn.execute(text("INSERT INTO t (who) VALUES ('leaked')"))
+        took_turn.set()
+        let_go.wait()
+        conn.rollback()
+        conn.close()
+
+    holder = threading.Thread(target=leak, name="leaky-writer", daemon=True)
+    holder.start()
+    try:
+        assert took_turn.wait(10)
+        with (pytest.raises(OperationalError, match="database is locked") as failed,
+              engine.begin() as conn):
+            conn.execute(text("INSERT INTO t (who) VALUES ('blocked')"))
+        assert isinstance(failed.value.orig, WriteTurnTimeout)
+        assert "'leaky-writer'" in str(failed.value)  # says who holds it
+    finally:
+        let_go.set()
+        holder.join(10)
+    log: list[str] = []
+    write_in_thread(engine, "after", log).join(10)
+    assert log == ["after committed"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[tuple[str, bool], Engine] = {}
+# Seconds a SQLite writer waits for another before "database is locked": SQLite's
+# busy_timeout (writers of other processes), and the longest wait for this process's write
+# turn (writers of other threads, below).
+BUSY_TIMEOUT = 10.0
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -20,7 +25,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # wait for each other instead of failing with "database is locked".
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
@@ -36,6 +41,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 # before the first write statement of a transaction and given back when it commits or
 # rolls back: they are woken as soon as the writer ends. Between processes (the other web
 # worker, RQ workers) SQLite's busy handler still decides, with fewer contenders.
+# A writer waits at most BUSY_TIMEOUT for its turn, like SQLite's own busy handler: a turn
+# never given back (a transaction left open by a bug) fails the writers behind it with
+# "database is locked" instead of hanging every writer of the process.
+
+class WriteTurnTimeout(sqlite3.OperationalError):
+    """No write turn within BUSY_TIMEOUT (SQLAlchemy raises it as its OperationalError)."""
+
 
 class _WriteTurns:
     """Who may write next in this process (a lock any thread can give back)."""
@@ -43,20 +55,31 @@ class _WriteTurns:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.owner: int | None = None
+        self.since = 0.0  # time.monotonic() when the owner took the turn
 
-    def take(self) -> bool:
-        """Wait for the turn; False (no turn taken) if this thread already has it through
-        another connection, which then waits in SQLite as before instead of deadlocking."""
+    def take(self, timeout: float) -> bool:
+        """Wait for the turn, at most `timeout` seconds (then WriteTurnTimeout); False (no
+        turn taken) if this thread already has it through another connection, which then
+        waits in SQLite as before instead of deadlocking."""
         me = threading.get_ident()
         if self.owner == me:
             return False
-        self._lock.acquire()
-        self.owner = me
+        if not self._lock.acquire(timeout=timeout):
+            raise WriteTurnTimeout(
+                f"database is locked: no write turn within {timeout:g} s; thread "
+                f"{_thread_name(self.owner)} of this process has held it for "
+                f"{time.monotonic() - self.since:.0f} s (a transaction left open?)")
+        self.owner, self.since = me, time.monotonic()
         return True
 
     def give_back(self) -> None:
         self.owner = None
         self._lock.release()
+
+
+def _thread_name(ident: int | None) -> str:
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return repr(names.get(ident, f"#{ident}"))
 
 
 _turns = _WriteTurns()
@@ -89,7 +112,7 @@ class TurnTakingConnection(sqlite3.Connection):
     def _before(self, sql: str) -> None:
         if (not self._has_turn and self.isolation_level is not None
                 and sql.lstrip()[:6].upper() in _WRITES):
-            self._has_turn = _turns.take()
+            self._has_turn = _turns.take(BUSY_TIMEOUT)
 
     def _end(self) -> None:
         if self._has_turn:
@@ -132,7 +155,8 @@ def get_engine(url: str, *, autocommit: bool = False) -> Engine:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(
-                url, connect_args={"timeout": 10, "factory": TurnTakingConnection}, **options)
+                url, connect_args={"timeout": BUSY_TIMEOUT, "factory": TurnTakingConnection},
+                **options)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=not autocommit, **options)
