@@ -21,7 +21,7 @@ from webapp.config import Settings
 from webapp.db import session_factory
 from webapp.models import SUBTASK_DONE, ProcessingTask, Video
 from webapp.services import ffrun, progress, publications
-from webapp.services.errors import ToolError
+from webapp.services.errors import ToolError, internal_error, without_paths
 from webapp.services.media import MediaError
 from webapp.services.queue import NEEDS
 from webapp.services.storage import Storage
@@ -58,15 +58,14 @@ class StepFailed(Exception):
 PERMANENT = (ToolError, JobTimeoutException)
 
 
-def readable_error(exc: BaseException) -> str:
-    """One line a user can act on, not a traceback (nor a server's internals)."""
+def readable_error(exc: BaseException) -> str | None:
+    """The sentence users see for an expected failure (the media, the model, too slow);
+    None for anything else: a bug, which users see as an internal error with a reference."""
     if isinstance(exc, ToolError):
-        text = str(exc)
-    elif isinstance(exc, JobTimeoutException):
-        text = "the step took longer than its time limit and was stopped"
-    else:
-        text = "the step failed because of an internal error (see the worker's log)"
-    return text.strip()[:1000] or type(exc).__name__
+        return str(exc).strip()[:1000] or type(exc).__name__
+    if isinstance(exc, JobTimeoutException):
+        return "the step took longer than its time limit and was stopped"
+    return None
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ def run_step(task_id: str, step: str, work: Work) -> str:
             if watch.stop.is_set() or not _still_current(sessions, task_id, step, attempt):
                 log.info("%s of task %s: attempt %d stopped", step, task_id, attempt)
                 return "stopped"
-            _record_failure(sessions, job, task_id, step, attempt, exc)
+            _record_failure(sessions, job, task_id, step, attempt, exc, settings.media_root)
             raise
     if not _publish(sessions, task_id, step, attempt, video.id, folder):
         storage.remove_folder(video.id, folder)
@@ -196,16 +195,24 @@ def _publish(sessions: sessionmaker[Session], task_id: str, step: str, attempt: 
 
 
 def _record_failure(sessions: sessionmaker[Session], job: Job | None, task_id: str, step: str,
-                    attempt: int, exc: Exception) -> None:
+                    attempt: int, exc: Exception, media_root: Path) -> None:
     """Record the failed attempt (retry or failed for good); raise StepFailed for expected
-    failures so that the worker logs them as one line."""
+    failures so that the worker logs them as one line.
+
+    Users read the step's `error` and `error_detail`: a bug's own words (and traceback) go
+    to the log only, under the reference the step shows, and no server path is kept.
+    """
     reason = readable_error(exc)
-    detail = getattr(exc, "detail", None)
+    if reason is None:  # logged here, with its traceback
+        reason = internal_error(log, exc, f"in {step} of task {task_id} (attempt {attempt})")
+    reason = without_paths(reason, [media_root])
+    detail = exc.detail if isinstance(exc, ToolError) else None
+    detail = without_paths(detail, [media_root]) if detail else None
     if job is not None and job.retries_left and not isinstance(exc, PERMANENT):
         with_retries(sessions, lambda s: progress.retry_subtask(
             s, task_id, step, f"{reason}; retrying ({job.retries_left} tries left)", attempt),
             f"recording a retry of {step} of task {task_id}")
-        log.exception("%s of task %s failed; retrying", step, task_id)
+        log.warning("%s of task %s failed: %s; retrying", step, task_id, reason)
         return
     if job is not None:
         job.retries_left = 0  # RQ must not retry what the step already gave up
@@ -214,4 +221,3 @@ def _record_failure(sessions: sessionmaker[Session], job: Job | None, task_id: s
         f"recording the failure of {step} of task {task_id}")
     if isinstance(exc, PERMANENT):
         raise StepFailed(f"{step} of task {task_id} failed: {reason}") from None
-    log.exception("%s of task %s failed", step, task_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import subprocess
@@ -17,7 +18,8 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from redis import Redis
-from sqlalchemy import text
+from sqlalchemy import make_url, text
+from werkzeug.test import Client
 
 from tests import procs
 from tests.cleanup import purge_queue
@@ -57,6 +59,85 @@ def no_process_outlives_the_run() -> Iterator[None]:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Name the test in the environment before any of its fixtures starts a process."""
     os.environ[f"{RUN_MARK}_TEST"] = item.nodeid
+
+
+# -- No error answer gives a server's internals away ---------------------------------------
+# Every 4xx/5xx answer any test receives, from the Flask test client, Schemathesis (both are
+# werkzeug's Client) or a real server (http.client), is scanned for the paths, URLs and
+# secrets of the app that answered (of the environment, for real servers) and for the marks
+# of an exception's own text. A test that received one fails, whatever it asserted itself.
+LEAK_MARKS = ("Traceback (most recent call last)", "[SQL:", "sqlalchemy.", "psycopg",
+              "sqlite3.", str(PROJECT_ROOT))
+SECRET_MIN = 8  # shorter test secrets ("t") would match any text
+
+
+def _internals(settings: Settings | None) -> set[str]:
+    """What must never be in an error answer: the settings' paths, URLs and secrets."""
+    found = {TEST_POSTGRES_URL, *LEAK_MARKS}
+    if settings is not None:
+        values = (str(settings.media_root), settings.database_url, settings.redis_url,
+                  settings.api_token, settings.admin_password, settings.secret_key)
+    else:
+        values = tuple(os.environ.get(k, "") for k in (
+            "MEDIA_ROOT", "DATABASE_URL", "REDIS_URL", "API_TOKEN", "ADMIN_PASSWORD",
+            "SECRET_KEY"))
+    media_root, database_url = values[0], values[1]
+    found.update(v for v in values[2:] if len(v) >= SECRET_MIN)
+    if media_root:
+        found |= {media_root, str(Path(media_root).resolve())}
+    if database_url:
+        url = make_url(database_url)
+        found |= {database_url, url.render_as_string(hide_password=False)}
+        if url.database and url.get_backend_name() == "sqlite":
+            found.add(url.database)
+        found.update(o.rsplit("=", 1)[-1] for o in url.query.get("options", "").split()
+                     if "search_path" in o)  # the test's private PostgreSQL schema
+    return {v for v in found if v}
+
+
+def _app_settings(application) -> Settings | None:
+    """The Settings of a Flask app (unwrapped from the WSGI layers in front of it)."""
+    app = getattr(application, "__self__", application)  # app.wsgi_app, a bound method
+    extensions = getattr(app, "extensions", None)
+    handles = extensions.get("vidpipe") if isinstance(extensions, dict) else None
+    return getattr(handles, "settings", None)
+
+
+@pytest.fixture(autouse=True)
+def error_answers_leak_nothing(monkeypatch) -> Iterator[None]:
+    leaks: list[str] = []
+
+    def scan(where: str, status: int, body: bytes, settings: Settings | None) -> None:
+        text = body.decode("utf-8", errors="replace")
+        for found in _internals(settings):
+            at = text.find(found)
+            if at >= 0:
+                leaks.append(f"{where} answered {status} with {found!r}: "
+                             f"{text[max(0, at - 150):at + 150]!r}")
+
+    client_open = Client.open
+
+    def open_and_scan(self, *args, **kwargs):
+        resp = client_open(self, *args, **kwargs)
+        if resp.status_code >= 400 and not resp.direct_passthrough:
+            scan(f"{resp.request.method} {resp.request.path}", resp.status_code,
+                 resp.get_data(), _app_settings(self.application))
+        return resp
+
+    response_read = http.client.HTTPResponse.read
+
+    def read_and_scan(self, amt=None):
+        data = response_read(self, amt)
+        if self.status >= 400 and data:
+            # Scanned as a whole so far: a body read in parts is still seen whole.
+            self._read_for_scan = getattr(self, "_read_for_scan", b"") + data
+            scan("a server", self.status, self._read_for_scan, None)
+        return data
+
+    monkeypatch.setattr(Client, "open", open_and_scan)
+    monkeypatch.setattr(http.client.HTTPResponse, "read", read_and_scan)
+    yield
+    assert not leaks, "error answers gave internals away:\n" + "\n".join(dict.fromkeys(leaks))
 
 
 def migrate(url: str) -> None:

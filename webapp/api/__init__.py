@@ -11,7 +11,7 @@ from flask_smorest.pagination import PaginationMetadataSchema
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from webapp.api.schemas import ErrorSchema
-from webapp.services.errors import ServiceError
+from webapp.services.errors import ServiceError, internal_error
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api"
@@ -34,18 +34,19 @@ class Api(SmorestApi):
         }, lazy=True)
 
     def handle_http_exception(self, error: HTTPException):
-        if not request.path.startswith(API_PREFIX):
-            return html_error(error.code or 500, error.name, error.description or "")
         data = getattr(error, "data", None) or {}
         message = data.get("message") or error.description or error.name
-        if isinstance(error, InternalServerError):
-            message = "internal server error; the details are in the server log"
+        if isinstance(error, InternalServerError):  # abort(500), or an error in an error handler
+            message = internal_error(log, error.original_exception or error,
+                                     f"in {request.method} {request.path}")
         elif isinstance(error, RequestEntityTooLarge):
             limit, length = request.max_content_length, request.content_length
             if limit and (length is None or length > limit):
                 message = f"the request body is larger than the limit of {limit:,} bytes"
             else:  # werkzeug's form limits: too many parts, or a big non-file field
                 message = "the form has too many parts, or a field besides the file is too big"
+        if not request.path.startswith(API_PREFIX):
+            return html_error(error.code or 500, error.name, message)
         payload = {"code": error.code, "status": error.name, "message": message}
         errors = data.get("errors") or data.get("messages")
         if errors:
@@ -72,6 +73,16 @@ def handle_service_error(error: ServiceError):
     return payload, error.status
 
 
+def handle_unexpected(error: Exception):
+    """Any other exception (a bug, a database error...) is a 500 saying only "internal error
+    (reference <id>)"; its text and traceback go to the log under that reference. Handled
+    here, Flask neither logs it a second time nor lets it through to a test client."""
+    message = internal_error(log, error, f"in {request.method} {request.path}")
+    if not request.path.startswith(API_PREFIX):
+        return html_error(500, "Internal Server Error", message)
+    return {"code": 500, "status": "Internal Server Error", "message": message}, 500
+
+
 def init_app(app: Flask) -> None:
     from webapp.api import processing, videos
 
@@ -92,3 +103,4 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(videos.blp, url_prefix=f"{API_PREFIX}/v1")
     api.register_blueprint(processing.blp, url_prefix=f"{API_PREFIX}/v1")
     app.register_error_handler(ServiceError, handle_service_error)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -1,8 +1,13 @@
-"""Domain exceptions raised by services and turned into HTTP errors by the views, and the
-base of the media and speech tools' errors."""
+"""Domain exceptions raised by services and turned into HTTP errors by the views, the base
+of the media and speech tools' errors, and what users see of any other exception."""
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 
@@ -47,3 +52,29 @@ class InvalidMedia(ServiceError):
 
 class QueueUnavailable(ServiceError):
     status = 503
+
+
+def internal_error(log: logging.Logger, exc: BaseException, where: str) -> str:
+    """What users see of an unexpected exception: "internal error (reference <id>)".
+
+    Its own text may hold SQL, server paths or settings, so it goes to the log only, with
+    its traceback and the same reference, for an operator to find from a user's report.
+    """
+    reference = uuid.uuid4().hex[:12]
+    log.error("internal error (reference %s) %s", reference, where,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return f"internal error (reference {reference})"
+
+
+# An absolute path's folders ("/srv/media/videos/<id>/", also in file: URLs): a "/" that
+# does not continue a word or a path, then folder names.
+_FOLDERS = re.compile(r"(?<![\w/.~-])/{1,3}(?:[^/\s'\"<>|]+/)+")
+
+
+def without_paths(text: str, roots: Iterable[Path | str] = ()) -> str:
+    """`text` (a tool's message) with absolute paths cut down to their file names; `roots`
+    are folders whose paths may hold spaces (MEDIA_ROOT), which the pattern cannot tell."""
+    for root in roots:
+        for form in {str(root), str(Path(root).resolve())}:
+            text = text.replace(form.rstrip("/") + "/", "/")
+    return _FOLDERS.sub("", text)

@@ -41,7 +41,13 @@ def check_available(connection: Redis) -> None:
     try:
         connection.ping()
     except RedisError as exc:
-        raise QueueUnavailable(f"the job queue (Redis) is unavailable: {exc}") from exc
+        raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: RedisError) -> QueueUnavailable:
+    # redis-py's words name the server's address (or socket path): the log gets them.
+    log.warning("the job queue (Redis) is unavailable: %s", exc)
+    return QueueUnavailable("the job queue (Redis) is unavailable; try again in a moment")
 
 
 def job_id(task_id: str, step: str) -> str:
@@ -94,7 +100,7 @@ def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id:
         else:  # a parent is already in the queue, maybe running or ended: RQ checks it
             queue.enqueue_many([Queue.prepare_data(**spec) for spec in specs])
     except RedisError as exc:
-        raise QueueUnavailable(f"the job queue (Redis) is unavailable: {exc}") from exc
+        raise _unavailable(exc) from exc
     return [job_id(task_id, step) for step in wanted]
 
 

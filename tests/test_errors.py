@@ -1,0 +1,126 @@
+"""What users see when something goes wrong: an unexpected exception is "internal error
+(reference <id>)" in the API, the pages and a step's error, with its own words and traceback
+in the log under the same reference; a media or model error keeps its sentence; no server
+path, SQL text or address in either. (Every error answer of every test is also scanned for
+the test's MEDIA_ROOT, database URL and secrets: conftest.error_answers_leak_nothing.)"""
+
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from jobs.runner import StepContext, StepFailed, run_step
+from tests import mediagen
+from tests.helpers import assert_json_error, progress_of, subtasks, upload_ok
+from webapp import create_app
+from webapp.config import Settings
+from webapp.db import get_engine
+from webapp.services.media import MediaError
+
+REFERENCE = re.compile(r"internal error \(reference ([0-9a-f]{12})\)")
+
+
+def logged(caplog: pytest.LogCaptureFixture, reference: str) -> str:
+    """The log record naming `reference`, with its traceback."""
+    records = [r for r in caplog.records if reference in r.getMessage()]
+    assert len(records) == 1, [r.getMessage() for r in caplog.records]
+    record = records[0]
+    assert record.levelno == logging.ERROR and record.exc_info
+    return record.getMessage() + "\n" + logging.Formatter().formatException(record.exc_info)
+
+
+@contextmanager
+def table_renamed(url: str, table: str, new: str):
+    """A real fault: queries of `table` fail in the database itself until it is back."""
+    with get_engine(url).begin() as conn:
+        conn.execute(text(f"ALTER TABLE {table} RENAME TO {new}"))
+    try:
+        yield
+    finally:
+        with get_engine(url).begin() as conn:
+            conn.execute(text(f"ALTER TABLE {new} RENAME TO {table}"))
+
+
+def test_an_unexpected_error_in_a_request_is_answered_with_a_reference(
+        app, client, settings, caplog):
+    with table_renamed(settings.database_url, "videos", "videos_elsewhere"):
+        api = assert_json_error(client.get("/api/v1/videos"), 500)
+        page = client.get("/")
+    reference = REFERENCE.fullmatch(api["message"]).group(1)
+    assert page.status_code == 500
+    html = page.get_data(as_text=True)
+    page_reference = REFERENCE.search(html).group(1)
+    assert page_reference != reference  # one per failure
+    for answer in (str(api), html):
+        assert "SELECT" not in answer and "videos_elsewhere" not in answer
+        assert "Traceback" not in answer
+    # The log has what the answers leave out: the database's own words, the SQL.
+    for ref in (reference, page_reference):
+        details = logged(caplog, ref)
+        assert "GET /" in details and "SELECT" in details and "videos" in details
+
+
+@pytest.fixture
+def task(app, client, settings, tmp_path) -> tuple[str, str]:
+    """(video id, task id) of a queued run of a real upload; no worker serves the queue."""
+    clip = mediagen.make_video(tmp_path / "clip.mp4", duration=1.0)
+    video_id = upload_ok(client, clip)["id"]
+    resp = client.post(f"/api/v1/videos/{video_id}/run_sync")
+    assert resp.status_code == 202, resp.get_json()
+    return video_id, resp.get_json()["task_id"]
+
+
+def test_an_unexpected_error_in_a_step_shows_a_reference(client, settings, task, caplog):
+    video_id, task_id = task
+    seen: list[Path] = []
+
+    def buggy(ctx: StepContext) -> None:
+        seen.append(ctx.artifacts)
+        (ctx.artifacts / "not-made-yet" / "poster.jpg").read_bytes()  # a bug: no such file
+
+    with pytest.raises(FileNotFoundError):
+        run_step(task_id, "thumbnails", buggy)
+    step = subtasks(progress_of(client, video_id))["thumbnails"]
+    assert step["status"] == "failed"
+    reference = REFERENCE.fullmatch(step["error"]).group(1)
+    assert step["error_detail"] is None
+    details = logged(caplog, reference)
+    assert f"thumbnails of task {task_id}" in details
+    assert str(seen[0] / "not-made-yet" / "poster.jpg") in details  # the server path: log only
+    page = client.get(f"/videos/{video_id}").get_data(as_text=True)
+    assert f"internal error (reference {reference})" in page
+    assert str(settings.media_root) not in page and "No such file" not in page
+
+
+def test_a_media_error_keeps_its_sentence_and_its_detail_loses_server_paths(
+        client, settings, task, caplog):
+    video_id, task_id = task
+    sentence = "The preview could not be encoded: the video data is damaged after 0.4 s."
+
+    def damaged(ctx: StepContext) -> None:
+        raise MediaError(sentence, detail=f"[mov,mp4] {ctx.source}: Invalid data found\n"
+                                          f"Error opening output {ctx.artifacts}/preview.mp4")
+
+    with pytest.raises(StepFailed):
+        run_step(task_id, "transcode", damaged)
+    step = subtasks(progress_of(client, video_id))["transcode"]
+    assert step["error"] == sentence
+    assert step["error_detail"] == ("[mov,mp4] source.mp4: Invalid data found\n"
+                                    "Error opening output preview.mp4")
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+    page = client.get(f"/videos/{video_id}").get_data(as_text=True)
+    assert sentence in page and "source.mp4: Invalid data found" in page
+    assert str(settings.media_root) not in page
+
+
+def test_a_queue_that_does_not_answer_is_a_503_without_its_address(client, settings):
+    video_id = upload_ok(client, mediagen.make_video(settings.media_root.parent / "c.mp4",
+                                                     duration=1.0))["id"]
+    down = create_app(Settings.from_env(redis_url="redis://127.0.0.1:1/0")).test_client()
+    body = assert_json_error(down.post(f"/api/v1/videos/{video_id}/run_sync"), 503)
+    assert "Redis" in body["message"] and "127.0.0.1" not in body["message"]
