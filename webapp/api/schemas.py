@@ -52,7 +52,9 @@ class SubTaskProgressSchema(ma.Schema):
     finished_at = fields.DateTime(allow_none=True)
     error = fields.String(
         allow_none=True,
-        metadata={"description": "Why it failed or skipped: one sentence for people"},
+        metadata={"description": "Why it failed or skipped: one sentence for people, or "
+                  "'internal error (reference <id>)' when a bug failed it (the worker's "
+                  "log has the details under that reference)"},
     )
     error_detail = fields.String(
         allow_none=True,
