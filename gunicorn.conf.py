@@ -1,10 +1,10 @@
 """gunicorn settings of the web process (the Procfile's `web` line), from the environment.
 
 HOST (127.0.0.1), PORT (5000), WEB_WORKERS (2 per CPU core, at most 8) and WEB_THREADS (2)
-as in the README. Before it opens any
-socket the master refuses a non-loopback address unless API_TOKEN and ADMIN_PASSWORD are
-both set, or ALLOW_INSECURE=1 (webapp/security.py, check_exposure). The check looks at the
-addresses gunicorn will really bind, so a `--bind` on the command line is checked too.
+as in the README. Before it opens any socket the master refuses a non-loopback address
+unless API_TOKEN and ADMIN_PASSWORD are both set (or ALLOW_INSECURE=1) and ALLOWED_HOSTS
+names the server (webapp/security.py, check_exposure). The check looks at the addresses
+gunicorn will really bind, so a `--bind` on the command line is checked too.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ def _cores() -> int:
 workers = int(os.environ.get("WEB_WORKERS") or min(2 * _cores(), 8))
 threads = int(os.environ.get("WEB_THREADS") or 2)
 timeout = 600  # large uploads
+# Forwarded headers are believed only through TRUSTED_PROXIES (werkzeug's ProxyFix,
+# webapp/hosts.py). gunicorn would otherwise take X-Forwarded-Proto from any client on
+# 127.0.0.1 or a Unix socket, whatever TRUSTED_PROXIES says.
+secure_scheme_headers: dict[str, str] = {}
 accesslog = "-"
 
 

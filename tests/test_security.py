@@ -237,20 +237,28 @@ SECRETS = {
 }
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["ALLOWED_HOSTS", "no ALLOWED_HOSTS"])
 @pytest.mark.parametrize("secrets", list(SECRETS))
 @pytest.mark.parametrize("host", LOOPBACK + EXPOSED)
-def test_exposure_check(host, secrets):
-    settings = Settings(**SECRETS[secrets])
-    refused = host in EXPOSED and secrets not in ("both", "none, allowed",
-                                                  "token only, allowed")
+def test_exposure_check(host, secrets, named):
+    settings = Settings(**SECRETS[secrets], allowed_hosts=("videos.example.com",) if named
+                        else ())
+    unprotected = secrets not in ("both", "none, allowed", "token only, allowed")
+    refused = host in EXPOSED and (unprotected or not named)
     if not refused:
         check_exposure(host, settings)
         return
     with pytest.raises(InsecureExposure) as info:
         check_exposure(host, settings)
     message = str(info.value)
-    assert "refusing to listen on" in message and "not a loopback address" in message
-    assert "ALLOW_INSECURE=1" in message
+    assert "refusing to listen on" in message
+    if named:
+        assert "ALLOWED_HOSTS" not in message
+    else:  # said at once, also beside the missing secrets
+        assert "ALLOWED_HOSTS is not set" in message and "ALLOWED_HOSTS=" in message
+    if not unprotected:
+        return
+    assert "not a loopback address" in message and "ALLOW_INSECURE=1" in message
     missing = {"none": ["API_TOKEN", "ADMIN_PASSWORD"], "token only": ["ADMIN_PASSWORD"],
                "password only": ["API_TOKEN"]}[secrets]
     assert f"{' and '.join(missing)} {'are' if len(missing) == 2 else 'is'} not set" in message
@@ -282,13 +290,18 @@ def test_settings_read_the_security_variables(monkeypatch):
 
 
 def test_create_app_checks_a_configured_host(settings):
+    named = ("videos.example.com",)
     with pytest.raises(InsecureExposure, match="refusing to listen on 0.0.0.0"):
-        create_app(replace(settings, host="0.0.0.0", secret_key="k"))
+        create_app(replace(settings, host="0.0.0.0", secret_key="k", allowed_hosts=named))
     with pytest.raises(InsecureExposure, match="ADMIN_PASSWORD is not set"):
-        create_app(replace(settings, host="0.0.0.0", api_token="t", secret_key="k"))
+        create_app(replace(settings, host="0.0.0.0", api_token="t", secret_key="k",
+                           allowed_hosts=named))
+    with pytest.raises(InsecureExposure, match="ALLOWED_HOSTS is not set"):
+        create_app(replace(settings, host="0.0.0.0", api_token="t", admin_password="p",
+                           secret_key="k"))
     for ok in ({"api_token": "t", "admin_password": "p"}, {"allow_insecure": True}, {}):
         host = "127.0.0.1" if not ok else "0.0.0.0"
-        create_app(replace(settings, host=host, secret_key="k", **ok))
+        create_app(replace(settings, host=host, secret_key="k", allowed_hosts=named, **ok))
 
 
 def free_port() -> int:
@@ -300,7 +313,8 @@ def free_port() -> int:
 def gunicorn_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("HOST", "PORT", "API_TOKEN", "ADMIN_PASSWORD", "ALLOW_INSECURE",
-                        "GUNICORN_CMD_ARGS")}
+                        "GUNICORN_CMD_ARGS", "ALLOWED_HOSTS", "CORS_ORIGINS",
+                        "TRUSTED_PROXIES")}
     env.update({"DATABASE_URL": f"sqlite:///{tmp_path / 'unused.db'}",
                 "MEDIA_ROOT": str(tmp_path / "media"), "SECRET_KEY": "k",
                 "WEB_WORKERS": "1", **extra})
@@ -310,7 +324,9 @@ def gunicorn_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_gunicorn_refuses_to_listen_openly_without_the_secrets(tmp_path):
     port = free_port()
     for extra, missing in (({}, "API_TOKEN and ADMIN_PASSWORD are not set"),
-                           ({"API_TOKEN": "t"}, "ADMIN_PASSWORD is not set")):
+                           ({"API_TOKEN": "t"}, "ADMIN_PASSWORD is not set"),
+                           ({"API_TOKEN": "t", "ADMIN_PASSWORD": "p"},
+                            "ALLOWED_HOSTS is not set")):
         env = gunicorn_env(tmp_path, HOST="0.0.0.0", PORT=str(port), **extra)
         proc = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
                               cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
@@ -322,10 +338,12 @@ def test_gunicorn_refuses_to_listen_openly_without_the_secrets(tmp_path):
 
 
 def test_gunicorn_starts_with_allow_insecure(tmp_path):
-    """HOST=0.0.0.0 with ALLOW_INSECURE=1 starts (the app's own check passes too); the socket
-    itself is bound on 127.0.0.1 (--bind wins over the config file) to expose nothing."""
+    """HOST=0.0.0.0 with ALLOW_INSECURE=1 and ALLOWED_HOSTS starts (the app's own check passes
+    too); the socket itself is bound on 127.0.0.1 (--bind wins over the config file) to
+    expose nothing."""
     port = free_port()
-    env = gunicorn_env(tmp_path, HOST="0.0.0.0", PORT=str(port), ALLOW_INSECURE="1")
+    env = gunicorn_env(tmp_path, HOST="0.0.0.0", PORT=str(port), ALLOW_INSECURE="1",
+                       ALLOWED_HOSTS="videos.example.com")
     log = tmp_path / "gunicorn.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py",

@@ -71,9 +71,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(ui.bp)
     init_dashboard(app, settings)
     security.init_app(app, settings)  # last: it finds the /api and /rq blueprints
+    from webapp import hosts
     from webapp.fastpoll import ProgressPolls
 
     app.wsgi_app = ProgressPolls(app.wsgi_app, settings)  # polls of unchanged progress
+    # In front of everything: ProxyFix (TRUSTED_PROXIES), then the Host check.
+    app.wsgi_app = hosts.front(app.wsgi_app, settings)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,11 @@ DEFAULT_WEIGHTS = {"extract_audio": 10.0, "transcribe": 50.0, "thumbnails": 10.0
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return default if value is None or value == "" else value
+
+
+def _list_env(name: str) -> tuple[str, ...]:
+    """A list setting: items separated by commas and/or white space."""
+    return tuple(item for item in re.split(r"[,\s]+", os.environ.get(name, "")) if item)
 
 
 def _weights_from_env() -> dict[str, float]:
@@ -56,11 +62,18 @@ class Settings:
     admin_password: str = field(default="", repr=False)
     allow_insecure: bool = False
     secret_key: str = field(default="", repr=False)
+    # Who may reach it (README, "Security"): Host names answered besides the loopback ones,
+    # origins whose pages may use the API, and how many proxies in front to believe.
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    trusted_proxies: int = 0
 
     def __post_init__(self) -> None:
         if not self.database_url:
             self.database_url = f"sqlite:///{INSTANCE_DIR / 'vidpipe.db'}"
         self.media_root = Path(self.media_root)
+        if self.trusted_proxies < 0:
+            raise ValueError(f"TRUSTED_PROXIES must be 0 or more, got {self.trusted_proxies}")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -92,6 +105,9 @@ class Settings:
             "allow_insecure": _env("ALLOW_INSECURE", "0").strip().lower()
             in ("1", "true", "yes", "on"),
             "secret_key": _env("SECRET_KEY", ""),
+            "allowed_hosts": _list_env("ALLOWED_HOSTS"),
+            "cors_origins": _list_env("CORS_ORIGINS"),
+            "trusted_proxies": int(_env("TRUSTED_PROXIES", "0")),
         }
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known

@@ -11,8 +11,12 @@ WSGI layer in front of the Flask app works like a validating HTTP cache:
 3. a client without it gets the 200 that Flask answered earlier for the same video and the
    same tag, kept in a small LRU of recent answers (at most CACHED_ANSWERS, ~1.5 KB each);
 4. anything else -- a tag never answered yet, an unknown video, a missing or wrong API
-   token, a database error, any other method or path -- goes to the Flask app untouched,
-   which answers as it always does; its 200s are remembered under their own ETag.
+   token, a database error, any other method or path, a cross-origin poll when
+   CORS_ORIGINS is set (its CORS headers depend on its Origin) -- goes to the Flask app
+   untouched, which answers as it always does; its 200s are remembered under their own
+   ETag.
+
+The Host check and ProxyFix (webapp/hosts.py) sit in front of this layer too.
 
 So a change of the progress is serialized once per web process, not once per poller, and
 an unchanged one costs the query. The Flask view (webapp/api/processing.py) stays the
@@ -59,6 +63,7 @@ class ProgressPolls:
         self.app = app
         self.weights = dict(settings.weights)
         self.api_token = settings.api_token
+        self.cors = bool(settings.cors_origins)
         self.engine = get_engine(settings.database_url, autocommit=True)
         self.fixed_headers: Headers = [("Content-Security-Policy", security.CSP),
                                        *security.FIXED_HEADERS.items()]
@@ -71,7 +76,8 @@ class ProgressPolls:
         method = environ.get("REQUEST_METHOD")
         match = _PATH.fullmatch(environ.get("PATH_INFO", "")) if method in ("GET",
                                                                               "HEAD") else None
-        if match is None or not self._authorized(environ):
+        if (match is None or not self._authorized(environ)
+                or (self.cors and "HTTP_ORIGIN" in environ)):
             return self.app(environ, start_response)
         video_id = match.group(1)
         tag = self._current_tag(video_id)
@@ -126,7 +132,8 @@ class ProgressPolls:
         headers = dict(answered.get("headers", ()))
         etag = headers.get("ETag", "")
         if (answered.get("status", "").startswith("200 ") and etag.startswith('"')
-                and "Set-Cookie" not in headers):
+                and "Set-Cookie" not in headers
+                and "Access-Control-Allow-Origin" not in headers):
             with self._lock:
                 self.answers[(video_id, etag.strip('"'))] = (tuple(answered["headers"]), body)
         return [body]

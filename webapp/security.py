@@ -4,7 +4,9 @@
   <token>`; /api/openapi.json and /api/docs stay readable.
 - `ADMIN_PASSWORD`: the web UI (its pages, fragments and actions) and /rq need HTTP basic auth
   as `admin`. Static files, /favicon.ico and /healthz stay public.
-- CSRF (Flask-WTF) on the UI's state-changing requests; /api and /rq are exempt.
+- CSRF (Flask-WTF) on the UI's state-changing requests; /api and /rq are exempt. Before
+  any of this, webapp/origins.py refuses state-changing requests from other origins, and
+  webapp/hosts.py (in front of everything) requests for other host names.
 - Security headers (CSP, nosniff, frame and referrer policy) on every response.
 - `check_exposure`: the web process refuses a non-loopback address without both secrets.
 """
@@ -19,13 +21,13 @@ import secrets
 import socket
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, request
 from flask_smorest import abort
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from markupsafe import Markup
 
+from webapp import origins
 from webapp.config import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,6 @@ RQ_PREFIX = "/rq"
 # The artifact files: the UI shows them (<video>, <img>, download links) straight from the
 # API, so a browser logged in as admin may read them with its basic auth as well.
 ARTIFACT_ENDPOINT = "videos.Artifact"
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 # The app's own pages: only its own assets, nothing inline, never framed.
 CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; "
@@ -95,31 +96,39 @@ def _loopback_ip(text: str) -> bool:
 
 
 def check_exposure(host: str | None, settings: Settings) -> None:
-    """Raise InsecureExposure when listening on `host` would expose the service unprotected.
+    """Raise InsecureExposure when listening on `host` would expose the service unprotected,
+    or when nobody beyond this machine could use it.
 
     `host` None means a Unix socket (never exposed). A non-loopback host needs both API_TOKEN
-    and ADMIN_PASSWORD, unless ALLOW_INSECURE=1 says that is wanted anyway.
+    and ADMIN_PASSWORD, unless ALLOW_INSECURE=1 says that is wanted anyway; and it needs
+    ALLOWED_HOSTS in any case: every request for another name than localhost, 127.0.0.1 or
+    [::1] is refused (webapp/hosts.py), so without it the port would answer nobody else.
     """
     if host is None or is_loopback(host):
         return
     missing = [name for name, value in (("API_TOKEN", settings.api_token),
                                         ("ADMIN_PASSWORD", settings.admin_password))
                if not value]
-    if not missing:
-        return
     shown = f"[{host.strip('[]')}]" if ":" in host else host or "every interface"
-    if settings.allow_insecure:
+    hosts_needed = "" if settings.allowed_hosts else (
+        "ALLOWED_HOSTS is not set, so every request for a name other than localhost, "
+        "127.0.0.1 or [::1] would be refused with 400 (the defence against DNS rebinding): "
+        "set it to the names and addresses clients use to reach this server, e.g. "
+        "ALLOWED_HOSTS=videos.example.com,192.0.2.10 (see README, \"Security\").")
+    if missing and settings.allow_insecure:
         log.warning("listening on %s without %s (ALLOW_INSECURE=1): anyone who can reach it "
                     "can use it", shown, " and ".join(missing))
-        return
-    verb = "is" if len(missing) == 1 else "are"
-    raise InsecureExposure(
-        f"refusing to listen on {shown}: it is not a loopback address and "
-        f"{' and '.join(missing)} {verb} not set, so anyone who can reach this port could "
-        "upload, process and delete videos and control the job queue. Set both API_TOKEN and "
-        "ADMIN_PASSWORD (see README, \"Security\"), or listen on 127.0.0.1, or set "
-        "ALLOW_INSECURE=1 to expose it without access control anyway."
-    )
+    elif missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise InsecureExposure(
+            f"refusing to listen on {shown}: it is not a loopback address and "
+            f"{' and '.join(missing)} {verb} not set, so anyone who can reach this port "
+            "could upload, process and delete videos and control the job queue. Set both "
+            "API_TOKEN and ADMIN_PASSWORD (see README, \"Security\"), or listen on 127.0.0.1, "
+            "or set ALLOW_INSECURE=1 to expose it without access control anyway."
+            + (" Also: " + hosts_needed if hosts_needed else ""))
+    if hosts_needed:
+        raise InsecureExposure(f"refusing to listen on {shown}: " + hosts_needed)
 
 
 # -- the secret key (signs the session that holds the CSRF token) ------------------------
@@ -194,6 +203,8 @@ def authenticate():
     """before_request: the API token for /api/v1, the admin password for the UI and /rq."""
     settings: Settings = current_app.extensions["vidpipe_security"]
     endpoint = request.endpoint or ""
+    if request.method == "OPTIONS":
+        return None  # Flask's automatic answer (allowed methods; CORS preflights) says nothing
     if endpoint in PUBLIC_ENDPOINTS or endpoint.startswith(API_DOCS_BLUEPRINT):
         return None
     if request.path.startswith(API_PREFIX):
@@ -201,7 +212,7 @@ def authenticate():
             return None
         challenge = "Bearer"
         if (settings.admin_password and request.endpoint == ARTIFACT_ENDPOINT
-                and request.method in SAFE_METHODS):
+                and request.method in origins.SAFE_METHODS):
             if admin_ok(settings.admin_password):
                 return None
             challenge = f'Bearer, Basic realm="{REALM}"'
@@ -212,33 +223,6 @@ def authenticate():
         abort(401, message=message, headers={"WWW-Authenticate": challenge})
     if settings.admin_password and not admin_ok(settings.admin_password):
         return basic_challenge()
-    return None
-
-
-def _cross_origin() -> bool:
-    """True when a browser says this request comes from another site."""
-    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
-        return True
-    origin = request.headers.get("Origin") or request.referrer
-    if origin is None:
-        return False  # not a browser (curl with the admin password, say)
-    return urlsplit(origin).netloc != request.host
-
-
-def rq_same_origin():
-    """before_request: rq-dashboard's actions come only from its own pages.
-
-    rq-dashboard posts its actions (delete/requeue a job, empty/compact a queue) with jQuery
-    and no CSRF token, so its blueprint is exempt from CSRFProtect; instead a browser request
-    that changes something there must come from this origin. Its GET /rq/requeue/<queue>
-    changes state too and is treated the same way.
-    """
-    if not (request.path == RQ_PREFIX or request.path.startswith(RQ_PREFIX + "/")):
-        return None
-    changes = (request.method not in SAFE_METHODS
-               or request.endpoint == "rq_dashboard.requeue_all")
-    if changes and _cross_origin():
-        return Response("cross-site request refused", 403, mimetype="text/plain")
     return None
 
 
@@ -276,7 +260,9 @@ def csrf_failed(error: CSRFError):
 
 
 def _exempt_blueprints(app: Flask, csrf: CSRFProtect) -> list[str]:
-    """Blueprints serving only under /api (token-authenticated JSON) or /rq (see above)."""
+    """Blueprints serving only under /api (JSON for scripts; no cookie session) or /rq
+    (rq-dashboard's scripts post without a token). Requests from other origins to either
+    are refused by webapp/origins.py."""
     paths: dict[str, list[str]] = {}
     for rule in app.url_map.iter_rules():
         if "." in rule.endpoint:
@@ -337,12 +323,16 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.secret_key = settings.secret_key or persistent_secret_key(Path(app.instance_path))
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:  # Flask's default is None
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    # Flask-WTF's own referrer check on HTTPS (the Referer must be this host) is what
+    # webapp/origins.py does for every request, on plain HTTP too and also for browsers that
+    # send no Referer; with both, such browsers could not use the UI behind a TLS proxy.
+    app.config.setdefault("WTF_CSRF_SSL_STRICT", False)
     # Pages stay open for long runs; the token is bound to the session, which ends with the
     # browser session, so it does not also expire after an hour.
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
-    # Before CSRFProtect's own hook: who you are is checked before what you sent.
+    # In this order: where a request comes from, who sent it, what it carries (CSRF).
+    origins.init_app(app, settings)
     app.before_request(authenticate)
-    app.before_request(rq_same_origin)
     csrf = CSRF()
     csrf.init_app(app)
     _exempt_blueprints(app, csrf)
