@@ -109,13 +109,22 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None,
         conn.close()
 
 
+def multipart(data: bytes, name: str, fields: dict[str, str] | None = None
+              ) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body holding `data` as the field `file` (plus text `fields`),
+    and its Content-Type header."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{key}\"\r\n\r\n"
+                    f"{value}\r\n".encode() for key, value in (fields or {}).items())
+    body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+             f"filename=\"{name}\"\r\nContent-Type: video/mp4\r\n\r\n").encode()
+    body += data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
 def http_upload(port: int, data: bytes, name: str) -> str:
     """Upload `data` to a real server as a multipart file; the new video's id."""
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{name}\"\r\nContent-Type: video/mp4\r\n\r\n").encode()
-    body += data + f"\r\n--{boundary}--\r\n".encode()
-    status, raw = http_request(port, "POST", "/api/v1/videos", body,
-                               {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body, headers = multipart(data, name)
+    status, raw = http_request(port, "POST", "/api/v1/videos", body, headers)
     assert status == 201, raw[:300]
     return json.loads(raw)["id"]

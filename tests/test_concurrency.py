@@ -67,15 +67,16 @@ STAMP_SLACK = timedelta(seconds=12)
 # -- HTTP --------------------------------------------------------------------------------
 
 @contextmanager
-def web_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen]]:
+def web_server(tmp_path: Path, **env: str) -> Iterator[tuple[int, subprocess.Popen]]:
     """The web process as `make run` starts it (gunicorn with the project's config), in a
-    session of its own; stopped (SIGTERM, then SIGKILL) on exit."""
+    session of its own, with `env` added to its environment; stopped (SIGTERM, then
+    SIGKILL) on exit."""
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
         cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port)})
+        env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env})
     try:
         wait_for(lambda: proc.poll() is not None or _healthy(port), timeout=60, interval=0.2,
                  what="gunicorn answering /healthz")
