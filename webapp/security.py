@@ -3,12 +3,15 @@
 - `API_TOKEN`: every /api/v1 request (anything under /api) needs `Authorization: Bearer
   <token>`; /api/openapi.json and /api/docs stay readable.
 - `ADMIN_PASSWORD`: the web UI (its pages, fragments and actions) and /rq need HTTP basic auth
-  as `admin`. Static files, /favicon.ico and /healthz stay public.
+  as `admin`. Static files, /favicon.ico and /healthz stay public. Both through
+  Flask-HTTPAuth.
 - CSRF (Flask-WTF) on the UI's state-changing requests; /api and /rq are exempt. Before
   any of this, webapp/origins.py refuses state-changing requests from other origins, and
   webapp/hosts.py (in front of everything) requests for other host names.
-- Security headers (CSP, nosniff, frame and referrer policy) on every response.
-- `check_exposure`: the web process refuses a non-loopback address without both secrets.
+- Security headers (CSP, nosniff, frame and referrer policy) on every response (by hand, not
+  Flask-Talisman: docs/RELIABILITY.md, "Security", says why).
+- `check_exposure`: the web process refuses a non-loopback address without both secrets and
+  ALLOWED_HOSTS.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import tempfile
 from pathlib import Path
 
 from flask import Flask, Response, current_app, request
-from flask_smorest import abort
+from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from markupsafe import Markup
+from werkzeug.datastructures import Authorization
 
 from webapp import origins
 from webapp.config import Settings
@@ -165,33 +169,64 @@ def persistent_secret_key(instance_dir: Path) -> str:
     return key
 
 
-# -- authentication -----------------------------------------------------------------------
+# -- authentication (Flask-HTTPAuth) ------------------------------------------------------
+
+token_auth = HTTPTokenAuth(scheme="Bearer")
+admin_auth = HTTPBasicAuth(realm=REALM)
+# Artifact files also accept the admin login: the UI's <video>, <img> and download links.
+artifact_auth = MultiAuth(token_auth, admin_auth)
+
+
+def _settings() -> Settings:
+    return current_app.extensions["vidpipe_security"]
+
 
 def _equal(given: str, expected: str) -> bool:
     """Constant-time comparison (bytes, so that any header text can be compared)."""
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
-def bearer_matches(authorization: str, token: str) -> bool:
-    """True when an Authorization header's value is `Bearer <token>`."""
-    scheme, _, given = authorization.partition(" ")
-    return scheme.lower() == "bearer" and _equal(given.strip(), token)
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """True when an Authorization header's value is `Bearer <token>` (parsed by werkzeug, as
+    Flask-HTTPAuth does); for the poll layer, which answers outside Flask."""
+    auth = Authorization.from_header(authorization)
+    return auth is not None and auth.type == "bearer" and _equal(auth.token or "", token)
 
 
-def bearer_ok(token: str) -> bool:
-    return bearer_matches(request.headers.get("Authorization", ""), token)
+@token_auth.verify_token
+def _token_valid(token: str) -> bool:
+    return _equal(token, _settings().api_token)
 
 
-def admin_ok(password: str) -> bool:
-    auth = request.authorization
-    if auth is None or auth.type != "basic":
-        return False
-    user_ok = _equal(auth.username or "", ADMIN_USER)
-    password_ok = _equal(auth.password or "", password)
-    return user_ok and password_ok
+@admin_auth.verify_password
+def _admin_valid(username: str, password: str) -> str | None:
+    user_ok = _equal(username or "", ADMIN_USER)
+    password_ok = _equal(password or "", _settings().admin_password)
+    return ADMIN_USER if user_ok and password_ok else None
 
 
-def basic_challenge() -> Response:
+def _artifact_read() -> bool:
+    return (bool(_settings().admin_password) and request.endpoint == ARTIFACT_ENDPOINT
+            and request.method in origins.SAFE_METHODS)
+
+
+@token_auth.error_handler
+def _api_refusal(status: int):
+    """401 in the API's JSON error shape."""
+    if "Authorization" in request.headers:
+        message = "the API token is not valid"
+    else:
+        message = "an API token is required: send 'Authorization: Bearer <API_TOKEN>'"
+    challenge = f'Bearer, Basic realm="{REALM}"' if _artifact_read() else "Bearer"
+    return ({"code": 401, "status": "Unauthorized", "message": message}, 401,
+            {"WWW-Authenticate": challenge})
+
+
+@admin_auth.error_handler
+def _admin_refusal(status: int):
+    """401 with a short page for the UI and /rq (JSON for an artifact of the API)."""
+    if request.path.startswith(API_PREFIX):
+        return _api_refusal(status)
     body = ("<!doctype html><title>401 Unauthorized · vidpipe</title>"
             "<h1>401 · Unauthorized</h1><p>Log in as <code>admin</code> with the "
             "ADMIN_PASSWORD of this vidpipe.</p>")
@@ -199,30 +234,28 @@ def basic_challenge() -> Response:
                     mimetype="text/html")
 
 
+def _allowed() -> None:
+    return None  # what login_required guards: nothing, the request goes on to its view
+
+
 def authenticate():
-    """before_request: the API token for /api/v1, the admin password for the UI and /rq."""
-    settings: Settings = current_app.extensions["vidpipe_security"]
+    """before_request: the API token for /api/v1, the admin password for the UI and /rq.
+
+    By path rather than per view, so that every route (rq-dashboard's, any added later) is
+    covered unless listed in PUBLIC_ENDPOINTS. Flask-HTTPAuth lets OPTIONS through (Flask's
+    automatic answer, which CORS preflights need, carries no data).
+    """
+    settings = _settings()
     endpoint = request.endpoint or ""
-    if request.method == "OPTIONS":
-        return None  # Flask's automatic answer (allowed methods; CORS preflights) says nothing
     if endpoint in PUBLIC_ENDPOINTS or endpoint.startswith(API_DOCS_BLUEPRINT):
         return None
     if request.path.startswith(API_PREFIX):
-        if not settings.api_token or bearer_ok(settings.api_token):
+        if not settings.api_token:
             return None
-        challenge = "Bearer"
-        if (settings.admin_password and request.endpoint == ARTIFACT_ENDPOINT
-                and request.method in origins.SAFE_METHODS):
-            if admin_ok(settings.admin_password):
-                return None
-            challenge = f'Bearer, Basic realm="{REALM}"'
-        if "Authorization" in request.headers:
-            message = "the API token is not valid"
-        else:
-            message = "an API token is required: send 'Authorization: Bearer <API_TOKEN>'"
-        abort(401, message=message, headers={"WWW-Authenticate": challenge})
-    if settings.admin_password and not admin_ok(settings.admin_password):
-        return basic_challenge()
+        auth = artifact_auth if _artifact_read() else token_auth
+        return auth.login_required(_allowed)()
+    if settings.admin_password:
+        return admin_auth.login_required(_allowed)()
     return None
 
 
