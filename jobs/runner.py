@@ -36,6 +36,7 @@ class StepContext:
     settings: Settings
     video_id: str
     source: Path
+    format_name: str  # as probed at upload: the only demuxer that may read the source
     artifacts: Path  # this attempt's own output folder
     inputs: dict[str, Path]  # the video's published outputs, by name (e.g. audio.wav)
     duration: float | None
@@ -137,8 +138,8 @@ def run_step(task_id: str, step: str, work: Work) -> str:
     watch = AttemptWatch(sessions, task_id, step, attempt, settings.progress_interval)
     with watch, ffrun.stopping(watch.stop):
         ctx = StepContext(settings, video.id, storage.source_path(video.id, video.stored_name),
-                          out, started.inputs, video.duration, video.width, video.height,
-                          video.has_audio, watch, watch.stop)
+                          video.format_name, out, started.inputs, video.duration, video.width,
+                          video.height, video.has_audio, watch, watch.stop)
         try:
             work(ctx)
             ffrun.check_stop()

@@ -7,7 +7,8 @@ from webapp.services import media, transcription
 
 
 def _extract_audio(ctx: StepContext) -> None:
-    media.extract_audio(ctx.source, ctx.artifacts / "audio.wav", ctx.duration, ctx.on_progress)
+    media.extract_audio(ctx.source, ctx.artifacts / "audio.wav", ctx.duration, ctx.on_progress,
+                        format_name=ctx.format_name)
 
 
 def _transcribe(ctx: StepContext) -> None:
@@ -29,19 +30,21 @@ POSTER_SHARE = 0.35
 
 
 def _thumbnails(ctx: StepContext) -> None:
-    media.make_poster(ctx.source, ctx.artifacts / "poster.jpg", ctx.duration)
+    media.make_poster(ctx.source, ctx.artifacts / "poster.jpg", ctx.duration,
+                      format_name=ctx.format_name)
     ctx.on_progress(POSTER_SHARE)
     media.make_storyboard(
         ctx.source, ctx.artifacts / "storyboard.jpg", ctx.artifacts / "storyboard.vtt",
         ctx.duration or 0.0, ctx.width or 0, ctx.height or 0,
         on_progress=lambda f: ctx.on_progress(POSTER_SHARE + (1 - POSTER_SHARE) * f),
+        format_name=ctx.format_name,
     )
 
 
 def _transcode(ctx: StepContext) -> None:
     media.transcode_preview(ctx.source, ctx.artifacts / "preview.mp4", ctx.duration,
                             ctx.on_progress, has_audio=ctx.has_audio,
-                            threads=ctx.settings.ffmpeg_threads)
+                            threads=ctx.settings.ffmpeg_threads, format_name=ctx.format_name)
 
 
 def extract_audio(task_id: str) -> str:

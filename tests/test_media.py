@@ -167,8 +167,8 @@ def _empty(path: Path) -> None:
     ("name", "make", "reason"),
     [
         ("notes.mp4", _text_file, "not a playable audio or video file: invalid data"),
-        ("picture.png", _png, "no audio or video stream"),
-        ("picture.jpg", _png, "no audio or video stream"),
+        ("picture.png", _png, "not a playable audio or video file: it is an image"),
+        ("picture.jpg", _png, "not a playable audio or video file: it is an image"),
         ("empty.mp4", _empty, "not a playable audio or video file"),
     ],
 )
@@ -423,7 +423,7 @@ def test_storyboard_from_keyframes_alone_when_they_are_close(tmp_path: Path) -> 
         out.mkdir()
         with pytest.MonkeyPatch.context() as patch:
             if gap is not None:  # as if keyframes were rare: the full decode
-                patch.setattr(media, "keyframe_gap", lambda *_, gap=gap: gap)
+                patch.setattr(media, "keyframe_gap", lambda *_, gap=gap, **__: gap)
             board = media.make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt",
                                           info.duration, 320, 240)
         check_storyboard(board, out / "storyboard.jpg", out / "storyboard.vtt", info.duration)

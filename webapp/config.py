@@ -35,6 +35,14 @@ def _weights_from_env() -> dict[str, float]:
     return weights
 
 
+def _positive(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    value = float(raw)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {raw!r}")
+    return value
+
+
 @dataclass
 class Settings:
     """Everything the web process and the workers need; both read it the same way."""
@@ -47,6 +55,7 @@ class Settings:
     whisper_model: str = "tiny.en"
     whisper_threads: int = 0
     ffmpeg_threads: int = 0
+    probe_timeout: float = 10.0  # seconds an upload's checks (ffprobe) may take
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     progress_interval: float = 0.5
     job_timeout_base: int = 300
@@ -87,6 +96,7 @@ class Settings:
             "whisper_model": _env("WHISPER_MODEL", cls.whisper_model),
             "whisper_threads": int(_env("WHISPER_THREADS", "0")),
             "ffmpeg_threads": int(_env("FFMPEG_THREADS", "0")),
+            "probe_timeout": _positive("PROBE_TIMEOUT", cls.probe_timeout),
             "weights": _weights_from_env(),
             "progress_interval": float(_env("PROGRESS_INTERVAL", str(cls.progress_interval))),
             "job_timeout_base": int(_env("JOB_TIMEOUT_BASE", str(cls.job_timeout_base))),

@@ -177,7 +177,8 @@ def upload():
         file = request.files.get("file")
         if file is None or not file.filename:
             raise InvalidMedia("choose a file to upload first")
-        video = ingest.ingest(ext.db(), ext.storage(), file.stream, file.filename)
+        video = ingest.ingest(ext.db(), ext.storage(), file.stream, file.filename,
+                              ext.settings().probe_timeout)
     except RequestEntityTooLarge:
         limit = ext.settings().max_upload_bytes
         return upload_failed(f"the file is larger than the limit of {limit:,} bytes", 413)

@@ -51,7 +51,8 @@ class Videos(MethodView):
     def post(self, files):
         """Upload a video or audio file (multipart field `file`)"""
         upload = files["file"]
-        video = ingest.ingest(ext.db(), ext.storage(), upload.stream, upload.filename)
+        video = ingest.ingest(ext.db(), ext.storage(), upload.stream, upload.filename,
+                              ext.settings().probe_timeout)
         return video_payload(video), 201, {"Location": url_for("videos.VideoById",
                                                               video_id=video.id)}
 

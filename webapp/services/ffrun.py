@@ -78,6 +78,30 @@ def _kill_on_stop(proc: subprocess.Popen[bytes], event: threading.Event) -> None
             return
 
 
+@contextmanager
+def reading(args: Sequence[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a tool whose output the block reads as it comes (stderr discarded). It is
+    killed when the work in progress is asked to stop (the block then sees its output end
+    and Stopped is raised after it) and when the block ends before the tool does."""
+    check_stop()
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise MediaError(f"{args[0]} is not installed on the server") from None
+    stop = _STOP.get()
+    if stop is not None:
+        threading.Thread(target=_kill_on_stop, args=(proc, stop), daemon=True).start()
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        _close(proc)
+    check_stop()
+
+
 @dataclass
 class RunResult:
     out_time: float | None = None  # seconds written, from the last progress report
@@ -96,8 +120,9 @@ def error_tail(
     kept = _meaningful(stderr)
     message = sep.join(kept[-lines:])
     # Users see these messages; where the server keeps files is none of their business.
+    # (Inputs are opened as file: URLs, see mediainput.url.)
     for path in paths:
-        message = message.replace(str(path), path.name)
+        message = message.replace(f"file:{path}", path.name).replace(str(path), path.name)
     if len(message) > limit:
         message = "..." + message[-(limit - 3):]
     return message

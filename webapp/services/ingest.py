@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import unicodedata
 from pathlib import Path
 from typing import IO
 
-import ffmpeg
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from webapp.config import Settings
 from webapp.models import Video
-from webapp.services import integrity, media, progress
+from webapp.services import integrity, media, mediainput, progress
 from webapp.services.errors import Conflict, InvalidMedia
+from webapp.services.mediainput import Deadline, ProbeTimeout
 from webapp.services.processing import get_video
 from webapp.services.storage import StagedFile, Storage
 
@@ -48,39 +48,56 @@ def clean_filename(name: str | None) -> str:
     return name
 
 
-def _stored_name(original: str) -> str:
-    suffix = Path(original).suffix.lower()
-    return "source" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else "")
+def _stored_name(format_name: str) -> str:
+    """"source" and the suffix of the probed format (never the client's: a name like
+    "source.m3u8" would tell a tool to read the file as something else)."""
+    return "source" + mediainput.stored_suffix(format_name)
 
 
-def _has_packets(path: Path) -> bool:
+def _has_packets(path: Path, format_name: str, deadline: Deadline) -> bool:
     """Whether the file holds at least one audio/video packet (reads only the first one).
 
     A container can declare streams and hold nothing, e.g. a WAV header with no samples;
     probe then finds no duration, and processing would "complete" with empty outputs.
     """
     try:
-        info = ffmpeg.probe(str(path), v="error", show_packets=None, read_intervals="%+#1")
-    except ffmpeg.Error:
+        info = mediainput.ffprobe(path, "-show_packets", "-read_intervals", "%+#1",
+                                  format_name=format_name, timeout=deadline.left())
+    except ProbeTimeout:
+        raise
+    except media.MediaError:
         return False
     return bool(info.get("packets"))
 
 
-def _whole_media(path: Path) -> media.ProbeResult:
+def _whole_media(path: Path, deadline: Deadline) -> media.ProbeResult:
     """Probe the upload; InvalidMedia unless it is audio/video with all its data there."""
     try:
-        info = media.probe(path)
+        info = media.probe(path, timeout=deadline.left())
+    except ProbeTimeout:
+        raise
     except media.MediaError as exc:
         if integrity.starts_like_mp4(path):
             raise InvalidMedia("the file is incomplete: its MP4 index (moov atom) is missing"
                                " or cut off; upload it again") from None
         raise InvalidMedia(str(exc)) from None
-    if info.duration is None and not _has_packets(path):
+    if info.duration is None and not _has_packets(path, info.format_name, deadline):
         raise InvalidMedia("the file has audio or video streams but no data in them")
-    cut = integrity.find_cut(path, info.format_name, info.duration)
+    cut = integrity.find_cut(path, info.format_name, info.duration, deadline)
     if cut is not None:
         raise InvalidMedia(f"{cut}; upload it again")
     return info
+
+
+def _checked(path: Path, timeout: float | None) -> media.ProbeResult:
+    """_whole_media within `timeout` seconds in all (None: no limit)."""
+    try:
+        return _whole_media(path, Deadline(timeout))
+    except ProbeTimeout:
+        log.warning("upload %s: its checks took longer than %s s", path.name, timeout)
+        raise InvalidMedia(f"the file could not be read within the {timeout:g} s this server"
+                           " allows for checking an upload; it may be damaged, or not an"
+                           " ordinary audio or video file") from None
 
 
 def _staged(storage: Storage, stream: IO[bytes]) -> StagedFile:
@@ -105,8 +122,10 @@ def _staged(storage: Storage, stream: IO[bytes]) -> StagedFile:
     return staged
 
 
-def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str | None) -> Video:
-    """Store an upload and record it; InvalidMedia (nothing kept) if it is not audio/video.
+def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str | None,
+           probe_timeout: float | None = Settings.probe_timeout) -> Video:
+    """Store an upload and record it; InvalidMedia (nothing kept) if it is not audio/video
+    of an accepted format, or cannot be checked within probe_timeout seconds.
 
     The staged file is closed either way: moved into the video's folder, or deleted.
     """
@@ -117,10 +136,11 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
         size = os.fstat(staged_file.fileno()).st_size
         if size == 0:
             raise InvalidMedia("the uploaded file is empty")
-        info = _whole_media(staged)
+        info = _checked(staged, probe_timeout)
         original = clean_filename(filename)
         video = Video(
-            original_filename=original, stored_name=_stored_name(original), size_bytes=size,
+            original_filename=original, stored_name=_stored_name(info.format_name),
+            size_bytes=size,
             format_name=info.format_name[:64], duration=info.duration, width=info.width,
             height=info.height, has_audio=info.has_audio, has_video=info.has_video,
             video_codec=info.video_codec, audio_codec=info.audio_codec,

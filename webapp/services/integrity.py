@@ -3,7 +3,8 @@
 A cut file often still probes at its full length: an MP4 with its index (moov) in front, a
 Matroska or MP3 file whose header states the duration, a WAV whose header states the data
 size. Processing would fail later, so uploads are checked here, in well under a second:
-the data that should be at the end is looked for, nothing is decoded.
+the data that should be at the end is looked for, nothing is decoded. The file is opened
+as its probed format only (mediainput), within the upload's time limit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Any
 # app, not at the first upload: every web process pays its ~17 MB at start-up, once.
 import av
 
+from webapp.services import mediainput
+from webapp.services.mediainput import Deadline
+
 # Seconds before the stated end where the tail check starts reading packets.
 TAIL = 5.0
 # How far short of its stated duration a file's data may stop and still count as whole:
@@ -27,7 +31,6 @@ TAIL = 5.0
 SLACK = 1.0
 SLACK_SHARE = 0.01
 _MP4_FAMILY = "mp4"  # ffprobe calls the demuxer "mov,mp4,m4a,3gp,3g2,mj2"
-_TIMEOUT = 60
 
 
 @dataclass(frozen=True)
@@ -43,19 +46,22 @@ class Cut:
         return f"the file ends at {ends_at:.1f} s of {self.duration:.1f} s"
 
 
-def find_cut(path: Path, format_name: str, duration: float | None) -> Cut | None:
+def find_cut(path: Path, format_name: str, duration: float | None,
+             deadline: Deadline | None = None) -> Cut | None:
     """The Cut if the file's data stops clearly before its stated end; None if it is whole
-    or nothing can tell (then processing's own end-of-output check still stands)."""
+    or nothing can tell (then processing's own end-of-output check still stands).
+    mediainput.ProbeTimeout when the deadline passes first."""
+    deadline = deadline or Deadline(None)
     size = path.stat().st_size
     if format_name == "wav":
         return _wav_cut(path, size)
     if not duration or duration <= 0:
         return None
     if _MP4_FAMILY in format_name.split(","):
-        known, cut = _mp4_index_cut(path, size, duration)
+        known, cut = _mp4_index_cut(path, size, duration, format_name, deadline)
         if known:
             return cut
-    return _tail_cut(path, duration)
+    return _tail_cut(path, duration, format_name, deadline)
 
 
 def _short(ends_at: float, duration: float) -> Cut | None:
@@ -65,16 +71,19 @@ def _short(ends_at: float, duration: float) -> Cut | None:
     return None
 
 
-def _mp4_index_cut(path: Path, size: int, duration: float) -> tuple[bool, Cut | None]:
+def _mp4_index_cut(path: Path, size: int, duration: float, format_name: str,
+                   deadline: Deadline) -> tuple[bool, Cut | None]:
     """Checks the byte range of every sample in the MP4/MOV index against the file size.
 
     (False, None) when the index cannot tell: unreadable, or a fragmented MP4 whose index
     may only cover the fragments read so far.
     """
+    options = mediainput.input_options()
     try:
-        with av.open(str(path)) as container:
+        with av.open(mediainput.url(path), format=mediainput.accepted(format_name),
+                     options=options, timeout=deadline.left()) as container:
             ends = [_first_missing(stream, size) for stream in container.streams]
-    except (av.FFmpegError, OSError):
+    except (av.FFmpegError, OSError):  # (one that took too long: the deadline tells)
         return False, None
     if not ends or any(end is None for end in ends):
         return False, None
@@ -121,28 +130,34 @@ def _first_missing(stream: Any, size: int) -> tuple[float, bool] | None:
     return float(max(0, entry.timestamp) * stream.time_base), whole
 
 
-def _tail_cut(path: Path, duration: float) -> Cut | None:
+def _tail_cut(path: Path, duration: float, format_name: str,
+              deadline: Deadline) -> Cut | None:
     """Reads the packets of the last few seconds (ffprobe demuxes, decodes nothing) and
     compares where the last one ends with the stated duration."""
-    found, last_end = _last_packet_end(path, max(0.0, duration - TAIL))
+    found, last_end = _last_packet_end(path, format_name, max(0.0, duration - TAIL), deadline)
     if found and last_end is None:
         # Nothing at all near the end (the seek went past the data): read it all to find
         # where it stops. Only cut files get here.
-        found, last_end = _last_packet_end(path, None)
+        found, last_end = _last_packet_end(path, format_name, None, deadline)
     return _short(last_end, duration) if found and last_end is not None else None
 
 
-def _last_packet_end(path: Path, since: float | None) -> tuple[bool, float | None]:
+def _last_packet_end(path: Path, format_name: str, since: float | None,
+                     deadline: Deadline) -> tuple[bool, float | None]:
     """(whether ffprobe could tell, the end of the last packet read from `since` on, in
     seconds from the file's start)."""
     args = ["ffprobe", "-v", "warning", "-of", "compact",
             "-show_entries", "format=start_time:packet=pts_time,dts_time,duration_time",
-            *(["-read_intervals", f"{since:.3f}%"] if since is not None else []), str(path)]
+            *(["-read_intervals", f"{since:.3f}%"] if since is not None else []),
+            *mediainput.input_args(path, format_name)]
+    timeout = deadline.left()
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=_TIMEOUT,
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
                               errors="replace")
-    except (OSError, subprocess.TimeoutExpired):
+    except OSError:
         return False, None
+    except subprocess.TimeoutExpired:
+        raise mediainput.ProbeTimeout(f"ffprobe took longer than {timeout:g} s") from None
     # A duration guessed from the bitrate (MP3 without a Xing header, raw AAC) is no
     # statement about the file's length: it cannot show a cut, only make up one.
     if done.returncode != 0 or "Estimating duration from bitrate" in done.stderr:

@@ -10,9 +10,10 @@ from typing import Any
 
 import ffmpeg
 import webvtt
-from ffmpeg.nodes import OutputStream
+from ffmpeg.nodes import FilterableStream, OutputStream
 
 # MediaError and ProgressCallback are part of this module's interface, hence the aliases.
+from webapp.services import mediainput
 from webapp.services.ffrun import (
     COMPLETE_SHARE,
     atomic_output,
@@ -24,6 +25,7 @@ from webapp.services.ffrun import (
 )
 from webapp.services.ffrun import MediaError as MediaError
 from webapp.services.ffrun import ProgressCallback as ProgressCallback
+from webapp.services.keyframes import keyframe_gap
 
 # Demuxers that read still images (besides the "*_pipe" ones); ffmpeg calls pictures video.
 _IMAGE_FORMATS = {"image2", "image2pipe"}
@@ -53,19 +55,22 @@ class Storyboard:
     keyframes_only: bool = False  # sampled from keyframes alone (see make_storyboard)
 
 
-def probe(path: Path) -> ProbeResult:
-    """Describe a media file; raise MediaError unless it has real audio or video."""
+def probe(path: Path, timeout: float | None = None) -> ProbeResult:
+    """Describe a media file; raise MediaError unless it has real audio or video in an
+    accepted container format (mediainput.FORMATS), ProbeTimeout after `timeout` seconds."""
     try:
-        info = ffmpeg.probe(str(path), v="error")
-    except ffmpeg.Error as exc:
-        stderr = exc.stderr or b""
-        raise MediaError(f"not a playable audio or video file: {_last_word(stderr, path)}",
-                         detail=error_detail(stderr, [path])) from None
-    except FileNotFoundError:
-        raise MediaError("ffprobe is not installed on the server") from None
+        info = mediainput.ffprobe(path, "-show_format", "-show_streams", timeout=timeout)
+    except mediainput.ProbeFailed as exc:
+        refused = mediainput.refused_format(exc.stderr)
+        reason = mediainput.refusal(refused) if refused else _last_word(exc.stderr, path)
+        raise MediaError(f"not a playable audio or video file: {reason}",
+                         detail=error_detail(exc.stderr, [path])) from None
     fmt: dict[str, Any] = info.get("format", {})
     streams: list[dict[str, Any]] = info.get("streams", [])
     format_name = str(fmt.get("format_name", ""))
+    if mediainput.demuxer(format_name) is None:  # (ffprobe refuses those itself)
+        raise MediaError(f"not a playable audio or video file: "
+                         f"{mediainput.refusal(format_name)}")
     video = next((s for s in streams if _is_moving_video(s, format_name)), None)
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     if video is None and audio is None:
@@ -145,13 +150,18 @@ def _number(value: Any, kind: type[int] | type[float]) -> Any:
 
 
 def extract_audio(
-    src: Path, dst: Path, duration: float | None, on_progress: ProgressCallback | None = None
+    src: Path, dst: Path, duration: float | None, on_progress: ProgressCallback | None = None,
+    *, format_name: str | None = None,
 ) -> None:
-    """Write the first audio stream as 16 kHz mono 16-bit WAV, what whisper wants."""
+    """Write the first audio stream as 16 kHz mono 16-bit WAV, what whisper wants.
+
+    format_name (every function here takes it) is the source's probed format: its demuxer
+    reads the file, none other (mediainput). Without it, ffmpeg picks among the accepted.
+    """
     # An audio track may well stop before the video does: measure it against its own length.
-    duration = stream_duration(src, "a:0") or duration
+    duration = stream_duration(src, "a:0", format_name) or duration
     with failing_as("The audio could not be extracted"), atomic_output(dst) as tmp:
-        stream = ffmpeg.input(str(src))["a:0"].output(
+        stream = _input(src, format_name)["a:0"].output(
             str(tmp), ac=1, ar=16000, acodec="pcm_s16le", f="wav"
         )
         # -xerror does not catch a cut-off audio track (the demuxer just sees EOF early),
@@ -160,13 +170,19 @@ def extract_audio(
         require_output(tmp)
 
 
-def stream_duration(path: Path, selector: str) -> float | None:
+def _input(src: Path, format_name: str | None, **options: Any) -> FilterableStream:
+    """The source as an ffmpeg input: a local file, of its accepted format only."""
+    return ffmpeg.input(mediainput.url(src), **mediainput.input_options(format_name), **options)
+
+
+def stream_duration(path: Path, selector: str, format_name: str | None = None) -> float | None:
     """The length the container states for one stream ("a:0"), from its header; None when
     it states none (Matroska keeps it in a DURATION tag, when at all)."""
     try:
-        info = ffmpeg.probe(str(path), v="error", select_streams=selector,
-                            show_entries="stream=duration:stream_tags=DURATION")
-    except (ffmpeg.Error, FileNotFoundError):
+        info = mediainput.ffprobe(path, "-select_streams", selector, "-show_entries",
+                                  "stream=duration:stream_tags=DURATION",
+                                  format_name=format_name)
+    except MediaError:
         return None
     streams = info.get("streams") or [{}]
     duration = _number(streams[0].get("duration"), float)
@@ -184,23 +200,25 @@ def _clock_seconds(value: Any) -> float | None:
         return None
 
 
-def make_poster(src: Path, dst: Path, duration: float | None, max_width: int = 1280) -> None:
+def make_poster(src: Path, dst: Path, duration: float | None, max_width: int = 1280, *,
+                format_name: str | None = None) -> None:
     """Write one JPEG frame from early on (skipping black intros), at most max_width wide."""
     seek = min(duration * 0.1, 5.0) if duration else 0.0
     with failing_as("The poster could not be made"):
         try:
-            _grab_frame(src, dst, seek, max_width)
+            _grab_frame(src, dst, seek, max_width, format_name)
         except MediaError:
             if seek == 0.0:
                 raise
             # The video track can be shorter than the container (e.g. audio runs on).
-            _grab_frame(src, dst, 0.0, max_width)
+            _grab_frame(src, dst, 0.0, max_width, format_name)
 
 
-def _grab_frame(src: Path, dst: Path, seek: float, max_width: int) -> None:
+def _grab_frame(src: Path, dst: Path, seek: float, max_width: int,
+                format_name: str | None) -> None:
     with atomic_output(dst) as tmp:
         stream = (
-            ffmpeg.input(str(src), ss=seek)["v:0"]
+            _input(src, format_name, ss=seek)["v:0"]
             .filter("scale", f"min(iw,{max_width})", -2)
             .output(str(tmp), vframes=1, **{"q:v": 3})
         )
@@ -245,6 +263,8 @@ def make_storyboard(
     height: int,
     on_progress: ProgressCallback | None = None,
     sprite_name: str = "storyboard.jpg",
+    *,
+    format_name: str | None = None,
 ) -> Storyboard:
     """Write a thumbnail sprite and the WebVTT that maps each interval to its tile.
 
@@ -261,12 +281,14 @@ def make_storyboard(
         raise MediaError("The storyboard could not be made: the video's duration and size"
                          " are unknown.")
     plan = plan_storyboard(duration, width, height)
-    gap = keyframe_gap(src, duration)
     # (1 % of slack: a 2 s GOP's timestamps may add up to a hair over 2 s)
-    plan = replace(plan, keyframes_only=gap is not None and gap <= plan.interval * 1.01)
+    longest = plan.interval * 1.01
+    # It stops reading at the first longer gap: the answer is then known.
+    gap = keyframe_gap(src, duration, format_name, enough=longest)
+    plan = replace(plan, keyframes_only=gap is not None and gap <= longest)
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
         result = run(
-            _storyboard_graph(src, tmp, plan),
+            _storyboard_graph(src, tmp, plan, format_name),
             duration,
             on_progress,
             xerror=True,
@@ -281,7 +303,8 @@ def make_storyboard(
     return plan
 
 
-def _storyboard_graph(src: Path, dst: Path, plan: Storyboard) -> OutputStream:
+def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
+                      format_name: str | None) -> OutputStream:
     # The first frame at or after each multiple of the interval; the millisecond of slack
     # keeps float error from skipping to the next frame, and the cap keeps one sprite.
     pick = (
@@ -290,7 +313,7 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard) -> OutputStream:
     )
     options = {"skip_frame": "nokey"} if plan.keyframes_only else {}
     tiles = (
-        ffmpeg.input(str(src), **options)["v:0"]
+        _input(src, format_name, **options)["v:0"]
         .filter("select", pick)
         .filter("scale", plan.tile_width, plan.tile_height)
         .split()
@@ -301,28 +324,6 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard) -> OutputStream:
         str(dst), vframes=1, **{"q:v": 4}
     )
     return ffmpeg.merge_outputs(counter, sprite)
-
-
-def keyframe_gap(path: Path, duration: float) -> float | None:
-    """The longest stretch of the first video stream without a keyframe, in seconds: between
-    two keyframes, before the first or after the last until `duration`. From the container's
-    packet flags (ffprobe demuxes, decodes nothing). None when it cannot tell."""
-    try:
-        info = ffmpeg.probe(str(path), v="error", select_streams="v:0",
-                            show_entries="packet=pts_time,flags")
-    except (ffmpeg.Error, FileNotFoundError):
-        return None
-    try:
-        starts = [float(p["pts_time"]) for p in info.get("packets", [])
-                  if "K" in p.get("flags", "") and p.get("pts_time") not in (None, "N/A")]
-    except (TypeError, ValueError):
-        return None
-    if not starts:
-        return None
-    starts.sort()
-    first = float(info["streams"][0].get("start_time") or 0.0) if info.get("streams") else 0.0
-    edges = [min(first, starts[0]), *starts, max(duration + first, starts[-1])]
-    return max(later - earlier for earlier, later in zip(edges, edges[1:], strict=False))
 
 
 def _confirm_tiles(plan: Storyboard, frames: int | None, duration: float) -> Storyboard:
@@ -366,12 +367,10 @@ def transcode_preview(
     max_height: int = 480,
     has_audio: bool = True,
     threads: int = 0,
+    *,
+    format_name: str | None = None,
 ) -> None:
     """Write a small web-playable MP4 (H.264/AAC, never upscaled, moov first for streaming)."""
-    source = ffmpeg.input(str(src))
-    # Height capped and kept even (yuv420p needs even sizes); width follows the aspect.
-    video = source["v:0"].filter("scale", -2, f"trunc(min(ih,{max_height})/2)*2")
-    streams = [video, source["a:0"]] if has_audio else [video]
     options: dict[str, Any] = {
         "vcodec": "libx264",
         "preset": "veryfast",
@@ -383,6 +382,10 @@ def transcode_preview(
     if has_audio:
         options.update({"acodec": "aac", "b:a": "128k"})
     with failing_as("The preview could not be encoded"), atomic_output(dst) as tmp:
+        source = _input(src, format_name)
+        # Height capped and kept even (yuv420p needs even sizes); width follows the aspect.
+        video = source["v:0"].filter("scale", -2, f"trunc(min(ih,{max_height})/2)*2")
+        streams = [video, source["a:0"]] if has_audio else [video]
         stream = ffmpeg.output(*streams, str(tmp), **options)
         run(stream, duration, on_progress, xerror=True, paths=(src, tmp))
         require_output(tmp)

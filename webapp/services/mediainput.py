@@ -1,0 +1,165 @@
+"""How ffprobe, ffmpeg and PyAV open an upload: as one local file, in an accepted format.
+
+An upload is whatever its sender made it, and ffmpeg reads much more than audio and video:
+playlists (hls) and lists of files (concat) that name other files, image sequences
+(image2), network session descriptions (sdp), subtitles and plain text. With ffmpeg's
+defaults such a file makes ffmpeg open what it names (another video's source under
+MEDIA_ROOT, any file with a media extension) or listen and connect where it says. So every
+tool run on an upload gets:
+
+- the path as a `file:` URL and `protocol_whitelist=file`: a local file, no name read as
+  another protocol (`concat:`, `subfile,,`), no network;
+- `format_whitelist` = the demuxers of FORMATS: ffmpeg refuses any other format before it
+  reads the file's header, and hands the list on to a demuxer opened inside a container
+  (the subtitles an AVI file may embed, the old "HLS inside AVI" trick);
+- once the upload is probed, `-f <its demuxer>`: no later run guesses the format again,
+  so a stored file is read as what it was accepted as, or refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from webapp.services.ffrun import MediaError
+
+# The accepted demuxers (ffmpeg's names) and the suffix a stored source of each gets. Only
+# containers that read their own bytes and nothing else: no playlists, lists, image
+# sequences, session descriptions, subtitles, text, or raw elementary streams.
+FORMATS: dict[str, str] = {
+    "mov": ".mp4",  # MP4, MOV, M4A, 3GP: one demuxer ("mov,mp4,m4a,3gp,3g2,mj2")
+    "matroska": ".mkv",  # Matroska and WebM ("matroska,webm")
+    "avi": ".avi",
+    "asf": ".asf",  # WMV, WMA
+    "flv": ".flv",
+    "mpegts": ".ts",
+    "mpeg": ".mpg",  # MPEG program streams (VOB, MPG)
+    "mxf": ".mxf",
+    "dv": ".dv",
+    "ogg": ".ogg",  # Vorbis, Opus, Theora, FLAC in Ogg
+    "wav": ".wav",
+    "w64": ".w64",
+    "aiff": ".aiff",
+    "caf": ".caf",
+    "mp3": ".mp3",
+    "aac": ".aac",  # ADTS
+    "flac": ".flac",
+    "ac3": ".ac3",
+    "eac3": ".eac3",
+    "amr": ".amr",
+    "wv": ".wv",
+}
+FORMAT_WHITELIST = ",".join(FORMATS)
+
+# What refused formats are, in words (others are named by their demuxer alone).
+_KINDS = {"hls": "a playlist", "concat": "a list of files", "sdp": "a stream description",
+          "image2": "an image", "gif": "an image", "webp": "an image", "tty": "text",
+          "srt": "subtitles", "ass": "subtitles", "webvtt": "subtitles"}
+# ffmpeg's complaint when the probed demuxer is not on the list: "[hls @ 0x55d1c2] Format ..."
+_NOT_ON_LIST = re.compile(r"\[([\w,]+)(?: @ 0x[0-9a-f]+)?\] Format not on whitelist")
+
+
+class ProbeTimeout(MediaError):
+    """Looking at an upload took longer than its time limit (PROBE_TIMEOUT)."""
+
+
+def demuxer(format_name: str | None) -> str | None:
+    """The accepted demuxer a probed format name names ("mov,mp4,m4a,3gp,3g2,mj2" -> "mov"),
+    None when it names none."""
+    return next((name for name in (format_name or "").split(",") if name in FORMATS), None)
+
+
+def accepted(format_name: str | None) -> str:
+    """The accepted demuxer of format_name, or MediaError saying the format is refused."""
+    name = demuxer(format_name)
+    if name is None:
+        raise MediaError(refusal(format_name or "unknown"))
+    return name
+
+
+def stored_suffix(format_name: str) -> str:
+    """The suffix a source probed as format_name is stored with: ".mp4", ".mkv", ..."""
+    return FORMATS[accepted(format_name)]
+
+
+def refusal(format_name: str) -> str:
+    """Why a file of this (not accepted) format is refused, as a reason."""
+    name = format_name.split(",")[0]
+    kind = _KINDS.get(name, "an image" if name.endswith("_pipe") else None)
+    what = f"{kind} ({name})" if kind else f"in the {name!r} format"
+    return f"it is {what}, not an audio or video file of an accepted format"
+
+
+def refused_format(stderr: str | bytes) -> str | None:
+    """The demuxer ffmpeg found but refused (format_whitelist), from its stderr."""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    match = _NOT_ON_LIST.search(stderr)
+    return match.group(1) if match else None
+
+
+def url(path: Path) -> str:
+    """The path as a file: URL, so that no part of it is read as another protocol."""
+    return f"file:{path}"
+
+
+def input_options(format_name: str | None = None) -> dict[str, str]:
+    """Input options (ffmpeg.input keywords) that open an upload as described above; with
+    its probed format name, the demuxer is fixed too."""
+    options = {"protocol_whitelist": "file", "format_whitelist": FORMAT_WHITELIST}
+    if format_name is not None:
+        options["f"] = accepted(format_name)
+    return options
+
+
+def input_args(path: Path, format_name: str | None = None) -> list[str]:
+    """The same as command-line arguments, the input's URL last."""
+    options = input_options(format_name)
+    return [*chain.from_iterable((f"-{key}", value) for key, value in options.items()),
+            url(path)]
+
+
+class ProbeFailed(MediaError):
+    """ffprobe exited with an error; `stderr` is its output."""
+
+    def __init__(self, message: str, stderr: bytes = b"") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+def ffprobe(path: Path, *args: str, format_name: str | None = None,
+            timeout: float | None = None) -> dict[str, Any]:
+    """ffprobe's JSON answer about an upload (`args` say what to show), read safely and,
+    with a timeout, within that many seconds (else ProbeTimeout)."""
+    cmd = ["ffprobe", "-v", "error", "-of", "json", *args, *input_args(path, format_name)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise MediaError("ffprobe is not installed on the server") from None
+    except subprocess.TimeoutExpired:  # (run() killed it)
+        raise ProbeTimeout(f"ffprobe took longer than {timeout:g} s") from None
+    if done.returncode != 0:
+        raise ProbeFailed(f"ffprobe exit code {done.returncode}", done.stderr)
+    return json.loads(done.stdout or b"{}")
+
+
+class Deadline:
+    """The time left of an upload's checks (several tool runs share one limit)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._at = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float | None:
+        """Seconds left (None: no limit); ProbeTimeout once there are none."""
+        if self._at is None:
+            return None
+        left = self._at - time.monotonic()
+        if left <= 0:
+            raise ProbeTimeout(f"the checks took longer than {self.seconds:g} s")
+        return left
