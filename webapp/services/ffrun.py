@@ -269,6 +269,8 @@ def failure_reason(stderr: Iterable[str], reached: float | None) -> str:
         return "the source file is missing on the server"
     if "no space left on device" in text:
         return "the server's disk is full"
+    if "format not on whitelist" in text:  # (see mediainput)
+        return "it is not an audio or video file of an accepted format"
     # The last progress report before the failure: the damage lies somewhere after it.
     after = f" after {reached:.1f} s" if reached and reached >= 0.1 else ""
     if any(sign in text for sign in _CUT_SIGNS):
