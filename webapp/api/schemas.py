@@ -7,6 +7,7 @@ from flask_smorest.fields import Upload
 from marshmallow import fields, validate
 
 from webapp.models import SUBTASK_STATUSES, TASK_STATUSES
+from webapp.services.mediainput import ACCEPTED
 
 
 class ErrorSchema(ma.Schema):
@@ -22,7 +23,10 @@ class ErrorSchema(ma.Schema):
 
 
 class UploadSchema(ma.Schema):
-    file = Upload(required=True, metadata={"description": "The audio or video file"})
+    file = Upload(required=True, metadata={"description": (
+        f"The audio or video file, in an accepted container format ({ACCEPTED}). Anything "
+        "else (playlists, lists of files, images, stream descriptions, subtitles, text) is "
+        "refused with 422, as is a file that cannot be checked within PROBE_TIMEOUT.")})
 
 
 class ForceQuerySchema(ma.Schema):

@@ -24,36 +24,43 @@ import subprocess
 import time
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from webapp.services.ffrun import MediaError
 
-# The accepted demuxers (ffmpeg's names) and the suffix a stored source of each gets. Only
-# containers that read their own bytes and nothing else: no playlists, lists, image
-# sequences, session descriptions, subtitles, text, or raw elementary streams.
-FORMATS: dict[str, str] = {
-    "mov": ".mp4",  # MP4, MOV, M4A, 3GP: one demuxer ("mov,mp4,m4a,3gp,3g2,mj2")
-    "matroska": ".mkv",  # Matroska and WebM ("matroska,webm")
-    "avi": ".avi",
-    "asf": ".asf",  # WMV, WMA
-    "flv": ".flv",
-    "mpegts": ".ts",
-    "mpeg": ".mpg",  # MPEG program streams (VOB, MPG)
-    "mxf": ".mxf",
-    "dv": ".dv",
-    "ogg": ".ogg",  # Vorbis, Opus, Theora, FLAC in Ogg
-    "wav": ".wav",
-    "w64": ".w64",
-    "aiff": ".aiff",
-    "caf": ".caf",
-    "mp3": ".mp3",
-    "aac": ".aac",  # ADTS
-    "flac": ".flac",
-    "ac3": ".ac3",
-    "eac3": ".eac3",
-    "amr": ".amr",
-    "wv": ".wv",
+
+class Format(NamedTuple):
+    suffix: str  # of a stored source of this format
+    label: str  # for people
+
+
+# The accepted demuxers (ffmpeg's names). Only containers that read their own bytes and
+# nothing else: no playlists, lists, image sequences, session descriptions, subtitles,
+# text, or raw elementary streams.
+FORMATS: dict[str, Format] = {
+    "mov": Format(".mp4", "MP4/MOV/M4A/3GP"),  # one demuxer: "mov,mp4,m4a,3gp,3g2,mj2"
+    "matroska": Format(".mkv", "Matroska/WebM"),  # "matroska,webm"
+    "avi": Format(".avi", "AVI"),
+    "asf": Format(".asf", "ASF (WMV/WMA)"),
+    "flv": Format(".flv", "FLV"),
+    "mpegts": Format(".ts", "MPEG-TS"),
+    "mpeg": Format(".mpg", "MPEG-PS (MPG/VOB)"),
+    "mxf": Format(".mxf", "MXF"),
+    "dv": Format(".dv", "DV"),
+    "ogg": Format(".ogg", "Ogg"),
+    "wav": Format(".wav", "WAV"),
+    "w64": Format(".w64", "Wave64"),
+    "aiff": Format(".aiff", "AIFF"),
+    "caf": Format(".caf", "CAF"),
+    "mp3": Format(".mp3", "MP3"),
+    "aac": Format(".aac", "AAC (ADTS)"),
+    "flac": Format(".flac", "FLAC"),
+    "ac3": Format(".ac3", "AC-3"),
+    "eac3": Format(".eac3", "E-AC-3"),
+    "amr": Format(".amr", "AMR"),
+    "wv": Format(".wv", "WavPack"),
 }
+ACCEPTED = ", ".join(f.label for f in FORMATS.values())  # for people, e.g. the API docs
 FORMAT_WHITELIST = ",".join(FORMATS)
 
 # What refused formats are, in words (others are named by their demuxer alone).
@@ -84,7 +91,7 @@ def accepted(format_name: str | None) -> str:
 
 def stored_suffix(format_name: str) -> str:
     """The suffix a source probed as format_name is stored with: ".mp4", ".mkv", ..."""
-    return FORMATS[accepted(format_name)]
+    return FORMATS[accepted(format_name)].suffix
 
 
 def refusal(format_name: str) -> str:
