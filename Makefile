@@ -46,7 +46,7 @@ test: deps  ## lint, then every test against SQLite and PostgreSQL, real Redis/f
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-BENCHES ?= pipeline polling trigger progress_writes upload_memory scale transcription eta
+BENCHES ?= pipeline polling trigger progress_writes upload_memory scale transcription eta keyframes
 
 bench: deps  ## every benchmark in bench/, then their table into docs/PERFORMANCE.md
 	scripts/system-deps.sh espeak-ng wrk

