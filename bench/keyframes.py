@@ -199,7 +199,7 @@ def start_task(database_url: str, settings: Settings, video_id: str) -> str:
 
 
 def worker_run(tmp: Path, env: dict[str, str], database_url: str, video_id: str,
-               run: int) -> dict:
+               run: int, task_ids: set[str]) -> dict:
     from bench.polling import stop_group
     from webapp.db import session_factory
     from webapp.models import ProcessingTask
@@ -208,6 +208,7 @@ def worker_run(tmp: Path, env: dict[str, str], database_url: str, video_id: str,
                                  queue_name=env["QUEUE_NAME"],
                                  media_root=Path(env["MEDIA_ROOT"]))
     task_id = start_task(database_url, settings, video_id)
+    task_ids.add(task_id)
     log = tmp / f"worker-{run}.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
@@ -247,7 +248,8 @@ def worker_runs(video: Path) -> list[dict]:
 
     Redis.from_url(REDIS_URL).ping()
     queue = f"bench-keyframes-{uuid.uuid4().hex[:8]}"
-    runs = []
+    runs: list[dict] = []
+    task_ids: set[str] = set()
     with workdir("keyframes") as tmp:
         database_url = f"sqlite:///{tmp / 'vidpipe.db'}"
         migrate(database_url)
@@ -255,10 +257,10 @@ def worker_runs(video: Path) -> list[dict]:
         try:
             video_id = ingest_clip(database_url, tmp / "media", video)
             for run in range(RUNS):
-                runs.append(worker_run(tmp, env, database_url, video_id, run))
+                runs.append(worker_run(tmp, env, database_url, video_id, run, task_ids))
                 print(f"worker run {run + 1}: {runs[-1]}", flush=True)
         finally:
-            cleanup_redis(queue)
+            cleanup_redis(queue, task_ids)  # the jobs' keys name their task, not the queue
     return runs
 
 
