@@ -62,3 +62,22 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+def start_task(database_url: str, settings: Any, video_id: str, step: str) -> str:
+    """A task of `video_id` in which only `step` runs (the others skipped), enqueued for a
+    worker; its id."""
+    from webapp.config import STEPS
+    from webapp.db import session_factory
+    from webapp.models import Video
+    from webapp.services import progress, queue
+
+    with session_factory(database_url)() as session:
+        video = session.get(Video, video_id)
+        skipped = {s: "not part of this benchmark" for s in STEPS if s != step}
+        task = progress.new_task(video, "reprocess", settings.weights, skipped)
+        session.add(task)
+        session.commit()
+        queue.enqueue_steps(queue.connect(settings.redis_url), settings, task.id, video.id,
+                            [step], video.duration)
+        return task.id

@@ -38,8 +38,8 @@ import uuid
 from pathlib import Path
 
 from bench import media as benchmedia
-from bench.common import Result, spread
-from webapp.config import DEFAULT_WEIGHTS, PROJECT_ROOT, STEPS, Settings
+from bench.common import Result, spread, start_task
+from webapp.config import PROJECT_ROOT, Settings
 
 # (The other benchmarks' helpers are imported where used: the detection child imports only
 # what a work-horse has, so that its memory compares.)
@@ -181,23 +181,6 @@ class TreeSampler(threading.Thread):
         return round(max(values), 1) if values else None
 
 
-def start_task(database_url: str, settings: Settings, video_id: str) -> str:
-    """A task where only the thumbnails run, enqueued for a worker."""
-    from webapp.db import session_factory
-    from webapp.models import Video
-    from webapp.services import progress, queue
-
-    with session_factory(database_url)() as session:
-        video = session.get(Video, video_id)
-        skipped = {s: "not part of this benchmark" for s in STEPS if s != STEP}
-        task = progress.new_task(video, "reprocess", DEFAULT_WEIGHTS, skipped)
-        session.add(task)
-        session.commit()
-        queue.enqueue_steps(queue.connect(settings.redis_url), settings, task.id, video.id,
-                            [STEP], video.duration)
-        return task.id
-
-
 def worker_run(tmp: Path, env: dict[str, str], database_url: str, video_id: str,
                run: int, task_ids: set[str]) -> dict:
     from bench.polling import stop_group
@@ -207,7 +190,7 @@ def worker_run(tmp: Path, env: dict[str, str], database_url: str, video_id: str,
     settings = Settings.from_env(database_url=database_url, redis_url=env["REDIS_URL"],
                                  queue_name=env["QUEUE_NAME"],
                                  media_root=Path(env["MEDIA_ROOT"]))
-    task_id = start_task(database_url, settings, video_id)
+    task_id = start_task(database_url, settings, video_id, STEP)
     task_ids.add(task_id)
     log = tmp / f"worker-{run}.log"
     with open(log, "wb") as out:

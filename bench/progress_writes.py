@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 
 from bench import media as benchmedia
-from bench.common import Result, spread
+from bench.common import Result, spread, start_task
 from bench.polling import (
     REDIS_URL,
     app_env,
@@ -46,7 +46,7 @@ from bench.polling import (
     stop_group,
     workdir,
 )
-from webapp.config import DEFAULT_WEIGHTS, PROJECT_ROOT, STEPS, Settings
+from webapp.config import PROJECT_ROOT, Settings
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 CLIP_SECONDS = 20
@@ -63,23 +63,6 @@ def ingest_clip(database_url: str, media_root: Path, clip: Path) -> str:
 
     with session_factory(database_url)() as session, open(clip, "rb") as fh:
         return ingest.ingest(session, Storage(media_root), fh, clip.name).id
-
-
-def start_task(database_url: str, settings: Settings, video_id: str) -> str:
-    """A task where only the transcode runs, enqueued for a worker."""
-    from webapp.db import session_factory
-    from webapp.models import Video
-    from webapp.services import progress, queue
-
-    with session_factory(database_url)() as session:
-        video = session.get(Video, video_id)
-        skipped = {s: "not part of this benchmark" for s in STEPS if s != STEP}
-        task = progress.new_task(video, "reprocess", DEFAULT_WEIGHTS, skipped)
-        session.add(task)
-        session.commit()
-        queue.enqueue_steps(queue.connect(settings.redis_url), settings, task.id, video.id,
-                            [STEP], video.duration)
-        return task.id
 
 
 def sample_until_done(database_url: str, task_id: str, worker: subprocess.Popen,
@@ -111,7 +94,7 @@ def sample_until_done(database_url: str, task_id: str, worker: subprocess.Popen,
 
 
 def one_run(tmp: Path, env: dict[str, str], database_url: str, video_id: str,
-            interval: str, run: int) -> dict:
+            interval: str, run: int, task_ids: set[str]) -> dict:
     from webapp.db import session_factory
     from webapp.models import ProcessingTask
 
@@ -119,7 +102,8 @@ def one_run(tmp: Path, env: dict[str, str], database_url: str, video_id: str,
     settings = Settings.from_env(database_url=database_url, redis_url=env["REDIS_URL"],
                                  queue_name=env["QUEUE_NAME"],
                                  media_root=Path(env["MEDIA_ROOT"]))
-    task_id = start_task(database_url, settings, video_id)
+    task_id = start_task(database_url, settings, video_id, STEP)
+    task_ids.add(task_id)
     log = tmp / f"worker-{run}-{interval}.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
@@ -184,6 +168,7 @@ def main() -> int:
     load_before = loadavg()
     started = time.time()
     results: dict[str, list[dict]] = {"0.5": [], "0": []}
+    task_ids: set[str] = set()
     with workdir("progress-writes") as tmp:
         database_url = f"sqlite:///{tmp / 'vidpipe.db'}"
         migrate(database_url)
@@ -194,11 +179,11 @@ def main() -> int:
             for run in range(RUNS):
                 order = ["0.5", "0"] if run % 2 == 0 else ["0", "0.5"]
                 for interval in order:
-                    r = one_run(tmp, env, database_url, video_id, interval, run)
+                    r = one_run(tmp, env, database_url, video_id, interval, run, task_ids)
                     results[interval].append(r)
                     print(f"run {run + 1} PROGRESS_INTERVAL={interval}: {r}", flush=True)
         finally:
-            cleanup_redis(queue)
+            cleanup_redis(queue, task_ids)  # the jobs' keys name their task, not the queue
     keys = ("step_seconds", "progress_writes", "writes_per_second", "steady_writes_per_second",
             "all_writes_per_second", "visible_changes", "max_gap_s", "min_gap_s",
             "first_change_after_start_s", "finish_after_last_change_s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import struct
 import time
 import uuid
 from pathlib import Path
@@ -128,3 +129,16 @@ def http_upload(port: int, data: bytes, name: str) -> str:
     status, raw = http_request(port, "POST", "/api/v1/videos", body, headers)
     assert status == 201, raw[:300]
     return json.loads(raw)["id"]
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """The four-letter names of an MP4's top-level boxes, in file order."""
+    boxes = []
+    with path.open("rb") as f:
+        while header := f.read(8):
+            size, kind = struct.unpack(">I4s", header)
+            if size == 1:
+                size = struct.unpack(">Q", f.read(8))[0] - 8
+            boxes.append(kind.decode("latin-1"))
+            f.seek(size - 8, 1)
+    return boxes

@@ -15,6 +15,7 @@ import pytest
 import webvtt
 
 from tests import mediagen
+from tests.helpers import top_level_boxes
 from webapp.services import ffrun, integrity, media
 from webapp.services.media import MediaError
 from webapp.services.transcription import TranscriptionError
@@ -79,18 +80,6 @@ def streams(path: Path) -> dict[str, dict[str, Any]]:
 
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if ".part" in p.name)
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    boxes = []
-    with path.open("rb") as f:
-        while header := f.read(8):
-            size, kind = struct.unpack(">I4s", header)
-            if size == 1:
-                size = struct.unpack(">Q", f.read(8))[0] - 8
-            boxes.append(kind.decode("latin-1"))
-            f.seek(size - 8, 1)
-    return boxes
 
 
 # --- probe -----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from watchdog.observers import Observer
 
 from tests import mediagen
 from tests.conftest import run_worker
-from tests.helpers import assert_json_error, progress_of, upload, upload_ok
+from tests.helpers import assert_json_error, progress_of, top_level_boxes, upload, upload_ok
 from webapp import create_app
 from webapp.config import Settings
 from webapp.models import ProcessingTask, Video
@@ -324,20 +324,6 @@ def test_an_upload_that_cannot_be_checked_in_time_is_422(settings, db_session, c
 # --- what is accepted, and how it is stored --------------------------------------------------
 
 
-def _top_level_boxes(path: Path) -> list[bytes]:
-    boxes = []
-    with path.open("rb") as f:
-        while header := f.read(8):
-            size, kind = struct.unpack(">I4s", header)
-            if size == 1:
-                size = struct.unpack(">Q", f.read(8))[0] - 8
-            boxes.append(kind)
-            if size < 8:  # 0: the box runs to the end of the file
-                break
-            f.seek(size - 8, 1)
-    return boxes
-
-
 @pytest.fixture(scope="module")
 def large_mp4(tmp_path_factory) -> Path:
     """An ordinary MP4 of over 100 MB whose index (moov) is at the end, as most cameras and
@@ -350,8 +336,8 @@ def large_mp4(tmp_path_factory) -> Path:
 
 
 def test_a_large_mp4_with_its_index_at_the_end_is_accepted(client, settings, large_mp4):
-    boxes = _top_level_boxes(large_mp4)
-    assert boxes.index(b"mdat") < boxes.index(b"moov")
+    boxes = top_level_boxes(large_mp4)
+    assert boxes.index("mdat") < boxes.index("moov")
     assert large_mp4.stat().st_size > 100_000_000
     body = upload_ok(client, large_mp4, "camera.MP4")
     assert body["duration"] == pytest.approx(120.0, abs=0.5)
