@@ -2,15 +2,24 @@
 SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The interpreter the virtualenv is made from (the scripts get the virtualenv's own).
 PYTHON ?= python3
 WORKERS ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-export PYTHON := $(CURDIR)/$(BIN)/python
 
-.PHONY: run web worker migrate test bench lint deps system-deps redis clean
+# What each command needs from Debian (names as in scripts/system-deps.sh), all checked, and
+# as root installed, before the first step that uses any of them.
+RUN_NEEDS := venv ffmpeg
+TEST_NEEDS := $(RUN_NEEDS) espeak-ng chromium libatomic1 redis-server postgresql
+BENCH_NEEDS := $(RUN_NEEDS) espeak-ng wrk curl
+SYSTEM_DEPS := PYTHON=$(PYTHON) scripts/system-deps.sh
+
+.PHONY: run web worker migrate test bench lint deps system-deps system-deps-test \
+        system-deps-bench redis clean
 
 $(BIN)/activate:
-	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(SYSTEM_DEPS) venv
+	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet --upgrade pip
@@ -19,38 +28,46 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 
 deps: $(VENV)/.installed  ## Python packages in the project's virtualenv
 
-system-deps:  ## ffmpeg and ffprobe (apt-get as root, else a message)
-	scripts/system-deps.sh
+system-deps:  ## python3-venv and ffmpeg (apt-get as root, else the apt-get line to run)
+	$(SYSTEM_DEPS) $(RUN_NEEDS)
+
+system-deps-test:  ## and what the tests use: espeak-ng, chromium, redis-server, initdb...
+	$(SYSTEM_DEPS) $(TEST_NEEDS)
+
+system-deps-bench:  ## and what the benchmarks use: espeak-ng, wrk, curl
+	$(SYSTEM_DEPS) $(BENCH_NEEDS)
 
 redis: deps system-deps  ## start a local Redis if none answers at REDIS_URL
-	scripts/ensure-redis.sh
+	PYTHON=$(BIN)/python scripts/ensure-redis.sh
 
 migrate: deps  ## apply Alembic migrations to DATABASE_URL (default: SQLite under instance/)
 	$(BIN)/alembic upgrade head
 
-run: deps system-deps redis migrate  ## web + $(WORKERS) workers, via honcho and the Procfile
+run: system-deps deps redis migrate  ## web + $(WORKERS) workers, via honcho and the Procfile
 	$(BIN)/honcho start -f Procfile -c web=1,worker=$(WORKERS)
 
-web: deps migrate  ## the web process alone (gunicorn), foreground
+web: system-deps deps migrate  ## the web process alone (gunicorn), foreground
 	$(BIN)/honcho start -f Procfile web
 
-worker: deps system-deps  ## one worker process, foreground
+worker: system-deps deps  ## one worker process, foreground
 	$(BIN)/python -m jobs.worker
 
 lint: deps
 	$(BIN)/ruff check .
 
-test: deps  ## lint, then every test against SQLite and PostgreSQL, real Redis/ffmpeg/whisper
-	scripts/system-deps.sh espeak-ng chromium
-	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} scripts/ensure-redis.sh
+# lint, then every test on SQLite and PostgreSQL, with real Redis, ffmpeg and whisper
+test: system-deps-test deps
+	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} PYTHON=$(BIN)/python \
+	  scripts/ensure-redis.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 BENCHES ?= pipeline polling trigger progress_writes upload_memory scale transcription eta keyframes
 
-bench: deps  ## every benchmark in bench/, then their table into docs/PERFORMANCE.md
-	scripts/system-deps.sh espeak-ng wrk
-	REDIS_URL=$${BENCH_REDIS_URL:-redis://127.0.0.1:6379/13} scripts/ensure-redis.sh
+# every benchmark in bench/, then their table into docs/PERFORMANCE.md
+bench: system-deps-bench deps
+	REDIS_URL=$${BENCH_REDIS_URL:-redis://127.0.0.1:6379/13} PYTHON=$(BIN)/python \
+	  scripts/ensure-redis.sh
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done
 	$(BIN)/python -m bench.report
 

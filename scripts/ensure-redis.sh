@@ -2,7 +2,7 @@
 # Make sure a Redis answers at REDIS_URL; start a local one (nothing kept on disk) if none does.
 set -euo pipefail
 url="${REDIS_URL:-redis://127.0.0.1:6379/0}"
-py="${PYTHON:-python3}"
+py="${PYTHON:-python3}"  # one that imports redis: make passes the virtualenv's
 read -r host port < <("$py" -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 6379)' "$url")
 
 ping() { "$py" -c 'import sys, redis; redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()' "$url" 2>/dev/null; }

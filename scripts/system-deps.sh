@@ -1,26 +1,63 @@
 #!/usr/bin/env bash
-# Install the system programs vidpipe needs (Debian packages), or say which are missing.
-# Usage: scripts/system-deps.sh [extra-package ...]
+# Install what vidpipe needs from Debian (as root), or print the apt-get line that would.
+# Usage: scripts/system-deps.sh NEED...   (the needs are the names in the table below)
+#
+# Each need is checked by what is really used: a command, a shared library, a Python module
+# or a file. So a need met some other way (a hand-built ffmpeg, a pyenv Python with its own
+# ensurepip) installs nothing, and one that no command names (libatomic1) is not missed.
 set -euo pipefail
 
-declare -A provides=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [espeak-ng]=espeak-ng
-                     [redis-server]=redis-server [redis-cli]=redis-tools
-                     [chromium]=chromium [wrk]=wrk)
-wanted=("$@")
+python="${PYTHON:-python3}"  # the interpreter the virtualenv is made from
+export PATH="$PATH:/usr/sbin:/sbin"  # ldconfig, for a user whose PATH lacks them
+
+have() { command -v "$1" >/dev/null 2>&1; }
+lib() { ldconfig -p 2>/dev/null | grep -q "^[[:space:]]*$1 "; }
+pg_bin() {  # PostgreSQL's server programs: PG_BIN, else the newest Debian installs
+  if [ -n "${PG_BIN:-}" ]; then [ -x "$PG_BIN/initdb" ]; return; fi
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
+# need: present when ... ; package
+present() {
+  case "$1" in
+    venv) "$python" -c 'import ensurepip, venv' 2>/dev/null ;;  # Debian strips ensurepip
+    ffmpeg) have ffmpeg && have ffprobe ;;
+    espeak-ng | redis-server | chromium | wrk | curl) have "$1" ;;
+    libatomic1) lib libatomic.so.1 ;;  # Playwright's Node.js driver links it
+    postgresql) pg_bin ;;  # initdb and pg_ctl: tests start private clusters
+    iproute2) have ip ;;
+    *) echo "system-deps.sh: unknown need '$1'" >&2; exit 2 ;;
+  esac
+}
+package() {
+  case "$1" in
+    venv)
+      local version
+      version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+      if [ "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+           = "$version" ]; then echo python3-venv; else echo "python$version-venv"; fi ;;
+    *) echo "$1" ;;
+  esac
+}
+
 missing=()
-for cmd in ffmpeg ffprobe "${wanted[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${provides[$cmd]:-$cmd}")
+for need in "$@"; do
+  present "$need" || missing+=("$(package "$need")")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+line="apt-get install -y --no-install-recommends ${missing[*]}"
 
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if [ "$(id -u)" = 0 ] && have apt-get; then
   echo "installing system packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -qq -y --no-install-recommends "${missing[@]}" >/dev/null
+elif have apt-get; then
+  echo "vidpipe needs these Debian packages; as root, run:" >&2
+  echo "  $line" >&2
+  exit 1
 else
-  echo "vidpipe needs these system packages: ${missing[*]}" >&2
-  echo "install them (e.g. sudo apt-get install ${missing[*]}) and run again" >&2
+  echo "vidpipe needs what these Debian packages provide: ${missing[*]}" >&2
   exit 1
 fi
