@@ -51,8 +51,14 @@ line="apt-get install -y --no-install-recommends ${missing[*]}"
 if [ "$(id -u)" = 0 ] && have apt-get; then
   echo "installing system packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -qq -y --no-install-recommends "${missing[@]}" >/dev/null
+  log=$(mktemp -t vidpipe-apt.XXXXXX)  # apt's and debconf's chatter, shown only on failure
+  if ! { apt-get update -qq && apt-get install -qq -y --no-install-recommends "${missing[@]}"; } \
+       >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"
+    echo "system-deps.sh: installing ${missing[*]} failed (above: apt-get's output)" >&2
+    exit 1
+  fi
+  rm -f "$log"
 elif have apt-get; then
   echo "vidpipe needs these Debian packages; as root, run:" >&2
   echo "  $line" >&2
