@@ -2,7 +2,7 @@
 # Proves the README's promise on a fresh Debian 12: in a minimal root made by
 # `debootstrap --variant=minbase bookworm`, where only python3, make, git and ca-certificates
 # are installed (as a new user would), `make run` comes up and processes a real file through
-# the API, and `make test` passes. Not part of `make test` (about 15 minutes); run it as root
+# the API, and `make test` passes. Not part of `make test` (15-30 minutes); run it as root
 # whenever setup changes, and put its last lines in the closing note.
 #
 #   scripts/fresh-machine-check.sh [REPO [REF]]   default: this repository and its HEAD
