@@ -6,6 +6,7 @@ import socket
 import subprocess
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from redis import Redis
@@ -90,8 +91,12 @@ def test_with_redis_down_the_service_degrades_honestly_and_recovers(
     from webapp.models import ProcessingTask
 
     client = outage_app.test_client()
-    worker_proc()  # started while Redis is up; it must survive the outage
+    worker = worker_proc()  # started while Redis is up; it must survive the outage
     vid = upload_ok(client, clip)["id"]
+    # Connected before the outage: on a loaded machine its start-up can outlast the upload,
+    # and a worker that first meets Redis while it is down exits (a different case).
+    wait_for(lambda: "Listening on" in Path(worker.log_path).read_text(), timeout=60,
+             what="the worker listening")
     redis_server.stop()
 
     body = assert_json_error(client.post(f"/api/v1/videos/{vid}/run_sync"), 503)
