@@ -14,9 +14,10 @@ times interpolated over each segment, by characters.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, replace
 
-from webapp.services.transcription import NO_SPACES, Segment, Transcript, Word
+from webapp.services.transcription import Segment, Transcript, Word
 
 WIDE_LINE = 20  # characters a line: Chinese, Japanese, Korean
 LINE = 42  # characters a line: every other script
@@ -40,7 +41,7 @@ def cued(transcript: Transcript) -> Transcript:
 
 def cues(transcript: Transcript) -> list[Segment]:
     limit = line_limit(transcript.language)
-    split_words = transcript.language in NO_SPACES
+    split_words = transcript.language in WIDE
     out: list[Segment] = []
     for segment in transcript.segments:
         words = _tokens(segment, split_words, limit)
@@ -64,7 +65,7 @@ def _tokens(segment: Segment, split_words: bool, limit: int) -> list[_Token]:
     tokens: list[_Token] = []
     for w in words:
         if split_words and len(w.text.strip()) > limit:
-            tokens.extend(_spread(w.start, w.end, list(w.text)))  # a very long "word"
+            tokens.extend(_spread(w.start, w.end, _characters(w.text)))  # a very long "word"
         elif w.text.strip():
             tokens.append(_Token(w.start, w.end, w.text))
     return tokens
@@ -73,9 +74,22 @@ def _tokens(segment: Segment, split_words: bool, limit: int) -> list[_Token]:
 def _interpolated(segment: Segment, split_words: bool) -> tuple[Word, ...]:
     """Words of a segment without timestamps, timed in proportion to their length."""
     text = segment.text
-    pieces = list(text) if split_words else [f" {w}" for w in text.split()]
+    pieces = _characters(text) if split_words else [f" {w}" for w in text.split()]
     return tuple(Word(t.start, t.end, t.text)
                  for t in _spread(segment.start, segment.end, pieces))
+
+
+def _characters(text: str) -> list[str]:
+    """The text's characters, each with the combining marks that follow it (a line break
+    must not separate a mark or a joiner from its base)."""
+    out: list[str] = []
+    for ch in text:
+        if out and (unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Mc", "Me")
+                    or ch in "\u200d\ufe0f" or out[-1].endswith("\u200d")):
+            out[-1] += ch
+        else:
+            out.append(ch)
+    return out
 
 
 def _spread(start: float, end: float, pieces: list[str]) -> list[_Token]:

@@ -124,8 +124,8 @@ class Transcript:
                    data.get("translation_note"))
 
 
-# Languages written without spaces between words.
-NO_SPACES = frozenset({"zh", "ja", "yue", "th", "lo", "my", "bo", "km"})
+# Languages written without spaces, not even between sentences.
+NO_SPACES = frozenset({"zh", "ja", "yue"})
 
 
 def resolve_model_path(name: str) -> Path:
