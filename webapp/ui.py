@@ -70,7 +70,7 @@ def no_worker() -> bool:
 def language_helpers() -> dict:
     """The languages the configured model knows (for the forms' menus) and their names."""
     return {"language_choices": lambda: languages.choices(ext.settings()),
-            "language_name": languages.name}
+            "language_name": languages.name, "artifact_language": languages.of_artifact}
 
 
 def form_options() -> tuple[str | None, bool | None]:

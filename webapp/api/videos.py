@@ -16,7 +16,7 @@ from webapp.models import Video
 from webapp.services import ingest, languages, progress, publications
 from webapp.services.errors import NotFound
 from webapp.services.processing import get_video
-from webapp.services.storage import ALL_ARTIFACT_NAMES, TRANSLATED_CAPTIONS, mime_type
+from webapp.services.storage import ALL_ARTIFACT_NAMES, mime_type
 
 
 class _MultipartParser(FlaskParser):
@@ -116,23 +116,12 @@ class Artifacts(MethodView):
         video = find_video(video_id)
         return [
             {"name": a.name, "size_bytes": a.size_bytes, "mime_type": a.mime_type,
-             "step": a.step, "task_id": a.task_id, "language": artifact_language(a.name, video),
+             "step": a.step, "task_id": a.task_id,
+             "language": languages.of_artifact(a.name, video),
              "url": url_for("videos.Artifact", video_id=video.id, name=a.name)}
             for a in publications.artifacts(ext.db(), ext.storage(), video.id)
         ]
 
-
-# Files whose text or speech is in the transcript's language.
-_SPOKEN = ("transcript.json", "captions.vtt", "captions.srt", "audio.wav", "preview.mp4")
-
-
-def artifact_language(name: str, video: Video) -> str | None:
-    """The language of an artifact's text or speech (see ArtifactSchema.language)."""
-    if name in TRANSLATED_CAPTIONS:
-        return "en"
-    if name in _SPOKEN and (name != "preview.mp4" or video.has_audio):
-        return video.language
-    return None
 
 
 # Each artifact is served with its own media type (audio/wav, text/vtt, image/jpeg, ...);

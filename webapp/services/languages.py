@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from webapp.config import Settings
+from webapp.models import Video
 from webapp.services import whisper_models
 from webapp.services.errors import ServiceError
+from webapp.services.storage import TRANSLATED_CAPTIONS
 
 AUTO = whisper_models.AUTO
 
@@ -28,6 +30,21 @@ def choices(settings: Settings) -> list[tuple[str, str]]:
 
 def name(code: str | None) -> str:
     return whisper_models.language_name(code)
+
+
+# Files whose text or speech is in the transcript's language.
+_SPOKEN = ("transcript.json", "captions.vtt", "captions.srt", "audio.wav", "preview.mp4")
+
+
+def of_artifact(name: str, video: Video) -> str | None:
+    """The language of an artifact's text or speech: the published transcript's for the
+    transcript, its captions, the audio and the preview (with sound); "en" for the
+    translated captions; None for pictures and the storyboard index."""
+    if name in TRANSLATED_CAPTIONS:
+        return "en"
+    if name in _SPOKEN and (name != "preview.mp4" or video.has_audio):
+        return video.language
+    return None
 
 
 def parse(settings: Settings, value: str | None) -> str | None:
