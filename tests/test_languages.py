@@ -250,6 +250,7 @@ def test_german_is_translated_into_english_in_a_second_pass() -> None:
     assert is_english(english.text) and "hong kong" in english.text.lower(), english.text
     assert all(0 <= s.start <= s.end <= result.duration for s in english.segments)
     assert all(s.words for s in english.segments)
+    assert Transcript.from_dict(result.to_dict()) == result  # transcript.json round trip
     # Progress covers both passes: it rises through the second one instead of sitting
     # near the end of the first (where it would stand for a third of the time).
     shares = [share for _, share in seen]

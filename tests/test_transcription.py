@@ -157,9 +157,14 @@ def test_music_gives_no_words(tmp_path: Path) -> None:
     )
     assert any(piece.text.strip() for piece in raw), "sample no longer fools whisper"
     progress: list[float] = []
-    result = transcription.transcribe(tones, on_progress=progress.append)
+    result = transcription.transcribe(tones, on_progress=progress.append, translate=True)
     assert result.segments == []
     assert result.text == ""
+    # Whisper names a language for music too; without speech there is none to tell, and
+    # nothing to translate.
+    assert (result.language, result.language_probability) == (None, None)
+    assert result.translation is None
+    assert result.translation_note == "nothing to translate: no speech was found"
     assert result.duration == pytest.approx(5.0, abs=0.05)
     assert progress == sorted(progress) and progress[-1] == 1.0
 

@@ -29,7 +29,7 @@ SENTENCE_END = tuple("。！？!?…") + (".",)
 CLAUSE_END = tuple("，、；：,;:")
 
 
-def line_limit(language: str) -> int:
+def line_limit(language: str | None) -> int:
     return WIDE_LINE if language in WIDE else LINE
 
 

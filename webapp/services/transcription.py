@@ -53,6 +53,7 @@ MAX_SHARE = 0.99
 # is 1 / (1 + TRANSLATE_COST) of a step that translates too.
 TRANSLATE_COST = 0.5
 NOTHING_TO_TRANSLATE = "nothing to translate: the speech is in English"
+NO_SPEECH_TO_TRANSLATE = "nothing to translate: no speech was found"
 
 
 class TranscriptionError(ToolError):
@@ -80,7 +81,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class Transcript:
-    language: str  # ISO 639-1 code, detected or asked for
+    language: str | None  # ISO 639-1 code, detected or asked for; None: no speech to tell
     duration: float  # seconds of audio
     segments: list[Segment]
     language_probability: float | None = None  # whisper's confidence in `language`
@@ -116,10 +117,10 @@ class Transcript:
                             tuple(Word(float(w["start"]), float(w["end"]), str(w["word"]))
                                   for w in s.get("words") or ()))
                     for s in data["segments"]]
-        probability = data.get("language_probability")
+        language, probability = data["language"], data.get("language_probability")
         translation = data.get("translation")
-        return cls(str(data["language"]), float(data["duration"]), segments,
-                   None if probability is None else float(probability),
+        return cls(None if language is None else str(language), float(data["duration"]),
+                   segments, None if probability is None else float(probability),
                    cls.from_dict(translation) if translation else None,
                    data.get("translation_note"))
 
@@ -198,16 +199,18 @@ def transcribe(
     if on_progress is not None:
         on_progress(1.0)
     duration = float(info["duration"])
-    spoken = str(info["language"])
-    probability = info.get("language_probability")
+    segments = _segments(outcome.segments, duration)
+    # Whisper always names a language, even for music or silence; without speech (and
+    # without a language asked for) there is none to tell.
+    spoken = str(info["language"]) if segments or language else None
+    probability = info.get("language_probability") if spoken else None
     translation = note = None
     if outcome.translating:
         translation = Transcript("en", round(duration, 3), _segments(outcome.translated,
                                                                      duration))
-    elif translate:  # the child translates anything but English
-        note = NOTHING_TO_TRANSLATE
-    return Transcript(language=spoken, duration=round(duration, 3),
-                      segments=_segments(outcome.segments, duration),
+    elif translate:  # the child translates any speech but English
+        note = NOTHING_TO_TRANSLATE if segments else NO_SPEECH_TO_TRANSLATE
+    return Transcript(language=spoken, duration=round(duration, 3), segments=segments,
                       language_probability=None if probability is None
                       else round(float(probability), 4),
                       translation=translation, translation_note=note)

@@ -85,11 +85,15 @@ def _send(out: IO[str], message: dict[str, Any]) -> None:
     out.flush()
 
 
-def _pieces(out: IO[str], kind: str, pieces: Any) -> None:
-    """Send whisper's segments (decoded lazily while iterating, a 30 s window at a time)."""
+def _pieces(out: IO[str], kind: str, pieces: Any) -> int:
+    """Send whisper's segments (decoded lazily while iterating, a 30 s window at a time);
+    how many there were."""
+    count = 0
     for piece in pieces:
         words = [[float(w.start), float(w.end), w.word] for w in piece.words or ()]
         _send(out, {kind: [float(piece.start), float(piece.end), piece.text], "words": words})
+        count += 1
+    return count
 
 
 def transcribe(out: IO[str], audio: str, model_dir: str, cpu_threads: int,
@@ -97,7 +101,7 @@ def transcribe(out: IO[str], audio: str, model_dir: str, cpu_threads: int,
     """Stream info and segments of `audio` to `out`; 0 on success, 1 after an error line.
 
     With `translate`, a second pass runs whisper's translate task on the same audio in the
-    detected (or given) language, unless that language is English.
+    detected (or given) language, unless that language is English or there was no speech.
     """
     try:
         model = load_model(model_dir, cpu_threads)
@@ -113,8 +117,8 @@ def transcribe(out: IO[str], audio: str, model_dir: str, cpu_threads: int,
         _send(out, {"info": {"language": info.language,
                              "language_probability": float(info.language_probability),
                              "duration": float(info.duration)}})
-        _pieces(out, "segment", pieces)
-        if translate and info.language != "en":
+        spoken = _pieces(out, "segment", pieces)
+        if translate and info.language != "en" and spoken:
             _send(out, {"translate": {"duration": float(info.duration)}})
             pieces, _ = model.transcribe(audio, language=info.language, task="translate",
                                          vad_filter=True, word_timestamps=True)
