@@ -4,7 +4,8 @@ Whisper writes Mandarin in a mix of scripts, Traditional characters often (廣�
 Simplified speech); OpenCC (PyPI `opencc`, the project's own Python binding) converts with
 its phrase tables, so context-dependent characters come out right (頭髮 / 头发, 乾燥 / 干燥).
 Measured on the real Mandarin clip: CER 50 % as whisper wrote it, 17 % after `t2s`; an
-initial prompt in Simplified helped less (25 %) and may drop speech (docs/PERFORMANCE.md).
+initial prompt in Simplified helped less (25 %; 17 % with `t2s` too) and can drop speech
+on longer audio (docs/PERFORMANCE.md, section 7), so none is used.
 """
 
 from __future__ import annotations

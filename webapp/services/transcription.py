@@ -44,13 +44,16 @@ WINDOW = 30.0
 # Seconds of audio per second assumed from the child's start to its first window: the
 # pace of tiny.en, model loading included, beside an ffmpeg encode on 2 otherwise idle
 # cores is 10-14, so the estimate errs on the slow side, yet the first window's segments
-# do not jump far ahead of it.
+# do not jump far ahead of it. base, the default since, runs at ~7 (a 7-minute talk, step
+# alone, docs/PERFORMANCE.md section 7): its estimate reaches the first window's end
+# early and waits there. Not retuned: the ETA benchmark (section 8) was not run again.
 INITIAL_RATE = 10.0
 # An estimate never reaches the end; the child's clean exit does.
 MAX_SHARE = 0.99
 # The translate pass's time as a share of the transcription pass's, on the same audio (base,
-# 2 cores: 0.4-0.5 on German and Mandarin, see docs/PERFORMANCE.md): the transcription pass
-# is 1 / (1 + TRANSLATE_COST) of a step that translates too.
+# 2 cores: 0.23-0.44 on German; 1.7-3 on Mandarin, whose poor translation sets off
+# whisper's temperature fallback; docs/PERFORMANCE.md section 7): the transcription pass is
+# 1 / (1 + TRANSLATE_COST) of a step that translates too.
 TRANSLATE_COST = 0.5
 NOTHING_TO_TRANSLATE = "nothing to translate: the speech is in English"
 NO_SPEECH_TO_TRANSLATE = "nothing to translate: no speech was found"
