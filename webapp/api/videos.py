@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask import send_file, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from flask_smorest.fields import Upload
 from webargs.flaskparser import FlaskParser
 from webargs.multidictproxy import MultiDictProxy
-from werkzeug.datastructures import CombinedMultiDict
+from werkzeug.datastructures import CombinedMultiDict, MultiDict
 
 from webapp import extensions as ext
 from webapp.api.guards import error_response, multipart_upload
@@ -22,10 +23,14 @@ from webapp.services.storage import ALL_ARTIFACT_NAMES, mime_type
 class _MultipartParser(FlaskParser):
     """The upload's form fields (language, translate) beside its file: webargs reads
     location "files" from request.files alone, and a second `@blp.arguments` with location
-    "form" would be documented as a second request body, which OpenAPI 3 cannot have."""
+    "form" would be documented as a second request body, which OpenAPI 3 cannot have.
+    A schema's Upload fields still come from files only: a text part named `file` is no
+    file."""
 
     def load_files(self, req, schema):
-        return MultiDictProxy(CombinedMultiDict([req.files, req.form]), schema)
+        uploads = {name for name, field in schema.fields.items() if isinstance(field, Upload)}
+        form = MultiDict([(k, v) for k, v in req.form.items(multi=True) if k not in uploads])
+        return MultiDictProxy(CombinedMultiDict([req.files, form]), schema)
 
 
 class _Blueprint(Blueprint):
