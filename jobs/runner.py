@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -45,9 +45,19 @@ class StepContext:
     has_audio: bool
     on_progress: Callable[[float], None]
     stop: threading.Event  # set when the attempt is no longer wanted
+    language: str | None = None  # the spoken language the task asks for, None: detect it
+    translate: bool = False  # the task asks for English captions too
 
 
-Work = Callable[[StepContext], None]
+@dataclass(frozen=True)
+class StepResult:
+    """What a step says besides its files, recorded when they are published."""
+
+    note: str | None = None  # one sentence shown with the completed step
+    video: dict[str, object] = field(default_factory=dict)  # facts written on the video
+
+
+Work = Callable[[StepContext], "StepResult | None"]
 
 
 class StepFailed(Exception):
@@ -74,6 +84,8 @@ class _Started:
     video: Video
     attempt: int
     inputs: dict[str, Path]
+    language: str | None
+    translate: bool
 
 
 def _start(session: Session, storage: Storage, task_id: str, step: str,
@@ -89,6 +101,7 @@ def _start(session: Session, storage: Storage, task_id: str, step: str,
         progress.finish_subtask(session, task_id, step, "cancelled",
                                 f"not run because {parent} {parent_status}")
         return None
+    language, translate = task.language, bool(task.translate)
     video = session.get(Video, task.video_id)
     session.expunge(video)
     attempt = progress.start_subtask(session, task_id, step, takeover=takeover)
@@ -97,7 +110,7 @@ def _start(session: Session, storage: Storage, task_id: str, step: str,
         return None
     inputs = {a.name: a.path for a in publications.artifacts(session, storage, video.id)}
     session.commit()
-    return _Started(video, attempt, inputs)
+    return _Started(video, attempt, inputs, language, translate)
 
 
 def _takeover(job: Job | None) -> bool:
@@ -139,9 +152,10 @@ def run_step(task_id: str, step: str, work: Work) -> str:
     with watch, ffrun.stopping(watch.stop):
         ctx = StepContext(settings, video.id, storage.source_path(video.id, video.stored_name),
                           video.format_name, out, started.inputs, video.duration, video.width,
-                          video.height, video.has_audio, watch, watch.stop)
+                          video.height, video.has_audio, watch, watch.stop, started.language,
+                          started.translate)
         try:
-            work(ctx)
+            result = work(ctx) or StepResult()
             ffrun.check_stop()
             if not storage.outputs_complete(video.id, folder, step):
                 raise MediaError(f"{step} did not write all its outputs")
@@ -152,7 +166,7 @@ def run_step(task_id: str, step: str, work: Work) -> str:
                 return "stopped"
             _record_failure(sessions, job, task_id, step, attempt, exc, settings.media_root)
             raise
-    if not _publish(sessions, task_id, step, attempt, video.id, folder):
+    if not _publish(sessions, task_id, step, attempt, video.id, folder, result):
         storage.remove_folder(video.id, folder)
         log.info("%s of task %s: attempt %d superseded; not published", step, task_id, attempt)
         return "stopped"
@@ -175,7 +189,7 @@ def _still_current(sessions: sessionmaker[Session], task_id: str, step: str,
 
 
 def _publish(sessions: sessionmaker[Session], task_id: str, step: str, attempt: int,
-             video_id: str, folder: str) -> bool:
+             video_id: str, folder: str, result: StepResult) -> bool:
     """Complete the step and publish the folder; True if this attempt's files are published.
 
     A retried write may find its first try committed after all (the answer was lost):
@@ -187,7 +201,8 @@ def _publish(sessions: sessionmaker[Session], task_id: str, step: str, attempt: 
         nonlocal tries
         tries += 1
         if progress.complete_subtask(session, task_id, step, attempt, video_id=video_id,
-                                     folder=folder):
+                                     folder=folder, note=result.note,
+                                     video_values=result.video):
             return True
         pub = publications.published(session, video_id).get(step) if tries > 1 else None
         return pub is not None and (pub.task_id, pub.attempt) == (task_id, attempt)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from jobs.runner import StepContext, run_step
-from webapp.services import media, transcription
+from jobs.runner import StepContext, StepResult, run_step
+from webapp.services import captions, chinese, media, transcription
 
 
 def _extract_audio(ctx: StepContext) -> None:
@@ -11,17 +11,27 @@ def _extract_audio(ctx: StepContext) -> None:
                         format_name=ctx.format_name)
 
 
-def _transcribe(ctx: StepContext) -> None:
+def _transcribe(ctx: StepContext) -> StepResult:
     audio = ctx.inputs.get("audio.wav")
     if audio is None:
         raise transcription.TranscriptionError(
             "there is no extracted audio to transcribe; run the whole pipeline again")
     result = transcription.transcribe(audio, ctx.settings.whisper_model, ctx.on_progress,
                                       cpu_threads=ctx.settings.whisper_threads,
+                                      language=ctx.language, translate=ctx.translate,
                                       stop=ctx.stop)
+    result = chinese.to_script(result, ctx.settings.chinese_script)
     transcription.write_json(result, ctx.artifacts / "transcript.json")
-    transcription.write_vtt(result, ctx.artifacts / "captions.vtt")
-    transcription.write_srt(result, ctx.artifacts / "captions.srt")
+    # Captions in cues that fit the script, cut from the timed words.
+    cues = captions.cued(result)
+    transcription.write_vtt(cues, ctx.artifacts / "captions.vtt")
+    transcription.write_srt(cues, ctx.artifacts / "captions.srt")
+    if result.translation is not None:
+        english = captions.cued(result.translation)
+        transcription.write_vtt(english, ctx.artifacts / "captions.en.vtt")
+        transcription.write_srt(english, ctx.artifacts / "captions.en.srt")
+    return StepResult(note=result.translation_note, video={
+        "language": result.language, "language_probability": result.language_probability})
 
 
 # The poster's share of the thumbnails step: 0.23-0.51 of its time on 10-120 s 720p

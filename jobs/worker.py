@@ -11,7 +11,7 @@ from rq.job_lifecycle import call_exception_handlers
 
 from jobs import hooks, reconciler
 from jobs.runner import StepFailed
-from webapp.config import Settings
+from webapp.config import ConfigError, Settings
 from webapp.services.queue import connect
 
 
@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        logging.getLogger("jobs.worker").error("vidpipe: %s", exc)
+        return 1
     worker = build_worker(settings, args.name)
     helper = reconciler.spawn() if settings.reconcile_interval > 0 and not args.burst else None
     try:

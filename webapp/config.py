@@ -12,7 +12,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = PROJECT_ROOT / "instance"
 
 STEPS = ("extract_audio", "transcribe", "thumbnails", "transcode")
+CHINESE_SCRIPTS = ("simplified", "traditional")
 DEFAULT_WEIGHTS = {"extract_audio": 10.0, "transcribe": 50.0, "thumbnails": 10.0, "transcode": 30.0}
+
+
+class ConfigError(ValueError):
+    """A setting that would keep vidpipe from working: one sentence saying what to set."""
 
 
 def _env(name: str, default: str) -> str:
@@ -52,7 +57,8 @@ class Settings:
     queue_name: str = "vidpipe"
     media_root: Path = INSTANCE_DIR / "media"
     max_upload_bytes: int = 2 * 1024**3
-    whisper_model: str = "tiny.en"
+    whisper_model: str = "base"  # whisper_models.DEFAULT
+    chinese_script: str = "simplified"
     whisper_threads: int = 0
     ffmpeg_threads: int = 0
     probe_timeout: float = 10.0  # seconds an upload's checks (ffprobe) may take
@@ -93,7 +99,8 @@ class Settings:
             "queue_name": _env("QUEUE_NAME", cls.queue_name),
             "media_root": Path(_env("MEDIA_ROOT", str(INSTANCE_DIR / "media"))),
             "max_upload_bytes": int(_env("MAX_UPLOAD_BYTES", str(cls.max_upload_bytes))),
-            "whisper_model": _env("WHISPER_MODEL", cls.whisper_model),
+            "whisper_model": _env("WHISPER_MODEL", cls.whisper_model).strip(),
+            "chinese_script": _env("CHINESE_SCRIPT", cls.chinese_script).strip().lower(),
             "whisper_threads": int(_env("WHISPER_THREADS", "0")),
             "ffmpeg_threads": int(_env("FFMPEG_THREADS", "0")),
             "probe_timeout": _positive("PROBE_TIMEOUT", cls.probe_timeout),
@@ -125,3 +132,17 @@ class Settings:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
         values.update(overrides)
         return cls(**values)
+
+    def validate(self) -> None:
+        """ConfigError unless the speech settings name something usable; the web process
+        and the workers call it at start-up, so a typo stops them with a sentence instead of
+        failing every transcription later."""
+        from webapp.services import whisper_models
+
+        try:
+            whisper_models.model_dir(self.whisper_model)
+        except whisper_models.ModelError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.chinese_script not in CHINESE_SCRIPTS:
+            raise ConfigError(f"CHINESE_SCRIPT must be 'simplified' (the default) or "
+                              f"'traditional'; got {self.chinese_script!r}.")

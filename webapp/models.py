@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -74,6 +75,15 @@ class Video(Base):
     video_codec: Mapped[str | None] = mapped_column(String(32))
     audio_codec: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # How its runs transcribe (given at upload or by the latest trigger that gave them):
+    # the spoken language as a Whisper code, None to detect it; and whether to add English
+    # captions translated by whisper.
+    requested_language: Mapped[str | None] = mapped_column(String(16))
+    translate: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The language of the published transcript (detected or asked for) and whisper's
+    # probability for it; written when that transcript is published.
+    language: Mapped[str | None] = mapped_column(String(16))
+    language_probability: Mapped[float | None] = mapped_column(Float)
 
     tasks: Mapped[list[ProcessingTask]] = relationship(
         back_populates="video", cascade="all, delete-orphan", passive_deletes=True
@@ -97,6 +107,11 @@ class ProcessingTask(Base):
     # its subtasks: (id, version) identifies what a progress poll would show (its ETag).
     version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The transcription this run asks for (the video's settings when it was triggered):
+    # None detects the language. run_sync keeps a transcript only if the run that made it
+    # asked for the same.
+    language: Mapped[str | None] = mapped_column(String(16))
+    translate: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     video: Mapped[Video] = relationship(back_populates="tasks")
     subtasks: Mapped[list[SubTask]] = relationship(

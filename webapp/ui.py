@@ -25,7 +25,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp import extensions as ext
 from webapp.models import Video
-from webapp.services import ingest, processing, progress, publications, results
+from webapp.services import ingest, languages, processing, progress, publications, results
 from webapp.services.errors import InvalidMedia, ServiceError
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,21 @@ def no_worker() -> bool:
     return g.no_worker
 
 
+@bp.app_context_processor
+def language_helpers() -> dict:
+    """The languages the configured model knows (for the forms' menus) and their names."""
+    return {"language_choices": lambda: languages.choices(ext.settings()),
+            "language_name": languages.name, "artifact_language": languages.of_artifact}
+
+
+def form_options() -> tuple[str | None, bool | None]:
+    """The `language` and `translate` a form gave: (None, None) when it has no options
+    fields (a post from elsewhere keeps the video's); an unchecked box sends nothing."""
+    if request.form.get("options") != "1":
+        return None, None
+    return request.form.get("language") or languages.AUTO, "translate" in request.form
+
+
 def is_htmx() -> bool:
     return request.headers.get("HX-Request") == "true"
 
@@ -78,13 +93,15 @@ def video_context(video: Video, message: str | None = None, poll: bool = False,
     artifacts = {a.name: a
                  for a in publications.artifacts(ext.db(), ext.storage(), video.id)}
     tiles, sprite_w, sprite_h = results.storyboard_tiles(artifacts, video.id)
+    transcript = results.transcript(artifacts.get("transcript.json"), video.id)
     return {
         "video": video,
         "state": state,
         "message": message,
         "poll": poll,
         "artifacts": artifacts,
-        "lines": results.transcript_lines(artifacts.get("transcript.json"), video.id),
+        "transcript": transcript,
+        "lines": transcript.lines if transcript else None,
         "tiles": tiles,
         "sprite_size": (sprite_w, sprite_h),
     }
@@ -177,8 +194,11 @@ def upload():
         file = request.files.get("file")
         if file is None or not file.filename:
             raise InvalidMedia("choose a file to upload first")
+        language, translate = form_options()
         video = ingest.ingest(ext.db(), ext.storage(), file.stream, file.filename,
-                              ext.settings().probe_timeout)
+                              ext.settings().probe_timeout,
+                              requested_language=languages.parse(ext.settings(), language),
+                              translate=bool(translate))
     except RequestEntityTooLarge:
         limit = ext.settings().max_upload_bytes
         return upload_failed(f"the file is larger than the limit of {limit:,} bytes", 413)
@@ -246,8 +266,10 @@ def act(video_id: str, action: Callable[[], object]):
 def start(video_id: str, action: str):
     """Run, Reprocess or Force reprocess; answers with the updated panel."""
     mode, force = ACTIONS[action]
+    language, translate = form_options()
     return act(video_id, lambda: processing.trigger(
-        ext.db(), ext.settings(), ext.storage(), ext.redis(), video_id, mode, force=force))
+        ext.db(), ext.settings(), ext.storage(), ext.redis(), video_id, mode, force=force,
+        language=language, translate=translate))
 
 
 @bp.post("/videos/<video_id>/cancel", merge_slashes=False)

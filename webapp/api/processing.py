@@ -31,8 +31,12 @@ _MESSAGES = {
 def _trigger(video_id: str, mode: str, query: dict, body: dict):
     video = find_video(video_id)
     force = bool(query.get("force") or body.get("force"))
+    # The body's options win over the query's; left out in both, the video's are used.
+    language = body.get("language", query.get("language"))
+    translate = body.get("translate", query.get("translate"))
     task = processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
-                              video.id, mode, force=force)
+                              video.id, mode, force=force, language=language,
+                              translate=translate)
     url = url_for("processing.Progress", video_id=video.id)
     message = _MESSAGES[mode] if task.status != "completed" else "nothing to do: all outputs exist"
     payload = {"task_id": task.id, "video_id": video.id, "status": task.status,
@@ -60,6 +64,7 @@ def _trigger_docs(view):
     for code in ("NOT_FOUND", "CONFLICT", "SERVICE_UNAVAILABLE"):
         view = blp.alt_response({"NOT_FOUND": 404, "CONFLICT": 409,
                                  "SERVICE_UNAVAILABLE": 503}[code], response=code)(view)
+    # 422 (a bad option, or a language the model does not know) comes with @blp.arguments.
     view = error_response(blp, 400, "The body is not valid JSON, or nested too deeply")(view)
     view = error_response(blp, 413, "A body over 64 KiB")(view)
     view = error_response(blp, 415, "A body that is not JSON (a form, text, ...)")(view)

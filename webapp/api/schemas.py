@@ -22,11 +22,27 @@ class ErrorSchema(ma.Schema):
     )
 
 
+_LANGUAGE = (
+    "The spoken language, as the ISO 639-1 code Whisper uses (`zh`, `de`, `ja`, ...), or "
+    "`auto` to detect it. A code the configured model does not know is 422, and the "
+    "message lists the valid ones; with WHISPER_MODEL=tiny.en only `en` and `auto` are valid")
+_TRANSLATE = (
+    "Also make English captions (`captions.en.vtt`, `captions.en.srt`) with Whisper's "
+    "translate task; nothing is translated when the speech is in English (the transcribe "
+    "step then says so)")
+_STORED = " Given here, it is stored on the video and used by its later runs too;"
+_LANGUAGE_FIELD = {"validate": validate.Length(min=1, max=64)}
+
+
 class UploadSchema(ma.Schema):
     file = Upload(required=True, metadata={"description": (
         f"The audio or video file, in an accepted container format ({ACCEPTED}). Anything "
         "else (playlists, lists of files, images, stream descriptions, subtitles, text) is "
         "refused with 422, as is a file that cannot be checked within PROBE_TIMEOUT.")})
+    language = fields.String(load_default=None, **_LANGUAGE_FIELD, metadata={
+        "description": _LANGUAGE + ". Stored on the video for its runs; default `auto`"})
+    translate = fields.Boolean(load_default=False, metadata={
+        "description": _TRANSLATE + ". Stored on the video for its runs; default false"})
 
 
 class ForceQuerySchema(ma.Schema):
@@ -37,10 +53,18 @@ class ForceQuerySchema(ma.Schema):
         load_default=False,
         metadata={"description": "Cancel an active task and start a new one instead of 409"},
     )
+    language = fields.String(**_LANGUAGE_FIELD, metadata={
+        "description": _LANGUAGE + "." + _STORED + " left out, the video's is used"})
+    translate = fields.Boolean(metadata={
+        "description": _TRANSLATE + "." + _STORED + " left out, the video's is used"})
 
 
 class ForceBodySchema(ma.Schema):
     force = fields.Boolean(load_default=False, metadata={"description": "Same as the query flag"})
+    language = fields.String(**_LANGUAGE_FIELD, metadata={
+        "description": "Same as the query parameter (wins over it)"})
+    translate = fields.Boolean(metadata={
+        "description": "Same as the query parameter (wins over it)"})
 
 
 class SubTaskProgressSchema(ma.Schema):
@@ -56,7 +80,8 @@ class SubTaskProgressSchema(ma.Schema):
     finished_at = fields.DateTime(allow_none=True)
     error = fields.String(
         allow_none=True,
-        metadata={"description": "Why it failed or skipped: one sentence for people, or "
+        metadata={"description": "Why it failed or skipped, or a note on how it completed "
+                  "(e.g. nothing to translate): one sentence for people, or "
                   "'internal error (reference <id>)' when a bug failed it (the worker's "
                   "log has the details under that reference)"},
     )
@@ -112,6 +137,15 @@ class VideoSchema(ma.Schema):
     video_codec = fields.String(allow_none=True)
     audio_codec = fields.String(allow_none=True)
     created_at = fields.DateTime(required=True)
+    language = fields.String(allow_none=True, metadata={"description": (
+        "The language of the published transcript (ISO 639-1): detected, or the one asked "
+        "for; null before a transcript exists")})
+    language_probability = fields.Float(allow_none=True, metadata={"description": (
+        "Whisper's probability for `language` (0-1; 1 when it was asked for)")})
+    requested_language = fields.String(required=True, metadata={"description": (
+        "The language the video's runs ask for: a code, or `auto` to detect it")})
+    translate = fields.Boolean(required=True, metadata={
+        "description": "Whether its runs also make English captions"})
     processing = fields.Nested(ProgressSummarySchema, required=True)
     progress_url = fields.String(required=True)
     artifacts_url = fields.String(required=True)
@@ -124,19 +158,53 @@ class ArtifactSchema(ma.Schema):
     step = fields.String(required=True, metadata={"description": "The step that made it"})
     task_id = fields.String(required=True, metadata={
         "description": "The run (task) whose completed step published this file"})
+    language = fields.String(allow_none=True, metadata={"description": (
+        "The language of the file's text or speech (ISO 639-1): the transcript's for "
+        "transcript.json, captions.vtt/.srt, audio.wav and preview.mp4, `en` for the "
+        "translated captions.en.vtt/.srt; null for pictures and the storyboard index, "
+        "and before the language is known")})
     url = fields.String(required=True)
+
+
+class TranscriptWordSchema(ma.Schema):
+    start = fields.Float(required=True, metadata={"description": "Seconds"})
+    end = fields.Float(required=True, metadata={"description": "Seconds"})
+    word = fields.String(required=True, metadata={
+        "description": "As whisper wrote it: with its leading space where the script has one"})
 
 
 class TranscriptSegmentSchema(ma.Schema):
     start = fields.Float(required=True, metadata={"description": "Seconds"})
     end = fields.Float(required=True, metadata={"description": "Seconds"})
     text = fields.String(required=True)
+    words = fields.List(fields.Nested(TranscriptWordSchema), metadata={
+        "description": "Timed words (the captions' cues are cut from them); absent in "
+                       "transcripts made before they were recorded"})
+
+
+class TranslationSchema(ma.Schema):
+    """The English translation inside transcript.json."""
+
+    language = fields.String(required=True, metadata={"description": "`en`"})
+    language_probability = fields.Float(allow_none=True)
+    duration = fields.Float(required=True, metadata={"description": "Seconds of audio"})
+    segments = fields.List(fields.Nested(TranscriptSegmentSchema), required=True)
+    text = fields.String(required=True)
 
 
 class TranscriptSchema(ma.Schema):
     """transcript.json, the one artifact served as JSON."""
 
-    language = fields.String(required=True, metadata={"description": "Language code, e.g. en"})
+    language = fields.String(required=True, allow_none=True, metadata={"description": (
+        "ISO 639-1 code of the spoken language, detected or asked for (e.g. zh); null when "
+        "no speech was found and none was asked for")})
+    language_probability = fields.Float(allow_none=True, metadata={
+        "description": "Whisper's probability for `language` (1 when it was asked for)"})
     duration = fields.Float(required=True, metadata={"description": "Seconds of audio"})
     segments = fields.List(fields.Nested(TranscriptSegmentSchema), required=True)
     text = fields.String(required=True, metadata={"description": "The segments' text joined"})
+    translation = fields.Nested(TranslationSchema, allow_none=True, metadata={"description": (
+        "With translate: the English translation (Whisper's translate task); null when there "
+        "was nothing to translate. Absent when no translation was asked for")})
+    translation_note = fields.String(allow_none=True, metadata={
+        "description": "Why there is no translation although one was asked for"})

@@ -5,17 +5,39 @@ from __future__ import annotations
 from flask import send_file, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from flask_smorest.fields import Upload
+from webargs.flaskparser import FlaskParser
+from webargs.multidictproxy import MultiDictProxy
+from werkzeug.datastructures import CombinedMultiDict, MultiDict
 
 from webapp import extensions as ext
 from webapp.api.guards import error_response, multipart_upload
 from webapp.api.schemas import ArtifactSchema, TranscriptSchema, UploadSchema, VideoSchema
 from webapp.models import Video
-from webapp.services import ingest, progress, publications
+from webapp.services import ingest, languages, progress, publications
 from webapp.services.errors import NotFound
 from webapp.services.processing import get_video
-from webapp.services.storage import ARTIFACT_NAMES, mime_type
+from webapp.services.storage import ALL_ARTIFACT_NAMES, mime_type
 
-blp = Blueprint("videos", __name__, description="Uploaded media and what was made of it")
+
+class _MultipartParser(FlaskParser):
+    """The upload's form fields (language, translate) beside its file: webargs reads
+    location "files" from request.files alone, and a second `@blp.arguments` with location
+    "form" would be documented as a second request body, which OpenAPI 3 cannot have.
+    A schema's Upload fields still come from files only: a text part named `file` is no
+    file."""
+
+    def load_files(self, req, schema):
+        uploads = {name for name, field in schema.fields.items() if isinstance(field, Upload)}
+        form = MultiDict([(k, v) for k, v in req.form.items(multi=True) if k not in uploads])
+        return MultiDictProxy(CombinedMultiDict([req.files, form]), schema)
+
+
+class _Blueprint(Blueprint):
+    ARGUMENTS_PARSER = _MultipartParser()
+
+
+blp = _Blueprint("videos", __name__, description="Uploaded media and what was made of it")
 # Routes taking an id have merge_slashes=False: werkzeug would answer an id like `..%2F`
 # (so `/videos/..//panel`) with a 308 to a merged path instead of a plain 404.
 
@@ -34,6 +56,7 @@ def video_payload(video: Video) -> dict:
     view = progress.video_progress(ext.db(), video, ext.settings().weights)
     return {
         **{c: getattr(video, c) for c in _VIDEO_FIELDS if hasattr(video, c)},
+        "requested_language": video.requested_language or languages.AUTO,
         "processing": {"task_id": view.task_id, "status": view.status, "progress": view.progress},
         "progress_url": url_for("processing.Progress", video_id=video.id),
         "artifacts_url": url_for("videos.Artifacts", video_id=video.id),
@@ -49,10 +72,15 @@ class Videos(MethodView):
     @error_response(blp, 413, "Larger than MAX_UPLOAD_BYTES (or a form bomb); nothing stored")
     @error_response(blp, 415, "The body is not multipart/form-data")
     def post(self, files):
-        """Upload a video or audio file (multipart field `file`)"""
+        """Upload a video or audio file (multipart field `file`)
+
+        Optional fields `language` and `translate` say how its runs transcribe it.
+        """
         upload = files["file"]
+        language = languages.parse(ext.settings(), files["language"])  # 422 before storing
         video = ingest.ingest(ext.db(), ext.storage(), upload.stream, upload.filename,
-                              ext.settings().probe_timeout)
+                              ext.settings().probe_timeout, requested_language=language,
+                              translate=files["translate"])
         return video_payload(video), 201, {"Location": url_for("videos.VideoById",
                                                               video_id=video.id)}
 
@@ -94,16 +122,18 @@ class Artifacts(MethodView):
         return [
             {"name": a.name, "size_bytes": a.size_bytes, "mime_type": a.mime_type,
              "step": a.step, "task_id": a.task_id,
+             "language": languages.of_artifact(a.name, video),
              "url": url_for("videos.Artifact", video_id=video.id, name=a.name)}
             for a in publications.artifacts(ext.db(), ext.storage(), video.id)
         ]
+
 
 
 # Each artifact is served with its own media type (audio/wav, text/vtt, image/jpeg, ...);
 # the one JSON artifact (transcript.json) is described as what it holds, since clients
 # (and schemathesis) read an application/json body as JSON, not as a binary string.
 # A byte range of it is no JSON document, so 206 answers stay binary strings.
-_MIME_TYPES = sorted({mime_type(name) for name in ARTIFACT_NAMES})
+_MIME_TYPES = sorted({mime_type(name) for name in ALL_ARTIFACT_NAMES})
 _BINARY = {"type": "string", "format": "binary"}
 _FILE_RESPONSES = {
     "200": {"description": "The file", "content": {

@@ -123,11 +123,14 @@ def _staged(storage: Storage, stream: IO[bytes]) -> StagedFile:
 
 
 def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str | None,
-           probe_timeout: float | None = Settings.probe_timeout) -> Video:
+           probe_timeout: float | None = Settings.probe_timeout, *,
+           requested_language: str | None = None, translate: bool = False) -> Video:
     """Store an upload and record it; InvalidMedia (nothing kept) if it is not audio/video
     of an accepted format, or cannot be checked within probe_timeout seconds.
 
     The staged file is closed either way: moved into the video's folder, or deleted.
+    `requested_language` (a checked code, None to detect it) and `translate` are how the
+    video's runs transcribe it.
     """
     video_id: str | None = None
     staged_file = _staged(storage, stream)
@@ -144,6 +147,7 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
             format_name=info.format_name[:64], duration=info.duration, width=info.width,
             height=info.height, has_audio=info.has_audio, has_video=info.has_video,
             video_codec=info.video_codec, audio_codec=info.audio_codec,
+            requested_language=requested_language, translate=translate,
         )
         session.add(video)
         session.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from redis import Redis
 from sqlalchemy.exc import IntegrityError
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from webapp.config import STEPS, Settings
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, Video
-from webapp.services import progress, publications, queue
+from webapp.services import languages, progress, publications, queue
 from webapp.services.errors import Conflict, NotFound, QueueUnavailable
 from webapp.services.storage import Storage, is_valid_id
 
@@ -58,21 +59,47 @@ FORCE_TRIES = 20
 PLAIN_TRIES = 3
 
 
+@dataclass(frozen=True)
+class Transcription:
+    """How a run transcribes: the spoken language (None: detect it) and translation."""
+
+    language: str | None = None
+    translate: bool = False
+
+
+def transcription_for(settings: Settings, video: Video, language: str | None = None,
+                      translate: bool | None = None) -> tuple[Transcription, bool]:
+    """What a run of the video asks for: the trigger's options where it gives them
+    (`language` a code or "auto"), the video's stored ones otherwise; InvalidOption (422)
+    for a language the configured model does not know. Also whether they change the video's.
+    """
+    wanted = Transcription(
+        languages.parse(settings, language) if language is not None
+        else languages.check(settings, video.requested_language),
+        bool(video.translate if translate is None else translate))
+    stored = Transcription(video.requested_language, bool(video.translate))
+    return wanted, wanted != stored
+
+
 def trigger(session: Session, settings: Settings, storage: Storage, connection: Redis,
-            video_id: str, mode: str, force: bool = False) -> ProcessingTask:
+            video_id: str, mode: str, force: bool = False, language: str | None = None,
+            translate: bool | None = None) -> ProcessingTask:
     """Create the video's one active task and enqueue its steps.
 
     Without force, an active task means Conflict (409), whatever the new task would do.
     With force, the active task is cancelled and the new one created in one transaction,
     and a forced trigger never gets Conflict; if the queue does not answer before that
-    switch, QueueUnavailable (503) and the old run goes on untouched.
+    switch, QueueUnavailable (503) and the old run goes on untouched. `language` (a code
+    or "auto") and `translate`, when given, are used by this run and stored on the video
+    (in the task's transaction) for its later runs; when not given, the video's are used.
     """
     assert mode in MODES, mode
     video = get_video(session, video_id)
+    wanted, changed = transcription_for(settings, video, language, translate)
     if force:
         queue.check_available(connection)
     for _ in range(FORCE_TRIES if force else PLAIN_TRIES):
-        created = _create(session, settings, storage, video, mode, force)
+        created = _create(session, settings, storage, video, mode, force, wanted, changed)
         if created is not None:
             task, replaced = created
             break
@@ -92,7 +119,8 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
 
 
 def _create(session: Session, settings: Settings, storage: Storage, video: Video, mode: str,
-            force: bool) -> tuple[ProcessingTask, list[str]] | None:
+            force: bool, wanted: Transcription,
+            changed: bool) -> tuple[ProcessingTask, list[str]] | None:
     """One try at the trigger's transaction: the new task and the ids of the tasks it
     replaced, or None when it collided with a task that ended before it could be named."""
     # The old task is cancelled first, and the new one made after: once that UPDATE holds
@@ -103,9 +131,13 @@ def _create(session: Session, settings: Settings, storage: Storage, video: Video
     skipped = inapplicable_steps(video)
     reused = []
     if mode == "run_sync":
-        kept = publications.complete_steps(session, storage, video.id)
+        # A transcript made in another language or without the translation asked for now
+        # is not kept (publications.complete_steps).
+        kept = publications.complete_steps(session, storage, video.id, wanted.language,
+                                           wanted.translate)
         reused = [s for s in STEPS if s not in skipped and s in kept]
-    task = progress.new_task(video, mode, settings.weights, skipped, reused)
+    task = progress.new_task(video, mode, settings.weights, skipped, reused,
+                             language=wanted.language, translate=wanted.translate)
     # Nothing to run, but "nothing to do" must not hide a task that is running.
     if not force and task.status not in ACTIVE_STATUSES:
         active = progress.active_task(session, video.id)
@@ -117,6 +149,8 @@ def _create(session: Session, settings: Settings, storage: Storage, video: Video
         # Without force an active task is found by the insert itself: the partial unique
         # index (one active task per video) refuses it.
         progress.insert_task(session, task)
+        if changed:  # the options this trigger gave become the video's
+            video.requested_language, video.translate = wanted.language, wanted.translate
         session.commit()
     except IntegrityError:
         session.rollback()

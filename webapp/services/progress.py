@@ -315,12 +315,15 @@ def new_task(
     weights: Mapping[str, float],
     skipped: Mapping[str, str],
     reused: Iterable[str] = (),
+    language: str | None = None,
+    translate: bool = False,
 ) -> ProcessingTask:
-    """A queued task with one subtask per step; `skipped` maps step -> reason it does not apply."""
+    """A queued task with one subtask per step; `skipped` maps step -> reason it does not apply.
+    `language` (None: detect it) and `translate` are what its transcription asks for."""
     now = utcnow()
     reused = set(reused)
     task = ProcessingTask(id=new_id(), video_id=video.id, mode=mode, status="queued",
-                          created_at=now,
+                          created_at=now, language=language, translate=translate,
                           version=0, updated_at=now)
     for position, step in enumerate(STEPS):
         sub = SubTask(name=step, position=position, weight=weights[step], status="pending",
@@ -459,17 +462,22 @@ def attempt_is_current(session: Session, task_id: str, name: str, attempt: int) 
 
 
 def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
-                     video_id: str | None = None, folder: str | None = None) -> bool:
+                     video_id: str | None = None, folder: str | None = None,
+                     note: str | None = None,
+                     video_values: Mapping[str, object] | None = None) -> bool:
     """Mark an attempt's step completed and publish its output folder, in one transaction.
 
     False (and nothing written) if the attempt is stale: its files must then never be
-    published. `folder` None completes a step that has nothing to publish.
+    published. `folder` None completes a step that has nothing to publish. `note` is a
+    sentence shown with the completed step (in its `error` field, e.g. "nothing to
+    translate"); `video_values` are facts about the published outputs written on the
+    video in the same transaction (e.g. the transcript's language).
     """
     now = utcnow()
     _touch_task(session, task_id, now)
     result = session.execute(
         update(SubTask).where(*_attempt_is(task_id, name, attempt))
-        .values(status="completed", progress=100.0, finished_at=now, error=None,
+        .values(status="completed", progress=100.0, finished_at=now, error=note,
                 error_detail=None)
         .execution_options(synchronize_session=False)
     )
@@ -479,6 +487,9 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
     if folder is not None:
         assert video_id is not None
         publications.switch(session, video_id, name, task_id, attempt, folder)
+        if video_values:
+            session.execute(update(Video).where(Video.id == video_id).values(**video_values)
+                            .execution_options(synchronize_session=False))
     _close_task_if_done(session, task_id, now)
     session.commit()
     return True

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from webapp.models import ProcessingTask, Publication, SubTask, utcnow
 from webapp.services.storage import (
-    ARTIFACT_NAMES,
+    ALL_ARTIFACT_NAMES,
     RUNS,
     STEP_OUTPUTS,
     ArtifactFile,
@@ -32,10 +32,10 @@ def published(session: Session, video_id: str) -> dict[str, Publication]:
 
 
 def artifacts(session: Session, storage: Storage, video_id: str) -> list[ArtifactFile]:
-    """Every published output of the video that is on disk, in ARTIFACT_NAMES order."""
+    """Every published output of the video that is on disk, in ALL_ARTIFACT_NAMES order."""
     found = published(session, video_id)
     files = []
-    for name in ARTIFACT_NAMES:
+    for name in ALL_ARTIFACT_NAMES:
         pub = found.get(step_of(name) or "")
         if pub is not None:
             artifact = storage.artifact_in(video_id, pub.folder, name, pub.task_id)
@@ -54,10 +54,19 @@ def artifact(session: Session, storage: Storage, video_id: str,
     return storage.artifact_in(video_id, pub.folder, name, pub.task_id) if pub else None
 
 
-def complete_steps(session: Session, storage: Storage, video_id: str) -> set[str]:
-    """Steps whose published outputs are all on disk: what run_sync may keep."""
-    return {step for step, pub in published(session, video_id).items()
+def complete_steps(session: Session, storage: Storage, video_id: str,
+                   language: str | None = None, translate: bool = False) -> set[str]:
+    """Steps whose published outputs are all on disk and were made the way a run now asks
+    for (a transcript in the same `language`, None = detected, with or without
+    `translate`): what run_sync may keep."""
+    found = published(session, video_id)
+    kept = {step for step, pub in found.items()
             if storage.outputs_complete(video_id, pub.folder, step)}
+    if "transcribe" in kept:
+        made = session.get(ProcessingTask, found["transcribe"].task_id)
+        if made is None or (made.language, bool(made.translate)) != (language, translate):
+            kept.discard("transcribe")
+    return kept
 
 
 def with_step(session: Session, video_ids: Iterable[str], step: str) -> set[str]:

@@ -38,14 +38,26 @@ def _seconds(timestamp: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def transcript_lines(found: ArtifactFile | None, video_id: str) -> list[Line] | None:
-    """The published transcript's timed lines, or None when there is no (readable) one."""
+@dataclass(frozen=True)
+class TranscriptView:
+    lines: list[Line]
+    language: str | None  # ISO 639-1
+    language_probability: float | None
+    translation_note: str | None  # why there is no translation although one was asked for
+
+
+def transcript(found: ArtifactFile | None, video_id: str) -> TranscriptView | None:
+    """The published transcript's timed lines and language, None without a readable one."""
     if found is None:
         return None
     try:
         data = json.loads(found.path.read_text(encoding="utf-8"))
-        return [Line(float(s["start"]), float(s["end"]), str(s["text"]))
-                for s in data["segments"]]
+        lines = [Line(float(s["start"]), float(s["end"]), str(s["text"]))
+                 for s in data["segments"]]
+        probability = data.get("language_probability")
+        return TranscriptView(lines, data.get("language") or None,
+                              None if probability is None else float(probability),
+                              data.get("translation_note"))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("unreadable transcript of video %s: %s", video_id, exc)
         return None

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-# Every artifact a run can produce, by the step that produces it.
+# The artifacts every completed step produces, by step.
 STEP_OUTPUTS: dict[str, tuple[str, ...]] = {
     "extract_audio": ("audio.wav",),
     "transcribe": ("transcript.json", "captions.vtt", "captions.srt"),
@@ -27,6 +27,13 @@ STEP_OUTPUTS: dict[str, tuple[str, ...]] = {
     "transcode": ("preview.mp4",),
 }
 ARTIFACT_NAMES: tuple[str, ...] = tuple(n for names in STEP_OUTPUTS.values() for n in names)
+# Artifacts a step produces only when asked to: English captions translated by whisper
+# (translate=true, and speech that is not already English).
+TRANSLATED_CAPTIONS = ("captions.en.vtt", "captions.en.srt")
+OPTIONAL_OUTPUTS: dict[str, tuple[str, ...]] = {"transcribe": TRANSLATED_CAPTIONS}
+# Every name a run can publish, in the order lists show them (each step's own together).
+ALL_ARTIFACT_NAMES: tuple[str, ...] = tuple(
+    n for step, names in STEP_OUTPUTS.items() for n in (*names, *OPTIONAL_OUTPUTS.get(step, ())))
 _MIME_OVERRIDES = {".vtt": "text/vtt", ".srt": "application/x-subrip", ".wav": "audio/wav"}
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -47,7 +54,8 @@ class ArtifactFile:
 
 def step_of(name: str) -> str | None:
     """The step that produces the artifact `name`, None for unknown names."""
-    return next((step for step, names in STEP_OUTPUTS.items() if name in names), None)
+    return next((step for step, names in STEP_OUTPUTS.items()
+                 if name in names or name in OPTIONAL_OUTPUTS.get(step, ())), None)
 
 
 def is_valid_id(value: str) -> bool:
@@ -134,7 +142,8 @@ class Storage:
         return ArtifactFile(name, path, size, mime_type(name), step, task_id)
 
     def outputs_complete(self, video_id: str, folder: str, step: str) -> bool:
-        """Whether the folder holds every output of `step` (captions of silence are empty)."""
+        """Whether the folder holds every output of `step` (captions of silence are empty;
+        optional outputs are not required)."""
         return all(self.artifact_in(video_id, folder, n) is not None
                    for n in STEP_OUTPUTS[step])
 

