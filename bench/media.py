@@ -8,7 +8,7 @@
 - real_speech_clips(): recorded human speech with reference transcripts, from the test data
   shipped in the pocketsphinx source distribution on PyPI (LibriVox, "cards", "go forward").
 - multilingual_clips(): recorded Mandarin (AISHELL-1) and German (FLEURS) with references,
-  from the project's shared test data (../shared/testdata/speech, SOURCES.md there).
+  from the project's shared test data (tests/data/speech, SOURCES.md there).
 - joined_video(): clips joined with 1 s of silence into a small MP4, as the service sees a
   video; talk_audio(): a 7-minute talk (espeak-ng reading the passage below again and again).
 - whisper_base_dir(): the multilingual faster-whisper "base" model, as `make deps` installs
@@ -155,7 +155,7 @@ class Clip:
                     language)
 
 
-SPEECH_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata" / "speech"
+SPEECH_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
 
 
 def multilingual_clips() -> list[Clip]:

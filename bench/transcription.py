@@ -5,7 +5,7 @@ Runs vidpipe's own code on recorded human speech with reference transcripts:
 - English (bench/media.py: the LibriVox, "cards" and "go forward" clips shipped in the
   pocketsphinx source distribution): `webapp.services.transcription.transcribe` clip by
   clip and with all clips joined into one file; WER and realtime factor (RTF).
-- Mandarin and German (../shared/testdata/speech: AISHELL-1, FLEURS): clip by clip, the
+- Mandarin and German (tests/data/speech: AISHELL-1, FLEURS): clip by clip, the
   detected language and CER (Chinese, after the service's conversion to Simplified) or WER.
 - Through the service: per language, the clips joined with 1 s of silence into a small
   MP4 video, uploaded to a private vidpipe (SQLite, Redis queue, 2 real workers with
@@ -491,7 +491,7 @@ def write(results: list[dict[str, Any]], extra: dict[str, Any]) -> None:
             "data": {
                 "en": "pocketsphinx 5.1.1 sdist test/data (PyPI): librivox/*.wav+.txt, "
                       "cards/*.wav + cards.transcription, goforward.raw",
-                "zh, de": "../shared/testdata/speech (AISHELL-1 test S0724, Apache-2.0; "
+                "zh, de": "tests/data/speech (AISHELL-1 test S0724, Apache-2.0; "
                           "FLEURS de_de test, CC BY 4.0); see SOURCES.md there",
                 "talk": f"espeak-ng en-us reading bench.media.PASSAGE, {TALK_SECONDS} s, "
                         "AAC 48 kHz stereo (an audio upload)"},

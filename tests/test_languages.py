@@ -2,7 +2,7 @@
 detection, Chinese script, translation, caption cues that fit the script, and the
 `language` / `translate` options of the API and the UI.
 
-Accuracy is measured on real recorded speech (../shared/testdata/speech: Mandarin from
+Accuracy is measured on real recorded speech (tests/data/speech: Mandarin from
 AISHELL-1, German from FLEURS; see SOURCES.md there); espeak-ng voices only drive the
 plumbing. Thresholds come from measuring `base` here (int8, beam 5, VAD): the Mandarin clip
 has 12 characters, so one character is 8 points of CER; the German clips 18 and 21 words.
@@ -33,7 +33,7 @@ from webapp.config import PROJECT_ROOT, ConfigError, Settings
 from webapp.services import captions, chinese, transcription, whisper_models
 from webapp.services.transcription import Segment, Transcript, TranscriptionError, Word
 
-SPEECH = PROJECT_ROOT.parent / "shared" / "testdata" / "speech"
+SPEECH = PROJECT_ROOT / "tests" / "data" / "speech"
 ZH = SPEECH / "zh-aishell1-BAC009S0724W0121.wav"
 DE = [SPEECH / "de-fleurs-000.ogg", SPEECH / "de-fleurs-001.ogg"]
 # Measured with base here: 2 of 12 characters wrong (佛 for 房, 间 for 介) once converted
