@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, Worker
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
@@ -72,12 +74,36 @@ def main(argv: list[str] | None = None) -> int:
     worker = build_worker(settings, args.name)
     helper = reconciler.spawn() if settings.reconcile_interval > 0 and not args.burst else None
     try:
-        worker.work(burst=args.burst, logging_level="INFO")
+        _work_through_outages(worker, settings, args.burst)
     finally:
         if helper is not None:
             helper.terminate()
             helper.wait(10)
     return 0
+
+
+def _work_through_outages(worker: VidpipeWorker, settings: Settings, burst: bool) -> None:
+    """Work; a worker that was working when Redis went away (RQ's loop lets some connection
+    errors out, e.g. a reset while it reads) waits for Redis and goes on as a new worker
+    (RQ's name: the old one may still be registered). One that never reached Redis, or a
+    burst worker, ends with the error."""
+    log = logging.getLogger("jobs.worker")
+    while True:
+        try:
+            worker.work(burst=burst, logging_level="INFO")
+            return
+        except RedisConnectionError as exc:
+            if burst or worker.birth_date is None:
+                raise
+            log.warning("lost the job queue (Redis): %s; working again once it answers", exc)
+        while True:
+            time.sleep(1.0)
+            try:
+                worker = build_worker(settings)
+                worker.connection.ping()
+                break
+            except RedisConnectionError:
+                continue
 
 
 if __name__ == "__main__":
