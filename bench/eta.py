@@ -23,6 +23,8 @@ estimate vidpipe used before (elapsed × (100 - shown) / shown, as of the task's
 updated_at), replayed on the same samples.
 
     .venv/bin/python -m bench.eta      # ~2 minutes, plus making the media once (~2 min)
+    .venv/bin/python -m bench.eta --replay bench/results/eta.json
+        # the estimate as the code now computes it, on the subtask rows a run recorded
 
 Environment: BENCH_REDIS_URL (default redis://127.0.0.1:6379/13); BENCH_ETA_MEDIA, a
 comma-separated list of kind:seconds with kind speech or silent (default
@@ -31,6 +33,7 @@ comma-separated list of kind:seconds with kind speech or silent (default
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -38,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +82,31 @@ class Sampler:
         from sqlalchemy import select
 
         from webapp.db import get_engine
-        from webapp.models import ProcessingTask
+        from webapp.models import ProcessingTask, SubTask
 
         self.stack = stack
         self.engine = get_engine(stack.env["DATABASE_URL"])
         self.query = select(ProcessingTask.updated_at)
         self.task = ProcessingTask
+        self.rows_query = select(SubTask).order_by(SubTask.position)
+        self.subtask = SubTask
 
     def updated_at(self, task_id: str) -> float:
         with self.engine.connect() as conn:
             stmt = self.query.where(self.task.id == task_id)
             return conn.execute(stmt).scalar_one().timestamp()  # an aware UTC datetime
+
+    def rows(self, task_id: str, origin: float) -> list[list[Any]]:
+        """The task's subtask rows as the ETA reads them (times since the trigger), so that
+        an estimate can be replayed on the samples: [name, status, progress, reused,
+        started, finished, first_progress_at, first_progress, expected_seconds]."""
+        def rel(value: datetime | None) -> float | None:
+            return None if value is None else round(value.timestamp() - origin, 3)
+        with self.engine.connect() as conn:
+            subs = conn.execute(self.rows_query.where(self.subtask.task_id == task_id)).all()
+        return [[s.name, s.status, round(s.progress, 2), s.reused, rel(s.started_at),
+                 rel(s.finished_at), rel(s.first_progress_at), s.first_progress,
+                 getattr(s, "expected_seconds", None)] for s in subs]
 
     def run(self, video_id: str) -> dict[str, Any]:
         """Trigger run_sync, sample until the task ends; times in seconds since the trigger."""
@@ -110,6 +127,7 @@ class Sampler:
                             "eta": state["eta_seconds"],
                             "steps": [round(s["progress"], 1) for s in state["subtasks"]],
                             "updated": round(self.updated_at(task_id) - trigger, 3),
+                            "rows": self.rows(task_id, trigger),
                             "started": _rel(state["started_at"], trigger)})
             if state["status"] in ENDED:
                 break
@@ -193,14 +211,49 @@ def measure(stack: Stack, label: str, path: Path) -> dict[str, Any]:
             "samples": [[s["t"], s["shown"], s["own"], s["eta"], old_eta(s), *s["steps"]]
                         for s in run["samples"]],
             "samples_columns": ["t_s", "progress_shown", "progress_own", "eta_s",
-                                "old_eta_s", *(f"{name}_progress" for name in STEPS)]} | cpu
+                                "old_eta_s", *(f"{name}_progress" for name in STEPS)],
+            "rows": [[s["t"], s["updated"], s["rows"]] for s in run["samples"]],
+            "rows_columns": ["t_s", "task_updated_s", "subtasks (see Sampler.rows)"]} | cpu
 
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:+.0f} %" if value < 0 else f"{value:.0%}"
 
 
+def replay(path: Path) -> None:
+    """Judge the ETA the code now computes on a recorded run's subtask rows (each sample's,
+    as of its task's updated_at, as the progress view does)."""
+    from types import SimpleNamespace
+
+    from webapp.services import eta
+
+    origin = datetime.fromtimestamp(1e9).astimezone()
+
+    def at(seconds: float | None) -> datetime | None:
+        return None if seconds is None else origin + timedelta(seconds=seconds)
+
+    for medium in json.loads(path.read_text())["details"]["media"]:
+        samples = []
+        for (t, updated, rows), sample in zip(medium["rows"], medium["samples"], strict=True):
+            subs = [SimpleNamespace(name=r[0], status=r[1], progress=r[2], reused=r[3],
+                                    started_at=at(r[4]), finished_at=at(r[5]),
+                                    first_progress_at=at(r[6]), first_progress=r[7],
+                                    expected_seconds=r[8], weight=0.0) for r in rows]
+            status = "running" if any(s.started_at for s in subs) else "queued"
+            done = all(s.status in ("completed", "skipped", "failed", "cancelled")
+                       for s in subs)
+            task = SimpleNamespace(status="completed" if done else status)
+            samples.append({"t": t, "status": task.status, "own": sample[2],
+                            "eta": eta.seconds_left(task, subs, at(updated))})
+        judged = judge(samples, medium["finish_s"], lambda s: s["eta"])
+        log(f"{medium['medium']}: worst {_signed(judged['worst_error'])}, "
+            f"{_share(judged['within_share'])} within; errors {judged['errors']}")
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--replay"]:
+        replay(Path(sys.argv[2]))
+        return 0
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     log("preparing the media (cached in bench/.cache)")

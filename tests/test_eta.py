@@ -11,6 +11,8 @@ from webapp.config import DEFAULT_WEIGHTS, STEPS
 from webapp.services import eta, progress
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+# The steps' cost shares (eta.COSTS): audio, transcription, thumbnails, preview.
+AUDIO, SPEECH, THUMBS, PREVIEW = (eta.COSTS[name] for name in STEPS)
 
 
 def at(seconds: float) -> datetime:
@@ -19,7 +21,8 @@ def at(seconds: float) -> datetime:
 
 def sub(name: str, status: str = "pending", progress: float = 0.0, started: float | None = None,
         finished: float | None = None, reused: bool = False,
-        first: tuple[float, float] | None = None) -> SimpleNamespace:
+        first: tuple[float, float] | None = None,
+        expected: float | None = None) -> SimpleNamespace:
     """A subtask row as progress._tasks_of makes it (times in seconds after T0); `first` is
     its first progress report, (seconds, percent)."""
     return SimpleNamespace(
@@ -29,7 +32,7 @@ def sub(name: str, status: str = "pending", progress: float = 0.0, started: floa
         started_at=None if started is None else at(started),
         finished_at=None if finished is None else at(finished),
         first_progress_at=None if first is None else at(first[0]),
-        first_progress=None if first is None else first[1])
+        first_progress=None if first is None else first[1], expected_seconds=expected)
 
 
 def task(status: str = "running", updated: float = 0.0) -> SimpleNamespace:
@@ -84,15 +87,15 @@ def test_a_pace_is_measured_from_the_first_report_leaving_the_start_up_out():
 
 
 def test_a_young_pace_is_blended_with_what_the_steps_cost_predicts():
-    """Thumbnails (2 cost units) took 1 s alone; the preview (70 units) would then take
-    35 s. Its own pace, 4 % in its first 1 s since the first report (24 s in all), counts
+    """Thumbnails (2 cost units) took 1 s alone; the preview (53 units) would then take
+    26.5 s. Its own pace, 4 % in its first 1 s since the first report (24 s in all), counts
     for 4 / TRUST of the estimate, the cost's prediction for the rest."""
     subs = rows(extract_audio=sub("extract_audio", "skipped"),
                 transcribe=sub("transcribe", "skipped"),
                 thumbnails=sub("thumbnails", "completed", started=0, finished=1),
                 transcode=sub("transcode", "running", 5, started=1, first=(1, 1)))
     own = 4 / eta.TRUST
-    total = own * (1 + 1 * 95 / 4) + (1 - own) * 35
+    total = own * (1 + 1 * 95 / 4) + (1 - own) * PREVIEW / THUMBS
     assert left(subs, 2) == pytest.approx(round(total - 1, 1))
     # Past TRUST percent the step's own pace alone counts: 20 % in 2 s, 79 % in 7.9 more.
     subs[STEPS.index("transcode")].progress = 21
@@ -134,17 +137,19 @@ def test_steps_side_by_side_get_through_one_second_of_work_alone_per_second():
 
 
 def test_steps_not_started_take_their_cost_at_the_pace_seen_so_far():
-    # One step ran: 20 s projected for its 70 cost units. The other 30 units follow at
+    # One step ran: 20 s projected for its cost units. The other steps' units follow at
     # that pace (not at the weights': they say how the total is shown, not how long).
     subs = rows(transcode=sub("transcode", "running", 50, started=0))
-    assert left(subs, 10) == pytest.approx(round(10 + 30 * 20 / 70, 1))
+    others = AUDIO + SPEECH + THUMBS
+    assert left(subs, 10) == pytest.approx(round(10 + others * 20 / PREVIEW, 1))
     # Preview [0, 1], audio [0, 2] and thumbnails [1, 2] ran two at a time: 0.5, 1 and
-    # 0.5 s alone, the two running ones half done: 0.5 + 2 + 1 s for 73 cost units. Left:
-    # 1 s of audio, 0.5 of thumbnails, and the transcription's 27 units at that pace.
+    # 0.5 s alone, the two running ones half done: 0.5 + 2 + 1 s for their cost units.
+    # Left: 1 s of audio, 0.5 of thumbnails, and the transcription's units at that pace.
     subs = rows(extract_audio=sub("extract_audio", "running", 50, started=0),
                 thumbnails=sub("thumbnails", "running", 50, started=1),
                 transcode=sub("transcode", "completed", started=0, finished=1))
-    assert left(subs, 2) == pytest.approx(round(1 + 0.5 + 27 * 3.5 / 73, 1))
+    assert left(subs, 2) == pytest.approx(
+        round(1 + 0.5 + SPEECH * 3.5 / (AUDIO + THUMBS + PREVIEW), 1))
 
 
 def test_a_step_whose_parent_failed_is_not_waited_for():
@@ -152,24 +157,25 @@ def test_a_step_whose_parent_failed_is_not_waited_for():
                 transcode=sub("transcode", "running", 50, started=0))
     subs[STEPS.index("extract_audio")].progress = 30.0
     # The preview had 4.5 s alone for 50 %: 4.5 s more; then the thumbnails, 2 cost units
-    # at 9 s / 70 units. The transcription never runs.
-    assert left(subs, 5) == pytest.approx(round(4.5 + 2 * 9 / 70, 1))
+    # at 9 s per the preview's units. The transcription never runs.
+    assert left(subs, 5) == pytest.approx(round(4.5 + THUMBS * 9 / PREVIEW, 1))
 
 
 def test_a_running_step_at_zero_is_estimated_from_its_cost_and_never_negative():
     # Audio [0, 1] and preview [0, 3] at 50 %, transcription [1, 3] at 0 %, two at a time:
-    # 0.5 s alone for the audio, 1.5 s for the preview (3 s projected): 3.5 s for 71 cost
-    # units. Left: the preview's 1.5 s, the transcription's 27 units less its 1 s alone,
-    # the thumbnails' 2 units.
+    # 0.5 s alone for the audio, 1.5 s for the preview (3 s projected): 3.5 s for their cost
+    # units. Left: the preview's 1.5 s, the transcription's units less its 1 s alone, the
+    # thumbnails' units.
     subs = rows(extract_audio=sub("extract_audio", "completed", started=0, finished=1),
                 transcribe=sub("transcribe", "running", 0, started=1),
                 transcode=sub("transcode", "running", 50, started=0))
-    per_unit = 3.5 / 71
-    assert left(subs, 3) == pytest.approx(1.5 + 27 * per_unit - 1 + 2 * per_unit, abs=0.05)
+    per_unit = 3.5 / (AUDIO + PREVIEW)
+    assert left(subs, 3) == pytest.approx(1.5 + SPEECH * per_unit - 1 + THUMBS * per_unit,
+                                          abs=0.05)
     # Long overdue: the transcription is "any moment now", not a negative time; then the
-    # thumbnails take 2 units at 3.5 s / 71 units.
+    # thumbnails take their units at 3.5 s per the audio's and preview's.
     subs[STEPS.index("transcode")] = sub("transcode", "completed", started=0, finished=3)
-    assert left(subs, 60) == pytest.approx(round(2 * 3.5 / 71, 1))
+    assert left(subs, 60) == pytest.approx(round(THUMBS * 3.5 / (AUDIO + PREVIEW), 1))
 
 
 def test_the_progress_view_shows_the_eta_as_of_the_tasks_last_change():
@@ -184,3 +190,43 @@ def test_the_progress_view_shows_the_eta_as_of_the_tasks_last_change():
     assert progress._view(row, subs) == view
     assert progress.estimate_eta(row, subs, at(20)) == pytest.approx(57.0)
 
+
+
+def test_with_history_a_queued_task_has_an_eta_at_once():
+    """What the steps took on this installation (calibration.py) sizes them before any
+    measures its own pace: a queued task knows how long its steps will take."""
+    subs = rows(**{name: sub(name, expected=seconds) for name, seconds in
+                   {"extract_audio": 1.0, "transcribe": 20.0, "thumbnails": 2.0,
+                    "transcode": 30.0}.items()})
+    assert left(subs, 0, "queued") == pytest.approx(53.0)
+    subs[1] = sub("transcribe", "skipped")
+    assert left(subs, 0, "queued") == pytest.approx(33.0)
+
+
+def test_history_carries_a_step_through_its_first_seconds_then_its_own_pace_takes_over():
+    """A silent video's preview, its thumbnails done: ffmpeg still reaching its speed reads
+    slow (2 % in its first second), history says 30 s alone; by 10 % of its own work
+    measured, its own pace alone counts."""
+    thumbs = sub("thumbnails", "completed", started=0, finished=1, expected=1.0)
+    gone = {"extract_audio": sub("extract_audio", "skipped"),
+            "transcribe": sub("transcribe", "skipped")}
+    early = rows(thumbnails=thumbs, **gone, transcode=sub(
+        "transcode", "running", 3.0, started=0, first=(1.0, 1.0), expected=30.0))
+    # 2 % in 1.5 s alone (0.5 s shared, 1 s alone since its first report): 73.5 s by its
+    # own pace, 28.5 by history; 2 % of the 10 % trusted: one fifth its own.
+    own = 1.0 + 97 / 2 * 1.0 + 0.5
+    assert left(early, 2.0) == pytest.approx(0.2 * own + 0.8 * 30.0 - 1.5, rel=0.01)
+    late = rows(thumbnails=thumbs, **gone, transcode=sub(
+        "transcode", "running", 41.0, started=0, first=(1.0, 1.0), expected=30.0))
+    assert left(late, 11.0) == pytest.approx(10.0 * 59 / 40, rel=0.01)  # 4 %/s alone
+
+
+def test_a_step_without_history_is_sized_from_the_ones_with_it():
+    """A new whisper model has no history yet: its cost share at the speed the history of
+    the other steps implies (eta.COSTS), until the task measures something."""
+    subs = rows(extract_audio=sub("extract_audio", expected=1.0),
+                transcribe=sub("transcribe"),
+                thumbnails=sub("thumbnails", expected=2.0),
+                transcode=sub("transcode", expected=53.0))
+    per_unit = 56.0 / (AUDIO + THUMBS + PREVIEW)
+    assert left(subs, 0, "queued") == pytest.approx(56.0 + SPEECH * per_unit, abs=0.05)

@@ -154,9 +154,12 @@ def test_eta_from_progress_rate(db_session):
     progress.report_progress(db_session, task.id, "transcode", 1, 25.0)
     db_session.refresh(task)
     # Measured from the first report (moments after the start): 24 % in 30 s, so 93.75 s
-    # more for the preview, then the 30 cost units of the other steps at its 123.75 s /
-    # 70 units (eta.COSTS).
-    expected = 30 * 75 / 24 + 30 * (30 + 30 * 75 / 24) / 70
+    # more for the preview, then the cost units of the other steps at its 123.75 s per its
+    # own units (eta.COSTS).
+    from webapp.services import eta
+
+    others = sum(eta.COSTS.values()) - eta.COSTS["transcode"]
+    expected = 30 * 75 / 24 + others * (30 + 30 * 75 / 24) / eta.COSTS["transcode"]
     assert progress.estimate_eta(task, task.subtasks, now) == pytest.approx(expected, rel=0.01)
 
 
@@ -197,3 +200,49 @@ def test_late_writes_of_a_replaced_task_never_touch_the_new_one(db_session):
     assert (fresh["transcode"].status, fresh["transcode"].progress) == ("running", 10.0)
     assert view(db_session, new.id).status == "running"
     assert view(db_session, old.id).status == "cancelled"
+
+
+def test_completed_steps_teach_the_installation_what_the_next_run_will_cost(db_session):
+    from datetime import timedelta
+
+    from webapp.models import StepCost
+    from webapp.services import calibration
+
+    video = make_video(db_session, duration=60.0, width=640, height=360)  # a quarter of 720p
+    costs = calibration.step_costs(video, "base", translate=False)
+    assert costs["transcribe"] == ("transcribe/base", 60.0)
+    assert costs["transcode"] == ("transcode", 15.0)
+    assert calibration.expected_seconds(db_session, costs) == {}  # a new installation
+
+    def run(video, seconds):
+        """One task whose transcode runs alone for `seconds` (times moved back so)."""
+        costs = calibration.step_costs(video, "base", translate=False)
+        task = progress.new_task(video, "run_sync", DEFAULT_WEIGHTS, {}, ["extract_audio",
+                                 "transcribe", "thumbnails"], costs=costs,
+                                 expected=calibration.expected_seconds(db_session, costs))
+        db_session.add(task)
+        db_session.commit()
+        attempt = progress.start_subtask(db_session, task.id, "transcode")
+        step = db_session.scalar(select(SubTask).where(SubTask.task_id == task.id,
+                                                       SubTask.name == "transcode"))
+        step.started_at = progress.utcnow() - timedelta(seconds=seconds)
+        db_session.commit()
+        assert progress.complete_subtask(db_session, task.id, "transcode", attempt)
+        return {s.name: s for s in db_session.get(ProcessingTask, task.id).subtasks}
+
+    first = run(video, 30.0)
+    assert first["transcode"].expected_seconds is None
+    assert first["extract_audio"].cost_key is None  # reused: costs nothing, teaches nothing
+    cost = db_session.get(StepCost, "transcode", populate_existing=True)
+    assert cost.samples == 1 and cost.seconds_per_unit == pytest.approx(2.0, rel=0.01)
+    second = run(video, 60.0)  # 2 s per unit expected; it took 4
+    assert second["transcode"].expected_seconds == pytest.approx(30.0, rel=0.01)
+    cost = db_session.get(StepCost, "transcode", populate_existing=True)
+    assert cost.samples == 2 and cost.seconds_per_unit == pytest.approx(3.0, rel=0.01)
+    # The expectation scales with the media: a 720p video of 10 s is 10 units.
+    other = make_video(db_session, duration=10.0, width=1280, height=720)
+    costs = calibration.step_costs(other, "base", translate=False)
+    assert calibration.expected_seconds(db_session, costs) == {
+        "transcode": pytest.approx(30.0, rel=0.01)}
+    # A video whose length is unknown has no expectation.
+    assert calibration.step_costs(make_video(db_session, duration=None), "base", False) == {}

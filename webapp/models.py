@@ -156,10 +156,28 @@ class SubTask(Base):
     # measured from here leaves out the tool's start-up (webapp/services/eta.py).
     first_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     first_progress: Mapped[float | None] = mapped_column(Float)
+    # What the step costs on this installation (webapp/services/calibration.py), written
+    # when the task is made: the key of its history, the media it works on in that
+    # history's units, and the seconds alone it is expected to take (NULL: no history yet).
+    cost_key: Mapped[str | None] = mapped_column(String(80))
+    cost_units: Mapped[float | None] = mapped_column(Float)
+    expected_seconds: Mapped[float | None] = mapped_column(Float)
 
     task: Mapped[ProcessingTask] = relationship(back_populates="subtasks")
 
     __table_args__ = (UniqueConstraint("task_id", "name", name="uq_subtasks_task_name"),)
+
+
+class StepCost(Base):
+    """What a kind of step has cost on this installation: seconds of the machine alone per
+    unit of media (a moving average over its completed runs; webapp/services/calibration.py)."""
+
+    __tablename__ = "step_costs"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    seconds_per_unit: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Publication(Base):

@@ -9,12 +9,14 @@ from typing import Any
 from webapp.models import ACTIVE_STATUSES
 from webapp.services.queue import NEEDS
 
-# What each step costs relative to the others, for the ETA only: the seconds each took
-# alone on a 2-minute 720p speech video (docs/PERFORMANCE.md, section 1: 0.4, 13.2, 1.0 and
-# 33.8 s) as shares of their sum. The weights of the progress bar (configuration, 10/50/10/30
-# by default) say how a total is shown, not how long a step takes: with them, thumbnails
-# done in 0.7 s made the preview look like a 2-second job. A step not listed costs its weight.
-COSTS = {"extract_audio": 1.0, "transcribe": 27.0, "thumbnails": 2.0, "transcode": 70.0}
+# What each step costs relative to the others, for an installation without history yet
+# (webapp/services/calibration.py) only: the seconds each took alone on a 2-minute 720p
+# speech video (docs/PERFORMANCE.md, section 1: 0.4, 13.2 with tiny.en, 1.0 and 33.8 s;
+# base, the default model, transcribes in 2.1× tiny.en's time, section 7: 27 s) as shares
+# of their sum. The weights of the progress bar (configuration, 10/50/10/30 by default)
+# say how a total is shown, not how long a step takes: with them, thumbnails done in 0.7 s
+# made the preview look like a 2-second job. A step not listed costs its weight.
+COSTS = {"extract_audio": 1.0, "transcribe": 44.0, "thumbnails": 2.0, "transcode": 53.0}
 # A step's own pace is not believed before it has measured this many percent of its work
 # (after its first report); until then it is blended with what its cost predicts.
 TRUST = 10.0
@@ -43,11 +45,15 @@ def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | N
        from the start said hours where seconds remained. A step that did p0 % at its first
        report and p % now, after s seconds alone since then, needs s × (100 − p) / (p − p0)
        seconds alone more.
-    4. Every step also has an expected length: its COSTS share × the seconds alone per cost
-       unit of the steps measured in this task (completed ones: what they took; running
-       ones past TRUST %: what their pace says they will take). A step not started, or
-       not measured yet, needs that; a running step's own pace takes over from it
-       gradually, fully once it has measured TRUST % of its work.
+    4. Every step also has an expected length: the seconds alone its kind took on this
+       installation for media like this one (`expected_seconds`, written when the task was
+       made: webapp/services/calibration.py); without that history, its COSTS share × the
+       seconds alone per cost unit of the steps measured in this task (completed ones: what
+       they took; running ones past TRUST %: what their pace says they will take), or of
+       the steps with history. A step not started, or not measured yet, needs that; a
+       running step's own pace takes over from it gradually, fully once it has measured
+       TRUST % of its work. With history, even a queued task has an ETA (the time its
+       steps take, not the wait for a free worker).
     5. Sharing the machine, the steps together get through one second of work alone per
        second, however many workers run them side by side, and a step that waits for its
        parent (transcribe for extract_audio) cannot leave the machine idle (its parent
@@ -60,26 +66,46 @@ def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | N
     if task.status not in ACTIVE_STATUSES or now is None:
         return None
     steps = [s for s in subtasks if not s.reused and s.status != "skipped"]
-    alone, paced = _time_alone(steps, now)
+    alone, paced = time_alone(steps, now)
     measured = _measured(steps, alone, paced)
     trusted = {name: m for name, m in measured.items() if m[1] >= TRUST} or measured
-    if not trusted:
-        return None
-    per_cost = sum(total for total, _ in trusted.values()) / sum(
-        _cost(step) for step in steps if step.name in trusted)
+    per_cost = _per_cost(steps, trusted)
     doomed = {s.name for s in steps if s.status in ("failed", "cancelled")}
     left = 0.0
     for step in steps:
-        expected = _cost(step) * per_cost
-        if step.status == "running":
-            if step.name in measured:
-                total, seen = measured[step.name]
-                own = min(1.0, seen / TRUST)
-                expected = own * total + (1.0 - own) * expected
-            left += max(0.0, expected - alone[step.name])
-        elif step.status == "pending" and NEEDS.get(step.name) not in doomed:
-            left += expected
+        if step.status not in ("running", "pending") or (
+                step.status == "pending" and NEEDS.get(step.name) in doomed):
+            continue
+        expected = _expected(step, per_cost)
+        if step.status == "running" and step.name in measured:
+            total, seen = measured[step.name]
+            own = 1.0 if expected is None else min(1.0, seen / TRUST)
+            expected = own * total + (1.0 - own) * (expected or 0.0)
+        if expected is None:
+            return None
+        left += max(0.0, expected - alone[step.name]) if step.status == "running" else expected
     return round(left, 1)
+
+
+def _expected(step: Any, per_cost: float | None) -> float | None:
+    """The seconds alone a step is expected to take before its own pace tells: what its
+    kind took on this installation, or else its cost share at the task's measured speed."""
+    history = getattr(step, "expected_seconds", None)
+    if history is not None:
+        return history
+    return None if per_cost is None else _cost(step) * per_cost
+
+
+def _per_cost(steps: Sequence[Any], trusted: dict[str, tuple[float, float]]) -> float | None:
+    """Seconds alone per COSTS unit: as measured in the task, or else as its steps' history
+    expects; None while neither tells."""
+    if trusted:
+        return sum(total for total, _ in trusted.values()) / sum(
+            _cost(step) for step in steps if step.name in trusted)
+    known = [s for s in steps if getattr(s, "expected_seconds", None) is not None]
+    if not known:
+        return None
+    return sum(s.expected_seconds for s in known) / sum(_cost(s) for s in known)
 
 
 def _cost(step: Any) -> float:
@@ -95,7 +121,7 @@ def _paced_from(step: Any) -> tuple[datetime | None, float]:
     return step.started_at, 0.0
 
 
-def _time_alone(steps: Sequence[Any], now: datetime) -> tuple[dict[str, float], dict[str, float]]:
+def time_alone(steps: Sequence[Any], now: datetime) -> tuple[dict[str, float], dict[str, float]]:
     """Seconds of the machine each step had to itself, ∫ dt / (steps running at t): since
     its start, and since its pace is measured (_paced_from)."""
     spans, since = {}, {}

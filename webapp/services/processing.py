@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from webapp.config import STEPS, Settings
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, Video
-from webapp.services import languages, progress, publications, queue
+from webapp.services import calibration, languages, progress, publications, queue
 from webapp.services.errors import Conflict, NotFound, QueueUnavailable
 from webapp.services.storage import Storage, is_valid_id
 
@@ -136,8 +136,10 @@ def _create(session: Session, settings: Settings, storage: Storage, video: Video
         kept = publications.complete_steps(session, storage, video.id, wanted.language,
                                            wanted.translate)
         reused = [s for s in STEPS if s not in skipped and s in kept]
+    costs = calibration.step_costs(video, settings.whisper_model, wanted.translate)
     task = progress.new_task(video, mode, settings.weights, skipped, reused,
-                             language=wanted.language, translate=wanted.translate)
+                             language=wanted.language, translate=wanted.translate, costs=costs,
+                             expected=calibration.expected_seconds(session, costs))
     # Nothing to run, but "nothing to do" must not hide a task that is running.
     if not force and task.status not in ACTIVE_STATUSES:
         active = progress.active_task(session, video.id)

@@ -22,7 +22,7 @@ from webapp.models import (
     new_id,
     utcnow,
 )
-from webapp.services import eta, publications
+from webapp.services import calibration, eta, publications
 from webapp.services.errors import NotFound
 from webapp.services.storage import is_valid_id
 
@@ -317,9 +317,14 @@ def new_task(
     reused: Iterable[str] = (),
     language: str | None = None,
     translate: bool = False,
+    costs: Mapping[str, tuple[str, float]] | None = None,
+    expected: Mapping[str, float] | None = None,
 ) -> ProcessingTask:
     """A queued task with one subtask per step; `skipped` maps step -> reason it does not apply.
-    `language` (None: detect it) and `translate` are what its transcription asks for."""
+    `language` (None: detect it) and `translate` are what its transcription asks for.
+    `costs` (step -> its kind and units of media) and `expected` (step -> seconds alone)
+    are what the steps cost on this installation (webapp/services/calibration.py)."""
+    costs, expected = costs or {}, expected or {}
     now = utcnow()
     reused = set(reused)
     task = ProcessingTask(id=new_id(), video_id=video.id, mode=mode, status="queued",
@@ -332,6 +337,9 @@ def new_task(
             sub.status, sub.error, sub.finished_at = "skipped", skipped[step], now
         elif step in reused:
             sub.status, sub.progress, sub.reused, sub.finished_at = "completed", 100.0, True, now
+        else:
+            sub.cost_key, sub.cost_units = costs.get(step, (None, None))
+            sub.expected_seconds = expected.get(step)
         task.subtasks.append(sub)
     if all(s.status in SUBTASK_DONE for s in task.subtasks):
         task.status, task.started_at, task.finished_at = "completed", now, now
@@ -484,6 +492,7 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
     if result.rowcount != 1:
         session.rollback()
         return False
+    _record_cost(session, task_id, name, now)
     if folder is not None:
         assert video_id is not None
         publications.switch(session, video_id, name, task_id, attempt, folder)
@@ -493,6 +502,16 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
     _close_task_if_done(session, task_id, now)
     session.commit()
     return True
+
+
+def _record_cost(session: Session, task_id: str, name: str, now: datetime) -> None:
+    """What the step just completed cost, alone, into the installation's history."""
+    subs = session.scalars(select(SubTask).where(SubTask.task_id == task_id)
+                           .execution_options(populate_existing=True)).all()
+    ran = [s for s in subs if not s.reused and s.status != "skipped"]
+    done = next((s for s in ran if s.name == name), None)
+    if done is not None and done.cost_key:
+        calibration.record(session, done, eta.time_alone(ran, now)[0][name], now)
 
 
 def finish_subtask(

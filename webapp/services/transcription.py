@@ -41,13 +41,14 @@ BURST = 0.01
 TICK = 0.25
 # Whisper decodes 30 s windows of audio and reports each one's segments when it is done.
 WINDOW = 30.0
-# Seconds of audio per second assumed from the child's start to its first window: the
-# pace of tiny.en, model loading included, beside an ffmpeg encode on 2 otherwise idle
-# cores is 10-14, so the estimate errs on the slow side, yet the first window's segments
-# do not jump far ahead of it. base, the default since, runs at ~7 (a 7-minute talk, step
-# alone, docs/PERFORMANCE.md section 7): its estimate reaches the first window's end
-# early and waits there. Not retuned: the ETA benchmark (section 8) was not run again.
-INITIAL_RATE = 10.0
+# Seconds of audio per second assumed from the child's start to its first window, per
+# model, so that the estimate errs on the slow side yet the first window's segments do not
+# jump far ahead of it: tiny.en, model loading included, beside an ffmpeg encode on 2
+# otherwise idle cores, runs at 10-14; base at 5.5-8.5 (its first window of a 36 s talk
+# came after 3.5-5.5 s; at 10 the estimate reached that window's end at 3.2 s and waited
+# there 2.4 s, which the ETA read as a stalled step). A model folder given by path counts
+# as base.
+INITIAL_RATES = {"tiny.en": 10.0, "base": 6.0}
 # An estimate never reaches the end; the child's clean exit does.
 MAX_SHARE = 0.99
 # The translate pass's time as a share of the transcription pass's, on the same audio (base,
@@ -188,7 +189,8 @@ def transcribe(
             f"{_FAILED}: the model {model_name} does not know the language {language!r}.")
     if stop is not None and stop.is_set():
         raise Stopped("transcription stopped before it started")
-    estimate = _Passes(translate and language != "en")
+    estimate = _Passes(translate and language != "en", _Estimate(
+        initial_rate=INITIAL_RATES.get(model_name, INITIAL_RATES["base"])))
     proc = _spawn(audio, model_dir, cpu_threads, language, translate and language != "en")
     if (seconds := _wav_seconds(audio)) is not None:
         estimate.start(seconds, time.monotonic())
@@ -348,13 +350,14 @@ class _Estimate:
     audio reached per second since decoding began), but never past the end of the window
     being decoded (the last reported position + WINDOW), never to MAX_SHARE or beyond
     (only the child's clean exit says 1.0), and never backwards. Before the first window
-    it grows at INITIAL_RATE from the child's start when the audio's length is known then
-    (a WAV file's header says it), so that the model's loading (0.6 s on an idle machine,
-    seconds on a busy one) does not show as a stalled step; else from the info line.
+    it grows at its model's initial rate (INITIAL_RATES) from the child's start when the
+    audio's length is known then (a WAV file's header says it), so that the model's
+    loading (0.6 s on an idle machine, seconds on a busy one) does not show as a stalled
+    step; else from the info line.
     """
 
     duration: float = 0.0
-    initial_rate: float = INITIAL_RATE  # seconds of audio per second before any report
+    initial_rate: float = INITIAL_RATES["base"]  # seconds of audio a second before any report
     started: float | None = None  # monotonic time the estimate began
     decoding: float | None = None  # when decoding began (the child's info line)
     reached: float = 0.0  # end of the last reported segment, seconds
