@@ -266,14 +266,30 @@ def main() -> int:
         stack.start_workers()
         for label, path in media:
             results.append(measure(stack, label, path))
+        learnt = step_costs(stack)
     finally:
         stack.cleanup()
         shutil.rmtree(work, ignore_errors=True)
-    write(results)
+    write(results, learnt)
     return 0
 
 
-def write(results: list[dict[str, Any]]) -> None:
+def step_costs(stack: Stack) -> dict[str, dict[str, float]]:
+    """What the installation learnt from these runs (webapp/services/calibration.py)."""
+    from sqlalchemy import select
+
+    from webapp.db import get_engine
+    from webapp.models import StepCost
+
+    with get_engine(stack.env["DATABASE_URL"]).connect() as conn:
+        rows = conn.execute(select(StepCost)).all()
+    learnt = {r.key: {"seconds_per_unit": round(r.seconds_per_unit, 4), "samples": r.samples}
+              for r in rows}
+    log(f"learnt step costs (seconds alone per unit): {learnt}")
+    return learnt
+
+
+def write(results: list[dict[str, Any]], learnt: dict[str, dict[str, float]]) -> None:
     met = all(r["eta"]["within_share"] == 1.0 for r in results)
     parts = [f"{r['medium']}: worst {_signed(r['eta']['worst_error'])}, "
              f"{_share(r['eta']['within_share'])} within" for r in results]
@@ -291,6 +307,7 @@ def write(results: list[dict[str, Any]]) -> None:
                           f"within bounds: |error| <= {BOUND}",
             "sample_interval_s": SAMPLE,
             "workers": 2,
+            "step_costs_learnt": learnt,
             "media": results,
         },
         notes="The old estimate is replayed on the same samples (elapsed since the task "

@@ -28,7 +28,10 @@ class AttemptWatch:
       the step's tools are killed (webapp.services.ffrun.stopping, transcription's `stop`)
       and the attempt's files are never published. A check that fails decides nothing.
 
-    Call it with a fraction 0-1 as the step's progress callback.
+    Call it with a fraction 0-1 as the step's progress callback, or `guess` with one that
+    is a guess, not a measure (whisper's position extrapolated before its first window
+    reports a real one): a guess moves the bar, but the ETA measures a step's pace only
+    from its first measured report (webapp/services/eta.py).
     """
 
     def __init__(self, sessions: sessionmaker[Session], task_id: str, step: str, attempt: int,
@@ -40,12 +43,17 @@ class AttemptWatch:
         self._sessions = sessions
         self._interval = max(0.05, interval)
         self._latest = 0.0
+        self._measured = False  # whether a measured report came (then every write is one)
         self._written = 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"watch-{step}-{attempt}")
 
     def __call__(self, fraction: float) -> None:
+        self.guess(fraction)
+        self._measured = True
+
+    def guess(self, fraction: float) -> None:
         self._latest = max(self._latest, round(min(1.0, max(0.0, fraction)) * 100.0, 2))
 
     def __enter__(self) -> AttemptWatch:
@@ -63,9 +71,10 @@ class AttemptWatch:
 
     def _tick(self, session: Session) -> None:
         try:
-            value = self._latest
+            value, measured = self._latest, self._measured
             if value > self._written:
-                progress.report_progress(session, self.task_id, self.step, self.attempt, value)
+                progress.report_progress(session, self.task_id, self.step, self.attempt, value,
+                                         measured=measured)
                 self._written = value
                 self.writes += 1
             current = progress.attempt_is_current(session, self.task_id, self.step,

@@ -47,6 +47,8 @@ class StepContext:
     stop: threading.Event  # set when the attempt is no longer wanted
     language: str | None = None  # the spoken language the task asks for, None: detect it
     translate: bool = False  # the task asks for English captions too
+    # Where a step's guessed progress goes (a share that measures nothing: see AttemptWatch)
+    on_guess: Callable[[float], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def run_step(task_id: str, step: str, work: Work) -> str:
         ctx = StepContext(settings, video.id, storage.source_path(video.id, video.stored_name),
                           video.format_name, out, started.inputs, video.duration, video.width,
                           video.height, video.has_audio, watch, watch.stop, started.language,
-                          started.translate)
+                          started.translate, watch.guess)
         try:
             result = work(ctx) or StepResult()
             ffrun.check_stop()

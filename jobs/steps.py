@@ -19,7 +19,7 @@ def _transcribe(ctx: StepContext) -> StepResult:
     result = transcription.transcribe(audio, ctx.settings.whisper_model, ctx.on_progress,
                                       cpu_threads=ctx.settings.whisper_threads,
                                       language=ctx.language, translate=ctx.translate,
-                                      stop=ctx.stop)
+                                      stop=ctx.stop, on_guess=ctx.on_guess)
     result = chinese.to_script(result, ctx.settings.chinese_script)
     transcription.write_json(result, ctx.artifacts / "transcript.json")
     # Captions in cues that fit the script, cut from the timed words.

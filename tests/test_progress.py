@@ -182,6 +182,22 @@ def test_an_attempts_first_progress_report_is_kept_and_a_new_attempt_forgets_it(
     assert step.first_progress == 2.0
 
 
+def test_a_guessed_report_moves_the_step_but_is_not_its_first_measure(db_session):
+    """Whisper's position grown at an assumed rate before its first window is a guess: it
+    shows, but the ETA's pace starts at the first measured report."""
+    task = make_task(db_session, make_video(db_session))
+    attempt = progress.start_subtask(db_session, task.id, "transcribe")
+    progress.report_progress(db_session, task.id, "transcribe", attempt, 12.0, measured=False)
+    step = db_session.scalar(select(SubTask).where(SubTask.task_id == task.id,
+                                                   SubTask.name == "transcribe"))
+    db_session.refresh(step)
+    assert (step.progress, step.first_progress_at, step.first_progress) == (12.0, None, None)
+    progress.report_progress(db_session, task.id, "transcribe", attempt, 40.0)
+    db_session.refresh(step)
+    assert (step.progress, step.first_progress) == (40.0, 40.0)
+    assert step.first_progress_at is not None
+
+
 def test_late_writes_of_a_replaced_task_never_touch_the_new_one(db_session):
     video = make_video(db_session)
     old = make_task(db_session, video)

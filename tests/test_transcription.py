@@ -231,6 +231,24 @@ def test_progress_moves_smoothly_between_windows(long_speech_wav: Path) -> None:
     assert len({round(s, 3) for s in shares}) >= 10  # many distinct values, not 3 steps
 
 
+def test_guesses_before_the_first_window_are_told_apart(long_speech_wav: Path) -> None:
+    """Until whisper reports a position, the estimate only grows at the model's assumed
+    rate: those shares go to `on_guess` (the ETA must not take them for a pace), the rest
+    to `on_progress`; together they still never go back."""
+    seen: list[tuple[str, float]] = []
+    result = transcription.transcribe(
+        long_speech_wav, on_progress=lambda share: seen.append(("measured", share)),
+        on_guess=lambda share: seen.append(("guess", share)))
+    kinds = [kind for kind, _ in seen]
+    assert kinds[0] == "guess" and kinds[-1] == "measured", seen
+    switch = kinds.index("measured")
+    assert set(kinds[switch:]) == {"measured"}, seen  # no guess once a position is known
+    # The first measured share is the first window's end, at most, as a share of the audio.
+    assert seen[switch][1] <= transcription.WINDOW / result.duration + 0.01, seen
+    shares = [share for _, share in seen]
+    assert shares == sorted(shares) and shares[-1] == 1.0
+
+
 def test_stop_kills_whisper_at_once(long_speech_wav: Path) -> None:
     stop = threading.Event()
     progress: list[float] = []

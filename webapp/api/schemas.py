@@ -106,8 +106,10 @@ class TaskProgressSchema(ma.Schema):
     eta_seconds = fields.Float(allow_none=True, metadata={"description": (
         "Seconds until the run ends, as of its last change: the work left in the steps that "
         "really run (reused and skipped steps excluded), at the pace each has shown since "
-        "its first progress report. null when unknown (before any step has shown a pace) "
-        "or when the run has ended")})
+        "its first measured progress report; a step not measured yet is sized by what its "
+        "kind cost on this installation per second of media (so a queued run has one too: "
+        "the time its steps take, not the wait for a worker). null when unknown (a new "
+        "installation, before any step has shown a pace) or when the run has ended")})
 
 
 class AsyncTaskSchema(ma.Schema):

@@ -442,8 +442,10 @@ def start_subtask(session: Session, task_id: str, name: str, *,
 
 
 def report_progress(session: Session, task_id: str, name: str, attempt: int,
-                    percent: float) -> None:
-    """Record an attempt's progress (0-100); never backwards, nothing for a stale attempt."""
+                    percent: float, measured: bool = True) -> None:
+    """Record an attempt's progress (0-100); never backwards, nothing for a stale attempt.
+    A report that is not `measured` (a guess) is not taken as the first report a pace is
+    measured from."""
     percent = min(100.0, max(0.0, percent))
     moves = (*_attempt_is(task_id, name, attempt), SubTask.progress < percent)
     # The version is bumped only when the progress really moves (the EXISTS), and then the
@@ -451,12 +453,12 @@ def report_progress(session: Session, task_id: str, name: str, attempt: int,
     # report of an attempt is kept as well (the right-hand sides read the old row).
     now = utcnow()
     first = SubTask.first_progress_at.is_(None)
+    firsts = {"first_progress_at": func.coalesce(SubTask.first_progress_at, now),
+              "first_progress": case((first, percent), else_=SubTask.first_progress)}
     if _touch_task(session, task_id, now, exists().where(*moves)):
         session.execute(
             update(SubTask).where(*moves)
-            .values(progress=percent,
-                    first_progress_at=func.coalesce(SubTask.first_progress_at, now),
-                    first_progress=case((first, percent), else_=SubTask.first_progress))
+            .values(progress=percent, **(firsts if measured else {}))
             .execution_options(synchronize_session=False)
         )
     session.commit()

@@ -170,6 +170,7 @@ def transcribe(
     language: str | None = None,
     stop: threading.Event | None = None,
     translate: bool = False,
+    on_guess: ProgressCallback | None = None,
 ) -> Transcript:
     """Transcribe an audio file; segments are in the audio's timeline, texts stripped.
 
@@ -181,7 +182,9 @@ def transcribe(
     stopped at any moment: once `stop` is set the child is killed within ~0.1 s and
     Stopped is raised. An exception from `on_progress` kills the child too and propagates.
     While the child works, `on_progress` gets an estimate about every TICK seconds (see
-    `_Estimate`), never decreasing, below 1.0 until the transcript is complete.
+    `_Estimate`), never decreasing, below 1.0 until the transcript is complete. Estimates
+    made before whisper reported any position (grown at the model's initial rate) go to
+    `on_guess` instead when it is given: they measure nothing.
     """
     model_dir = resolve_model_path(model_name)
     if language and language not in whisper_models.languages(model_dir):
@@ -195,7 +198,7 @@ def transcribe(
     if (seconds := _wav_seconds(audio)) is not None:
         estimate.start(seconds, time.monotonic())
     try:
-        outcome = _follow(proc, on_progress, stop, estimate)
+        outcome = _follow(proc, on_progress, stop, estimate, on_guess)
         code = proc.wait()
     finally:
         # Whatever happened (stop, a failing callback, a job timeout): no orphan whisper.
@@ -261,7 +264,8 @@ class _Outcome:
 
 
 def _follow(proc: subprocess.Popen[str], on_progress: ProgressCallback | None,
-            stop: threading.Event | None, estimate: _Passes) -> _Outcome:
+            stop: threading.Event | None, estimate: _Passes,
+            on_guess: ProgressCallback | None = None) -> _Outcome:
     """Read the child's lines until it closes stdout, reporting progress meanwhile."""
     lines: queue.Queue[str | None] = queue.Queue()
     # A thread reads, so the loop below can tick and watch `stop` while the child is silent.
@@ -276,7 +280,8 @@ def _follow(proc: subprocess.Popen[str], on_progress: ProgressCallback | None,
             return outcome
         due = any(moved) or now >= next_tick
         if on_progress is not None and estimate.started is not None and due:
-            on_progress(estimate.share(now))
+            report = on_progress if estimate.measured or on_guess is None else on_guess
+            report(estimate.share(now))
             next_tick = now + TICK
 
 
@@ -404,6 +409,11 @@ class _Passes:
     @property
     def started(self) -> float | None:
         return self.first.started
+
+    @property
+    def measured(self) -> bool:
+        """Whether whisper has reported a position yet (before that, shares are guesses)."""
+        return self.first.reached > 0 or self.second is not None
 
     def start(self, duration: float, now: float) -> None:
         self.first.start(duration, now)
