@@ -5,7 +5,10 @@ one without audio, whose audio steps are skipped) the video is uploaded and `POS
 .../run_sync` triggers a task, on the real stack of bench/pipeline.py: a fresh SQLite
 database, a private queue on BENCH_REDIS_URL, the Flask app in this process (test client)
 and 2 `python -m jobs.worker` processes. `GET .../reprocess` is sampled every 0.5 s until
-the task ends.
+the task ends. Before them a 20 s speech video runs the same way: the installation's first
+video, whose steps have no history yet (webapp/services/calibration.py); it is judged and
+reported apart, not part of the target. Each later video's steps are sized by what the
+videos before it cost.
 
 Definitions, all in seconds since the trigger (the moment before the POST):
     F    the real finish: the task's finished_at;
@@ -28,7 +31,8 @@ updated_at), replayed on the same samples.
 
 Environment: BENCH_REDIS_URL (default redis://127.0.0.1:6379/13); BENCH_ETA_MEDIA, a
 comma-separated list of kind:seconds with kind speech or silent (default
-"speech:36,speech:120,silent:90"), for quick trials only.
+"speech:36,speech:120,silent:90"), and BENCH_ETA_WARMUP (the first video; "speech:20", or
+empty for none), for quick trials only.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ FROM_PROGRESS = 25.0
 BOUND = 0.25
 RUN_TIMEOUT = 900.0
 MEDIA = os.environ.get("BENCH_ETA_MEDIA", "speech:36,speech:120,silent:90")
+# Processed first, on the new installation, and judged apart from the target: the first
+# video an installation ever runs has no history of what its steps cost.
+WARMUP = os.environ.get("BENCH_ETA_WARMUP", "speech:20")
 ACTIVE = ("queued", "running")
 ENDED = ("completed", "failed", "cancelled")
 
@@ -232,7 +239,9 @@ def replay(path: Path) -> None:
     def at(seconds: float | None) -> datetime | None:
         return None if seconds is None else origin + timedelta(seconds=seconds)
 
-    for medium in json.loads(path.read_text())["details"]["media"]:
+    details = json.loads(path.read_text())["details"]
+    first = details.get("first_video_of_the_installation")
+    for medium in ([first] if first else []) + details["media"]:
         samples = []
         for (t, updated, rows), sample in zip(medium["rows"], medium["samples"], strict=True):
             subs = [SimpleNamespace(name=r[0], status=r[1], progress=r[2], reused=r[3],
@@ -258,38 +267,46 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     log("preparing the media (cached in bench/.cache)")
     media = [make_media(spec.strip()) for spec in MEDIA.split(",") if spec.strip()]
+    first = make_media(WARMUP.strip()) if WARMUP.strip() else None
     work = Path(tempfile.mkdtemp(prefix="vidpipe-bench-eta-"))
     stack = Stack(work)
     results = []
     try:
         stack.start()
         stack.start_workers()
+        cold = None
+        if first is not None:
+            log("the installation's first video (no history yet; not part of the target):")
+            cold = measure(stack, *first)
         for label, path in media:
             results.append(measure(stack, label, path))
         learnt = step_costs(stack)
     finally:
         stack.cleanup()
         shutil.rmtree(work, ignore_errors=True)
-    write(results, learnt)
+    write(results, learnt, cold)
     return 0
 
 
-def step_costs(stack: Stack) -> dict[str, dict[str, float]]:
-    """What the installation learnt from these runs (webapp/services/calibration.py)."""
+def step_costs(stack: Stack) -> dict[str, list[list[float]]]:
+    """What the installation learnt from these runs (webapp/services/calibration.py): per
+    kind of step, [units of media, seconds alone] of each run."""
     from sqlalchemy import select
 
     from webapp.db import get_engine
     from webapp.models import StepCost
 
     with get_engine(stack.env["DATABASE_URL"]).connect() as conn:
-        rows = conn.execute(select(StepCost)).all()
-    learnt = {r.key: {"seconds_per_unit": round(r.seconds_per_unit, 4), "samples": r.samples}
-              for r in rows}
-    log(f"learnt step costs (seconds alone per unit): {learnt}")
+        rows = conn.execute(select(StepCost).order_by(StepCost.id)).all()
+    learnt: dict[str, list[list[float]]] = {}
+    for r in rows:
+        learnt.setdefault(r.key, []).append([round(r.units, 2), round(r.seconds, 3)])
+    log(f"learnt step costs ([units, seconds alone] per run): {learnt}")
     return learnt
 
 
-def write(results: list[dict[str, Any]], learnt: dict[str, dict[str, float]]) -> None:
+def write(results: list[dict[str, Any]], learnt: dict[str, list[list[float]]],
+          cold: dict[str, Any] | None) -> None:
     met = all(r["eta"]["within_share"] == 1.0 for r in results)
     parts = [f"{r['medium']}: worst {_signed(r['eta']['worst_error'])}, "
              f"{_share(r['eta']['within_share'])} within" for r in results]
@@ -308,6 +325,7 @@ def write(results: list[dict[str, Any]], learnt: dict[str, dict[str, float]]) ->
             "sample_interval_s": SAMPLE,
             "workers": 2,
             "step_costs_learnt": learnt,
+            "first_video_of_the_installation": cold,
             "media": results,
         },
         notes="The old estimate is replayed on the same samples (elapsed since the task "

@@ -249,16 +249,36 @@ def test_completed_steps_teach_the_installation_what_the_next_run_will_cost(db_s
     first = run(video, 30.0)
     assert first["transcode"].expected_seconds is None
     assert first["extract_audio"].cost_key is None  # reused: costs nothing, teaches nothing
-    cost = db_session.get(StepCost, "transcode", populate_existing=True)
-    assert cost.samples == 1 and cost.seconds_per_unit == pytest.approx(2.0, rel=0.01)
+    recorded = db_session.scalars(select(StepCost).where(StepCost.key == "transcode")).all()
+    assert [(r.units, r.seconds) for r in recorded] == [(15.0, pytest.approx(30.0, rel=0.01))]
     second = run(video, 60.0)  # 2 s per unit expected; it took 4
     assert second["transcode"].expected_seconds == pytest.approx(30.0, rel=0.01)
-    cost = db_session.get(StepCost, "transcode", populate_existing=True)
-    assert cost.samples == 2 and cost.seconds_per_unit == pytest.approx(3.0, rel=0.01)
-    # The expectation scales with the media: a 720p video of 10 s is 10 units.
-    other = make_video(db_session, duration=10.0, width=1280, height=720)
-    costs = calibration.step_costs(other, "base", translate=False)
+    # Two runs of the same size: the expectation is their mean, 3 s per unit.
     assert calibration.expected_seconds(db_session, costs) == {
+        "transcode": pytest.approx(45.0, rel=0.01)}
+    # It scales with the media: a 720p video of 10 s is 10 units.
+    other = make_video(db_session, duration=10.0, width=1280, height=720)
+    assert calibration.expected_seconds(
+        db_session, calibration.step_costs(other, "base", translate=False)) == {
         "transcode": pytest.approx(30.0, rel=0.01)}
+    # Only the last SAMPLES runs of a kind are kept.
+    for _ in range(calibration.SAMPLES):
+        run(video, 15.0)
+    recorded = db_session.scalars(select(StepCost).where(StepCost.key == "transcode")).all()
+    assert len(recorded) == calibration.SAMPLES
+    assert [r.seconds for r in recorded] == pytest.approx([15.0] * len(recorded), rel=0.01)
     # A video whose length is unknown has no expectation.
     assert calibration.step_costs(make_video(db_session, duration=None), "base", False) == {}
+
+
+@pytest.mark.parametrize(("runs", "units", "expected"), [
+    ([(10, 12.0), (40, 24.0)], 100, 48.0),  # 8 s fixed (model load) + 0.4 s a unit
+    ([(10, 5.0), (10, 7.0)], 30, 18.0),  # sizes alike: proportional, 0.6 s a unit
+    ([(10, 1.0), (40, 24.0)], 20, 10.0),  # a negative fixed part: proportional instead
+    ([(10, 9.0), (40, 3.0)], 20, 6.0),  # longer took less: no trend, the mean
+    ([], 10, 0.0),
+])
+def test_a_kinds_cost_is_a_fixed_part_and_a_part_per_unit(runs, units, expected):
+    from webapp.services import calibration
+
+    assert calibration.fit(runs, units) == pytest.approx(expected, rel=0.01)

@@ -169,15 +169,19 @@ class SubTask(Base):
 
 
 class StepCost(Base):
-    """What a kind of step has cost on this installation: seconds of the machine alone per
-    unit of media (a moving average over its completed runs; webapp/services/calibration.py)."""
+    """One completed run of a kind of step on this installation: the units of media it
+    worked on and the seconds of the machine it had to itself (the last few per kind are
+    kept; webapp/services/calibration.py)."""
 
     __tablename__ = "step_costs"
 
-    key: Mapped[str] = mapped_column(String(80), primary_key=True)
-    seconds_per_unit: Mapped[float] = mapped_column(Float)
-    samples: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(80))
+    units: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_step_costs_key_id", "key", "id"),)
 
 
 class Publication(Base):

@@ -4,12 +4,14 @@ The ETA of a step that has not measured its own pace yet (not started, or in its
 seconds, while ffmpeg or whisper is still reaching its speed) used to be guessed from the
 steps measured in the same task. A short task has nothing measured worth the name when
 it matters: the preview of a silent video, whose thumbnails end one second in, was sized
-from those thumbnails. But a step costs about the same per second of media every time on
-one machine: a 720p preview, a whisper model on speech. So every completed step that ran
-records the seconds of the machine it had to itself (its time "alone", eta.time_alone)
-per unit of its media, in `step_costs`, a moving average per kind of step; and every new
-task's steps get, when it is made, the seconds alone they are expected to take
-(`subtasks.expected_seconds`). The ETA stays a function of the task's own rows.
+from those thumbnails. But a kind of step costs about the same every time on one machine
+for the same amount of media: a 720p preview, a whisper model on speech. So every
+completed step that ran records the seconds of the machine it had to itself (its time
+"alone", eta.time_alone) and the units of media it worked on, in `step_costs` (the last
+SAMPLES runs of each kind); and every new task's steps get, when it is made, the seconds
+alone they are expected to take (`subtasks.expected_seconds`), from a straight line fitted
+to those runs: a fixed part (starting ffmpeg, loading the whisper model) plus a part per
+unit. The ETA stays a function of the task's own rows.
 
 Kinds and units:
 - `transcode`: seconds of media × (pixels of a frame / 1280×720): decoding and scaling grow
@@ -17,26 +19,27 @@ Kinds and units:
 - `thumbnails`, `extract_audio`: seconds of media;
 - `transcribe/<model>` (`+translate` with the translate pass): seconds of media. Whisper's
   cost depends on the model above all; speech against silence changes it too (the VAD skips
-  silence), which a moving average over the installation's own videos follows.
+  silence), which the installation's own recent videos follow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from webapp.models import StepCost, SubTask, Video
 
-# The moving average: the mean of the first WINDOW runs, then each new run counts 1/WINDOW.
-WINDOW = 4
+# Runs of each kind kept: recent enough to follow a changed machine, enough to fit a line.
+SAMPLES = 20
 # Frames are counted against 1280×720 (a unit is a second of 720p video).
 FRAME_720P = 1280 * 720
+# A fixed part is fitted only over runs whose sizes differ by at least this factor;
+# else the runs say nothing about it and the cost is taken as proportional to the units.
+SPREAD = 1.5
 
 
 def step_costs(video: Video, whisper_model: str,
@@ -67,30 +70,49 @@ def expected_seconds(session: Session,
     keys = {key for key, _ in costs.values()}
     if not keys:
         return {}
-    rates = dict(session.execute(
-        select(StepCost.key, StepCost.seconds_per_unit).where(StepCost.key.in_(keys))).all())
-    return {step: round(rates[key] * units, 3)
-            for step, (key, units) in costs.items() if key in rates}
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for key, units, seconds in session.execute(
+            select(StepCost.key, StepCost.units, StepCost.seconds)
+            .where(StepCost.key.in_(keys))):
+        runs.setdefault(key, []).append((units, seconds))
+    return {step: round(fit(runs[key], units), 3)
+            for step, (key, units) in costs.items() if key in runs}
+
+
+def fit(runs: Iterable[tuple[float, float]], units: float) -> float:
+    """Seconds for `units`, from (units, seconds) of earlier runs: least squares over
+    seconds = fixed + per_unit × units, with both parts at least 0; proportional
+    (fixed 0) where the runs' sizes are too alike to tell a fixed part."""
+    runs = [(u, s) for u, s in runs if u > 0 and s >= 0]
+    if not runs:
+        return 0.0
+    n = len(runs)
+    mean_u = sum(u for u, _ in runs) / n
+    mean_s = sum(s for _, s in runs) / n
+    proportional = sum(s for _, s in runs) / sum(u for u, _ in runs) * units
+    if max(u for u, _ in runs) < SPREAD * min(u for u, _ in runs):
+        return proportional
+    var = sum((u - mean_u) ** 2 for u, _ in runs)
+    per_unit = sum((u - mean_u) * (s - mean_s) for u, s in runs) / var
+    fixed = mean_s - per_unit * mean_u
+    if per_unit < 0:  # longer media took less time: no trend to follow, the mean is best
+        return mean_s
+    if fixed < 0:
+        return proportional
+    return fixed + per_unit * units
 
 
 def record(session: Session, sub: SubTask, alone: float, now: datetime) -> None:
-    """Add a completed step's seconds alone to its kind's average, in the caller's
-    transaction (which already holds the task's lock: see progress._touch_task). Steps
-    without a kind (rows from before, unknown duration) record nothing."""
+    """Record what a completed step cost, in the caller's transaction, keeping the last
+    SAMPLES runs of its kind. Steps without a kind (rows from before, unknown duration)
+    record nothing."""
     if not sub.cost_key or not sub.cost_units or sub.cost_units <= 0 or alone <= 0:
         return
-    rate = alone / sub.cost_units
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    first = session.execute(
-        insert(StepCost).values(key=sub.cost_key, seconds_per_unit=rate, samples=1,
-                                updated_at=now)
-        .on_conflict_do_nothing(index_elements=["key"]).returning(StepCost.key))
-    if first.first() is not None:  # the kind's first run (rowcount is -1 with psycopg here)
-        return
-    row = session.execute(select(StepCost.seconds_per_unit, StepCost.samples)
-                          .where(StepCost.key == sub.cost_key).with_for_update()).one()
-    average = row.seconds_per_unit + (rate - row.seconds_per_unit) / min(row.samples + 1, WINDOW)
-    session.execute(
-        update(StepCost).where(StepCost.key == sub.cost_key)
-        .values(seconds_per_unit=average, samples=row.samples + 1, updated_at=now)
-        .execution_options(synchronize_session=False))
+    session.add(StepCost(key=sub.cost_key, units=sub.cost_units, seconds=round(alone, 3),
+                         recorded_at=now))
+    session.flush()
+    kept = (select(StepCost.id).where(StepCost.key == sub.cost_key)
+            .order_by(StepCost.id.desc()).limit(SAMPLES))
+    session.execute(delete(StepCost).where(StepCost.key == sub.cost_key,
+                                           StepCost.id.not_in(kept))
+                    .execution_options(synchronize_session=False))
