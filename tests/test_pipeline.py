@@ -8,6 +8,7 @@ import ffmpeg
 import pytest
 import srt
 from rq.job import Job, JobStatus
+from sqlalchemy import select
 
 from tests import mediagen
 from tests.conftest import run_worker
@@ -77,6 +78,31 @@ def test_speech_video_is_processed_into_every_artifact(client, speech_video, tmp
     tiles = re.findall(r"storyboard\.jpg#xywh=(\d+),(\d+),(\d+),(\d+)", board)
     assert len(tiles) >= 2
     assert artifact(client, vid, "poster.jpg").mimetype == "image/jpeg"
+
+
+def test_a_processed_video_teaches_the_eta_of_the_next_run(client, db_session, tmp_path):
+    """Each step that ran records what it cost (webapp/services/calibration.py): the next
+    run, still queued, already has an ETA, about what the first run took."""
+    from webapp.models import StepCost
+
+    clip = mediagen.make_video(tmp_path / "clip.mp4", duration=4.0, audio=False)
+    vid = upload_ok(client, clip)["id"]
+    before = client.post(f"/api/v1/videos/{vid}/run_sync")
+    assert before.status_code == 202
+    assert progress_of(client, vid)["eta_seconds"] is None  # a new installation: no history
+    run_worker()
+    first = progress_of(client, vid)
+    assert first["status"] == "completed"
+    runs = db_session.scalars(select(StepCost)).all()
+    assert sorted(r.key for r in runs) == ["thumbnails", "transcode"]  # what ran here
+    assert all(r.seconds > 0 for r in runs)
+    assert [r.units for r in runs if r.key == "thumbnails"] == [pytest.approx(4.0, abs=0.1)]
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    queued = progress_of(client, vid)
+    assert queued["status"] == "queued"
+    assert queued["eta_seconds"] == pytest.approx(sum(r.seconds for r in runs), abs=0.2)
+    run_worker()
+    assert progress_of(client, vid)["status"] == "completed"
 
 
 def test_artifacts_support_range_requests(client, speech_video):
