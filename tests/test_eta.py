@@ -230,3 +230,31 @@ def test_a_step_without_history_is_sized_from_the_ones_with_it():
                 transcode=sub("transcode", expected=53.0))
     per_unit = 56.0 / (AUDIO + THUMBS + PREVIEW)
     assert left(subs, 0, "queued") == pytest.approx(56.0 + SPEECH * per_unit, abs=0.05)
+
+
+def test_without_history_the_reference_costs_of_the_media_size_the_steps():
+    """A new installation: the preview measured 4 s alone for a 20 s video; the reference
+    machine's fixed + per-second costs (eta.PRIOR) say how long the transcription takes
+    beside that, for this length of media (whisper's model load weighs on short videos)."""
+    def costed(name, units, **kw):
+        row = sub(name, **kw)
+        row.cost_key, row.cost_units = ("transcribe/base" if name == "transcribe" else name,
+                                        units)
+        return row
+
+    def prior(kind, units):
+        fixed, per_unit = eta.PRIOR[kind]
+        return fixed + per_unit * units
+
+    for seconds in (20.0, 120.0):
+        subs = [costed("extract_audio", seconds, status="skipped"),
+                costed("transcribe", seconds),
+                costed("thumbnails", seconds, status="skipped"),
+                costed("transcode", seconds, status="completed", started=0, finished=4)]
+        speed = 4.0 / prior("transcode", seconds)
+        assert left(subs, 4) == pytest.approx(
+            round(prior("transcribe/base", seconds) * speed, 1), abs=0.05)
+    # Translating too costs more.
+    subs[1].cost_key = "transcribe/base+translate"
+    assert left(subs, 4) == pytest.approx(
+        round(prior("transcribe/base", 120.0) * 1.5 * speed, 1), abs=0.05)

@@ -9,14 +9,26 @@ from typing import Any
 from webapp.models import ACTIVE_STATUSES
 from webapp.services.queue import NEEDS
 
-# What each step costs relative to the others, for an installation without history yet
-# (webapp/services/calibration.py) only: the seconds each took alone on a 2-minute 720p
-# speech video (docs/PERFORMANCE.md, section 1: 0.4, 13.2 with tiny.en, 1.0 and 33.8 s;
-# base, the default model, transcribes in 2.1× tiny.en's time, section 7: 27 s) as shares
-# of their sum. The weights of the progress bar (configuration, 10/50/10/30 by default)
-# say how a total is shown, not how long a step takes: with them, thumbnails done in 0.7 s
-# made the preview look like a 2-second job. A step not listed costs its weight.
-COSTS = {"extract_audio": 1.0, "transcribe": 44.0, "thumbnails": 2.0, "transcode": 53.0}
+# What a kind of step costs, in seconds alone, as fixed + per unit of media (the units of
+# webapp/services/calibration.py), for an installation without its own history of that
+# kind: fitted to the runs of the ETA benchmark on the reference machine (2 cores;
+# docs/PERFORMANCE.md, section 8: 20 to 120 s of 720p speech). Only the shape is used: the
+# seconds are scaled by how fast this task's measured steps went against it, so a machine
+# twice as slow gets estimates twice as long once anything is measured. The fixed parts
+# (starting ffmpeg, loading the whisper model) are what cost shares could not say: whisper
+# costs 1.2× the preview on a 20 s video, 0.6× on a 120 s one.
+PRIOR = {
+    "extract_audio": (0.2, 0.001),
+    "transcribe/base": (2.9, 0.068),
+    "transcribe/tiny.en": (1.5, 0.033),  # about half of base (section 7: RTF 0.08 vs 0.16)
+    "thumbnails": (0.55, 0.0015),
+    "transcode": (0.9, 0.138),
+}
+# A translate pass adds this share of the transcription (transcription.TRANSLATE_COST).
+TRANSLATE_SHARE = 0.5
+# For rows without units of media (tasks made before migration 0006, media of unknown
+# length): each step's share of a 2-minute 720p speech video's work, from the same fit.
+COSTS = {"extract_audio": 1.0, "transcribe": 37.0, "thumbnails": 2.5, "transcode": 59.0}
 # A step's own pace is not believed before it has measured this many percent of its work
 # (after its first report); until then it is blended with what its cost predicts.
 TRUST = 10.0
@@ -47,13 +59,14 @@ def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | N
        seconds alone more.
     4. Every step also has an expected length: the seconds alone its kind took on this
        installation for media like this one (`expected_seconds`, written when the task was
-       made: webapp/services/calibration.py); without that history, its COSTS share × the
-       seconds alone per cost unit of the steps measured in this task (completed ones: what
-       they took; running ones past TRUST %: what their pace says they will take), or of
-       the steps with history. A step not started, or not measured yet, needs that; a
-       running step's own pace takes over from it gradually, fully once it has measured
-       TRUST % of its work. With history, even a queued task has an ETA (the time its
-       steps take, not the wait for a free worker).
+       made: webapp/services/calibration.py); without that history, its cost on the
+       reference machine (`_cost`: PRIOR for its kind and media) scaled by the seconds
+       alone per such cost of the steps measured in this task (completed ones: what they
+       took; running ones past TRUST %: what their pace says they will take), or of the
+       steps with history. A step not started, or not measured yet, needs that; a running
+       step's own pace takes over from it gradually, fully once it has measured TRUST % of
+       its work. With history, even a queued task has an ETA (the time its steps take, not
+       the wait for a free worker).
     5. Sharing the machine, the steps together get through one second of work alone per
        second, however many workers run them side by side, and a step that waits for its
        parent (transcribe for extract_audio) cannot leave the machine idle (its parent
@@ -97,8 +110,8 @@ def _expected(step: Any, per_cost: float | None) -> float | None:
 
 
 def _per_cost(steps: Sequence[Any], trusted: dict[str, tuple[float, float]]) -> float | None:
-    """Seconds alone per COSTS unit: as measured in the task, or else as its steps' history
-    expects; None while neither tells."""
+    """Seconds alone per second of reference cost (`_cost`): as measured in the task, or
+    else as its steps' history expects; None while neither tells."""
     if trusted:
         return sum(total for total, _ in trusted.values()) / sum(
             _cost(step) for step in steps if step.name in trusted)
@@ -109,7 +122,16 @@ def _per_cost(steps: Sequence[Any], trusted: dict[str, tuple[float, float]]) -> 
 
 
 def _cost(step: Any) -> float:
-    return COSTS.get(step.name, step.weight)
+    """What the step is expected to cost before anything is known of this installation
+    (PRIOR for its kind and media; COSTS where its rows have no units), in seconds alone on
+    the reference machine, only compared with other steps' costs."""
+    key, units = getattr(step, "cost_key", None), getattr(step, "cost_units", None)
+    if not key or not units:
+        return COSTS.get(step.name, step.weight)
+    kind, translated = key.removesuffix("+translate"), key.endswith("+translate")
+    fixed, per_unit = PRIOR.get(kind) or PRIOR.get(step.name) or (
+        PRIOR["transcribe/base"] if step.name == "transcribe" else (0.0, 0.1))
+    return (fixed + per_unit * units) * (1.0 + TRANSLATE_SHARE if translated else 1.0)
 
 
 def _paced_from(step: Any) -> tuple[datetime | None, float]:
