@@ -106,14 +106,15 @@ class Sampler:
     def rows(self, task_id: str, origin: float) -> list[list[Any]]:
         """The task's subtask rows as the ETA reads them (times since the trigger), so that
         an estimate can be replayed on the samples: [name, status, progress, reused,
-        started, finished, first_progress_at, first_progress, expected_seconds]."""
+        started, finished, first_progress_at, first_progress, expected_seconds, cost_key,
+        cost_units]."""
         def rel(value: datetime | None) -> float | None:
             return None if value is None else round(value.timestamp() - origin, 3)
         with self.engine.connect() as conn:
             subs = conn.execute(self.rows_query.where(self.subtask.task_id == task_id)).all()
         return [[s.name, s.status, round(s.progress, 2), s.reused, rel(s.started_at),
                  rel(s.finished_at), rel(s.first_progress_at), s.first_progress,
-                 getattr(s, "expected_seconds", None)] for s in subs]
+                 s.expected_seconds, s.cost_key, s.cost_units] for s in subs]
 
     def run(self, video_id: str) -> dict[str, Any]:
         """Trigger run_sync, sample until the task ends; times in seconds since the trigger."""
@@ -247,7 +248,9 @@ def replay(path: Path) -> None:
             subs = [SimpleNamespace(name=r[0], status=r[1], progress=r[2], reused=r[3],
                                     started_at=at(r[4]), finished_at=at(r[5]),
                                     first_progress_at=at(r[6]), first_progress=r[7],
-                                    expected_seconds=r[8], weight=0.0) for r in rows]
+                                    expected_seconds=r[8], weight=0.0,
+                                    cost_key=(r[9:10] or [None])[0],
+                                    cost_units=(r[10:11] or [None])[0]) for r in rows]
             status = "running" if any(s.started_at for s in subs) else "queued"
             done = all(s.status in ("completed", "skipped", "failed", "cancelled")
                        for s in subs)

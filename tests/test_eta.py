@@ -87,15 +87,16 @@ def test_a_pace_is_measured_from_the_first_report_leaving_the_start_up_out():
 
 
 def test_a_young_pace_is_blended_with_what_the_steps_cost_predicts():
-    """Thumbnails (2 cost units) took 1 s alone; the preview (53 units) would then take
-    26.5 s. Its own pace, 4 % in its first 1 s since the first report (24 s in all), counts
-    for 4 / TRUST of the estimate, the cost's prediction for the rest."""
+    """Thumbnails took 1 s alone; by the cost shares the preview would take PREVIEW /
+    THUMBS s, and being at 5 % it needs 95 % of that more. Its own pace, 4 % in its first
+    1 s since the first report (24 s in all), counts for 4 / TRUST of the estimate, the
+    cost's prediction for the rest."""
     subs = rows(extract_audio=sub("extract_audio", "skipped"),
                 transcribe=sub("transcribe", "skipped"),
                 thumbnails=sub("thumbnails", "completed", started=0, finished=1),
                 transcode=sub("transcode", "running", 5, started=1, first=(1, 1)))
     own = 4 / eta.TRUST
-    total = own * (1 + 1 * 95 / 4) + (1 - own) * PREVIEW / THUMBS
+    total = own * (1 + 1 * 95 / 4) + (1 - own) * (1 + 0.95 * PREVIEW / THUMBS)
     assert left(subs, 2) == pytest.approx(round(total - 1, 1))
     # Past TRUST percent the step's own pace alone counts: 20 % in 2 s, 79 % in 7.9 more.
     subs[STEPS.index("transcode")].progress = 21
@@ -212,10 +213,12 @@ def test_history_carries_a_step_through_its_first_seconds_then_its_own_pace_take
             "transcribe": sub("transcribe", "skipped")}
     early = rows(thumbnails=thumbs, **gone, transcode=sub(
         "transcode", "running", 3.0, started=0, first=(1.0, 1.0), expected=30.0))
-    # 2 % in 1.5 s alone (0.5 s shared, 1 s alone since its first report): 73.5 s by its
-    # own pace, 28.5 by history; 2 % of the 10 % trusted: one fifth its own.
+    # 2 % in 1.5 s alone (0.5 s shared, 1 s alone since its first report): 50 s in all by
+    # its own pace; by history, 97 % of 30 s more; 2 % of the 10 % trusted: one fifth its
+    # own.
     own = 1.0 + 97 / 2 * 1.0 + 0.5
-    assert left(early, 2.0) == pytest.approx(0.2 * own + 0.8 * 30.0 - 1.5, rel=0.01)
+    history = 1.5 + 0.97 * 30.0
+    assert left(early, 2.0) == pytest.approx(0.2 * own + 0.8 * history - 1.5, rel=0.01)
     late = rows(thumbnails=thumbs, **gone, transcode=sub(
         "transcode", "running", 41.0, started=0, first=(1.0, 1.0), expected=30.0))
     assert left(late, 11.0) == pytest.approx(10.0 * 59 / 40, rel=0.01)  # 4 %/s alone
@@ -258,3 +261,16 @@ def test_without_history_the_reference_costs_of_the_media_size_the_steps():
     subs[1].cost_key = "transcribe/base+translate"
     assert left(subs, 4) == pytest.approx(
         round(prior("transcribe/base", 120.0) * 1.5 * speed, 1), abs=0.05)
+
+
+def test_a_steps_measured_position_counts_before_its_pace_does():
+    """Whisper's first report on a 36 s video comes when 89 % of it is done (one window):
+    no pace yet, but the rest is 11 % of the expected work, not what the expected length
+    leaves after the time it ran."""
+    subs = rows(extract_audio=sub("extract_audio", "completed", started=0, finished=0.5,
+                                  expected=0.5),
+                transcribe=sub("transcribe", "running", 89.0, started=0.5, first=(12.0, 89.0),
+                               expected=9.0),
+                thumbnails=sub("thumbnails", "skipped"),
+                transcode=sub("transcode", "skipped"))
+    assert left(subs, 12.0) == pytest.approx(round(0.11 * 9.0, 1))

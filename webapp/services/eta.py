@@ -90,6 +90,11 @@ def seconds_left(task: Any, subtasks: Sequence[Any], now: datetime) -> float | N
                 step.status == "pending" and NEEDS.get(step.name) in doomed):
             continue
         expected = _expected(step, per_cost)
+        if (step.status == "running" and expected is not None
+                and getattr(step, "first_progress_at", None) is not None):
+            # Where the step really is counts, not only how long it has run: the rest of
+            # its work at the expected rate (whisper's first report may already say 89 %).
+            expected = alone[step.name] + expected * (100.0 - min(100.0, step.progress)) / 100
         if step.status == "running" and step.name in measured:
             total, seen = measured[step.name]
             own = 1.0 if expected is None else min(1.0, seen / TRUST)
