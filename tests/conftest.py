@@ -196,7 +196,10 @@ def database_url(request, tmp_path) -> str:
         return f"sqlite:///{path}"
     url = request.getfixturevalue("postgres_url")
     with get_engine(url).begin() as conn:
-        conn.execute(text("TRUNCATE videos, processing_tasks, subtasks CASCADE"))
+        # Everything a test writes (search_entries and publications go with videos); the
+        # step costs too, or a pipeline run on PostgreSQL teaches the next test's "new
+        # installation" what steps cost.
+        conn.execute(text("TRUNCATE videos, processing_tasks, subtasks, step_costs CASCADE"))
     return url
 
 
