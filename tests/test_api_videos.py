@@ -6,12 +6,15 @@ import json
 import os
 
 import pytest
+from sqlalchemy import event
 
 from tests import mediagen
-from tests.helpers import assert_json_error, upload, upload_ok
+from tests.helpers import assert_json_error, progress_of, upload, upload_ok
 from webapp import create_app
 from webapp.config import Settings
+from webapp.db import get_engine
 from webapp.models import ProcessingTask, Video
+from webapp.services import progress
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +135,53 @@ def test_list_is_paginated_newest_first(client, clip):
     page2 = client.get("/api/v1/videos?page=2&page_size=2").get_json()
     assert [v["id"] for v in page2] == [ids[0]]
     assert_json_error(client.get("/api/v1/videos?page=0"), 422)
+
+
+def test_video_json_is_one_moment_of_its_progress(client, settings, clip, db_session):
+    """Right after a trigger a worker starts a step while GET /videos/{id} reads: the
+    video's processing summary is still one moment's, the same as the progress endpoint
+    says (it once said "queued" with the total of a running step, or the other way round)."""
+    vid = upload_ok(client, clip)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/run_sync").get_json()["task_id"]
+    engine = get_engine(settings.database_url)
+    seen = {"task_read": False, "fired": False, "busy": False}
+
+    def start_a_step() -> None:
+        seen["busy"] = True
+        try:
+            attempt = progress.start_subtask(db_session, task_id, "transcode")
+            progress.report_progress(db_session, task_id, "transcode", attempt, 50.0)
+        finally:
+            seen["busy"] = False
+
+    def after(_conn, _cursor, statement, *_args) -> None:
+        if not seen["busy"] and "processing_tasks" in statement:
+            seen["task_read"] = True
+
+    def before(_conn, _cursor, _statement, *_args) -> None:
+        # The worker's write lands between the request's read of the task and whatever the
+        # request reads next.
+        if seen["task_read"] and not seen["fired"] and not seen["busy"]:
+            seen["fired"] = True
+            start_a_step()
+
+    event.listen(engine, "after_cursor_execute", after)
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        summary = client.get(f"/api/v1/videos/{vid}").get_json()["processing"]
+    finally:
+        event.remove(engine, "after_cursor_execute", after)
+        event.remove(engine, "before_cursor_execute", before)
+    before_step = {"task_id": task_id, "status": "queued", "progress": 0.0}
+    after_step = {"task_id": task_id, "status": "running", "progress": 15.0}  # 30 × 50 %
+    assert summary in (before_step, after_step), summary
+    if not seen["fired"]:  # read in one statement: the step starts after the request
+        start_a_step()
+    now = progress_of(client, vid)
+    assert {k: now[k] for k in after_step} == after_step
+    assert client.get(f"/api/v1/videos/{vid}").get_json()["processing"] == after_step
+    listed = client.get("/api/v1/videos").get_json()
+    assert [v["processing"] for v in listed] == [after_step]
 
 
 @pytest.mark.parametrize(

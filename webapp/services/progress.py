@@ -145,12 +145,18 @@ def active_task(session: Session, video_id: str) -> ProcessingTask | None:
 
 
 def video_progress(session: Session, video: Video, weights: Mapping[str, float]) -> ProgressView:
-    """Progress of the video's latest task, or its initial state."""
+    """Progress of the video's latest task, or its initial state.
+
+    Read in one statement, like the progress endpoint's (`tagged_progress`): the task row
+    and its subtasks from one snapshot. Read as an ORM task and then its subtasks (two
+    statements), a step starting in between gave a status of one moment and a total of
+    another, and the video's JSON disagreed with the progress endpoint read just after.
+    """
     prefetched = session.info.get(_PREFETCHED)
     if prefetched is not None and video.id in prefetched:
         found = prefetched.pop(video.id)
         return _view(*found) if found else initial_view(video.id, weights)
-    return progress_of(video.id, latest_task(session, video.id), weights)
+    return tagged_progress(session, video.id, weights)[0]
 
 
 def progress_of(
