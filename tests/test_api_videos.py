@@ -97,11 +97,27 @@ def whole_files(tmp_path_factory):
     return {name: make(folder) for name, make in WHOLE_KINDS.items()}
 
 
+# What people call each kind (ffprobe says "mov,mp4,m4a,3gp,3g2,mj2" for the first five).
+FORMAT_LABELS = {"faststart.mp4": "MP4", "plain.mp4": "MP4", "short-audio.mp4": "MP4",
+                 "short-picture.mp4": "MP4", "clip.mov": "QuickTime", "clip.mkv": "Matroska",
+                 "short-audio.mkv": "Matroska", "clip.webm": "WebM", "tone.wav": "WAV",
+                 "tone.mp3": "MP3", "tone.flac": "FLAC"}
+
+
 def test_whole_uploads_of_every_kind_are_accepted(client, settings, whole_files):
     for name, path in whole_files.items():
         body = upload_ok(client, path, name)
         assert body["duration"] == pytest.approx(12.0 if "short" in name else 6.0, abs=0.2)
+        assert body["format_label"] == FORMAT_LABELS[name], (name, body["format_name"])
     assert len(media_files(settings)) == len(whole_files)  # just the sources, nothing staged
+    # Named without its extension, a WebM file is still WebM (its codecs are WebM's), and
+    # an MP4 file MP4; the page shows the same name, with ffprobe's raw one as its title.
+    webm = upload_ok(client, whole_files["clip.webm"], "recording")
+    assert (webm["format_name"], webm["format_label"]) == ("matroska,webm", "WebM")
+    mp4 = upload_ok(client, whole_files["plain.mp4"], "clip.bin")
+    assert (mp4["format_name"], mp4["format_label"]) == ("mov,mp4,m4a,3gp,3g2,mj2", "MP4")
+    page = client.get(f"/videos/{mp4['id']}").get_data(as_text=True)
+    assert '<dd id="format" title="mov,mp4,m4a,3gp,3g2,mj2">MP4</dd>' in page
 
 
 def test_image_upload_is_rejected(client, tmp_path, settings):

@@ -27,6 +27,7 @@ from webapp import extensions as ext
 from webapp.models import Video
 from webapp.services import ingest, languages, processing, progress, publications, results
 from webapp.services.errors import InvalidMedia, ServiceError
+from webapp.services.mediainput import video_format
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ui", __name__)
@@ -70,7 +71,8 @@ def no_worker() -> bool:
 def language_helpers() -> dict:
     """The languages the configured model knows (for the forms' menus) and their names."""
     return {"language_choices": lambda: languages.choices(ext.settings()),
-            "language_name": languages.name, "artifact_language": languages.of_artifact}
+            "language_name": languages.name, "artifact_language": languages.of_artifact,
+            "video_format": video_format}
 
 
 def form_options() -> tuple[str | None, bool | None]:

@@ -130,7 +130,12 @@ class VideoSchema(ma.Schema):
     id = fields.String(required=True)
     original_filename = fields.String(required=True)
     size_bytes = fields.Integer(required=True)
-    format_name = fields.String(required=True)
+    format_name = fields.String(required=True, metadata={"description": (
+        "ffprobe's name of the container's demuxer, e.g. `mov,mp4,m4a,3gp,3g2,mj2`")})
+    format_label = fields.String(required=True, metadata={"description": (
+        "The container as people name it (`MP4`, `QuickTime`, `WebM`, `Matroska`, ...): "
+        "from the probed format and, where one demuxer reads several kinds, the file name's "
+        "extension")})
     duration = fields.Float(allow_none=True, metadata={"description": "Seconds"})
     width = fields.Integer(allow_none=True)
     height = fields.Integer(allow_none=True)

@@ -16,6 +16,7 @@ from webapp.api.schemas import ArtifactSchema, TranscriptSchema, UploadSchema, V
 from webapp.models import Video
 from webapp.services import ingest, languages, progress, publications
 from webapp.services.errors import NotFound
+from webapp.services.mediainput import video_format
 from webapp.services.processing import get_video
 from webapp.services.storage import ALL_ARTIFACT_NAMES, mime_type
 
@@ -57,6 +58,7 @@ def video_payload(video: Video) -> dict:
     return {
         **{c: getattr(video, c) for c in _VIDEO_FIELDS if hasattr(video, c)},
         "requested_language": video.requested_language or languages.AUTO,
+        "format_label": video_format(video),
         "processing": {"task_id": view.task_id, "status": view.status, "progress": view.progress},
         "progress_url": url_for("processing.Progress", video_id=video.id),
         "artifacts_url": url_for("videos.Artifacts", video_id=video.id),
