@@ -35,7 +35,10 @@ def black_opening(path: Path, format_name: str | None = None, *, keyframes_only:
     """
     if limit <= 0:
         return 0.0
-    *options, url = mediainput.input_args(path, format_name)
+    try:
+        *options, url = mediainput.input_args(path, format_name)
+    except MediaError:  # a format never accepted: the storyboard's own run says so
+        return 0.0
     if keyframes_only:
         options += ["-skip_frame", "nokey"]
     args = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *options,
