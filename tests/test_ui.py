@@ -56,9 +56,11 @@ def test_library_page_has_upload_form_and_navigation(client):
     assert page.title.string.strip()
     form = page.select_one("form#upload-form")
     assert form["method"] == "post" and form["enctype"] == "multipart/form-data"
-    assert page.select_one('input[type=file][name=file]')
+    assert page.select_one('#drop-zone input[type=file][name=file][multiple]')
+    assert page.select_one('#drop-zone label[for="upload-file"]')
     assert page.select_one("button#upload-submit[type=submit]")
-    assert page.select_one("progress#upload-progress")
+    assert page.select_one('#upload-form select[name=language]')  # the upload's language
+    assert page.select_one("ol#upload-list")  # the page's script lists each file there
     assert {a["href"] for a in page.select("nav a")} >= {"/", "/rq/"}
     assert page.select_one('link[rel=icon]')
     assert "No videos yet" in page.get_text()

@@ -275,6 +275,18 @@ def _with_subtasks(*where, tasks=_TASKS):
     )
 
 
+def latest_status(video_id):
+    """SELECT the status of the latest task of `video_id` (a column: correlated), NULL for
+    a video that never ran: what the library filters on."""
+    return (
+        select(_NEWER.c.status)
+        .where(_NEWER.c.video_id == video_id)
+        .order_by(_NEWER.c.created_at.desc(), _NEWER.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
 # The video (so: does it exist) and its latest task's id, version and status; parameter
 # `video_id`. What a poll reads (here and in webapp/fastpoll.py).
 TAG_QUERY = (
