@@ -528,6 +528,9 @@ def test_library_and_screenshots(page, worker, media, tmp_path):
     assert page.locator(
         f".video-row[data-video-id='{short}'] progress.overall").count() == 0
     page.screenshot(path=str(shots / "library.png"))
+    page.emulate_media(color_scheme="dark")  # the system's dark scheme is followed
+    page.screenshot(path=str(shots / "library-dark.png"))
+    page.emulate_media(color_scheme="light")
 
     page.goto(f"/videos/{long}")
     page.wait_for_function("""() => {
@@ -545,7 +548,7 @@ def test_library_and_screenshots(page, worker, media, tmp_path):
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(shots / "video-done.png"), full_page=True)
 
-    for name in ("library.png", "video-active.png", "video-done.png"):
+    for name in ("library.png", "library-dark.png", "video-active.png", "video-done.png"):
         data = (shots / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000, name
 
