@@ -200,6 +200,30 @@ def test_video_json_is_one_moment_of_its_progress(client, settings, clip, db_ses
     assert [v["processing"] for v in listed] == [after_step]
 
 
+def test_list_filters_by_status_and_sorts(client, clip):
+    ids = {name: upload_ok(client, clip, name)["id"] for name in ("b.mp4", "A.mp4", "c.mp4")}
+    assert client.post(f"/api/v1/videos/{ids['b.mp4']}/run_sync").status_code == 202
+    assert client.post(f"/api/v1/videos/{ids['c.mp4']}/run_sync").status_code == 202
+    assert client.post(f"/api/v1/videos/{ids['c.mp4']}/cancel").status_code == 200
+
+    def listed(query: str) -> list[str]:
+        resp = client.get(f"/api/v1/videos?{query}")
+        assert resp.status_code == 200, resp.get_json()
+        return [v["original_filename"] for v in resp.get_json()]
+
+    assert listed("") == ["c.mp4", "A.mp4", "b.mp4"]
+    assert listed("sort=oldest") == ["b.mp4", "A.mp4", "c.mp4"]
+    assert listed("sort=name") == ["A.mp4", "b.mp4", "c.mp4"]  # case does not matter
+    assert listed("status=active") == ["b.mp4"]
+    assert listed("status=cancelled") == ["c.mp4"]
+    assert listed("status=pending") == ["A.mp4"]
+    assert listed("status=failed") == []
+    resp = client.get("/api/v1/videos?status=cancelled&page_size=1")
+    assert json.loads(resp.headers["X-Pagination"])["total"] == 1
+    for bad in ("status=done", "sort=size"):
+        assert_json_error(client.get(f"/api/v1/videos?{bad}"), 422)
+
+
 @pytest.mark.parametrize(
     "video_id",
     ["00000000-0000-4000-8000-000000000000", "abc", "1", "..%2F..%2Fetc", "ABC-" * 20],

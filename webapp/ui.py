@@ -136,7 +136,8 @@ def library_view() -> dict:
     status = args.get("status") if args.get("status") in ingest.STATUS_FILTERS else None
     sort = args.get("sort") if args.get("sort") in ingest.SORTS else "newest"
     per_page = args.get("per_page", PAGE_SIZE, type=int) or PAGE_SIZE
-    return {"status": status, "sort": sort, "per_page": min(max(1, per_page), 100),
+    return {"status": status, "sort": sort,
+            "per_page": per_page if 1 <= per_page <= 100 else PAGE_SIZE,
             "page": max(1, args.get("page", 1, type=int) or 1)}
 
 
