@@ -6,12 +6,15 @@ import json
 import os
 
 import pytest
+from sqlalchemy import event
 
 from tests import mediagen
-from tests.helpers import assert_json_error, upload, upload_ok
+from tests.helpers import assert_json_error, progress_of, upload, upload_ok
 from webapp import create_app
 from webapp.config import Settings
+from webapp.db import get_engine
 from webapp.models import ProcessingTask, Video
+from webapp.services import progress
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +97,27 @@ def whole_files(tmp_path_factory):
     return {name: make(folder) for name, make in WHOLE_KINDS.items()}
 
 
+# What people call each kind (ffprobe says "mov,mp4,m4a,3gp,3g2,mj2" for the first five).
+FORMAT_LABELS = {"faststart.mp4": "MP4", "plain.mp4": "MP4", "short-audio.mp4": "MP4",
+                 "short-picture.mp4": "MP4", "clip.mov": "QuickTime", "clip.mkv": "Matroska",
+                 "short-audio.mkv": "Matroska", "clip.webm": "WebM", "tone.wav": "WAV",
+                 "tone.mp3": "MP3", "tone.flac": "FLAC"}
+
+
 def test_whole_uploads_of_every_kind_are_accepted(client, settings, whole_files):
     for name, path in whole_files.items():
         body = upload_ok(client, path, name)
         assert body["duration"] == pytest.approx(12.0 if "short" in name else 6.0, abs=0.2)
+        assert body["format_label"] == FORMAT_LABELS[name], (name, body["format_name"])
     assert len(media_files(settings)) == len(whole_files)  # just the sources, nothing staged
+    # Named without its extension, a WebM file is still WebM (its codecs are WebM's), and
+    # an MP4 file MP4; the page shows the same name, with ffprobe's raw one as its title.
+    webm = upload_ok(client, whole_files["clip.webm"], "recording")
+    assert (webm["format_name"], webm["format_label"]) == ("matroska,webm", "WebM")
+    mp4 = upload_ok(client, whole_files["plain.mp4"], "clip.bin")
+    assert (mp4["format_name"], mp4["format_label"]) == ("mov,mp4,m4a,3gp,3g2,mj2", "MP4")
+    page = client.get(f"/videos/{mp4['id']}").get_data(as_text=True)
+    assert '<dd id="format" title="mov,mp4,m4a,3gp,3g2,mj2">MP4</dd>' in page
 
 
 def test_image_upload_is_rejected(client, tmp_path, settings):
@@ -132,6 +151,77 @@ def test_list_is_paginated_newest_first(client, clip):
     page2 = client.get("/api/v1/videos?page=2&page_size=2").get_json()
     assert [v["id"] for v in page2] == [ids[0]]
     assert_json_error(client.get("/api/v1/videos?page=0"), 422)
+
+
+def test_video_json_is_one_moment_of_its_progress(client, settings, clip, db_session):
+    """Right after a trigger a worker starts a step while GET /videos/{id} reads: the
+    video's processing summary is still one moment's, the same as the progress endpoint
+    says (it once said "queued" with the total of a running step, or the other way round)."""
+    vid = upload_ok(client, clip)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/run_sync").get_json()["task_id"]
+    engine = get_engine(settings.database_url)
+    seen = {"task_read": False, "fired": False, "busy": False}
+
+    def start_a_step() -> None:
+        seen["busy"] = True
+        try:
+            attempt = progress.start_subtask(db_session, task_id, "transcode")
+            progress.report_progress(db_session, task_id, "transcode", attempt, 50.0)
+        finally:
+            seen["busy"] = False
+
+    def after(_conn, _cursor, statement, *_args) -> None:
+        if not seen["busy"] and "processing_tasks" in statement:
+            seen["task_read"] = True
+
+    def before(_conn, _cursor, _statement, *_args) -> None:
+        # The worker's write lands between the request's read of the task and whatever the
+        # request reads next.
+        if seen["task_read"] and not seen["fired"] and not seen["busy"]:
+            seen["fired"] = True
+            start_a_step()
+
+    event.listen(engine, "after_cursor_execute", after)
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        summary = client.get(f"/api/v1/videos/{vid}").get_json()["processing"]
+    finally:
+        event.remove(engine, "after_cursor_execute", after)
+        event.remove(engine, "before_cursor_execute", before)
+    before_step = {"task_id": task_id, "status": "queued", "progress": 0.0}
+    after_step = {"task_id": task_id, "status": "running", "progress": 15.0}  # 30 × 50 %
+    assert summary in (before_step, after_step), summary
+    if not seen["fired"]:  # read in one statement: the step starts after the request
+        start_a_step()
+    now = progress_of(client, vid)
+    assert {k: now[k] for k in after_step} == after_step
+    assert client.get(f"/api/v1/videos/{vid}").get_json()["processing"] == after_step
+    listed = client.get("/api/v1/videos").get_json()
+    assert [v["processing"] for v in listed] == [after_step]
+
+
+def test_list_filters_by_status_and_sorts(client, clip):
+    ids = {name: upload_ok(client, clip, name)["id"] for name in ("b.mp4", "A.mp4", "c.mp4")}
+    assert client.post(f"/api/v1/videos/{ids['b.mp4']}/run_sync").status_code == 202
+    assert client.post(f"/api/v1/videos/{ids['c.mp4']}/run_sync").status_code == 202
+    assert client.post(f"/api/v1/videos/{ids['c.mp4']}/cancel").status_code == 200
+
+    def listed(query: str) -> list[str]:
+        resp = client.get(f"/api/v1/videos?{query}")
+        assert resp.status_code == 200, resp.get_json()
+        return [v["original_filename"] for v in resp.get_json()]
+
+    assert listed("") == ["c.mp4", "A.mp4", "b.mp4"]
+    assert listed("sort=oldest") == ["b.mp4", "A.mp4", "c.mp4"]
+    assert listed("sort=name") == ["A.mp4", "b.mp4", "c.mp4"]  # case does not matter
+    assert listed("status=active") == ["b.mp4"]
+    assert listed("status=cancelled") == ["c.mp4"]
+    assert listed("status=pending") == ["A.mp4"]
+    assert listed("status=failed") == []
+    resp = client.get("/api/v1/videos?status=cancelled&page_size=1")
+    assert json.loads(resp.headers["X-Pagination"])["total"] == 1
+    for bad in ("status=done", "sort=size"):
+        assert_json_error(client.get(f"/api/v1/videos?{bad}"), 422)
 
 
 @pytest.mark.parametrize(

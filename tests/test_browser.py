@@ -167,7 +167,7 @@ def test_upload_form_then_live_progress_until_completed(page, worker, browser_lo
     path = media["long"]
     page.goto("/")
     check_page_frame(page)
-    expect(page.locator("#upload-progress")).to_be_hidden()
+    expect(page.locator("#upload-list progress")).to_have_count(0)
 
     # Slow the upload down (Chromium's own throttling) so its progress bar can be seen moving.
     cdp = page.context.new_cdp_session(page)
@@ -181,8 +181,8 @@ def test_upload_form_then_live_progress_until_completed(page, worker, browser_lo
     while not VIDEO_URL.search(page.url):
         try:
             shown = page.evaluate("""() => {
-                const b = document.querySelector('#upload-progress');
-                return b && !b.hidden && b.offsetParent !== null ? b.value : null;
+                const b = document.querySelector('#upload-list progress');
+                return b && b.offsetParent !== null ? b.value : null;
             }""")
         except PlaywrightError:  # the page navigated away between two samples
             break
@@ -194,7 +194,7 @@ def test_upload_form_then_live_progress_until_completed(page, worker, browser_lo
         "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
     vid = VIDEO_URL.search(page.url).group(1)
     assert [v for v in upload_values if 0 < v < 100], (
-        f"#upload-progress never showed a value between 0 and 100: {upload_values}")
+        f"the file's upload bar never showed a value between 0 and 100: {upload_values}")
     assert upload_values == sorted(upload_values), upload_values
 
     check_page_frame(page)
@@ -403,19 +403,14 @@ def test_upload_of_a_non_media_file_is_refused_readably(page, browser_log, tmp_p
         page.set_input_files("#upload-file", str(notes))
         page.click("#upload-submit")
     assert info.value.status == 422
-    alert = page.locator("#upload-form [role=alert]")
-    expect(alert).to_contain_text("not a playable audio or video file")
+    outcome = page.locator("#upload-list li .outcome")
+    expect(outcome).to_contain_text("not a playable audio or video file")
+    expect(page.locator("#upload-form [role=alert]")).to_contain_text("1 of 1 files were refused")
     assert urlsplit(page.url).path == "/"
     expect(page.locator("#video-list .video-row")).to_have_count(0)
-    # The form is ready for another try: button enabled, upload bar hidden again.
-    def form_state() -> dict:
-        return page.evaluate("""() => ({
-            submit_disabled: document.querySelector('#upload-submit').disabled,
-            progress_hidden: document.querySelector('#upload-progress').offsetParent === null,
-        })""")
-    ready = {"submit_disabled": False, "progress_hidden": True}
-    wait_until(lambda: form_state() == ready, timeout=5,
-               what="the upload form ready for another try")
+    # The form is ready for another try: button enabled, the file's line says "refused".
+    expect(page.locator("#upload-submit")).to_be_enabled()
+    expect(page.locator("#upload-list li .pct")).to_have_text("refused")
     assert page.request.get("/api/v1/videos").json() == []
 
 
@@ -533,6 +528,9 @@ def test_library_and_screenshots(page, worker, media, tmp_path):
     assert page.locator(
         f".video-row[data-video-id='{short}'] progress.overall").count() == 0
     page.screenshot(path=str(shots / "library.png"))
+    page.emulate_media(color_scheme="dark")  # the system's dark scheme is followed
+    page.screenshot(path=str(shots / "library-dark.png"))
+    page.emulate_media(color_scheme="light")
 
     page.goto(f"/videos/{long}")
     page.wait_for_function("""() => {
@@ -550,7 +548,7 @@ def test_library_and_screenshots(page, worker, media, tmp_path):
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(shots / "video-done.png"), full_page=True)
 
-    for name in ("library.png", "video-active.png", "video-done.png"):
+    for name in ("library.png", "library-dark.png", "video-active.png", "video-done.png"):
         data = (shots / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000, name
 

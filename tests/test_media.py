@@ -431,6 +431,48 @@ def test_storyboard_decodes_every_frame_when_keyframes_are_rare(tmp_path: Path) 
     check_storyboard(board, sprite, vtt, 6.0)
 
 
+def tile_brightness(sprite: Path, board: media.Storyboard, index: int) -> int:
+    """The mean luma (0-255) of one tile of a sprite, as ffmpeg reads the JPEG."""
+    x = (index % board.columns) * board.tile_width
+    y = (index // board.columns) * board.tile_height
+    done = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(sprite), "-vf",
+         f"crop={board.tile_width}:{board.tile_height}:{x}:{y},scale=1:1:flags=area",
+         "-f", "rawvideo", "-pix_fmt", "gray", "-"], capture_output=True, check=True)
+    return done.stdout[0]
+
+
+@pytest.mark.parametrize("gop", [25, None])  # keyframes alone, or every frame decoded
+def test_storyboard_starts_after_a_black_opening(tmp_path: Path, gop: int | None) -> None:
+    src = mediagen.make_black_opening(tmp_path / "fade.mp4", black=3.0, picture=5.0, gop=gop)
+    info = media.probe(src)
+    assert info.duration == pytest.approx(8.0, abs=0.05)
+    assert media.black_opening(src, keyframes_only=gop is not None) == pytest.approx(3.0,
+                                                                                    abs=0.05)
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = media.make_storyboard(src, sprite, vtt, info.duration, 320, 240)
+    assert board.keyframes_only == (gop is not None)
+    assert board.start == pytest.approx(3.0, abs=0.05)
+    assert board.count == 3  # the 5 s after the opening, a tile per 2 s
+    check_storyboard(board, sprite, vtt, info.duration)  # every moment still has a tile
+    cues = webvtt.read(str(vtt)).captions
+    assert [_vtt_seconds(c.start) for c in cues] == pytest.approx([0.0, 5.0, 7.0], abs=0.05)
+    brightness = [tile_brightness(sprite, board, i) for i in range(board.count)]
+    assert min(brightness) > 40, f"a storyboard tile is black: mean luma {brightness}"
+    # The same video without its opening: no tile is black either, and none is moved.
+    plain = mediagen.make_video(tmp_path / "plain.mp4", duration=4.0, audio=False, gop=gop)
+    assert media.black_opening(plain, keyframes_only=gop is not None) == 0.0
+
+
+def test_a_video_black_throughout_keeps_its_tiles_where_they_are(tmp_path: Path) -> None:
+    src = mediagen.make_black_opening(tmp_path / "dark.mp4", black=6.0, picture=0.2)
+    assert media.black_opening(src, limit=3.0) == 0.0  # black for all it looked at
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = media.make_storyboard(src, sprite, vtt, media.probe(src).duration, 320, 240)
+    assert board.start == 0.0
+    check_storyboard(board, sprite, vtt, media.probe(src).duration)
+
+
 def test_storyboard_needs_duration_and_size(clip: Path, tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="^The storyboard could not be made: the video's"
                                          " duration and size are unknown.$"):

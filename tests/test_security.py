@@ -418,6 +418,11 @@ def test_ui_posts_without_a_valid_token_are_refused_and_change_nothing(app, clie
                     assert soup(resp).select_one("p#message[role=alert]")
                 else:
                     assert soup(resp).html is not None and "400" in soup(resp).title.string
+            # The library's selection (delete, reprocess) as well, confirmed or not.
+            for action in ("delete", "reprocess"):
+                resp = client.post("/videos/selected", headers=h, data={
+                    "action": action, "ids": [vid], "confirmed": "1"})
+                assert resp.status_code == 400, (action, headers)
     assert [v["id"] for v in client.get("/api/v1/videos").get_json()] == [vid]
     assert progress_of(client, vid)["status"] == "pending"  # never started, not deleted
     # Cancel and force on an active task.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from bs4 import BeautifulSoup
 
@@ -56,9 +58,11 @@ def test_library_page_has_upload_form_and_navigation(client):
     assert page.title.string.strip()
     form = page.select_one("form#upload-form")
     assert form["method"] == "post" and form["enctype"] == "multipart/form-data"
-    assert page.select_one('input[type=file][name=file]')
+    assert page.select_one('#drop-zone input[type=file][name=file][multiple]')
+    assert page.select_one('#drop-zone label[for="upload-file"]')
     assert page.select_one("button#upload-submit[type=submit]")
-    assert page.select_one("progress#upload-progress")
+    assert page.select_one('#upload-form select[name=language]')  # the upload's language
+    assert page.select_one("ol#upload-list")  # the page's script lists each file there
     assert {a["href"] for a in page.select("nav a")} >= {"/", "/rq/"}
     assert page.select_one('link[rel=icon]')
     assert "No videos yet" in page.get_text()
@@ -298,3 +302,133 @@ def test_static_assets_and_favicon(client):
     for url in ("/favicon.ico", "/static/favicon.svg", "/static/css/app.css",
                 "/static/js/app.js", "/static/vendor/htmx/htmx.min.js"):
         assert client.get(url).status_code == 200, url
+
+
+# -- the library that feels finished (issue 13) ----------------------------------------------
+
+def names(page: BeautifulSoup) -> list[str]:
+    return [a.get_text() for a in page.select("#video-list .video-row .name")]
+
+
+def test_library_filters_sorts_and_pages(client, clip, tmp_path):
+    longer = mediagen.make_video(tmp_path / "longer.mp4", duration=3.0)
+    b = uploaded(client, longer, "Bravo.mp4")  # queued: uploads start processing
+    a = uploaded(client, clip, "alpha.mp4")
+    c = uploaded(client, clip, "charlie.mp4")
+    client.post(f"/videos/{a}/cancel")
+    client.post(f"/videos/{c}/cancel")
+    assert names(soup(client.get("/"))) == ["charlie.mp4", "alpha.mp4", "Bravo.mp4"]
+    assert names(soup(client.get("/?sort=oldest"))) == ["Bravo.mp4", "alpha.mp4", "charlie.mp4"]
+    assert names(soup(client.get("/?sort=name"))) == ["alpha.mp4", "Bravo.mp4", "charlie.mp4"]
+    assert names(soup(client.get("/?sort=duration")))[0] == "Bravo.mp4"
+    assert names(soup(client.get("/?status=active"))) == ["Bravo.mp4"]
+    assert names(soup(client.get("/?status=cancelled&sort=name"))) == ["alpha.mp4", "charlie.mp4"]
+    assert names(soup(client.get("/?status=failed"))) == []
+    assert "No video is failed" in soup(client.get("/?status=failed")).get_text()
+    # Nonsense falls back to the defaults instead of failing.
+    assert names(soup(client.get("/?status=x&sort=y&per_page=-3"))) == names(soup(client.get("/")))
+    page = soup(client.get("/?sort=name&per_page=2"))
+    assert names(page) == ["alpha.mp4", "Bravo.mp4"]
+    nav = page.select_one("nav.pages")
+    assert nav.select_one("[aria-current=page]").get_text() == "1"
+    assert nav.select_one("a[rel=next]")["href"] == "/?sort=name&per_page=2&page=2"
+    assert names(soup(client.get(nav.select_one("a[rel=next]")["href"]))) == ["charlie.mp4"]
+    assert b  # (queued)
+
+
+def test_selection_asks_first_then_reports_each_video(client, clip):
+    a = uploaded(client, clip, "alpha.mp4")
+    b = uploaded(client, clip, "bravo.mp4")  # stays queued: 409 for delete
+    client.post(f"/videos/{a}/cancel")
+    form = {"action": "delete", "ids": [a, b, "not-a-video"], "back": "/?sort=name"}
+    ask = client.post("/videos/selected", data=form)
+    assert ask.status_code == 200  # the confirmation page, nothing done yet
+    page = soup(ask)
+    assert page.select_one("#confirm-yes").get_text() == "Delete 2 videos"
+    assert [li.get_text() for li in page.select("#confirm-list li")] == ["alpha.mp4",
+                                                                        "bravo.mp4"]
+    assert client.get(f"/videos/{a}").status_code == 200
+    done = client.post("/videos/selected", data={**form, "confirmed": "1"})
+    assert done.status_code == 303 and done.headers["Location"] == "/?sort=name"
+    flashes = soup(client.get("/?sort=name")).select("#flashes .flash")
+    texts = [(f["class"][1], f.get_text()) for f in flashes]
+    assert texts[0] == ("ok", "alpha.mp4: deleted with all its files")
+    assert texts[1][0] == "error" and texts[1][1].startswith("bravo.mp4: not done (409): ")
+    assert texts[2][0] == "error" and "not-a-video: not done (404)" in texts[2][1]
+    assert client.get(f"/videos/{a}").status_code == 404
+    assert client.get(f"/videos/{b}").status_code == 200
+    assert not soup(client.get("/")).select("#flashes .flash")  # said once
+    # Reprocess: the queued one is refused (409), by name.
+    client.post("/videos/selected", data={"action": "reprocess", "ids": [b], "confirmed": "1"})
+    assert "bravo.mp4: not done (409)" in soup(client.get("/")).select_one("#flashes").get_text()
+    client.post(f"/videos/{b}/cancel")
+    client.post("/videos/selected", data={"action": "reprocess", "ids": [b], "confirmed": "1"})
+    assert (soup(client.get("/")).select_one("#flashes .flash.ok").get_text()
+            == "bravo.mp4: reprocessing started")
+    # Nothing selected: said, nothing done.
+    client.post("/videos/selected", data={"action": "delete", "confirmed": "1"})
+    assert "Select one or more videos" in soup(client.get("/")).select_one("#flashes").get_text()
+
+
+def test_delete_is_said_on_the_library(client, clip):
+    vid = uploaded(client, clip, "gone.mp4")
+    client.post(f"/videos/{vid}/cancel")
+    assert client.post(f"/videos/{vid}/delete").status_code == 303
+    flash = soup(client.get("/")).select_one("#flashes .flash.ok")
+    assert flash.get_text() == "Deleted gone.mp4 and all its files."
+
+
+def test_plain_form_uploads_several_files(client, clip, tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video\n" * 20)
+    with open(clip, "rb") as one, open(bad, "rb") as two, open(clip, "rb") as three:
+        resp = client.post("/videos", data={
+            "file": [(one, "one.mp4"), (two, "notes.mp4"), (three, "three.mp4")],
+            "options": "1", "language": "de"}, content_type="multipart/form-data")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/"
+    page = soup(client.get("/"))
+    said = [(f["class"][1], f.get_text()) for f in page.select("#flashes .flash")]
+    assert said[0] == ("ok", "one.mp4: uploaded, processing started")
+    assert said[1][0] == "error" and "notes.mp4: not a playable" in said[1][1]
+    assert said[2] == ("ok", "three.mp4: uploaded, processing started")
+    assert sorted(names(page)) == ["one.mp4", "three.mp4"]
+    listed = client.get("/api/v1/videos").get_json()
+    assert {v["requested_language"] for v in listed} == {"de"}
+    assert {v["processing"]["status"] for v in listed} == {"queued"}
+
+
+def test_panel_styles_and_results_card(client, clip, db_session):
+    vid = uploaded(client, clip)
+    page = soup(client.get(f"/videos/{vid}"))
+    assert page.select_one("#results").has_attr("hidden")  # no empty card while it runs
+    percent = page.select_one("#overall-percent").get_text()
+    assert percent == "0.0\u00a0%"  # a no-break space: never "0.0 /%"
+    assert page.select_one("#progress-announcer[aria-live=polite]")
+    fail_steps(db_session, vid)
+    page = soup(client.get(f"/videos/{vid}"))
+    assert page.select_one("#results").has_attr("hidden")
+    assert "error" in page.select_one("#error-extract_audio")["class"]
+    # A step not run because another failed is no error of its own: a note.
+    assert page.select_one("#error-transcribe")["class"] == ["note"]
+    audio = uploaded(client, mediagen.make_audio_only(Path(clip).parent / "memo.m4a", "hello"))
+    page = soup(client.get(f"/videos/{audio}"))
+    assert page.select_one("#error-thumbnails")["class"] == ["note"]  # "no video stream"
+    assert page.select_one("#error-thumbnails").get_text() == "no video stream"
+
+
+def test_transcript_as_plain_text(client, tmp_path):
+    talk = mediagen.make_speech_video(tmp_path / "talk.mp4", "Please call me tomorrow morning.")
+    vid = uploaded(client, talk, "my talk.mp4")
+    missing = client.get(f"/api/v1/videos/{vid}/transcript.txt")
+    assert missing.status_code == 404 and missing.get_json()["code"] == 404
+    run_worker()
+    resp = client.get(f"/api/v1/videos/{vid}/transcript.txt")
+    assert resp.status_code == 200 and resp.mimetype == "text/plain"
+    assert resp.headers["Content-Disposition"] == 'attachment; filename="my talk.txt"'
+    lines = [li.get_text(" ", strip=True).split(" ", 1)[1]
+             for li in soup(client.get(f"/videos/{vid}")).select("#transcript .line")]
+    assert resp.get_data(as_text=True).splitlines() == lines
+    assert "tomorrow" in resp.get_data(as_text=True).lower()
+    page = soup(client.get(f"/videos/{vid}"))
+    assert page.select_one("#transcript-download")["href"] == (
+        f"/api/v1/videos/{vid}/transcript.txt")

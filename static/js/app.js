@@ -1,27 +1,224 @@
-// vidpipe page behaviour: upload progress, seeking from transcript/storyboard, current line.
+// vidpipe page behaviour: uploads from the drop zone, the library's selection, seeking from
+// transcript/storyboard, the transcript's copy button, progress said to screen readers.
+// Every page works without it: the forms post as they are.
 (function () {
   "use strict";
+  document.documentElement.classList.add("js");
 
-  // Upload progress for the HTMX-enhanced upload form.
-  document.addEventListener("htmx:xhr:progress", function (evt) {
-    var bar = document.getElementById("upload-progress");
-    if (!bar || !evt.target.closest("#upload-form") || !evt.detail.lengthComputable) return;
-    bar.hidden = false;
-    bar.value = (evt.detail.loaded / evt.detail.total) * 100;
-  });
-  document.addEventListener("htmx:beforeRequest", function (evt) {
-    var form = evt.target.closest && evt.target.closest("#upload-form");
-    if (form) document.getElementById("upload-submit").disabled = true;
-  });
-  document.addEventListener("htmx:afterRequest", function (evt) {
-    var form = evt.target.closest && evt.target.closest("#upload-form");
-    // 4xx answers are swapped in (they carry the message), so look at the status itself.
-    if (!form || (evt.detail.successful && evt.detail.xhr.status < 400)) return;
-    document.getElementById("upload-submit").disabled = false;
-    document.getElementById("upload-progress").hidden = true;
+  function csrfToken() {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.content : "";
+  }
+
+  // -- uploads: several files, one request and one bar each --------------------------------
+  var form = null, input = null, list = null, button = null, zone = null;
+
+  function setUpUpload() {
+    form = document.getElementById("upload-form");
+    if (!form) return;
+    input = document.getElementById("upload-file");
+    list = document.getElementById("upload-list");
+    button = document.getElementById("upload-submit");
+    zone = document.getElementById("drop-zone");
+    input.addEventListener("change", showChosen);
+    ["dragenter", "dragover"].forEach(function (type) {
+      zone.addEventListener(type, function (evt) {
+        evt.preventDefault();
+        zone.classList.add("dragging");
+      });
+    });
+    ["dragleave", "drop"].forEach(function (type) {
+      zone.addEventListener(type, function () { zone.classList.remove("dragging"); });
+    });
+    zone.addEventListener("drop", function (evt) {
+      evt.preventDefault();
+      if (!evt.dataTransfer || !evt.dataTransfer.files.length) return;
+      input.files = evt.dataTransfer.files;
+      showChosen();
+    });
+    form.addEventListener("submit", function (evt) {
+      evt.preventDefault();
+      if (!input.files.length) {
+        say("choose a file to upload first", true);
+        return;
+      }
+      uploadAll(Array.prototype.slice.call(input.files));
+    });
+  }
+
+  function showChosen() {
+    var names = Array.prototype.map.call(input.files, function (f) { return f.name; });
+    document.getElementById("chosen").textContent = names.length
+      ? names.length + (names.length === 1 ? " file: " : " files: ") + names.join(", ") : "";
+  }
+
+  function say(message, isError) {
+    var p = document.getElementById("upload-message");
+    if (!p) return;
+    p.textContent = message;
+    p.classList.toggle("error", !!isError);
+  }
+
+  function uploadAll(files) {
+    button.disabled = true;
+    say("", false);
+    list.textContent = "";
+    var items = files.map(function (file) { return addItem(file); });
+    var options = new FormData(form);
+    options.delete("file");
+    var done = [];
+    var next = function (i) {
+      if (i >= files.length) return finish(done);
+      uploadOne(files[i], items[i], options, function (result) {
+        done.push(result);
+        next(i + 1);
+      });
+    };
+    next(0);
+  }
+
+  function addItem(file) {
+    var li = document.createElement("li");
+    var name = document.createElement("span");
+    name.className = "file";
+    name.textContent = file.name;
+    var bar = document.createElement("progress");
+    bar.max = 100;
+    bar.value = 0;
+    bar.setAttribute("aria-label", "Upload of " + file.name);
+    var pct = document.createElement("span");
+    pct.className = "pct";
+    pct.textContent = "waiting";
+    var outcome = document.createElement("span");
+    outcome.className = "outcome";
+    outcome.setAttribute("role", "status");
+    li.append(name, bar, pct, outcome);
+    list.appendChild(li);
+    return {li: li, bar: bar, pct: pct, outcome: outcome};
+  }
+
+  function uploadOne(file, item, options, callback) {
+    var data = new FormData();
+    options.forEach(function (value, key) { data.append(key, value); });
+    data.append("file", file, file.name);
+    var xhr = new XMLHttpRequest();
+    xhr.open("POST", form.action);
+    // The same answers as for HTMX: 204 with HX-Redirect to the video, or 4xx with the
+    // upload message as a fragment.
+    xhr.setRequestHeader("HX-Request", "true");
+    xhr.setRequestHeader("X-CSRFToken", csrfToken());
+    xhr.upload.addEventListener("progress", function (evt) {
+      if (!evt.lengthComputable) return;
+      item.bar.value = (evt.loaded / evt.total) * 100;
+      item.pct.textContent = Math.floor(item.bar.value) + "\u00a0%";
+    });
+    xhr.addEventListener("load", function () {
+      var url = xhr.getResponseHeader("HX-Redirect");
+      if (xhr.status < 400 && url) {
+        item.bar.value = 100;
+        item.pct.textContent = "100\u00a0%";
+        item.li.dataset.state = "done";
+        item.outcome.textContent = "";
+        var link = document.createElement("a");
+        link.href = url;
+        link.textContent = "uploaded: processing started, open its page";
+        item.outcome.appendChild(link);
+        callback({ok: true, url: url});
+      } else {
+        failed(item, messageOf(xhr) || ("the upload failed (" + xhr.status + ")"));
+        callback({ok: false});
+      }
+    });
+    xhr.addEventListener("error", function () {
+      failed(item, "the upload failed: the server did not answer");
+      callback({ok: false});
+    });
+    item.pct.textContent = "0\u00a0%";
+    xhr.send(data);
+  }
+
+  function messageOf(xhr) {
+    var doc = new DOMParser().parseFromString(xhr.responseText || "", "text/html");
+    var p = doc.getElementById("upload-message");
+    return p ? p.textContent.trim() : "";
+  }
+
+  function failed(item, message) {
+    item.li.dataset.state = "failed";
+    item.pct.textContent = "refused";
+    item.outcome.textContent = message;
+    item.outcome.classList.add("error");
+  }
+
+  function finish(results) {
+    button.disabled = false;
+    var ok = results.filter(function (r) { return r.ok; });
+    if (results.length === 1 && ok.length === 1) {
+      window.location.assign(ok[0].url);  // one file: straight to its page, as before
+      return;
+    }
+    if (ok.length < results.length) say((results.length - ok.length) + " of " +
+      results.length + " files were refused: see why beside each.", true);
+    form.reset();
+    showChosen();
+    if (ok.length && window.htmx) {  // the new videos into the list below
+      window.htmx.ajax("GET", window.location.pathname + window.location.search,
+                       {target: "#library", select: "#library", swap: "outerHTML"});
+    }
+  }
+
+  // -- the library's selection: count, select all, confirm --------------------------------
+  function boxes() {
+    return Array.prototype.slice.call(document.querySelectorAll("#video-list input.select"));
+  }
+
+  function updateSelection() {
+    var all = boxes(), ticked = all.filter(function (b) { return b.checked; });
+    var count = document.getElementById("selected-count");
+    if (count) count.textContent = ticked.length ? ticked.length + " selected" : "";
+    ["bulk-delete", "bulk-reprocess"].forEach(function (id) {
+      var b = document.getElementById(id);
+      if (b) b.disabled = ticked.length === 0;
+    });
+    var selectAll = document.getElementById("select-all");
+    if (selectAll) {
+      selectAll.checked = all.length > 0 && ticked.length === all.length;
+      selectAll.indeterminate = ticked.length > 0 && ticked.length < all.length;
+    }
+  }
+
+  document.addEventListener("change", function (evt) {
+    if (evt.target.id === "select-all") {
+      boxes().forEach(function (b) { b.checked = evt.target.checked; });
+    }
+    if (evt.target.id === "select-all" || evt.target.matches("#video-list input.select")) {
+      updateSelection();
+    }
   });
 
-  // Clicking a transcript line or a storyboard tile seeks the player there.
+  document.addEventListener("submit", function (evt) {
+    var bulk = evt.target;
+    if (bulk.id !== "bulk-form" || bulk.dataset.confirmed) return;
+    evt.preventDefault();
+    var action = evt.submitter ? evt.submitter.value : "";
+    var n = boxes().filter(function (b) { return b.checked; }).length;
+    if (!n || !action) return;
+    var what = n + (n === 1 ? " selected video" : " selected videos");
+    var question = action === "delete"
+      ? "Delete " + what + " and all their files?" : "Reprocess " + what + " from scratch?";
+    if (!window.confirm(question)) return;
+    [["action", action], ["confirmed", "1"]].forEach(function (pair) {
+      var hidden = document.createElement("input");
+      hidden.type = "hidden";
+      hidden.name = pair[0];
+      hidden.value = pair[1];
+      bulk.appendChild(hidden);
+    });
+    bulk.dataset.confirmed = "1";
+    bulk.submit();
+  });
+
+  // -- seeking from a transcript line or a storyboard tile ---------------------------------
   document.addEventListener("click", function (evt) {
     var target = evt.target.closest("#transcript [data-start], #storyboard [data-start]");
     var player = document.getElementById("player");
@@ -47,4 +244,60 @@
       }
     });
   }
+
+  // -- the transcript's copy button (shown where the clipboard can be written) -------------
+  function setUpCopy() {
+    var copy = document.getElementById("transcript-copy");
+    if (copy && navigator.clipboard && window.isSecureContext) copy.hidden = false;
+  }
+
+  document.addEventListener("click", function (evt) {
+    var copy = evt.target.closest("#transcript-copy");
+    if (!copy) return;
+    var status = document.getElementById("copy-status");
+    fetch(copy.dataset.source, {credentials: "same-origin"})
+      .then(function (resp) {
+        if (!resp.ok) throw new Error(resp.status);
+        return resp.text();
+      })
+      .then(function (text) { return navigator.clipboard.writeText(text); })
+      .then(function () { status.textContent = "Copied to the clipboard."; })
+      .catch(function () { status.textContent = "Could not copy: use Download as text."; });
+  });
+
+  // -- progress, said to screen readers (the polled panel is replaced every second) --------
+  var said = {status: null, quarter: null};
+
+  function announce() {
+    var panel = document.getElementById("progress-panel");
+    var out = document.getElementById("progress-announcer");
+    if (!panel || !out) return;
+    var status = panel.dataset.status;
+    var bar = document.getElementById("overall-progress");
+    var value = bar ? parseFloat(bar.getAttribute("value")) : 0;
+    var quarter = Math.floor(value / 25);
+    if (said.status === null) {  // the page as opened: nothing new to say
+      said = {status: status, quarter: quarter};
+      return;
+    }
+    if (status !== said.status || quarter !== said.quarter) {
+      out.textContent = "Processing " + status + ", " + Math.floor(value) + " percent.";
+      said = {status: status, quarter: quarter};
+    }
+  }
+
+  document.addEventListener("htmx:afterSettle", announce);
+
+  function ready() {
+    setUpUpload();
+    setUpCopy();
+    updateSelection();
+    announce();
+  }
+  document.addEventListener("htmx:afterSettle", function () {
+    setUpCopy();
+    updateSelection();
+  });
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", ready);
+  else ready();
 })();

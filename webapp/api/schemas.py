@@ -7,6 +7,7 @@ from flask_smorest.fields import Upload
 from marshmallow import fields, validate
 
 from webapp.models import SUBTASK_STATUSES, TASK_STATUSES
+from webapp.services.ingest import SORTS, STATUS_FILTERS
 from webapp.services.mediainput import ACCEPTED
 
 
@@ -43,6 +44,18 @@ class UploadSchema(ma.Schema):
         "description": _LANGUAGE + ". Stored on the video for its runs; default `auto`"})
     translate = fields.Boolean(load_default=False, metadata={
         "description": _TRANSLATE + ". Stored on the video for its runs; default false"})
+
+
+class VideoListQuerySchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE  # page and page_size are the paginator's
+
+    status = fields.String(validate=validate.OneOf(list(STATUS_FILTERS)), metadata={
+        "description": "Only videos whose latest run is in this state: `active` (queued or "
+        "running), `completed`, `failed`, `cancelled`, or `pending` (never run)"})
+    sort = fields.String(load_default="newest", validate=validate.OneOf(SORTS), metadata={
+        "description": "`newest` first (default), `oldest` first, by `name`, or by "
+        "`duration` (longest first, unknown lengths last)"})
 
 
 class ForceQuerySchema(ma.Schema):
@@ -130,7 +143,12 @@ class VideoSchema(ma.Schema):
     id = fields.String(required=True)
     original_filename = fields.String(required=True)
     size_bytes = fields.Integer(required=True)
-    format_name = fields.String(required=True)
+    format_name = fields.String(required=True, metadata={"description": (
+        "ffprobe's name of the container's demuxer, e.g. `mov,mp4,m4a,3gp,3g2,mj2`")})
+    format_label = fields.String(required=True, metadata={"description": (
+        "The container as people name it (`MP4`, `QuickTime`, `WebM`, `Matroska`, ...): "
+        "from the probed format and, where one demuxer reads several kinds, the file name's "
+        "extension")})
     duration = fields.Float(allow_none=True, metadata={"description": "Seconds"})
     width = fields.Integer(allow_none=True)
     height = fields.Integer(allow_none=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import send_file, url_for
+from flask import Response, send_file, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from flask_smorest.fields import Upload
@@ -12,10 +12,17 @@ from werkzeug.datastructures import CombinedMultiDict, MultiDict
 
 from webapp import extensions as ext
 from webapp.api.guards import error_response, multipart_upload
-from webapp.api.schemas import ArtifactSchema, TranscriptSchema, UploadSchema, VideoSchema
+from webapp.api.schemas import (
+    ArtifactSchema,
+    TranscriptSchema,
+    UploadSchema,
+    VideoListQuerySchema,
+    VideoSchema,
+)
 from webapp.models import Video
-from webapp.services import ingest, languages, progress, publications
+from webapp.services import ingest, languages, progress, publications, results
 from webapp.services.errors import NotFound
+from webapp.services.mediainput import video_format
 from webapp.services.processing import get_video
 from webapp.services.storage import ALL_ARTIFACT_NAMES, mime_type
 
@@ -42,6 +49,9 @@ blp = _Blueprint("videos", __name__, description="Uploaded media and what was ma
 # (so `/videos/..//panel`) with a 308 to a merged path instead of a plain 404.
 
 
+_TEXT = {"type": "string"}
+
+
 def find_video(video_id: str) -> Video:
     """The video, or a 404 for unknown ids of any shape."""
     return get_video(ext.db(), video_id)
@@ -57,6 +67,7 @@ def video_payload(video: Video) -> dict:
     return {
         **{c: getattr(video, c) for c in _VIDEO_FIELDS if hasattr(video, c)},
         "requested_language": video.requested_language or languages.AUTO,
+        "format_label": video_format(video),
         "processing": {"task_id": view.task_id, "status": view.status, "progress": view.progress},
         "progress_url": url_for("processing.Progress", video_id=video.id),
         "artifacts_url": url_for("videos.Artifacts", video_id=video.id),
@@ -84,12 +95,14 @@ class Videos(MethodView):
         return video_payload(video), 201, {"Location": url_for("videos.VideoById",
                                                               video_id=video.id)}
 
+    @blp.arguments(VideoListQuerySchema, location="query")
     @blp.response(200, VideoSchema(many=True))
     @blp.paginate()
-    def get(self, pagination_parameters):
-        """List videos, newest first"""
+    def get(self, query, pagination_parameters):
+        """List videos, newest first (or sorted and filtered by status)"""
         videos, total = ingest.list_videos(
-            ext.db(), pagination_parameters.page, pagination_parameters.page_size
+            ext.db(), pagination_parameters.page, pagination_parameters.page_size,
+            status=query.get("status"), sort=query["sort"],
         )
         pagination_parameters.item_count = total
         return [video_payload(v) for v in videos]
@@ -127,6 +140,27 @@ class Artifacts(MethodView):
             for a in publications.artifacts(ext.db(), ext.storage(), video.id)
         ]
 
+
+
+@blp.route("/videos/<string:video_id>/transcript.txt", merge_slashes=False)
+class TranscriptText(MethodView):
+    @blp.doc(responses={"200": {"description": (
+        "The published transcript as plain UTF-8 text, one segment a line (as an attachment "
+        "named after the video)"), "content": {"text/plain": {"schema": _TEXT}}}})
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, video_id):
+        """Download the transcript as plain text, one segment a line"""
+        video = find_video(video_id)
+        text = results.transcript_text(
+            publications.artifact(ext.db(), ext.storage(), video.id, "transcript.json"),
+            video.id)
+        if text is None:
+            raise NotFound(f"video {video.id} has no transcript yet")
+        stem = video.original_filename.rsplit(".", 1)[0] or "transcript"
+        response = Response(text, mimetype="text/plain")
+        response.headers.set("Content-Disposition", "attachment", filename=f"{stem}.txt")
+        response.headers["Cache-Control"] = "no-cache, private"
+        return response
 
 
 # Each artifact is served with its own media type (audio/wav, text/vtt, image/jpeg, ...);

@@ -164,15 +164,49 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
         staged_file.close()  # deletes it unless adopt_source moved it
 
 
-def list_videos(session: Session, page: int, page_size: int) -> tuple[list[Video], int]:
-    """One page of videos, newest first, and the total count (their progress prefetched)."""
-    total = session.scalar(select(func.count()).select_from(Video)) or 0
+# The library's filters: what a video's latest task says (no task yet: "pending").
+STATUS_FILTERS: dict[str, tuple[str, ...]] = {
+    "active": ("queued", "running"),
+    "completed": ("completed",),
+    "failed": ("failed",),
+    "cancelled": ("cancelled",),
+    "pending": ("pending",),
+}
+SORTS = ("newest", "oldest", "name", "duration")
+
+
+def _order(sort: str) -> tuple:
+    """ORDER BY of a sort (SORTS); the id last, so that pages never overlap."""
+    if sort == "oldest":
+        return (Video.created_at.asc(), Video.id)
+    if sort == "name":
+        return (func.lower(Video.original_filename), Video.created_at.desc(), Video.id)
+    if sort == "duration":  # longest first; files of unknown length last
+        return (Video.duration.is_(None), Video.duration.desc(), Video.created_at.desc(),
+                Video.id)
+    return (Video.created_at.desc(), Video.id)
+
+
+def list_videos(session: Session, page: int, page_size: int, *, status: str | None = None,
+                sort: str = "newest") -> tuple[list[Video], int]:
+    """One page of videos and the total count (their progress prefetched): newest first by
+    default, or oldest first, by name, longest first (`sort`); with `status` (a key of
+    STATUS_FILTERS), only videos whose latest run is in that state."""
+    assert sort in SORTS and (status is None or status in STATUS_FILTERS), (sort, status)
+    where = ()
+    if status is not None:
+        latest = progress.latest_status(Video.id)
+        wanted = [s for s in STATUS_FILTERS[status] if s != "pending"]
+        clause = latest.in_(wanted)
+        if "pending" in STATUS_FILTERS[status]:
+            clause = latest.is_(None) if not wanted else clause | latest.is_(None)
+        where = (clause,)
+    total = session.scalar(select(func.count()).select_from(Video).where(*where)) or 0
     offset = (page - 1) * page_size
     if offset >= total:
         # Past the end, and huge page numbers would overflow the database's integers.
         return [], total
-    stmt = (select(Video).order_by(Video.created_at.desc(), Video.id)
-            .offset(offset).limit(page_size))
+    stmt = select(Video).where(*where).order_by(*_order(sort)).offset(offset).limit(page_size)
     videos = list(session.scalars(stmt))
     # Every list shows each video's progress: read the page's latest tasks in one query
     # rather than two per video.

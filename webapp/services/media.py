@@ -26,6 +26,8 @@ from webapp.services.ffrun import (
 from webapp.services.ffrun import MediaError as MediaError
 from webapp.services.ffrun import ProgressCallback as ProgressCallback
 from webapp.services.keyframes import keyframe_gap
+from webapp.services.opening import LOOK_AT_MOST
+from webapp.services.opening import black_opening as black_opening
 
 # Demuxers that read still images (besides the "*_pipe" ones); ffmpeg calls pictures video.
 _IMAGE_FORMATS = {"image2", "image2pipe"}
@@ -53,6 +55,7 @@ class Storyboard:
     tile_height: int
     count: int  # tiles actually used; the sprite may have blank cells after them
     keyframes_only: bool = False  # sampled from keyframes alone (see make_storyboard)
+    start: float = 0.0  # seconds of black opening before the first tile's frame
 
 
 def probe(path: Path, timeout: float | None = None) -> ProbeResult:
@@ -274,6 +277,11 @@ def make_storyboard(
     ffmpeg decodes those alone (`-skip_frame nokey`): about a tenth of the work, and every
     tile still shows a moment of its own interval. Otherwise every frame is decoded.
 
+    A video that opens black (a fade-in, a leader) has its tiles start at its first frame
+    that is not black (`opening.black_opening`, looked for in at most its first half): the
+    first tile's cue still starts at 0 and covers the opening too, so every moment keeps a
+    thumbnail, and the first one shows a picture.
+
     The returned count is the number of tiles ffmpeg really produced, which can be one
     short of the plan when the video track ends a moment before the container does.
     """
@@ -285,7 +293,12 @@ def make_storyboard(
     longest = plan.interval * 1.01
     # It stops reading at the first longer gap: the answer is then known.
     gap = keyframe_gap(src, duration, format_name, enough=longest)
-    plan = replace(plan, keyframes_only=gap is not None and gap <= longest)
+    keyframes_only = gap is not None and gap <= longest
+    start = black_opening(src, format_name, keyframes_only=keyframes_only,
+                          limit=min(LOOK_AT_MOST, duration / 2))
+    if start > 0:
+        plan = plan_storyboard(duration - start, width, height)
+    plan = replace(plan, keyframes_only=keyframes_only, start=start)
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
         result = run(
             _storyboard_graph(src, tmp, plan, format_name),
@@ -305,11 +318,12 @@ def make_storyboard(
 
 def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
                       format_name: str | None) -> OutputStream:
-    # The first frame at or after each multiple of the interval; the millisecond of slack
-    # keeps float error from skipping to the next frame, and the cap keeps one sprite.
+    # The first frame at or after each multiple of the interval (after the black opening);
+    # the millisecond of slack keeps float error from skipping to the next frame, and the
+    # cap keeps one sprite.
     pick = (
         f"lt(selected_n,{plan.count})"
-        f"*gte(t-start_t+0.001,selected_n*{plan.interval!r})"
+        f"*gte(t-start_t+0.001,{plan.start!r}+selected_n*{plan.interval!r})"
     )
     options = {"skip_frame": "nokey"} if plan.keyframes_only else {}
     tiles = (
@@ -332,9 +346,10 @@ def _confirm_tiles(plan: Storyboard, frames: int | None, duration: float) -> Sto
     if frames > plan.count:
         raise MediaError(f"ffmpeg made {frames} tiles where {plan.count} were planned")
     # No frame at frames*interval or later means the video ended before that point.
-    if frames < plan.count and frames * plan.interval < COMPLETE_SHARE * duration:
+    reached = plan.start + frames * plan.interval
+    if frames < plan.count and reached < COMPLETE_SHARE * duration:
         raise MediaError(
-            f"the video ends before {frames * plan.interval:.1f} s of {duration:.1f} s"
+            f"the video ends before {reached:.1f} s of {duration:.1f} s"
             " (the file is cut short or damaged)"
         )
     return replace(plan, count=frames)
@@ -343,8 +358,10 @@ def _confirm_tiles(plan: Storyboard, frames: int | None, duration: float) -> Sto
 def _storyboard_vtt(plan: Storyboard, duration: float, sprite_name: str) -> str:
     captions = []
     for i in range(plan.count):
-        start = i * plan.interval
-        end = duration if i == plan.count - 1 else min((i + 1) * plan.interval, duration)
+        # The first cue also covers the black opening (its tile shows the first picture).
+        start = plan.start + i * plan.interval if i else 0.0
+        end = (duration if i == plan.count - 1
+               else min(plan.start + (i + 1) * plan.interval, duration))
         x = (i % plan.columns) * plan.tile_width
         y = (i // plan.columns) * plan.tile_height
         payload = f"{sprite_name}#xywh={x},{y},{plan.tile_width},{plan.tile_height}"

@@ -81,6 +81,47 @@ def demuxer(format_name: str | None) -> str | None:
     return next((name for name in (format_name or "").split(",") if name in FORMATS), None)
 
 
+# Names for people of what a demuxer read, where one demuxer reads several kinds of file:
+# the file's extension tells which (ffprobe's format_name is the demuxer's whole list,
+# "mov,mp4,m4a,3gp,3g2,mj2", whatever the file is).
+_BY_SUFFIX: dict[str, dict[str, str]] = {
+    "mov": {".mov": "QuickTime", ".qt": "QuickTime", ".m4a": "M4A (MPEG-4 audio)",
+            ".m4b": "M4A (MPEG-4 audio)", ".m4v": "MP4", ".3gp": "3GP", ".3g2": "3G2",
+            ".mj2": "Motion JPEG 2000"},
+    "matroska": {".webm": "WebM"},
+    "asf": {".wmv": "WMV", ".wma": "WMA"},
+    "mpeg": {".vob": "VOB"},
+    "ogg": {".ogv": "Ogg", ".oga": "Ogg", ".opus": "Opus (Ogg)", ".spx": "Speex (Ogg)"},
+}
+# ... and what such a file is called when its extension says nothing.
+_USUAL = {"mov": "MP4", "matroska": "Matroska", "asf": "ASF", "mpeg": "MPEG-PS"}
+_WEBM_CODECS = {"vp8", "vp9", "av1", "opus", "vorbis"}
+
+
+def format_label(format_name: str | None, filename: str | None = None,
+                 codecs: tuple[str | None, ...] = ()) -> str:
+    """The file's format as people name it ("MP4", "WebM", "QuickTime", ...), from the
+    probed format and, where one demuxer reads several kinds, the file's extension (and
+    for Matroska without one, whether its codecs are all WebM's)."""
+    name = demuxer(format_name)
+    if name is None:
+        return (format_name or "unknown").split(",")[0]
+    suffix = Path(filename or "").suffix.lower()
+    if suffix in _BY_SUFFIX.get(name, {}):
+        return _BY_SUFFIX[name][suffix]
+    if name == "matroska" and suffix != ".mkv":
+        present = {c for c in codecs if c}
+        if present and present <= _WEBM_CODECS:
+            return "WebM"
+    return _USUAL.get(name, FORMATS[name].label)
+
+
+def video_format(video) -> str:
+    """A stored video's container as people name it (`format_label` of its row)."""
+    return format_label(video.format_name, video.original_filename,
+                        (video.video_codec, video.audio_codec))
+
+
 def accepted(format_name: str | None) -> str:
     """The accepted demuxer of format_name, or MediaError saying the format is refused."""
     name = demuxer(format_name)

@@ -145,12 +145,18 @@ def active_task(session: Session, video_id: str) -> ProcessingTask | None:
 
 
 def video_progress(session: Session, video: Video, weights: Mapping[str, float]) -> ProgressView:
-    """Progress of the video's latest task, or its initial state."""
+    """Progress of the video's latest task, or its initial state.
+
+    Read in one statement, like the progress endpoint's (`tagged_progress`): the task row
+    and its subtasks from one snapshot. Read as an ORM task and then its subtasks (two
+    statements), a step starting in between gave a status of one moment and a total of
+    another, and the video's JSON disagreed with the progress endpoint read just after.
+    """
     prefetched = session.info.get(_PREFETCHED)
     if prefetched is not None and video.id in prefetched:
         found = prefetched.pop(video.id)
         return _view(*found) if found else initial_view(video.id, weights)
-    return progress_of(video.id, latest_task(session, video.id), weights)
+    return tagged_progress(session, video.id, weights)[0]
 
 
 def progress_of(
@@ -266,6 +272,18 @@ def _with_subtasks(*where, tasks=_TASKS):
         .select_from(tasks.outerjoin(_SUBTASKS, _SUBTASKS.c.task_id == _TASKS.c.id))
         .where(*where)
         .order_by(_TASKS.c.video_id, _SUBTASKS.c.position)
+    )
+
+
+def latest_status(video_id):
+    """SELECT the status of the latest task of `video_id` (a column: correlated), NULL for
+    a video that never ran: what the library filters on."""
+    return (
+        select(_NEWER.c.status)
+        .where(_NEWER.c.video_id == video_id)
+        .order_by(_NEWER.c.created_at.desc(), _NEWER.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
     )
 
 

@@ -63,6 +63,14 @@ def transcript(found: ArtifactFile | None, video_id: str) -> TranscriptView | No
         return None
 
 
+def transcript_text(found: ArtifactFile | None, video_id: str) -> str | None:
+    """The published transcript as plain text, one segment a line; None without one."""
+    view = transcript(found, video_id)
+    if view is None:
+        return None
+    return "".join(f"{' '.join(line.text.split())}\n" for line in view.lines)
+
+
 def storyboard_tiles(artifacts: dict[str, ArtifactFile],
                      video_id: str) -> tuple[list[Tile], int, int]:
     """Tiles of the published storyboard sprite with the sprite's width and height (0, 0 if

@@ -1,0 +1,152 @@
+"""Every page checked with axe-core (bundled by axe-playwright-python, nothing downloaded) in a
+real browser, in the light and the dark colour scheme: no serious or critical finding on
+the library (empty and full), an upload's outcome, the video page while a run is active,
+completed and failed, the selection's confirmation page and the error page.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Page, expect
+
+from tests import browser, mediagen
+from tests.browser import api_trigger, api_upload
+from tests.conftest import run_worker
+from webapp.db import session_factory
+from webapp.services import progress
+
+chromium, browser_log, live_server, page = (
+    browser.chromium, browser.browser_log, browser.live_server, browser.page)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
+]
+BLOCKING = ("serious", "critical")
+AXE = Axe()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("a11y-media")
+    return {
+        "talk": mediagen.make_speech_video(root / "talk.mp4",
+                                           "Hello and welcome. Please call me tomorrow."),
+        "clip": mediagen.make_video(root / "clip.mp4", duration=2.0, size="160x120"),
+    }
+
+
+def findings(page: Page) -> list[dict]:
+    """axe-core's violations on the page as it is now (every impact)."""
+    result = AXE.run(page)
+    return [{"id": v["id"], "impact": v["impact"], "help": v["help"],
+             "nodes": [n["target"] for n in v["nodes"]][:5]}
+            for v in result.response["violations"]]
+
+
+def check(page: Page, what: str, report: dict) -> None:
+    """axe-core in both colour schemes; the findings are kept in `report` by page."""
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        page.wait_for_timeout(50)  # restyled
+        report[f"{what} ({scheme})"] = findings(page)
+    page.emulate_media(color_scheme="light")
+
+
+def assert_clean(report: dict) -> None:
+    for name, found in report.items():
+        print(f"{name}: {[(f['id'], f['impact']) for f in found] or 'no finding'}")
+    blocking = {name: [f for f in found if f["impact"] in BLOCKING]
+                for name, found in report.items()}
+    blocking = {name: found for name, found in blocking.items() if found}
+    assert not blocking, f"serious or critical axe-core findings: {blocking}"
+
+
+def fail_a_run(settings, video_id: str, task_id: str) -> None:
+    """The task's steps end as a real failure ends them, through the progress service."""
+    with session_factory(settings.database_url)() as session:
+        attempt = progress.start_subtask(session, task_id, "extract_audio")
+        progress.finish_subtask(session, task_id, "extract_audio", "failed",
+                                "The audio could not be extracted: the file is damaged.",
+                                attempt=attempt, detail="[aac] invalid data")
+        progress.finish_subtask(session, task_id, "transcribe", "cancelled",
+                                "not run because extract_audio failed")
+        for step in ("thumbnails", "transcode"):
+            attempt = progress.start_subtask(session, task_id, step)
+            progress.complete_subtask(session, task_id, step, attempt)
+
+
+def test_every_page_has_no_serious_or_critical_finding(page, media, settings, browser_log):
+    report: dict[str, list] = {}
+    page.goto("/")
+    expect(page.locator("#video-list")).to_contain_text("No videos yet")
+    check(page, "library, empty", report)
+    # The check sees what it must: faint text and a nameless button, put there on purpose.
+    page.evaluate("""() => {
+        const p = document.createElement('p');
+        p.textContent = 'faint';
+        p.style.color = '#eeeeee';
+        p.style.background = '#ffffff';
+        const b = document.createElement('button');
+        document.querySelector('main').append(p, b);
+    }""")
+    planted = {(f["id"], f["impact"]) for f in findings(page)}
+    assert {("color-contrast", "serious"), ("button-name", "critical")} <= planted, planted
+    page.reload()
+
+    # An upload's outcome: one file refused, the form ready again.
+    notes = Path(settings.media_root).parent / "notes.txt"
+    notes.write_text("not a video\n" * 20)
+    browser_log.expect_http_error("/videos")
+    page.set_input_files("#upload-file", [str(notes)])
+    page.click("#upload-submit")
+    expect(page.locator("#upload-list li[data-state=failed]")).to_have_count(1)
+    check(page, "upload refused", report)
+
+    done = api_upload(page, media["talk"])
+    api_trigger(page, done)
+    run_worker()
+    running = api_upload(page, media["clip"])
+    running_task = api_trigger(page, running)
+    with session_factory(settings.database_url)() as session:
+        attempt = progress.start_subtask(session, running_task, "transcode")
+        progress.report_progress(session, running_task, "transcode", attempt, 40.0)
+    failed = api_upload(page, media["clip"])
+    fail_a_run(settings, failed, api_trigger(page, failed))
+    api_upload(page, media["clip"])  # never run
+
+    page.goto("/")
+    expect(page.locator("#video-list .video-row")).to_have_count(4)
+    check(page, "library, full", report)
+    page.goto("/?per_page=2&sort=name")
+    check(page, "library, a page of two", report)
+
+    page.goto(f"/videos/{running}")
+    expect(page.locator("#progress-panel")).to_have_attribute("data-status", "running")
+    check(page, "video, running", report)
+    page.goto(f"/videos/{done}")
+    expect(page.locator("#progress-panel")).to_have_attribute("data-status", "completed")
+    expect(page.locator("#transcript .line").first).to_be_visible()
+    check(page, "video, completed", report)
+    page.goto(f"/videos/{failed}")
+    expect(page.locator("#progress-panel")).to_have_attribute("data-status", "failed")
+    check(page, "video, failed", report)
+
+    # The selection's confirmation page (what a browser without scripts gets: the form
+    # posts as it is, marked as already asked so the page's script lets it go).
+    page.goto("/")
+    page.check(f"#select-{done}")
+    page.evaluate("() => { document.querySelector('#bulk-form').dataset.confirmed = '1'; }")
+    page.click("#bulk-delete")
+    expect(page.locator("#confirm-yes")).to_have_text("Delete 1 video")
+    check(page, "confirmation", report)
+
+    missing = f"/videos/{uuid.uuid4()}"
+    browser_log.expect_http_error(missing)
+    page.goto(missing)
+    expect(page.locator("h1")).to_contain_text("404")
+    check(page, "error page", report)
+    assert_clean(report)

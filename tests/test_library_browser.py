@@ -1,0 +1,246 @@
+"""The library in a real browser (Debian's Chromium via Playwright): the drop zone with several
+files, delete confirmed then said, filters, sorting and pages, the selection's actions, the
+transcript's copy button. Runs once, on SQLite (the server side is tested on both databases
+in test_ui.py and test_api_videos.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests import browser, mediagen
+from tests.browser import api_upload
+from tests.conftest import run_worker
+
+chromium, browser_log, live_server, page = (
+    browser.chromium, browser.browser_log, browser.live_server, browser.page)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
+]
+VIDEO_URL = re.compile(r"/videos/([0-9a-f-]{36})$")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("library-media")
+    notes = root / "notes.txt"
+    notes.write_text("not a video\n" * 50)
+    return {
+        "a": mediagen.make_video(root / "alpha.mp4", duration=1.0, size="160x120"),
+        "b": mediagen.make_video(root / "bravo.mp4", duration=3.0, size="160x120"),
+        "c": mediagen.make_video(root / "charlie.mp4", duration=2.0, size="160x120"),
+        "notes": notes,
+    }
+
+
+def row_names(page: Page) -> list[str]:
+    return page.locator("#video-list .video-row .name").all_text_contents()
+
+
+def drop_files(page: Page, paths: list[Path]) -> None:
+    """Drag files onto the drop zone, as a person drags them from their file manager."""
+    files = [{"name": p.name, "type": "video/mp4" if p.suffix == ".mp4" else "text/plain",
+              "data": base64.b64encode(p.read_bytes()).decode()} for p in paths]
+    transfer = page.evaluate_handle("""(files) => {
+        const dt = new DataTransfer();
+        for (const f of files) {
+            const bytes = Uint8Array.from(atob(f.data), c => c.charCodeAt(0));
+            dt.items.add(new File([bytes], f.name, {type: f.type}));
+        }
+        return dt;
+    }""", files)
+    page.dispatch_event("#drop-zone", "dragenter", {"dataTransfer": transfer})
+    expect(page.locator("#drop-zone")).to_have_class(re.compile(r"\bdragging\b"))
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+
+
+def test_drop_zone_uploads_several_files_each_with_its_own_bar(page, media, browser_log):
+    page.goto("/")
+    # Slow uploads (Chromium's own throttling) so that each bar is seen on its way.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": media["b"].stat().st_size / 1.0})
+    drop_files(page, [media["a"], media["notes"], media["b"]])
+    expect(page.locator("#chosen")).to_contain_text("3 files")
+    page.select_option("#upload-language", "de")
+    browser_log.expect_http_error("/videos")  # the text file's 422
+    page.click("#upload-submit")
+    items = page.locator("#upload-list li")
+    expect(items).to_have_count(3)
+    seen = set()
+    for _ in range(200):  # bars between 0 and 100, while the uploads go
+        values = items.locator("progress").evaluate_all("bs => bs.map(b => b.value)")
+        seen |= {round(v) for v in values if 0 < v < 100}
+        if page.locator("#upload-list li[data-state]").count() == 3:
+            break
+        page.wait_for_timeout(50)
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    expect(page.locator("#upload-list li[data-state]")).to_have_count(3, timeout=30_000)
+    assert seen, "no upload bar was seen between 0 and 100"
+    states = items.evaluate_all("ls => ls.map(l => l.dataset.state)")
+    assert states == ["done", "failed", "done"], states
+    expect(items.nth(1).locator(".outcome")).to_contain_text("not a playable")
+    expect(page.locator("#upload-message")).to_contain_text("1 of 3 files were refused")
+    assert urlsplit(page.url).path == "/"  # several files: the page stays, the list fills
+    expect(page.locator("#video-list .video-row")).to_have_count(2)
+    assert sorted(row_names(page)) == ["alpha.mp4", "bravo.mp4"]
+    videos = page.request.get("/api/v1/videos").json()
+    assert {v["original_filename"]: v["requested_language"] for v in videos} == {
+        "alpha.mp4": "de", "bravo.mp4": "de"}
+    link = items.nth(0).locator(".outcome a")
+    assert VIDEO_URL.search(link.get_attribute("href"))
+
+
+def test_one_file_chosen_with_the_keyboard_goes_to_its_page(page, media):
+    page.goto("/")
+    page.focus("#upload-file")  # the zone's input is reachable and shows focus
+    assert page.evaluate("() => document.activeElement.id") == "upload-file"
+    assert page.evaluate("""() => getComputedStyle(document.querySelector('#drop-zone'))
+                                  .outlineStyle""") != "none"
+    page.set_input_files("#upload-file", str(media["c"]))
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "upload-submit"
+    page.keyboard.press("Enter")
+    page.wait_for_url(VIDEO_URL, timeout=30_000)
+    expect(page.locator("#format")).to_have_text("MP4")
+
+
+def test_delete_asks_first_then_the_library_says_so(page, media):
+    vid = api_upload(page, media["a"])
+    page.goto(f"/videos/{vid}")
+    questions = []
+
+    def answer(dialog, accept):
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda d: answer(d, False))
+    page.click("#btn-delete")
+    page.wait_for_timeout(300)
+    assert questions == ["Delete this video and all its files?"]
+    assert VIDEO_URL.search(page.url) and page.request.get(f"/api/v1/videos/{vid}").ok
+    page.once("dialog", lambda d: answer(d, True))
+    page.click("#btn-delete")
+    page.wait_for_url(re.compile(r"/$"))
+    expect(page.locator("#flashes .flash.ok")).to_have_text(
+        "Deleted alpha.mp4 and all its files.")
+    assert page.request.get(f"/api/v1/videos/{vid}").status == 404
+    page.reload()  # said once
+    expect(page.locator("#flashes .flash")).to_have_count(0)
+
+
+def test_filters_sorting_and_pages(page, media):
+    ids = {name: api_upload(page, media[key])
+           for key, name in (("a", "alpha.mp4"), ("b", "bravo.mp4"), ("c", "charlie.mp4"))}
+    page.request.post(f"/api/v1/videos/{ids['bravo.mp4']}/run_sync")  # queued (no worker)
+    page.goto("/")
+    assert row_names(page) == ["charlie.mp4", "bravo.mp4", "alpha.mp4"]  # newest first
+    page.select_option("#filter-sort", "duration")
+    page.click("#filter-apply")
+    assert row_names(page) == ["bravo.mp4", "charlie.mp4", "alpha.mp4"]
+    page.select_option("#filter-sort", "name")
+    page.select_option("#filter-per-page", "10")
+    page.click("#filter-apply")
+    assert row_names(page) == ["alpha.mp4", "bravo.mp4", "charlie.mp4"]
+    page.select_option("#filter-status", "active")
+    page.click("#filter-apply")
+    assert row_names(page) == ["bravo.mp4"]
+    page.select_option("#filter-status", "pending")
+    page.click("#filter-apply")
+    assert row_names(page) == ["alpha.mp4", "charlie.mp4"]
+    page.select_option("#filter-status", "failed")
+    page.click("#filter-apply")
+    expect(page.locator("#video-list")).to_contain_text("No video is failed")
+
+    # Pages keep the sort and filter; two a page.
+    page.goto("/?sort=name&per_page=2")
+    assert row_names(page) == ["alpha.mp4", "bravo.mp4"]
+    expect(page.locator(".pages .page-of")).to_have_text("Page 1 of 2")
+    page.click(".pages a[rel=next]")
+    assert row_names(page) == ["charlie.mp4"]
+    assert "sort=name" in page.url and "per_page=2" in page.url
+    expect(page.locator(".pages [aria-current=page]")).to_have_text("2")
+    page.click(".pages a[rel=first]")
+    assert row_names(page) == ["alpha.mp4", "bravo.mp4"]
+
+
+def test_selection_reprocesses_and_deletes_reporting_each_refusal(page, media):
+    ids = {name: api_upload(page, media[key])
+           for key, name in (("a", "alpha.mp4"), ("b", "bravo.mp4"), ("c", "charlie.mp4"))}
+    page.request.post(f"/api/v1/videos/{ids['bravo.mp4']}/run_sync")  # active: 409 below
+    page.goto("/?sort=name")
+    expect(page.locator("#bulk-delete")).to_be_disabled()  # nothing selected yet
+    page.check("#select-all")
+    expect(page.locator("#selected-count")).to_have_text("3 selected")
+    page.uncheck(f"#select-{ids['charlie.mp4']}")
+    expect(page.locator("#selected-count")).to_have_text("2 selected")
+    assert page.evaluate("() => document.querySelector('#select-all').indeterminate")
+
+    # Cancelled at the question: nothing happens.
+    questions = []
+    page.once("dialog", lambda d: (questions.append(d.message), d.dismiss()))
+    page.click("#bulk-delete")
+    page.wait_for_timeout(300)
+    assert questions == ["Delete 2 selected videos and all their files?"]
+    assert len(page.request.get("/api/v1/videos").json()) == 3
+
+    # Reprocess alpha (not running) and bravo (running: 409, said by name).
+    page.once("dialog", lambda d: d.accept())
+    page.click("#bulk-reprocess")
+    page.wait_for_load_state()
+    expect(page.locator("#flashes .flash.ok")).to_have_text("alpha.mp4: reprocessing started")
+    refusal = page.locator("#flashes .flash.error")
+    expect(refusal).to_contain_text("bravo.mp4: not done (409)")
+    assert "sort=name" in page.url  # back where it was
+    statuses = {v["original_filename"]: v["processing"]["status"]
+                for v in page.request.get("/api/v1/videos").json()}
+    assert statuses == {"alpha.mp4": "queued", "bravo.mp4": "queued", "charlie.mp4": "pending"}
+
+    # Cancel both runs, then delete two of three with the keyboard alone.
+    for name in ("alpha.mp4", "bravo.mp4"):
+        page.request.post(f"/api/v1/videos/{ids[name]}/cancel")
+    page.goto("/?sort=name")
+    page.focus(f"#select-{ids['alpha.mp4']}")
+    page.keyboard.press("Space")
+    page.focus(f"#select-{ids['charlie.mp4']}")
+    page.keyboard.press("Space")
+    expect(page.locator("#selected-count")).to_have_text("2 selected")
+    page.once("dialog", lambda d: d.accept())
+    page.focus("#bulk-delete")
+    page.keyboard.press("Enter")
+    page.wait_for_load_state()
+    expect(page.locator("#flashes .flash.ok")).to_have_text("Deleted 2 videos.")
+    assert row_names(page) == ["bravo.mp4"]
+
+
+def test_transcript_downloads_as_text_and_copies(page, media, tmp_path):
+    talk = mediagen.make_speech_video(tmp_path / "talk.mp4",
+                                      "Hello and welcome. Please call me tomorrow morning.")
+    vid = api_upload(page, talk)
+    page.request.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.goto(f"/videos/{vid}")
+    expect(page.locator("#results")).to_be_visible()
+    href = page.locator("#transcript-download").get_attribute("href")
+    resp = page.request.get(href)
+    assert resp.status == 200 and resp.headers["content-type"].startswith("text/plain")
+    text = resp.text()
+    lines = page.locator("#transcript .line").evaluate_all("""ls => ls.map(l =>
+        l.textContent.replace(/^\\s*\\S+\\s*/, '').replace(/\\s+/g, ' ').trim())""")
+    assert text.splitlines() == lines and "tomorrow" in text.lower()
+    page.click("#transcript-copy")
+    expect(page.locator("#copy-status")).to_have_text("Copied to the clipboard.")
+    assert page.evaluate("() => navigator.clipboard.readText()") == text

@@ -1,0 +1,66 @@
+"""One action on several videos (the library's selection): each video on its own, each
+outcome reported, one video's refusal (409 while it runs, 404 once gone) stopping no other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis import Redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from webapp.config import Settings
+from webapp.models import Video
+from webapp.services import ingest, processing
+from webapp.services.errors import ServiceError
+from webapp.services.storage import Storage, is_valid_id
+
+ACTIONS = ("delete", "reprocess")
+_DONE = {"delete": "deleted with all its files", "reprocess": "reprocessing started"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    video_id: str
+    name: str  # the video's file name, or its id once unknown
+    status: int  # the HTTP status the same action on the API would answer: 204, 202, 409 ...
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    @property
+    def sentence(self) -> str:
+        return f"{self.name}: {self.message}" if self.ok else (
+            f"{self.name}: not done ({self.status}): {self.message}")
+
+
+def find(session: Session, ids: list[str]) -> list[Video]:
+    """The videos among `ids` that exist, in the order given."""
+    valid = [i for i in ids if is_valid_id(i)]
+    found = {v.id: v for v in session.scalars(select(Video).where(Video.id.in_(valid)))}
+    return [found[i] for i in ids if i in found]
+
+
+def apply(session: Session, settings: Settings, storage: Storage, connection: Redis,
+          action: str, ids: list[str]) -> list[Outcome]:
+    """Delete or reprocess each video of `ids`; one Outcome per id, in order."""
+    assert action in ACTIONS, action
+    outcomes = []
+    for video_id in ids:
+        name = video_id
+        try:
+            name = processing.get_video(session, video_id).original_filename
+            if action == "delete":
+                ingest.delete_video(session, storage, video_id)
+                status = 204
+            else:
+                processing.trigger(session, settings, storage, connection, video_id,
+                                   "reprocess")
+                status = 202
+            outcomes.append(Outcome(video_id, name, status, _DONE[action]))
+        except ServiceError as exc:
+            session.rollback()
+            outcomes.append(Outcome(video_id, name, exc.status, exc.message))
+    return outcomes
