@@ -17,7 +17,7 @@ TEST_NEEDS := $(RUN_NEEDS) espeak-ng chromium libatomic1 redis-server postgresql
 BENCH_NEEDS := $(RUN_NEEDS) espeak-ng wrk curl
 SYSTEM_DEPS := PYTHON=$(PYTHON) scripts/system-deps.sh
 
-.PHONY: run web worker migrate test bench lint deps system-deps system-deps-test \
+.PHONY: run web worker migrate reindex test bench lint deps system-deps system-deps-test \
         system-deps-bench redis clean
 
 $(BIN)/activate:
@@ -49,6 +49,9 @@ redis: deps system-deps  ## start a local Redis if none answers at REDIS_URL
 
 migrate: deps  ## apply Alembic migrations to DATABASE_URL (default: SQLite under instance/)
 	$(BIN)/alembic upgrade head
+
+reindex: deps migrate  ## rebuild the search index from every name and published transcript
+	$(BIN)/flask --app webapp reindex
 
 run: system-deps deps redis migrate  ## web + $(WORKERS) workers, via honcho and the Procfile
 	$(BIN)/honcho start -f Procfile -c web=1,worker=$(WORKERS)
