@@ -17,7 +17,7 @@ TEST_NEEDS := $(RUN_NEEDS) espeak-ng chromium libatomic1 redis-server postgresql
 BENCH_NEEDS := $(RUN_NEEDS) espeak-ng wrk curl
 SYSTEM_DEPS := PYTHON=$(PYTHON) scripts/system-deps.sh
 
-.PHONY: run web worker migrate test bench lint deps system-deps system-deps-test \
+.PHONY: run web worker migrate reindex test bench lint deps system-deps system-deps-test \
         system-deps-bench redis clean
 
 $(BIN)/activate:
@@ -50,6 +50,9 @@ redis: deps system-deps  ## start a local Redis if none answers at REDIS_URL
 migrate: deps  ## apply Alembic migrations to DATABASE_URL (default: SQLite under instance/)
 	$(BIN)/alembic upgrade head
 
+reindex: deps migrate  ## rebuild the search index from every name and published transcript
+	$(BIN)/flask --app webapp reindex
+
 run: system-deps deps redis migrate  ## web + $(WORKERS) workers, via honcho and the Procfile
 	$(BIN)/honcho start -f Procfile -c web=1,worker=$(WORKERS)
 
@@ -69,7 +72,7 @@ test: system-deps-test deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-BENCHES ?= pipeline polling trigger progress_writes upload_memory scale transcription eta keyframes
+BENCHES ?= pipeline polling trigger progress_writes upload_memory scale transcription eta keyframes search
 
 # every benchmark in bench/, then their table into docs/PERFORMANCE.md
 bench: system-deps-bench deps

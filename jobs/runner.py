@@ -57,6 +57,8 @@ class StepResult:
 
     note: str | None = None  # one sentence shown with the completed step
     video: dict[str, object] = field(default_factory=dict)  # facts written on the video
+    # A transcript's segments (start, end, text), indexed for search when it is published.
+    segments: tuple[tuple[float, float, str], ...] | None = None
 
 
 Work = Callable[[StepContext], "StepResult | None"]
@@ -204,7 +206,7 @@ def _publish(sessions: sessionmaker[Session], task_id: str, step: str, attempt: 
         tries += 1
         if progress.complete_subtask(session, task_id, step, attempt, video_id=video_id,
                                      folder=folder, note=result.note,
-                                     video_values=result.video):
+                                     video_values=result.video, segments=result.segments):
             return True
         pub = publications.published(session, video_id).get(step) if tries > 1 else None
         return pub is not None and (pub.task_id, pub.attempt) == (task_id, attempt)

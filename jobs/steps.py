@@ -31,7 +31,8 @@ def _transcribe(ctx: StepContext) -> StepResult:
         transcription.write_vtt(english, ctx.artifacts / "captions.en.vtt")
         transcription.write_srt(english, ctx.artifacts / "captions.en.srt")
     return StepResult(note=result.translation_note, video={
-        "language": result.language, "language_probability": result.language_probability})
+        "language": result.language, "language_probability": result.language_probability},
+        segments=tuple((s.start, s.end, s.text) for s in result.segments))
 
 
 # The poster's share of the thumbnails step: 0.23-0.51 of its time on 10-120 s 720p

@@ -54,9 +54,11 @@ def assert_json_error(resp, status: int) -> dict:
     return body
 
 
-def publish_files(settings, video_id: str, step: str, files: dict[str, bytes]) -> str:
+def publish_files(settings, video_id: str, step: str, files: dict[str, bytes],
+                  segments: list[tuple[float, float, str]] | None = None) -> str:
     """Publish `files` as the outputs of `step` of the video, the way a worker does: a task
-    whose attempt writes them into its own folder and completes. Returns the task id."""
+    whose attempt writes them into its own folder and completes (with a transcript's
+    `segments`, which that completion indexes for search). Returns the task id."""
     from webapp.config import STEPS
     from webapp.db import session_factory
     from webapp.models import Video
@@ -77,8 +79,28 @@ def publish_files(settings, video_id: str, step: str, files: dict[str, bytes]) -
         for name, data in files.items():
             (path / name).write_bytes(data)
         assert progress.complete_subtask(session, task.id, step, attempt, video_id=video_id,
-                                         folder=folder)
+                                         folder=folder, segments=segments)
         return task.id
+
+
+def transcript_files(segments: list[tuple[float, float, str]],
+                     language: str | None = "en") -> dict[str, bytes]:
+    """The transcribe step's files for these segments (start, end, text), as it writes them."""
+    from webapp.services import transcription
+
+    result = transcription.Transcript(
+        language, max((end for _, end, _ in segments), default=0.0),
+        [transcription.Segment(start, end, text) for start, end, text in segments], 1.0)
+    data = json.dumps(result.to_dict(), ensure_ascii=False).encode()
+    return {"transcript.json": data, "captions.vtt": b"WEBVTT\n\n", "captions.srt": b""}
+
+
+def publish_transcript(settings, video_id: str, segments: list[tuple[float, float, str]],
+                       language: str | None = "en") -> str:
+    """Publish a transcript of these segments as the transcribe step does (files and search
+    index in one completion); returns the task id."""
+    return publish_files(settings, video_id, "transcribe", transcript_files(segments, language),
+                         segments=segments)
 
 
 def always(predicate, within: float, interval: float = 0.05, what: str = "condition"):

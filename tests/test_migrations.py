@@ -75,3 +75,45 @@ def test_outputs_of_old_runs_are_published_by_the_upgrade(empty_url, tmp_path, m
     poster = client.get(f"/api/v1/videos/{vid}/artifacts/poster.jpg")
     assert poster.status_code == 200 and poster.data == b"old poster.jpg"
     command.downgrade(alembic(url), "0002")  # and back
+
+
+def test_the_search_index_is_filled_from_what_was_published(empty_url, tmp_path, monkeypatch):
+    """0007 indexes the names and published transcripts of the videos already there."""
+    from tests.helpers import transcript_files
+
+    url = empty_url
+    settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
+    command.upgrade(alembic(url), "0006")
+    vid, task = "0b6f5d6e-0000-4000-8000-000000000002", "0b6f5d6e-0000-4000-8000-0000000000bb"
+    folder = f"runs/{task}/transcribe.1"
+    with get_engine(url).begin() as conn:
+        conn.execute(text(
+            "INSERT INTO videos (id, original_filename, stored_name, size_bytes, format_name, "
+            "duration, has_audio, has_video, created_at) VALUES "
+            "(:v, 'Vortrag über Käse.mp4', 'source.mp4', 1, 'mov', 9.0, true, true, "
+            "'2026-11-01 10:00:00')"), {"v": vid})
+        conn.execute(text(
+            "INSERT INTO processing_tasks (id, video_id, mode, status, created_at, version) "
+            "VALUES (:t, :v, 'run_sync', 'completed', '2026-11-01 10:00:01', 9)"),
+            {"t": task, "v": vid})
+        conn.execute(text(
+            "INSERT INTO publications (video_id, step, task_id, attempt, folder, published_at) "
+            "VALUES (:v, 'transcribe', :t, 1, :f, '2026-11-01 10:00:05')"),
+            {"v": vid, "t": task, "f": folder})
+    published = settings.media_root / "videos" / vid / folder
+    published.mkdir(parents=True)
+    for name, data in transcript_files([(0.0, 4.0, "Der Käse reift im Keller."),
+                                        (4.0, 9.0, "上海的天气很好。")], "de").items():
+        (published / name).write_bytes(data)
+    monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
+
+    command.upgrade(alembic(url), "head")
+
+    client = create_app(settings).test_client()
+    for q, lines in (("kase", ["Der Käse reift im Keller."]), ("天气", ["上海的天气很好。"]),
+                     ("vortrag", [])):
+        [hit] = client.get("/api/v1/search", query_string={"q": q}).get_json()
+        assert hit["video"]["id"] == vid and [s["text"] for s in hit["segments"]] == lines, q
+    command.downgrade(alembic(url), "0006")  # and back
+    with get_engine(url).connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM videos")).scalar() == 1

@@ -64,10 +64,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from webapp import api, extensions, health, security, ui
+    # (ui_search adds the search page to ui.bp when imported)
+    from webapp import api, commands, extensions, health, security, ui, ui_search  # noqa: F401
 
     extensions.init_app(app, settings)
     api.init_app(app)
+    commands.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
     init_dashboard(app, settings)

@@ -1,4 +1,5 @@
-"""Typed SQLAlchemy models: videos, processing tasks, their subtasks and published outputs."""
+"""Typed SQLAlchemy models: videos, processing tasks, their subtasks, published outputs and
+the search index."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ACTIVE_STATUSES = ("queued", "running")
@@ -202,3 +204,29 @@ class Publication(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     folder: Mapped[str] = mapped_column(String(200))
     published_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SearchEntry(Base):
+    """One searchable text of a video: its name, or a segment of its published transcript.
+
+    `terms` is what search matches (webapp/services/searchterms.py): on PostgreSQL a
+    tsvector under a GIN index; on SQLite the terms as text, indexed by the FTS5 table
+    `search_fts` (external content: this table), kept in step by triggers. Both are made by
+    migration 0007; webapp/services/search.py writes and queries them.
+    """
+
+    __tablename__ = "search_entries"
+
+    # INTEGER PRIMARY KEY on SQLite: the rowid that search_fts refers to.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    video_id: Mapped[str] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(8))  # name | segment
+    position: Mapped[int] = mapped_column(Integer)  # the segment's index in the transcript
+    start_time: Mapped[float | None] = mapped_column(Float)  # seconds; None for the name
+    end_time: Mapped[float | None] = mapped_column(Float)
+    text: Mapped[str] = mapped_column(Text)  # as shown
+    terms: Mapped[str] = mapped_column(TSVECTOR().with_variant(Text(), "sqlite"))
+
+    # (and on PostgreSQL the GIN index ix_search_entries_terms: migration 0007)
+    __table_args__ = (Index("ix_search_entries_video", "video_id", "kind", "position"),)

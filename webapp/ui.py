@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable
 
 from flask import (
@@ -119,12 +120,15 @@ def video_context(video: Video, message: str | None = None, poll: bool = False,
     }
 
 
-def show_video(video_id: str, message: str | None = None, status: int = 200):
-    """The video page, or for HTMX the fresh panel plus the action's message (out of band)."""
+def show_video(video_id: str, message: str | None = None, status: int = 200,
+               start_at: str | None = None):
+    """The video page, or for HTMX the fresh panel plus the action's message (out of band).
+    `start_at` (the page's `t`) is where its player starts, in seconds."""
     video = processing.get_video(ext.db(), video_id)
     context = video_context(video, message)
     if not is_htmx():
-        return render_template("videos/show.html", **context), status
+        return render_template("videos/show.html", start_at=seconds_into(video, start_at),
+                               **context), status
     html = render_template("videos/_panel.html", **context)
     html += render_template("videos/_message.html", message=message, oob=True)
     return html, status
@@ -283,8 +287,22 @@ def go_to(url: str) -> Response:
 
 @bp.get("/videos/<video_id>", merge_slashes=False)
 def video_page(video_id: str):
-    """One video: metadata, actions, live progress and, when done, the results."""
-    return show_video(video_id)
+    """One video: metadata, actions, live progress and, when done, the results; `?t=12.3`
+    plays it from that second (a link from search, or one to share)."""
+    return show_video(video_id, start_at=request.args.get("t"))
+
+
+def seconds_into(video: Video, value: str | None) -> float | None:
+    """A `t` parameter as a time in the video, None unless it is a number of seconds from 0
+    to the video's length (a link is never an error: a bad `t` is left out)."""
+    try:
+        seconds = float(value) if value and len(value) <= 32 else None
+    except ValueError:
+        return None
+    end = video.duration if video.duration is not None else math.inf
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= end:
+        return None
+    return seconds
 
 
 @bp.get("/videos/<video_id>/panel", merge_slashes=False)

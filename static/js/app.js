@@ -227,6 +227,26 @@
     highlight(player);
   });
 
+  // A page opened at a moment (/videos/<id>?t=12.3, e.g. from search) plays from there. If
+  // the browser refuses to start playing by itself, the player waits at that moment.
+  function startAt() {
+    var player = document.getElementById("player");
+    var t = player ? parseFloat(player.dataset.startAt) : NaN;
+    if (!(t >= 0)) return;
+    delete player.dataset.startAt;
+    function go() {
+      player.currentTime = t;
+      highlight(player);
+      var playing = player.play();
+      if (playing && playing.catch) playing.catch(function () {});
+    }
+    if (player.readyState >= 1) go();
+    else player.addEventListener("loadedmetadata", go, { once: true });
+    player.scrollIntoView({ block: "center" });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", startAt);
+  else startAt();
+
   // Media events do not bubble: listen in the capture phase so swapped-in players work too.
   document.addEventListener("timeupdate", function (evt) {
     if (evt.target.id === "player") highlight(evt.target);

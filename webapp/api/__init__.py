@@ -84,7 +84,7 @@ def handle_unexpected(error: Exception):
 
 
 def init_app(app: Flask) -> None:
-    from webapp.api import processing, videos
+    from webapp.api import processing, search, videos
 
     app.config.setdefault("API_TITLE", "vidpipe")
     app.config.setdefault("API_VERSION", "v1")
@@ -102,5 +102,6 @@ def init_app(app: Flask) -> None:
     api.init_app(app)
     api.register_blueprint(videos.blp, url_prefix=f"{API_PREFIX}/v1")
     api.register_blueprint(processing.blp, url_prefix=f"{API_PREFIX}/v1")
+    api.register_blueprint(search.blp, url_prefix=f"{API_PREFIX}/v1")
     app.register_error_handler(ServiceError, handle_service_error)
     app.register_error_handler(Exception, handle_unexpected)

@@ -228,3 +228,33 @@ class TranscriptSchema(ma.Schema):
         "was nothing to translate. Absent when no translation was asked for")})
     translation_note = fields.String(allow_none=True, metadata={
         "description": "Why there is no translation although one was asked for"})
+
+
+class SearchQuerySchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE  # page and page_size are the pagination's
+
+    q = fields.String(required=True, validate=validate.Length(min=1, max=200), metadata={
+        "description": (
+            "What to search for in videos' names and transcripts. Every word must occur in "
+            "the name or in one segment of the transcript; case and accents of Latin "
+            "letters do not matter; two or more Chinese or Japanese characters are found "
+            "inside a segment (a single one as the start of a pair). Quotes and operators "
+            "are searched as the words they hold, never interpreted. 1-200 characters with "
+            "a letter or digit, else 422")})
+
+
+class SearchSegmentSchema(ma.Schema):
+    start = fields.Float(required=True, metadata={"description": "Seconds"})
+    end = fields.Float(required=True, metadata={"description": "Seconds"})
+    text = fields.String(required=True, metadata={"description": "As in the transcript"})
+
+
+class SearchHitSchema(ma.Schema):
+    video = fields.Nested(VideoSchema, required=True)
+    name_matches = fields.Boolean(required=True, metadata={
+        "description": "The video's name holds every word of the query"})
+    segment_count = fields.Integer(required=True, metadata={
+        "description": "How many segments of its published transcript match"})
+    segments = fields.List(fields.Nested(SearchSegmentSchema), required=True, metadata={
+        "description": "The first (at most 3) matching segments, in time order"})

@@ -50,6 +50,10 @@ class InvalidMedia(ServiceError):
     status = 422
 
 
+class InvalidQuery(ServiceError):
+    status = 422
+
+
 class QueueUnavailable(ServiceError):
     status = 503
 

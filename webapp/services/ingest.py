@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from webapp.config import Settings
 from webapp.models import Video
-from webapp.services import integrity, media, mediainput, progress
+from webapp.services import integrity, media, mediainput, progress, search
 from webapp.services.errors import Conflict, InvalidMedia
 from webapp.services.mediainput import Deadline, ProbeTimeout
 from webapp.services.processing import get_video
@@ -152,6 +152,7 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
         session.add(video)
         session.flush()
         video_id = video.id
+        search.index_name(session, video.id, original)
         storage.adopt_source(staged_file, video.id, video.stored_name)
         session.commit()
         return video
@@ -215,7 +216,8 @@ def list_videos(session: Session, page: int, page_size: int, *, status: str | No
 
 
 def delete_video(session: Session, storage: Storage, video_id: str) -> None:
-    """Remove the video, its tasks and all its files (409 while a task is active)."""
+    """Remove the video, its tasks, its search entries and all its files (409 while a task
+    is active)."""
     video = get_video(session, video_id)
     active = progress.active_task(session, video_id)
     if active is not None:

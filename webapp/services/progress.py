@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -22,7 +22,7 @@ from webapp.models import (
     new_id,
     utcnow,
 )
-from webapp.services import calibration, eta, publications
+from webapp.services import calibration, eta, publications, search
 from webapp.services.errors import NotFound
 from webapp.services.storage import is_valid_id
 
@@ -492,14 +492,17 @@ def attempt_is_current(session: Session, task_id: str, name: str, attempt: int) 
 def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
                      video_id: str | None = None, folder: str | None = None,
                      note: str | None = None,
-                     video_values: Mapping[str, object] | None = None) -> bool:
+                     video_values: Mapping[str, object] | None = None,
+                     segments: Sequence[tuple[float, float, str]] | None = None) -> bool:
     """Mark an attempt's step completed and publish its output folder, in one transaction.
 
     False (and nothing written) if the attempt is stale: its files must then never be
     published. `folder` None completes a step that has nothing to publish. `note` is a
     sentence shown with the completed step (in its `error` field, e.g. "nothing to
     translate"); `video_values` are facts about the published outputs written on the
-    video in the same transaction (e.g. the transcript's language).
+    video in the same transaction (e.g. the transcript's language); `segments` (start,
+    end, text) are a published transcript's, indexed for search in that transaction too,
+    in place of the video's earlier ones.
     """
     now = utcnow()
     _touch_task(session, task_id, now)
@@ -519,6 +522,8 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
         if video_values:
             session.execute(update(Video).where(Video.id == video_id).values(**video_values)
                             .execution_options(synchronize_session=False))
+        if segments is not None:
+            search.replace_transcript(session, video_id, segments)
     _close_task_if_done(session, task_id, now)
     session.commit()
     return True

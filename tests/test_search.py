@@ -1,0 +1,383 @@
+"""Search (GET /api/v1/search, the search page, `flask reindex`) on SQLite and PostgreSQL.
+
+Transcripts are published the way the transcribe step publishes them (files in an attempt's
+folder, one completion that switches the publication and indexes the segments); the last
+tests make them with the real pipeline (espeak-ng speech, whisper, a worker).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from sqlalchemy import text
+
+from tests import mediagen
+from tests.conftest import run_worker
+from tests.helpers import (
+    assert_json_error,
+    progress_of,
+    publish_files,
+    publish_transcript,
+    transcript_files,
+    upload_ok,
+)
+from webapp.db import get_engine
+
+WEATHER = [(0.0, 2.5, "Good morning, here is the weather."),
+           (2.5, 6.0, "Tomorrow the WEATHER will be fine in the mountains."),
+           (6.0, 9.0, "Now the sports news.")]
+DESSERT = [(0.0, 3.0, "Heute backen wir eine Crème brûlée."),
+           (3.0, 7.5, "Die CRÈME muss langsam kochen, sagt der Bäcker in Zürich."),
+           (7.5, 9.0, "Das Wetter ist schön.")]
+CHINESE = [(0.0, 4.0, "大家好，今天我们讨论北京的天气。"),
+           (4.0, 8.0, "明天上午有雨，下午天气会好转。")]
+JAPANESE = [(0.0, 3.0, "こんにちは、東京都の天気予報です。"),
+            (3.0, 6.5, "明日は京都で雨が降るでしょう。")]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return mediagen.make_media(tmp_path_factory.mktemp("search") / "clip.wav", duration=10.0)
+
+
+def search(client, q: str, **params):
+    return client.get("/api/v1/search", query_string={"q": q, **params})
+
+
+def found(client, q: str, **params) -> list[dict]:
+    resp = search(client, q, **params)
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()
+
+
+def total_of(resp) -> int:
+    return json.loads(resp.headers["X-Pagination"])["total"]
+
+
+def names(hits: list[dict]) -> list[str]:
+    return [h["video"]["original_filename"] for h in hits]
+
+
+def lines(hit: dict) -> list[str]:
+    return [s["text"] for s in hit["segments"]]
+
+
+@pytest.fixture
+def library(client, settings, clip) -> dict[str, str]:
+    """Four videos with published transcripts (in upload order: weather, dessert, chinese,
+    japanese) and one without; name -> id."""
+    ids = {}
+    for name, segments in (("weather report.wav", WEATHER), ("Crème brûlée.wav", DESSERT),
+                           ("北京天气.wav", CHINESE), ("tenki.wav", JAPANESE),
+                           ("silent.wav", None)):
+        ids[name] = upload_ok(client, clip, name)["id"]
+        if segments:
+            publish_transcript(settings, ids[name], segments, language=None)
+    return ids
+
+
+# -- what is found ---------------------------------------------------------------------------
+
+def test_words_are_found_in_transcripts_with_their_moments(client, library):
+    hits = found(client, "weather")
+    # The name match first, then the transcript matches.
+    assert names(hits) == ["weather report.wav"]
+    hit = hits[0]
+    assert hit["name_matches"] is True and hit["segment_count"] == 2
+    assert hit["segments"] == [{"start": 0.0, "end": 2.5, "text": WEATHER[0][2]},
+                               {"start": 2.5, "end": 6.0, "text": WEATHER[1][2]}]
+    assert hit["video"]["id"] == library["weather report.wav"]
+    assert hit["video"]["progress_url"].endswith("/reprocess")  # the whole video, as listed
+    # Every word in one segment: "tomorrow" and "mountains" are in the same line only.
+    assert [lines(h) for h in found(client, "mountains tomorrow")] == [[WEATHER[1][2]]]
+    assert found(client, "morning mountains") == []  # in two different lines
+    assert found(client, "nothing said") == []
+
+
+def test_case_and_accents_do_not_matter(client, library):
+    for q in ("creme", "CRÈME", "Crême", "cReMe"):
+        hits = found(client, q)
+        assert names(hits) == ["Crème brûlée.wav"], q
+        assert hits[0]["name_matches"] and hits[0]["segment_count"] == 2, q
+    assert found(client, "baecker") == []  # ä is a, as é is e; not the German ae
+    assert lines(found(client, "backer ZURICH")[0]) == [DESSERT[1][2]]
+    assert lines(found(client, "brulee")[0]) == [DESSERT[0][2]]
+    assert lines(found(client, "schon")[0]) == [DESSERT[2][2]]
+
+
+def test_two_chinese_characters_are_found_inside_a_segment(client, library):
+    hits = found(client, "天气")
+    assert names(hits) == ["北京天气.wav"]  # the name holds them too
+    assert hits[0]["name_matches"] and lines(hits[0]) == [CHINESE[0][2], CHINESE[1][2]]
+    assert lines(found(client, "北京")[0]) == [CHINESE[0][2]]
+    assert lines(found(client, "讨论")[0]) == [CHINESE[0][2]]
+    # Longer runs are phrases: their characters together, in this order.
+    assert lines(found(client, "下午天气会好转")[0]) == [CHINESE[1][2]]
+    assert found(client, "讨论天气") == []  # both words are there, not side by side
+    assert found(client, "天论") == []
+    # One character: any term it starts, and the end of a run.
+    rain = found(client, "雨")
+    assert {h["video"]["original_filename"]: lines(h) for h in rain} == {
+        "北京天气.wav": [CHINESE[1][2]], "tenki.wav": [JAPANESE[1][2]]}  # 雨が too
+    assert [lines(h) for h in found(client, "转")] == [[CHINESE[1][2]]]
+
+
+def test_japanese_is_found_inside_a_segment(client, library):
+    assert lines(found(client, "京都")[0]) == [JAPANESE[0][2], JAPANESE[1][2]]  # 東京都 too
+    assert lines(found(client, "東京都")[0]) == [JAPANESE[0][2]]
+    assert lines(found(client, "天気予報")[0]) == [JAPANESE[0][2]]
+    assert lines(found(client, "降る")[0]) == [JAPANESE[1][2]]
+    assert lines(found(client, "こんにちは")[0]) == [JAPANESE[0][2]]
+    assert found(client, "雨が降った") == []
+    # Japanese and Chinese terms in one query: both in one segment, or nothing.
+    assert found(client, "京都 天气") == []
+    assert lines(found(client, "明日 京都")[0]) == [JAPANESE[1][2]]
+
+
+@pytest.mark.parametrize("q", [
+    'weather" OR "nothing', "weather OR nothing", "NEAR(weather sports)", "weather*",
+    "weather:*", "^weather", "-weather", "weather AND", "(weather", "weather NOT sports",
+    "'; DROP TABLE videos; --", "a & !b | c:*", "weather' & 'sports", "\\'weather",
+    '"', "'", "*", "(", ":*", "!!!", "\x00weather",
+])
+def test_query_syntax_is_only_ever_searched_for(client, library, database_url, q):
+    resp = search(client, q)
+    assert resp.status_code in (200, 422), (resp.status_code, resp.data[:300])
+    if resp.status_code == 422:  # nothing but punctuation
+        assert not re.search(r"\w", q.replace("_", "")), q
+        assert "no letter or digit" in assert_json_error(resp, 422)["message"]
+        return
+    words = set(re.findall(r"[a-z]+", q.lower()))
+    expected = ["weather report.wav"] if words <= {"weather"} else []
+    assert names(resp.get_json()) == expected, q
+    # The tables are all still there, and whole.
+    with get_engine(database_url).connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM videos")).scalar() == 5
+
+
+def test_operators_are_words(client, library, settings):
+    vid = library["silent.wav"]
+    publish_transcript(settings, vid, [(1.0, 2.0, "rain OR shine, and NOT near the weather")])
+    assert lines(found(client, "rain OR shine")[0]) == [
+        "rain OR shine, and NOT near the weather"]
+    assert names(found(client, "not near")) == ["silent.wav"]
+    assert found(client, "weath*") == []  # no prefix search of words
+
+
+@pytest.mark.parametrize(("params", "says"), [
+    ({}, "q"), ({"q": ""}, "q"), ({"q": "   \t "}, "empty"), ({"q": "x" * 201}, "q"),
+    ({"q": "…!?"}, "no letter or digit"),
+])
+def test_bad_queries_are_422_with_a_clear_message(client, library, params, says):
+    resp = client.get("/api/v1/search", query_string=params)
+    body = assert_json_error(resp, 422)
+    assert says in json.dumps(body), body
+
+
+def test_a_query_of_200_characters_is_searched(client, library):
+    q = ("weather " * 25)[:200]
+    assert names(found(client, q)) == ["weather report.wav"]
+
+
+# -- order and pages ---------------------------------------------------------------------------
+
+def test_best_match_first_then_newest_and_pages(client, settings, clip):
+    ids = []
+    for i in range(5):
+        ids.append(upload_ok(client, clip, f"clip {i}.wav")["id"])
+    counts = [1, 3, 1, 2, 1]  # segments that say "budget", per video
+    for vid, n in zip(ids, counts, strict=True):
+        publish_transcript(settings, vid, [(float(i), i + 1.0, f"line {i} about the budget")
+                                           for i in range(n)] + [(9.0, 10.0, "goodbye")])
+    named = upload_ok(client, clip, "Budget 2027.wav")["id"]  # a name match, no transcript
+    # name match; then 3, 2 segments; then the three with 1, newest first
+    expected = [named, ids[1], ids[3], ids[4], ids[2], ids[0]]
+    resp = search(client, "budget", page_size=4)
+    assert total_of(resp) == 6
+    assert json.loads(resp.headers["X-Pagination"])["total_pages"] == 2
+    first = resp.get_json()
+    assert [h["video"]["id"] for h in first] == expected[:4]
+    assert [h["segment_count"] for h in first] == [0, 3, 2, 1]
+    assert [len(h["segments"]) for h in first] == [0, 3, 2, 1]
+    second = search(client, "budget", page_size=4, page=2)
+    assert [h["video"]["id"] for h in second.get_json()] == expected[4:]
+    past = search(client, "budget", page_size=4, page=3)
+    assert past.status_code == 200 and past.get_json() == [] and total_of(past) == 6
+    huge = search(client, "budget", page=10**15)
+    assert huge.status_code == 200 and huge.get_json() == [] and total_of(huge) == 6
+    none = search(client, "nowhere")
+    assert none.get_json() == [] and total_of(none) == 0
+
+
+def test_at_most_three_segments_per_video_earliest_first(client, settings, clip):
+    vid = upload_ok(client, clip, "long.wav")["id"]
+    publish_transcript(settings, vid, [(float(i), i + 0.5, f"{i}: the same word again")
+                                       for i in range(10)])
+    [hit] = found(client, "word")
+    assert hit["segment_count"] == 10
+    assert [s["start"] for s in hit["segments"]] == [0.0, 1.0, 2.0]
+
+
+# -- the index follows the data ------------------------------------------------------------------
+
+def test_a_new_transcript_replaces_the_old_one_in_the_index(client, settings, library):
+    vid = library["weather report.wav"]
+    publish_transcript(settings, vid, [(0.0, 1.0, "A completely different forecast.")])
+    assert found(client, "mountains") == []
+    hits = found(client, "forecast")
+    assert names(hits) == ["weather report.wav"] and lines(hits[0]) == [
+        "A completely different forecast."]
+    # The name stays searchable; the old lines do not.
+    assert found(client, "weather")[0]["segment_count"] == 0
+
+
+def test_a_stale_attempt_publishes_and_indexes_nothing(client, settings, library, db_session):
+    from webapp.services import progress
+
+    vid = library["tenki.wav"]
+    task_id = publish_transcript(settings, vid, [(0.0, 1.0, "first words")])
+    assert names(found(client, "first words")) == ["tenki.wav"]
+    # An attempt that is no longer the step's running one completes: refused, rolled back.
+    assert not progress.complete_subtask(db_session, task_id, "transcribe", 1, video_id=vid,
+                                         folder="runs/x/transcribe.1",
+                                         segments=[(0.0, 1.0, "stale words")])
+    assert found(client, "stale") == []
+    assert names(found(client, "first words")) == ["tenki.wav"]
+
+
+def test_a_deleted_video_is_gone_from_the_index(client, library, database_url):
+    vid = library["北京天气.wav"]
+    assert client.delete(f"/api/v1/videos/{vid}").status_code == 204
+    assert found(client, "天气") == []
+    assert found(client, "北京") == []
+    with get_engine(database_url).connect() as conn:
+        left = conn.execute(text("SELECT COUNT(*) FROM search_entries WHERE video_id = :v"),
+                            {"v": vid}).scalar()
+        assert left == 0
+        if database_url.startswith("sqlite"):  # the FTS5 index agrees with its table
+            conn.execute(text("INSERT INTO search_fts(search_fts, rank) "
+                              "VALUES ('integrity-check', 1)"))
+    assert names(found(client, "weather")) == ["weather report.wav"]
+
+
+def test_flask_reindex_indexes_what_was_published_before_search(app, client, settings, clip,
+                                                               database_url):
+    vid = upload_ok(client, clip, "old talk.wav")["id"]
+    # Published as before search existed: files only, nothing indexed, no name either.
+    publish_files(settings, vid, "transcribe", transcript_files([(3.0, 5.5, "An old lecture.")]))
+    with get_engine(database_url).begin() as conn:
+        conn.execute(text("DELETE FROM search_entries"))
+    assert found(client, "lecture") == [] and found(client, "old talk") == []
+
+    result = app.test_cli_runner().invoke(args=["reindex"])
+    assert result.exit_code == 0, result.output
+    assert re.match(r"indexed 1 videos \(1 transcript segments\) in [\d.]+ s; the index takes",
+                    result.output), result.output
+    [hit] = found(client, "lecture")
+    assert hit["segments"] == [{"start": 3.0, "end": 5.5, "text": "An old lecture."}]
+    assert names(found(client, "old talk")) == ["old talk.wav"]
+    # Run again: the same index, nothing twice.
+    assert app.test_cli_runner().invoke(args=["reindex"]).exit_code == 0
+    assert found(client, "lecture")[0]["segment_count"] == 1
+
+
+# -- the pages -----------------------------------------------------------------------------------
+
+def test_every_page_has_the_search_box(client, library):
+    for path in ("/", f"/videos/{library['tenki.wav']}", "/search"):
+        html = client.get(path).get_data(as_text=True)
+        assert re.search(r'<form id="search-form"[^>]*role="search"[^>]*action="/search"', html)
+        assert 'name="q"' in html, path
+
+
+def test_search_page_lists_videos_with_marked_lines_linking_to_their_moment(client, library):
+    resp = client.get("/search", query_string={"q": "CREME"})
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    vid = library["Crème brûlée.wav"]
+    assert "1 video matches" in html
+    assert f'href="/videos/{vid}?t=3.000"' in html
+    assert "<mark>Crème</mark> brûlée.wav" in html  # the name
+    assert "Heute backen wir eine <mark>Crème</mark> brûlée." in html
+    assert "Die <mark>CRÈME</mark> muss" in html
+    assert "<time>0:03</time>" in html
+    html = client.get("/search", query_string={"q": "京都"}).get_data(as_text=True)
+    assert "東<mark>京都</mark>の天気予報です" in html and "明日は<mark>京都</mark>で" in html
+
+
+def test_search_page_escapes_what_it_shows(client, settings, clip):
+    vid = upload_ok(client, clip, "<b>bold<b> & co.wav")["id"]
+    publish_transcript(settings, vid, [(0.0, 1.0, "<script>alert('bold')</script> & more")])
+    html = client.get("/search", query_string={"q": "bold"}).get_data(as_text=True)
+    assert "<script>alert" not in html and "<b>" not in html
+    assert "&lt;script&gt;alert(&#39;<mark>bold</mark>&#39;)&lt;/script&gt; &amp; more" in html
+    assert "&lt;b&gt;<mark>bold</mark>&lt;b&gt; &amp; co.wav" in html
+    html = client.get("/search", query_string={"q": "<mark>"}).get_data(as_text=True)
+    assert "<q>&lt;mark&gt;</q>" in html
+
+
+def test_search_page_says_what_is_wrong_with_a_query(client, library):
+    resp = client.get("/search", query_string={"q": "   "})
+    assert resp.status_code == 422
+    assert "The search text is empty" in resp.get_data(as_text=True)
+    resp = client.get("/search", query_string={"q": "x" * 300})
+    assert resp.status_code == 422 and "at most 200" in resp.get_data(as_text=True)
+    assert client.get("/search").status_code == 200  # the form alone
+
+
+@pytest.mark.parametrize(("t", "start_at"), [
+    ("9.87654", "9.877"), ("0", "0.000"), ("10", "10.000"), ("12.3", None), ("10.5", None),
+    ("abc", None), ("-1", None), ("nan", None), ("inf", None), ("1e400", None), ("", None),
+])
+def test_video_page_starts_its_player_at_t(client, settings, clip, t, start_at):
+    vid = upload_ok(client, clip, "a.wav")["id"]
+    publish_files(settings, vid, "extract_audio", {"audio.wav": clip.read_bytes()})
+    resp = client.get(f"/videos/{vid}", query_string={"t": t})
+    assert resp.status_code == 200
+    found_at = re.search(r'<audio id="player"[^>]*data-start-at="([^"]+)"',
+                         resp.get_data(as_text=True))
+    assert (found_at.group(1) if found_at else None) == start_at
+
+
+def test_openapi_describes_search(client):
+    spec = client.get("/api/openapi.json").get_json()
+    op = spec["paths"]["/api/v1/search"]["get"]
+    q = next(p for p in op["parameters"] if p["name"] == "q")
+    assert q["required"] and q["schema"]["maxLength"] == 200 and q["schema"]["minLength"] == 1
+    assert {"200", "422"} <= set(op["responses"])
+    hit = spec["components"]["schemas"]["SearchHit"]
+    assert set(hit["properties"]) == {"video", "name_matches", "segment_count", "segments"}
+    segment = spec["components"]["schemas"]["SearchSegment"]["properties"]
+    assert set(segment) == {"start", "end", "text"}
+
+
+# -- with the real pipeline ------------------------------------------------------------------------
+
+SPOKEN = ("Good evening. The harbour lights are shining tonight. "
+          "Tomorrow we sail to the island of penguins.")
+
+
+@pytest.mark.e2e
+def test_a_processed_video_is_found_by_what_was_said(client, settings, tmp_path):
+    path = mediagen.make_speech_video(tmp_path / "evening.mp4", SPOKEN)
+    vid = upload_ok(client, path)["id"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    run_worker()
+    assert progress_of(client, vid)["status"] == "completed"
+    transcript = client.get(f"/api/v1/videos/{vid}/artifacts/transcript.json").get_json()
+    [hit] = found(client, "ISLAND")
+    assert hit["video"]["id"] == vid and hit["segment_count"] == 1
+    [segment] = hit["segments"]
+    said = next(s for s in transcript["segments"] if "island" in s["text"].lower())
+    assert (segment["start"], segment["end"], segment["text"]) == (
+        said["start"], said["end"], said["text"])
+    assert 0 < segment["start"] < segment["end"] <= transcript["duration"] + 0.5
+    # Reprocess: the new publication's segments replace the old ones (no duplicates).
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    run_worker()
+    assert progress_of(client, vid)["status"] == "completed"
+    assert found(client, "island")[0]["segment_count"] == 1
+    assert client.delete(f"/api/v1/videos/{vid}").status_code == 204
+    assert found(client, "island") == []

@@ -1,0 +1,243 @@
+"""Full-text search over videos' names and published transcripts, in the database itself.
+
+One table, `search_entries` (webapp.models.SearchEntry, migration 0007), holds a row per
+searchable text: a video's name (written at upload) and each segment of its published
+transcript (written by the progress service in the transaction that publishes the
+transcript, so the index always says what readers see; replaced by the next publication,
+gone with the video through its foreign key). SQLite matches through FTS5, PostgreSQL
+through a tsvector under a GIN index; the terms of both come from webapp.services.
+searchterms, so both find the same things.
+
+A video matches when its name, or one segment of its transcript, holds every unit of the
+query. Best first: a match in the name, then more matching segments, then newer videos.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import bindparam, cast, delete, insert, select, text, update
+from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from webapp.models import Publication, SearchEntry, Video
+from webapp.services import results, searchterms
+from webapp.services.errors import InvalidQuery
+from webapp.services.results import Line
+from webapp.services.storage import Storage
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY = 200  # characters
+SHOWN_SEGMENTS = 3  # matching segments shown per video, earliest first
+NAME, SEGMENT = "name", "segment"
+# An offset past any real result, and too big for some databases' integers.
+_MAX_OFFSET = 2**31
+
+
+@dataclass(frozen=True)
+class Hit:
+    video: Video
+    in_name: bool  # the name holds the whole query
+    segment_count: int  # segments of its transcript that hold the whole query
+    segments: list[Line] = field(default_factory=list)  # the first SHOWN_SEGMENTS of them
+
+
+# -- writing the index (in the caller's transaction) -----------------------------------------
+
+def _insert(session: Session, video_id: str, rows: Sequence[tuple]) -> None:
+    """Insert entries (kind, position, start, end, text) of a video with their terms."""
+    if not rows:
+        return
+    postgres = session.get_bind().dialect.name == "postgresql"
+    terms_of = searchterms.tsvector if postgres else " ".join
+    stmt = insert(SearchEntry)
+    if postgres:  # the literal is parsed as a tsvector, never by a text search parser
+        stmt = stmt.values(terms=cast(bindparam("literal"), TSVECTOR))
+    session.execute(stmt, [
+        {"video_id": video_id, "kind": kind, "position": position, "start_time": start,
+         "end_time": end, "text": shown,
+         ("literal" if postgres else "terms"): terms_of(searchterms.index_terms(shown))}
+        for kind, position, start, end, shown in rows])
+
+
+def _remove(session: Session, video_id: str, kind: str | None = None) -> None:
+    which = [SearchEntry.video_id == video_id]
+    if kind is not None:
+        which.append(SearchEntry.kind == kind)
+    session.execute(delete(SearchEntry).where(*which)
+                    .execution_options(synchronize_session=False))
+
+
+def index_name(session: Session, video_id: str, name: str) -> None:
+    """Index the video's name (at upload), in the caller's transaction."""
+    _remove(session, video_id, NAME)
+    _insert(session, video_id, [(NAME, 0, None, None, name)])
+
+
+def replace_transcript(session: Session, video_id: str,
+                       segments: Iterable[tuple[float, float, str]]) -> int:
+    """Index a newly published transcript's segments (start, end, text) in place of the
+    video's earlier ones, in the caller's transaction (the one that publishes it)."""
+    rows = [(SEGMENT, i, float(start), float(end), str(shown))
+            for i, (start, end, shown) in enumerate(segments) if str(shown).strip()]
+    _remove(session, video_id, SEGMENT)
+    _insert(session, video_id, rows)
+    return len(rows)
+
+
+def reindex_video(session: Session, storage: Storage, video_id: str) -> int | None:
+    """Index one video again from its name and its published transcript, in the caller's
+    transaction: the number of segments indexed, None if the video is gone.
+
+    Its transcript's publication row is locked first (a no-op UPDATE: the row lock on
+    PostgreSQL, the write lock on SQLite), in the order of the progress service, so a
+    transcript published meanwhile is either read here or indexed after this.
+    """
+    session.execute(update(Publication)
+                    .where(Publication.video_id == video_id, Publication.step == "transcribe")
+                    .values(folder=Publication.folder)
+                    .execution_options(synchronize_session=False))
+    name = session.scalar(select(Video.original_filename).where(Video.id == video_id))
+    if name is None:
+        return None
+    _remove(session, video_id)
+    index_name(session, video_id, name)
+    pub = session.get(Publication, (video_id, "transcribe"), populate_existing=True)
+    found = storage.artifact_in(video_id, pub.folder, "transcript.json") if pub else None
+    transcript = results.transcript(found, video_id)
+    lines = transcript.lines if transcript else []
+    return replace_transcript(session, video_id, ((ln.start, ln.end, ln.text) for ln in lines))
+
+
+@dataclass
+class Rebuilt:
+    videos: int = 0
+    segments: int = 0
+    vanished: int = 0  # deleted while the rebuild ran
+
+
+def rebuild(session: Session, storage: Storage, *, commit: bool = True) -> Rebuilt:
+    """Index every video again (`flask reindex`, migration 0007). With `commit`, each
+    video in a transaction of its own, so workers publishing meanwhile wait for one video
+    at most; without, all in the caller's transaction."""
+    done = Rebuilt()
+    ids = list(session.scalars(select(Video.id).order_by(Video.created_at, Video.id)))
+    if commit:
+        session.rollback()
+    for video_id in ids:
+        try:
+            segments = reindex_video(session, storage, video_id)
+            if commit:
+                session.commit()
+        except IntegrityError:  # deleted between the read and the insert
+            if not commit:
+                raise
+            session.rollback()
+            segments = None
+        if segments is None:
+            done.vanished += 1
+        else:
+            done.videos += 1
+            done.segments += segments
+    if commit and session.get_bind().dialect.name == "sqlite":
+        # Merge the FTS5 index's segments: what a rebuild leaves behind is read fastest.
+        session.execute(text("INSERT INTO search_fts(search_fts) VALUES ('optimize')"))
+        session.commit()
+    return done
+
+
+# -- queries -----------------------------------------------------------------------------------
+
+_MATCHING = {  # the entries holding every unit of the query; the parameter q
+    "sqlite": ("SELECT e.* FROM search_fts JOIN search_entries e ON e.id = search_fts.rowid"
+               " WHERE search_fts MATCH :q"),
+    "postgresql": "SELECT e.* FROM search_entries e WHERE e.terms @@ CAST(:q AS tsquery)",
+}
+_PAGE = """WITH hits AS ({matching}),
+per_video AS (
+  SELECT video_id, MAX(CASE WHEN kind = 'name' THEN 1 ELSE 0 END) AS in_name,
+         SUM(CASE WHEN kind = 'segment' THEN 1 ELSE 0 END) AS segments
+  FROM hits GROUP BY video_id)
+SELECT p.video_id, p.in_name, p.segments, COUNT(*) OVER () AS total
+FROM per_video p JOIN videos v ON v.id = p.video_id
+ORDER BY p.in_name DESC, p.segments DESC, v.created_at DESC, v.id
+LIMIT :limit OFFSET :offset"""
+_COUNT = "SELECT COUNT(DISTINCT h.video_id) FROM ({matching}) h"
+_SEGMENTS = """WITH hits AS ({matching} AND e.kind = 'segment' AND e.video_id IN :ids),
+ranked AS (
+  SELECT video_id, position, start_time, end_time, text,
+         ROW_NUMBER() OVER (PARTITION BY video_id ORDER BY position) AS n
+  FROM hits)
+SELECT video_id, start_time, end_time, text FROM ranked WHERE n <= :shown
+ORDER BY video_id, position"""
+
+
+def parse(query: str | None) -> list[searchterms.Unit]:
+    """The units of a query; InvalidQuery (422) when it is empty, too long, or has no
+    letter or digit to search for."""
+    query = query or ""
+    if len(query) > MAX_QUERY:
+        raise InvalidQuery(f"the search text is {len(query)} characters long; at most "
+                           f"{MAX_QUERY} are searched")
+    if not query.strip():
+        raise InvalidQuery("the search text is empty: give a word to search for")
+    units = searchterms.query_units(query)
+    if not units:
+        raise InvalidQuery("the search text has no letter or digit to search for")
+    return units
+
+
+def _match_expression(dialect: str, units: list[searchterms.Unit]) -> str:
+    return searchterms.tsquery(units) if dialect == "postgresql" else \
+        searchterms.fts5_query(units)
+
+
+def search(session: Session, query: str | None, page: int,
+           page_size: int) -> tuple[list[Hit], int]:
+    """One page of the videos matching `query`, best first, and how many match in all."""
+    units = parse(query)
+    dialect = session.get_bind().dialect.name
+    matching = _MATCHING[dialect]
+    q = _match_expression(dialect, units)
+    offset = (page - 1) * page_size
+    rows = [] if offset >= _MAX_OFFSET else session.execute(
+        text(_PAGE.format(matching=matching)),
+        {"q": q, "limit": page_size, "offset": offset}).all()
+    if rows:
+        total = rows[0].total
+    else:  # past the end (or nothing at all): still say how many there are
+        total = session.scalar(text(_COUNT.format(matching=matching)), {"q": q}) or 0
+    if not rows:
+        return [], total
+    ids = [row.video_id for row in rows]
+    videos = {v.id: v for v in session.scalars(select(Video).where(Video.id.in_(ids)))}
+    segments: dict[str, list[Line]] = {video_id: [] for video_id in ids}
+    if any(row.segments for row in rows):
+        stmt = text(_SEGMENTS.format(matching=matching)).bindparams(
+            bindparam("ids", expanding=True))
+        for found in session.execute(stmt, {"q": q, "ids": ids, "shown": SHOWN_SEGMENTS}):
+            segments[found.video_id].append(Line(found.start_time, found.end_time, found.text))
+    hits = [Hit(videos[row.video_id], bool(row.in_name), int(row.segments),
+                segments[row.video_id])
+            for row in rows if row.video_id in videos]
+    return hits, total
+
+
+def marked(text_: str, query: str) -> list[tuple[str, bool]]:
+    """`text_` in pieces, True for those that match `query` (for <mark> in pages)."""
+    return searchterms.marked(text_, searchterms.query_units(query))
+
+
+def index_size(session: Session) -> int:
+    """Bytes the index takes in the database: its table, the table's indexes and, on
+    SQLite, the FTS5 index's shadow tables."""
+    if session.get_bind().dialect.name == "postgresql":
+        return int(session.scalar(text(
+            "SELECT pg_total_relation_size(CAST('search_entries' AS regclass))")) or 0)
+    return int(session.scalar(text(
+        "SELECT SUM(pgsize) FROM dbstat WHERE name IN ('search_entries', "
+        "'ix_search_entries_video') OR name LIKE 'search_fts%'")) or 0)

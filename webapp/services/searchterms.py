@@ -1,0 +1,227 @@
+"""What search sees of a text: folded words and CJK bigrams, the same on SQLite and PostgreSQL.
+
+Both databases index the terms made here, not their own tokenizers' (FTS5's trigram needs 3
+characters and SQLite 3.40's unicode61 strips no accents; PostgreSQL's parser classes CJK
+by locale), so they find the same things:
+
+- text is folded: NFKC (full-width letters, ligatures), case folded, and accents dropped
+  from Latin and Greek letters (é, Å, ø, ß, ά → e, a, o, ss, α); other scripts keep their
+  marks (Japanese が stays が, Hindi's vowel signs stay in their word);
+- a word is a run of letters, digits and marks; anything else separates words;
+- Chinese and Japanese write no spaces: a run of Han, kana (and 々, ー) is indexed as its
+  overlapping bigrams (東京都 → 東京 京都) followed by its last character (都), so that
+  any two or more characters of it are found as a phrase of bigrams, and a single
+  character as the prefix of a term (京 → 京都, 都).
+
+A query is made of the same units, all of which must match within one entry (a transcript
+segment, or the video's name). The terms hold letters, digits and marks only, so no query
+can carry FTS5 or tsquery syntax; they are quoted all the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+MAX_TERM = 64  # characters of a word kept (the index and queries cut alike)
+WORD, CJK, OTHER = 1, 2, 0
+# Letters folded to plain ones that Unicode does not decompose.
+_LETTERS = str.maketrans({"ø": "o", "đ": "d", "ð": "d", "ħ": "h", "ı": "i", "ł": "l",
+                          "ŀ": "l", "æ": "ae", "œ": "oe", "þ": "th", "ĸ": "k"})
+# Scripts whose accents do not matter to search.
+_FOLDED_SCRIPTS = ("LATIN", "GREEK")
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _is_cjk(ch: str) -> bool:
+    cp = ord(ch)
+    return (0x3040 <= cp <= 0x30FF or 0x31F0 <= cp <= 0x31FF or 0x3400 <= cp <= 0x4DBF
+            or 0x4E00 <= cp <= 0x9FFF or 0xF900 <= cp <= 0xFAFF or 0x20000 <= cp <= 0x3FFFF
+            or cp in (0x3005, 0x3006, 0x3007))
+
+
+@functools.lru_cache(maxsize=65536)
+def kind(ch: str) -> int:
+    """CJK, WORD (a letter, digit or mark of another script) or OTHER (a separator). The
+    categories are those of SQLite's tokenizer as configured (unicode61, 'L* N* Co M*')."""
+    if _is_cjk(ch):
+        return CJK
+    category = unicodedata.category(ch)
+    return WORD if category[0] in "LNM" or category == "Co" else OTHER
+
+
+@functools.lru_cache(maxsize=65536)
+def _fold_char(ch: str) -> str:
+    """One character as search sees it (may be empty or several characters)."""
+    out = []
+    for part in unicodedata.normalize("NFKC", ch):
+        decomposed = unicodedata.normalize("NFD", part.casefold())
+        if decomposed and unicodedata.name(decomposed[0], "").startswith(_FOLDED_SCRIPTS):
+            decomposed = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+        out.append(unicodedata.normalize("NFC", decomposed).translate(_LETTERS))
+    return "".join(out)
+
+
+def fold(text: str) -> tuple[str, list[int]]:
+    """The text folded for search, and for each of its characters the index of the
+    character of `text` (taken as NFC) it comes from."""
+    text = unicodedata.normalize("NFC", text)
+    if text.isascii():
+        return text.lower(), list(range(len(text)))
+    folded: list[str] = []
+    origin: list[int] = []
+    strip_marks = False  # a combining mark on its own follows a Latin or Greek letter
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) == "Mn":
+            if strip_marks:
+                continue
+        else:
+            strip_marks = unicodedata.name(ch, "").startswith(_FOLDED_SCRIPTS)
+        part = _fold_char(ch)
+        folded.append(part)
+        origin.extend([i] * len(part))
+    return "".join(folded), origin
+
+
+@dataclass(frozen=True)
+class Run:
+    kind: int  # WORD or CJK
+    text: str  # folded
+    start: int  # offsets in the folded text
+    end: int
+
+
+def runs(folded: str) -> Iterator[Run]:
+    """The words and CJK runs of a folded text, in order."""
+    at = 0
+    for key, group in itertools.groupby(folded, kind):
+        chunk = "".join(group)
+        if key != OTHER:
+            yield Run(key, chunk, at, at + len(chunk))
+        at += len(chunk)
+
+
+def _runs_of(text: str) -> Iterator[Run]:
+    folded = fold(text)[0]
+    if folded.isascii():  # the common case, without a look at each character
+        for match in _ASCII_WORD.finditer(folded):
+            yield Run(WORD, match.group(), match.start(), match.end())
+        return
+    yield from runs(folded)
+
+
+def bigrams(run: str) -> list[str]:
+    return [run[i:i + 2] for i in range(len(run) - 1)]
+
+
+def index_terms(text: str) -> list[str]:
+    """The terms of a text in order (their positions matter for CJK phrases)."""
+    terms: list[str] = []
+    for run in _runs_of(text):
+        if run.kind == WORD:
+            terms.append(run.text[:MAX_TERM])
+        else:  # its bigrams, then its last character
+            terms.extend(bigrams(run.text))
+            terms.append(run.text[-1])
+    return terms
+
+
+# -- queries --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    """One thing a query asks for: a word, a CJK run (two or more characters, a phrase of
+    bigrams) or one CJK character (the prefix of a term)."""
+
+    kind: int
+    text: str
+
+    @property
+    def phrase(self) -> list[str]:
+        return bigrams(self.text) if self.kind == CJK and len(self.text) > 1 else [self.text]
+
+    @property
+    def prefix(self) -> bool:
+        return self.kind == CJK and len(self.text) == 1
+
+
+def query_units(query: str) -> list[Unit]:
+    """The distinct units of a query, in order; empty when it has nothing to search for."""
+    units = [Unit(r.kind, r.text[:MAX_TERM] if r.kind == WORD else r.text)
+             for r in _runs_of(query)]
+    return list(dict.fromkeys(units))
+
+
+def fts5_query(units: list[Unit]) -> str:
+    """An FTS5 MATCH expression: every unit, quoted ("a phrase" or "a prefix" *)."""
+    def quoted(unit: Unit) -> str:
+        phrase = " ".join(unit.phrase).replace('"', '""')
+        return f'"{phrase}"' + (" *" if unit.prefix else "")
+
+    return " AND ".join(quoted(u) for u in units)
+
+
+def _lexeme(term: str) -> str:
+    return "'" + term.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def tsquery(units: list[Unit]) -> str:
+    """A PostgreSQL tsquery literal: every unit, quoted ('a' <-> 'phrase', 'prefix':*)."""
+    def one(unit: Unit) -> str:
+        if unit.prefix:
+            return _lexeme(unit.text) + ":*"
+        return "(" + " <-> ".join(_lexeme(t) for t in unit.phrase) + ")"
+
+    return " & ".join(one(u) for u in units)
+
+
+# PostgreSQL keeps positions up to this one (later ones count as this).
+_MAX_POSITION = 16383
+
+
+def tsvector(terms: list[str]) -> str:
+    """A PostgreSQL tsvector literal of terms with their positions (1, 2, ...)."""
+    positions: dict[str, list[str]] = {}
+    for at, term in enumerate(terms, start=1):
+        positions.setdefault(term, []).append(str(min(at, _MAX_POSITION)))
+    return " ".join(f"{_lexeme(t)}:{','.join(p[:256])}" for t, p in positions.items())
+
+
+# -- marking matches ------------------------------------------------------------------------
+
+def marked(text: str, units: list[Unit]) -> list[tuple[str, bool]]:
+    """The text (as NFC) cut into pieces, True for those that match a unit of the query:
+    whole words, and any occurrence of a CJK unit inside a CJK run."""
+    text = unicodedata.normalize("NFC", text)
+    folded, origin = fold(text)
+    words = {u.text for u in units if u.kind == WORD}
+    cjk = [u.text for u in units if u.kind == CJK]
+    spans: list[tuple[int, int]] = []
+    for run in runs(folded):
+        if run.kind == WORD and run.text[:MAX_TERM] in words:
+            spans.append((run.start, run.end))
+        elif run.kind == CJK:
+            for unit in cjk:
+                at = run.text.find(unit)
+                while at >= 0:
+                    spans.append((run.start + at, run.start + at + len(unit)))
+                    at = run.text.find(unit, at + 1)
+    # Back to the text's own characters, overlapping spans merged.
+    hits = sorted((origin[a], origin[b - 1] + 1) for a, b in spans)
+    pieces: list[tuple[str, bool]] = []
+    at = 0
+    for start, end in hits:
+        if end <= at:
+            continue
+        start = max(start, at)
+        if start > at:
+            pieces.append((text[at:start], False))
+        pieces.append((text[start:end], True))
+        at = end
+    if at < len(text):
+        pieces.append((text[at:], False))
+    return pieces
