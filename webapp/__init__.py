@@ -64,12 +64,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from webapp import api, extensions, health, security, ui
+    from webapp import api, extensions, health, internal, security, ui
 
     extensions.init_app(app, settings)
     api.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(internal.bp)  # workers on other hosts; not in the OpenAPI document
     init_dashboard(app, settings)
     security.init_app(app, settings)  # last: it finds the /api and /rq blueprints
     from webapp import hosts
