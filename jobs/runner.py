@@ -16,6 +16,7 @@ from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs import remote
 from jobs.attempt import AttemptWatch, with_retries
 from webapp.config import Settings
 from webapp.db import session_factory
@@ -24,7 +25,7 @@ from webapp.services import ffrun, progress, publications
 from webapp.services.errors import ToolError, internal_error, without_paths
 from webapp.services.media import MediaError
 from webapp.services.queue import NEEDS
-from webapp.services.storage import Storage
+from webapp.services.storage import STEP_OUTPUTS, Storage
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def readable_error(exc: BaseException) -> str | None:
         return str(exc).strip()[:1000] or type(exc).__name__
     if isinstance(exc, JobTimeoutException):
         return "the step took longer than its time limit and was stopped"
+    if isinstance(exc, remote.TransferError):
+        return str(exc)[:1000]
     return None
 
 
@@ -90,10 +93,11 @@ class _Started:
     inputs: dict[str, Path]
     language: str | None
     translate: bool
+    published: dict[str, str]  # step -> its published folder (what a remote worker fetches)
 
 
 def _start(session: Session, storage: Storage, task_id: str, step: str,
-           takeover: bool) -> _Started | None:
+           takeover: bool, worker: str | None = None) -> _Started | None:
     """Start an attempt if the task still wants the step; None means: nothing to do."""
     task = session.get(ProcessingTask, task_id)
     if task is None:
@@ -108,13 +112,14 @@ def _start(session: Session, storage: Storage, task_id: str, step: str,
     language, translate = task.language, bool(task.translate)
     video = session.get(Video, task.video_id)
     session.expunge(video)
-    attempt = progress.start_subtask(session, task_id, step, takeover=takeover)
+    attempt = progress.start_subtask(session, task_id, step, takeover=takeover, worker=worker)
     if attempt is None:
         log.info("task %s no longer wants %s", task_id, step)
         return None
     inputs = {a.name: a.path for a in publications.artifacts(session, storage, video.id)}
+    published = {s: pub.folder for s, pub in publications.published(session, video.id).items()}
     session.commit()
-    return _Started(video, attempt, inputs, language, translate)
+    return _Started(video, attempt, inputs, language, translate, published)
 
 
 def _takeover(job: Job | None) -> bool:
@@ -137,43 +142,69 @@ def _remember_attempt(job: Job | None, attempt: int) -> None:
 
 
 def run_step(task_id: str, step: str, work: Work) -> str:
-    """Run one attempt of a step of a task: "completed", "not run", "stopped", or raise."""
+    """Run one attempt of a step of a task: "completed", "not run", "stopped", or raise.
+
+    On the shared MEDIA_ROOT the attempt reads the source and writes its folder in place;
+    with SERVER_URL (a worker on another host) it fetches them from the web app and uploads
+    its outputs (jobs/remote.py). Progress and fencing go through the database either way.
+    """
     settings = Settings.from_env()
     sessions = session_factory(settings.database_url)
     storage = Storage(settings.media_root)
     job = get_current_job()
     started = with_retries(
-        sessions, lambda s: _start(s, storage, task_id, step, _takeover(job)),
+        sessions, lambda s: _start(s, storage, task_id, step, _takeover(job),
+                                   settings.worker_name),
         f"starting {step} of task {task_id}")
     if started is None:
         return "not run"
     video, attempt = started.video, started.attempt
     _remember_attempt(job, attempt)
-    folder = storage.attempt_folder(task_id, step, attempt)
-    out = storage.folder_path(video.id, folder)
-    out.mkdir(parents=True, exist_ok=True)
     watch = AttemptWatch(sessions, task_id, step, attempt, settings.progress_interval)
+    folder = storage.attempt_folder(task_id, step, attempt)
+    away = (remote.RemoteAttempt(remote.Server(settings, watch.stop),
+                                 remote.attempt_folder(settings, task_id, step, attempt))
+            if settings.server_url else None)
+    out = away.out if away else storage.folder_path(video.id, folder)
+    discard = away.discard if away else lambda: storage.remove_folder(video.id, folder)
+    out.mkdir(parents=True, exist_ok=True)
+    published = False
     with watch, ffrun.stopping(watch.stop):
-        ctx = StepContext(settings, video.id, storage.source_path(video.id, video.stored_name),
-                          video.format_name, out, started.inputs, video.duration, video.width,
-                          video.height, video.has_audio, watch, watch.stop, started.language,
-                          started.translate, watch.guess)
         try:
+            if away:
+                source, inputs = away.prepare(video, step, started.published)
+            else:
+                source = storage.source_path(video.id, video.stored_name)
+                inputs = started.inputs
+            ctx = StepContext(settings, video.id, source, video.format_name, out, inputs,
+                              video.duration, video.width, video.height, video.has_audio,
+                              watch, watch.stop, started.language, started.translate,
+                              watch.guess)
             result = work(ctx) or StepResult()
             ffrun.check_stop()
-            if not storage.outputs_complete(video.id, folder, step):
+            if not all((out / name).is_file() for name in STEP_OUTPUTS[step]):
                 raise MediaError(f"{step} did not write all its outputs")
+            if away:
+                published = away.publish(task_id, step, attempt, result.note, result.video)
         except Exception as exc:
-            storage.remove_folder(video.id, folder)
+            discard()
             if watch.stop.is_set() or not _still_current(sessions, task_id, step, attempt):
                 log.info("%s of task %s: attempt %d stopped", step, task_id, attempt)
                 return "stopped"
             _record_failure(sessions, job, task_id, step, attempt, exc, settings.media_root)
             raise
-    if not _publish(sessions, task_id, step, attempt, video.id, folder, result):
-        storage.remove_folder(video.id, folder)
+    if not away:
+        published = _publish(sessions, task_id, step, attempt, video.id, folder, result)
+    if not published:
+        discard()
         log.info("%s of task %s: attempt %d superseded; not published", step, task_id, attempt)
         return "stopped"
+    if away:
+        discard()  # the web app has the files now (and removed what they replaced)
+        log.info("%s of task %s completed on %s (attempt %d, %d bytes down, %d up)", step,
+                 task_id, settings.worker_name, attempt, away.server.bytes_down,
+                 away.server.bytes_up)
+        return "completed"
     with_retries(sessions, lambda s: publications.collect_garbage(s, storage, video.id),
                  f"removing replaced outputs of video {video.id}")
     log.info("%s of task %s completed (attempt %d, %d progress writes)", step, task_id,

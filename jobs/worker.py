@@ -68,9 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     try:
         settings.validate()
+        settings.validate_remote_worker()
     except ConfigError as exc:
         logging.getLogger("jobs.worker").error("vidpipe: %s", exc)
         return 1
+    if settings.server_url:
+        logging.getLogger("jobs.worker").info(
+            "exchanging media with %s over HTTP as %s (cache: %d bytes in %s)",
+            settings.server_url, settings.worker_name, settings.worker_cache_bytes,
+            settings.media_root / "cache")
     worker = build_worker(settings, args.name)
     helper = reconciler.spawn() if settings.reconcile_interval > 0 and not args.burst else None
     try:

@@ -65,13 +65,23 @@ def create_app(settings: Settings | None = None) -> Flask:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     # (ui_search adds the search page to ui.bp when imported)
-    from webapp import api, commands, extensions, health, security, ui, ui_search  # noqa: F401
+    from webapp import (  # noqa: F401
+        api,
+        commands,
+        extensions,
+        health,
+        internal,
+        security,
+        ui,
+        ui_search,
+    )
 
     extensions.init_app(app, settings)
     api.init_app(app)
     commands.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(internal.bp)  # workers on other hosts; not in the OpenAPI document
     init_dashboard(app, settings)
     security.init_app(app, settings)  # last: it finds the /api and /rq blueprints
     from webapp import hosts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,22 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: int = 0
+    # Workers on other hosts (docs/DEPLOY.md): a worker with SERVER_URL exchanges media with
+    # the web app over HTTP (webapp/internal.py) instead of reading MEDIA_ROOT, keeping at
+    # most WORKER_CACHE_BYTES of downloads in its own MEDIA_ROOT/cache. WORKER_TOKEN is the
+    # secret both sides share. WORKER_NAME is recorded per step (default: the host name).
+    server_url: str = ""
+    worker_token: str = field(default="", repr=False)
+    worker_cache_bytes: int = 5 * 1024**3
+    worker_name: str = ""
 
     def __post_init__(self) -> None:
         if not self.database_url:
             self.database_url = f"sqlite:///{INSTANCE_DIR / 'vidpipe.db'}"
         self.media_root = Path(self.media_root)
+        self.server_url = self.server_url.rstrip("/")
+        if not self.worker_name:
+            self.worker_name = socket.gethostname()
         if self.trusted_proxies < 0:
             raise ValueError(f"TRUSTED_PROXIES must be 0 or more, got {self.trusted_proxies}")
 
@@ -125,6 +137,10 @@ class Settings:
             "allowed_hosts": _list_env("ALLOWED_HOSTS"),
             "cors_origins": _list_env("CORS_ORIGINS"),
             "trusted_proxies": int(_env("TRUSTED_PROXIES", "0")),
+            "server_url": _env("SERVER_URL", "").strip(),
+            "worker_token": _env("WORKER_TOKEN", ""),
+            "worker_cache_bytes": int(_env("WORKER_CACHE_BYTES", str(cls.worker_cache_bytes))),
+            "worker_name": _env("WORKER_NAME", "").strip()[:200],
         }
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
@@ -146,3 +162,24 @@ class Settings:
         if self.chinese_script not in CHINESE_SCRIPTS:
             raise ConfigError(f"CHINESE_SCRIPT must be 'simplified' (the default) or "
                               f"'traditional'; got {self.chinese_script!r}.")
+        if self.worker_token and self.worker_token == self.api_token:
+            raise ConfigError("WORKER_TOKEN must differ from API_TOKEN: API clients must not "
+                              "be able to write the outputs of steps.")
+
+    def validate_remote_worker(self) -> None:
+        """ConfigError unless a worker with SERVER_URL can work: it needs the token, and a
+        database the web host shares (SQLite is a file on one host)."""
+        if not self.server_url:
+            return
+        if not re.match(r"^https?://[^/]+", self.server_url):
+            raise ConfigError(f"SERVER_URL must be the web app's http:// or https:// address, "
+                              f"e.g. http://web-host:5000; got {self.server_url!r}.")
+        if self.database_url.startswith("sqlite"):
+            raise ConfigError("A worker with SERVER_URL needs the PostgreSQL database that "
+                              "the web app uses (set DATABASE_URL to it): SQLite is a file "
+                              "on the web host, which a worker on another host cannot share.")
+        if not self.worker_token:
+            raise ConfigError("A worker with SERVER_URL needs WORKER_TOKEN, the same token "
+                              "as the web app's.")
+        if self.worker_cache_bytes <= 0:
+            raise ConfigError(f"WORKER_CACHE_BYTES must be > 0, got {self.worker_cache_bytes}.")

@@ -86,6 +86,9 @@ class Video(Base):
     # probability for it; written when that transcript is published.
     language: Mapped[str | None] = mapped_column(String(16))
     language_probability: Mapped[float | None] = mapped_column(Float)
+    # The stored source's hex sha256, recorded at upload (NULL for sources uploaded before
+    # it was: computed when a worker on another host first needs it, webapp/internal.py).
+    sha256: Mapped[str | None] = mapped_column(String(64))
 
     tasks: Mapped[list[ProcessingTask]] = relationship(
         back_populates="video", cascade="all, delete-orphan", passive_deletes=True
@@ -164,6 +167,9 @@ class SubTask(Base):
     cost_key: Mapped[str | None] = mapped_column(String(80))
     cost_units: Mapped[float | None] = mapped_column(Float)
     expected_seconds: Mapped[float | None] = mapped_column(Float)
+    # The worker (its WORKER_NAME, by default its host name) that runs or ran the latest
+    # attempt: which host did the work.
+    worker: Mapped[str | None] = mapped_column(String(200))
 
     task: Mapped[ProcessingTask] = relationship(back_populates="subtasks")
 

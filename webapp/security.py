@@ -10,6 +10,9 @@
   webapp/hosts.py (in front of everything) requests for other host names.
 - Security headers (CSP, nosniff, frame and referrer policy) on every response (by hand, not
   Flask-Talisman: docs/RELIABILITY.md, "Security", says why).
+- `WORKER_TOKEN`: the worker exchange under /internal (webapp/internal.py) needs
+  `Authorization: Bearer <WORKER_TOKEN>` and nothing else opens it: not the API token, not
+  the admin login, not a session. Without WORKER_TOKEN it is closed (401 for everyone).
 - `check_exposure`: the web process refuses a non-loopback address without both secrets and
   ALLOWED_HOSTS.
 """
@@ -48,6 +51,8 @@ API_DOCS_BLUEPRINT = "api-docs."
 API_PREFIX = "/api/"
 # What rq-dashboard serves; like the UI it needs the admin password.
 RQ_PREFIX = "/rq"
+# The worker exchange (webapp/internal.py): the worker token only.
+INTERNAL_PREFIX = "/internal/"
 # The artifact files: the UI shows them (<video>, <img>, download links) straight from the
 # API, so a browser logged in as admin may read them with its basic auth as well.
 ARTIFACT_ENDPOINT = "videos.Artifact"
@@ -172,6 +177,7 @@ def persistent_secret_key(instance_dir: Path) -> str:
 # -- authentication (Flask-HTTPAuth) ------------------------------------------------------
 
 token_auth = HTTPTokenAuth(scheme="Bearer")
+worker_auth = HTTPTokenAuth(scheme="Bearer")
 admin_auth = HTTPBasicAuth(realm=REALM)
 # Artifact files also accept the admin login: the UI's <video>, <img> and download links.
 artifact_auth = MultiAuth(token_auth, admin_auth)
@@ -196,6 +202,28 @@ def bearer_matches(authorization: str | None, token: str) -> bool:
 @token_auth.verify_token
 def _token_valid(token: str) -> bool:
     return _equal(token, _settings().api_token)
+
+
+@worker_auth.verify_token
+def _worker_token_valid(token: str) -> bool:
+    expected = _settings().worker_token
+    return bool(expected) and _equal(token or "", expected)  # no token set: nobody
+
+
+@worker_auth.error_handler
+def _worker_refusal(status: int):
+    """401 JSON, and a line in the log: a wrong worker token is a misconfigured worker, or
+    someone trying."""
+    if not _settings().worker_token:
+        why = "this server sets no WORKER_TOKEN, so it accepts no worker over HTTP"
+    elif "Authorization" in request.headers:
+        why = "the worker token is not valid"
+    else:
+        why = "a worker token is required: send 'Authorization: Bearer <WORKER_TOKEN>'"
+    log.warning("refused %s %s from %s: %s", request.method, request.path,
+                request.remote_addr, why)
+    return ({"code": 401, "status": "Unauthorized", "message": why}, 401,
+            {"WWW-Authenticate": "Bearer"})
 
 
 @admin_auth.verify_password
@@ -249,6 +277,8 @@ def authenticate():
     endpoint = request.endpoint or ""
     if endpoint in PUBLIC_ENDPOINTS or endpoint.startswith(API_DOCS_BLUEPRINT):
         return None
+    if request.path.startswith(INTERNAL_PREFIX):
+        return worker_auth.login_required(_allowed)()
     if request.path.startswith(API_PREFIX):
         if not settings.api_token:
             return None
@@ -369,6 +399,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     csrf = CSRF()
     csrf.init_app(app)
     _exempt_blueprints(app, csrf)
+    if "internal" in app.blueprints:  # workers post files, with their token, no session
+        csrf.exempt(app.blueprints["internal"])
     app.register_error_handler(CSRFError, csrf_failed)
     app.after_request(security_headers)
     document_api_auth(settings)

@@ -103,6 +103,11 @@ class SubTaskProgressSchema(ma.Schema):
         metadata={"description": "The raw output of the tool that failed (ffmpeg, whisper),"
                   " server paths removed, for bug reports; null when there is none"},
     )
+    worker = fields.String(
+        allow_none=True,
+        metadata={"description": "The worker that runs or ran the step's latest attempt "
+                  "(its WORKER_NAME, by default its host name); null before it started"},
+    )
 
 
 class TaskProgressSchema(ma.Schema):

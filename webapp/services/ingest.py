@@ -148,6 +148,7 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
             height=info.height, has_audio=info.has_audio, has_video=info.has_video,
             video_codec=info.video_codec, audio_codec=info.audio_codec,
             requested_language=requested_language, translate=translate,
+            sha256=staged_file.sha256,
         )
         session.add(video)
         session.flush()

@@ -39,6 +39,7 @@ class SubtaskView:
     finished_at: datetime | None
     error: str | None
     error_detail: str | None = None
+    worker: str | None = None  # who runs or ran the latest attempt (its host)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def _subtask_view(sub: SubTask) -> SubtaskView:
         finished_at=sub.finished_at,
         error=sub.error,
         error_detail=getattr(sub, "error_detail", None),
+        worker=getattr(sub, "worker", None),
     )
 
 
@@ -426,13 +428,14 @@ def _attempt_is(task_id: str, name: str, attempt: int | None) -> tuple:
 
 
 def start_subtask(session: Session, task_id: str, name: str, *,
-                  takeover: bool = False) -> int | None:
+                  takeover: bool = False, worker: str | None = None) -> int | None:
     """Start a new attempt of a pending step of an active task; its attempt number, or None
     if the task no longer wants the step.
 
     A step already running is taken over only with `takeover` (a retry of an attempt that
     died, or a job the reconciler enqueued again): the old attempt, if it still lives, is
     stale from here on and stops itself. A second delivery of the same job is refused.
+    `worker` names who runs the attempt (shown per step).
     """
     now = utcnow()
     statuses = ("pending", "running") if takeover else ("pending",)
@@ -443,7 +446,7 @@ def start_subtask(session: Session, task_id: str, name: str, *,
             .where(SubTask.status.in_(statuses))
             .values(status="running", progress=0.0, attempt=SubTask.attempt + 1,
                     started_at=now, finished_at=None, error=None, error_detail=None,
-                    first_progress_at=None, first_progress=None)
+                    first_progress_at=None, first_progress=None, worker=worker)
             .returning(SubTask.attempt)
         )
     if attempt is None:

@@ -10,6 +10,7 @@ publications); this module only does the path arithmetic and the file moves.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import mimetypes
 import os
@@ -69,18 +70,39 @@ def mime_type(name: str) -> str:
     return guessed or "application/octet-stream"
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class StagedFile(io.BufferedRandom):
     """An upload being received, written straight into MEDIA_ROOT/staging.
 
     Closing it deletes it (the request closes it when it ends, whatever happened, and garbage
     collection closes it too), unless `move_to` gave it its final name first: a rename on the
     same filesystem, so an accepted upload is written to disk once and never copied.
+    Its sha256 is computed as it is written (`sha256`), so recording it reads nothing again.
     """
 
     def __init__(self, path: Path) -> None:
         super().__init__(io.FileIO(path, "x+"))  # a new file (O_EXCL), read and write
         self.path = path
         self.staged = True  # False once moved into place or deleted
+        self._hash = hashlib.sha256()
+
+    def write(self, data) -> int:  # appends only: nothing seeks back into an upload
+        written = super().write(data)
+        self._hash.update(memoryview(data)[:written])
+        return written
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of everything written so far."""
+        return self._hash.hexdigest()
 
     def move_to(self, target: Path) -> None:
         if not self.staged:

@@ -1,0 +1,270 @@
+"""A worker on another host: media from and to the web app over HTTP (webapp/internal.py).
+
+With SERVER_URL set, a step's attempt downloads what it reads (the source, or the parent
+step's published outputs) into the worker's bounded cache (jobs/cache.py), resuming a cut
+download with HTTP Range and checking the sha256 the server recorded; it writes its
+outputs into a folder of its own under the worker's MEDIA_ROOT, and when its work is done
+uploads them one by one (a failed upload is sent again whole) and asks the web app to
+publish them, which it does only for the step's running attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+import urllib3
+
+from jobs.cache import Cache
+from webapp.config import Settings
+from webapp.models import Video
+from webapp.services import ffrun
+from webapp.services.queue import NEEDS
+from webapp.services.storage import STEP_OUTPUTS, file_sha256
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SHA_HEADER = "X-Sha256"
+# Waits between tries of one transfer: about a minute in all, longer than a web restart.
+DELAYS = (0.5, 1, 2, 4, 8, 15, 15, 15)
+_CHUNK = 1 << 20
+
+
+class TransferError(Exception):
+    """Media could not be exchanged with the web app; str() is one sentence for people."""
+
+
+class Superseded(Exception):
+    """The web app refused this attempt's files: it is no longer the step's running one."""
+
+
+def uses_source(step: str) -> bool:
+    """Steps with a parent work on its outputs; the others on the source."""
+    return step not in NEEDS
+
+
+def inputs_of(step: str) -> tuple[str, ...]:
+    """The published outputs a step reads (the required outputs of its parent)."""
+    parent = NEEDS.get(step)
+    return STEP_OUTPUTS[parent] if parent else ()
+
+
+class Server:
+    """The web app's worker exchange, as seen from a worker."""
+
+    def __init__(self, settings: Settings, stop: threading.Event | None = None,
+                 delays: tuple[float, ...] = DELAYS) -> None:
+        self.base = settings.server_url + "/internal/v1"
+        self.cache = Cache(settings.media_root / "cache", settings.worker_cache_bytes)
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {settings.worker_token}"
+        self.stop = stop or threading.Event()
+        self.delays = delays
+        self.bytes_down = 0
+        self.bytes_up = 0
+
+    # -- downloads --------------------------------------------------------------------
+
+    def source(self, video: Video) -> Path:
+        """The video's source in the cache, checked against the sha256 of its upload."""
+        return self.fetch(f"/videos/{video.id}/source", f"source-{video.id}", video.sha256,
+                          "the source")
+
+    def output(self, video_id: str, folder: str, name: str) -> Path:
+        """A published output of the video (from `folder`) in the cache."""
+        key = f"{video_id}-{folder.replace('/', '-')}-{name}"
+        return self.fetch(f"/videos/{video_id}/outputs/{name}", key, None, name,
+                          params={"folder": folder})
+
+    def fetch(self, path: str, key: str, expected: str | None, what: str,
+              params: dict[str, str] | None = None) -> Path:
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        part = self.cache.part(key)
+        part.unlink(missing_ok=True)
+        try:
+            told = self._retrying(lambda: self._download(path, part, params), f"downloading {what}")
+            expected = expected or told
+            if not expected:
+                raise TransferError(f"the server sent {what} without its sha256")
+            got = file_sha256(part)
+            if got != expected:
+                log.warning("%s downloaded from %s: sha256 %s, expected %s", what, path, got,
+                            expected)
+                raise TransferError(f"{what} downloaded from the web app does not match its "
+                                    "sha256 (damaged on the server's disk or on the way)")
+            return self.cache.add(part, key)
+        finally:
+            part.unlink(missing_ok=True)
+
+    def _download(self, path: str, part: Path, params: dict[str, str] | None) -> str | None:
+        """Download into `part`, resuming what it already holds; the server's sha256."""
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-", "If-Range": self._etag} if have else {}
+        with self.http.get(self.base + path, params=params, headers=headers, stream=True,
+                           timeout=(5, 30)) as resp:
+            if resp.status_code == 416 and have:
+                return self._sha
+            self._check(resp)
+            if resp.status_code == 206:
+                log.info("resuming the download of %s at byte %d", path, have)
+            else:
+                have = 0
+            self._etag = resp.headers.get("ETag", "")
+            self._sha = resp.headers.get(SHA_HEADER)
+            with open(part, "ab" if have else "wb") as fh:
+                # read1: what has arrived, so that a cut loses nothing already received
+                while chunk := resp.raw.read1(_CHUNK):
+                    ffrun.check_stop()
+                    if self.stop.is_set():
+                        raise ffrun.Stopped("stopped on request")
+                    fh.write(chunk)
+                    self.bytes_down += len(chunk)
+        return self._sha
+
+    _etag = ""
+    _sha: str | None = None
+
+    # -- uploads ----------------------------------------------------------------------
+
+    def upload(self, task_id: str, step: str, attempt: int, path: Path) -> str:
+        """Send one output file (again whole after a failure); its sha256."""
+        sha = file_sha256(path)
+        url = f"{self.base}/tasks/{task_id}/steps/{step}/{attempt}/files/{path.name}"
+
+        def send() -> str:
+            with open(path, "rb") as fh:
+                resp = self.http.put(url, data=fh, timeout=(5, 120), headers={
+                    SHA_HEADER: sha, "Content-Type": "application/octet-stream"})
+            self._check(resp)
+            self.bytes_up += path.stat().st_size
+            return sha
+
+        return self._retrying(send, f"uploading {path.name}")
+
+    def complete(self, task_id: str, step: str, attempt: int, files: dict[str, str],
+                 note: str | None, video: dict[str, object]) -> bool:
+        """Ask the web app to publish the uploaded files; False if the attempt is stale."""
+        url = f"{self.base}/tasks/{task_id}/steps/{step}/{attempt}/complete"
+
+        def send() -> bool:
+            resp = self.http.post(url, json={"files": files, "note": note, "video": video},
+                                  timeout=(5, 120))
+            self._check(resp)
+            return True
+
+        try:  # not stopped by the attempt's watch: completing makes the attempt not current
+            return self._retrying(send, f"publishing {step}", stoppable=False)
+        except Superseded:
+            return False
+
+    # -- both -------------------------------------------------------------------------
+
+    def _check(self, resp: requests.Response) -> None:
+        if resp.status_code in (200, 201, 206):
+            return
+        if resp.status_code == 409:
+            raise Superseded(resp.text[:200])
+        if resp.status_code == 401:
+            raise _Final("the web app refused this worker's WORKER_TOKEN")
+        if resp.status_code == 404:
+            raise _Final("the web app no longer has that file (the video was deleted, or "
+                         "its outputs were replaced)")
+        raise _Again(f"the web app answered {resp.status_code}")
+
+    def _retrying(self, send: Callable[[], T], what: str, stoppable: bool = True) -> T:
+        for delay in (*self.delays, None):
+            try:
+                return send()
+            except _Final as exc:
+                raise TransferError(str(exc)) from None
+            except (_Again, requests.RequestException, urllib3.exceptions.HTTPError,
+                    ConnectionError) as exc:
+                stop = self.stop if stoppable else threading.Event()
+                if delay is None or stop.is_set():
+                    raise TransferError(f"{what}: the web app could not be reached or kept "
+                                        f"failing ({_short(exc)})") from None
+                log.warning("%s: %s; trying again in %.1f s", what, _short(exc), delay)
+                if stop.wait(delay):
+                    raise ffrun.Stopped("stopped on request") from None
+        raise AssertionError("unreachable")
+
+
+class _Again(Exception):
+    pass
+
+
+class _Final(Exception):
+    pass
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+@dataclass
+class RemoteAttempt:
+    """Where one attempt of a step works on a remote worker: its own folder under the
+    worker's MEDIA_ROOT (work/<task>/<step>.<attempt>/), removed when it ends."""
+
+    server: Server
+    folder: Path
+
+    @property
+    def out(self) -> Path:
+        return self.folder / "out"
+
+    def prepare(self, video: Video, step: str, published: dict[str, str]
+                ) -> tuple[Path, dict[str, Path]]:
+        """Download what the step reads; (source path, inputs by name) as hard links in
+        this attempt's folder, so that cache eviction never takes them away mid-step."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        source = self.folder / f"source{Path(video.stored_name).suffix}"
+        if uses_source(step):
+            _link(self.server.source(video), source)
+        inputs = {}
+        parent = NEEDS.get(step)
+        if parent and parent in published:
+            for name in inputs_of(step):
+                inputs[name] = self.folder / name
+                _link(self.server.output(video.id, published[parent], name), inputs[name])
+        return source, inputs
+
+    def publish(self, task_id: str, step: str, attempt: int, note: str | None,
+                video_values: dict[str, object]) -> bool:
+        """Upload every output, then have them published; False if the attempt is stale."""
+        files = {}
+        try:
+            for path in sorted(p for p in self.out.iterdir() if p.is_file()):
+                files[path.name] = self.server.upload(task_id, step, attempt, path)
+        except Superseded:
+            return False
+        return self.server.complete(task_id, step, attempt, files, note, video_values)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.folder.parent.rmdir()  # work/<task>/, if nothing else is in it
+
+
+def _link(cached: Path, target: Path) -> None:
+    target.unlink(missing_ok=True)
+    try:
+        os.link(cached, target)
+    except OSError:  # another filesystem: copy
+        shutil.copyfile(cached, target)
+
+
+def attempt_folder(settings: Settings, task_id: str, step: str, attempt: int) -> Path:
+    return settings.media_root / "work" / task_id / f"{step}.{attempt}"
+

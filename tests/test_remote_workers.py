@@ -1,0 +1,387 @@
+"""Workers on other hosts: a real gunicorn web process and real workers with MEDIA_ROOTs of
+their own exchange media over HTTP (webapp/internal.py, jobs/remote.py), on PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ffmpeg
+import pytest
+import requests
+from sqlalchemy import update
+
+from jobs.cache import Cache
+from jobs.remote import RemoteAttempt, Server, TransferError
+from tests import mediagen
+from tests.conftest import PROJECT_ROOT, start_worker, stop_worker
+from tests.helpers import progress_of, subtasks, upload_ok, wait_for
+from tests.test_concurrency import web_server
+from webapp.db import session_factory
+from webapp.models import Publication, Video
+from webapp.services import progress
+from webapp.services.storage import ARTIFACT_NAMES
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "worker-token-for-tests-0123456789"
+POSTGRES = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+SENTENCE = "Good morning. The weather report says rain in the afternoon."
+
+
+@pytest.fixture(scope="module")
+def speech_video(tmp_path_factory):
+    return mediagen.make_speech_video(tmp_path_factory.mktemp("m") / "talk.mp4", SENTENCE,
+                                      size="640x360")
+
+
+@pytest.fixture
+def web(settings, tmp_path):
+    """gunicorn serving the test's database and MEDIA_ROOT, with WORKER_TOKEN set."""
+    with web_server(tmp_path, WORKER_TOKEN=TOKEN, WEB_WORKERS="2") as (port, proc):
+        proc.port = port
+        proc.log_path = tmp_path / "gunicorn.log"
+        yield proc
+
+
+def remote_settings(settings, tmp_path: Path, url: str, name: str = "worker-b"):
+    """The settings of a worker on another host: its own MEDIA_ROOT, the web app's URL."""
+    from dataclasses import replace
+
+    return replace(settings, server_url=url, worker_token=TOKEN, worker_name=name,
+                   media_root=tmp_path / f"media-{name}")
+
+
+def remote_env(tmp_path: Path, port: int, name: str = "worker-b", **extra: str) -> dict:
+    return {"SERVER_URL": f"http://127.0.0.1:{port}", "WORKER_TOKEN": TOKEN,
+            "WORKER_NAME": name, "MEDIA_ROOT": str(tmp_path / f"media-{name}"), **extra}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def artifacts(client, vid: str) -> dict[str, bytes]:
+    return {a["name"]: client.get(f"/api/v1/videos/{vid}/artifacts/{a['name']}").data
+            for a in client.get(f"/api/v1/videos/{vid}/artifacts").get_json()}
+
+
+def streams(data: bytes, tmp_path: Path) -> list[tuple]:
+    path = tmp_path / f"probe-{sha(data)[:8]}.mp4"
+    path.write_bytes(data)
+    info = ffmpeg.probe(str(path))
+    return [(s["codec_type"], s["codec_name"], s.get("width"), s.get("height"),
+             round(float(s["duration"]), 1)) for s in info["streams"]]
+
+
+@POSTGRES
+def test_a_worker_on_another_host_processes_a_video_like_a_local_one(
+        client, settings, web, speech_video, tmp_path):
+    vid = upload_ok(client, speech_video)["id"]
+    video_sha = sha(speech_video.read_bytes())
+    with session_factory(settings.database_url)() as session:
+        assert session.get(Video, vid).sha256 == video_sha  # recorded at upload
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    worker = start_worker(remote_env(tmp_path, web.port))
+    try:
+        state = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
+                         ("queued", "running") and s, timeout=300, interval=0.5,
+                         what="the remote run ending")
+    finally:
+        stop_worker(worker)
+    assert (state["status"], state["progress"]) == ("completed", 100), state
+    assert {s["worker"] for s in state["subtasks"]} == {"worker-b"}
+    page = client.get(f"/videos/{vid}").get_data(as_text=True)
+    assert 'id="worker-transcode">on worker-b<' in page
+    remote = artifacts(client, vid)
+    assert sorted(remote) == sorted(ARTIFACT_NAMES)
+    # Nothing of the web app's disk was read by the worker: its own MEDIA_ROOT holds only
+    # its cache (the source once, the audio for the transcription) and no work folder left.
+    own = tmp_path / "media-worker-b"
+    assert not (own / "videos").exists()
+    cached = {p.name: p.read_bytes() for p in (own / "cache").iterdir()}
+    assert cached[f"source-{vid}"] == speech_video.read_bytes()
+    assert [n for n in cached if n.endswith("audio.wav")] and len(cached) == 2, sorted(cached)
+    assert not any((own / "work").rglob("*")) if (own / "work").exists() else True
+    assert not (settings.media_root / "cache").exists()
+
+    # The same video processed on one host, by a worker on the shared MEDIA_ROOT.
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    local = subprocess.run([sys.executable, "-m", "jobs.worker", "--burst"], cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "WORKER_NAME": "web-host"})
+    assert local.returncode == 0, local.stderr[-2000:]
+    state = progress_of(client, vid)
+    assert state["status"] == "completed" and {s["worker"] for s in state["subtasks"]} == {
+        "web-host"}
+    here = artifacts(client, vid)
+    for name in ARTIFACT_NAMES:
+        if name == "preview.mp4" and here[name] != remote[name]:
+            assert streams(here[name], tmp_path) == streams(remote[name], tmp_path)
+        else:
+            assert here[name] == remote[name], name
+
+
+@POSTGRES
+def test_a_stale_attempts_uploads_are_refused_and_change_nothing(client, settings, web,
+                                                                 speech_video, tmp_path):
+    from tests.helpers import publish_files
+
+    vid = upload_ok(client, speech_video)["id"]
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": b"old poster",
+                                                "storyboard.jpg": b"old board",
+                                                "storyboard.vtt": b"WEBVTT\n"})
+    before = artifacts(client, vid)
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    task_id = progress_of(client, vid)["task_id"]
+    with session_factory(settings.database_url)() as session:
+        first = progress.start_subtask(session, task_id, "thumbnails", worker="worker-b")
+        second = progress.start_subtask(session, task_id, "thumbnails", takeover=True,
+                                        worker="worker-c")
+    assert (first, second) == (1, 2)
+    # The first attempt (cut off, say) comes back with its outputs.
+    out = tmp_path / "stale" / "out"
+    out.mkdir(parents=True)
+    for name in ("poster.jpg", "storyboard.jpg", "storyboard.vtt"):
+        (out / name).write_bytes(b"stale " + name.encode())
+    server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{web.port}"),
+                    delays=(0.1,))
+    stale = RemoteAttempt(server, out.parent)
+    assert stale.publish(task_id, "thumbnails", first, None, {}) is False
+    folder = settings.media_root / "videos" / vid / "runs" / task_id / "thumbnails.1"
+    assert not folder.exists() or not any(folder.iterdir())
+    # Its completion, sent anyway, is refused as well.
+    resp = requests.post(f"http://127.0.0.1:{web.port}/internal/v1/tasks/{task_id}/steps/"
+                         f"thumbnails/{first}/complete", json={"files": {}},
+                         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert resp.status_code in (409, 422)
+    assert artifacts(client, vid) == before
+    assert subtasks(progress_of(client, vid))["thumbnails"]["status"] == "running"
+    # The current attempt's upload is published.
+    current = RemoteAttempt(server, tmp_path / "current")
+    current.out.mkdir(parents=True)
+    for name in ("poster.jpg", "storyboard.jpg", "storyboard.vtt"):
+        (current.out / name).write_bytes(b"new " + name.encode())
+    assert current.publish(task_id, "thumbnails", second, None, {}) is True
+    after = artifacts(client, vid)
+    assert after["poster.jpg"] == b"new poster.jpg"
+    thumbnails = subtasks(progress_of(client, vid))["thumbnails"]
+    assert (thumbnails["status"], thumbnails["worker"]) == ("completed", "worker-c")
+
+
+@POSTGRES
+def test_only_the_worker_token_opens_the_exchange(client, settings, web, speech_video):
+    vid = upload_ok(client, speech_video)["id"]
+    url = f"http://127.0.0.1:{web.port}/internal/v1/videos/{vid}/source"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"},
+                    {"Authorization": f"Basic {TOKEN}"}):
+        resp = requests.get(url, headers=headers, timeout=10)
+        assert resp.status_code == 401, (headers, resp.status_code)
+        assert resp.json()["code"] == 401 and "video" not in resp.text
+    put = requests.put(url.replace(f"videos/{vid}/source", "tasks/x/steps/transcode/1/files/"
+                                   "preview.mp4"), data=b"x", timeout=10)
+    assert put.status_code == 401
+    ok = requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert ok.status_code == 200 and ok.content == speech_video.read_bytes()
+    assert ok.headers["X-Sha256"] == sha(speech_video.read_bytes())
+    wait_for(lambda: web.log_path.read_text().count("refused GET /internal/v1/videos/") >= 4,
+             timeout=10, what="a log line per refusal")
+    spec = client.get("/api/openapi.json").get_json()
+    assert not [p for p in spec["paths"] if "internal" in p]
+
+
+def test_the_api_token_and_the_admin_login_do_not_open_the_exchange(settings, tmp_path):
+    from webapp import create_app
+
+    app = create_app(settings.__class__.from_env(api_token="api-token-1234567",
+                                                 admin_password="admin-pass-1234",
+                                                 worker_token=TOKEN))
+    client = app.test_client()
+    path = "/internal/v1/videos/0b6f5d6e-0000-4000-8000-000000000001/source"
+    assert client.get(path, headers={"Authorization": "Bearer api-token-1234567"}
+                      ).status_code == 401
+    assert client.get(path, auth=("admin", "admin-pass-1234")).status_code == 401
+    assert client.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
+    closed = create_app(settings.__class__.from_env()).test_client()  # no WORKER_TOKEN
+    resp = closed.get(path, headers={"Authorization": "Bearer "})
+    assert resp.status_code == 401 and "WORKER_TOKEN" in resp.get_json()["message"]
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the web app that cuts the first answer carrying a source
+    after `cut` bytes, and records what the client sent."""
+
+    def __init__(self, port: int, cut: int) -> None:
+        self.target, self.cut, self.sent = port, cut, []
+        self.cuts = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target))
+        state = {"source": False}
+
+        def up() -> None:
+            while data := _recv(client):
+                self.sent.append(data)
+                state["source"] = b"/source HTTP" in data and b"Range:" not in data
+                upstream.sendall(data)
+            upstream.close()
+
+        threading.Thread(target=up, daemon=True).start()
+        passed = 0
+        while data := _recv(upstream):
+            if state["source"] and self.cuts == 0 and passed + len(data) > self.cut:
+                client.sendall(data[:self.cut - passed])
+                self.cuts += 1
+                client.shutdown(socket.SHUT_RDWR)  # a cut: the worker sees the end at once
+                break
+            passed += len(data)
+            client.sendall(data)
+        client.close()
+        upstream.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+@POSTGRES
+def test_a_download_cut_mid_file_resumes_with_range(client, settings, web, speech_video,
+                                                    tmp_path):
+    vid = upload_ok(client, speech_video)["id"]
+    data = speech_video.read_bytes()
+    assert len(data) > 100_000
+    proxy = CuttingProxy(web.port, cut=60_000)
+    try:
+        server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{proxy.port}"),
+                        delays=(0.1, 0.1))
+        with session_factory(settings.database_url)() as session:
+            video = session.get(Video, vid)
+        path = server.source(video)
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    assert path.read_bytes() == data
+    ranges = [line for chunk in proxy.sent for line in chunk.split(b"\r\n")
+              if line.lower().startswith(b"range:")]
+    assert len(ranges) == 1, ranges
+    start = int(ranges[0].split(b"=")[1].rstrip(b"-"))
+    assert 0 < start < 60_000  # only the rest was fetched again
+    assert server.bytes_down == len(data)
+    # A second need is served from the cache: nothing is downloaded again.
+    sent = len(proxy.sent)
+    assert server.source(video) == path and len(proxy.sent) == sent
+
+
+@POSTGRES
+def test_a_damaged_source_is_detected_by_its_sha256(client, settings, web, speech_video,
+                                                    tmp_path):
+    vid = upload_ok(client, speech_video)["id"]
+    with session_factory(settings.database_url)() as session:
+        video = session.get(Video, vid)
+        stored = settings.media_root / "videos" / vid / video.stored_name
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one bit flipped on the server's disk, same size
+    stored.write_bytes(bytes(data))
+    server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{web.port}"),
+                    delays=(0.1,))
+    with pytest.raises(TransferError, match="does not match its sha256"):
+        server.source(video)
+    assert not any((tmp_path / "media-worker-b" / "cache").iterdir())  # nothing kept
+    # A real worker fails the steps that read it with that sentence.
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    worker = start_worker(remote_env(tmp_path, web.port, STEP_RETRIES="0"))
+    try:
+        state = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
+                         ("queued", "running") and s, timeout=120, interval=0.5,
+                         what="the run ending")
+    finally:
+        stop_worker(worker)
+    steps = subtasks(state)
+    assert steps["transcode"]["status"] == "failed"
+    assert "does not match its sha256" in steps["transcode"]["error"]
+
+
+@POSTGRES
+def test_an_old_sources_sha256_is_computed_on_first_need(client, settings, web, speech_video):
+    vid = upload_ok(client, speech_video)["id"]
+    with session_factory(settings.database_url)() as session:
+        session.execute(update(Video).where(Video.id == vid).values(sha256=None))
+        session.commit()
+    resp = requests.get(f"http://127.0.0.1:{web.port}/internal/v1/videos/{vid}/source",
+                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert resp.headers["X-Sha256"] == sha(speech_video.read_bytes())
+    with session_factory(settings.database_url)() as session:
+        assert session.get(Video, vid).sha256 == sha(speech_video.read_bytes())
+
+
+@POSTGRES
+def test_a_damaged_upload_is_refused_and_kept_nowhere(client, settings, web, speech_video):
+    vid = upload_ok(client, speech_video)["id"]
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    task_id = progress_of(client, vid)["task_id"]
+    with session_factory(settings.database_url)() as session:
+        attempt = progress.start_subtask(session, task_id, "transcode")
+    url = (f"http://127.0.0.1:{web.port}/internal/v1/tasks/{task_id}/steps/transcode/"
+           f"{attempt}/files/preview.mp4")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    resp = requests.put(url, data=b"x" * 1000, timeout=10,
+                        headers={**auth, "X-Sha256": sha(b"y" * 1000)})
+    assert resp.status_code == 422
+    folder = settings.media_root / "videos" / vid / "runs" / task_id / f"transcode.{attempt}"
+    assert not any(folder.iterdir())
+    resp = requests.put(url, data=b"x" * 1000, timeout=10,
+                        headers={**auth, "X-Sha256": sha(b"x" * 1000)})
+    assert resp.status_code == 201 and (folder / "preview.mp4").read_bytes() == b"x" * 1000
+    with session_factory(settings.database_url)() as session:
+        assert session.get(Publication, (vid, "transcode")) is None
+
+
+def test_a_remote_worker_refuses_sqlite_at_start(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.worker", "--burst"], cwd=PROJECT_ROOT, capture_output=True,
+        text=True, timeout=60, env={**os.environ, "SERVER_URL": "http://web-host:5000",
+                                    "WORKER_TOKEN": TOKEN,
+                                    "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"})
+    assert proc.returncode == 1
+    assert "A worker with SERVER_URL needs the PostgreSQL database" in proc.stderr
+
+
+def test_the_cache_evicts_the_least_recently_used_files(tmp_path):
+    cache = Cache(tmp_path / "cache", limit_bytes=3000)
+    for key in ("a", "b", "c"):
+        part = cache.part(key)
+        part.write_bytes(b"x" * 1000)
+        cache.add(part, key)
+        time.sleep(0.02)
+    assert cache.get("a") is not None  # used again: b is now the oldest
+    part = cache.part("d")
+    part.write_bytes(b"x" * 1000)
+    cache.add(part, "d")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["a", "c", "d"]
+    big = cache.part("e")
+    big.write_bytes(b"x" * 5000)
+    assert cache.add(big, "e").exists()  # alone over the limit, but kept: it is needed
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["e"]
