@@ -110,6 +110,10 @@ def test_a_worker_on_another_host_processes_a_video_like_a_local_one(
     assert [n for n in cached if n.endswith("audio.wav")] and len(cached) == 2, sorted(cached)
     assert not any((own / "work").rglob("*")) if (own / "work").exists() else True
     assert not (settings.media_root / "cache").exists()
+    # The transcript a worker on another host made is searchable like a local one.
+    found = client.get("/api/v1/search", query_string={"q": "weather report"}).get_json()
+    assert [hit["video"]["id"] for hit in found] == [vid], found
+    assert "weather" in found[0]["segments"][0]["text"].lower()
 
     # The same video processed on one host, by a worker on the shared MEDIA_ROOT.
     assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202

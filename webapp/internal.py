@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from webapp import extensions as ext
 from webapp.config import STEPS
 from webapp.models import ProcessingTask, Publication, Video
-from webapp.services import progress, publications
+from webapp.services import progress, publications, results
 from webapp.services.storage import (
     OPTIONAL_OUTPUTS,
     STEP_OUTPUTS,
@@ -202,8 +202,16 @@ def complete(task_id: str, step: str, attempt: int):
             return _error(422, f"{name} was not uploaded for this attempt")
         if not hmac.compare_digest(file_sha256(path / name), str(sha)):
             return _error(422, f"{name} on the server does not match its sha256")
+    segments = None
+    if step == "transcribe":  # indexed for search in the publishing transaction
+        found = storage.artifact_in(video_id, folder, "transcript.json")
+        view = results.transcript(found, video_id)
+        if view is None:
+            return _error(422, "transcript.json could not be read")
+        segments = [(line.start, line.end, line.text) for line in view.lines]
     if progress.complete_subtask(session, task_id, step, attempt, video_id=video_id,
-                                 folder=folder, note=note, video_values=values):
+                                 folder=folder, note=note, video_values=values,
+                                 segments=segments):
         published = True
     else:  # stale, or a retry of a completion whose answer was lost
         pub = publications.published(session, video_id).get(step)

@@ -26,7 +26,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("subtasks", schema=None) as batch_op:
-        batch_op.drop_column("worker")
-    with op.batch_alter_table("videos", schema=None) as batch_op:
-        batch_op.drop_column("sha256")
+    # ALTER TABLE ... DROP COLUMN in place (SQLite 3.35+ has it): a batch copy of `videos`
+    # must DROP the table, which SQLite refused ("database table is locked") once 0007's
+    # search tables and triggers existed.
+    op.execute("ALTER TABLE subtasks DROP COLUMN worker")
+    op.execute("ALTER TABLE videos DROP COLUMN sha256")
