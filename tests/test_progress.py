@@ -224,10 +224,13 @@ def test_completed_steps_teach_the_installation_what_the_next_run_will_cost(db_s
     from webapp.models import StepCost
     from webapp.services import calibration
 
-    video = make_video(db_session, duration=60.0, width=640, height=360)  # a quarter of 720p
+    video = make_video(db_session, duration=60.0, width=640, height=360, has_audio=False)
     costs = calibration.step_costs(video, "base", translate=False)
     assert costs["transcribe"] == ("transcribe/base", 60.0)
-    assert costs["transcode"] == ("transcode", 15.0)
+    assert costs["transcode"] == ("transcode", 15.0)  # a quarter of 720p, no sound
+    loud = make_video(db_session, duration=60.0, width=640, height=360)
+    assert calibration.step_costs(loud, "base", translate=False)["transcode"] == (
+        "transcode", pytest.approx(60.0 * (0.25 + calibration.AUDIO_UNITS)))
     assert calibration.expected_seconds(db_session, costs) == {}  # a new installation
 
     def run(video, seconds):
@@ -257,7 +260,7 @@ def test_completed_steps_teach_the_installation_what_the_next_run_will_cost(db_s
     assert calibration.expected_seconds(db_session, costs) == {
         "transcode": pytest.approx(45.0, rel=0.01)}
     # It scales with the media: a 720p video of 10 s is 10 units.
-    other = make_video(db_session, duration=10.0, width=1280, height=720)
+    other = make_video(db_session, duration=10.0, width=1280, height=720, has_audio=False)
     assert calibration.expected_seconds(
         db_session, calibration.step_costs(other, "base", translate=False)) == {
         "transcode": pytest.approx(30.0, rel=0.01)}

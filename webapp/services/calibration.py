@@ -14,8 +14,9 @@ to those runs: a fixed part (starting ffmpeg, loading the whisper model) plus a 
 unit. The ETA stays a function of the task's own rows.
 
 Kinds and units:
-- `transcode`: seconds of media × (pixels of a frame / 1280×720): decoding and scaling grow
-  with the frame, the encoded preview does not;
+- `transcode`: seconds of media × (pixels of a frame / 1280×720, + AUDIO_UNITS when the
+  video has sound): decoding and scaling grow with the frame, the encoded preview does not,
+  and encoding the sound (AAC) costs the same whatever the frame;
 - `thumbnails`, `extract_audio`: seconds of media;
 - `transcribe/<model>` (`+translate` with the translate pass): seconds of media. Whisper's
   cost depends on the model above all; speech against silence changes it too (the VAD skips
@@ -37,6 +38,11 @@ from webapp.models import StepCost, SubTask, Video
 SAMPLES = 20
 # Frames are counted against 1280×720 (a unit is a second of 720p video).
 FRAME_720P = 1280 * 720
+# What a second of sound adds to a preview, in seconds of 720p picture: the previews of 720p
+# speech videos cost 0.126 s alone per second, of the same picture without sound 0.094 (ETA
+# benchmark, docs/PERFORMANCE.md section 8): 0.34 more. Without it a silent video's preview,
+# sized by the speech videos before it, was expected 35 % too long.
+AUDIO_UNITS = 0.34
 # A fixed part is fitted only over runs whose sizes differ by at least this factor;
 # else the runs say nothing about it and the cost is taken as proportional to the units.
 SPREAD = 1.5
@@ -55,7 +61,8 @@ def step_costs(video: Video, whisper_model: str,
         "extract_audio": ("extract_audio", seconds),
         "transcribe": (f"transcribe/{model}{'+translate' if translate else ''}", seconds),
         "thumbnails": ("thumbnails", seconds),
-        "transcode": ("transcode", seconds * (frame / FRAME_720P if frame else 1.0)),
+        "transcode": ("transcode", seconds * ((frame / FRAME_720P if frame else 1.0)
+                                              + (AUDIO_UNITS if video.has_audio else 0.0))),
     }
 
 

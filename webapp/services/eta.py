@@ -22,7 +22,7 @@ PRIOR = {
     "transcribe/base": (2.9, 0.068),
     "transcribe/tiny.en": (1.5, 0.033),  # about half of base (section 7: RTF 0.08 vs 0.16)
     "thumbnails": (0.55, 0.0015),
-    "transcode": (0.9, 0.138),
+    "transcode": (0.9, 0.103),  # 0.138 a second of 720p with sound: 1.34 units
 }
 # A translate pass adds this share of the transcription (transcription.TRANSLATE_COST).
 TRANSLATE_SHARE = 0.5
