@@ -80,6 +80,17 @@ def streams(data: bytes, tmp_path: Path) -> list[tuple]:
              round(float(s["duration"]), 1)) for s in info["streams"]]
 
 
+def run_remotely(client, vid: str, env: dict[str, str], timeout: float) -> dict:
+    """Run the video's queued task with one remote worker; its state once it has ended."""
+    worker = start_worker(env)
+    try:
+        return wait_for(lambda: (s := progress_of(client, vid))["status"] not in
+                        ("queued", "running") and s, timeout=timeout, interval=0.5,
+                        what="the remote run ending")
+    finally:
+        stop_worker(worker)
+
+
 @POSTGRES
 def test_a_worker_on_another_host_processes_a_video_like_a_local_one(
         client, settings, web, speech_video, tmp_path):
@@ -88,13 +99,7 @@ def test_a_worker_on_another_host_processes_a_video_like_a_local_one(
     with session_factory(settings.database_url)() as session:
         assert session.get(Video, vid).sha256 == video_sha  # recorded at upload
     assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
-    worker = start_worker(remote_env(tmp_path, web.port))
-    try:
-        state = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
-                         ("queued", "running") and s, timeout=300, interval=0.5,
-                         what="the remote run ending")
-    finally:
-        stop_worker(worker)
+    state = run_remotely(client, vid, remote_env(tmp_path, web.port), timeout=300)
     assert (state["status"], state["progress"]) == ("completed", 100), state
     assert {s["worker"] for s in state["subtasks"]} == {"worker-b"}
     page = client.get(f"/videos/{vid}").get_data(as_text=True)
@@ -316,13 +321,8 @@ def test_a_damaged_source_is_detected_by_its_sha256(client, settings, web, speec
     assert not any((tmp_path / "media-worker-b" / "cache").iterdir())  # nothing kept
     # A real worker fails the steps that read it with that sentence.
     assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
-    worker = start_worker(remote_env(tmp_path, web.port, STEP_RETRIES="0"))
-    try:
-        state = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
-                         ("queued", "running") and s, timeout=120, interval=0.5,
-                         what="the run ending")
-    finally:
-        stop_worker(worker)
+    state = run_remotely(client, vid, remote_env(tmp_path, web.port, STEP_RETRIES="0"),
+                         timeout=120)
     steps = subtasks(state)
     assert steps["transcode"]["status"] == "failed"
     assert "does not match its sha256" in steps["transcode"]["error"]
