@@ -144,7 +144,10 @@ class Server:
 
         def send() -> str:
             with open(path, "rb") as fh:
-                resp = self.http.put(url, data=fh, timeout=(5, 120), headers={
+                # An empty file as b"": requests would send an empty stream chunked, without
+                # the Content-Length the web app needs (captions of a video without speech).
+                body = fh if path.stat().st_size else b""
+                resp = self.http.put(url, data=body, timeout=(5, 120), headers={
                     SHA_HEADER: sha, "Content-Type": "application/octet-stream"})
             self._check(resp)
             self.bytes_up += path.stat().st_size
@@ -180,6 +183,8 @@ class Server:
         if resp.status_code == 404:
             raise _Final("the web app no longer has that file (the video was deleted, or "
                          "its outputs were replaced)")
+        if resp.status_code == 400:  # sending the same request again cannot help
+            raise _Final(f"the web app refused the request: {_message(resp)}")
         raise _Again(f"the web app answered {resp.status_code}")
 
     def _retrying(self, send: Callable[[], T], what: str, stoppable: bool = True) -> T:
@@ -206,6 +211,13 @@ class _Again(Exception):
 
 class _Final(Exception):
     pass
+
+
+def _message(resp: requests.Response) -> str:
+    try:
+        return str(resp.json().get("message"))[:200]
+    except ValueError:
+        return resp.text[:200]
 
 
 def _short(exc: BaseException) -> str:

@@ -37,7 +37,7 @@ def purge_queue(conn: Redis, queue_name: str, task_ids: Iterable[str] = ()) -> i
 def session_of(pid: int) -> int | None:
     """The session id of a process (None if it is gone)."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -54,7 +54,7 @@ def processes_in(sessions: Iterable[int]) -> dict[int, str]:
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[0] == "Z" or int(fields[4]) not in wanted:
+            if fields[0] == "Z" or int(fields[3]) not in wanted:
                 continue
             cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, ValueError, IndexError):

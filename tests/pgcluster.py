@@ -38,14 +38,20 @@ def _free_port() -> int:
 
 
 class PgCluster:
-    """One initdb'd cluster on 127.0.0.1:<port>, trust auth, in a temporary folder."""
+    """One initdb'd cluster on <host>:<port> (127.0.0.1 and a free port by default), trust
+    auth, in a temporary folder; `wrap` prefixes its commands (e.g. `ip netns exec NS`, to
+    run it on another test host)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None,
+                 wrap: tuple[str, ...] = (), allow: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="vidpipe-pg-"))
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
-        self.port = _free_port()
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.host = host
+        self.port = port or _free_port()
+        self.wrap = wrap
+        self.allow = allow  # a network (e.g. 10.1.2.0/24) whose clients are trusted too
+        self.url = f"postgresql+psycopg://postgres@{host}:{self.port}/postgres"
         self._as_root = os.geteuid() == 0
         if self._as_root:
             user = pwd.getpwnam(RUN_AS)
@@ -56,6 +62,7 @@ class PgCluster:
         cmd = [str(PG_BIN / tool), *args]
         if self._as_root:
             cmd = ["runuser", "-u", RUN_AS, "--", *cmd]
+        cmd = [*self.wrap, *cmd]
         done = subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True,
                               timeout=timeout, check=False)
         if done.returncode != 0:
@@ -65,11 +72,14 @@ class PgCluster:
     def init(self) -> None:
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "-E", "UTF8", "--no-sync")
+        if self.allow:
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {self.allow} trust\n")
 
     def start(self) -> None:
         # Sockets in the cluster's own folder; fsync off: a test cluster need not survive
         # a power cut, and its writes should not compete with the shared server's.
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses={self.host} "
                    "-c fsync=off -c full_page_writes=off -c synchronous_commit=off")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
                   "-w", "-t", "60", "start")

@@ -389,3 +389,21 @@ def test_the_cache_evicts_the_least_recently_used_files(tmp_path):
     big.write_bytes(b"x" * 5000)
     assert cache.add(big, "e").exists()  # alone over the limit, but kept: it is needed
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["e"]
+
+
+@POSTGRES
+def test_an_empty_output_is_uploaded_like_any_other(client, settings, web, speech_video,
+                                                    tmp_path):
+    """A video without speech has empty captions: the upload still says its length."""
+    vid = upload_ok(client, speech_video)["id"]
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    task_id = progress_of(client, vid)["task_id"]
+    with session_factory(settings.database_url)() as session:
+        attempt = progress.start_subtask(session, task_id, "transcribe")
+    empty = tmp_path / "captions.srt"
+    empty.write_bytes(b"")
+    server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{web.port}"),
+                    delays=(0.1,))
+    assert server.upload(task_id, "transcribe", attempt, empty) == sha(b"")
+    folder = settings.media_root / "videos" / vid / "runs" / task_id / f"transcribe.{attempt}"
+    assert (folder / "captions.srt").read_bytes() == b""

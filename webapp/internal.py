@@ -202,6 +202,10 @@ def complete(task_id: str, step: str, attempt: int):
             return _error(422, f"{name} was not uploaded for this attempt")
         if not hmac.compare_digest(file_sha256(path / name), str(sha)):
             return _error(422, f"{name} on the server does not match its sha256")
+    # Pieces of uploads cut by a restart of this web process: the worker sent those files
+    # again whole (each checked above), and the folder is published as it is.
+    for piece in path.glob(".*.part"):
+        piece.unlink(missing_ok=True)
     segments = None
     if step == "transcribe":  # indexed for search in the publishing transaction
         found = storage.artifact_in(video_id, folder, "transcript.json")
