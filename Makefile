@@ -13,7 +13,7 @@ WHISPER_BASE := $(VENV)/share/vidpipe/whisper-base/model.bin
 # What each command needs from Debian (names as in scripts/system-deps.sh), all checked, and
 # as root installed, before the first step that uses any of them.
 RUN_NEEDS := venv ffmpeg
-TEST_NEEDS := $(RUN_NEEDS) espeak-ng chromium libatomic1 redis-server postgresql
+TEST_NEEDS := $(RUN_NEEDS) espeak-ng chromium libatomic1 redis-server postgresql iproute2
 BENCH_NEEDS := $(RUN_NEEDS) espeak-ng wrk curl
 SYSTEM_DEPS := PYTHON=$(PYTHON) scripts/system-deps.sh
 
@@ -38,7 +38,7 @@ deps: $(VENV)/.installed $(WHISPER_BASE)  ## Python packages and the whisper bas
 system-deps:  ## python3-venv and ffmpeg (apt-get as root, else the apt-get line to run)
 	$(SYSTEM_DEPS) $(RUN_NEEDS)
 
-system-deps-test:  ## and what the tests use: espeak-ng, chromium, redis-server, initdb...
+system-deps-test:  ## and what the tests use: espeak-ng, chromium, redis-server, initdb, ip...
 	$(SYSTEM_DEPS) $(TEST_NEEDS)
 
 system-deps-bench:  ## and what the benchmarks use: espeak-ng, wrk, curl

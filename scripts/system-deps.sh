@@ -25,7 +25,7 @@ present() {
     espeak-ng | redis-server | chromium | wrk | curl) have "$1" ;;
     libatomic1) lib libatomic.so.1 ;;  # Playwright's Node.js driver links it
     postgresql) pg_bin ;;  # initdb and pg_ctl: tests start private clusters
-    iproute2) have ip ;;
+    iproute2) have ip && have tc ;;  # ip netns, veth, tc: the multi-host tests
     *) echo "system-deps.sh: unknown need '$1'" >&2; exit 2 ;;
   esac
 }

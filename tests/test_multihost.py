@@ -265,10 +265,9 @@ def test_the_web_host_restarting_mid_transfer_loses_nothing(site, tmp_path):
     assert "uploading preview.mp4" in logs and "trying again" in logs
     got = artifacts(site, vid)
     assert sorted(got) == sorted(ARTIFACT_NAMES)
-    assert [s[:4] for s in streams(got["preview.mp4"], tmp_path)] == [
-        ("video", "h264", 1280, 720), ("audio", "aac", None, None)] or [
-        s[0] for s in streams(got["preview.mp4"], tmp_path)] == ["video", "audio"]
-    assert abs(streams(got["preview.mp4"], tmp_path)[0][4] - 10.0) <= 0.2
+    preview = streams(got["preview.mp4"], tmp_path)
+    assert [s[0] for s in preview] == ["video", "audio"], preview
+    assert abs(preview[0][4] - 10.0) <= 0.2, preview
     assert not parts_on_server(site)  # the cut upload's piece went with the restart
     for host in (w1, w2):
         assert not list((host.media_root / "cache").glob(".*.part"))
