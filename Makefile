@@ -14,7 +14,7 @@ WHISPER_BASE := $(VENV)/share/vidpipe/whisper-base/model.bin
 # as root installed, before the first step that uses any of them.
 RUN_NEEDS := venv ffmpeg
 TEST_NEEDS := $(RUN_NEEDS) espeak-ng chromium libatomic1 redis-server postgresql iproute2
-BENCH_NEEDS := $(RUN_NEEDS) espeak-ng wrk curl
+BENCH_NEEDS := $(RUN_NEEDS) espeak-ng wrk curl redis-server postgresql iproute2
 SYSTEM_DEPS := PYTHON=$(PYTHON) scripts/system-deps.sh
 
 .PHONY: run web worker migrate reindex test bench lint deps system-deps system-deps-test \
@@ -72,7 +72,7 @@ test: system-deps-test deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-BENCHES ?= pipeline polling trigger progress_writes upload_memory scale transcription eta keyframes search
+BENCHES ?= pipeline polling trigger progress_writes upload_memory scale transcription eta keyframes search exchange
 
 # every benchmark in bench/, then their table into docs/PERFORMANCE.md
 bench: system-deps-bench deps

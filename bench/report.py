@@ -10,7 +10,7 @@ from bench.common import RESULTS
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 ORDER = ["pipeline", "polling", "trigger", "progress_writes", "upload_memory", "scale",
-         "transcription", "eta", "keyframes", "search"]
+         "transcription", "eta", "keyframes", "search", "exchange"]
 
 
 def table() -> str:

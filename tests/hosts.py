@@ -189,7 +189,8 @@ class Site:
         env = {k: v for k, v in os.environ.items() if k not in _OWN}
         return {**env, "DATABASE_URL": f"postgresql+psycopg://postgres@{SERVER_NAME}:5432/"
                                        "postgres",
-                "REDIS_URL": f"redis://:{REDIS_PASSWORD}@{SERVER_NAME}:6379/0", "WORKER_TOKEN": WORKER_TOKEN,
+                "REDIS_URL": f"redis://:{REDIS_PASSWORD}@{SERVER_NAME}:6379/0",
+                "WORKER_TOKEN": WORKER_TOKEN,
                 "PYTHONUNBUFFERED": "1", **extra}
 
     def spawn(self, host: Host, cmd: list[str], log: str, env: dict[str, str]
@@ -211,11 +212,13 @@ class Site:
         self.pg.init()
         self.pg.start()
         self.redis = self.spawn(srv, ["redis-server", "--bind", srv.address, "--port", "6379",
-                                      "--requirepass", REDIS_PASSWORD, "--save", "", "--appendonly", "no", "--dir",
-                                      str(self.base)], "redis.log", self._env())
+                                      "--requirepass", REDIS_PASSWORD, "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.base)],
+                                "redis.log", self._env())
         self._wait(lambda: subprocess.run(
             ["redis-cli", "-h", srv.address, "ping"], capture_output=True, text=True,
-            timeout=10, env={**os.environ, "REDISCLI_AUTH": REDIS_PASSWORD}).stdout.strip() == "PONG", 30, "the private Redis")
+            timeout=10, env={**os.environ, "REDISCLI_AUTH": REDIS_PASSWORD}
+        ).stdout.strip() == "PONG", 30, "the private Redis")
         migrate = subprocess.run(["ip", "netns", "exec", srv.namespace, sys.executable, "-m",
                                   "alembic", "upgrade", "head"], cwd=PROJECT_ROOT,
                                  env=self._env(), capture_output=True, text=True, timeout=180)
@@ -282,10 +285,8 @@ class Site:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
         cleanup.kill_sessions([p.pid for p in procs])
         cleanup.wait_sessions_gone([p.pid for p in procs], 10)
         host.procs = [p for p in host.procs if p not in procs]
