@@ -116,6 +116,11 @@ say "debootstrap --variant=minbase bookworm ($mirror)"
 debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
   { tail_of "$work/debootstrap.log"; die "debootstrap"; }
 
+# As on a machine booted from it, the root is a mount point and /run a tmpfs: `ip netns`
+# (the multi-host tests) keeps its namespaces in /run/netns and makes "/" a slave mount.
+mount --bind "$root" "$root"
+mount -t tmpfs -o mode=0755 run "$root/run"
+
 bind_ro() {  # host path -> the same path in the root, read-only
   if [ -d "$1" ]; then mkdir -p "$root$1"; else mkdir -p "$(dirname "$root$1")"; touch "$root$1"; fi
   mount --bind -o ro "$1" "$root$1"
