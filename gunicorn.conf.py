@@ -14,6 +14,8 @@ import sys
 
 from gunicorn.util import parse_address
 
+from webapp.accesslog import ACCESS_LOG_FORMAT, poll_log_seconds, slow_request_ms
+
 _host = os.environ.get("HOST") or "127.0.0.1"
 if ":" in _host and not _host.startswith("["):
     _host = f"[{_host}]"  # an IPv6 address
@@ -37,6 +39,15 @@ timeout = 600  # large uploads
 # 127.0.0.1 or a Unix socket, whatever TRUSTED_PROXIES says.
 secure_scheme_headers: dict[str, str] = {}
 accesslog = "-"
+# A progress poll that went well is counted, not logged (webapp/accesslog.py: a line of
+# counts per worker every POLL_LOG_SECONDS); errors, triggers, uploads, pages and anything
+# as slow as SLOW_REQUEST_MS keep their line, which ends with the request's duration.
+logger_class = "webapp.accesslog.AccessLog"
+access_log_format = ACCESS_LOG_FORMAT
+try:  # read again by the logger; checked here, before gunicorn makes it
+    poll_log_seconds(), slow_request_ms()
+except ValueError as exc:
+    sys.exit(f"vidpipe: {exc}")
 
 
 def on_starting(server) -> None:
@@ -62,3 +73,10 @@ def on_starting(server) -> None:
         except InsecureExposure as exc:
             server.log.error("vidpipe: %s", exc)
             sys.exit(1)
+
+
+def worker_exit(server, worker) -> None:
+    """A worker's last counts of polls (webapp/accesslog.py) are written as it exits."""
+    flush = getattr(worker.log, "flush_polls", None)
+    if flush is not None:
+        flush()

@@ -28,12 +28,42 @@ class Result:
 
     def write(self) -> Path:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        payload = asdict(self) | {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M")}
         path = RESULTS / f"{self.name}.json"
+        payload = asdict(self) | {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M"),
+                                  "commit": commit()}
+        payload["previous"] = previous(path, payload["commit"])
         path.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"[{self.name}] {self.measured} — target {self.target}: "
               f"{'met' if self.met else 'MISSED' if self.met is False else 'reported'}")
         return path
+
+
+def commit() -> str:
+    """The code measured: HEAD's short hash, "+changes" when the work tree differs from it."""
+    import subprocess
+
+    root = RESULTS.parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, text=True, capture_output=True, check=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+def previous(path: Path, now: str) -> dict[str, Any] | None:
+    """The result this one replaces, as the table shows it beside the new one: the last
+    result of other code (a rerun of the same commit keeps the result before it)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if old.get("commit") == now and not now.endswith("+changes"):
+        return old.get("previous")
+    return {k: old.get(k) for k in ("measured", "met", "when", "commit")}
 
 
 def machine() -> str:

@@ -8,19 +8,24 @@ from pathlib import Path
 from bench.common import RESULTS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
+VERDICT = {True: "met", False: "missed", None: "reported"}
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 ORDER = ["pipeline", "polling", "trigger", "progress_writes", "upload_memory", "scale",
          "transcription", "eta", "keyframes", "search", "exchange"]
 
 
 def table() -> str:
-    rows = ["| # | benchmark | target | measured | met |", "|---|---|---|---|---|"]
+    rows = ["| # | benchmark | target | measured | met | previous result |",
+            "|---|---|---|---|---|---|"]
     results = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json")}
     names = [n for n in ORDER if n in results] + sorted(set(results) - set(ORDER))
     for i, name in enumerate(names, 1):
         r = results[name]
         met = {True: "yes", False: "**no**", None: "—"}[r["met"]]
-        rows.append(f"| {i} | {r['title']} | {r['target']} | {r['measured']} | {met} |")
+        before = r.get("previous")
+        was = (f"{before['measured']} ({VERDICT[before['met']]}, {before['when']})"
+               if before else "—")
+        rows.append(f"| {i} | {r['title']} | {r['target']} | {r['measured']} | {met} | {was} |")
     when = sorted({r["when"] for r in results.values()})
     machines = sorted({r["machine"] for r in results.values()})
     rows.append("")
