@@ -58,6 +58,7 @@ from bench.polling import (
     run_main,
     workdir,
 )
+from webapp.config import PROJECT_ROOT
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 PER_CLIENT = int(os.environ.get("BENCH_TRIGGERS", "25"))
@@ -237,10 +238,11 @@ def start_targets(stack: contextlib.ExitStack, tmp: Path, queue: str) -> list[Ta
         for code, root in codes.items():
             url = database(stack, backend, tmp, code)
             env = app_env(tmp, url, queue)
-            if root:  # gunicorn imports wsgi:app from --chdir; PYTHONPATH must not win
-                env |= {"GUNICORN_CMD_ARGS": f"--chdir {root}", "PYTHONPATH": root}
-            server = stack.enter_context(gunicorn("wsgi:app", env,
-                                                  tmp / f"{backend}-{code}.log", "/healthz"))
+            if root:  # its own code, not this checkout's from PYTHONPATH
+                env["PYTHONPATH"] = root
+            server = stack.enter_context(gunicorn(
+                "wsgi:app", env, tmp / f"{backend}-{code}.log", "/healthz",
+                root=Path(root) if root else PROJECT_ROOT))
             targets.append(Target(backend, code, url, server))
     return targets
 
