@@ -176,7 +176,7 @@ def in_process_breakdown(env: dict[str, str], database_url: str, media_root: Pat
     ids = insert_videos(database_url, media_root, clip, IN_PROCESS + warmup)
     current = {"enqueue": 0.0, "commit": 0.0}
     real_enqueue, real_commit, real_insert = queue.enqueue_steps, Session.commit, \
-        progress.insert_task
+        progress.insert_task_rows
 
     def timed(key, fn):
         def wrapper(*args, **kwargs):
@@ -190,7 +190,7 @@ def in_process_breakdown(env: dict[str, str], database_url: str, media_root: Pat
     samples: dict[str, list[float]] = {"total_ms": [], "enqueue_ms": [], "commit_ms": []}
     with mock.patch.object(queue, "enqueue_steps", timed("enqueue", real_enqueue)), \
             mock.patch.object(Session, "commit", timed("commit", real_commit)), \
-            mock.patch.object(progress, "insert_task", timed("commit", real_insert)):
+            mock.patch.object(progress, "insert_task_rows", timed("commit", real_insert)):
         for i, vid in enumerate(ids):
             current.update(enqueue=0.0, commit=0.0)
             t0 = time.perf_counter()
