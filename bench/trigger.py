@@ -68,8 +68,6 @@ IN_PROCESS = 100
 BACKENDS = ("sqlite", "postgresql")
 BASELINE_ROOT = os.environ.get("BENCH_BASELINE_ROOT")
 SUMMARY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "per_second", "server_cpu_ms")
-# bench/common.py keeps no history: the figure this benchmark replaced, for comparison.
-PREVIOUS = "p99 84.2 ms (SQLite), 2026-11-28"
 
 
 def tiny_clip(path: Path) -> Path:
@@ -317,7 +315,7 @@ def main() -> int:
                         media_root, clip)
         finally:
             cleanup_redis(queue)
-    details: dict = {"previous": PREVIOUS}
+    details: dict = {}
     for target in targets:
         details.setdefault(target.backend, {})[target.code] = summary(target.runs)
         details[target.backend][f"{target.code}_runs"] = target.runs
@@ -354,13 +352,15 @@ def notes(details: dict, breakdown: dict[str, dict]) -> str:
     alone = "; ".join(
         f"{b}: {d['total_ms']} ms = Redis enqueue of 4 jobs {d['enqueue_ms']} + DB inserts and "
         f"commit {d['commit_ms']} + the rest {d['rest_ms']}" for b, d in breakdown.items())
-    before = "".join(
-        f"; code before ({BASELINE_ROOT}), same runs: {b} p99 "
-        f"{details[b]['before']['p99_ms']['median']:.1f} ms"
-        for b in BACKENDS if "before" in details[b])
-    return (f"previous: {PREVIOUS}{before}; bare Flask under the same gunicorn and clients: "
-            f"p99 {details['bare']['p99_ms']['median']:.1f} ms; one trigger alone in-process "
-            f"(median) — {alone}. See docs/PERFORMANCE.md, section 3.")
+    before = [f"code before ({BASELINE_ROOT}), same rounds: {b} p99 "
+              f"{details[b]['before']['p99_ms']['median']:.1f} ms"
+              for b in BACKENDS if "before" in details[b]]
+    return "; ".join([
+        *before,
+        f"bare Flask under the same gunicorn and clients: p99 "
+        f"{details['bare']['p99_ms']['median']:.1f} ms",
+        f"one trigger alone in-process (median) — {alone}. See docs/PERFORMANCE.md, section 3.",
+    ])
 
 
 def forget_jobs(queue: str, database_url: str, video_ids: list[str]) -> None:
