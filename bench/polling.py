@@ -172,12 +172,14 @@ def process_cpu(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, env: dict[str, str], log: Path, ready_path: str) -> Iterator[Server]:
-    """`gunicorn -c gunicorn.conf.py <app>` as the Procfile runs it, on a free port."""
+def gunicorn(app: str, env: dict[str, str], log: Path, ready_path: str,
+             root: Path = PROJECT_ROOT) -> Iterator[Server]:
+    """`gunicorn -c gunicorn.conf.py <app>` as the Procfile runs it, on a free port, in
+    `root` (another checkout runs its own code: its config imports webapp from there)."""
     port = free_port()
     env = {**env, "HOST": "127.0.0.1", "PORT": str(port)}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([GUNICORN, "-c", "gunicorn.conf.py", app], cwd=PROJECT_ROOT,
+        proc = subprocess.Popen([GUNICORN, "-c", "gunicorn.conf.py", app], cwd=root,
                                 env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     server = Server(proc, f"http://127.0.0.1:{port}", log)

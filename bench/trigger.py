@@ -1,22 +1,29 @@
-"""Trigger latency: `POST /api/v1/videos/<id>/run_sync` with 8 concurrent clients.
+"""Trigger latency: `POST /api/v1/videos/<id>/run_sync` with 8 concurrent clients, on SQLite
+and on PostgreSQL.
 
 The real stack: gunicorn as the Procfile runs it (`gunicorn -c gunicorn.conf.py wsgi:app`,
-its default gthread workers and threads), a fresh SQLite database (alembic migrations), real Redis
+its default gthread workers and threads), one server per backend, each on a fresh database
+(alembic migrations): a SQLite file, and a private schema on BENCH_POSTGRES_URL (default
+postgresql+psycopg://postgres@127.0.0.1:5432/test, dropped afterwards); real Redis
 (BENCH_REDIS_URL, default redis://127.0.0.1:6379/13, a queue of its own that no worker
-consumes). Each run inserts 8 x BENCH_TRIGGERS (25) videos directly in the database, each
-with a tiny real source file (a hard link of one 1 s clip) and no outputs yet, so every
-trigger creates a task with 4 pending steps and enqueues 4 RQ jobs (transcribe deferred
-behind extract_audio). 8 client threads, one keep-alive connection each, start together
-and each triggers its own 25 videos one after another: every request is on a different
-video. Latency is client-side, from sending the request to the whole answer read.
+consumes). Each measurement inserts 8 x BENCH_TRIGGERS (25) videos directly in the
+database, each with a tiny real source file (a hard link of one 1 s clip) and no outputs
+yet, so every trigger creates a task with 4 pending steps and enqueues 4 RQ jobs
+(transcribe deferred behind extract_audio). 8 client threads, one keep-alive connection
+each, start together and each triggers its own 25 videos one after another: every request
+is on a different video. Latency is client-side, from sending the request to the whole
+answer read; the CPU time of the server's processes is divided by the triggers.
 
-Each of BENCH_RUNS (5) runs is measured on its own (p50/p90/p99/max, throughput); the
-headline is the median of the runs' p99. The same clients against bench/bare_app.py (a
-POST answered 202 with nothing done, same gunicorn settings) give the floor of client +
-gunicorn + Flask. Afterwards, in this process and one at a time, 100 more triggers through
-the Flask test client are split into the database part and the Redis enqueue.
+Each of BENCH_RUNS (5) rounds measures every server once (the order reversed every other
+round), then the floor: the same clients against bench/bare_app.py (a POST answered 202
+with nothing done, same gunicorn settings). The headline per backend is the median of the
+rounds' p99; every round is kept in the details with the load average after it. With
+BENCH_BASELINE_ROOT set to another checkout (e.g. a `git worktree` of the code before a
+change), a server of that code per backend is measured in the same rounds, alternating.
+Afterwards, in this process and one at a time, 100 more triggers per backend through the
+Flask test client are split into the database part and the Redis enqueue.
 
-Redis keys of the benchmark's queue and jobs are deleted after every run.
+Redis keys of the benchmark's queue and jobs are deleted after every measurement.
 
     .venv/bin/python -m bench.trigger
 """
@@ -32,11 +39,13 @@ import subprocess
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
 from bench.common import Result, percentile, spread
 from bench.polling import (
+    POSTGRES_URL,
     REDIS_URL,
     Server,
     app_env,
@@ -45,15 +54,20 @@ from bench.polling import (
     gunicorn_size,
     loadavg,
     migrate,
+    postgres_schema,
     run_main,
     workdir,
 )
+from webapp.config import PROJECT_ROOT
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 PER_CLIENT = int(os.environ.get("BENCH_TRIGGERS", "25"))
 CLIENTS = 8
 TARGET_P99_MS = 50.0
 IN_PROCESS = 100
+BACKENDS = ("sqlite", "postgresql")
+BASELINE_ROOT = os.environ.get("BENCH_BASELINE_ROOT")
+SUMMARY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "per_second", "server_cpu_ms")
 
 
 def tiny_clip(path: Path) -> Path:
@@ -160,7 +174,7 @@ def in_process_breakdown(env: dict[str, str], database_url: str, media_root: Pat
     ids = insert_videos(database_url, media_root, clip, IN_PROCESS + warmup)
     current = {"enqueue": 0.0, "commit": 0.0}
     real_enqueue, real_commit, real_insert = queue.enqueue_steps, Session.commit, \
-        progress.insert_task
+        progress.insert_task_rows
 
     def timed(key, fn):
         def wrapper(*args, **kwargs):
@@ -174,7 +188,7 @@ def in_process_breakdown(env: dict[str, str], database_url: str, media_root: Pat
     samples: dict[str, list[float]] = {"total_ms": [], "enqueue_ms": [], "commit_ms": []}
     with mock.patch.object(queue, "enqueue_steps", timed("enqueue", real_enqueue)), \
             mock.patch.object(Session, "commit", timed("commit", real_commit)), \
-            mock.patch.object(progress, "insert_task", timed("commit", real_insert)):
+            mock.patch.object(progress, "insert_task_rows", timed("commit", real_insert)):
         for i, vid in enumerate(ids):
             current.update(enqueue=0.0, commit=0.0)
             t0 = time.perf_counter()
@@ -189,8 +203,91 @@ def in_process_breakdown(env: dict[str, str], database_url: str, media_root: Pat
     out["rest_ms"] = round(out["total_ms"] - out["enqueue_ms"] - out["commit_ms"], 2)
     out["p99_total_ms"] = round(percentile(samples["total_ms"], 99), 2)
     out["triggers"] = len(samples["total_ms"])
-    out["video_ids"] = ids
+    forget_jobs(env["QUEUE_NAME"], database_url, ids)
     return out
+
+
+@dataclass
+class Target:
+    """One server under test: its backend, which code it runs, its database, its videos."""
+
+    backend: str
+    code: str  # "now", or "before" (BENCH_BASELINE_ROOT)
+    database_url: str
+    server: Server
+    runs: list[dict] = field(default_factory=list)
+    measured_ids: set[str] = field(default_factory=set)
+
+
+def database(stack: contextlib.ExitStack, backend: str, tmp: Path, code: str) -> str:
+    """A fresh, migrated database of `backend` for one server."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp / f'vidpipe-{code}.db'}"
+        migrate(url)
+        return url
+    return stack.enter_context(postgres_schema(f"bench_trigger_{code}"))
+
+
+def start_targets(stack: contextlib.ExitStack, tmp: Path, queue: str) -> list[Target]:
+    """A gunicorn of this code per backend, and of BENCH_BASELINE_ROOT's if it is set."""
+    codes = {"now": None} | ({"before": BASELINE_ROOT} if BASELINE_ROOT else {})
+    targets = []
+    for backend in BACKENDS:
+        for code, root in codes.items():
+            url = database(stack, backend, tmp, code)
+            env = app_env(tmp, url, queue)
+            if root:  # its own code, not this checkout's from PYTHONPATH
+                env["PYTHONPATH"] = root
+            server = stack.enter_context(gunicorn(
+                "wsgi:app", env, tmp / f"{backend}-{code}.log", "/healthz",
+                root=Path(root) if root else PROJECT_ROOT))
+            targets.append(Target(backend, code, url, server))
+    return targets
+
+
+def trigger_paths(ids: list[str], prefix: str = "/api/v1") -> list[list[str]]:
+    """Each client's own videos, one after another."""
+    return [[f"{prefix}/videos/{v}/run_sync" for v in ids[i::CLIENTS]] for i in range(CLIENTS)]
+
+
+def measure(target: Target, media_root: Path, clip: Path, queue: str,
+            count: int) -> tuple[dict, list[str]]:
+    """One run of `count` triggers (8 clients) against `target`; stats and the video ids."""
+    ids = insert_videos(target.database_url, media_root, clip, count)
+    cpu_before = target.server.cpu_seconds()
+    latencies, statuses, wall = fire(target.server, trigger_paths(ids))
+    cpu = target.server.cpu_seconds() - cpu_before
+    forget_jobs(queue, target.database_url, ids)
+    if set(statuses) != {202}:
+        raise RuntimeError(f"{target.backend} ({target.code}): statuses {sorted(set(statuses))}")
+    return stats(latencies, wall) | {"server_cpu_ms": round(1000 * cpu / len(ids), 2)}, ids
+
+
+def run_rounds(targets: list[Target], bare: Server, media_root: Path, clip: Path,
+               queue: str) -> list[dict]:
+    """BENCH_RUNS rounds; each measures every target once, in an order reversed every other
+    round, then the bare app once. Returns the bare app's runs."""
+    bare_runs = []
+    for target in targets:  # warm-up: a few triggers on each worker thread
+        measure(target, media_root, clip, queue, CLIENTS * 3)
+    fire(bare, trigger_paths([str(uuid.uuid4()) for _ in range(CLIENTS * 3)], prefix=""))
+    for run in range(RUNS):
+        order = targets if run % 2 == 0 else targets[::-1]
+        for target in order:
+            result, ids = measure(target, media_root, clip, queue, CLIENTS * PER_CLIENT)
+            target.runs.append(result | {"loadavg": loadavg()})
+            target.measured_ids.update(ids)
+            print(f"run {run + 1} {target.backend} ({target.code}): {result}", flush=True)
+        unknown = [str(uuid.uuid4()) for _ in range(CLIENTS * PER_CLIENT)]
+        latencies, statuses, wall = fire(bare, trigger_paths(unknown, prefix=""))
+        assert set(statuses) == {202}, statuses
+        bare_runs.append(stats(latencies, wall) | {"loadavg": loadavg()})
+        print(f"run {run + 1} bare: {bare_runs[-1]}", flush=True)
+    return bare_runs
+
+
+def summary(runs: list[dict]) -> dict:
+    return {key: spread([r[key] for r in runs]) for key in SUMMARY_KEYS if key in runs[0]}
 
 
 def main() -> int:
@@ -200,79 +297,84 @@ def main() -> int:
     queue = f"bench-trigger-{uuid.uuid4().hex[:8]}"
     load_before = loadavg()
     started = time.time()
-    runs: list[dict] = []
-    bare_runs: list[dict] = []
-    all_ids: set[str] = set()
-    with workdir("trigger") as tmp:
-        database_url = f"sqlite:///{tmp / 'vidpipe.db'}"
-        migrate(database_url)
+    breakdown: dict[str, dict] = {}
+    with workdir("trigger") as tmp, contextlib.ExitStack() as stack:
         clip = tiny_clip(tmp / "clip.mp4")
         media_root = tmp / "media"
-        env = app_env(tmp, database_url, queue)
         try:
-            with gunicorn("wsgi:app", env, tmp / "vidpipe.log", "/healthz") as vidpipe, \
-                    gunicorn("bench.bare_app:app", env, tmp / "bare.log", "/progress") as bare:
-                # warm-up: a few triggers on each worker thread
-                warm = insert_videos(database_url, media_root, clip, CLIENTS * 3)
-                all_ids.update(warm)
-                fire(vidpipe, [[f"/api/v1/videos/{v}/run_sync" for v in warm[i::CLIENTS]]
-                               for i in range(CLIENTS)])
-                fire(bare, [[f"/videos/{v}/run_sync" for v in warm[i::CLIENTS]]
-                            for i in range(CLIENTS)])
-                for run in range(RUNS):
-                    ids = insert_videos(database_url, media_root, clip, CLIENTS * PER_CLIENT)
-                    all_ids.update(ids)
-                    paths = [[f"/api/v1/videos/{v}/run_sync" for v in ids[i::CLIENTS]]
-                             for i in range(CLIENTS)]
-                    latencies, statuses, wall = fire(vidpipe, paths)
-                    if set(statuses) != {202}:
-                        raise RuntimeError(f"run {run + 1}: statuses {sorted(set(statuses))}")
-                    runs.append(stats(latencies, wall))
-                    bare_lat, bare_statuses, bare_wall = fire(
-                        bare, [[p.removeprefix("/api/v1") for p in mine] for mine in paths])
-                    assert set(bare_statuses) == {202}, bare_statuses
-                    bare_runs.append(stats(bare_lat, bare_wall))
-                    cleanup_redis(queue, set(ids))
-                    print(f"run {run + 1}: vidpipe {runs[-1]}  bare {bare_runs[-1]}", flush=True)
-                check_tasks(database_url, all_ids - set(warm))
-            breakdown = in_process_breakdown(env, database_url, media_root, clip)
-            all_ids.update(breakdown.pop("video_ids"))
+            targets = start_targets(stack, tmp, queue)
+            bare = stack.enter_context(gunicorn("bench.bare_app:app", app_env(
+                tmp, "sqlite://", queue), tmp / "bare.log", "/progress"))
+            bare_runs = run_rounds(targets, bare, media_root, clip, queue)
+            for target in targets:
+                check_tasks(target.database_url, target.measured_ids)
+            for target in targets:
+                if target.code == "now":
+                    breakdown[target.backend] = in_process_breakdown(
+                        app_env(tmp, target.database_url, queue), target.database_url,
+                        media_root, clip)
         finally:
-            cleanup_redis(queue, all_ids)
-    p99 = spread([r["p99_ms"] for r in runs])
-    details = {
-        "vidpipe": {key: spread([r[key] for r in runs])
-                    for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "per_second")},
-        "bare": {key: spread([r[key] for r in bare_runs])
-                 for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "per_second")},
-        "runs": runs,
-        "bare_runs": bare_runs,
-        "in_process_sequential": breakdown,
-        "setup": {
-            "gunicorn": f"gunicorn -c gunicorn.conf.py ({gunicorn_size()})",
-            "database": "SQLite (WAL, synchronous=NORMAL)",
-            "redis": REDIS_URL, "clients": CLIENTS, "triggers_per_client": PER_CLIENT,
-            "jobs_per_trigger": 4, "loadavg_before": load_before, "loadavg_after": loadavg(),
-            "seconds": round(time.time() - started, 1),
-        },
+            cleanup_redis(queue)
+    details: dict = {}
+    for target in targets:
+        details.setdefault(target.backend, {})[target.code] = summary(target.runs)
+        details[target.backend][f"{target.code}_runs"] = target.runs
+    details["bare"] = summary(bare_runs)
+    details["bare_runs"] = bare_runs
+    details["in_process_sequential"] = breakdown
+    details["setup"] = {
+        "gunicorn": f"gunicorn -c gunicorn.conf.py ({gunicorn_size()})",
+        "databases": {"sqlite": "SQLite (WAL, synchronous=NORMAL)",
+                      "postgresql": f"{POSTGRES_URL} (a private schema, dropped afterwards)"},
+        "before": BASELINE_ROOT, "redis": REDIS_URL, "clients": CLIENTS,
+        "triggers_per_client": PER_CLIENT, "jobs_per_trigger": 4,
+        "loadavg_before": load_before, "loadavg_after": loadavg(),
+        "seconds": round(time.time() - started, 1),
     }
-    met = p99["median"] <= TARGET_P99_MS
+    p99 = {b: details[b]["now"]["p99_ms"]["median"] for b in BACKENDS}
+    p50 = {b: details[b]["now"]["p50_ms"]["median"] for b in BACKENDS}
     Result(
         name="trigger",
-        title="Trigger latency (POST run_sync, 8 concurrent clients, gunicorn + Redis)",
-        target=f"p99 ≤ {TARGET_P99_MS:.0f} ms",
-        measured=(f"p99 {p99['median']:.1f} ms (p50 {details['vidpipe']['p50_ms']['median']:.1f}"
-                  f" ms, median of {RUNS} runs of {CLIENTS * PER_CLIENT})"),
-        met=met,
+        title="Trigger latency (POST run_sync, 8 concurrent clients, gunicorn + Redis; "
+              "SQLite and PostgreSQL)",
+        target=f"p99 ≤ {TARGET_P99_MS:.0f} ms on both",
+        measured=(f"p99 {p99['sqlite']:.1f} ms SQLite, {p99['postgresql']:.1f} ms PostgreSQL "
+                  f"(p50 {p50['sqlite']:.1f} / {p50['postgresql']:.1f} ms, median of {RUNS} "
+                  f"runs of {CLIENTS * PER_CLIENT})"),
+        met=all(value <= TARGET_P99_MS for value in p99.values()),
         details=details,
-        notes=(f"bare Flask under the same gunicorn and clients: p99 "
-               f"{details['bare']['p99_ms']['median']:.1f} ms; one trigger alone in-process: "
-               f"{breakdown['total_ms']} ms = Redis enqueue of 4 jobs {breakdown['enqueue_ms']}"
-               f" + DB inserts and commit {breakdown['commit_ms']} + the rest "
-               f"{breakdown['rest_ms']} "
-               "(median). See docs/PERFORMANCE.md, section 3."),
+        notes=notes(details, breakdown),
     ).write()
     return 0
+
+
+def notes(details: dict, breakdown: dict[str, dict]) -> str:
+    alone = "; ".join(
+        f"{b}: {d['total_ms']} ms = Redis enqueue of 4 jobs {d['enqueue_ms']} + DB inserts and "
+        f"commit {d['commit_ms']} + the rest {d['rest_ms']}" for b, d in breakdown.items())
+    before = [f"code before ({BASELINE_ROOT}), same rounds: {b} p99 "
+              f"{details[b]['before']['p99_ms']['median']:.1f} ms"
+              for b in BACKENDS if "before" in details[b]]
+    return "; ".join([
+        *before,
+        f"bare Flask under the same gunicorn and clients: p99 "
+        f"{details['bare']['p99_ms']['median']:.1f} ms",
+        f"one trigger alone in-process (median) — {alone}. See docs/PERFORMANCE.md, section 3.",
+    ])
+
+
+def forget_jobs(queue: str, database_url: str, video_ids: list[str]) -> None:
+    """Delete the RQ keys of the videos' tasks (job ids start with the task's id) and of
+    the queue."""
+    from sqlalchemy import select
+
+    from webapp.db import session_factory
+    from webapp.models import ProcessingTask
+
+    with session_factory(database_url)() as session:
+        task_ids = session.scalars(select(ProcessingTask.id)
+                                   .where(ProcessingTask.video_id.in_(video_ids))).all()
+    cleanup_redis(queue, set(task_ids))
 
 
 def check_tasks(database_url: str, ids: set[str]) -> None:

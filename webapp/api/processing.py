@@ -22,6 +22,9 @@ blp = Blueprint("processing", __name__, description="Run the pipeline and follow
 # Routes taking an id have merge_slashes=False: werkzeug would answer an id like `..%2F`
 # (so `/videos/..//panel`) with a 308 to a merged path instead of a plain 404.
 
+# Schema instances, not classes: webargs would build a schema from a class on every request.
+_FORCE_QUERY, _FORCE_BODY = ForceQuerySchema(), ForceBodySchema()
+
 _MESSAGES = {
     "run_sync": "processing started; steps whose outputs already exist are kept",
     "reprocess": "reprocessing started; every step runs again",
@@ -29,17 +32,17 @@ _MESSAGES = {
 
 
 def _trigger(video_id: str, mode: str, query: dict, body: dict):
-    video = find_video(video_id)
     force = bool(query.get("force") or body.get("force"))
     # The body's options win over the query's; left out in both, the video's are used.
     language = body.get("language", query.get("language"))
     translate = body.get("translate", query.get("translate"))
+    # 404 for an unknown video comes from the trigger's own read of it.
     task = processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
-                              video.id, mode, force=force, language=language,
+                              video_id, mode, force=force, language=language,
                               translate=translate)
-    url = url_for("processing.Progress", video_id=video.id)
+    url = url_for("processing.Progress", video_id=task.video_id)
     message = _MESSAGES[mode] if task.status != "completed" else "nothing to do: all outputs exist"
-    payload = {"task_id": task.id, "video_id": video.id, "status": task.status,
+    payload = {"task_id": task.id, "video_id": task.video_id, "status": task.status,
                "message": message, "progress_url": url}
     return payload, 202, {"Location": url}
 
@@ -74,8 +77,8 @@ def _trigger_docs(view):
 @blp.route("/videos/<string:video_id>/run_sync", merge_slashes=False)
 class RunSync(MethodView):
     @json_or_no_body
-    @blp.arguments(ForceQuerySchema, location="query")
-    @blp.arguments(ForceBodySchema, location="json", required=False)
+    @blp.arguments(_FORCE_QUERY, location="query")
+    @blp.arguments(_FORCE_BODY, location="json", required=False)
     @blp.response(202, AsyncTaskSchema)
     @_trigger_docs
     def post(self, query, body, video_id):
@@ -103,8 +106,8 @@ class Progress(MethodView):
         return view, 200, validators(tag)
 
     @json_or_no_body
-    @blp.arguments(ForceQuerySchema, location="query")
-    @blp.arguments(ForceBodySchema, location="json", required=False)
+    @blp.arguments(_FORCE_QUERY, location="query")
+    @blp.arguments(_FORCE_BODY, location="json", required=False)
     @blp.response(202, AsyncTaskSchema)
     @_trigger_docs
     def post(self, query, body, video_id):

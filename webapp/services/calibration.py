@@ -25,14 +25,16 @@ Kinds and units:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.orm import Session
 
-from webapp.models import StepCost, SubTask, Video
+from webapp.models import StepCost, SubTask
 
 # Runs of each kind kept: recent enough to follow a changed machine, enough to fit a line.
 SAMPLES = 20
@@ -48,7 +50,16 @@ AUDIO_UNITS = 0.34
 SPREAD = 1.5
 
 
-def step_costs(video: Video, whisper_model: str,
+class Media(Protocol):
+    """What the costs of a run depend on: a Video, or a row of its columns."""
+
+    duration: float | None
+    width: int | None
+    height: int | None
+    has_audio: bool
+
+
+def step_costs(video: Media, whisper_model: str,
                translate: bool) -> dict[str, tuple[str, float]]:
     """Step -> (its kind, the units of media it works on) for a run of `video`; steps whose
     media is not known (no duration) are left out."""
@@ -71,16 +82,27 @@ def _model_name(whisper_model: str) -> str:
     return Path(whisper_model.rstrip("/")).name[:60] or whisper_model[:60]
 
 
+# Built once per number of kinds (a run has 4), run on the session's connection: every
+# trigger reads it (see processing._TRIGGER_VIDEO). An "expanding" IN would be rendered
+# again at every execution.
+_COSTS = StepCost.__table__
+
+
+@functools.cache
+def _history(kinds: int) -> Select:
+    return select(_COSTS.c.key, _COSTS.c.units, _COSTS.c.seconds).where(
+        _COSTS.c.key.in_([bindparam(f"key{i}") for i in range(kinds)]))
+
+
 def expected_seconds(session: Session,
                      costs: Mapping[str, tuple[str, float]]) -> dict[str, float]:
     """Step -> seconds alone it is expected to take, for the steps whose kind has history."""
-    keys = {key for key, _ in costs.values()}
+    keys = sorted({key for key, _ in costs.values()})
     if not keys:
         return {}
     runs: dict[str, list[tuple[float, float]]] = {}
-    for key, units, seconds in session.execute(
-            select(StepCost.key, StepCost.units, StepCost.seconds)
-            .where(StepCost.key.in_(keys))):
+    for key, units, seconds in session.connection().execute(
+            _history(len(keys)), {f"key{i}": key for i, key in enumerate(keys)}):
         runs.setdefault(key, []).append((units, seconds))
     return {step: round(fit(runs[key], units), 3)
             for step, (key, units) in costs.items() if key in runs}

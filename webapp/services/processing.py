@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from redis import Redis
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,7 +30,41 @@ def get_video(session: Session, video_id: str) -> Video:
     return video
 
 
-def inapplicable_steps(video: Video) -> dict[str, str]:
+# A trigger's statements are built once and run on the session's connection, outside the
+# ORM: building an ORM load of the video (or an ORM insert) per request cost three times
+# what running it did, and a trigger is CPU work that 8 concurrent clients queue for
+# (docs/PERFORMANCE.md, section 3). A trigger reads committed rows: nothing is flushed.
+_VIDEOS = Video.__table__
+_TRIGGER_VIDEO = select(
+    _VIDEOS.c.id, _VIDEOS.c.duration, _VIDEOS.c.width, _VIDEOS.c.height, _VIDEOS.c.has_audio,
+    _VIDEOS.c.has_video, _VIDEOS.c.requested_language, _VIDEOS.c.translate,
+).where(_VIDEOS.c.id == bindparam("video_id"))
+_SET_OPTIONS = update(_VIDEOS).where(_VIDEOS.c.id == bindparam("video_id")).values(
+    requested_language=bindparam("new_language"), translate=bindparam("new_translate"))
+
+
+def trigger_video(session: Session, video_id: str) -> Row:
+    """What a trigger needs of the video (id, media facts, transcription options), or
+    NotFound as get_video."""
+    if not is_valid_id(video_id):
+        raise NotFound("no video has this id (ids are UUIDs)")
+    row = session.connection().execute(_TRIGGER_VIDEO, {"video_id": video_id}).first()
+    if row is None:
+        raise NotFound(f"video {video_id} not found")
+    return row
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """What a trigger made: the task, its status, and the steps it enqueued."""
+
+    id: str
+    video_id: str
+    status: str
+    steps: list[str]
+
+
+def inapplicable_steps(video: Video | Row) -> dict[str, str]:
     """Steps that cannot run on this media, with the reason."""
     skipped = {}
     if not video.has_audio:
@@ -67,7 +102,7 @@ class Transcription:
     translate: bool = False
 
 
-def transcription_for(settings: Settings, video: Video, language: str | None = None,
+def transcription_for(settings: Settings, video: Video | Row, language: str | None = None,
                       translate: bool | None = None) -> tuple[Transcription, bool]:
     """What a run of the video asks for: the trigger's options where it gives them
     (`language` a code or "auto"), the video's stored ones otherwise; InvalidOption (422)
@@ -83,7 +118,7 @@ def transcription_for(settings: Settings, video: Video, language: str | None = N
 
 def trigger(session: Session, settings: Settings, storage: Storage, connection: Redis,
             video_id: str, mode: str, force: bool = False, language: str | None = None,
-            translate: bool | None = None) -> ProcessingTask:
+            translate: bool | None = None) -> NewTask:
     """Create the video's one active task and enqueue its steps.
 
     Without force, an active task means Conflict (409), whatever the new task would do.
@@ -94,7 +129,7 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
     (in the task's transaction) for its later runs; when not given, the video's are used.
     """
     assert mode in MODES, mode
-    video = get_video(session, video_id)
+    video = trigger_video(session, video_id)
     wanted, changed = transcription_for(settings, video, language, translate)
     if force:
         queue.check_available(connection)
@@ -112,15 +147,14 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
     if replaced:
         publications.collect_garbage(session, storage, video.id)
     _enqueue(session, settings, connection, task, video, replaced)
-    log.info("task %s (%s) for video %s: running %s%s", task.id, mode, video.id,
-             [s.name for s in task.subtasks if s.status == "pending"],
+    log.info("task %s (%s) for video %s: running %s%s", task.id, mode, video.id, task.steps,
              f", replacing {replaced}" if replaced else "")
     return task
 
 
-def _create(session: Session, settings: Settings, storage: Storage, video: Video, mode: str,
+def _create(session: Session, settings: Settings, storage: Storage, video: Row, mode: str,
             force: bool, wanted: Transcription,
-            changed: bool) -> tuple[ProcessingTask, list[str]] | None:
+            changed: bool) -> tuple[NewTask, list[str]] | None:
     """One try at the trigger's transaction: the new task and the ids of the tasks it
     replaced, or None when it collided with a task that ended before it could be named."""
     # The old task is cancelled first, and the new one made after: once that UPDATE holds
@@ -137,9 +171,12 @@ def _create(session: Session, settings: Settings, storage: Storage, video: Video
                                            wanted.translate)
         reused = [s for s in STEPS if s not in skipped and s in kept]
     costs = calibration.step_costs(video, settings.whisper_model, wanted.translate)
-    task = progress.new_task(video, mode, settings.weights, skipped, reused,
-                             language=wanted.language, translate=wanted.translate, costs=costs,
-                             expected=calibration.expected_seconds(session, costs))
+    row, subtasks = progress.task_rows(
+        video.id, mode, settings.weights, skipped, reused, language=wanted.language,
+        translate=wanted.translate, costs=costs,
+        expected=calibration.expected_seconds(session, costs))
+    task = NewTask(row["id"], video.id, row["status"],
+                   [sub["name"] for sub in subtasks if sub["status"] == "pending"])
     # Nothing to run, but "nothing to do" must not hide a task that is running.
     if not force and task.status not in ACTIVE_STATUSES:
         active = progress.active_task(session, video.id)
@@ -150,9 +187,11 @@ def _create(session: Session, settings: Settings, storage: Storage, video: Video
     try:
         # Without force an active task is found by the insert itself: the partial unique
         # index (one active task per video) refuses it.
-        progress.insert_task(session, task)
+        progress.insert_task_rows(session, row, subtasks)
         if changed:  # the options this trigger gave become the video's
-            video.requested_language, video.translate = wanted.language, wanted.translate
+            session.connection().execute(_SET_OPTIONS, {
+                "video_id": video.id, "new_language": wanted.language,
+                "new_translate": wanted.translate})
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -162,16 +201,15 @@ def _create(session: Session, settings: Settings, storage: Storage, video: Video
     return task, replaced
 
 
-def _enqueue(session: Session, settings: Settings, connection: Redis, task: ProcessingTask,
-             video: Video, replaced: list[str]) -> None:
+def _enqueue(session: Session, settings: Settings, connection: Redis, task: NewTask,
+             video: Row, replaced: list[str]) -> None:
     """Enqueue the new task's jobs. If the queue fails now, a plain trigger is undone (503);
     a forced one has already replaced the old run, so its task stays queued and the
     reconciler enqueues its jobs once Redis answers again."""
-    to_run = [s.name for s in task.subtasks if s.status == "pending"]
-    if not to_run:
+    if not task.steps:
         return
     try:
-        queue.enqueue_steps(connection, settings, task.id, video.id, to_run, video.duration)
+        queue.enqueue_steps(connection, settings, task.id, video.id, task.steps, video.duration)
     except QueueUnavailable:
         if replaced:
             log.warning("task %s: queue unavailable; the reconciler will enqueue it", task.id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from webapp.models import ProcessingTask, Publication, SubTask, utcnow
@@ -54,16 +54,27 @@ def artifact(session: Session, storage: Storage, video_id: str,
     return storage.artifact_in(video_id, pub.folder, name, pub.task_id) if pub else None
 
 
+# What run_sync reads on every trigger, built once and run on the session's connection
+# (see processing._TRIGGER_VIDEO): the published folders, and how the transcript was made.
+_PUBLISHED = Publication.__table__
+_TASKS = ProcessingTask.__table__
+_FOLDERS = select(_PUBLISHED.c.step, _PUBLISHED.c.folder, _PUBLISHED.c.task_id).where(
+    _PUBLISHED.c.video_id == bindparam("video_id"))
+_MADE_WITH = select(_TASKS.c.language, _TASKS.c.translate).where(
+    _TASKS.c.id == bindparam("task_id"))
+
+
 def complete_steps(session: Session, storage: Storage, video_id: str,
                    language: str | None = None, translate: bool = False) -> set[str]:
     """Steps whose published outputs are all on disk and were made the way a run now asks
     for (a transcript in the same `language`, None = detected, with or without
     `translate`): what run_sync may keep."""
-    found = published(session, video_id)
+    connection = session.connection()
+    found = {row.step: row for row in connection.execute(_FOLDERS, {"video_id": video_id})}
     kept = {step for step, pub in found.items()
             if storage.outputs_complete(video_id, pub.folder, step)}
     if "transcribe" in kept:
-        made = session.get(ProcessingTask, found["transcribe"].task_id)
+        made = connection.execute(_MADE_WITH, {"task_id": found["transcribe"].task_id}).first()
         if made is None or (made.language, bool(made.translate)) != (language, translate):
             kept.discard("transcribe")
     return kept

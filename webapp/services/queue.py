@@ -11,6 +11,7 @@ from rq import Callback, Queue, Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
+from rq.utils import now
 
 from webapp.config import STEPS, Settings
 from webapp.services.errors import QueueUnavailable
@@ -112,19 +113,29 @@ def _enqueue_together(queue: Queue, specs: list[dict]) -> None:
     transaction, so none can have ended before its dependants are registered: they are
     saved deferred and registered with their parents at once, as RQ's setup_dependencies
     does for an unfinished parent, and RQ enqueues them when the parent ends.
+
+    Each job is made with its final status and written with one HSET, the queue is named in
+    rq:queues once and the ids to run go in one RPUSH, in order: RQ's enqueue_job writes the
+    status and then the whole job, and names the queue, once per job (17 commands for a
+    task's 4 jobs, 9 here). What a worker finds is the same.
     """
+    queued = []
     with queue.connection.pipeline() as pipe:
         pipe.multi()
         for spec in specs:
-            job = queue.create_job(**spec)
-            job.origin = queue.name
-            if spec["depends_on"] is not None:
-                job.set_status(JobStatus.DEFERRED, pipeline=pipe)
+            deferred = spec["depends_on"] is not None
+            job = queue.create_job(**spec,
+                                   status=JobStatus.DEFERRED if deferred else JobStatus.QUEUED)
+            if deferred:
                 job.register_dependency(pipeline=pipe)
-                job.save(pipeline=pipe)
-                job.cleanup(ttl=job.ttl, pipeline=pipe)
             else:
-                queue.enqueue_job(job, pipeline=pipe)
+                job.enqueued_at = now()
+                queued.append(job.id)
+            job.save(pipeline=pipe)
+            job.cleanup(ttl=job.ttl, pipeline=pipe)
+        if queued:
+            pipe.sadd(queue.redis_queues_keys, queue.key)
+            pipe.rpush(queue.key, *queued)
         pipe.execute()
 
 
