@@ -17,7 +17,8 @@ until the poll says `completed`.
 Inputs: the 2-minute 1280x720 talk of bench/media.py and the same talk looped to 437 s
 (`-stream_loop`, stream copy, cached in bench/.cache), each with WHISPER_MODEL tiny.en and
 base (BENCH_LANES_MODELS, BENCH_LANES_SECONDS to change them for quick trials). Per medium
-and model the two sides alternate (ABAB...), BENCH_RUNS of each (default 3); every run is
+and model the two sides alternate (AB BA AB...), BENCH_RUNS of each (default 3; on inputs
+longer than 2 minutes BENCH_LONG_RUNS, default BENCH_RUNS); every run is
 reported with the CPU time other processes took meanwhile and the load average; none is
 discarded. Target: vidpipe's median ≤ 0.95 × the script's median, for every medium and model.
 
@@ -51,6 +52,8 @@ from bench.pipeline import (
 from webapp.config import PROJECT_ROOT, STEPS
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+# Runs of each side on the long input (default: BENCH_RUNS); each takes minutes.
+LONG_RUNS = int(os.environ.get("BENCH_LONG_RUNS", str(RUNS)))
 MODELS = os.environ.get("BENCH_LANES_MODELS", "tiny.en,base").split(",")
 # 120: the talk as bench/media.py makes it; the other lengths loop it.
 SECONDS = [int(s) for s in os.environ.get("BENCH_LANES_SECONDS", "120,437").split(",")]
@@ -142,10 +145,11 @@ def measured(fn: Any, label: str) -> dict[str, Any]:
     return result
 
 
-def compare(stack: Stack, video: dict[str, Any], lanes: Lanes, label: str) -> dict[str, Any]:
-    """RUNS of each side, alternating which goes first."""
+def compare(stack: Stack, video: dict[str, Any], lanes: Lanes, label: str,
+            runs: int) -> dict[str, Any]:
+    """`runs` of each side, alternating which goes first."""
     vid_runs, lane_runs = [], []
-    for i in range(RUNS):
+    for i in range(runs):
         order = ("vidpipe", "lanes") if i % 2 == 0 else ("lanes", "vidpipe")
         for which in order:
             if which == "vidpipe":
@@ -194,7 +198,8 @@ def main() -> int:
                 folder.mkdir()
                 lanes = Lanes(folder, sources[s], probes[s], resolve_model_path(model),
                               threads, ffmpeg_threads)
-                results[f"{model}/{s}"] = compare(stack, videos[s], lanes, label) | {
+                runs = RUNS if s <= 120 else LONG_RUNS
+                results[f"{model}/{s}"] = compare(stack, videos[s], lanes, label, runs) | {
                     "model": model, "duration_s": probes[s].duration,
                     "script": lanes.script.read_text().replace(str(folder), "$WORK")
                     .replace(str(PROJECT_ROOT) + "/", "")}
@@ -213,7 +218,7 @@ def main() -> int:
             f"{r['model']} {r['duration_s']:.0f} s: ratio {r['ratio']:.2f} (vidpipe "
             f"{r['vidpipe']['seconds']['median']:.1f} s vs lanes "
             f"{r['lanes']['seconds']['median']:.1f} s)" for r in results.values())
-        + f" (median of {RUNS})",
+        + f" (median of {RUNS}; of {LONG_RUNS} on the long input)",
         met=met,
         details={"settings": {"workers": 2, "WHISPER_THREADS": threads,
                               "FFMPEG_THREADS": ffmpeg_threads, "redis": REDIS_URL,
