@@ -47,6 +47,7 @@ from bench.pipeline import (
     WHISPER_SCRIPT,
     Stack,
     capture_commands,
+    cpu_snapshot,
     disturbance,
 )
 from webapp.config import PROJECT_ROOT, STEPS
@@ -145,6 +146,24 @@ def measured(fn: Any, label: str) -> dict[str, Any]:
     return result
 
 
+def settle(limit: float = 60.0) -> float:
+    """Wait until the benchmark's process tree is idle (its CPU time grows by less than
+    0.05 s a second); the seconds waited.
+
+    Freshly started workers are still importing (each also starts a reconciler process)
+    when they register: the first run after start_workers paid for that (on a quiet VM
+    35.5 s and 3.5 CPU s more than the 30.3-30.9 s runs after it). An operator's workers
+    are long idle when a video comes.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = cpu_snapshot()["mine"]
+        time.sleep(1.0)
+        if cpu_snapshot()["mine"] - before < 0.05:
+            break
+    return time.monotonic() - started
+
+
 def compare(stack: Stack, video: dict[str, Any], lanes: Lanes, label: str,
             runs: int) -> dict[str, Any]:
     """`runs` of each side, alternating which goes first."""
@@ -201,6 +220,7 @@ def main() -> int:
         videos = {s: stack.upload(p) for s, p in sources.items()}
         for model in MODELS:
             stack.start_workers({"WHISPER_MODEL": model})
+            log(f"workers for {model} idle after {settle():.1f} s")
             for s in SECONDS:
                 label = f"{model} {probes[s].duration:.0f} s"
                 folder = work / f"{model}-{s}"
