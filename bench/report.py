@@ -10,7 +10,7 @@ from bench.common import RESULTS
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
 VERDICT = {True: "met", False: "missed", None: "reported"}
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-ORDER = ["pipeline", "polling", "trigger", "progress_writes", "upload_memory", "scale",
+ORDER = ["pipeline", "lanes", "polling", "trigger", "progress_writes", "upload_memory", "scale",
          "transcription", "eta", "keyframes", "search", "exchange"]
 
 
