@@ -184,26 +184,31 @@ def gunicorn(app: str, env: dict[str, str], log: Path, ready_path: str,
                                 start_new_session=True)
     server = Server(proc, f"http://127.0.0.1:{port}", log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn {app} exited ({proc.returncode}):\n"
-                                   f"{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(server.base_url + ready_path, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn {app} did not answer:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        wait_ready(proc, server.base_url + ready_path, log, f"gunicorn {app}", 60)
         # Every worker imports the app lazily on its first request: warm them all up.
         for _ in range(20):
             urllib.request.urlopen(server.base_url + ready_path, timeout=10).read()
         yield server
     finally:
         stop_group(proc)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, what: str, timeout: float) -> None:
+    """Until `url` answers 200; RuntimeError with the log's tail if the server exits first or
+    does not answer within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
@@ -405,20 +410,7 @@ def started(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, url: str,
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd} exited ({proc.returncode}):\n"
-                                   f"{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + ready_path, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd} did not answer:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_ready(proc, url + ready_path, log, " ".join(cmd), 90)
         for _ in range(20):  # every worker imports the app on its first request
             urllib.request.urlopen(url + ready_path, timeout=10).read()
         yield Service(proc, url)
