@@ -33,6 +33,9 @@ def _cores() -> int:
 # requests served at once (docs/PERFORMANCE.md, section 3). Each process is ~75 MB.
 workers = int(os.environ.get("WEB_WORKERS") or min(2 * _cores(), 8))
 threads = int(os.environ.get("WEB_THREADS") or 2)
+# gthread, but a worker whose threads are all busy leaves new connections to the others
+# (webapp/webworker.py): with gthread a burst of kept-alive connections piled onto one worker.
+worker_class = "webapp.webworker.BalancedThreadWorker"
 timeout = 600  # large uploads
 # Seconds an idle connection is kept open for its next request (gunicorn's default: 2). A
 # poll on a kept connection costs the server ~0.45 ms of CPU here, ~0.8 ms on a new one
@@ -84,3 +87,5 @@ def worker_exit(server, worker) -> None:
     flush = getattr(worker.log, "flush_polls", None)
     if flush is not None:
         flush()
+
+

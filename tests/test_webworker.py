@@ -1,0 +1,149 @@
+"""The web worker (webapp/webworker.py): gunicorn's gthread worker that leaves new
+connections to a worker with a free thread, so a burst of kept-alive clients is spread over
+the workers, and that still lets a new client in when every thread is kept busy.
+
+Real gunicorn processes serving tests/sleepy_app.py (a request sleeps as long as asked and
+answers the pid of the worker that served it)."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.helpers import wait_for
+from tests.test_redis_outage import free_port
+from webapp.config import PROJECT_ROOT
+
+WORKER = "webapp.webworker.BalancedThreadWorker"
+
+
+@contextlib.contextmanager
+def sleepy_server(tmp_path: Path, worker: str, workers: int,
+                  threads: int) -> Iterator[int]:
+    port = free_port()
+    log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-k", worker, "-w", str(workers), "--threads",
+         str(threads), "--keep-alive", "5", "-b", f"127.0.0.1:{port}", "tests.sleepy_app:app"],
+        cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: proc.poll() is not None or _answers(port), timeout=30, interval=0.1,
+                 what="gunicorn answering")
+        assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()[-3000:]
+        yield port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return get(http.client.HTTPConnection("127.0.0.1", port, timeout=5), 0) > 0
+    except OSError:
+        return False
+
+
+def get(conn: http.client.HTTPConnection, ms: int) -> int:
+    """One request on the connection (kept open): the pid that served it."""
+    conn.request("GET", f"/?ms={ms}")
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == 200, body
+    return int(body)
+
+
+def test_the_project_config_uses_this_worker():
+    namespace = {"__file__": str(PROJECT_ROOT / "gunicorn.conf.py")}
+    exec(compile((PROJECT_ROOT / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"),
+         namespace)
+    assert namespace["worker_class"] == WORKER
+    assert namespace["threads"] >= 2  # a thread stays free for polls beside an upload
+
+
+def test_a_burst_of_kept_alive_clients_is_spread_over_the_workers(tmp_path):
+    """8 clients connect at once, then each sends a request that holds a thread for 0.3 s:
+    each of the 4 workers takes the 2 its threads can start (gthread: the first worker
+    awake takes most of them, e.g. 30 of 32 under wrk). The second request of a client is
+    served by the same worker: its connection was kept."""
+    clients = 8
+    with sleepy_server(tmp_path, WORKER, workers=4, threads=2) as port:
+        # Every worker is up (gunicorn starts them one after another): each has answered.
+        seen: set[int] = set()
+        wait_for(lambda: seen.update(burst(port, clients, 50)) or len(seen) == 4, timeout=30,
+                 interval=0, what="the 4 workers answering")
+        served = burst(port, clients, 300, again=True)
+    per_worker = collections.Counter(served)
+    assert sorted(per_worker.values()) == [2, 2, 2, 2], per_worker
+
+
+def burst(port: int, clients: int, ms: int, again: bool = False) -> list[int]:
+    """`clients` connections opened at once, then a request on each holding a thread for
+    `ms`: the pids that served them. With `again`, a second request on each connection is
+    served by the same worker (the connection was kept)."""
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+             for _ in range(clients)]
+    served = [0] * clients
+    try:
+        for conn in conns:  # at once: the kernel queues them for the workers to accept
+            conn.connect()
+
+        def client(i: int) -> None:
+            served[i] = get(conns[i], ms)
+            if again and get(conns[i], 0) != served[i]:
+                served[i] = -1
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert all(pid > 0 for pid in served), served  # answered, on the same connection
+    return served
+
+
+def test_a_new_client_gets_in_while_kept_alive_clients_keep_every_thread_busy(tmp_path):
+    """One worker with one thread, two clients sending request after request on their
+    kept connections (the thread never free); a new client is answered in well under a
+    second, after the worker's pause at most, not when the others stop."""
+    stop = time.monotonic() + 4
+    with sleepy_server(tmp_path, WORKER, workers=1, threads=1) as port:
+        def hammer() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                while time.monotonic() < stop:
+                    get(conn, 20)
+            finally:
+                conn.close()
+
+        hammers = [threading.Thread(target=hammer) for _ in range(2)]
+        for t in hammers:
+            t.start()
+        try:
+            time.sleep(1)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            started = time.monotonic()
+            get(conn, 0)
+            waited = time.monotonic() - started
+            conn.close()
+        finally:
+            for t in hammers:
+                t.join(30)
+    assert waited < 1.0, f"the new client waited {waited:.2f} s"
