@@ -87,5 +87,3 @@ def worker_exit(server, worker) -> None:
     flush = getattr(worker.log, "flush_polls", None)
     if flush is not None:
         flush()
-
-
