@@ -8,12 +8,13 @@ connections on one of the 4 workers, which served them on one core (the GIL) whi
 workers had none (docs/PERFORMANCE.md, section 2). The requests on those connections
 waited for each other while the other core had little to do: the tail of the latency.
 
-This worker pauses accepting while every thread of its pool has a connection, so a new
-connection goes to a worker that can start on it (the 32 connections: 9, 8, 8 and 7 per
-worker). Kept-alive connections are untouched: a worker serves every request on the
-connections it holds. A pause lasts ACCEPT_PAUSE_MAX at most, so when every worker is
-saturated by kept-alive clients a new client still gets in after that long (gthread
-would have queued it behind the same requests).
+When an accepted connection takes the last free thread of its pool, this worker stops
+accepting until a thread is free again, so the next new connection goes to a worker that
+can start on it (the 32 connections: from 10/10/7/5 to 9/8/8/7 per worker). Kept-alive
+connections are untouched: a worker serves every request on the connections it holds. A
+pause lasts ACCEPT_PAUSE_MAX at most, so when every worker is kept saturated by kept-alive
+clients a new client still gets in after that long (gthread would have queued it behind
+the same requests).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ ACCEPT_PAUSE_MAX = 0.1
 
 
 class BalancedThreadWorker(ThreadWorker):
-    """`gthread`, pausing accept (at most ACCEPT_PAUSE_MAX) while every thread is busy."""
+    """`gthread`, pausing accept (ACCEPT_PAUSE_MAX at most) once every thread is busy."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
