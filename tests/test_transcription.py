@@ -152,9 +152,9 @@ def test_transcribes_audio_extracted_from_a_video(tmp_path: Path) -> None:
 def test_music_gives_no_words(tmp_path: Path) -> None:
     tones = mediagen.make_tones_wav(tmp_path / "tones.wav", duration=5.0)
     # Without VAD the model invents words here, so an empty result proves the filter is on.
-    raw, _ = transcription.load_model().transcribe(
-        str(tones), vad_filter=False, temperature=0.0, max_new_tokens=10  # kept short: speed
-    )
+    # Not cut short with max_new_tokens: with max_new_tokens=10, faster-whisper 1.2.1 and
+    # ctranslate2 4.8.5 return no segment here at all (30 tokens: "Halt! Halt! ...").
+    raw, _ = transcription.load_model().transcribe(str(tones), vad_filter=False, temperature=0.0)
     assert any(piece.text.strip() for piece in raw), "sample no longer fools whisper"
     progress: list[float] = []
     result = transcription.transcribe(tones, on_progress=progress.append, translate=True)
