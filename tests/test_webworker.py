@@ -147,3 +147,79 @@ def test_a_new_client_gets_in_while_kept_alive_clients_keep_every_thread_busy(tm
             for t in hammers:
                 t.join(30)
     assert waited < 1.0, f"the new client waited {waited:.2f} s"
+
+
+def thread_of(conn: http.client.HTTPConnection, path: str) -> str:
+    """One request on the kept connection: the name of the thread that served it."""
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == 200, body
+    return body.decode().strip()
+
+
+def test_polls_on_a_kept_connection_are_answered_on_the_event_loop(tmp_path):
+    """A poll arriving on a kept-alive connection is served by the worker's main thread,
+    without the hand-over to a pool thread and back; a new connection's first request and
+    any other request go to the pool as before."""
+    with sleepy_server(tmp_path, WORKER, workers=1, threads=2) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            first = thread_of(conn, "/healthz")
+            assert first.startswith("ThreadPoolExecutor"), first  # a new connection
+            assert [thread_of(conn, "/healthz") for _ in range(3)] == ["MainThread"] * 3
+            assert thread_of(conn, "/page").startswith("ThreadPoolExecutor")
+            assert thread_of(conn, "/healthz?x=1") == "MainThread"
+            conn.request("HEAD", "/healthz")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == b""
+        finally:
+            conn.close()
+
+
+def test_a_client_that_reads_no_answer_does_not_hold_the_event_loop(tmp_path):
+    """A poll whose answer the client never reads (here 64 MB, more than the socket buffers
+    hold) is given up and its connection closed once a write waited INLINE_SEND_TIMEOUT: a
+    new client of the same worker is answered after a few seconds at most (the buffers
+    take a little more twice, here), not when the first one reads."""
+    from webapp.webworker import INLINE_SEND_TIMEOUT
+
+    size = 64 * 1024 * 1024
+    with sleepy_server(tmp_path, WORKER, workers=1, threads=1) as port:
+        stuck = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            thread_of(stuck, "/healthz")  # the connection is now kept alive
+            stuck.request("GET", f"/healthz?bytes={size}")  # and its answer left unread
+            time.sleep(0.3)
+            other = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            started = time.monotonic()
+            assert get(other, 0) > 0
+            waited = time.monotonic() - started
+            other.close()
+            resp = stuck.getresponse()
+            with contextlib.suppress(http.client.IncompleteRead, ConnectionError):
+                got = len(resp.read())
+                raise AssertionError(f"the whole answer came ({got} bytes)")
+        finally:
+            stuck.close()
+    assert waited < 4 * INLINE_SEND_TIMEOUT + 1, f"the new client waited {waited:.2f} s"
+
+
+def test_what_counts_as_a_waiting_poll():
+    from webapp.webworker import waiting_poll
+
+    poll = b"GET /api/v1/videos/abc/reprocess HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert waiting_poll(poll)
+    assert waiting_poll(poll.replace(b"GET", b"HEAD"))
+    assert waiting_poll(b"GET /videos/abc/row?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert waiting_poll(b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert not waiting_poll(poll[:-2])  # the header still arriving
+    assert not waiting_poll(poll + poll)  # pipelined: left to the pool, in order
+    assert not waiting_poll(poll.replace(b"GET", b"POST"))
+    assert not waiting_poll(poll.replace(b"reprocess", b"run_sync"))
+    assert not waiting_poll(b"GET /videos/abc HTTP/1.1\r\nHost: x\r\n\r\n")  # a page
+    assert not waiting_poll(poll.replace(b"Host: x", b"Content-Length: 3"))
+    assert not waiting_poll(poll.replace(b"Host: x", b"Transfer-Encoding: chunked"))
+    assert not waiting_poll(poll.replace(b"Host: x", b"Upgrade: h2c"))
+    assert not waiting_poll(b"GET /healthz\r\n\r\n")  # not HTTP/1.x
+    assert not waiting_poll(b"")

@@ -15,16 +15,61 @@ connections are untouched: a worker serves every request on the connections it h
 pause lasts ACCEPT_PAUSE_MAX at most, so when every worker is kept saturated by kept-alive
 clients a new client still gets in after that long (gthread would have queued it behind
 the same requests).
+
+A poll that arrives on a kept-alive connection (a GET or HEAD of a path accesslog counts
+as a poll, its header whole, no body) is answered on the worker's event-loop thread itself.
+gthread hands every request to a pool thread and the connection back to the loop after
+it: two thread wake-ups and two waits for the GIL per request, which made vidpipe's p99
+under `wrk -c32` twice a sync worker's (docs/PERFORMANCE.md, section 2). A poll costs
+less than those hand-overs (a query of the progress tag, or a cached answer); the loop
+serves the connections that are ready one after another, so none waits for another's
+next request. Uploads, triggers, pages and every first request of a connection still go
+to the pool, where one of them can take its time without holding the others.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 import time
+from concurrent.futures import Future
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from webapp.accesslog import POLL_PATH
+
 # Seconds a saturated worker leaves new connections to the others at most.
 ACCEPT_PAUSE_MAX = 0.1
+# Bytes looked at, without taking them, to tell a poll from other requests.
+PEEK_BYTES = 4096
+# Seconds a write of a poll's answer on the event loop waits for a client that takes none
+# of it (the kernel's limit on each send; an answer that fits the socket buffer, as polls
+# do, is one send that never waits).
+INLINE_SEND_TIMEOUT = 1.0
+_SEND_TIMEOUT = struct.pack("ll", int(INLINE_SEND_TIMEOUT), 0)
+_NO_SEND_TIMEOUT = struct.pack("ll", 0, 0)
+
+
+def waiting_poll(head: bytes) -> bool:
+    """Whether `head`, the bytes waiting on a connection, is one whole bodiless poll.
+
+    A GET or HEAD of a progress poll (the paths accesslog counts as polls), its header
+    complete, nothing after it and no body announced. Anything else (an upload, a page, a
+    request still arriving, pipelined requests, an upgrade) goes to the thread pool.
+    """
+    end = head.find(b"\r\n\r\n")
+    if end < 0 or end + 4 != len(head):
+        return False
+    line, _, headers = head[:end].partition(b"\r\n")
+    parts = line.split(b" ")
+    if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD") or not parts[2].startswith(b"HTTP/1."):
+        return False
+    if not POLL_PATH.fullmatch(parts[1].split(b"?", 1)[0].decode("latin-1")):
+        return False
+    lowered = headers.lower()
+    return not any(name in lowered for name in (b"content-length", b"transfer-encoding",
+                                                 b"upgrade", b"expect"))
 
 
 class BalancedThreadWorker(ThreadWorker):
@@ -66,6 +111,43 @@ class BalancedThreadWorker(ThreadWorker):
     def finish_request(self, conn, fs) -> None:
         self.busy -= 1
         super().finish_request(conn, fs)
+
+    def on_client_socket_readable(self, conn, client) -> None:
+        # A kept-alive connection's next request is a poll: answer it here, on the event
+        # loop's thread, instead of handing it to a pool thread and back (two thread
+        # wake-ups and GIL hand-overs per request: the tail of the latency under load).
+        if not (self.alive and conn.initialized and not conn.is_http2
+                and not conn.parser.unreader.buf.getvalue() and self._poll_waiting(conn)):
+            super().on_client_socket_readable(conn, client)
+            return
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        # A client that sends polls but reads no answers must not hold the loop: a write
+        # it takes nothing of fails after INLINE_SEND_TIMEOUT and the connection is closed.
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _SEND_TIMEOUT)
+        try:
+            result = self.handle(conn)  # answers errors itself, as on a pool thread
+        except Exception:
+            result = False
+        with contextlib.suppress(OSError):
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_SEND_TIMEOUT)
+        if not result:
+            # Closed at once: gthread's graceful close would linger on this thread for the
+            # client's FIN (2 s at most). Nothing unread is left behind the poll, so the
+            # answer, if any, is not cut off by a reset.
+            self.nr_conns -= 1
+            conn.close()
+            return
+        done: Future = Future()
+        done.set_result(result)
+        ThreadWorker.finish_request(self, conn, done)  # not `busy`: no pool thread was used
+
+    @staticmethod
+    def _poll_waiting(conn) -> bool:
+        try:
+            return waiting_poll(conn.sock.recv(PEEK_BYTES, socket.MSG_PEEK))
+        except OSError:
+            return False  # the pool thread meets the error and closes the connection
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         # Wake up when the pause ends, to accept again (gthread's loop waits up to 1 s).
