@@ -31,7 +31,8 @@ def _transcribe(ctx: StepContext) -> StepResult:
         transcription.write_vtt(english, ctx.artifacts / "captions.en.vtt")
         transcription.write_srt(english, ctx.artifacts / "captions.en.srt")
     return StepResult(note=result.translation_note, video={
-        "language": result.language, "language_probability": result.language_probability},
+        "language": result.language, "language_probability": result.language_probability,
+        "transcript_model": ctx.settings.whisper_model},
         segments=tuple((s.start, s.end, s.text) for s in result.segments))
 
 

@@ -55,10 +55,12 @@ def assert_json_error(resp, status: int) -> dict:
 
 
 def publish_files(settings, video_id: str, step: str, files: dict[str, bytes],
-                  segments: list[tuple[float, float, str]] | None = None) -> str:
+                  segments: list[tuple[float, float, str]] | None = None,
+                  video_values: dict | None = None) -> str:
     """Publish `files` as the outputs of `step` of the video, the way a worker does: a task
     whose attempt writes them into its own folder and completes (with a transcript's
-    `segments`, which that completion indexes for search). Returns the task id."""
+    `segments`, which that completion indexes for search, and the facts it writes on the
+    video, `video_values`). Returns the task id."""
     from webapp.config import STEPS
     from webapp.db import session_factory
     from webapp.models import Video
@@ -79,7 +81,8 @@ def publish_files(settings, video_id: str, step: str, files: dict[str, bytes],
         for name, data in files.items():
             (path / name).write_bytes(data)
         assert progress.complete_subtask(session, task.id, step, attempt, video_id=video_id,
-                                         folder=folder, segments=segments)
+                                         folder=folder, segments=segments,
+                                         video_values=video_values)
         return task.id
 
 

@@ -30,6 +30,7 @@ from tests.conftest import run_worker
 from tests.helpers import assert_json_error, progress_of, publish_files, subtasks, upload
 from webapp import create_app
 from webapp.config import PROJECT_ROOT, ConfigError, Settings
+from webapp.models import Video
 from webapp.services import captions, chinese, transcription, whisper_models
 from webapp.services.transcription import Segment, Transcript, TranscriptionError, Word
 
@@ -359,8 +360,6 @@ def test_cues_without_word_timestamps_and_marks_kept_with_their_letters() -> Non
 
 
 def options_of(db_session, vid: str) -> tuple:
-    from webapp.models import Video
-
     db_session.expire_all()
     video = db_session.get(Video, vid)
     return video.requested_language, video.translate
@@ -468,6 +467,35 @@ def test_run_sync_redoes_a_transcript_made_with_other_settings(client, settings)
     assert steps["transcribe"]["reused"]
 
 
+def test_run_sync_redoes_a_transcript_another_model_made(client, settings, db_session) -> None:
+    """A transcript records the model that made it; run_sync keeps it for the model now
+    configured (WHISPER_MODEL, here `base`), redoes it for another, and keeps one published
+    before models were recorded (unknown)."""
+    vid = upload(client, DE[1]).get_json()["id"]
+    publish_files(settings, vid, "extract_audio", {"audio.wav": b"RIFF"})
+    files = {"transcript.json": b"{}", "captions.vtt": b"WEBVTT\n", "captions.srt": b""}
+
+    def run_keeps_transcript(model: str | None) -> bool:
+        publish_files(settings, vid, "transcribe", files,
+                      video_values={"language": "de", "transcript_model": model})
+        db_session.expire_all()
+        assert db_session.get(Video, vid).transcript_model == model
+        resp = client.post(f"/api/v1/videos/{vid}/run_sync?force=true")
+        assert resp.status_code == 202, resp.get_json()
+        steps = subtasks(progress_of(client, vid))
+        assert steps["extract_audio"]["reused"]
+        if not steps["transcribe"]["reused"]:  # the run waits for a worker: not here
+            assert steps["transcribe"]["status"] == "pending"
+            assert client.post(f"/api/v1/videos/{vid}/cancel").status_code in (200, 202)
+        return steps["transcribe"]["reused"]
+
+    assert settings.whisper_model == "base"
+    assert run_keeps_transcript("base")
+    assert not run_keeps_transcript("tiny.en")
+    assert not run_keeps_transcript("/srv/models/whisper-small")
+    assert run_keeps_transcript(None)
+
+
 def test_openapi_documents_the_options(client) -> None:
     spec = client.get("/api/openapi.json").get_json()
     upload_body = spec["paths"]["/api/v1/videos"]["post"]["requestBody"]["content"]
@@ -506,7 +534,7 @@ def cues_of(client, vid: str, name: str) -> list[srt.Subtitle]:
 
 
 @pytest.mark.e2e
-def test_three_languages_end_to_end(ui_client, tmp_path: Path) -> None:
+def test_three_languages_end_to_end(ui_client, tmp_path: Path, db_session, settings) -> None:
     """German with English captions, Mandarin in Simplified, English asking for a
     translation: uploaded, processed by a real worker, shown in the API and the UI."""
     client = ui_client
@@ -587,6 +615,14 @@ def test_three_languages_end_to_end(ui_client, tmp_path: Path) -> None:
     assert page.select_one("#translation-note").get_text() == (
         "Nothing to translate: the speech is in English.")
     assert transcript["language"] == "en"
+
+    # Each transcript records the model that made it, and run_sync keeps it for that model.
+    db_session.expire_all()
+    for vid in (german, mandarin, english):
+        assert db_session.get(Video, vid).transcript_model == settings.whisper_model == "base"
+    assert client.post(f"/api/v1/videos/{german}/run_sync").status_code == 202
+    state = progress_of(client, german)
+    assert state["status"] == "completed" and subtasks(state)["transcribe"]["reused"]
 
 
 def test_ui_forms_offer_the_languages(ui_client, db_session) -> None:

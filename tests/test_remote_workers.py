@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import ffmpeg
@@ -182,6 +183,27 @@ def test_a_stale_attempts_uploads_are_refused_and_change_nothing(client, setting
     assert after["poster.jpg"] == b"new poster.jpg"
     thumbnails = subtasks(progress_of(client, vid))["thumbnails"]
     assert (thumbnails["status"], thumbnails["worker"]) == ("completed", "worker-c")
+
+
+@POSTGRES
+def test_a_completion_whose_video_facts_do_not_fit_is_refused(web):
+    """What a worker writes on the video with its outputs must fit the columns: a 400
+    naming the allowed facts, before any attempt is looked up (a PostgreSQL error, a 500,
+    otherwise)."""
+    url = (f"http://127.0.0.1:{web.port}/internal/v1/tasks/{uuid.uuid4()}/steps/transcribe/1/"
+           "complete")
+    for video in ({"transcript_model": "m" * 1025}, {"language": 5},
+                  {"language": "x" * 17}, {"language_probability": "high"},
+                  {"language_probability": True}, {"colour": "red"}):
+        resp = requests.post(url, json={"files": {}, "video": video}, timeout=10,
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+        assert resp.status_code == 400, (video, resp.text)
+        assert "transcript_model" in resp.json()["message"]
+    # Facts that fit pass this check (the task, unknown, is then a 404).
+    resp = requests.post(url, json={"files": {}, "video": {
+        "language": "de", "language_probability": 0.97, "transcript_model": "m" * 1024}},
+        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert resp.status_code == 404, resp.text
 
 
 @POSTGRES

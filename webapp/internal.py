@@ -44,7 +44,17 @@ log = logging.getLogger(__name__)
 PREFIX = "/internal/v1"
 SHA_HEADER = "X-Sha256"
 # Facts a step may write on the video with its outputs (runner.StepResult.video).
-VIDEO_VALUES = ("language", "language_probability")
+VIDEO_VALUES = ("language", "language_probability", "transcript_model")
+
+
+def _video_value_ok(name: str, value: object) -> bool:
+    """Whether a value a worker sends for the video fits its column (None always does)."""
+    if value is None:
+        return True
+    if name == "language_probability":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    limit = Video.__table__.c[name].type.length
+    return isinstance(value, str) and len(value) <= limit
 _CHUNK = 1 << 20
 _SHA_CHARS = frozenset("0123456789abcdef")
 
@@ -184,8 +194,10 @@ def complete(task_id: str, step: str, attempt: int):
     values = body.get("video") or {}
     note = body.get("note")
     if (not isinstance(values, dict) or set(values) - set(VIDEO_VALUES)
+            or not all(_video_value_ok(k, v) for k, v in values.items())
             or not (note is None or isinstance(note, str))):
-        return _error(400, f"video may only hold {', '.join(VIDEO_VALUES)}; note is a string")
+        return _error(400, f"video may only hold {', '.join(VIDEO_VALUES)} (strings that fit "
+                           "their columns, a number); note is a string")
     session = ext.db()
     task = session.get(ProcessingTask, task_id) if is_valid_id(task_id) else None
     if task is None or step not in STEPS or attempt < 1:
