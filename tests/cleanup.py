@@ -27,11 +27,19 @@ def purge_queue(conn: Redis, queue_name: str, task_ids: Iterable[str] = ()) -> i
              *(key.removeprefix(b"rq:job:") for key, origin in zip(jobs, origins, strict=True)
                if origin == queue)]
     keys = {key for key in every if any(name in key for name in names)}
-    # Dead workers' keys expire by themselves a minute later; theirs go now.
+    # Dead workers' keys expire by themselves a minute later; theirs go now, and those of
+    # any dead worker (a test may start one on another queue).
     keys |= {key for key in conn.scan_iter(match="rq:worker:*", count=500, _type="hash")
-             if conn.hget(key, "queues") == queue_name.encode()}
+             if conn.hget(key, "queues") == queue_name.encode() or conn.hexists(key, "death")}
+    # RQ's lock for cleaning job groups, taken by a worker's maintenance for minutes.
+    keys.add(b"rq:clean_groups")
     conn.srem("rq:queues", f"rq:queue:{queue_name}")
-    return conn.delete(*keys) if keys else 0
+    deleted = conn.delete(*keys)
+    # The register of workers names them: drop the names whose keys are gone.
+    gone = [name for name in conn.smembers("rq:workers") if not conn.exists(name)]
+    if gone:
+        conn.srem("rq:workers", *gone)
+    return deleted
 
 
 def session_of(pid: int) -> int | None:
