@@ -45,6 +45,15 @@ PREFIX = "/internal/v1"
 SHA_HEADER = "X-Sha256"
 # Facts a step may write on the video with its outputs (runner.StepResult.video).
 VIDEO_VALUES = ("language", "language_probability", "transcript_model")
+_CHUNK = 1 << 20
+_SHA_CHARS = frozenset("0123456789abcdef")
+
+bp = Blueprint("internal", __name__, url_prefix=PREFIX)
+
+
+def _error(status: int, message: str):
+    names = {400: "Bad Request", 404: "Not Found", 409: "Conflict", 422: "Unprocessable Entity"}
+    return jsonify(code=status, status=names.get(status, "Error"), message=message), status
 
 
 def _video_value_ok(name: str, value: object) -> bool:
@@ -55,15 +64,6 @@ def _video_value_ok(name: str, value: object) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     limit = Video.__table__.c[name].type.length
     return isinstance(value, str) and len(value) <= limit
-_CHUNK = 1 << 20
-_SHA_CHARS = frozenset("0123456789abcdef")
-
-bp = Blueprint("internal", __name__, url_prefix=PREFIX)
-
-
-def _error(status: int, message: str):
-    names = {400: "Bad Request", 404: "Not Found", 409: "Conflict", 422: "Unprocessable Entity"}
-    return jsonify(code=status, status=names.get(status, "Error"), message=message), status
 
 
 def _is_sha(value: str | None) -> bool:

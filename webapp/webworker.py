@@ -124,10 +124,10 @@ class BalancedThreadWorker(ThreadWorker):
         self.keepalived_conns.remove(conn)
         # A client that sends polls but reads no answers must not hold the loop: a write
         # it takes nothing of fails after INLINE_SEND_TIMEOUT and the connection is closed.
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _SEND_TIMEOUT)
         try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _SEND_TIMEOUT)
             result = self.handle(conn)  # answers errors itself, as on a pool thread
-        except Exception:
+        except Exception:  # an error here must not end the loop, and so the worker
             result = False
         with contextlib.suppress(OSError):
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_SEND_TIMEOUT)
