@@ -32,7 +32,9 @@ def _transcribe(ctx: StepContext) -> StepResult:
         transcription.write_srt(english, ctx.artifacts / "captions.en.srt")
     return StepResult(note=result.translation_note, video={
         "language": result.language, "language_probability": result.language_probability,
-        "transcript_model": ctx.settings.whisper_model},
+        "transcript_model": ctx.settings.whisper_model,
+        "transcript_script": (ctx.settings.chinese_script
+                              if result.language in chinese.LANGUAGES else None)},
         segments=tuple((s.start, s.end, s.text) for s in result.segments))
 
 

@@ -496,6 +496,35 @@ def test_run_sync_redoes_a_transcript_another_model_made(client, settings, db_se
     assert run_keeps_transcript(None)
 
 
+def test_run_sync_redoes_a_chinese_transcript_in_the_other_script(client, settings,
+                                                                   db_session) -> None:
+    """A Chinese transcript records its script; run_sync keeps it for the CHINESE_SCRIPT now
+    configured (`simplified`), redoes it when written in the other, and keeps one of unknown
+    script (published before scripts were recorded)."""
+    vid = upload(client, ZH).get_json()["id"]
+    publish_files(settings, vid, "extract_audio", {"audio.wav": b"RIFF"})
+    files = {"transcript.json": b"{}", "captions.vtt": b"WEBVTT\n", "captions.srt": b""}
+
+    def run_keeps_transcript(script: str | None) -> bool:
+        publish_files(settings, vid, "transcribe", files, video_values={
+            "language": "zh", "transcript_model": "base", "transcript_script": script})
+        db_session.expire_all()
+        assert db_session.get(Video, vid).transcript_script == script
+        resp = client.post(f"/api/v1/videos/{vid}/run_sync?force=true")
+        assert resp.status_code == 202, resp.get_json()
+        steps = subtasks(progress_of(client, vid))
+        assert steps["extract_audio"]["reused"]
+        if not steps["transcribe"]["reused"]:  # the run waits for a worker: not here
+            assert steps["transcribe"]["status"] == "pending"
+            assert client.post(f"/api/v1/videos/{vid}/cancel").status_code in (200, 202)
+        return steps["transcribe"]["reused"]
+
+    assert settings.chinese_script == "simplified"
+    assert run_keeps_transcript("simplified")
+    assert not run_keeps_transcript("traditional")
+    assert run_keeps_transcript(None)
+
+
 def test_openapi_documents_the_options(client) -> None:
     spec = client.get("/api/openapi.json").get_json()
     upload_body = spec["paths"]["/api/v1/videos"]["post"]["requestBody"]["content"]
@@ -620,6 +649,9 @@ def test_three_languages_end_to_end(ui_client, tmp_path: Path, db_session, setti
     db_session.expire_all()
     for vid in (german, mandarin, english):
         assert db_session.get(Video, vid).transcript_model == settings.whisper_model == "base"
+    # The script is recorded for the Chinese transcript alone.
+    assert db_session.get(Video, mandarin).transcript_script == settings.chinese_script
+    assert db_session.get(Video, german).transcript_script is None
     assert client.post(f"/api/v1/videos/{german}/run_sync").status_code == 202
     state = progress_of(client, german)
     assert state["status"] == "completed" and subtasks(state)["transcribe"]["reused"]

@@ -194,14 +194,16 @@ def test_a_completion_whose_video_facts_do_not_fit_is_refused(web):
            "complete")
     for video in ({"transcript_model": "m" * 1025}, {"language": 5},
                   {"language": "x" * 17}, {"language_probability": "high"},
-                  {"language_probability": True}, {"colour": "red"}):
+                  {"language_probability": True}, {"transcript_script": "s" * 17},
+                  {"colour": "red"}):
         resp = requests.post(url, json={"files": {}, "video": video}, timeout=10,
                              headers={"Authorization": f"Bearer {TOKEN}"})
         assert resp.status_code == 400, (video, resp.text)
         assert "transcript_model" in resp.json()["message"]
     # Facts that fit pass this check (the task, unknown, is then a 404).
     resp = requests.post(url, json={"files": {}, "video": {
-        "language": "de", "language_probability": 0.97, "transcript_model": "m" * 1024}},
+        "language": "de", "language_probability": 0.97, "transcript_model": "m" * 1024,
+        "transcript_script": None}},
         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert resp.status_code == 404, resp.text
 

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/internal/v1"
 SHA_HEADER = "X-Sha256"
 # Facts a step may write on the video with its outputs (runner.StepResult.video).
-VIDEO_VALUES = ("language", "language_probability", "transcript_model")
+VIDEO_VALUES = ("language", "language_probability", "transcript_model", "transcript_script")
 _CHUNK = 1 << 20
 _SHA_CHARS = frozenset("0123456789abcdef")
 

@@ -89,6 +89,9 @@ class Video(Base):
     # The whisper model (WHISPER_MODEL of the worker) that made the published transcript,
     # written with it; NULL for transcripts published before it was recorded.
     transcript_model: Mapped[str | None] = mapped_column(String(1024))
+    # The script (CHINESE_SCRIPT) a published Chinese transcript is written in; NULL for
+    # other languages and for Chinese transcripts published before it was recorded.
+    transcript_script: Mapped[str | None] = mapped_column(String(16))
     # The stored source's hex sha256, recorded at upload (NULL for sources uploaded before
     # it was: computed when a worker on another host first needs it, webapp/internal.py).
     sha256: Mapped[str | None] = mapped_column(String(64))

@@ -38,7 +38,7 @@ _VIDEOS = Video.__table__
 _TRIGGER_VIDEO = select(
     _VIDEOS.c.id, _VIDEOS.c.duration, _VIDEOS.c.width, _VIDEOS.c.height, _VIDEOS.c.has_audio,
     _VIDEOS.c.has_video, _VIDEOS.c.requested_language, _VIDEOS.c.translate,
-    _VIDEOS.c.transcript_model,
+    _VIDEOS.c.transcript_model, _VIDEOS.c.transcript_script,
 ).where(_VIDEOS.c.id == bindparam("video_id"))
 _SET_OPTIONS = update(_VIDEOS).where(_VIDEOS.c.id == bindparam("video_id")).values(
     requested_language=bindparam("new_language"), translate=bindparam("new_translate"))
@@ -167,11 +167,13 @@ def _create(session: Session, settings: Settings, storage: Storage, video: Row, 
     reused = []
     if mode == "run_sync":
         # A transcript made in another language or without the translation asked for now
-        # is not kept (publications.complete_steps), nor one another whisper model made
-        # (one of unknown model, published before models were recorded, is).
+        # is not kept (publications.complete_steps), nor one another whisper model made,
+        # nor a Chinese one in the other script (unknown ones, published before these were
+        # recorded, are kept).
         kept = publications.complete_steps(session, storage, video.id, wanted.language,
                                            wanted.translate)
-        if video.transcript_model not in (None, settings.whisper_model):
+        if (video.transcript_model not in (None, settings.whisper_model)
+                or video.transcript_script not in (None, settings.chinese_script)):
             kept.discard("transcribe")
         reused = [s for s in STEPS if s not in skipped and s in kept]
     costs = calibration.step_costs(video, settings.whisper_model, wanted.translate)
