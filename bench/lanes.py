@@ -204,13 +204,15 @@ def headline(results: dict[str, Any], runs: int, long_runs: int) -> str:
 def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    from webapp.services import media
+    from webapp.services import media, workers
     from webapp.services.transcription import resolve_model_path
 
     talk = benchmedia.speech_video(120)
     sources = {s: talk if s == 120 else looped(talk, s) for s in SECONDS}
     probes = {s: media.probe(p) for s, p in sources.items()}
-    threads = int(os.environ.get("WHISPER_THREADS", "0") or 0)
+    # The script's whisper takes the threads the service's does (WHISPER_THREADS=0: the
+    # cores shared among its workers).
+    threads = int(os.environ.get("WHISPER_THREADS", "0") or 0) or workers.split_cores(2)
     ffmpeg_threads = int(os.environ.get("FFMPEG_THREADS", "0") or 0)
     work = Path(tempfile.mkdtemp(prefix="vidpipe-bench-lanes-"))
     stack = Stack(work)

@@ -647,13 +647,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    from webapp.services import media, whisper_models
+    from webapp.services import media, whisper_models, workers
     from webapp.services.transcription import resolve_model_path
 
     log("preparing the 2-minute 720p speech video (cached in bench/.cache)")
     src = benchmedia.speech_video(int(os.environ.get("BENCH_VIDEO_SECONDS", "120")))
     probe = media.probe(src)
-    whisper_threads = int(os.environ.get("WHISPER_THREADS", "0") or 0)
+    # As the service resolves WHISPER_THREADS=0: the cores shared among its WORKERS.
+    whisper_threads = (int(os.environ.get("WHISPER_THREADS", "0") or 0)
+                       or workers.split_cores(WORKERS))
     ffmpeg_threads = int(os.environ.get("FFMPEG_THREADS", "0") or 0)
     model_name = os.environ.get("WHISPER_MODEL", "") or whisper_models.DEFAULT
     work = Path(tempfile.mkdtemp(prefix="vidpipe-bench-pipeline-"))

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
+from rq import get_current_job
+
 from jobs.runner import StepContext, StepResult, run_step
-from webapp.services import captions, chinese, media, transcription
+from webapp.services import captions, chinese, media, transcription, workers
+
+log = logging.getLogger(__name__)
 
 
 def _extract_audio(ctx: StepContext) -> None:
@@ -16,8 +22,13 @@ def _transcribe(ctx: StepContext) -> StepResult:
     if audio is None:
         raise transcription.TranscriptionError(
             "there is no extracted audio to transcribe; run the whole pipeline again")
+    job = get_current_job()
+    threads = workers.transcription_threads(ctx.settings.whisper_threads,
+                                            job.connection if job else None,
+                                            ctx.settings.queue_name)
+    log.info("transcribe: whisper %s with %d thread(s)", ctx.settings.whisper_model, threads)
     result = transcription.transcribe(audio, ctx.settings.whisper_model, ctx.on_progress,
-                                      cpu_threads=ctx.settings.whisper_threads,
+                                      cpu_threads=threads,
                                       language=ctx.language, translate=ctx.translate,
                                       stop=ctx.stop, on_guess=ctx.on_guess)
     result = chinese.to_script(result, ctx.settings.chinese_script)

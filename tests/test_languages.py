@@ -31,7 +31,7 @@ from tests.helpers import assert_json_error, progress_of, publish_files, subtask
 from webapp import create_app
 from webapp.config import PROJECT_ROOT, ConfigError, Settings
 from webapp.models import Video
-from webapp.services import captions, chinese, transcription, whisper_models
+from webapp.services import captions, chinese, transcription, whisper_models, workers
 from webapp.services.transcription import Segment, Transcript, TranscriptionError, Word
 
 SPEECH = PROJECT_ROOT / "tests" / "data" / "speech"
@@ -582,7 +582,9 @@ def test_three_languages_end_to_end(ui_client, tmp_path: Path, db_session, setti
     english = upload(client, english_wav).get_json()["id"]
     for vid, query in ((german, ""), (english, "?translate=true")):
         assert client.post(f"/api/v1/videos/{vid}/run_sync{query}").status_code == 202
-    run_worker(timeout=400)
+    log = run_worker(timeout=400).stderr
+    # WHISPER_THREADS unset: the host's cores shared among its workers (one here).
+    assert f"whisper base with {workers.split_cores(1)} thread(s)" in log, log[-3000:]
 
     # German: detected, transcribed, and translated into English captions.
     state = progress_of(client, german)

@@ -1,7 +1,11 @@
-"""How many RQ workers serve the queue: for /healthz and the UI's "no worker" banner."""
+"""How many RQ workers serve the queue: for /healthz and the UI's "no worker" banner, and
+for the threads a transcription takes by default."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
 import time
 
@@ -20,6 +24,45 @@ def live_workers(connection: Redis, queue_name: str) -> int:
     for that long. One that stops normally (SIGTERM, Ctrl-C) unregisters at once.
     """
     return len(Worker.all(queue=Queue(queue_name, connection=connection)))
+
+
+def workers_on_this_host(connection: Redis, queue_name: str) -> int:
+    """Live workers of the queue registered from this host (RQ records
+    `socket.gethostname()`), this one included. Raises RedisError."""
+    host = socket.gethostname()
+    workers = Worker.all(queue=Queue(queue_name, connection=connection))
+    return sum(1 for w in workers if w.hostname == host)
+
+
+def cores() -> int:
+    """The CPUs this process may run on (its affinity mask, as taskset or a container's
+    cpuset leaves it)."""
+    return len(os.sched_getaffinity(0))
+
+
+def split_cores(workers: int, available: int | None = None) -> int:
+    """Threads for one worker's transcription: the cores shared out among the workers, at
+    least 1."""
+    return max(1, (cores() if available is None else available) // max(1, workers))
+
+
+def transcription_threads(configured: int, connection: Redis | None, queue_name: str) -> int:
+    """WHISPER_THREADS when it is set (> 0); for 0, this host's cores ÷ the queue's workers
+    on it.
+
+    CTranslate2's own default (4 threads, whatever the cores) oversubscribes small hosts:
+    on 2 cores the `base` model transcribed a 7-minute talk in 45.8 s with 1 thread, 51.8 s
+    with 2 and 50.1 s with the default, alone, and whisper shares the cores with the
+    other worker's x264 in a pipeline (docs/PERFORMANCE.md, sections 1 and 1b). Without
+    Redis (no connection, or no answer) the worker counts itself alone.
+    """
+    if configured > 0:
+        return configured
+    workers = 1
+    if connection is not None:
+        with contextlib.suppress(RedisError):
+            workers = workers_on_this_host(connection, queue_name)
+    return split_cores(workers)
 
 
 class WorkerCensus:
