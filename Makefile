@@ -72,7 +72,7 @@ test: system-deps-test deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-BENCHES ?= pipeline lanes polling trigger progress_writes upload_memory scale transcription eta keyframes search exchange
+BENCHES ?= pipeline lanes polling trigger progress_writes upload_memory scale transcription eta keyframes search exchange storyboard
 
 # every benchmark in bench/, then their table into docs/PERFORMANCE.md
 bench: system-deps-bench deps

@@ -66,14 +66,17 @@ def _recipe_hash(*parts: object) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def speech_video(duration: int = 120, size: str = "1280x720", rate: int = 30) -> Path:
+def speech_video(duration: int = 120, size: str = "1280x720", rate: int = 30,
+                 gop_seconds: int | None = 2) -> Path:
     """The pipeline benchmark's input: test pattern + spoken English, exactly `duration` s.
 
     The passage is read (US voice, 150 words a minute) as often as needed to fill the
     duration; audio is stereo 48 kHz AAC like a phone or screen recording, video H.264
-    veryfast CRF 23 with a 2 s GOP.
+    veryfast CRF 23 with a 2 s GOP (`gop_seconds` None: x264's default, a keyframe every
+    250 frames at most, as ffmpeg writes H.264 unless told otherwise).
     """
-    video_args = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", str(2 * rate),
+    gop = ["-g", str(gop_seconds * rate)] if gop_seconds else []
+    video_args = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", *gop,
                   "-pix_fmt", "yuv420p"]
     audio_args = ["-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2"]
     key = _recipe_hash(PASSAGE, duration, size, rate, video_args, audio_args, 1)

@@ -13,7 +13,7 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # Each benchmark's section below the table (the lanes are a second baseline of section 1).
 SECTIONS = {"pipeline": "1", "lanes": "1b", "polling": "2", "trigger": "3",
             "progress_writes": "4", "upload_memory": "5", "scale": "6", "transcription": "7",
-            "eta": "8", "keyframes": "9", "search": "10", "exchange": "11"}
+            "eta": "8", "keyframes": "9", "search": "10", "exchange": "11", "storyboard": "12"}
 ORDER = list(SECTIONS)
 
 

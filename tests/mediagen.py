@@ -161,3 +161,16 @@ def make_repeated(src: Path, dst: Path, copies: int) -> Path:
     finally:
         listing.unlink(missing_ok=True)
     return dst
+
+
+def make_ramp_video(dst: Path, duration: float, rate: int, per_second: int,
+                    x264_params: str, gop: int) -> Path:
+    """A silent H.264 MP4 whose picture is grey of luma 64 + `per_second` x t (t in
+    seconds; never black): each frame tells its own time. Encoded with B-frames (x264
+    `veryfast`, plus `x264_params`) and a keyframe every `gop` frames."""
+    ramp = (f"color=c=black:size=320x240:rate={rate}:duration={duration},"
+            f"geq=lum='min(255,64+{per_second}*T)':cb=128:cr=128")
+    _ffmpeg("-f", "lavfi", "-i", ramp, "-c:v", "libx264", "-preset", "veryfast",
+            "-x264-params", x264_params, "-g", str(gop), "-keyint_min", str(gop),
+            "-sc_threshold", "0", "-pix_fmt", "yuv420p", str(dst))
+    return dst

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import random
 import re
@@ -370,7 +371,9 @@ def test_storyboard(hd_clip: Path, tmp_path: Path) -> None:
     board = media.make_storyboard(
         hd_clip, sprite, vtt, info.duration, info.width, info.height, progress
     )
-    assert board == media.plan_storyboard(info.duration, 1280, 720)
+    # One keyframe in the clip: its frames are decoded, non-reference ones skipped.
+    assert board == dataclasses.replace(media.plan_storyboard(info.duration, 1280, 720),
+                                        references_only=True)
     assert (board.count, board.tile_width, board.tile_height) == (3, 160, 90)
     check_storyboard(board, sprite, vtt, info.duration)
     progress.assert_well_formed()
@@ -428,7 +431,56 @@ def test_storyboard_decodes_every_frame_when_keyframes_are_rare(tmp_path: Path) 
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
     board = media.make_storyboard(src, sprite, vtt, 6.0, 320, 240)
     assert not board.keyframes_only and board.count == 3
+    assert board.references_only  # every frame is one here (x264's ultrafast: no B-frames)
     check_storyboard(board, sprite, vtt, 6.0)
+
+
+def non_reference_frames(path: Path) -> int:
+    """Frames a decode skips with `-skip_frame noref` (all of them minus what is left)."""
+    def count(*options: str) -> int:
+        done = subprocess.run(["ffprobe", "-v", "error", *options, "-select_streams", "v:0",
+                               "-count_frames", "-show_entries", "stream=nb_read_frames",
+                               "-of", "csv=p=0", str(path)],
+                              capture_output=True, text=True, check=True)
+        return int(done.stdout.strip())
+    return count() - count("-skip_frame", "noref")
+
+
+def seen(luma: float) -> float:
+    """A video's luma (16-235) as tile_brightness reads it from the JPEG (0-255)."""
+    return (luma - 16) * 255 / 219
+
+
+def test_storyboard_of_rare_keyframes_skips_non_reference_frames(tmp_path: Path) -> None:
+    """Keyframes 4 s apart, tiles every 2 s: the B-frames, which no frame refers to, are not
+    decoded, and every tile still shows the start of its own interval."""
+    src = mediagen.make_ramp_video(tmp_path / "ramp.mp4", duration=8.0, rate=25,
+                                   per_second=20, x264_params="bframes=3", gop=100)
+    assert non_reference_frames(src) > 50  # of 200: what the storyboard saves
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = media.make_storyboard(src, sprite, vtt, 8.0, 320, 240)
+    assert not board.keyframes_only and board.references_only
+    assert board.count == 4
+    check_storyboard(board, sprite, vtt, 8.0)
+    for i in range(board.count):  # luma 64 + 20 t: tile i from 2i s, a few frames on at most
+        assert seen(64 + 40 * i) - 3 <= tile_brightness(sprite, board, i) <= seen(
+            64 + 20 * (2 * i + 0.16)) + 3, i
+
+
+def test_storyboard_decodes_in_full_when_reference_frames_are_rare(tmp_path: Path) -> None:
+    """5 frames a second and 16 B-frames in a row: reference frames 3.4 s apart cannot fill
+    tiles every 2 s, so the storyboard is decoded again, every frame."""
+    src = mediagen.make_ramp_video(tmp_path / "sparse.mp4", duration=12.0, rate=5,
+                                   per_second=14,
+                                   x264_params="bframes=16:b-adapt=0:b-pyramid=none",
+                                   gop=100)
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = media.make_storyboard(src, sprite, vtt, 12.0, 320, 240)
+    assert not board.keyframes_only and not board.references_only
+    assert board.count == 6
+    check_storyboard(board, sprite, vtt, 12.0)
+    for i in range(board.count):  # luma 64 + 14 t: tile i shows 2i s
+        assert abs(tile_brightness(sprite, board, i) - seen(64 + 28 * i)) <= 3, i
 
 
 def tile_brightness(sprite: Path, board: media.Storyboard, index: int) -> int:

@@ -55,6 +55,7 @@ class Storyboard:
     tile_height: int
     count: int  # tiles actually used; the sprite may have blank cells after them
     keyframes_only: bool = False  # sampled from keyframes alone (see make_storyboard)
+    references_only: bool = False  # non-reference frames left undecoded (ditto)
     start: float = 0.0  # seconds of black opening before the first tile's frame
 
 
@@ -275,7 +276,11 @@ def make_storyboard(
     keyframes of the video are further apart than an interval (most camera and web videos:
     GOPs of 1-2 s against 2 s tiles), that frame can be looked for among keyframes only, and
     ffmpeg decodes those alone (`-skip_frame nokey`): about a tenth of the work, and every
-    tile still shows a moment of its own interval. Otherwise every frame is decoded.
+    tile still shows a moment of its own interval. Otherwise the frames are decoded, but
+    not those no other frame refers to (`-skip_frame noref`: B-frames, mostly): on a 720p
+    talk with x264's default 250-frame GOP, 3.7 CPU s instead of 5.9, and a tile may show a
+    frame a few frames later than the first of its interval. A stream whose reference
+    frames are too far apart to fill every tile that way is decoded again in full.
 
     A video that opens black (a fade-in, a leader) has its tiles start at its first frame
     that is not black (`opening.black_opening`, looked for in at most its first half): the
@@ -298,22 +303,34 @@ def make_storyboard(
                           limit=min(LOOK_AT_MOST, duration / 2))
     if start > 0:
         plan = plan_storyboard(duration - start, width, height)
-    plan = replace(plan, keyframes_only=keyframes_only, start=start)
+    plan = replace(plan, keyframes_only=keyframes_only, start=start,
+                   references_only=not keyframes_only)
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
-        result = run(
-            _storyboard_graph(src, tmp, plan, format_name),
-            duration,
-            on_progress,
-            xerror=True,
-            # Output times are those of the sampled frames, not of the decoded end.
-            check_complete=False,
-            paths=(src, tmp),
-        )
-        require_output(tmp)
-        plan = _confirm_tiles(plan, result.frames, duration)
+        frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name)
+        if plan.references_only and _tiles_missing(plan, frames, duration):
+            plan = replace(plan, references_only=False)
+            frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name)
+        plan = _confirm_tiles(plan, frames, duration)
         with atomic_output(vtt_dst) as vtt_tmp:
             vtt_tmp.write_text(_storyboard_vtt(plan, duration, sprite_name), encoding="utf-8")
     return plan
+
+
+def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
+                     on_progress: ProgressCallback | None,
+                     format_name: str | None) -> int | None:
+    """Write the sprite as planned; the number of tiles ffmpeg made."""
+    result = run(
+        _storyboard_graph(src, dst, plan, format_name),
+        duration,
+        on_progress,
+        xerror=True,
+        # Output times are those of the sampled frames, not of the decoded end.
+        check_complete=False,
+        paths=(src, dst),
+    )
+    require_output(dst)
+    return result.frames
 
 
 def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
@@ -325,7 +342,8 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
         f"lt(selected_n,{plan.count})"
         f"*gte(t-start_t+0.001,{plan.start!r}+selected_n*{plan.interval!r})"
     )
-    options = {"skip_frame": "nokey"} if plan.keyframes_only else {}
+    options = ({"skip_frame": "nokey"} if plan.keyframes_only
+               else {"skip_frame": "noref"} if plan.references_only else {})
     tiles = (
         _input(src, format_name, **options)["v:0"]
         .filter("select", pick)
@@ -340,14 +358,20 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
     return ffmpeg.merge_outputs(counter, sprite)
 
 
+def _tiles_missing(plan: Storyboard, frames: int | None, duration: float) -> bool:
+    """Whether the sampled frames stop short of the video's end (more than a tail)."""
+    # No frame at frames*interval or later means the video ended before that point.
+    return not frames or (frames < plan.count
+                          and plan.start + frames * plan.interval < COMPLETE_SHARE * duration)
+
+
 def _confirm_tiles(plan: Storyboard, frames: int | None, duration: float) -> Storyboard:
     if not frames:
         raise MediaError("no frame of the video could be read")
     if frames > plan.count:
         raise MediaError(f"ffmpeg made {frames} tiles where {plan.count} were planned")
-    # No frame at frames*interval or later means the video ended before that point.
     reached = plan.start + frames * plan.interval
-    if frames < plan.count and reached < COMPLETE_SHARE * duration:
+    if _tiles_missing(plan, frames, duration):
         raise MediaError(
             f"the video ends before {reached:.1f} s of {duration:.1f} s"
             " (the file is cut short or damaged)"
