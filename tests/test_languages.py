@@ -467,33 +467,42 @@ def test_run_sync_redoes_a_transcript_made_with_other_settings(client, settings)
     assert steps["transcribe"]["reused"]
 
 
+def run_sync_keeps_transcript(client, settings, db_session, vid: str,
+                              values: dict[str, object]) -> bool:
+    """Publish a transcript made with `values` (facts on the video) and trigger run_sync:
+    whether it keeps the transcript. A run that redoes it waits for a worker (none serves
+    the queue here) and is cancelled."""
+    files = {"transcript.json": b"{}", "captions.vtt": b"WEBVTT\n", "captions.srt": b""}
+    publish_files(settings, vid, "transcribe", files, video_values=values)
+    db_session.expire_all()
+    video = db_session.get(Video, vid)
+    assert {k: getattr(video, k) for k in values} == values
+    resp = client.post(f"/api/v1/videos/{vid}/run_sync?force=true")
+    assert resp.status_code == 202, resp.get_json()
+    steps = subtasks(progress_of(client, vid))
+    assert steps["extract_audio"]["reused"]
+    if not steps["transcribe"]["reused"]:
+        assert steps["transcribe"]["status"] == "pending"
+        assert client.post(f"/api/v1/videos/{vid}/cancel").status_code in (200, 202)
+    return steps["transcribe"]["reused"]
+
+
 def test_run_sync_redoes_a_transcript_another_model_made(client, settings, db_session) -> None:
     """A transcript records the model that made it; run_sync keeps it for the model now
     configured (WHISPER_MODEL, here `base`), redoes it for another, and keeps one published
     before models were recorded (unknown)."""
     vid = upload(client, DE[1]).get_json()["id"]
     publish_files(settings, vid, "extract_audio", {"audio.wav": b"RIFF"})
-    files = {"transcript.json": b"{}", "captions.vtt": b"WEBVTT\n", "captions.srt": b""}
 
-    def run_keeps_transcript(model: str | None) -> bool:
-        publish_files(settings, vid, "transcribe", files,
-                      video_values={"language": "de", "transcript_model": model})
-        db_session.expire_all()
-        assert db_session.get(Video, vid).transcript_model == model
-        resp = client.post(f"/api/v1/videos/{vid}/run_sync?force=true")
-        assert resp.status_code == 202, resp.get_json()
-        steps = subtasks(progress_of(client, vid))
-        assert steps["extract_audio"]["reused"]
-        if not steps["transcribe"]["reused"]:  # the run waits for a worker: not here
-            assert steps["transcribe"]["status"] == "pending"
-            assert client.post(f"/api/v1/videos/{vid}/cancel").status_code in (200, 202)
-        return steps["transcribe"]["reused"]
+    def kept(model: str | None) -> bool:
+        return run_sync_keeps_transcript(client, settings, db_session, vid,
+                                         {"language": "de", "transcript_model": model})
 
     assert settings.whisper_model == "base"
-    assert run_keeps_transcript("base")
-    assert not run_keeps_transcript("tiny.en")
-    assert not run_keeps_transcript("/srv/models/whisper-small")
-    assert run_keeps_transcript(None)
+    assert kept("base")
+    assert not kept("tiny.en")
+    assert not kept("/srv/models/whisper-small")
+    assert kept(None)
 
 
 def test_run_sync_redoes_a_chinese_transcript_in_the_other_script(client, settings,
@@ -503,26 +512,15 @@ def test_run_sync_redoes_a_chinese_transcript_in_the_other_script(client, settin
     script (published before scripts were recorded)."""
     vid = upload(client, ZH).get_json()["id"]
     publish_files(settings, vid, "extract_audio", {"audio.wav": b"RIFF"})
-    files = {"transcript.json": b"{}", "captions.vtt": b"WEBVTT\n", "captions.srt": b""}
 
-    def run_keeps_transcript(script: str | None) -> bool:
-        publish_files(settings, vid, "transcribe", files, video_values={
+    def kept(script: str | None) -> bool:
+        return run_sync_keeps_transcript(client, settings, db_session, vid, {
             "language": "zh", "transcript_model": "base", "transcript_script": script})
-        db_session.expire_all()
-        assert db_session.get(Video, vid).transcript_script == script
-        resp = client.post(f"/api/v1/videos/{vid}/run_sync?force=true")
-        assert resp.status_code == 202, resp.get_json()
-        steps = subtasks(progress_of(client, vid))
-        assert steps["extract_audio"]["reused"]
-        if not steps["transcribe"]["reused"]:  # the run waits for a worker: not here
-            assert steps["transcribe"]["status"] == "pending"
-            assert client.post(f"/api/v1/videos/{vid}/cancel").status_code in (200, 202)
-        return steps["transcribe"]["reused"]
 
     assert settings.chinese_script == "simplified"
-    assert run_keeps_transcript("simplified")
-    assert not run_keeps_transcript("traditional")
-    assert run_keeps_transcript(None)
+    assert kept("simplified")
+    assert not kept("traditional")
+    assert kept(None)
 
 
 def test_openapi_documents_the_options(client) -> None:
