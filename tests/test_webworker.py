@@ -203,6 +203,10 @@ def test_a_client_that_reads_no_answer_does_not_hold_the_event_loop(tmp_path):
         finally:
             stuck.close()
     assert waited < 4 * INLINE_SEND_TIMEOUT + 1, f"the new client waited {waited:.2f} s"
+    # The log says so in one line, not as a server error with its traceback.
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "A client read none of an answer within the send timeout" in log, log[-3000:]
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
 
 
 def test_what_counts_as_a_waiting_poll():

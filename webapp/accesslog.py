@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -77,6 +78,16 @@ class AccessLog(glogging.Logger):
         self._slowest = timedelta(0)
         self._since = time.monotonic()
         self._reporter_pid: int | None = None
+
+    def exception(self, msg, *args, **kwargs) -> None:
+        # In a gthread worker the only write that can time out is a poll's answer sent on
+        # the event loop (webapp/webworker.py gives it INLINE_SEND_TIMEOUT): a client that
+        # reads no answer, said in one line rather than as a server error's traceback.
+        if isinstance(sys.exc_info()[1], BlockingIOError):
+            self.warning("A client read none of an answer within the send timeout: "
+                         "its connection is closed.")
+            return
+        super().exception(msg, *args, **kwargs)
 
     def access(self, resp, req, environ, request_time) -> None:
         if not self.access_log_enabled:
