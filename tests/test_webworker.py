@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -207,6 +208,33 @@ def test_a_client_that_reads_no_answer_does_not_hold_the_event_loop(tmp_path):
     log = (tmp_path / "gunicorn.log").read_text()
     assert "A client read none of an answer within the send timeout" in log, log[-3000:]
     assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
+
+
+def test_a_client_that_keeps_a_closed_connection_open_does_not_hold_the_event_loop(tmp_path):
+    """A request with `Connection: close` is answered and its connection closed gracefully:
+    the server sends its FIN and waits up to 2 s for the client's. A client that reads its
+    answer but never closes must not stop the worker for those 2 s: polls of another
+    client on the same single-threaded worker are answered meanwhile."""
+    with sleepy_server(tmp_path, WORKER, workers=1, threads=1) as port:
+        poller = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        lingering = []
+        try:
+            thread_of(poller, "/healthz")  # kept alive: the next polls go to the loop
+            slowest = 0.0
+            for _ in range(3):
+                closing = socket.create_connection(("127.0.0.1", port), timeout=30)
+                lingering.append(closing)
+                closing.sendall(b"GET /page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert closing.recv(65536).startswith(b"HTTP/1.1 200")  # read, not closed
+                for _ in range(10):
+                    started = time.monotonic()
+                    assert thread_of(poller, "/healthz")
+                    slowest = max(slowest, time.monotonic() - started)
+        finally:
+            for sock in lingering:
+                sock.close()
+            poller.close()
+    assert slowest < 0.5, f"a poll waited {slowest:.2f} s behind a lingering close"
 
 
 def test_what_counts_as_a_waiting_poll():

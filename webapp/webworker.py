@@ -25,17 +25,25 @@ less than those hand-overs (a query of the progress tag, or a cached answer); th
 serves the connections that are ready one after another, so none waits for another's
 next request. Uploads, triggers, pages and every first request of a connection still go
 to the pool, where one of them can take its time without holding the others.
+
+A connection that ends after its request (`Connection: close`, an error) is closed the
+graceful way, by gthread's code on the event-loop thread: its FIN sent, then up to 2 s of
+waiting for the client's. A client that reads its answer and keeps the socket open held the
+whole worker for those 2 s (every poll of every client it holds, and its accepting), and a
+few such clients a second could hold them all. Those waits now happen on a small pool of
+their own (CLOSERS threads).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import struct
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from webapp.accesslog import POLL_PATH
 
@@ -49,6 +57,9 @@ PEEK_BYTES = 4096
 INLINE_SEND_TIMEOUT = 1.0
 _SEND_TIMEOUT = struct.pack("ll", int(INLINE_SEND_TIMEOUT), 0)
 _NO_SEND_TIMEOUT = struct.pack("ll", 0, 0)
+# Threads that wait for clients' FIN on graceful closes, off the event loop (a close that
+# finds them all waiting queues for one: its socket is closed up to 2 s later).
+CLOSERS = 2
 
 
 def waiting_poll(head: bytes) -> bool:
@@ -79,6 +90,19 @@ class BalancedThreadWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.busy = 0  # connections handed to the thread pool and not finished yet
         self.paused_since: float | None = None  # accept paused for busy threads, since
+        self.closers: ThreadPoolExecutor | None = None  # made in the worker process
+
+    def close_connection(self, conn, graceful: bool = False) -> None:
+        """TConn.close, its graceful wait handed to the closer threads."""
+        if not graceful:
+            TConn.close(conn)
+            return
+        if self.closers is None:
+            self.closers = ThreadPoolExecutor(CLOSERS, thread_name_prefix="closer")
+        try:
+            self.closers.submit(TConn.close, conn, True)
+        except RuntimeError:  # the pool is shut down: the worker is exiting
+            TConn.close(conn)
 
     def saturated(self) -> bool:
         return self.busy >= self.cfg.threads
@@ -110,7 +134,13 @@ class BalancedThreadWorker(ThreadWorker):
 
     def finish_request(self, conn, fs) -> None:
         self.busy -= 1
-        super().finish_request(conn, fs)
+        self._finish(conn, fs)
+
+    def _finish(self, conn, fs) -> None:
+        # gthread ends a connection that is not kept alive with conn.close(graceful=True),
+        # here on the event loop's thread: that close goes to the closer threads instead.
+        conn.close = functools.partial(self.close_connection, conn)
+        ThreadWorker.finish_request(self, conn, fs)
 
     def on_client_socket_readable(self, conn, client) -> None:
         # A kept-alive connection's next request is a poll: answer it here, on the event
@@ -140,7 +170,7 @@ class BalancedThreadWorker(ThreadWorker):
             return
         done: Future = Future()
         done.set_result(result)
-        ThreadWorker.finish_request(self, conn, done)  # not `busy`: no pool thread was used
+        self._finish(conn, done)  # not `busy`: no pool thread was used
 
     @staticmethod
     def _poll_waiting(conn) -> bool:
