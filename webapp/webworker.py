@@ -139,7 +139,8 @@ class BalancedThreadWorker(ThreadWorker):
     def _finish(self, conn, fs) -> None:
         # gthread ends a connection that is not kept alive with conn.close(graceful=True),
         # here on the event loop's thread: that close goes to the closer threads instead.
-        conn.close = functools.partial(self.close_connection, conn)
+        if "close" not in vars(conn):  # once per connection
+            conn.close = functools.partial(self.close_connection, conn)
         ThreadWorker.finish_request(self, conn, fs)
 
     def on_client_socket_readable(self, conn, client) -> None:
