@@ -278,7 +278,7 @@ def make_storyboard(
     ffmpeg decodes those alone (`-skip_frame nokey`): about a tenth of the work, and every
     tile still shows a moment of its own interval. Otherwise the frames are decoded, but
     not those no other frame refers to (`-skip_frame noref`: B-frames, mostly): on a 720p
-    talk with x264's default 250-frame GOP, 3.7 CPU s instead of 5.9, and a tile may show a
+    talk with x264's default 250-frame GOP, 4.1 CPU s instead of 6.3, and a tile may show a
     frame a few frames later than the first of its interval. A stream whose reference
     frames are too far apart to fill every tile that way is decoded again in full.
 
