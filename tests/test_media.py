@@ -229,6 +229,68 @@ def test_transcode_hd_to_480p(hd_clip: Path, tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+def audio_packets(path: Path) -> str:
+    """An MD5 of the first audio track's packets as stored (no decoding), from ffmpeg."""
+    done = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:a:0",
+                           "-c", "copy", "-f", "streamhash", "-hash", "md5", "-"],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip().split("MD5=")[1]
+
+
+def test_transcode_keeps_a_browser_playable_aac_track_as_it_is(hd_clip: Path,
+                                                               tmp_path: Path) -> None:
+    # hd_clip's tone is AAC-LC at 96 kb/s, as phones and cameras record it.
+    assert streams(hd_clip)["audio"]["profile"] == "LC"
+    dst = tmp_path / "preview.mp4"
+    media.transcode_preview(hd_clip, dst, 6.0)
+    assert audio_packets(dst) == audio_packets(hd_clip)
+    audio, video = streams(dst)["audio"], streams(dst)["video"]
+    assert float(audio["start_time"]) == pytest.approx(float(video["start_time"]), abs=0.05)
+    assert float(audio["duration"]) == pytest.approx(6.0, abs=0.05)
+
+
+@pytest.mark.parametrize("suffix, codecs, why", [
+    (".mp4", ["-c:a", "aac", "-b:a", "320k", "-ac", "2"], "over 192 kb/s"),
+    (".mp4", ["-c:a", "aac", "-ac", "6", "-b:a", "160k"], "5.1 channels"),
+    (".mkv", ["-c:a", "libmp3lame", "-b:a", "128k"], "MP3"),
+    (".mkv", ["-c:a", "libopus", "-b:a", "64k"], "Opus"),
+])
+def test_transcode_encodes_other_audio_to_aac_128k(tmp_path: Path, suffix: str,
+                                                   codecs: list[str], why: str) -> None:
+    src = tmp_path / f"source{suffix}"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=25:duration=4", "-f", "lavfi", "-i",
+                    "anoisesrc=duration=4:sample_rate=48000", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-pix_fmt", "yuv420p", *codecs, str(src)], check=True)
+    info = media.probe(src)
+    assert not media.audio_copyable(src, info.format_name), why
+    dst = tmp_path / "preview.mp4"
+    media.transcode_preview(src, dst, info.duration, format_name=info.format_name)
+    audio = streams(dst)["audio"]
+    assert (audio["codec_name"], audio["profile"]) == ("aac", "LC"), why
+    assert audio_packets(dst) != audio_packets(src)
+    assert int(audio["bit_rate"]) < 150_000, why
+
+
+def test_transcode_carries_adts_aac_from_mpeg_ts_into_mp4(tmp_path: Path) -> None:
+    # A camera's or a broadcast recorder's .ts: AAC in ADTS frames, which MP4 stores without
+    # their headers (ffmpeg's muxer strips them when it copies).
+    src = tmp_path / "recording.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=25:duration=4", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=48000:duration=4", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a",
+                    "96k", "-f", "mpegts", str(src)], check=True)
+    info = media.probe(src)
+    dst = tmp_path / "preview.mp4"
+    media.transcode_preview(src, dst, info.duration, format_name=info.format_name)
+    assert media.audio_copyable(src, info.format_name)
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-xerror", "-i", str(dst), "-map",
+                              "0:a:0", "-f", "null", "-"], capture_output=True, text=True)
+    assert decoded.returncode == 0 and decoded.stderr == "", decoded.stderr
+    assert float(streams(dst)["audio"]["duration"]) == pytest.approx(4.0, abs=0.1)
+
+
 def test_transcode_reports_intermediate_progress(hd_clip: Path, tmp_path: Path) -> None:
     progress = Recorder()
     # One thread makes the encode take long enough for several progress reports.
