@@ -211,8 +211,10 @@ def capture_commands(src: Path, out: Path, probe: Any, ffmpeg_threads: int) -> d
     captured: list[list[str]] = []
     plan = media.plan_storyboard(probe.duration, probe.width, probe.height)
 
+    # (The transcode's `nice` is vidpipe's scheduling, not part of the command: a script by
+    # hand runs every tool at the same priority.)
     def fake_run(stream, duration, on_progress=None, *, xerror=False, check_complete=True,
-                 paths=()):
+                 paths=(), nice=0):
         extra = ("-xerror",) if xerror else ()
         captured.append(stream.global_args(*BY_HAND_GLOBALS, *extra).overwrite_output()
                         .compile())

@@ -69,7 +69,8 @@ def _thumbnails(ctx: StepContext) -> None:
 def _transcode(ctx: StepContext) -> None:
     media.transcode_preview(ctx.source, ctx.artifacts / "preview.mp4", ctx.duration,
                             ctx.on_progress, has_audio=ctx.has_audio,
-                            threads=ctx.settings.ffmpeg_threads, format_name=ctx.format_name)
+                            threads=ctx.settings.ffmpeg_threads, format_name=ctx.format_name,
+                            nice=ctx.settings.transcode_nice)
 
 
 def extract_audio(task_id: str) -> str:

@@ -57,6 +57,23 @@ def cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def thread_nices(pid: int) -> set[int]:
+    """The nice values of all of the process's threads (Linux keeps one per thread); empty
+    if it is gone."""
+    found = set()
+    try:
+        tasks = list((PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            # Field 19 of stat is the nice value; 17 after the command name, state first.
+            found.add(int(task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[16]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
 def handles_signal(pid: int, signum: int) -> bool:
     """Whether the process has installed a handler for signum (SigCgt in its status)."""
     try:

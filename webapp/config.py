@@ -62,6 +62,7 @@ class Settings:
     chinese_script: str = "simplified"
     whisper_threads: int = 0
     ffmpeg_threads: int = 0
+    transcode_nice: int = 10  # the preview encode's CPU priority below the other steps'
     probe_timeout: float = 10.0  # seconds an upload's checks (ffprobe) may take
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     progress_interval: float = 0.5
@@ -99,6 +100,8 @@ class Settings:
         self.server_url = self.server_url.rstrip("/")
         if not self.worker_name:
             self.worker_name = socket.gethostname()
+        if not 0 <= self.transcode_nice <= 19:
+            raise ValueError(f"TRANSCODE_NICE must be 0 to 19, got {self.transcode_nice}")
         if self.trusted_proxies < 0:
             raise ValueError(f"TRUSTED_PROXIES must be 0 or more, got {self.trusted_proxies}")
 
@@ -115,6 +118,7 @@ class Settings:
             "chinese_script": _env("CHINESE_SCRIPT", cls.chinese_script).strip().lower(),
             "whisper_threads": int(_env("WHISPER_THREADS", "0")),
             "ffmpeg_threads": int(_env("FFMPEG_THREADS", "0")),
+            "transcode_nice": int(_env("TRANSCODE_NICE", str(cls.transcode_nice))),
             "probe_timeout": _positive("PROBE_TIMEOUT", cls.probe_timeout),
             "weights": _weights_from_env(),
             "progress_interval": float(_env("PROGRESS_INTERVAL", str(cls.progress_interval))),

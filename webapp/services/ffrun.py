@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -12,7 +13,7 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ffmpeg.nodes import OutputStream
 
@@ -178,16 +179,17 @@ def run(
     xerror: bool = False,
     check_complete: bool = True,
     paths: Sequence[Path] = (),
+    nice: int = 0,
 ) -> RunResult:
     """Run ffmpeg to completion, reporting progress; raise MediaError on any failure.
 
     The error's message is a reason ("the video data is damaged after 3.3 s"), for the
     caller to complete into a sentence with failing_as. check_complete compares the last
     reported output time with duration, because a truncated input makes ffmpeg stop early
-    yet still exit 0.
+    yet still exit 0. ffmpeg runs `nice` steps below the caller's CPU priority (see niced).
     """
     check_stop()
-    proc = _spawn(stream, xerror)
+    proc = _spawn(stream, xerror, nice)
     stop = _STOP.get()
     if stop is not None:
         threading.Thread(target=_kill_on_stop, args=(proc, stop), daemon=True).start()
@@ -217,14 +219,47 @@ def run(
     return result
 
 
-def _spawn(stream: OutputStream, xerror: bool) -> subprocess.Popen[bytes]:
+def _spawn(stream: OutputStream, xerror: bool, nice: int = 0) -> subprocess.Popen[bytes]:
     args = GLOBAL_ARGS + (("-xerror",) if xerror else ())
-    try:
+
+    def start() -> subprocess.Popen[bytes]:
         return stream.global_args(*args).overwrite_output().run_async(
             pipe_stdout=True, pipe_stderr=True
         )
+
+    try:
+        return niced(start, nice)
     except FileNotFoundError:
         raise MediaError("ffmpeg is not installed on the server") from None
+
+
+def niced(start: Callable[[], subprocess.Popen[bytes]],
+          nice: int) -> subprocess.Popen[bytes]:
+    """start() a process `nice` steps below the caller's CPU priority (at most 19), all of
+    its threads, while the caller keeps its own.
+
+    On Linux the nice value belongs to each thread and a process inherits the one of the
+    thread that starts it: start() runs on a short-lived thread that lowers its own
+    priority first. (Elsewhere the value is the whole process's: nothing is changed.)
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return start()
+    outcome: dict[str, Any] = {}
+
+    def lowered() -> None:
+        try:
+            own = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's, on Linux
+            os.setpriority(os.PRIO_PROCESS, 0, min(19, own + nice))
+            outcome["proc"] = start()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=lowered, name="niced-start")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["proc"]
 
 
 def check_reached_end(

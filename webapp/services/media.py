@@ -439,11 +439,13 @@ def transcode_preview(
     threads: int = 0,
     *,
     format_name: str | None = None,
+    nice: int = 0,
 ) -> None:
     """Write a small web-playable MP4 (H.264/AAC, never upscaled, moov first for streaming).
 
     The source's audio goes in as it is when browsers play it and it is small enough
-    (audio_copyable); other audio is encoded to AAC at 128 kb/s.
+    (audio_copyable); other audio is encoded to AAC at 128 kb/s. ffmpeg runs `nice` steps
+    below the caller's CPU priority (the TRANSCODE_NICE setting).
     """
     options: dict[str, Any] = {
         "vcodec": "libx264",
@@ -464,5 +466,5 @@ def transcode_preview(
         video = source["v:0"].filter("scale", -2, f"trunc(min(ih,{max_height})/2)*2")
         streams = [video, source["a:0"]] if has_audio else [video]
         stream = ffmpeg.output(*streams, str(tmp), **options)
-        run(stream, duration, on_progress, xerror=True, paths=(src, tmp))
+        run(stream, duration, on_progress, xerror=True, paths=(src, tmp), nice=nice)
         require_output(tmp)
