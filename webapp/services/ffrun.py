@@ -256,7 +256,14 @@ def niced(start: Callable[[], subprocess.Popen[bytes]],
 
     thread = threading.Thread(target=lowered, name="niced-start")
     thread.start()
-    thread.join()
+    try:
+        thread.join()
+    except BaseException:  # e.g. the job's time limit, raised in this thread: no orphan
+        thread.join()
+        if "proc" in outcome:
+            outcome["proc"].kill()
+            outcome["proc"].wait()
+        raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["proc"]
