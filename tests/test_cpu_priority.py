@@ -59,18 +59,21 @@ def test_niced_hands_the_callers_thread_what_start_raised() -> None:
 
 def test_the_preview_encode_runs_niced_in_every_thread(hd_clip: Path, tmp_path: Path) -> None:
     seen: list[set[int]] = []
+    threads_seen: list[int] = []
     me = os.getpid()
 
     def look(fraction: float) -> None:
         for pid in procs.children(me):
             if "libx264" in procs.cmdline(pid):
                 seen.append(procs.thread_nices(pid))
+                threads_seen.append(len(list(Path(f"/proc/{pid}/task").glob("*"))))
 
     before = own_nice()
     media.transcode_preview(hd_clip, tmp_path / "preview.mp4", 6.0, look, threads=2, nice=7)
     assert seen, "no progress report came while ffmpeg ran"
     # x264's and the decoder's threads included: they are what takes the cores.
     assert any(seen) and all(nices == {before + 7} for nices in seen if nices), seen
+    assert max(threads_seen) > 2, threads_seen  # the threads started after ffmpeg did
     assert own_nice() == before
 
 

@@ -412,7 +412,7 @@ def audio_copyable(src: Path, format_name: str | None = None) -> bool:
     Most uploads (phones, cameras, screen recorders) have such audio. Copying it spares
     the preview the encoder's loss of quality and its time: 4.6-4.8 s of a 20-23 s
     transcode of a 2-minute 720p talk here, since ffmpeg 5 encodes audio on the thread
-    that also feeds x264 (docs/PERFORMANCE.md, section 1).
+    that also feeds x264 (docs/PERFORMANCE.md, section 1b).
     """
     try:
         info = mediainput.ffprobe(src, "-select_streams", "a:0", "-show_entries",
