@@ -9,6 +9,7 @@ from /proc.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -56,6 +57,38 @@ def test_niced_hands_the_callers_thread_what_start_raised() -> None:
     with pytest.raises(FileNotFoundError):
         ffrun.niced(missing, 10)
 
+
+class TimeLimit(Exception):
+    """Stands for RQ's JobTimeoutException, which a SIGALRM handler raises the same way."""
+
+
+def test_a_time_limit_while_starting_leaves_nothing_running() -> None:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def slow_start() -> subprocess.Popen[bytes]:
+        time.sleep(0.5)  # the limit strikes in the caller's join meanwhile
+        proc = subprocess.Popen(["sleep", "30"])
+        started.append(proc)
+        return proc
+
+    def strike(signum, frame):
+        raise TimeLimit
+
+    previous = signal.signal(signal.SIGALRM, strike)
+    signal.setitimer(signal.ITIMER_REAL, 0.1)
+    try:
+        with pytest.raises(TimeLimit):
+            ffrun.niced(slow_start, 5)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                pytest.fail("the process started under the time limit was left running")
+    assert len(started) == 1  # it was started, and killed: poll() had its exit status
+    assert started[0].returncode == -signal.SIGKILL
 
 def test_the_preview_encode_runs_niced_in_every_thread(hd_clip: Path, tmp_path: Path) -> None:
     seen: list[set[int]] = []

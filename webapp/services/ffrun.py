@@ -245,6 +245,7 @@ def niced(start: Callable[[], subprocess.Popen[bytes]],
     if nice <= 0 or not sys.platform.startswith("linux"):
         return start()
     outcome: dict[str, Any] = {}
+    done = threading.Event()
 
     def lowered() -> None:
         try:
@@ -253,13 +254,16 @@ def niced(start: Callable[[], subprocess.Popen[bytes]],
             outcome["proc"] = start()
         except BaseException as exc:  # handed to the caller's thread
             outcome["error"] = exc
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=lowered, name="niced-start")
-    thread.start()
+    threading.Thread(target=lowered, name="niced-start").start()
+    # An Event, not Thread.join: a join that an exception interrupts marks the thread as
+    # ended while it still runs (CPython 3.11), and a second join returns at once.
     try:
-        thread.join()
+        done.wait()
     except BaseException:  # e.g. the job's time limit, raised in this thread: no orphan
-        thread.join()
+        done.wait()
         if "proc" in outcome:
             outcome["proc"].kill()
             outcome["proc"].wait()
