@@ -41,7 +41,7 @@ system-deps:  ## python3-venv and ffmpeg (apt-get as root, else the apt-get line
 system-deps-test:  ## and what the tests use: espeak-ng, chromium, redis-server, initdb, ip...
 	$(SYSTEM_DEPS) $(TEST_NEEDS)
 
-system-deps-bench:  ## and what the benchmarks use: espeak-ng, wrk, curl
+system-deps-bench:  ## and what the benchmarks use: espeak-ng, wrk, curl, redis-server, initdb, ip
 	$(SYSTEM_DEPS) $(BENCH_NEEDS)
 
 redis: deps system-deps  ## start a local Redis if none answers at REDIS_URL
