@@ -85,7 +85,9 @@ class SubTaskProgressSchema(ma.Schema):
     status = fields.String(required=True, validate=validate.OneOf(SUBTASK_STATUSES))
     progress = fields.Float(required=True, metadata={"description": "0-100"})
     weight = fields.Float(required=True, metadata={"description": "Share of the total"})
-    attempt = fields.Integer(required=True, metadata={"description": "1 on the first try"})
+    attempt = fields.Integer(
+        required=True, metadata={"description": "0 before the step starts, 1 on its first try"}
+    )
     reused = fields.Boolean(
         required=True, metadata={"description": "Output kept from an earlier run (run_sync)"}
     )
