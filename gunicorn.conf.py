@@ -15,11 +15,21 @@ import sys
 from gunicorn.util import parse_address
 
 from webapp.accesslog import ACCESS_LOG_FORMAT, poll_log_seconds, slow_request_ms
+from webapp.config import ConfigError, number_env
 
 _host = os.environ.get("HOST") or "127.0.0.1"
 if ":" in _host and not _host.startswith("["):
     _host = f"[{_host}]"  # an IPv6 address
 bind = [f"{_host}:{os.environ.get('PORT') or '5000'}"]
+
+
+def _number(name: str, default: int, **rule) -> int:
+    try:
+        return number_env(name, default, **rule)
+    except ConfigError as exc:
+        sys.exit(f"vidpipe: {exc}")
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))  # the CPUs this process may use
@@ -31,8 +41,8 @@ def _cores() -> int:
 # each of 2 processes on 2 cores triggers queued behind each other's time slices (p50 48 ms,
 # 135/s with 8 clients); 4 processes x 2 threads did 200-240/s at p50 27 ms, with the same 8
 # requests served at once (docs/PERFORMANCE.md, section 3). Each process is ~75 MB.
-workers = int(os.environ.get("WEB_WORKERS") or min(2 * _cores(), 8))
-threads = int(os.environ.get("WEB_THREADS") or 2)
+workers = _number("WEB_WORKERS", min(2 * _cores(), 8), positive=True)
+threads = _number("WEB_THREADS", 2, positive=True)
 # gthread, but a worker whose threads are all busy leaves new connections to the others
 # (webapp/webworker.py): with gthread a burst of kept-alive connections piled onto one worker.
 worker_class = "webapp.webworker.BalancedThreadWorker"
@@ -40,7 +50,7 @@ timeout = 600  # large uploads
 # Seconds an idle connection is kept open for its next request (gunicorn's default: 2). A
 # poll on a kept connection costs the server ~0.45 ms of CPU here, ~0.8 ms on a new one
 # (docs/PERFORMANCE.md, section 2); 0 closes every connection after its answer.
-keepalive = int(os.environ.get("WEB_KEEPALIVE") or 2)
+keepalive = _number("WEB_KEEPALIVE", 2, minimum=0)
 # Forwarded headers are believed only through TRUSTED_PROXIES (werkzeug's ProxyFix,
 # webapp/hosts.py). gunicorn would otherwise take X-Forwarded-Proto from any client on
 # 127.0.0.1 or a Unix socket, whatever TRUSTED_PROXIES says.
@@ -58,11 +68,11 @@ except ValueError as exc:
 
 
 def on_starting(server) -> None:
-    from webapp.config import ConfigError, Settings
+    from webapp.config import Settings
     from webapp.security import InsecureExposure, check_exposure
 
-    settings = Settings.from_env()
     try:
+        settings = Settings.from_env()
         settings.validate()
     except ConfigError as exc:
         server.log.error("vidpipe: %s", exc)

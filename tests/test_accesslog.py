@@ -139,6 +139,7 @@ def test_a_bad_setting_stops_the_web_process_with_a_sentence(tmp_path, name, val
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert f"vidpipe: {name} must be a number of at least" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
     assert repr(value) in proc.stderr and "Listening at" not in proc.stderr
 
 

@@ -32,6 +32,8 @@ from datetime import timedelta
 
 from gunicorn import glogging
 
+from webapp.config import number_env
+
 POLL_PATH = re.compile(r"/api/v1/videos/[^/]+/reprocess|/videos/[^/]+/(?:row|panel)|/healthz")
 QUIET_STATUSES = ("200", "304")
 DEFAULT_POLL_LOG_SECONDS = 60.0
@@ -40,25 +42,14 @@ DEFAULT_SLOW_REQUEST_MS = 1000.0
 ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
 
 
-def _number(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name) or str(default)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not value >= minimum:  # also refuses nan
-        raise ValueError(f"{name} must be a number of at least {minimum:g}, got {raw!r}")
-    return value
-
-
 def poll_log_seconds() -> float:
     """POLL_LOG_SECONDS: seconds between a worker's counts of quiet polls; 0 logs each."""
-    return _number("POLL_LOG_SECONDS", DEFAULT_POLL_LOG_SECONDS, 0)
+    return number_env("POLL_LOG_SECONDS", DEFAULT_POLL_LOG_SECONDS, float, minimum=0)
 
 
 def slow_request_ms() -> float:
     """SLOW_REQUEST_MS: a request taking this long or longer is always logged."""
-    return _number("SLOW_REQUEST_MS", DEFAULT_SLOW_REQUEST_MS, 1)
+    return number_env("SLOW_REQUEST_MS", DEFAULT_SLOW_REQUEST_MS, float, minimum=1)
 
 
 def status_code(resp) -> str:

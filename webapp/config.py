@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -31,22 +32,35 @@ def _list_env(name: str) -> tuple[str, ...]:
     return tuple(item for item in re.split(r"[,\s]+", os.environ.get(name, "")) if item)
 
 
+def number_env(name: str, default: float, kind: type[int] | type[float] = int, *,
+               minimum: float | None = None, maximum: float | None = None,
+               positive: bool = False) -> Any:
+    """A number setting, or ConfigError with a sentence naming it and what it must be: a
+    typo stops start-up there, not with a traceback or at the first job that reads it."""
+    raw = _env(name, str(default)).strip()
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if (value is not None and math.isfinite(value)
+            and (minimum is None or value >= minimum)
+            and (maximum is None or value <= maximum)
+            and (not positive or value > 0)):
+        return value
+    what = "a whole number" if kind is int else "a number"
+    if positive:
+        what += " above 0"
+    elif minimum is not None and maximum is not None:
+        what += f" from {minimum:g} to {maximum:g}"
+    elif minimum is not None:
+        what += f" of at least {minimum:g}"
+    raise ConfigError(f"{name} must be {what}; got {raw!r}.")
+
+
 def _weights_from_env() -> dict[str, float]:
-    weights = {}
-    for step in STEPS:
-        raw = _env(f"WEIGHT_{step.upper()}", str(DEFAULT_WEIGHTS[step]))
-        weights[step] = float(raw)
-        if weights[step] <= 0:
-            raise ValueError(f"WEIGHT_{step.upper()} must be > 0, got {raw!r}")
-    return weights
-
-
-def _positive(name: str, default: float) -> float:
-    raw = _env(name, str(default))
-    value = float(raw)
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {raw!r}")
-    return value
+    return {step: number_env(f"WEIGHT_{step.upper()}", DEFAULT_WEIGHTS[step], float,
+                             positive=True)
+            for step in STEPS}
 
 
 @dataclass
@@ -101,9 +115,9 @@ class Settings:
         if not self.worker_name:
             self.worker_name = socket.gethostname()
         if not 0 <= self.transcode_nice <= 19:
-            raise ValueError(f"TRANSCODE_NICE must be 0 to 19, got {self.transcode_nice}")
+            raise ConfigError(f"TRANSCODE_NICE must be 0 to 19, got {self.transcode_nice}")
         if self.trusted_proxies < 0:
-            raise ValueError(f"TRUSTED_PROXIES must be 0 or more, got {self.trusted_proxies}")
+            raise ConfigError(f"TRUSTED_PROXIES must be 0 or more, got {self.trusted_proxies}")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -113,25 +127,26 @@ class Settings:
             "redis_url": _env("REDIS_URL", cls.redis_url),
             "queue_name": _env("QUEUE_NAME", cls.queue_name),
             "media_root": Path(_env("MEDIA_ROOT", str(INSTANCE_DIR / "media"))),
-            "max_upload_bytes": int(_env("MAX_UPLOAD_BYTES", str(cls.max_upload_bytes))),
+            "max_upload_bytes": number_env("MAX_UPLOAD_BYTES", cls.max_upload_bytes, positive=True),
             "whisper_model": _env("WHISPER_MODEL", cls.whisper_model).strip(),
             "chinese_script": _env("CHINESE_SCRIPT", cls.chinese_script).strip().lower(),
-            "whisper_threads": int(_env("WHISPER_THREADS", "0")),
-            "ffmpeg_threads": int(_env("FFMPEG_THREADS", "0")),
-            "transcode_nice": int(_env("TRANSCODE_NICE", str(cls.transcode_nice))),
-            "probe_timeout": _positive("PROBE_TIMEOUT", cls.probe_timeout),
+            "whisper_threads": number_env("WHISPER_THREADS", 0, minimum=0),
+            "ffmpeg_threads": number_env("FFMPEG_THREADS", 0, minimum=0),
+            "transcode_nice": number_env("TRANSCODE_NICE", cls.transcode_nice, minimum=0,
+                                         maximum=19),
+            "probe_timeout": number_env("PROBE_TIMEOUT", cls.probe_timeout, float, positive=True),
             "weights": _weights_from_env(),
-            "progress_interval": float(_env("PROGRESS_INTERVAL", str(cls.progress_interval))),
-            "job_timeout_base": int(_env("JOB_TIMEOUT_BASE", str(cls.job_timeout_base))),
-            "job_timeout_per_second": float(
-                _env("JOB_TIMEOUT_PER_SECOND", str(cls.job_timeout_per_second))
-            ),
-            "step_retries": int(_env("STEP_RETRIES", str(cls.step_retries))),
-            "heartbeat_interval": int(_env("HEARTBEAT_INTERVAL", str(cls.heartbeat_interval))),
-            "heartbeat_grace": int(_env("HEARTBEAT_GRACE", str(cls.heartbeat_grace))),
-            "reconcile_interval": float(
-                _env("RECONCILE_INTERVAL", str(cls.reconcile_interval))
-            ),
+            "progress_interval": number_env("PROGRESS_INTERVAL", cls.progress_interval, float,
+                                            minimum=0),
+            "job_timeout_base": number_env("JOB_TIMEOUT_BASE", cls.job_timeout_base, positive=True),
+            "job_timeout_per_second": number_env("JOB_TIMEOUT_PER_SECOND",
+                                                 cls.job_timeout_per_second, float, minimum=0),
+            "step_retries": number_env("STEP_RETRIES", cls.step_retries, minimum=0),
+            "heartbeat_interval": number_env("HEARTBEAT_INTERVAL", cls.heartbeat_interval,
+                                             positive=True),
+            "heartbeat_grace": number_env("HEARTBEAT_GRACE", cls.heartbeat_grace, minimum=0),
+            "reconcile_interval": number_env("RECONCILE_INTERVAL", cls.reconcile_interval,
+                                             float, minimum=0),
             "host": _env("HOST", "").strip(),
             "api_token": _env("API_TOKEN", ""),
             "admin_password": _env("ADMIN_PASSWORD", ""),
@@ -140,10 +155,11 @@ class Settings:
             "secret_key": _env("SECRET_KEY", ""),
             "allowed_hosts": _list_env("ALLOWED_HOSTS"),
             "cors_origins": _list_env("CORS_ORIGINS"),
-            "trusted_proxies": int(_env("TRUSTED_PROXIES", "0")),
+            "trusted_proxies": number_env("TRUSTED_PROXIES", 0, minimum=0),
             "server_url": _env("SERVER_URL", "").strip(),
             "worker_token": _env("WORKER_TOKEN", ""),
-            "worker_cache_bytes": int(_env("WORKER_CACHE_BYTES", str(cls.worker_cache_bytes))),
+            "worker_cache_bytes": number_env("WORKER_CACHE_BYTES", cls.worker_cache_bytes,
+                                             positive=True),
             "worker_name": _env("WORKER_NAME", "").strip()[:200],
         }
         known = {f.name for f in fields(cls)}
