@@ -182,6 +182,15 @@ class Settings:
         if self.chinese_script not in CHINESE_SCRIPTS:
             raise ConfigError(f"CHINESE_SCRIPT must be 'simplified' (the default) or "
                               f"'traditional'; got {self.chinese_script!r}.")
+        from webapp.hosts import normalize_host
+        from webapp.origins import configured_origins
+
+        try:  # checked again where they are used; here so that a bad one stops start-up
+            configured_origins(self.cors_origins)
+            for entry in self.allowed_hosts:
+                normalize_host(entry)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.worker_token and self.worker_token == self.api_token:
             raise ConfigError("WORKER_TOKEN must differ from API_TOKEN: API clients must not "
                               "be able to write the outputs of steps.")
