@@ -1,7 +1,7 @@
 """Every page checked with axe-core (bundled by axe-playwright-python, nothing downloaded) in a
 real browser, in the light and the dark colour scheme: no serious or critical finding on
 the library (empty and full), an upload's outcome, the video page while a run is active,
-completed and failed, the selection's confirmation page and the error page.
+completed and failed, search results, the selection's confirmation page and the error page.
 """
 
 from __future__ import annotations
@@ -131,6 +131,13 @@ def test_every_page_has_no_serious_or_critical_finding(page, media, settings, br
     expect(page.locator("#progress-panel")).to_have_attribute("data-status", "completed")
     expect(page.locator("#transcript .line").first).to_be_visible()
     check(page, "video, completed", report)
+    # Search results: the words found are marked, and a matching line is a link (hovered or
+    # focused it changes colour too).
+    page.goto("/search?q=welcome")
+    expect(page.locator("#search-results mark").first).to_be_visible()
+    check(page, "search results", report)
+    page.locator("#search-results .moment").first.focus()
+    check(page, "search results, a line focused", report)
     page.goto(f"/videos/{failed}")
     expect(page.locator("#progress-panel")).to_have_attribute("data-status", "failed")
     check(page, "video, failed", report)
