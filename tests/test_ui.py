@@ -144,6 +144,10 @@ def test_conflict_is_shown_as_a_message(client, clip):
     assert resp.status_code == 409
     message = soup(resp).select_one("#message").get_text()
     assert "already has a queued task" in message
+    # Said to a person, with the page's own way out: the button, not the API's force=true
+    # (nor the ids, which the page does not show anywhere).
+    assert "Force reprocess" in message and "force=true" not in message
+    assert vid not in message
     plain = client.post(f"/videos/{vid}/run")
     assert plain.status_code == 409 and soup(plain).html is not None
     resp = client.post(f"/videos/{vid}/delete", headers=HX)

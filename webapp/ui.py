@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp import extensions as ext
-from webapp.models import Video
+from webapp.models import ProcessingTask, Video
 from webapp.services import (
     bulk,
     ingest,
@@ -36,7 +36,7 @@ from webapp.services import (
     publications,
     results,
 )
-from webapp.services.errors import InvalidMedia, ServiceError
+from webapp.services.errors import Conflict, InvalidMedia, ServiceError
 from webapp.services.mediainput import video_format
 
 log = logging.getLogger(__name__)
@@ -340,9 +340,25 @@ def start(video_id: str, action: str):
     """Run, Reprocess or Force reprocess; answers with the updated panel."""
     mode, force = ACTIONS[action]
     language, translate = form_options()
-    return act(video_id, lambda: processing.trigger(
-        ext.db(), ext.settings(), ext.storage(), ext.redis(), video_id, mode, force=force,
-        language=language, translate=translate))
+
+    def trigger() -> None:
+        try:
+            processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(), video_id,
+                               mode, force=force, language=language, translate=translate)
+        except Conflict as exc:
+            raise Conflict(busy_message(exc), **exc.extra) from exc
+
+    return act(video_id, trigger)
+
+
+def busy_message(exc: Conflict) -> str:
+    """The 409 of a trigger said to a person: the service's sentence is the API's (ids, and
+    `force=true`); a page offers its Force reprocess button instead."""
+    task = ext.db().get(ProcessingTask, exc.extra.get("task_id") or "")
+    status = f"a {task.status}" if task is not None and task.status in ("queued", "running") \
+        else "an active"
+    return (f"This video already has {status} task: wait for it to end, cancel it, "
+            "or use Force reprocess to replace it.")
 
 
 @bp.post("/videos/<video_id>/cancel", merge_slashes=False)
