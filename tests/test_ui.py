@@ -219,6 +219,23 @@ def test_finished_video_shows_player_storyboard_transcript_and_downloads(client,
     assert not soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#results")
 
 
+def test_a_language_asked_for_is_not_shown_as_detected(client, tmp_path):
+    """Whisper's language probability is 1 when the language was given, not detected: the
+    page must not present it as a 100 % confident detection (here English speech, German
+    asked for), but say that the language was chosen."""
+    talk = mediagen.make_audio_only(tmp_path / "voice.m4a", "Please call me tomorrow.")
+    with open(talk, "rb") as fh:
+        resp = client.post("/videos", data={"file": (fh, "voice.m4a"), "language": "de",
+                                            "options": "1"},
+                           content_type="multipart/form-data")
+    assert resp.status_code == 303
+    vid = resp.headers["Location"].rsplit("/", 1)[-1]
+    run_worker()
+    said = soup(client.get(f"/videos/{vid}")).select_one("#transcript-language").get_text()
+    assert said.startswith("German"), said
+    assert "probability" not in said and "chosen" in said, said
+
+
 def test_audio_only_gets_an_audio_player(client, tmp_path):
     audio = mediagen.make_audio_only(tmp_path / "voice.m4a", "Please call me tomorrow.")
     vid = uploaded(client, audio)

@@ -106,7 +106,10 @@ def video_context(video: Video, message: str | None = None, poll: bool = False,
     artifacts = {a.name: a
                  for a in publications.artifacts(ext.db(), ext.storage(), video.id)}
     tiles, sprite_w, sprite_h = results.storyboard_tiles(artifacts, video.id)
-    transcript = results.transcript(artifacts.get("transcript.json"), video.id)
+    found = artifacts.get("transcript.json")
+    transcript = results.transcript(found, video.id)
+    # Whisper's probability is 1 for a language its run was given: not a detection to show.
+    made_by = ext.db().get(ProcessingTask, found.task_id) if found and found.task_id else None
     return {
         "video": video,
         "state": state,
@@ -115,6 +118,7 @@ def video_context(video: Video, message: str | None = None, poll: bool = False,
         "artifacts": artifacts,
         "transcript": transcript,
         "lines": transcript.lines if transcript else None,
+        "language_chosen": bool(made_by and made_by.language),
         "tiles": tiles,
         "sprite_size": (sprite_w, sprite_h),
     }
