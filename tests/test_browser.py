@@ -589,3 +589,43 @@ def test_no_console_errors_and_no_foreign_requests(page, browser_log, media):
     assert not browser_log.real_failures(), browser_log.real_failures()
     foreign = browser_log.foreign_requests()
     assert not foreign, f"requests left {LOCAL_HOST}: {foreign}"
+
+
+# -- 9. a poll that fails (the database gone for a moment) does not take the page with it ---
+
+def test_a_failed_poll_leaves_the_panel_and_polling_goes_on(page, media, browser_log,
+                                                             monkeypatch):
+    """A 500 to a poll is not a fragment: the panel must stay as it was (not be replaced by
+    the error page, with a second site header inside the first page), and go on polling so
+    that it follows the task again once the server answers."""
+    from sqlalchemy.exc import OperationalError
+
+    from webapp.services import progress
+
+    vid = api_upload(page, media["short"])
+    api_trigger(page, vid)  # no worker here: the task stays queued, and its panel polls
+    page.goto(f"/videos/{vid}")
+    expect(panel(page)).to_have_attribute("hx-trigger", "every 1s")
+    poll_path = f"/videos/{vid}/panel"
+
+    def database_down(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("the database is not answering"))
+
+    browser_log.expect_http_error(poll_path)
+    with monkeypatch.context() as patched:
+        patched.setattr(progress, "poll_tag", database_down)
+        since = time.monotonic()
+        with page.expect_response(lambda r: urlsplit(r.url).path == poll_path) as failed:
+            pass
+        assert failed.value.status == 500
+        page.wait_for_timeout(2_500)  # time for two more polls
+        assert page.locator("header.site").count() == 1, "the error page went into the panel"
+        expect(panel(page)).to_have_attribute("data-status", "queued")
+        polls = len(browser_log.requests_to(poll_path, since))
+        assert polls >= 2, f"polling stopped at the first failed poll ({polls} poll)"
+    # The database answers again: the panel polls on by itself, no reload.
+    with page.expect_response(lambda r: urlsplit(r.url).path == poll_path) as answered:
+        pass
+    assert answered.value.status in (200, 304)
+    expect(panel(page)).to_have_attribute("hx-trigger", "every 1s")
+    assert page.locator("header.site").count() == 1

@@ -154,6 +154,35 @@ def test_conflict_is_shown_as_a_message(client, clip):
     assert resp.status_code == 409 and "cancel it first" in soup(resp).get_text()
 
 
+def test_a_server_error_to_htmx_is_a_message_or_nothing_not_the_error_page(client, clip,
+                                                                            monkeypatch):
+    """HTMX swaps 5xx answers in: the error page would land inside the panel (a second site
+    header) and end its polling. An action's 500 is a message; a poll's changes nothing."""
+    from webapp.services import processing
+
+    vid = uploaded(client, clip)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(processing, "trigger", broken)
+    monkeypatch.setattr(progress, "poll_tag", broken)
+    resp = client.post(f"/videos/{vid}/force", headers=HX)
+    assert resp.status_code == 500
+    assert resp.headers["HX-Retarget"] == "#message" and resp.headers["HX-Reswap"] == "outerHTML"
+    answer = soup(resp)
+    assert "internal error (reference" in answer.select_one("p#message.error").get_text()
+    assert not answer.select_one("header")
+    resp = client.get(f"/videos/{vid}/panel?poll=1", headers=HX)
+    assert resp.status_code == 500 and resp.headers["HX-Reswap"] == "none"
+    assert not resp.get_data()
+    resp = client.get(f"/videos/{vid}/row", headers=HX)
+    assert resp.status_code == 500 and resp.headers["HX-Reswap"] == "none"
+    # Without HTMX (a page, a plain form): the readable error page, as before.
+    resp = client.get(f"/videos/{vid}/panel")
+    assert resp.status_code == 500 and soup(resp).select_one("header.site")
+
+
 def test_force_and_run_answer_with_a_fresh_panel(client, clip):
     vid = uploaded(client, clip)
     before = soup(client.get(f"/videos/{vid}")).select_one("#progress-panel")

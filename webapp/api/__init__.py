@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
-from flask import Flask, render_template, request
+from flask import Flask, Response, render_template, request
 from flask_smorest import Api as SmorestApi
 from flask_smorest.pagination import PaginationMetadataSchema
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from webapp.api.schemas import ErrorSchema
@@ -60,8 +61,25 @@ api = Api()
 
 
 def html_error(code: int, name: str, message: str):
-    """Outside /api, errors are a readable HTML page."""
+    """Outside /api, errors are a readable HTML page; to HTMX a server error is no page to
+    swap in (see htmx_server_error)."""
+    if code >= 500 and request.headers.get("HX-Request") == "true":
+        return htmx_server_error(code, message)
     return render_template("error.html", code=code, name=name, message=message), code
+
+
+def htmx_server_error(code: int, message: str) -> Response:
+    """A 5xx for HTMX (the pages swap 4xx/5xx answers in: a 409's panel and message). Swapped
+    in, the error page would replace the polled fragment, a second site header inside the
+    page, and its polling would end there. A poll (GET) keeps what it shows and polls again
+    (HX-Reswap: none); an action's message line says what went wrong."""
+    if request.method == "GET":
+        return Response(status=code, headers={"HX-Reswap": "none"})
+    target = "upload-message" if request.endpoint == "ui.upload" else "message"
+    html = Markup('<p id="{}" class="message error" role="alert">{}</p>').format(
+        target, message)
+    return Response(html, code, {"HX-Retarget": f"#{target}", "HX-Reswap": "outerHTML"},
+                    mimetype="text/html")
 
 
 def handle_service_error(error: ServiceError):
