@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event
 
 from tests import mediagen
-from tests.helpers import assert_json_error, progress_of, upload, upload_ok
+from tests.helpers import assert_json_error, progress_of, publish_files, upload, upload_ok
 from webapp import create_app
 from webapp.config import Settings
 from webapp.db import get_engine
@@ -260,6 +260,24 @@ def test_delete_removes_row_tasks_and_files(client, settings, clip, db_session, 
 def test_wrong_method_is_json_405(client):
     assert_json_error(client.put("/api/v1/videos"), 405)
     assert_json_error(client.get("/api/v1/nothing-here"), 404)
+
+
+def test_error_answers_keep_the_headers_http_requires(client, settings, clip):
+    """405 must say which methods are allowed (Allow, RFC 9110 15.5.6) and 416 how long the
+    file is (Content-Range: bytes */length, 15.5.17), on the API and on the UI's pages."""
+    resp = client.put("/api/v1/videos")
+    assert_json_error(resp, 405)
+    assert set(resp.headers.get("Allow", "").replace(" ", "").split(",")) >= {"GET", "POST"}
+    page = client.put("/healthz")
+    assert page.status_code == 405 and "GET" in page.headers.get("Allow", "")
+    vid = upload_ok(client, clip)["id"]
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": b"x" * 100,
+                                                "storyboard.jpg": b"y", "storyboard.vtt": b"W"})
+    resp = client.get(f"/api/v1/videos/{vid}/artifacts/poster.jpg",
+                      headers={"Range": "bytes=500-"})
+    assert_json_error(resp, 416)
+    assert resp.headers.get("Content-Range") == "bytes */100"
+    assert resp.content_type == "application/json"
 
 
 def test_unexpected_error_is_json_500_without_traceback(app, client, monkeypatch):

@@ -46,15 +46,20 @@ class Api(SmorestApi):
                 message = f"the request body is larger than the limit of {limit:,} bytes"
             else:  # werkzeug's form limits: too many parts, or a big non-file field
                 message = "the form has too many parts, or a field besides the file is too big"
+        # What HTTP requires the error to say besides its body (Allow on 405, Content-Range
+        # on 416, WWW-Authenticate on 401, ...): werkzeug puts it in the exception's headers,
+        # which a body of our own must not lose. Its Content-Type is the HTML page's.
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
         if not request.path.startswith(API_PREFIX):
-            return html_error(error.code or 500, error.name, message)
+            body, code = html_error(error.code or 500, error.name, message)
+            return body, code, headers
         payload = {"code": error.code, "status": error.name, "message": message}
         errors = data.get("errors") or data.get("messages")
         if errors:
             payload["errors"] = errors
         for key, value in (data.get("extra") or {}).items():
             payload[key] = value
-        return payload, error.code, data.get("headers", {})
+        return payload, error.code, {**headers, **(data.get("headers") or {})}
 
 
 api = Api()
