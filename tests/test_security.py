@@ -154,6 +154,33 @@ def test_openapi_docs_and_health_stay_open(secured):
         assert client.get(url).status_code == 200, url
 
 
+def test_the_spec_documents_the_401_every_operation_answers_with_a_token(secured, clip):
+    """With API_TOKEN set, the description lists 401 on every /api/v1 operation (its error
+    shape and its WWW-Authenticate challenge), so that a client generated from it, and
+    a conformance check, knows the answer a missing or wrong token gets."""
+    import schemathesis
+
+    client = secured.test_client()
+    doc = client.get("/api/openapi.json").get_json()
+    operations = [(path, method, op) for path, item in doc["paths"].items()
+                  for method, op in item.items() if isinstance(op, dict) and "responses" in op]
+    assert len(operations) >= 12
+    undocumented = [f"{m.upper()} {p}" for p, m, op in operations if "401" not in op["responses"]]
+    assert not undocumented, undocumented
+    # The answers really are what is documented.
+    schema = schemathesis.openapi.from_dict(doc)
+    vid = upload_ok_with_token(client, clip)
+    for path, method, _ in operations:
+        url = path.replace("{video_id}", vid).replace("{name}", "poster.jpg")
+        resp = client.open(url, method=method.upper(), query_string={"q": "x"})
+        artifact = path.endswith("/artifacts/{name}")  # the admin login opens it too
+        assert_unauthorized_json(resp, 'Bearer, Basic realm="vidpipe"' if artifact else "Bearer")
+        params = {k: v for k, v in (("video_id", vid), ("name", "poster.jpg"))
+                  if "{" + k + "}" in path}
+        schema[path][method.upper()].Case(path_parameters=params).validate_response(resp)
+    # Without a token nothing is required, and no 401 is promised.
+
+
 def test_without_a_token_the_api_is_open_and_the_spec_requires_nothing(settings):
     app = make_app(settings, admin_password=PASSWORD)  # only the UI is protected
     client = app.test_client()
@@ -161,6 +188,8 @@ def test_without_a_token_the_api_is_open_and_the_spec_requires_nothing(settings)
     doc = client.get("/api/openapi.json").get_json()
     assert "bearerAuth" in doc["components"]["securitySchemes"]  # described, not required
     assert "security" not in doc
+    assert not [p for p, item in doc["paths"].items() for op in item.values()
+                if isinstance(op, dict) and "401" in op.get("responses", {})]
     assert client.get("/").status_code == 401
 
 

@@ -376,6 +376,21 @@ def document_api_auth(settings: Settings) -> None:
     })
     if settings.api_token:
         api.spec.options["security"] = [{"bearerAuth": []}]
+        # Every operation then also answers 401 (a missing or wrong token): listed with
+        # each, as every status an operation can answer is (webapp/api/__init__.py).
+        api.spec.components.response("UNAUTHORIZED", {
+            "description": "Unauthorized: no valid `Authorization: Bearer <API_TOKEN>` (for "
+                           "artifact files, nor the admin login when ADMIN_PASSWORD is set)",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            "headers": {"WWW-Authenticate": {
+                "description": "`Bearer` (artifact files: also `Basic realm=\"vidpipe\"`)",
+                "required": True, "schema": {"type": "string"}}},
+        })
+        for operations in api.spec._paths.values():  # apispec has no public way to edit them
+            for operation in operations.values():
+                if isinstance(operation, dict) and "responses" in operation:
+                    operation["responses"].setdefault(
+                        "401", {"$ref": "#/components/responses/UNAUTHORIZED"})
 
 
 # -- wiring -------------------------------------------------------------------------------
