@@ -280,6 +280,27 @@ def test_error_answers_keep_the_headers_http_requires(client, settings, clip):
     assert resp.content_type == "application/json"
 
 
+def test_artifact_ranges_the_rfc_says_to_serve_are_served(client, settings, clip):
+    """RFC 9110, 14.1.2 and 14.2: a suffix longer than the file selects the whole file; a
+    Range of a unit the server does not know MUST be ignored; several ranges may be ignored
+    (this server sends no multipart answers). None of them is a 416."""
+    vid = upload_ok(client, clip)["id"]
+    data = bytes(range(100))
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": data, "storyboard.jpg": b"y",
+                                                "storyboard.vtt": b"W"})
+    url = f"/api/v1/videos/{vid}/artifacts/poster.jpg"
+    resp = client.get(url, headers={"Range": "bytes=-500"})
+    assert (resp.status_code, resp.headers.get("Content-Range"), resp.data) == (
+        206, "bytes 0-99/100", data)
+    for header in ("items=0-1", "bytes=0-1,5-6"):
+        resp = client.get(url, headers={"Range": header})
+        assert (resp.status_code, resp.data) == (200, data), header
+    # What the RFC does say is unsatisfiable still is, and ordinary ranges still work.
+    assert client.get(url, headers={"Range": "bytes=100-"}).status_code == 416
+    resp = client.get(url, headers={"Range": "bytes=-10"})
+    assert (resp.status_code, resp.data) == (206, data[-10:])
+
+
 def test_unexpected_error_is_json_500_without_traceback(app, client, monkeypatch):
     from webapp.services import ingest
 

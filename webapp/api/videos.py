@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Response, send_file, url_for
+from flask import Response, request, send_file, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from flask_smorest.fields import Upload
 from webargs.flaskparser import FlaskParser
 from webargs.multidictproxy import MultiDictProxy
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
+from werkzeug.http import parse_range_header
 
 from webapp import extensions as ext
 from webapp.api.guards import error_response, multipart_upload
@@ -179,6 +180,23 @@ _FILE_RESPONSES = {
 }
 
 
+def _servable_range(size: int) -> None:
+    """Rewrite the request's Range where werkzeug would answer 416 to a range that RFC 9110
+    says to serve: a suffix longer than the file selects the whole file (14.1.2); a Range of
+    a unit other than bytes MUST be ignored, and several ranges (werkzeug cannot send a
+    multipart answer) may be (14.2). Anything else is left to werkzeug."""
+    sent = request.headers.get("Range")
+    parsed = parse_range_header(sent) if sent else None
+    if parsed is None:
+        return
+    if parsed.units != "bytes" or len(parsed.ranges) != 1:
+        request.environ.pop("HTTP_RANGE", None)
+        return
+    start, end = parsed.ranges[0]
+    if start < 0 and end is None and -start > size:
+        request.environ["HTTP_RANGE"] = "bytes=0-"
+
+
 @blp.route("/videos/<string:video_id>/artifacts/<string:name>", merge_slashes=False)
 class Artifact(MethodView):
     @blp.doc(responses=_FILE_RESPONSES)
@@ -193,6 +211,7 @@ class Artifact(MethodView):
             artifact = publications.artifact(ext.db(), ext.storage(), video.id, name)
             if artifact is None:
                 raise NotFound(f"artifact {name!r} does not exist for video {video.id}")
+            _servable_range(artifact.size_bytes)
             try:
                 return send_file(artifact.path, mimetype=artifact.mime_type, conditional=True,
                                  download_name=name, max_age=0)
