@@ -130,6 +130,19 @@ def test_triggers_with_redis_down_are_503_and_leave_no_task(settings, db_session
     assert progress_of(down, vid)["status"] == "pending"
 
 
+def test_a_trigger_refused_with_503_changes_none_of_the_videos_options(settings, clip):
+    """A 503 says "try again": the language and translate the refused trigger gave are not
+    stored on the video (they are when the trigger is accepted)."""
+    down = create_app(Settings.from_env(redis_url="redis://127.0.0.1:1/0")).test_client()
+    vid = upload_ok(down, clip)["id"]
+    for mode in ("run_sync", "reprocess"):
+        for how in ({"query_string": {"language": "de", "translate": "true"}},
+                    {"json": {"language": "de", "translate": True}}):
+            assert_json_error(down.post(f"/api/v1/videos/{vid}/{mode}", **how), 503)
+            video = down.get(f"/api/v1/videos/{vid}").get_json()
+            assert (video["requested_language"], video["translate"]) == ("auto", False), how
+
+
 def test_twenty_simultaneous_triggers_give_exactly_one_202(app, video_id, db_session):
     barrier = threading.Barrier(20)
     results: list[tuple[int, dict]] = []

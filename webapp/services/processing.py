@@ -209,8 +209,9 @@ def _create(session: Session, settings: Settings, storage: Storage, video: Row, 
 
 def _enqueue(session: Session, settings: Settings, connection: Redis, task: NewTask,
              video: Row, replaced: list[str]) -> None:
-    """Enqueue the new task's jobs. If the queue fails now, a plain trigger is undone (503);
-    a forced one has already replaced the old run, so its task stays queued and the
+    """Enqueue the new task's jobs. If the queue fails now, a plain trigger is undone (503),
+    with the options it stored on the video (`video` holds them as they were before); a
+    forced one has already replaced the old run, so its task stays queued and the
     reconciler enqueues its jobs once Redis answers again."""
     if not task.steps:
         return
@@ -221,6 +222,9 @@ def _enqueue(session: Session, settings: Settings, connection: Redis, task: NewT
             log.warning("task %s: queue unavailable; the reconciler will enqueue it", task.id)
             return
         progress.delete_task(session, task.id)
+        session.connection().execute(_SET_OPTIONS, {
+            "video_id": video.id, "new_language": video.requested_language,
+            "new_translate": video.translate})
         session.commit()
         raise
 
