@@ -336,6 +336,23 @@ def test_openapi_documents_every_endpoint(client):
     assert "raw output" in detail["description"] and "bug report" in detail["description"]
 
 
+def test_openapi_documents_the_location_header_of_201_and_202(client, clip):
+    """DESIGN: 202 answers carry Location, the progress URL (and a 201 the new video's URL);
+    a client generated from the description must be able to find it there."""
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    documented = {
+        ("/api/v1/videos", "post", "201"),
+        ("/api/v1/videos/{video_id}/run_sync", "post", "202"),
+        ("/api/v1/videos/{video_id}/reprocess", "post", "202"),
+    }
+    for path, method, status in documented:
+        headers = paths[path][method]["responses"][status].get("headers", {})
+        assert headers.get("Location", {}).get("required") is True, (path, status, headers)
+    created = upload_ok(client, clip)
+    started = client.post(f"/api/v1/videos/{created['id']}/reprocess")
+    assert started.headers["Location"] == started.get_json()["progress_url"]
+
+
 def test_docs_page_uses_only_vendored_assets(client):
     page = client.get("/api/docs")
     assert page.status_code == 200

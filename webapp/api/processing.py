@@ -57,6 +57,8 @@ _ETAG_HEADERS = {
     "Cache-Control": {"description": "`no-cache, private`: revalidate with If-None-Match",
                       "required": True, "schema": {"type": "string"}},
 }
+_LOCATION = {"Location": {"description": "The progress URL (as `progress_url`)",
+                          "required": True, "schema": {"type": "string"}}}
 _IF_NONE_MATCH = {
     "name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
     "description": "The ETag of the progress the client has: 304 while it is still current",
@@ -79,7 +81,7 @@ class RunSync(MethodView):
     @json_or_no_body
     @blp.arguments(_FORCE_QUERY, location="query")
     @blp.arguments(_FORCE_BODY, location="json", required=False)
-    @blp.response(202, AsyncTaskSchema)
+    @blp.response(202, AsyncTaskSchema, headers=_LOCATION)
     @_trigger_docs
     def post(self, query, body, video_id):
         """Process the video in the background, keeping outputs that already exist"""
@@ -108,7 +110,7 @@ class Progress(MethodView):
     @json_or_no_body
     @blp.arguments(_FORCE_QUERY, location="query")
     @blp.arguments(_FORCE_BODY, location="json", required=False)
-    @blp.response(202, AsyncTaskSchema)
+    @blp.response(202, AsyncTaskSchema, headers=_LOCATION)
     @_trigger_docs
     def post(self, query, body, video_id):
         """Process the video again from scratch, in the background"""

@@ -79,7 +79,8 @@ def video_payload(video: Video) -> dict:
 class Videos(MethodView):
     @multipart_upload
     @blp.arguments(UploadSchema, location="files")
-    @blp.response(201, VideoSchema)
+    @blp.response(201, VideoSchema, headers={"Location": {
+        "description": "The new video's URL", "required": True, "schema": {"type": "string"}}})
     @error_response(blp, 411, "No Content-Length, and the server cannot read a chunked body")
     @error_response(blp, 413, "Larger than MAX_UPLOAD_BYTES (or a form bomb); nothing stored")
     @error_response(blp, 415, "The body is not multipart/form-data")
