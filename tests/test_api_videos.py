@@ -301,6 +301,28 @@ def test_artifact_ranges_the_rfc_says_to_serve_are_served(client, settings, clip
     assert (resp.status_code, resp.data) == (206, data[-10:])
 
 
+def test_a_failed_if_match_on_an_artifact_is_a_json_412_even_with_a_range(
+        client, settings, clip):
+    """An If-Match that no longer holds (a resumed download of a file a newer run
+    replaced): 412 in the API's error shape, not the file as the 412's body, and not a 206
+    of the new file either (RFC 9110 13.2.2: preconditions before Range)."""
+    vid = upload_ok(client, clip)["id"]
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": b"p" * 5000,
+                                                "storyboard.jpg": b"y", "storyboard.vtt": b"W"})
+    url = f"/api/v1/videos/{vid}/artifacts/poster.jpg"
+    etag = client.get(url).headers["ETag"]
+    for headers in ({"If-Match": '"an-older-copy"'},
+                    {"If-Match": '"an-older-copy"', "Range": "bytes=100-"}):
+        resp = client.get(url, headers=headers)
+        body = assert_json_error(resp, 412)
+        assert b"ppp" not in resp.data and "changed" in body["message"], headers
+    resp = client.get(url, headers={"If-Match": etag, "Range": "bytes=100-"})
+    assert (resp.status_code, len(resp.data)) == (206, 4900)
+    responses = client.get("/api/openapi.json").get_json()["paths"][
+        "/api/v1/videos/{video_id}/artifacts/{name}"]["get"]["responses"]
+    assert "412" in responses
+
+
 def test_unexpected_error_is_json_500_without_traceback(app, client, monkeypatch):
     from webapp.services import ingest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, request, send_file, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint, abort
 from flask_smorest.fields import Upload
 from webargs.flaskparser import FlaskParser
 from webargs.multidictproxy import MultiDictProxy
@@ -198,10 +198,35 @@ def _servable_range(size: int) -> None:
         request.environ["HTTP_RANGE"] = "bytes=0-"
 
 
+def _send(path, mimetype: str, name: str) -> Response:
+    return send_file(path, mimetype=mimetype, conditional=True, download_name=name, max_age=0)
+
+
+def _check_preconditions(path, mimetype: str, name: str) -> None:
+    """412 (JSON) when If-Match no longer holds. RFC 9110 (13.2.2) evaluates it before
+    Range, but werkzeug serves a Range first and ignores it (a resumed download would join
+    two different files), and its own 412 carries the whole file as its body."""
+    environ = request.environ
+    if "HTTP_IF_MATCH" not in environ:
+        return
+    sent_range = environ.pop("HTTP_RANGE", None)
+    try:
+        checked = _send(path, mimetype, name)
+        checked.close()
+    finally:
+        if sent_range is not None:
+            environ["HTTP_RANGE"] = sent_range
+    if checked.status_code == 412:
+        abort(412, message=f"{name} has changed since the copy named in If-Match; "
+                           "download it again")
+
+
 @blp.route("/videos/<string:video_id>/artifacts/<string:name>", merge_slashes=False)
 class Artifact(MethodView):
     @blp.doc(responses=_FILE_RESPONSES)
     @blp.alt_response(404, response="NOT_FOUND")
+    @error_response(blp, 412, "If-Match no longer holds: the file changed since the copy "
+                              "the client has")
     @error_response(blp, 416, "The requested byte range is outside the file")
     def get(self, video_id, name):
         """Download one output; supports HTTP Range so players can seek"""
@@ -214,8 +239,8 @@ class Artifact(MethodView):
                 raise NotFound(f"artifact {name!r} does not exist for video {video.id}")
             _servable_range(artifact.size_bytes)
             try:
-                return send_file(artifact.path, mimetype=artifact.mime_type, conditional=True,
-                                 download_name=name, max_age=0)
+                _check_preconditions(artifact.path, artifact.mime_type, name)
+                return _send(artifact.path, artifact.mime_type, name)
             except FileNotFoundError:
                 ext.db().rollback()
         raise NotFound(f"artifact {name!r} does not exist for video {video.id}")
