@@ -143,6 +143,56 @@ def test_a_trigger_refused_with_503_changes_none_of_the_videos_options(settings,
             assert (video["requested_language"], video["translate"]) == ("auto", False), how
 
 
+def _deleted_meanwhile(app, video_id: str) -> None:
+    """A DELETE of the video from another client, answered before this returns (a real
+    request in its own thread, as a concurrent one would be)."""
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(
+        app.test_client().delete(f"/api/v1/videos/{video_id}").status_code))
+    thread.start()
+    thread.join(30)
+    assert answers == [204]
+
+
+def test_a_cancel_whose_video_is_deleted_meanwhile_is_not_a_500(app, client, video_id,
+                                                                 monkeypatch):
+    """Once the cancel has committed, a DELETE may remove the video and its tasks before the
+    cancel reads the task back for its answer."""
+    from webapp.services import queue
+
+    assert client.post(f"/api/v1/videos/{video_id}/run_sync").status_code == 202
+    stop_jobs = queue.stop_jobs
+
+    def stop_then_delete(connection, task_id):
+        stop_jobs(connection, task_id)
+        _deleted_meanwhile(app, video_id)
+
+    monkeypatch.setattr(queue, "stop_jobs", stop_then_delete)
+    resp = client.post(f"/api/v1/videos/{video_id}/cancel")
+    assert_json_error(resp, 404)
+
+
+def test_a_trigger_whose_video_is_deleted_meanwhile_is_404_not_409(app, client, video_id,
+                                                                    monkeypatch, db_session):
+    """A DELETE between the trigger's read of the video and its insert: the video is gone,
+    which is a 404, not a 409 about an active task that does not exist."""
+    from webapp.services import progress
+
+    insert = progress.insert_task_rows
+    calls = []
+
+    def delete_then_insert(session, row, subtasks):
+        if not calls:
+            _deleted_meanwhile(app, video_id)
+        calls.append(row["id"])
+        return insert(session, row, subtasks)
+
+    monkeypatch.setattr(progress, "insert_task_rows", delete_then_insert)
+    body = assert_json_error(client.post(f"/api/v1/videos/{video_id}/run_sync"), 404)
+    assert "task_id" not in body or body["task_id"] is None
+    assert db_session.query(ProcessingTask).count() == 0
+
+
 def test_twenty_simultaneous_triggers_give_exactly_one_202(app, video_id, db_session):
     barrier = threading.Barrier(20)
     results: list[tuple[int, dict]] = []

@@ -201,6 +201,10 @@ def _create(session: Session, settings: Settings, storage: Storage, video: Row, 
         session.commit()
     except IntegrityError:
         session.rollback()
+        # The insert also fails when the video was deleted since it was read: that is a
+        # 404, not a conflict with an active task that does not exist (nor, forced, a
+        # retry until "too many concurrent forced runs").
+        trigger_video(session, video.id)
         if not force and (active := progress.active_task(session, video.id)):
             raise _conflict(video.id, active) from None
         return None
@@ -244,4 +248,7 @@ def cancel(session: Session, storage: Storage, connection: Redis,
     session.commit()
     queue.stop_jobs(connection, cancelled[0])
     publications.collect_garbage(session, storage, video_id)
-    return session.get(ProcessingTask, cancelled[0], populate_existing=True)
+    task = session.get(ProcessingTask, cancelled[0], populate_existing=True)
+    if task is None:  # the video was deleted (with its tasks) once the cancel committed
+        raise NotFound(f"video {video_id} was deleted")
+    return task
