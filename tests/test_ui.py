@@ -183,6 +183,28 @@ def test_a_server_error_to_htmx_is_a_message_or_nothing_not_the_error_page(clien
     assert resp.status_code == 500 and soup(resp).select_one("header.site")
 
 
+def test_an_http_error_of_5xx_to_an_htmx_poll_changes_nothing_either(client, clip, monkeypatch):
+    """The same for werkzeug's HTTP exceptions (a 503), which keep the headers HTTP gives
+    them; the error page without HTMX keeps them too (a 405's Allow)."""
+    from werkzeug.exceptions import ServiceUnavailable
+
+    vid = uploaded(client, clip)
+
+    def unavailable(*args, **kwargs):
+        raise ServiceUnavailable("try again in a moment", retry_after=5)
+
+    monkeypatch.setattr(progress, "poll_tag", unavailable)
+    resp = client.get(f"/videos/{vid}/panel?poll=1", headers=HX)
+    assert resp.status_code == 503 and resp.headers["HX-Reswap"] == "none"
+    assert resp.headers["Retry-After"] == "5" and not resp.get_data()
+    resp = client.get(f"/videos/{vid}/panel?poll=1")
+    assert resp.status_code == 503 and soup(resp).select_one("header.site")
+    assert resp.headers["Retry-After"] == "5"
+    resp = client.put(f"/videos/{vid}/panel")
+    assert resp.status_code == 405 and "GET" in resp.headers["Allow"]
+    assert soup(resp).select_one("header.site")
+
+
 def test_force_and_run_answer_with_a_fresh_panel(client, clip):
     vid = uploaded(client, clip)
     before = soup(client.get(f"/videos/{vid}")).select_one("#progress-panel")

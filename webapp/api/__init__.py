@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
-from flask import Flask, Response, render_template, request
+from flask import Flask, Response, make_response, render_template, request
 from flask_smorest import Api as SmorestApi
 from flask_smorest.pagination import PaginationMetadataSchema
 from markupsafe import Markup
@@ -51,8 +51,9 @@ class Api(SmorestApi):
         # which a body of our own must not lose. Its Content-Type is the HTML page's.
         headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
         if not request.path.startswith(API_PREFIX):
-            body, code = html_error(error.code or 500, error.name, message)
-            return body, code, headers
+            response = make_response(html_error(error.code or 500, error.name, message))
+            response.headers.update(headers)
+            return response
         payload = {"code": error.code, "status": error.name, "message": message}
         errors = data.get("errors") or data.get("messages")
         if errors:
