@@ -101,6 +101,12 @@ def _check_tasks(session: Session, settings: Settings, connection: Redis) -> int
                 lost.append(sub.name)
                 continue
             waiting.add(sub.name)
+            if status in ENDED and sub.status == "running" and _was_superseded(job, status):
+                # The job ended saying its attempt was taken over (e.g. by the job this
+                # reconciler enqueued again after Redis forgot it, which has the same id):
+                # the step's running attempt is the other delivery's, which RQ tracks
+                # by itself (killed horse, abandoned job). Failing the step would kill it.
+                continue
             if status in ENDED:
                 attempt = sub.attempt if sub.status == "running" else None
                 progress.finish_subtask(session, task.id, sub.name, "failed",
@@ -117,6 +123,19 @@ def _check_tasks(session: Session, settings: Settings, connection: Redis) -> int
             acted += len(lost)
     session.commit()
     return acted
+
+
+def _was_superseded(job: Job, status: JobStatus) -> bool:
+    """Whether an ended job says its attempt stopped because it was no longer the step's
+    running one (jobs.runner.run_step returns "stopped")."""
+    if status != JobStatus.FINISHED:
+        return False
+    try:
+        return job.return_value() == "stopped"
+    except RedisError:
+        raise
+    except Exception:  # a result that cannot be read decides nothing
+        return False
 
 
 def run_forever(settings: Settings, connection: Redis, interval: float,
