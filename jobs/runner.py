@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from jobs import remote
 from jobs.attempt import AttemptWatch, with_retries
 from webapp.config import Settings
 from webapp.db import session_factory
-from webapp.models import SUBTASK_DONE, ProcessingTask, Video
+from webapp.models import ACTIVE_STATUSES, SUBTASK_DONE, SUBTASK_FINAL, ProcessingTask, Video
 from webapp.services import ffrun, progress, publications
 from webapp.services.errors import ToolError, internal_error, without_paths
 from webapp.services.media import MediaError
@@ -122,6 +123,39 @@ def _start(session: Session, storage: Storage, task_id: str, step: str,
     return _Started(video, attempt, inputs, language, translate, published)
 
 
+def _parent_status(session: Session, task_id: str, step: str) -> str | None:
+    """The status of the step's parent while the task is active; None otherwise."""
+    parent = NEEDS.get(step)
+    task = session.get(ProcessingTask, task_id) if parent else None
+    status = (progress.subtask_status(session, task_id, parent)
+              if task is not None and task.status in ACTIVE_STATUSES else None)
+    session.rollback()
+    return status
+
+
+def _wait_for_parent(sessions: sessionmaker[Session], task_id: str, step: str,
+                     interval: float) -> None:
+    """Wait while the step's parent has not ended (running, or pending a retry).
+
+    RQ runs a step's job once its parent's job ends, and the two agree, except when the
+    parent's job id is shared by two deliveries: after the reconciler enqueues a vanished
+    job again (Redis restarted), the superseded delivery ends ("stopped") and releases the
+    dependants while the parent's new attempt still runs. Starting then would cancel the
+    step ("not run because extract_audio running") and fail the task; its job's time
+    limit bounds the wait.
+    """
+    logged = False
+    while True:
+        status = with_retries(sessions, lambda s: _parent_status(s, task_id, step),
+                              f"reading the parent of {step} of task {task_id}")
+        if status is None or status in SUBTASK_FINAL:
+            return
+        if not logged:
+            log.info("%s of task %s waits for %s (%s)", step, task_id, NEEDS[step], status)
+            logged = True
+        time.sleep(max(0.05, interval))
+
+
 def _takeover(job: Job | None) -> bool:
     """Whether this job may take over a step that still shows running: it is a retry of an
     attempt that died, or the reconciler enqueued it again after its job vanished."""
@@ -152,6 +186,7 @@ def run_step(task_id: str, step: str, work: Work) -> str:
     sessions = session_factory(settings.database_url)
     storage = Storage(settings.media_root)
     job = get_current_job()
+    _wait_for_parent(sessions, task_id, step, settings.progress_interval)
     started = with_retries(
         sessions, lambda s: _start(s, storage, task_id, step, _takeover(job),
                                    settings.worker_name),
