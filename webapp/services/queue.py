@@ -28,6 +28,7 @@ JOB_FUNCTIONS = {step: f"jobs.steps.{step}" for step in STEPS}
 # them (docs/PERFORMANCE.md, section 1). STEPS keeps the order steps are shown in.
 ENQUEUE_ORDER = ("transcode", "extract_audio", "transcribe", "thumbnails")
 FAILURE_CALLBACK = "jobs.hooks.on_failure"
+FAILURE_TTL = 7 * 24 * 3600  # seconds a failed (or cancelled) job stays in Redis
 STOPPED_CALLBACK = "jobs.hooks.on_stopped"
 
 
@@ -86,7 +87,7 @@ def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id:
             depends_on=depends,
             timeout=job_timeout(settings, duration),
             result_ttl=24 * 3600,
-            failure_ttl=7 * 24 * 3600,
+            failure_ttl=FAILURE_TTL,
             # A crashed attempt (killed horse, dead worker) is tried again by any worker.
             retry=Retry(max=settings.step_retries) if settings.step_retries else None,
             on_failure=Callback(FAILURE_CALLBACK),
@@ -154,5 +155,9 @@ def stop_jobs(connection: Redis, task_id: str) -> None:
                 send_stop_job_command(connection, job.id)
             elif not job.is_finished and not job.is_failed:
                 job.cancel()
+                # RQ keeps a cancelled job (hash, dependency sets) with no expiry: without
+                # this every cancelled or replaced run would leave its jobs in Redis for
+                # good. Kept as long as a failed job is.
+                job.cleanup(ttl=job.failure_ttl or FAILURE_TTL)
         except (InvalidJobOperation, RedisError) as exc:
             log.info("job %s not stopped: %s", job.id, exc)
