@@ -73,7 +73,12 @@ def horse_killed(job: Job, retpid: int, ret_val: int, rusage) -> None:
     """Worker hook: the work-horse process died without reporting (SIGKILL, OOM killer)."""
     import os
 
-    how = f"signal {os.WTERMSIG(ret_val)}" if os.WIFSIGNALED(ret_val) else f"status {ret_val}"
+    if ret_val is None:  # RQ found no child to reap: its exit status is unknown
+        how = "exit status unknown"
+    elif os.WIFSIGNALED(ret_val):
+        how = f"signal {os.WTERMSIG(ret_val)}"
+    else:
+        how = f"status {ret_val}"
     with contextlib.suppress(RedisError):
         job.get_meta(refresh=True)  # the attempt number the horse saved
     attempt_failed(job, f"the worker process running this step was killed ({how})")
