@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -117,10 +118,18 @@ def _start(session: Session, storage: Storage, task_id: str, step: str,
     if attempt is None:
         log.info("task %s no longer wants %s", task_id, step)
         return None
-    inputs = {a.name: a.path for a in publications.artifacts(session, storage, video.id)}
-    published = {s: pub.folder for s, pub in publications.published(session, video.id).items()}
-    session.commit()
-    return _Started(video, attempt, inputs, language, translate, published)
+    # Nothing after the commit above: a retry of this function (with_retries) would find
+    # the step running already and give up, leaving it running with nobody working on it.
+    return _Started(video, attempt, {}, language, translate, {})
+
+
+def _inputs(session: Session, storage: Storage,
+            video_id: str) -> tuple[dict[str, Path], dict[str, str]]:
+    """The video's published outputs by name, and each step's published folder."""
+    inputs = {a.name: a.path for a in publications.artifacts(session, storage, video_id)}
+    published = {s: pub.folder for s, pub in publications.published(session, video_id).items()}
+    session.rollback()
+    return inputs, published
 
 
 def _parent_status(session: Session, task_id: str, step: str) -> str | None:
@@ -194,6 +203,9 @@ def run_step(task_id: str, step: str, work: Work) -> str:
     if started is None:
         return "not run"
     video, attempt = started.video, started.attempt
+    inputs, published = with_retries(sessions, lambda s: _inputs(s, storage, video.id),
+                                     f"reading the inputs of {step} of task {task_id}")
+    started = dataclasses.replace(started, inputs=inputs, published=published)
     _remember_attempt(job, attempt)
     watch = AttemptWatch(sessions, task_id, step, attempt, settings.progress_interval)
     folder = storage.attempt_folder(task_id, step, attempt)
