@@ -21,15 +21,18 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
+from jobs import steps
 from tests import mediagen
 from tests.cleanup import purge_queue
 from tests.conftest import TEST_REDIS_URL, migrate, start_worker, stop_worker
-from tests.helpers import upload_ok, wait_for
+from tests.helpers import progress_of, subtasks, upload_ok, wait_for
 from tests.pgcluster import private_cluster
 from webapp import create_app
 from webapp.config import Settings
-from webapp.db import dispose
+from webapp.db import dispose, get_engine
 from webapp.services import media
 
 # Deadlines: the step starts within START, the task ends within END (several times the
@@ -260,3 +263,41 @@ def test_step_outlasts_a_held_sqlite_write_lock(calibrated, sqlite_template, mon
             assert_completed_first_try(client, vid, poller, worker)
     finally:
         dispose(url)
+
+
+def test_a_connection_lost_right_after_the_start_is_recorded_does_not_orphan_the_step(
+        client, settings, tmp_path, database_url):
+    """The step's start (`start_subtask`) commits, then the connection dies (a PostgreSQL
+    restart, a failover) while the attempt reads the published inputs. `with_retries` runs
+    the whole start again: the step shows running already, so the job gives up ("not run")
+    and leaves the step running with no attempt working on it; the reconciler later fails
+    it ("its job finished without recording a result"). The start is retried with backoff
+    to survive exactly this."""
+    clip = mediagen.make_video(tmp_path / "clip.mp4", duration=2.0)
+    vid = upload_ok(client, clip)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    engine = get_engine(settings.database_url)
+    killed = []
+
+    def connection_dies(conn, cursor, statement, parameters, context, executemany):
+        # The first read of the publications after the step is recorded running: the
+        # server really ends this connection (pg_terminate_backend from another one).
+        # SQLite has no server to end it: there the read fails as a lost connection would.
+        if killed or "FROM publications" not in statement:
+            return
+        if not database_url.startswith("postgresql"):
+            killed.append("sqlite")
+            raise OperationalError(statement, parameters, Exception("connection lost"))
+        killed.append(conn.connection.dbapi_connection.info.backend_pid)
+        with engine.pool._creator() as other:  # a connection outside the pool
+            other.execute("SELECT pg_terminate_backend(%s)", (killed[0],))
+            other.commit()
+
+    event.listen(engine, "before_cursor_execute", connection_dies)
+    try:
+        result = steps.transcode(task_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", connection_dies)
+    assert killed, "the start never read the publications"
+    transcode = subtasks(progress_of(client, vid))["transcode"]
+    assert (result, transcode["status"]) == ("completed", "completed"), transcode

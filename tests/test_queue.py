@@ -10,6 +10,8 @@ from redis.connection import Connection
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from tests import mediagen
+from tests.helpers import upload_ok
 from webapp.config import STEPS
 from webapp.services import queue
 
@@ -89,3 +91,25 @@ def test_without_retries_jobs_have_none(settings, redis_conn):
     queue.enqueue_steps(redis_conn, replace(settings, step_retries=0), task_id, "v",
                         ["transcode"], None)
     assert fetch(redis_conn, task_id, "transcode").retries_left is None
+
+
+@pytest.mark.parametrize("how", ["cancel", "force"])
+def test_jobs_of_a_cancelled_task_do_not_stay_in_redis_forever(client, settings, redis_conn,
+                                                               tmp_path, how):
+    """A task cancelled (or replaced by a forced run) before its jobs ran: RQ's cancel keeps
+    the jobs' hashes with no expiry, so every cancelled run would leave keys for good."""
+    from webapp.config import STEPS
+    from webapp.services import queue
+
+    clip = mediagen.make_video(tmp_path / "clip.mp4", duration=2.0)
+    vid = upload_ok(client, clip)["id"]
+    old = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    if how == "cancel":
+        assert client.post(f"/api/v1/videos/{vid}/cancel").status_code == 200
+    else:
+        assert client.post(f"/api/v1/videos/{vid}/reprocess?force=true").status_code == 202
+    keys = [k for step in STEPS for k in (f"rq:job:{queue.job_id(old, step)}",
+                                          f"rq:job:{queue.job_id(old, step)}:dependents",
+                                          f"rq:job:{queue.job_id(old, step)}:dependencies")]
+    forever = [k for k in keys if redis_conn.exists(k) and redis_conn.ttl(k) < 0]
+    assert not forever, forever

@@ -6,15 +6,21 @@ import socket
 import subprocess
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from redis import Redis
+from sqlalchemy import update
 
+from jobs import reconciler
 from tests import mediagen
 from tests.conftest import start_worker, stop_worker
-from tests.helpers import assert_json_error, progress_of, upload_ok, wait_for
+from tests.helpers import assert_json_error, progress_of, subtasks, upload_ok, wait_for
 from webapp import create_app
+from webapp.db import session_factory
+from webapp.models import ProcessingTask
+from webapp.services.queue import connect
 
 pytestmark = pytest.mark.e2e
 
@@ -134,3 +140,76 @@ def test_jobs_forgotten_by_a_restarted_redis_are_enqueued_again(
                      timeout=60)
     assert state["task_id"] == task_id
     assert time.monotonic() - started < 60
+
+
+def backdate(settings, task_id: str) -> None:
+    """Make the task older than the reconciler's grace (instead of waiting 15 s)."""
+    with session_factory(settings.database_url)() as session:
+        task = session.get(ProcessingTask, task_id)
+        session.execute(update(ProcessingTask).where(ProcessingTask.id == task_id)
+                        .values(created_at=task.created_at - timedelta(seconds=60)))
+        session.commit()
+
+
+def test_redis_restarted_while_a_step_runs_the_taken_over_step_completes(
+        outage_app, redis_server, settings, tmp_path, worker_proc):
+    """Redis restarts (empty) while a worker transcodes. The reconciler enqueues the step
+    again and a new attempt takes it over; the old attempt stops. The old job's end (RQ
+    writes it under the same job id) must not make the reconciler fail the new attempt."""
+    video = mediagen.make_video(tmp_path / "long.mp4", duration=60.0, size="1280x720")
+    client = outage_app.test_client()
+    worker_proc()
+    vid = upload_ok(client, video)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["status"]
+             == "running" and s["progress"] > 0, timeout=60, interval=0.05)
+    backdate(settings, task_id)
+    redis_server.stop()
+    redis_server.start()  # back, and empty: the reconciler enqueues the steps again
+    worker_proc()  # a second worker to take the step over while the first one's horse lives
+    wait_for(lambda: subtasks(progress_of(client, vid))["transcode"]["attempt"] >= 2,
+             timeout=60, interval=0.1, what="the step taken over")
+    state = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
+                     ("queued", "running") and s, timeout=180, what="the task ends")
+    transcode = subtasks(state)["transcode"]
+    assert state["status"] == "completed", (state["error"], transcode)
+
+
+@pytest.fixture(scope="module")
+def long_audio(tmp_path_factory):
+    path = tmp_path_factory.mktemp("audio") / "talk.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=44100:duration=1800", "-c:a", "aac",
+                    "-b:a", "32k", str(path)], check=True)
+    return path
+
+
+def test_redis_restarted_during_extract_audio_the_transcription_still_runs(
+        outage_app, redis_server, settings, long_audio, worker_proc):
+    """The old extraction's job, which has the new one's id, ends when its attempt sees it
+    was taken over, and RQ then releases the transcription while the new extraction still
+    runs: the transcription must wait for it, not end "not run because extract_audio
+    running" and fail the task."""
+    client = outage_app.test_client()
+    worker_proc()
+    worker_proc()
+    vid = upload_ok(client, long_audio)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    wait_for(lambda: subtasks(progress_of(client, vid))["extract_audio"]["status"]
+             == "running", timeout=60, interval=0.02)
+    backdate(settings, task_id)
+    redis_server.stop()
+    redis_server.start()  # back, and empty
+    settings_now = outage_app.extensions["vidpipe"].settings
+    reconciler.reconcile(settings_now, connect(redis_server.url))  # enqueues both again
+    # The transcription of the 30 minutes would take minutes: once it has started (or the
+    # task ended), what matters is known.
+    state = wait_for(lambda: ((s := progress_of(client, vid))["status"] not in
+                              ("queued", "running")
+                              or subtasks(s)["transcribe"]["status"] == "running") and s,
+                     timeout=120, what="the transcription starts or the task ends")
+    steps = subtasks(state)
+    assert steps["extract_audio"]["status"] == "completed", steps["extract_audio"]
+    assert steps["transcribe"]["status"] in ("running", "completed"), (
+        state["error"], steps["transcribe"])
+    client.post(f"/api/v1/videos/{vid}/cancel")

@@ -147,7 +147,7 @@ def trigger(session: Session, settings: Settings, storage: Storage, connection: 
         queue.stop_jobs(connection, old)
     if replaced:
         publications.collect_garbage(session, storage, video.id)
-    _enqueue(session, settings, connection, task, video, replaced)
+    _enqueue(session, settings, connection, task, video, replaced, changed)
     log.info("task %s (%s) for video %s: running %s%s", task.id, mode, video.id, task.steps,
              f", replacing {replaced}" if replaced else "")
     return task
@@ -212,11 +212,11 @@ def _create(session: Session, settings: Settings, storage: Storage, video: Row, 
 
 
 def _enqueue(session: Session, settings: Settings, connection: Redis, task: NewTask,
-             video: Row, replaced: list[str]) -> None:
+             video: Row, replaced: list[str], changed: bool) -> None:
     """Enqueue the new task's jobs. If the queue fails now, a plain trigger is undone (503),
-    with the options it stored on the video (`video` holds them as they were before); a
-    forced one has already replaced the old run, so its task stays queued and the
-    reconciler enqueues its jobs once Redis answers again."""
+    with the options it stored on the video (`changed`; `video` holds them as they were
+    before); a forced one has already replaced the old run, so its task stays queued and
+    the reconciler enqueues its jobs once Redis answers again."""
     if not task.steps:
         return
     try:
@@ -225,10 +225,13 @@ def _enqueue(session: Session, settings: Settings, connection: Redis, task: NewT
         if replaced:
             log.warning("task %s: queue unavailable; the reconciler will enqueue it", task.id)
             return
+        if changed and progress.task_status(session, task.id) in ACTIVE_STATUSES:
+            # Still the video's run: no forced trigger replaced it meanwhile and stored
+            # options of its own. The options were stored with the task, and go with it.
+            session.connection().execute(_SET_OPTIONS, {
+                "video_id": video.id, "new_language": video.requested_language,
+                "new_translate": video.translate})
         progress.delete_task(session, task.id)
-        session.connection().execute(_SET_OPTIONS, {
-            "video_id": video.id, "new_language": video.requested_language,
-            "new_translate": video.translate})
         session.commit()
         raise
 

@@ -418,6 +418,13 @@ def insert_task_rows(session: Session, task: dict, subtasks: list[dict]) -> None
     connection.execute(_INSERT_SUBTASKS, subtasks)
 
 
+def task_status(session: Session, task_id: str) -> str | None:
+    """The task's status (read with a lock on its row where the database has them), None
+    if there is no such task."""
+    return session.scalar(select(ProcessingTask.status)
+                          .where(ProcessingTask.id == task_id).with_for_update())
+
+
 def delete_task(session: Session, task_id: str) -> None:
     """Remove a task that never ran (its subtasks go with it: ON DELETE CASCADE)."""
     session.execute(delete(SubTask).where(SubTask.task_id == task_id))
