@@ -90,11 +90,16 @@ def test_force_without_an_active_task_just_starts(client, video_id):
         ({"query_string": {"force": "maybe"}}, 422),
         ({"json": {"force": "maybe"}}, 422),
         ({"json": {"forse": True}}, 422),
+        ({"query_string": {"forse": "true"}}, 422),
         ({"data": "{not json", "content_type": "application/json"}, 400),
     ],
 )
 def test_bad_trigger_parameters_are_rejected(client, db_session, video_id, kwargs, status):
-    assert_json_error(client.post(f"/api/v1/videos/{video_id}/run_sync", **kwargs), status)
+    resp = client.post(f"/api/v1/videos/{video_id}/run_sync", **kwargs)
+    assert_json_error(resp, status)
+    if "forse" in str(kwargs):  # a misspelt option is named, not ignored
+        location = "query" if "query_string" in kwargs else "json"
+        assert resp.get_json()["errors"] == {location: {"forse": ["Unknown field."]}}
     assert db_session.query(ProcessingTask).count() == 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Response, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from webapp import extensions as ext
 from webapp.api.guards import error_response, json_or_no_body
@@ -24,6 +25,9 @@ blp = Blueprint("processing", __name__, description="Run the pipeline and follow
 
 # Schema instances, not classes: webargs would build a schema from a class on every request.
 _FORCE_QUERY, _FORCE_BODY = ForceQuerySchema(), ForceBodySchema()
+# A trigger changes state: a misspelt option (`?forse=true`) must not start a run without
+# it. 422 naming it, as an unknown field of the JSON body is (webargs excludes unknown query
+# parameters unless told otherwise).
 
 _MESSAGES = {
     "run_sync": "processing started; steps whose outputs already exist are kept",
@@ -79,7 +83,7 @@ def _trigger_docs(view):
 @blp.route("/videos/<string:video_id>/run_sync", merge_slashes=False)
 class RunSync(MethodView):
     @json_or_no_body
-    @blp.arguments(_FORCE_QUERY, location="query")
+    @blp.arguments(_FORCE_QUERY, location="query", unknown=RAISE)
     @blp.arguments(_FORCE_BODY, location="json", required=False)
     @blp.response(202, AsyncTaskSchema, headers=_LOCATION)
     @_trigger_docs
@@ -108,7 +112,7 @@ class Progress(MethodView):
         return view, 200, validators(tag)
 
     @json_or_no_body
-    @blp.arguments(_FORCE_QUERY, location="query")
+    @blp.arguments(_FORCE_QUERY, location="query", unknown=RAISE)
     @blp.arguments(_FORCE_BODY, location="json", required=False)
     @blp.response(202, AsyncTaskSchema, headers=_LOCATION)
     @_trigger_docs

@@ -59,8 +59,6 @@ class VideoListQuerySchema(ma.Schema):
 
 
 class ForceQuerySchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
 
     force = fields.Boolean(
         load_default=False,
