@@ -504,3 +504,61 @@ def test_transcript_as_plain_text(client, tmp_path):
     page = soup(client.get(f"/videos/{vid}"))
     assert page.select_one("#transcript-download")["href"] == (
         f"/api/v1/videos/{vid}/transcript.txt")
+
+
+@pytest.mark.parametrize(("seconds", "approximate", "shown"), [
+    (0.04, False, "0.0 s"), (8.44, False, "8.4 s"), (42.4, False, "42 s"),
+    (754.3, False, "12 min 34 s"), (3725, False, "1 h 02 min"),
+    (0.7, True, "1 s"), (42.4, True, "42 s"), (119, True, "119 s"), (754.3, True, "13 min"),
+    (3540, True, "59 min"), (4210, True, "1 h 10 min"), (7190, True, "2 h"),
+])
+def test_durations_read_as_a_person_says_them(seconds, approximate, shown):
+    from webapp.ui import duration
+
+    assert duration(seconds, approximate) == shown
+
+
+def test_the_panel_says_times_in_minutes_and_finishing_rather_than_0_s(client, clip,
+                                                                       db_session):
+    """A 10-minute estimate reads "about 10 min left", not "about 600 s left"; a step that
+    took 754 s reads 12 min 34 s; an estimate that reached 0 while whisper still writes its
+    last words reads "finishing", not "about 0 s left"; a queued task's estimate is said to
+    be of the work alone (the wait for a free worker is not in it)."""
+    from datetime import timedelta
+
+    from webapp.models import SubTask, utcnow
+
+    vid = uploaded(client, clip)
+    task = db_session.query(ProcessingTask).filter_by(video_id=vid).one()
+    now = utcnow()
+    subs = {s.name: s for s in db_session.query(SubTask).filter_by(task_id=task.id)}
+    # Queued, with a history of what each step costs here: the work, not the wait.
+    for sub in subs.values():
+        sub.expected_seconds = 45.0
+    task.updated_at = now
+    db_session.commit()
+    page = soup(client.get(f"/videos/{vid}/panel", headers=HX))
+    assert page.select_one("#eta").get_text() == "about 3 min of work once a worker takes it"
+    for name in ("extract_audio", "thumbnails"):
+        subs[name].status, subs[name].progress = "completed", 100.0
+        subs[name].started_at, subs[name].finished_at = now - timedelta(seconds=800), now
+    subs["extract_audio"].finished_at = now - timedelta(seconds=46)  # 754 s alone
+    for name in ("transcode", "transcribe"):
+        subs[name].status, subs[name].started_at = "running", now - timedelta(seconds=600)
+        subs[name].first_progress_at, subs[name].first_progress = subs[name].started_at, 1.0
+        subs[name].expected_seconds = None
+    subs["transcode"].progress, subs["transcribe"].progress = 21.0, 99.9
+    task.status, task.updated_at = "running", now
+    db_session.commit()
+    page = soup(client.get(f"/videos/{vid}/panel", headers=HX))
+    eta_text = page.select_one("#eta").get_text()
+    assert eta_text.startswith("about ") and eta_text.endswith(" min left"), eta_text
+    assert 5 <= int(eta_text.split()[1]) <= 40, eta_text  # ~20 % of the preview in 300 s alone
+    cells = {row["id"]: row.select("td")[-1].get_text() for row in page.select("tr[id]")}
+    assert cells["step-extract_audio"] == "12 min 34 s", cells
+    # The preview is done; whisper says 99.9 % and keeps writing: nothing measurable left.
+    subs["transcode"].status, subs["transcode"].progress = "completed", 100.0
+    subs["transcode"].finished_at = now
+    db_session.commit()
+    page = soup(client.get(f"/videos/{vid}/panel", headers=HX))
+    assert page.select_one("#eta").get_text() == "finishing"

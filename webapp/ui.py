@@ -86,6 +86,35 @@ def language_helpers() -> dict:
             "video_format": video_format}
 
 
+@bp.app_template_filter("duration")
+def duration(seconds: float | None, approximate: bool = False) -> str:
+    """Seconds as a person reads them: "8.4 s", "42 s", "3 min 05 s", "1 h 12 min".
+    `approximate` (an estimate): whole seconds, whole minutes from 2 minutes on, and
+    from an hour on rounded to 5 minutes ("1 h 10 min")."""
+    if seconds is None:
+        return ""
+    seconds = max(0.0, float(seconds))
+    if approximate:
+        if seconds < 120:
+            return f"{round(seconds)} s"
+        minutes = round(seconds / 60)
+        if minutes < 60:
+            return f"{minutes} min"
+        minutes = 5 * round(seconds / 300)
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 def form_options() -> tuple[str | None, bool | None]:
     """The `language` and `translate` a form gave: (None, None) when it has no options
     fields (a post from elsewhere keeps the video's); an unchecked box sends nothing."""
