@@ -346,6 +346,29 @@ def test_a_pause_ends_a_cue_and_cues_last_at_most_seven_seconds() -> None:
     assert all(c.end - c.start <= captions.MAX_CUE_SECONDS for c in captions.cues(slow))
 
 
+def test_a_title_before_a_name_does_not_end_a_cue() -> None:
+    """The full stop of "Mr." or "Dr." ends no sentence: the cue goes on to the name.
+    The words are those whisper base wrote for bench.media.PASSAGE (espeak-ng)."""
+    said = [(21.68, 22.36, " My"), (22.36, 22.62, " dear"), (22.62, 22.98, " Mr."),
+            (23.18, 23.46, " Manit,"), (23.76, 24.02, " and"), (24.02, 24.32, " his"),
+            (24.32, 24.56, " lady"), (24.56, 24.8, " to"), (24.8, 25.04, " him"),
+            (25.04, 25.28, " one"), (25.28, 25.66, " day,"), (26.08, 26.18, " have"),
+            (26.18, 26.34, " you"), (26.34, 26.54, " heard"), (26.54, 26.88, " that"),
+            (26.88, 27.52, " Neverfield"), (27.52, 27.92, " Park"), (27.92, 28.14, " is"),
+            (28.14, 28.38, " at"), (28.38, 28.9, " last?")]
+    more = "Ask Dr. Smith, or e.g. J. R. R. Tolkien, about all of it at the Park."
+    words = tuple(Word(*w) for w in said) + tuple(
+        Word(29.5 + i * 0.3, 29.75 + i * 0.3, f" {w}") for i, w in enumerate(more.split()))
+    text = "".join(w.text for w in words).strip()
+    cues = captions.cues(Transcript("en", 40.0, [Segment(21.68, words[-1].end, text, words)]))
+    shown = [c.text.replace("\n", " ") for c in cues]
+    assert " ".join(shown) == text
+    titles = ("Mr.", "Dr.", "e.g.", "J.", "R.")
+    assert not any(line.endswith(titles) for c in cues for line in c.text.split("\n")), cues
+    # A real sentence end still ends the cue.
+    assert any(c.endswith("at last?") for c in shown), shown
+
+
 def test_cues_without_word_timestamps_and_marks_kept_with_their_letters() -> None:
     old = Transcript("ja", 8.0, [Segment(0.0, 8.0, "これはテストです。日本語の字幕を正しく区切る"
                                                    "ことができるかどうかを確認しています。")])

@@ -6,8 +6,9 @@ of at most 20 characters for Chinese, Japanese and Korean (no spaces to break at
 character boundary will do, punctuation preferred) and 42 for other scripts (broken at
 spaces), the usual limits of subtitle style guides. A cue starts with its first word and
 ends with its last (whisper's word timestamps); a new one starts at every segment, after a
-pause, after MAX_CUE_SECONDS, and at the end of a sentence (a short one may share a cue
-with the one before); a sentence too long for one cue is cut into cues of equal length.
+pause, after MAX_CUE_SECONDS, and at the end of a sentence (not at the stop of a title or
+an initial, see TITLES; a short one may share a cue with the one before); a sentence too
+long for one cue is cut into cues of equal length.
 Transcripts without word timestamps (made before they were recorded) get their words'
 times interpolated over each segment, by characters.
 """
@@ -27,6 +28,13 @@ PAUSE = 1.2  # seconds of silence between two words that end a cue
 WIDE = frozenset({"zh", "ja", "ko", "yue"})
 SENTENCE_END = tuple("。！？!?…") + (".",)
 CLAUSE_END = tuple("，、；：,;:")
+# Words whose full stop ends no sentence: titles before a name (English, German, French,
+# Spanish; compared case-folded, without the stop). Initials (J. R. R.) and abbreviations
+# with inner stops (e.g., i.e., z.B.) end none either, nor does a stop before a word that
+# starts in lower case.
+TITLES = frozenset({"mr", "mrs", "ms", "mx", "dr", "prof", "rev", "fr", "st", "mt", "gen",
+                    "col", "capt", "lt", "sgt", "gov", "sen", "rep", "pres", "hon", "hr",
+                    "mme", "mlle", "sr", "sra", "srta", "dra", "nr", "vs"})
 
 
 def line_limit(language: str | None) -> int:
@@ -108,7 +116,8 @@ def _text(tokens: list[_Token]) -> str:
 
 def _layout(tokens: list[_Token], limit: int) -> list[str]:
     """The tokens as one line, or as two lines split where the longer line is shortest
-    (a split after punctuation counts as 4 characters shorter); a single token longer than
+    (a split after punctuation counts as 4 characters shorter, one between a title and a
+    name, "Mr." and "Smith", as 4 longer); a single token longer than
     the limit (a URL, say) stays whole on its line."""
     whole = _text(tokens)
     if len(whole) <= limit or len(tokens) == 1:
@@ -119,7 +128,9 @@ def _layout(tokens: list[_Token], limit: int) -> list[str]:
         longest = max(len(first), len(second))
         if longest > limit and best is not None:
             continue
-        cost = longest - (4 if first.endswith(CLAUSE_END + SENTENCE_END) else 0)
+        after_stop = first.endswith(CLAUSE_END) or _ends_sentence(tokens[i - 1], tokens[i])
+        title = not after_stop and first.endswith(".")  # "Mrs." above, the name below
+        cost = longest - (4 if after_stop else 0) + (4 if title else 0)
         cost += 1000 * max(0, longest - limit)  # only when nothing fits
         if best is None or cost < best[0]:
             best = (cost, [first, second])
@@ -140,17 +151,33 @@ def _runs(tokens: list[_Token]) -> list[list[_Token]]:
     """Tokens split where a cue must end: at pauses and at the end of sentences."""
     runs: list[list[_Token]] = []
     current: list[_Token] = []
-    for token in tokens:
+    for i, token in enumerate(tokens):
         if current and token.start - current[-1].end >= PAUSE:
             runs.append(current)
             current = []
         current.append(token)
-        if token.text.rstrip().endswith(SENTENCE_END):
+        if _ends_sentence(token, tokens[i + 1] if i + 1 < len(tokens) else None):
             runs.append(current)
             current = []
     if current:
         runs.append(current)
     return runs
+
+
+def _ends_sentence(token: _Token, following: _Token | None) -> bool:
+    text = token.text.strip()
+    if not text.endswith(SENTENCE_END):
+        return False
+    if not text.endswith(".") or text.endswith(".."):
+        return True
+    word = text[:-1].lstrip("\"'([«„“‘¿¡")
+    if word.casefold() in TITLES or (len(word) == 1 and word.isalpha()):
+        return False  # Mr. Smith, J. Smith
+    if "." in word and all(part.isalpha() and len(part) <= 2 for part in word.split(".")):
+        return False  # e.g., i.e., z.B.
+    # "approx. five": a sentence starts in upper case where the script has cases.
+    first = following.text.lstrip()[:1] if following is not None else ""
+    return not first.islower()
 
 
 def _groups(tokens: list[_Token], limit: int) -> list[list[_Token]]:
