@@ -136,6 +136,21 @@ def test_japanese_is_found_inside_a_segment(client, library):
     assert lines(found(client, "明日 京都")[0]) == [JAPANESE[1][2]]
 
 
+def test_punctuation_between_kana_separates_words_on_both_databases(client, library, settings):
+    """The katakana middle dot (and ゠), though in the kana block, is punctuation:
+    it separates words, as SQLite's tokenizer takes it, so PostgreSQL finds the same."""
+    said = "ドナルド・トランプ大統領が来日しました。"
+    publish_transcript(settings, library["silent.wav"], [(0.0, 3.0, said)], language=None)
+    for q in ("・", "゠", "・・"):
+        assert "no letter or digit" in assert_json_error(search(client, q), 422)["message"], q
+    for q in ("ドナルド・トランプ", "トランプ", "ド", "・トランプ", "ドナルド トランプ"):
+        hits = found(client, q)
+        assert names(hits) == ["silent.wav"] and lines(hits[0]) == [said], q
+    # The two words, not one run across the dot.
+    assert found(client, "ドト") == []
+    assert found(client, "ドナルドトランプ") == []
+
+
 @pytest.mark.parametrize("q", [
     'weather" OR "nothing', "weather OR nothing", "NEAR(weather sports)", "weather*",
     "weather:*", "^weather", "-weather", "weather AND", "(weather", "weather NOT sports",

@@ -47,11 +47,12 @@ def _is_cjk(ch: str) -> bool:
 @functools.lru_cache(maxsize=65536)
 def kind(ch: str) -> int:
     """CJK, WORD (a letter, digit or mark of another script) or OTHER (a separator). The
-    categories are those of SQLite's tokenizer as configured (unicode61, 'L* N* Co M*')."""
-    if _is_cjk(ch):
-        return CJK
+    categories are those of SQLite's tokenizer as configured (unicode61, 'L* N* Co M*'):
+    the punctuation inside the kana block (・ ゠) separates, there as in the index."""
     category = unicodedata.category(ch)
-    return WORD if category[0] in "LNM" or category == "Co" else OTHER
+    if category[0] not in "LNM" and category != "Co":
+        return OTHER
+    return CJK if _is_cjk(ch) else WORD
 
 
 @functools.lru_cache(maxsize=65536)
