@@ -322,6 +322,22 @@ def test_search_page_lists_videos_with_marked_lines_linking_to_their_moment(clie
     assert "東<mark>京都</mark>の天気予報です" in html and "明日は<mark>京都</mark>で" in html
 
 
+def test_marks_hold_whole_letters_and_half_width_kana_is_kana(client, settings, clip):
+    """A letter whose accent has no precomposed form (Yoruba ẹ́: ẹ + U+0301) is marked with
+    its accent; half-width katakana (ｶﾞ: ｶ + the half-width voicing mark) is found and
+    marked as the full-width kana it stands for (ガ), as NFKC says."""
+    yoruba = "Mo lọ sí ilé, ilẹ́ wa dára."
+    vid = upload_ok(client, clip, "ｶﾞｲﾄﾞ ﾋﾞﾃﾞｵ.wav")["id"]
+    publish_transcript(settings, vid, [(0.0, 2.0, yoruba)], language=None)
+    html = client.get("/search", query_string={"q": "ile"}).get_data(as_text=True)
+    assert "Mo lọ sí <mark>ilé</mark>, <mark>ilẹ́</mark> wa dára." in html
+    for q in ("ガイド", "ビデオ", "ｶﾞｲﾄﾞ", "ガイド ビデオ"):
+        assert names(found(client, q)) == ["ｶﾞｲﾄﾞ ﾋﾞﾃﾞｵ.wav"], q
+    html = client.get("/search", query_string={"q": "ガイド"}).get_data(as_text=True)
+    assert "<mark>ｶﾞｲﾄﾞ</mark> ﾋﾞﾃﾞｵ.wav" in html
+    assert found(client, "カイト") == []  # the voicing mark still counts
+
+
 def test_search_page_escapes_what_it_shows(client, settings, clip):
     vid = upload_ok(client, clip, "<b>bold<b> & co.wav")["id"]
     publish_transcript(settings, vid, [(0.0, 1.0, "<script>alert('bold')</script> & more")])

@@ -4,9 +4,9 @@ Both databases index the terms made here, not their own tokenizers' (FTS5's trig
 characters and SQLite 3.40's unicode61 strips no accents; PostgreSQL's parser classes CJK
 by locale), so they find the same things:
 
-- text is folded: NFKC (full-width letters, ligatures), case folded, and accents dropped
-  from Latin and Greek letters (é, Å, ø, ß, ά → e, a, o, ss, α); other scripts keep their
-  marks (Japanese が stays が, Hindi's vowel signs stay in their word);
+- text is folded: NFKC (full-width letters, half-width kana, ligatures), case folded, and
+  accents dropped from Latin and Greek letters (é, Å, ø, ß, ά → e, a, o, ss, α); other
+  scripts keep their marks (Japanese が stays が, Hindi's vowel signs stay in their word);
 - a word is a run of letters, digits and marks; anything else separates words;
 - Chinese and Japanese write no spaces: a run of Han, kana (and 々, ー) is indexed as its
   overlapping bigrams (東京都 → 東京 京都) followed by its last character (都), so that
@@ -83,6 +83,16 @@ def fold(text: str) -> tuple[str, list[int]]:
         else:
             strip_marks = unicodedata.name(ch, "").startswith(_FOLDED_SCRIPTS)
         part = _fold_char(ch)
+        if part and folded and unicodedata.category(part[0]) == "Mn":
+            # A mark NFKC made of a character of its own (the half-width voicing mark of
+            # ｶﾞ) joins the letter before it where Unicode composes them (ガ).
+            joined = unicodedata.normalize("NFC", folded[-1] + part)
+            if len(joined) < len(folded[-1]) + len(part):
+                kept = min(len(folded[-1]), len(joined))
+                del origin[len(origin) - len(folded[-1]) + kept:]
+                origin.extend([i] * (len(joined) - kept))
+                folded[-1] = joined
+                continue
         folded.append(part)
         origin.extend([i] * len(part))
     return "".join(folded), origin
@@ -211,8 +221,13 @@ def marked(text: str, units: list[Unit]) -> list[tuple[str, bool]]:
                 while at >= 0:
                     spans.append((run.start + at, run.start + at + len(unit)))
                     at = run.text.find(unit, at + 1)
-    # Back to the text's own characters, overlapping spans merged.
-    hits = sorted((origin[a], origin[b - 1] + 1) for a, b in spans)
+    # Back to the text's own characters, overlapping spans merged. A span ends where the
+    # next folded character comes from: the accents folding dropped (ẹ́'s U+0301) and
+    # the marks it composed (ｶﾞ's ﾞ) stay with their letter.
+    def end(b: int) -> int:
+        return max(origin[b - 1] + 1, origin[b] if b < len(origin) else len(text))
+
+    hits = sorted((origin[a], end(b)) for a, b in spans)
     pieces: list[tuple[str, bool]] = []
     at = 0
     for start, end in hits:
