@@ -117,3 +117,60 @@ def test_the_search_index_is_filled_from_what_was_published(empty_url, tmp_path,
     command.downgrade(alembic(url), "0006")  # and back
     with get_engine(url).connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM videos")).scalar() == 1
+
+
+def test_the_search_index_is_made_again_for_either_chinese_script(empty_url, tmp_path,
+                                                                  monkeypatch):
+    """0011 makes the terms again: an index 0010 made of Traditional characters as written
+    is found by today's queries, which compare Chinese characters in Simplified."""
+    from tests.helpers import transcript_files
+    from webapp.services import searchterms
+
+    url = empty_url
+    settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
+    vid, task = "0b6f5d6e-0000-4000-8000-000000000003", "0b6f5d6e-0000-4000-8000-0000000000cc"
+    folder = f"runs/{task}/transcribe.1"
+    said = "臺灣明天天氣很好。"
+    published = settings.media_root / "videos" / vid / folder
+    published.mkdir(parents=True)
+    for name, data in transcript_files([(0.0, 4.0, said)], "zh").items():
+        (published / name).write_bytes(data)
+    monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
+    command.upgrade(alembic(url), "0010")
+    postgres = url.startswith("postgresql")
+    with get_engine(url).begin() as conn:
+        conn.execute(text(
+            "INSERT INTO videos (id, original_filename, stored_name, size_bytes, format_name, "
+            "duration, has_audio, has_video, created_at) VALUES "
+            "(:v, '颱風.mp4', 'source.mp4', 1, 'mov', 9.0, true, true, "
+            "'2026-11-01 10:00:00')"), {"v": vid})
+        conn.execute(text(
+            "INSERT INTO processing_tasks (id, video_id, mode, status, created_at, version) "
+            "VALUES (:t, :v, 'run_sync', 'completed', '2026-11-01 10:00:01', 9)"),
+            {"t": task, "v": vid})
+        conn.execute(text(
+            "INSERT INTO publications (video_id, step, task_id, attempt, folder, published_at) "
+            "VALUES (:v, 'transcribe', :t, 1, :f, '2026-11-01 10:00:05')"),
+            {"v": vid, "t": task, "f": folder})
+        # The entries as 0010's code made them: the characters' bigrams as written.
+        for kind, position, shown in (("name", 0, "颱風.mp4"), ("segment", 0, said)):
+            run = shown.split(".")[0].rstrip("。")
+            terms = [*searchterms.bigrams(run), run[-1]] + (["mp4"] if kind == "name" else [])
+            value = searchterms.tsvector(terms) if postgres else " ".join(terms)
+            conn.execute(text(
+                "INSERT INTO search_entries (video_id, kind, position, start_time, end_time, "
+                "text, terms) VALUES (:v, :k, :p, 0, 4, :s, "
+                + ("CAST(:t AS tsvector))" if postgres else ":t)")),
+                {"v": vid, "k": kind, "p": position, "s": shown, "t": value})
+
+    command.upgrade(alembic(url), "head")
+
+    client = create_app(settings).test_client()
+    for q, name_matches, lines in (("台湾明天", False, [said]), ("天气", False, [said]),
+                                   ("台风", True, [])):
+        [hit] = client.get("/api/v1/search", query_string={"q": q}).get_json()
+        assert hit["video"]["id"] == vid and hit["name_matches"] is name_matches, q
+        assert [s["text"] for s in hit["segments"]] == lines, q
+    with get_engine(url).connect() as conn:  # made again, not added to
+        assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 2
+    command.downgrade(alembic(url), "0010")  # and back

@@ -124,6 +124,22 @@ def test_two_chinese_characters_are_found_inside_a_segment(client, library):
     assert [lines(h) for h in found(client, "转")] == [[CHINESE[1][2]]]
 
 
+def test_chinese_is_found_in_either_script(client, library, settings, clip):
+    """Transcripts come out in CHINESE_SCRIPT (Simplified by default), names in whatever
+    script their owner wrote: a query in Traditional characters finds Simplified text, and
+    the other way round, each marked where it is."""
+    assert lines(found(client, "天氣")[0]) == [CHINESE[0][2], CHINESE[1][2]]  # 天气
+    assert lines(found(client, "討論")[0]) == [CHINESE[0][2]]  # 讨论
+    assert lines(found(client, "下午天氣會好轉")[0]) == [CHINESE[1][2]]
+    assert found(client, "討論天氣") == []  # still a phrase
+    vid = upload_ok(client, clip, "臺灣颱風報導.wav")["id"]
+    hits = found(client, "台湾台风报导")
+    assert names(hits) == ["臺灣颱風報導.wav"] and hits[0]["video"]["id"] == vid
+    assert names(found(client, "台風")) == ["臺灣颱風報導.wav"]  # 台 and 颱, 风 and 風
+    html = client.get("/search", query_string={"q": "天氣"}).get_data(as_text=True)
+    assert "讨论北京的<mark>天气</mark>。" in html and "北京<mark>天气</mark>.wav" in html
+
+
 def test_japanese_is_found_inside_a_segment(client, library):
     assert lines(found(client, "京都")[0]) == [JAPANESE[0][2], JAPANESE[1][2]]  # 東京都 too
     assert lines(found(client, "東京都")[0]) == [JAPANESE[0][2]]

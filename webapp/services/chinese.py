@@ -30,6 +30,13 @@ def _converter(script: str):
     return opencc.OpenCC(_CONFIGS[script])
 
 
+def simplified_char(ch: str) -> str:
+    """One Chinese character in Simplified (itself when OpenCC has no single one for it):
+    what search compares, so that either script finds the other."""
+    converted = _converter("simplified").convert(ch)
+    return converted if len(converted) == 1 else ch
+
+
 def convert_text(text: str, script: str = DEFAULT_SCRIPT) -> str:
     return _converter(script).convert(text) if text else text
 

@@ -7,6 +7,8 @@ by locale), so they find the same things:
 - text is folded: NFKC (full-width letters, half-width kana, ligatures), case folded, and
   accents dropped from Latin and Greek letters (é, Å, ø, ß, ά → e, a, o, ss, α); other
   scripts keep their marks (Japanese が stays が, Hindi's vowel signs stay in their word);
+  Chinese characters are compared in Simplified, one by one (OpenCC's t2s: 天氣 is 天气),
+  as transcripts are written in CHINESE_SCRIPT and names in either script;
 - a word is a run of letters, digits and marks; anything else separates words;
 - Chinese and Japanese write no spaces: a run of Han, kana (and 々, ー) is indexed as its
   overlapping bigrams (東京都 → 東京 京都) followed by its last character (都), so that
@@ -37,6 +39,12 @@ _FOLDED_SCRIPTS = ("LATIN", "GREEK")
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
 
 
+def _is_han(ch: str) -> bool:
+    cp = ord(ch)
+    return (0x3400 <= cp <= 0x4DBF or 0x4E00 <= cp <= 0x9FFF or 0xF900 <= cp <= 0xFAFF
+            or 0x20000 <= cp <= 0x3FFFF)
+
+
 def _is_cjk(ch: str) -> bool:
     cp = ord(ch)
     return (0x3040 <= cp <= 0x30FF or 0x31F0 <= cp <= 0x31FF or 0x3400 <= cp <= 0x4DBF
@@ -60,6 +68,11 @@ def _fold_char(ch: str) -> str:
     """One character as search sees it (may be empty or several characters)."""
     out = []
     for part in unicodedata.normalize("NFKC", ch):
+        if _is_han(part):
+            from webapp.services.chinese import simplified_char  # OpenCC, loaded once needed
+
+            out.append(simplified_char(part))
+            continue
         decomposed = unicodedata.normalize("NFD", part.casefold())
         if decomposed and unicodedata.name(decomposed[0], "").startswith(_FOLDED_SCRIPTS):
             decomposed = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
