@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import srt
+import webvtt
 from bs4 import BeautifulSoup
 
 from bench.transcription import edit_ops
@@ -367,6 +368,30 @@ def test_a_title_before_a_name_does_not_end_a_cue() -> None:
     assert not any(line.endswith(titles) for c in cues for line in c.text.split("\n")), cues
     # A real sentence end still ends the cue.
     assert any(c.endswith("at last?") for c in shown), shown
+
+
+def test_a_word_whisper_gave_no_time_is_still_shown(tmp_path: Path) -> None:
+    """Whisper gives some words no duration ((63.3, 63.3, " a") in bench.media.PASSAGE), and
+    a last word past the end of the audio is cut to nothing at the end: alone in a cue, such
+    a word made a cue that ends where it starts, which no player shows."""
+    raw = [(0.0, 2.0, " Are you coming?", [(0.0, 0.4, " Are"), (0.4, 0.8, " you"),
+                                            (0.8, 2.0, " coming?")]),
+           (3.5, 4.0, " Yes.", [(3.6, 3.6, " Yes.")]),
+           (4.0, 6.0, " Then hurry up.", [(4.0, 4.5, " Then"), (4.5, 5.0, " hurry"),
+                                          (5.0, 6.0, " up.")]),
+           (9.5, 10.6, " Bye.", [(10.1, 10.6, " Bye.")])]  # the audio ends at 10.0
+    segments = transcription._segments(raw, 10.0)
+    cues = captions.cues(Transcript("en", 10.0, segments))
+    assert [c.text for c in cues] == ["Are you coming?", "Yes.", "Then hurry up.", "Bye."]
+    assert all(c.end - c.start >= 0.3 for c in cues), cues
+    assert all(a.end <= b.start for a, b in zip(cues, cues[1:], strict=False)), cues
+    assert cues[0].start >= 0.0 and cues[-1].end <= 10.0, cues
+    transcription.write_vtt(Transcript("en", 10.0, cues), tmp_path / "c.vtt")
+    transcription.write_srt(Transcript("en", 10.0, cues), tmp_path / "c.srt")
+    for cue in webvtt.read(str(tmp_path / "c.vtt")).captions:
+        assert cue.end_time.in_milliseconds() > cue.start_time.in_milliseconds(), cue
+    for cue in srt.parse((tmp_path / "c.srt").read_text(encoding="utf-8")):
+        assert cue.end > cue.start, cue
 
 
 def test_cues_without_word_timestamps_and_marks_kept_with_their_letters() -> None:

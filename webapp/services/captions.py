@@ -25,6 +25,7 @@ LINE = 42  # characters a line: every other script
 LINES = 2
 MAX_CUE_SECONDS = 7.0
 PAUSE = 1.2  # seconds of silence between two words that end a cue
+MIN_CUE_SECONDS = 0.5  # a cue whose words whisper timed shorter lasts this, where it can
 WIDE = frozenset({"zh", "ja", "ko", "yue"})
 SENTENCE_END = tuple("。！？!?…") + (".",)
 CLAUSE_END = tuple("，、；：,;:")
@@ -50,14 +51,23 @@ def cued(transcript: Transcript) -> Transcript:
 def cues(transcript: Transcript) -> list[Segment]:
     limit = line_limit(transcript.language)
     split_words = transcript.language in WIDE
+    groups = [group for segment in transcript.segments
+              for group in _groups(_tokens(segment, split_words, limit), limit)]
     out: list[Segment] = []
-    for segment in transcript.segments:
-        words = _tokens(segment, split_words, limit)
-        for group in _groups(words, limit):
-            lines = _layout(group, limit)
-            start = round(max(group[0].start, out[-1].end if out else 0.0), 3)
-            end = round(max(start, group[-1].end), 3)
-            out.append(Segment(start, end, "\n".join(lines)))
+    for i, group in enumerate(groups):
+        before = out[-1].end if out else 0.0
+        start = round(max(group[0].start, before), 3)
+        end = round(max(start, group[-1].end), 3)
+        if end - start < MIN_CUE_SECONDS:
+            # Words whisper gave no time (or that the end of the audio cut to none): shown
+            # for a moment all the same, after them up to the next cue's first word (or the
+            # end of the audio), and before them back to the previous cue.
+            after = (groups[i + 1][0].start if i + 1 < len(groups)
+                     else transcript.duration if transcript.duration > 0
+                     else end + MIN_CUE_SECONDS)
+            end = round(max(end, min(start + MIN_CUE_SECONDS, after)), 3)
+            start = round(max(before, min(start, end - MIN_CUE_SECONDS)), 3)
+        out.append(Segment(start, end, "\n".join(_layout(group, limit))))
     return out
 
 
