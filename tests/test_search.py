@@ -124,6 +124,24 @@ def test_two_chinese_characters_are_found_inside_a_segment(client, library):
     assert [lines(h) for h in found(client, "转")] == [[CHINESE[1][2]]]
 
 
+def test_numbers_are_found_with_or_without_their_thousands_separators(client, library,
+                                                                       settings):
+    """Whisper writes 1,250,000 (and German speech 1.000): the number is found as it is
+    typed, with or without the separators, and is one number, not three."""
+    said = [(0.0, 3.0, "The bridge cost 1,250,000 dollars, or 3.5 million in all."),
+            (3.0, 6.0, "Die Brücke kostet 1.000 Euro pro Meter, 10,5 pro Tag.")]
+    publish_transcript(settings, library["silent.wav"], said, language=None)
+    for q, expected in (("1250000", said[0][2]), ("1,250,000", said[0][2]),
+                        ("1.250.000 dollars", said[0][2]), ("1000 euro", said[1][2]),
+                        ("1,000", said[1][2]), ("3.5", said[0][2]), ("10,5", said[1][2])):
+        hits = found(client, q)
+        assert [lines(h) for h in hits] == [[expected]], q
+    assert found(client, "250") == []  # a part of 1,250,000 is no number said
+    assert found(client, "35") == []  # 3.5 is no thousands
+    html = client.get("/search", query_string={"q": "1250000"}).get_data(as_text=True)
+    assert "The bridge cost <mark>1,250,000</mark> dollars" in html
+
+
 def test_chinese_is_found_in_either_script(client, library, settings, clip):
     """Transcripts come out in CHINESE_SCRIPT (Simplified by default), names in whatever
     script their owner wrote: a query in Traditional characters finds Simplified text, and

@@ -1,10 +1,11 @@
-"""search terms compare Chinese characters in Simplified
+"""the search index made again with today's terms
 
 webapp/services/searchterms.py now folds every Chinese character to Simplified (OpenCC's
-t2s, character by character), the katakana middle dot separates words and half-width
-katakana is full-width kana: the index is made again from the names and published
-transcripts already there (reading transcript.json under MEDIA_ROOT, as 0007 did), so
-that today's queries find what was indexed before. `flask reindex` does the same.
+t2s, character by character), the katakana middle dot separates words, half-width katakana
+is full-width kana, and a number in groups of thousands is one word (1,250,000 is 1250000).
+The index is made again from the names and published transcripts already there (reading
+transcript.json under MEDIA_ROOT, as 0007 did), so that today's queries find what was
+indexed before. `flask reindex` does the same.
 
 Revision ID: 0011
 Revises: 0010

@@ -9,7 +9,8 @@ by locale), so they find the same things:
   scripts keep their marks (Japanese が stays が, Hindi's vowel signs stay in their word);
   Chinese characters are compared in Simplified, one by one (OpenCC's t2s: 天氣 is 天气),
   as transcripts are written in CHINESE_SCRIPT and names in either script;
-- a word is a run of letters, digits and marks; anything else separates words;
+- a word is a run of letters, digits and marks; anything else separates words, except the
+  commas, stops and apostrophes of a number in groups of thousands (1,250,000 is 1250000);
 - Chinese and Japanese write no spaces: a run of Han, kana (and 々, ー) is indexed as its
   overlapping bigrams (東京都 → 東京 京都) followed by its last character (都), so that
   any two or more characters of it are found as a phrase of bigrams, and a single
@@ -37,6 +38,11 @@ _LETTERS = str.maketrans({"ø": "o", "đ": "d", "ð": "d", "ħ": "h", "ı": "i",
 # Scripts whose accents do not matter to search.
 _FOLDED_SCRIPTS = ("LATIN", "GREEK")
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
+# A number in groups of thousands: 1 to 3 digits, then groups of 3 after a comma, a stop or
+# an apostrophe (Swiss 1'000), not inside a word or a longer run of digits (its decimals,
+# as in 1,000.50, stay a word of their own).
+_GROUPED_NUMBER = re.compile(r"(?<![\w,.'])\d{1,3}(?:[,.']\d{3})+(?!\w)")
+_SEPARATORS = re.compile(r"[,.']")
 
 
 def _is_han(ch: str) -> bool:
@@ -121,6 +127,10 @@ class Run:
 
 def runs(folded: str) -> Iterator[Run]:
     """The words and CJK runs of a folded text, in order."""
+    yield from _numbers(folded, _split(folded))
+
+
+def _split(folded: str) -> Iterator[Run]:
     at = 0
     for key, group in itertools.groupby(folded, kind):
         chunk = "".join(group)
@@ -129,11 +139,29 @@ def runs(folded: str) -> Iterator[Run]:
         at += len(chunk)
 
 
+def _numbers(folded: str, found: Iterator[Run]) -> Iterator[Run]:
+    """The runs with each number written in groups of thousands (1,250,000; German 1.000)
+    made one word of its digits (1250000), as the same number written without them."""
+    numbers = {m.start(): m.end() for m in _GROUPED_NUMBER.finditer(folded)}
+    if not numbers:
+        yield from found
+        return
+    end = -1
+    for run in found:
+        if run.start < end:
+            continue  # a group of the number already given
+        end = numbers.get(run.start, -1)
+        if end < 0:
+            yield run
+        else:
+            yield Run(WORD, _SEPARATORS.sub("", folded[run.start:end]), run.start, end)
+
+
 def _runs_of(text: str) -> Iterator[Run]:
     folded = fold(text)[0]
     if folded.isascii():  # the common case, without a look at each character
-        for match in _ASCII_WORD.finditer(folded):
-            yield Run(WORD, match.group(), match.start(), match.end())
+        yield from _numbers(folded, (Run(WORD, m.group(), m.start(), m.end())
+                                     for m in _ASCII_WORD.finditer(folded)))
         return
     yield from runs(folded)
 
