@@ -370,6 +370,27 @@ def test_a_title_before_a_name_does_not_end_a_cue() -> None:
     assert any(c.endswith("at last?") for c in shown), shown
 
 
+def test_lines_and_cues_of_spaced_scripts_break_only_at_spaces() -> None:
+    """Whisper starts a word at an apostrophe or a hyphen (" m", "'avez"; " Est", "-ce";
+    German " T", "-Rex", as base wrote them for espeak-ng French and the FLEURS clip): a
+    line or a cue must not break inside "qu'il" or "l'autre"."""
+    said = [" Est", "-ce", " que", " vous", " m", "'avez", " vu", " le", " film", " dont", " je",
+            " vous", " ai", " parlé", " hier", " soir", " avec", " mes", " amis", " qu", "'il",
+            " y", " a", " eu", " l", "'autre", " jour", " au", " cinéma", " d", "'à", " côté",
+            " du", " T", "-Rex", "?"]
+    for n in range(8, len(said) + 1):
+        words = tuple(Word(round(i * 0.3, 3), round(i * 0.3 + 0.25, 3), w)
+                      for i, w in enumerate(said[:n]))
+        text = "".join(said[:n]).strip()
+        cues = captions.cues(Transcript("fr", 20.0, [Segment(0.0, words[-1].end, text, words)]))
+        assert " ".join(line for c in cues for line in c.text.split("\n")) == text, cues
+        assert all(line_ok(c.text, 42) for c in cues), cues
+    # Scripts without spaces still break between whisper's words.
+    thai = tuple(Word(i * 0.2, i * 0.2 + 0.15, t) for i, t in enumerate(["สวัสดี", "ครับ"] * 12))
+    cues = captions.cues(Transcript("th", 6.0, [Segment(0.0, 4.8, "สวัสดีครับ" * 12, thai)]))
+    assert all(line_ok(c.text, 42) for c in cues), cues
+
+
 def test_a_word_whisper_gave_no_time_is_still_shown(tmp_path: Path) -> None:
     """Whisper gives some words no duration ((63.3, 63.3, " a") in bench.media.PASSAGE), and
     a last word past the end of the audio is cut to nothing at the end: alone in a cue, such

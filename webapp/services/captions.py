@@ -27,6 +27,9 @@ MAX_CUE_SECONDS = 7.0
 PAUSE = 1.2  # seconds of silence between two words that end a cue
 MIN_CUE_SECONDS = 0.5  # a cue whose words whisper timed shorter lasts this, where it can
 WIDE = frozenset({"zh", "ja", "ko", "yue"})
+# Other languages whose script puts no spaces between words (Thai, Lao, Burmese, Khmer,
+# Tibetan): their lines break between whisper's words, as in WIDE ones.
+UNSPACED = frozenset({"th", "lo", "my", "km", "bo"})
 SENTENCE_END = tuple("。！？!?…") + (".",)
 CLAUSE_END = tuple("，、；：,;:")
 # Words whose full stop ends no sentence: titles before a name (English, German, French,
@@ -51,8 +54,9 @@ def cued(transcript: Transcript) -> Transcript:
 def cues(transcript: Transcript) -> list[Segment]:
     limit = line_limit(transcript.language)
     split_words = transcript.language in WIDE
+    spaced = not split_words and transcript.language not in UNSPACED
     groups = [group for segment in transcript.segments
-              for group in _groups(_tokens(segment, split_words, limit), limit)]
+              for group in _groups(_tokens(segment, split_words, limit, spaced), limit)]
     out: list[Segment] = []
     for i, group in enumerate(groups):
         before = out[-1].end if out else 0.0
@@ -78,12 +82,19 @@ class _Token:
     text: str  # with its leading space where the script has one
 
 
-def _tokens(segment: Segment, split_words: bool, limit: int) -> list[_Token]:
+def _tokens(segment: Segment, split_words: bool, limit: int,
+            spaced: bool = False) -> list[_Token]:
+    """The segment's words as tokens a line or a cue may break between. In a script written
+    with spaces (`spaced`), a word whisper started at an apostrophe or a hyphen without a
+    space (" qu" "'il", " Est" "-ce", " T" "-Rex") is joined to the word before it."""
     words = segment.words or _interpolated(segment, split_words)
     tokens: list[_Token] = []
     for w in words:
         if split_words and len(w.text.strip()) > limit:
             tokens.extend(_spread(w.start, w.end, _characters(w.text)))  # a very long "word"
+        elif spaced and tokens and w.text.strip() and not w.text[:1].isspace():
+            last = tokens[-1]
+            tokens[-1] = _Token(last.start, max(last.end, w.end), last.text + w.text)
         elif w.text.strip():
             tokens.append(_Token(w.start, w.end, w.text))
     return tokens
