@@ -366,8 +366,12 @@ def test_a_title_before_a_name_does_not_end_a_cue() -> None:
     assert " ".join(shown) == text
     titles = ("Mr.", "Dr.", "e.g.", "J.", "R.")
     assert not any(line.endswith(titles) for c in cues for line in c.text.split("\n")), cues
-    # A real sentence end still ends the cue.
+    # A real sentence end still ends the cue, also a Chinese one with an ASCII stop.
     assert any(c.endswith("at last?") for c in shown), shown
+    said = ["今", "天", "我", "很", "好.", *"明天上午有雨，下午天气会好转，大家出门记得带伞。"]
+    words = tuple(Word(i * 0.3, i * 0.3 + 0.25, ch) for i, ch in enumerate(said))
+    cues = captions.cues(Transcript("zh", 15.0, [Segment(0.0, 11.0, "".join(said), words)]))
+    assert cues[0].text == "今天我很好.", cues
 
 
 def test_lines_and_cues_of_spaced_scripts_break_only_at_spaces() -> None:

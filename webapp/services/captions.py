@@ -192,9 +192,10 @@ def _ends_sentence(token: _Token, following: _Token | None) -> bool:
     if not text.endswith(".") or text.endswith(".."):
         return True
     word = text[:-1].lstrip("\"'([«„“‘¿¡")
-    if word.casefold() in TITLES or (len(word) == 1 and word.isalpha()):
-        return False  # Mr. Smith, J. Smith
-    if "." in word and all(part.isalpha() and len(part) <= 2 for part in word.split(".")):
+    if word.casefold() in TITLES or (len(word) == 1 and word.isupper()):
+        return False  # Mr. Smith, J. Smith (not 好. of a Chinese sentence)
+    if ("." in word and word.lower() != word.upper()
+            and all(part.isalpha() and len(part) <= 2 for part in word.split("."))):
         return False  # e.g., i.e., z.B.
     # "approx. five": a sentence starts in upper case where the script has cases.
     first = following.text.lstrip()[:1] if following is not None else ""
