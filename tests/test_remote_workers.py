@@ -431,3 +431,22 @@ def test_an_empty_output_is_uploaded_like_any_other(client, settings, web, speec
     assert server.upload(task_id, "transcribe", attempt, empty) == sha(b"")
     folder = settings.media_root / "videos" / vid / "runs" / task_id / f"transcribe.{attempt}"
     assert (folder / "captions.srt").read_bytes() == b""
+
+
+@POSTGRES
+def test_outputs_larger_than_the_upload_limit_are_received(client, settings, tmp_path):
+    """MAX_UPLOAD_BYTES limits what API clients upload, not what workers send back: the
+    16 kHz WAV of a compressed source is larger than the source (here 2 to 1), and a worker
+    on another host must be able to deliver it as a local worker writes it."""
+    source = mediagen.make_audio_only(tmp_path / "talk.m4a", SENTENCE)
+    limit = source.stat().st_size + 10_000
+    vid = upload_ok(client, source)["id"]
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    with web_server(tmp_path, WORKER_TOKEN=TOKEN, MAX_UPLOAD_BYTES=str(limit)) as (port, _):
+        state = run_remotely(client, vid, remote_env(tmp_path, port, STEP_RETRIES="0"),
+                             timeout=240)
+    assert state["status"] == "completed", subtasks(state)
+    audio = client.get(f"/api/v1/videos/{vid}/artifacts/audio.wav")
+    assert audio.status_code == 200 and len(audio.data) > limit
+    assert client.get(f"/api/v1/videos/{vid}/artifacts/captions.vtt").status_code == 200
+

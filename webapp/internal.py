@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -145,6 +146,11 @@ def upload(task_id: str, step: str, attempt: int, name: str):
     """One output file of a running attempt, checked against its size and sha256."""
     if name not in (*STEP_OUTPUTS.get(step, ()), *OPTIONAL_OUTPUTS.get(step, ())):
         return _error(404, "no such output of that step")
+    # MAX_UPLOAD_BYTES is the API clients' limit, not the workers': a step's outputs can
+    # be larger than its source (the 16 kHz WAV of a compressed talk, a preview). The body
+    # ends at its Content-Length all the same (the server's framing, or werkzeug's). None
+    # would mean MAX_CONTENT_LENGTH; the Content-Length itself, a 413 at the body's end.
+    request.max_content_length = sys.maxsize
     expected_sha = (request.headers.get(SHA_HEADER) or "").lower()
     size = request.content_length
     if not _is_sha(expected_sha) or size is None:
