@@ -22,13 +22,15 @@ from typing import TypeVar
 
 import requests
 import urllib3
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.cache import Cache
 from webapp.config import Settings
 from webapp.models import Video
-from webapp.services import ffrun
+from webapp.services import ffrun, progress
 from webapp.services.queue import NEEDS
-from webapp.services.storage import STEP_OUTPUTS, file_sha256
+from webapp.services.storage import STEP_OUTPUTS, file_sha256, is_valid_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -280,3 +282,55 @@ def _link(cached: Path, target: Path) -> None:
 def attempt_folder(settings: Settings, task_id: str, step: str, attempt: int) -> Path:
     return settings.media_root / "work" / task_id / f"{step}.{attempt}"
 
+
+def sweep(settings: Settings, sessions: sessionmaker[Session]) -> list[Path]:
+    """Remove what attempts that could not clean up after themselves left on this host.
+
+    A work-horse killed mid-step (the OOM killer, RQ's stop command for a cancel, the
+    whole worker) leaves its work folder, which holds hard links of its downloads (so that
+    evicting them from the cache frees no disk) and partial outputs, and maybe a download
+    piece in the cache. The worker sweeps after every job and when it starts: work
+    folders whose attempt is not the step's running one (their files are never wanted;
+    the folders of running attempts, of this worker's siblings too, stay) and pieces of
+    processes that are gone. Folders are listed before the database is read: an attempt
+    is recorded running before it makes its folder. A database that does not answer
+    decides nothing.
+    """
+    removed: list[Path] = []
+    work = settings.media_root / "work"
+    folders = sorted(p for p in work.glob("*/*") if p.is_dir()) if work.is_dir() else []
+    for folder in folders:
+        task_id, (step, _, number) = folder.parent.name, folder.name.rpartition(".")
+        if not (is_valid_id(task_id) and step in STEP_OUTPUTS and number.isdigit()):
+            continue
+        try:
+            with sessions() as session:
+                if progress.attempt_is_current(session, task_id, step, int(number)):
+                    continue
+        except SQLAlchemyError as exc:
+            log.warning("sweeping %s: database error (%s); kept for now", work, _short(exc))
+            break
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # work/<task>/, if nothing else is in it
+        removed.append(folder)
+    cache = settings.media_root / "cache"
+    for piece in cache.glob(".*.part") if cache.is_dir() else ():
+        pid = piece.name.rsplit(".", 2)[-2]  # .<key>.<pid>.part (Cache.part)
+        if pid.isdigit() and not _alive(int(pid)):
+            piece.unlink(missing_ok=True)
+            removed.append(piece)
+    if removed:
+        log.info("removed %d folder(s) and download piece(s) of attempts that ended without "
+                 "cleaning up: %s", len(removed), ", ".join(p.name for p in removed[:5]))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, Worker
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
 
-from jobs import hooks, reconciler
+from jobs import hooks, reconciler, remote
 from jobs.runner import StepFailed
 from webapp.config import ConfigError, Settings
+from webapp.db import session_factory
 from webapp.services.queue import connect
 
 
@@ -29,9 +31,23 @@ class VidpipeWorker(Worker):
     # work should resume within seconds of Redis coming back.
     max_connection_wait_time = 5.0
 
-    def __init__(self, *args, heartbeat_grace: int = 30, **kwargs) -> None:
+    def __init__(self, *args, heartbeat_grace: int = 30,
+                 after_job: Callable[[], object] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.heartbeat_grace = heartbeat_grace
+        self.after_job = after_job
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run the job in a work-horse; then `after_job` (a remote worker's sweep of what a
+        killed horse left), here in the worker, which outlives its horses."""
+        try:
+            super().execute_job(job, queue)
+        finally:
+            if self.after_job is not None:
+                try:
+                    self.after_job()
+                except Exception:  # never stop the worker for a clean-up
+                    self.log.exception("cleaning up after job %s failed", job.id)
 
     def handle_exception(self, job: Job, *exc_info) -> None:
         """A step that failed for an expected reason (bad media, a model error, too slow) is
@@ -55,7 +71,16 @@ def build_worker(settings: Settings, name: str | None = None) -> VidpipeWorker:
     return VidpipeWorker([queue], connection=connection, name=name,
                          job_monitoring_interval=settings.heartbeat_interval,
                          heartbeat_grace=settings.heartbeat_grace,
-                         work_horse_killed_handler=hooks.horse_killed)
+                         work_horse_killed_handler=hooks.horse_killed,
+                         after_job=_sweeper(settings))
+
+
+def _sweeper(settings: Settings) -> Callable[[], object] | None:
+    """A worker on another host removes what its killed attempts left (jobs/remote.py)."""
+    if not settings.server_url:
+        return None  # the web host's GC removes attempt folders under MEDIA_ROOT
+    sessions = session_factory(settings.database_url)
+    return lambda: remote.sweep(settings, sessions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             settings.server_url, settings.worker_name, settings.worker_cache_bytes,
             settings.media_root / "cache")
     worker = build_worker(settings, args.name)
+    if worker.after_job is not None:
+        worker.after_job()  # what a worker killed on this host before left behind
     helper = reconciler.spawn() if settings.reconcile_interval > 0 and not args.burst else None
     try:
         _work_through_outages(worker, settings, args.burst)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -450,3 +451,53 @@ def test_outputs_larger_than_the_upload_limit_are_received(client, settings, tmp
     assert audio.status_code == 200 and len(audio.data) > limit
     assert client.get(f"/api/v1/videos/{vid}/artifacts/captions.vtt").status_code == 200
 
+
+@POSTGRES
+def test_a_killed_attempt_leaves_nothing_on_the_worker_host(client, settings, web, tmp_path):
+    """A work-horse killed mid-step (the OOM killer, or RQ's stop command when the run is
+    cancelled) cannot remove its work folder: it holds hard links of the downloads (whose
+    disk space eviction from the cache then never frees) and partial outputs. The worker
+    removes it once the attempt is known dead, and the next one starting on the host
+    removes what a whole worker killed left behind."""
+    from tests.test_crashes import horse_of, horses, transcode_running
+
+    video = mediagen.make_video(tmp_path / "long.mp4", duration=8.0, size="1280x720")
+    vid = upload_ok(client, video)["id"]
+    own = tmp_path / "media-worker-b"
+
+    def leftovers() -> list[str]:
+        work = [str(p.relative_to(own)) for p in (own / "work").rglob("*")]
+        parts = [p.name for p in (own / "cache").glob(".*")] if (own / "cache").is_dir() else []
+        return work + parts
+
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    worker = start_worker(remote_env(tmp_path, web.port))
+    try:
+        wait_for(transcode_running(client, vid), timeout=60, interval=0.05)
+        os.killpg(horse_of(worker), signal.SIGKILL)  # the horse leads its group: ffmpeg too
+        state = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
+                         ("queued", "running") and s, timeout=180, interval=0.5)
+        assert state["status"] == "completed" and subtasks(state)["transcode"]["attempt"] == 2
+        wait_for(lambda: not leftovers(), timeout=10, what="the killed attempt's files gone")
+        # A cancelled run: RQ's stop command kills the horse.
+        assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+        wait_for(transcode_running(client, vid), timeout=60, interval=0.05)
+        assert client.post(f"/api/v1/videos/{vid}/cancel").status_code == 200
+        wait_for(lambda: not horses(worker), timeout=10, what="the horse gone")
+        wait_for(lambda: not leftovers(), timeout=10, what="the stopped attempt's files gone")
+    finally:
+        stop_worker(worker)
+    # What a whole worker killed left (its work folder, a download cut short) goes when the
+    # next worker starts on this host.
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    task_id = progress_of(client, vid)["task_id"]
+    assert client.post(f"/api/v1/videos/{vid}/cancel").status_code == 200
+    dead = own / "work" / task_id / "transcode.1"
+    dead.mkdir(parents=True)
+    (dead / "preview.mp4").write_bytes(b"half a preview")
+    (own / "cache" / f".source-{vid}.999999999.part").write_bytes(b"half a source")
+    worker = start_worker(remote_env(tmp_path, web.port))
+    try:
+        wait_for(lambda: not leftovers(), timeout=30, what="the dead worker's files gone")
+    finally:
+        stop_worker(worker)
