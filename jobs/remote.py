@@ -11,6 +11,7 @@ publish them, which it does only for the step's running attempt.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import shutil
@@ -199,8 +200,9 @@ class Server:
                     ConnectionError) as exc:
                 stop = self.stop if stoppable else threading.Event()
                 if delay is None or stop.is_set():
+                    log.warning("%s: %s; giving up", what, _short(exc, 1000))
                     raise TransferError(f"{what}: the web app could not be reached or kept "
-                                        f"failing ({_short(exc)})") from None
+                                        f"failing ({_cause(exc)})") from None
                 log.warning("%s: %s; trying again in %.1f s", what, _short(exc), delay)
                 if stop.wait(delay):
                     raise ffrun.Stopped("stopped on request") from None
@@ -222,8 +224,39 @@ def _message(resp: requests.Response) -> str:
         return resp.text[:200]
 
 
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
+def _short(exc: BaseException, limit: int = 200) -> str:
+    return " ".join(str(exc).split())[:limit]
+
+
+def _cause(exc: BaseException) -> str:
+    """Why a transfer failed, in words for the step's error: requests' own text names the
+    web app's address and the exchange's URLs (the log has it)."""
+    if isinstance(exc, _Again):
+        return str(exc)  # "the web app answered 503"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connecting timed out"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "the web app did not answer in time"
+    seen, inner = set(), exc  # the innermost reason: requests wraps urllib3 wraps OSError
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, ConnectionRefusedError):
+            return "the connection was refused"
+        if isinstance(inner, urllib3.exceptions.NameResolutionError):
+            return "the web app's host name could not be resolved"
+        if isinstance(inner, http.client.RemoteDisconnected):
+            return "the connection was closed without an answer"
+        if isinstance(inner, (ConnectionResetError, BrokenPipeError)):
+            return "the connection was reset"
+        if isinstance(inner, (http.client.IncompleteRead, urllib3.exceptions.IncompleteRead)):
+            return "the connection was cut mid-transfer"
+        nested = [a for a in getattr(inner, "args", ()) if isinstance(a, BaseException)]
+        inner = (getattr(inner, "reason", None) or (nested[-1] if nested else None)
+                 or inner.__cause__ or inner.__context__)
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError,
+                        urllib3.exceptions.ProtocolError)):
+        return "the connection was cut mid-transfer"
+    return f"the connection failed ({type(exc).__name__})"
 
 
 @dataclass

@@ -501,3 +501,49 @@ def test_a_killed_attempt_leaves_nothing_on_the_worker_host(client, settings, we
         wait_for(lambda: not leftovers(), timeout=30, what="the dead worker's files gone")
     finally:
         stop_worker(worker)
+
+
+def test_an_unreachable_web_app_is_one_sentence_without_its_address(settings, tmp_path):
+    """The step's error says why the exchange failed in words, not in requests' repr, which
+    names the web app's (internal) address and the exchange's URLs, and was cut at 200
+    characters before it said why."""
+    def server(port: int) -> Server:
+        return Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{port}"),
+                      delays=(0.1,))
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    video = Video(id=str(uuid.uuid4()), stored_name="source.mp4")
+    with pytest.raises(TransferError) as refused:
+        server(closed).source(video)
+    # A server that takes the request and hangs up without an answer.
+    listener = socket.create_server(("127.0.0.1", 0))
+    hanging = listener.getsockname()[1]
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            received = b""
+            while not received.endswith(b"x" * 1000) and (data := _recv(conn)):
+                received += data  # the whole request, so that the close is a clean one
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    out = tmp_path / "preview.mp4"
+    out.write_bytes(b"x" * 1000)
+    try:
+        with pytest.raises(TransferError) as cut:
+            server(hanging).upload(str(uuid.uuid4()), "transcode", 1, out)
+    finally:
+        listener.close()
+    assert str(refused.value) == ("downloading the source: the web app could not be reached "
+                                  "or kept failing (the connection was refused)")
+    assert str(cut.value) == ("uploading preview.mp4: the web app could not be reached or "
+                              "kept failing (the connection was closed without an answer)")
+    for error, port in ((refused.value, closed), (cut.value, hanging)):
+        assert "127.0.0.1" not in str(error) and str(port) not in str(error)
+        assert "/internal/" not in str(error)
