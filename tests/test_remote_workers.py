@@ -171,7 +171,7 @@ def test_a_stale_attempts_uploads_are_refused_and_change_nothing(client, setting
     resp = requests.post(f"http://127.0.0.1:{web.port}/internal/v1/tasks/{task_id}/steps/"
                          f"thumbnails/{first}/complete", json={"files": {}},
                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
-    assert resp.status_code in (409, 422)
+    assert resp.status_code == 409, resp.text
     assert artifacts(client, vid) == before
     assert subtasks(progress_of(client, vid))["thumbnails"]["status"] == "running"
     # The current attempt's upload is published.
@@ -547,3 +547,37 @@ def test_an_unreachable_web_app_is_one_sentence_without_its_address(settings, tm
     for error, port in ((refused.value, closed), (cut.value, hanging)):
         assert "127.0.0.1" not in str(error) and str(port) not in str(error)
         assert "/internal/" not in str(error)
+
+
+def test_a_stale_completion_is_409_even_once_its_files_are_collected(settings, client):
+    """The web app collects a superseded attempt's folder at the next publication; its
+    worker's completion, arriving later, must still be told it is stale (409: it gives up
+    at once), not that its files are missing (422: it tried again for a minute)."""
+    from webapp import create_app
+    from webapp.services import publications
+    from webapp.services.storage import Storage
+
+    exchange = create_app(settings.__class__.from_env(worker_token=TOKEN)).test_client()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    video = mediagen.make_video(settings.media_root.parent / "v.mp4", duration=1.0)
+    vid = upload_ok(client, video)["id"]
+    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+    task_id = progress_of(client, vid)["task_id"]
+    with session_factory(settings.database_url)() as session:
+        first = progress.start_subtask(session, task_id, "thumbnails", worker="worker-b")
+    base = f"/internal/v1/tasks/{task_id}/steps/thumbnails/{first}"
+    files = {}
+    for name in ("poster.jpg", "storyboard.jpg", "storyboard.vtt"):
+        data = f"stale {name}".encode()
+        files[name] = sha(data)
+        assert exchange.put(f"{base}/files/{name}", data=data,
+                            headers={**auth, "X-Sha256": files[name]}).status_code == 201
+    with session_factory(settings.database_url)() as session:  # taken over, then collected
+        assert progress.start_subtask(session, task_id, "thumbnails", takeover=True) == 2
+        removed = publications.collect_garbage(session, Storage(settings.media_root), vid)
+        session.commit()
+    assert removed == [f"runs/{task_id}/thumbnails.{first}"]
+    resp = exchange.post(f"{base}/complete", json={"files": files}, headers=auth)
+    assert resp.status_code == 409, resp.get_json()
+    assert "not the step's running attempt" in resp.get_json()["message"]
+    assert client.get(f"/api/v1/videos/{vid}/artifacts").get_json() == []

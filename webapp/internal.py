@@ -209,6 +209,13 @@ def complete(task_id: str, step: str, attempt: int):
     if task is None or step not in STEPS or attempt < 1:
         return _error(404, "no such attempt")
     video_id = task.video_id
+    if not progress.attempt_is_current(session, task_id, step, attempt):
+        # Stale, unless this is a retry of a completion whose answer was lost: said before
+        # its files are looked at, which the next publication collects (a 422 about them
+        # would have the worker send it again for a minute).
+        pub = publications.published(session, video_id).get(step)
+        if pub is None or (pub.task_id, pub.attempt) != (task_id, attempt):
+            return _stale(task_id, step, attempt)
     storage = ext.storage()
     folder = storage.attempt_folder(task_id, step, attempt)
     path = storage.folder_path(video_id, folder)
