@@ -11,6 +11,7 @@ publish them, which it does only for the step's running attempt.
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import logging
 import os
@@ -96,7 +97,15 @@ class Server:
         part = self.cache.part(key)
         part.unlink(missing_ok=True)
         try:
-            told = self._retrying(lambda: self._download(path, part, params), f"downloading {what}")
+            try:
+                told = self._retrying(lambda: self._download(path, part, params),
+                                      f"downloading {what}")
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                log.warning("downloading %s into %s: %s", what, part.parent, exc)
+                raise TransferError(f"{what} could not be stored on this worker host: its "
+                                    "disk is full") from None
             expected = expected or told
             if not expected:
                 raise TransferError(f"the server sent {what} without its sha256")

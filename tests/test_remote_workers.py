@@ -581,3 +581,30 @@ def test_a_stale_completion_is_409_even_once_its_files_are_collected(settings, c
     assert resp.status_code == 409, resp.get_json()
     assert "not the step's running attempt" in resp.get_json()["message"]
     assert client.get(f"/api/v1/videos/{vid}/artifacts").get_json() == []
+
+
+@POSTGRES
+def test_a_full_disk_on_the_worker_host_is_said_and_leaves_no_piece(client, settings, web,
+                                                                   speech_video, tmp_path):
+    """A download that fills the worker's disk fails its step with a sentence saying so
+    (it was "internal error (reference …)"), and the piece received is removed."""
+    from dataclasses import replace
+
+    vid = upload_ok(client, speech_video)["id"]
+    assert speech_video.stat().st_size > 512 * 1024
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "vidpipe-test-full", str(small)],
+                   check=True)
+    try:
+        remote = replace(remote_settings(settings, tmp_path, f"http://127.0.0.1:{web.port}"),
+                         media_root=small)
+        with session_factory(settings.database_url)() as session:
+            video = session.get(Video, vid)
+        with pytest.raises(TransferError) as full:
+            Server(remote, delays=(0.1,)).source(video)
+        assert str(full.value) == ("the source could not be stored on this worker host: its "
+                                   "disk is full")
+        assert not list((small / "cache").iterdir())
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
