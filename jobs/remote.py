@@ -197,7 +197,8 @@ class Server:
                          "its outputs were replaced)")
         if resp.status_code == 400:  # sending the same request again cannot help
             raise _Final(f"the web app refused the request: {_message(resp)}")
-        raise _Again(f"the web app answered {resp.status_code}")
+        said = _json_message(resp)  # the exchange's own sentence ("its disk is full")
+        raise _Again(f"the web app answered {resp.status_code}" + (f": {said}" if said else ""))
 
     def _retrying(self, send: Callable[[], T], what: str, stoppable: bool = True) -> T:
         for delay in (*self.delays, None):
@@ -231,6 +232,17 @@ def _message(resp: requests.Response) -> str:
         return str(resp.json().get("message"))[:200]
     except ValueError:
         return resp.text[:200]
+
+
+def _json_message(resp: requests.Response) -> str | None:
+    """The message of one of the web app's JSON errors; None for other bodies (a proxy's
+    error page)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    message = body.get("message") if isinstance(body, dict) else None
+    return " ".join(str(message).split())[:200] if message else None
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

@@ -608,3 +608,33 @@ def test_a_full_disk_on_the_worker_host_is_said_and_leaves_no_piece(client, sett
         assert not list((small / "cache").iterdir())
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+@POSTGRES
+def test_a_full_disk_on_the_web_host_is_said_and_leaves_no_piece(client, settings, web,
+                                                                 speech_video, tmp_path):
+    """An output that fills the web host's disk is refused with 507 and a sentence the step
+    shows (it was a 500 "internal error"), and the piece received is removed."""
+    media = settings.media_root
+    media.mkdir(parents=True, exist_ok=True)
+    size = speech_video.stat().st_size + 150 * 1024
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "vidpipe-test-full",
+                    str(media)], check=True)
+    try:
+        vid = upload_ok(client, speech_video)["id"]
+        assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+        task_id = progress_of(client, vid)["task_id"]
+        with session_factory(settings.database_url)() as session:
+            attempt = progress.start_subtask(session, task_id, "transcode")
+        preview = tmp_path / "preview.mp4"
+        preview.write_bytes(os.urandom(600 * 1024))
+        server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{web.port}"),
+                        delays=(0.1,))
+        with pytest.raises(TransferError) as full:
+            server.upload(task_id, "transcode", attempt, preview)
+        assert str(full.value) == ("uploading preview.mp4: the web app could not be reached or "
+                                   "kept failing (the web app answered 507: its disk is full)")
+        folder = media / "videos" / vid / "runs" / task_id / f"transcode.{attempt}"
+        assert not list(folder.iterdir())
+    finally:
+        subprocess.run(["umount", str(media)], check=True)

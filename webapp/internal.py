@@ -17,6 +17,7 @@ refused and change nothing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import logging
@@ -53,7 +54,8 @@ bp = Blueprint("internal", __name__, url_prefix=PREFIX)
 
 
 def _error(status: int, message: str):
-    names = {400: "Bad Request", 404: "Not Found", 409: "Conflict", 422: "Unprocessable Entity"}
+    names = {400: "Bad Request", 404: "Not Found", 409: "Conflict", 422: "Unprocessable Entity",
+             507: "Insufficient Storage"}
     return jsonify(code=status, status=names.get(status, "Error"), message=message), status
 
 
@@ -163,7 +165,16 @@ def upload(task_id: str, step: str, attempt: int, name: str):
     folder.mkdir(parents=True, exist_ok=True)
     part = folder / f".{name}.{uuid.uuid4().hex}.part"
     try:
-        received, sha = _receive(part)
+        try:
+            received, sha = _receive(part)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.error("no room for %s of %s of task %s under MEDIA_ROOT: %s", name, step,
+                      task_id, exc)
+            part.unlink(missing_ok=True)
+            _drain()  # the rest of the body, so that the worker reads the answer
+            return _error(507, "its disk is full")
         if (received, sha) != (size, expected_sha):
             log.warning("upload of %s for %s of task %s: got %d bytes with sha256 %s, "
                         "expected %d with %s", name, step, task_id, received, sha, size,
@@ -176,6 +187,11 @@ def upload(task_id: str, step: str, attempt: int, name: str):
     finally:
         part.unlink(missing_ok=True)
     return jsonify(name=name, size_bytes=size, sha256=sha), 201
+
+
+def _drain() -> None:
+    while request.stream.read(_CHUNK):
+        pass
 
 
 def _receive(part: Path) -> tuple[int, str]:
