@@ -238,7 +238,8 @@ def run_step(task_id: str, step: str, work: Work) -> str:
             if watch.stop.is_set() or not _still_current(sessions, task_id, step, attempt):
                 log.info("%s of task %s: attempt %d stopped", step, task_id, attempt)
                 return "stopped"
-            _record_failure(sessions, job, task_id, step, attempt, exc, settings.media_root)
+            _record_failure(sessions, job, task_id, step, attempt, exc, settings.media_root,
+                            settings.worker_name if away else None)
             raise
     if not away:
         published = _publish(sessions, task_id, step, attempt, video.id, folder, result)
@@ -293,9 +294,11 @@ def _publish(sessions: sessionmaker[Session], task_id: str, step: str, attempt: 
 
 
 def _record_failure(sessions: sessionmaker[Session], job: Job | None, task_id: str, step: str,
-                    attempt: int, exc: Exception, media_root: Path) -> None:
+                    attempt: int, exc: Exception, media_root: Path,
+                    remote_host: str | None = None) -> None:
     """Record the failed attempt (retry or failed for good); raise StepFailed for expected
-    failures so that the worker logs them as one line.
+    failures so that the worker logs them as one line. `remote_host`: the worker's name
+    when it is on another host than the server (SERVER_URL).
 
     Users read the step's `error` and `error_detail`: a bug's own words (and traceback) go
     to the log only, under the reference the step shows, and no server path is kept.
@@ -304,6 +307,8 @@ def _record_failure(sessions: sessionmaker[Session], job: Job | None, task_id: s
     if reason is None:  # logged here, with its traceback
         reason = internal_error(log, exc, f"in {step} of task {task_id} (attempt {attempt})")
     reason = without_paths(reason, [media_root])
+    if remote_host:  # the disk ffmpeg wrote to is this worker host's, not the server's
+        reason = reason.replace(ffrun.DISK_FULL, f"the disk of worker host {remote_host} is full")
     detail = exc.detail if isinstance(exc, ToolError) else None
     detail = without_paths(detail, [media_root]) if detail else None
     if job is not None and job.retries_left and not isinstance(exc, PERMANENT):

@@ -638,3 +638,26 @@ def test_a_full_disk_on_the_web_host_is_said_and_leaves_no_piece(client, setting
         assert not list(folder.iterdir())
     finally:
         subprocess.run(["umount", str(media)], check=True)
+
+
+@POSTGRES
+def test_a_step_that_fills_the_worker_hosts_disk_names_that_host(client, settings, web,
+                                                                 speech_video, tmp_path):
+    """ffmpeg's "No space left on device" on a worker on another host is that host's disk,
+    not the server's, which the step's error used to name."""
+    vid = upload_ok(client, speech_video)["id"]
+    own = tmp_path / "media-worker-b"
+    own.mkdir()
+    size = speech_video.stat().st_size + 64 * 1024  # the source, and little else
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "vidpipe-test-full", str(own)],
+                   check=True)
+    try:
+        assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+        state = run_remotely(client, vid, remote_env(tmp_path, web.port, STEP_RETRIES="0"),
+                             timeout=240)
+    finally:
+        subprocess.run(["umount", str(own)], check=True)
+    error = subtasks(state)["transcode"]["error"]
+    assert error == "The preview could not be encoded: the disk of worker host worker-b is full.", \
+        error
+    assert "server" not in error

@@ -290,6 +290,9 @@ def check_reached_end(
 # "Stream map '0:a:0' matches no streams.", "Stream specifier ':v:0' in filtergraph ..."
 _NO_STREAM = re.compile(r"Stream (?:map '\d+|specifier ')?:([avs])\b.*matches no streams")
 _KINDS = {"a": "audio", "v": "video", "s": "subtitle"}
+# ffmpeg could not write (jobs/runner.py names the worker host instead on one that is not
+# the server).
+DISK_FULL = "the server's disk is full"
 # Demuxers saying the data stops where the index says there is more.
 _CUT_SIGNS = ("partial file", "end of file", "truncat")
 _DAMAGE_SIGNS = ("invalid data found", "corrupt", "error while decoding", "invalid nal",
@@ -314,7 +317,7 @@ def failure_reason(stderr: Iterable[str], reached: float | None) -> str:
     if "no such file or directory" in text:
         return "the source file is missing on the server"
     if "no space left on device" in text:
-        return "the server's disk is full"
+        return DISK_FULL
     if "format not on whitelist" in text:  # (see mediainput)
         return "it is not an audio or video file of an accepted format"
     # The last progress report before the failure: the damage lies somewhere after it.
