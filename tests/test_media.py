@@ -127,6 +127,39 @@ def test_probe_reports_displayed_size_of_rotated_video(clip: Path, tmp_path: Pat
     assert (video["width"], video["height"]) == (240, 320)  # upright, as in the probe
 
 
+def test_non_square_pixels_come_out_at_the_aspect_they_are_shown(tmp_path: Path) -> None:
+    # Anamorphic DVD/HDV/editor exports store 720x480 pixels shown at 16:9 (SAR 32:27).
+    # Browsers ignore a JPEG's pixel aspect: what they show must be square pixels.
+    src = tmp_path / "anamorphic.mp4"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi",
+         "-i", "testsrc2=size=720x480:rate=25:duration=4", "-vf", "setsar=32/27",
+         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(src)],
+        check=True,
+    )
+    info = media.probe(src)
+    assert (info.width, info.height) == (853, 480)  # as shown, like ffprobe's 16:9
+    shown = 16 / 9
+
+    def aspect(picture: dict[str, Any]) -> float:
+        assert picture.get("sample_aspect_ratio", "1:1") in ("1:1", "0:1"), picture
+        return picture["width"] / picture["height"]
+
+    poster = tmp_path / "poster.jpg"
+    media.make_poster(src, poster, info.duration)
+    assert aspect(streams(poster)["video"]) == pytest.approx(shown, rel=0.01)
+    preview = tmp_path / "preview.mp4"
+    media.transcode_preview(src, preview, info.duration, has_audio=False)
+    video = streams(preview)["video"]
+    assert video["height"] == 480 and video["width"] % 2 == 0
+    assert aspect(video) == pytest.approx(shown, rel=0.01)
+    board = media.make_storyboard(src, tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt",
+                                  info.duration, info.width, info.height)
+    assert board.tile_width / board.tile_height == pytest.approx(shown, rel=0.02)
+    assert aspect(streams(tmp_path / "storyboard.jpg")["video"]) == pytest.approx(
+        board.columns * board.tile_width / (board.rows * board.tile_height))
+
+
 def test_probe_ignores_cover_art(speech_m4a: Path, tmp_path: Path) -> None:
     cover = mediagen.make_image(tmp_path / "cover.png")
     with_art = tmp_path / "song.mp3"

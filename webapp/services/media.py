@@ -39,7 +39,8 @@ class ProbeResult:
     duration: float | None  # seconds
     has_video: bool
     has_audio: bool
-    width: int | None  # as displayed, i.e. swapped for 90-degree rotated phone videos
+    width: int | None  # as displayed: stretched by a non-square pixel aspect (anamorphic
+    # DVD/HDV), swapped for 90-degree rotated phone videos
     height: int | None
     video_codec: str | None
     audio_codec: str | None
@@ -116,6 +117,10 @@ def _is_moving_video(stream: dict[str, Any], format_name: str) -> bool:
 def _display_size(stream: dict[str, Any]) -> tuple[int | None, int | None]:
     width = _number(stream.get("width"), int)
     height = _number(stream.get("height"), int)
+    # Non-square pixels (720x480 stored, 16:9 shown): players stretch the width.
+    sar = _ratio(stream.get("sample_aspect_ratio"))
+    if width and sar:
+        width = max(1, round(width * sar))
     rotation = _number(stream.get("tags", {}).get("rotate"), int) or 0
     for side_data in stream.get("side_data_list", []):
         rotation = _number(side_data.get("rotation"), int) or rotation
@@ -123,6 +128,15 @@ def _display_size(stream: dict[str, Any]) -> tuple[int | None, int | None]:
     if rotation % 180 == 90:
         return height, width
     return width, height
+
+
+def _ratio(value: Any) -> Fraction | None:
+    """ffprobe's "32:27" -> Fraction(32, 27); None for "0:1", "N/A" and the like."""
+    try:
+        ratio = Fraction(str(value).replace(":", "/"))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return ratio if ratio > 0 else None
 
 
 def _duration(fmt: dict[str, Any], streams: list[dict[str, Any]]) -> float | None:
@@ -223,7 +237,10 @@ def _grab_frame(src: Path, dst: Path, seek: float, max_width: int,
     with atomic_output(dst) as tmp:
         stream = (
             _input(src, format_name, ss=seek)["v:0"]
-            .filter("scale", f"min(iw,{max_width})", -2)
+            # In square pixels: browsers ignore a JPEG's pixel aspect, so a frame of
+            # non-square pixels (anamorphic DVD/HDV) is stretched to its displayed width.
+            .filter("scale", f"min(iw*sar,{max_width})", "max(2,2*round(ow/dar/2))")
+            .filter("setsar", 1)
             .output(str(tmp), vframes=1, **{"q:v": 3})
         )
         run(stream, None, check_complete=False, paths=(src, tmp))
@@ -348,6 +365,7 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
         _input(src, format_name, **options)["v:0"]
         .filter("select", pick)
         .filter("scale", plan.tile_width, plan.tile_height)
+        .filter("setsar", 1)
         .split()
     )
     # The null output comes first so the progress "frame=" counts the sampled frames.
@@ -462,8 +480,13 @@ def transcode_preview(
             options.update({"acodec": "aac", "b:a": "128k"})
     with failing_as("The preview could not be encoded"), atomic_output(dst) as tmp:
         source = _input(src, format_name)
-        # Height capped and kept even (yuv420p needs even sizes); width follows the aspect.
-        video = source["v:0"].filter("scale", -2, f"trunc(min(ih,{max_height})/2)*2")
+        # Height capped and kept even (yuv420p needs even sizes); width follows the
+        # displayed aspect, in square pixels (a non-square pixel aspect, as in anamorphic
+        # DVD/HDV, is not honoured by every player), so the picture is that of the poster.
+        video = (source["v:0"]
+                 .filter("scale", "max(2,2*round(oh*dar/2))",
+                         f"trunc(min(ih,{max_height})/2)*2")
+                 .filter("setsar", 1))
         streams = [video, source["a:0"]] if has_audio else [video]
         stream = ffmpeg.output(*streams, str(tmp), **options)
         run(stream, duration, on_progress, xerror=True, paths=(src, tmp), nice=nice)
