@@ -99,12 +99,16 @@ def make_speech_wav(dst: Path, text: str, voice: str = "en-us") -> Path:
     return dst
 
 
-def make_speech_video(dst: Path, text: str, size: str = "320x240") -> Path:
-    """MP4 of a test pattern lasting exactly as long as the spoken text."""
+def make_speech_video(dst: Path, text: str, size: str = "320x240",
+                      audio_delay: float = 0.0) -> Path:
+    """MP4 of a test pattern lasting exactly as long as the spoken text; with audio_delay,
+    the sound track starts that many seconds after the picture (as in screen recordings
+    and edited exports: its first packet is stamped that late, no silence is stored)."""
     speech = make_speech_wav(dst.with_name(f"{dst.stem}.speech.wav"), text)
     try:
         _ffmpeg(
-            "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-i", str(speech),
+            "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25",
+            "-itsoffset", str(audio_delay), "-i", str(speech),
             "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
             "-c:a", "aac", "-shortest", str(dst),
         )

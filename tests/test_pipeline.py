@@ -80,6 +80,33 @@ def test_speech_video_is_processed_into_every_artifact(client, speech_video, tmp
     assert artifact(client, vid, "poster.jpg").mimetype == "image/jpeg"
 
 
+def test_captions_of_sound_that_starts_late_are_in_time_with_the_preview(client, tmp_path):
+    # Screen recordings and edited exports often start their sound after the picture.
+    delay = 3.0
+    src = mediagen.make_speech_video(tmp_path / "late.mp4", SENTENCE, audio_delay=delay)
+    found = {s["codec_type"]: s for s in ffmpeg.probe(str(src))["streams"]}
+    assert float(found["audio"]["start_time"]) == pytest.approx(delay, abs=0.05)
+    vid = upload_ok(client, src)["id"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    run_worker()
+    assert progress_of(client, vid)["status"] == "completed"
+
+    preview = tmp_path / "preview.mp4"
+    preview.write_bytes(artifact(client, vid, "preview.mp4").data)
+    played = {s["codec_type"]: s for s in ffmpeg.probe(str(preview))["streams"]}
+    assert float(played["audio"]["start_time"]) == pytest.approx(delay, abs=0.1)  # as sent
+    # Nothing is said before the sound starts: the first caption is not early.
+    cues = list(srt.parse(artifact(client, vid, "captions.srt").get_data(as_text=True)))
+    assert cues and cues[0].start.total_seconds() >= delay - 0.5, cues[0]
+    segments = artifact(client, vid, "transcript.json").get_json()["segments"]
+    assert segments[0]["start"] >= delay - 0.5, segments[0]
+    # The audio extracted for whisper keeps the preview's time.
+    audio = tmp_path / "audio.wav"
+    audio.write_bytes(artifact(client, vid, "audio.wav").data)
+    assert float(ffmpeg.probe(str(audio))["format"]["duration"]) == pytest.approx(
+        float(ffmpeg.probe(str(preview))["format"]["duration"]), abs=0.2)
+
+
 def test_a_processed_video_teaches_the_eta_of_the_next_run(client, db_session, tmp_path):
     """Each step that ran records what it cost (webapp/services/calibration.py): the next
     run, still queued, already has an ETA, about what the first run took."""

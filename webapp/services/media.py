@@ -176,11 +176,18 @@ def extract_audio(
     format_name (every function here takes it) is the source's probed format: its demuxer
     reads the file, none other (mediainput). Without it, ffmpeg picks among the accepted.
     """
-    # An audio track may well stop before the video does: measure it against its own length.
-    duration = stream_duration(src, "a:0", format_name) or duration
+    # An audio track may well stop before the video does: measure it against its own length
+    # (and where it starts, see below).
+    length = stream_duration(src, "a:0", format_name)
+    duration = stream_offset(src, "a:0", format_name) + length if length else duration
     with failing_as("The audio could not be extracted"), atomic_output(dst) as tmp:
-        stream = _input(src, format_name)["a:0"].output(
-            str(tmp), ac=1, ar=16000, acodec="pcm_s16le", f="wav"
+        # The WAV's time is the preview's: a track that starts after the picture (a screen
+        # recording, an edited export) is preceded by silence, and a gap inside it is
+        # filled, or the transcript's times would be early by as much.
+        stream = (
+            _input(src, format_name)["a:0"]
+            .filter("aresample", 16000, **{"async": 1, "first_pts": 0})
+            .output(str(tmp), ac=1, ar=16000, acodec="pcm_s16le", f="wav")
         )
         # -xerror does not catch a cut-off audio track (the demuxer just sees EOF early),
         # only the output-duration check does.
@@ -207,6 +214,22 @@ def stream_duration(path: Path, selector: str, format_name: str | None = None) -
     if duration is None:
         duration = _clock_seconds(streams[0].get("tags", {}).get("DURATION"))
     return duration if duration and duration > 0 else None
+
+
+def stream_offset(path: Path, selector: str, format_name: str | None = None) -> float:
+    """How long after the file's start (its earliest stream's) one stream starts, in
+    seconds; 0.0 when unknown. ffmpeg times its outputs from the file's start."""
+    try:
+        info = mediainput.ffprobe(path, "-select_streams", selector, "-show_entries",
+                                  "stream=start_time:format=start_time",
+                                  format_name=format_name)
+    except MediaError:
+        return 0.0
+    start = _number((info.get("streams") or [{}])[0].get("start_time"), float)
+    first = _number(info.get("format", {}).get("start_time"), float)
+    if start is None or first is None:
+        return 0.0
+    return max(0.0, start - first)
 
 
 def _clock_seconds(value: Any) -> float | None:
