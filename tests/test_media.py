@@ -611,6 +611,32 @@ def test_storyboard_starts_after_a_black_opening(tmp_path: Path, gop: int | None
     assert media.black_opening(plain, keyframes_only=gop is not None) == 0.0
 
 
+def test_storyboard_of_a_picture_that_starts_after_the_sound(tmp_path: Path) -> None:
+    """An edited export or an MPEG-TS capture whose picture starts 2 s after its sound: the
+    storyboard is made (it was refused as "cut short"), and each tile shows the frame the
+    preview shows at its cue's start (the file's time, not the picture's own)."""
+    ramp = mediagen.make_ramp_video(tmp_path / "ramp.mp4", duration=8.0, rate=25,
+                                    per_second=20, x264_params="bframes=0", gop=25)
+    src = tmp_path / "late.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-itsoffset", "2",
+                    "-i", str(ramp), "-f", "lavfi", "-i", "sine=duration=10",
+                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", str(src)],
+                   check=True)
+    found = streams(src)
+    assert float(found["video"]["start_time"]) == pytest.approx(2.0, abs=0.01)
+    info = media.probe(src)
+    assert info.duration == pytest.approx(10.0, abs=0.05)
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = media.make_storyboard(src, sprite, vtt, info.duration, 320, 240)
+    check_storyboard(board, sprite, vtt, info.duration)
+    cues = webvtt.read(str(vtt)).captions
+    # Nothing to show before 2 s: the first tile (the first frame) covers it too.
+    assert [_vtt_seconds(c.start) for c in cues] == pytest.approx([0.0, 4.0, 6.0, 8.0])
+    for i, cue in enumerate(cues):  # luma 64 + 20 x the picture's own time (file's - 2 s)
+        shown = max(_vtt_seconds(cue.start), 2.0) - 2.0
+        assert abs(tile_brightness(sprite, board, i) - seen(64 + 20 * shown)) <= 4, i
+
+
 def test_a_video_black_throughout_keeps_its_tiles_where_they_are(tmp_path: Path) -> None:
     src = mediagen.make_black_opening(tmp_path / "dark.mp4", black=6.0, picture=0.2)
     assert media.black_opening(src, limit=3.0) == 0.0  # black for all it looked at

@@ -57,7 +57,8 @@ class Storyboard:
     count: int  # tiles actually used; the sprite may have blank cells after them
     keyframes_only: bool = False  # sampled from keyframes alone (see make_storyboard)
     references_only: bool = False  # non-reference frames left undecoded (ditto)
-    start: float = 0.0  # seconds of black opening before the first tile's frame
+    start: float = 0.0  # seconds (of the file) before the first tile's frame: a picture
+    # that starts after the sound, then a black opening
 
 
 def probe(path: Path, timeout: float | None = None) -> ProbeResult:
@@ -339,8 +340,10 @@ def make_storyboard(
     # It stops reading at the first longer gap: the answer is then known.
     gap = keyframe_gap(src, duration, format_name, enough=longest)
     keyframes_only = gap is not None and gap <= longest
-    start = black_opening(src, format_name, keyframes_only=keyframes_only,
-                          limit=min(LOOK_AT_MOST, duration / 2))
+    # Tiles and cues are on the file's (the preview's) time, where the picture may start
+    # late: sound before it (an edited export, an MPEG-TS capture).
+    start = stream_offset(src, "v:0", format_name) + black_opening(
+        src, format_name, keyframes_only=keyframes_only, limit=min(LOOK_AT_MOST, duration / 2))
     if start > 0:
         plan = plan_storyboard(duration - start, width, height)
     plan = replace(plan, keyframes_only=keyframes_only, start=start,
@@ -375,12 +378,13 @@ def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
 
 def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
                       format_name: str | None) -> OutputStream:
-    # The first frame at or after each multiple of the interval (after the black opening);
-    # the millisecond of slack keeps float error from skipping to the next frame, and the
-    # cap keeps one sprite.
+    # The first frame at or after each multiple of the interval (after the black opening),
+    # on the file's time (ffmpeg's t: from the file's start, as in the preview); the
+    # millisecond of slack keeps float error from skipping to the next frame, and the cap
+    # keeps one sprite.
     pick = (
         f"lt(selected_n,{plan.count})"
-        f"*gte(t-start_t+0.001,{plan.start!r}+selected_n*{plan.interval!r})"
+        f"*gte(t+0.001,{plan.start!r}+selected_n*{plan.interval!r})"
     )
     options = ({"skip_frame": "nokey"} if plan.keyframes_only
                else {"skip_frame": "noref"} if plan.references_only else {})
