@@ -390,6 +390,44 @@ def test_poster_is_a_scaled_jpeg(
     assert leftovers(tmp_path) == []
 
 
+def rgb_at(picture: Path, x: int, y: int, w: int, h: int) -> tuple[int, ...]:
+    """The mean colour of a box of a picture (its first frame), as a JPEG decoder or a
+    player reads it (ffmpeg converts by the picture's own colour tags)."""
+    done = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(picture), "-frames:v", "1", "-vf",
+         f"crop={w}:{h}:{x}:{y},scale=1:1:flags=area,format=rgb24", "-f", "rawvideo", "-"],
+        capture_output=True, check=True)
+    return tuple(done.stdout[:3])
+
+
+def test_poster_and_storyboard_keep_the_colours_of_hd_video(tmp_path: Path) -> None:
+    # Phones and cameras tag their video BT.709; a JPEG is read as BT.601.
+    colour = (32, 160, 64)
+    src = tmp_path / "green.mp4"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi",
+         "-i", "color=c=0x{:02X}{:02X}{:02X}:size=1280x720:rate=25:duration=4".format(*colour),
+         "-vf", "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p",
+         "-c:v", "libx264", "-preset", "ultrafast", "-colorspace", "bt709",
+         "-color_primaries", "bt709", "-color_trc", "bt709", str(src)],
+        check=True,
+    )
+    assert streams(src)["video"]["color_space"] == "bt709"
+    info = media.probe(src)
+    preview = tmp_path / "preview.mp4"
+    media.transcode_preview(src, preview, info.duration, has_audio=False)
+    poster = tmp_path / "poster.jpg"
+    media.make_poster(src, poster, info.duration)
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = media.make_storyboard(src, sprite, vtt, info.duration, info.width, info.height)
+    for what, seen_as in [("preview", rgb_at(preview, 100, 100, 64, 64)),
+                          ("poster", rgb_at(poster, 100, 100, 64, 64)),
+                          ("tile", rgb_at(sprite, 40, 20, board.tile_width // 2,
+                                          board.tile_height // 2))]:
+        assert all(abs(a - b) <= 6 for a, b in zip(seen_as, colour, strict=True)), (
+            what, seen_as)
+
+
 def test_poster_with_unknown_duration(clip: Path, tmp_path: Path) -> None:
     dst = tmp_path / "poster.jpg"
     media.make_poster(clip, dst, None)

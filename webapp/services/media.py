@@ -242,6 +242,12 @@ def _clock_seconds(value: Any) -> float | None:
         return None
 
 
+# What every JPEG decoder (browsers too) assumes of a JPEG's colours: BT.601 at full range.
+# Without it ffmpeg keeps the source's BT.709 (phones, cameras, HD video) as it is, and the
+# picture is read as BT.601: greens too bright, reds and blues off.
+JPEG_COLORS = {"out_color_matrix": "bt601", "out_range": "full"}
+
+
 def make_poster(src: Path, dst: Path, duration: float | None, max_width: int = 1280, *,
                 format_name: str | None = None) -> None:
     """Write one JPEG frame from early on (skipping black intros), at most max_width wide."""
@@ -263,7 +269,8 @@ def _grab_frame(src: Path, dst: Path, seek: float, max_width: int,
             _input(src, format_name, ss=seek)["v:0"]
             # In square pixels: browsers ignore a JPEG's pixel aspect, so a frame of
             # non-square pixels (anamorphic DVD/HDV) is stretched to its displayed width.
-            .filter("scale", f"min(iw*sar,{max_width})", "max(2,2*round(ow/dar/2))")
+            .filter("scale", f"min(iw*sar,{max_width})", "max(2,2*round(ow/dar/2))",
+                    **JPEG_COLORS)
             .filter("setsar", 1)
             .output(str(tmp), vframes=1, **{"q:v": 3})
         )
@@ -391,7 +398,9 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
     tiles = (
         _input(src, format_name, **options)["v:0"]
         .filter("select", pick)
-        .filter("scale", plan.tile_width, plan.tile_height)
+        # (area: a tile is a tenth of the frame or less, where swscale's default bicubic
+        # also darkens the picture by a few levels)
+        .filter("scale", plan.tile_width, plan.tile_height, flags="area", **JPEG_COLORS)
         .filter("setsar", 1)
         .split()
     )
