@@ -860,6 +860,34 @@ def test_extract_audio_of_a_track_shorter_than_the_video(whole: dict[str, Path],
         assert float(streams(dst)["audio"]["duration"]) == pytest.approx(2.0, abs=0.1)
 
 
+def sound_starts(wav: Path) -> float:
+    """When a WAV's first sound begins: the end of its opening silence (0.0 without one)."""
+    done = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-i", str(wav), "-af",
+                           "silencedetect=duration=0.3", "-f", "null", "-"],
+                          capture_output=True, text=True, check=True)
+    match = re.search(r"silence_start: 0\b.*?silence_end: ([\d.]+)", done.stderr, re.S)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.parametrize("suffix, codec", [(".mp4", "aac"), (".mkv", "libopus")])
+def test_extract_audio_of_sound_that_starts_after_the_picture(tmp_path: Path, suffix: str,
+                                                              codec: str) -> None:
+    """A 4 s tone from 2 s to 6 s of a 6 s video: the WAV is on the file's time (silence,
+    then the tone), and whole (Matroska's DURATION tag already counts the offset)."""
+    src = tmp_path / f"late{suffix}"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x120:rate=25:duration=6", "-itsoffset", "2", "-f",
+                    "lavfi", "-i", "sine=duration=4:sample_rate=48000", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", codec, str(src)],
+                   check=True)
+    assert float(streams(src)["audio"]["start_time"]) == pytest.approx(2.0, abs=0.05)
+    info = media.probe(src)
+    dst = tmp_path / "audio.wav"
+    media.extract_audio(src, dst, info.duration, format_name=info.format_name)
+    assert float(streams(dst)["audio"]["duration"]) == pytest.approx(6.0, abs=0.1)
+    assert sound_starts(dst) == pytest.approx(2.0, abs=0.1)
+
+
 def test_damaged_data_is_one_sentence_and_the_raw_output_a_detail(
         whole: dict[str, Path], tmp_path: Path) -> None:
     """Every byte is there (so the upload is accepted), but some are garbage."""

@@ -180,7 +180,11 @@ def extract_audio(
     # An audio track may well stop before the video does: measure it against its own length
     # (and where it starts, see below).
     length = stream_duration(src, "a:0", format_name)
-    duration = stream_offset(src, "a:0", format_name) + length if length else duration
+    if length:
+        # (Matroska's DURATION tag, as ffmpeg writes it, is where the track ends, offset
+        # included: the file's own length caps the sum.)
+        end = stream_offset(src, "a:0", format_name) + length
+        duration = min(end, duration) if duration else end
     with failing_as("The audio could not be extracted"), atomic_output(dst) as tmp:
         # The WAV's time is the preview's: a track that starts after the picture (a screen
         # recording, an edited export) is preceded by silence, and a gap inside it is
