@@ -303,6 +303,26 @@ def test_transcode_encodes_other_audio_to_aac_128k(tmp_path: Path, suffix: str,
     assert (audio["codec_name"], audio["profile"]) == ("aac", "LC"), why
     assert audio_packets(dst) != audio_packets(src)
     assert int(audio["bit_rate"]) < 150_000, why
+    assert int(audio["sample_rate"]) == 48000, why
+
+
+def test_transcode_brings_studio_sound_down_to_48_khz(tmp_path: Path) -> None:
+    # 96 kHz / 24-bit from a field recorder or a DAW, muxed with the picture by an editor:
+    # the preview's AAC stays within the 8-48 kHz that audio_copyable takes for playable.
+    src = tmp_path / "studio.mov"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=25:duration=3", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=96000:duration=3", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "pcm_s24le",
+                    str(src)], check=True)
+    assert streams(src)["audio"]["sample_rate"] == "96000"
+    info = media.probe(src)
+    dst = tmp_path / "preview.mp4"
+    media.transcode_preview(src, dst, info.duration, format_name=info.format_name)
+    audio = streams(dst)["audio"]
+    assert (audio["codec_name"], audio["profile"], audio["sample_rate"]) == (
+        "aac", "LC", "48000")
+    assert float(audio["duration"]) == pytest.approx(3.0, abs=0.05)
 
 
 def test_transcode_carries_adts_aac_from_mpeg_ts_into_mp4(tmp_path: Path) -> None:

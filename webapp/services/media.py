@@ -472,18 +472,32 @@ def audio_copyable(src: Path, format_name: str | None = None) -> bool:
     transcode of a 2-minute 720p talk here, since ffmpeg 5 encodes audio on the thread
     that also feeds x264 (docs/PERFORMANCE.md, section 1b).
     """
+    return _copyable(_first_audio(src, format_name))
+
+
+# The most sample rate a preview's AAC has: the 8-48 kHz that audio_copyable takes for
+# what every browser plays.
+PREVIEW_MAX_SAMPLE_RATE = 48000
+
+
+def _first_audio(src: Path, format_name: str | None) -> dict[str, Any]:
+    """What the preview needs to know of the source's first audio track ({}: unreadable)."""
     try:
         info = mediainput.ffprobe(src, "-select_streams", "a:0", "-show_entries",
                                   "stream=codec_name,profile,channels,sample_rate,bit_rate"
                                   ":stream_tags=BPS", format_name=format_name)
     except MediaError:
-        return False
-    stream = (info.get("streams") or [{}])[0]
+        return {}
+    return (info.get("streams") or [{}])[0]
+
+
+def _copyable(stream: dict[str, Any]) -> bool:
     bit_rate = (_number(stream.get("bit_rate"), int)
                 or _number(stream.get("tags", {}).get("BPS"), int))
     return (stream.get("codec_name") == "aac" and stream.get("profile") == "LC"
             and 1 <= (_number(stream.get("channels"), int) or 0) <= 2
-            and 8000 <= (_number(stream.get("sample_rate"), int) or 0) <= 48000
+            and 8000 <= (_number(stream.get("sample_rate"), int) or 0)
+            <= PREVIEW_MAX_SAMPLE_RATE
             and bit_rate is not None and 0 < bit_rate <= AUDIO_COPY_MAX_BITRATE)
 
 
@@ -514,10 +528,15 @@ def transcode_preview(
         "movflags": "+faststart",
     }
     if has_audio:
-        if audio_copyable(src, format_name):
+        audio = _first_audio(src, format_name)
+        if _copyable(audio):
             options["acodec"] = "copy"
         else:
             options.update({"acodec": "aac", "b:a": "128k"})
+            # Studio sound (88.2, 96, 192 kHz) would stay at its rate, past what browsers
+            # are sure to play.
+            if (_number(audio.get("sample_rate"), int) or 0) > PREVIEW_MAX_SAMPLE_RATE:
+                options["ar"] = PREVIEW_MAX_SAMPLE_RATE
     with failing_as("The preview could not be encoded"), atomic_output(dst) as tmp:
         source = _input(src, format_name)
         # Height capped and kept even (yuv420p needs even sizes); width follows the
