@@ -168,6 +168,11 @@ def _number(value: Any, kind: type[int] | type[float]) -> Any:
     return number if math.isfinite(number) else None
 
 
+# The least start of the sound after the file's start (seconds) that extract_audio keeps:
+# a frame of audio (AAC's 1024 samples at 48 kHz: 21 ms) is nothing to a caption.
+OFFSET_TO_KEEP = 0.025
+
+
 def extract_audio(
     src: Path, dst: Path, duration: float | None, on_progress: ProgressCallback | None = None,
     *, format_name: str | None = None,
@@ -179,21 +184,23 @@ def extract_audio(
     """
     # An audio track may well stop before the video does: measure it against its own length
     # (and where it starts, see below).
+    offset = stream_offset(src, "a:0", format_name)
     length = stream_duration(src, "a:0", format_name)
     if length:
         # (Matroska's DURATION tag, as ffmpeg writes it, is where the track ends, offset
         # included: the file's own length caps the sum.)
-        end = stream_offset(src, "a:0", format_name) + length
-        duration = min(end, duration) if duration else end
+        duration = min(offset + length, duration) if duration else offset + length
     with failing_as("The audio could not be extracted"), atomic_output(dst) as tmp:
-        # The WAV's time is the preview's: a track that starts after the picture (a screen
-        # recording, an edited export) is preceded by silence, and a gap inside it is
-        # filled, or the transcript's times would be early by as much.
-        stream = (
-            _input(src, format_name)["a:0"]
-            .filter("aresample", 16000, **{"async": 1, "first_pts": 0})
-            .output(str(tmp), ac=1, ar=16000, acodec="pcm_s16le", f="wav")
-        )
+        audio = _input(src, format_name)["a:0"]
+        if offset >= OFFSET_TO_KEEP:
+            # The WAV's time is the preview's: a track that starts after the picture (a
+            # screen recording, an edited export, a camera's MPEG-TS) is preceded by as much
+            # silence, or every caption would be early by as much. ffmpeg keeps or drops
+            # that offset by itself depending on the format, hence from 0 and explicit.
+            audio = (audio.filter("asetpts", "PTS-STARTPTS")
+                     .filter("aresample", 16000)
+                     .filter("adelay", delays=f"{round(offset * 16000)}S", all=1))
+        stream = audio.output(str(tmp), ac=1, ar=16000, acodec="pcm_s16le", f="wav")
         # -xerror does not catch a cut-off audio track (the demuxer just sees EOF early),
         # only the output-duration check does.
         run(stream, duration, on_progress, xerror=True, paths=(src, tmp))
