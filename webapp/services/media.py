@@ -58,7 +58,8 @@ class Storyboard:
     keyframes_only: bool = False  # sampled from keyframes alone (see make_storyboard)
     references_only: bool = False  # non-reference frames left undecoded (ditto)
     start: float = 0.0  # seconds (of the file) before the first tile's frame: a picture
-    # that starts after the sound, then a black opening
+    # that starts after the sound (`offset`), then a black opening
+    offset: float = 0.0  # seconds of the file before the picture's first frame
 
 
 def probe(path: Path, timeout: float | None = None) -> ProbeResult:
@@ -360,11 +361,12 @@ def make_storyboard(
     keyframes_only = gap is not None and gap <= longest
     # Tiles and cues are on the file's (the preview's) time, where the picture may start
     # late: sound before it (an edited export, an MPEG-TS capture).
-    start = stream_offset(src, "v:0", format_name) + black_opening(
+    offset = stream_offset(src, "v:0", format_name)
+    start = offset + black_opening(
         src, format_name, keyframes_only=keyframes_only, limit=min(LOOK_AT_MOST, duration / 2))
     if start > 0:
         plan = plan_storyboard(duration - start, width, height)
-    plan = replace(plan, keyframes_only=keyframes_only, start=start,
+    plan = replace(plan, keyframes_only=keyframes_only, start=start, offset=offset,
                    references_only=not keyframes_only)
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
         frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name)
@@ -397,12 +399,13 @@ def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
 def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
                       format_name: str | None) -> OutputStream:
     # The first frame at or after each multiple of the interval (after the black opening),
-    # on the file's time (ffmpeg's t: from the file's start, as in the preview); the
-    # millisecond of slack keeps float error from skipping to the next frame, and the cap
-    # keeps one sprite.
+    # on the file's time; counted from the picture's first frame (start_t), as ffmpeg keeps
+    # its offset in the file or not depending on the format (not for MPEG-TS when only the
+    # picture is read). The millisecond of slack keeps float error from skipping to the
+    # next frame, and the cap keeps one sprite.
     pick = (
         f"lt(selected_n,{plan.count})"
-        f"*gte(t+0.001,{plan.start!r}+selected_n*{plan.interval!r})"
+        f"*gte(t-start_t+0.001,{plan.start - plan.offset!r}+selected_n*{plan.interval!r})"
     )
     options = ({"skip_frame": "nokey"} if plan.keyframes_only
                else {"skip_frame": "noref"} if plan.references_only else {})
