@@ -185,8 +185,7 @@ def extract_audio(
     """
     # An audio track may well stop before the video does: measure it against its own length
     # (and where it starts, see below).
-    offset = stream_offset(src, "a:0", format_name)
-    length = stream_duration(src, "a:0", format_name)
+    offset, length = stream_timing(src, "a:0", format_name)
     if length:
         # (Matroska's DURATION tag, as ffmpeg writes it, is where the track ends, offset
         # included: the file's own length caps the sum.)
@@ -216,33 +215,32 @@ def _input(src: Path, format_name: str | None, **options: Any) -> FilterableStre
 def stream_duration(path: Path, selector: str, format_name: str | None = None) -> float | None:
     """The length the container states for one stream ("a:0"), from its header; None when
     it states none (Matroska keeps it in a DURATION tag, when at all)."""
-    try:
-        info = mediainput.ffprobe(path, "-select_streams", selector, "-show_entries",
-                                  "stream=duration:stream_tags=DURATION",
-                                  format_name=format_name)
-    except MediaError:
-        return None
-    streams = info.get("streams") or [{}]
-    duration = _number(streams[0].get("duration"), float)
-    if duration is None:
-        duration = _clock_seconds(streams[0].get("tags", {}).get("DURATION"))
-    return duration if duration and duration > 0 else None
+    return stream_timing(path, selector, format_name)[1]
 
 
 def stream_offset(path: Path, selector: str, format_name: str | None = None) -> float:
     """How long after the file's start (its earliest stream's) one stream starts, in
     seconds; 0.0 when unknown. ffmpeg times its outputs from the file's start."""
+    return stream_timing(path, selector, format_name)[0]
+
+
+def stream_timing(path: Path, selector: str,
+                  format_name: str | None = None) -> tuple[float, float | None]:
+    """(stream_offset, stream_duration) of one stream, from one ffprobe."""
     try:
         info = mediainput.ffprobe(path, "-select_streams", selector, "-show_entries",
-                                  "stream=start_time:format=start_time",
-                                  format_name=format_name)
+                                  "stream=start_time,duration:stream_tags=DURATION"
+                                  ":format=start_time", format_name=format_name)
     except MediaError:
-        return 0.0
-    start = _number((info.get("streams") or [{}])[0].get("start_time"), float)
+        return 0.0, None
+    stream = (info.get("streams") or [{}])[0]
+    duration = _number(stream.get("duration"), float)
+    if duration is None:
+        duration = _clock_seconds(stream.get("tags", {}).get("DURATION"))
+    start = _number(stream.get("start_time"), float)
     first = _number(info.get("format", {}).get("start_time"), float)
-    if start is None or first is None:
-        return 0.0
-    return max(0.0, start - first)
+    offset = 0.0 if start is None or first is None else max(0.0, start - first)
+    return offset, duration if duration and duration > 0 else None
 
 
 def _clock_seconds(value: Any) -> float | None:
