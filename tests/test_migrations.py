@@ -77,6 +77,23 @@ def test_outputs_of_old_runs_are_published_by_the_upgrade(empty_url, tmp_path, m
     command.downgrade(alembic(url), "0002")  # and back
 
 
+def insert_published_transcript(conn, vid: str, task: str, folder: str, name: str) -> None:
+    """A video named `name` whose completed task published a transcript in `folder`."""
+    conn.execute(text(
+        "INSERT INTO videos (id, original_filename, stored_name, size_bytes, format_name, "
+        "duration, has_audio, has_video, created_at) VALUES "
+        "(:v, :n, 'source.mp4', 1, 'mov', 9.0, true, true, '2026-11-01 10:00:00')"),
+        {"v": vid, "n": name})
+    conn.execute(text(
+        "INSERT INTO processing_tasks (id, video_id, mode, status, created_at, version) "
+        "VALUES (:t, :v, 'run_sync', 'completed', '2026-11-01 10:00:01', 9)"),
+        {"t": task, "v": vid})
+    conn.execute(text(
+        "INSERT INTO publications (video_id, step, task_id, attempt, folder, published_at) "
+        "VALUES (:v, 'transcribe', :t, 1, :f, '2026-11-01 10:00:05')"),
+        {"v": vid, "t": task, "f": folder})
+
+
 def test_the_search_index_is_filled_from_what_was_published(empty_url, tmp_path, monkeypatch):
     """0007 indexes the names and published transcripts of the videos already there."""
     from tests.helpers import transcript_files
@@ -87,19 +104,7 @@ def test_the_search_index_is_filled_from_what_was_published(empty_url, tmp_path,
     vid, task = "0b6f5d6e-0000-4000-8000-000000000002", "0b6f5d6e-0000-4000-8000-0000000000bb"
     folder = f"runs/{task}/transcribe.1"
     with get_engine(url).begin() as conn:
-        conn.execute(text(
-            "INSERT INTO videos (id, original_filename, stored_name, size_bytes, format_name, "
-            "duration, has_audio, has_video, created_at) VALUES "
-            "(:v, 'Vortrag über Käse.mp4', 'source.mp4', 1, 'mov', 9.0, true, true, "
-            "'2026-11-01 10:00:00')"), {"v": vid})
-        conn.execute(text(
-            "INSERT INTO processing_tasks (id, video_id, mode, status, created_at, version) "
-            "VALUES (:t, :v, 'run_sync', 'completed', '2026-11-01 10:00:01', 9)"),
-            {"t": task, "v": vid})
-        conn.execute(text(
-            "INSERT INTO publications (video_id, step, task_id, attempt, folder, published_at) "
-            "VALUES (:v, 'transcribe', :t, 1, :f, '2026-11-01 10:00:05')"),
-            {"v": vid, "t": task, "f": folder})
+        insert_published_transcript(conn, vid, task, folder, "Vortrag über Käse.mp4")
     published = settings.media_root / "videos" / vid / folder
     published.mkdir(parents=True)
     for name, data in transcript_files([(0.0, 4.0, "Der Käse reift im Keller."),
@@ -139,19 +144,7 @@ def test_the_search_index_is_made_again_for_either_chinese_script(empty_url, tmp
     command.upgrade(alembic(url), "0010")
     postgres = url.startswith("postgresql")
     with get_engine(url).begin() as conn:
-        conn.execute(text(
-            "INSERT INTO videos (id, original_filename, stored_name, size_bytes, format_name, "
-            "duration, has_audio, has_video, created_at) VALUES "
-            "(:v, '颱風.mp4', 'source.mp4', 1, 'mov', 9.0, true, true, "
-            "'2026-11-01 10:00:00')"), {"v": vid})
-        conn.execute(text(
-            "INSERT INTO processing_tasks (id, video_id, mode, status, created_at, version) "
-            "VALUES (:t, :v, 'run_sync', 'completed', '2026-11-01 10:00:01', 9)"),
-            {"t": task, "v": vid})
-        conn.execute(text(
-            "INSERT INTO publications (video_id, step, task_id, attempt, folder, published_at) "
-            "VALUES (:v, 'transcribe', :t, 1, :f, '2026-11-01 10:00:05')"),
-            {"v": vid, "t": task, "f": folder})
+        insert_published_transcript(conn, vid, task, folder, "颱風.mp4")
         # The entries as 0010's code made them: the characters' bigrams as written.
         for kind, position, shown in (("name", 0, "颱風.mp4"), ("segment", 0, said)):
             run = shown.split(".")[0].rstrip("。")
