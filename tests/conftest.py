@@ -55,6 +55,20 @@ def no_process_outlives_the_run() -> Iterator[None]:
         map(str, left))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_mount_outlives_the_run() -> Iterator[None]:
+    """No small disk a test mounted (tests.helpers.small_disk) outlives the run: any left
+    is unmounted, and the run fails naming it."""
+    from tests.helpers import small_disks
+
+    before = set(small_disks())
+    yield
+    left = [m for m in small_disks() if m not in before]
+    for mount in left:
+        subprocess.run(["umount", "--lazy", mount], check=False)
+    assert not left, f"test mounts outlived the run (unmounted now): {left}"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Name the test in the environment before any of its fixtures starts a process."""

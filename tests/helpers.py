@@ -5,8 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import struct
+import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -167,3 +170,28 @@ def top_level_boxes(path: Path) -> list[str]:
             boxes.append(kind.decode("latin-1"))
             f.seek(size - 8, 1)
     return boxes
+
+
+# The source name of the tmpfs mounts small_disk makes: the run's end finds any left over
+# (tests/conftest.py, no_mount_outlives_the_run).
+SMALL_DISK = "vidpipe-test-full"
+
+
+def small_disks() -> list[str]:
+    """The mount points of small_disk's tmpfs mounts now mounted."""
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        return [line.split()[1] for line in mounts if line.split()[0] == SMALL_DISK]
+
+
+@contextmanager
+def small_disk(path: Path, size: int) -> Iterator[Path]:
+    """A disk of `size` bytes (a tmpfs) on `path`, for a disk that fills up; unmounted
+    however the test ends. Mounted in the host's mount namespace, where processes the test
+    started before (a web server) see it too."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", SMALL_DISK, str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)

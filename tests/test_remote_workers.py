@@ -23,7 +23,7 @@ from jobs.cache import Cache
 from jobs.remote import RemoteAttempt, Server, TransferError
 from tests import mediagen
 from tests.conftest import PROJECT_ROOT, start_worker, stop_worker
-from tests.helpers import progress_of, subtasks, upload_ok, wait_for
+from tests.helpers import progress_of, small_disk, subtasks, upload_ok, wait_for
 from tests.test_concurrency import web_server
 from webapp.db import session_factory
 from webapp.models import Publication, Video
@@ -592,11 +592,7 @@ def test_a_full_disk_on_the_worker_host_is_said_and_leaves_no_piece(client, sett
 
     vid = upload_ok(client, speech_video)["id"]
     assert speech_video.stat().st_size > 512 * 1024
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "vidpipe-test-full", str(small)],
-                   check=True)
-    try:
+    with small_disk(tmp_path / "small", 256 * 1024) as small:
         remote = replace(remote_settings(settings, tmp_path, f"http://127.0.0.1:{web.port}"),
                          media_root=small)
         with session_factory(settings.database_url)() as session:
@@ -606,8 +602,6 @@ def test_a_full_disk_on_the_worker_host_is_said_and_leaves_no_piece(client, sett
         assert str(full.value) == ("the source could not be stored on this worker host: its "
                                    "disk is full")
         assert not list((small / "cache").iterdir())
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 @POSTGRES
@@ -615,12 +609,8 @@ def test_a_full_disk_on_the_web_host_is_said_and_leaves_no_piece(client, setting
                                                                  speech_video, tmp_path):
     """An output that fills the web host's disk is refused with 507 and a sentence the step
     shows (it was a 500 "internal error"), and the piece received is removed."""
-    media = settings.media_root
-    media.mkdir(parents=True, exist_ok=True)
     size = speech_video.stat().st_size + 150 * 1024
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "vidpipe-test-full",
-                    str(media)], check=True)
-    try:
+    with small_disk(settings.media_root, size) as media:
         vid = upload_ok(client, speech_video)["id"]
         assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
         task_id = progress_of(client, vid)["task_id"]
@@ -636,8 +626,6 @@ def test_a_full_disk_on_the_web_host_is_said_and_leaves_no_piece(client, setting
                                    "kept failing (the web app answered 507: its disk is full)")
         folder = media / "videos" / vid / "runs" / task_id / f"transcode.{attempt}"
         assert not list(folder.iterdir())
-    finally:
-        subprocess.run(["umount", str(media)], check=True)
 
 
 @POSTGRES
@@ -646,17 +634,11 @@ def test_a_step_that_fills_the_worker_hosts_disk_names_that_host(client, setting
     """ffmpeg's "No space left on device" on a worker on another host is that host's disk,
     not the server's, which the step's error used to name."""
     vid = upload_ok(client, speech_video)["id"]
-    own = tmp_path / "media-worker-b"
-    own.mkdir()
     size = speech_video.stat().st_size + 64 * 1024  # the source, and little else
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "vidpipe-test-full", str(own)],
-                   check=True)
-    try:
+    with small_disk(tmp_path / "media-worker-b", size):
         assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
         state = run_remotely(client, vid, remote_env(tmp_path, web.port, STEP_RETRIES="0"),
                              timeout=240)
-    finally:
-        subprocess.run(["umount", str(own)], check=True)
     error = subtasks(state)["transcode"]["error"]
     assert error == "The preview could not be encoded: the disk of worker host worker-b is full.", \
         error
