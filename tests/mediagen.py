@@ -178,3 +178,37 @@ def make_ramp_video(dst: Path, duration: float, rate: int, per_second: int,
             "-x264-params", x264_params, "-g", str(gop), "-keyint_min", str(gop),
             "-sc_threshold", "0", "-pix_fmt", "yuv420p", str(dst))
     return dst
+
+
+# Solid patches (RGB) of make_patches_video, each filling a quarter of the picture:
+# top left, top right, bottom left, bottom right.
+PATCHES = ((32, 160, 64), (200, 50, 40), (40, 64, 200), (235, 235, 235))
+
+
+def make_patches_video(dst: Path, transfer: str | None = None, size: str = "640x360",
+                       duration: float = 3.0) -> Path:
+    """A silent MP4 of four solid colour patches (PATCHES). SDR: H.264 tagged BT.709, as
+    phones and cameras record. With `transfer` ("smpte2084" PQ, "arib-std-b67" HLG): the
+    same picture in HDR, as an iPhone records it: HEVC Main 10, BT.2020 colours and matrix,
+    tagged so. zscale converts it, putting SDR's white at HDR's reference white, 203 nits
+    (ITU-R BT.2408), so the SDR picture is what the HDR one should look like on SDR."""
+    width, height = (int(n) for n in size.split("x"))
+    w, h = width // 2, height // 2
+    boxes = ",".join(f"drawbox=x={x}:y={y}:w={w}:h={h}:t=fill:c=0x{r:02X}{g:02X}{b:02X}"
+                     for (x, y), (r, g, b) in zip([(0, 0), (w, 0), (0, h), (w, h)], PATCHES,
+                                                  strict=True))
+    picture = ["-f", "lavfi", "-i",
+               f"color=c=0x808080:size={size}:rate=25:duration={duration},{boxes},"
+               "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p"]
+    if transfer is None:
+        _ffmpeg(*picture, "-c:v", "libx264", "-preset", "ultrafast", "-colorspace", "bt709",
+                "-color_primaries", "bt709", "-color_trc", "bt709", str(dst))
+        return dst
+    to_hdr = ("setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709:range=tv,"
+              "zscale=t=linear:npl=203,format=gbrpf32le,zscale=p=bt2020,"
+              f"zscale=t={transfer}:m=bt2020nc:r=tv:npl=203,format=yuv420p10le")
+    # (crf 12: at x265's default 28 the patches themselves drift by up to 10 levels)
+    _ffmpeg(*picture, "-vf", to_hdr, "-c:v", "libx265", "-preset", "ultrafast", "-crf", "12",
+            "-x265-params", "log-level=error", "-tag:v", "hvc1", "-colorspace", "bt2020nc",
+            "-color_primaries", "bt2020", "-color_trc", transfer, str(dst))
+    return dst

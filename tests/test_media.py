@@ -448,6 +448,109 @@ def test_poster_and_storyboard_keep_the_colours_of_hd_video(tmp_path: Path) -> N
             what, seen_as)
 
 
+# Where make_patches_video's four patches are, as boxes (x, y, w, h) inside each, in a
+# 640x360 picture (poster and preview) and in a 160x90 tile.
+PATCH_BOXES = [(100, 50, 64, 64), (420, 50, 64, 64), (100, 230, 64, 64), (420, 230, 64, 64)]
+TILE_PATCH_BOXES = [(20, 10, 40, 25), (100, 10, 40, 25), (20, 55, 40, 25), (100, 55, 40, 25)]
+# How far (levels of 255, each channel) a patch of the tone-mapped HDR picture may be from
+# the same patch of the SDR picture through the same step: 4 %, which nobody sees without
+# the two side by side. Measured: up to 7, in the white (tone-mapping keeps a little room
+# for highlights above it). Without tone-mapping they were up to 90 off, washed out (in
+# HLG the green 89,134,69 for 28,156,61); ffmpeg's usual zscale+tonemap=hable chain
+# (npl=100) darkened them by up to 53, tonemap=mobius at its default knee (0.3) by 26.
+HDR_TOLERANCE = 10
+
+
+def patch_colours(picture: Path, boxes: list[tuple[int, int, int, int]]) -> list[tuple]:
+    return [rgb_at(picture, *box) for box in boxes]
+
+
+def assert_near(seen: list[tuple], expected: list[tuple], tolerance: int, what: str) -> None:
+    assert all(abs(a - b) <= tolerance
+               for got, want in zip(seen, expected, strict=True)
+               for a, b in zip(got, want, strict=True)), (what, seen, expected)
+
+
+def thumbnails_and_preview(src: Path, out: Path) -> dict[str, list[tuple]]:
+    """The patches of src's poster, first storyboard tile and preview, as a viewer sees
+    them."""
+    out.mkdir()
+    info = media.probe(src)
+    media.make_poster(src, out / "poster.jpg", info.duration)
+    media.make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt", info.duration,
+                          info.width, info.height)
+    media.transcode_preview(src, out / "preview.mp4", info.duration, has_audio=False)
+    return {"poster": patch_colours(out / "poster.jpg", PATCH_BOXES),
+            "tile": patch_colours(out / "storyboard.jpg", TILE_PATCH_BOXES),
+            "preview": patch_colours(out / "preview.mp4", PATCH_BOXES)}
+
+
+@pytest.fixture(scope="module")
+def sdr_patches(gen_dir: Path) -> dict[str, list[tuple]]:
+    src = mediagen.make_patches_video(gen_dir / "patches-sdr.mp4")
+    return thumbnails_and_preview(src, gen_dir / "patches-sdr")
+
+
+@pytest.mark.parametrize("transfer", ["arib-std-b67", "smpte2084"])
+def test_hdr_video_is_tone_mapped_to_sdr(tmp_path: Path, transfer: str,
+                                         sdr_patches: dict[str, list[tuple]]) -> None:
+    # What iPhones record (HLG), and HDR10 (PQ): 10-bit HEVC in BT.2020.
+    src = mediagen.make_patches_video(tmp_path / "hdr.mp4", transfer)
+    tags = streams(src)["video"]
+    assert (tags["color_transfer"], tags["color_primaries"], tags["pix_fmt"]) == (
+        transfer, "bt2020", "yuv420p10le")
+    # Really HDR: read as it is, it looks nothing like the SDR picture.
+    as_is = patch_colours(src, PATCH_BOXES)
+    assert max(abs(a - b) for got, want in zip(as_is, sdr_patches["preview"], strict=True)
+               for a, b in zip(got, want, strict=True)) > 30
+    assert media.hdr_colours(src) == media.Hdr(transfer, "bt2020", "bt2020nc", "tv")
+
+    seen = thumbnails_and_preview(src, tmp_path / "out")
+    for what in ("poster", "tile", "preview"):
+        assert_near(seen[what], sdr_patches[what], HDR_TOLERANCE, what)
+    # The preview is SDR, and says so, in 8 bits.
+    preview = streams(tmp_path / "out" / "preview.mp4")["video"]
+    assert {key: preview.get(key) for key in (
+        "pix_fmt", "color_range", "color_space", "color_transfer", "color_primaries")} == {
+        "pix_fmt": "yuv420p", "color_range": "tv", "color_space": "bt709",
+        "color_transfer": "bt709", "color_primaries": "bt709"}
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_sdr_video_is_not_tone_mapped(gen_dir: Path, sdr_patches: dict[str, list[tuple]],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    src = gen_dir / "patches-sdr.mp4"  # (made by sdr_patches)
+    assert media.hdr_colours(src) is None
+    # Its colours are those of the picture (as the BT.709 test above)...
+    for what in ("poster", "tile", "preview"):
+        assert_near(sdr_patches[what], list(mediagen.PATCHES), 6, what)
+    # ... and its ffmpeg commands those from before tone-mapping came, which benchmarks
+    # compare: no filter and no option more.
+    commands: list[list[str]] = []
+    real_run = media.run
+
+    def recorded(stream: Any, *args: Any, **kwargs: Any) -> Any:
+        commands.append(stream.compile())
+        return real_run(stream, *args, **kwargs)
+
+    monkeypatch.setattr(media, "run", recorded)
+    thumbnails_and_preview(src, gen_dir / "patches-sdr-again")
+    graphs = [command[command.index("-filter_complex") + 1] for command in commands]
+    assert graphs == [
+        "[0:v:0]scale=min(iw*sar\\,1280):max(2\\,2*round(ow/dar/2))"
+        ":out_color_matrix=bt601:out_range=full[s0];[s0]setsar=1[s1]",
+        "[0:v:0]select=lt(selected_n\\,2)*gte(t-start_t+0.001\\,0.0+selected_n*2.0)[s0];"
+        "[s0]scale=160:90:flags=area:out_color_matrix=bt601:out_range=full[s1];"
+        "[s1]setsar=1[s2];[s2]split=2[s3][s4];[s4]tile=2x1[s5]",
+        "[0:v:0]scale=max(2\\,2*round(oh*dar/2)):trunc(min(ih\\,480)/2)*2[s0];"
+        "[s0]setsar=1[s1]",
+    ]
+    preview = commands[-1]
+    assert preview[preview.index("[s1]"):-1] == [
+        "[s1]", "-crf", "28", "-movflags", "+faststart", "-pix_fmt", "yuv420p",
+        "-preset", "veryfast", "-threads", "0", "-vcodec", "libx264"]
+
+
 def test_poster_with_unknown_duration(clip: Path, tmp_path: Path) -> None:
     dst = tmp_path / "poster.jpg"
     media.make_poster(clip, dst, None)

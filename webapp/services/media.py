@@ -258,29 +258,115 @@ def _clock_seconds(value: Any) -> float | None:
 JPEG_COLORS = {"out_color_matrix": "bt601", "out_range": "full"}
 
 
+# HDR video, by its transfer (ffprobe's color_transfer): PQ (smpte2084: HDR10, the base of
+# Dolby Vision) and HLG (arib-std-b67: what iPhones record by default since the iPhone 12),
+# in BT.2020 colours and 10 bits. Made SDR without tone-mapping it looks washed out (an
+# HLG green of 28,156,61 came out 89,134,69, a white of 232 grey 183), and an 8-bit preview
+# still tagged HDR is shown wrong by browsers: such video is tone-mapped to SDR BT.709.
+HDR_TRANSFERS = frozenset({"smpte2084", "arib-std-b67"})
+# Where HDR keeps SDR's white, in nits: the reference ("graphics") white of ITU-R BT.2408,
+# that of HLG at 75 % on its nominal 1000-nit display too. Tone-mapping puts it at SDR's
+# white, so what was in SDR's range keeps its colours.
+HDR_REFERENCE_WHITE = 203.0
+# The brightest an HDR picture is taken to reach (nits): HLG's nominal display, and what
+# most PQ video is mastered on (a PQ master's brighter highlights end up SDR's white).
+HDR_PEAK = 1000.0
+# Up to this share of SDR's white (linear light) tone-mapping changes nothing; brighter
+# light (HDR's highlights, up to the peak) is squeezed smoothly into what remains above it
+# (ffmpeg's tonemap=mobius). 0.7: SDR's range within a few levels (a white of 232 came out
+# 225-228), HLG's 75-100 % (203-1000 nits) 239-255; mobius's default 0.3 greyed that
+# white (206), the usual hable (npl=100) dimmed everything (white 179).
+TONEMAP_KNEE = 0.7
+
+
+@dataclass(frozen=True)
+class Hdr:
+    """An HDR video stream's colours, as zscale names them (ffprobe's names)."""
+
+    transfer: str  # smpte2084 or arib-std-b67
+    primaries: str  # bt2020 mostly
+    matrix: str  # bt2020nc mostly
+    range: str  # tv or pc
+
+
+def hdr_colours(src: Path, format_name: str | None = None) -> Hdr | None:
+    """The first video stream's HDR colours; None for SDR (or when they cannot be read).
+
+    Colours a file leaves unstated are BT.2020's, limited range (every HDR format's).
+    """
+    try:
+        info = mediainput.ffprobe(src, "-select_streams", "v:0", "-show_entries",
+                                  "stream=color_transfer,color_primaries,color_space,"
+                                  "color_range",
+                                  format_name=format_name)
+    except MediaError:
+        return None
+    stream = (info.get("streams") or [{}])[0]
+    transfer = stream.get("color_transfer")
+    if transfer not in HDR_TRANSFERS:
+        return None
+
+    def stated(key: str, default: str) -> str:
+        value = stream.get(key)
+        return value if value and value not in ("unknown", "unspecified", "reserved") \
+            else default
+
+    return Hdr(transfer=transfer, primaries=stated("color_primaries", "bt2020"),
+               matrix=stated("color_space", "bt2020nc"), range=stated("color_range", "tv"))
+
+
+def to_sdr(video: FilterableStream, hdr: Hdr) -> FilterableStream:
+    """HDR video tone-mapped to SDR: BT.709 colours, transfer and matrix, limited range,
+    8 bits (yuv420p). Its reference white becomes SDR's white (HDR_REFERENCE_WHITE),
+    then light above TONEMAP_KNEE, up to HDR_PEAK, is compressed below 1.0, with
+    hue kept (no desaturation), in linear light and float: zscale (zimg) and tonemap."""
+    return (video
+            # (linear light and BT.709 primaries in one pass: a second costs 10 %)
+            .filter("zscale", tin=hdr.transfer, pin=hdr.primaries, min=hdr.matrix,
+                    rin=hdr.range, t="linear", p="bt709", npl=HDR_REFERENCE_WHITE)
+            .filter("format", "gbrpf32le")
+            .filter("tonemap", "mobius", param=TONEMAP_KNEE,
+                    peak=round(HDR_PEAK / HDR_REFERENCE_WHITE, 3), desat=0)
+            .filter("zscale", t="bt709", m="bt709", r="tv")
+            .filter("format", "yuv420p"))
+
+
+# What the preview is tagged when its source was HDR (to_sdr), for players to take it as
+# SDR: a tone-mapped picture still tagged BT.2020 HLG/PQ is shown wrong.
+SDR_TAGS = {"color_primaries": "bt709", "color_trc": "bt709", "colorspace": "bt709",
+            "color_range": "tv"}
+
+
 def make_poster(src: Path, dst: Path, duration: float | None, max_width: int = 1280, *,
                 format_name: str | None = None) -> None:
-    """Write one JPEG frame from early on (skipping black intros), at most max_width wide."""
+    """Write one JPEG frame from early on (skipping black intros), at most max_width wide
+    (HDR tone-mapped to SDR: to_sdr)."""
     seek = min(duration * 0.1, 5.0) if duration else 0.0
+    hdr = hdr_colours(src, format_name)
     with failing_as("The poster could not be made"):
         try:
-            _grab_frame(src, dst, seek, max_width, format_name)
+            _grab_frame(src, dst, seek, max_width, format_name, hdr)
         except MediaError:
             if seek == 0.0:
                 raise
             # The video track can be shorter than the container (e.g. audio runs on).
-            _grab_frame(src, dst, 0.0, max_width, format_name)
+            _grab_frame(src, dst, 0.0, max_width, format_name, hdr)
 
 
 def _grab_frame(src: Path, dst: Path, seek: float, max_width: int,
-                format_name: str | None) -> None:
+                format_name: str | None, hdr: Hdr | None = None) -> None:
     with atomic_output(dst) as tmp:
+        # In square pixels: browsers ignore a JPEG's pixel aspect, so a frame of
+        # non-square pixels (anamorphic DVD/HDV) is stretched to its displayed width.
+        size = (f"min(iw*sar,{max_width})", "max(2,2*round(ow/dar/2))")
+        frame = _input(src, format_name, ss=seek)["v:0"]
+        if hdr:
+            # Tone-mapped at the poster's size (in 10 bits still): a 4K frame in float
+            # took 0.5 s more. The scale below then only converts the colours.
+            frame = to_sdr(frame.filter("scale", *size).filter("setsar", 1), hdr)
         stream = (
-            _input(src, format_name, ss=seek)["v:0"]
-            # In square pixels: browsers ignore a JPEG's pixel aspect, so a frame of
-            # non-square pixels (anamorphic DVD/HDV) is stretched to its displayed width.
-            .filter("scale", f"min(iw*sar,{max_width})", "max(2,2*round(ow/dar/2))",
-                    **JPEG_COLORS)
+            frame
+            .filter("scale", *size, **JPEG_COLORS)
             .filter("setsar", 1)
             .output(str(tmp), vframes=1, **{"q:v": 3})
         )
@@ -366,11 +452,13 @@ def make_storyboard(
         plan = plan_storyboard(duration - start, width, height)
     plan = replace(plan, keyframes_only=keyframes_only, start=start, offset=offset,
                    references_only=not keyframes_only)
+    hdr = hdr_colours(src, format_name)
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
-        frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name)
+        frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name, hdr)
         if plan.references_only and _tiles_missing(plan, frames, duration):
             plan = replace(plan, references_only=False)
-            frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name)
+            frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
+                                      hdr)
         plan = _confirm_tiles(plan, frames, duration)
         with atomic_output(vtt_dst) as vtt_tmp:
             vtt_tmp.write_text(_storyboard_vtt(plan, duration, sprite_name), encoding="utf-8")
@@ -379,10 +467,10 @@ def make_storyboard(
 
 def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
                      on_progress: ProgressCallback | None,
-                     format_name: str | None) -> int | None:
+                     format_name: str | None, hdr: Hdr | None = None) -> int | None:
     """Write the sprite as planned; the number of tiles ffmpeg made."""
     result = run(
-        _storyboard_graph(src, dst, plan, format_name),
+        _storyboard_graph(src, dst, plan, format_name, hdr),
         duration,
         on_progress,
         xerror=True,
@@ -395,7 +483,7 @@ def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
 
 
 def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
-                      format_name: str | None) -> OutputStream:
+                      format_name: str | None, hdr: Hdr | None = None) -> OutputStream:
     # The first frame at or after each multiple of the interval (after the black opening),
     # on the file's time; counted from the picture's first frame (start_t), as ffmpeg keeps
     # its offset in the file or not depending on the format (not for MPEG-TS when only the
@@ -407,9 +495,14 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
     )
     options = ({"skip_frame": "nokey"} if plan.keyframes_only
                else {"skip_frame": "noref"} if plan.references_only else {})
+    tiles = _input(src, format_name, **options)["v:0"].filter("select", pick)
+    if hdr:
+        # Tone-mapped at the tile's size (in 10 bits still): a 4K frame in float is 64
+        # times the work. The scale below then only converts the colours.
+        tiles = to_sdr(tiles.filter("scale", plan.tile_width, plan.tile_height,
+                                    flags="area"), hdr)
     tiles = (
-        _input(src, format_name, **options)["v:0"]
-        .filter("select", pick)
+        tiles
         # (area: a tile is a tenth of the frame or less, where swscale's default bicubic
         # also darkens the picture by a few levels)
         .filter("scale", plan.tile_width, plan.tile_height, flags="area", **JPEG_COLORS)
@@ -521,7 +614,8 @@ def transcode_preview(
     format_name: str | None = None,
     nice: int = 0,
 ) -> None:
-    """Write a small web-playable MP4 (H.264/AAC, never upscaled, moov first for streaming).
+    """Write a small web-playable MP4 (H.264/AAC, never upscaled, moov first for streaming),
+    in SDR: HDR video is tone-mapped (to_sdr) and tagged BT.709 (SDR_TAGS).
 
     The source's audio goes in as it is when browsers play it and it is small enough
     (audio_copyable); other audio is encoded to AAC at 128 kb/s. ffmpeg runs `nice` steps
@@ -545,6 +639,9 @@ def transcode_preview(
             # are sure to play.
             if (_number(audio.get("sample_rate"), int) or 0) > PREVIEW_MAX_SAMPLE_RATE:
                 options["ar"] = PREVIEW_MAX_SAMPLE_RATE
+    hdr = hdr_colours(src, format_name)
+    if hdr:
+        options.update(SDR_TAGS)
     with failing_as("The preview could not be encoded"), atomic_output(dst) as tmp:
         source = _input(src, format_name)
         # Height capped and kept even (yuv420p needs even sizes); width follows the
@@ -554,6 +651,8 @@ def transcode_preview(
                  .filter("scale", "max(2,2*round(oh*dar/2))",
                          f"trunc(min(ih,{max_height})/2)*2")
                  .filter("setsar", 1))
+        if hdr:  # (at the preview's size, from the source's 10 bits)
+            video = to_sdr(video, hdr)
         streams = [video, source["a:0"]] if has_audio else [video]
         stream = ffmpeg.output(*streams, str(tmp), **options)
         run(stream, duration, on_progress, xerror=True, paths=(src, tmp), nice=nice)
