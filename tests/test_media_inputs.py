@@ -410,7 +410,8 @@ def test_media_steps_never_read_what_a_stored_playlist_names(tmp_path, clip, for
             if format_name == "hls":
                 assert REASON.format("a playlist (hls)") in message, (what, message)
             assert str(tmp_path) not in message
-        assert media.stream_duration(src, "a:0", format_name) is None
+        streams = media.first_streams(src, format_name)
+        assert streams.length(streams.audio) is None
         assert keyframes.keyframe_gap(src, 1.0, format_name) is None
         assert watch.others() == []
     assert list(out.iterdir()) == []

@@ -185,7 +185,8 @@ def extract_audio(
     """
     # An audio track may well stop before the video does: measure it against its own length
     # (and where it starts, see below).
-    offset, length = stream_timing(src, "a:0", format_name)
+    streams = first_streams(src, format_name)
+    offset, length = streams.offset(streams.audio), streams.length(streams.audio)
     if length:
         # (Matroska's DURATION tag, as ffmpeg writes it, is where the track ends, offset
         # included: the file's own length caps the sum.)
@@ -212,35 +213,49 @@ def _input(src: Path, format_name: str | None, **options: Any) -> FilterableStre
     return ffmpeg.input(mediainput.url(src), **mediainput.input_options(format_name), **options)
 
 
-def stream_duration(path: Path, selector: str, format_name: str | None = None) -> float | None:
-    """The length the container states for one stream ("a:0"), from its header; None when
-    it states none (Matroska keeps it in a DURATION tag, when at all)."""
-    return stream_timing(path, selector, format_name)[1]
+@dataclass(frozen=True)
+class Streams:
+    """What the steps read of a source's first video and first audio stream (the streams
+    ffmpeg's "v:0" and "a:0" select), from one ffprobe ({}: no such stream, or unread)."""
+
+    video: dict[str, Any]
+    audio: dict[str, Any]
+    start: float | None  # the file's start time (its earliest stream's), in seconds
+
+    def offset(self, stream: dict[str, Any]) -> float:
+        """How long after the file's start one of them starts, in seconds (0.0 when
+        unknown): ffmpeg times its outputs from the file's start."""
+        begins = _number(stream.get("start_time"), float)
+        return 0.0 if begins is None or self.start is None else max(0.0, begins - self.start)
+
+    @staticmethod
+    def length(stream: dict[str, Any]) -> float | None:
+        """The length the container states for one of them, from its header; None when it
+        states none (Matroska keeps it in a DURATION tag, when at all)."""
+        length = _number(stream.get("duration"), float)
+        if length is None:
+            length = _clock_seconds(stream.get("tags", {}).get("DURATION"))
+        return length if length and length > 0 else None
 
 
-def stream_offset(path: Path, selector: str, format_name: str | None = None) -> float:
-    """How long after the file's start (its earliest stream's) one stream starts, in
-    seconds; 0.0 when unknown. ffmpeg times its outputs from the file's start."""
-    return stream_timing(path, selector, format_name)[0]
-
-
-def stream_timing(path: Path, selector: str,
-                  format_name: str | None = None) -> tuple[float, float | None]:
-    """(stream_offset, stream_duration) of one stream, from one ffprobe."""
+def first_streams(src: Path, format_name: str | None = None) -> Streams:
+    """One ffprobe for everything the steps ask of the first video and audio streams
+    (each probe is a process start on a step's path)."""
     try:
-        info = mediainput.ffprobe(path, "-select_streams", selector, "-show_entries",
-                                  "stream=start_time,duration:stream_tags=DURATION"
-                                  ":format=start_time", format_name=format_name)
+        info = mediainput.ffprobe(
+            src, "-show_entries",
+            "stream=codec_type,start_time,duration,codec_name,profile,channels,sample_rate,"
+            "bit_rate,color_transfer,color_primaries,color_space,color_range"
+            ":stream_tags=BPS,DURATION:format=start_time", format_name=format_name)
     except MediaError:
-        return 0.0, None
-    stream = (info.get("streams") or [{}])[0]
-    duration = _number(stream.get("duration"), float)
-    if duration is None:
-        duration = _clock_seconds(stream.get("tags", {}).get("DURATION"))
-    start = _number(stream.get("start_time"), float)
-    first = _number(info.get("format", {}).get("start_time"), float)
-    offset = 0.0 if start is None or first is None else max(0.0, start - first)
-    return offset, duration if duration and duration > 0 else None
+        return Streams({}, {}, None)
+    streams = info.get("streams") or []
+
+    def first(kind: str) -> dict[str, Any]:
+        return next((st for st in streams if st.get("codec_type") == kind), {})
+
+    return Streams(first("video"), first("audio"),
+                   _number(info.get("format", {}).get("start_time"), float))
 
 
 def _clock_seconds(value: Any) -> float | None:
@@ -290,18 +305,13 @@ class Hdr:
 
 
 def hdr_colours(src: Path, format_name: str | None = None) -> Hdr | None:
-    """The first video stream's HDR colours; None for SDR (or when they cannot be read).
+    """The first video stream's HDR colours; None for SDR (or when they cannot be read)."""
+    return _hdr(first_streams(src, format_name).video)
 
-    Colours a file leaves unstated are BT.2020's, limited range (every HDR format's).
-    """
-    try:
-        info = mediainput.ffprobe(src, "-select_streams", "v:0", "-show_entries",
-                                  "stream=color_transfer,color_primaries,color_space,"
-                                  "color_range",
-                                  format_name=format_name)
-    except MediaError:
-        return None
-    stream = (info.get("streams") or [{}])[0]
+
+def _hdr(stream: dict[str, Any]) -> Hdr | None:
+    """A probed video stream's HDR colours; None for SDR. Colours a file leaves unstated
+    are BT.2020's, limited range (every HDR format's)."""
     transfer = stream.get("color_transfer")
     if transfer not in HDR_TRANSFERS:
         return None
@@ -445,14 +455,15 @@ def make_storyboard(
     keyframes_only = gap is not None and gap <= longest
     # Tiles and cues are on the file's (the preview's) time, where the picture may start
     # late: sound before it (an edited export, an MPEG-TS capture).
-    offset = stream_offset(src, "v:0", format_name)
+    streams = first_streams(src, format_name)
+    offset = streams.offset(streams.video)
     start = offset + black_opening(
         src, format_name, keyframes_only=keyframes_only, limit=min(LOOK_AT_MOST, duration / 2))
     if start > 0:
         plan = plan_storyboard(duration - start, width, height)
     plan = replace(plan, keyframes_only=keyframes_only, start=start, offset=offset,
                    references_only=not keyframes_only)
-    hdr = hdr_colours(src, format_name)
+    hdr = _hdr(streams.video)
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
         frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name, hdr)
         if plan.references_only and _tiles_missing(plan, frames, duration):
@@ -573,23 +584,12 @@ def audio_copyable(src: Path, format_name: str | None = None) -> bool:
     transcode of a 2-minute 720p talk here, since ffmpeg 5 encodes audio on the thread
     that also feeds x264 (docs/PERFORMANCE.md, section 1b).
     """
-    return _copyable(_first_audio(src, format_name))
+    return _copyable(first_streams(src, format_name).audio)
 
 
 # The most sample rate a preview's AAC has: the 8-48 kHz that audio_copyable takes for
 # what every browser plays.
 PREVIEW_MAX_SAMPLE_RATE = 48000
-
-
-def _first_audio(src: Path, format_name: str | None) -> dict[str, Any]:
-    """What the preview needs to know of the source's first audio track ({}: unreadable)."""
-    try:
-        info = mediainput.ffprobe(src, "-select_streams", "a:0", "-show_entries",
-                                  "stream=codec_name,profile,channels,sample_rate,bit_rate"
-                                  ":stream_tags=BPS", format_name=format_name)
-    except MediaError:
-        return {}
-    return (info.get("streams") or [{}])[0]
 
 
 def _copyable(stream: dict[str, Any]) -> bool:
@@ -629,8 +629,9 @@ def transcode_preview(
         "threads": threads,
         "movflags": "+faststart",
     }
+    streams = first_streams(src, format_name)
     if has_audio:
-        audio = _first_audio(src, format_name)
+        audio = streams.audio
         if _copyable(audio):
             options["acodec"] = "copy"
         else:
@@ -639,7 +640,7 @@ def transcode_preview(
             # are sure to play.
             if (_number(audio.get("sample_rate"), int) or 0) > PREVIEW_MAX_SAMPLE_RATE:
                 options["ar"] = PREVIEW_MAX_SAMPLE_RATE
-    hdr = hdr_colours(src, format_name)
+    hdr = _hdr(streams.video)
     if hdr:
         options.update(SDR_TAGS)
     with failing_as("The preview could not be encoded"), atomic_output(dst) as tmp:
