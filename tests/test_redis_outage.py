@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -31,11 +32,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def redis_port() -> int:
+    """A free port for a private redis-server: in TEST_REDIS_PORTS ("5300-5399") if set
+    (machines where test runs share the host keep to a range each), else any."""
+    ports = os.environ.get("TEST_REDIS_PORTS")
+    if not ports:
+        return free_port()
+    low, high = (int(p) for p in ports.split("-"))
+    for port in range(low, high + 1):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {ports}")
+
+
 class RedisServer:
     """A redis-server of the test's own that keeps nothing on disk, like production here."""
 
     def __init__(self, tmp_path) -> None:
-        self.port = free_port()
+        self.port = redis_port()
         self.dir = tmp_path
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
