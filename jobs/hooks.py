@@ -12,9 +12,30 @@ from jobs.attempt import with_retries
 from webapp.config import Settings
 from webapp.db import session_factory
 from webapp.services import progress, publications
+from webapp.services.queue import DELIVERY
 from webapp.services.storage import Storage
 
 log = logging.getLogger(__name__)
+
+
+def superseded(job: Job) -> bool:
+    """Whether Redis now holds another delivery of this job's id than `job` (as its worker
+    dequeued it): the reconciler enqueued the step again, under the same id, after Redis
+    forgot the job (restarted empty), and that delivery's attempt has taken the step over.
+
+    The job hash, its registries and the step's running attempt are then the other
+    delivery's: what ends this one (its horse killed) must touch none of them. False when
+    Redis cannot tell (no job hash, a job enqueued before deliveries had tokens).
+    """
+    mine = job.meta.get(DELIVERY)
+    try:
+        raw = job.connection.hget(job.key, "meta")
+        current = job.serializer.loads(raw).get(DELIVERY) if raw else None
+    except RedisError:
+        return False
+    except Exception:  # a meta that cannot be read decides nothing
+        return False
+    return mine is not None and current is not None and current != mine
 
 
 def attempt_failed(job: Job, reason: str) -> None:

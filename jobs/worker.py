@@ -49,6 +49,38 @@ class VidpipeWorker(Worker):
                 except Exception:  # never stop the worker for a clean-up
                     self.log.exception("cleaning up after job %s failed", job.id)
 
+    def handle_work_horse_killed(self, job: Job, retpid, ret_val, rusage) -> None:
+        """A horse that died after another delivery of its job took the step over (Redis
+        restarted, the reconciler enqueued the job again under the same id) ran an attempt
+        that is stale already: the job in Redis, and the attempt number its meta holds, are
+        the live delivery's. Recording the death (hooks.horse_killed) would mark that live
+        attempt retrying or failed; nothing is recorded."""
+        if hooks.superseded(job):
+            self.log.warning("job %s: its work-horse died after another delivery of the job "
+                             "took the step over; leaving that delivery alone", job.id)
+            return
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None,
+                           exc_string="", execution=None) -> None:
+        """RQ's failure handling (a killed horse, in the worker; an exception, in the horse)
+        writes the job's status (FAILED, or re-enqueued for a retry), its failed registry
+        entry and result, and releases its dependants: all of them shared with another
+        delivery of the same id once the reconciler has enqueued the job again. A
+        superseded delivery only removes its own execution; RQ would otherwise fail the
+        live delivery's job (which the reconciler then takes for the step's failure) or
+        enqueue a wasted retry that takes the live attempt over."""
+        if not hooks.superseded(job):
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+            return
+        if self._stopped_job_id == job.id:
+            self._stopped_job_id = None
+        self.log.info("job %s: superseded by another delivery; its failure is not recorded",
+                      job.id)
+        with self.connection.pipeline() as pipeline:
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            pipeline.execute()
+
     def handle_exception(self, job: Job, *exc_info) -> None:
         """A step that failed for an expected reason (bad media, a model error, too slow) is
         logged as one line; tracebacks are for bugs."""

@@ -46,6 +46,7 @@ def test_a_new_tasks_jobs_reach_redis_in_one_round_trip(settings, redis_conn, rq
     assert rq_queue.deferred_job_registry.get_job_ids() == [queue.job_id(task_id, "transcribe")]
     parent = fetch(redis_conn, task_id, "extract_audio")
     assert parent.dependent_ids == [queue.job_id(task_id, "transcribe")]
+    deliveries = set()
     for step in STEPS:
         job = fetch(redis_conn, task_id, step)
         assert job.func_name == f"jobs.steps.{step}" and tuple(job.args) == (task_id,)
@@ -53,8 +54,10 @@ def test_a_new_tasks_jobs_reach_redis_in_one_round_trip(settings, redis_conn, rq
         assert job.timeout == queue.job_timeout(settings, 30.0)
         assert job.retries_left == settings.step_retries
         assert job.failure_callback.__name__ == "on_failure"
+        deliveries.add(job.meta.pop(queue.DELIVERY))
         assert job.meta == {"task_id": task_id, "video_id": "video-1", "step": step,
                             "max_tries": settings.step_retries + 1, "takeover": False}
+    assert len(deliveries) == len(STEPS)  # a token of each enqueue (jobs.hooks.superseded)
     child = fetch(redis_conn, task_id, "transcribe")
     assert child.get_status() == JobStatus.DEFERRED
     assert (child.allow_dependency_failures, child.enqueue_at_front) == (True, True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -18,6 +20,7 @@ from jobs import reconciler
 from tests import mediagen
 from tests.conftest import start_worker, stop_worker
 from tests.helpers import assert_json_error, progress_of, subtasks, upload_ok, wait_for
+from tests.procs import children
 from webapp import create_app
 from webapp.db import session_factory
 from webapp.models import ProcessingTask
@@ -231,3 +234,63 @@ def test_redis_restarted_during_extract_audio_the_transcription_still_runs(
     assert steps["transcribe"]["status"] in ("running", "completed"), (
         state["error"], steps["transcribe"])
     client.post(f"/api/v1/videos/{vid}/cancel")
+
+
+def horse_of(worker: subprocess.Popen) -> int:
+    """The worker's work-horse: the child that leads its own process group."""
+    def find():
+        for pid in children(worker.pid):
+            try:
+                if os.getpgid(pid) == pid:
+                    return pid
+            except ProcessLookupError:
+                pass
+        return None
+    return wait_for(find, timeout=10, what="the work-horse")
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_superseded_horse_killed_after_the_takeover_leaves_the_live_attempt_alone(
+        retries, settings, redis_server, tmp_path, worker_proc, monkeypatch):
+    """Redis restarts (empty) while a worker transcodes; the step's job is enqueued again
+    under the same id and a second worker's attempt 2 takes the step over. The first
+    worker's horse, frozen meanwhile (it cannot notice the takeover), is then killed (the
+    OOM killer). Its worker must not take the death for the live attempt's: neither fail
+    the step or the task, nor mark attempt 2 as retrying and run a wasted attempt 3."""
+    monkeypatch.setenv("STEP_RETRIES", str(retries))
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("RECONCILE_INTERVAL", "1")
+    app = create_app(replace(settings, redis_url=redis_server.url, step_retries=retries))
+    client = app.test_client()
+    video = mediagen.make_video(tmp_path / "long.mp4", duration=60.0, size="1280x720")
+    old = worker_proc()
+    vid = upload_ok(client, video)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["status"]
+             == "running" and s["progress"] > 0, timeout=60, interval=0.05)
+    horse = horse_of(old)
+    os.killpg(horse, signal.SIGSTOP)  # frozen with its ffmpeg (swapping, a stuck disk)
+    try:
+        backdate(settings, task_id)
+        redis_server.stop()
+        redis_server.start()  # back, and empty: the reconciler enqueues the steps again
+        worker_proc()
+        # Attempt 2 has made progress: its horse has told the job which attempt it runs.
+        wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["attempt"]
+                 == 2 and s["status"] == "running" and s["progress"] > 0,
+                 timeout=60, interval=0.1, what="the step taken over")
+        os.killpg(horse, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(horse, signal.SIGKILL)
+    seen = set()
+
+    def ended():
+        state = progress_of(client, vid)
+        seen.add(subtasks(state)["transcode"]["attempt"])
+        return state["status"] not in ("queued", "running") and state
+
+    state = wait_for(ended, timeout=180, interval=0.1, what="the task ends")
+    transcode = subtasks(state)["transcode"]
+    assert state["status"] == "completed", (state["error"], transcode)
+    assert transcode["attempt"] == 2 and seen <= {1, 2}, (seen, transcode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable
 
 from redis import Redis
@@ -30,6 +31,7 @@ ENQUEUE_ORDER = ("transcode", "extract_audio", "transcribe", "thumbnails")
 FAILURE_CALLBACK = "jobs.hooks.on_failure"
 FAILURE_TTL = 7 * 24 * 3600  # seconds a failed (or cancelled) job stays in Redis
 STOPPED_CALLBACK = "jobs.hooks.on_stopped"
+DELIVERY = "delivery"  # job.meta key: a token of the enqueue that made this job hash
 
 
 def connect(redis_url: str) -> Redis:
@@ -94,7 +96,11 @@ def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id:
             on_stopped=Callback(STOPPED_CALLBACK),
             description=f"{step} of video {video_id} (task {task_id})",
             meta={"task_id": task_id, "video_id": video_id, "step": step,
-                  "max_tries": settings.step_retries + 1, "takeover": takeover},
+                  "max_tries": settings.step_retries + 1, "takeover": takeover,
+                  # Tells this delivery of the job id from one the reconciler enqueues
+                  # again later under the same id (RQ's own retries keep it): see
+                  # jobs.hooks.superseded.
+                  DELIVERY: uuid.uuid4().hex},
         ))
     try:
         if all(NEEDS.get(step) not in after for step in wanted):
