@@ -77,6 +77,23 @@ class VidpipeWorker(Worker):
             self._stopped_job_id = None
         self.log.info("job %s: superseded by another delivery; its failure is not recorded",
                       job.id)
+        self._leave_to_the_live_delivery(job, execution)
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry,
+                           execution) -> None:
+        """In the horse, once the step returned. A superseded delivery's attempt ended
+        "stopped"; RQ would write FINISHED, its result and expiry over the live delivery's
+        job hash and release its dependants: a killed horse of the live delivery was then
+        ignored by its own worker (RQ handles no death of a FINISHED job) and its step stayed
+        running with nobody on it. The superseded delivery only removes its own execution."""
+        if not hooks.superseded(job):
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        self.log.info("job %s: superseded by another delivery; its end is not recorded",
+                      job.id)
+        self._leave_to_the_live_delivery(job, execution)
+
+    def _leave_to_the_live_delivery(self, job: Job, execution) -> None:
         with self.connection.pipeline() as pipeline:
             self.cleanup_execution(job, pipeline=pipeline, execution=execution)
             pipeline.execute()

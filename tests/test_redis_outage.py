@@ -294,3 +294,34 @@ def test_a_superseded_horse_killed_after_the_takeover_leaves_the_live_attempt_al
     transcode = subtasks(state)["transcode"]
     assert state["status"] == "completed", (state["error"], transcode)
     assert transcode["attempt"] == 2 and seen <= {1, 2}, (seen, transcode)
+
+
+def test_the_live_attempt_killed_after_the_superseded_one_stopped_is_retried(
+        outage_app, redis_server, settings, tmp_path, worker_proc):
+    """Redis restarts (empty) while a worker transcodes; a second worker's attempt 2 takes
+    the step over and the old attempt ends ("stopped"), under the job id the two deliveries
+    share. Then attempt 2's horse is killed (SIGKILL): the step must be retried (attempt 3)
+    and the task complete, not stay running with nobody working on it."""
+    video = mediagen.make_video(tmp_path / "long.mp4", duration=60.0, size="1280x720")
+    client = outage_app.test_client()
+    old = worker_proc()
+    vid = upload_ok(client, video)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["status"]
+             == "running" and s["progress"] > 0, timeout=60, interval=0.05)
+    backdate(settings, task_id)
+    redis_server.stop()
+    redis_server.start()  # back, and empty: the reconciler enqueues the steps again
+    new = worker_proc()
+    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["attempt"]
+             == 2 and s["status"] == "running" and s["progress"] > 0,
+             timeout=60, interval=0.1, what="the step taken over")
+    wait_for(lambda: "attempt 1 stopped" in Path(old.log_path).read_text()
+             and "Job OK" in Path(old.log_path).read_text().split("attempt 1 stopped")[-1],
+             timeout=30, what="the old attempt's job ended")
+    os.killpg(horse_of(new), signal.SIGKILL)
+    state = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
+                     ("queued", "running") and s, timeout=120, what="the task ends")
+    transcode = subtasks(state)["transcode"]
+    assert state["status"] == "completed", (state["error"], transcode)
+    assert transcode["attempt"] == 3, transcode
