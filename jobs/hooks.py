@@ -63,6 +63,23 @@ def attempt_failed(job: Job, reason: str) -> None:
     _remove_dead_files(sessions, settings, job)
 
 
+def attempt_interrupted(job: Job, reason: str) -> None:
+    """Record an attempt stopped with its worker (jobs/worker.py, request_stop): the step
+    waits again, saying why, and its job goes back to the queue without using a try."""
+    task_id, step = job.meta.get("task_id"), job.meta.get("step")
+    if not task_id or not step:
+        return
+    with contextlib.suppress(RedisError):
+        job.get_meta(refresh=True)  # the attempt number the horse saved
+    attempt = job.meta.get("attempt")
+    settings = Settings.from_env()
+    sessions = session_factory(settings.database_url)
+    with_retries(sessions, lambda s: progress.retry_subtask(s, task_id, step, reason, attempt),
+                 f"recording the stop of {step} of task {task_id}", delays=(0.5, 1))
+    log.warning("%s of task %s: %s", step, task_id, reason)
+    _remove_dead_files(sessions, settings, job)
+
+
 def _remove_dead_files(sessions, settings: Settings, job: Job) -> None:
     """The dead attempt could not remove its folder; no later publication may come to."""
     video_id = job.meta.get("video_id")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import time
 from collections.abc import Callable
 
@@ -36,6 +37,42 @@ class VidpipeWorker(Worker):
         super().__init__(*args, **kwargs)
         self.heartbeat_grace = heartbeat_grace
         self.after_job = after_job
+        self.stopped_by: str | None = None  # the signal that stopped the worker mid-step
+
+    def request_stop(self, signum, frame) -> None:
+        """SIGTERM or SIGINT (Ctrl-C of `make run` or `make worker`, honcho's stop, systemd):
+        stop now, the running step too, and hand it back to the queue.
+
+        RQ's warm shutdown waits for the step to end: minutes of transcription, while honcho
+        sends SIGKILL after 5 s. That killed the worker but not its horse (a process group of
+        its own), so the step's ffmpeg or whisper went on with nobody to stop it, honcho
+        repeated "sending SIGKILL" ten times a second until they ended, and the step was
+        left "running". Here the horse (with its ffmpeg or whisper, in its group) is killed at
+        once; `handle_work_horse_killed` records the step as waiting again and RQ puts its
+        job back in the queue, where the next worker takes it up."""
+        horse = self.horse_pid
+        if horse:
+            self.stopped_by = signal.Signals(signum).name
+        try:
+            super().request_stop(signum, frame)  # idle: ends the loop; busy: after the job
+        finally:
+            if horse:
+                self.log.info("stopping the running step (%s); it runs again on the next "
+                              "worker", self.stopped_by)
+                self.kill_horse()
+
+    def handle_work_horse_killed(self, job: Job, retpid, ret_val, rusage) -> None:
+        """A horse killed by `request_stop` is not a crash: its step waits for the next
+        worker, and the kill does not count as one of the step's tries (STEP_RETRIES)."""
+        if self.stopped_by is None:
+            super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+            return
+        job.retries_left = (job.retries_left or 0) + 1  # RQ's retry below takes one back
+        try:
+            hooks.attempt_interrupted(job, f"the worker was stopped ({self.stopped_by}) while "
+                                           "this step ran; it runs again on the next worker")
+        except Exception:  # the job still goes back to the queue
+            self.log.exception("recording the stop of job %s failed", job.id)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the job in a work-horse; then `after_job` (a remote worker's sweep of what a

@@ -1,5 +1,5 @@
 """Workers: /healthz and the UI say whether any serves the queue, and the reconciler beside
-each never outlives it."""
+each never outlives it; a stopped worker stops its step and hands it back."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
+from rq.job import Job
 
 from tests import mediagen, procs
 from tests.conftest import start_worker, stop_worker
-from tests.helpers import upload_ok, wait_for
+from tests.helpers import progress_of, subtasks, upload_ok, wait_for
+from webapp.services import queue
 
 pytestmark = pytest.mark.e2e
 HX = {"HX-Request": "true"}
@@ -145,3 +147,46 @@ def test_a_worker_killed_leaves_no_reconciler(settings, workers, when):
                  what=f"reconciler {reconciler} ending after its worker was killed")
     finally:
         procs.kill(reconciler)
+
+
+# -- stopping a busy worker (Ctrl-C of `make run`) -------------------------------------------
+
+def test_a_stopped_worker_stops_its_step_at_once_and_hands_it_back(client, settings,
+                                                                   redis_conn, workers,
+                                                                   tmp_path):
+    """Ctrl-C of `make run`: honcho sends SIGTERM to each process's group, and SIGKILL 5 s
+    later. RQ's warm shutdown waited for the step, so the SIGKILL came, killed the worker but
+    not its horse (a group of its own): the step's ffmpeg went on with nobody to stop it,
+    honcho logged "sending SIGKILL" ten times a second until it ended, and the step stayed
+    "running". Now the worker stops its step at once and the step waits for the next worker,
+    without using one of its tries."""
+    clip = mediagen.make_video(tmp_path / "long.mp4", duration=60.0, size="1280x720")
+    vid = upload_ok(client, clip)["id"]
+    first = workers()
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["status"]
+             == "running" and s["progress"] > 0, timeout=60, what="the preview encoding")
+
+    os.killpg(first.pid, signal.SIGTERM)  # what honcho sends to the worker's process group
+    assert first.wait(5) == 0, "the worker was still working after honcho's 5 s"
+    wait_for(lambda: not procs.in_session(first.pid), timeout=2,
+             what="no process of the worker left (its horse, ffmpeg, the reconciler)")
+    log = Path(first.log_path).read_text()
+    assert "stopping the running step (SIGTERM)" in log, log[-2000:]
+
+    transcode = subtasks(progress_of(client, vid))["transcode"]
+    assert (transcode["status"], transcode["attempt"]) == ("pending", 1), transcode
+    assert transcode["error"] == ("the worker was stopped (SIGTERM) while this step ran; it "
+                                  "runs again on the next worker")
+    job = Job.fetch(queue.job_id(task_id, "transcode"), connection=redis_conn)
+    assert job.get_status() == "queued"
+    assert job.retries_left == settings.step_retries  # the stop was not one of its tries
+    attempt_folder = settings.media_root / "videos" / vid / "runs" / task_id / "transcode.1"
+    assert not attempt_folder.exists()
+
+    workers()  # the next worker takes the step up again
+    wait_for(lambda: progress_of(client, vid)["status"] == "completed", timeout=240,
+             what="the task completing on the next worker")
+    transcode = subtasks(progress_of(client, vid))["transcode"]
+    assert (transcode["status"], transcode["attempt"], transcode["error"]) == (
+        "completed", 2, None), transcode
