@@ -55,6 +55,11 @@ keepalive = _number("WEB_KEEPALIVE", 2, minimum=0)
 # webapp/hosts.py). gunicorn would otherwise take X-Forwarded-Proto from any client on
 # 127.0.0.1 or a Unix socket, whatever TRUSTED_PROXIES says.
 secure_scheme_headers: dict[str, str] = {}
+# gunicorn (25.1 on) would open a control socket for `gunicornc` at $XDG_RUNTIME_DIR/gunicorn.ctl
+# or ~/.gunicorn/gunicorn.ctl: one path for every gunicorn of the user, taken over by whichever
+# last forked a worker and deleted by whichever stops first, so `gunicornc` steered (and could
+# shut down) another service on the machine, and ~/.gunicorn was left behind. Not used here.
+control_socket_disable = True
 accesslog = "-"
 # A progress poll that went well is counted, not logged (webapp/accesslog.py: a line of
 # counts per worker every POLL_LOG_SECONDS); errors, triggers, uploads, pages and anything

@@ -5,8 +5,10 @@ not with a traceback, and not later at the first job that reads it."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,32 @@ def test_the_worker_stops_with_the_sentence(tmp_path, name, value, rule):
     assert f"vidpipe: {name} must be {rule}; got {value!r}." in done.stderr
     assert "Traceback" not in done.stderr
 
+
+
+def test_the_web_process_opens_no_control_socket_shared_with_other_gunicorns(tmp_path):
+    """gunicorn's control socket (for `gunicornc`) defaults to one path per user, so two
+    services (or two vidpipes) took it from each other on every worker fork, and the first to
+    stop deleted the other's: `gunicornc -c "show stats"` answered for another service."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env.update(HOME=str(home), WEB_WORKERS="1",
+               DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
+    log = tmp_path / "web.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                                 "--bind", "127.0.0.1:0", "wsgi:app"], cwd=PROJECT_ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while "Booting worker" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        time.sleep(1)  # the control socket used to come up just after the first worker
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    text = log.read_text()
+    assert "Booting worker" in text, text
+    assert "Control socket" not in text, text
+    assert not (home / ".gunicorn").exists()
