@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,24 @@ def test_a_stopped_worker_stops_its_step_at_once_and_hands_it_back(client, setti
     transcode = subtasks(progress_of(client, vid))["transcode"]
     assert (transcode["status"], transcode["attempt"], transcode["error"]) == (
         "completed", 2, None), transcode
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_worker_told_to_stop_ends_at_once(settings, workers):
+    """RQ stopped its listening thread after unsubscribing it; when the thread read the reply
+    first, it waited 60 s for a new subscription and the worker with it (2 of 4 idle workers
+    took a minute to end on SIGTERM; honcho's SIGKILL comes after 5 s)."""
+    for _ in range(6):
+        worker = workers()
+        log = Path(worker.log_path)
+        wait_for(lambda log=log: "Listening on" in log.read_text(), timeout=30,
+                 what="the worker listening")
+        time.sleep(0.5)  # its listening thread waiting for a command
+        started = time.monotonic()
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(5)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the worker was still there 5 s after SIGTERM")
+        assert time.monotonic() - started < 3
+        assert not procs.in_session(worker.pid)
