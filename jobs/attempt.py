@@ -79,6 +79,10 @@ class AttemptWatch:
                 self.writes += 1
             current = progress.attempt_is_current(session, self.task_id, self.step,
                                                   self.attempt)
+            # A worker on another host has the web app complete the attempt while this
+            # watch still runs (jobs/remote.py, publish): done, not unwanted.
+            completed = not current and progress.attempt_completed(
+                session, self.task_id, self.step, self.attempt)
         except SQLAlchemyError as exc:
             _rollback(session)
             self.failed_ticks += 1
@@ -86,7 +90,9 @@ class AttemptWatch:
                 log.warning("%s of task %s: progress not written (%s); trying again",
                             self.step, self.task_id, _short(exc))
             return
-        if not current:
+        if completed:
+            self._done.set()
+        elif not current:
             log.info("%s of task %s: attempt %d is no longer wanted; stopping it",
                      self.step, self.task_id, self.attempt)
             self.stop.set()

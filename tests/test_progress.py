@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import pytest
 from sqlalchemy import select
 
+from jobs.attempt import AttemptWatch
 from webapp.config import DEFAULT_WEIGHTS, STEPS
+from webapp.db import session_factory
 from webapp.models import ProcessingTask, SubTask, Video
 from webapp.services import progress
 
@@ -285,3 +290,27 @@ def test_a_kinds_cost_is_a_fixed_part_and_a_part_per_unit(runs, units, expected)
     from webapp.services import calibration
 
     assert calibration.fit(runs, units) == pytest.approx(expected, rel=0.01)
+
+
+def test_a_watch_says_nothing_of_its_attempt_completing_under_it(settings, db_session, caplog):
+    """A worker on another host has the web app complete its attempt while the attempt's
+    watch still ticks: a tick in between logged "attempt 1 is no longer wanted; stopping
+    it" just before "completed on vm (attempt 1 ...)". Only an unwanted attempt is stopped."""
+    task = make_task(db_session, make_video(db_session))
+    attempt = progress.start_subtask(db_session, task.id, "transcode")
+    watch = AttemptWatch(session_factory(settings.database_url), task.id, "transcode", attempt,
+                         0.05)
+    with caplog.at_level(logging.INFO, logger="jobs.attempt"), watch:
+        assert progress.complete_subtask(db_session, task.id, "transcode", attempt)
+        time.sleep(0.3)  # several ticks
+    assert not watch.stop.is_set()
+    assert "no longer wanted" not in caplog.text
+
+    other = progress.start_subtask(db_session, task.id, "thumbnails")
+    watch = AttemptWatch(session_factory(settings.database_url), task.id, "thumbnails", other,
+                         0.05)
+    with caplog.at_level(logging.INFO, logger="jobs.attempt"), watch:
+        assert progress.cancel_task(db_session, task.id, "cancelled by request")
+        db_session.commit()
+        assert watch.stop.wait(2)  # a cancelled attempt is still stopped, and says so
+    assert "thumbnails of task" in caplog.text and "no longer wanted" in caplog.text

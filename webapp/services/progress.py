@@ -540,6 +540,15 @@ def attempt_is_current(session: Session, task_id: str, name: str, attempt: int) 
     return current is not None
 
 
+def attempt_completed(session: Session, task_id: str, name: str, attempt: int) -> bool:
+    """Whether `attempt` is the one that completed the step (its work is done, not stopped)."""
+    done = session.scalar(select(SubTask.id).where(
+        SubTask.task_id == task_id, SubTask.name == name, SubTask.status == "completed",
+        SubTask.attempt == attempt))
+    session.rollback()
+    return done is not None
+
+
 def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
                      video_id: str | None = None, folder: str | None = None,
                      note: str | None = None,
