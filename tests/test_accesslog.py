@@ -177,3 +177,18 @@ def test_a_slow_poll_is_logged_and_a_quick_one_counted(monkeypatch):
     assert len(lines.lines) == 3
     logger.flush_polls()
     assert re.search(r"polls: 1 in \d+ s \(200: 1\), slowest 249 ms$", lines.lines[-1])
+
+
+def test_a_file_sent_whole_is_logged_with_its_size(settings, tmp_path):
+    """gunicorn sends a file with sendfile() and does not count those bytes: every artifact,
+    preview and static file was logged as 0 bytes."""
+    log = tmp_path / "gunicorn.log"
+    css = PROJECT_ROOT / "static" / "css" / "app.css"
+    with web_server(tmp_path, SECRET_KEY="k", WEB_WORKERS="1") as (port, _):
+        status, body = http_request(port, "GET", "/static/css/app.css")
+        assert status == 200 and len(body) == css.stat().st_size
+        assert http_request(port, "HEAD", "/static/css/app.css")[0] == 200
+        time.sleep(0.5)
+    text = log.read_text()
+    assert access_lines(text, f'"GET /static/css/app.css HTTP/1.1" 200 {css.stat().st_size} '), text
+    assert access_lines(text, '"HEAD /static/css/app.css HTTP/1.1" 200 0 '), text

@@ -91,6 +91,18 @@ class AccessLog(glogging.Logger):
                 return
         super().access(resp, req, environ, request_time)
 
+    def atoms(self, resp, req, environ, request_time) -> dict:
+        """gunicorn's, with the size of a body sent by sendfile(): gunicorn counts only what
+        it writes itself, so every file (artifacts, previews, static files) was logged as
+        0 bytes (`"GET .../captions.vtt HTTP/1.1" 200 0`). Its Content-Length is what went."""
+        atoms = super().atoms(resp, req, environ, request_time)
+        length = getattr(resp, "response_length", None)
+        status = status_code(resp)
+        if (atoms.get("b") in ("0", "-") and length and environ.get("REQUEST_METHOD") != "HEAD"
+                and status.isdigit() and int(status) >= 200 and status not in ("204", "304")):
+            atoms["b"] = str(length)
+        return atoms
+
     def _count(self, status: str, request_time: timedelta) -> None:
         with self._lock:
             self._counts[status] += 1
