@@ -53,6 +53,7 @@ class VidpipeWorker(Worker):
         horse = self.horse_pid
         if horse:
             self.stopped_by = signal.Signals(signum).name
+            self.log.addFilter(self._no_unexpected_death)
         try:
             super().request_stop(signum, frame)  # idle: ends the loop; busy: after the job
         finally:
@@ -60,6 +61,11 @@ class VidpipeWorker(Worker):
                 self.log.info("stopping the running step (%s); it runs again on the next "
                               "worker", self.stopped_by)
                 self.kill_horse()
+
+    def _no_unexpected_death(self, record: logging.LogRecord) -> bool:
+        """Drop RQ's "job … failed (Work-horse terminated unexpectedly; waitpid returned 9
+        …)" for the horse killed on purpose: `handle_work_horse_killed` says what happened."""
+        return "Work-horse terminated unexpectedly" not in record.getMessage()
 
     def handle_work_horse_killed(self, job: Job, retpid, ret_val, rusage) -> None:
         """A horse killed by `request_stop` is not a crash: its step waits for the next

@@ -174,6 +174,7 @@ def test_a_stopped_worker_stops_its_step_at_once_and_hands_it_back(client, setti
              what="no process of the worker left (its horse, ffmpeg, the reconciler)")
     log = Path(first.log_path).read_text()
     assert "stopping the running step (SIGTERM)" in log, log[-2000:]
+    assert "failed" not in log and "Traceback" not in log, log[-2000:]
 
     transcode = subtasks(progress_of(client, vid))["transcode"]
     assert (transcode["status"], transcode["attempt"]) == ("pending", 1), transcode
