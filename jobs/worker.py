@@ -68,8 +68,21 @@ class VidpipeWorker(Worker):
         return "Work-horse terminated unexpectedly" not in record.getMessage()
 
     def handle_work_horse_killed(self, job: Job, retpid, ret_val, rusage) -> None:
-        """A horse killed by `request_stop` is not a crash: its step waits for the next
-        worker, and the kill does not count as one of the step's tries (STEP_RETRIES)."""
+        """What a dead horse's step records depends on who ended it.
+
+        - Another delivery of its job took the step over (Redis restarted, the reconciler
+          enqueued the job again under the same id): its attempt is stale already, and the
+          job in Redis, with the attempt number its meta holds, is the live delivery's.
+          Recording the death (hooks.horse_killed) would mark that live attempt retrying or
+          failed: nothing is recorded.
+        - `request_stop` killed it: not a crash; its step waits for the next worker, and the
+          kill does not count as one of the step's tries (STEP_RETRIES).
+        - Anything else (SIGKILL, the OOM killer): a crash, recorded by hooks.horse_killed.
+        """
+        if hooks.superseded(job):
+            self.log.warning("job %s: its work-horse died after another delivery of the job "
+                             "took the step over; leaving that delivery alone", job.id)
+            return
         if self.stopped_by is None:
             super().handle_work_horse_killed(job, retpid, ret_val, rusage)
             return
@@ -91,18 +104,6 @@ class VidpipeWorker(Worker):
                     self.after_job()
                 except Exception:  # never stop the worker for a clean-up
                     self.log.exception("cleaning up after job %s failed", job.id)
-
-    def handle_work_horse_killed(self, job: Job, retpid, ret_val, rusage) -> None:
-        """A horse that died after another delivery of its job took the step over (Redis
-        restarted, the reconciler enqueued the job again under the same id) ran an attempt
-        that is stale already: the job in Redis, and the attempt number its meta holds, are
-        the live delivery's. Recording the death (hooks.horse_killed) would mark that live
-        attempt retrying or failed; nothing is recorded."""
-        if hooks.superseded(job):
-            self.log.warning("job %s: its work-horse died after another delivery of the job "
-                             "took the step over; leaving that delivery alone", job.id)
-            return
-        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None,
                            exc_string="", execution=None) -> None:
