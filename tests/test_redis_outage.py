@@ -172,21 +172,42 @@ def backdate(settings, task_id: str) -> None:
         session.commit()
 
 
+def start_a_long_transcode(client, tmp_path) -> tuple[str, str]:
+    """Upload a 60 s 720p video and reprocess it; once its transcode has made progress:
+    (video id, task id)."""
+    video = mediagen.make_video(tmp_path / "long.mp4", duration=60.0, size="1280x720")
+    vid = upload_ok(client, video)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["status"]
+             == "running" and s["progress"] > 0, timeout=60, interval=0.05)
+    return vid, task_id
+
+
+def restart_redis_empty(settings, redis_server, task_id: str) -> None:
+    """Redis restarts with nothing in it, the task past the reconciler's grace: its jobs
+    are enqueued again at the reconciler's next pass."""
+    backdate(settings, task_id)
+    redis_server.stop()
+    redis_server.start()
+
+
+def wait_for_the_takeover(client, vid: str) -> None:
+    """Attempt 2 of the transcode runs and has made progress (its horse has told the job
+    which attempt it runs)."""
+    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["attempt"]
+             == 2 and s["status"] == "running" and s["progress"] > 0,
+             timeout=60, interval=0.1, what="the step taken over")
+
+
 def test_redis_restarted_while_a_step_runs_the_taken_over_step_completes(
         outage_app, redis_server, settings, tmp_path, worker_proc):
     """Redis restarts (empty) while a worker transcodes. The reconciler enqueues the step
     again and a new attempt takes it over; the old attempt stops. The old job's end (RQ
     writes it under the same job id) must not make the reconciler fail the new attempt."""
-    video = mediagen.make_video(tmp_path / "long.mp4", duration=60.0, size="1280x720")
     client = outage_app.test_client()
     worker_proc()
-    vid = upload_ok(client, video)["id"]
-    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
-    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["status"]
-             == "running" and s["progress"] > 0, timeout=60, interval=0.05)
-    backdate(settings, task_id)
-    redis_server.stop()
-    redis_server.start()  # back, and empty: the reconciler enqueues the steps again
+    vid, task_id = start_a_long_transcode(client, tmp_path)
+    restart_redis_empty(settings, redis_server, task_id)
     worker_proc()  # a second worker to take the step over while the first one's horse lives
     wait_for(lambda: subtasks(progress_of(client, vid))["transcode"]["attempt"] >= 2,
              timeout=60, interval=0.1, what="the step taken over")
@@ -262,23 +283,14 @@ def test_a_superseded_horse_killed_after_the_takeover_leaves_the_live_attempt_al
     monkeypatch.setenv("RECONCILE_INTERVAL", "1")
     app = create_app(replace(settings, redis_url=redis_server.url, step_retries=retries))
     client = app.test_client()
-    video = mediagen.make_video(tmp_path / "long.mp4", duration=60.0, size="1280x720")
     old = worker_proc()
-    vid = upload_ok(client, video)["id"]
-    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
-    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["status"]
-             == "running" and s["progress"] > 0, timeout=60, interval=0.05)
+    vid, task_id = start_a_long_transcode(client, tmp_path)
     horse = horse_of(old)
     os.killpg(horse, signal.SIGSTOP)  # frozen with its ffmpeg (swapping, a stuck disk)
     try:
-        backdate(settings, task_id)
-        redis_server.stop()
-        redis_server.start()  # back, and empty: the reconciler enqueues the steps again
+        restart_redis_empty(settings, redis_server, task_id)
         worker_proc()
-        # Attempt 2 has made progress: its horse has told the job which attempt it runs.
-        wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["attempt"]
-                 == 2 and s["status"] == "running" and s["progress"] > 0,
-                 timeout=60, interval=0.1, what="the step taken over")
+        wait_for_the_takeover(client, vid)
         os.killpg(horse, signal.SIGKILL)
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -302,20 +314,12 @@ def test_the_live_attempt_killed_after_the_superseded_one_stopped_is_retried(
     the step over and the old attempt ends ("stopped"), under the job id the two deliveries
     share. Then attempt 2's horse is killed (SIGKILL): the step must be retried (attempt 3)
     and the task complete, not stay running with nobody working on it."""
-    video = mediagen.make_video(tmp_path / "long.mp4", duration=60.0, size="1280x720")
     client = outage_app.test_client()
     old = worker_proc()
-    vid = upload_ok(client, video)["id"]
-    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
-    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["status"]
-             == "running" and s["progress"] > 0, timeout=60, interval=0.05)
-    backdate(settings, task_id)
-    redis_server.stop()
-    redis_server.start()  # back, and empty: the reconciler enqueues the steps again
+    vid, task_id = start_a_long_transcode(client, tmp_path)
+    restart_redis_empty(settings, redis_server, task_id)
     new = worker_proc()
-    wait_for(lambda: (s := subtasks(progress_of(client, vid))["transcode"])["attempt"]
-             == 2 and s["status"] == "running" and s["progress"] > 0,
-             timeout=60, interval=0.1, what="the step taken over")
+    wait_for_the_takeover(client, vid)
     wait_for(lambda: "attempt 1 stopped" in Path(old.log_path).read_text()
              and "Job OK" in Path(old.log_path).read_text().split("attempt 1 stopped")[-1],
              timeout=30, what="the old attempt's job ended")
