@@ -366,13 +366,19 @@ def test_an_old_sources_sha256_is_computed_on_first_need(client, settings, web, 
         assert session.get(Video, vid).sha256 == sha(speech_video.read_bytes())
 
 
-@POSTGRES
-def test_a_damaged_upload_is_refused_and_kept_nowhere(client, settings, web, speech_video):
-    vid = upload_ok(client, speech_video)["id"]
+def running_attempt(client, settings, video, step: str) -> tuple[str, str, int]:
+    """Upload `video`, reprocess it, and start an attempt of `step` as a worker would:
+    (video id, task id, attempt)."""
+    vid = upload_ok(client, video)["id"]
     assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
     task_id = progress_of(client, vid)["task_id"]
     with session_factory(settings.database_url)() as session:
-        attempt = progress.start_subtask(session, task_id, "transcode")
+        return vid, task_id, progress.start_subtask(session, task_id, step)
+
+
+@POSTGRES
+def test_a_damaged_upload_is_refused_and_kept_nowhere(client, settings, web, speech_video):
+    vid, task_id, attempt = running_attempt(client, settings, speech_video, "transcode")
     url = (f"http://127.0.0.1:{web.port}/internal/v1/tasks/{task_id}/steps/transcode/"
            f"{attempt}/files/preview.mp4")
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -420,11 +426,7 @@ def test_the_cache_evicts_the_least_recently_used_files(tmp_path):
 def test_an_empty_output_is_uploaded_like_any_other(client, settings, web, speech_video,
                                                     tmp_path):
     """A video without speech has empty captions: the upload still says its length."""
-    vid = upload_ok(client, speech_video)["id"]
-    assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
-    task_id = progress_of(client, vid)["task_id"]
-    with session_factory(settings.database_url)() as session:
-        attempt = progress.start_subtask(session, task_id, "transcribe")
+    vid, task_id, attempt = running_attempt(client, settings, speech_video, "transcribe")
     empty = tmp_path / "captions.srt"
     empty.write_bytes(b"")
     server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{web.port}"),
@@ -611,11 +613,7 @@ def test_a_full_disk_on_the_web_host_is_said_and_leaves_no_piece(client, setting
     shows (it was a 500 "internal error"), and the piece received is removed."""
     size = speech_video.stat().st_size + 150 * 1024
     with small_disk(settings.media_root, size) as media:
-        vid = upload_ok(client, speech_video)["id"]
-        assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
-        task_id = progress_of(client, vid)["task_id"]
-        with session_factory(settings.database_url)() as session:
-            attempt = progress.start_subtask(session, task_id, "transcode")
+        vid, task_id, attempt = running_attempt(client, settings, speech_video, "transcode")
         preview = tmp_path / "preview.mp4"
         preview.write_bytes(os.urandom(600 * 1024))
         server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{web.port}"),
