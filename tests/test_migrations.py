@@ -94,6 +94,20 @@ def insert_published_transcript(conn, vid: str, task: str, folder: str, name: st
         {"v": vid, "t": task, "f": folder})
 
 
+def insert_entry(conn, vid: str, kind: str, position: int, shown: str,
+                 terms: list[str]) -> None:
+    """A search entry of `shown` with the terms an earlier revision's code made of it."""
+    from webapp.services import searchterms
+
+    postgres = conn.dialect.name == "postgresql"
+    value = searchterms.tsvector(terms) if postgres else " ".join(terms)
+    conn.execute(text(
+        "INSERT INTO search_entries (video_id, kind, position, start_time, end_time, "
+        "text, terms) VALUES (:v, :k, :p, 0, 4, :s, "
+        + ("CAST(:t AS tsvector))" if postgres else ":t)")),
+        {"v": vid, "k": kind, "p": position, "s": shown, "t": value})
+
+
 def test_the_search_index_is_filled_from_what_was_published(empty_url, tmp_path, monkeypatch):
     """0007 indexes the names and published transcripts of the videos already there."""
     from tests.helpers import transcript_files
@@ -142,19 +156,13 @@ def test_the_search_index_is_made_again_for_either_chinese_script(empty_url, tmp
         (published / name).write_bytes(data)
     monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
     command.upgrade(alembic(url), "0010")
-    postgres = url.startswith("postgresql")
     with get_engine(url).begin() as conn:
         insert_published_transcript(conn, vid, task, folder, "颱風.mp4")
         # The entries as 0010's code made them: the characters' bigrams as written.
-        for kind, position, shown in (("name", 0, "颱風.mp4"), ("segment", 0, said)):
+        for kind, shown in (("name", "颱風.mp4"), ("segment", said)):
             run = shown.split(".")[0].rstrip("。")
             terms = [*searchterms.bigrams(run), run[-1]] + (["mp4"] if kind == "name" else [])
-            value = searchterms.tsvector(terms) if postgres else " ".join(terms)
-            conn.execute(text(
-                "INSERT INTO search_entries (video_id, kind, position, start_time, end_time, "
-                "text, terms) VALUES (:v, :k, :p, 0, 4, :s, "
-                + ("CAST(:t AS tsvector))" if postgres else ":t)")),
-                {"v": vid, "k": kind, "p": position, "s": shown, "t": value})
+            insert_entry(conn, vid, kind, 0, shown, terms)
 
     command.upgrade(alembic(url), "head")
 
@@ -167,3 +175,39 @@ def test_the_search_index_is_made_again_for_either_chinese_script(empty_url, tmp
     with get_engine(url).connect() as conn:  # made again, not added to
         assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 2
     command.downgrade(alembic(url), "0010")  # and back
+
+
+def test_the_search_index_is_made_again_for_korean_inside_words(empty_url, tmp_path,
+                                                                monkeypatch):
+    """0012 makes the terms again: an index 0011 made of Korean words whole (서울입니다)
+    is found by today's queries, which look for a Korean word inside them (서울)."""
+    from tests.helpers import transcript_files
+
+    url = empty_url
+    settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
+    vid, task = "0b6f5d6e-0000-4000-8000-000000000004", "0b6f5d6e-0000-4000-8000-0000000000dd"
+    folder = f"runs/{task}/transcribe.1"
+    said = "서울입니다. 내일은 부산에서 만나요."
+    published = settings.media_root / "videos" / vid / folder
+    published.mkdir(parents=True)
+    for name, data in transcript_files([(0.0, 4.0, said)], "ko").items():
+        (published / name).write_bytes(data)
+    monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
+    command.upgrade(alembic(url), "0011")
+    with get_engine(url).begin() as conn:
+        insert_published_transcript(conn, vid, task, folder, "서울여행.mp4")
+        # The entries as 0011's code made them: Korean words whole, as written.
+        insert_entry(conn, vid, "name", 0, "서울여행.mp4", ["서울여행", "mp4"])
+        insert_entry(conn, vid, "segment", 0, said, ["서울입니다", "내일은", "부산에서", "만나요"])
+
+    command.upgrade(alembic(url), "head")
+
+    client = create_app(settings).test_client()
+    for q, name_matches, lines in (("서울", True, [said]), ("부산", False, [said]),
+                                   ("여행", True, [])):
+        [hit] = client.get("/api/v1/search", query_string={"q": q}).get_json()
+        assert hit["video"]["id"] == vid and hit["name_matches"] is name_matches, q
+        assert [s["text"] for s in hit["segments"]] == lines, q
+    with get_engine(url).connect() as conn:  # made again, not added to
+        assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 2
+    command.downgrade(alembic(url), "0011")  # and back

@@ -185,6 +185,30 @@ def test_punctuation_between_kana_separates_words_on_both_databases(client, libr
     assert found(client, "ドナルドトランプ") == []
 
 
+def test_korean_is_found_inside_a_word_with_its_particles(client, library, settings, clip):
+    """Korean writes particles and endings onto the word (서울에서, 서울은, 서울입니다):
+    Hangul is indexed as Chinese and Japanese are, so 서울 is found inside them; the spaces
+    between Korean words still separate, and Latin words stay whole words."""
+    said = [(0.0, 3.0, "서울입니다. 오늘 서울의 날씨는 맑겠습니다."),
+            (3.0, 6.0, "내일은 부산에서 비가 오겠습니다. KBS뉴스입니다.")]
+    publish_transcript(settings, library["silent.wav"], said, language=None)
+    for q, expected in (("서울", [said[0][2]]), ("날씨", [said[0][2]]),
+                        ("서울 날씨", [said[0][2]]), ("부산", [said[1][2]]),
+                        ("부산에서", [said[1][2]]), ("비", [said[1][2]]),
+                        ("뉴스", [said[1][2]]), ("kbs", [said[1][2]])):
+        hits = found(client, q)
+        assert names(hits) == ["silent.wav"] and lines(hits[0]) == expected, q
+    assert found(client, "서울 부산") == []  # in two different lines
+    assert found(client, "다오") == []  # 입니다. 오늘: two words, not one run
+    assert found(client, "에서부산") == []  # a phrase, in this order
+    assert found(client, "kb") == []  # Latin: whole words still
+    vid = upload_ok(client, clip, "서울여행기.wav")["id"]
+    assert [h["video"]["id"] for h in found(client, "여행") if h["name_matches"]] == [vid]
+    html = client.get("/search", query_string={"q": "서울"}).get_data(as_text=True)
+    assert "<mark>서울</mark>입니다. 오늘 <mark>서울</mark>의 날씨는" in html
+    assert "<mark>서울</mark>여행기.wav" in html
+
+
 @pytest.mark.parametrize("q", [
     'weather" OR "nothing', "weather OR nothing", "NEAR(weather sports)", "weather*",
     "weather:*", "^weather", "-weather", "weather AND", "(weather", "weather NOT sports",

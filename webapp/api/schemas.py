@@ -243,8 +243,9 @@ class SearchQuerySchema(ma.Schema):
         "description": (
             "What to search for in videos' names and transcripts. Every word must occur in "
             "the name or in one segment of the transcript; case and accents of Latin "
-            "letters do not matter; two or more Chinese or Japanese characters are found "
-            "inside a segment (a single one as the start of a pair). Quotes and operators "
+            "letters do not matter; two or more Chinese, Japanese or Korean characters are "
+            "found inside a segment, Korean inside the particles written onto a word (a "
+            "single character as the start of a pair). Quotes and operators "
             "are searched as the words they hold, never interpreted. 1-200 characters with "
             "a letter or digit, else 422")})
 

@@ -11,10 +11,12 @@ by locale), so they find the same things:
   as transcripts are written in CHINESE_SCRIPT and names in either script;
 - a word is a run of letters, digits and marks; anything else separates words, except the
   commas, stops and apostrophes of a number in groups of thousands (1,250,000 is 1250000);
-- Chinese and Japanese write no spaces: a run of Han, kana (and 々, ー) is indexed as its
-  overlapping bigrams (東京都 → 東京 京都) followed by its last character (都), so that
-  any two or more characters of it are found as a phrase of bigrams, and a single
-  character as the prefix of a term (京 → 京都, 都).
+- Chinese and Japanese write no spaces, and Korean writes its particles and endings onto
+  the word (서울에서, 서울입니다): a run of Han, kana (and 々, ー) or Hangul is indexed as
+  its overlapping bigrams (東京都 → 東京 京都) followed by its last character (都), so
+  that any two or more characters of it are found as a phrase of bigrams (서울 inside
+  서울입니다), and a single character as the prefix of a term (京 → 京都, 都). Spaces
+  still separate runs, and words of other scripts stay whole words.
 
 A query is made of the same units, all of which must match within one entry (a transcript
 segment, or the video's name). The terms hold letters, digits and marks only, so no query
@@ -52,10 +54,13 @@ def _is_han(ch: str) -> bool:
 
 
 def _is_cjk(ch: str) -> bool:
+    """Han, kana or Hangul (syllables and jamo): the scripts indexed as bigrams."""
     cp = ord(ch)
     return (0x3040 <= cp <= 0x30FF or 0x31F0 <= cp <= 0x31FF or 0x3400 <= cp <= 0x4DBF
             or 0x4E00 <= cp <= 0x9FFF or 0xF900 <= cp <= 0xFAFF or 0x20000 <= cp <= 0x3FFFF
-            or cp in (0x3005, 0x3006, 0x3007))
+            or cp in (0x3005, 0x3006, 0x3007)
+            or 0xAC00 <= cp <= 0xD7FF or 0x1100 <= cp <= 0x11FF or 0x3130 <= cp <= 0x318F
+            or 0xA960 <= cp <= 0xA97F)
 
 
 @functools.lru_cache(maxsize=65536)
