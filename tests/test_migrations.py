@@ -177,37 +177,41 @@ def test_the_search_index_is_made_again_for_either_chinese_script(empty_url, tmp
     command.downgrade(alembic(url), "0010")  # and back
 
 
-def test_the_search_index_is_made_again_for_korean_inside_words(empty_url, tmp_path,
+def test_the_search_index_is_made_again_for_korean_and_cyrillic(empty_url, tmp_path,
                                                                 monkeypatch):
     """0012 makes the terms again: an index 0011 made of Korean words whole (서울입니다)
-    is found by today's queries, which look for a Korean word inside them (서울)."""
+    and of ё as written is found by today's queries, which look for a Korean word inside
+    them (서울) and fold ё to е."""
     from tests.helpers import transcript_files
 
     url = empty_url
     settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
     vid, task = "0b6f5d6e-0000-4000-8000-000000000004", "0b6f5d6e-0000-4000-8000-0000000000dd"
     folder = f"runs/{task}/transcribe.1"
-    said = "서울입니다. 내일은 부산에서 만나요."
+    said, russian = "서울입니다. 내일은 부산에서 만나요.", "Ещё раз о погоде."
     published = settings.media_root / "videos" / vid / folder
     published.mkdir(parents=True)
-    for name, data in transcript_files([(0.0, 4.0, said)], "ko").items():
+    for name, data in transcript_files([(0.0, 4.0, said), (4.0, 8.0, russian)],
+                                       "ko").items():
         (published / name).write_bytes(data)
     monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
     command.upgrade(alembic(url), "0011")
     with get_engine(url).begin() as conn:
         insert_published_transcript(conn, vid, task, folder, "서울여행.mp4")
-        # The entries as 0011's code made them: Korean words whole, as written.
+        # The entries as 0011's code made them: Korean words whole, ё as written.
         insert_entry(conn, vid, "name", 0, "서울여행.mp4", ["서울여행", "mp4"])
         insert_entry(conn, vid, "segment", 0, said, ["서울입니다", "내일은", "부산에서", "만나요"])
+        insert_entry(conn, vid, "segment", 1, russian, ["ещё", "раз", "о", "погоде"])
 
     command.upgrade(alembic(url), "head")
 
     client = create_app(settings).test_client()
     for q, name_matches, lines in (("서울", True, [said]), ("부산", False, [said]),
-                                   ("여행", True, [])):
+                                   ("여행", True, []), ("еще", False, [russian]),
+                                   ("ещё", False, [russian])):
         [hit] = client.get("/api/v1/search", query_string={"q": q}).get_json()
         assert hit["video"]["id"] == vid and hit["name_matches"] is name_matches, q
         assert [s["text"] for s in hit["segments"]] == lines, q
     with get_engine(url).connect() as conn:  # made again, not added to
-        assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 2
+        assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 3
     command.downgrade(alembic(url), "0011")  # and back

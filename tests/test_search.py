@@ -209,6 +209,35 @@ def test_korean_is_found_inside_a_word_with_its_particles(client, library, setti
     assert "<mark>서울</mark>여행기.wav" in html
 
 
+def test_cyrillic_e_and_yo_and_stress_marks_do_not_matter(client, library, settings, clip):
+    """Whisper writes ещё or еще: ё is е, as é is e, and a stress mark (приве́т) does not
+    count; Ukrainian ґ is г and the apostrophe ʼ (U+02BC) is the one typed, '. Letters
+    that are letters of their own stay so: й is not и, ї is not і."""
+    said = [(0.0, 3.0, "Ещё раз: приве́т всем, мой друг."),
+            (3.0, 6.0, "Погода еще не решена, зеленый свет, об\u00adлака."),
+            (6.0, 9.0, "Ґанок старий, пʼять хвилин, їх дім.")]
+    publish_transcript(settings, library["silent.wav"], said, language=None)
+    for q, expected in (("еще", said[:2]), ("ещё", said[:2]), ("ЕЩЁ", said[:2]),
+                        ("зелёный", [said[1]]), ("облака", [said[1]]),
+                        ("привет", [said[0]]), ("приве́т всем", [said[0]]),
+                        ("мой", [said[0]]), ("ганок", [said[2]]), ("ҐАНОК", [said[2]]),
+                        ("п'ять", [said[2]]), ("п’ять хвилин", [said[2]]),
+                        ("їх", [said[2]])):
+        hits = found(client, q)
+        assert names(hits) == ["silent.wav"], q
+        assert lines(hits[0]) == [s[2] for s in expected], q
+    assert found(client, "мои") == [] and found(client, "іх") == []
+    vid = upload_ok(client, clip, "Ёлка.wav")["id"]
+    [hit] = found(client, "елка")
+    assert hit["video"]["id"] == vid and hit["name_matches"]
+    html = client.get("/search", query_string={"q": "еще"}).get_data(as_text=True)
+    assert "<mark>Ещё</mark> раз" in html and "Погода <mark>еще</mark> не" in html
+    html = client.get("/search", query_string={"q": "привет"}).get_data(as_text=True)
+    assert "раз: <mark>приве́т</mark> всем" in html
+    html = client.get("/search", query_string={"q": "облака"}).get_data(as_text=True)
+    assert "свет, <mark>об\u00adлака</mark>." in html
+
+
 @pytest.mark.parametrize("q", [
     'weather" OR "nothing', "weather OR nothing", "NEAR(weather sports)", "weather*",
     "weather:*", "^weather", "-weather", "weather AND", "(weather", "weather NOT sports",
@@ -435,6 +464,8 @@ def test_openapi_describes_search(client):
     op = spec["paths"]["/api/v1/search"]["get"]
     q = next(p for p in op["parameters"] if p["name"] == "q")
     assert q["required"] and q["schema"]["maxLength"] == 200 and q["schema"]["minLength"] == 1
+    # What is folded, as README says.
+    assert all(said in q["description"] for said in ("Latin", "ё against е", "ґ", "Korean"))
     assert {"200", "422"} <= set(op["responses"])
     hit = spec["components"]["schemas"]["SearchHit"]
     assert set(hit["properties"]) == {"video", "name_matches", "segment_count", "segments"}

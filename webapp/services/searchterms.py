@@ -5,8 +5,11 @@ characters and SQLite 3.40's unicode61 strips no accents; PostgreSQL's parser cl
 by locale), so they find the same things:
 
 - text is folded: NFKC (full-width letters, half-width kana, ligatures), case folded, and
-  accents dropped from Latin and Greek letters (é, Å, ø, ß, ά → e, a, o, ss, α); other
-  scripts keep their marks (Japanese が stays が, Hindi's vowel signs stay in their word);
+  accents dropped from Latin and Greek letters (é, Å, ø, ß, ά → e, a, o, ss, α); Cyrillic
+  ё is е, a stress mark is dropped (приве́т, ѝ → привет, и) and Ukrainian ґ is г, but й,
+  ї and ў stay letters of their own; the apostrophe letter ʼ is the apostrophe ' (which
+  separates words) and the soft hyphen is dropped; other scripts keep their marks
+  (Japanese が stays が, Hindi's vowel signs stay in their word);
   Chinese characters are compared in Simplified, one by one (OpenCC's t2s: 天氣 is 天气),
   as transcripts are written in CHINESE_SCRIPT and names in either script;
 - a word is a run of letters, digits and marks; anything else separates words, except the
@@ -34,11 +37,20 @@ from dataclasses import dataclass
 
 MAX_TERM = 64  # characters of a word kept (the index and queries cut alike)
 WORD, CJK, OTHER = 1, 2, 0
-# Letters folded to plain ones that Unicode does not decompose.
+# Letters folded to plain ones that Unicode does not decompose; Cyrillic ё, written е as
+# often (whisper writes either), and the precomposed stress marks of Bulgarian and
+# Macedonian (ѐ, ѝ); Ukrainian ґ, written г from 1933 to 1990 and often still; the
+# apostrophe letter ʼ (Ukrainian, Belarusian) as the apostrophe typed; the soft hyphen,
+# invisible, dropped (ґ, ʼ, the soft hyphen and the stress acute as Lucene's Ukrainian
+# analyzer folds them).
 _LETTERS = str.maketrans({"ø": "o", "đ": "d", "ð": "d", "ħ": "h", "ı": "i", "ł": "l",
-                          "ŀ": "l", "æ": "ae", "œ": "oe", "þ": "th", "ĸ": "k"})
+                          "ŀ": "l", "æ": "ae", "œ": "oe", "þ": "th", "ĸ": "k",
+                          "ё": "е", "ѐ": "е", "ѝ": "и", "ґ": "г", "ʼ": "'", "\u00ad": ""})
 # Scripts whose accents do not matter to search.
 _FOLDED_SCRIPTS = ("LATIN", "GREEK")
+# Cyrillic keeps its marks (й is not и, ї is not і, ў is not у) but for stress marks, the
+# acute and grave over a vowel (приве́т is привет).
+_STRESS_MARKS = "\u0300\u0301"
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
 # A number in groups of thousands: 1 to 3 digits, then groups of 3 after a comma, a stop or
 # an apostrophe (Swiss 1'000), not inside a word or a longer run of digits (its decimals,
@@ -91,6 +103,14 @@ def _fold_char(ch: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=4096)
+def _drops_mark(letter: str, mark: str) -> bool:
+    """Whether search drops a combining mark written on its own after this letter."""
+    name = unicodedata.name(letter, "")
+    return name.startswith(_FOLDED_SCRIPTS) or (name.startswith("CYRILLIC")
+                                                and mark in _STRESS_MARKS)
+
+
 def fold(text: str) -> tuple[str, list[int]]:
     """The text folded for search, and for each of its characters the index of the
     character of `text` (taken as NFC) it comes from."""
@@ -99,13 +119,12 @@ def fold(text: str) -> tuple[str, list[int]]:
         return text.lower(), list(range(len(text)))
     folded: list[str] = []
     origin: list[int] = []
-    strip_marks = False  # a combining mark on its own follows a Latin or Greek letter
+    letter = ""  # the last character that is not a combining mark
     for i, ch in enumerate(text):
-        if unicodedata.category(ch) == "Mn":
-            if strip_marks:
-                continue
-        else:
-            strip_marks = unicodedata.name(ch, "").startswith(_FOLDED_SCRIPTS)
+        if unicodedata.category(ch) != "Mn":
+            letter = ch
+        elif _drops_mark(letter, ch):
+            continue
         part = _fold_char(ch)
         if part and folded and unicodedata.category(part[0]) == "Mn":
             # A mark NFKC made of a character of its own (the half-width voicing mark of

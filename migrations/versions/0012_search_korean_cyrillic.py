@@ -1,8 +1,10 @@
-"""the search index made again with Korean indexed as Chinese and Japanese are
+"""the search index made again with Korean indexed as Chinese and Japanese are, ё as е
 
 webapp/services/searchterms.py now indexes a run of Hangul as its overlapping bigrams, as
 it does Han and kana, so that a query finds a Korean word inside the particles and endings
-written onto it (서울 in 서울입니다). The index is made again from the names and published
+written onto it (서울 in 서울입니다); and folds Cyrillic ё to е, drops Cyrillic stress
+marks, folds Ukrainian ґ to г, the apostrophe letter ʼ to the apostrophe ', and drops the
+soft hyphen (еще finds ещё and the other way round). The index is made again from the names and published
 transcripts already there (reading transcript.json under MEDIA_ROOT, as 0011 did), so that
 today's queries find what was indexed before. `flask reindex` does the same.
 
@@ -32,5 +34,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # The terms stay as made here: the code of 0011 looks a Korean word up whole, which
-    # these bigrams do not hold; `flask reindex` run with that code makes them as it did.
+    # these bigrams do not hold, and ещё as written; `flask reindex` run with that code
+    # makes them as it did.
     pass
