@@ -13,6 +13,7 @@ import http.client
 import io
 import json
 import re
+import socket
 import struct
 import tempfile
 import threading
@@ -569,3 +570,67 @@ def test_bad_page_parameters_are_4xx_and_huge_pages_are_empty(client, video_id):
 
 def test_library_page_with_a_huge_page_number_is_not_an_error(client, video_id):
     assert client.get("/?page=1000000000000000000000000000000").status_code == 200
+
+
+# --- uploads cut short -----------------------------------------------------------------------
+
+CUT_SHORT = re.compile(r"the upload (was cut short|is incomplete)\b.*nothing was stored")
+
+
+def cut_upload(clip: Path, fraction: float = 0.6) -> tuple[bytes, int, str]:
+    """The first `fraction` of a whole multipart upload of `clip`, the whole body's length
+    (what its Content-Length says), and its Content-Type."""
+    body, content_type = multipart(b'filename="clip.mp4"', clip.read_bytes())
+    return body[:int(len(body) * fraction)], len(body), content_type
+
+
+def test_upload_cut_short_is_400_and_leaves_nothing(client, settings, db_session, clip):
+    """The test client's three ways of ending a body early: the body ends before the closing
+    boundary; Content-Length promises more than is sent, with the stream werkzeug limits
+    (its own server), and with one the server ends itself (gunicorn's wsgi.input_terminated)."""
+    before = files_outside_media(settings)
+    cut, length, content_type = cut_upload(clip)
+    cases = {
+        "ends before the boundary": {"data": cut},
+        "Content-Length too big": {"input_stream": io.BytesIO(cut),
+                                   "environ_overrides": {"CONTENT_LENGTH": str(length)}},
+        "Content-Length too big, terminated input": {
+            "input_stream": io.BytesIO(cut),
+            "environ_overrides": {"CONTENT_LENGTH": str(length), "wsgi.input_terminated": True}},
+    }
+    for case, kwargs in cases.items():
+        resp = client.post("/api/v1/videos", content_type=content_type, **kwargs)
+        message = assert_json_error(resp, 400)["message"]
+        assert CUT_SHORT.search(message), (case, message)
+    no_rows(db_session)
+    assert media_files(settings) == []  # nothing in staging/ or videos/
+    assert files_outside_media(settings) == before
+
+
+def test_upload_cut_short_over_a_real_connection(settings, db_session, tmp_path, clip):
+    """gunicorn as `make run` starts it; the client sends 60 % of the body its Content-Length
+    announces and stops sending (half-closes). A 400 saying so, and no row, no file in
+    MEDIA_ROOT and no temporary file left (the server's TMPDIR is the test's)."""
+    from tests.test_concurrency import web_server
+
+    temp = tmp_path / "server-tmp"
+    temp.mkdir()
+    cut, length, content_type = cut_upload(clip)
+    with web_server(tmp_path, SECRET_KEY="k", WEB_WORKERS="1", TMPDIR=str(temp)) as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(f"POST /api/v1/videos HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                         f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
+                         "Connection: close\r\n\r\n".encode() + cut)
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), answer[:500]
+        assert b"\r\nContent-Type: application/json" in head, head
+        error = json.loads(body)
+        assert (error["code"], error["status"]) == (400, "Bad Request"), error
+        assert CUT_SHORT.search(error["message"]), error
+        no_rows(db_session)
+        assert media_files(settings) == []
+        assert list(temp.iterdir()) == []

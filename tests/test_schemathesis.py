@@ -155,6 +155,10 @@ def test_every_documented_answer_conforms(app, client, known, settings, media_sa
     not_media = {"file": (io.BytesIO(b"just text\n" * 100), "x.mp4")}
     conforms(client.post("/api/v1/videos", data=not_media), "/api/v1/videos", "POST", 422)
     conforms(client.post("/api/v1/videos", json={"file": "x"}), "/api/v1/videos", "POST", 415)
+    cut = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n\0'
+    conforms(client.post("/api/v1/videos", data=cut,
+                         content_type="multipart/form-data; boundary=b"),
+             "/api/v1/videos", "POST", 400)  # cut short before the closing boundary
     small = create_app(Settings.from_env(max_upload_bytes=1000)).test_client()
     with open(media_samples["clip"], "rb") as fh:
         conforms(small.post("/api/v1/videos", data={"file": (fh, "big.mp4")}),

@@ -81,6 +81,9 @@ class Videos(MethodView):
     @blp.arguments(UploadSchema, location="files")
     @blp.response(201, VideoSchema, headers={"Location": {
         "description": "The new video's URL", "required": True, "schema": {"type": "string"}}})
+    @error_response(blp, 400, "The upload was cut short (the body ends before the form's "
+                              "closing boundary or its Content-Length), or the form is "
+                              "malformed; nothing stored")
     @error_response(blp, 411, "No Content-Length, and the server cannot read a chunked body")
     @error_response(blp, 413, "Larger than MAX_UPLOAD_BYTES (or a form bomb); nothing stored")
     @error_response(blp, 415, "The body is not multipart/form-data")
