@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from sqlalchemy import event
@@ -321,6 +322,53 @@ def test_a_failed_if_match_on_an_artifact_is_a_json_412_even_with_a_range(
     responses = client.get("/api/openapi.json").get_json()["paths"][
         "/api/v1/videos/{video_id}/artifacts/{name}"]["get"]["responses"]
     assert "412" in responses
+
+
+def test_if_unmodified_since_on_an_artifact_is_honoured(client, settings, clip):
+    """RFC 9110 13.1.4 on a download that states its Last-Modified: a resumed download
+    whose date no longer holds (a newer run replaced the file) is a JSON 412, before Range;
+    the file is served while the date holds. Beside If-Match, or not one valid HTTP-date,
+    the header is ignored."""
+    vid = upload_ok(client, clip)["id"]
+    thumbnails = {"storyboard.jpg": b"y", "storyboard.vtt": b"W"}
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": b"p" * 5000, **thumbnails})
+    [old] = (settings.media_root / "videos" / vid).rglob("poster.jpg")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))  # made by an earlier run
+    url = f"/api/v1/videos/{vid}/artifacts/poster.jpg"
+    first = client.get(url)
+    stamp, etag = first.headers["Last-Modified"], first.headers["ETag"]
+    resp = client.get(url, headers={"If-Unmodified-Since": stamp, "Range": "bytes=100-"})
+    assert (resp.status_code, resp.data) == (206, b"p" * 4900)
+
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": b"q" * 6000, **thumbnails})
+    for headers in ({"If-Unmodified-Since": stamp},
+                    {"If-Unmodified-Since": stamp, "Range": "bytes=100-"},
+                    {"If-Unmodified-Since": stamp, "If-None-Match": etag}):
+        resp = client.get(url, headers=headers)
+        body = assert_json_error(resp, 412)
+        assert b"qqq" not in resp.data and "changed since" in body["message"], headers
+        assert stamp in body["message"], body
+    # Ignored: with If-Match (which decides alone), and when it is no valid HTTP-date.
+    new_etag = client.get(url).headers["ETag"]
+    resp = client.get(url, headers={"If-Match": new_etag, "If-Unmodified-Since": stamp})
+    assert (resp.status_code, resp.data) == (200, b"q" * 6000)
+    for junk in ("yesterday", f"{stamp}, {stamp}", "0"):
+        resp = client.get(url, headers={"If-Unmodified-Since": junk})
+        assert (resp.status_code, resp.data) == (200, b"q" * 6000), junk
+    later = client.get(url).headers["Last-Modified"]
+    resp = client.get(url, headers={"If-Unmodified-Since": later})
+    assert (resp.status_code, resp.data) == (200, b"q" * 6000)
+
+
+def test_writes_take_no_precondition(client, clip):
+    """A video states no ETag or Last-Modified, so the writes ignore If-Match and
+    If-Unmodified-Since (README, "Conditional requests"): the answers are those without."""
+    vid = upload_ok(client, clip)["id"]
+    assert "Last-Modified" not in client.get(f"/api/v1/videos/{vid}").headers
+    stale = {"If-Unmodified-Since": "Sun, 06 Nov 1994 08:49:37 GMT", "If-Match": '"x"'}
+    assert client.post(f"/api/v1/videos/{vid}/cancel", headers=stale).status_code == 409
+    assert client.delete(f"/api/v1/videos/{vid}", headers=stale).status_code == 204
 
 
 def test_unexpected_error_is_json_500_without_traceback(app, client, monkeypatch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
+
 from flask import Response, request, send_file, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
@@ -9,7 +12,7 @@ from flask_smorest.fields import Upload
 from webargs.flaskparser import FlaskParser
 from webargs.multidictproxy import MultiDictProxy
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
-from werkzeug.http import parse_range_header
+from werkzeug.http import http_date, parse_date, parse_range_header
 
 from webapp import extensions as ext
 from webapp.api.guards import error_response, multipart_upload
@@ -206,11 +209,13 @@ def _send(path, mimetype: str, name: str) -> Response:
 
 
 def _check_preconditions(path, mimetype: str, name: str) -> None:
-    """412 (JSON) when If-Match no longer holds. RFC 9110 (13.2.2) evaluates it before
-    Range, but werkzeug serves a Range first and ignores it (a resumed download would join
-    two different files), and its own 412 carries the whole file as its body."""
+    """412 (JSON) when If-Match, or without it If-Unmodified-Since, no longer holds. RFC 9110
+    (13.2.2) evaluates them before Range, but werkzeug serves a Range first and ignores
+    If-Match (a resumed download would join two different files), its own 412 carries the
+    whole file as its body, and it does not look at If-Unmodified-Since at all."""
     environ = request.environ
     if "HTTP_IF_MATCH" not in environ:
+        _check_unmodified_since(path, name)
         return
     sent_range = environ.pop("HTTP_RANGE", None)
     try:
@@ -224,12 +229,30 @@ def _check_preconditions(path, mimetype: str, name: str) -> None:
                            "download it again")
 
 
+def _check_unmodified_since(path, name: str) -> None:
+    """If-Unmodified-Since (RFC 9110 13.1.4): 412 when the file's Last-Modified (its mtime to
+    the second, as send_file states it) is later than the date; ignored when it is not one
+    valid HTTP-date. A newer run's file has a later mtime, so a download resumed with it
+    (curl -z -DATE, some download managers) cannot join two different files."""
+    sent = request.headers.get("If-Unmodified-Since", "")
+    # Each HTTP-date form has at most one comma: more is a list, which parse_date would read
+    # as its first date and the RFC says to ignore.
+    since = parse_date(sent) if sent.count(",") <= 1 else None
+    if since is None:
+        return
+    modified = datetime.fromtimestamp(int(os.stat(path).st_mtime), UTC)
+    if modified > since:
+        abort(412, message=f"{name} has changed since {http_date(since)} "
+                           f"(If-Unmodified-Since; it is from {http_date(modified)}); "
+                           "download it again")
+
+
 @blp.route("/videos/<string:video_id>/artifacts/<string:name>", merge_slashes=False)
 class Artifact(MethodView):
     @blp.doc(responses=_FILE_RESPONSES)
     @blp.alt_response(404, response="NOT_FOUND")
-    @error_response(blp, 412, "If-Match no longer holds: the file changed since the copy "
-                              "the client has")
+    @error_response(blp, 412, "If-Match, or If-Unmodified-Since, no longer holds: the file "
+                              "changed since the copy the client has")
     @error_response(blp, 416, "The requested byte range is outside the file")
     def get(self, video_id, name):
         """Download one output; supports HTTP Range so players can seek"""
