@@ -5,11 +5,19 @@ Entries are immutable (a video's source never changes; an output is named by the
 folder that made it), so a hit needs no check with the server. Several work-horses of one
 host share the cache: a file is added by an atomic rename, and a step works on a hard link
 of it in its own folder, so evicting an entry never pulls a file from under a running step.
+
+An entry is durable before it has its name: the file is fsynced before the rename, and the
+folder after it, so a power cut leaves the whole file under its name or none (without the
+first fsync the rename can reach the disk before the data, and a later run would trust a
+truncated file). A caller that knows what an entry must hold (the source's sha256) has a
+hit checked against it too: an entry that does not match, written before entries were made
+durable or damaged on the disk since, is dropped and counts as a miss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -30,14 +38,31 @@ class Cache:
             raise ValueError(f"invalid cache key {key!r}")
         return self.root / key
 
-    def get(self, key: str) -> Path | None:
-        """The cached file, marked as just used; None on a miss."""
+    def get(self, key: str, sha256: str | None = None) -> Path | None:
+        """The cached file, marked as just used; None on a miss. With `sha256`, an entry
+        whose content does not have that digest is deleted, and is a miss."""
         path = self.path(key)
         try:
             os.utime(path)
+            if sha256 is not None and not self._holds(path, sha256):
+                return None
         except FileNotFoundError:
             return None
         return path
+
+    def _holds(self, path: Path, sha256: str) -> bool:
+        """Whether the entry at `path` has that digest; if not, it is deleted (unless
+        another process has already put a new file under its name)."""
+        with open(path, "rb") as fh:
+            got = hashlib.file_digest(fh, "sha256").hexdigest()
+            if got == sha256:
+                return True
+            log.warning("cache: %s has sha256 %s (%d bytes), expected %s: fetching it again",
+                        path.name, got, os.fstat(fh.fileno()).st_size, sha256)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                    path.unlink()
+        return False
 
     def part(self, key: str) -> Path:
         """Where a download of `key` by this process accumulates (kept across resumes)."""
@@ -48,7 +73,10 @@ class Cache:
         """Move a complete, verified download into the cache, then evict down to the limit
         (the new entry last)."""
         path = self.path(key)
+        with open(part, "rb") as fh:
+            os.fsync(fh.fileno())  # the data on disk before the name (module docstring)
         os.replace(part, path)
+        _fsync_dir(self.root)
         self.evict(keep=path)
         return path
 
@@ -81,3 +109,12 @@ class Cache:
         if removed:
             log.info("cache: evicted %d file(s), %d bytes kept", len(removed), total)
         return removed
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the folder's entries (a rename into it) durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

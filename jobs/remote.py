@@ -91,7 +91,9 @@ class Server:
 
     def fetch(self, path: str, key: str, expected: str | None, what: str,
               params: dict[str, str] | None = None) -> Path:
-        hit = self.cache.get(key)
+        # A hit is checked against the sha256 when it is known before asking the server
+        # (the source's): a truncated or damaged entry is fetched again.
+        hit = self.cache.get(key, expected)
         if hit is not None:
             return hit
         part = self.cache.part(key)

@@ -330,6 +330,56 @@ def test_a_download_cut_mid_file_resumes_with_range(client, settings, web, speec
 
 
 @POSTGRES
+def test_a_cut_or_damaged_cached_source_is_fetched_again(client, settings, web, speech_video,
+                                                        tmp_path):
+    """What a power cut can leave under a cache entry's name when the rename reached the disk
+    before the data: a shorter file, or one of the right size full of zeros. The next need
+    finds it does not match the source's sha256 and downloads it again."""
+    vid = upload_ok(client, speech_video)["id"]
+    data = speech_video.read_bytes()
+    server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{web.port}"),
+                    delays=(0.1,))
+    with session_factory(settings.database_url)() as session:
+        video = session.get(Video, vid)
+    path = server.source(video)
+    assert server.bytes_down == len(data)
+    for damage in (lambda: os.truncate(path, len(data) // 3),
+                   lambda: path.write_bytes(bytes(len(data)))):
+        damage()
+        before = server.bytes_down
+        assert server.source(video) == path
+        assert path.read_bytes() == data
+        assert server.bytes_down - before == len(data)  # fetched again, whole
+    assert server.bytes_down == 3 * len(data)
+    assert server.source(video) == path and server.bytes_down == 3 * len(data)  # a good hit
+
+
+def test_a_cache_entry_is_on_disk_before_it_has_its_name(tmp_path, monkeypatch):
+    """fsync of the file, then the rename, then fsync of the folder: after a power cut the
+    name holds the whole file or is absent. (The syscalls are recorded as they are made.)"""
+    cache = Cache(tmp_path / "cache", limit_bytes=10_000)
+    part = cache.part("entry")
+    part.write_bytes(b"x" * 1000)
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("rename", f"{src} -> {dst}"))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    entry = cache.add(part, "entry")
+    assert calls == [("fsync", str(part)), ("rename", f"{part} -> {entry}"),
+                     ("fsync", str(cache.root))], calls
+    assert entry.read_bytes() == b"x" * 1000
+
+
+@POSTGRES
 def test_a_damaged_source_is_detected_by_its_sha256(client, settings, web, speech_video,
                                                     tmp_path):
     vid = upload_ok(client, speech_video)["id"]
