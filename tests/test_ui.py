@@ -99,6 +99,20 @@ def test_refused_upload_shows_a_readable_message(client, tmp_path, htmx):
     assert "choose a file" in soup(resp).select_one("#upload-message").get_text()
 
 
+@pytest.mark.parametrize("htmx", [False, True])
+def test_upload_cut_short_shows_a_readable_message(client, settings, htmx):
+    """The body ends inside the file part: 400, said where the upload's message goes."""
+    cut = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n'
+           + b"\0" * 1000)
+    resp = client.post("/videos", data=cut, content_type="multipart/form-data; boundary=b",
+                       headers=HX if htmx else {})
+    assert resp.status_code == 400
+    page = soup(resp)
+    assert "the upload is incomplete" in page.select_one("#upload-message").get_text()
+    assert (page.html is None) == htmx
+    assert not [p for p in settings.media_root.rglob("*") if p.is_file()]
+
+
 def test_library_lists_newest_first_and_polls_only_active_rows(client, clip):
     first = uploaded(client, clip, "first.mp4")
     second = uploaded(client, clip, "second.mp4")

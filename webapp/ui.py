@@ -23,7 +23,7 @@ from flask import (
 )
 from flask_wtf.csrf import generate_csrf
 from redis.exceptions import RedisError
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from webapp import extensions as ext
 from webapp.models import ProcessingTask, Video
@@ -273,6 +273,8 @@ def upload():
     except RequestEntityTooLarge:
         limit = ext.settings().max_upload_bytes
         return upload_failed(f"the file is larger than the limit of {limit:,} bytes", 413)
+    except BadRequest as exc:  # the body was cut short, or is no readable form
+        return upload_failed(str(exc.description), 400)
     except ServiceError as exc:
         return upload_failed(exc.message, exc.status)
     if len(files) == 1:
