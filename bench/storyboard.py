@@ -41,7 +41,8 @@ def draw(src: Path, dst: Path, plan, duration: float) -> dict[str, float]:
     from webapp.services import media
 
     cpu, started = cpu_of_children(), time.perf_counter()
-    frames = media._draw_storyboard(src, dst, plan, duration, None, None)
+    video = media.first_streams(src).video_spec
+    frames = media._draw_storyboard(src, dst, plan, duration, None, None, video)
     return {"wall_s": round(time.perf_counter() - started, 3),
             "cpu_s": round(cpu_of_children() - cpu, 3), "tiles": frames}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
@@ -212,3 +213,55 @@ def make_patches_video(dst: Path, transfer: str | None = None, size: str = "640x
             "-x265-params", "log-level=error", "-tag:v", "hvc1", "-colorspace", "bt2020nc",
             "-color_primaries", "bt2020", "-color_trc", transfer, str(dst))
     return dst
+
+
+# The picture of make_cover_first's cover (RGB): a solid colour no generated video shows.
+COVER = (192, 64, 192)
+
+
+def make_cover_first(dst: Path, video: Path, kind: str = "attached") -> Path:
+    """`video`'s streams (copied) behind a cover picture (COVER, 300x300, one frame) that is
+    the file's first video stream, as download tools and podcasts publishing audio as video
+    leave it; the container follows dst's suffix (.mp4, .mkv). `kind`:
+
+    - "attached": cover art (ffmpeg's `-disposition attached_pic`). In MP4 it is a `covr`
+      box, which ffmpeg writes after the tracks: it is moved ahead of them (where taggers
+      put it), so the cover is stream 0. Matroska keeps it as a one-frame video track that
+      is not flagged default.
+    - "track": a one-frame video track flagged default like the video (mkvmerge flags every
+      track default).
+    """
+    cover = "0x{:02X}{:02X}{:02X}".format(*COVER)
+    disposition = "attached_pic" if kind == "attached" else "default"
+    _ffmpeg("-f", "lavfi", "-i", f"color=c={cover}:size=300x300:rate=25:duration=0.04",
+            "-i", str(video), "-map", "0:v", "-map", "1", "-c", "copy", "-c:v:0", "mjpeg",
+            "-disposition:v:0", disposition, "-disposition:v:1", "default", str(dst))
+    if kind == "attached" and dst.suffix == ".mp4":
+        _user_data_first(dst)
+    return dst
+
+
+def _user_data_first(path: Path) -> None:
+    """Moves the MP4's user data (`udta`, where cover art is) ahead of its tracks inside
+    `moov`. The sample offsets stay right as `moov` keeps its size and follows `mdat`."""
+    data = path.read_bytes()
+    out = bytearray()
+    for kind, box in _boxes(data):
+        if kind == b"moov":
+            assert out, "moov must follow mdat (no faststart) for its offsets to hold"
+            children = sorted(_boxes(box[8:]), key=lambda c: {b"mvhd": 0, b"udta": 1}.get(
+                c[0], 2))
+            box = box[:8] + b"".join(child for _, child in children)
+        out += box
+    path.write_bytes(bytes(out))
+
+
+def _boxes(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The boxes (32-bit sizes only) one after another in `data`: (type, whole box)."""
+    boxes, at = [], 0
+    while at < len(data):
+        size, kind = struct.unpack(">I4s", data[at:at + 8])
+        boxes.append((kind, data[at:at + size]))
+        at += size
+    return boxes
+

@@ -160,12 +160,16 @@ def test_non_square_pixels_come_out_at_the_aspect_they_are_shown(tmp_path: Path)
         board.columns * board.tile_width / (board.rows * board.tile_height))
 
 
-def test_probe_ignores_cover_art(speech_m4a: Path, tmp_path: Path) -> None:
+# Matroska keeps ffmpeg's cover art as a one-frame MJPEG track, stated to last 63 ms.
+@pytest.mark.parametrize(("suffix", "codecs"), [(".mp3", ["-c:v", "copy"]),
+                                                (".mkv", ["-c:a", "copy", "-c:v", "mjpeg"])])
+def test_probe_ignores_cover_art(speech_m4a: Path, tmp_path: Path, suffix: str,
+                                 codecs: list[str]) -> None:
     cover = mediagen.make_image(tmp_path / "cover.png")
-    with_art = tmp_path / "song.mp3"
+    with_art = tmp_path / f"song{suffix}"
     subprocess.run(
         ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(speech_m4a), "-i", str(cover),
-         "-map", "0:a", "-map", "1:v", "-c:v", "copy", "-disposition:v", "attached_pic",
+         "-map", "0:a", "-map", "1:v", *codecs, "-disposition:v", "attached_pic",
          str(with_art)],
         check=True,
     )
@@ -525,7 +529,7 @@ def test_sdr_video_is_not_tone_mapped(gen_dir: Path, sdr_patches: dict[str, list
     for what in ("poster", "tile", "preview"):
         assert_near(sdr_patches[what], list(mediagen.PATCHES), 6, what)
     # ... and its ffmpeg commands those from before tone-mapping came, which benchmarks
-    # compare: no filter and no option more.
+    # compare: no filter and no option more. (The video is selected by its index, 0:0.)
     commands: list[list[str]] = []
     real_run = media.run
 
@@ -537,12 +541,12 @@ def test_sdr_video_is_not_tone_mapped(gen_dir: Path, sdr_patches: dict[str, list
     thumbnails_and_preview(src, gen_dir / "patches-sdr-again")
     graphs = [command[command.index("-filter_complex") + 1] for command in commands]
     assert graphs == [
-        "[0:v:0]scale=min(iw*sar\\,1280):max(2\\,2*round(ow/dar/2))"
+        "[0:0]scale=min(iw*sar\\,1280):max(2\\,2*round(ow/dar/2))"
         ":out_color_matrix=bt601:out_range=full[s0];[s0]setsar=1[s1]",
-        "[0:v:0]select=lt(selected_n\\,2)*gte(t-start_t+0.001\\,0.0+selected_n*2.0)[s0];"
+        "[0:0]select=lt(selected_n\\,2)*gte(t-start_t+0.001\\,0.0+selected_n*2.0)[s0];"
         "[s0]scale=160:90:flags=area:out_color_matrix=bt601:out_range=full[s1];"
         "[s1]setsar=1[s2];[s2]split=2[s3][s4];[s4]tile=2x1[s5]",
-        "[0:v:0]scale=max(2\\,2*round(oh*dar/2)):trunc(min(ih\\,480)/2)*2[s0];"
+        "[0:0]scale=max(2\\,2*round(oh*dar/2)):trunc(min(ih\\,480)/2)*2[s0];"
         "[s0]setsar=1[s1]",
     ]
     preview = commands[-1]
@@ -1066,3 +1070,96 @@ def test_poster_of_a_file_without_pictures(tmp_path: Path) -> None:
 def test_failure_reasons_read_as_a_user_would_put_them(stderr: list[str], reached: float | None,
                                                        reason: str) -> None:
     assert ffrun.failure_reason(stderr, reached) == reason
+
+
+# --- files whose first stream is not the one to use ------------------------------------------
+
+# A cover picture ahead of the video: in MP4 as cover art or as a one-frame track, in
+# Matroska as ffmpeg writes cover art (a one-frame track) or as a one-frame track flagged
+# default like the video.
+COVER_FIRST = [(".mp4", "attached"), (".mp4", "track"), (".mkv", "attached"),
+               (".mkv", "track")]
+# The quarters of a 640x360 picture, and of the first two 160x90 tiles of a storyboard.
+QUARTERS = [(0, 0, 320, 180), (320, 0, 320, 180), (0, 180, 320, 180), (320, 180, 320, 180)]
+TILE_QUARTERS = [(x + dx, dy, 80, 45) for x in (0, 160) for dx in (0, 80) for dy in (0, 45)]
+
+
+@pytest.fixture(scope="module")
+def moving(gen_dir: Path) -> Path:
+    """testsrc2 with a tone, a keyframe a second: its storyboard needs keyframes alone."""
+    return mediagen.make_video(gen_dir / "moving.mp4", duration=4.0, size="640x360", gop=25)
+
+
+def outputs(src: Path, out: Path) -> dict[str, Any]:
+    """What the steps make of src (probe, poster, storyboard, preview, audio), and the
+    colours a viewer sees in them."""
+    out.mkdir()
+    info = media.probe(src)
+    fmt = {"format_name": info.format_name}
+    media.make_poster(src, out / "poster.jpg", info.duration, **fmt)
+    board = media.make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt",
+                                  info.duration or 0.0, info.width or 0, info.height or 0,
+                                  **fmt)
+    media.transcode_preview(src, out / "preview.mp4", info.duration, **fmt)
+    media.extract_audio(src, out / "audio.wav", info.duration, **fmt)
+    return {"info": info, "board": board,
+            "poster": patch_colours(out / "poster.jpg", QUARTERS),
+            "tiles": patch_colours(out / "storyboard.jpg", TILE_QUARTERS),
+            "preview": patch_colours(out / "preview.mp4", QUARTERS),
+            "preview streams": ffmpeg.probe(str(out / "preview.mp4"))["streams"],
+            "audio": ffmpeg.probe(str(out / "audio.wav"))["format"]}
+
+
+@pytest.fixture(scope="module")
+def moving_outputs(moving: Path, gen_dir: Path) -> dict[str, Any]:
+    return outputs(moving, gen_dir / "moving-out")
+
+
+@pytest.mark.parametrize(("suffix", "kind"), COVER_FIRST)
+def test_a_cover_picture_ahead_of_the_video_is_passed_over(
+        moving: Path, moving_outputs: dict[str, Any], tmp_path: Path, suffix: str,
+        kind: str) -> None:
+    src = mediagen.make_cover_first(tmp_path / f"cover-first{suffix}", moving, kind)
+    assert streams(src)["video"]["width"] == 300  # ffmpeg's "v:0" is the cover
+    seen = outputs(src, tmp_path / "out")
+    info = seen["info"]
+    assert (info.has_video, info.width, info.height, info.video_codec) == (
+        True, 640, 360, "h264")
+    assert info.duration == pytest.approx(4.0, abs=0.05)
+    # Poster, tiles and preview show the moving picture, as the video alone gives them.
+    cover = [mediagen.COVER] * 4
+    for what in ("poster", "tiles", "preview"):
+        assert_near(seen[what], moving_outputs[what], 8, what)
+        assert not any(all(abs(a - b) <= 30 for a, b in zip(got, mediagen.COVER, strict=True))
+                       for got in seen[what]), (what, seen[what], cover)
+    # Two tiles sampled from keyframes (the cover's single frame gave one "cut short"),
+    # from the start (Matroska's picture starts 23 ms after AAC's priming).
+    board = seen["board"]
+    assert (board.count, board.keyframes_only) == (2, True)
+    assert board.start == pytest.approx(board.offset) and board.start < 0.05
+    kinds = [s["codec_type"] for s in seen["preview streams"]]
+    assert sorted(kinds) == ["audio", "video"], kinds
+    video = next(s for s in seen["preview streams"] if s["codec_type"] == "video")
+    assert (video["width"], video["height"]) == (640, 360)
+    assert float(video["duration"]) == pytest.approx(4.0, abs=0.1)
+    assert float(seen["audio"]["duration"]) == pytest.approx(4.0, abs=0.1)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_black_opening_is_found_in_the_video_behind_a_cover(tmp_path: Path,
+                                                               suffix: str) -> None:
+    fade = mediagen.make_black_opening(tmp_path / "fade.mp4", black=3.0, picture=5.0, gop=25)
+    src = mediagen.make_cover_first(tmp_path / f"cover-first{suffix}", fade)
+    info = media.probe(src)
+    board = media.make_storyboard(src, tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt",
+                                  info.duration, info.width, info.height,
+                                  format_name=info.format_name)
+    assert board.keyframes_only
+    assert board.start == pytest.approx(3.0, abs=0.1)
+    assert tile_brightness(tmp_path / "storyboard.jpg", board, 0) > 60
+
+
+def test_a_single_track_file_is_read_as_before(moving: Path) -> None:
+    # Without dispositions to go by (or all default), the first stream of each kind.
+    found = media.first_streams(moving)
+    assert (found.video.get("codec_name"), found.audio.get("codec_name")) == ("h264", "aac")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import ffmpeg
 import pytest
@@ -105,6 +106,52 @@ def test_captions_of_sound_that_starts_late_are_in_time_with_the_preview(client,
     audio.write_bytes(artifact(client, vid, "audio.wav").data)
     assert float(ffmpeg.probe(str(audio))["format"]["duration"]) == pytest.approx(
         float(ffmpeg.probe(str(preview))["format"]["duration"]), abs=0.2)
+
+
+def colour_near(picture, colour, x: int, y: int, w: int, h: int) -> bool:
+    """Whether a box of a picture (its first frame) is, on average, about `colour`."""
+    done = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(picture), "-frames:v", "1", "-vf",
+         f"crop={w}:{h}:{x}:{y},scale=1:1:flags=area,format=rgb24", "-f", "rawvideo", "-"],
+        capture_output=True, check=True)
+    return all(abs(a - b) <= 30 for a, b in zip(done.stdout[:3], colour, strict=True))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_video_behind_its_cover_art_is_processed_from_the_video(client, speech_video,
+                                                                  tmp_path, suffix):
+    # Download tools and podcasts published as video put cover art first.
+    src = mediagen.make_cover_first(tmp_path / f"talk{suffix}", speech_video)
+    assert ffmpeg.probe(str(src))["streams"][0]["width"] == 300  # the cover, 300x300
+    video = upload_ok(client, src)
+    assert (video["has_video"], video["width"], video["height"]) == (True, 640, 360)
+    vid = video["id"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    run_worker()
+    state = progress_of(client, vid)
+    assert (state["status"], state["progress"], state["error"]) == ("completed", 100, None)
+    assert all(s["status"] == "completed" for s in state["subtasks"]), state["subtasks"]
+
+    files = {}
+    for name in ("poster.jpg", "storyboard.jpg", "preview.mp4"):
+        files[name] = tmp_path / name
+        files[name].write_bytes(artifact(client, vid, name).data)
+    shown = {s["codec_type"]: s for s in ffmpeg.probe(str(files["poster.jpg"]))["streams"]}
+    assert (shown["video"]["width"], shown["video"]["height"]) == (640, 360)
+    preview = ffmpeg.probe(str(files["preview.mp4"]))
+    pictures = [s for s in preview["streams"] if s["codec_type"] == "video"]
+    assert [(s["width"], s["height"]) for s in pictures] == [(640, 360)]
+    assert float(pictures[0]["duration"]) == pytest.approx(video["duration"], abs=0.2)
+    # The moving picture, nowhere the cover's colour (tiles are 160x90).
+    for name, boxes in [("poster.jpg", [(0, 0, 320, 180), (320, 180, 320, 180)]),
+                        ("preview.mp4", [(0, 0, 320, 180), (320, 180, 320, 180)]),
+                        ("storyboard.jpg", [(0, 0, 160, 90), (160, 0, 160, 90)])]:
+        for box in boxes:
+            assert not colour_near(files[name], mediagen.COVER, *box), (name, box)
+    board = artifact(client, vid, "storyboard.vtt").get_data(as_text=True)
+    assert len(re.findall(r"storyboard\.jpg#xywh=", board)) >= 2
+    text = artifact(client, vid, "transcript.json").get_json()["text"]
+    assert {"call", "tomorrow", "morning", "weather"} <= words(text)
 
 
 def test_a_processed_video_teaches_the_eta_of_the_next_run(client, db_session, tmp_path):

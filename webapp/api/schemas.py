@@ -155,12 +155,19 @@ class VideoSchema(ma.Schema):
         "from the probed format and, where one demuxer reads several kinds, the file name's "
         "extension")})
     duration = fields.Float(allow_none=True, metadata={"description": "Seconds"})
-    width = fields.Integer(allow_none=True)
-    height = fields.Integer(allow_none=True)
+    width = fields.Integer(allow_none=True, metadata={"description": (
+        "Width of the processed video stream as it is shown (pixel aspect and rotation "
+        "applied)")})
+    height = fields.Integer(allow_none=True, metadata={"description": (
+        "Height of the processed video stream as it is shown")})
     has_audio = fields.Boolean(required=True)
-    has_video = fields.Boolean(required=True)
-    video_codec = fields.String(allow_none=True)
-    audio_codec = fields.String(allow_none=True)
+    has_video = fields.Boolean(required=True, metadata={"description": (
+        "Whether the file has moving video: cover art and one-frame stills do not count")})
+    video_codec = fields.String(allow_none=True, metadata={"description": (
+        "Codec of the processed video stream: the first that moves, one flagged default "
+        "first (cover art ahead of it is passed over)")})
+    audio_codec = fields.String(allow_none=True, metadata={"description": (
+        "Codec of the processed audio stream: the first")})
     created_at = fields.DateTime(required=True)
     language = fields.String(allow_none=True, metadata={"description": (
         "The language of the published transcript (ISO 639-1): detected, or the one asked "

@@ -14,18 +14,19 @@ from webapp.services.ffrun import MediaError
 
 
 def keyframe_gap(path: Path, duration: float, format_name: str | None = None, *,
-                 enough: float | None = None) -> float | None:
-    """The longest stretch of the first video stream without a keyframe, in seconds: between
-    two keyframes, before the first or after the last until `duration`. None when it cannot
-    tell (no video stream, no keyframe flags, unreadable).
+                 stream: str = "v:0", enough: float | None = None) -> float | None:
+    """The longest stretch of a video stream (`stream`, a specifier: the first by default)
+    without a keyframe, in seconds: between two keyframes, before the first or after the
+    last until `duration`. None when it cannot tell (no video stream, no keyframe flags,
+    unreadable).
 
     With `enough`, reading stops at the first stretch longer than that, which is returned
     (a caller asking "is every stretch at most `enough`?" has its answer). Raises
     ffrun.Stopped when the work in progress is asked to stop.
     """
     try:
-        start = _video_start(path, format_name)
-        args = ["ffprobe", "-v", "error", "-select_streams", "v:0",
+        start = _video_start(path, format_name, stream)
+        args = ["ffprobe", "-v", "error", "-select_streams", stream,
                 "-show_entries", "packet=pts_time,flags", "-of", "csv=p=0",
                 *mediainput.input_args(path, format_name)]
     except MediaError:
@@ -51,10 +52,10 @@ def keyframe_gap(path: Path, duration: float, format_name: str | None = None, *,
     return max(longest, duration + start - last)
 
 
-def _video_start(path: Path, format_name: str | None) -> float | None:
-    """The first video stream's start time (0.0 when not stated), None without one."""
+def _video_start(path: Path, format_name: str | None, stream: str) -> float | None:
+    """The video stream's start time (0.0 when not stated), None without one."""
     try:
-        info = mediainput.ffprobe(path, "-select_streams", "v:0",
+        info = mediainput.ffprobe(path, "-select_streams", stream,
                                   "-show_entries", "stream=start_time",
                                   format_name=format_name)
     except MediaError:

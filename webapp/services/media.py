@@ -78,14 +78,15 @@ def probe(path: Path, timeout: float | None = None) -> ProbeResult:
     if mediainput.demuxer(format_name) is None:  # (ffprobe refuses those itself)
         raise MediaError(f"not a playable audio or video file: "
                          f"{mediainput.refusal(format_name)}")
-    video = next((s for s in streams if _is_moving_video(s, format_name)), None)
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    duration = _duration(fmt, streams)
+    video = picture_stream(streams, format_name, duration) or None
+    audio = sound_stream(streams) or None
     if video is None and audio is None:
         raise MediaError("not a playable audio or video file: it has no audio or video stream")
     width, height = _display_size(video) if video else (None, None)
     return ProbeResult(
         format_name=format_name,
-        duration=_duration(fmt, streams),
+        duration=duration,
         has_video=video is not None,
         has_audio=audio is not None,
         width=width,
@@ -104,7 +105,36 @@ def _last_word(stderr: bytes, path: Path) -> str:
     return reason[:1].lower() + reason[1:] if reason[1:2].islower() else reason
 
 
-def _is_moving_video(stream: dict[str, Any], format_name: str) -> bool:
+# A video stream stated to last less than this (seconds), in a file at least twice as long,
+# is a still picture: cover art that Matroska keeps as a one-frame track (ffmpeg writes it
+# so, and states no frame count there), which lasts a frame or two.
+STILL_AT_MOST = 0.5
+
+
+def picture_stream(streams: list[dict[str, Any]], format_name: str,
+                   duration: float | None) -> dict[str, Any]:
+    """The video stream the steps show, of a file's probed streams ({} without moving
+    video): the first moving one (not cover art, not a still), one flagged default first.
+
+    Cover art often comes first (download tools, podcasts published as video, taggers), so
+    it is not simply ffmpeg's "v:0".
+    """
+    moving = [s for s in streams if _is_moving_video(s, format_name, duration)]
+    # (min keeps the first of equals: stream order decides between those alike)
+    return min(moving, key=lambda s: not _is_default(s), default={})
+
+
+def sound_stream(streams: list[dict[str, Any]]) -> dict[str, Any]:
+    """The audio stream the steps use ({} without audio): the first."""
+    return next((s for s in streams if s.get("codec_type") == "audio"), {})
+
+
+def _is_default(stream: dict[str, Any]) -> bool:
+    return stream.get("disposition", {}).get("default") == 1
+
+
+def _is_moving_video(stream: dict[str, Any], format_name: str,
+                     duration: float | None = None) -> bool:
     if stream.get("codec_type") != "video":
         return False
     # Cover art in MP3/M4A files is a video stream flagged as an attached picture.
@@ -113,7 +143,11 @@ def _is_moving_video(stream: dict[str, Any], format_name: str) -> bool:
     if format_name in _IMAGE_FORMATS or format_name.endswith("_pipe"):
         return False
     # A single frame (a one-frame GIF, say) is a still picture, not a video.
-    return _number(stream.get("nb_frames"), int) != 1
+    if _number(stream.get("nb_frames"), int) == 1:
+        return False
+    length = Streams.length(stream)
+    return not (length is not None and duration is not None
+                and length < STILL_AT_MOST and 2 * length <= duration)
 
 
 def _display_size(stream: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -178,7 +212,7 @@ def extract_audio(
     src: Path, dst: Path, duration: float | None, on_progress: ProgressCallback | None = None,
     *, format_name: str | None = None,
 ) -> None:
-    """Write the first audio stream as 16 kHz mono 16-bit WAV, what whisper wants.
+    """Write the audio stream (sound_stream) as 16 kHz mono 16-bit WAV, what whisper wants.
 
     format_name (every function here takes it) is the source's probed format: its demuxer
     reads the file, none other (mediainput). Without it, ffmpeg picks among the accepted.
@@ -192,7 +226,7 @@ def extract_audio(
         # included: the file's own length caps the sum.)
         duration = min(offset + length, duration) if duration else offset + length
     with failing_as("The audio could not be extracted"), atomic_output(dst) as tmp:
-        audio = _input(src, format_name)["a:0"]
+        audio = _input(src, format_name)[streams.audio_spec]
         if offset >= OFFSET_TO_KEEP:
             # The WAV's time is the preview's: a track that starts after the picture (a
             # screen recording, an edited export, a camera's MPEG-TS) is preceded by as much
@@ -215,12 +249,23 @@ def _input(src: Path, format_name: str | None, **options: Any) -> FilterableStre
 
 @dataclass(frozen=True)
 class Streams:
-    """What the steps read of a source's first video and first audio stream (the streams
-    ffmpeg's "v:0" and "a:0" select), from one ffprobe ({}: no such stream, or unread)."""
+    """What the steps read of a source's video and audio stream (picture_stream and
+    sound_stream), from one ffprobe ({}: no such stream, or unread)."""
 
     video: dict[str, Any]
     audio: dict[str, Any]
     start: float | None  # the file's start time (its earliest stream's), in seconds
+
+    @property
+    def video_spec(self) -> str:
+        """The video stream as ffmpeg and ffprobe select it (`-map 0:<spec>`,
+        `-select_streams <spec>`, ffmpeg-python's `input[<spec>]`): its index."""
+        return _spec(self.video, "v:0")
+
+    @property
+    def audio_spec(self) -> str:
+        """The audio stream as ffmpeg and ffprobe select it: its index."""
+        return _spec(self.audio, "a:0")
 
     def offset(self, stream: dict[str, Any]) -> float:
         """How long after the file's start one of them starts, in seconds (0.0 when
@@ -239,23 +284,27 @@ class Streams:
 
 
 def first_streams(src: Path, format_name: str | None = None) -> Streams:
-    """One ffprobe for everything the steps ask of the first video and audio streams
-    (each probe is a process start on a step's path)."""
+    """One ffprobe for everything the steps ask of the video and audio streams they use,
+    chosen as probe chose them (each probe is a process start on a step's path)."""
     try:
         info = mediainput.ffprobe(
             src, "-show_entries",
-            "stream=codec_type,start_time,duration,codec_name,profile,channels,sample_rate,"
-            "bit_rate,color_transfer,color_primaries,color_space,color_range"
-            ":stream_tags=BPS,DURATION:format=start_time", format_name=format_name)
+            "stream=index,codec_type,start_time,duration,nb_frames,codec_name,profile,"
+            "channels,sample_rate,bit_rate,color_transfer,color_primaries,color_space,"
+            "color_range:stream_disposition=default,attached_pic:stream_tags=BPS,DURATION"
+            ":format=format_name,start_time,duration", format_name=format_name)
     except MediaError:
         return Streams({}, {}, None)
     streams = info.get("streams") or []
+    fmt = info.get("format", {})
+    video = picture_stream(streams, str(fmt.get("format_name", "")), _duration(fmt, streams))
+    return Streams(video, sound_stream(streams), _number(fmt.get("start_time"), float))
 
-    def first(kind: str) -> dict[str, Any]:
-        return next((st for st in streams if st.get("codec_type") == kind), {})
 
-    return Streams(first("video"), first("audio"),
-                   _number(info.get("format", {}).get("start_time"), float))
+def _spec(stream: dict[str, Any], unknown: str) -> str:
+    """A probed stream's index as a stream specifier; `unknown` when it was not read."""
+    index = _number(stream.get("index"), int)
+    return unknown if index is None else str(index)
 
 
 def _clock_seconds(value: Any) -> float | None:
@@ -305,7 +354,8 @@ class Hdr:
 
 
 def hdr_colours(src: Path, format_name: str | None = None) -> Hdr | None:
-    """The first video stream's HDR colours; None for SDR (or when they cannot be read)."""
+    """The video stream's (picture_stream) HDR colours; None for SDR (or when they cannot
+    be read)."""
     return _hdr(first_streams(src, format_name).video)
 
 
@@ -352,24 +402,25 @@ def make_poster(src: Path, dst: Path, duration: float | None, max_width: int = 1
     """Write one JPEG frame from early on (skipping black intros), at most max_width wide
     (HDR tone-mapped to SDR: to_sdr)."""
     seek = min(duration * 0.1, 5.0) if duration else 0.0
-    hdr = hdr_colours(src, format_name)
+    streams = first_streams(src, format_name)
     with failing_as("The poster could not be made"):
         try:
-            _grab_frame(src, dst, seek, max_width, format_name, hdr)
+            _grab_frame(src, dst, seek, max_width, format_name, streams)
         except MediaError:
             if seek == 0.0:
                 raise
             # The video track can be shorter than the container (e.g. audio runs on).
-            _grab_frame(src, dst, 0.0, max_width, format_name, hdr)
+            _grab_frame(src, dst, 0.0, max_width, format_name, streams)
 
 
 def _grab_frame(src: Path, dst: Path, seek: float, max_width: int,
-                format_name: str | None, hdr: Hdr | None = None) -> None:
+                format_name: str | None, streams: Streams) -> None:
+    hdr = _hdr(streams.video)
     with atomic_output(dst) as tmp:
         # In square pixels: browsers ignore a JPEG's pixel aspect, so a frame of
         # non-square pixels (anamorphic DVD/HDV) is stretched to its displayed width.
         size = (f"min(iw*sar,{max_width})", "max(2,2*round(ow/dar/2))")
-        frame = _input(src, format_name, ss=seek)["v:0"]
+        frame = _input(src, format_name, ss=seek)[streams.video_spec]
         if hdr:
             # Tone-mapped at the poster's size (in 10 bits still): a 4K frame in float
             # took 0.5 s more. The scale below then only converts the colours.
@@ -448,28 +499,30 @@ def make_storyboard(
         raise MediaError("The storyboard could not be made: the video's duration and size"
                          " are unknown.")
     plan = plan_storyboard(duration, width, height)
+    streams = first_streams(src, format_name)
     # (1 % of slack: a 2 s GOP's timestamps may add up to a hair over 2 s)
     longest = plan.interval * 1.01
     # It stops reading at the first longer gap: the answer is then known.
-    gap = keyframe_gap(src, duration, format_name, enough=longest)
+    gap = keyframe_gap(src, duration, format_name, stream=streams.video_spec, enough=longest)
     keyframes_only = gap is not None and gap <= longest
     # Tiles and cues are on the file's (the preview's) time, where the picture may start
     # late: sound before it (an edited export, an MPEG-TS capture).
-    streams = first_streams(src, format_name)
     offset = streams.offset(streams.video)
     start = offset + black_opening(
-        src, format_name, keyframes_only=keyframes_only, limit=min(LOOK_AT_MOST, duration / 2))
+        src, format_name, stream=streams.video_spec, keyframes_only=keyframes_only,
+        limit=min(LOOK_AT_MOST, duration / 2))
     if start > 0:
         plan = plan_storyboard(duration - start, width, height)
     plan = replace(plan, keyframes_only=keyframes_only, start=start, offset=offset,
                    references_only=not keyframes_only)
     hdr = _hdr(streams.video)
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
-        frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name, hdr)
+        frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
+                                  streams.video_spec, hdr)
         if plan.references_only and _tiles_missing(plan, frames, duration):
             plan = replace(plan, references_only=False)
             frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
-                                      hdr)
+                                      streams.video_spec, hdr)
         plan = _confirm_tiles(plan, frames, duration)
         with atomic_output(vtt_dst) as vtt_tmp:
             vtt_tmp.write_text(_storyboard_vtt(plan, duration, sprite_name), encoding="utf-8")
@@ -477,11 +530,12 @@ def make_storyboard(
 
 
 def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
-                     on_progress: ProgressCallback | None,
-                     format_name: str | None, hdr: Hdr | None = None) -> int | None:
-    """Write the sprite as planned; the number of tiles ffmpeg made."""
+                     on_progress: ProgressCallback | None, format_name: str | None,
+                     video: str, hdr: Hdr | None = None) -> int | None:
+    """Write the sprite as planned from the `video` stream (a specifier); the number of
+    tiles ffmpeg made."""
     result = run(
-        _storyboard_graph(src, dst, plan, format_name, hdr),
+        _storyboard_graph(src, dst, plan, format_name, video, hdr),
         duration,
         on_progress,
         xerror=True,
@@ -493,8 +547,8 @@ def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
     return result.frames
 
 
-def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
-                      format_name: str | None, hdr: Hdr | None = None) -> OutputStream:
+def _storyboard_graph(src: Path, dst: Path, plan: Storyboard, format_name: str | None,
+                      video: str, hdr: Hdr | None = None) -> OutputStream:
     # The first frame at or after each multiple of the interval (after the black opening),
     # on the file's time; counted from the picture's first frame (start_t), as ffmpeg keeps
     # its offset in the file or not depending on the format (not for MPEG-TS when only the
@@ -506,7 +560,7 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard,
     )
     options = ({"skip_frame": "nokey"} if plan.keyframes_only
                else {"skip_frame": "noref"} if plan.references_only else {})
-    tiles = _input(src, format_name, **options)["v:0"].filter("select", pick)
+    tiles = _input(src, format_name, **options)[video].filter("select", pick)
     if hdr:
         # Tone-mapped at the tile's size (in 10 bits still): a 4K frame in float is 64
         # times the work. The scale below then only converts the colours.
@@ -575,8 +629,8 @@ AUDIO_COPY_MAX_BITRATE = 192_000
 
 
 def audio_copyable(src: Path, format_name: str | None = None) -> bool:
-    """Whether the source's first audio track can go into the preview as it is: AAC-LC
-    (what every browser plays in MP4), mono or stereo, 8-48 kHz, at most
+    """Whether the source's audio track (sound_stream) can go into the preview as it is:
+    AAC-LC (what every browser plays in MP4), mono or stereo, 8-48 kHz, at most
     AUDIO_COPY_MAX_BITRATE (a stated rate: the stream's, or Matroska's BPS tag).
 
     Most uploads (phones, cameras, screen recorders) have such audio. Copying it spares
@@ -648,13 +702,13 @@ def transcode_preview(
         # Height capped and kept even (yuv420p needs even sizes); width follows the
         # displayed aspect, in square pixels (a non-square pixel aspect, as in anamorphic
         # DVD/HDV, is not honoured by every player), so the picture is that of the poster.
-        video = (source["v:0"]
+        video = (source[streams.video_spec]
                  .filter("scale", "max(2,2*round(oh*dar/2))",
                          f"trunc(min(ih,{max_height})/2)*2")
                  .filter("setsar", 1))
         if hdr:  # (at the preview's size, from the source's 10 bits)
             video = to_sdr(video, hdr)
-        streams = [video, source["a:0"]] if has_audio else [video]
-        stream = ffmpeg.output(*streams, str(tmp), **options)
+        outputs = [video, source[streams.audio_spec]] if has_audio else [video]
+        stream = ffmpeg.output(*outputs, str(tmp), **options)
         run(stream, duration, on_progress, xerror=True, paths=(src, tmp), nice=nice)
         require_output(tmp)

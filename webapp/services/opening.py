@@ -24,11 +24,12 @@ _FRAME = re.compile(rb"^frame:\d+\s+pts:\S+\s+pts_time:(\S+)")
 _PBLACK = re.compile(rb"^lavfi\.blackframe\.pblack=(\d+)")
 
 
-def black_opening(path: Path, format_name: str | None = None, *, keyframes_only: bool = False,
-                  limit: float = LOOK_AT_MOST) -> float:
-    """Seconds from the first frame of the first video stream to its first frame that is
-    not black: 0.0 when it opens with a picture, and also when it is black for all of its
-    first `limit` seconds or cannot be read (the storyboard then starts at the start).
+def black_opening(path: Path, format_name: str | None = None, *, stream: str = "v:0",
+                  keyframes_only: bool = False, limit: float = LOOK_AT_MOST) -> float:
+    """Seconds from the first frame of a video stream (`stream`, a specifier: the first by
+    default) to its first frame that is not black: 0.0 when it opens with a picture, and
+    also when it is black for all of its first `limit` seconds or cannot be read (the
+    storyboard then starts at the start).
 
     With `keyframes_only` only keyframes are decoded (as the storyboard then does). Raises
     ffrun.Stopped when the work in progress is asked to stop.
@@ -43,7 +44,7 @@ def black_opening(path: Path, format_name: str | None = None, *, keyframes_only:
         options += ["-skip_frame", "nokey"]
     args = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *options,
             "-t", f"{limit:.3f}", "-i", url,
-            "-map", "0:v:0",
+            "-map", f"0:{stream}",
             "-vf", "scale=160:-2,blackframe=amount=0,metadata=mode=print:file=/dev/stdout",
             "-f", "null", "-"]
     first = at = None
