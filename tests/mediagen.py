@@ -265,3 +265,16 @@ def _boxes(data: bytes) -> list[tuple[bytes, bytes]]:
         at += size
     return boxes
 
+
+def make_commentary_first(dst: Path, duration: float = 3.0) -> Path:
+    """A test pattern with two sound tracks, the container following dst's suffix (.mp4,
+    .mkv): first a commentary (a 1000 Hz tone, not flagged default), then the programme's
+    sound (a 440 Hz tone, flagged default), as films and talks with a director's or
+    translator's track come."""
+    tone = "sine=frequency={}:sample_rate=48000:duration=" + str(duration)
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=25:duration={duration}",
+            "-f", "lavfi", "-i", tone.format(1000), "-f", "lavfi", "-i", tone.format(440),
+            "-map", "0", "-map", "1", "-map", "2", "-c:v", "libx264", "-preset", "ultrafast",
+            "-pix_fmt", "yuv420p", "-c:a", "aac", "-disposition:a:0", "comment",
+            "-disposition:a:1", "default", str(dst))
+    return dst

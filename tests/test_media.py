@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pickle
 import random
 import re
@@ -1157,6 +1158,32 @@ def test_a_black_opening_is_found_in_the_video_behind_a_cover(tmp_path: Path,
     assert board.keyframes_only
     assert board.start == pytest.approx(3.0, abs=0.1)
     assert tile_brightness(tmp_path / "storyboard.jpg", board, 0) > 60
+
+
+def pitch(path: Path) -> float:
+    """The frequency (Hz) of the tone of a file's (only) sound track, from its zero
+    crossings."""
+    done = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:a:0",
+                           "-ac", "1", "-ar", "48000", "-f", "s16le", "-"],
+                          capture_output=True, check=True)
+    samples = struct.unpack(f"<{len(done.stdout) // 2}h", done.stdout)
+    crossings = sum(1 for a, b in itertools.pairwise(samples) if (a < 0) != (b < 0))
+    return crossings / 2 / (len(samples) / 48000)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_the_default_sound_track_is_used_not_a_commentary_ahead_of_it(tmp_path: Path,
+                                                                      suffix: str) -> None:
+    src = mediagen.make_commentary_first(tmp_path / f"film{suffix}")
+    info = media.probe(src)
+    assert info.has_audio and info.audio_codec == "aac"
+    wav, preview = tmp_path / "audio.wav", tmp_path / "preview.mp4"
+    media.extract_audio(src, wav, info.duration, format_name=info.format_name)
+    media.transcode_preview(src, preview, info.duration, format_name=info.format_name)
+    assert pitch(wav) == pytest.approx(440, rel=0.03)  # the commentary is at 1000 Hz
+    kinds = [s["codec_type"] for s in ffmpeg.probe(str(preview))["streams"]]
+    assert sorted(kinds) == ["audio", "video"], kinds
+    assert pitch(preview) == pytest.approx(440, rel=0.03)
 
 
 def test_a_single_track_file_is_read_as_before(moving: Path) -> None:

@@ -167,7 +167,7 @@ class VideoSchema(ma.Schema):
         "Codec of the processed video stream: the first that moves, one flagged default "
         "first (cover art ahead of it is passed over)")})
     audio_codec = fields.String(allow_none=True, metadata={"description": (
-        "Codec of the processed audio stream: the first")})
+        "Codec of the processed audio stream: the first flagged default, else the first")})
     created_at = fields.DateTime(required=True)
     language = fields.String(allow_none=True, metadata={"description": (
         "The language of the published transcript (ISO 639-1): detected, or the one asked "

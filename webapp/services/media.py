@@ -125,8 +125,12 @@ def picture_stream(streams: list[dict[str, Any]], format_name: str,
 
 
 def sound_stream(streams: list[dict[str, Any]]) -> dict[str, Any]:
-    """The audio stream the steps use ({} without audio): the first."""
-    return next((s for s in streams if s.get("codec_type") == "audio"), {})
+    """The audio stream the steps use ({} without audio): the first flagged default, else
+    the first. A commentary or second language ahead of the programme's sound is flagged
+    otherwise (MP4 enables one track of a kind; Matroska flags tracks default unless told
+    not to)."""
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    return next((s for s in audio if _is_default(s)), audio[0] if audio else {})
 
 
 def _is_default(stream: dict[str, Any]) -> bool:
