@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from redis.exceptions import RedisError
@@ -27,15 +26,39 @@ def superseded(job: Job) -> bool:
     delivery's: what ends this one (its horse killed) must touch none of them. False when
     Redis cannot tell (no job hash, a job enqueued before deliveries had tokens).
     """
-    mine = job.meta.get(DELIVERY)
+    return _other_delivery(job, _stored_meta(job))
+
+
+def _stored_meta(job: Job) -> dict | None:
+    """The job's meta as Redis holds it now; None when Redis cannot tell."""
     try:
         raw = job.connection.hget(job.key, "meta")
-        current = job.serializer.loads(raw).get(DELIVERY) if raw else None
+        return job.serializer.loads(raw) if raw else None
     except RedisError:
-        return False
+        return None
     except Exception:  # a meta that cannot be read decides nothing
-        return False
+        return None
+
+
+def _other_delivery(job: Job, meta: dict | None) -> bool:
+    mine = job.meta.get(DELIVERY)
+    current = meta.get(DELIVERY) if isinstance(meta, dict) else None
     return mine is not None and current is not None and current != mine
+
+
+def _refresh_attempt(job: Job) -> bool:
+    """Read the attempt number the horse saved into `job.meta`; False, leaving it as it was,
+    when Redis holds another delivery of the job by now: its meta, read with the attempt
+    number in one read, is the live delivery's (whose attempt the writes would then mark
+    failed or retrying), so nothing may be recorded. True when Redis cannot tell."""
+    meta = _stored_meta(job)
+    if _other_delivery(job, meta):
+        log.warning("job %s: another delivery of the job took the step over; its dead "
+                    "attempt is not recorded", job.id)
+        return False
+    if meta is not None:
+        job.meta = meta
+    return True
 
 
 def attempt_failed(job: Job, reason: str) -> None:
@@ -69,8 +92,8 @@ def attempt_interrupted(job: Job, reason: str) -> None:
     task_id, step = job.meta.get("task_id"), job.meta.get("step")
     if not task_id or not step:
         return
-    with contextlib.suppress(RedisError):
-        job.get_meta(refresh=True)  # the attempt number the horse saved
+    if not _refresh_attempt(job):
+        return
     attempt = job.meta.get("attempt")
     settings = Settings.from_env()
     sessions = session_factory(settings.database_url)
@@ -117,6 +140,6 @@ def horse_killed(job: Job, retpid: int, ret_val: int, rusage) -> None:
         how = f"signal {os.WTERMSIG(ret_val)}"
     else:
         how = f"status {ret_val}"
-    with contextlib.suppress(RedisError):
-        job.get_meta(refresh=True)  # the attempt number the horse saved
+    if not _refresh_attempt(job):
+        return
     attempt_failed(job, f"the worker process running this step was killed ({how})")
