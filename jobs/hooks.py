@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.job import Job
 
@@ -17,7 +19,7 @@ from webapp.services.storage import Storage
 log = logging.getLogger(__name__)
 
 
-def superseded(job: Job) -> bool:
+def superseded(job: Job, connection: Redis | Pipeline | None = None) -> bool:
     """Whether Redis now holds another delivery of this job's id than `job` (as its worker
     dequeued it): the reconciler enqueued the step again, under the same id, after Redis
     forgot the job (restarted empty), and that delivery's attempt has taken the step over.
@@ -25,16 +27,21 @@ def superseded(job: Job) -> bool:
     The job hash, its registries and the step's running attempt are then the other
     delivery's: what ends this one (its horse killed) must touch none of them. False when
     Redis cannot tell (no job hash, a job enqueued before deliveries had tokens).
+    `connection`: a pipeline that WATCHes the job's hash (jobs/delivery.py), so that the
+    answer holds until its commit.
     """
-    return _other_delivery(job, _stored_meta(job))
+    return _other_delivery(job, _stored_meta(job, connection))
 
 
-def _stored_meta(job: Job) -> dict | None:
-    """The job's meta as Redis holds it now; None when Redis cannot tell."""
+def _stored_meta(job: Job, connection: Redis | Pipeline | None = None) -> dict | None:
+    """The job's meta as Redis holds it now; None when Redis cannot tell. Through a
+    watching pipeline, a Redis error is raised: its commit would fail anyway."""
     try:
-        raw = job.connection.hget(job.key, "meta")
+        raw = (connection or job.connection).hget(job.key, "meta")
         return job.serializer.loads(raw) if raw else None
     except RedisError:
+        if connection is not None:
+            raise
         return None
     except Exception:  # a meta that cannot be read decides nothing
         return None

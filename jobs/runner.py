@@ -18,7 +18,7 @@ from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import remote
+from jobs import delivery, remote
 from jobs.attempt import AttemptWatch, with_retries
 from webapp.config import Settings
 from webapp.db import session_factory
@@ -176,12 +176,13 @@ def _takeover(job: Job | None) -> bool:
 
 def _remember_attempt(job: Job | None, attempt: int) -> None:
     """Tell the crash hooks (jobs.hooks) which attempt this job runs, so that their writes
-    are fenced like ours."""
+    are fenced like ours. Not if another delivery of the job holds it in Redis by now
+    (jobs/delivery.py): its meta, with its token and attempt, would be overwritten."""
     if job is None:
         return
     job.meta["attempt"] = attempt
     with contextlib.suppress(RedisError):
-        job.save_meta()
+        delivery.save_meta(job)
 
 
 def run_step(task_id: str, step: str, work: Work) -> str:

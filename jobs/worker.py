@@ -13,7 +13,7 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
 
-from jobs import hooks, reconciler, remote
+from jobs import delivery, hooks, reconciler, remote
 from jobs.runner import StepFailed
 from webapp.config import ConfigError, Settings
 from webapp.db import session_factory
@@ -74,7 +74,8 @@ class VidpipeWorker(Worker):
           enqueued the job again under the same id): its attempt is stale already, and the
           job in Redis, with the attempt number its meta holds, is the live delivery's.
           Recording the death (hooks.horse_killed) would mark that live attempt retrying or
-          failed: nothing is recorded.
+          failed: nothing is recorded. The hooks look again, in the one read that gives
+          them the attempt number: a re-enqueue after this check is not taken for ours.
         - `request_stop` killed it: not a crash; its step waits for the next worker, and the
           kill does not count as one of the step's tries (STEP_RETRIES).
         - Anything else (SIGKILL, the OOM killer): a crash, recorded by hooks.horse_killed.
@@ -113,10 +114,16 @@ class VidpipeWorker(Worker):
         delivery of the same id once the reconciler has enqueued the job again. A
         superseded delivery only removes its own execution; RQ would otherwise fail the
         live delivery's job (which the reconciler then takes for the step's failure) or
-        enqueue a wasted retry that takes the live attempt over."""
-        if not hooks.superseded(job):
-            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        enqueue a wasted retry that takes the live attempt over. The check and RQ's writes
+        are one transaction (jobs/delivery.py): a re-enqueue between them is not
+        overwritten."""
+        try:
+            with delivery.fenced(self, job):
+                super().handle_job_failure(job, queue, started_job_registry, exc_string,
+                                           execution)
             return
+        except delivery.Superseded:
+            pass
         if self._stopped_job_id == job.id:
             self._stopped_job_id = None
         self.log.info("job %s: superseded by another delivery; its failure is not recorded",
@@ -129,10 +136,14 @@ class VidpipeWorker(Worker):
         "stopped"; RQ would write FINISHED, its result and expiry over the live delivery's
         job hash and release its dependants: a killed horse of the live delivery was then
         ignored by its own worker (RQ handles no death of a FINISHED job) and its step stayed
-        running with nobody on it. The superseded delivery only removes its own execution."""
-        if not hooks.superseded(job):
-            super().handle_job_success(job, queue, started_job_registry, execution)
+        running with nobody on it. The superseded delivery only removes its own execution;
+        the check and RQ's writes are one transaction, as for a failure."""
+        try:
+            with delivery.fenced(self, job):
+                super().handle_job_success(job, queue, started_job_registry, execution)
             return
+        except delivery.Superseded:
+            pass
         self.log.info("job %s: superseded by another delivery; its end is not recorded",
                       job.id)
         self._leave_to_the_live_delivery(job, execution)

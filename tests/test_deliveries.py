@@ -1,5 +1,5 @@
-"""Two deliveries of one step's job: the old one's end never overwrites the new one, even
-when the reconciler's re-enqueue lands between its check and its write.
+"""Two deliveries of one step's job (jobs/delivery.py): the old one's end never overwrites
+the new one, even when the reconciler's re-enqueue lands between its check and its write.
 
 The race is forced, not waited for: `hooks.superseded` (the check) is wrapped so that the
 first time it answers "still mine", Redis forgets the job and the reconciler's enqueue
@@ -20,6 +20,7 @@ from rq.job import Job, JobStatus
 from rq.utils import now
 
 from jobs import hooks
+from jobs.runner import _remember_attempt
 from jobs.worker import VidpipeWorker
 from tests import mediagen
 from tests.helpers import progress_of, subtasks, upload_ok
@@ -103,8 +104,8 @@ def race(old, monkeypatch):
     check = hooks.superseded
     tokens: list[str] = []
 
-    def superseded_then_taken_over(job):
-        answer = check(job)
+    def superseded_then_taken_over(job, connection=None):
+        answer = check(job) if connection is None else check(job, connection)
         if not answer and not tokens:
             tokens.append(old.take_over())
         return answer
@@ -138,3 +139,54 @@ def test_a_horse_killed_while_its_job_is_enqueued_again_leaves_the_live_attempt_
     assert (step["status"], step["attempt"], step["error"]) == ("running", 2, None), step
     assert progress_of(old.client, old.video_id)["status"] == "running"
     assert_the_new_delivery_is_intact(old, race[0])
+
+
+def test_a_failure_written_while_its_job_is_enqueued_again_is_not_written(old, race):
+    """The old horse's attempt raised; RQ's failure handling checks the job (still its own)
+    and the new delivery lands before RQ's writes: FAILED (then taken by the reconciler
+    for the step's failure) or a retry that replaces the new job must not be written."""
+    old.job.ended_at = now()
+    old.worker.handle_job_failure(old.job, old.rq_queue, exc_string="Traceback: boom",
+                                  execution=old.execution)
+    assert race, "the race was not run"
+    assert_the_new_delivery_is_intact(old, race[0])
+
+
+def test_an_end_written_while_its_job_is_enqueued_again_is_not_written(old, race):
+    """The old horse's attempt ended "stopped" (taken over); RQ's success handling checks
+    the job (still its own) and the new delivery lands before RQ's writes: FINISHED (after
+    which RQ ignores the death of the new delivery's horse) must not be written."""
+    old.job.ended_at = now()
+    old.job._result = "stopped"
+    old.worker.handle_job_success(old.job, old.rq_queue, old.rq_queue.started_job_registry,
+                                  old.execution)
+    assert race, "the race was not run"
+    assert_the_new_delivery_is_intact(old, race[0])
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_the_old_horse_never_saves_its_meta_over_the_new_deliverys(old, race, when):
+    """The old horse tells its job which attempt it runs after the new delivery came
+    (before), or while it comes (during: right after the horse checked the job). The new
+    delivery's meta (its token, its horse's attempt 2) must stay."""
+    token = old.take_over() if when == "before" else None
+    _remember_attempt(old.job, 1)
+    if when == "during":
+        assert race, "the race was not run"
+        token = race[0]
+    meta = old.live_job().meta
+    assert (meta[DELIVERY], meta["attempt"]) == (token, 2), meta
+
+
+def test_the_same_delivery_saves_its_meta_and_ends_as_before(old):
+    """Without another delivery the fenced writes are RQ's own: the meta is saved and the
+    job ends FINISHED with its result."""
+    _remember_attempt(old.job, 7)
+    assert old.live_job().meta["attempt"] == 7
+    old.job.ended_at = now()
+    old.job._result = "completed"
+    old.worker.handle_job_success(old.job, old.rq_queue, old.rq_queue.started_job_registry,
+                                  old.execution)
+    live = old.live_job()
+    assert live.get_status() == JobStatus.FINISHED and live.return_value() == "completed"
+    assert old.job.id in old.rq_queue.finished_job_registry.get_job_ids()
