@@ -23,6 +23,8 @@ import os
 import re
 from pathlib import Path
 
+from webapp.services.storage import sync_dirs, sync_file
+
 log = logging.getLogger(__name__)
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -73,10 +75,9 @@ class Cache:
         """Move a complete, verified download into the cache, then evict down to the limit
         (the new entry last)."""
         path = self.path(key)
-        with open(part, "rb") as fh:
-            os.fsync(fh.fileno())  # the data on disk before the name (module docstring)
+        sync_file(part)  # the data on disk before the name (module docstring)
         os.replace(part, path)
-        _fsync_dir(self.root)
+        sync_dirs(self.root)
         self.evict(keep=path)
         return path
 
@@ -109,12 +110,3 @@ class Cache:
         if removed:
             log.info("cache: evicted %d file(s), %d bytes kept", len(removed), total)
         return removed
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the folder's entries (a rename into it) durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

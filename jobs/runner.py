@@ -234,6 +234,8 @@ def run_step(task_id: str, step: str, work: Work) -> str:
                 raise MediaError(f"{step} did not write all its outputs")
             if away:
                 published = away.publish(task_id, step, attempt, result.note, result.video)
+            else:
+                storage.sync_folder(video.id, folder)  # on the disk before it is published
         except Exception as exc:
             discard()
             if watch.stop.is_set() or not _still_current(sessions, task_id, step, attempt):

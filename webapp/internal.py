@@ -247,6 +247,7 @@ def complete(task_id: str, step: str, attempt: int):
     # again whole (each checked above), and the folder is published as it is.
     for piece in path.glob(".*.part"):
         piece.unlink(missing_ok=True)
+    storage.sync_folder(video_id, folder)  # on the disk before the database says so
     segments = None
     if step == "transcribe":  # indexed for search in the publishing transaction
         found = storage.artifact_in(video_id, folder, "transcript.json")

@@ -5,6 +5,12 @@
 
 Which attempt's folder a reader sees for a step is a database fact (webapp.services.
 publications); this module only does the path arithmetic and the file moves.
+
+Files are on the disk before the database points at them: an upload is fsynced before its
+video row commits, an attempt's folder before the transaction that publishes it (sync_folder).
+Without it a power cut after the commit could leave a completed step or an accepted upload
+whose file is empty or cut short: the database survives a crash (its commits are fsynced),
+a file's data can still be in the page cache, and a rename can reach the disk before it.
 """
 
 from __future__ import annotations
@@ -105,9 +111,11 @@ class StagedFile(io.BufferedRandom):
         return self._hash.hexdigest()
 
     def move_to(self, target: Path) -> None:
+        """Move the upload to `target`, durably (the module docstring)."""
         if not self.staged:
             raise ValueError("the staged file was already moved or deleted")
         self.flush()
+        os.fsync(self.fileno())
         os.replace(self.path, target)
         self.staged = False
 
@@ -118,6 +126,31 @@ class StagedFile(io.BufferedRandom):
             if self.staged:
                 self.staged = False
                 self.path.unlink(missing_ok=True)
+
+
+def sync_file(path: Path) -> None:
+    """fsync a file's data (written by another process or descriptor) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_dirs(folder: Path, up_to: Path | None = None) -> None:
+    """fsync `folder`, then each folder above it up to and including `up_to` (only
+    `folder` without it): the entries made in them (renames, new folders) are then on the
+    disk."""
+    folder = Path(folder)
+    stop = Path(up_to).resolve() if up_to is not None else folder.resolve()
+    for current in (folder.resolve(), *folder.resolve().parents):
+        fd = os.open(current, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if current == stop or not current.is_relative_to(stop):
+            break
 
 
 class Storage:
@@ -200,11 +233,23 @@ class Storage:
         return StagedFile(self.staging_path())
 
     def adopt_source(self, staged: StagedFile, video_id: str, stored_name: str) -> Path:
-        """Move an accepted upload from staging to its video folder."""
+        """Move an accepted upload from staging to its video folder, on the disk when this
+        returns (file, rename, and the new video folder)."""
         target = self.source_path(video_id, stored_name)
         target.parent.mkdir(parents=True, exist_ok=True)
         staged.move_to(target)
+        sync_dirs(target.parent, self.root)
         return target
+
+    def sync_folder(self, video_id: str, folder: str) -> None:
+        """Put an output folder on the disk before it is published: its files' data, then
+        the folder and those above it up to MEDIA_ROOT (the folders are new for each
+        attempt, and their entries are what makes the files reachable)."""
+        path = self.folder_path(video_id, folder)
+        for child in sorted(path.iterdir()):
+            if child.is_file():
+                sync_file(child)
+        sync_dirs(path, self.root)
 
     def remove_video(self, video_id: str) -> None:
         shutil.rmtree(self.video_dir(video_id), ignore_errors=True)
