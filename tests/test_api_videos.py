@@ -361,14 +361,36 @@ def test_if_unmodified_since_on_an_artifact_is_honoured(client, settings, clip):
     assert (resp.status_code, resp.data) == (200, b"q" * 6000)
 
 
-def test_writes_take_no_precondition(client, clip):
-    """A video states no ETag or Last-Modified, so the writes ignore If-Match and
-    If-Unmodified-Since (README, "Conditional requests"): the answers are those without."""
+def test_writes_refuse_if_match_tags_and_change_nothing(client, clip, settings):
+    """A video (and the list) states no ETag or Last-Modified (README, "Conditional
+    requests"): If-Match naming tags can match none, so every write is a 412 that does
+    nothing; If-Match: * holds, If-Unmodified-Since is ignored, an unknown video stays 404."""
     vid = upload_ok(client, clip)["id"]
-    assert "Last-Modified" not in client.get(f"/api/v1/videos/{vid}").headers
-    stale = {"If-Unmodified-Since": "Sun, 06 Nov 1994 08:49:37 GMT", "If-Match": '"x"'}
-    assert client.post(f"/api/v1/videos/{vid}/cancel", headers=stale).status_code == 409
-    assert client.delete(f"/api/v1/videos/{vid}", headers=stale).status_code == 204
+    headers = client.get(f"/api/v1/videos/{vid}").headers
+    assert "Last-Modified" not in headers and "ETag" not in headers
+    tagged = {"If-Match": '"x"'}
+    for method, path in (("post", "cancel"), ("post", "run_sync"), ("post", "reprocess"),
+                         ("delete", "")):
+        url = f"/api/v1/videos/{vid}/{path}".rstrip("/")
+        body = assert_json_error(getattr(client, method)(url, headers=tagged), 412)
+        assert "If-Match" in body["message"], body
+    assert client.get(f"/api/v1/videos/{vid}").status_code == 200  # not deleted
+    assert progress_of(client, vid)["task_id"] is None  # no run started
+    with clip.open("rb") as fh:
+        resp = client.post("/api/v1/videos", headers=tagged,
+                           data={"file": (fh, "again.mp4")}, content_type="multipart/form-data")
+    assert_json_error(resp, 412)
+    assert [v["id"] for v in client.get("/api/v1/videos").get_json()] == [vid]
+    staging = settings.media_root / "staging"
+    assert not staging.exists() or not any(staging.iterdir())
+    unknown = "0b6f5d6e-0000-4000-8000-000000000001"
+    assert client.delete(f"/api/v1/videos/{unknown}", headers=tagged).status_code == 404
+    assert client.post(f"/api/v1/videos/{unknown}/run_sync", headers=tagged).status_code == 404
+    # If-Match: * holds (the video exists); If-Unmodified-Since has no date to compare with.
+    anything = {"If-Match": "*", "If-Unmodified-Since": "Sun, 06 Nov 1994 08:49:37 GMT"}
+    assert client.post(f"/api/v1/videos/{vid}/run_sync", headers=anything).status_code == 202
+    assert client.post(f"/api/v1/videos/{vid}/cancel", headers=anything).status_code == 200
+    assert client.delete(f"/api/v1/videos/{vid}", headers=anything).status_code == 204
 
 
 def test_unexpected_error_is_json_500_without_traceback(app, client, monkeypatch):

@@ -67,6 +67,32 @@ def multipart_upload(view: Callable) -> Callable:
     return wrapper
 
 
+def refuse_entity_tags(what: str) -> None:
+    """412 for If-Match naming entity tags on a write to `what`, which states none (a video,
+    the list of videos): no tag can match, so the condition is false and the method must not
+    be performed (RFC 9110 13.1.1). `If-Match: *` holds, as the target exists: call this once
+    it is known to (an unknown video stays a 404). If-Unmodified-Since is ignored, as RFC 9110
+    13.1.4 asks of a target without a modification date."""
+    if "If-Match" in request.headers and not request.if_match.star_tag:
+        abort(412, message=f"{what} has no entity tag (ETag), so the If-Match sent matches "
+                           "nothing and the request was not carried out; send it without "
+                           "If-Match (or with If-Match: *)")
+
+
+def no_entity_tag(what: str) -> Callable[[Callable], Callable]:
+    """refuse_entity_tags before the view and its arguments (an upload's body is not read)."""
+
+    def decorate(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            refuse_entity_tags(what)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def error_response(blp, code: int, description: str) -> Callable:
     """Document an error answer by number (HTTPStatus names differ between Python versions)."""
     return blp.alt_response(code, schema=ErrorSchema, description=description)

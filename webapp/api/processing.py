@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from webapp import extensions as ext
-from webapp.api.guards import error_response, json_or_no_body
+from webapp.api.guards import error_response, json_or_no_body, refuse_entity_tags
 from webapp.api.schemas import (
     AsyncTaskSchema,
     ForceBodySchema,
@@ -36,6 +36,9 @@ _MESSAGES = {
 
 
 def _trigger(video_id: str, mode: str, query: dict, body: dict):
+    if "If-Match" in request.headers:  # (the lookup only then: triggers are a hot path)
+        find_video(video_id)
+        refuse_entity_tags("A video")
     force = bool(query.get("force") or body.get("force"))
     # The body's options win over the query's; left out in both, the video's are used.
     language = body.get("language", query.get("language"))
@@ -69,6 +72,10 @@ _IF_NONE_MATCH = {
 }
 
 
+_IF_MATCH_412 = ("If-Match named entity tags: a video states none, so none can match and "
+                 "nothing was done (If-Match: * is accepted)")
+
+
 def _trigger_docs(view):
     for code in ("NOT_FOUND", "CONFLICT", "SERVICE_UNAVAILABLE"):
         view = blp.alt_response({"NOT_FOUND": 404, "CONFLICT": 409,
@@ -77,7 +84,7 @@ def _trigger_docs(view):
     view = error_response(blp, 400, "The body is not valid JSON, or nested too deeply")(view)
     view = error_response(blp, 413, "A body over 64 KiB")(view)
     view = error_response(blp, 415, "A body that is not JSON (a form, text, ...)")(view)
-    return view
+    return error_response(blp, 412, _IF_MATCH_412)(view)
 
 
 @blp.route("/videos/<string:video_id>/run_sync", merge_slashes=False)
@@ -126,8 +133,10 @@ class Cancel(MethodView):
     @blp.response(200, TaskProgressSchema)
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.alt_response(409, response="CONFLICT")
+    @error_response(blp, 412, _IF_MATCH_412)
     def post(self, video_id):
         """Stop the active run: running steps are stopped, waiting ones cancelled"""
         video = find_video(video_id)
+        refuse_entity_tags("A video")
         task = processing.cancel(ext.db(), ext.storage(), ext.redis(), video.id)
         return progress.task_view(task)

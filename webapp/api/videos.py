@@ -15,7 +15,12 @@ from werkzeug.datastructures import CombinedMultiDict, MultiDict
 from werkzeug.http import http_date, parse_date, parse_range_header
 
 from webapp import extensions as ext
-from webapp.api.guards import error_response, multipart_upload
+from webapp.api.guards import (
+    error_response,
+    multipart_upload,
+    no_entity_tag,
+    refuse_entity_tags,
+)
 from webapp.api.schemas import (
     ArtifactSchema,
     TranscriptSchema,
@@ -80,6 +85,7 @@ def video_payload(video: Video) -> dict:
 
 @blp.route("/videos")
 class Videos(MethodView):
+    @no_entity_tag("The list of videos")
     @multipart_upload
     @blp.arguments(UploadSchema, location="files")
     @blp.response(201, VideoSchema, headers={"Location": {
@@ -89,6 +95,8 @@ class Videos(MethodView):
                               "malformed; nothing stored")
     @error_response(blp, 411, "No Content-Length, and the server cannot read a chunked body")
     @error_response(blp, 413, "Larger than MAX_UPLOAD_BYTES (or a form bomb); nothing stored")
+    @error_response(blp, 412, "If-Match named entity tags: the list of videos states none, "
+                              "so none can match; the body was not read, nothing stored")
     @error_response(blp, 415, "The body is not multipart/form-data")
     def post(self, files):
         """Upload a video or audio file (multipart field `file`)
@@ -127,9 +135,12 @@ class VideoById(MethodView):
     @blp.response(204)
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.alt_response(409, response="CONFLICT")
+    @error_response(blp, 412, "If-Match named entity tags: a video states none, so none can "
+                              "match and nothing was deleted (If-Match: * is accepted)")
     def delete(self, video_id):
         """Delete a video, its tasks and every file (409 while processing)"""
         find_video(video_id)
+        refuse_entity_tags("A video")
         ingest.delete_video(ext.db(), ext.storage(), video_id)
 
 
