@@ -126,6 +126,29 @@ def test_failed_step_fails_the_task_once_all_steps_ended(db_session):
     assert final.progress < 100
 
 
+def test_a_task_whose_steps_are_all_handed_back_is_queued_until_a_worker_takes_one(
+        db_session):
+    """A worker stopped mid-step (Ctrl-C of `make run`) hands its step back; with no other
+    step running, nothing works for the task: it says `queued`, not `running`, until the next
+    worker starts a step. Its start time is the first start's, and it stays active."""
+    task = make_task(db_session, make_video(db_session))
+    preview = progress.start_subtask(db_session, task.id, "transcode")
+    poster = progress.start_subtask(db_session, task.id, "thumbnails")
+    started = view(db_session, task.id).started_at
+    stopped = "the worker was stopped (SIGTERM) while this step ran"
+    assert progress.retry_subtask(db_session, task.id, "thumbnails", stopped, poster)
+    assert view(db_session, task.id).status == "running"  # the preview still runs
+    assert progress.retry_subtask(db_session, task.id, "transcode", stopped, preview)
+    waiting = view(db_session, task.id)
+    assert (waiting.status, waiting.active) == ("queued", True)
+    assert {s.name: (s.status, s.error) for s in waiting.subtasks}["transcode"] == (
+        "pending", stopped)
+    assert progress.active_task(db_session, waiting.video_id).id == task.id
+    assert progress.start_subtask(db_session, task.id, "transcode") == preview + 1
+    again = view(db_session, task.id)
+    assert (again.status, again.started_at) == ("running", started)
+
+
 def test_cancel_freezes_the_task_against_late_writes(db_session):
     task = make_task(db_session, make_video(db_session))
     attempt = progress.start_subtask(db_session, task.id, "transcode")

@@ -176,22 +176,50 @@ def test_a_stopped_worker_stops_its_step_at_once_and_hands_it_back(client, setti
     assert "stopping the running step (SIGTERM)" in log, log[-2000:]
     assert "failed" not in log and "Traceback" not in log, log[-2000:]
 
-    transcode = subtasks(progress_of(client, vid))["transcode"]
+    state = progress_of(client, vid)
+    transcode = subtasks(state)["transcode"]
     assert (transcode["status"], transcode["attempt"]) == ("pending", 1), transcode
     assert transcode["error"] == ("the worker was stopped (SIGTERM) while this step ran; it "
                                   "runs again on the next worker")
+    # Nothing works for the task: it waits in the queue and says so (it said "running").
+    assert state["status"] == "queued", state
+    waiting_for_a_worker(client, vid, task_id)
     job = Job.fetch(queue.job_id(task_id, "transcode"), connection=redis_conn)
     assert job.get_status() == "queued"
     assert job.retries_left == settings.step_retries  # the stop was not one of its tries
     attempt_folder = settings.media_root / "videos" / vid / "runs" / task_id / "transcode.1"
     assert not attempt_folder.exists()
 
-    workers()  # the next worker takes the step up again
+    workers()  # the next worker takes the step up again, and the task runs again at once
+    again = wait_for(lambda: (s := progress_of(client, vid)) and any(
+        sub["status"] == "running" for sub in s["subtasks"]) and s,
+        timeout=60, what="a step running again on the next worker")
+    assert again["status"] == "running", again
+    assert again["started_at"] == state["started_at"]  # the run started once
     wait_for(lambda: progress_of(client, vid)["status"] == "completed", timeout=240,
              what="the task completing on the next worker")
     transcode = subtasks(progress_of(client, vid))["transcode"]
     assert (transcode["status"], transcode["attempt"], transcode["error"]) == (
         "completed", 2, None), transcode
+
+
+def waiting_for_a_worker(client, vid: str, task_id: str) -> None:
+    """What a person and a client see of a task handed back by its stopped worker: queued,
+    waiting for a worker, no step said to run on one; still active (a trigger is 409)."""
+    page = BeautifulSoup(panel_poll(client, vid).get_data(as_text=True), "html.parser")
+    assert page.select_one("#task-status").get_text() == "queued"
+    assert banner(str(page)) == NO_WORKER
+    eta = page.select_one("#eta").get_text()
+    assert eta == "waiting for a worker" or eta.endswith(" of work once a worker takes it"), eta
+    assert page.select_one("#status-transcode").get_text() == "pending"
+    assert page.select_one("#worker-transcode") is None, "a waiting step said it ran on a worker"
+    assert page.select_one("#btn-cancel").get("disabled") is None
+    assert page.select_one("#btn-force").get("disabled") is None
+    row = BeautifulSoup(client.get(f"/videos/{vid}/row", headers=HX).get_data(as_text=True),
+                        "html.parser")
+    assert row.select_one(".badge").get_text() == "queued"
+    busy = client.post(f"/api/v1/videos/{vid}/reprocess")
+    assert (busy.status_code, busy.get_json()["task_id"]) == (409, task_id), busy.get_json()
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

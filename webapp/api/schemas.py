@@ -114,7 +114,10 @@ class TaskProgressSchema(ma.Schema):
     video_id = fields.String(required=True)
     task_id = fields.String(allow_none=True, metadata={"description": "null before any run"})
     mode = fields.String(allow_none=True, metadata={"description": "run_sync or reprocess"})
-    status = fields.String(required=True, validate=validate.OneOf(TASK_STATUSES))
+    status = fields.String(required=True, validate=validate.OneOf(TASK_STATUSES), metadata={
+        "description": "pending (never ran); queued (waiting for a worker: not started yet, "
+        "or no step runs any more and one waits in the queue again, e.g. its worker was "
+        "stopped); running; completed; failed; cancelled. queued and running are active"})
     progress = fields.Float(required=True, metadata={"description": "Weighted total, 0-100"})
     subtasks = fields.List(fields.Nested(SubTaskProgressSchema), required=True)
     created_at = fields.DateTime(allow_none=True)
@@ -126,7 +129,8 @@ class TaskProgressSchema(ma.Schema):
         "really run (reused and skipped steps excluded), at the pace each has shown since "
         "its first measured progress report; a step not measured yet is sized by what its "
         "kind cost on this installation per second of media (so a queued run has one too: "
-        "the time its steps take, not the wait for a worker). null when unknown (a new "
+        "the time its steps take, not the wait for a worker; so does a run whose worker was "
+        "stopped, queued again until a worker takes a step). null when unknown (a new "
         "installation, before any step has shown a pace) or when the run has ended")})
 
 

@@ -500,10 +500,11 @@ def start_subtask(session: Session, task_id: str, name: str, *,
     if attempt is None:
         session.rollback()
         return None
+    # Running again, if its steps were handed back (retry_subtask): it started the first time.
     session.execute(
         update(ProcessingTask)
         .where(ProcessingTask.id == task_id, ProcessingTask.status == "queued")
-        .values(status="running", started_at=now)
+        .values(status="running", started_at=func.coalesce(ProcessingTask.started_at, now))
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -624,11 +625,14 @@ def finish_subtask(
 
 def retry_subtask(session: Session, task_id: str, name: str, reason: str,
                   attempt: int | None = None) -> bool:
-    """An attempt died and another is coming: the step waits again, saying why.
+    """An attempt died, or was stopped with its worker, and another is coming: the step
+    waits again in the queue, saying why.
 
     Its progress restarts from 0 (the one case where a total may go back), and the
-    attempt counter keeps growing so the next try shows as attempt 2, 3, ... False
-    (nothing written) if `attempt` is not the step's running attempt any more.
+    attempt counter keeps growing so the next try shows as attempt 2, 3, ... When no other
+    step of the task runs, nothing works for the task any more: it is `queued` again until
+    a worker takes a step (start_subtask). False (nothing written) if `attempt` is not the
+    step's running attempt any more.
     """
     _touch_task(session, task_id, utcnow())
     result = session.execute(
@@ -640,6 +644,16 @@ def retry_subtask(session: Session, task_id: str, name: str, reason: str,
     if result.rowcount != 1:
         session.rollback()
         return False
+    # A worker stopped mid-step (Ctrl-C of `make run`) left the task "running" until the
+    # next worker came: the page said work went on while nothing ran. The touch above holds
+    # the task's lock, so of two steps handed back at once the later one sees the first.
+    session.execute(
+        update(ProcessingTask)
+        .where(ProcessingTask.id == task_id, ProcessingTask.status == "running",
+               ~exists().where(SubTask.task_id == task_id, SubTask.status == "running"))
+        .values(status="queued")
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
     return True
 
