@@ -38,6 +38,12 @@ lives as long as the process). A worker's exit spent 0.3 to 1.5 s
 of CPU collecting the objects of the app's ~870 modules one last time, 4 workers at once on
 2 cores: that was most of the 2 to 6 s a stop (Ctrl-C of `make run`) took the web side.
 Frozen, the exit takes about 0.1 s, and a full collection while serving skips them too.
+The rest of such a stop was a connection that had sent nothing yet (browsers open spare
+ones ahead of need): gthread's thread waits up to 5 s for its first bytes, and a stopping
+worker waited for that thread. A stop now closes it within SILENT_CHECK: no request of it
+can be lost. Requests in progress are still waited for (graceful_timeout), and kept-alive
+connections get gthread's short linger, in which a request is answered with
+`Connection: close` (at most WEB_KEEPALIVE, 2 s).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import _DEFER, DEFAULT_WORKER_DATA_TIMEOUT, TConn, ThreadWorker
 
 from webapp.accesslog import POLL_PATH
 
@@ -64,6 +70,8 @@ PEEK_BYTES = 4096
 INLINE_SEND_TIMEOUT = 1.0
 _SEND_TIMEOUT = struct.pack("ll", int(INLINE_SEND_TIMEOUT), 0)
 _NO_SEND_TIMEOUT = struct.pack("ll", 0, 0)
+# Seconds between a stopping worker's looks at a new connection that has sent nothing.
+SILENT_CHECK = 0.1
 # Threads that wait for clients' FIN on graceful closes, off the event loop (a close that
 # finds them all waiting queues for one: its socket is closed up to 2 s later).
 CLOSERS = 2
@@ -103,9 +111,22 @@ class BalancedThreadWorker(ThreadWorker):
         super().load_wsgi()
         gc.freeze()  # what start-up made lives as long as the process (see above)
 
+    def handle(self, conn):
+        """gthread's, but a new connection that has sent nothing is closed once the worker
+        stops, instead of holding the stop for the rest of gthread's 5 s wait for it."""
+        if not (conn.initialized or conn.data_ready):
+            deadline = time.monotonic() + DEFAULT_WORKER_DATA_TIMEOUT
+            while not conn.wait_for_data(min(SILENT_CHECK, deadline - time.monotonic())):
+                if not self.alive:
+                    conn.silent = True  # nothing to read: closed without lingering
+                    return False
+                if time.monotonic() >= deadline:
+                    return _DEFER  # gthread's: the connection waits on the event loop
+        return super().handle(conn)
+
     def close_connection(self, conn, graceful: bool = False) -> None:
         """TConn.close, its graceful wait handed to the closer threads."""
-        if not graceful:
+        if not graceful or getattr(conn, "silent", False):
             TConn.close(conn)
             return
         if self.closers is None:
