@@ -195,9 +195,9 @@ def judge(samples: list[dict[str, Any]], finish: float,
 
 
 def measure(stack: Stack, label: str, path: Path) -> dict[str, Any]:
-    from webapp.services import media
+    from webapp.services.media.probe import probe as probe_media
 
-    probe = media.probe(path)
+    probe = probe_media(path)
     video = stack.upload(path)
     log(f"{label}: {probe.duration:.1f} s, audio {probe.has_audio}; run_sync ...")
     cpu: dict[str, Any] = {}

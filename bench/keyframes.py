@@ -1,7 +1,7 @@
 """Keyframe detection on a 3-hour video: the worker's memory while its thumbnails run.
 
 The storyboard decodes keyframes alone when no two are further apart than a tile's interval
-(webapp/services/media.py), which it learns from the packet flags of the whole video
+(webapp/services/media/thumbnails.py), which it learns from the packet flags of the whole video
 (webapp/services/keyframes.py). Before, those flags came as one JSON document of every
 packet, parsed into Python objects at once: memory grew with the video's length.
 

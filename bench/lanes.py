@@ -204,12 +204,13 @@ def headline(results: dict[str, Any], runs: int, long_runs: int) -> str:
 def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    from webapp.services import media, workers
+    from webapp.services import workers
+    from webapp.services.media.probe import probe
     from webapp.services.transcription import resolve_model_path
 
     talk = benchmedia.speech_video(120)
     sources = {s: talk if s == 120 else looped(talk, s) for s in SECONDS}
-    probes = {s: media.probe(p) for s, p in sources.items()}
+    probes = {s: probe(p) for s, p in sources.items()}
     # The script's whisper takes the threads the service's does (WHISPER_THREADS=0: the
     # cores shared among its workers).
     threads = int(os.environ.get("WHISPER_THREADS", "0") or 0) or workers.split_cores(2)

@@ -10,7 +10,7 @@ before the first trigger and kept across runs, as an operator runs them.
 
 By hand: the same steps one after another from this one process, with no queue or
 database: the exact ffmpeg commands vidpipe's wrappers build (captured from
-webapp/services/media.py with the runner stubbed out; only the -progress reporting
+webapp/services/media/ with the runner stubbed out; only the -progress reporting
 arguments are left off), and whisper as a user's script would do it in a fresh Python
 process (load the same model, WHISPER_MODEL or vidpipe's default base, transcribe with the
 same settings, word timestamps included, and write the segments).
@@ -206,10 +206,11 @@ def capture_commands(src: Path, out: Path, probe: Any, ffmpeg_threads: int) -> d
     The wrappers run with `run`, `atomic_output` and `require_output` replaced, so nothing
     is executed here and outputs get their final names (no .part files and renames).
     """
-    from webapp.services import ffrun, media
+    from webapp.services import ffrun
+    from webapp.services.media import audio, preview, thumbnails
 
     captured: list[list[str]] = []
-    plan = media.plan_storyboard(probe.duration, probe.width, probe.height)
+    plan = thumbnails.plan_storyboard(probe.duration, probe.width, probe.height)
 
     # (The transcode's `nice` is vidpipe's scheduling, not part of the command: a script by
     # hand runs every tool at the same priority.)
@@ -225,19 +226,22 @@ def capture_commands(src: Path, out: Path, probe: Any, ffmpeg_threads: int) -> d
         yield dst
 
     commands: dict[str, list] = {}
-    with mock.patch.object(media, "run", fake_run), \
-            mock.patch.object(media, "atomic_output", in_place), \
-            mock.patch.object(media, "require_output", lambda path: None):
-        media.extract_audio(src, out / "audio.wav", probe.duration)
+    with contextlib.ExitStack() as stubs:
+        for module in (audio, thumbnails, preview):  # where each wrapper looks them up
+            stubs.enter_context(mock.patch.object(module, "run", fake_run))
+            stubs.enter_context(mock.patch.object(module, "atomic_output", in_place))
+            stubs.enter_context(mock.patch.object(module, "require_output",
+                                                  lambda path: None))
+        audio.extract_audio(src, out / "audio.wav", probe.duration)
         commands["extract_audio"] = captured[-1]
-        media.make_poster(src, out / "poster.jpg", probe.duration)
+        thumbnails.make_poster(src, out / "poster.jpg", probe.duration)
         commands["poster"] = captured[-1]
         # Also writes storyboard.vtt (a few lines of text) here, untimed.
-        media.make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt",
-                              probe.duration, probe.width, probe.height)
+        thumbnails.make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt",
+                                   probe.duration, probe.width, probe.height)
         commands["storyboard"] = captured[-1]
-        media.transcode_preview(src, out / "preview.mp4", probe.duration,
-                                has_audio=probe.has_audio, threads=ffmpeg_threads)
+        preview.transcode_preview(src, out / "preview.mp4", probe.duration,
+                                  has_audio=probe.has_audio, threads=ffmpeg_threads)
         commands["transcode"] = captured[-1]
     if len(captured) != 4:
         raise RuntimeError(f"expected 4 ffmpeg commands, captured {len(captured)}")
@@ -523,9 +527,9 @@ def single_pass_command(src: Path, out: Path, probe: Any, threads: int) -> list[
     """One ffmpeg decode feeding preview, sprite and WAV (what steps.py could do)."""
     import ffmpeg
 
-    from webapp.services import media
+    from webapp.services.media.thumbnails import plan_storyboard
 
-    plan = media.plan_storyboard(probe.duration, probe.width, probe.height)
+    plan = plan_storyboard(probe.duration, probe.width, probe.height)
     pick = f"lt(selected_n,{plan.count})*gte(t-start_t+0.001,selected_n*{plan.interval!r})"
     source = ffmpeg.input(str(src))
     video = source["v:0"].split()
@@ -649,12 +653,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    from webapp.services import media, whisper_models, workers
+    from webapp.services import whisper_models, workers
+    from webapp.services.media.probe import probe as probe_media
     from webapp.services.transcription import resolve_model_path
 
     log("preparing the 2-minute 720p speech video (cached in bench/.cache)")
     src = benchmedia.speech_video(int(os.environ.get("BENCH_VIDEO_SECONDS", "120")))
-    probe = media.probe(src)
+    probe = probe_media(src)
     # As the service resolves WHISPER_THREADS=0: the cores shared among its WORKERS.
     whisper_threads = (int(os.environ.get("WHISPER_THREADS", "0") or 0)
                        or workers.split_cores(WORKERS))

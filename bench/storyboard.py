@@ -1,5 +1,5 @@
 """The storyboard of a video whose keyframes are rarer than its tiles: every frame decoded,
-against the reference frames alone (`-skip_frame noref`, webapp/services/media.py).
+against the reference frames alone (`-skip_frame noref`, webapp/services/media/thumbnails.py).
 
 Input (bench/media.py, cached in bench/.cache/): the pipeline benchmark's 2-minute 720p
 talk, encoded without a GOP setting, i.e. as ffmpeg writes H.264 unless told otherwise
@@ -38,11 +38,12 @@ def cpu_of_children() -> float:
 
 
 def draw(src: Path, dst: Path, plan, duration: float) -> dict[str, float]:
-    from webapp.services import media
+    from webapp.services.media import thumbnails
+    from webapp.services.media.probe import first_streams
 
     cpu, started = cpu_of_children(), time.perf_counter()
-    video = media.first_streams(src).video_spec
-    frames = media._draw_storyboard(src, dst, plan, duration, None, None, video)
+    video = first_streams(src).video_spec
+    frames = thumbnails._draw_storyboard(src, dst, plan, duration, None, None, video)
     return {"wall_s": round(time.perf_counter() - started, 3),
             "cpu_s": round(cpu_of_children() - cpu, 3), "tiles": frames}
 
@@ -58,13 +59,15 @@ def tile_lumas(sprite: Path, plan) -> list[int]:
 
 
 def main() -> int:
-    from webapp.services import media
+    from webapp.services.keyframes import keyframe_gap
+    from webapp.services.media.probe import probe
+    from webapp.services.media.thumbnails import plan_storyboard
 
     src = benchmedia.speech_video(120, gop_seconds=None)
-    info = media.probe(src)
+    info = probe(src)
     duration, width, height = info.duration, info.width, info.height
-    plan = media.plan_storyboard(duration, width, height)
-    gap = media.keyframe_gap(src, duration)
+    plan = plan_storyboard(duration, width, height)
+    gap = keyframe_gap(src, duration)
     print(f"[storyboard] {src.name}: {duration:.1f} s, keyframes up to {gap:.2f} s apart, "
           f"tiles every {plan.interval:.2f} s", flush=True)
     plans = {"every frame": replace(plan, references_only=False),

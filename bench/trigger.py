@@ -85,10 +85,10 @@ def insert_videos(database_url: str, media_root: Path, clip: Path, count: int) -
 
     from webapp.db import get_engine
     from webapp.models import Video, new_id, utcnow
-    from webapp.services import media
+    from webapp.services.media.probe import probe
     from webapp.services.storage import Storage
 
-    info = media.probe(clip)
+    info = probe(clip)
     storage = Storage(media_root)
     ids = [new_id() for _ in range(count)]
     rows = [dict(id=vid, original_filename=f"clip-{i}.mp4", stored_name="source.mp4",

@@ -25,7 +25,7 @@ from webapp.db import session_factory
 from webapp.models import ACTIVE_STATUSES, SUBTASK_DONE, SUBTASK_FINAL, ProcessingTask, Video
 from webapp.services import ffrun, progress, publications
 from webapp.services.errors import ToolError, internal_error, without_paths
-from webapp.services.media import MediaError
+from webapp.services.ffrun import MediaError
 from webapp.services.queue import NEEDS
 from webapp.services.storage import STEP_OUTPUTS, Storage
 

@@ -7,19 +7,22 @@ import logging
 from rq import get_current_job
 
 from jobs.runner import StepContext, StepResult, run_step
-from webapp.services import captions, chinese, media, transcription, workers
+from webapp.services import captions, chinese, transcription, workers
+from webapp.services.media import audio
+from webapp.services.media.preview import transcode_preview
+from webapp.services.media.thumbnails import make_poster, make_storyboard
 
 log = logging.getLogger(__name__)
 
 
 def _extract_audio(ctx: StepContext) -> None:
-    media.extract_audio(ctx.source, ctx.artifacts / "audio.wav", ctx.duration, ctx.on_progress,
+    audio.extract_audio(ctx.source, ctx.artifacts / "audio.wav", ctx.duration, ctx.on_progress,
                         format_name=ctx.format_name)
 
 
 def _transcribe(ctx: StepContext) -> StepResult:
-    audio = ctx.inputs.get("audio.wav")
-    if audio is None:
+    wav = ctx.inputs.get("audio.wav")
+    if wav is None:
         raise transcription.TranscriptionError(
             "there is no extracted audio to transcribe; run the whole pipeline again")
     job = get_current_job()
@@ -27,7 +30,7 @@ def _transcribe(ctx: StepContext) -> StepResult:
                                             job.connection if job else None,
                                             ctx.settings.queue_name)
     log.info("transcribe: whisper %s with %d thread(s)", ctx.settings.whisper_model, threads)
-    result = transcription.transcribe(audio, ctx.settings.whisper_model, ctx.on_progress,
+    result = transcription.transcribe(wav, ctx.settings.whisper_model, ctx.on_progress,
                                       cpu_threads=threads,
                                       language=ctx.language, translate=ctx.translate,
                                       stop=ctx.stop, on_guess=ctx.on_guess)
@@ -55,10 +58,10 @@ POSTER_SHARE = 0.35
 
 
 def _thumbnails(ctx: StepContext) -> None:
-    media.make_poster(ctx.source, ctx.artifacts / "poster.jpg", ctx.duration,
-                      format_name=ctx.format_name)
+    make_poster(ctx.source, ctx.artifacts / "poster.jpg", ctx.duration,
+                format_name=ctx.format_name)
     ctx.on_progress(POSTER_SHARE)
-    media.make_storyboard(
+    make_storyboard(
         ctx.source, ctx.artifacts / "storyboard.jpg", ctx.artifacts / "storyboard.vtt",
         ctx.duration or 0.0, ctx.width or 0, ctx.height or 0,
         on_progress=lambda f: ctx.on_progress(POSTER_SHARE + (1 - POSTER_SHARE) * f),
@@ -67,10 +70,10 @@ def _thumbnails(ctx: StepContext) -> None:
 
 
 def _transcode(ctx: StepContext) -> None:
-    media.transcode_preview(ctx.source, ctx.artifacts / "preview.mp4", ctx.duration,
-                            ctx.on_progress, has_audio=ctx.has_audio,
-                            threads=ctx.settings.ffmpeg_threads, format_name=ctx.format_name,
-                            nice=ctx.settings.transcode_nice)
+    transcode_preview(ctx.source, ctx.artifacts / "preview.mp4", ctx.duration,
+                      ctx.on_progress, has_audio=ctx.has_audio,
+                      threads=ctx.settings.ffmpeg_threads, format_name=ctx.format_name,
+                      nice=ctx.settings.transcode_nice)
 
 
 def extract_audio(task_id: str) -> str:

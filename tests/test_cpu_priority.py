@@ -20,7 +20,8 @@ from tests import mediagen, procs
 from tests.conftest import start_worker, stop_worker
 from tests.helpers import progress_of, upload_ok
 from webapp.config import ConfigError, Settings
-from webapp.services import ffrun, media
+from webapp.services import ffrun
+from webapp.services.media.preview import transcode_preview
 
 
 def own_nice() -> int:
@@ -102,7 +103,7 @@ def test_the_preview_encode_runs_niced_in_every_thread(hd_clip: Path, tmp_path: 
                 threads_seen.append(len(list(Path(f"/proc/{pid}/task").glob("*"))))
 
     before = own_nice()
-    media.transcode_preview(hd_clip, tmp_path / "preview.mp4", 6.0, look, threads=2, nice=7)
+    transcode_preview(hd_clip, tmp_path / "preview.mp4", 6.0, look, threads=2, nice=7)
     assert seen, "no progress report came while ffmpeg ran"
     # x264's and the decoder's threads included: they are what takes the cores.
     assert any(seen) and all(nices == {before + 7} for nices in seen if nices), seen

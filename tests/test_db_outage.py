@@ -33,7 +33,7 @@ from tests.pgcluster import private_cluster
 from webapp import create_app
 from webapp.config import Settings
 from webapp.db import dispose, get_engine
-from webapp.services import media
+from webapp.services.media.preview import transcode_preview
 
 # Deadlines: the step starts within START, the task ends within END (several times the
 # planned step), all well inside the test's timeout.
@@ -63,8 +63,7 @@ def calibrated(tmp_path_factory) -> Calibrated:
     clip = mediagen.make_video(folder / "clip.mp4", duration=CLIP_SECONDS, size="1280x720",
                                audio=False, compact=True)
     started = time.monotonic()
-    media.transcode_preview(clip, folder / "preview.mp4", CLIP_SECONDS, has_audio=False,
-                            threads=1)
+    transcode_preview(clip, folder / "preview.mp4", CLIP_SECONDS, has_audio=False, threads=1)
     return Calibrated(clip, (time.monotonic() - started) / CLIP_SECONDS)
 
 

@@ -20,7 +20,7 @@ from tests.helpers import assert_json_error, progress_of, subtasks, upload_ok
 from webapp import create_app
 from webapp.config import Settings
 from webapp.db import get_engine
-from webapp.services.media import MediaError
+from webapp.services.ffrun import MediaError
 
 REFERENCE = re.compile(r"internal error \(reference ([0-9a-f]{12})\)")
 

@@ -1,4 +1,5 @@
-"""Tests of webapp.services.media against the real ffmpeg, on generated clips."""
+"""Tests of webapp.services.media (probe, audio, thumbnails, preview, colours) against the
+real ffmpeg, on generated clips."""
 
 from __future__ import annotations
 
@@ -18,8 +19,20 @@ import webvtt
 
 from tests import mediagen
 from tests.helpers import top_level_boxes
-from webapp.services import ffrun, integrity, media
-from webapp.services.media import MediaError
+from webapp.services import ffrun, integrity
+from webapp.services.ffrun import MediaError
+from webapp.services.keyframes import keyframe_gap
+from webapp.services.media.audio import extract_audio
+from webapp.services.media.colours import Hdr, hdr_colours
+from webapp.services.media.preview import audio_copyable, transcode_preview
+from webapp.services.media.probe import first_streams, probe
+from webapp.services.media.thumbnails import (
+    Storyboard,
+    make_poster,
+    make_storyboard,
+    plan_storyboard,
+)
+from webapp.services.opening import black_opening
 from webapp.services.transcription import TranscriptionError
 
 SPEECH = "Open the window and let the fresh air come into the room."
@@ -88,7 +101,7 @@ def leftovers(directory: Path) -> list[str]:
 
 
 def test_probe_video_with_audio(clip: Path) -> None:
-    info = media.probe(clip)
+    info = probe(clip)
     assert info.duration == pytest.approx(4.0, abs=0.1)
     assert (info.width, info.height) == (320, 240)
     assert (info.video_codec, info.audio_codec) == ("h264", "aac")
@@ -98,14 +111,14 @@ def test_probe_video_with_audio(clip: Path) -> None:
 
 
 def test_probe_video_without_audio(silent_clip: Path) -> None:
-    info = media.probe(silent_clip)
+    info = probe(silent_clip)
     assert info.has_video and not info.has_audio
     assert info.audio_codec is None
     assert info.duration == pytest.approx(3.0, abs=0.1)
 
 
 def test_probe_audio_only(speech_m4a: Path) -> None:
-    info = media.probe(speech_m4a)
+    info = probe(speech_m4a)
     assert info.has_audio and not info.has_video
     assert info.audio_codec == "aac"
     assert (info.width, info.height, info.video_codec, info.frame_rate) == (None,) * 4
@@ -120,10 +133,10 @@ def test_probe_reports_displayed_size_of_rotated_video(clip: Path, tmp_path: Pat
          "-metadata:s:v:0", "rotate=90", str(rotated)],
         check=True,
     )
-    info = media.probe(rotated)
+    info = probe(rotated)
     assert (info.width, info.height) == (240, 320)
     preview = tmp_path / "preview.mp4"
-    media.transcode_preview(rotated, preview, info.duration)
+    transcode_preview(rotated, preview, info.duration)
     video = streams(preview)["video"]
     assert (video["width"], video["height"]) == (240, 320)  # upright, as in the probe
 
@@ -138,7 +151,7 @@ def test_non_square_pixels_come_out_at_the_aspect_they_are_shown(tmp_path: Path)
          "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(src)],
         check=True,
     )
-    info = media.probe(src)
+    info = probe(src)
     assert (info.width, info.height) == (853, 480)  # as shown, like ffprobe's 16:9
     shown = 16 / 9
 
@@ -147,15 +160,15 @@ def test_non_square_pixels_come_out_at_the_aspect_they_are_shown(tmp_path: Path)
         return picture["width"] / picture["height"]
 
     poster = tmp_path / "poster.jpg"
-    media.make_poster(src, poster, info.duration)
+    make_poster(src, poster, info.duration)
     assert aspect(streams(poster)["video"]) == pytest.approx(shown, rel=0.01)
     preview = tmp_path / "preview.mp4"
-    media.transcode_preview(src, preview, info.duration, has_audio=False)
+    transcode_preview(src, preview, info.duration, has_audio=False)
     video = streams(preview)["video"]
     assert video["height"] == 480 and video["width"] % 2 == 0
     assert aspect(video) == pytest.approx(shown, rel=0.01)
-    board = media.make_storyboard(src, tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt",
-                                  info.duration, info.width, info.height)
+    board = make_storyboard(src, tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt",
+                            info.duration, info.width, info.height)
     assert board.tile_width / board.tile_height == pytest.approx(shown, rel=0.02)
     assert aspect(streams(tmp_path / "storyboard.jpg")["video"]) == pytest.approx(
         board.columns * board.tile_width / (board.rows * board.tile_height))
@@ -175,7 +188,7 @@ def test_probe_ignores_cover_art(speech_m4a: Path, tmp_path: Path, suffix: str,
         check=True,
     )
     assert "video" in streams(with_art)
-    info = media.probe(with_art)
+    info = probe(with_art)
     assert info.has_audio and not info.has_video
 
 
@@ -204,7 +217,7 @@ def test_probe_rejects_non_media(tmp_path: Path, name: str, make: Any, reason: s
     path = tmp_path / name
     make(path)
     with pytest.raises(MediaError, match=reason) as caught:
-        media.probe(path)
+        probe(path)
     message = str(caught.value)
     assert len(message) <= 320 and "\n" not in message and name not in message
     # No server paths in user-facing errors, nor in the raw detail kept for bug reports.
@@ -213,7 +226,7 @@ def test_probe_rejects_non_media(tmp_path: Path, name: str, make: Any, reason: s
 
 def test_probe_missing_file(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="not a playable audio or video file: no such file"):
-        media.probe(tmp_path / "gone.mp4")
+        probe(tmp_path / "gone.mp4")
 
 
 # --- extract_audio -----------------------------------------------------------------------
@@ -222,7 +235,7 @@ def test_probe_missing_file(tmp_path: Path) -> None:
 def test_extract_audio_is_16k_mono_pcm(hd_clip: Path, tmp_path: Path) -> None:
     dst = tmp_path / "audio.wav"
     progress = Recorder()
-    media.extract_audio(hd_clip, dst, media.probe(hd_clip).duration, progress)
+    extract_audio(hd_clip, dst, probe(hd_clip).duration, progress)
     audio = streams(dst)["audio"]
     assert audio["codec_name"] == "pcm_s16le"
     assert (int(audio["sample_rate"]), audio["channels"]) == (16000, 1)
@@ -236,7 +249,7 @@ def test_extract_audio_is_16k_mono_pcm(hd_clip: Path, tmp_path: Path) -> None:
 def test_extract_audio_without_audio_stream(silent_clip: Path, tmp_path: Path) -> None:
     dst = tmp_path / "audio.wav"
     with pytest.raises(MediaError) as caught:
-        media.extract_audio(silent_clip, dst, 3.0)
+        extract_audio(silent_clip, dst, 3.0)
     assert str(caught.value) == "The audio could not be extracted: the file has no audio track."
     assert "matches no streams" in caught.value.detail
     assert list(tmp_path.iterdir()) == []
@@ -245,7 +258,7 @@ def test_extract_audio_without_audio_stream(silent_clip: Path, tmp_path: Path) -
 def test_extract_audio_replaces_existing_output(clip: Path, tmp_path: Path) -> None:
     dst = tmp_path / "audio.wav"
     dst.write_bytes(b"stale")
-    media.extract_audio(clip, dst, 4.0)
+    extract_audio(clip, dst, 4.0)
     assert streams(dst)["audio"]["codec_name"] == "pcm_s16le"
 
 
@@ -254,7 +267,7 @@ def test_extract_audio_replaces_existing_output(clip: Path, tmp_path: Path) -> N
 
 def test_transcode_hd_to_480p(hd_clip: Path, tmp_path: Path) -> None:
     dst = tmp_path / "preview.mp4"
-    media.transcode_preview(hd_clip, dst, 6.0)
+    transcode_preview(hd_clip, dst, 6.0)
     found = streams(dst)
     assert found["video"]["codec_name"] == "h264"
     assert found["video"]["pix_fmt"] == "yuv420p"
@@ -280,7 +293,7 @@ def test_transcode_keeps_a_browser_playable_aac_track_as_it_is(hd_clip: Path,
     # hd_clip's tone is AAC-LC at 96 kb/s, as phones and cameras record it.
     assert streams(hd_clip)["audio"]["profile"] == "LC"
     dst = tmp_path / "preview.mp4"
-    media.transcode_preview(hd_clip, dst, 6.0)
+    transcode_preview(hd_clip, dst, 6.0)
     assert audio_packets(dst) == audio_packets(hd_clip)
     audio, video = streams(dst)["audio"], streams(dst)["video"]
     assert float(audio["start_time"]) == pytest.approx(float(video["start_time"]), abs=0.05)
@@ -300,10 +313,10 @@ def test_transcode_encodes_other_audio_to_aac_128k(tmp_path: Path, suffix: str,
                     "testsrc2=size=320x240:rate=25:duration=4", "-f", "lavfi", "-i",
                     "anoisesrc=duration=4:sample_rate=48000", "-c:v", "libx264", "-preset",
                     "ultrafast", "-pix_fmt", "yuv420p", *codecs, str(src)], check=True)
-    info = media.probe(src)
-    assert not media.audio_copyable(src, info.format_name), why
+    info = probe(src)
+    assert not audio_copyable(src, info.format_name), why
     dst = tmp_path / "preview.mp4"
-    media.transcode_preview(src, dst, info.duration, format_name=info.format_name)
+    transcode_preview(src, dst, info.duration, format_name=info.format_name)
     audio = streams(dst)["audio"]
     assert (audio["codec_name"], audio["profile"]) == ("aac", "LC"), why
     assert audio_packets(dst) != audio_packets(src)
@@ -321,9 +334,9 @@ def test_transcode_brings_studio_sound_down_to_48_khz(tmp_path: Path) -> None:
                     "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "pcm_s24le",
                     str(src)], check=True)
     assert streams(src)["audio"]["sample_rate"] == "96000"
-    info = media.probe(src)
+    info = probe(src)
     dst = tmp_path / "preview.mp4"
-    media.transcode_preview(src, dst, info.duration, format_name=info.format_name)
+    transcode_preview(src, dst, info.duration, format_name=info.format_name)
     audio = streams(dst)["audio"]
     assert (audio["codec_name"], audio["profile"], audio["sample_rate"]) == (
         "aac", "LC", "48000")
@@ -339,10 +352,10 @@ def test_transcode_carries_adts_aac_from_mpeg_ts_into_mp4(tmp_path: Path) -> Non
                     "sine=frequency=440:sample_rate=48000:duration=4", "-c:v", "libx264",
                     "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a",
                     "96k", "-f", "mpegts", str(src)], check=True)
-    info = media.probe(src)
+    info = probe(src)
     dst = tmp_path / "preview.mp4"
-    media.transcode_preview(src, dst, info.duration, format_name=info.format_name)
-    assert media.audio_copyable(src, info.format_name)
+    transcode_preview(src, dst, info.duration, format_name=info.format_name)
+    assert audio_copyable(src, info.format_name)
     decoded = subprocess.run(["ffmpeg", "-v", "error", "-xerror", "-i", str(dst), "-map",
                               "0:a:0", "-f", "null", "-"], capture_output=True, text=True)
     assert decoded.returncode == 0 and decoded.stderr == "", decoded.stderr
@@ -352,21 +365,21 @@ def test_transcode_carries_adts_aac_from_mpeg_ts_into_mp4(tmp_path: Path) -> Non
 def test_transcode_reports_intermediate_progress(hd_clip: Path, tmp_path: Path) -> None:
     progress = Recorder()
     # One thread makes the encode take long enough for several progress reports.
-    media.transcode_preview(hd_clip, tmp_path / "preview.mp4", 6.0, progress, threads=1)
+    transcode_preview(hd_clip, tmp_path / "preview.mp4", 6.0, progress, threads=1)
     progress.assert_well_formed()
     assert any(0.0 < v < 1.0 for v in progress.values), progress.values
 
 
 def test_transcode_never_upscales(clip: Path, tmp_path: Path) -> None:
     dst = tmp_path / "preview.mp4"
-    media.transcode_preview(clip, dst, 4.0)
+    transcode_preview(clip, dst, 4.0)
     video = streams(dst)["video"]
     assert (video["width"], video["height"]) == (320, 240)
 
 
 def test_transcode_without_audio(silent_clip: Path, tmp_path: Path) -> None:
     dst = tmp_path / "preview.mp4"
-    media.transcode_preview(silent_clip, dst, 3.0, has_audio=False)
+    transcode_preview(silent_clip, dst, 3.0, has_audio=False)
     assert set(streams(dst)) == {"video"}
 
 
@@ -380,7 +393,7 @@ def test_cancelling_from_progress_callback(hd_clip: Path, tmp_path: Path) -> Non
 
     dst = tmp_path / "preview.mp4"
     with pytest.raises(Cancelled):  # the caller's own exception, not wrapped
-        media.transcode_preview(hd_clip, dst, 6.0, cancel)
+        transcode_preview(hd_clip, dst, 6.0, cancel)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -389,7 +402,7 @@ def test_transcode_failure_leaves_nothing(tmp_path: Path) -> None:
     _text_file(src)
     dst = tmp_path / "preview.mp4"
     with pytest.raises(MediaError) as caught:
-        media.transcode_preview(src, dst, 4.0)
+        transcode_preview(src, dst, 4.0)
     assert str(caught.value) == ("The preview could not be encoded: the media data is damaged.")
     assert "Invalid data found" in caught.value.detail
     assert str(tmp_path) not in caught.value.detail
@@ -408,7 +421,7 @@ def test_poster_is_a_scaled_jpeg(
 ) -> None:
     src: Path = request.getfixturevalue(source)
     dst = tmp_path / "poster.jpg"
-    media.make_poster(src, dst, media.probe(src).duration, max_width=max_width)
+    make_poster(src, dst, probe(src).duration, max_width=max_width)
     assert dst.read_bytes()[:2] == b"\xff\xd8"  # JPEG start-of-image marker
     video = streams(dst)["video"]
     assert (video["width"], video["height"]) == size
@@ -438,13 +451,13 @@ def test_poster_and_storyboard_keep_the_colours_of_hd_video(tmp_path: Path) -> N
         check=True,
     )
     assert streams(src)["video"]["color_space"] == "bt709"
-    info = media.probe(src)
+    info = probe(src)
     preview = tmp_path / "preview.mp4"
-    media.transcode_preview(src, preview, info.duration, has_audio=False)
+    transcode_preview(src, preview, info.duration, has_audio=False)
     poster = tmp_path / "poster.jpg"
-    media.make_poster(src, poster, info.duration)
+    make_poster(src, poster, info.duration)
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
-    board = media.make_storyboard(src, sprite, vtt, info.duration, info.width, info.height)
+    board = make_storyboard(src, sprite, vtt, info.duration, info.width, info.height)
     for what, seen_as in [("preview", rgb_at(preview, 100, 100, 64, 64)),
                           ("poster", rgb_at(poster, 100, 100, 64, 64)),
                           ("tile", rgb_at(sprite, 40, 20, board.tile_width // 2,
@@ -480,11 +493,11 @@ def thumbnails_and_preview(src: Path, out: Path) -> dict[str, list[tuple]]:
     """The patches of src's poster, first storyboard tile and preview, as a viewer sees
     them."""
     out.mkdir()
-    info = media.probe(src)
-    media.make_poster(src, out / "poster.jpg", info.duration)
-    media.make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt", info.duration,
-                          info.width, info.height)
-    media.transcode_preview(src, out / "preview.mp4", info.duration, has_audio=False)
+    info = probe(src)
+    make_poster(src, out / "poster.jpg", info.duration)
+    make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt", info.duration,
+                    info.width, info.height)
+    transcode_preview(src, out / "preview.mp4", info.duration, has_audio=False)
     return {"poster": patch_colours(out / "poster.jpg", PATCH_BOXES),
             "tile": patch_colours(out / "storyboard.jpg", TILE_PATCH_BOXES),
             "preview": patch_colours(out / "preview.mp4", PATCH_BOXES)}
@@ -508,7 +521,7 @@ def test_hdr_video_is_tone_mapped_to_sdr(tmp_path: Path, transfer: str,
     as_is = patch_colours(src, PATCH_BOXES)
     assert max(abs(a - b) for got, want in zip(as_is, sdr_patches["preview"], strict=True)
                for a, b in zip(got, want, strict=True)) > 30
-    assert media.hdr_colours(src) == media.Hdr(transfer, "bt2020", "bt2020nc", "tv")
+    assert hdr_colours(src) == Hdr(transfer, "bt2020", "bt2020nc", "tv")
 
     seen = thumbnails_and_preview(src, tmp_path / "out")
     for what in ("poster", "tile", "preview"):
@@ -525,20 +538,22 @@ def test_hdr_video_is_tone_mapped_to_sdr(tmp_path: Path, transfer: str,
 def test_sdr_video_is_not_tone_mapped(gen_dir: Path, sdr_patches: dict[str, list[tuple]],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     src = gen_dir / "patches-sdr.mp4"  # (made by sdr_patches)
-    assert media.hdr_colours(src) is None
+    assert hdr_colours(src) is None
     # Its colours are those of the picture (as the BT.709 test above)...
     for what in ("poster", "tile", "preview"):
         assert_near(sdr_patches[what], list(mediagen.PATCHES), 6, what)
     # ... and its ffmpeg commands those from before tone-mapping came, which benchmarks
     # compare: no filter and no option more. (The video is selected by its index, 0:0.)
     commands: list[list[str]] = []
-    real_run = media.run
+    real_run = ffrun.run
 
     def recorded(stream: Any, *args: Any, **kwargs: Any) -> Any:
         commands.append(stream.compile())
         return real_run(stream, *args, **kwargs)
 
-    monkeypatch.setattr(media, "run", recorded)
+    # (run where the thumbnails and the preview look it up)
+    monkeypatch.setattr("webapp.services.media.thumbnails.run", recorded)
+    monkeypatch.setattr("webapp.services.media.preview.run", recorded)
     thumbnails_and_preview(src, gen_dir / "patches-sdr-again")
     graphs = [command[command.index("-filter_complex") + 1] for command in commands]
     assert graphs == [
@@ -558,14 +573,14 @@ def test_sdr_video_is_not_tone_mapped(gen_dir: Path, sdr_patches: dict[str, list
 
 def test_poster_with_unknown_duration(clip: Path, tmp_path: Path) -> None:
     dst = tmp_path / "poster.jpg"
-    media.make_poster(clip, dst, None)
+    make_poster(clip, dst, None)
     assert streams(dst)["video"]["codec_name"] == "mjpeg"
 
 
 def test_poster_when_picture_ends_before_the_seek_point(tmp_path: Path) -> None:
     src = mediagen.make_video(tmp_path / "src.mp4", duration=0.4, audio_duration=6.0)
     dst = tmp_path / "poster.jpg"
-    media.make_poster(src, dst, media.probe(src).duration)  # wants 0.6 s in: no frame there
+    make_poster(src, dst, probe(src).duration)  # wants 0.6 s in: no frame there
     assert streams(dst)["video"]["width"] == 320
     assert leftovers(tmp_path) == []
 
@@ -590,7 +605,7 @@ def test_poster_when_picture_ends_before_the_seek_point(tmp_path: Path) -> None:
     ],
 )
 def test_plan_storyboard(duration: float, size: tuple[int, int], expected: tuple) -> None:
-    plan = media.plan_storyboard(duration, *size)
+    plan = plan_storyboard(duration, *size)
     assert (
         plan.interval, plan.columns, plan.rows, plan.tile_width, plan.tile_height, plan.count
     ) == expected
@@ -603,7 +618,7 @@ def _vtt_seconds(stamp: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def check_storyboard(board: media.Storyboard, sprite: Path, vtt: Path, duration: float) -> None:
+def check_storyboard(board: Storyboard, sprite: Path, vtt: Path, duration: float) -> None:
     picture = streams(sprite)["video"]
     assert picture["codec_name"] == "mjpeg"
     assert (picture["width"], picture["height"]) == (
@@ -627,13 +642,13 @@ def check_storyboard(board: media.Storyboard, sprite: Path, vtt: Path, duration:
 def test_storyboard(hd_clip: Path, tmp_path: Path) -> None:
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
     progress = Recorder()
-    info = media.probe(hd_clip)
+    info = probe(hd_clip)
     assert info.duration and info.width and info.height
-    board = media.make_storyboard(
+    board = make_storyboard(
         hd_clip, sprite, vtt, info.duration, info.width, info.height, progress
     )
     # One keyframe in the clip: its frames are decoded, non-reference ones skipped.
-    assert board == dataclasses.replace(media.plan_storyboard(info.duration, 1280, 720),
+    assert board == dataclasses.replace(plan_storyboard(info.duration, 1280, 720),
                                         references_only=True)
     assert (board.count, board.tile_width, board.tile_height) == (3, 160, 90)
     check_storyboard(board, sprite, vtt, info.duration)
@@ -644,11 +659,11 @@ def test_storyboard(hd_clip: Path, tmp_path: Path) -> None:
 def test_storyboard_when_audio_outlasts_picture(tmp_path: Path) -> None:
     # The container says 4.3 s, so the plan wants a tile at 4 s, but the picture stops at 4 s.
     src = mediagen.make_video(tmp_path / "src.mp4", duration=4.0, audio_duration=4.3)
-    info = media.probe(src)
+    info = probe(src)
     assert info.duration == pytest.approx(4.3, abs=0.05)
-    assert media.plan_storyboard(info.duration, 320, 240).count == 3
+    assert plan_storyboard(info.duration, 320, 240).count == 3
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
-    board = media.make_storyboard(src, sprite, vtt, info.duration, 320, 240)
+    board = make_storyboard(src, sprite, vtt, info.duration, 320, 240)
     assert board.count == 2
     check_storyboard(board, sprite, vtt, info.duration)
 
@@ -656,29 +671,30 @@ def test_storyboard_when_audio_outlasts_picture(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("gop", "expected"), [(25, 1.0), (50, 2.0), (75, 3.0), (None, 6.0)])
 def test_keyframe_gap(tmp_path: Path, gop: int | None, expected: float) -> None:
     src = mediagen.make_video(tmp_path / "src.mp4", duration=6.0, rate=25, gop=gop)
-    assert media.keyframe_gap(src, 6.0) == pytest.approx(expected, abs=0.05)
+    assert keyframe_gap(src, 6.0) == pytest.approx(expected, abs=0.05)
 
 
 def test_keyframe_gap_of_what_is_not_video(tmp_path: Path) -> None:
-    assert media.keyframe_gap(tmp_path / "missing.mp4", 6.0) is None
+    assert keyframe_gap(tmp_path / "missing.mp4", 6.0) is None
     wav = mediagen.make_speech_wav(tmp_path / "a.wav", "no pictures here")
-    assert media.keyframe_gap(wav, 1.0) is None
+    assert keyframe_gap(wav, 1.0) is None
 
 
 def test_storyboard_from_keyframes_alone_when_they_are_close(tmp_path: Path) -> None:
     """One keyframe a second, tiles every 2 s: only keyframes are decoded, and the tiles
     are the very frames a decode of every frame picks (the sprites are byte-identical)."""
     src = mediagen.make_video(tmp_path / "src.mp4", duration=6.0, rate=25, gop=25)
-    info = media.probe(src)
+    info = probe(src)
     boards = {}
     for name, gap in (("keyframes", None), ("every frame", 10.0)):
         out = tmp_path / name
         out.mkdir()
         with pytest.MonkeyPatch.context() as patch:
             if gap is not None:  # as if keyframes were rare: the full decode
-                patch.setattr(media, "keyframe_gap", lambda *_, gap=gap, **__: gap)
-            board = media.make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt",
-                                          info.duration, 320, 240)
+                patch.setattr("webapp.services.media.thumbnails.keyframe_gap",
+                              lambda *_, gap=gap, **__: gap)
+            board = make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt",
+                                    info.duration, 320, 240)
         check_storyboard(board, out / "storyboard.jpg", out / "storyboard.vtt", info.duration)
         boards[name] = board
     assert boards["keyframes"].keyframes_only and not boards["every frame"].keyframes_only
@@ -690,7 +706,7 @@ def test_storyboard_from_keyframes_alone_when_they_are_close(tmp_path: Path) -> 
 def test_storyboard_decodes_every_frame_when_keyframes_are_rare(tmp_path: Path) -> None:
     src = mediagen.make_video(tmp_path / "src.mp4", duration=6.0, rate=25, gop=75)  # 3 s
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
-    board = media.make_storyboard(src, sprite, vtt, 6.0, 320, 240)
+    board = make_storyboard(src, sprite, vtt, 6.0, 320, 240)
     assert not board.keyframes_only and board.count == 3
     assert board.references_only  # every frame is one here (x264's ultrafast: no B-frames)
     check_storyboard(board, sprite, vtt, 6.0)
@@ -719,7 +735,7 @@ def test_storyboard_of_rare_keyframes_skips_non_reference_frames(tmp_path: Path)
                                    per_second=20, x264_params="bframes=3", gop=100)
     assert non_reference_frames(src) > 50  # of 200: what the storyboard saves
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
-    board = media.make_storyboard(src, sprite, vtt, 8.0, 320, 240)
+    board = make_storyboard(src, sprite, vtt, 8.0, 320, 240)
     assert not board.keyframes_only and board.references_only
     assert board.count == 4
     check_storyboard(board, sprite, vtt, 8.0)
@@ -736,7 +752,7 @@ def test_storyboard_decodes_in_full_when_reference_frames_are_rare(tmp_path: Pat
                                    x264_params="bframes=16:b-adapt=0:b-pyramid=none",
                                    gop=100)
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
-    board = media.make_storyboard(src, sprite, vtt, 12.0, 320, 240)
+    board = make_storyboard(src, sprite, vtt, 12.0, 320, 240)
     assert not board.keyframes_only and not board.references_only
     assert board.count == 6
     check_storyboard(board, sprite, vtt, 12.0)
@@ -744,7 +760,7 @@ def test_storyboard_decodes_in_full_when_reference_frames_are_rare(tmp_path: Pat
         assert abs(tile_brightness(sprite, board, i) - seen(64 + 28 * i)) <= 3, i
 
 
-def tile_brightness(sprite: Path, board: media.Storyboard, index: int) -> int:
+def tile_brightness(sprite: Path, board: Storyboard, index: int) -> int:
     """The mean luma (0-255) of one tile of a sprite, as ffmpeg reads the JPEG."""
     x = (index % board.columns) * board.tile_width
     y = (index // board.columns) * board.tile_height
@@ -758,12 +774,12 @@ def tile_brightness(sprite: Path, board: media.Storyboard, index: int) -> int:
 @pytest.mark.parametrize("gop", [25, None])  # keyframes alone, or every frame decoded
 def test_storyboard_starts_after_a_black_opening(tmp_path: Path, gop: int | None) -> None:
     src = mediagen.make_black_opening(tmp_path / "fade.mp4", black=3.0, picture=5.0, gop=gop)
-    info = media.probe(src)
+    info = probe(src)
     assert info.duration == pytest.approx(8.0, abs=0.05)
-    assert media.black_opening(src, keyframes_only=gop is not None) == pytest.approx(3.0,
+    assert black_opening(src, keyframes_only=gop is not None) == pytest.approx(3.0,
                                                                                     abs=0.05)
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
-    board = media.make_storyboard(src, sprite, vtt, info.duration, 320, 240)
+    board = make_storyboard(src, sprite, vtt, info.duration, 320, 240)
     assert board.keyframes_only == (gop is not None)
     assert board.start == pytest.approx(3.0, abs=0.05)
     assert board.count == 3  # the 5 s after the opening, a tile per 2 s
@@ -774,7 +790,7 @@ def test_storyboard_starts_after_a_black_opening(tmp_path: Path, gop: int | None
     assert min(brightness) > 40, f"a storyboard tile is black: mean luma {brightness}"
     # The same video without its opening: no tile is black either, and none is moved.
     plain = mediagen.make_video(tmp_path / "plain.mp4", duration=4.0, audio=False, gop=gop)
-    assert media.black_opening(plain, keyframes_only=gop is not None) == 0.0
+    assert black_opening(plain, keyframes_only=gop is not None) == 0.0
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".ts"])
@@ -793,10 +809,10 @@ def test_storyboard_of_a_picture_that_starts_after_the_sound(tmp_path: Path,
     found = streams(src)  # (MPEG-TS starts its clock at 1.4 s)
     lag = float(found["video"]["start_time"]) - float(found["audio"]["start_time"])
     assert lag == pytest.approx(2.0, abs=0.03)
-    info = media.probe(src)
+    info = probe(src)
     assert info.duration == pytest.approx(10.0, abs=0.05)
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
-    board = media.make_storyboard(src, sprite, vtt, info.duration, 320, 240)
+    board = make_storyboard(src, sprite, vtt, info.duration, 320, 240)
     check_storyboard(board, sprite, vtt, info.duration)
     cues = webvtt.read(str(vtt)).captions
     # Nothing to show before 2 s: the first tile (the first frame) covers it too.
@@ -809,17 +825,17 @@ def test_storyboard_of_a_picture_that_starts_after_the_sound(tmp_path: Path,
 
 def test_a_video_black_throughout_keeps_its_tiles_where_they_are(tmp_path: Path) -> None:
     src = mediagen.make_black_opening(tmp_path / "dark.mp4", black=6.0, picture=0.2)
-    assert media.black_opening(src, limit=3.0) == 0.0  # black for all it looked at
+    assert black_opening(src, limit=3.0) == 0.0  # black for all it looked at
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
-    board = media.make_storyboard(src, sprite, vtt, media.probe(src).duration, 320, 240)
+    board = make_storyboard(src, sprite, vtt, probe(src).duration, 320, 240)
     assert board.start == 0.0
-    check_storyboard(board, sprite, vtt, media.probe(src).duration)
+    check_storyboard(board, sprite, vtt, probe(src).duration)
 
 
 def test_storyboard_needs_duration_and_size(clip: Path, tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="^The storyboard could not be made: the video's"
                                          " duration and size are unknown.$"):
-        media.make_storyboard(clip, tmp_path / "s.jpg", tmp_path / "s.vtt", 0.0, 0, 0)
+        make_storyboard(clip, tmp_path / "s.jpg", tmp_path / "s.vtt", 0.0, 0, 0)
 
 
 # --- truncated uploads -----------------------------------------------------------------
@@ -829,13 +845,13 @@ def test_truncated_plain_mp4_is_not_media(clip: Path, tmp_path: Path) -> None:
     # A plain MP4 keeps its index (moov) at the end, so the first half is unreadable.
     cut = mediagen.make_truncated(clip, tmp_path / "cut.mp4")
     with pytest.raises(MediaError, match="not a playable audio or video file") as caught:
-        media.probe(cut)
+        probe(cut)
     assert "moov atom not found" in caught.value.detail
 
 
 def test_truncated_faststart_mp4_probes_at_full_length(truncated_faststart: Path) -> None:
     # The index survives and still claims the whole duration: only decoding can tell.
-    assert media.probe(truncated_faststart).duration == pytest.approx(6.0, abs=0.1)
+    assert probe(truncated_faststart).duration == pytest.approx(6.0, abs=0.1)
 
 
 def test_truncated_audio_extract_fails(truncated_faststart: Path, tmp_path: Path) -> None:
@@ -843,13 +859,13 @@ def test_truncated_audio_extract_fails(truncated_faststart: Path, tmp_path: Path
     with pytest.raises(MediaError, match=r"^The audio could not be extracted: the input ends at"
                                          r" \d+\.\d s of 6\.0 s \(the file is cut short or"
                                          r" damaged\)\.$"):
-        media.extract_audio(truncated_faststart, dst, 6.0)
+        extract_audio(truncated_faststart, dst, 6.0)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_truncated_transcode_fails(truncated_faststart: Path, tmp_path: Path) -> None:
     with pytest.raises(MediaError) as caught:
-        media.transcode_preview(truncated_faststart, tmp_path / "preview.mp4", 6.0)
+        transcode_preview(truncated_faststart, tmp_path / "preview.mp4", 6.0)
     # ffmpeg stops at the first bad packet; what it says first varies from run to run.
     assert re.fullmatch(r"The preview could not be encoded: (the file is cut short or damaged"
                         r"|the (video|media) data is damaged)( after \d+\.\d s)?\.",
@@ -860,7 +876,7 @@ def test_truncated_transcode_fails(truncated_faststart: Path, tmp_path: Path) ->
 
 def test_truncated_storyboard_fails(truncated_faststart: Path, tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="^The storyboard could not be made: ") as caught:
-        media.make_storyboard(
+        make_storyboard(
             truncated_faststart, tmp_path / "s.jpg", tmp_path / "s.vtt", 6.0, 320, 240
         )
     assert str(caught.value).endswith(".") and "\n" not in str(caught.value)
@@ -898,7 +914,7 @@ def whole(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def find_cut(path: Path) -> integrity.Cut | None:
-    info = media.probe(path)
+    info = probe(path)
     return integrity.find_cut(path, info.format_name, info.duration)
 
 
@@ -937,7 +953,7 @@ def test_mp4_stating_more_than_its_tracks_hold_is_not_called_cut(whole: dict[str
     data[at + 4:at + 8] = struct.pack(">I", length * 3 // 2)
     longer = tmp_path / "longer.mp4"
     longer.write_bytes(data)
-    assert media.probe(longer).duration == pytest.approx(18.0, abs=0.1)
+    assert probe(longer).duration == pytest.approx(18.0, abs=0.1)
     assert find_cut(longer) is None
     # The same file cut is still found: the index shows the missing bytes.
     assert find_cut(mediagen.make_truncated(longer, tmp_path / "cut.mp4", 0.5)) is not None
@@ -947,7 +963,7 @@ def test_plain_mp4_without_its_index_starts_like_an_mp4(whole: dict[str, Path],
                                                         tmp_path: Path) -> None:
     cut_file = mediagen.make_truncated(whole["plain.mp4"], tmp_path / "c.mp4", 0.5)
     with pytest.raises(MediaError):
-        media.probe(cut_file)
+        probe(cut_file)
     assert integrity.starts_like_mp4(cut_file)
     for other in (whole["clip.mkv"], whole["tone.wav"]):
         assert not integrity.starts_like_mp4(other)
@@ -988,7 +1004,7 @@ def test_extract_audio_of_a_track_shorter_than_the_video(whole: dict[str, Path],
     for name in ("short-audio.mp4", "short-audio.mkv"):
         src = whole[name]
         dst = tmp_path / f"{name}.wav"
-        media.extract_audio(src, dst, media.probe(src).duration)
+        extract_audio(src, dst, probe(src).duration)
         assert float(streams(dst)["audio"]["duration"]) == pytest.approx(2.0, abs=0.1)
 
 
@@ -1016,9 +1032,9 @@ def test_extract_audio_of_sound_that_starts_after_the_picture(tmp_path: Path, su
     found = streams(src)  # (MPEG-TS starts its clock at 1.4 s)
     assert float(found["audio"]["start_time"]) - float(found["video"]["start_time"]) == (
         pytest.approx(2.0, abs=0.05))
-    info = media.probe(src)
+    info = probe(src)
     dst = tmp_path / "audio.wav"
-    media.extract_audio(src, dst, info.duration, format_name=info.format_name)
+    extract_audio(src, dst, info.duration, format_name=info.format_name)
     assert float(streams(dst)["audio"]["duration"]) == pytest.approx(6.0, abs=0.1)
     assert sound_starts(dst) == pytest.approx(2.0, abs=0.1)
 
@@ -1034,7 +1050,7 @@ def test_damaged_data_is_one_sentence_and_the_raw_output_a_detail(
     src.write_bytes(data)
     assert find_cut(src) is None
     with pytest.raises(MediaError) as caught:
-        media.transcode_preview(src, tmp_path / "preview.mp4", 12.0)
+        transcode_preview(src, tmp_path / "preview.mp4", 12.0)
     message = str(caught.value)
     assert re.fullmatch(r"The preview could not be encoded: the (video|audio|media) data is"
                         r" damaged( after \d+\.\d s)?\.", message), message
@@ -1047,7 +1063,7 @@ def test_damaged_data_is_one_sentence_and_the_raw_output_a_detail(
 def test_poster_of_a_file_without_pictures(tmp_path: Path) -> None:
     tone = mediagen.make_media(tmp_path / "tone.wav", 3.0)
     with pytest.raises(MediaError) as caught:
-        media.make_poster(tone, tmp_path / "poster.jpg", 3.0)
+        make_poster(tone, tmp_path / "poster.jpg", 3.0)
     assert str(caught.value) == "The poster could not be made: the file has no video track."
     assert "matches no streams" in caught.value.detail
 
@@ -1095,14 +1111,14 @@ def outputs(src: Path, out: Path) -> dict[str, Any]:
     """What the steps make of src (probe, poster, storyboard, preview, audio), and the
     colours a viewer sees in them."""
     out.mkdir()
-    info = media.probe(src)
+    info = probe(src)
     fmt = {"format_name": info.format_name}
-    media.make_poster(src, out / "poster.jpg", info.duration, **fmt)
-    board = media.make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt",
-                                  info.duration or 0.0, info.width or 0, info.height or 0,
-                                  **fmt)
-    media.transcode_preview(src, out / "preview.mp4", info.duration, **fmt)
-    media.extract_audio(src, out / "audio.wav", info.duration, **fmt)
+    make_poster(src, out / "poster.jpg", info.duration, **fmt)
+    board = make_storyboard(src, out / "storyboard.jpg", out / "storyboard.vtt",
+                            info.duration or 0.0, info.width or 0, info.height or 0,
+                            **fmt)
+    transcode_preview(src, out / "preview.mp4", info.duration, **fmt)
+    extract_audio(src, out / "audio.wav", info.duration, **fmt)
     return {"info": info, "board": board,
             "poster": patch_colours(out / "poster.jpg", QUARTERS),
             "tiles": patch_colours(out / "storyboard.jpg", TILE_QUARTERS),
@@ -1151,10 +1167,10 @@ def test_a_black_opening_is_found_in_the_video_behind_a_cover(tmp_path: Path,
                                                                suffix: str) -> None:
     fade = mediagen.make_black_opening(tmp_path / "fade.mp4", black=3.0, picture=5.0, gop=25)
     src = mediagen.make_cover_first(tmp_path / f"cover-first{suffix}", fade)
-    info = media.probe(src)
-    board = media.make_storyboard(src, tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt",
-                                  info.duration, info.width, info.height,
-                                  format_name=info.format_name)
+    info = probe(src)
+    board = make_storyboard(src, tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt",
+                            info.duration, info.width, info.height,
+                            format_name=info.format_name)
     assert board.keyframes_only
     assert board.start == pytest.approx(3.0, abs=0.1)
     assert tile_brightness(tmp_path / "storyboard.jpg", board, 0) > 60
@@ -1175,11 +1191,11 @@ def pitch(path: Path) -> float:
 def test_the_default_sound_track_is_used_not_a_commentary_ahead_of_it(tmp_path: Path,
                                                                       suffix: str) -> None:
     src = mediagen.make_commentary_first(tmp_path / f"film{suffix}")
-    info = media.probe(src)
+    info = probe(src)
     assert info.has_audio and info.audio_codec == "aac"
     wav, preview = tmp_path / "audio.wav", tmp_path / "preview.mp4"
-    media.extract_audio(src, wav, info.duration, format_name=info.format_name)
-    media.transcode_preview(src, preview, info.duration, format_name=info.format_name)
+    extract_audio(src, wav, info.duration, format_name=info.format_name)
+    transcode_preview(src, preview, info.duration, format_name=info.format_name)
     assert pitch(wav) == pytest.approx(440, rel=0.03)  # the commentary is at 1000 Hz
     kinds = [s["codec_type"] for s in ffmpeg.probe(str(preview))["streams"]]
     assert sorted(kinds) == ["audio", "video"], kinds
@@ -1188,5 +1204,5 @@ def test_the_default_sound_track_is_used_not_a_commentary_ahead_of_it(tmp_path: 
 
 def test_a_single_track_file_is_read_as_before(moving: Path) -> None:
     # Without dispositions to go by (or all default), the first stream of each kind.
-    found = media.first_streams(moving)
+    found = first_streams(moving)
     assert (found.video.get("codec_name"), found.audio.get("codec_name")) == ("h264", "aac")

@@ -29,7 +29,12 @@ from tests.helpers import assert_json_error, progress_of, top_level_boxes, uploa
 from webapp import create_app
 from webapp.config import Settings
 from webapp.models import ProcessingTask, Video
-from webapp.services import ffrun, keyframes, media, mediainput
+from webapp.services import ffrun, keyframes, mediainput
+from webapp.services.ffrun import MediaError
+from webapp.services.media.audio import extract_audio
+from webapp.services.media.preview import transcode_preview
+from webapp.services.media.probe import first_streams
+from webapp.services.media.thumbnails import make_poster, make_storyboard
 
 REASON = "it is {}, not an audio or video file of an accepted format"
 REFUSED = "not a playable audio or video file: " + REASON
@@ -394,23 +399,22 @@ def test_media_steps_never_read_what_a_stored_playlist_names(tmp_path, clip, for
     out = tmp_path / "out"
     out.mkdir()
     runs = {
-        "audio": lambda: media.extract_audio(src, out / "a.wav", 1.0, format_name=format_name),
-        "poster": lambda: media.make_poster(src, out / "p.jpg", 1.0, format_name=format_name),
-        "storyboard": lambda: media.make_storyboard(
+        "audio": lambda: extract_audio(src, out / "a.wav", 1.0, format_name=format_name),
+        "poster": lambda: make_poster(src, out / "p.jpg", 1.0, format_name=format_name),
+        "storyboard": lambda: make_storyboard(
             src, out / "s.jpg", out / "s.vtt", 1.0, 320, 240, format_name=format_name),
-        "preview": lambda: media.transcode_preview(src, out / "v.mp4", 1.0,
-                                                   format_name=format_name),
+        "preview": lambda: transcode_preview(src, out / "v.mp4", 1.0, format_name=format_name),
     }
     with OpenWatch(victim.parent) as watch:
         for what, step in runs.items():
-            with pytest.raises(media.MediaError) as caught:
+            with pytest.raises(MediaError) as caught:
                 step()
             message = str(caught.value)
             assert message.startswith("The ") and message.endswith("."), message
             if format_name == "hls":
                 assert REASON.format("a playlist (hls)") in message, (what, message)
             assert str(tmp_path) not in message
-        streams = media.first_streams(src, format_name)
+        streams = first_streams(src, format_name)
         assert streams.length(streams.audio) is None
         assert keyframes.keyframe_gap(src, 1.0, format_name) is None
         assert watch.others() == []
@@ -523,5 +527,5 @@ def test_input_options_fix_the_demuxer_of_a_probed_format():
     assert mediainput.input_options()["protocol_whitelist"] == "file"
     assert "hls" not in mediainput.input_options()["format_whitelist"].split(",")
     for refused in ("hls", "concat", "image2", "sdp", "tty", "webvtt", "png_pipe", ""):
-        with pytest.raises(media.MediaError):
+        with pytest.raises(MediaError):
             mediainput.input_options(refused)

@@ -25,8 +25,10 @@ import webvtt
 from bench.media import PASSAGE  # public-domain prose, about 78 s spoken
 from tests import mediagen
 from webapp.config import PROJECT_ROOT
-from webapp.services import media, transcription, whisper_models
+from webapp.services import transcription, whisper_models
 from webapp.services.ffrun import Stopped
+from webapp.services.media.audio import extract_audio
+from webapp.services.media.probe import probe
 from webapp.services.transcription import Segment, Transcript, TranscriptionError
 
 # base and tiny.en get every word of these espeak-ng sentences right (checked by hand), so
@@ -117,7 +119,7 @@ def test_transcribes_speech(speech_wav: Path) -> None:
     progress: list[float] = []
     result = transcription.transcribe(speech_wav, on_progress=progress.append)
     assert result.language == "en"
-    assert result.duration == pytest.approx(media.probe(speech_wav).duration, abs=0.05)
+    assert result.duration == pytest.approx(probe(speech_wav).duration, abs=0.05)
     assert recall(SENTENCE, result.text) >= 0.8, result.text
     assert result.text == result.text.strip() and "  " not in result.text
     assert result.segments
@@ -141,10 +143,10 @@ def test_transcribes_speech(speech_wav: Path) -> None:
 
 def test_transcribes_audio_extracted_from_a_video(tmp_path: Path) -> None:
     video = mediagen.make_speech_video(tmp_path / "talk.mp4", OTHER_SENTENCE)
-    info = media.probe(video)
+    info = probe(video)
     assert info.has_video and info.has_audio
     audio = tmp_path / "audio.wav"
-    media.extract_audio(video, audio, info.duration)
+    extract_audio(video, audio, info.duration)
     result = transcription.transcribe(audio)
     assert recall(OTHER_SENTENCE, result.text) >= 0.8, result.text
 

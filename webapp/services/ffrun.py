@@ -39,9 +39,10 @@ _NOISE = {"Conversion failed!", "Exiting normally, received signal 2."}
 class MediaError(ToolError):
     """An ffprobe/ffmpeg call failed on this input.
 
-    The public wrappers (media.py) raise it with str(exc) = one sentence saying what could
-    not be made and why ("The preview could not be encoded: the video data is damaged after
-    3.3 s."), and `detail` = ffmpeg's own last lines, server paths removed, or None.
+    The public wrappers (webapp.services.media) raise it with str(exc) = one sentence saying
+    what could not be made and why ("The preview could not be encoded: the video data is
+    damaged after 3.3 s."), and `detail` = ffmpeg's own last lines, server paths removed, or
+    None.
     """
 
 

@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session
 
 from webapp.config import Settings
 from webapp.models import Video
-from webapp.services import integrity, media, mediainput, progress, search
+from webapp.services import integrity, mediainput, progress, search
 from webapp.services.errors import Conflict, InvalidMedia
+from webapp.services.ffrun import MediaError
+from webapp.services.media.probe import ProbeResult, probe
 from webapp.services.mediainput import Deadline, ProbeTimeout
 from webapp.services.processing import get_video
 from webapp.services.storage import StagedFile, Storage
@@ -65,18 +67,18 @@ def _has_packets(path: Path, format_name: str, deadline: Deadline) -> bool:
                                   format_name=format_name, timeout=deadline.left())
     except ProbeTimeout:
         raise
-    except media.MediaError:
+    except MediaError:
         return False
     return bool(info.get("packets"))
 
 
-def _whole_media(path: Path, deadline: Deadline) -> media.ProbeResult:
+def _whole_media(path: Path, deadline: Deadline) -> ProbeResult:
     """Probe the upload; InvalidMedia unless it is audio/video with all its data there."""
     try:
-        info = media.probe(path, timeout=deadline.left())
+        info = probe(path, timeout=deadline.left())
     except ProbeTimeout:
         raise
-    except media.MediaError as exc:
+    except MediaError as exc:
         if integrity.starts_like_mp4(path):
             raise InvalidMedia("the file is incomplete: its MP4 index (moov atom) is missing"
                                " or cut off; upload it again") from None
@@ -89,7 +91,7 @@ def _whole_media(path: Path, deadline: Deadline) -> media.ProbeResult:
     return info
 
 
-def _checked(path: Path, timeout: float | None) -> media.ProbeResult:
+def _checked(path: Path, timeout: float | None) -> ProbeResult:
     """_whole_media within `timeout` seconds in all (None: no limit)."""
     try:
         return _whole_media(path, Deadline(timeout))

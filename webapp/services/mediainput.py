@@ -26,6 +26,9 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import ffmpeg
+from ffmpeg.nodes import FilterableStream
+
 from webapp.services.ffrun import MediaError
 
 
@@ -163,6 +166,11 @@ def input_options(format_name: str | None = None) -> dict[str, str]:
     if format_name is not None:
         options["f"] = accepted(format_name)
     return options
+
+
+def ffmpeg_input(src: Path, format_name: str | None, **options: Any) -> FilterableStream:
+    """The source as an ffmpeg(-python) input: a local file, of its accepted format only."""
+    return ffmpeg.input(url(src), **input_options(format_name), **options)
 
 
 def input_args(path: Path, format_name: str | None = None) -> list[str]:

@@ -23,8 +23,7 @@ import webvtt
 
 from webapp.services import whisper_child, whisper_models
 from webapp.services.errors import ToolError
-from webapp.services.ffrun import Stopped
-from webapp.services.media import ProgressCallback
+from webapp.services.ffrun import ProgressCallback, Stopped
 from webapp.services.whisper_child import short_message as _short
 
 if TYPE_CHECKING:

@@ -1,0 +1,108 @@
+"""The transcode step's ffmpeg run: a small web-playable MP4 preview of the video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+
+from webapp.services.ffrun import (
+    ProgressCallback,
+    atomic_output,
+    failing_as,
+    require_output,
+    run,
+)
+from webapp.services.media.colours import SDR_TAGS, stream_hdr, to_sdr
+from webapp.services.media.probe import first_streams, number
+from webapp.services.mediainput import ffmpeg_input
+
+# The most audio bit rate the preview carries over from its source unchanged.
+AUDIO_COPY_MAX_BITRATE = 192_000
+
+
+def audio_copyable(src: Path, format_name: str | None = None) -> bool:
+    """Whether the source's audio track (sound_stream) can go into the preview as it is:
+    AAC-LC (what every browser plays in MP4), mono or stereo, 8-48 kHz, at most
+    AUDIO_COPY_MAX_BITRATE (a stated rate: the stream's, or Matroska's BPS tag).
+
+    Most uploads (phones, cameras, screen recorders) have such audio. Copying it spares
+    the preview the encoder's loss of quality and its time: 4.6-4.8 s of a 20-23 s
+    transcode of a 2-minute 720p talk here, since ffmpeg 5 encodes audio on the thread
+    that also feeds x264 (docs/PERFORMANCE.md, section 1b).
+    """
+    return _copyable(first_streams(src, format_name).audio)
+
+
+# The most sample rate a preview's AAC has: the 8-48 kHz that audio_copyable takes for
+# what every browser plays.
+PREVIEW_MAX_SAMPLE_RATE = 48000
+
+
+def _copyable(stream: dict[str, Any]) -> bool:
+    bit_rate = (number(stream.get("bit_rate"), int)
+                or number(stream.get("tags", {}).get("BPS"), int))
+    return (stream.get("codec_name") == "aac" and stream.get("profile") == "LC"
+            and 1 <= (number(stream.get("channels"), int) or 0) <= 2
+            and 8000 <= (number(stream.get("sample_rate"), int) or 0)
+            <= PREVIEW_MAX_SAMPLE_RATE
+            and bit_rate is not None and 0 < bit_rate <= AUDIO_COPY_MAX_BITRATE)
+
+
+def transcode_preview(
+    src: Path,
+    dst: Path,
+    duration: float | None,
+    on_progress: ProgressCallback | None = None,
+    max_height: int = 480,
+    has_audio: bool = True,
+    threads: int = 0,
+    *,
+    format_name: str | None = None,
+    nice: int = 0,
+) -> None:
+    """Write a small web-playable MP4 (H.264/AAC, never upscaled, moov first for streaming),
+    in SDR: HDR video is tone-mapped (to_sdr) and tagged BT.709 (SDR_TAGS).
+
+    The source's audio goes in as it is when browsers play it and it is small enough
+    (audio_copyable); other audio is encoded to AAC at 128 kb/s. ffmpeg runs `nice` steps
+    below the caller's CPU priority (the TRANSCODE_NICE setting).
+    """
+    options: dict[str, Any] = {
+        "vcodec": "libx264",
+        "preset": "veryfast",
+        "crf": 28,
+        "pix_fmt": "yuv420p",
+        "threads": threads,
+        "movflags": "+faststart",
+    }
+    streams = first_streams(src, format_name)
+    if has_audio:
+        audio = streams.audio
+        if _copyable(audio):
+            options["acodec"] = "copy"
+        else:
+            options.update({"acodec": "aac", "b:a": "128k"})
+            # Studio sound (88.2, 96, 192 kHz) would stay at its rate, past what browsers
+            # are sure to play.
+            if (number(audio.get("sample_rate"), int) or 0) > PREVIEW_MAX_SAMPLE_RATE:
+                options["ar"] = PREVIEW_MAX_SAMPLE_RATE
+    hdr = stream_hdr(streams.video)
+    if hdr:
+        options.update(SDR_TAGS)
+    with failing_as("The preview could not be encoded"), atomic_output(dst) as tmp:
+        source = ffmpeg_input(src, format_name)
+        # Height capped and kept even (yuv420p needs even sizes); width follows the
+        # displayed aspect, in square pixels (a non-square pixel aspect, as in anamorphic
+        # DVD/HDV, is not honoured by every player), so the picture is that of the poster.
+        video = (source[streams.video_spec]
+                 .filter("scale", "max(2,2*round(oh*dar/2))",
+                         f"trunc(min(ih,{max_height})/2)*2")
+                 .filter("setsar", 1))
+        if hdr:  # (at the preview's size, from the source's 10 bits)
+            video = to_sdr(video, hdr)
+        outputs = [video, source[streams.audio_spec]] if has_audio else [video]
+        stream = ffmpeg.output(*outputs, str(tmp), **options)
+        run(stream, duration, on_progress, xerror=True, paths=(src, tmp), nice=nice)
+        require_output(tmp)
