@@ -19,7 +19,7 @@ import webvtt
 
 from tests import mediagen
 from tests.helpers import top_level_boxes
-from webapp.services import ffrun, integrity
+from webapp.services import ffrun, integrity, mediainput
 from webapp.services.ffrun import MediaError
 from webapp.services.keyframes import keyframe_gap
 from webapp.services.media.audio import extract_audio
@@ -793,19 +793,25 @@ def test_storyboard_starts_after_a_black_opening(tmp_path: Path, gop: int | None
     assert black_opening(plain, keyframes_only=gop is not None) == 0.0
 
 
+def late_picture(folder: Path, suffix: str) -> Path:
+    """An 8 s luma ramp (a keyframe a second) that starts 2 s after a 10 s tone."""
+    ramp = mediagen.make_ramp_video(folder / "ramp.mp4", duration=8.0, rate=25,
+                                    per_second=20, x264_params="bframes=0", gop=25)
+    src = folder / f"late{suffix}"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-itsoffset", "2",
+                    "-i", str(ramp), "-f", "lavfi", "-i", "sine=duration=10",
+                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", str(src)],
+                   check=True)
+    return src
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".ts"])
 def test_storyboard_of_a_picture_that_starts_after_the_sound(tmp_path: Path,
                                                              suffix: str) -> None:
     """An edited export or an MPEG-TS capture whose picture starts 2 s after its sound: the
     storyboard is made (it was refused as "cut short"), and each tile shows the frame the
     preview shows at its cue's start (the file's time, not the picture's own)."""
-    ramp = mediagen.make_ramp_video(tmp_path / "ramp.mp4", duration=8.0, rate=25,
-                                    per_second=20, x264_params="bframes=0", gop=25)
-    src = tmp_path / f"late{suffix}"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-itsoffset", "2",
-                    "-i", str(ramp), "-f", "lavfi", "-i", "sine=duration=10",
-                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", str(src)],
-                   check=True)
+    src = late_picture(tmp_path, suffix)
     found = streams(src)  # (MPEG-TS starts its clock at 1.4 s)
     lag = float(found["video"]["start_time"]) - float(found["audio"]["start_time"])
     assert lag == pytest.approx(2.0, abs=0.03)
@@ -821,6 +827,33 @@ def test_storyboard_of_a_picture_that_starts_after_the_sound(tmp_path: Path,
     for i, cue in enumerate(cues):  # luma 64 + 20 x the picture's own time (file's - lag)
         shown = max(_vtt_seconds(cue.start), lag) - lag
         assert abs(tile_brightness(sprite, board, i) - seen(64 + 20 * shown)) <= 4, i
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+def test_storyboard_reads_the_stream_facts_with_one_ffprobe(tmp_path: Path, suffix: str,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """The keyframe scan takes the picture's start from the step's one ffprobe
+    (first_streams) rather than starting another (a process start on the step's path),
+    and finds the same gap as when it reads the start itself."""
+    src = late_picture(tmp_path, suffix)  # (the picture starts at 2 s, at 3.4 s in MPEG-TS)
+    duration = probe(src).duration
+    found = first_streams(src)
+    assert found.video_start == float(streams(src)["video"]["start_time"]) >= 2.0
+    gap = keyframe_gap(src, duration, stream=found.video_spec)
+    assert gap is not None
+    assert keyframe_gap(src, duration, stream=found.video_spec, start=found.video_start) == gap
+    ffprobes: list[tuple[str, ...]] = []
+    real_ffprobe = mediainput.ffprobe
+
+    def counted(path: Path, *args: str, **kwargs: Any) -> dict[str, Any]:
+        ffprobes.append(args)
+        return real_ffprobe(path, *args, **kwargs)
+
+    monkeypatch.setattr(mediainput, "ffprobe", counted)
+    board = make_storyboard(src, tmp_path / "s.jpg", tmp_path / "s.vtt", duration, 320, 240)
+    assert board.keyframes_only == (gap <= board.interval * 1.01)
+    assert len(ffprobes) == 1, ffprobes
 
 
 def test_a_video_black_throughout_keeps_its_tiles_where_they_are(tmp_path: Path) -> None:

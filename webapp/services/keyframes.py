@@ -14,18 +14,22 @@ from webapp.services.ffrun import MediaError
 
 
 def keyframe_gap(path: Path, duration: float, format_name: str | None = None, *,
-                 stream: str = "v:0", enough: float | None = None) -> float | None:
+                 stream: str = "v:0", start: float | None = None,
+                 enough: float | None = None) -> float | None:
     """The longest stretch of a video stream (`stream`, a specifier: the first by default)
     without a keyframe, in seconds: between two keyframes, before the first or after the
     last until `duration`. None when it cannot tell (no video stream, no keyframe flags,
     unreadable).
 
-    With `enough`, reading stops at the first stretch longer than that, which is returned
-    (a caller asking "is every stretch at most `enough`?" has its answer). Raises
-    ffrun.Stopped when the work in progress is asked to stop.
+    `start` is the stream's start time (seconds, 0.0 when not stated) when the caller has
+    read it already (media.probe.Streams.video_start, the same ffprobe field); without it an
+    ffprobe of its own reads it. With `enough`, reading stops at the first stretch longer
+    than that, which is returned (a caller asking "is every stretch at most `enough`?" has
+    its answer). Raises ffrun.Stopped when the work in progress is asked to stop.
     """
     try:
-        start = _video_start(path, format_name, stream)
+        if start is None:
+            start = _video_start(path, format_name, stream)
         args = ["ffprobe", "-v", "error", "-select_streams", stream,
                 "-show_entries", "packet=pts_time,flags", "-of", "csv=p=0",
                 *mediainput.input_args(path, format_name)]

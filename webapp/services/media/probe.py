@@ -194,6 +194,12 @@ class Streams:
         """The audio stream as ffmpeg and ffprobe select it: its index."""
         return _spec(self.audio, "a:0")
 
+    @property
+    def video_start(self) -> float | None:
+        """The video stream's start time in seconds, as stated (0.0 when not stated); None
+        when it was not read (keyframes.keyframe_gap then reads it itself)."""
+        return (number(self.video.get("start_time"), float) or 0.0) if self.video else None
+
     def offset(self, stream: dict[str, Any]) -> float:
         """How long after the file's start one of them starts, in seconds (0.0 when
         unknown): ffmpeg times its outputs from the file's start."""

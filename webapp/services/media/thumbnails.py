@@ -148,7 +148,8 @@ def make_storyboard(
     # (1 % of slack: a 2 s GOP's timestamps may add up to a hair over 2 s)
     longest = plan.interval * 1.01
     # It stops reading at the first longer gap: the answer is then known.
-    gap = keyframe_gap(src, duration, format_name, stream=streams.video_spec, enough=longest)
+    gap = keyframe_gap(src, duration, format_name, stream=streams.video_spec,
+                       start=streams.video_start, enough=longest)
     keyframes_only = gap is not None and gap <= longest
     # Tiles and cues are on the file's (the preview's) time, where the picture may start
     # late: sound before it (an edited export, an MPEG-TS capture).
