@@ -147,13 +147,14 @@ def make_storyboard(
     streams = first_streams(src, format_name)
     # (1 % of slack: a 2 s GOP's timestamps may add up to a hair over 2 s)
     longest = plan.interval * 1.01
-    # It stops reading at the first longer gap: the answer is then known.
-    gap = keyframe_gap(src, duration, format_name, stream=streams.video_spec,
-                       start=streams.video_start, enough=longest)
-    keyframes_only = gap is not None and gap <= longest
     # Tiles and cues are on the file's (the preview's) time, where the picture may start
     # late: sound before it (an edited export, an MPEG-TS capture).
     offset = streams.offset(streams.video)
+    # It stops reading at the first longer gap: the answer is then known. The picture's
+    # own length: the file's, less the sound it starts after, ends where the file ends.
+    gap = keyframe_gap(src, duration - offset, format_name, stream=streams.video_spec,
+                       start=streams.video_start, enough=longest)
+    keyframes_only = gap is not None and gap <= longest
     start = offset + black_opening(
         src, format_name, stream=streams.video_spec, keyframes_only=keyframes_only,
         limit=min(LOOK_AT_MOST, duration / 2))
