@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import srt
 import webvtt
+from webvtt.models import Timestamp
 
 from webapp.services import whisper_child, whisper_models
 from webapp.services.errors import ToolError
@@ -471,7 +472,7 @@ def write_json(t: Transcript, dst: Path) -> None:
 
 def write_vtt(t: Transcript, dst: Path) -> None:
     captions = [
-        webvtt.Caption(_timestamp(s.start), _timestamp(s.end), _escape_cue_text(s.text))
+        webvtt.Caption(_vtt_time(s.start), _vtt_time(s.end), _escape_cue_text(s.text))
         for s in t.segments
     ]
     _write_atomic(dst, webvtt.WebVTT(captions=captions).content)
@@ -494,11 +495,8 @@ def _escape_cue_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _timestamp(seconds: float) -> str:
-    millis = round(max(0.0, seconds) * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d}.{millis % 1000:03d}"
+def _vtt_time(seconds: float) -> str:
+    return str(Timestamp.from_seconds(max(0.0, seconds)))  # HH:MM:SS.mmm
 
 
 def _write_atomic(dst: Path, text: str) -> None:

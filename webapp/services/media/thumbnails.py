@@ -9,6 +9,7 @@ from pathlib import Path
 import ffmpeg
 import webvtt
 from ffmpeg.nodes import OutputStream
+from webvtt.models import Timestamp
 
 from webapp.services.ffrun import (
     COMPLETE_SHARE,
@@ -260,12 +261,6 @@ def _storyboard_vtt(plan: Storyboard, duration: float, sprite_name: str) -> str:
         x = (i % plan.columns) * plan.tile_width
         y = (i // plan.columns) * plan.tile_height
         payload = f"{sprite_name}#xywh={x},{y},{plan.tile_width},{plan.tile_height}"
-        captions.append(webvtt.Caption(_vtt_time(start), _vtt_time(end), payload))
+        times = (str(Timestamp.from_seconds(at)) for at in (start, end))  # HH:MM:SS.mmm
+        captions.append(webvtt.Caption(*times, payload))
     return webvtt.WebVTT(captions=captions).content
-
-
-def _vtt_time(seconds: float) -> str:
-    millis = round(max(0.0, seconds) * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d}.{millis % 1000:03d}"
