@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from webapp.config import Settings
+from webapp.config import Settings, configure_logging
 from webapp.db import session_factory
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, Video, utcnow
 from webapp.services import progress, queue
@@ -190,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent is not None and not follow_parent(args.parent):
         return 0  # the worker died while this process was starting
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     settings = Settings.from_env()
     alive = (lambda: True) if args.parent is None else (lambda: os.getppid() == args.parent)
     run_forever(settings, connect(settings.redis_url), settings.reconcile_interval, alive)

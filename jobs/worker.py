@@ -15,7 +15,7 @@ from rq.job_lifecycle import call_exception_handlers
 
 from jobs import delivery, hooks, reconciler, remote
 from jobs.runner import StepFailed
-from webapp.config import ConfigError, Settings
+from webapp.config import ConfigError, Settings, configure_logging
 from webapp.db import session_factory
 from webapp.services.queue import connect
 
@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--name", help="worker name (default: RQ's)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         settings = Settings.from_env()
         settings.validate()

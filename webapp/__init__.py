@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import typing as t
 
 from flask import Flask, Request
 from werkzeug.exceptions import BadRequest, ClientDisconnected
 
-from webapp.config import PROJECT_ROOT, Settings
+from webapp.config import PROJECT_ROOT, Settings, configure_logging
 
 
 class UploadRequest(Request):
@@ -124,8 +123,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     # Uploads stream to disk; keep werkzeug from buffering big form parts in memory.
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
 
     # (ui_search adds the search page to ui.bp when imported)
     from webapp import (  # noqa: F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -16,6 +17,15 @@ INSTANCE_DIR = PROJECT_ROOT / "instance"
 STEPS = ("extract_audio", "transcribe", "thumbnails", "transcode")
 CHINESE_SCRIPTS = ("simplified", "traditional")
 DEFAULT_WEIGHTS = {"extract_audio": 10.0, "transcribe": 50.0, "thumbnails": 10.0, "transcode": 30.0}
+# Where every route of the JSON API lives (its errors are JSON, its access is API_TOKEN's).
+API_PREFIX = "/api"
+# One log line format for the web process, the workers and their reconcilers.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    """INFO and up to stderr in LOG_FORMAT (what honcho, systemd and docker collect)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 class ConfigError(ValueError):

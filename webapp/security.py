@@ -35,7 +35,7 @@ from markupsafe import Markup
 from werkzeug.datastructures import Authorization
 
 from webapp import origins
-from webapp.config import Settings
+from webapp.config import API_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ ADMIN_USER = "admin"
 # by themselves, and flask-smorest's /api/openapi.json and /api/docs.
 PUBLIC_ENDPOINTS = ("static", "ui.favicon", "health.healthz")
 API_DOCS_BLUEPRINT = "api-docs."
-# Everything else under /api is governed by API_TOKEN alone (the UI's password does not apply).
-API_PREFIX = "/api/"
 # What rq-dashboard serves; like the UI it needs the admin password.
 RQ_PREFIX = "/rq"
 # The worker exchange (webapp/internal.py): the worker token only.
@@ -253,7 +251,7 @@ def _api_refusal(status: int):
 @admin_auth.error_handler
 def _admin_refusal(status: int):
     """401 with a short page for the UI and /rq (JSON for an artifact of the API)."""
-    if request.path.startswith(API_PREFIX):
+    if request.path.startswith(f"{API_PREFIX}/"):
         return _api_refusal(status)
     body = ("<!doctype html><title>401 Unauthorized · vidpipe</title>"
             "<h1>401 · Unauthorized</h1><p>Log in as <code>admin</code> with the "
@@ -279,7 +277,8 @@ def authenticate():
         return None
     if request.path.startswith(INTERNAL_PREFIX):
         return worker_auth.login_required(_allowed)()
-    if request.path.startswith(API_PREFIX):
+    # Everything else under /api is governed by API_TOKEN alone (not the UI's password).
+    if request.path.startswith(f"{API_PREFIX}/"):
         if not settings.api_token:
             return None
         auth = artifact_auth if _artifact_read() else token_auth
@@ -333,7 +332,7 @@ def _exempt_blueprints(app: Flask, csrf: CSRFProtect) -> list[str]:
     exempt = []
     for name, rules in paths.items():
         if name in app.blueprints and all(
-                r.startswith(API_PREFIX) or r.startswith(RQ_PREFIX + "/") for r in rules):
+                r.startswith(f"{API_PREFIX}/") or r.startswith(RQ_PREFIX + "/") for r in rules):
             csrf.exempt(app.blueprints[name])
             exempt.append(name)
     return exempt

@@ -12,10 +12,10 @@ from markupsafe import Markup
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from webapp.api.schemas import ErrorSchema
+from webapp.config import API_PREFIX
 from webapp.services.errors import ServiceError, internal_error
 
 log = logging.getLogger(__name__)
-API_PREFIX = "/api"
 
 
 class Api(SmorestApi):

@@ -24,7 +24,7 @@ from webvtt.models import Timestamp
 
 from webapp.services import whisper_child, whisper_models
 from webapp.services.errors import ToolError
-from webapp.services.ffrun import ProgressCallback, Stopped
+from webapp.services.ffrun import ProgressCallback, Stopped, atomic_output
 from webapp.services.whisper_child import short_message as _short
 
 if TYPE_CHECKING:
@@ -501,9 +501,5 @@ def _vtt_time(seconds: float) -> str:
 
 def _write_atomic(dst: Path, text: str) -> None:
     # Readers (the web app serving captions) must never see a half-written file.
-    tmp = dst.with_name(f".{dst.stem}.part{dst.suffix}")
-    try:
+    with atomic_output(dst) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
