@@ -4,7 +4,8 @@ webapp/services/searchterms.py now indexes a run of Hangul as its overlapping bi
 it does Han and kana, so that a query finds a Korean word inside the particles and endings
 written onto it (서울 in 서울입니다); and folds Cyrillic ё to е, drops Cyrillic stress
 marks, folds Ukrainian ґ to г, the apostrophe letter ʼ to the apostrophe ', and drops the
-soft hyphen (еще finds ещё and the other way round). The index is made again from the names and published
+soft hyphen (еще finds ещё and the other way round); drops Arabic and Hebrew vowel points,
+and folds Arabic's forms of alef, alef maksura and teh marbuta (كتب finds كَتَبَ). The index is made again from the names and published
 transcripts already there (reading transcript.json under MEDIA_ROOT, as 0011 did), so that
 today's queries find what was indexed before. `flask reindex` does the same.
 

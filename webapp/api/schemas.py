@@ -254,8 +254,10 @@ class SearchQuerySchema(ma.Schema):
         "description": (
             "What to search for in videos' names and transcripts. Every word must occur in "
             "the name or in one segment of the transcript; case and accents of Latin and "
-            "Greek letters do not matter, nor Cyrillic stress marks, ё against е or "
-            "Ukrainian ґ against г; two or more Chinese, Japanese or Korean characters are "
+            "Greek letters do not matter, nor Cyrillic stress marks, ё against е, "
+            "Ukrainian ґ against г, Arabic and Hebrew vowel points, or Arabic's forms of "
+            "alef (أ إ آ against ا), ى against ي and ة against ه; two or more Chinese, "
+            "Japanese or Korean characters are "
             "found inside a segment, Korean inside the particles written onto a word (a "
             "single character as the start of a pair). Quotes and operators "
             "are searched as the words they hold, never interpreted. 1-200 characters with "

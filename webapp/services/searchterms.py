@@ -8,8 +8,12 @@ by locale), so they find the same things:
   accents dropped from Latin and Greek letters (é, Å, ø, ß, ά → e, a, o, ss, α); Cyrillic
   ё is е, a stress mark is dropped (приве́т, ѝ → привет, и) and Ukrainian ґ is г, but й,
   ї and ў stay letters of their own; the apostrophe letter ʼ is the apostrophe ' (which
-  separates words) and the soft hyphen is dropped; other scripts keep their marks
-  (Japanese が stays が, Hindi's vowel signs stay in their word);
+  separates words) and the soft hyphen is dropped; Arabic and Hebrew vowel points and
+  cantillation are dropped (most text is written without them: كَتَبَ is كتب, שָׁלוֹם is
+  שלום), Arabic's stretching tatweel too, and Arabic alef with hamza or madda is alef, alef
+  maksura ى is yeh ي and teh marbuta ة is heh ه (as Lucene's Arabic normalizer folds them);
+  other scripts keep their marks (Japanese が stays が, Hindi's vowel signs stay in their
+  word);
   Chinese characters are compared in Simplified, one by one (OpenCC's t2s: 天氣 is 天气),
   as transcripts are written in CHINESE_SCRIPT and names in either script;
 - a word is a run of letters, digits and marks; anything else separates words, except the
@@ -45,9 +49,14 @@ WORD, CJK, OTHER = 1, 2, 0
 # analyzer folds them).
 _LETTERS = str.maketrans({"ø": "o", "đ": "d", "ð": "d", "ħ": "h", "ı": "i", "ł": "l",
                           "ŀ": "l", "æ": "ae", "œ": "oe", "þ": "th", "ĸ": "k",
-                          "ё": "е", "ѐ": "е", "ѝ": "и", "ґ": "г", "ʼ": "'", "\u00ad": ""})
+                          "ё": "е", "ѐ": "е", "ѝ": "и", "ґ": "г", "ʼ": "'", "\u00ad": "",
+                          # Arabic: as the module docstring says; tatweel only stretches
+                          "أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ى": "ي", "ة": "ه",
+                          "\u0640": ""})
 # Scripts whose accents do not matter to search.
 _FOLDED_SCRIPTS = ("LATIN", "GREEK")
+# Scripts whose vowel points and cantillation marks (every combining mark) search drops.
+_POINTED_SCRIPTS = ("ARABIC", "HEBREW")
 # Cyrillic keeps its marks (й is not и, ї is not і, ў is not у) but for stress marks, the
 # acute and grave over a vowel (приве́т is привет).
 _STRESS_MARKS = "\u0300\u0301"
@@ -107,8 +116,8 @@ def _fold_char(ch: str) -> str:
 def _drops_mark(letter: str, mark: str) -> bool:
     """Whether search drops a combining mark written on its own after this letter."""
     name = unicodedata.name(letter, "")
-    return name.startswith(_FOLDED_SCRIPTS) or (name.startswith("CYRILLIC")
-                                                and mark in _STRESS_MARKS)
+    return name.startswith(_FOLDED_SCRIPTS + _POINTED_SCRIPTS) or (
+        name.startswith("CYRILLIC") and mark in _STRESS_MARKS)
 
 
 def fold(text: str) -> tuple[str, list[int]]:
