@@ -17,6 +17,7 @@ from playwright.sync_api import Page, expect
 from tests import browser, mediagen
 from tests.browser import api_upload
 from tests.conftest import run_worker
+from tests.helpers import publish_transcript
 
 chromium, browser_log, live_server, page = (
     browser.chromium, browser.browser_log, browser.live_server, browser.page)
@@ -244,3 +245,30 @@ def test_transcript_downloads_as_text_and_copies(page, media, tmp_path):
     page.click("#transcript-copy")
     expect(page.locator("#copy-status")).to_have_text("Copied to the clipboard.")
     assert page.evaluate("() => navigator.clipboard.readText()") == text
+
+
+@pytest.mark.parametrize("language, said, direction", [
+    ("ar", "كَتَبَ الطالبُ رسالةً إلى المدرسة.", "rtl"),
+    ("en", "The student wrote a letter to the school.", "ltr"),
+])
+def test_a_transcript_reads_in_its_languages_direction(page, media, settings, language, said,
+                                                      direction):
+    """Arabic (Persian, Urdu, Hebrew...) runs right to left: its lines start at the right,
+    with their time first, and the full stop ends the sentence on its left; others stay as
+    they were."""
+    vid = api_upload(page, media["a"])
+    publish_transcript(settings, vid, [(0.0, 1.0, said)], language=language)
+    page.goto(f"/videos/{vid}")
+    line = page.locator("#transcript .line").first
+    expect(line).to_contain_text(said)
+    assert page.locator("#transcript").get_attribute("dir") == direction
+    box = line.bounding_box()
+    stamp = line.locator("time").bounding_box()
+    text_box = line.evaluate("""l => { const r = document.createRange();
+        r.selectNodeContents(l); r.setStartAfter(l.querySelector('time'));
+        const b = r.getBoundingClientRect(); return {x: b.x, width: b.width}; }""")
+    if direction == "rtl":  # the time at the right edge, the words to its left
+        assert stamp["x"] + stamp["width"] > box["x"] + box["width"] - 20
+        assert text_box["x"] + text_box["width"] <= stamp["x"] + 1
+    else:
+        assert stamp["x"] < box["x"] + 20 and text_box["x"] >= stamp["x"] + stamp["width"] - 1

@@ -82,7 +82,8 @@ def no_worker() -> bool:
 def language_helpers() -> dict:
     """The languages the configured model knows (for the forms' menus) and their names."""
     return {"language_choices": lambda: languages.choices(ext.settings()),
-            "language_name": languages.name, "artifact_language": languages.of_artifact,
+            "language_name": languages.name, "text_direction": languages.direction,
+            "artifact_language": languages.of_artifact,
             "video_format": video_format}
 
 

@@ -32,6 +32,19 @@ def name(code: str | None) -> str:
     return whisper_models.language_name(code)
 
 
+# The languages of whisper's that are written right to left (Arabic, Persian, Urdu, Pashto,
+# Sindhi; Hebrew, Yiddish).
+RIGHT_TO_LEFT = frozenset({"ar", "fa", "ur", "ps", "sd", "he", "yi"})
+
+
+def direction(code: str | None) -> str:
+    """HTML's `dir` for text in that language: "rtl", "ltr", or "auto" when it is unknown
+    (the browser then takes it from the text's first letter)."""
+    if not code:
+        return "auto"
+    return "rtl" if code in RIGHT_TO_LEFT else "ltr"
+
+
 # Files whose text or speech is in the transcript's language.
 _SPOKEN = ("transcript.json", "captions.vtt", "captions.srt", "audio.wav", "preview.mp4")
 
