@@ -201,6 +201,7 @@ def plans(database_url: str) -> dict[str, list[str]]:
     from webapp.db import get_engine
     from webapp.models import Video
     from webapp.services import progress
+    from webapp.services.progress import queries as progress_queries
 
     engine = get_engine(database_url)
     page = select(Video.id).order_by(Video.created_at.desc(), Video.id).limit(20)
@@ -209,9 +210,9 @@ def plans(database_url: str) -> dict[str, list[str]]:
     count = select(func.count()).select_from(Video)
     middle = ids[len(ids) // 2]
     queries = {"count": count, "page": page,
-               "page_progress": progress._PAGE_QUERY.params(video_ids=ids),
+               "page_progress": progress_queries._PAGE_QUERY.params(video_ids=ids),
                "poll_tag": progress.TAG_QUERY.params(video_id=middle),
-               "poll_progress": progress._PROGRESS_QUERY.params(video_id=middle)}
+               "poll_progress": progress_queries._PROGRESS_QUERY.params(video_id=middle)}
     prefix = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
     out = {}
     with engine.connect() as conn:

@@ -9,6 +9,7 @@ import pytest
 
 from webapp.config import DEFAULT_WEIGHTS, STEPS
 from webapp.services import eta, progress
+from webapp.services.progress.views import _view
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 # The steps' cost shares (eta.COSTS): audio, transcription, thumbnails, preview.
@@ -23,7 +24,7 @@ def sub(name: str, status: str = "pending", progress: float = 0.0, started: floa
         finished: float | None = None, reused: bool = False,
         first: tuple[float, float] | None = None,
         expected: float | None = None) -> SimpleNamespace:
-    """A subtask row as progress._tasks_of makes it (times in seconds after T0); `first` is
+    """A subtask row as progress.queries._tasks_of makes it (times in seconds after T0); `first` is
     its first progress report, (seconds, percent)."""
     return SimpleNamespace(
         name=name, position=STEPS.index(name), weight=DEFAULT_WEIGHTS[name], status=status,
@@ -185,10 +186,10 @@ def test_the_progress_view_shows_the_eta_as_of_the_tasks_last_change():
                 transcribe=sub("transcribe", "skipped"),
                 thumbnails=sub("thumbnails", "completed", started=0, finished=2))
     row = task("running", updated=10)
-    view = progress._view(row, subs)
+    view = _view(row, subs)
     assert view.eta_seconds == pytest.approx(27.0)  # 9 s alone for 25 %
     # The same rows give the same view whenever they are read: nothing reads the clock.
-    assert progress._view(row, subs) == view
+    assert _view(row, subs) == view
     assert progress.estimate_eta(row, subs, at(20)) == pytest.approx(57.0)
 
 

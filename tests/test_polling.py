@@ -19,6 +19,7 @@ from webapp.db import statements_sent
 from webapp.fastpoll import ProgressPolls
 from webapp.models import ProcessingTask
 from webapp.services import progress
+from webapp.services.errors import NotFound
 
 PANEL, ROW = "/videos/{}/panel?poll=1", "/videos/{}/row"
 PROGRESS = "/api/v1/videos/{}/reprocess"
@@ -147,9 +148,9 @@ def test_the_polled_view_is_the_services_view(db_session, running):
         assert tag == progress.progress_tag(task, DEFAULT_WEIGHTS)
         assert tag == progress.poll_tag(db_session, vid, DEFAULT_WEIGHTS)
     for unknown in ("not-an-id", "0" * 8 + "-0000-4000-8000-" + "0" * 12):
-        with pytest.raises(progress.NotFound):
+        with pytest.raises(NotFound):
             progress.poll_tag(db_session, unknown, DEFAULT_WEIGHTS)
-        with pytest.raises(progress.NotFound):
+        with pytest.raises(NotFound):
             progress.tagged_progress(db_session, unknown, DEFAULT_WEIGHTS)
 
 

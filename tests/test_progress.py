@@ -11,7 +11,7 @@ from sqlalchemy import select
 from jobs.attempt import AttemptWatch
 from webapp.config import DEFAULT_WEIGHTS, STEPS
 from webapp.db import session_factory
-from webapp.models import ProcessingTask, SubTask, Video
+from webapp.models import ProcessingTask, SubTask, Video, utcnow
 from webapp.services import progress
 
 
@@ -272,7 +272,7 @@ def test_completed_steps_teach_the_installation_what_the_next_run_will_cost(db_s
         attempt = progress.start_subtask(db_session, task.id, "transcode")
         step = db_session.scalar(select(SubTask).where(SubTask.task_id == task.id,
                                                        SubTask.name == "transcode"))
-        step.started_at = progress.utcnow() - timedelta(seconds=seconds)
+        step.started_at = utcnow() - timedelta(seconds=seconds)
         db_session.commit()
         assert progress.complete_subtask(db_session, task.id, "transcode", attempt)
         return {s.name: s for s in db_session.get(ProcessingTask, task.id).subtasks}

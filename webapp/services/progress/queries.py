@@ -1,0 +1,207 @@
+"""How progress is read: latest and active task, poll tags, one-query reads, page prefetch."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+from types import SimpleNamespace
+
+from sqlalchemy import bindparam, event, select
+from sqlalchemy.orm import Session
+
+from webapp.models import ACTIVE_STATUSES, ProcessingTask, SubTask, Video
+from webapp.services.errors import NotFound
+from webapp.services.progress.views import ProgressView, _view, initial_view
+from webapp.services.storage import is_valid_id
+
+
+def latest_task(session: Session, video_id: str) -> ProcessingTask | None:
+    stmt = (
+        select(ProcessingTask)
+        .where(ProcessingTask.video_id == video_id)
+        .order_by(ProcessingTask.created_at.desc(), ProcessingTask.id.desc())
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+def active_task(session: Session, video_id: str) -> ProcessingTask | None:
+    stmt = select(ProcessingTask).where(
+        ProcessingTask.video_id == video_id, ProcessingTask.status.in_(ACTIVE_STATUSES)
+    )
+    return session.scalars(stmt).first()
+
+
+def video_progress(session: Session, video: Video, weights: Mapping[str, float]) -> ProgressView:
+    """Progress of the video's latest task, or its initial state.
+
+    Read in one statement, like the progress endpoint's (`tagged_progress`): the task row
+    and its subtasks from one snapshot. Read as an ORM task and then its subtasks (two
+    statements), a step starting in between gave a status of one moment and a total of
+    another, and the video's JSON disagreed with the progress endpoint read just after.
+    """
+    prefetched = session.info.get(_PREFETCHED)
+    if prefetched is not None and video.id in prefetched:
+        found = prefetched.pop(video.id)
+        return _view(*found) if found else initial_view(video.id, weights)
+    return tagged_progress(session, video.id, weights)[0]
+
+
+
+# -- polls and lists: the same views from plain rows, in one query each -------------------
+
+def progress_tag(task: ProcessingTask | None, weights: Mapping[str, float]) -> str:
+    """A strong validator of what `video_progress` shows for a video whose latest task is
+    `task`: it changes whenever that would (the task's version is bumped on every write of
+    this service), so equal tags mean an equal view. Needs only the task row.
+    """
+    if task is None:  # the initial view depends only on the configured weights
+        weights_crc = zlib.crc32(repr(sorted(weights.items())).encode())
+        return f"initial-{weights_crc:08x}"
+    return _tag(task.id, task.version, task.status)
+
+
+def _tag(task_id: str, version: int, status: str) -> str:
+    return f"{task_id}-{version}-{status}"
+
+
+def poll_tag(session: Session, video_id: str, weights: Mapping[str, float]) -> str:
+    """`progress_tag` of the video's latest task, in one indexed query and no ORM objects:
+    what a poll needs to tell that nothing changed. NotFound for unknown ids of any shape.
+    """
+    row = (session.connection().execute(TAG_QUERY, {"video_id": video_id}).first()
+           if is_valid_id(video_id) else None)
+    if row is None:
+        raise NotFound(f"video {video_id} not found")
+    return tag_of_row(row, weights)
+
+
+def tag_of_row(row, weights: Mapping[str, float]) -> str:
+    """`progress_tag` from a row of TAG_QUERY (video id, task id, version, status)."""
+    _, task_id, version, status = row
+    if task_id is None:
+        return progress_tag(None, weights)
+    return _tag(task_id, version, status)
+
+
+def tagged_progress(
+    session: Session, video_id: str, weights: Mapping[str, float]
+) -> tuple[ProgressView, str]:
+    """The video's progress and its `progress_tag`, both from one query (one snapshot), as
+    plain rows: what a poll answers when something changed. NotFound for unknown ids."""
+    rows = (session.connection().execute(_PROGRESS_QUERY, {"video_id": video_id}).all()
+            if is_valid_id(video_id) else [])
+    if not rows:
+        raise NotFound(f"video {video_id} not found")
+    found = _tasks_of(rows).get(video_id)
+    if found is None:
+        return initial_view(video_id, weights), progress_tag(None, weights)
+    task, subs = found
+    return _view(task, subs), _tag(task.id, task.version, task.status)
+
+
+# session.info key: video id -> (task, subtasks) as plain rows, or None; see below.
+_PREFETCHED = "vidpipe.progress"
+
+
+def prefetch_progress(session: Session, video_ids: Iterable[str]) -> None:
+    """Read the latest task and its subtasks of many videos in one query (plain rows).
+
+    For a list page: the next `video_progress` of each of these videos in this session
+    uses what was read here, once, instead of two queries per video. What was read is
+    forgotten at the end of the transaction (commit or rollback), so it is never older than
+    what the session would read itself.
+    """
+    video_ids = list(dict.fromkeys(video_ids))
+    if not video_ids:
+        return
+    rows = session.connection().execute(_PAGE_QUERY, {"video_ids": video_ids}).all()
+    found: dict[str, tuple | None] = dict.fromkeys(video_ids)
+    found.update(_tasks_of(rows))
+    session.info.setdefault(_PREFETCHED, {}).update(found)
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_prefetched(session: Session, *_args) -> None:
+    session.info.pop(_PREFETCHED, None)
+
+
+_VIDEOS, _TASKS, _SUBTASKS = Video.__table__, ProcessingTask.__table__, SubTask.__table__
+_NEWER = _TASKS.alias("newer")
+_TASK_COLUMNS = tuple(c.name for c in _TASKS.c)
+_SUBTASK_COLUMNS = tuple(c.name for c in _SUBTASKS.c)
+
+
+def _latest_id(video_id):
+    """SELECT the id of the latest task of `video_id` (a column or a parameter), from
+    ix_tasks_video_created alone."""
+    return (
+        select(_NEWER.c.id)
+        .where(_NEWER.c.video_id == video_id)
+        .order_by(_NEWER.c.created_at.desc(), _NEWER.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _with_subtasks(*where, tasks=_TASKS):
+    """SELECT tasks joined with their subtasks (one row per subtask, in order; columns
+    t_<task column>, s_<subtask column>); `tasks` may be a join that holds the task table."""
+    return (
+        select(*(c.label(f"t_{c.name}") for c in _TASKS.c),
+               *(c.label(f"s_{c.name}") for c in _SUBTASKS.c))
+        .select_from(tasks.outerjoin(_SUBTASKS, _SUBTASKS.c.task_id == _TASKS.c.id))
+        .where(*where)
+        .order_by(_TASKS.c.video_id, _SUBTASKS.c.position)
+    )
+
+
+def latest_status(video_id):
+    """SELECT the status of the latest task of `video_id` (a column: correlated), NULL for
+    a video that never ran: what the library filters on."""
+    return (
+        select(_NEWER.c.status)
+        .where(_NEWER.c.video_id == video_id)
+        .order_by(_NEWER.c.created_at.desc(), _NEWER.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+# The video (so: does it exist) and its latest task's id, version and status; parameter
+# `video_id`. What a poll reads (here and in webapp/fastpoll.py).
+TAG_QUERY = (
+    select(_VIDEOS.c.id, _TASKS.c.id, _TASKS.c.version, _TASKS.c.status)
+    .select_from(_VIDEOS.outerjoin(
+        _TASKS, _TASKS.c.id == _latest_id(_VIDEOS.c.id).correlate(_VIDEOS)))
+    .where(_VIDEOS.c.id == bindparam("video_id"))
+)
+# One video's latest task with its subtasks: one row per subtask, or one row of NULLs when
+# the video never ran, or no row when there is no such video ...
+_PROGRESS_QUERY = _with_subtasks(
+    _VIDEOS.c.id == bindparam("video_id"),
+    tasks=_VIDEOS.outerjoin(_TASKS, _TASKS.c.id == _latest_id(_VIDEOS.c.id).correlate(_VIDEOS)),
+)
+# ... and of each video of a page.
+_PAGE_QUERY = _with_subtasks(
+    _TASKS.c.video_id.in_(bindparam("video_ids", expanding=True)),
+    _TASKS.c.id == _latest_id(_TASKS.c.video_id).correlate(_TASKS),
+)
+
+
+def _tasks_of(rows) -> dict[str, tuple[SimpleNamespace, list[SimpleNamespace]]]:
+    """video id -> (task, its subtasks in order) from rows of `_with_subtasks`."""
+    found: dict[str, tuple[SimpleNamespace, list[SimpleNamespace]]] = {}
+    for row in rows:
+        values = row._mapping
+        video_id = values["t_video_id"]
+        if video_id is None:  # a video without tasks
+            continue
+        if video_id not in found:
+            task = SimpleNamespace(**{name: values[f"t_{name}"] for name in _TASK_COLUMNS})
+            found[video_id] = (task, [])
+        if values["s_id"] is not None:
+            found[video_id][1].append(
+                SimpleNamespace(**{name: values[f"s_{name}"] for name in _SUBTASK_COLUMNS}))
+    return found
