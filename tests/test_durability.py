@@ -8,8 +8,10 @@ can name a file that came back empty after the cut.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,33 @@ def journal(monkeypatch) -> list[tuple[str, str]]:
     event.remove(Session, "after_commit", committed)
 
 
+@contextlib.contextmanager
+def syncs_seen(settings, video_id: str, step: str) -> Iterator[dict[str, bool]]:
+    """Within: every fsync, by the path synced, with whether the step's outputs were already
+    published (the publication row committed) at that moment."""
+    sessions = session_factory(settings.database_url)
+    synced: dict[str, bool] = {}
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        with sessions() as session:
+            published = session.get(Publication, (video_id, step)) is not None
+        synced[os.readlink(f"/proc/self/fd/{fd}")] = published
+        real_fsync(fd)
+
+    os.fsync = fsync
+    try:
+        yield synced
+    finally:
+        os.fsync = real_fsync
+
+
+def published_folder(settings, video_id: str, step: str) -> Path:
+    with session_factory(settings.database_url)() as session:
+        folder = session.get(Publication, (video_id, step)).folder
+    return Path(settings.media_root).resolve() / "videos" / video_id / folder
+
+
 def test_an_upload_is_on_the_disk_before_its_video_is_committed(client, settings, tmp_path,
                                                                  journal):
     clip = mediagen.make_video(tmp_path / "clip.mp4", duration=1.0)
@@ -68,28 +97,15 @@ def test_an_upload_is_on_the_disk_before_its_video_is_committed(client, settings
 
 
 def test_a_steps_outputs_are_on_the_disk_before_they_are_published(client, settings,
-                                                                   tmp_path, monkeypatch):
+                                                                   tmp_path):
     clip = mediagen.make_video(tmp_path / "clip.mp4", duration=2.0)
     video_id = upload_ok(client, clip)["id"]
     task_id = client.post(f"/api/v1/videos/{video_id}/run_sync").get_json()["task_id"]
-    sessions = session_factory(settings.database_url)
-    synced: dict[str, bool] = {}  # path -> whether the step was published when it was synced
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        with sessions() as session:
-            published = session.get(Publication, (video_id, "thumbnails")) is not None
-        synced[os.readlink(f"/proc/self/fd/{fd}")] = published
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    assert steps.thumbnails(task_id) == "completed"
-    monkeypatch.undo()
+    with syncs_seen(settings, video_id, "thumbnails") as synced:
+        assert steps.thumbnails(task_id) == "completed"
     assert subtasks(progress_of(client, video_id))["thumbnails"]["status"] == "completed"
-    with sessions() as session:
-        folder = session.get(Publication, (video_id, "thumbnails")).folder
+    path = published_folder(settings, video_id, "thumbnails")
     root = Path(settings.media_root).resolve()
-    path = root / "videos" / video_id / folder
     # its files, its folder and every folder on the way to it, all new for this attempt
     expected = [path / name for name in STEP_OUTPUTS["thumbnails"]]
     expected += [path, *[p for p in path.parents if p.is_relative_to(root)]]
@@ -107,8 +123,7 @@ def test_a_remote_workers_outputs_are_on_the_disk_before_they_are_published(
     client = create_app(settings.__class__.from_env(worker_token=token)).test_client()
     video_id = upload_ok(client, mediagen.make_video(tmp_path / "clip.mp4", duration=1.0))["id"]
     task_id = client.post(f"/api/v1/videos/{video_id}/reprocess").get_json()["task_id"]
-    sessions = session_factory(settings.database_url)
-    with sessions() as session:  # the attempt a worker on another host has started
+    with session_factory(settings.database_url)() as session:  # as a remote worker starts it
         attempt = progress.start_subtask(session, task_id, "thumbnails")
     steps_url = f"/internal/v1/tasks/{task_id}/steps/thumbnails/{attempt}"
     auth = {"Authorization": f"Bearer {token}"}
@@ -119,21 +134,9 @@ def test_a_remote_workers_outputs_are_on_the_disk_before_they_are_published(
         resp = client.put(f"{steps_url}/files/{name}", data=body,
                           headers={**auth, "X-Sha256": files[name]})
         assert resp.status_code == 201, resp.get_json()
-    synced: dict[str, bool] = {}
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        with sessions() as session:
-            published = session.get(Publication, (video_id, "thumbnails")) is not None
-        synced[os.readlink(f"/proc/self/fd/{fd}")] = published
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    resp = client.post(f"{steps_url}/complete", json={"files": files}, headers=auth)
-    monkeypatch.undo()
+    with syncs_seen(settings, video_id, "thumbnails") as synced:
+        resp = client.post(f"{steps_url}/complete", json={"files": files}, headers=auth)
     assert resp.status_code == 200, resp.get_json()
-    with sessions() as session:
-        folder = session.get(Publication, (video_id, "thumbnails")).folder
-    path = Path(settings.media_root).resolve() / "videos" / video_id / folder
+    path = published_folder(settings, video_id, "thumbnails")
     for item in [*(path / name for name in files), path, path.parent]:
         assert synced.get(str(item)) is False, (item, synced)
