@@ -77,6 +77,15 @@ def test_outputs_of_old_runs_are_published_by_the_upgrade(empty_url, tmp_path, m
     command.downgrade(alembic(url), "0002")  # and back
 
 
+def assert_found(client, video_id: str, cases) -> None:
+    """Each (query, whether the name matches, the segments' texts) is the one hit, of the
+    video."""
+    for q, name_matches, lines in cases:
+        [hit] = client.get("/api/v1/search", query_string={"q": q}).get_json()
+        assert hit["video"]["id"] == video_id and hit["name_matches"] is name_matches, q
+        assert [s["text"] for s in hit["segments"]] == lines, q
+
+
 def insert_published_transcript(conn, vid: str, task: str, folder: str, name: str) -> None:
     """A video named `name` whose completed task published a transcript in `folder`."""
     conn.execute(text(
@@ -166,12 +175,8 @@ def test_the_search_index_is_made_again_for_either_chinese_script(empty_url, tmp
 
     command.upgrade(alembic(url), "head")
 
-    client = create_app(settings).test_client()
-    for q, name_matches, lines in (("台湾明天", False, [said]), ("天气", False, [said]),
-                                   ("台风", True, [])):
-        [hit] = client.get("/api/v1/search", query_string={"q": q}).get_json()
-        assert hit["video"]["id"] == vid and hit["name_matches"] is name_matches, q
-        assert [s["text"] for s in hit["segments"]] == lines, q
+    assert_found(create_app(settings).test_client(), vid, (
+        ("台湾明天", False, [said]), ("天气", False, [said]), ("台风", True, [])))
     with get_engine(url).connect() as conn:  # made again, not added to
         assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 2
     command.downgrade(alembic(url), "0010")  # and back
@@ -205,13 +210,9 @@ def test_the_search_index_is_made_again_for_korean_and_cyrillic(empty_url, tmp_p
 
     command.upgrade(alembic(url), "head")
 
-    client = create_app(settings).test_client()
-    for q, name_matches, lines in (("서울", True, [said]), ("부산", False, [said]),
-                                   ("여행", True, []), ("еще", False, [russian]),
-                                   ("ещё", False, [russian])):
-        [hit] = client.get("/api/v1/search", query_string={"q": q}).get_json()
-        assert hit["video"]["id"] == vid and hit["name_matches"] is name_matches, q
-        assert [s["text"] for s in hit["segments"]] == lines, q
+    assert_found(create_app(settings).test_client(), vid, (
+        ("서울", True, [said]), ("부산", False, [said]), ("여행", True, []),
+        ("еще", False, [russian]), ("ещё", False, [russian])))
     with get_engine(url).connect() as conn:  # made again, not added to
         assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 3
     command.downgrade(alembic(url), "0011")  # and back
