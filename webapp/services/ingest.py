@@ -106,7 +106,7 @@ def _staged(storage: Storage, stream: IO[bytes]) -> StagedFile:
     """The upload as a file in this storage's staging folder.
 
     Uploads through the web app already are one (the request spools the file part straight
-    into staging, see webapp.UploadRequest): it is taken as it is, not copied. Any other
+    into staging, see webapp.uploads.UploadRequest): it is taken as it is, not copied. Any other
     stream is copied into a new staged file.
     """
     if (isinstance(stream, StagedFile) and stream.staged

@@ -1,0 +1,104 @@
+"""The request class of the app: uploads spooled straight into MEDIA_ROOT/staging, and a
+multipart body that cannot be read to its end said as such (400)."""
+
+from __future__ import annotations
+
+import typing as t
+
+from flask import Request
+from werkzeug.exceptions import BadRequest, ClientDisconnected
+
+
+class UploadRequest(Request):
+    """Flask's request, spooling an uploaded file straight into MEDIA_ROOT/staging.
+
+    werkzeug's default puts every file part over 500 KB in a temporary file in TMPDIR, which
+    ingest then had to copy into MEDIA_ROOT/staging: each upload was written to disk twice
+    (and held in RAM where TMPDIR is a tmpfs). The first file part of a request now goes to a
+    StagedFile in staging, which ingest renames into place; any further file part (the API
+    and the form take one file) keeps werkzeug's default. The staged file is deleted when the
+    request ends unless ingest accepted it, even when parsing failed half-way (413, a cut
+    body), when werkzeug never hands it to `files`.
+
+    A multipart body that cannot be read to its closing boundary (the client went away, its
+    Content-Length promised more than it sent, or the form is malformed) is a 400 saying so;
+    werkzeug alone would hand the view an empty form, answered "file: Missing data".
+    """
+
+    _staged_upload: t.IO[bytes] | None = None
+    _body_read: _CountingReader | None = None
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None,
+                         content_length: int | None = None) -> t.IO[bytes]:
+        if self._staged_upload is not None:
+            return super()._get_file_stream(total_content_length, content_type, filename,
+                                            content_length)
+        from webapp import extensions as ext
+
+        self._staged_upload = ext.storage().staging_file()
+        return self._staged_upload
+
+    def make_form_data_parser(self):
+        parser = super().make_form_data_parser()
+        # Not silent: _load_form_data turns the error into a 400 (see the class docstring).
+        parser.silent = self.mimetype != "multipart/form-data"
+        return parser
+
+    def _get_stream_for_parsing(self) -> t.IO[bytes]:
+        stream = super()._get_stream_for_parsing()
+        if self.mimetype != "multipart/form-data":
+            return stream
+        self._body_read = _CountingReader(stream)  # how much arrived, for _unreadable
+        return t.cast(t.IO[bytes], self._body_read)
+
+    def _load_form_data(self) -> None:
+        if "form" in self.__dict__ or self.mimetype != "multipart/form-data":
+            return super()._load_form_data()
+        if not self.mimetype_params.get("boundary"):
+            self._no_form()
+            raise BadRequest("the Content-Type multipart/form-data names no boundary")
+        try:
+            super()._load_form_data()
+        except (ValueError, ClientDisconnected) as exc:
+            self._no_form()
+            raise BadRequest(self._unreadable(exc)) from None
+        if self._body_read is not None:
+            self.__dict__["stream"] = self._body_read.stream
+
+    def _no_form(self) -> None:
+        """An empty form and files: a later look at them must not parse the body again."""
+        empty = self.parameter_storage_class()
+        self.__dict__.update(form=empty, files=self.parameter_storage_class())
+
+    def _unreadable(self, exc: Exception) -> str:
+        """Why the multipart body could not be read, in a sentence."""
+        read = self._body_read.count if self._body_read else 0
+        length = self.content_length
+        if length is not None and (isinstance(exc, ClientDisconnected) or read < length):
+            return (f"the upload was cut short: {read:,} of the {length:,} bytes its "
+                    "Content-Length announced arrived before the connection ended; "
+                    "nothing was stored, send it again")
+        if "cannot parse beyond" in str(exc):  # werkzeug: the data ended inside the form
+            return ("the upload is incomplete: the body ends before the multipart form's "
+                    "closing boundary; nothing was stored, send it again")
+        return f"the multipart/form-data body is malformed ({exc}); nothing was stored"
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._staged_upload is not None:
+                self._staged_upload.close()
+
+
+class _CountingReader:
+    """A body stream that counts what was read from it."""
+
+    def __init__(self, stream: t.IO[bytes]) -> None:
+        self.stream, self.count = stream, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.count += len(data)
+        return data
