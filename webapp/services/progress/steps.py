@@ -57,6 +57,22 @@ def _attempt_is(task_id: str, name: str, attempt: int | None) -> tuple:
             SubTask.attempt == attempt)
 
 
+def _fenced_update(session: Session, task_id: str, name: str, attempt: int | None,
+                   now: datetime, **values) -> bool:
+    """Write `values` on the step if it is still in the state `attempt`'s write expects
+    (`_attempt_is`), after bumping the task's version (and taking its lock); False, with the
+    transaction rolled back, if it is not: a stale attempt changes nothing."""
+    _touch_task(session, task_id, now)
+    result = session.execute(
+        update(SubTask).where(*_attempt_is(task_id, name, attempt)).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    return True
+
+
 def start_subtask(session: Session, task_id: str, name: str, *,
                   takeover: bool = False, worker: str | None = None) -> int | None:
     """Start a new attempt of a pending step of an active task; its attempt number, or None
@@ -148,15 +164,8 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
     in place of the video's earlier ones.
     """
     now = utcnow()
-    _touch_task(session, task_id, now)
-    result = session.execute(
-        update(SubTask).where(*_attempt_is(task_id, name, attempt))
-        .values(status="completed", progress=100.0, finished_at=now, error=note,
-                error_detail=None)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        session.rollback()
+    if not _fenced_update(session, task_id, name, attempt, now, status="completed",
+                          progress=100.0, finished_at=now, error=note, error_detail=None):
         return False
     _record_cost(session, task_id, name, now)
     if folder is not None:
@@ -191,14 +200,8 @@ def finish_subtask(
     started); False (nothing written) if the step is no longer in that state."""
     assert status in SUBTASK_FINAL and status != "completed", status
     now = utcnow()
-    _touch_task(session, task_id, now)
-    result = session.execute(
-        update(SubTask).where(*_attempt_is(task_id, name, attempt))
-        .values(status=status, finished_at=now, error=error, error_detail=detail)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        session.rollback()
+    if not _fenced_update(session, task_id, name, attempt, now, status=status,
+                          finished_at=now, error=error, error_detail=detail):
         return False
     _close_task_if_done(session, task_id, now)
     session.commit()
@@ -216,15 +219,9 @@ def retry_subtask(session: Session, task_id: str, name: str, reason: str,
     a worker takes a step (start_subtask). False (nothing written) if `attempt` is not the
     step's running attempt any more.
     """
-    _touch_task(session, task_id, utcnow())
-    result = session.execute(
-        update(SubTask).where(*_attempt_is(task_id, name, attempt))
-        .values(status="pending", progress=0.0, error=reason, first_progress_at=None,
-                first_progress=None)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        session.rollback()
+    if not _fenced_update(session, task_id, name, attempt, utcnow(), status="pending",
+                          progress=0.0, error=reason, first_progress_at=None,
+                          first_progress=None):
         return False
     # A worker stopped mid-step (Ctrl-C of `make run`) left the task "running" until the
     # next worker came: the page said work went on while nothing ran. The touch above holds
