@@ -576,3 +576,33 @@ def test_the_panel_says_times_in_minutes_and_finishing_rather_than_0_s(client, c
     db_session.commit()
     page = soup(client.get(f"/videos/{vid}/panel", headers=HX))
     assert page.select_one("#eta").get_text() == "finishing"
+
+
+def test_a_queued_run_says_how_many_runs_it_waits_behind(client, clip):
+    """Uploads queue in order: the third waits behind the first two, and says so; when one
+    ahead of it ends, its polled panel changes (not a 304 of the old count)."""
+    first, second, third = (uploaded(client, clip, f"{n}.mp4") for n in ("a", "b", "c"))
+
+    def eta(vid, etag=None):
+        resp = client.get(f"/videos/{vid}/panel?poll=1",
+                          headers={**HX, **({"If-None-Match": etag} if etag else {})})
+        text = soup(resp).select_one("#eta").get_text() if resp.status_code == 200 else None
+        return resp, text
+
+    resp, text = eta(third)
+    assert text.endswith(", behind 2 other runs"), text
+    assert text.startswith(("waiting for a worker", "about ")), text
+    etag = resp.headers["ETag"]
+    assert eta(third, etag)[0].status_code == 304  # nothing changed
+    assert "behind" not in eta(first)[1]  # the first waits for a worker only
+    assert eta(second)[1].endswith(", behind 1 other run")
+
+    assert client.post(f"/videos/{first}/cancel", headers=HX).status_code == 200
+    resp, text = eta(third, etag)
+    assert resp.status_code == 200 and text.endswith(", behind 1 other run"), text
+    assert client.post(f"/videos/{second}/cancel", headers=HX).status_code == 200
+    assert "behind" not in eta(third)[1]
+    # The full page says the same as its polled panel.
+    page = soup(client.get(f"/videos/{second}"))
+    assert page.select_one("#task-status").get_text() == "cancelled"
+    assert "behind" not in soup(client.get(f"/videos/{third}")).select_one("#eta").get_text()

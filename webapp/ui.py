@@ -151,7 +151,18 @@ def video_context(video: Video, message: str | None = None, poll: bool = False,
         "language_chosen": bool(made_by and made_by.language),
         "tiles": tiles,
         "sprite_size": (sprite_w, sprite_h),
+        "ahead": runs_ahead(video.id, state.status),
     }
+
+
+def runs_ahead(video_id: str, status: str) -> int:
+    """The runs a queued run waits behind (progress.runs_ahead); 0 for any other status.
+    Read once per request."""
+    if status != "queued":
+        return 0
+    if "runs_ahead" not in g:
+        g.runs_ahead = progress.runs_ahead(ext.db(), video_id)
+    return g.runs_ahead
 
 
 def show_video(video_id: str, message: str | None = None, status: int = 200,
@@ -347,8 +358,10 @@ def panel(video_id: str):
     poll = request.args.get("poll") == "1"
     weights = ext.settings().weights
     tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
-    # The panel says when no worker lives: that is part of what it shows, so of its tag.
-    session_tag = f"{_csrf_digest()}-{int(poll)}-w{int(not no_worker())}"
+    # The panel says when no worker lives, and how many runs a queued one waits behind:
+    # both are part of what it shows, so of its tag.
+    ahead = runs_ahead(video_id, "queued") if tag.endswith("-queued") else 0
+    session_tag = f"{_csrf_digest()}-{int(poll)}-w{int(not no_worker())}-a{ahead}"
 
     def render() -> tuple[str, str]:
         video = processing.get_video(ext.db(), video_id)

@@ -6,7 +6,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from types import SimpleNamespace
 
-from sqlalchemy import bindparam, event, select
+from sqlalchemy import and_, bindparam, event, func, or_, select
 from sqlalchemy.orm import Session
 
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, SubTask, Video
@@ -98,6 +98,24 @@ def tagged_progress(
         return initial_view(video_id, weights), progress_tag(None, weights)
     task, subs = found
     return _view(task, subs), _tag(task.id, task.version, task.status)
+
+
+def runs_ahead(session: Session, video_id: str) -> int:
+    """How many active runs (of other videos) come before the video's queued one: what it
+    waits behind. 0 when its latest run is not queued.
+
+    The queue serves runs in the order they were triggered (each run's later steps go to
+    the front of the queue as their parents end: queue.enqueue_steps), so the runs ahead
+    are the active ones triggered earlier, running or queued themselves.
+    """
+    me, other = _TASKS.alias("me"), _TASKS.alias("other")
+    earlier = or_(other.c.created_at < me.c.created_at,
+                  and_(other.c.created_at == me.c.created_at, other.c.id < me.c.id))
+    return session.connection().execute(
+        select(func.count()).select_from(me).join(other, earlier)
+        .where(me.c.video_id == video_id, me.c.status == "queued",
+               other.c.status.in_(ACTIVE_STATUSES))
+    ).scalar_one()
 
 
 # session.info key: video id -> (task, subtasks) as plain rows, or None; see below.
