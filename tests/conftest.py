@@ -56,14 +56,14 @@ def no_process_outlives_the_run() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_mount_outlives_the_run() -> Iterator[None]:
+def no_mount_outlives_the_run(no_process_outlives_the_run) -> Iterator[None]:
     """No small disk a test mounted (tests.helpers.small_disk) outlives the run: any left
     is unmounted, and the run fails naming it."""
     from tests.helpers import small_disks
 
-    before = set(small_disks())
+    run = os.environ[RUN_MARK]  # set by no_process_outlives_the_run, which starts first
     yield
-    left = [m for m in small_disks() if m not in before]
+    left = small_disks(run)
     for mount in left:
         subprocess.run(["umount", "--lazy", mount], check=False)
     assert not left, f"test mounts outlived the run (unmounted now): {left}"

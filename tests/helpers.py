@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import struct
 import subprocess
 import time
@@ -172,15 +173,18 @@ def top_level_boxes(path: Path) -> list[str]:
     return boxes
 
 
-# The source name of the tmpfs mounts small_disk makes: the run's end finds any left over
-# (tests/conftest.py, no_mount_outlives_the_run).
+# The source name of the tmpfs mounts small_disk makes, with the test run's id: the run's end
+# finds any of its own left over (tests/conftest.py, no_mount_outlives_the_run), and never
+# takes another run's (two runs at once on one machine: a developer's and a helper's).
 SMALL_DISK = "vidpipe-test-full"
 
 
-def small_disks() -> list[str]:
-    """The mount points of small_disk's tmpfs mounts now mounted."""
+def small_disks(run: str) -> list[str]:
+    """The mount points of the tmpfs mounts small_disk made in the test run `run`, still
+    mounted."""
     with open("/proc/self/mounts", encoding="utf-8") as mounts:
-        return [line.split()[1] for line in mounts if line.split()[0] == SMALL_DISK]
+        return [line.split()[1] for line in mounts
+                if line.split()[0] == f"{SMALL_DISK}-{run}"]
 
 
 @contextmanager
@@ -189,7 +193,10 @@ def small_disk(path: Path, size: int) -> Iterator[Path]:
     however the test ends. Mounted in the host's mount namespace, where processes the test
     started before (a web server) see it too."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", SMALL_DISK, str(path)],
+    from tests.conftest import RUN_MARK
+
+    source = f"{SMALL_DISK}-{os.environ.get(RUN_MARK, 'none')}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", source, str(path)],
                    check=True)
     try:
         yield path

@@ -9,10 +9,12 @@ on run_sync (test_api_processing), a source that goes bad after upload (test_pip
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
 import re
+import shutil
 import socket
 import struct
 import tempfile
@@ -23,13 +25,22 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from bs4 import BeautifulSoup
 from werkzeug.serving import make_server
 
 from tests import mediagen
 from tests.conftest import run_worker
-from tests.helpers import assert_json_error, progress_of, publish_files, upload, upload_ok
+from tests.helpers import (
+    assert_json_error,
+    progress_of,
+    publish_files,
+    small_disk,
+    upload,
+    upload_ok,
+)
 from webapp import create_app
 from webapp.config import Settings
+from webapp.db import dispose
 from webapp.models import ProcessingTask, Video
 
 
@@ -634,3 +645,69 @@ def test_upload_cut_short_over_a_real_connection(settings, db_session, tmp_path,
         no_rows(db_session)
         assert media_files(settings) == []
         assert list(temp.iterdir()) == []
+
+
+DISK = 2 * 1024 * 1024  # the small disk's size: an upload of twice that fills it
+
+
+def test_an_upload_that_fills_the_disk_is_507_and_leaves_nothing(settings, db_session,
+                                                                  tmp_path, clip):
+    """MEDIA_ROOT on a disk that fills up while an upload is received: 507 saying so (it was a
+    500 "internal error" and a traceback), the partial file deleted, no row; the same disk
+    takes a file that fits right after, through the API and the page's form alike."""
+    with small_disk(tmp_path / "small", DISK) as media:
+        app = create_app(Settings.from_env(media_root=media))
+        app.config["TESTING"] = True
+        client = app.test_client()
+        big = clip.read_bytes() + bytes(2 * DISK)
+        resp = client.post("/api/v1/videos", data={"file": (io.BytesIO(big), "big.mp4")},
+                           content_type="multipart/form-data")
+        assert assert_json_error(resp, 507)["message"] == (
+            "the server's disk is full: the upload was not stored; send it again once space "
+            "has been freed on the server")
+        no_rows(db_session)
+        assert [p for p in media.rglob("*") if p.is_file()] == []
+        assert shutil.disk_usage(media).used < DISK // 4  # its space is free again
+
+        page = client.get("/")  # the page's form, as HTMX sends it
+        token = re.search(r'name="csrf-token" content="([^"]+)"', page.get_data(as_text=True))
+        resp = client.post("/videos", data={"file": (io.BytesIO(big), "big.mp4")},
+                           content_type="multipart/form-data",
+                           headers={"HX-Request": "true", "X-CSRFToken": token.group(1)})
+        assert resp.status_code == 507
+        message = BeautifulSoup(resp.get_data(as_text=True), "html.parser").select_one(
+            "#upload-message").get_text()
+        assert message.startswith("the server's disk is full: the upload was not stored"), \
+            message
+        no_rows(db_session)
+
+        stored = upload_ok(client, clip)  # a file that fits is taken
+        assert (media / "videos" / stored["id"]).is_dir()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_full_database_disk_is_507_and_changes_nothing(settings, db_session, tmp_path, clip):
+    """The SQLite database on a disk that is full: a trigger cannot write its task. 507 with
+    a sentence (it was a 500), nothing enqueued, and the run starts once there is space."""
+    with small_disk(tmp_path / "dbdisk", 4 * 1024 * 1024) as disk:
+        database = disk / "vidpipe.db"
+        shutil.copyfile(settings.database_url.removeprefix("sqlite:///"), database)
+        app = create_app(Settings.from_env(database_url=f"sqlite:///{database}"))
+        client = app.test_client()
+        # A running web process: its connections to the database are open before the disk
+        # fills (a new one could not even open the database's write-ahead log then).
+        vid = upload_ok(client, clip)["id"]
+        filler = disk / "filler"
+        with open(filler, "wb") as fh, contextlib.suppress(OSError):
+            while True:
+                fh.write(bytes(64 * 1024))
+                fh.flush()
+        resp = client.post(f"/api/v1/videos/{vid}/run_sync")
+        assert assert_json_error(resp, 507)["message"] == (
+            "the server's disk is full: the request could not be completed; try again once "
+            "space has been freed on the server")
+        assert client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["status"] == "pending"
+        filler.unlink()
+        resp = client.post(f"/api/v1/videos/{vid}/run_sync")
+        assert resp.status_code == 202, resp.get_json()
+        dispose(f"sqlite:///{database}")

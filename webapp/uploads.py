@@ -1,5 +1,6 @@
-"""The request class of the app: uploads spooled straight into MEDIA_ROOT/staging, and a
-multipart body that cannot be read to its end said as such (400)."""
+"""The request class of the app: uploads spooled straight into MEDIA_ROOT/staging, a
+multipart body that cannot be read to its end said as such (400), and a disk that fills
+up while it is received too (507)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import typing as t
 
 from flask import Request
 from werkzeug.exceptions import BadRequest, ClientDisconnected
+
+from webapp.services.errors import UPLOAD_DISK_FULL, InsufficientStorage, is_disk_full
 
 
 class UploadRequest(Request):
@@ -23,6 +26,8 @@ class UploadRequest(Request):
     A multipart body that cannot be read to its closing boundary (the client went away, its
     Content-Length promised more than it sent, or the form is malformed) is a 400 saying so;
     werkzeug alone would hand the view an empty form, answered "file: Missing data".
+    A disk that fills up while the file is received is a 507 (InsufficientStorage), the
+    partial file deleted at once; it was a 500 "internal error" with a traceback.
     """
 
     _staged_upload: t.IO[bytes] | None = None
@@ -63,6 +68,12 @@ class UploadRequest(Request):
         except (ValueError, ClientDisconnected) as exc:
             self._no_form()
             raise BadRequest(self._unreadable(exc)) from None
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._no_form()
+            self._drop_staged()  # its space back at once, not when the request ends
+            raise InsufficientStorage(UPLOAD_DISK_FULL) from None
         if self._body_read is not None:
             self.__dict__["stream"] = self._body_read.stream
 
@@ -84,12 +95,15 @@ class UploadRequest(Request):
                     "closing boundary; nothing was stored, send it again")
         return f"the multipart/form-data body is malformed ({exc}); nothing was stored"
 
+    def _drop_staged(self) -> None:
+        if self._staged_upload is not None:
+            self._staged_upload.close()  # a StagedFile not moved into place: deleted
+
     def close(self) -> None:
         try:
             super().close()
         finally:
-            if self._staged_upload is not None:
-                self._staged_upload.close()
+            self._drop_staged()
 
 
 class _CountingReader:

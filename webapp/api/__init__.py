@@ -13,9 +13,16 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 
 from webapp.api.schemas import ErrorSchema
 from webapp.config import API_PREFIX
-from webapp.services.errors import ServiceError, internal_error
+from webapp.services.errors import (
+    InsufficientStorage,
+    ServiceError,
+    internal_error,
+    is_disk_full,
+)
 
 log = logging.getLogger(__name__)
+DISK_FULL = ("the server's disk is full: the request could not be completed; try again once "
+             "space has been freed on the server")
 
 
 class Api(SmorestApi):
@@ -101,10 +108,21 @@ def handle_unexpected(error: Exception):
     """Any other exception (a bug, a database error...) is a 500 saying only "internal error
     (reference <id>)"; its text and traceback go to the log under that reference. Handled
     here, Flask neither logs it a second time nor lets it through to a test client."""
+    if is_disk_full(error):
+        return disk_full(error)
     message = internal_error(log, error, f"in {request.method} {request.path}")
     if not request.path.startswith(API_PREFIX):
         return html_error(500, "Internal Server Error", message)
     return {"code": 500, "status": "Internal Server Error", "message": message}, 500
+
+
+def disk_full(error: Exception):
+    """A full disk (MEDIA_ROOT's, or the database's) is no bug: 507 Insufficient Storage,
+    saying so, and one line in the log for the operator instead of a traceback. The
+    request's transaction was rolled back."""
+    log.error("a disk is full: %s %s answered 507 (%s)", request.method, request.path,
+              " ".join(str(getattr(error, "orig", None) or error).split())[:200])
+    return handle_service_error(InsufficientStorage(DISK_FULL))
 
 
 def init_app(app: Flask) -> None:

@@ -3,6 +3,7 @@ of the media and speech tools' errors, and what users see of any other exception
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import uuid
@@ -56,6 +57,30 @@ class InvalidQuery(ServiceError):
 
 class QueueUnavailable(ServiceError):
     status = 503
+
+
+class InsufficientStorage(ServiceError):
+    """The server's disk (MEDIA_ROOT, or the database's) is full: 507 Insufficient Storage."""
+
+    status = 507
+
+
+# What an upload that filled the disk is told: while its body was received
+# (webapp.uploads), or while it was stored and recorded (ingest).
+UPLOAD_DISK_FULL = ("the server's disk is full: the upload was not stored; send it again "
+                    "once space has been freed on the server")
+# SQLite's SQLITE_FULL ("database or disk is full") and PostgreSQL's disk_full SQLSTATE.
+_SQLITE_FULL = 13
+_POSTGRES_DISK_FULL = "53100"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or the database driver's error a SQLAlchemy error wraps) says a disk is
+    full: ENOSPC, a quota exceeded (EDQUOT), SQLite's SQLITE_FULL, PostgreSQL's 53100."""
+    error = getattr(exc, "orig", None) or exc
+    return ((isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT))
+            or getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL
+            or getattr(error, "sqlstate", None) == _POSTGRES_DISK_FULL)
 
 
 def internal_error(log: logging.Logger, exc: BaseException, where: str) -> str:

@@ -14,7 +14,13 @@ from sqlalchemy.orm import Session
 from webapp.config import Settings
 from webapp.models import Video
 from webapp.services import integrity, mediainput, progress, search
-from webapp.services.errors import Conflict, InvalidMedia
+from webapp.services.errors import (
+    UPLOAD_DISK_FULL,
+    Conflict,
+    InsufficientStorage,
+    InvalidMedia,
+    is_disk_full,
+)
 from webapp.services.ffrun import MediaError
 from webapp.services.media.probe import ProbeResult, probe
 from webapp.services.mediainput import Deadline, ProbeTimeout
@@ -128,14 +134,20 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
            probe_timeout: float | None = Settings.probe_timeout, *,
            requested_language: str | None = None, translate: bool = False) -> Video:
     """Store an upload and record it; InvalidMedia (nothing kept) if it is not audio/video
-    of an accepted format, or cannot be checked within probe_timeout seconds.
+    of an accepted format, or cannot be checked within probe_timeout seconds;
+    InsufficientStorage (nothing kept) if a disk fills up meanwhile.
 
     The staged file is closed either way: moved into the video's folder, or deleted.
     `requested_language` (a checked code, None to detect it) and `translate` are how the
     video's runs transcribe it.
     """
     video_id: str | None = None
-    staged_file = _staged(storage, stream)
+    try:
+        staged_file = _staged(storage, stream)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise InsufficientStorage(UPLOAD_DISK_FULL) from None
+        raise
     staged = staged_file.path
     try:
         size = os.fstat(staged_file.fileno()).st_size
@@ -159,10 +171,12 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
         storage.adopt_source(staged_file, video.id, video.stored_name)
         session.commit()
         return video
-    except BaseException:
+    except BaseException as exc:
         session.rollback()
         if video_id is not None:
             storage.remove_video(video_id)
+        if is_disk_full(exc):  # the file's move or sync, the database's commit
+            raise InsufficientStorage(UPLOAD_DISK_FULL) from None
         raise
     finally:
         staged_file.close()  # deletes it unless adopt_source moved it
