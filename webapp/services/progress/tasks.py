@@ -30,8 +30,13 @@ def task_rows(
     costs: Mapping[str, tuple[str, float]] | None = None,
     expected: Mapping[str, float] | None = None,
 ) -> tuple[dict, list[dict]]:
-    """The rows of a new task and of its subtasks, one per step: see `new_task`. Every row
-    gives the same columns, so one INSERT takes all the subtasks (`insert_task_rows`)."""
+    """The rows of a new queued task and of its subtasks, one per step. `skipped` maps
+    step -> reason it does not apply; `reused` steps are completed already (outputs kept);
+    with every step skipped or reused the task is completed. `language` (None: detect it)
+    and `translate` are what its transcription asks for. `costs` (step -> its kind and
+    units of media) and `expected` (step -> seconds alone) are what the steps cost on this
+    installation (webapp/services/calibration.py). Every row gives the same columns, so one
+    INSERT takes all the subtasks (`insert_task_rows`)."""
     costs, expected = costs or {}, expected or {}
     now = utcnow()
     reused = set(reused)
@@ -58,25 +63,12 @@ def task_rows(
     return task, subtasks
 
 
-def new_task(
-    video: Video,
-    mode: str,
-    weights: Mapping[str, float],
-    skipped: Mapping[str, str],
-    reused: Iterable[str] = (),
-    language: str | None = None,
-    translate: bool = False,
-    costs: Mapping[str, tuple[str, float]] | None = None,
-    expected: Mapping[str, float] | None = None,
-) -> ProcessingTask:
-    """A queued task with one subtask per step; `skipped` maps step -> reason it does not apply.
-    `reused` steps are completed already (outputs kept); with every step skipped or reused
-    the task is completed. `language` (None: detect it) and `translate` are what its
-    transcription asks for. `costs` (step -> its kind and units of media) and `expected`
-    (step -> seconds alone) are what the steps cost on this installation
-    (webapp/services/calibration.py)."""
-    row, subtasks = task_rows(video.id, mode, weights, skipped, reused, language, translate,
-                              costs, expected)
+def new_task(video: Video, mode: str, weights: Mapping[str, float],
+             skipped: Mapping[str, str], reused: Iterable[str] = (),
+             **options) -> ProcessingTask:
+    """`task_rows` as an ORM task with its subtasks (not added to any session); `options`
+    are task_rows' others (language, translate, costs, expected)."""
+    row, subtasks = task_rows(video.id, mode, weights, skipped, reused, **options)
     task = ProcessingTask(**row)
     task.subtasks = [SubTask(**{k: v for k, v in sub.items() if k != "task_id"})
                      for sub in subtasks]
