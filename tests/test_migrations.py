@@ -216,3 +216,39 @@ def test_the_search_index_is_made_again_for_korean_and_cyrillic(empty_url, tmp_p
     with get_engine(url).connect() as conn:  # made again, not added to
         assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 3
     command.downgrade(alembic(url), "0011")  # and back
+
+
+def test_the_search_index_is_made_again_for_thai_lao_khmer_and_burmese(empty_url, tmp_path,
+                                                                       monkeypatch):
+    """0013 makes the terms again: an index 0012 made of a Thai (Lao, Khmer, Burmese)
+    sentence as one term is found by today's queries, which look for its dictionary
+    words."""
+    from tests.helpers import transcript_files
+
+    url = empty_url
+    settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
+    vid, task = "0b6f5d6e-0000-4000-8000-000000000005", "0b6f5d6e-0000-4000-8000-0000000000ee"
+    folder = f"runs/{task}/transcribe.1"
+    thai, burmese = "ฉันชอบภาษาไทยมาก", "ကျွန်တော်မြန်မာစကားပြောတတ်တယ်။"
+    published = settings.media_root / "videos" / vid / folder
+    published.mkdir(parents=True)
+    for name, data in transcript_files([(0.0, 4.0, thai), (4.0, 8.0, burmese)],
+                                       "th").items():
+        (published / name).write_bytes(data)
+    monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
+    command.upgrade(alembic(url), "0012")
+    with get_engine(url).begin() as conn:
+        insert_published_transcript(conn, vid, task, folder, "ภาษาไทยวันละคำ.mp4")
+        # The entries as 0012's code made them: each run of letters one term.
+        insert_entry(conn, vid, "name", 0, "ภาษาไทยวันละคำ.mp4", ["ภาษาไทยวันละคำ", "mp4"])
+        insert_entry(conn, vid, "segment", 0, thai, [thai])
+        insert_entry(conn, vid, "segment", 1, burmese, [burmese.rstrip("။")])
+
+    command.upgrade(alembic(url), "head")
+
+    assert_found(create_app(settings).test_client(), vid, (
+        ("ภาษา", True, [thai]), ("ภาษาไทย", True, [thai]), ("มาก", False, [thai]),
+        ("คำ", True, []), ("မြန်မာ", False, [burmese])))
+    with get_engine(url).connect() as conn:  # made again, not added to
+        assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 3
+    command.downgrade(alembic(url), "0012")  # and back

@@ -262,6 +262,44 @@ def test_arabic_and_hebrew_are_found_with_or_without_their_vowel_points(client, 
     assert "<mark>שָׁלוֹם</mark> עֲלֵיכֶם" in html
 
 
+def test_thai_lao_khmer_and_burmese_words_are_found_inside_running_text(client, library,
+                                                                          settings, clip):
+    """Thai, Lao, Khmer and Burmese write no spaces between words: a sentence is cut into
+    its dictionary words (ICU's), so a word is found inside it and a query of several
+    words is a phrase of them, in that order. A compound the dictionary holds whole (Khmer
+    ភាសាខ្មែរ) is one word."""
+    said = [(0.0, 1.5, "ฉันชอบภาษาไทยมาก"),  # I like the Thai language very much
+            (1.5, 3.0, "เด็กๆเล่นกันในสวน"),  # the children play in the garden
+            (3.0, 3.5, "ຂ້ອຍຮັກພາສາລາວ"),  # I love the Lao language
+            (3.5, 4.5, "ຂ້ອຍມີໝາໜຶ່ງໂຕ"),  # I have a dog (ໝ, not ຫມ as NFKC spells it)
+            (4.5, 6.0, "ខ្ញុំស្រឡាញ់ភាសាខ្មែរ"),  # I love the Khmer language
+            (6.0, 7.5, "ខ្ញុំចូលចិត្តភាសានេះ"),  # I like this language
+            (7.5, 9.0, "ကျွန်တော်မြန်မာစကားပြောတတ်တယ်။")]  # I can speak Burmese
+    publish_transcript(settings, library["silent.wav"], said, language=None)
+    for q, expected in (("ภาษา", [0]), ("ภาษาไทย", [0]), ("ไทย ภาษา", [0]), ("มาก", [0]),
+                        ("เด็ก", [1]), ("เด็กๆ", [1]), ("สวน", [1]),
+                        ("ພາສາ", [2]), ("ພາສາລາວ", [2]), ("ຂ້ອຍ", [2, 3]), ("ໝາ", [3]),
+                        ("ខ្ញុំ", [4, 5]), ("ភាសាខ្មែរ", [4]), ("ភាសា", [5]),
+                        ("မြန်မာ", [6]), ("ကျွန်တော်", [6])):
+        hits = found(client, q)
+        assert names(hits) == ["silent.wav"], q
+        assert lines(hits[0]) == [said[i][2] for i in expected], q
+    # Words, not any letters: ษาไ is inside ภาษาไทย, but no word; a phrase is in its order.
+    for q in ("ษาไ", "ไทยภาษา", "ชอบไทย", "ภาษาลาว"):
+        assert found(client, q) == [], q
+    vid = upload_ok(client, clip, "ภาษาไทยวันละคำ.wav")["id"]  # a word a day
+    [hit] = [h for h in found(client, "ไทย") if h["name_matches"]]
+    assert hit["video"]["id"] == vid
+    html = client.get("/search", query_string={"q": "ภาษาไทย"}).get_data(as_text=True)
+    assert "ฉันชอบ<mark>ภาษาไทย</mark>มาก" in html and "<mark>ภาษาไทย</mark>วันละคำ.wav" in html
+    html = client.get("/search", query_string={"q": "มาก ชอบ"}).get_data(as_text=True)
+    assert "ฉัน<mark>ชอบ</mark>ภาษาไทย<mark>มาก</mark>" in html
+    html = client.get("/search", query_string={"q": "เด็ก"}).get_data(as_text=True)
+    assert "<mark>เด็ก</mark>ๆเล่นกัน" in html
+    html = client.get("/search", query_string={"q": "မြန်မာ"}).get_data(as_text=True)
+    assert "ကျွန်တော်<mark>မြန်မာ</mark>စကားပြော" in html
+
+
 @pytest.mark.parametrize("q", [
     'weather" OR "nothing', "weather OR nothing", "NEAR(weather sports)", "weather*",
     "weather:*", "^weather", "-weather", "weather AND", "(weather", "weather NOT sports",

@@ -1,4 +1,5 @@
-"""What search sees of a text: folded words and CJK bigrams, the same on SQLite and PostgreSQL.
+"""What search sees of a text: folded words, CJK bigrams and dictionary words of Thai, Lao,
+Khmer and Burmese, the same on SQLite and PostgreSQL.
 
 Both databases index the terms made here, not their own tokenizers' (FTS5's trigram needs 3
 characters and SQLite 3.40's unicode61 strips no accents; PostgreSQL's parser classes CJK
@@ -13,7 +14,8 @@ by locale), so they find the same things:
   שלום), Arabic's stretching tatweel too, and Arabic alef with hamza or madda is alef, alef
   maksura ى is yeh ي and teh marbuta ة is heh ه (as Lucene's Arabic normalizer folds them);
   other scripts keep their marks (Japanese が stays が, Hindi's vowel signs stay in their
-  word);
+  word), and Thai, Lao, Khmer and Burmese are not folded at all, not even by NFKC (which
+  spells Lao ໝ as ຫມ, and ICU's dictionary then cuts ໝາ, "dog", into ຫ and ມາ);
   Chinese characters are compared in Simplified, one by one (OpenCC's t2s: 天氣 is 天气),
   as transcripts are written in CHINESE_SCRIPT and names in either script;
 - a word is a run of letters, digits and marks; anything else separates words, except the
@@ -23,7 +25,16 @@ by locale), so they find the same things:
   its overlapping bigrams (東京都 → 東京 京都) followed by its last character (都), so
   that any two or more characters of it are found as a phrase of bigrams (서울 inside
   서울입니다), and a single character as the prefix of a term (京 → 京都, 都). Spaces
-  still separate runs, and words of other scripts stay whole words.
+  still separate runs, and words of other scripts stay whole words;
+- Thai, Lao, Khmer and Burmese write no spaces between words either: a run of their letters
+  and marks is cut into dictionary words by ICU's word BreakIterator (PyICU, from PyPI
+  `pyicu-wheels`, which bundles ICU and its dictionaries for exactly these four scripts),
+  each word a term (ฉันชอบภาษาไทยมาก → ฉัน ชอบ ภาษา ไทย มาก). A query's run is cut the
+  same way and asks for its words as a phrase (ภาษาไทย → ภาษา ไทย). A word is found where
+  the dictionary cuts the text at its edges: a compound the dictionary holds whole (Khmer
+  ភាសាខ្មែរ, "the Khmer language") is one word, found by itself and not by ភាសា. Their
+  repetition marks (Thai ๆ, Lao ໆ, Khmer ៗ, "say the word again") separate words, so
+  เด็กๆ is found by เด็ก; their digits are words of their own.
 
 A query is made of the same units, all of which must match within one entry (a transcript
 segment, or the video's name). The terms hold letters, digits and marks only, so no query
@@ -35,12 +46,16 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+import threading
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 MAX_TERM = 64  # characters of a word kept (the index and queries cut alike)
 WORD, CJK, OTHER = 1, 2, 0
+# Thai, Lao, Khmer and Burmese letters and marks: runs cut into dictionary words (ICU's
+# name for the line-break class of these scripts is SA, "South East Asian").
+SEA = 3
 # Letters folded to plain ones that Unicode does not decompose; Cyrillic ё, written е as
 # often (whisper writes either), and the precomposed stress marks of Bulgarian and
 # Macedonian (ѐ, ѝ); Ukrainian ґ, written г from 1933 to 1990 and often still; the
@@ -74,6 +89,21 @@ def _is_han(ch: str) -> bool:
             or 0x20000 <= cp <= 0x3FFFF)
 
 
+# The blocks of the four scripts ICU has word dictionaries for (Thai, Lao, Myanmar with its
+# extensions A and B, Khmer and Khmer Symbols); all in the BMP, so ICU's offsets (UTF-16)
+# are Python's.
+_SEA_BLOCKS = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0xA9E0, 0xA9FF), (0xAA60, 0xAA7F),
+               (0x1780, 0x17FF), (0x19E0, 0x19FF))
+# "Say the word again" (Thai ๆ, Lao ໆ, Khmer ៗ): a letter to Unicode, a separator to search
+# (เด็กๆ is found by เด็ก; ICU would keep it in the word).
+_REPEAT_MARKS = "\u0e46\u0ec6\u17d7"
+
+
+def _is_sea(ch: str) -> bool:
+    cp = ord(ch)
+    return any(low <= cp <= high for low, high in _SEA_BLOCKS)
+
+
 def _is_cjk(ch: str) -> bool:
     """Han, kana or Hangul (syllables and jamo): the scripts indexed as bigrams."""
     cp = ord(ch)
@@ -86,18 +116,26 @@ def _is_cjk(ch: str) -> bool:
 
 @functools.lru_cache(maxsize=65536)
 def kind(ch: str) -> int:
-    """CJK, WORD (a letter, digit or mark of another script) or OTHER (a separator). The
+    """CJK, SEA (a Thai, Lao, Khmer or Burmese letter or mark), WORD (a letter, digit or
+    mark of another script, or a digit of those four) or OTHER (a separator). The
     categories are those of SQLite's tokenizer as configured (unicode61, 'L* N* Co M*'):
-    the punctuation inside the kana block (・ ゠) separates, there as in the index."""
+    the punctuation inside the kana block (・ ゠) separates, there as in the index. The
+    repetition marks separate here only: no term holds one, so SQLite never sees them."""
     category = unicodedata.category(ch)
     if category[0] not in "LNM" and category != "Co":
         return OTHER
-    return CJK if _is_cjk(ch) else WORD
+    if _is_cjk(ch):
+        return CJK
+    if category[0] != "N" and _is_sea(ch):
+        return OTHER if ch in _REPEAT_MARKS else SEA
+    return WORD
 
 
 @functools.lru_cache(maxsize=65536)
 def _fold_char(ch: str) -> str:
     """One character as search sees it (may be empty or several characters)."""
+    if _is_sea(ch):
+        return ch  # as written: the dictionaries know it so (see the module docstring)
     out = []
     for part in unicodedata.normalize("NFKC", ch):
         if _is_han(part):
@@ -152,7 +190,7 @@ def fold(text: str) -> tuple[str, list[int]]:
 
 @dataclass(frozen=True)
 class Run:
-    kind: int  # WORD or CJK
+    kind: int  # WORD, CJK or SEA
     text: str  # folded
     start: int  # offsets in the folded text
     end: int
@@ -203,12 +241,47 @@ def bigrams(run: str) -> list[str]:
     return [run[i:i + 2] for i in range(len(run) - 1)]
 
 
+_icu = threading.local()  # a BreakIterator is not safe to share between threads
+
+
+def _word_breaker():
+    breaker = getattr(_icu, "words", None)
+    if breaker is None:
+        import icu  # PyICU (pyicu-wheels): ICU with its dictionaries, loaded on first use
+
+        # The root locale: ICU picks each script's dictionary by the text itself.
+        breaker = _icu.words = icu.BreakIterator.createWordInstance(icu.Locale.getRoot())
+    return breaker
+
+
+@functools.lru_cache(maxsize=4096)
+def word_spans(run: str) -> tuple[tuple[int, int], ...]:
+    """Where a run of Thai, Lao, Khmer or Burmese letters and marks (SEA) is cut into
+    dictionary words, as (start, end) offsets; the run is cut as a whole, as it is
+    indexed (ICU weighs each cut by the words around it)."""
+    breaker = _word_breaker()
+    breaker.setText(run)
+    spans = []
+    start = breaker.first()
+    for end in breaker:
+        spans.append((start, end))
+        start = end
+    return tuple(spans)
+
+
+def dictionary_words(run: str) -> list[str]:
+    """The terms of a SEA run: its dictionary words, each cut at MAX_TERM."""
+    return [run[a:b][:MAX_TERM] for a, b in word_spans(run)]
+
+
 def index_terms(text: str) -> list[str]:
     """The terms of a text in order (their positions matter for CJK phrases)."""
     terms: list[str] = []
     for run in _runs_of(text):
         if run.kind == WORD:
             terms.append(run.text[:MAX_TERM])
+        elif run.kind == SEA:
+            terms.extend(dictionary_words(run.text))
         else:  # its bigrams, then its last character
             terms.extend(bigrams(run.text))
             terms.append(run.text[-1])
@@ -220,13 +293,16 @@ def index_terms(text: str) -> list[str]:
 @dataclass(frozen=True)
 class Unit:
     """One thing a query asks for: a word, a CJK run (two or more characters, a phrase of
-    bigrams) or one CJK character (the prefix of a term)."""
+    bigrams), one CJK character (the prefix of a term) or a SEA run (a phrase of its
+    dictionary words)."""
 
     kind: int
     text: str
 
     @property
     def phrase(self) -> list[str]:
+        if self.kind == SEA:
+            return dictionary_words(self.text)
         return bigrams(self.text) if self.kind == CJK and len(self.text) > 1 else [self.text]
 
     @property
@@ -280,15 +356,19 @@ def tsvector(terms: list[str]) -> str:
 
 def marked(text: str, units: list[Unit]) -> list[tuple[str, bool]]:
     """The text (as NFC) cut into pieces, True for those that match a unit of the query:
-    whole words, and any occurrence of a CJK unit inside a CJK run."""
+    whole words, any occurrence of a CJK unit inside a CJK run, and the dictionary words of
+    a SEA run that are a SEA unit's phrase."""
     text = unicodedata.normalize("NFC", text)
     folded, origin = fold(text)
     words = {u.text for u in units if u.kind == WORD}
     cjk = [u.text for u in units if u.kind == CJK]
+    phrases = [u.phrase for u in units if u.kind == SEA]
     spans: list[tuple[int, int]] = []
     for run in runs(folded):
         if run.kind == WORD and run.text[:MAX_TERM] in words:
             spans.append((run.start, run.end))
+        elif run.kind == SEA and phrases:
+            spans.extend(_phrase_spans(run, phrases))
         elif run.kind == CJK:
             for unit in cjk:
                 at = run.text.find(unit)
@@ -315,3 +395,14 @@ def marked(text: str, units: list[Unit]) -> list[tuple[str, bool]]:
     if at < len(text):
         pieces.append((text[at:], False))
     return pieces
+
+
+def _phrase_spans(run: Run, phrases: list[list[str]]) -> Iterator[tuple[int, int]]:
+    """Where in the folded text each phrase of dictionary words is words of the SEA run,
+    one after the other: the terms the index matched."""
+    cuts = word_spans(run.text)
+    terms = dictionary_words(run.text)
+    for phrase in phrases:
+        for i in range(len(terms) - len(phrase) + 1):
+            if terms[i:i + len(phrase)] == phrase:
+                yield run.start + cuts[i][0], run.start + cuts[i + len(phrase) - 1][1]
