@@ -528,7 +528,8 @@ def test_openapi_describes_search(client):
     assert q["required"] and q["schema"]["maxLength"] == 200 and q["schema"]["minLength"] == 1
     # What is folded, as README says.
     assert all(said in q["description"]
-               for said in ("Latin", "ё against е", "ґ", "Arabic and Hebrew", "Korean"))
+               for said in ("Latin", "ё against е", "ґ", "Arabic and Hebrew", "Korean",
+                            "Thai, Lao, Khmer and Burmese"))
     assert {"200", "422"} <= set(op["responses"])
     hit = spec["components"]["schemas"]["SearchHit"]
     assert set(hit["properties"]) == {"video", "name_matches", "segment_count", "segments"}

@@ -259,7 +259,9 @@ class SearchQuerySchema(ma.Schema):
             "alef (أ إ آ against ا), ى against ي and ة against ه; two or more Chinese, "
             "Japanese or Korean characters are "
             "found inside a segment, Korean inside the particles written onto a word (a "
-            "single character as the start of a pair). Quotes and operators "
+            "single character as the start of a pair); Thai, Lao, Khmer and Burmese are cut "
+            "into dictionary words, so a word is found inside a sentence written without "
+            "spaces, and several words as a phrase. Quotes and operators "
             "are searched as the words they hold, never interpreted. 1-200 characters with "
             "a letter or digit, else 422")})
 
