@@ -143,7 +143,7 @@ def fill(database_url: str, corpus: Corpus) -> float:
                     for i in range(first, min(VIDEOS, first + 100))]
             session.execute(insert(Video), rows)
             for i, row in enumerate(rows, start=first):
-                search.index_name(session, row["id"], row["original_filename"])
+                search.index_name(session, row["id"], row["original_filename"], None)
                 search.replace_transcript(session, row["id"], corpus.transcript(i))
             session.commit()
             if first % 1000 == 0:

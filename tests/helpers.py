@@ -104,10 +104,11 @@ def transcript_files(segments: list[tuple[float, float, str]],
 
 def publish_transcript(settings, video_id: str, segments: list[tuple[float, float, str]],
                        language: str | None = "en") -> str:
-    """Publish a transcript of these segments as the transcribe step does (files and search
-    index in one completion); returns the task id."""
+    """Publish a transcript of these segments as the transcribe step does (files, the
+    video's language and the search index in one completion); returns the task id."""
     return publish_files(settings, video_id, "transcribe", transcript_files(segments, language),
-                         segments=segments)
+                         segments=segments,
+                         video_values={"language": language} if language else None)
 
 
 def always(predicate, within: float, interval: float = 0.05, what: str = "condition"):

@@ -86,13 +86,15 @@ def assert_found(client, video_id: str, cases) -> None:
         assert [s["text"] for s in hit["segments"]] == lines, q
 
 
-def insert_published_transcript(conn, vid: str, task: str, folder: str, name: str) -> None:
-    """A video named `name` whose completed task published a transcript in `folder`."""
+def insert_published_transcript(conn, vid: str, task: str, folder: str, name: str,
+                                language: str | None = None) -> None:
+    """A video named `name` whose completed task published a transcript in `folder` (in
+    `language`)."""
     conn.execute(text(
         "INSERT INTO videos (id, original_filename, stored_name, size_bytes, format_name, "
-        "duration, has_audio, has_video, created_at) VALUES "
-        "(:v, :n, 'source.mp4', 1, 'mov', 9.0, true, true, '2026-11-01 10:00:00')"),
-        {"v": vid, "n": name})
+        "duration, has_audio, has_video, created_at, language) VALUES "
+        "(:v, :n, 'source.mp4', 1, 'mov', 9.0, true, true, '2026-11-01 10:00:00', :l)"),
+        {"v": vid, "n": name, "l": language})
     conn.execute(text(
         "INSERT INTO processing_tasks (id, video_id, mode, status, created_at, version) "
         "VALUES (:t, :v, 'run_sync', 'completed', '2026-11-01 10:00:01', 9)"),
@@ -222,7 +224,8 @@ def test_the_search_index_is_made_again_for_thai_lao_khmer_and_burmese(empty_url
                                                                        monkeypatch):
     """0013 makes the terms again: an index 0012 made of a Thai (Lao, Khmer, Burmese)
     sentence as one term is found by today's queries, which look for its dictionary
-    words."""
+    words; and one it made of an English transcript's words as written is found by any
+    form of them (their stems)."""
     from tests.helpers import transcript_files
 
     url = empty_url
@@ -243,12 +246,27 @@ def test_the_search_index_is_made_again_for_thai_lao_khmer_and_burmese(empty_url
         insert_entry(conn, vid, "name", 0, "ภาษาไทยวันละคำ.mp4", ["ภาษาไทยวันละคำ", "mp4"])
         insert_entry(conn, vid, "segment", 0, thai, [thai])
         insert_entry(conn, vid, "segment", 1, burmese, [burmese.rstrip("။")])
+    english, english_task = ("0b6f5d6e-0000-4000-8000-000000000006",
+                             "0b6f5d6e-0000-4000-8000-0000000000ef")
+    english_folder = f"runs/{english_task}/transcribe.1"
+    said = "The reports were published."
+    published = settings.media_root / "videos" / english / english_folder
+    published.mkdir(parents=True)
+    for name, data in transcript_files([(0.0, 3.0, said)], "en").items():
+        (published / name).write_bytes(data)
+    with get_engine(url).begin() as conn:
+        insert_published_transcript(conn, english, english_task, english_folder,
+                                    "weekly reports.mp4", "en")
+        insert_entry(conn, english, "name", 0, "weekly reports.mp4", ["weekly", "reports", "mp4"])
+        insert_entry(conn, english, "segment", 0, said, ["the", "reports", "were", "published"])
 
     command.upgrade(alembic(url), "head")
 
     assert_found(create_app(settings).test_client(), vid, (
         ("ภาษา", True, [thai]), ("ภาษาไทย", True, [thai]), ("มาก", False, [thai]),
         ("คำ", True, []), ("မြန်မာ", False, [burmese])))
+    assert_found(create_app(settings).test_client(), english, (
+        ("report", True, [said]), ("publishing", False, [said])))
     with get_engine(url).connect() as conn:  # made again, not added to
-        assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 3
+        assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 5
     command.downgrade(alembic(url), "0012")  # and back

@@ -262,6 +262,60 @@ def test_arabic_and_hebrew_are_found_with_or_without_their_vowel_points(client, 
     assert "<mark>שָׁלוֹם</mark> עֲלֵיכֶם" in html
 
 
+def test_every_form_of_a_word_is_found_in_the_transcripts_language(client, settings, clip):
+    """Transcripts are indexed by their words' stems in their own language (English,
+    German and Russian here): any form of a word finds the others, in the name too once the
+    transcript says its language, and the page marks the forms it found."""
+    english = upload_ok(client, clip, "weekly reports.wav")["id"]
+    publish_transcript(settings, english, [
+        (0.0, 2.0, "The reports were published yesterday."),
+        (2.0, 4.0, "Reporting live from the harbour."),
+        (4.0, 6.0, "She runs along the harbour every morning.")], language="en")
+    german = upload_ok(client, clip, "vortrag.wav")["id"]
+    publish_transcript(settings, german, [
+        (0.0, 2.0, "Die Berichte sind fertig."),
+        (2.0, 4.0, "Wir haben viele alte Häuser gesehen.")], language="de")
+    russian = upload_ok(client, clip, "новости.wav")["id"]
+    publish_transcript(settings, russian, [(0.0, 2.0, "Последние новости дня.")],
+                       language="ru")
+
+    for q in ("report", "reported", "REPORTS"):
+        [hit] = found(client, q)
+        assert hit["video"]["id"] == english and hit["name_matches"], q
+        assert lines(hit) == ["The reports were published yesterday.",
+                              "Reporting live from the harbour."], q
+    assert lines(found(client, "running harbour")[0]) == [
+        "She runs along the harbour every morning."]
+    assert [lines(h) for h in found(client, "bericht")] == [["Die Berichte sind fertig."]]
+    assert [lines(h) for h in found(client, "Haus alt")] == [
+        ["Wir haben viele alte Häuser gesehen."]]
+    [hit] = found(client, "новость")
+    assert hit["video"]["id"] == russian and hit["name_matches"]
+    assert found(client, "repo") == [] and found(client, "berich") == []  # words, not prefixes
+
+    html = client.get("/search", query_string={"q": "report"}).get_data(as_text=True)
+    assert "weekly <mark>reports</mark>.wav" in html
+    assert "The <mark>reports</mark> were published yesterday." in html
+    assert "<mark>Reporting</mark> live from the harbour." in html
+    html = client.get("/search", query_string={"q": "haus"}).get_data(as_text=True)
+    assert "Wir haben viele alte <mark>Häuser</mark> gesehen." in html
+
+
+def test_a_name_is_indexed_in_the_language_asked_for_at_upload(client, clip):
+    """Before any transcript, the language given at upload is the name's; without one the
+    name's words are indexed as they are."""
+    with open(clip, "rb") as fh:
+        resp = client.post("/api/v1/videos", data={"file": (fh, "Berichte 2026.wav"),
+                                                    "language": "de"},
+                           content_type="multipart/form-data")
+    assert resp.status_code == 201, resp.get_json()
+    plain = upload_ok(client, clip, "Berichte alt.wav")["id"]
+    assert names(found(client, "bericht")) == ["Berichte 2026.wav"]
+    assert sorted(names(found(client, "berichte"))) == ["Berichte 2026.wav",
+                                                       "Berichte alt.wav"]
+    assert plain in {h["video"]["id"] for h in found(client, "berichte alt")}
+
+
 def test_thai_lao_khmer_and_burmese_words_are_found_inside_running_text(client, library,
                                                                           settings, clip):
     """Thai, Lao, Khmer and Burmese write no spaces between words: a sentence is cut into

@@ -253,7 +253,9 @@ class SearchQuerySchema(ma.Schema):
     q = fields.String(required=True, validate=validate.Length(min=1, max=200), metadata={
         "description": (
             "What to search for in videos' names and transcripts. Every word must occur in "
-            "the name or in one segment of the transcript; case and accents of Latin and "
+            "the name or in one segment of the transcript, in any of its forms where the "
+            "video's language has a Snowball stemmer (report finds reports and reporting); "
+            "case and accents of Latin and "
             "Greek letters do not matter, nor Cyrillic stress marks, ё against е, "
             "Ukrainian ґ against г, Arabic and Hebrew vowel points, or Arabic's forms of "
             "alef (أ إ آ against ا), ى against ي and ة against ه; two or more Chinese, "

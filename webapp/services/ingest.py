@@ -167,7 +167,7 @@ def ingest(session: Session, storage: Storage, stream: IO[bytes], filename: str 
         session.add(video)
         session.flush()
         video_id = video.id
-        search.index_name(session, video.id, original)
+        search.index_name(session, video.id, original, requested_language)
         storage.adopt_source(staged_file, video.id, video.stored_name)
         session.commit()
         return video

@@ -18,13 +18,13 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, cast, delete, insert, select, text, update
+from sqlalchemy import bindparam, cast, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from webapp.models import Publication, SearchEntry, Video
-from webapp.services import results, searchterms
+from webapp.services import results, searchterms, stemming
 from webapp.services.errors import InvalidQuery
 from webapp.services.results import Line
 from webapp.services.storage import Storage
@@ -48,8 +48,10 @@ class Hit:
 
 # -- writing the index (in the caller's transaction) -----------------------------------------
 
-def _insert(session: Session, video_id: str, rows: Sequence[tuple]) -> None:
-    """Insert entries (kind, position, start, end, text) of a video with their terms."""
+def _insert(session: Session, video_id: str, rows: Sequence[tuple],
+            language: str | None) -> None:
+    """Insert entries (kind, position, start, end, text) of a video with their terms, the
+    stems of their words where Snowball knows `language`."""
     if not rows:
         return
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -60,7 +62,8 @@ def _insert(session: Session, video_id: str, rows: Sequence[tuple]) -> None:
     session.execute(stmt, [
         {"video_id": video_id, "kind": kind, "position": position, "start_time": start,
          "end_time": end, "text": shown,
-         ("literal" if postgres else "terms"): terms_of(searchterms.index_terms(shown))}
+         ("literal" if postgres else "terms"): terms_of(searchterms.index_terms(shown,
+                                                                                language))}
         for kind, position, start, end, shown in rows])
 
 
@@ -72,20 +75,34 @@ def _remove(session: Session, video_id: str, kind: str | None = None) -> None:
                     .execution_options(synchronize_session=False))
 
 
-def index_name(session: Session, video_id: str, name: str) -> None:
-    """Index the video's name (at upload), in the caller's transaction."""
+def index_name(session: Session, video_id: str, name: str, language: str | None) -> None:
+    """Index the video's name, in the caller's transaction: at upload (with the language
+    asked for, if any), and again with its transcript's language (`replace_transcript`)."""
     _remove(session, video_id, NAME)
-    _insert(session, video_id, [(NAME, 0, None, None, name)])
+    _insert(session, video_id, [(NAME, 0, None, None, name)], language)
+
+
+def text_language(session: Session, video_id: str) -> str | None:
+    """The language the video's words are indexed in: its published transcript's, else the
+    one asked for at upload (None: neither is known, the words are indexed as they are)."""
+    return session.scalar(select(func.coalesce(Video.language, Video.requested_language))
+                          .where(Video.id == video_id))
 
 
 def replace_transcript(session: Session, video_id: str,
                        segments: Iterable[tuple[float, float, str]]) -> int:
     """Index a newly published transcript's segments (start, end, text) in place of the
-    video's earlier ones, in the caller's transaction (the one that publishes it)."""
+    video's earlier ones, in the caller's transaction (the one that publishes it, after it
+    wrote the transcript's language on the video): in that language, and the video's name
+    again in it too."""
+    language = text_language(session, video_id)
     rows = [(SEGMENT, i, float(start), float(end), str(shown))
             for i, (start, end, shown) in enumerate(segments) if str(shown).strip()]
     _remove(session, video_id, SEGMENT)
-    _insert(session, video_id, rows)
+    _insert(session, video_id, rows, language)
+    name = session.scalar(select(Video.original_filename).where(Video.id == video_id))
+    if name is not None:
+        index_name(session, video_id, name, language)
     return len(rows)
 
 
@@ -105,7 +122,6 @@ def reindex_video(session: Session, storage: Storage, video_id: str) -> int | No
     if name is None:
         return None
     _remove(session, video_id)
-    index_name(session, video_id, name)
     pub = session.get(Publication, (video_id, "transcribe"), populate_existing=True)
     found = storage.artifact_in(video_id, pub.folder, "transcript.json") if pub else None
     transcript = results.transcript(found, video_id)
@@ -176,16 +192,17 @@ SELECT video_id, start_time, end_time, text FROM ranked WHERE n <= :shown
 ORDER BY video_id, position"""
 
 
-def parse(query: str | None) -> list[searchterms.Unit]:
-    """The units of a query; InvalidQuery (422) when it is empty, too long, or has no
-    letter or digit to search for."""
+def parse(query: str | None, languages: Iterable[str | None] = ()) -> list[searchterms.Unit]:
+    """The units of a query, its words standing for their stems in `languages` too;
+    InvalidQuery (422) when it is empty, too long, or has no letter or digit to search
+    for."""
     query = query or ""
     if len(query) > MAX_QUERY:
         raise InvalidQuery(f"the search text is {len(query)} characters long; at most "
                            f"{MAX_QUERY} are searched")
     if not query.strip():
         raise InvalidQuery("the search text is empty: give a word to search for")
-    units = searchterms.query_units(query)
+    units = searchterms.query_units(query, languages)
     if not units:
         raise InvalidQuery("the search text has no letter or digit to search for")
     return units
@@ -199,7 +216,7 @@ def _match_expression(dialect: str, units: list[searchterms.Unit]) -> str:
 def search(session: Session, query: str | None, page: int,
            page_size: int) -> tuple[list[Hit], int]:
     """One page of the videos matching `query`, best first, and how many match in all."""
-    units = parse(query)
+    units = parse(query, stemmed_languages(session))
     dialect = session.get_bind().dialect.name
     matching = _MATCHING[dialect]
     q = _match_expression(dialect, units)
@@ -227,9 +244,19 @@ def search(session: Session, query: str | None, page: int,
     return hits, total
 
 
-def marked(text_: str, query: str) -> list[tuple[str, bool]]:
-    """`text_` in pieces, True for those that match `query` (for <mark> in pages)."""
-    return searchterms.marked(text_, searchterms.query_units(query))
+def marked(text_: str, query: str, language: str | None = None) -> list[tuple[str, bool]]:
+    """`text_` (in `language`: its words match a query word of the same stem) in pieces,
+    True for those that match `query` (for <mark> in pages)."""
+    return searchterms.marked(text_, searchterms.query_units(query, [language]), language)
+
+
+def stemmed_languages(session: Session) -> list[str]:
+    """The languages whose stems the index holds: those of the videos' words (text_language)
+    that Snowball knows, and English, the translated captions' (a query's words stand for
+    their stems in each)."""
+    found = session.scalars(select(func.coalesce(Video.language, Video.requested_language))
+                            .distinct())
+    return sorted({"en", *(code for code in found if stemming.stems(code))})
 
 
 def index_size(session: Session) -> int:

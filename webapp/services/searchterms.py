@@ -36,6 +36,11 @@ by locale), so they find the same things:
   repetition marks (Thai ๆ, Lao ໆ, Khmer ៗ, "say the word again") separate words, so
   เด็กๆ is found by เด็ก; their digits are words of their own.
 
+A text in a language Snowball knows (the video's: webapp/services/stemming.py) has its
+words indexed by their stems (reports → report); a query's word stands for itself and its
+stem in each language the index holds ("report" OR "reports"), since the query's own
+language is not known.
+
 A query is made of the same units, all of which must match within one entry (a transcript
 segment, or the video's name). The terms hold letters, digits and marks only, so no query
 can carry FTS5 or tsquery syntax; they are quoted all the same.
@@ -48,8 +53,10 @@ import itertools
 import re
 import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+from webapp.services import stemming
 
 MAX_TERM = 64  # characters of a word kept (the index and queries cut alike)
 WORD, CJK, OTHER = 1, 2, 0
@@ -274,12 +281,13 @@ def dictionary_words(run: str) -> list[str]:
     return [run[a:b][:MAX_TERM] for a, b in word_spans(run)]
 
 
-def index_terms(text: str) -> list[str]:
-    """The terms of a text in order (their positions matter for CJK phrases)."""
+def index_terms(text: str, language: str | None = None) -> list[str]:
+    """The terms of a text in order (their positions matter for CJK phrases); a text in a
+    `language` Snowball knows has its words' stems (stemming.stem) in their place."""
     terms: list[str] = []
     for run in _runs_of(text):
         if run.kind == WORD:
-            terms.append(run.text[:MAX_TERM])
+            terms.append(stemming.stem(run.text[:MAX_TERM], language))
         elif run.kind == SEA:
             terms.extend(dictionary_words(run.text))
         else:  # its bigrams, then its last character
@@ -298,6 +306,13 @@ class Unit:
 
     kind: int
     text: str
+    # A word's terms, any of which it matches: itself and its stems (`with_stems`).
+    forms: tuple[str, ...] = ()
+
+    @property
+    def alternatives(self) -> tuple[str, ...]:
+        """The terms a word matches, any one of them: itself, or its forms."""
+        return self.forms or (self.text,)
 
     @property
     def phrase(self) -> list[str]:
@@ -310,20 +325,31 @@ class Unit:
         return self.kind == CJK and len(self.text) == 1
 
 
-def query_units(query: str) -> list[Unit]:
-    """The distinct units of a query, in order; empty when it has nothing to search for."""
-    units = [Unit(r.kind, r.text[:MAX_TERM] if r.kind == WORD else r.text)
+def query_units(query: str, languages: Iterable[str | None] = ()) -> list[Unit]:
+    """The distinct units of a query, in order; empty when it has nothing to search for.
+    Each word stands for itself and for its stem in each of `languages` (those the index
+    holds stems of: the query's own language is not known)."""
+    languages = tuple(languages)
+    units = [Unit(r.kind, r.text[:MAX_TERM]) if r.kind == WORD else Unit(r.kind, r.text)
              for r in _runs_of(query)]
+    units = [Unit(u.kind, u.text, stemming.forms(u.text, languages)) if u.kind == WORD
+             else u for u in units]
     return list(dict.fromkeys(units))
 
 
 def fts5_query(units: list[Unit]) -> str:
-    """An FTS5 MATCH expression: every unit, quoted ("a phrase" or "a prefix" *)."""
+    """An FTS5 MATCH expression: every unit, quoted ("a phrase" or "a prefix" *), a word
+    with several forms as any of them ("word" OR "stem")."""
     def quoted(unit: Unit) -> str:
-        phrase = " ".join(unit.phrase).replace('"', '""')
-        return f'"{phrase}"' + (" *" if unit.prefix else "")
+        if unit.kind == WORD and len(unit.alternatives) > 1:
+            return "(" + " OR ".join(_fts5_string(t) for t in unit.alternatives) + ")"
+        return _fts5_string(" ".join(unit.phrase)) + (" *" if unit.prefix else "")
 
     return " AND ".join(quoted(u) for u in units)
+
+
+def _fts5_string(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
 
 
 def _lexeme(term: str) -> str:
@@ -331,10 +357,13 @@ def _lexeme(term: str) -> str:
 
 
 def tsquery(units: list[Unit]) -> str:
-    """A PostgreSQL tsquery literal: every unit, quoted ('a' <-> 'phrase', 'prefix':*)."""
+    """A PostgreSQL tsquery literal: every unit, quoted ('a' <-> 'phrase', 'prefix':*), a
+    word with several forms as any of them ('word' | 'stem')."""
     def one(unit: Unit) -> str:
         if unit.prefix:
             return _lexeme(unit.text) + ":*"
+        if unit.kind == WORD:
+            return "(" + " | ".join(_lexeme(t) for t in unit.alternatives) + ")"
         return "(" + " <-> ".join(_lexeme(t) for t in unit.phrase) + ")"
 
     return " & ".join(one(u) for u in units)
@@ -354,18 +383,20 @@ def tsvector(terms: list[str]) -> str:
 
 # -- marking matches ------------------------------------------------------------------------
 
-def marked(text: str, units: list[Unit]) -> list[tuple[str, bool]]:
+def marked(text: str, units: list[Unit], language: str | None = None) -> list[tuple[str, bool]]:
     """The text (as NFC) cut into pieces, True for those that match a unit of the query:
-    whole words, any occurrence of a CJK unit inside a CJK run, and the dictionary words of
+    whole words (of any form the unit stands for, or whose stem in the text's `language`
+    is one), any occurrence of a CJK unit inside a CJK run, and the dictionary words of
     a SEA run that are a SEA unit's phrase."""
     text = unicodedata.normalize("NFC", text)
     folded, origin = fold(text)
-    words = {u.text for u in units if u.kind == WORD}
+    words = {form for u in units if u.kind == WORD for form in u.alternatives}
     cjk = [u.text for u in units if u.kind == CJK]
     phrases = [u.phrase for u in units if u.kind == SEA]
     spans: list[tuple[int, int]] = []
     for run in runs(folded):
-        if run.kind == WORD and run.text[:MAX_TERM] in words:
+        if run.kind == WORD and (run.text[:MAX_TERM] in words
+                                 or stemming.stem(run.text[:MAX_TERM], language) in words):
             spans.append((run.start, run.end))
         elif run.kind == SEA and phrases:
             spans.extend(_phrase_spans(run, phrases))

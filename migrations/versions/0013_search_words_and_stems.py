@@ -1,13 +1,16 @@
-"""the search index made again with Thai, Lao, Khmer and Burmese cut into dictionary words
+"""the search index made again: Thai, Lao, Khmer and Burmese cut into dictionary words,
+and words indexed by their stems in the transcript's language
 
 webapp/services/searchterms.py now cuts a run of Thai, Lao, Khmer or Burmese letters into
 its dictionary words (ICU's word BreakIterator), each a term, where it made the whole run
 (a sentence, as these scripts write no spaces between words) one term cut at 64
 characters; it no longer folds these scripts by NFKC, and their repetition marks (ๆ, ໆ, ៗ)
-separate words. The index is made again from the names and published transcripts already
-there (reading transcript.json under MEDIA_ROOT, as 0012 did), so that today's queries
-find a word inside what was indexed before (ภาษา in ฉันชอบภาษาไทยมาก). `flask reindex`
-does the same.
+separate words. And the words of a video whose language Snowball knows (its transcript's,
+or the one asked for at upload) are indexed by their stems (webapp/services/stemming.py:
+"reports" as "report"). The index is made again from the names and published transcripts
+already there (reading transcript.json under MEDIA_ROOT, as 0012 did), so that today's
+queries find a word inside what was indexed before (ภาษา in ฉันชอบภาษาไทยมาก) and every
+form of a word ("report" finds "reports"). `flask reindex` does the same.
 
 Revision ID: 0013
 Revises: 0012
@@ -35,5 +38,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # The terms stay as made here: the code of 0012 looks a Thai sentence up whole, which
-    # these words do not hold; `flask reindex` run with that code makes them as it did.
+    # these words do not hold, and a word as it is written, not its stem; `flask reindex`
+    # run with that code makes them as it did.
     pass
