@@ -60,8 +60,10 @@ class StepResult:
 
     note: str | None = None  # one sentence shown with the completed step
     video: dict[str, object] = field(default_factory=dict)  # facts written on the video
-    # A transcript's segments (start, end, text), indexed for search when it is published.
+    # A transcript's segments (start, end, text), indexed for search when it is published,
+    # and its English translation's.
     segments: tuple[tuple[float, float, str], ...] | None = None
+    translation: tuple[tuple[float, float, str], ...] = ()
 
 
 Work = Callable[[StepContext], "StepResult | None"]
@@ -288,7 +290,8 @@ def _publish(sessions: sessionmaker[Session], task_id: str, step: str, attempt: 
         tries += 1
         if progress.complete_subtask(session, task_id, step, attempt, video_id=video_id,
                                      folder=folder, note=result.note,
-                                     video_values=result.video, segments=result.segments):
+                                     video_values=result.video, segments=result.segments,
+                                     translation=result.translation):
             return True
         pub = publications.published(session, video_id).get(step) if tries > 1 else None
         return pub is not None and (pub.task_id, pub.attempt) == (task_id, attempt)

@@ -49,7 +49,9 @@ def _transcribe(ctx: StepContext) -> StepResult:
         "transcript_model": ctx.settings.whisper_model,
         "transcript_script": (ctx.settings.chinese_script
                               if result.language in chinese.LANGUAGES else None)},
-        segments=tuple((s.start, s.end, s.text) for s in result.segments))
+        segments=tuple((s.start, s.end, s.text) for s in result.segments),
+        translation=tuple((s.start, s.end, s.text) for s in result.translation.segments)
+        if result.translation is not None else ())
 
 
 # The poster's share of the thumbnails step: 0.23-0.51 of its time on 10-120 s 720p

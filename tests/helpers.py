@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -60,11 +61,12 @@ def assert_json_error(resp, status: int) -> dict:
 
 def publish_files(settings, video_id: str, step: str, files: dict[str, bytes],
                   segments: list[tuple[float, float, str]] | None = None,
-                  video_values: dict | None = None) -> str:
+                  video_values: dict | None = None,
+                  translation: list[tuple[float, float, str]] = ()) -> str:
     """Publish `files` as the outputs of `step` of the video, the way a worker does: a task
     whose attempt writes them into its own folder and completes (with a transcript's
-    `segments`, which that completion indexes for search, and the facts it writes on the
-    video, `video_values`). Returns the task id."""
+    `segments` and its English `translation`'s, which that completion indexes for search,
+    and the facts it writes on the video, `video_values`). Returns the task id."""
     from webapp.config import STEPS
     from webapp.db import session_factory
     from webapp.models import Video
@@ -86,28 +88,40 @@ def publish_files(settings, video_id: str, step: str, files: dict[str, bytes],
             (path / name).write_bytes(data)
         assert progress.complete_subtask(session, task.id, step, attempt, video_id=video_id,
                                          folder=folder, segments=segments,
-                                         video_values=video_values)
+                                         video_values=video_values, translation=translation)
         return task.id
 
 
 def transcript_files(segments: list[tuple[float, float, str]],
-                     language: str | None = "en") -> dict[str, bytes]:
-    """The transcribe step's files for these segments (start, end, text), as it writes them."""
+                     language: str | None = "en",
+                     translation: list[tuple[float, float, str]] = ()) -> dict[str, bytes]:
+    """The transcribe step's files for these segments (start, end, text), and for their
+    English translation's if given, as it writes them."""
     from webapp.services import transcription
 
-    result = transcription.Transcript(
-        language, max((end for _, end, _ in segments), default=0.0),
-        [transcription.Segment(start, end, text) for start, end, text in segments], 1.0)
+    def made(said: list[tuple[float, float, str]], lang: str | None):
+        return transcription.Transcript(
+            lang, max((end for _, end, _ in said), default=0.0),
+            [transcription.Segment(start, end, text) for start, end, text in said], 1.0)
+
+    result = made(segments, language)
+    files = {"captions.vtt": b"WEBVTT\n\n", "captions.srt": b""}
+    if translation:
+        result = dataclasses.replace(result, translation=made(translation, "en"))
+        files.update({"captions.en.vtt": b"WEBVTT\n\n", "captions.en.srt": b""})
     data = json.dumps(result.to_dict(), ensure_ascii=False).encode()
-    return {"transcript.json": data, "captions.vtt": b"WEBVTT\n\n", "captions.srt": b""}
+    return {"transcript.json": data, **files}
 
 
 def publish_transcript(settings, video_id: str, segments: list[tuple[float, float, str]],
-                       language: str | None = "en") -> str:
-    """Publish a transcript of these segments as the transcribe step does (files, the
-    video's language and the search index in one completion); returns the task id."""
-    return publish_files(settings, video_id, "transcribe", transcript_files(segments, language),
-                         segments=segments,
+                       language: str | None = "en",
+                       translation: list[tuple[float, float, str]] = ()) -> str:
+    """Publish a transcript of these segments (and of their English translation's, if
+    given) as the transcribe step does (files, the video's language and the search index
+    in one completion); returns the task id."""
+    return publish_files(settings, video_id, "transcribe",
+                         transcript_files(segments, language, translation),
+                         segments=segments, translation=translation,
                          video_values={"language": language} if language else None)
 
 

@@ -685,6 +685,13 @@ def test_three_languages_end_to_end(ui_client, tmp_path: Path, db_session, setti
     assert tracks == [("de", "German", True), ("en", "English (translated)", False)]
     assert page.select_one("#transcript-language").get_text().startswith("German")
     assert page.select_one("#transcript")["lang"] == "de"
+    # Searched in English, the German video is found by its translation, which says so.
+    line = transcript["translation"]["segments"][0]
+    word = max(re.findall(r"[A-Za-z]+", line["text"]), key=len)
+    [hit] = [h for h in client.get("/api/v1/search", query_string={"q": word}).get_json()
+             if h["video"]["id"] == german]
+    assert {"start": line["start"], "end": line["end"], "text": line["text"],
+            "translation": True} in hit["segments"], (word, hit)
 
     # Mandarin: Simplified characters, cues of at most 20 characters a line.
     assert progress_of(client, mandarin)["status"] == "completed"

@@ -270,3 +270,41 @@ def test_the_search_index_is_made_again_for_thai_lao_khmer_and_burmese(empty_url
     with get_engine(url).connect() as conn:  # made again, not added to
         assert conn.execute(text("SELECT COUNT(*) FROM search_entries")).scalar() == 5
     command.downgrade(alembic(url), "0012")  # and back
+
+
+def test_published_translations_are_indexed_by_the_upgrade(empty_url, tmp_path, monkeypatch):
+    """0014 indexes the English translations already published in transcript.json, which
+    0013's code did not index; going back removes them, which 0013's code would count as
+    nothing."""
+    from tests.helpers import transcript_files
+    from webapp.services import searchterms
+
+    url = empty_url
+    settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
+    vid, task = "0b6f5d6e-0000-4000-8000-000000000006", "0b6f5d6e-0000-4000-8000-0000000000ff"
+    folder = f"runs/{task}/transcribe.1"
+    said, english = "Der Igel schläft im Garten.", "The hedgehog sleeps in the garden."
+    published = settings.media_root / "videos" / vid / folder
+    published.mkdir(parents=True)
+    for name, data in transcript_files([(0.0, 4.0, said)], "de",
+                                       translation=[(0.0, 4.0, english)]).items():
+        (published / name).write_bytes(data)
+    monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
+    command.upgrade(alembic(url), "0013")
+    with get_engine(url).begin() as conn:
+        insert_published_transcript(conn, vid, task, folder, "igel.mp4")
+        # The entries as 0013's code made them: the name and the transcript only.
+        insert_entry(conn, vid, "name", 0, "igel.mp4", ["igel", "mp4"])
+        insert_entry(conn, vid, "segment", 0, said, searchterms.index_terms(said))
+
+    command.upgrade(alembic(url), "head")
+
+    client = create_app(settings).test_client()
+    assert_found(client, vid, (("igel", True, [said]), ("hedgehog", False, [english])))
+    [hit] = client.get("/api/v1/search", query_string={"q": "hedgehog"}).get_json()
+    assert hit["segments"][0]["translation"] is True
+    command.downgrade(alembic(url), "0013")
+    with get_engine(url).connect() as conn:
+        assert conn.execute(text("SELECT kind FROM search_entries ORDER BY kind")).scalars(
+            ).all() == ["name", "segment"]
+    command.downgrade(alembic(url), "0012")  # and back

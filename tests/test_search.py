@@ -86,8 +86,9 @@ def test_words_are_found_in_transcripts_with_their_moments(client, library):
     assert names(hits) == ["weather report.wav"]
     hit = hits[0]
     assert hit["name_matches"] is True and hit["segment_count"] == 2
-    assert hit["segments"] == [{"start": 0.0, "end": 2.5, "text": WEATHER[0][2]},
-                               {"start": 2.5, "end": 6.0, "text": WEATHER[1][2]}]
+    assert hit["segments"] == [
+        {"start": 0.0, "end": 2.5, "text": WEATHER[0][2], "translation": False},
+        {"start": 2.5, "end": 6.0, "text": WEATHER[1][2], "translation": False}]
     assert hit["video"]["id"] == library["weather report.wav"]
     assert hit["video"]["progress_url"].endswith("/reprocess")  # the whole video, as listed
     # Every word in one segment: "tomorrow" and "mountains" are in the same line only.
@@ -438,6 +439,44 @@ def test_at_most_three_segments_per_video_earliest_first(client, settings, clip)
     assert [s["start"] for s in hit["segments"]] == [0.0, 1.0, 2.0]
 
 
+def test_english_translations_are_found_and_say_so(client, library, settings):
+    """A task run with `translate` publishes an English translation beside the transcript:
+    a person searching in English finds the German video, and is told the line found is
+    the translation (it links to the same moment)."""
+    said = [(0.0, 3.0, "Der Igel schläft im Garten."), (3.0, 6.0, "Morgen regnet es in Berlin.")]
+    english = [(0.0, 3.0, "The hedgehog sleeps in the garden."),
+               (3.0, 6.0, "Tomorrow it rains in Berlin.")]
+    vid = library["silent.wav"]
+    publish_transcript(settings, vid, said, language="de", translation=english)
+    [hit] = found(client, "hedgehog garden")
+    assert hit["video"]["id"] == vid and hit["segment_count"] == 1
+    assert hit["segments"] == [{"start": 0.0, "end": 3.0, "text": english[0][2],
+                                "translation": True}]
+    [hit] = found(client, "regnet")
+    assert hit["segments"] == [{"start": 3.0, "end": 6.0, "text": said[1][2],
+                                "translation": False}]
+    # Both lines of one moment: the transcript's first.
+    [hit] = found(client, "berlin")
+    assert hit["segment_count"] == 2
+    assert [(s["text"], s["translation"]) for s in hit["segments"]] == [
+        (said[1][2], False), (english[1][2], True)]
+    html = client.get("/search", query_string={"q": "hedgehog"}).get_data(as_text=True)
+    assert re.search(r'<li class="translation" lang="en" dir="ltr"><a class="moment" '
+                     rf'href="/videos/{vid}\?t=0.000"[^>]*>\s*<time>0:00</time> The '
+                     r'<mark>hedgehog</mark> sleeps in the garden. '
+                     r'<span class="note">\(English translation\)</span></a></li>', html), html
+    html = client.get("/search", query_string={"q": "regnet"}).get_data(as_text=True)
+    assert "Morgen <mark>regnet</mark> es in Berlin." in html
+    assert "(English translation)" not in html
+    # The next transcript published without a translation takes the old one's lines away.
+    publish_transcript(settings, vid, said, language="de")
+    assert found(client, "hedgehog") == []
+    assert lines(found(client, "igel")[0]) == [said[0][2]]
+    publish_transcript(settings, vid, said, language="de", translation=english)
+    assert client.delete(f"/api/v1/videos/{vid}").status_code == 204
+    assert found(client, "hedgehog") == [] and found(client, "igel") == []
+
+
 # -- the index follows the data ------------------------------------------------------------------
 
 def test_a_new_transcript_replaces_the_old_one_in_the_index(client, settings, library):
@@ -494,11 +533,27 @@ def test_flask_reindex_indexes_what_was_published_before_search(app, client, set
     assert re.match(r"indexed 1 videos \(1 transcript segments\) in [\d.]+ s; the index takes",
                     result.output), result.output
     [hit] = found(client, "lecture")
-    assert hit["segments"] == [{"start": 3.0, "end": 5.5, "text": "An old lecture."}]
+    assert hit["segments"] == [{"start": 3.0, "end": 5.5, "text": "An old lecture.",
+                                "translation": False}]
     assert names(found(client, "old talk")) == ["old talk.wav"]
     # Run again: the same index, nothing twice.
     assert app.test_cli_runner().invoke(args=["reindex"]).exit_code == 0
     assert found(client, "lecture")[0]["segment_count"] == 1
+
+
+def test_flask_reindex_indexes_published_translations(app, client, settings, clip,
+                                                      database_url):
+    vid = upload_ok(client, clip, "vortrag.wav")["id"]
+    publish_files(settings, vid, "transcribe", transcript_files(
+        [(3.0, 5.5, "Ein alter Vortrag.")], "de", translation=[(3.0, 5.5, "An old lecture.")]))
+    with get_engine(database_url).begin() as conn:
+        conn.execute(text("DELETE FROM search_entries"))
+
+    assert app.test_cli_runner().invoke(args=["reindex"]).exit_code == 0
+    [hit] = found(client, "lecture")
+    assert hit["segments"] == [{"start": 3.0, "end": 5.5, "text": "An old lecture.",
+                                "translation": True}]
+    assert lines(found(client, "vortrag")[0]) == ["Ein alter Vortrag."]
 
 
 # -- the pages -----------------------------------------------------------------------------------
@@ -588,7 +643,7 @@ def test_openapi_describes_search(client):
     hit = spec["components"]["schemas"]["SearchHit"]
     assert set(hit["properties"]) == {"video", "name_matches", "segment_count", "segments"}
     segment = spec["components"]["schemas"]["SearchSegment"]["properties"]
-    assert set(segment) == {"start", "end", "text"}
+    assert set(segment) == {"start", "end", "text", "translation"}
 
 
 # -- with the real pipeline ------------------------------------------------------------------------

@@ -248,16 +248,17 @@ def complete(task_id: str, step: str, attempt: int):
     for piece in path.glob(".*.part"):
         piece.unlink(missing_ok=True)
     storage.sync_folder(video_id, folder)  # on the disk before the database says so
-    segments = None
+    segments, translation = None, []
     if step == "transcribe":  # indexed for search in the publishing transaction
         found = storage.artifact_in(video_id, folder, "transcript.json")
         view = results.transcript(found, video_id)
         if view is None:
             return _error(422, "transcript.json could not be read")
         segments = [(line.start, line.end, line.text) for line in view.lines]
+        translation = [(line.start, line.end, line.text) for line in view.translation]
     if progress.complete_subtask(session, task_id, step, attempt, video_id=video_id,
                                  folder=folder, note=note, video_values=values,
-                                 segments=segments):
+                                 segments=segments, translation=translation):
         published = True
     else:  # stale, or a retry of a completion whose answer was lost
         pub = publications.published(session, video_id).get(step)

@@ -219,7 +219,8 @@ class Publication(Base):
 
 
 class SearchEntry(Base):
-    """One searchable text of a video: its name, or a segment of its published transcript.
+    """One searchable text of a video: its name, or a segment of its published transcript
+    or of that transcript's English translation.
 
     `terms` is what search matches (webapp/services/searchterms.py): on PostgreSQL a
     tsvector under a GIN index; on SQLite the terms as text, indexed by the FTS5 table
@@ -233,7 +234,8 @@ class SearchEntry(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"),
                                     primary_key=True, autoincrement=True)
     video_id: Mapped[str] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(8))  # name | segment
+    # name | segment | english (a segment of the transcript's English translation)
+    kind: Mapped[str] = mapped_column(String(8))
     position: Mapped[int] = mapped_column(Integer)  # the segment's index in the transcript
     start_time: Mapped[float | None] = mapped_column(Float)  # seconds; None for the name
     end_time: Mapped[float | None] = mapped_column(Float)

@@ -252,10 +252,11 @@ class SearchQuerySchema(ma.Schema):
 
     q = fields.String(required=True, validate=validate.Length(min=1, max=200), metadata={
         "description": (
-            "What to search for in videos' names and transcripts. Every word must occur in "
-            "the name or in one segment of the transcript, in any of its forms where the "
-            "video's language has a Snowball stemmer (report finds reports and reporting); "
-            "case and accents of Latin and "
+            "What to search for in videos' names and transcripts (and the transcripts' "
+            "English translations). Every word must occur in the name or in one segment of "
+            "the transcript or translation, in any of its forms where the video's language "
+            "has a Snowball stemmer (report finds reports and reporting); case and accents "
+            "of Latin and "
             "Greek letters do not matter, nor Cyrillic stress marks, ё against е, "
             "Ukrainian ґ against г, Arabic and Hebrew vowel points, or Arabic's forms of "
             "alef (أ إ آ against ا), ى against ي and ة against ه; two or more Chinese, "
@@ -272,6 +273,9 @@ class SearchSegmentSchema(ma.Schema):
     start = fields.Float(required=True, metadata={"description": "Seconds"})
     end = fields.Float(required=True, metadata={"description": "Seconds"})
     text = fields.String(required=True, metadata={"description": "As in the transcript"})
+    translation = fields.Boolean(required=True, metadata={
+        "description": "True for a line of the English translation (a task run with "
+                       "`translate`), false for a line of the transcript"})
 
 
 class SearchHitSchema(ma.Schema):
@@ -279,6 +283,7 @@ class SearchHitSchema(ma.Schema):
     name_matches = fields.Boolean(required=True, metadata={
         "description": "The video's name holds every word of the query"})
     segment_count = fields.Integer(required=True, metadata={
-        "description": "How many segments of its published transcript match"})
+        "description": "How many segments of its published transcript, or of the "
+                       "transcript's English translation, match"})
     segments = fields.List(fields.Nested(SearchSegmentSchema), required=True, metadata={
         "description": "The first (at most 3) matching segments, in time order"})

@@ -22,7 +22,9 @@ class Search(MethodView):
         """Search names and transcripts: best match first
 
         A name match comes first, then more matching segments, then newer videos. The
-        total count is in the X-Pagination header, as for the list of videos.
+        segments of a transcript's English translation (a task run with `translate`) are
+        searched too, and say so (`translation`). The total count is in the X-Pagination
+        header, as for the list of videos.
         """
         hits, total = search.search(ext.db(), args["q"], pagination_parameters.page,
                                     pagination_parameters.page_size)
@@ -30,6 +32,6 @@ class Search(MethodView):
         progress.prefetch_progress(ext.db(), [h.video.id for h in hits])
         return [{"video": video_payload(h.video), "name_matches": h.in_name,
                  "segment_count": h.segment_count,
-                 "segments": [{"start": s.start, "end": s.end, "text": s.text}
-                              for s in h.segments]}
+                 "segments": [{"start": s.start, "end": s.end, "text": s.text,
+                               "translation": s.translation} for s in h.segments]}
                 for h in hits]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import webvtt
 
@@ -44,20 +44,25 @@ class TranscriptView:
     language: str | None  # ISO 639-1
     language_probability: float | None
     translation_note: str | None  # why there is no translation although one was asked for
+    translation: list[Line] = field(default_factory=list)  # the English translation's lines
+
+
+def _lines(segments: list[dict]) -> list[Line]:
+    return [Line(float(s["start"]), float(s["end"]), str(s["text"])) for s in segments]
 
 
 def transcript(found: ArtifactFile | None, video_id: str) -> TranscriptView | None:
-    """The published transcript's timed lines and language, None without a readable one."""
+    """The published transcript's timed lines, language and English translation (if one
+    was made), None without a readable one."""
     if found is None:
         return None
     try:
         data = json.loads(found.path.read_text(encoding="utf-8"))
-        lines = [Line(float(s["start"]), float(s["end"]), str(s["text"]))
-                 for s in data["segments"]]
         probability = data.get("language_probability")
-        return TranscriptView(lines, data.get("language") or None,
+        return TranscriptView(_lines(data["segments"]), data.get("language") or None,
                               None if probability is None else float(probability),
-                              data.get("translation_note"))
+                              data.get("translation_note"),
+                              _lines((data.get("translation") or {}).get("segments") or []))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("unreadable transcript of video %s: %s", video_id, exc)
         return None

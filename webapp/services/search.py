@@ -1,15 +1,17 @@
 """Full-text search over videos' names and published transcripts, in the database itself.
 
 One table, `search_entries` (webapp.models.SearchEntry, migration 0007), holds a row per
-searchable text: a video's name (written at upload) and each segment of its published
-transcript (written by the progress service in the transaction that publishes the
+searchable text: a video's name (written at upload), each segment of its published
+transcript and each segment of that transcript's English translation, if the task asked
+for one (written by the progress service in the transaction that publishes the
 transcript, so the index always says what readers see; replaced by the next publication,
 gone with the video through its foreign key). SQLite matches through FTS5, PostgreSQL
 through a tsvector under a GIN index; the terms of both come from webapp.services.
 searchterms, so both find the same things.
 
-A video matches when its name, or one segment of its transcript, holds every unit of the
-query. Best first: a match in the name, then more matching segments, then newer videos.
+A video matches when its name, or one segment of its transcript or translation, holds
+every unit of the query: a person who searches in English finds what was said in German.
+Best first: a match in the name, then more matching segments, then newer videos.
 """
 
 from __future__ import annotations
@@ -26,24 +28,35 @@ from sqlalchemy.orm import Session
 from webapp.models import Publication, SearchEntry, Video
 from webapp.services import results, searchterms, stemming
 from webapp.services.errors import InvalidQuery
-from webapp.services.results import Line
 from webapp.services.storage import Storage
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY = 200  # characters
 SHOWN_SEGMENTS = 3  # matching segments shown per video, earliest first
-NAME, SEGMENT = "name", "segment"
+# The kinds of entries: a video's name, a segment of its transcript, and a segment of the
+# transcript's English translation (whisper's translate task; `kind` holds 8 characters).
+NAME, SEGMENT, ENGLISH = "name", "segment", "english"
 # An offset past any real result, and too big for some databases' integers.
 _MAX_OFFSET = 2**31
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A matching segment: of the transcript, or of its English translation."""
+
+    start: float
+    end: float
+    text: str
+    translation: bool = False
 
 
 @dataclass(frozen=True)
 class Hit:
     video: Video
     in_name: bool  # the name holds the whole query
-    segment_count: int  # segments of its transcript that hold the whole query
-    segments: list[Line] = field(default_factory=list)  # the first SHOWN_SEGMENTS of them
+    segment_count: int  # segments of its transcript or translation that hold the whole query
+    segments: list[Moment] = field(default_factory=list)  # the first SHOWN_SEGMENTS of them
 
 
 # -- writing the index (in the caller's transaction) -----------------------------------------
@@ -67,10 +80,11 @@ def _insert(session: Session, video_id: str, rows: Sequence[tuple],
         for kind, position, start, end, shown in rows])
 
 
-def _remove(session: Session, video_id: str, kind: str | None = None) -> None:
+def _remove(session: Session, video_id: str, *kinds: str) -> None:
+    """Remove the video's entries of these kinds (of every kind without one)."""
     which = [SearchEntry.video_id == video_id]
-    if kind is not None:
-        which.append(SearchEntry.kind == kind)
+    if kinds:
+        which.append(SearchEntry.kind.in_(kinds))
     session.execute(delete(SearchEntry).where(*which)
                     .execution_options(synchronize_session=False))
 
@@ -89,17 +103,25 @@ def text_language(session: Session, video_id: str) -> str | None:
                           .where(Video.id == video_id))
 
 
-def replace_transcript(session: Session, video_id: str,
-                       segments: Iterable[tuple[float, float, str]]) -> int:
-    """Index a newly published transcript's segments (start, end, text) in place of the
-    video's earlier ones, in the caller's transaction (the one that publishes it, after it
-    wrote the transcript's language on the video): in that language, and the video's name
-    again in it too."""
-    language = text_language(session, video_id)
-    rows = [(SEGMENT, i, float(start), float(end), str(shown))
+def _rows(kind: str, segments: Iterable[tuple[float, float, str]]) -> list[tuple]:
+    return [(kind, i, float(start), float(end), str(shown))
             for i, (start, end, shown) in enumerate(segments) if str(shown).strip()]
-    _remove(session, video_id, SEGMENT)
+
+
+def replace_transcript(session: Session, video_id: str,
+                       segments: Iterable[tuple[float, float, str]],
+                       translation: Iterable[tuple[float, float, str]] = ()) -> int:
+    """Index a newly published transcript's segments (start, end, text), and those of its
+    English translation, in place of the video's earlier ones (a transcript published
+    without a translation leaves none of the earlier one), in the caller's transaction (the
+    one that publishes it, after it wrote the transcript's language on the video): the
+    transcript in that language, the translation in English, and the video's name again
+    in the transcript's language. The number of the transcript's segments indexed."""
+    language = text_language(session, video_id)
+    rows = _rows(SEGMENT, segments)
+    _remove(session, video_id, SEGMENT, ENGLISH)
     _insert(session, video_id, rows, language)
+    _insert(session, video_id, _rows(ENGLISH, translation), "en")
     name = session.scalar(select(Video.original_filename).where(Video.id == video_id))
     if name is not None:
         index_name(session, video_id, name, language)
@@ -126,7 +148,9 @@ def reindex_video(session: Session, storage: Storage, video_id: str) -> int | No
     found = storage.artifact_in(video_id, pub.folder, "transcript.json") if pub else None
     transcript = results.transcript(found, video_id)
     lines = transcript.lines if transcript else []
-    return replace_transcript(session, video_id, ((ln.start, ln.end, ln.text) for ln in lines))
+    translation = transcript.translation if transcript else []
+    return replace_transcript(session, video_id, ((ln.start, ln.end, ln.text) for ln in lines),
+                              ((ln.start, ln.end, ln.text) for ln in translation))
 
 
 @dataclass
@@ -176,20 +200,22 @@ _MATCHING = {  # the entries holding every unit of the query; the parameter q
 _PAGE = """WITH hits AS ({matching}),
 per_video AS (
   SELECT video_id, MAX(CASE WHEN kind = 'name' THEN 1 ELSE 0 END) AS in_name,
-         SUM(CASE WHEN kind = 'segment' THEN 1 ELSE 0 END) AS segments
+         SUM(CASE WHEN kind = 'name' THEN 0 ELSE 1 END) AS segments
   FROM hits GROUP BY video_id)
 SELECT p.video_id, p.in_name, p.segments, COUNT(*) OVER () AS total
 FROM per_video p JOIN videos v ON v.id = p.video_id
 ORDER BY p.in_name DESC, p.segments DESC, v.created_at DESC, v.id
 LIMIT :limit OFFSET :offset"""
 _COUNT = "SELECT COUNT(DISTINCT h.video_id) FROM ({matching}) h"
-_SEGMENTS = """WITH hits AS ({matching} AND e.kind = 'segment' AND e.video_id IN :ids),
+# Earliest first; at the same moment, the transcript's line before its translation's.
+_SEGMENTS = """WITH hits AS ({matching} AND e.kind <> 'name' AND e.video_id IN :ids),
 ranked AS (
-  SELECT video_id, position, start_time, end_time, text,
-         ROW_NUMBER() OVER (PARTITION BY video_id ORDER BY position) AS n
+  SELECT video_id, kind, start_time, end_time, text,
+         ROW_NUMBER() OVER (PARTITION BY video_id
+                            ORDER BY start_time, kind DESC, position) AS n
   FROM hits)
-SELECT video_id, start_time, end_time, text FROM ranked WHERE n <= :shown
-ORDER BY video_id, position"""
+SELECT video_id, kind, start_time, end_time, text FROM ranked WHERE n <= :shown
+ORDER BY video_id, n"""
 
 
 def parse(query: str | None, languages: Iterable[str | None] = ()) -> list[searchterms.Unit]:
@@ -232,12 +258,13 @@ def search(session: Session, query: str | None, page: int,
         return [], total
     ids = [row.video_id for row in rows]
     videos = {v.id: v for v in session.scalars(select(Video).where(Video.id.in_(ids)))}
-    segments: dict[str, list[Line]] = {video_id: [] for video_id in ids}
+    segments: dict[str, list[Moment]] = {video_id: [] for video_id in ids}
     if any(row.segments for row in rows):
         stmt = text(_SEGMENTS.format(matching=matching)).bindparams(
             bindparam("ids", expanding=True))
         for found in session.execute(stmt, {"q": q, "ids": ids, "shown": SHOWN_SEGMENTS}):
-            segments[found.video_id].append(Line(found.start_time, found.end_time, found.text))
+            segments[found.video_id].append(Moment(found.start_time, found.end_time,
+                                                   found.text, found.kind == ENGLISH))
     hits = [Hit(videos[row.video_id], bool(row.in_name), int(row.segments),
                 segments[row.video_id])
             for row in rows if row.video_id in videos]

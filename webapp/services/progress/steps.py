@@ -152,7 +152,8 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
                      video_id: str | None = None, folder: str | None = None,
                      note: str | None = None,
                      video_values: Mapping[str, object] | None = None,
-                     segments: Sequence[tuple[float, float, str]] | None = None) -> bool:
+                     segments: Sequence[tuple[float, float, str]] | None = None,
+                     translation: Sequence[tuple[float, float, str]] = ()) -> bool:
     """Mark an attempt's step completed and publish its output folder, in one transaction.
 
     False (and nothing written) if the attempt is stale: its files must then never be
@@ -161,7 +162,8 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
     translate"); `video_values` are facts about the published outputs written on the
     video in the same transaction (e.g. the transcript's language); `segments` (start,
     end, text) are a published transcript's, indexed for search in that transaction too,
-    in place of the video's earlier ones.
+    in place of the video's earlier ones, with its English `translation`'s (none: the
+    earlier translation's lines are gone too).
     """
     now = utcnow()
     if not _fenced_update(session, task_id, name, attempt, now, status="completed",
@@ -175,7 +177,7 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
             session.execute(update(Video).where(Video.id == video_id).values(**video_values)
                             .execution_options(synchronize_session=False))
         if segments is not None:
-            search.replace_transcript(session, video_id, segments)
+            search.replace_transcript(session, video_id, segments, translation)
     _close_task_if_done(session, task_id, now)
     session.commit()
     return True
