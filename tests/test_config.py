@@ -1,6 +1,7 @@
 """Number settings: a value that is not a number, or out of its range, stops the web process
 and the worker at start-up with one sentence naming the setting (README, "Configuration"),
-not with a traceback, and not later at the first job that reads it."""
+not with a traceback, and not later at the first job that reads it. So does a secret too
+short to withstand guessing (README, "Security")."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from webapp.config import PROJECT_ROOT, ConfigError, Settings
+from webapp.config import MAKE_A_SECRET, PROJECT_ROOT, ConfigError, Settings
 
 BAD = [
     ("TRANSCODE_NICE", "20", "a whole number from 0 to 19"),
@@ -103,3 +104,52 @@ def test_the_web_process_opens_no_control_socket_shared_with_other_gunicorns(tmp
     assert "Booting worker" in text, text
     assert "Control socket" not in text, text
     assert not (home / ".gunicorn").exists()
+
+
+# A secret one character short of its minimum: the sentence names it, its length and the
+# minimum, and how to make a good one.
+SHORT_SECRETS = [
+    ("API_TOKEN", "x" * 15, 16),
+    ("WORKER_TOKEN", "x" * 15, 16),
+    ("ADMIN_PASSWORD", "x" * 7, 8),
+]
+
+
+def _short_secret_sentence(name: str, value: str, minimum: int) -> str:
+    return (f"{name} is {len(value)} characters long, too short to withstand guessing: it "
+            f"must have at least {minimum}. Make a good one with {MAKE_A_SECRET} and set "
+            "the same on every host that uses it.")
+
+
+@pytest.mark.parametrize(("name", "value", "minimum"), SHORT_SECRETS)
+def test_a_short_secret_stops_start_up_with_a_sentence(monkeypatch, name, value, minimum):
+    monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    with pytest.raises(ConfigError) as caught:
+        settings.validate()
+    assert str(caught.value) == _short_secret_sentence(name, value, minimum)
+    monkeypatch.setenv(name, value + "y")  # the minimum itself is enough
+    Settings.from_env().validate()
+
+
+def test_unset_secrets_are_not_too_short(monkeypatch):
+    for name, _, _ in SHORT_SECRETS:
+        monkeypatch.delenv(name, raising=False)
+    Settings.from_env().validate()  # unset leaves its part open (or closed): not weak
+
+
+def test_the_web_master_stops_at_a_short_secret_before_it_binds(tmp_path):
+    done = _start([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind",
+                   "127.0.0.1:0", "wsgi:app"], tmp_path, {"API_TOKEN": "secret"})
+    assert done.returncode != 0
+    says = _short_secret_sentence("API_TOKEN", "secret", 16)
+    assert f"vidpipe: {says}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "Listening at" not in done.stderr
+
+
+def test_the_worker_stops_at_a_short_secret(tmp_path):
+    done = _start([sys.executable, "-m", "jobs.worker", "--burst"], tmp_path,
+                  {"WORKER_TOKEN": "secret"})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"vidpipe: {_short_secret_sentence('WORKER_TOKEN', 'secret', 16)}" in done.stderr
+    assert "Traceback" not in done.stderr

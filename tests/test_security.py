@@ -258,11 +258,11 @@ EXPOSED = ["0.0.0.0", "", "::", "[::]", "192.168.1.10", "10.0.0.1", "2001:db8::1
            "no-such-host.invalid"]
 SECRETS = {
     "none": {},
-    "token only": {"api_token": "t"},
-    "password only": {"admin_password": "p"},
-    "both": {"api_token": "t", "admin_password": "p"},
+    "token only": {"api_token": TOKEN},
+    "password only": {"admin_password": PASSWORD},
+    "both": {"api_token": TOKEN, "admin_password": PASSWORD},
     "none, allowed": {"allow_insecure": True},
-    "token only, allowed": {"api_token": "t", "allow_insecure": True},
+    "token only, allowed": {"api_token": TOKEN, "allow_insecure": True},
 }
 
 
@@ -301,13 +301,13 @@ def test_is_loopback_resolves_names():
 
 
 def test_settings_read_the_security_variables(monkeypatch):
-    for name, value in {"HOST": "0.0.0.0", "API_TOKEN": "tok", "ADMIN_PASSWORD": "pw",
+    for name, value in {"HOST": "0.0.0.0", "API_TOKEN": TOKEN, "ADMIN_PASSWORD": PASSWORD,
                         "SECRET_KEY": "sk", "ALLOW_INSECURE": "1"}.items():
         monkeypatch.setenv(name, value)
     s = Settings.from_env()
     assert (s.host, s.api_token, s.admin_password, s.secret_key, s.allow_insecure) == (
-        "0.0.0.0", "tok", "pw", "sk", True)
-    assert "tok" not in repr(s) and "pw" not in repr(s) and "sk" not in repr(s)
+        "0.0.0.0", TOKEN, PASSWORD, "sk", True)
+    assert TOKEN not in repr(s) and PASSWORD not in repr(s) and "sk" not in repr(s)
     for off in ("0", "", "no", "false"):
         monkeypatch.setenv("ALLOW_INSECURE", off)
         assert Settings.from_env().allow_insecure is False
@@ -323,12 +323,12 @@ def test_create_app_checks_a_configured_host(settings):
     with pytest.raises(InsecureExposure, match="refusing to listen on 0.0.0.0"):
         create_app(replace(settings, host="0.0.0.0", secret_key="k", allowed_hosts=named))
     with pytest.raises(InsecureExposure, match="ADMIN_PASSWORD is not set"):
-        create_app(replace(settings, host="0.0.0.0", api_token="t", secret_key="k",
+        create_app(replace(settings, host="0.0.0.0", api_token=TOKEN, secret_key="k",
                            allowed_hosts=named))
     with pytest.raises(InsecureExposure, match="ALLOWED_HOSTS is not set"):
-        create_app(replace(settings, host="0.0.0.0", api_token="t", admin_password="p",
+        create_app(replace(settings, host="0.0.0.0", api_token=TOKEN, admin_password=PASSWORD,
                            secret_key="k"))
-    for ok in ({"api_token": "t", "admin_password": "p"}, {"allow_insecure": True}, {}):
+    for ok in ({"api_token": TOKEN, "admin_password": PASSWORD}, {"allow_insecure": True}, {}):
         host = "127.0.0.1" if not ok else "0.0.0.0"
         create_app(replace(settings, host=host, secret_key="k", allowed_hosts=named, **ok))
 
@@ -353,8 +353,8 @@ def gunicorn_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_gunicorn_refuses_to_listen_openly_without_the_secrets(tmp_path):
     port = free_port()
     for extra, missing in (({}, "API_TOKEN and ADMIN_PASSWORD are not set"),
-                           ({"API_TOKEN": "t"}, "ADMIN_PASSWORD is not set"),
-                           ({"API_TOKEN": "t", "ADMIN_PASSWORD": "p"},
+                           ({"API_TOKEN": TOKEN}, "ADMIN_PASSWORD is not set"),
+                           ({"API_TOKEN": TOKEN, "ADMIN_PASSWORD": PASSWORD},
                             "ALLOWED_HOSTS is not set")):
         env = gunicorn_env(tmp_path, HOST="0.0.0.0", PORT=str(port), **extra)
         proc = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],

@@ -21,6 +21,11 @@ DEFAULT_WEIGHTS = {"extract_audio": 10.0, "transcribe": 50.0, "thumbnails": 10.0
 API_PREFIX = "/api"
 # One log line format for the web process, the workers and their reconcilers.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The shortest secret accepted (README, "Security"): the tokens are for programs, which
+# hold a long random one as easily as a short one; the password is typed by a person.
+SECRET_MINIMUMS = (("API_TOKEN", "api_token", 16), ("WORKER_TOKEN", "worker_token", 16),
+                   ("ADMIN_PASSWORD", "admin_password", 8))
+MAKE_A_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def configure_logging() -> None:
@@ -201,9 +206,21 @@ class Settings:
                 normalize_host(entry)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        self.validate_secrets()
         if self.worker_token and self.worker_token == self.api_token:
             raise ConfigError("WORKER_TOKEN must differ from API_TOKEN: API clients must not "
                               "be able to write the outputs of steps.")
+
+    def validate_secrets(self) -> None:
+        """ConfigError for a secret too short to withstand guessing; an unset one is fine
+        (it leaves its part open, or closed: README, "Security")."""
+        for name, attribute, minimum in SECRET_MINIMUMS:
+            length = len(getattr(self, attribute))
+            if 0 < length < minimum:
+                raise ConfigError(
+                    f"{name} is {length} characters long, too short to withstand guessing: "
+                    f"it must have at least {minimum}. Make a good one with "
+                    f"{MAKE_A_SECRET} and set the same on every host that uses it.")
 
     def validate_remote_worker(self) -> None:
         """ConfigError unless a worker with SERVER_URL can work: it needs the token, and a
