@@ -60,8 +60,10 @@ def make_app(settings: Settings, **changes):
 
 @pytest.fixture
 def secured(settings):
-    """API_TOKEN and ADMIN_PASSWORD both set."""
-    return make_app(settings, api_token=TOKEN, admin_password=PASSWORD)
+    """API_TOKEN and ADMIN_PASSWORD both set. Its tests try dozens of wrong credentials
+    from one address, which the throttle would stop after 20 (it has tests of its own)."""
+    return make_app(settings, api_token=TOKEN, admin_password=PASSWORD,
+                    auth_failure_limit=1000)
 
 
 def soup(resp) -> BeautifulSoup:
@@ -178,6 +180,21 @@ def test_the_spec_documents_the_401_every_operation_answers_with_a_token(secured
         params = {k: v for k, v in (("video_id", vid), ("name", "poster.jpg"))
                   if "{" + k + "}" in path}
         schema[path][method.upper()].Case(path_parameters=params).validate_response(resp)
+    # So is the 429 of an address that sent too many wrong tokens (the right one included).
+    undocumented = [f"{m.upper()} {p}" for p, m, op in operations if "429" not in op["responses"]]
+    assert not undocumented, undocumented
+    locked = make_app(secured.extensions["vidpipe"].settings, api_token=TOKEN,
+                      auth_failure_limit=1).test_client()
+    assert locked.get("/api/v1/videos", headers=bearer("wrong-token-0000000000")
+                      ).status_code == 401
+    for path, method, _ in operations:
+        url = path.replace("{video_id}", vid).replace("{name}", "poster.jpg")
+        resp = locked.open(url, method=method.upper(), query_string={"q": "x"},
+                           headers=bearer())
+        assert resp.status_code == 429, (method, path, resp.status_code)
+        params = {k: v for k, v in (("video_id", vid), ("name", "poster.jpg"))
+                  if "{" + k + "}" in path}
+        schema[path][method.upper()].Case(path_parameters=params).validate_response(resp)
     # Without a token nothing is required, and no 401 is promised.
 
 
@@ -249,6 +266,202 @@ def test_with_the_login_the_ui_works_end_to_end(secured, clip):
     vid = resp.headers["Location"].rsplit("/", 1)[-1]
     assert client.post(f"/videos/{vid}/cancel", headers={**headers, **HX}).status_code == 200
     assert progress_of_with_token(client, vid)["status"] == "cancelled"
+
+
+# -- throttling of wrong credentials ------------------------------------------------------
+
+WORKER = "worker-token-for-throttle-tests-0123"
+LIMIT, WINDOW = 3, 60
+INTERNAL_PATH = "/internal/v1/videos/0b6f5d6e-0000-4000-8000-000000000001/source"
+# What each secret guards: (path, a wrong guess, the right secret, status with the right one,
+# answers in JSON).
+GUARDED = {
+    "api token": ("/api/v1/videos", bearer("not-the-api-token-000000"), bearer(), 200, True),
+    "admin password": ("/", basic(password="not the password"), basic(), 200, False),
+    "worker token": (INTERNAL_PATH, bearer("not-the-worker-token-0000"), bearer(WORKER), 404,
+                     True),
+}
+
+
+def throttled_app(settings: Settings, **changes):
+    """Every secret set; locked out after LIMIT wrong ones within WINDOW seconds."""
+    return make_app(settings, **{"api_token": TOKEN, "admin_password": PASSWORD,
+                                 "worker_token": WORKER, "auth_failure_limit": LIMIT,
+                                 "auth_failure_window": WINDOW, **changes})
+
+
+def assert_throttled(resp, as_json: bool, window: int = WINDOW) -> int:
+    """429 with Retry-After (seconds) and a sentence saying so, in the shape of the 401s."""
+    assert resp.status_code == 429, resp.get_data(as_text=True)[:300]
+    retry_after = int(resp.headers["Retry-After"])
+    assert 0 < retry_after <= window
+    if as_json:
+        body = resp.get_json()
+        assert body["code"] == 429 and body["status"] == "Too Many Requests"
+        message = body["message"]
+    else:
+        assert resp.mimetype == "text/html"
+        message = soup(resp).p.get_text()
+    assert message.lower().startswith("too many wrong credentials came from your address")
+    assert f"for the next {retry_after} seconds, even with the right one" in message
+    return retry_after
+
+
+@pytest.mark.parametrize("kind", GUARDED)
+def test_wrong_secrets_are_401_then_429_for_every_secret_even_the_right_one(settings, kind,
+                                                                            caplog):
+    caplog.set_level("WARNING", logger="webapp.throttle")
+    path, wrong, right, right_status, as_json = GUARDED[kind]
+    client = throttled_app(settings).test_client()
+    assert client.get(path, headers=right).status_code == right_status
+    for _ in range(LIMIT):
+        assert client.get(path, headers=wrong).status_code == 401
+    for _ in range(3):
+        assert_throttled(client.get(path, headers=wrong), as_json)
+        assert_throttled(client.get(path, headers=right), as_json)
+    # The count is the address's, whatever secret it guessed at.
+    for other_path, _, other_right, _, other_json in GUARDED.values():
+        assert_throttled(client.get(other_path, headers=other_right), other_json)
+    # A browser's first request, before it asks for the password, is no guess: 401 as ever.
+    assert client.get(path).status_code == 401
+    lockouts = [r.getMessage() for r in caplog.records if "locked out" in r.getMessage()]
+    assert len(lockouts) == 1, lockouts  # logged once, not once per 429
+    assert lockouts[0].startswith("locked out 127.0.0.1 for ")
+    assert f"{LIMIT} wrong credentials within {WINDOW} s" in lockouts[0]
+
+
+def test_requests_without_credentials_are_not_counted(settings):
+    client = throttled_app(settings).test_client()
+    for _ in range(LIMIT * 3):
+        assert client.get("/api/v1/videos").status_code == 401
+        assert client.get("/").status_code == 401
+    assert client.get("/api/v1/videos", headers=bearer()).status_code == 200
+    assert client.get("/", headers=basic()).status_code == 200
+
+
+def test_a_lockout_ends_with_its_window(settings):
+    client = throttled_app(settings, auth_failure_window=1).test_client()
+    for _ in range(LIMIT):
+        assert client.get("/api/v1/videos", headers=bearer("wrong-token-0000000000")
+                          ).status_code == 401
+    assert_throttled(client.get("/api/v1/videos", headers=bearer()), True, window=1)
+    time.sleep(1.2)
+    assert client.get("/api/v1/videos", headers=bearer()).status_code == 200
+    # Counted afresh: the next wrong ones are 401 again until the limit.
+    for _ in range(LIMIT):
+        assert client.get("/", headers=basic(password="wrong password")).status_code == 401
+    assert_throttled(client.get("/", headers=basic()), False, window=1)
+
+
+def test_addresses_are_counted_apart(settings):
+    """Behind a trusted proxy each client is its forwarded address; without one, the peer's
+    address. An IPv6 client is its /64 (one host or home network)."""
+    client = throttled_app(settings, trusted_proxies=1).test_client()
+
+    def get(headers, forwarded=None, peer="127.0.0.1"):
+        extra = {"X-Forwarded-For": forwarded} if forwarded else {}
+        return client.get("/api/v1/videos", headers={**headers, **extra},
+                          environ_base={"REMOTE_ADDR": peer})
+
+    wrong = bearer("wrong-token-0000000000")
+    for _ in range(LIMIT):
+        assert get(wrong, "198.51.100.7").status_code == 401
+    assert_throttled(get(bearer(), "198.51.100.7"), True)
+    assert get(bearer(), "198.51.100.8").status_code == 200  # another client of the proxy
+    for _ in range(LIMIT):
+        assert get(wrong, "2001:db8:1:2::1").status_code == 401
+    assert_throttled(get(bearer(), "2001:db8:1:2::ffff"), True)  # the same /64
+    assert get(bearer(), "2001:db8:1:3::1").status_code == 200  # another /64
+
+    direct = throttled_app(settings).test_client()  # no proxy: the peer's address counts
+    for _ in range(LIMIT):
+        assert direct.get("/", headers=basic(password="wrong password"),
+                          environ_base={"REMOTE_ADDR": "192.0.2.1"}).status_code == 401
+    assert_throttled(direct.get("/", headers=basic(), environ_base={"REMOTE_ADDR": "192.0.2.1"}),
+                     False)
+    assert direct.get("/", headers=basic(), environ_base={"REMOTE_ADDR": "192.0.2.2"},
+                      ).status_code == 200
+    # A forwarded address is not believed without TRUSTED_PROXIES: 192.0.2.1 is still locked.
+    assert_throttled(direct.get("/", headers={**basic(), "X-Forwarded-For": "192.0.2.9"},
+                                environ_base={"REMOTE_ADDR": "192.0.2.1"}), False)
+
+
+def test_the_count_is_shared_by_every_web_process(settings):
+    """Two apps on one Redis, as gunicorn's worker processes are: wrong guesses spread over
+    both add up, and a lockout reached in one refuses in the other."""
+    first, second = (throttled_app(settings).test_client() for _ in range(2))
+    wrong = bearer("wrong-token-0000000000")
+    assert first.get("/api/v1/videos", headers=wrong).status_code == 401
+    assert second.get("/api/v1/videos", headers=wrong).status_code == 401
+    assert first.get("/api/v1/videos", headers=wrong).status_code == 401
+    assert_throttled(second.get("/api/v1/videos", headers=bearer()), True)
+    assert_throttled(first.get("/api/v1/videos", headers=bearer()), True)
+
+
+def test_the_poll_layer_refuses_the_right_token_from_a_locked_out_address(settings, clip):
+    """A poll with the right token is answered before Flask (webapp/fastpoll.py): from a
+    locked-out address it must be refused too, or a 304 would tell the right guess from the
+    wrong ones (all 429)."""
+    client = throttled_app(settings).test_client()
+    resp = upload(client, clip, headers=bearer())
+    assert resp.status_code == 201
+    url = f"/api/v1/videos/{resp.get_json()['id']}/reprocess"
+    etag = client.get(url, headers=bearer()).headers["ETag"]
+    assert client.get(url, headers={**bearer(), "If-None-Match": etag}).status_code == 304
+    for _ in range(LIMIT):
+        assert client.get(url, headers=bearer("wrong-token-0000000000")).status_code == 401
+    assert_throttled(client.get(url, headers={**bearer(), "If-None-Match": etag}), True)
+    assert_throttled(client.get(url, headers=bearer()), True)
+    head = client.head(url, headers={**bearer(), "If-None-Match": etag})
+    assert head.status_code == 429 and int(head.headers["Retry-After"]) > 0
+    other = {"REMOTE_ADDR": "192.0.2.20"}
+    assert client.get(url, headers={**bearer(), "If-None-Match": etag},
+                      environ_base=other).status_code == 304
+
+
+def test_with_redis_down_the_right_secret_still_opens(settings, tmp_path, caplog):
+    """The throttle fails open: a Redis outage must not lock everyone out."""
+    caplog.set_level("WARNING", logger="webapp.throttle")
+    from tests.test_redis_outage import RedisServer
+
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    try:
+        client = throttled_app(settings, redis_url=redis_server.url).test_client()
+        for _ in range(LIMIT):
+            assert client.get("/", headers=basic(password="wrong password")).status_code == 401
+        assert_throttled(client.get("/", headers=basic()), False)
+        redis_server.stop()
+        assert client.get("/", headers=basic()).status_code == 200
+        assert client.get("/api/v1/videos", headers=bearer()).status_code == 200
+        for _ in range(LIMIT + 2):  # no count, no lockout, no error: still 401
+            assert client.get("/api/v1/videos", headers=bearer("wrong-token-0000000000")
+                              ).status_code == 401
+        assert client.get(INTERNAL_PATH, headers=bearer(WORKER)).status_code == 404
+        warnings = [r.getMessage() for r in caplog.records
+                    if "not throttled while Redis is unavailable" in r.getMessage()]
+        assert len(warnings) == 1, warnings  # once per outage, not once per request
+    finally:
+        redis_server.stop()
+
+
+def test_the_throttle_settings_are_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AUTH_FAILURE_LIMIT", "5")
+    monkeypatch.setenv("AUTH_FAILURE_WINDOW", "30")
+    s = Settings.from_env()
+    assert (s.auth_failure_limit, s.auth_failure_window) == (5, 30)
+    monkeypatch.delenv("AUTH_FAILURE_LIMIT")
+    monkeypatch.delenv("AUTH_FAILURE_WINDOW")
+    s = Settings.from_env()
+    assert (s.auth_failure_limit, s.auth_failure_window) == (20, 300)
+
+
+def test_a_limit_of_0_throttles_nothing(settings):
+    client = throttled_app(settings, auth_failure_limit=0).test_client()
+    for _ in range(LIMIT * 3):
+        assert client.get("/api/v1/videos", headers=bearer("wrong-token-0000000000")
+                          ).status_code == 401
+    assert client.get("/api/v1/videos", headers=bearer()).status_code == 200
 
 
 # -- exposure -----------------------------------------------------------------------------

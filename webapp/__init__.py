@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from webapp import hosts
     from webapp.fastpoll import ProgressPolls
 
-    app.wsgi_app = ProgressPolls(app.wsgi_app, settings)  # polls of unchanged progress
+    app.wsgi_app = ProgressPolls(app.wsgi_app, settings,  # polls of unchanged progress
+                                 app.extensions["vidpipe_throttle"])
     # In front of everything: ProxyFix (TRUSTED_PROXIES), then the Host check.
     app.wsgi_app = hosts.front(app.wsgi_app, settings)
     return app

@@ -113,6 +113,11 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: int = 0
+    # Wrong credentials (webapp/throttle.py): after this many from one address (0: no limit)
+    # within the window (seconds), requests from it that send credentials get 429 until the
+    # window ends.
+    auth_failure_limit: int = 20
+    auth_failure_window: int = 300
     # Workers on other hosts (docs/DEPLOY.md): a worker with SERVER_URL exchanges media with
     # the web app over HTTP (webapp/internal.py) instead of reading MEDIA_ROOT, keeping at
     # most WORKER_CACHE_BYTES of downloads in its own MEDIA_ROOT/cache. WORKER_TOKEN is the
@@ -171,6 +176,10 @@ class Settings:
             "allowed_hosts": _list_env("ALLOWED_HOSTS"),
             "cors_origins": _list_env("CORS_ORIGINS"),
             "trusted_proxies": number_env("TRUSTED_PROXIES", 0, minimum=0),
+            "auth_failure_limit": number_env("AUTH_FAILURE_LIMIT", cls.auth_failure_limit,
+                                             minimum=0),
+            "auth_failure_window": number_env("AUTH_FAILURE_WINDOW", cls.auth_failure_window,
+                                              positive=True),
             "server_url": _env("SERVER_URL", "").strip(),
             "worker_token": _env("WORKER_TOKEN", ""),
             "worker_cache_bytes": number_env("WORKER_CACHE_BYTES", cls.worker_cache_bytes,

@@ -11,10 +11,11 @@ WSGI layer in front of the Flask app works like a validating HTTP cache:
 3. a client without it gets the 200 that Flask answered earlier for the same video and the
    same tag, kept in a small LRU of recent answers (at most CACHED_ANSWERS, ~1.5 KB each);
 4. anything else -- a tag never answered yet, an unknown video, a missing or wrong API
-   token, a database error, any other method or path, a cross-origin poll when
-   CORS_ORIGINS is set (its CORS headers depend on its Origin) -- goes to the Flask app
-   untouched, which answers as it always does; its 200s are remembered under their own
-   ETag.
+   token, an address this process knows to be locked out for wrong credentials
+   (webapp/throttle.py: Flask then answers 429, to the right token too), a database
+   error, any other method or path, a cross-origin poll when CORS_ORIGINS is set (its
+   CORS headers depend on its Origin) -- goes to the Flask app untouched, which answers
+   as it always does; its 200s are remembered under their own ETag.
 
 The Host check and ProxyFix (webapp/hosts.py) sit in front of this layer too.
 
@@ -40,6 +41,7 @@ from webapp.config import Settings
 from webapp.db import get_engine
 from webapp.services import progress
 from webapp.services.storage import is_valid_id
+from webapp.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,11 @@ def validators(tag: str) -> dict[str, str]:
 class ProgressPolls:
     """WSGI middleware answering progress polls from one query (see the module's doc)."""
 
-    def __init__(self, app: Callable, settings: Settings) -> None:
+    def __init__(self, app: Callable, settings: Settings, throttle: Throttle) -> None:
         self.app = app
         self.weights = dict(settings.weights)
         self.api_token = settings.api_token
+        self.throttle = throttle
         self.cors = bool(settings.cors_origins)
         self.engine = get_engine(settings.database_url, autocommit=True)
         self.fixed_headers: Headers = [("Content-Security-Policy", security.CSP),
@@ -98,8 +101,15 @@ class ProgressPolls:
         return self._remember(video_id, environ, start_response)
 
     def _authorized(self, environ: dict) -> bool:
-        return not self.api_token or security.bearer_matches(
-            environ.get("HTTP_AUTHORIZATION", ""), self.api_token)
+        """The right token (or none needed), from an address not locked out as far as this
+        process knows: asking Redis would cost every poll a round trip, and every wrong
+        guess from a locked-out address reaches Flask, which asks it and tells this process.
+        (A process that has not yet seen such a request since the lockout began answers a
+        right token: a guesser gains at most a few guesses, one per web process.)"""
+        if not self.api_token:
+            return True
+        return (security.bearer_matches(environ.get("HTTP_AUTHORIZATION", ""), self.api_token)
+                and not self.throttle.known_locked(environ.get("REMOTE_ADDR")))
 
     def _current_tag(self, video_id: str) -> str | None:
         """The progress tag of this video, or None (unknown video, database trouble)."""

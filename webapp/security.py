@@ -13,6 +13,8 @@
 - `WORKER_TOKEN`: the worker exchange under /internal (webapp/internal.py) needs
   `Authorization: Bearer <WORKER_TOKEN>` and nothing else opens it: not the API token, not
   the admin login, not a session. Without WORKER_TOKEN it is closed (401 for everyone).
+- Wrong credentials are throttled per client address (webapp/throttle.py): after
+  AUTH_FAILURE_LIMIT of them, 429 for every request from there that sends credentials.
 - `check_exposure`: the web process refuses a non-loopback address without both secrets and
   ALLOWED_HOSTS.
 """
@@ -36,6 +38,7 @@ from werkzeug.datastructures import Authorization
 
 from webapp import origins
 from webapp.config import API_PREFIX, Settings
+from webapp.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -264,28 +267,62 @@ def _allowed() -> None:
     return None  # what login_required guards: nothing, the request goes on to its view
 
 
-def authenticate():
-    """before_request: the API token for /api/v1, the admin password for the UI and /rq.
-
-    By path rather than per view, so that every route (rq-dashboard's, any added later) is
-    covered unless listed in PUBLIC_ENDPOINTS. Flask-HTTPAuth lets OPTIONS through (Flask's
-    automatic answer, which CORS preflights need, carries no data).
-    """
+def _guard() -> HTTPTokenAuth | HTTPBasicAuth | MultiAuth | None:
+    """What guards this request's path: the worker token for /internal, the API token for
+    the rest of /api (artifact reads: or the admin login), the admin password elsewhere;
+    None where nothing is asked for."""
     settings = _settings()
     endpoint = request.endpoint or ""
     if endpoint in PUBLIC_ENDPOINTS or endpoint.startswith(API_DOCS_BLUEPRINT):
         return None
     if request.path.startswith(INTERNAL_PREFIX):
-        return worker_auth.login_required(_allowed)()
+        return worker_auth
     # Everything else under /api is governed by API_TOKEN alone (not the UI's password).
     if request.path.startswith(f"{API_PREFIX}/"):
         if not settings.api_token:
             return None
-        auth = artifact_auth if _artifact_read() else token_auth
-        return auth.login_required(_allowed)()
-    if settings.admin_password:
-        return admin_auth.login_required(_allowed)()
-    return None
+        return artifact_auth if _artifact_read() else token_auth
+    return admin_auth if settings.admin_password else None
+
+
+def authenticate():
+    """before_request: the API token for /api/v1, the admin password for the UI and /rq,
+    behind the throttle on wrong credentials (webapp/throttle.py).
+
+    By path rather than per view, so that every route (rq-dashboard's, any added later) is
+    covered unless listed in PUBLIC_ENDPOINTS. Flask-HTTPAuth lets OPTIONS through (Flask's
+    automatic answer, which CORS preflights need, carries no data).
+    """
+    guard = _guard()
+    if guard is None:
+        return None
+    if "Authorization" not in request.headers:  # nothing guessed: not counted, not refused
+        return guard.login_required(_allowed)()
+    throttle: Throttle = current_app.extensions["vidpipe_throttle"]
+    locked_for = throttle.locked_for(request.remote_addr)
+    if locked_for is not None:  # the right secret too: a 429 for wrong ones only would tell
+        return _too_many_failures(locked_for)
+    refusal = guard.login_required(_allowed)()
+    if refusal is not None:
+        throttle.failed(request.remote_addr, f"{request.method} {request.path}")
+    return refusal
+
+
+def _too_many_failures(seconds: int):
+    """429 with Retry-After: JSON under /api and /internal (like their 401s), a short page
+    for the UI and /rq."""
+    message = ("too many wrong credentials came from your address: every request from it "
+               f"that sends a token or password is refused for the next {seconds} seconds, "
+               "even with the right one; check the token or password your client sends, and "
+               "try again after that")
+    headers = {"Retry-After": str(seconds)}
+    if request.path.startswith((f"{API_PREFIX}/", INTERNAL_PREFIX)):
+        return ({"code": 429, "status": "Too Many Requests", "message": message}, 429,
+                headers)
+    body = Markup("<!doctype html><title>429 Too Many Requests · vidpipe</title>"
+                  "<h1>429 · Too Many Requests</h1><p>{}.</p>").format(message[0].upper()
+                                                                      + message[1:])
+    return Response(body, 429, headers, mimetype="text/html")
 
 
 # -- CSRF ---------------------------------------------------------------------------------
@@ -385,11 +422,23 @@ def document_api_auth(settings: Settings) -> None:
                 "description": "`Bearer` (artifact files: also `Basic realm=\"vidpipe\"`)",
                 "required": True, "schema": {"type": "string"}}},
         })
+        # And 429 once an address has sent too many wrong tokens (webapp/throttle.py).
+        api.spec.components.response("TOO_MANY_REQUESTS", {
+            "description": "Too Many Requests: too many wrong credentials came from the "
+                           "client's address; every request from it that sends a token is "
+                           "refused, the right one too, until Retry-After seconds have passed",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            "headers": {"Retry-After": {
+                "description": "seconds until requests from this address are answered again",
+                "required": True, "schema": {"type": "integer"}}},
+        })
         for operations in api.spec._paths.values():  # apispec has no public way to edit them
             for operation in operations.values():
                 if isinstance(operation, dict) and "responses" in operation:
                     operation["responses"].setdefault(
                         "401", {"$ref": "#/components/responses/UNAUTHORIZED"})
+                    operation["responses"].setdefault(
+                        "429", {"$ref": "#/components/responses/TOO_MANY_REQUESTS"})
 
 
 # -- wiring -------------------------------------------------------------------------------
@@ -397,6 +446,7 @@ def document_api_auth(settings: Settings) -> None:
 def init_app(app: Flask, settings: Settings) -> None:
     """Call after every blueprint is registered (CSRF exemptions are found by their URLs)."""
     app.extensions["vidpipe_security"] = settings
+    app.extensions["vidpipe_throttle"] = Throttle(settings)
     app.secret_key = settings.secret_key or persistent_secret_key(Path(app.instance_path))
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:  # Flask's default is None
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
