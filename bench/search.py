@@ -9,7 +9,9 @@ reindex` leaves).
 
 The transcripts: segments of 6-14 words drawn from a vocabulary of 20 000 made-up words with
 Zipf frequencies (s = 1.07; the commonest word is in about half of the segments), one video
-in ten in Chinese (segments of 8-20 characters from 600 common ones). Planted in them:
+in ten in Chinese (segments of 8-20 characters from 600 common ones), each video with its
+language (en, zh) as the transcribe step writes it, so the Latin words are indexed by their
+English stems and every query word stands for its stem too. Planted in them:
 
 - rare words (and rare Chinese two-character words, and pairs of words said in one segment)
   each in 1-100 videos: the queries of the first target, "matching at most 100 videos";
@@ -136,14 +138,17 @@ def fill(database_url: str, corpus: Corpus) -> float:
     start = utcnow() - timedelta(seconds=VIDEOS + 60)
     with session_factory(database_url)() as session:
         for first in range(0, VIDEOS, 100):
+            # Each video says its language, as the transcribe step writes it: English (the
+            # words indexed by their English stems) or, one in ten, Chinese.
             rows = [dict(id=new_id(), original_filename=f"talk {i:05d}.mp4",
                          stored_name="source.mp4", size_bytes=1, format_name="mov",
                          duration=SEGMENTS * 4.0, has_audio=True, has_video=True,
-                         created_at=start + timedelta(seconds=i))
+                         created_at=start + timedelta(seconds=i),
+                         language="zh" if i % 10 == 0 else "en")
                     for i in range(first, min(VIDEOS, first + 100))]
             session.execute(insert(Video), rows)
             for i, row in enumerate(rows, start=first):
-                search.index_name(session, row["id"], row["original_filename"], None)
+                search.index_name(session, row["id"], row["original_filename"], row["language"])
                 search.replace_transcript(session, row["id"], corpus.transcript(i))
             session.commit()
             if first % 1000 == 0:
