@@ -437,6 +437,9 @@ def test_at_most_three_segments_per_video_earliest_first(client, settings, clip)
     [hit] = found(client, "word")
     assert hit["segment_count"] == 10
     assert [s["start"] for s in hit["segments"]] == [0.0, 1.0, 2.0]
+    page = client.get("/search", query_string={"q": "word"}).get_data(as_text=True)
+    assert re.search(r'<li class="more"><a href="/videos/[^"]+">and 7 more matching lines</a>',
+                     page), page
 
 
 def test_english_translations_are_found_and_say_so(client, library, settings):
@@ -465,6 +468,12 @@ def test_english_translations_are_found_and_say_so(client, library, settings):
                      rf'href="/videos/{vid}\?t=0.000"[^>]*>\s*<time>0:00</time> The '
                      r'<mark>hedgehog</mark> sleeps in the garden. '
                      r'<span class="note">\(English translation\)</span></a></li>', html), html
+    # The translation is indexed by its English stems, the transcript by its German ones.
+    [hit] = found(client, "raining")
+    assert [(s["text"], s["translation"]) for s in hit["segments"]] == [(english[1][2], True)]
+    html = client.get("/search", query_string={"q": "raining"}).get_data(as_text=True)
+    assert "Tomorrow it <mark>rains</mark> in Berlin." in html
+    assert lines(found(client, "Gartens")[0]) == [said[0][2]]  # Garten
     html = client.get("/search", query_string={"q": "regnet"}).get_data(as_text=True)
     assert "Morgen <mark>regnet</mark> es in Berlin." in html
     assert "(English translation)" not in html

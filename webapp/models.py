@@ -244,3 +244,13 @@ class SearchEntry(Base):
 
     # (and on PostgreSQL the GIN index ix_search_entries_terms: migration 0007)
     __table_args__ = (Index("ix_search_entries_video", "video_id", "kind", "position"),)
+
+
+class SearchLanguage(Base):
+    """A language whose stems the search index holds (webapp/services/stemming.py), added
+    when an entry is first indexed in it (migration 0013). A query's words stand for their
+    stems in each; a few rows, read by every search instead of the videos' languages."""
+
+    __tablename__ = "search_languages"
+
+    language: Mapped[str] = mapped_column(String(16), primary_key=True)

@@ -7,7 +7,8 @@ its dictionary words (ICU's word BreakIterator), each a term, where it made the 
 characters; it no longer folds these scripts by NFKC, and their repetition marks (ๆ, ໆ, ៗ)
 separate words. And the words of a video whose language Snowball knows (its transcript's,
 or the one asked for at upload) are indexed by their stems (webapp/services/stemming.py:
-"reports" as "report"). The index is made again from the names and published transcripts
+"reports" as "report"; the table search_languages lists the languages it holds stems
+of). The index is made again from the names and published transcripts
 already there (reading transcript.json under MEDIA_ROOT, as 0012 did), so that today's
 queries find a word inside what was indexed before (ภาษา in ฉันชอบภาษาไทยมาก) and every
 form of a word ("report" finds "reports"). `flask reindex` does the same.
@@ -25,7 +26,13 @@ depends_on = None
 
 
 def upgrade() -> None:
+    import sqlalchemy as sa
     from sqlalchemy.orm import Session
+
+    # The languages whose stems the index holds (webapp.models.SearchLanguage), filled by
+    # the rebuild below as it indexes each video in its language.
+    op.create_table("search_languages",
+                    sa.Column("language", sa.String(length=16), primary_key=True))
 
     from webapp.config import Settings
     from webapp.services import search
@@ -40,4 +47,4 @@ def downgrade() -> None:
     # The terms stay as made here: the code of 0012 looks a Thai sentence up whole, which
     # these words do not hold, and a word as it is written, not its stem; `flask reindex`
     # run with that code makes them as it did.
-    pass
+    op.drop_table("search_languages")
