@@ -86,6 +86,20 @@ def assert_found(client, video_id: str, cases) -> None:
         assert [s["text"] for s in hit["segments"]] == lines, q
 
 
+def write_transcript(settings, vid: str, task: str, segments, language: str,
+                     translation=()) -> str:
+    """The transcribe step's files of these segments, as `task`'s first attempt wrote them
+    under MEDIA_ROOT; their folder."""
+    from tests.helpers import transcript_files
+
+    folder = f"runs/{task}/transcribe.1"
+    published = settings.media_root / "videos" / vid / folder
+    published.mkdir(parents=True)
+    for name, data in transcript_files(segments, language, translation).items():
+        (published / name).write_bytes(data)
+    return folder
+
+
 def insert_published_transcript(conn, vid: str, task: str, folder: str, name: str,
                                 language: str | None = None) -> None:
     """A video named `name` whose completed task published a transcript in `folder` (in
@@ -121,20 +135,14 @@ def insert_entry(conn, vid: str, kind: str, position: int, shown: str,
 
 def test_the_search_index_is_filled_from_what_was_published(empty_url, tmp_path, monkeypatch):
     """0007 indexes the names and published transcripts of the videos already there."""
-    from tests.helpers import transcript_files
-
     url = empty_url
     settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
     command.upgrade(alembic(url), "0006")
     vid, task = "0b6f5d6e-0000-4000-8000-000000000002", "0b6f5d6e-0000-4000-8000-0000000000bb"
-    folder = f"runs/{task}/transcribe.1"
+    folder = write_transcript(settings, vid, task, [(0.0, 4.0, "Der Käse reift im Keller."),
+                                                    (4.0, 9.0, "上海的天气很好。")], "de")
     with get_engine(url).begin() as conn:
         insert_published_transcript(conn, vid, task, folder, "Vortrag über Käse.mp4")
-    published = settings.media_root / "videos" / vid / folder
-    published.mkdir(parents=True)
-    for name, data in transcript_files([(0.0, 4.0, "Der Käse reift im Keller."),
-                                        (4.0, 9.0, "上海的天气很好。")], "de").items():
-        (published / name).write_bytes(data)
     monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
 
     command.upgrade(alembic(url), "head")
@@ -153,18 +161,13 @@ def test_the_search_index_is_made_again_for_either_chinese_script(empty_url, tmp
                                                                   monkeypatch):
     """0011 makes the terms again: an index 0010 made of Traditional characters as written
     is found by today's queries, which compare Chinese characters in Simplified."""
-    from tests.helpers import transcript_files
     from webapp.services import searchterms
 
     url = empty_url
     settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
     vid, task = "0b6f5d6e-0000-4000-8000-000000000003", "0b6f5d6e-0000-4000-8000-0000000000cc"
-    folder = f"runs/{task}/transcribe.1"
     said = "臺灣明天天氣很好。"
-    published = settings.media_root / "videos" / vid / folder
-    published.mkdir(parents=True)
-    for name, data in transcript_files([(0.0, 4.0, said)], "zh").items():
-        (published / name).write_bytes(data)
+    folder = write_transcript(settings, vid, task, [(0.0, 4.0, said)], "zh")
     monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
     command.upgrade(alembic(url), "0010")
     with get_engine(url).begin() as conn:
@@ -189,18 +192,12 @@ def test_the_search_index_is_made_again_for_korean_and_cyrillic(empty_url, tmp_p
     """0012 makes the terms again: an index 0011 made of Korean words whole (서울입니다)
     and of ё as written is found by today's queries, which look for a Korean word inside
     them (서울) and fold ё to е."""
-    from tests.helpers import transcript_files
-
     url = empty_url
     settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
     vid, task = "0b6f5d6e-0000-4000-8000-000000000004", "0b6f5d6e-0000-4000-8000-0000000000dd"
-    folder = f"runs/{task}/transcribe.1"
     said, russian = "서울입니다. 내일은 부산에서 만나요.", "Ещё раз о погоде."
-    published = settings.media_root / "videos" / vid / folder
-    published.mkdir(parents=True)
-    for name, data in transcript_files([(0.0, 4.0, said), (4.0, 8.0, russian)],
-                                       "ko").items():
-        (published / name).write_bytes(data)
+    folder = write_transcript(settings, vid, task, [(0.0, 4.0, said), (4.0, 8.0, russian)],
+                              "ko")
     monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
     command.upgrade(alembic(url), "0011")
     with get_engine(url).begin() as conn:
@@ -226,18 +223,12 @@ def test_the_search_index_is_made_again_for_thai_lao_khmer_and_burmese(empty_url
     sentence as one term is found by today's queries, which look for its dictionary
     words; and one it made of an English transcript's words as written is found by any
     form of them (their stems)."""
-    from tests.helpers import transcript_files
-
     url = empty_url
     settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
     vid, task = "0b6f5d6e-0000-4000-8000-000000000005", "0b6f5d6e-0000-4000-8000-0000000000ee"
-    folder = f"runs/{task}/transcribe.1"
     thai, burmese = "ฉันชอบภาษาไทยมาก", "ကျွန်တော်မြန်မာစကားပြောတတ်တယ်။"
-    published = settings.media_root / "videos" / vid / folder
-    published.mkdir(parents=True)
-    for name, data in transcript_files([(0.0, 4.0, thai), (4.0, 8.0, burmese)],
-                                       "th").items():
-        (published / name).write_bytes(data)
+    folder = write_transcript(settings, vid, task, [(0.0, 4.0, thai), (4.0, 8.0, burmese)],
+                              "th")
     monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
     command.upgrade(alembic(url), "0012")
     with get_engine(url).begin() as conn:
@@ -248,12 +239,9 @@ def test_the_search_index_is_made_again_for_thai_lao_khmer_and_burmese(empty_url
         insert_entry(conn, vid, "segment", 1, burmese, [burmese.rstrip("။")])
     english, english_task = ("0b6f5d6e-0000-4000-8000-000000000006",
                              "0b6f5d6e-0000-4000-8000-0000000000ef")
-    english_folder = f"runs/{english_task}/transcribe.1"
     said = "The reports were published."
-    published = settings.media_root / "videos" / english / english_folder
-    published.mkdir(parents=True)
-    for name, data in transcript_files([(0.0, 3.0, said)], "en").items():
-        (published / name).write_bytes(data)
+    english_folder = write_transcript(settings, english, english_task, [(0.0, 3.0, said)],
+                                      "en")
     with get_engine(url).begin() as conn:
         insert_published_transcript(conn, english, english_task, english_folder,
                                     "weekly reports.mp4", "en")
@@ -276,19 +264,14 @@ def test_published_translations_are_indexed_by_the_upgrade(empty_url, tmp_path, 
     """0014 indexes the English translations already published in transcript.json, which
     0013's code did not index; going back removes them, which 0013's code would count as
     nothing."""
-    from tests.helpers import transcript_files
     from webapp.services import searchterms
 
     url = empty_url
     settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
     vid, task = "0b6f5d6e-0000-4000-8000-000000000006", "0b6f5d6e-0000-4000-8000-0000000000ff"
-    folder = f"runs/{task}/transcribe.1"
     said, english = "Der Igel schläft im Garten.", "The hedgehog sleeps in the garden."
-    published = settings.media_root / "videos" / vid / folder
-    published.mkdir(parents=True)
-    for name, data in transcript_files([(0.0, 4.0, said)], "de",
-                                       translation=[(0.0, 4.0, english)]).items():
-        (published / name).write_bytes(data)
+    folder = write_transcript(settings, vid, task, [(0.0, 4.0, said)], "de",
+                              translation=[(0.0, 4.0, english)])
     monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
     command.upgrade(alembic(url), "0013")
     with get_engine(url).begin() as conn:
