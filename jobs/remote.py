@@ -11,12 +11,14 @@ publish them, which it does only for the step's running attempt.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import errno
 import http.client
 import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,9 @@ T = TypeVar("T")
 SHA_HEADER = "X-Sha256"
 # Waits between tries of one transfer: about a minute in all, longer than a web restart.
 DELAYS = (0.5, 1, 2, 4, 8, 15, 15, 15)
+# The longest wait a Retry-After (of a 429 or a 503) is followed for, in place of the next
+# delay: the web app's lockout of an address lasts AUTH_FAILURE_WINDOW, 300 s by default.
+MAX_RETRY_AFTER = 300.0
 _CHUNK = 1 << 20
 
 
@@ -200,7 +205,8 @@ class Server:
         if resp.status_code == 400:  # sending the same request again cannot help
             raise _Final(f"the web app refused the request: {_message(resp)}")
         said = _json_message(resp)  # the exchange's own sentence ("its disk is full")
-        raise _Again(f"the web app answered {resp.status_code}" + (f": {said}" if said else ""))
+        raise _Again(f"the web app answered {resp.status_code}" + (f": {said}" if said else ""),
+                     wait=_retry_after(resp) if resp.status_code in (429, 503) else None)
 
     def _retrying(self, send: Callable[[], T], what: str, stoppable: bool = True) -> T:
         for delay in (*self.delays, None):
@@ -215,14 +221,40 @@ class Server:
                     log.warning("%s: %s; giving up", what, _short(exc, 1000))
                     raise TransferError(f"{what}: the web app could not be reached or kept "
                                         f"failing ({_cause(exc)})") from None
-                log.warning("%s: %s; trying again in %.1f s", what, _short(exc), delay)
+                # A 429 (this host's address locked out for wrong credentials, maybe a
+                # sibling's) or a 503 that says when to come back is waited for as asked:
+                # trying again sooner is refused again and would fail the step.
+                asked = getattr(exc, "wait", None)
+                if asked is not None and asked > delay:
+                    delay = min(asked, MAX_RETRY_AFTER)
+                    log.warning("%s: %s; waiting %.0f s as its Retry-After asks", what,
+                                _short(exc), delay)
+                else:
+                    log.warning("%s: %s; trying again in %.1f s", what, _short(exc), delay)
                 if stop.wait(delay):
                     raise ffrun.Stopped("stopped on request") from None
         raise AssertionError("unreachable")
 
 
 class _Again(Exception):
-    pass
+    def __init__(self, message: str, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.wait = wait  # seconds the web app asked to wait before the next try
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    """The seconds a Retry-After header asks for (delay-seconds or an HTTP date); None
+    without one, or with one that cannot be read."""
+    value = resp.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; a malformed one without a zone, too
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 class _Final(Exception):

@@ -230,6 +230,33 @@ def test_only_the_worker_token_opens_the_exchange(client, settings, web, speech_
     assert not [p for p in spec["paths"] if "internal" in p]
 
 
+def test_a_worker_locked_out_by_its_address_waits_as_retry_after_asks(
+        client, settings, speech_video, tmp_path, caplog):
+    """A worker whose address is locked out for wrong credentials (a sibling on the same host
+    or behind the same NAT with an old WORKER_TOKEN) gets 429 with its right token: it waits
+    the Retry-After the web app names and then gets its file, instead of trying again on its
+    short delays, being refused each time and failing the step."""
+    vid = upload_ok(client, speech_video)["id"]
+    with web_server(tmp_path, WORKER_TOKEN=TOKEN, AUTH_FAILURE_LIMIT="3",
+                    AUTH_FAILURE_WINDOW="4") as (port, _):
+        url = f"http://127.0.0.1:{port}/internal/v1/videos/{vid}/source"
+        for _ in range(3):  # the misconfigured sibling
+            assert requests.get(url, headers={"Authorization": "Bearer old-token"},
+                                timeout=10).status_code == 401
+        locked = requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert locked.status_code == 429 and 0 < int(locked.headers["Retry-After"]) <= 4
+        server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{port}"),
+                        delays=(0.1, 0.1))  # 0.2 s in all: far less than the lockout
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="jobs.remote"):
+            got = server.source(Video(id=vid, stored_name="source.mp4",
+                                      sha256=sha(speech_video.read_bytes())))
+        assert got.read_bytes() == speech_video.read_bytes()
+        assert time.monotonic() - started >= 1  # it waited for the lockout's end
+    waits = [r.getMessage() for r in caplog.records if "Retry-After" in r.getMessage()]
+    assert waits and "downloading the source: the web app answered 429" in waits[0], waits
+
+
 def test_the_api_token_and_the_admin_login_do_not_open_the_exchange(settings, tmp_path):
     from webapp import create_app
 
