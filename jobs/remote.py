@@ -45,6 +45,10 @@ DELAYS = (0.5, 1, 2, 4, 8, 15, 15, 15)
 # The longest wait a Retry-After (of a 429 or a 503) is followed for, in place of the next
 # delay: the web app's lockout of an address lasts AUTH_FAILURE_WINDOW, 300 s by default.
 MAX_RETRY_AFTER = 300.0
+# What a step must still have of its time limit after such a wait (for the transfer and
+# its own work); a wait that would leave less fails the attempt at once, saying why, and
+# the step's next attempt starts with a whole time limit.
+AFTER_WAIT = 30.0
 _CHUNK = 1 << 20
 
 
@@ -71,13 +75,14 @@ class Server:
     """The web app's worker exchange, as seen from a worker."""
 
     def __init__(self, settings: Settings, stop: threading.Event | None = None,
-                 delays: tuple[float, ...] = DELAYS) -> None:
+                 delays: tuple[float, ...] = DELAYS, deadline: float | None = None) -> None:
         self.base = settings.server_url + "/internal/v1"
         self.cache = Cache(settings.media_root / "cache", settings.worker_cache_bytes)
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {settings.worker_token}"
         self.stop = stop or threading.Event()
         self.delays = delays
+        self.deadline = deadline  # time.monotonic() at which the step's time limit ends
         self.bytes_down = 0
         self.bytes_up = 0
 
@@ -227,6 +232,14 @@ class Server:
                 asked = getattr(exc, "wait", None)
                 if asked is not None and asked > delay:
                     delay = min(asked, MAX_RETRY_AFTER)
+                    if (self.deadline is not None
+                            and time.monotonic() + delay + AFTER_WAIT > self.deadline):
+                        log.warning("%s: %s; its Retry-After (%.0f s) outlasts the step's "
+                                    "time limit: giving up", what, _short(exc), asked)
+                        raise TransferError(
+                            f"{what}: the web app asked to wait {asked:.0f} s before trying "
+                            f"again, longer than the step's time limit leaves "
+                            f"({_cause(exc)})") from None
                     log.warning("%s: %s; waiting %.0f s as its Retry-After asks", what,
                                 _short(exc), delay)
                 else:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -187,6 +188,14 @@ def _remember_attempt(job: Job | None, attempt: int) -> None:
         delivery.save_meta(job)
 
 
+def _deadline(job: Job | None) -> float | None:
+    """time.monotonic() at which RQ stops the job for its time limit (None: no limit)."""
+    if job is None or not job.timeout or job.timeout < 0 or job.started_at is None:
+        return None
+    elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
+    return time.monotonic() + job.timeout - elapsed
+
+
 def run_step(task_id: str, step: str, work: Work) -> str:
     """Run one attempt of a step of a task: "completed", "not run", "stopped", or raise.
 
@@ -212,7 +221,8 @@ def run_step(task_id: str, step: str, work: Work) -> str:
     _remember_attempt(job, attempt)
     watch = AttemptWatch(sessions, task_id, step, attempt, settings.progress_interval)
     folder = storage.attempt_folder(task_id, step, attempt)
-    away = (remote.RemoteAttempt(remote.Server(settings, watch.stop),
+    away = (remote.RemoteAttempt(remote.Server(settings, watch.stop,
+                                               deadline=_deadline(job)),
                                  remote.attempt_folder(settings, task_id, step, attempt))
             if settings.server_url else None)
     out = away.out if away else storage.folder_path(video.id, folder)

@@ -257,6 +257,29 @@ def test_a_worker_locked_out_by_its_address_waits_as_retry_after_asks(
     assert waits and "downloading the source: the web app answered 429" in waits[0], waits
 
 
+def test_a_retry_after_beyond_the_steps_time_limit_fails_the_attempt_at_once(
+        client, settings, speech_video, tmp_path):
+    """A wait that would outlast the job's time limit is not started: RQ would stop the step
+    for "taking longer than its time limit", a permanent failure that blames the media. The
+    attempt fails at once with the reason, and the step's next attempt (STEP_RETRIES) starts
+    with a whole time limit."""
+    vid = upload_ok(client, speech_video)["id"]
+    with web_server(tmp_path, WORKER_TOKEN=TOKEN, AUTH_FAILURE_LIMIT="1",
+                    AUTH_FAILURE_WINDOW="60") as (port, _):
+        url = f"http://127.0.0.1:{port}/internal/v1/videos/{vid}/source"
+        assert requests.get(url, headers={"Authorization": "Bearer old-token"},
+                            timeout=10).status_code == 401
+        server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{port}"),
+                        delays=(0.1, 0.1), deadline=time.monotonic() + 70)
+        started = time.monotonic()
+        with pytest.raises(TransferError) as refused:
+            server.source(Video(id=vid, stored_name="source.mp4"))
+        assert time.monotonic() - started < 5
+    assert str(refused.value).startswith(
+        "downloading the source: the web app asked to wait 60 s before trying again, longer "
+        "than the step's time limit leaves (the web app answered 429: too many wrong "), refused
+
+
 def test_the_api_token_and_the_admin_login_do_not_open_the_exchange(settings, tmp_path):
     from webapp import create_app
 
@@ -718,3 +741,19 @@ def test_a_step_that_fills_the_worker_hosts_disk_names_that_host(client, setting
     assert error == "The preview could not be encoded: the disk of worker host worker-b is full.", \
         error
     assert "server" not in error
+
+
+def test_the_deadline_a_remote_step_waits_within_is_its_jobs_time_limit(redis_conn):
+    from datetime import UTC, datetime, timedelta
+
+    from rq.job import Job
+
+    from jobs.runner import _deadline
+
+    job = Job.create(print, connection=redis_conn, timeout=100)
+    assert _deadline(job) is None  # not started
+    job.started_at = datetime.now(UTC) - timedelta(seconds=40)
+    assert 59 < _deadline(job) - time.monotonic() <= 60
+    assert _deadline(None) is None
+    job.timeout = -1  # RQ's "no limit"
+    assert _deadline(job) is None
