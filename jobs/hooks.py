@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 from redis import Redis
 from redis.client import Pipeline
@@ -66,6 +68,21 @@ def _refresh_attempt(job: Job) -> bool:
     if meta is not None:
         job.meta = meta
     return True
+
+
+TOKEN_REFUSED = "token_refused"  # job meta: the worker whose WORKER_TOKEN was refused
+
+
+def worker_identity(pid: int) -> str:
+    """The worker process `pid` of this host, as the token-refused mark names it."""
+    return f"{socket.gethostname()}:{pid}"
+
+
+def token_refused(job: Job) -> bool:
+    """Whether the web app refused this worker's WORKER_TOKEN in the job's last attempt,
+    run by one of its horses (jobs/runner.py marks the job with the horse's parent)."""
+    meta = _stored_meta(job)
+    return isinstance(meta, dict) and meta.get(TOKEN_REFUSED) == worker_identity(os.getpid())
 
 
 def attempt_failed(job: Job, reason: str) -> None:
@@ -139,8 +156,6 @@ def on_stopped(job: Job, connection) -> None:
 
 def horse_killed(job: Job, retpid: int, ret_val: int, rusage) -> None:
     """Worker hook: the work-horse process died without reporting (SIGKILL, OOM killer)."""
-    import os
-
     if ret_val is None:  # RQ found no child to reap: its exit status is unknown
         how = "exit status unknown"
     elif os.WIFSIGNALED(ret_val):

@@ -56,6 +56,11 @@ class TransferError(Exception):
     """Media could not be exchanged with the web app; str() is one sentence for people."""
 
 
+class TokenRefused(TransferError):
+    """The web app refused this worker's WORKER_TOKEN (401): no step can be done here until
+    it is set right; the step is handed back to the queue and the worker stops."""
+
+
 class Superseded(Exception):
     """The web app refused this attempt's files: it is no longer the step's running one."""
 
@@ -85,6 +90,20 @@ class Server:
         self.deadline = deadline  # time.monotonic() at which the step's time limit ends
         self.bytes_down = 0
         self.bytes_up = 0
+
+    def check_token(self) -> str | None:
+        """Ask the web app whether it takes this worker's token (one try): raises
+        TokenRefused when it does not; a sentence when it could not tell (not reached,
+        an error, this address locked out), None when it does."""
+        try:
+            resp = self.http.get(self.base + "/hello", timeout=(5, 10))
+            self._check(resp)
+        except _Refused as exc:
+            raise TokenRefused(f"{exc} (401 from {self.base}/hello): set the same "
+                               "WORKER_TOKEN as the web app's") from None
+        except (_Final, _Again, requests.RequestException) as exc:
+            return _cause(exc) if not isinstance(exc, _Final) else str(exc)
+        return None
 
     # -- downloads --------------------------------------------------------------------
 
@@ -203,7 +222,7 @@ class Server:
         if resp.status_code == 409:
             raise Superseded(resp.text[:200])
         if resp.status_code == 401:
-            raise _Final("the web app refused this worker's WORKER_TOKEN")
+            raise _Refused("the web app refused this worker's WORKER_TOKEN")
         if resp.status_code == 404:
             raise _Final("the web app no longer has that file (the video was deleted, or "
                          "its outputs were replaced)")
@@ -218,7 +237,8 @@ class Server:
             try:
                 return send()
             except _Final as exc:
-                raise TransferError(str(exc)) from None
+                raise (TokenRefused if isinstance(exc, _Refused) else TransferError)(
+                    str(exc)) from None
             except (_Again, requests.RequestException, urllib3.exceptions.HTTPError,
                     ConnectionError) as exc:
                 stop = self.stop if stoppable else threading.Event()
@@ -271,6 +291,10 @@ def _retry_after(resp: requests.Response) -> float | None:
 
 
 class _Final(Exception):
+    pass
+
+
+class _Refused(_Final):
     pass
 
 

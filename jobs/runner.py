@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import delivery, remote
+from jobs import delivery, hooks, remote
 from jobs.attempt import AttemptWatch, with_retries
 from webapp.config import Settings
 from webapp.db import session_factory
@@ -253,6 +254,8 @@ def run_step(task_id: str, step: str, work: Work) -> str:
             if watch.stop.is_set() or not _still_current(sessions, task_id, step, attempt):
                 log.info("%s of task %s: attempt %d stopped", step, task_id, attempt)
                 return "stopped"
+            if isinstance(exc, remote.TokenRefused) and job is not None:
+                _hand_back(sessions, job, task_id, step, attempt, settings.worker_name)
             _record_failure(sessions, job, task_id, step, attempt, exc, settings.media_root,
                             settings.worker_name if away else None)
             raise
@@ -273,6 +276,25 @@ def run_step(task_id: str, step: str, work: Work) -> str:
     log.info("%s of task %s completed (attempt %d, %d progress writes)", step, task_id,
              attempt, watch.writes)
     return "completed"
+
+
+def _hand_back(sessions: sessionmaker[Session], job: Job, task_id: str, step: str,
+               attempt: int, worker: str | None) -> None:
+    """The web app refused this worker's WORKER_TOKEN: not the step's fault, and any other
+    worker may do it. The step waits again, saying why, its job goes back to the queue
+    without using a try (RQ's retry of the failure takes the one added here), and the job
+    is marked so that this worker stops taking jobs (jobs/worker.py)."""
+    reason = (f"worker {worker or 'on another host'} was refused by the web app (wrong "
+              "WORKER_TOKEN) and stopped; the step waits for another worker")
+    with_retries(sessions, lambda s: progress.retry_subtask(s, task_id, step, reason, attempt),
+                 f"handing {step} of task {task_id} back")
+    log.error("%s of task %s: the web app refused this worker's WORKER_TOKEN; handed back "
+              "to the queue", step, task_id)
+    job.retries_left = (job.retries_left or 0) + 1
+    job.meta[hooks.TOKEN_REFUSED] = hooks.worker_identity(os.getppid())
+    job.save_meta()
+    raise StepFailed(f"{step} of task {task_id}: handed back, this worker's WORKER_TOKEN "
+                     "was refused") from None
 
 
 def _still_current(sessions: sessionmaker[Session], task_id: str, step: str,

@@ -38,6 +38,7 @@ class VidpipeWorker(Worker):
         self.heartbeat_grace = heartbeat_grace
         self.after_job = after_job
         self.stopped_by: str | None = None  # the signal that stopped the worker mid-step
+        self.token_refused = False  # the web app refused WORKER_TOKEN: stopped, exit 1
 
     def request_stop(self, signum, frame) -> None:
         """SIGTERM or SIGINT (Ctrl-C of `make run` or `make worker`, honcho's stop, systemd):
@@ -100,6 +101,11 @@ class VidpipeWorker(Worker):
         try:
             super().execute_job(job, queue)
         finally:
+            if hooks.token_refused(job):  # no other step can be done here either
+                self.token_refused = True
+                self._stop_requested = True
+                self.log.error("stopping: the web app refused this worker's WORKER_TOKEN; "
+                               "set the same WORKER_TOKEN as the web app's and start it again")
             if self.after_job is not None:
                 try:
                     self.after_job()
@@ -217,24 +223,33 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("jobs.worker").error("vidpipe: %s", exc)
         return 1
     if settings.server_url:
-        logging.getLogger("jobs.worker").info(
-            "exchanging media with %s over HTTP as %s (cache: %d bytes in %s)",
-            settings.server_url, settings.worker_name, settings.worker_cache_bytes,
-            settings.media_root / "cache")
+        log = logging.getLogger("jobs.worker")
+        try:
+            unsure = remote.Server(settings, delays=()).check_token()
+        except remote.TokenRefused as exc:
+            log.error("vidpipe: %s; not starting", exc)
+            return 1
+        if unsure:  # the web app may start after its workers: the steps will try again
+            log.warning("could not check WORKER_TOKEN with %s now (%s); starting anyway",
+                        settings.server_url, unsure)
+        log.info("exchanging media with %s over HTTP as %s (cache: %d bytes in %s)",
+                 settings.server_url, settings.worker_name, settings.worker_cache_bytes,
+                 settings.media_root / "cache")
     worker = build_worker(settings, args.name)
     if worker.after_job is not None:
         worker.after_job()  # what a worker killed on this host before left behind
     helper = reconciler.spawn() if settings.reconcile_interval > 0 and not args.burst else None
     try:
-        _work_through_outages(worker, settings, args.burst)
+        worker = _work_through_outages(worker, settings, args.burst)
     finally:
         if helper is not None:
             helper.terminate()
             helper.wait(10)
-    return 0
+    return 1 if worker.token_refused else 0
 
 
-def _work_through_outages(worker: VidpipeWorker, settings: Settings, burst: bool) -> None:
+def _work_through_outages(worker: VidpipeWorker, settings: Settings,
+                          burst: bool) -> VidpipeWorker:
     """Work; a worker that was working when Redis went away (RQ's loop lets some connection
     errors out, e.g. a reset while it reads) waits for Redis and goes on as a new worker
     (RQ's name: the old one may still be registered). One that never reached Redis, or a
@@ -243,7 +258,7 @@ def _work_through_outages(worker: VidpipeWorker, settings: Settings, burst: bool
     while True:
         try:
             worker.work(burst=burst, logging_level="INFO")
-            return
+            return worker
         except RedisConnectionError as exc:
             if burst or worker.birth_date is None:
                 raise

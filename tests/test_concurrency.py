@@ -67,11 +67,12 @@ STAMP_SLACK = timedelta(seconds=12)
 # -- HTTP --------------------------------------------------------------------------------
 
 @contextmanager
-def web_server(tmp_path: Path, **env: str) -> Iterator[tuple[int, subprocess.Popen]]:
+def web_server(tmp_path: Path, port: int | None = None,
+               **env: str) -> Iterator[tuple[int, subprocess.Popen]]:
     """The web process as `make run` starts it (gunicorn with the project's config), in a
-    session of its own, with `env` added to its environment; stopped (SIGTERM, then
-    SIGKILL) on exit."""
-    port = free_port()
+    session of its own, with `env` added to its environment, on `port` (default: a free
+    one); stopped (SIGTERM, then SIGKILL) on exit."""
+    port = port or free_port()
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],

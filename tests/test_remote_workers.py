@@ -25,6 +25,7 @@ from tests import mediagen
 from tests.conftest import PROJECT_ROOT, start_worker, stop_worker
 from tests.helpers import progress_of, small_disk, subtasks, upload_ok, wait_for
 from tests.test_concurrency import web_server
+from tests.test_redis_outage import free_port
 from webapp.db import session_factory
 from webapp.models import Publication, Video
 from webapp.services import progress
@@ -278,6 +279,70 @@ def test_a_retry_after_beyond_the_steps_time_limit_fails_the_attempt_at_once(
     assert str(refused.value).startswith(
         "downloading the source: the web app asked to wait 60 s before trying again, longer "
         "than the step's time limit leaves (the web app answered 429: too many wrong "), refused
+
+
+@POSTGRES
+def test_a_worker_whose_token_is_refused_does_not_start(web, tmp_path):
+    """A remote worker with a wrong WORKER_TOKEN stops at start, saying so, instead of
+    taking jobs and failing each of them; one that cannot reach the web app yet starts
+    (the web app may come up after its workers)."""
+    wrong = start_worker({**remote_env(tmp_path, web.port), "WORKER_TOKEN": TOKEN + "-old"})
+    try:
+        assert wrong.wait(60) == 1
+        said = Path(wrong.log_path).read_text()
+    finally:
+        stop_worker(wrong)
+    assert ("the web app refused this worker's WORKER_TOKEN (401 from http://127.0.0.1:"
+            f"{web.port}/internal/v1/hello): set the same WORKER_TOKEN as the web app's; not "
+            "starting") in said, said[-2000:]
+    assert "Traceback" not in said
+    right = start_worker(remote_env(tmp_path, web.port))
+    unreachable = start_worker(remote_env(tmp_path, free_port(), name="worker-c"))
+    try:
+        for proc in (right, unreachable):
+            wait_for(lambda p=proc: "Listening on" in Path(p.log_path).read_text()
+                     or p.poll() is not None, timeout=60, what="the worker listening")
+            assert proc.poll() is None, Path(proc.log_path).read_text()[-2000:]
+        assert "could not check WORKER_TOKEN with http://127.0.0.1:" in Path(
+            unreachable.log_path).read_text()
+        assert "could not check" not in Path(right.log_path).read_text()
+    finally:
+        stop_worker(right)
+        stop_worker(unreachable)
+
+
+@POSTGRES
+def test_a_worker_refused_mid_run_hands_its_step_back_and_stops(client, settings,
+                                                                speech_video, tmp_path):
+    """WORKER_TOKEN rotated on the web app while a worker runs with the old one: its step is
+    not failed (nor does the refusal use one of its tries, STEP_RETRIES) but waits again,
+    saying why; that worker stops, with status 1, instead of failing every job
+    it would take; a worker with the new token then does the whole run."""
+    port = free_port()
+    old = start_worker(remote_env(tmp_path, port))  # the web app is not up yet
+    try:
+        wait_for(lambda: "Listening on" in Path(old.log_path).read_text(), timeout=60,
+                 what="the worker listening")
+        with web_server(tmp_path, port=port, WORKER_TOKEN=TOKEN + "-new"):
+            vid = upload_ok(client, speech_video)["id"]
+            assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
+            assert old.wait(120) == 1
+            state = progress_of(client, vid)
+            assert state["status"] == "queued", state
+            waiting = [s for s in state["subtasks"] if s["error"]]
+            assert len(waiting) == 1 and waiting[0]["status"] == "pending", state
+            assert waiting[0]["error"] == ("worker worker-b was refused by the web app (wrong "
+                                           "WORKER_TOKEN) and stopped; the step waits for "
+                                           "another worker"), waiting
+            log = Path(old.log_path).read_text()
+            assert "stopping: the web app refused this worker's WORKER_TOKEN" in log
+            assert f"enqueued for retry, {settings.step_retries} remaining" in log, log
+            state = run_remotely(client, vid, {**remote_env(tmp_path, port, name="worker-c"),
+                                               "WORKER_TOKEN": TOKEN + "-new"}, timeout=300)
+        assert (state["status"], state["progress"]) == ("completed", 100), state
+        assert {s["worker"] for s in state["subtasks"]} == {"worker-c"}
+    finally:
+        stop_worker(old)
 
 
 def test_the_api_token_and_the_admin_login_do_not_open_the_exchange(settings, tmp_path):

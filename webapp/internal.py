@@ -3,6 +3,7 @@
 Only for workers holding WORKER_TOKEN (webapp/security.py checks it before any view; never
 the API token nor a browser's login), and not part of the public OpenAPI document:
 
+    GET  /internal/v1/hello                                  the token check of a starting worker
     GET  /internal/v1/videos/<video>/source                  the upload (Range, X-Sha256)
     GET  /internal/v1/videos/<video>/outputs/<name>?folder=  a published output (ditto)
     PUT  /internal/v1/tasks/<task>/steps/<step>/<attempt>/files/<name>   an output
@@ -90,6 +91,14 @@ def _source_sha256(session: Session, video: Video, path: Path) -> str:
         session.commit()
         log.info("recorded the sha256 of video %s's source on first need", video.id)
     return video.sha256
+
+
+@bp.get("/hello")
+def hello():
+    """Nothing but the token check (webapp/security.py, before any view): a worker asks
+    it when it starts, so that one with a wrong WORKER_TOKEN stops there, saying so,
+    instead of taking jobs it cannot do."""
+    return jsonify(ok=True)
 
 
 @bp.get("/videos/<video_id>/source")
