@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -33,10 +34,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from jobs import webhooks
 from webapp.config import Settings, configure_logging
 from webapp.db import session_factory
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, Video, utcnow
 from webapp.services import progress, queue
+from webapp.services import webhooks as service_webhooks
 from webapp.services.queue import connect
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ LOCK_KEY = "vidpipe:reconciler:{queue}"
 # trigger's enqueue can take against a slow Redis (2 s to connect + 10 s socket timeout).
 GRACE = timedelta(seconds=15)
 STALE_UPLOAD = 3600.0  # seconds without a write before a staged upload counts as abandoned
+PRUNE_EVERY = 600.0  # seconds between deletions of old webhook events
+_pruned_at = -PRUNE_EVERY
 ENDED = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed",
          JobStatus.STOPPED: "was stopped", JobStatus.CANCELED: "was cancelled"}
 
@@ -59,7 +64,13 @@ def reconcile(settings: Settings, connection: Redis) -> int:
         clean_registries(Queue(settings.queue_name, connection=connection))
         sweep_staging(settings)
         with session_factory(settings.database_url)() as session:
-            return _check_tasks(session, settings, connection)
+            acted = _check_tasks(session, settings, connection)
+            global _pruned_at
+            if time.monotonic() - _pruned_at >= PRUNE_EVERY:
+                _pruned_at = time.monotonic()
+                if webhooks.prune(session):
+                    session.commit()
+            return acted
     finally:
         with contextlib.suppress(RedisError, LockError):
             lock.release()
@@ -192,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     configure_logging()
     settings = Settings.from_env()
+    service_webhooks.configure(settings)  # the steps it fails end tasks too
     alive = (lambda: True) if args.parent is None else (lambda: os.getppid() == args.parent)
+    if settings.webhook_url:  # a thread: this process is never forked
+        sender = webhooks.Sender(settings, session_factory(settings.database_url))
+        threading.Thread(target=sender.run, args=(alive,), name="webhooks",
+                         daemon=True).start()
     run_forever(settings, connect(settings.redis_url), settings.reconcile_interval, alive)
     return 0
 

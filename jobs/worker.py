@@ -17,6 +17,7 @@ from jobs import delivery, hooks, reconciler, remote
 from jobs.runner import StepFailed
 from webapp.config import ConfigError, Settings, configure_logging
 from webapp.db import session_factory
+from webapp.services import webhooks
 from webapp.services.queue import connect
 
 
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         logging.getLogger("jobs.worker").error("vidpipe: %s", exc)
         return 1
+    webhooks.configure(settings)  # its horses end tasks: they write the events
     if settings.server_url:
         log = logging.getLogger("jobs.worker")
         try:

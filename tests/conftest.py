@@ -213,7 +213,8 @@ def database_url(request, tmp_path) -> str:
         # Everything a test writes (search_entries and publications go with videos); the
         # step costs too, or a pipeline run on PostgreSQL teaches the next test's "new
         # installation" what steps cost.
-        conn.execute(text("TRUNCATE videos, processing_tasks, subtasks, step_costs CASCADE"))
+        conn.execute(text("TRUNCATE videos, processing_tasks, subtasks, step_costs, webhook_events "
+                          "CASCADE"))
     return url
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from webapp.config import PROJECT_ROOT, Settings, configure_logging
+from webapp.services import webhooks
 from webapp.uploads import UploadRequest
 
 
@@ -12,6 +13,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; tests pass their own Settings, everyone else gets the environment's."""
     settings = settings or Settings.from_env()
     settings.validate()  # WHISPER_MODEL, CHINESE_SCRIPT: stop here with a sentence
+    webhooks.configure(settings)  # the ends of runs this process writes are announced
     if settings.host:  # no unprotected service on the network (README, "Security")
         from webapp.security import check_exposure
 

@@ -24,7 +24,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The shortest secret accepted (README, "Security"): the tokens are for programs, which
 # hold a long random one as easily as a short one; the password is typed by a person.
 SECRET_MINIMUMS = (("API_TOKEN", "api_token", 16), ("WORKER_TOKEN", "worker_token", 16),
-                   ("ADMIN_PASSWORD", "admin_password", 8))
+                   ("ADMIN_PASSWORD", "admin_password", 8),
+                   ("WEBHOOK_SECRET", "webhook_secret", 16))
 MAKE_A_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
@@ -126,6 +127,10 @@ class Settings:
     worker_token: str = field(default="", repr=False)
     worker_cache_bytes: int = 5 * 1024**3
     worker_name: str = ""
+    # Webhooks (webapp/services/webhooks.py): the end of every run is posted to WEBHOOK_URL,
+    # signed with WEBHOOK_SECRET, by the workers.
+    webhook_url: str = ""
+    webhook_secret: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -185,6 +190,8 @@ class Settings:
             "worker_cache_bytes": number_env("WORKER_CACHE_BYTES", cls.worker_cache_bytes,
                                              positive=True),
             "worker_name": _env("WORKER_NAME", "").strip()[:200],
+            "webhook_url": _env("WEBHOOK_URL", "").strip(),
+            "webhook_secret": _env("WEBHOOK_SECRET", ""),
         }
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
@@ -216,6 +223,7 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.validate_secrets()
+        self.validate_webhook()
         if self.worker_token and self.worker_token == self.api_token:
             raise ConfigError("WORKER_TOKEN must differ from API_TOKEN: API clients must not "
                               "be able to write the outputs of steps.")
@@ -230,6 +238,22 @@ class Settings:
                     f"{name} is {length} characters long, too short to withstand guessing: "
                     f"it must have at least {minimum}. Make a good one with "
                     f"{MAKE_A_SECRET} and set the same on every host that uses it.")
+
+    def validate_webhook(self) -> None:
+        """ConfigError unless WEBHOOK_URL, when set, is an http(s) address with a host and
+        comes with WEBHOOK_SECRET (receivers must be able to tell vidpipe's posts)."""
+        if not self.webhook_url:
+            if self.webhook_secret:
+                raise ConfigError("WEBHOOK_SECRET is set but WEBHOOK_URL is not: set the "
+                                  "address to post the ends of runs to, or unset the secret.")
+            return
+        if not re.match(r"^https?://[^/?#\s]+", self.webhook_url):
+            raise ConfigError(f"WEBHOOK_URL must be an http:// or https:// address, e.g. "
+                              f"https://example.com/hooks/vidpipe; got {self.webhook_url!r}.")
+        if not self.webhook_secret:
+            raise ConfigError(f"WEBHOOK_URL needs WEBHOOK_SECRET, the key its posts are signed "
+                              f"with, so that the receiver can tell them from anyone else's: "
+                              f"make one with {MAKE_A_SECRET}.")
 
     def validate_remote_worker(self) -> None:
         """ConfigError unless a worker with SERVER_URL can work: it needs the token, and a

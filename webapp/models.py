@@ -254,3 +254,29 @@ class SearchLanguage(Base):
     __tablename__ = "search_languages"
 
     language: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
+class WebhookEvent(Base):
+    """A run's end to announce to WEBHOOK_URL (webapp/services/webhooks.py): written in the
+    transaction that ends the task, so none is lost and none is told that did not happen,
+    and sent by the workers' senders (jobs/webhooks.py) until the receiver takes it
+    (migration 0015). `next_attempt_at` doubles as a lease: a sender moves it ahead before
+    it sends, so two senders do not send one event at once."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    type: Mapped[str] = mapped_column(String(32))
+    task_id: Mapped[str] = mapped_column(String(36))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_webhook_events_due", "next_attempt_at",
+              sqlite_where=text("delivered_at IS NULL"),
+              postgresql_where=text("delivered_at IS NULL")),
+    )

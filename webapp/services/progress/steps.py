@@ -16,7 +16,7 @@ from webapp.models import (
     Video,
     utcnow,
 )
-from webapp.services import calibration, eta, publications, search
+from webapp.services import calibration, eta, publications, search, webhooks
 
 
 def _touch_task(session: Session, task_id: str, now: datetime, *conditions) -> bool:
@@ -251,13 +251,15 @@ def _close_task_if_done(session: Session, task_id: str, now: datetime) -> None:
     summary = "; ".join(part for part in (
         f"failed: {', '.join(failed)}" if failed else "",
         f"not run: {', '.join(not_run)}" if not_run else "") if part)
-    session.execute(
+    ended = session.execute(
         update(ProcessingTask)
         .where(ProcessingTask.id == task_id, ProcessingTask.status.in_(ACTIVE_STATUSES))
         .values(status="failed" if summary else "completed", finished_at=now,
                 error=summary or None)
         .execution_options(synchronize_session=False)
     )
+    if ended.rowcount == 1:
+        webhooks.record(session, [task_id], now)
 
 
 def subtask_status(session: Session, task_id: str, name: str) -> str | None:
