@@ -139,7 +139,11 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("OPENAPI_SWAGGER_UI_CONFIG", {"validatorUrl": None})
     app.config.setdefault("API_SPEC_OPTIONS", {
         "info": {"description": "Upload media, process it in background workers, "
-                                "follow weighted progress, fetch the results."},
+                                "follow weighted progress, fetch the results. With "
+                                "WEBHOOK_URL set, the end of every run (task.completed, "
+                                "task.failed, task.cancelled) is also POSTed there, signed "
+                                "(X-Vidpipe-Signature); the README's \"Webhooks\" section "
+                                "gives the body and how to check it."},
     })
     api.init_app(app)
     api.register_blueprint(videos.blp, url_prefix=f"{API_PREFIX}/v1")
