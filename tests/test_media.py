@@ -383,6 +383,18 @@ def test_transcode_without_audio(silent_clip: Path, tmp_path: Path) -> None:
     assert set(streams(dst)) == {"video"}
 
 
+@pytest.mark.parametrize(("duration", "rate"), [(0.3, 25), (5.0, 1)])
+def test_silent_videos_of_few_frames_are_not_called_cut(tmp_path: Path, duration: float,
+                                                        rate: int) -> None:
+    # A 0.3 s clip, a slideshow at one picture a second: ffmpeg's last reported time lags
+    # the end by x264's held-back frames and the last frame's length (no sound to carry it).
+    src = mediagen.make_video(tmp_path / "few.mp4", duration=duration, rate=rate,
+                              audio=False)
+    dst = tmp_path / "preview.mp4"
+    transcode_preview(src, dst, probe(src).duration, has_audio=False)
+    assert float(streams(dst)["video"]["duration"]) == pytest.approx(duration, abs=0.05)
+
+
 def test_cancelling_from_progress_callback(hd_clip: Path, tmp_path: Path) -> None:
     class Cancelled(Exception):
         pass

@@ -7,9 +7,12 @@ from typing import Any
 
 import ffmpeg
 
+from webapp.services import mediainput
 from webapp.services.ffrun import (
+    MediaError,
     ProgressCallback,
     atomic_output,
+    check_reached_end,
     failing_as,
     require_output,
     run,
@@ -104,5 +107,23 @@ def transcode_preview(
             video = to_sdr(video, hdr)
         outputs = [video, source[streams.audio_spec]] if has_audio else [video]
         stream = ffmpeg.output(*outputs, str(tmp), **options)
-        run(stream, duration, on_progress, xerror=True, paths=(src, tmp), nice=nice)
+        run(stream, duration, on_progress, xerror=True, check_complete=False,
+            paths=(src, tmp), nice=nice)
         require_output(tmp)
+        check_reached_end(_length(tmp), duration)
+
+
+def _length(preview: Path) -> float | None:
+    """How long the written preview lasts (seconds), as its index says; None if unread.
+
+    ffmpeg's last reported time is the last packet's decoding time, which trails the
+    picture's end by the frames x264 holds back for its B-frames (two) and the last
+    frame's own length: 2 s of a slideshow at 1 frame/s, half of a 0.3 s clip. Without
+    sound to carry the report to the end, such whole videos were called cut short.
+    """
+    try:
+        info = mediainput.ffprobe(preview, "-show_entries", "format=duration",
+                                  format_name="mov")
+    except MediaError:
+        return None
+    return number(info.get("format", {}).get("duration"), float)
