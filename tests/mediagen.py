@@ -149,6 +149,25 @@ def make_image(dst: Path, size: str = "320x240") -> Path:
     return dst
 
 
+def make_single_frame(dst: Path, size: str = "320x240") -> Path:
+    """A video file (the container follows dst's suffix) of one H.264 frame and no sound:
+    a still picture saved as a video."""
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}", "-frames:v", "1",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", str(dst))
+    return dst
+
+
+def make_subtitles_only(dst: Path) -> Path:
+    """An MP4 that holds one subtitle track (mov_text) and nothing else."""
+    cues = dst.with_name(f"{dst.stem}.srt")
+    cues.write_text("1\n00:00:00,000 --> 00:00:02,000\nHello\n", encoding="utf-8")
+    try:
+        _ffmpeg("-i", str(cues), "-c:s", "mov_text", str(dst))
+    finally:
+        cues.unlink(missing_ok=True)
+    return dst
+
+
 def make_truncated(src: Path, dst: Path, fraction: float = 0.5) -> Path:
     """Copy only the first fraction of src's bytes, like an interrupted upload."""
     data = src.read_bytes()

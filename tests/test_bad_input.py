@@ -195,6 +195,11 @@ BROKEN = [
     ("zeros.mov", lambda folder: bytes(256 * 1024), "not a playable"),
     ("still.mp4", lambda folder: mediagen.make_image(folder / "i.png").read_bytes(),
      "not a playable"),
+    # Whole MP4s with nothing to play are not "incomplete": they say what they hold.
+    ("one-frame.mp4", lambda folder: mediagen.make_single_frame(folder / "f.mp4").read_bytes(),
+     "not a playable audio or video file: it holds a still picture and no sound"),
+    ("subtitles.mp4", lambda folder: mediagen.make_subtitles_only(folder / "s.mp4").read_bytes(),
+     "not a playable audio or video file: it has no audio or video stream"),
 ]
 
 

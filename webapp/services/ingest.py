@@ -22,7 +22,7 @@ from webapp.services.errors import (
     is_disk_full,
 )
 from webapp.services.ffrun import MediaError
-from webapp.services.media.probe import ProbeResult, probe
+from webapp.services.media.probe import NoStreams, ProbeResult, probe
 from webapp.services.mediainput import Deadline, ProbeTimeout
 from webapp.services.processing import get_video
 from webapp.services.storage import StagedFile, Storage
@@ -85,7 +85,8 @@ def _whole_media(path: Path, deadline: Deadline) -> ProbeResult:
     except ProbeTimeout:
         raise
     except MediaError as exc:
-        if integrity.starts_like_mp4(path):
+        # (An MP4 that was read and holds nothing to show is whole: it says so itself.)
+        if integrity.starts_like_mp4(path) and not isinstance(exc, NoStreams):
             raise InvalidMedia("the file is incomplete: its MP4 index (moov atom) is missing"
                                " or cut off; upload it again") from None
         raise InvalidMedia(str(exc)) from None

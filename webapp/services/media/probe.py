@@ -15,6 +15,11 @@ from webapp.services.ffrun import MediaError, error_detail, error_tail
 _IMAGE_FORMATS = {"image2", "image2pipe"}
 
 
+class NoStreams(MediaError):
+    """The file was read, as a format accepted, and its streams hold no sound nor moving
+    picture the steps could use (a single frame, subtitles or data alone)."""
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     format_name: str
@@ -49,7 +54,12 @@ def probe(path: Path, timeout: float | None = None) -> ProbeResult:
     video = picture_stream(streams, format_name, duration) or None
     audio = sound_stream(streams) or None
     if video is None and audio is None:
-        raise MediaError("not a playable audio or video file: it has no audio or video stream")
+        reason = "not a playable audio or video file: it has no audio or video stream"
+        if not streams:  # (what is left of an MP4 cut inside its index, too)
+            raise MediaError(reason)
+        if any(s.get("codec_type") == "video" for s in streams):
+            reason = "not a playable audio or video file: it holds a still picture and no sound"
+        raise NoStreams(reason)
     width, height = _display_size(video) if video else (None, None)
     return ProbeResult(
         format_name=format_name,
