@@ -68,6 +68,8 @@ _CODECS = {
     ".webm": ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k",
               "-c:a", "libopus"],
     ".mov": ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac"],
+    # (Wikimedia Commons' video: a keyframe every 12 frames, ffmpeg's default)
+    ".ogv": ["-c:v", "libtheora", "-q:v", "5", "-c:a", "libvorbis"],
     ".wav": ["-c:a", "pcm_s16le"],
     ".mp3": ["-c:a", "libmp3lame", "-b:a", "64k"],
     ".flac": ["-c:a", "flac"],
@@ -76,7 +78,7 @@ _CODECS = {
 
 def make_media(dst: Path, duration: float = 12.0, audio_duration: float | None = None) -> Path:
     """A test pattern and/or a tone in the container (and usual codecs) of dst's suffix:
-    .mkv .webm .mov (picture and tone, the tone lasting audio_duration) or .wav .mp3 .flac
+    .mkv .webm .mov .ogv (picture and tone, the tone lasting audio_duration) or .wav .mp3 .flac
     (tone only). For .mp4 see make_video."""
     codecs = _CODECS[dst.suffix]
     inputs = []

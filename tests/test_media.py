@@ -715,6 +715,18 @@ def test_storyboard_from_keyframes_alone_when_they_are_close(tmp_path: Path) -> 
             == (tmp_path / "every frame" / "storyboard.jpg").read_bytes())
 
 
+def test_storyboard_of_a_decoder_that_cannot_skip_to_keyframes(tmp_path: Path) -> None:
+    # Theora (Ogg) keyframes are close (every 12 frames here), but its decoder fails on
+    # the frames `-skip_frame nokey` tells it to skip: the frames are all decoded instead.
+    src = mediagen.make_media(tmp_path / "src.ogv", duration=5.0)
+    info = probe(src)
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = make_storyboard(src, sprite, vtt, info.duration, 160, 120,
+                            format_name=info.format_name)
+    assert not board.keyframes_only and board.count == 3
+    check_storyboard(board, sprite, vtt, info.duration)
+
+
 def test_storyboard_decodes_every_frame_when_keyframes_are_rare(tmp_path: Path) -> None:
     src = mediagen.make_video(tmp_path / "src.mp4", duration=6.0, rate=25, gop=75)  # 3 s
     sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"

@@ -165,8 +165,18 @@ def make_storyboard(
                    references_only=not keyframes_only)
     hdr = stream_hdr(streams.video)
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
-        frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
-                                  streams.video_spec, hdr)
+        try:
+            frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
+                                      streams.video_spec, hdr)
+        except MediaError:
+            if not plan.keyframes_only:
+                raise
+            # Not every decoder decodes keyframes alone: Theora's fails on the frames it
+            # is told to skip ("Operation not permitted"). Decoding all of them is what
+            # any video allows; a damaged one fails again, then for good.
+            plan = replace(plan, keyframes_only=False)
+            frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
+                                      streams.video_spec, hdr)
         if plan.references_only and _tiles_missing(plan, frames, duration):
             plan = replace(plan, references_only=False)
             frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
