@@ -89,6 +89,17 @@ def make_media(dst: Path, duration: float = 12.0, audio_duration: float | None =
     return dst
 
 
+def make_late_start(dst: Path, start: float = 2.0, duration: float = 3.0) -> Path:
+    """A test pattern and a tone (codecs as make_media's, H.264/AAC for .mp4) whose
+    timestamps all begin `start` seconds in, as in a clip cut from a recording or a
+    stream with its timestamps kept."""
+    codecs = _CODECS.get(dst.suffix, _CODECS[".mov"])
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=25:duration={duration}",
+            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={duration}",
+            *codecs, "-output_ts_offset", str(start), str(dst))
+    return dst
+
+
 def make_speech_wav(dst: Path, text: str, voice: str = "en-us") -> Path:
     """espeak-ng reading text in a US English voice, or another (22.05 kHz mono WAV).
 

@@ -680,6 +680,27 @@ def test_storyboard_when_audio_outlasts_picture(tmp_path: Path) -> None:
     check_storyboard(board, sprite, vtt, info.duration)
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm", ".ts"])
+def test_a_file_whose_timestamps_start_late_lasts_as_long_as_its_data(tmp_path: Path,
+                                                                      suffix: str) -> None:
+    # A clip cut from a recording or a stream with its timestamps kept: MP4 and Matroska
+    # state its end (5 s), not its length (3 s); MPEG-TS its length already.
+    src = mediagen.make_late_start(tmp_path / f"src{suffix}", start=2.0, duration=3.0)
+    info = probe(src)
+    assert info.duration == pytest.approx(3.0, abs=0.05)
+    assert integrity.find_cut(src, info.format_name, info.duration) is None  # not "cut"
+    extract_audio(src, tmp_path / "audio.wav", info.duration, format_name=info.format_name)
+    preview = tmp_path / "preview.mp4"
+    transcode_preview(src, preview, info.duration, format_name=info.format_name)
+    assert float(ffmpeg.probe(str(preview))["format"]["duration"]) == pytest.approx(
+        info.duration, abs=0.1)
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = make_storyboard(src, sprite, vtt, info.duration, 160, 120,
+                            format_name=info.format_name)
+    assert board.count == 2
+    check_storyboard(board, sprite, vtt, info.duration)
+
+
 @pytest.mark.parametrize(("gop", "expected"), [(25, 1.0), (50, 2.0), (75, 3.0), (None, 6.0)])
 def test_keyframe_gap(tmp_path: Path, gop: int | None, expected: float) -> None:
     src = mediagen.make_video(tmp_path / "src.mp4", duration=6.0, rate=25, gop=gop)

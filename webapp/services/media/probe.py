@@ -156,8 +156,23 @@ def _ratio(value: Any) -> Fraction | None:
     return ratio if ratio > 0 else None
 
 
+# Demuxers whose stated duration is where the file ends on its own clock, counted from 0
+# rather than from its first timestamp (ffmpeg 5.1, files whose streams all start 2 s in:
+# 5 s stated for 3 s of data). MPEG-TS/PS, FLV and Ogg state how long the data lasts.
+_ENDS_FROM_ZERO = frozenset({"mov", "matroska", "asf"})
+
+
 def _duration(fmt: dict[str, Any], streams: list[dict[str, Any]]) -> float | None:
+    """How long the file lasts from its first timestamp on: what every output of ffmpeg
+    (preview, audio) lasts, as ffmpeg times them from the file's start."""
     duration = number(fmt.get("duration"), float)
+    start = number(fmt.get("start_time"), float)
+    if (duration is not None and start is not None and start > 0
+            and mediainput.demuxer(str(fmt.get("format_name", ""))) in _ENDS_FROM_ZERO):
+        # A clip cut from a longer recording or a stream, keeping its timestamps: stated at
+        # its end's time, such a file got "the file ends at 3.0 s of 5.0 s" at upload
+        # (Matroska, WebM, ASF) or failed its preview as cut short (MP4, MOV).
+        duration = round(duration - start, 6)  # (ffprobe's microseconds)
     if duration is None:
         known = [number(s.get("duration"), float) for s in streams]
         duration = max((d for d in known if d is not None), default=None)
