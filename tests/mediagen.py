@@ -100,6 +100,20 @@ def make_late_start(dst: Path, start: float = 2.0, duration: float = 3.0) -> Pat
     return dst
 
 
+def make_recorded_webm(dst: Path, duration: float = 3.0) -> Path:
+    """A WebM as browsers' MediaRecorder writes it (VP8/Opus, written as it records): no
+    duration in its header and no index (ffmpeg writing to a pipe does the same)."""
+    with dst.open("wb") as out:
+        done = subprocess.run(
+            [*FFMPEG, "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=30:duration={duration}",
+             "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={duration}",
+             *_CODECS[".webm"], "-f", "webm", "pipe:1"],
+            stdout=out, stderr=subprocess.PIPE, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"ffmpeg (recorded WebM) failed:\n{done.stderr}")
+    return dst
+
+
 def make_speech_wav(dst: Path, text: str, voice: str = "en-us") -> Path:
     """espeak-ng reading text in a US English voice, or another (22.05 kHz mono WAV).
 

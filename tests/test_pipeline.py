@@ -205,6 +205,26 @@ def test_video_without_audio_skips_audio_steps(client, tmp_path):
     assert names == {"poster.jpg", "storyboard.jpg", "storyboard.vtt", "preview.mp4"}
 
 
+def test_a_browser_recording_that_states_no_duration_is_processed(client, tmp_path):
+    # MediaRecorder's WebM (Chrome, Firefox) has no duration in its header and no index.
+    src = mediagen.make_recorded_webm(tmp_path / "recording.webm", duration=3.0)
+    assert "duration" not in ffmpeg.probe(str(src))["format"]
+    video = upload_ok(client, src)
+    assert video["duration"] == pytest.approx(3.0, abs=0.1)  # measured from the data
+    vid = video["id"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    run_worker()
+    state = progress_of(client, vid)
+    assert (state["status"], state["error"]) == ("completed", None), state
+    assert all(s["status"] == "completed" for s in state["subtasks"]), state["subtasks"]
+    board = artifact(client, vid, "storyboard.vtt").get_data(as_text=True)
+    assert len(re.findall(r"storyboard\.jpg#xywh=", board)) == 2
+    preview = tmp_path / "preview.mp4"
+    preview.write_bytes(artifact(client, vid, "preview.mp4").data)
+    assert float(ffmpeg.probe(str(preview))["format"]["duration"]) == pytest.approx(3.0,
+                                                                                  abs=0.1)
+
+
 def test_audio_only_file_is_transcribed(client, tmp_path):
     audio = mediagen.make_audio_only(tmp_path / "voice.m4a", SENTENCE)
     vid = upload_ok(client, audio)["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import unicodedata
@@ -90,8 +91,12 @@ def _whole_media(path: Path, deadline: Deadline) -> ProbeResult:
             raise InvalidMedia("the file is incomplete: its MP4 index (moov atom) is missing"
                                " or cut off; upload it again") from None
         raise InvalidMedia(str(exc)) from None
-    if info.duration is None and not _has_packets(path, info.format_name, deadline):
-        raise InvalidMedia("the file has audio or video streams but no data in them")
+    if info.duration is None:
+        if not _has_packets(path, info.format_name, deadline):
+            raise InvalidMedia("the file has audio or video streams but no data in them")
+        # (Without one, the storyboard cannot be planned, nor a step's output checked.)
+        info = dataclasses.replace(
+            info, duration=integrity.measure_length(path, info.format_name, deadline))
     cut = integrity.find_cut(path, info.format_name, info.duration, deadline)
     if cut is not None:
         raise InvalidMedia(f"{cut}; upload it again")

@@ -176,6 +176,35 @@ def _last_packet_end(path: Path, format_name: str, since: float | None,
     return True, None if last_end is None else last_end - start
 
 
+def measure_length(path: Path, format_name: str, deadline: Deadline | None = None
+                   ) -> float | None:
+    """How long a file that states no duration lasts, in seconds from its start, or None if
+    it cannot be told before the deadline.
+
+    Browsers' MediaRecorder writes WebM as it records, with neither a duration nor an
+    index to seek by, so the data is read to its end: ffmpeg copies every packet to
+    nowhere (demuxing only, at the disk's speed: 20 minutes of such a WebM in 0.25 s) and
+    reports the time of the last (the progress report's, which ffmpeg counts from the
+    file's start).
+    """
+    deadline = deadline or Deadline(None)
+    *options, source = mediainput.input_args(path, format_name)
+    args = ["ffmpeg", "-nostdin", "-v", "error", *options, "-i", source,
+            "-map", "0:v?", "-map", "0:a?", "-c", "copy", "-f", "null", "-",
+            "-progress", "pipe:1", "-nostats"]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=deadline.left(),
+                              errors="replace")
+    except (OSError, subprocess.TimeoutExpired, mediainput.ProbeTimeout):
+        return None
+    if done.returncode != 0:
+        return None
+    reached = [_seconds(line.partition("=")[2]) for line in done.stdout.splitlines()
+               if line.startswith("out_time_us=")]
+    last = max((us for us in reached if us is not None and us > 0), default=None)
+    return round(last / 1_000_000, 3) if last else None
+
+
 def _seconds(value: str | None) -> float | None:
     try:
         return float(value) if value not in (None, "", "N/A") else None
