@@ -114,6 +114,19 @@ def make_recorded_webm(dst: Path, duration: float = 3.0) -> Path:
     return dst
 
 
+def make_interlaced(dst: Path, duration: float = 2.0) -> Path:
+    """Interlaced video as a PAL camcorder, DVD or broadcast records it: MPEG-2, 720x576,
+    25 frames of two fields each (top first, 1/50 s apart), in MPEG-TS. The picture is a
+    white bar (100x300) crossing black at 800 pixels a second, so that the two fields of a
+    frame show it 16 pixels apart; no sound."""
+    _ffmpeg("-f", "lavfi", "-i", f"color=black:size=720x576:rate=50:duration={duration}",
+            "-f", "lavfi", "-i", "color=white:size=100x300:rate=50", "-filter_complex",
+            "[0][1]overlay=x='40+t*800':y=100:shortest=1,tinterlace=mode=merge,"
+            "setfield=tff[v]", "-map", "[v]", "-c:v", "mpeg2video", "-q:v", "2",
+            "-flags", "+ildct+ilme", "-top", "1", str(dst))
+    return dst
+
+
 def make_speech_wav(dst: Path, text: str, voice: str = "en-us") -> Path:
     """espeak-ng reading text in a US English voice, or another (22.05 kHz mono WAV).
 

@@ -1287,3 +1287,33 @@ def test_a_single_track_file_is_read_as_before(moving: Path) -> None:
     # Without dispositions to go by (or all default), the first stream of each kind.
     found = first_streams(moving)
     assert (found.video.get("codec_name"), found.audio.get("codec_name")) == ("h264", "aac")
+
+
+def ghost_share(picture: Path, frame: int = 0) -> float:
+    """Of the pixels of a picture's frame that are not black, the share that are grey: a
+    white bar on black, scaled, has grey only along its edges; its two fields scaled
+    together (not deinterlaced) leave a grey band, the bar's ghost, along each side."""
+    done = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(picture), "-vf",
+         f"select=eq(n\\,{frame}),format=gray", "-frames:v", "1", "-f", "rawvideo", "-"],
+        capture_output=True, check=True)
+    grey = sum(1 for level in done.stdout if 50 < level < 200)
+    return grey / sum(1 for level in done.stdout if level >= 50)
+
+
+def test_interlaced_video_is_deinterlaced_in_every_picture(tmp_path: Path) -> None:
+    src = mediagen.make_interlaced(tmp_path / "pal.ts")
+    assert streams(src)["video"]["field_order"] == "tt"
+    info = probe(src)
+    preview = tmp_path / "preview.mp4"
+    transcode_preview(src, preview, info.duration, has_audio=False,
+                      format_name=info.format_name)
+    assert streams(preview)["video"]["field_order"] == "progressive"
+    poster = tmp_path / "poster.jpg"
+    make_poster(src, poster, info.duration, format_name=info.format_name)
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    make_storyboard(src, sprite, vtt, info.duration, info.width, info.height,
+                    format_name=info.format_name)
+    shares = {"preview": ghost_share(preview, frame=10), "poster": ghost_share(poster),
+              "storyboard": ghost_share(sprite)}
+    assert all(share < 0.05 for share in shares.values()), shares

@@ -18,7 +18,7 @@ from webapp.services.ffrun import (
     run,
 )
 from webapp.services.media.colours import SDR_TAGS, stream_hdr, to_sdr
-from webapp.services.media.probe import first_streams, number
+from webapp.services.media.probe import deinterlaced, first_streams, number
 from webapp.services.mediainput import ffmpeg_input
 
 # The most audio bit rate the preview carries over from its source unchanged.
@@ -99,7 +99,10 @@ def transcode_preview(
         # Height capped and kept even (yuv420p needs even sizes); width follows the
         # displayed aspect, in square pixels (a non-square pixel aspect, as in anamorphic
         # DVD/HDV, is not honoured by every player), so the picture is that of the poster.
-        video = (source[streams.video_spec]
+        video = source[streams.video_spec]
+        if streams.interlaced:
+            video = deinterlaced(video)
+        video = (video
                  .filter("scale", "max(2,2*round(oh*dar/2))",
                          f"trunc(min(ih,{max_height})/2)*2")
                  .filter("setsar", 1))

@@ -8,6 +8,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from ffmpeg.nodes import FilterableStream
+
 from webapp.services import mediainput
 from webapp.services.ffrun import MediaError, error_detail, error_tail
 
@@ -220,6 +222,12 @@ class Streams:
         return _spec(self.audio, "a:0")
 
     @property
+    def interlaced(self) -> bool:
+        """Whether the video is stored as interlaced fields (camcorders' 1080i, DV, DVD,
+        broadcast TS), which every picture made of it must deinterlace (`deinterlaced`)."""
+        return self.video.get("field_order") in INTERLACED_ORDERS
+
+    @property
     def video_start(self) -> float | None:
         """The video stream's start time in seconds, as stated (0.0 when not stated); None
         when it was not read (keyframes.keyframe_gap then reads it itself)."""
@@ -241,6 +249,18 @@ class Streams:
         return length if length and length > 0 else None
 
 
+# ffprobe's field orders of interlaced video (top or bottom field first, coded and shown).
+INTERLACED_ORDERS = frozenset({"tt", "bb", "tb", "bt"})
+
+
+def deinterlaced(video: FilterableStream) -> FilterableStream:
+    """Interlaced frames made whole pictures, one per frame (bwdif; frames flagged
+    progressive pass untouched). Scaled as they are, the two fields, 1/50 s apart, show
+    every moving edge twice: a ghost in the preview and the storyboard, a comb in the
+    poster."""
+    return video.filter("bwdif", mode="send_frame", deint="interlaced")
+
+
 def first_streams(src: Path, format_name: str | None = None) -> Streams:
     """One ffprobe for everything the steps ask of the video and audio streams they use,
     chosen as probe chose them (each probe is a process start on a step's path)."""
@@ -249,7 +269,7 @@ def first_streams(src: Path, format_name: str | None = None) -> Streams:
             src, "-show_entries",
             "stream=index,codec_type,start_time,duration,nb_frames,codec_name,profile,"
             "channels,sample_rate,bit_rate,color_transfer,color_primaries,color_space,"
-            "color_range:stream_disposition=default,attached_pic:stream_tags=BPS,DURATION"
+            "color_range,field_order:stream_disposition=default,attached_pic:stream_tags=BPS,DURATION"
             ":format=format_name,start_time,duration", format_name=format_name)
     except MediaError:
         return Streams({}, {}, None)

@@ -22,7 +22,7 @@ from webapp.services.ffrun import (
 )
 from webapp.services.keyframes import keyframe_gap
 from webapp.services.media.colours import JPEG_COLORS, Hdr, stream_hdr, to_sdr
-from webapp.services.media.probe import Streams, first_streams
+from webapp.services.media.probe import Streams, deinterlaced, first_streams
 from webapp.services.mediainput import ffmpeg_input
 from webapp.services.opening import LOOK_AT_MOST, black_opening
 
@@ -51,6 +51,8 @@ def _grab_frame(src: Path, dst: Path, seek: float, max_width: int,
         # non-square pixels (anamorphic DVD/HDV) is stretched to its displayed width.
         size = (f"min(iw*sar,{max_width})", "max(2,2*round(ow/dar/2))")
         frame = ffmpeg_input(src, format_name, ss=seek)[streams.video_spec]
+        if streams.interlaced:
+            frame = deinterlaced(frame)
         if hdr:
             # Tone-mapped at the poster's size (in 10 bits still): a 4K frame in float
             # took 0.5 s more. The scale below then only converts the colours.
@@ -167,7 +169,7 @@ def make_storyboard(
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
         try:
             frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
-                                      streams.video_spec, hdr)
+                                      streams, hdr)
         except MediaError:
             if not plan.keyframes_only:
                 raise
@@ -176,11 +178,11 @@ def make_storyboard(
             # any video allows; a damaged one fails again, then for good.
             plan = replace(plan, keyframes_only=False)
             frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
-                                      streams.video_spec, hdr)
+                                      streams, hdr)
         if plan.references_only and _tiles_missing(plan, frames, duration):
             plan = replace(plan, references_only=False)
             frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
-                                      streams.video_spec, hdr)
+                                      streams, hdr)
         plan = _confirm_tiles(plan, frames, duration)
         with atomic_output(vtt_dst) as vtt_tmp:
             vtt_tmp.write_text(_storyboard_vtt(plan, duration, sprite_name), encoding="utf-8")
@@ -189,11 +191,12 @@ def make_storyboard(
 
 def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
                      on_progress: ProgressCallback | None, format_name: str | None,
-                     video: str, hdr: Hdr | None = None) -> int | None:
-    """Write the sprite as planned from the `video` stream (a specifier); the number of
+                     streams: Streams, hdr: Hdr | None = None) -> int | None:
+    """Write the sprite as planned from the video stream (`streams.video`); the number of
     tiles ffmpeg made."""
     result = run(
-        _storyboard_graph(src, dst, plan, format_name, video, hdr),
+        _storyboard_graph(src, dst, plan, format_name, streams.video_spec, hdr,
+                          interlaced=streams.interlaced),
         duration,
         on_progress,
         xerror=True,
@@ -206,7 +209,8 @@ def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
 
 
 def _storyboard_graph(src: Path, dst: Path, plan: Storyboard, format_name: str | None,
-                      video: str, hdr: Hdr | None = None) -> OutputStream:
+                      video: str, hdr: Hdr | None = None, *,
+                      interlaced: bool = False) -> OutputStream:
     # The first frame at or after each multiple of the interval (after the black opening),
     # on the file's time; counted from the picture's first frame (start_t), as ffmpeg keeps
     # its offset in the file or not depending on the format (not for MPEG-TS when only the
@@ -218,7 +222,12 @@ def _storyboard_graph(src: Path, dst: Path, plan: Storyboard, format_name: str |
     )
     options = ({"skip_frame": "nokey"} if plan.keyframes_only
                else {"skip_frame": "noref"} if plan.references_only else {})
-    tiles = ffmpeg_input(src, format_name, **options)[video].filter("select", pick)
+    tiles = ffmpeg_input(src, format_name, **options)[video]
+    if interlaced:
+        # Before the selection: bwdif given a lone frame before the end of its input
+        # (a one-tile storyboard, the last tile) passes it on as it is.
+        tiles = deinterlaced(tiles)
+    tiles = tiles.filter("select", pick)
     if hdr:
         # Tone-mapped at the tile's size (in 10 bits still): a 4K frame in float is 64
         # times the work. The scale below then only converts the colours.
