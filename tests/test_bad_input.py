@@ -566,6 +566,38 @@ def test_bad_trigger_parameters_are_4xx_and_start_nothing(client, db_session, vi
     assert db_session.query(ProcessingTask).count() == 0
 
 
+def test_refused_arguments_are_named_in_the_message(client, video_id):
+    """The message alone says which argument to change and why (a client shows it, or logs
+    only it): it was webargs' generic "The request was well-formed but was unable to be
+    followed due to semantic errors." or "The browser (or proxy) sent a request that this
+    server could not understand.", with the reason only inside `errors`."""
+    trigger = f"/api/v1/videos/{video_id}/run_sync"
+    cases = [
+        (client.get("/api/v1/videos?page=0"), 422,
+         "query parameter `page`: must be greater than or equal to 1"),
+        (client.get("/api/v1/videos?sort=size"), 422,
+         "query parameter `sort`: must be one of: newest, oldest, name, duration"),
+        (client.get("/api/v1/search?q="), 422,
+         "query parameter `q`: length must be between 1 and 200"),
+        (client.get("/api/v1/search"), 422, "query parameter `q` is missing"),
+        (client.post(f"{trigger}?forse=true"), 422,
+         "query parameter `forse` is not an option this request takes"),
+        (client.post(trigger, json={"force": None, "translate": "perhaps"}), 422,
+         "JSON field `force` may not be null; JSON field `translate`: not a valid boolean"),
+        (client.post(trigger, json=[{"force": True}]), 422,
+         'the JSON body is not an object: send options as one, e.g. {"force": true}'),
+        (client.post(trigger, data="{not json", content_type="application/json"), 400,
+         "the body is not valid JSON (Expecting property name enclosed in double quotes: "
+         "line 1 column 2 (char 1))"),
+        (client.post("/api/v1/videos", data={"file": "not a file"},
+                     content_type="multipart/form-data"), 422, "form field `file` is missing"),
+    ]
+    for resp, status, message in cases:
+        body = assert_json_error(resp, status)
+        assert body["message"] == message, (resp.request.url, body)
+        assert body["errors"], body  # the details by location and field stay as they were
+
+
 def test_json_options_with_a_json_media_type_variant_are_read(client, video_id):
     resp = client.post(f"/api/v1/videos/{video_id}/run_sync", data='{"force": true}',
                        content_type="application/json; charset=utf-8")

@@ -44,6 +44,8 @@ class Api(SmorestApi):
     def handle_http_exception(self, error: HTTPException):
         data = getattr(error, "data", None) or {}
         message = data.get("message") or error.description or error.name
+        if "message" not in data and data.get("messages"):  # webargs: a request it refused
+            message = invalid_request(data["messages"], getattr(error, "exc", None))
         if isinstance(error, InternalServerError):  # abort(500), or an error in an error handler
             message = internal_error(log, error.original_exception or error,
                                      f"in {request.method} {request.path}")
@@ -71,6 +73,53 @@ class Api(SmorestApi):
 
 
 api = Api()
+
+# The location of a refused argument, as a client names it; and marshmallow's messages that
+# read better after the field's name than after a colon.
+_LOCATIONS = {"query": "query parameter", "json": "JSON field", "files": "form field",
+              "form": "form field", "headers": "header", "cookies": "cookie"}
+_AFTER_NAME = {"Missing data for required field.": "is missing",
+               "Unknown field.": "is not an option this request takes",
+               "Field may not be null.": "may not be null"}
+
+
+def invalid_request(errors: dict, exc: Exception | None) -> str:
+    """The sentence for an argument webargs refused (422, or 400 for a body that is not
+    JSON). Its own messages are a generic line ("The request was well-formed but ...", "The
+    browser (or proxy) sent a request ...") beside `errors`: this names each field, where
+    it was sent and what is wrong with it, so the message alone says what to change."""
+    parts = []
+    for location, fields in errors.items():
+        if not isinstance(fields, dict):  # the whole body: webargs could not read it
+            if location == "json":
+                detail = f" ({exc})" if isinstance(exc, ValueError) else ""
+                parts.append(f"the body is not valid JSON{detail}")
+            else:
+                parts.append(f"the {location} could not be read")
+            continue
+        where = _LOCATIONS.get(location, location)
+        for name, problems in fields.items():
+            texts = problems if isinstance(problems, list) else [str(problems)]
+            if name == "_schema":
+                if location == "json" and "Invalid input type." in texts:
+                    parts.append('the JSON body is not an object: send options as one, '
+                                 'e.g. {"force": true}')
+                else:
+                    parts.append(f"the {location}: " + "; ".join(map(_sentence, texts)))
+                continue
+            for text in texts:
+                text = str(text)
+                if text in _AFTER_NAME:
+                    parts.append(f"{where} `{name}` {_AFTER_NAME[text]}")
+                else:
+                    parts.append(f"{where} `{name}`: {_sentence(text)}")
+    return "; ".join(parts) or "the request's arguments are not valid"
+
+
+def _sentence(text: str) -> str:
+    """marshmallow's "Not a valid integer." as part of a sentence: "not a valid integer"."""
+    text = str(text).rstrip(".")
+    return text[:1].lower() + text[1:]
 
 
 def html_error(code: int, name: str, message: str):
