@@ -566,6 +566,28 @@ def test_bad_trigger_parameters_are_4xx_and_start_nothing(client, db_session, vi
     assert db_session.query(ProcessingTask).count() == 0
 
 
+def test_a_chunked_options_body_over_64_kib_is_413(client, db_session, video_id):
+    """Without Content-Length (chunked, as gunicorn passes it), werkzeug stopped reading at
+    the 64 KiB limit without a word: the view saw the first 64 KiB, cut inside the JSON, and
+    answered 400 "not valid JSON" where the same body with a Content-Length was a 413. A
+    chunked body within the limit, even one of exactly 64 KiB, is still read whole."""
+    chunked = {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True,
+               "CONTENT_LENGTH": ""}
+    url = f"/api/v1/videos/{video_id}/run_sync"
+    big = json.dumps({"language": "x" * 70_000}).encode()
+    resp = client.post(url, input_stream=io.BytesIO(big), content_type="application/json",
+                       environ_overrides=chunked)
+    assert resp.request.content_length is None
+    assert "65,536 bytes" in assert_json_error(resp, 413)["message"]
+    db_session.expire_all()
+    assert db_session.query(ProcessingTask).count() == 0
+    padded = b'{"force": true' + b" " * (64 * 1024 - 15) + b"}"
+    assert len(padded) == 64 * 1024
+    resp = client.post(url, input_stream=io.BytesIO(padded), content_type="application/json",
+                       environ_overrides=chunked)
+    assert resp.status_code == 202, resp.get_json()
+
+
 def test_refused_arguments_are_named_in_the_message(client, video_id):
     """The message alone says which argument to change and why (a client shows it, or logs
     only it): it was webargs' generic "The request was well-formed but was unable to be

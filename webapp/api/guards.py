@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from flask import request
 from flask_smorest import abort
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp.api.schemas import ErrorSchema
 
@@ -41,8 +42,11 @@ def json_or_no_body(view: Callable) -> Callable:
             if not request.is_json:
                 abort(415, message="send options as a JSON object (Content-Type: "
                                    "application/json) or in the query string, e.g. ?force=true")
+            data = request.get_data(cache=True)
+            if len(data) >= MAX_JSON_BYTES and _more_follows():
+                raise RequestEntityTooLarge()
             try:
-                json.loads(request.get_data(cache=True))
+                json.loads(data)
             except RecursionError:
                 abort(400, message="the JSON body is nested too deeply")
             except ValueError:
@@ -50,6 +54,19 @@ def json_or_no_body(view: Callable) -> Callable:
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def _more_follows() -> bool:
+    """Whether a body without Content-Length (chunked) goes on past MAX_JSON_BYTES.
+
+    werkzeug stops reading such a body at max_content_length without a word (its limited
+    stream's readall ends there; only a further read raises 413), so get_data hands over
+    the first 64 KiB: a 70 KiB JSON body was a 400 "not valid JSON", a 413 with a
+    Content-Length. One byte more from the server's own stream tells which it is. (A body
+    with a Content-Length over the limit never gets here: werkzeug refuses it at once.)"""
+    if request.content_length is not None:
+        return False
+    return bool(request.environ["wsgi.input"].read(1))
 
 
 def multipart_upload(view: Callable) -> Callable:
