@@ -204,14 +204,22 @@ def _servable_range(size: int) -> None:
     """Rewrite the request's Range where werkzeug would answer 416 to a range that RFC 9110
     says to serve: a suffix longer than the file selects the whole file (14.1.2); a Range of
     a unit other than bytes MUST be ignored, and several ranges (werkzeug cannot send a
-    multipart answer) may be (14.2). Anything else is left to werkzeug."""
+    multipart answer) may be (14.2); an empty element of the list is no range (5.6.1). These
+    are told apart before werkzeug's parser sees the header: it refuses several ranges out of
+    order or overlapping, a list with an empty element, and a unit's ranges it cannot read
+    (`items=a`), all as unsatisfiable. Anything else is left to werkzeug."""
     sent = request.headers.get("Range")
-    parsed = parse_range_header(sent) if sent else None
-    if parsed is None:
+    if not sent:
         return
-    if parsed.units != "bytes" or len(parsed.ranges) != 1:
+    unit, _, specs = sent.partition("=")
+    ranges = [spec.strip() for spec in specs.split(",") if spec.strip()]
+    if unit.strip().lower() != "bytes" or len(ranges) > 1:
         request.environ.pop("HTTP_RANGE", None)
         return
+    parsed = parse_range_header(f"bytes={ranges[0]}") if ranges else None
+    if parsed is None:
+        return  # no range, or not one (bytes=5-2): werkzeug's 416, as 14.2 allows
+    request.environ["HTTP_RANGE"] = f"bytes={ranges[0]}"
     start, end = parsed.ranges[0]
     if start < 0 and end is None and -start > size:
         request.environ["HTTP_RANGE"] = "bytes=0-"
