@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -132,6 +133,44 @@ def test_upload_without_file_field_is_422(client):
     resp = client.post("/api/v1/videos", data={"other": "x"}, content_type="multipart/form-data")
     body = assert_json_error(resp, 422)
     assert "file" in json.dumps(body["errors"])
+
+
+def test_upload_options_it_does_not_read_are_422_and_store_nothing(client, settings,
+                                                                   db_session, clip):
+    """The triggers take language and translate in the query; the upload reads them only as
+    form fields, and ignored them (and any misspelt field) in silence: a 201 for a video
+    that would be transcribed in whatever language was detected, without English captions.
+    Like a trigger's unknown option, each is a 422 naming it, before anything is stored."""
+    cases = [
+        ({"query_string": "language=de&translate=true"},
+         "the upload reads no query parameter (`language`, `translate`): send `language` "
+         "and `translate` as form fields beside the file"),
+        ({"data": {"languge": "de"}}, "form field `languge` is not an option this request takes"),
+        ({"data": {"translate": "true", "extra": (io.BytesIO(b"x"), "x.txt")}},
+         "form field `extra` is not an option this request takes"),
+    ]
+    for kwargs, message in cases:
+        data = {"file": (io.BytesIO(clip.read_bytes()), "clip.mp4"), **kwargs.pop("data", {})}
+        resp = client.post("/api/v1/videos", data=data, content_type="multipart/form-data",
+                           **kwargs)
+        assert assert_json_error(resp, 422)["message"] == message, kwargs
+    # Parts without a name (a Content-Disposition werkzeug cannot read) are no options:
+    # named None among the unknown fields, they made the 422's JSON unsortable, a 500.
+    for part in (b'form-data; name="\r"', b"form-data", b'form-data; filename="a.mp4"'):
+        body = (b"--b\r\nContent-Disposition: " + part + b"\r\n\r\nnull\r\n--b--\r\n")
+        resp = client.post("/api/v1/videos", data=body,
+                           content_type="multipart/form-data; boundary=b")
+        assert assert_json_error(resp, 422)["message"] == "form field `file` is missing", part
+    assert db_session.query(Video).count() == 0
+    assert media_files(settings) == []
+    # The options as form fields are read, as before.
+    resp = client.post("/api/v1/videos", content_type="multipart/form-data", data={
+        "file": (io.BytesIO(clip.read_bytes()), "clip.mp4"), "language": "de",
+        "translate": "true"})
+    assert resp.status_code == 201, resp.get_json()
+    assert (resp.get_json()["requested_language"], resp.get_json()["translate"]) == ("de", True)
+    upload_schema = client.get("/api/openapi.json").get_json()["components"]["schemas"]["Upload"]
+    assert upload_schema["additionalProperties"] is False
 
 
 def test_upload_over_the_limit_is_413(settings, clip):

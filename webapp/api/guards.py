@@ -70,7 +70,10 @@ def _more_follows() -> bool:
 
 
 def multipart_upload(view: Callable) -> Callable:
-    """415 unless multipart/form-data; 411 for a body of unknown length the server won't end."""
+    """415 unless multipart/form-data; 411 for a body of unknown length the server won't end;
+    422 for anything in the query string, where the upload reads no option: the triggers take
+    theirs there, so `POST /videos?language=de` was an easy mistake, and it was a 201 for a
+    video transcribed in whatever language was detected (the body is not read)."""
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
@@ -79,6 +82,11 @@ def multipart_upload(view: Callable) -> Callable:
         if request.content_length is None and not request.environ.get("wsgi.input_terminated"):
             abort(411, message="the upload has no Content-Length and this server cannot read "
                                "a chunked body; send Content-Length")
+        if request.args:
+            names = ", ".join(f"`{name}`" for name in request.args)
+            abort(422, message=f"the upload reads no query parameter ({names}): send "
+                               "`language` and `translate` as form fields beside the file",
+                  errors={"query": {name: ["Unknown field."] for name in request.args}})
         return view(*args, **kwargs)
 
     return wrapper

@@ -36,6 +36,11 @@ _LANGUAGE_FIELD = {"validate": validate.Length(min=1, max=64)}
 
 
 class UploadSchema(ma.Schema):
+    class Meta:
+        # A misspelt option (`languge=de`) must not store a video without it: 422 naming it,
+        # as for the triggers; documented as additionalProperties: false.
+        unknown = ma.RAISE
+
     file = Upload(required=True, metadata={"description": (
         f"The audio or video file, in an accepted container format ({ACCEPTED}). Anything "
         "else (playlists, lists of files, images, stream descriptions, subtitles, text) is "

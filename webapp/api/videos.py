@@ -9,6 +9,7 @@ from flask import Response, request, send_file, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from flask_smorest.fields import Upload
+from marshmallow import RAISE
 from webargs.flaskparser import FlaskParser
 from webargs.multidictproxy import MultiDictProxy
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
@@ -41,12 +42,16 @@ class _MultipartParser(FlaskParser):
     location "files" from request.files alone, and a second `@blp.arguments` with location
     "form" would be documented as a second request body, which OpenAPI 3 cannot have.
     A schema's Upload fields still come from files only: a text part named `file` is no
-    file."""
+    file. A part without a name (werkzeug's None, for a Content-Disposition it cannot read)
+    is no option either: left in, the 422 for unknown fields would name None beside strings,
+    which its JSON cannot sort (a 500)."""
 
     def load_files(self, req, schema):
         uploads = {name for name, field in schema.fields.items() if isinstance(field, Upload)}
-        form = MultiDict([(k, v) for k, v in req.form.items(multi=True) if k not in uploads])
-        return MultiDictProxy(CombinedMultiDict([req.files, form]), schema)
+        files = MultiDict([(k, v) for k, v in req.files.items(multi=True) if k is not None])
+        form = MultiDict([(k, v) for k, v in req.form.items(multi=True)
+                          if k is not None and k not in uploads])
+        return MultiDictProxy(CombinedMultiDict([files, form]), schema)
 
 
 class _Blueprint(Blueprint):
@@ -87,7 +92,7 @@ def video_payload(video: Video) -> dict:
 class Videos(MethodView):
     @no_entity_tag("The list of videos")
     @multipart_upload
-    @blp.arguments(UploadSchema, location="files")
+    @blp.arguments(UploadSchema, location="files", unknown=RAISE)
     @blp.response(201, VideoSchema, headers={"Location": {
         "description": "The new video's URL", "required": True, "schema": {"type": "string"}}})
     @error_response(blp, 400, "The upload was cut short (the body ends before the form's "
