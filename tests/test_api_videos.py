@@ -315,7 +315,8 @@ def test_error_answers_keep_the_headers_http_requires(client, settings, clip):
                                                 "storyboard.jpg": b"y", "storyboard.vtt": b"W"})
     resp = client.get(f"/api/v1/videos/{vid}/artifacts/poster.jpg",
                       headers={"Range": "bytes=500-"})
-    assert_json_error(resp, 416)
+    body = assert_json_error(resp, 416)
+    assert body["message"] == "the range 'bytes=500-' selects no byte of this file of 100 bytes"
     assert resp.headers.get("Content-Range") == "bytes */100"
     assert resp.content_type == "application/json"
 

@@ -9,7 +9,12 @@ from flask import Flask, Response, make_response, render_template, request
 from flask_smorest import Api as SmorestApi
 from flask_smorest.pagination import PaginationMetadataSchema
 from markupsafe import Markup
-from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
+from werkzeug.exceptions import (
+    HTTPException,
+    InternalServerError,
+    RequestedRangeNotSatisfiable,
+    RequestEntityTooLarge,
+)
 
 from webapp.api.schemas import ErrorSchema
 from webapp.config import API_PREFIX
@@ -55,6 +60,10 @@ class Api(SmorestApi):
                 message = f"the request body is larger than the limit of {limit:,} bytes"
             else:  # werkzeug's form limits: too many parts, or a big non-file field
                 message = "the form has too many parts, or a field besides the file is too big"
+        elif isinstance(error, RequestedRangeNotSatisfiable) and error.length is not None:
+            # werkzeug's "The server cannot provide the requested range." names neither.
+            message = (f"the range {request.headers.get('Range', '')!r} selects no byte of "
+                       f"this file of {error.length:,} bytes")
         # What HTTP requires the error to say besides its body (Allow on 405, Content-Range
         # on 416, WWW-Authenticate on 401, ...): werkzeug puts it in the exception's headers,
         # which a body of our own must not lose. Its Content-Type is the HTML page's.
