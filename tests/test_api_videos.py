@@ -495,6 +495,36 @@ def test_openapi_documents_the_location_header_of_201_and_202(client, clip):
     assert started.headers["Location"] == started.get_json()["progress_url"]
 
 
+def test_openapi_documents_the_headers_of_downloads(client, settings, clip):
+    """A client generated from the description resumes and revalidates downloads with the
+    validators and ranges it is told of: they were sent but not documented (no headers on
+    the artifact's 200, 206, 304 and 416, nor on transcript.txt's 200). Each documented
+    header is sent."""
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    responses = paths["/api/v1/videos/{video_id}/artifacts/{name}"]["get"]["responses"]
+    vid = upload_ok(client, clip)["id"]
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": b"p" * 100,
+                                                "storyboard.jpg": b"y", "storyboard.vtt": b"W"})
+    url = f"/api/v1/videos/{vid}/artifacts/poster.jpg"
+    etag = client.get(url).headers["ETag"]
+    answers = {"200": client.get(url), "206": client.get(url, headers={"Range": "bytes=0-9"}),
+               "304": client.get(url, headers={"If-None-Match": etag}),
+               "416": client.get(url, headers={"Range": "bytes=100-"})}
+    expected = {"200": {"ETag", "Last-Modified", "Accept-Ranges", "Cache-Control",
+                        "Content-Disposition"},
+                "206": {"ETag", "Last-Modified", "Accept-Ranges", "Cache-Control",
+                        "Content-Disposition", "Content-Range"},
+                "304": {"ETag", "Cache-Control"}, "416": {"Content-Range"}}
+    for status, names in expected.items():
+        documented = responses[status].get("headers", {})
+        assert set(documented) == names, (status, documented)
+        resp = answers[status]
+        assert resp.status_code == int(status)
+        assert all(resp.headers.get(name) for name in names), (status, resp.headers)
+    text = paths["/api/v1/videos/{video_id}/transcript.txt"]["get"]["responses"]["200"]
+    assert set(text.get("headers", {})) == {"Content-Disposition", "Cache-Control"}
+
+
 def test_docs_page_uses_only_vendored_assets(client):
     page = client.get("/api/docs")
     assert page.status_code == 200

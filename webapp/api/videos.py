@@ -24,6 +24,7 @@ from webapp.api.guards import (
 )
 from webapp.api.schemas import (
     ArtifactSchema,
+    ErrorSchema,
     TranscriptSchema,
     UploadSchema,
     VideoListQuerySchema,
@@ -172,7 +173,13 @@ class Artifacts(MethodView):
 class TranscriptText(MethodView):
     @blp.doc(responses={"200": {"description": (
         "The published transcript as plain UTF-8 text, one segment a line (as an attachment "
-        "named after the video)"), "content": {"text/plain": {"schema": _TEXT}}}})
+        "named after the video)"), "content": {"text/plain": {"schema": _TEXT}},
+        "headers": {"Content-Disposition": {
+            "description": "`attachment`, named after the video (`<its name>.txt`)",
+            "required": True, "schema": _TEXT},
+            "Cache-Control": {"description": "`no-cache, private`: a newer run may replace "
+                                             "the transcript", "required": True,
+                              "schema": _TEXT}}}})
     @blp.alt_response(404, response="NOT_FOUND")
     def get(self, video_id):
         """Download the transcript as plain text, one segment a line"""
@@ -195,13 +202,35 @@ class TranscriptText(MethodView):
 # A byte range of it is no JSON document, so 206 answers stay binary strings.
 _MIME_TYPES = sorted({mime_type(name) for name in ALL_ARTIFACT_NAMES})
 _BINARY = {"type": "string", "format": "binary"}
+# The validators and range support a client builds conditional and resumed downloads on.
+_STRING = {"type": "string"}
+_VALIDATORS = {
+    "ETag": {"description": "Strong validator of this copy of the file (If-None-Match, "
+                            "If-Match, If-Range)", "required": True, "schema": _STRING},
+    "Cache-Control": {"description": "`no-cache, max-age=0`: a newer run may replace the "
+                                     "file, so revalidate", "required": True, "schema": _STRING},
+}
+_FILE_HEADERS = {
+    **_VALIDATORS,
+    "Last-Modified": {"description": "When the file was written (If-Modified-Since, "
+                                     "If-Unmodified-Since)", "required": True, "schema": _STRING},
+    "Accept-Ranges": {"description": "`bytes`: byte ranges can be asked for (Range)",
+                      "required": True, "schema": _STRING},
+    "Content-Disposition": {"description": "`inline`, with the artifact's name",
+                            "required": True, "schema": _STRING},
+}
+_CONTENT_RANGE = {"description": "The range sent and the file's length, "
+                                 "`bytes <first>-<last>/<length>`",
+                  "required": True, "schema": _STRING}
 _FILE_RESPONSES = {
-    "200": {"description": "The file", "content": {
+    "200": {"description": "The file", "headers": _FILE_HEADERS, "content": {
         mime: {"schema": TranscriptSchema if mime == "application/json" else _BINARY}
         for mime in _MIME_TYPES}},
     "206": {"description": "The requested byte range (HTTP Range)",
+            "headers": {**_FILE_HEADERS, "Content-Range": _CONTENT_RANGE},
             "content": {mime: {"schema": _BINARY} for mime in _MIME_TYPES}},
-    "304": {"description": "Not modified since the copy the client has (conditional request)"},
+    "304": {"description": "Not modified since the copy the client has (conditional request)",
+            "headers": _VALIDATORS},
 }
 
 
@@ -279,7 +308,10 @@ class Artifact(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     @error_response(blp, 412, "If-Match, or If-Unmodified-Since, no longer holds: the file "
                               "changed since the copy the client has")
-    @error_response(blp, 416, "The requested byte range is outside the file")
+    @blp.alt_response(416, schema=ErrorSchema, description=(
+        "The requested byte range is outside the file"), headers={"Content-Range": {
+            "description": "The file's length, `bytes */<length>`", "required": True,
+            "schema": _STRING}})
     def get(self, video_id, name):
         """Download one output; supports HTTP Range so players can seek"""
         video = find_video(video_id)
