@@ -11,7 +11,14 @@ import pytest
 from sqlalchemy import event
 
 from tests import mediagen
-from tests.helpers import assert_json_error, progress_of, publish_files, upload, upload_ok
+from tests.helpers import (
+    assert_json_error,
+    progress_of,
+    publish_files,
+    transcript_files,
+    upload,
+    upload_ok,
+)
 from webapp import create_app
 from webapp.config import Settings
 from webapp.db import get_engine
@@ -523,6 +530,29 @@ def test_openapi_documents_the_headers_of_downloads(client, settings, clip):
         assert all(resp.headers.get(name) for name in names), (status, resp.headers)
     text = paths["/api/v1/videos/{video_id}/transcript.txt"]["get"]["responses"]["200"]
     assert set(text.get("headers", {})) == {"Content-Disposition", "Cache-Control"}
+
+
+def test_transcript_text_of_a_video_named_beyond_latin_1_is_served(client, settings, clip):
+    """transcript.txt is named after the video. A name beyond Latin-1 (Chinese, an emoji)
+    went into Content-Disposition as it was, which a header cannot carry: gunicorn answered
+    a bare 500 (the test client does not check). Beyond ASCII it is now filename* (RFC 6266),
+    beside an ASCII filename."""
+    names = {
+        "日本語 🎬.mp4": "attachment; filename=transcript.txt; "
+                        "filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E%20%F0%9F%8E%AC.txt",
+        "café.mp4": "attachment; filename=cafe.txt; filename*=UTF-8''caf%C3%A9.txt",
+        "my talk.mp4": 'attachment; filename="my talk.txt"',
+    }
+    for name, disposition in names.items():
+        with open(clip, "rb") as fh:
+            vid = client.post("/api/v1/videos", data={"file": (fh, name)}).get_json()["id"]
+        publish_files(settings, vid, "transcribe",
+                      transcript_files([(0.0, 1.0, "hello there")]),
+                      segments=[(0.0, 1.0, "hello there")])
+        resp = client.get(f"/api/v1/videos/{vid}/transcript.txt")
+        assert (resp.status_code, resp.get_data(as_text=True)) == (200, "hello there\n")
+        header = resp.headers["Content-Disposition"]
+        assert header == disposition and header.isascii(), name
 
 
 def test_docs_page_uses_only_vendored_assets(client):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from flask import Response, request, send_file, url_for
 from flask.views import MethodView
@@ -169,6 +171,20 @@ class Artifacts(MethodView):
 
 
 
+def _file_names(stem: str, suffix: str) -> dict[str, str]:
+    """Content-Disposition's file name parameters for `stem` + `suffix` (RFC 6266): a name
+    beyond ASCII goes in filename* (UTF-8, percent-encoded), beside an ASCII filename for
+    old clients. Put in filename as it was, a header value must be Latin-1: gunicorn answered
+    a video named in Chinese or with an emoji with a bare 500, and sent `café` as one byte
+    clients read in their own charset. (Flask's send_file does the same for artifacts.)"""
+    name = stem + suffix
+    if name.isascii():
+        return {"filename": name}
+    plain = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode().strip()
+    return {"filename": (plain or "transcript") + suffix,
+            "filename*": "UTF-8''" + quote(name, safe="!#$&+-.^_`|~")}
+
+
 @blp.route("/videos/<string:video_id>/transcript.txt", merge_slashes=False)
 class TranscriptText(MethodView):
     @blp.doc(responses={"200": {"description": (
@@ -191,7 +207,7 @@ class TranscriptText(MethodView):
             raise NotFound(f"video {video.id} has no transcript yet")
         stem = video.original_filename.rsplit(".", 1)[0] or "transcript"
         response = Response(text, mimetype="text/plain")
-        response.headers.set("Content-Disposition", "attachment", filename=f"{stem}.txt")
+        response.headers.set("Content-Disposition", "attachment", **_file_names(stem, ".txt"))
         response.headers["Cache-Control"] = "no-cache, private"
         return response
 
