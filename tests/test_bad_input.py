@@ -10,6 +10,7 @@ on run_sync (test_api_processing), a source that goes bad after upload (test_pip
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import io
 import json
@@ -585,6 +586,33 @@ def test_a_chunked_options_body_over_64_kib_is_413(client, db_session, video_id)
     assert len(padded) == 64 * 1024
     resp = client.post(url, input_stream=io.BytesIO(padded), content_type="application/json",
                        environ_overrides=chunked)
+    assert resp.status_code == 202, resp.get_json()
+
+
+def test_compressed_bodies_are_415_saying_so(client, settings, db_session, video_id, clip):
+    """Nothing decodes a Content-Encoding: read as they were, a gzipped options body was a
+    400 "not valid JSON (Bytes decoding error ...)" and a gzipped upload a 400 "the upload is
+    incomplete ... send it again", which sending it again does not change. RFC 9110 12.5.3:
+    415, with the codings accepted (Accept-Encoding). Nothing is started or stored."""
+    options = gzip.compress(b'{"force": true}')
+    upload_body, content_type = multipart(b'filename="clip.mp4"', clip.read_bytes())
+    for url, data, ctype in ((f"/api/v1/videos/{video_id}/run_sync", options,
+                              "application/json"),
+                             (f"/api/v1/videos/{video_id}/reprocess", options,
+                              "application/json"),
+                             ("/api/v1/videos", gzip.compress(upload_body), content_type)):
+        resp = client.post(url, data=data, content_type=ctype,
+                           headers={"Content-Encoding": "gzip"})
+        body = assert_json_error(resp, 415)
+        assert body["message"] == ("the body is compressed (Content-Encoding: gzip), which this "
+                                   "server does not decode; send it uncompressed"), url
+        assert resp.headers.get("Accept-Encoding") == "identity"
+    db_session.expire_all()
+    assert db_session.query(ProcessingTask).count() == 0
+    assert db_session.query(Video).count() == 1  # the fixture's
+    # identity is no compression at all.
+    resp = client.post(f"/api/v1/videos/{video_id}/run_sync", json={"force": True},
+                       headers={"Content-Encoding": "identity"})
     assert resp.status_code == 202, resp.get_json()
 
 

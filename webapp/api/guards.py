@@ -4,8 +4,8 @@ Put them above `@blp.arguments`, so they run first. webargs only reads a body of
 content type it expects: a form or plain text sent to a JSON endpoint is silently ignored
 (`-d force=true` would start a run *without* force). An options body has no reason to be
 big or deeply nested. A multipart upload without Content-Length that the server does not
-terminate (werkzeug refuses to read such a stream) would look like "no file". Each of these
-gets a clear 4xx instead.
+terminate (werkzeug refuses to read such a stream) would look like "no file". A compressed
+body (Content-Encoding) would be read as it is. Each of these gets a clear 4xx instead.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def json_or_no_body(view: Callable) -> Callable:
         # Per request (Flask >= 3.1), before anything reads the body.
         request.max_content_length = MAX_JSON_BYTES
         if has_body():
+            refuse_content_coding()
             if not request.is_json:
                 abort(415, message="send options as a JSON object (Content-Type: "
                                    "application/json) or in the query string, e.g. ?force=true")
@@ -69,16 +70,30 @@ def _more_follows() -> bool:
     return bool(request.environ["wsgi.input"].read(1))
 
 
+def refuse_content_coding() -> None:
+    """415 for a body sent compressed (Content-Encoding: gzip, ...), which nothing here
+    decodes: read as it was, a gzipped JSON body was a 400 "not valid JSON (Bytes decoding
+    error ...)" and a gzipped upload "incomplete ... send it again", neither of which says
+    what to change. RFC 9110 (12.5.3) asks for 415 with the codings accepted, none here."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding and coding != "identity":
+        abort(415, message=f"the body is compressed (Content-Encoding: {coding}), which this "
+                           "server does not decode; send it uncompressed",
+              headers={"Accept-Encoding": "identity"})
+
+
 def multipart_upload(view: Callable) -> Callable:
-    """415 unless multipart/form-data; 411 for a body of unknown length the server won't end;
-    422 for anything in the query string, where the upload reads no option: the triggers take
-    theirs there, so `POST /videos?language=de` was an easy mistake, and it was a 201 for a
-    video transcribed in whatever language was detected (the body is not read)."""
+    """415 unless multipart/form-data and uncompressed; 411 for a body of unknown length the
+    server won't end; 422 for anything in the query string, where the upload reads no
+    option: the triggers take theirs there, so `POST /videos?language=de` was an easy
+    mistake, and it was a 201 for a video transcribed in whatever language was detected (the
+    body is not read)."""
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
         if request.mimetype != "multipart/form-data":
             abort(415, message="upload the file as multipart/form-data, in the field `file`")
+        refuse_content_coding()
         if request.content_length is None and not request.environ.get("wsgi.input_terminated"):
             abort(411, message="the upload has no Content-Length and this server cannot read "
                                "a chunked body; send Content-Length")

@@ -83,7 +83,8 @@ def _trigger_docs(view):
     # 422 (a bad option, or a language the model does not know) comes with @blp.arguments.
     view = error_response(blp, 400, "The body is not valid JSON, or nested too deeply")(view)
     view = error_response(blp, 413, "A body over 64 KiB")(view)
-    view = error_response(blp, 415, "A body that is not JSON (a form, text, ...)")(view)
+    view = error_response(blp, 415, "A body that is not JSON (a form, text, ...), or is "
+                                    "compressed (Content-Encoding)")(view)
     return error_response(blp, 412, _IF_MATCH_412)(view)
 
 

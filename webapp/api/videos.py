@@ -105,7 +105,8 @@ class Videos(MethodView):
     @error_response(blp, 413, "Larger than MAX_UPLOAD_BYTES (or a form bomb); nothing stored")
     @error_response(blp, 412, "If-Match named entity tags: the list of videos states none, "
                               "so none can match; the body was not read, nothing stored")
-    @error_response(blp, 415, "The body is not multipart/form-data")
+    @error_response(blp, 415, "The body is not multipart/form-data, or is compressed "
+                              "(Content-Encoding)")
     @error_response(blp, 507, "The server's disk filled up while the upload was received or "
                               "stored; nothing stored")
     def post(self, files):
