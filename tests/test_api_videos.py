@@ -309,6 +309,26 @@ def test_wrong_method_is_json_405(client):
     assert_json_error(client.get("/api/v1/nothing-here"), 404)
 
 
+def test_a_path_with_a_trailing_slash_is_404_naming_the_path_without(client, clip):
+    """The routes end without a slash; werkzeug's 404 for one with it said "If you entered
+    the URL manually please check your spelling", which hides the one character to drop."""
+    vid = upload_ok(client, clip)["id"]
+    for method, path in (("get", "/api/v1/videos/"), ("post", "/api/v1/videos/"),
+                         ("get", f"/api/v1/videos/{vid}/"),
+                         ("post", f"/api/v1/videos/{vid}/run_sync/"),
+                         ("get", f"/api/v1/videos/{vid}/reprocess//"),
+                         ("delete", f"/api/v1/videos/{vid}/artifacts/")):  # GET only there
+        body = assert_json_error(getattr(client, method)(path), 404)
+        assert body["message"] == (f"there is nothing at {path}; the path has no slash at "
+                                   f"its end: {path.rstrip('/')}"), (method, path)
+    body = assert_json_error(client.get("/api/v1/nothing-here/"), 404)
+    assert "spelling" in body["message"]  # nothing there without the slash either
+    page = client.get(f"/videos/{vid}/")  # the UI's pages say it too
+    assert page.status_code == 404
+    assert f"no slash at its end: /videos/{vid}<" in page.get_data(as_text=True)
+    assert client.get(f"/api/v1/videos/{vid}").status_code == 200
+
+
 def test_error_answers_keep_the_headers_http_requires(client, settings, clip):
     """405 must say which methods are allowed (Allow, RFC 9110 15.5.6) and 416 how long the
     file is (Content-Range: bytes */length, 15.5.17), on the API and on the UI's pages."""

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
-from flask import Flask, Response, make_response, render_template, request
+from flask import Flask, Response, current_app, make_response, render_template, request
 from flask_smorest import Api as SmorestApi
 from flask_smorest.pagination import PaginationMetadataSchema
 from markupsafe import Markup
 from werkzeug.exceptions import (
     HTTPException,
     InternalServerError,
+    MethodNotAllowed,
+    NotFound,
     RequestedRangeNotSatisfiable,
     RequestEntityTooLarge,
 )
@@ -60,6 +62,11 @@ class Api(SmorestApi):
                 message = f"the request body is larger than the limit of {limit:,} bytes"
             else:  # werkzeug's form limits: too many parts, or a big non-file field
                 message = "the form has too many parts, or a field besides the file is too big"
+        elif isinstance(error, NotFound) and request.url_rule is None:
+            stripped = _route_without_slash()
+            if stripped:  # werkzeug's "... please check your spelling" hides the one slash
+                message = (f"there is nothing at {request.path}; the path has no slash at "
+                           f"its end: {stripped}")
         elif isinstance(error, RequestedRangeNotSatisfiable) and error.length is not None:
             # werkzeug's "The server cannot provide the requested range." names neither.
             message = (f"the range {request.headers.get('Range', '')!r} selects no byte of "
@@ -82,6 +89,24 @@ class Api(SmorestApi):
 
 
 api = Api()
+
+
+def _route_without_slash() -> str | None:
+    """The request's path without its trailing slashes, when a route answers that path
+    (for any method): `/api/v1/videos/` is a 404, as the routes end without one."""
+    path = request.path
+    stripped = path.rstrip("/")
+    if not stripped or stripped == path:
+        return None
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    try:
+        adapter.match(stripped, method=request.method)
+    except MethodNotAllowed:
+        pass  # the route is there, for other methods
+    except HTTPException:  # no route (NotFound), or werkzeug's own redirects
+        return None
+    return stripped
+
 
 # The location of a refused argument, as a client names it; and marshmallow's messages that
 # read better after the field's name than after a colon.
