@@ -798,3 +798,11 @@ def test_a_full_database_disk_is_507_and_changes_nothing(settings, db_session, t
         resp = client.post(f"/api/v1/videos/{vid}/run_sync")
         assert resp.status_code == 202, resp.get_json()
         dispose(f"sqlite:///{database}")
+    # A client generated from the description knows every write can answer it (the
+    # triggers', cancel's and delete's did not list it).
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    video = "/api/v1/videos/{video_id}"
+    for path, method in (("/api/v1/videos", "post"), (f"{video}/run_sync", "post"),
+                         (f"{video}/reprocess", "post"), (f"{video}/cancel", "post"),
+                         (video, "delete")):
+        assert "507" in paths[path][method]["responses"], (path, method)

@@ -21,6 +21,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from webapp.api.schemas import ErrorSchema
 
 MAX_JSON_BYTES = 64 * 1024
+# Any request that writes to the database can meet a full disk (webapp.api.disk_full).
+DISK_FULL_507 = ("The server's disk (the database's, or MEDIA_ROOT's) is full: nothing was "
+                 "changed; try again once space has been freed")
 
 
 def has_body() -> bool:

@@ -8,7 +8,12 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from webapp import extensions as ext
-from webapp.api.guards import error_response, json_or_no_body, refuse_entity_tags
+from webapp.api.guards import (
+    DISK_FULL_507,
+    error_response,
+    json_or_no_body,
+    refuse_entity_tags,
+)
 from webapp.api.schemas import (
     AsyncTaskSchema,
     ForceBodySchema,
@@ -83,6 +88,7 @@ def _trigger_docs(view):
     # 422 (a bad option, or a language the model does not know) comes with @blp.arguments.
     view = error_response(blp, 400, "The body is not valid JSON, or nested too deeply")(view)
     view = error_response(blp, 413, "A body over 64 KiB")(view)
+    view = error_response(blp, 507, DISK_FULL_507)(view)
     view = error_response(blp, 415, "A body that is not JSON (a form, text, ...), or is "
                                     "compressed (Content-Encoding)")(view)
     return error_response(blp, 412, _IF_MATCH_412)(view)
@@ -135,6 +141,7 @@ class Cancel(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.alt_response(409, response="CONFLICT")
     @error_response(blp, 412, _IF_MATCH_412)
+    @error_response(blp, 507, DISK_FULL_507)
     def post(self, video_id):
         """Stop the active run: running steps are stopped, waiting ones cancelled"""
         video = find_video(video_id)

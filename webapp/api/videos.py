@@ -19,6 +19,7 @@ from werkzeug.http import http_date, parse_date, parse_range_header
 
 from webapp import extensions as ext
 from webapp.api.guards import (
+    DISK_FULL_507,
     error_response,
     multipart_upload,
     no_entity_tag,
@@ -148,6 +149,7 @@ class VideoById(MethodView):
     @blp.alt_response(409, response="CONFLICT")
     @error_response(blp, 412, "If-Match named entity tags: a video states none, so none can "
                               "match and nothing was deleted (If-Match: * is accepted)")
+    @error_response(blp, 507, DISK_FULL_507)
     def delete(self, video_id):
         """Delete a video, its tasks and every file (409 while processing)"""
         find_video(video_id)
