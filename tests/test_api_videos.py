@@ -6,9 +6,11 @@ import io
 import json
 import os
 import time
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import event
+from werkzeug.http import http_date, parse_date
 
 from tests import mediagen
 from tests.helpers import (
@@ -377,6 +379,27 @@ def test_artifact_ranges_the_rfc_says_to_serve_are_served(client, settings, clip
         assert client.get(url, headers={"Range": header}).status_code == 416, header
     resp = client.get(url, headers={"Range": "bytes=-10"})
     assert (resp.status_code, resp.data) == (206, data[-10:])
+
+
+def test_if_range_serves_the_range_only_for_the_files_own_validator(client, settings, clip):
+    """RFC 9110 13.1.5: a Range with If-Range is served only when the validator is the
+    file's own by strong comparison (its ETag, or its Last-Modified exactly), else the whole
+    file. werkzeug also served it for a later date and for the file's tag made weak: a
+    download resumed with them could join the start of one file to the rest of another."""
+    vid = upload_ok(client, clip)["id"]
+    data = bytes(range(100))
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": data, "storyboard.jpg": b"y",
+                                                "storyboard.vtt": b"W"})
+    url = f"/api/v1/videos/{vid}/artifacts/poster.jpg"
+    full = client.get(url)
+    etag, modified = full.headers["ETag"], full.headers["Last-Modified"]
+    later = http_date(parse_date(modified) + timedelta(hours=1))
+    earlier = http_date(parse_date(modified) - timedelta(hours=1))
+    for if_range, status in ((etag, 206), (modified, 206), (later, 200), (earlier, 200),
+                             (f"W/{etag}", 200), ('"another"', 200), ("garbage", 200)):
+        resp = client.get(url, headers={"Range": "bytes=10-19", "If-Range": if_range})
+        expected = data[10:20] if status == 206 else data
+        assert (resp.status_code, resp.data) == (status, expected), if_range
 
 
 def test_a_failed_if_match_on_an_artifact_is_a_json_412_even_with_a_range(

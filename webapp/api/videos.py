@@ -278,6 +278,24 @@ def _servable_range(size: int) -> None:
         request.environ["HTTP_RANGE"] = "bytes=0-"
 
 
+def _check_if_range(path) -> None:
+    """If-Range (RFC 9110 13.1.5): the Range is served only if the validator sent is the
+    file's own, by strong comparison: its ETag, or its Last-Modified exactly; otherwise the
+    whole file. werkzeug also served the range for a date later than Last-Modified and for
+    the file's tag made weak (W/"..."), so a download resumed with either could join the
+    start of one file to the rest of a newer one. A strong tag is left to werkzeug."""
+    sent = request.headers.get("If-Range", "").strip()
+    if not sent or "HTTP_RANGE" not in request.environ:
+        return
+    date = parse_date(sent)
+    if date is not None:
+        holds = date == datetime.fromtimestamp(int(os.stat(path).st_mtime), UTC)
+    else:
+        holds = not sent.startswith("W/")
+    if not holds:
+        request.environ.pop("HTTP_RANGE", None)
+
+
 def _send(path, mimetype: str, name: str) -> Response:
     return send_file(path, mimetype=mimetype, conditional=True, download_name=name, max_age=0)
 
@@ -341,6 +359,7 @@ class Artifact(MethodView):
             if artifact is None:
                 raise NotFound(f"artifact {name!r} does not exist for video {video.id}")
             _servable_range(artifact.size_bytes)
+            _check_if_range(artifact.path)
             try:
                 _check_preconditions(artifact.path, artifact.mime_type, name)
                 return _send(artifact.path, artifact.mime_type, name)
