@@ -194,6 +194,29 @@ def test_cross_origin_reads_answer_but_grant_no_cors(client, clip):
 ALLOWED = "http://localhost:3000"
 
 
+def test_cors_pages_may_ask_for_ranges_and_read_what_comes_back(settings, clip):
+    """A page of an allowed origin resumes or seeks in an artifact like any client: its
+    preflight for Range and the conditional headers is allowed, and it may read the answer's
+    Content-Range, Accept-Ranges and Content-Disposition (and a 429's Retry-After)."""
+    app = make_app(settings, api_token=TOKEN, cors_origins=(ALLOWED,))
+    client = app.test_client()
+    resp = client.options("/api/v1/videos/x/artifacts/preview.mp4", headers={
+        "Origin": ALLOWED, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization, range, if-range, if-match, "
+                                          "if-modified-since, if-unmodified-since"})
+    assert resp.status_code == 200
+    allowed = {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"range", "if-range", "if-match", "if-modified-since",
+            "if-unmodified-since"} <= allowed, allowed
+    cors = {**bearer(), "Origin": ALLOWED}
+    body, ctype = upload_body(clip)
+    vid = client.post("/api/v1/videos", data=body, headers={**cors, **ctype}).get_json()["id"]
+    resp = client.get(f"/api/v1/videos/{vid}", headers=cors)  # every answer lists the same
+    assert resp.status_code == 200
+    exposed = {h.strip() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"Content-Range", "Accept-Ranges", "Content-Disposition", "Retry-After"} <= exposed
+
+
 def test_cors_origins_may_use_the_api_and_nothing_else(settings, clip):
     app = make_app(settings, api_token=TOKEN, cors_origins=(
         ALLOWED, "HTTPS://App.Example.com:443/"))

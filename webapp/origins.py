@@ -39,8 +39,12 @@ FOREIGN_SITES = ("cross-site", "same-site")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 CORS_PATHS = r"/api/*"  # flask-cors resource pattern (a regex)
 # What a page of an allowed origin may send and read besides the CORS-safelisted headers.
-CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "If-None-Match"]
-CORS_EXPOSE_HEADERS = ["ETag", "Location", "X-Pagination", "WWW-Authenticate"]
+# The conditional and range headers: a page polls with If-None-Match and resumes or seeks
+# in an artifact with Range and If-Range, as any client does (README, "A tour of the API").
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "If-None-Match", "If-Match",
+                      "If-Modified-Since", "If-Unmodified-Since", "If-Range", "Range"]
+CORS_EXPOSE_HEADERS = ["ETag", "Location", "X-Pagination", "WWW-Authenticate", "Retry-After",
+                       "Accept-Ranges", "Content-Range", "Content-Disposition"]
 
 Origin = tuple[str, str, int]  # scheme, host (lower case, IPv6 without brackets), port
 
