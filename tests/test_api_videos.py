@@ -528,6 +528,19 @@ def test_openapi_documents_every_endpoint(client):
     assert "raw output" in detail["description"] and "bug report" in detail["description"]
 
 
+def test_every_operation_has_its_own_stable_operation_id(client):
+    """Client generators (openapi-generator, openapi-python-client) name their methods after
+    operationId; without one they make names of the path and method, which change with it."""
+    spec = client.get("/api/openapi.json").get_json()
+    ids = {(method, path): op.get("operationId") for path, item in spec["paths"].items()
+           for method, op in item.items() if method in ("get", "post", "put", "delete")}
+    assert None not in ids.values(), ids
+    assert len(set(ids.values())) == len(ids)
+    assert ids[("post", "/api/v1/videos")] == "uploadVideo"
+    assert ids[("get", "/api/v1/videos/{video_id}/reprocess")] == "getProgress"
+    assert ids[("post", "/api/v1/videos/{video_id}/reprocess")] == "reprocess"
+
+
 def test_openapi_documents_the_location_header_of_201_and_202(client, clip):
     """DESIGN: 202 answers carry Location, the progress URL (and a 201 the new video's URL);
     a client generated from the description must be able to find it there."""

@@ -101,6 +101,7 @@ class RunSync(MethodView):
     @blp.arguments(_FORCE_BODY, location="json", required=False)
     @blp.response(202, AsyncTaskSchema, headers=_LOCATION)
     @_trigger_docs
+    @blp.doc(operationId="runSync")
     def post(self, query, body, video_id):
         """Process the video in the background, keeping outputs that already exist"""
         return _trigger(video_id, "run_sync", query, body)
@@ -113,6 +114,7 @@ class Progress(MethodView):
                       headers=_ETAG_HEADERS)
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.doc(parameters=[_IF_NONE_MATCH])
+    @blp.doc(operationId="getProgress")
     def get(self, video_id):
         """Weighted total progress and every step of the latest run
 
@@ -130,6 +132,7 @@ class Progress(MethodView):
     @blp.arguments(_FORCE_BODY, location="json", required=False)
     @blp.response(202, AsyncTaskSchema, headers=_LOCATION)
     @_trigger_docs
+    @blp.doc(operationId="reprocess")
     def post(self, query, body, video_id):
         """Process the video again from scratch, in the background"""
         return _trigger(video_id, "reprocess", query, body)
@@ -142,6 +145,7 @@ class Cancel(MethodView):
     @blp.alt_response(409, response="CONFLICT")
     @error_response(blp, 412, _IF_MATCH_412)
     @error_response(blp, 507, DISK_FULL_507)
+    @blp.doc(operationId="cancelRun")
     def post(self, video_id):
         """Stop the active run: running steps are stopped, waiting ones cancelled"""
         video = find_video(video_id)

@@ -18,6 +18,7 @@ class Search(MethodView):
     @blp.arguments(SearchQuerySchema, location="query")
     @blp.response(200, SearchHitSchema(many=True))
     @blp.paginate()
+    @blp.doc(operationId="searchTranscripts")
     def get(self, args, pagination_parameters):
         """Search names and transcripts: best match first
 

@@ -110,6 +110,7 @@ class Videos(MethodView):
                               "(Content-Encoding)")
     @error_response(blp, 507, "The server's disk filled up while the upload was received or "
                               "stored; nothing stored")
+    @blp.doc(operationId="uploadVideo")
     def post(self, files):
         """Upload a video or audio file (multipart field `file`)
 
@@ -126,6 +127,7 @@ class Videos(MethodView):
     @blp.arguments(VideoListQuerySchema, location="query")
     @blp.response(200, VideoSchema(many=True))
     @blp.paginate()
+    @blp.doc(operationId="listVideos")
     def get(self, query, pagination_parameters):
         """List videos, newest first (or sorted and filtered by status)"""
         videos, total = ingest.list_videos(
@@ -140,6 +142,7 @@ class Videos(MethodView):
 class VideoById(MethodView):
     @blp.response(200, VideoSchema)
     @blp.alt_response(404, response="NOT_FOUND")
+    @blp.doc(operationId="getVideo")
     def get(self, video_id):
         """Show one video with its latest processing summary"""
         return video_payload(find_video(video_id))
@@ -150,6 +153,7 @@ class VideoById(MethodView):
     @error_response(blp, 412, "If-Match named entity tags: a video states none, so none can "
                               "match and nothing was deleted (If-Match: * is accepted)")
     @error_response(blp, 507, DISK_FULL_507)
+    @blp.doc(operationId="deleteVideo")
     def delete(self, video_id):
         """Delete a video, its tasks and every file (409 while processing)"""
         find_video(video_id)
@@ -161,6 +165,7 @@ class VideoById(MethodView):
 class Artifacts(MethodView):
     @blp.response(200, ArtifactSchema(many=True))
     @blp.alt_response(404, response="NOT_FOUND")
+    @blp.doc(operationId="listArtifacts")
     def get(self, video_id):
         """List the outputs that exist for a video"""
         video = find_video(video_id)
@@ -200,6 +205,7 @@ class TranscriptText(MethodView):
                                              "the transcript", "required": True,
                               "schema": _TEXT}}}})
     @blp.alt_response(404, response="NOT_FOUND")
+    @blp.doc(operationId="getTranscriptText")
     def get(self, video_id):
         """Download the transcript as plain text, one segment a line"""
         video = find_video(video_id)
@@ -349,6 +355,7 @@ class Artifact(MethodView):
         "The requested byte range is outside the file"), headers={"Content-Range": {
             "description": "The file's length, `bytes */<length>`", "required": True,
             "schema": _STRING}})
+    @blp.doc(operationId="getArtifact")
     def get(self, video_id, name):
         """Download one output; supports HTTP Range so players can seek"""
         video = find_video(video_id)
