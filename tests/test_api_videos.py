@@ -311,6 +311,20 @@ def test_wrong_method_is_json_405(client):
     assert_json_error(client.get("/api/v1/nothing-here"), 404)
 
 
+def test_slashes_in_a_row_are_404_naming_the_path_not_a_redirect(client, clip):
+    """werkzeug merged them with a 308 (an HTML body, an absolute Location): a client that
+    follows it sends its upload, up to 2 GiB, a second time."""
+    resp = client.post("/api/v1//videos", data={"file": (clip.open("rb"), "a.mp4")})
+    assert resp.status_code == 404 and "Location" not in resp.headers
+    assert resp.get_json()["message"] == ("there is nothing at /api/v1//videos; the path has "
+                                          "slashes in a row: /api/v1/videos")
+    vid = upload_ok(client, clip)["id"]
+    resp = client.get(f"/api/v1/videos//{vid}/artifacts")
+    assert resp.status_code == 404
+    assert resp.get_json()["message"].endswith(f"slashes in a row: /api/v1/videos/{vid}/"
+                                               "artifacts")
+
+
 def test_a_path_with_a_trailing_slash_is_404_naming_the_path_without(client, clip):
     """The routes end without a slash; werkzeug's 404 for one with it said "If you entered
     the URL manually please check your spelling", which hides the one character to drop."""

@@ -25,6 +25,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         instance_path=str(PROJECT_ROOT / "instance"),
     )
     app.request_class = UploadRequest
+    # `/api/v1//videos` is a 404 naming the path, not werkzeug's 308 to `/api/v1/videos`
+    # with an HTML body: a client that follows it sends its upload (up to 2 GiB) again.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     # Uploads stream to disk; keep werkzeug from buffering big form parts in memory.
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024

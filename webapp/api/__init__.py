@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 
 from flask import Flask, Response, current_app, make_response, render_template, request
@@ -65,8 +66,9 @@ class Api(SmorestApi):
         elif isinstance(error, NotFound) and request.url_rule is None:
             stripped = _route_without_slash()
             if stripped:  # werkzeug's "... please check your spelling" hides the one slash
-                message = (f"there is nothing at {request.path}; the path has no slash at "
-                           f"its end: {stripped}")
+                why = ("the path has slashes in a row" if "//" in request.path.rstrip("/")
+                       else "the path has no slash at its end")
+                message = f"there is nothing at {request.path}; {why}: {stripped}"
         elif isinstance(error, RequestedRangeNotSatisfiable) and error.length is not None:
             # werkzeug's "The server cannot provide the requested range." names neither.
             message = (f"the range {request.headers.get('Range', '')!r} selects no byte of "
@@ -92,10 +94,11 @@ api = Api()
 
 
 def _route_without_slash() -> str | None:
-    """The request's path without its trailing slashes, when a route answers that path
-    (for any method): `/api/v1/videos/` is a 404, as the routes end without one."""
+    """The request's path without its trailing slashes and with no two in a row, when a
+    route answers that path (for any method): `/api/v1/videos/` and `/api/v1//videos` are
+    404s, as the routes end without one and slashes are not merged."""
     path = request.path
-    stripped = path.rstrip("/")
+    stripped = re.sub(r"/{2,}", "/", path).rstrip("/")
     if not stripped or stripped == path:
         return None
     adapter = current_app.url_map.bind_to_environ(request.environ)
