@@ -122,5 +122,45 @@ def test_a_queue_that_does_not_answer_is_a_503_without_its_address(client, setti
     video_id = upload_ok(client, mediagen.make_video(settings.media_root.parent / "c.mp4",
                                                      duration=1.0))["id"]
     down = create_app(Settings.from_env(redis_url="redis://127.0.0.1:1/0")).test_client()
-    body = assert_json_error(down.post(f"/api/v1/videos/{video_id}/run_sync"), 503)
+    resp = down.post(f"/api/v1/videos/{video_id}/run_sync")
+    body = assert_json_error(resp, 503)
     assert "Redis" in body["message"] and "127.0.0.1" not in body["message"]
+    assert resp.headers["Retry-After"] == "5"
+
+
+def test_a_database_that_does_not_answer_is_a_503_to_try_again(caplog):
+    """PostgreSQL restarting or out of reach is no bug: 503 with Retry-After and a sentence
+    (API, pages, and an HTMX poll, which keeps what it shows), one warning line each and no
+    traceback; was a 500 "internal error" logged as a bug with its traceback."""
+    url = "postgresql+psycopg://vidpipe@127.0.0.1:1/vidpipe"  # nothing listens there
+    down = create_app(Settings.from_env(database_url=url)).test_client()
+    with caplog.at_level(logging.WARNING):
+        api = down.get("/api/v1/videos")
+        page = down.get("/")
+        poll = down.get("/", headers={"HX-Request": "true"})
+    body = assert_json_error(api, 503)
+    assert body["message"] == "the database is unavailable; try again in a moment"
+    assert "127.0.0.1" not in api.get_data(as_text=True)
+    assert page.status_code == 503 and "the database is unavailable" in page.get_data(
+        as_text=True)
+    assert poll.status_code == 503 and poll.headers["HX-Reswap"] == "none"
+    for resp in (api, page, poll):
+        assert resp.headers["Retry-After"] == "5"
+    lines = [r for r in caplog.records if "the database is unavailable" in r.getMessage()]
+    assert len(lines) == 3 and not any(r.exc_info for r in caplog.records), caplog.text
+    assert not REFERENCE.search(caplog.text)
+
+
+@pytest.mark.parametrize(("message", "unavailable"), [
+    ("database is locked", True),  # another process's write beyond the busy timeout
+    ("no such table: videos", False),  # migrations not run: a fault to report
+])
+def test_sqlite_busy_is_an_outage_and_its_other_errors_are_not(message, unavailable):
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from webapp.services.errors import is_database_unavailable
+
+    error = OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
+    assert is_database_unavailable(error) is unavailable

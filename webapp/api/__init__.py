@@ -22,9 +22,12 @@ from werkzeug.exceptions import (
 from webapp.api.schemas import ErrorSchema
 from webapp.config import API_PREFIX
 from webapp.services.errors import (
+    DATABASE_UNAVAILABLE,
+    RETRY_AFTER_SECONDS,
     InsufficientStorage,
     ServiceError,
     internal_error,
+    is_database_unavailable,
     is_disk_full,
 )
 
@@ -183,11 +186,15 @@ def htmx_server_error(code: int, message: str) -> Response:
 
 def handle_service_error(error: ServiceError):
     """Domain errors become the same JSON shape (an HTML page outside /api)."""
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else {}
     if not request.path.startswith(API_PREFIX):
-        return html_error(error.status, HTTPStatus(error.status).phrase, error.message)
+        response = make_response(html_error(error.status, HTTPStatus(error.status).phrase,
+                                            error.message))
+        response.headers.update(headers)
+        return response
     payload = {"code": error.status, "status": HTTPStatus(error.status).phrase,
                "message": error.message, **error.extra}
-    return payload, error.status
+    return payload, error.status, headers
 
 
 def handle_unexpected(error: Exception):
@@ -196,10 +203,28 @@ def handle_unexpected(error: Exception):
     here, Flask neither logs it a second time nor lets it through to a test client."""
     if is_disk_full(error):
         return disk_full(error)
+    if is_database_unavailable(error):
+        return database_unavailable(error)
     message = internal_error(log, error, f"in {request.method} {request.path}")
     if not request.path.startswith(API_PREFIX):
         return html_error(500, "Internal Server Error", message)
     return {"code": 500, "status": "Internal Server Error", "message": message}, 500
+
+
+def database_unavailable(error: Exception):
+    """A database that does not answer (a restart, a network cut, a lock held too long) is
+    no bug either: 503 with Retry-After, saying so, and one warning line, not a 500 with a
+    reference and a traceback. Clients try again; nothing was changed."""
+    log.warning("the database is unavailable: %s %s answered 503 (%s)", request.method,
+                request.path, " ".join(str(getattr(error, "orig", None) or error).split())[:200])
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if not request.path.startswith(API_PREFIX):
+        page = html_error(503, "Service Unavailable", DATABASE_UNAVAILABLE)
+        response = make_response(page)
+        response.headers.update(headers)
+        return response
+    return ({"code": 503, "status": "Service Unavailable", "message": DATABASE_UNAVAILABLE},
+            503, headers)
 
 
 def disk_full(error: Exception):

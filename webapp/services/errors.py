@@ -32,6 +32,7 @@ class ServiceError(Exception):
     """Base class; `status` is the HTTP status a view should answer with."""
 
     status = 400
+    retry_after: int | None = None  # seconds, for a Retry-After header (a 503)
 
     def __init__(self, message: str, **extra: object) -> None:
         super().__init__(message)
@@ -57,6 +58,7 @@ class InvalidQuery(ServiceError):
 
 class QueueUnavailable(ServiceError):
     status = 503
+    retry_after = 5  # seconds (RETRY_AFTER_SECONDS): the answer's Retry-After
 
 
 class InsufficientStorage(ServiceError):
@@ -81,6 +83,30 @@ def is_disk_full(exc: BaseException) -> bool:
     return ((isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT))
             or getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL
             or getattr(error, "sqlstate", None) == _POSTGRES_DISK_FULL)
+
+
+DATABASE_UNAVAILABLE = "the database is unavailable; try again in a moment"
+# Seconds a 503 asks clients to wait before they try again (Retry-After).
+RETRY_AFTER_SECONDS = 5
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot answer now, not that the request or the code
+    is wrong: a connection refused, lost or closed by a restart (PostgreSQL, psycopg's
+    OperationalError: also a deadlock or a statement timeout), SQLite busy or locked beyond
+    the busy timeout. SQLite's other operational errors ("no such table": migrations not
+    run) are bugs to report, not outages."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    orig = exc.orig
+    if type(orig).__module__.startswith("psycopg"):
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "database is busy" in text
 
 
 def internal_error(log: logging.Logger, exc: BaseException, where: str) -> str:
