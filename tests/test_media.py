@@ -300,14 +300,15 @@ def test_transcode_keeps_a_browser_playable_aac_track_as_it_is(hd_clip: Path,
     assert float(audio["duration"]) == pytest.approx(6.0, abs=0.05)
 
 
-@pytest.mark.parametrize("suffix, codecs, why", [
-    (".mp4", ["-c:a", "aac", "-b:a", "320k", "-ac", "2"], "over 192 kb/s"),
-    (".mp4", ["-c:a", "aac", "-ac", "6", "-b:a", "160k"], "5.1 channels"),
-    (".mkv", ["-c:a", "libmp3lame", "-b:a", "128k"], "MP3"),
-    (".mkv", ["-c:a", "libopus", "-b:a", "64k"], "Opus"),
+@pytest.mark.parametrize("suffix, codecs, channels, why", [
+    (".mp4", ["-c:a", "aac", "-b:a", "320k", "-ac", "2"], 2, "over 192 kb/s"),
+    (".mp4", ["-c:a", "aac", "-ac", "6", "-b:a", "160k"], 2, "5.1 channels"),
+    (".mkv", ["-c:a", "libmp3lame", "-b:a", "128k"], 1, "MP3"),
+    (".mkv", ["-c:a", "libopus", "-b:a", "64k", "-ac", "2"], 2, "Opus"),
 ])
 def test_transcode_encodes_other_audio_to_aac_128k(tmp_path: Path, suffix: str,
-                                                   codecs: list[str], why: str) -> None:
+                                                   codecs: list[str], channels: int,
+                                                   why: str) -> None:
     src = tmp_path / f"source{suffix}"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
                     "testsrc2=size=320x240:rate=25:duration=4", "-f", "lavfi", "-i",
@@ -322,6 +323,46 @@ def test_transcode_encodes_other_audio_to_aac_128k(tmp_path: Path, suffix: str,
     assert audio_packets(dst) != audio_packets(src)
     assert int(audio["bit_rate"]) < 150_000, why
     assert int(audio["sample_rate"]) == 48000, why
+    assert audio["channels"] == channels, why  # mono and stereo as they are, 5.1 in stereo
+
+
+def channel_levels(media: Path) -> list[float]:
+    """The RMS level (dBFS) of each channel of a file's first audio track, from ffmpeg's
+    astats; -inf for a silent one."""
+    done = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-i", str(media), "-map",
+                           "0:a:0", "-af", "astats=measure_overall=none:measure_perchannel="
+                           "RMS_level", "-f", "null", "-"],
+                          capture_output=True, text=True, check=True)
+    return [float(level) for level in re.findall(r"RMS level dB: (\S+)", done.stderr)]
+
+
+@pytest.mark.parametrize(("suffix", "layout", "codecs"), [
+    (".mp4", "5.1", ["-c:a", "aac", "-b:a", "384k"]),  # a film's or a camera's surround
+    (".mkv", "7.1", ["-c:a", "flac"]),
+])
+def test_surround_sound_is_mixed_down_to_stereo_in_the_preview(tmp_path: Path, suffix: str,
+                                                                layout: str,
+                                                                codecs: list[str]) -> None:
+    # A tone on the centre channel alone, where a surround mix puts the dialogue.
+    src = tmp_path / f"surround{suffix}"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=25:duration=3", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=48000:duration=3", "-filter_complex",
+                    f"[1]pan={layout}|FC=c0[a]", "-map", "0:v", "-map", "[a]", "-c:v",
+                    "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", *codecs,
+                    str(src)], check=True)
+    assert streams(src)["audio"]["channel_layout"] == layout
+    centre = max(channel_levels(src))
+    info = probe(src)
+    dst = tmp_path / "preview.mp4"
+    transcode_preview(src, dst, info.duration, format_name=info.format_name)
+    audio = streams(dst)["audio"]
+    assert (audio["codec_name"], audio["channels"], audio["channel_layout"]) == (
+        "aac", 2, "stereo")
+    assert int(audio["bit_rate"]) < 150_000
+    # The centre is heard on both sides, 3 dB down (ITU-R BS.775), not lost or doubled.
+    assert channel_levels(dst) == [pytest.approx(centre - 3, abs=1)] * 2
+    assert float(audio["duration"]) == pytest.approx(3.0, abs=0.05)
 
 
 def test_transcode_brings_studio_sound_down_to_48_khz(tmp_path: Path) -> None:

@@ -69,8 +69,9 @@ def transcode_preview(
     in SDR: HDR video is tone-mapped (to_sdr) and tagged BT.709 (SDR_TAGS).
 
     The source's audio goes in as it is when browsers play it and it is small enough
-    (audio_copyable); other audio is encoded to AAC at 128 kb/s. ffmpeg runs `nice` steps
-    below the caller's CPU priority (the TRANSCODE_NICE setting).
+    (audio_copyable); other audio is encoded to AAC at 128 kb/s, in stereo at most (a 5.1
+    mix's six channels would share the 128 kb/s). ffmpeg runs `nice` steps below the
+    caller's CPU priority (the TRANSCODE_NICE setting).
     """
     options: dict[str, Any] = {
         "vcodec": "libx264",
@@ -91,6 +92,11 @@ def transcode_preview(
             # are sure to play.
             if (number(audio.get("sample_rate"), int) or 0) > PREVIEW_MAX_SAMPLE_RATE:
                 options["ar"] = PREVIEW_MAX_SAMPLE_RATE
+            # Surround (5.1, 7.1) is mixed down as ffmpeg does by default (ITU-R BS.775:
+            # the centre and the surrounds at -3 dB into each side, the LFE left out): a
+            # small preview is heard on laptops and phones, and browsers play stereo best.
+            if (number(audio.get("channels"), int) or 0) > 2:
+                options["ac"] = 2
     hdr = stream_hdr(streams.video)
     if hdr:
         options.update(SDR_TAGS)
