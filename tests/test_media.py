@@ -365,6 +365,72 @@ def test_surround_sound_is_mixed_down_to_stereo_in_the_preview(tmp_path: Path, s
     assert float(audio["duration"]) == pytest.approx(3.0, abs=0.05)
 
 
+def frame_times(media: Path) -> list[float]:
+    """The presentation times (seconds) of a file's first video stream's frames, in order,
+    as ffprobe reads its packets."""
+    done = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0",
+                           "-show_entries", "packet=pts_time", "-of", "csv=p=0", str(media)],
+                          capture_output=True, text=True, check=True)
+    return sorted(float(line.strip(",")) for line in done.stdout.split())
+
+
+@pytest.mark.parametrize(("suffix", "rate", "shown"), [
+    (".mp4", 240, 60),  # a phone's slow motion
+    (".mkv", 120, 60),  # (Matroska's timestamps in milliseconds: 8 or 9 ms apart)
+    (".mp4", 100, 50),  # every second frame: evenly spaced, not 60 with a jerk
+    (".mp4", 60, 60),
+    (".mp4", 30, 30),
+])
+def test_high_frame_rate_video_is_previewed_at_60_fps_at_most(tmp_path: Path, suffix: str,
+                                                              rate: int, shown: int) -> None:
+    # (sound to encode, at 44.1 kHz: the video's timing options must leave it alone)
+    src = tmp_path / f"fast{suffix}"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    f"testsrc2=size=640x360:rate={rate}:duration=2", "-f", "lavfi", "-i",
+                    "sine=sample_rate=44100:duration=2", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "libmp3lame", str(src)],
+                   check=True)
+    info = probe(src)
+    dst = tmp_path / "preview.mp4"
+    transcode_preview(src, dst, info.duration, format_name=info.format_name)
+    video, audio = streams(dst)["video"], streams(dst)["audio"]
+    times = frame_times(dst)
+    assert len(times) == 2 * shown
+    assert float(video["duration"]) == pytest.approx(2.0, abs=0.02)
+    assert (audio["codec_name"], audio["sample_rate"], audio["time_base"]) == (
+        "aac", "44100", "1/44100")
+    assert float(audio["duration"]) == pytest.approx(2.0, abs=0.05)
+    assert all(b - a == pytest.approx(1 / shown, abs=0.002)
+               for a, b in itertools.pairwise(times))
+    # x264 states the level of what it encodes (3.0: 640x360 at 30, 3.1 up to 66 fps),
+    # not that of 240 fps (4.0), past what some phones' decoders take
+    assert video["level"] <= 31
+
+
+def test_variable_frame_rate_video_keeps_its_frames_and_their_times(tmp_path: Path) -> None:
+    # A phone's variable rate: 30 fps, 0.5 s at 120 (a quick pan), 30 fps again.
+    src = tmp_path / "variable.mp4"
+    parts = "".join(f"[{i}]" for i in range(3))
+    subprocess.run(["ffmpeg", "-v", "error",
+                    *[arg for rate, length in ((30, 1.5), (120, 0.5), (30, 1.5))
+                      for arg in ("-f", "lavfi", "-i",
+                                  f"testsrc2=size=320x240:rate={rate}:duration={length}")],
+                    "-filter_complex", f"{parts}concat=n=3[v]", "-map", "[v]", "-fps_mode",
+                    "vfr", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                    str(src)], check=True)
+    source = frame_times(src)
+    assert len(source) == 45 + 60 + 45
+    info = probe(src)
+    dst = tmp_path / "preview.mp4"
+    transcode_preview(src, dst, info.duration, has_audio=False, format_name=info.format_name)
+    shown = frame_times(dst)
+    # The quick pan at 60 fps, every other frame; the rest as it was: no frame repeated to
+    # make a constant rate (ffmpeg's fps filter would make 208 of them, 60 a second).
+    assert len(shown) == 45 + 30 + 45
+    kept = [t for t in source if not 1.5 < t < 2.0] + [t for t in source if 1.5 < t < 2.0][1::2]
+    assert shown == pytest.approx(sorted(kept), abs=0.009)
+
+
 def test_transcode_brings_studio_sound_down_to_48_khz(tmp_path: Path) -> None:
     # 96 kHz / 24-bit from a field recorder or a DAW, muxed with the picture by an editor:
     # the preview's AAC stays within the 8-48 kHz that audio_copyable takes for playable.

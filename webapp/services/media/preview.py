@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import ffmpeg
+from ffmpeg.nodes import FilterableStream
 
 from webapp.services import mediainput
 from webapp.services.ffrun import (
@@ -53,6 +54,15 @@ def _copyable(stream: dict[str, Any]) -> bool:
             and bit_rate is not None and 0 < bit_rate <= AUDIO_COPY_MAX_BITRATE)
 
 
+# The most frames a second the preview shows: what common screens show, and within H.264
+# level 3.1 at 854x480. Slow-motion phone video (120, 240 fps) would keep them all.
+PREVIEW_MAX_FRAME_RATE = 60
+
+# A frame this much sooner (seconds) than 1/PREVIEW_MAX_FRAME_RATE after the last one kept
+# is still kept: timestamps in milliseconds (Matroska) space 60 fps 16 or 17 ms apart.
+_FRAME_SPACING_SLACK = 0.001
+
+
 def transcode_preview(
     src: Path,
     dst: Path,
@@ -70,8 +80,9 @@ def transcode_preview(
 
     The source's audio goes in as it is when browsers play it and it is small enough
     (audio_copyable); other audio is encoded to AAC at 128 kb/s, in stereo at most (a 5.1
-    mix's six channels would share the 128 kb/s). ffmpeg runs `nice` steps below the
-    caller's CPU priority (the TRANSCODE_NICE setting).
+    mix's six channels would share the 128 kb/s). Video faster than PREVIEW_MAX_FRAME_RATE
+    is brought down to it (capped_rate). ffmpeg runs `nice` steps below the caller's CPU
+    priority (the TRANSCODE_NICE setting).
     """
     options: dict[str, Any] = {
         "vcodec": "libx264",
@@ -108,6 +119,9 @@ def transcode_preview(
         video = source[streams.video_spec]
         if streams.interlaced:
             video = deinterlaced(video)
+        if (streams.frame_rate or 0) > PREVIEW_MAX_FRAME_RATE:
+            video = capped_rate(video)
+            options.update(CAPPED_RATE_OPTIONS)
         video = (video
                  .filter("scale", "max(2,2*round(oh*dar/2))",
                          f"trunc(min(ih,{max_height})/2)*2")
@@ -120,6 +134,32 @@ def transcode_preview(
             paths=(src, tmp), nice=nice)
         require_output(tmp)
         check_reached_end(_length(tmp), duration)
+
+
+# The output options that go with capped_rate: x264 is told the capped rate (and states
+# the H.264 level that goes with it, not that of 240 fps); each frame keeps its own time
+# (`-fps_mode vfr`), on MPEG's 90 kHz clock, which holds the times of 240, 100, 59.94 fps
+# and Matroska's milliseconds exactly (with `-r` alone, the times would be rounded to
+# 1/60 s: 100 fps, every other frame kept, would come out 1/60 and 2/60 s apart in turn).
+CAPPED_RATE_OPTIONS = {"r": PREVIEW_MAX_FRAME_RATE, "fps_mode": "vfr",
+                       "enc_time_base:v": "1:90000"}
+
+
+def capped_rate(video: FilterableStream) -> FilterableStream:
+    """At most PREVIEW_MAX_FRAME_RATE frames a second, each shown at its own time: a frame
+    sooner than 1/PREVIEW_MAX_FRAME_RATE s after the last one kept is dropped (120 and 240
+    fps give 60, 100 fps 50, evenly spaced), and no frame is repeated (with
+    CAPPED_RATE_OPTIONS).
+
+    Not ffmpeg's `fps` filter: it makes a constant rate, repeating frames to fill every
+    1/60 s, so a phone's variable rate video (ffprobe's r_frame_rate 120, from a quick pan,
+    its average 30) would be made 60 fps of which half are copies; and it would keep 60 of
+    100 fps, a jerk every third frame.
+    """
+    least = 1 / PREVIEW_MAX_FRAME_RATE - _FRAME_SPACING_SLACK
+    # (kept: the first frame, one without a time, one far enough from the last kept)
+    return video.filter(
+        "select", f"isnan(prev_selected_t)+isnan(t)+gte(t-prev_selected_t,{least:.6f})")
 
 
 def _length(preview: Path) -> float | None:

@@ -233,6 +233,14 @@ class Streams:
         when it was not read (keyframes.keyframe_gap then reads it itself)."""
         return (number(self.video.get("start_time"), float) or 0.0) if self.video else None
 
+    @property
+    def frame_rate(self) -> Fraction | None:
+        """The most frames a second the video is stated to have: the larger of ffprobe's
+        r_frame_rate (the rate ffmpeg times and encodes the frames at, often a variable
+        rate video's fastest) and avg_frame_rate; None when neither is stated."""
+        rates = [_ratio(self.video.get(key)) for key in ("r_frame_rate", "avg_frame_rate")]
+        return max((rate for rate in rates if rate), default=None)
+
     def offset(self, stream: dict[str, Any]) -> float:
         """How long after the file's start one of them starts, in seconds (0.0 when
         unknown): ffmpeg times its outputs from the file's start."""
@@ -269,7 +277,8 @@ def first_streams(src: Path, format_name: str | None = None) -> Streams:
             src, "-show_entries",
             "stream=index,codec_type,start_time,duration,nb_frames,codec_name,profile,"
             "channels,sample_rate,bit_rate,color_transfer,color_primaries,color_space,"
-            "color_range,field_order:stream_disposition=default,attached_pic:stream_tags=BPS,DURATION"
+            "color_range,field_order,r_frame_rate,avg_frame_rate"
+            ":stream_disposition=default,attached_pic:stream_tags=BPS,DURATION"
             ":format=format_name,start_time,duration", format_name=format_name)
     except MediaError:
         return Streams({}, {}, None)
