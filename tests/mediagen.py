@@ -158,6 +158,15 @@ def make_speech_video(dst: Path, text: str, size: str = "320x240",
     return dst
 
 
+def make_phone_copy(src: Path, dst: Path, start: float = 1.2, rotation: int = 90) -> Path:
+    """src's streams (copied) as a phone or an editor may leave them: every timestamp
+    `start` seconds late (a clip cut from a longer recording, its clock kept) and the
+    picture stored sideways with a `rotation` flag (portrait video); MP4 or MOV."""
+    _ffmpeg("-i", str(src), "-map", "0", "-c", "copy", "-output_ts_offset", str(start),
+            "-metadata:s:v:0", f"rotate={rotation}", str(dst))
+    return dst
+
+
 def make_audio_only(dst: Path, text: str) -> Path:
     """Speech as a compressed audio file; the codec follows dst's suffix (.m4a AAC, .mp3)."""
     speech = make_speech_wav(dst.with_name(f"{dst.stem}.speech.wav"), text)

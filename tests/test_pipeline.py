@@ -8,6 +8,7 @@ import subprocess
 import ffmpeg
 import pytest
 import srt
+import webvtt
 from rq.job import Job, JobStatus
 from sqlalchemy import select
 
@@ -106,6 +107,58 @@ def test_captions_of_sound_that_starts_late_are_in_time_with_the_preview(client,
     audio.write_bytes(artifact(client, vid, "audio.wav").data)
     assert float(ffmpeg.probe(str(audio))["format"]["duration"]) == pytest.approx(
         float(ffmpeg.probe(str(preview))["format"]["duration"]), abs=0.2)
+
+
+def speech_span(media) -> tuple[float, float]:
+    """Where the speech of a file's sound is: from the end of its opening silence to the
+    start of its closing one (silencedetect, silences of 0.3 s or more; the sound's ends
+    when there is none)."""
+    done = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-i", str(media), "-map",
+                           "0:a:0", "-af", "silencedetect=duration=0.3", "-f", "null", "-"],
+                          capture_output=True, text=True, check=True)
+    sound = next(s for s in ffmpeg.probe(str(media))["streams"] if s["codec_type"] == "audio")
+    # (a track that starts late is timed so: no silence is decoded before it)
+    start = float(sound.get("start_time", 0.0))
+    end = start + float(sound["duration"])
+    # (ffmpeg ends a silence that lasts to the end of the sound there)
+    silences = [(float(a), float(b)) for a, b in re.findall(
+        r"silence_start: ([\d.]+).*?silence_end: ([\d.]+)", done.stderr, re.S)]
+    begins = silences[0][1] if silences and silences[0][0] < start + 0.05 else start
+    ends = silences[-1][0] if silences and silences[-1][1] > end - 0.05 else end
+    return begins, ends
+
+
+def test_captions_of_a_late_stamped_rotated_video_are_in_time_with_the_preview(client,
+                                                                                tmp_path):
+    # A phone's portrait clip cut from a longer recording: its timestamps begin 1.2 s in,
+    # its sound 1 s after its picture, and its picture is stored sideways.
+    talk = mediagen.make_speech_video(tmp_path / "talk.mp4", SENTENCE, audio_delay=1.0)
+    src = mediagen.make_phone_copy(talk, tmp_path / "portrait.mp4", start=1.2, rotation=90)
+    found = {s["codec_type"]: s for s in ffmpeg.probe(str(src))["streams"]}
+    assert float(found["video"]["start_time"]) == pytest.approx(1.2, abs=0.05)
+    video = upload_ok(client, src)
+    assert (video["width"], video["height"]) == (240, 320)
+    vid = video["id"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    run_worker()
+    state = progress_of(client, vid)
+    assert (state["status"], state["error"]) == ("completed", None), state
+
+    preview = tmp_path / "preview.mp4"
+    preview.write_bytes(artifact(client, vid, "preview.mp4").data)
+    played = {s["codec_type"]: s for s in ffmpeg.probe(str(preview))["streams"]}
+    assert (played["video"]["width"], played["video"]["height"]) == (240, 320)
+    begins, ends = speech_span(preview)
+    assert begins == pytest.approx(1.0, abs=0.3)  # after the picture's start, as sent
+    # The captions cover the speech where the preview plays it, neither early nor late.
+    vtt = tmp_path / "captions.vtt"
+    vtt.write_bytes(artifact(client, vid, "captions.vtt").data)
+    cues = webvtt.read(str(vtt)).captions
+    assert cues, "no captions"
+    first, last = (cues[0].start_time.in_milliseconds() / 1000,
+                   cues[-1].end_time.in_milliseconds() / 1000)
+    assert first == pytest.approx(begins, abs=0.5), (begins, cues[0])
+    assert last == pytest.approx(ends, abs=0.5), (ends, cues[-1])
 
 
 def colour_near(picture, colour, x: int, y: int, w: int, h: int) -> bool:
