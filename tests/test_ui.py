@@ -606,3 +606,18 @@ def test_a_queued_run_says_how_many_runs_it_waits_behind(client, clip):
     page = soup(client.get(f"/videos/{second}"))
     assert page.select_one("#task-status").get_text() == "cancelled"
     assert "behind" not in soup(client.get(f"/videos/{third}")).select_one("#eta").get_text()
+
+
+def test_a_page_past_the_last_shows_the_last_page(client, clip):
+    """The selection's Delete comes back to the page it was on: once that page's videos are
+    gone it is past the end, and the library shows its last page, not "No videos yet"."""
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        uploaded(client, clip, name)
+    page = soup(client.get("/?sort=name&per_page=2&page=5"))
+    assert names(page) == ["c.mp4"]
+    nav = page.select_one("nav.pages")
+    assert nav.select_one("[aria-current=page]").get_text() == "2"
+    assert "Page 2 of 2" in nav.get_text()
+    assert nav.select_one("a[rel=prev]")["href"] == "/?sort=name&per_page=2"
+    assert "No videos yet" not in page.get_text()
+

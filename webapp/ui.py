@@ -191,10 +191,17 @@ def library_view() -> dict:
 
 
 def library_page(view: dict | None = None, message: str | None = None) -> str:
+    """The library at `view`; a page past the last one (its videos were deleted, e.g. by
+    the selection's Delete, which comes back to the page it was on) shows the last page,
+    not "No videos yet"."""
     view = view or library_view()
     page, per_page = view["page"], view["per_page"]
     videos, total = ingest.list_videos(ext.db(), page, per_page, status=view["status"],
                                        sort=view["sort"])
+    if not videos and total and page > 1:
+        page = view["page"] = -(-total // per_page)
+        videos, total = ingest.list_videos(ext.db(), page, per_page, status=view["status"],
+                                           sort=view["sort"])
     weights = ext.settings().weights
     rows = [(v, progress.video_progress(ext.db(), v, weights)) for v in videos]
     posters = publications.with_step(ext.db(), (v.id for v in videos), "thumbnails")
