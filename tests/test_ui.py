@@ -621,3 +621,32 @@ def test_a_page_past_the_last_shows_the_last_page(client, clip):
     assert nav.select_one("a[rel=prev]")["href"] == "/?sort=name&per_page=2"
     assert "No videos yet" not in page.get_text()
 
+
+def test_a_video_deleted_meanwhile_is_said_in_place_of_its_row_or_panel(client, clip):
+    """Another tab (the API, the library's selection) deleted the video while a page polled
+    it or showed its buttons: HTMX gets a fragment saying so where it asked, never the 404
+    page with a second site header inside the page."""
+    vid = uploaded(client, clip, "gone.mp4")
+    client.post(f"/videos/{vid}/cancel")
+    assert client.post(f"/videos/{vid}/delete").status_code == 303
+    row = client.get(f"/videos/{vid}/row", headers=HX)
+    assert row.status_code == 404
+    page = soup(row)
+    assert not page.select("header.site") and not page.select("[hx-get]")
+    assert "has been deleted" in page.select_one("li.video-row.gone").get_text()
+    for method, path in [("get", f"/videos/{vid}/panel?poll=1"), ("post", f"/videos/{vid}/run"),
+                         ("post", f"/videos/{vid}/force"), ("post", f"/videos/{vid}/cancel")]:
+        resp = getattr(client, method)(path, headers=HX)
+        assert resp.status_code == 404, path
+        page = soup(resp)
+        assert not page.select("header.site"), path
+        panel = page.select_one("section#progress-panel")
+        assert panel["data-status"] == "deleted" and not panel.has_attr("hx-get"), path
+        assert not panel.select("button") and panel.select_one("a")["href"] == "/"
+        results = page.select_one("#results")  # its player's files are gone too
+        assert results.has_attr("hidden") and results["hx-swap-oob"] == "true"
+    again = client.post(f"/videos/{vid}/delete", headers=HX)
+    assert again.status_code == 204 and again.headers["HX-Redirect"] == "/"
+    assert "already been deleted" in soup(client.get("/")).select_one("#flashes").get_text()
+    plain = client.get(f"/videos/{vid}/panel")  # without HTMX: the 404 page, as before
+    assert plain.status_code == 404 and soup(plain).select("header.site")

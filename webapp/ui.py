@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from webapp import extensions as ext
+from webapp.api import html_error
 from webapp.models import ProcessingTask, Video
 from webapp.services import (
     bulk,
@@ -36,7 +37,7 @@ from webapp.services import (
     publications,
     results,
 )
-from webapp.services.errors import Conflict, InvalidMedia, ServiceError
+from webapp.services.errors import Conflict, InvalidMedia, NotFound, ServiceError
 from webapp.services.mediainput import video_format
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,23 @@ def library_row(video_id: str):
                                posters=posters), f"row-{tag}"
 
     return polled_fragment(f"row-{tag}", render)
+
+
+@bp.errorhandler(NotFound)
+def video_gone(exc: NotFound):
+    """A video deleted since its page was opened (in another tab, by the library's
+    selection, through the API), as HTMX asked for it: its polled row or panel, or a button
+    of that panel, is answered in place. The 404 page swapped in there would put a second
+    site header inside the page. Without HTMX, the 404 page."""
+    if is_htmx():
+        if request.endpoint == "ui.library_row":
+            return render_template("library/_gone.html"), 404
+        if request.endpoint in ("ui.panel", "ui.start", "ui.cancel"):
+            return render_template("videos/_gone.html"), 404
+        if request.endpoint == "ui.delete":
+            flash("That video had already been deleted.", "ok")
+            return go_to(url_for("ui.library"))
+    return html_error(exc.status, "Not Found", exc.message)
 
 
 @bp.post("/videos")

@@ -294,7 +294,8 @@
     if (!panel || !out) return;
     var status = panel.dataset.status;
     var bar = document.getElementById("overall-progress");
-    var value = bar ? parseFloat(bar.getAttribute("value")) : 0;
+    if (!bar) return;  // the video was deleted meanwhile: its panel says so (role=alert)
+    var value = parseFloat(bar.getAttribute("value"));
     var quarter = Math.floor(value / 25);
     if (said.status === null) {  // the page as opened: nothing new to say
       said = {status: status, quarter: quarter};
