@@ -272,3 +272,19 @@ def test_a_transcript_reads_in_its_languages_direction(page, media, settings, la
         assert text_box["x"] + text_box["width"] <= stamp["x"] + 1
     else:
         assert stamp["x"] < box["x"] + 20 and text_box["x"] >= stamp["x"] + stamp["width"] - 1
+
+
+def test_a_long_file_name_chosen_stays_inside_the_page(page, tmp_path):
+    """A name without spaces (cameras, exports) wraps in the drop zone's list of the files
+    chosen, rather than widening the page past the screen."""
+    long_name = "_".join(["recording"] * 20) + ".mp4"
+    chosen = mediagen.make_video(tmp_path / long_name, duration=1.0, size="160x120")
+    for viewport in ({"width": 1280, "height": 900}, {"width": 390, "height": 844}):
+        page.set_viewport_size(viewport)
+        page.goto("/")
+        page.set_input_files("#upload-file", str(chosen))
+        expect(page.locator("#chosen")).to_contain_text(long_name)
+        widths = page.evaluate("""() => ({page: document.documentElement.scrollWidth,
+                                          screen: document.documentElement.clientWidth})""")
+        assert widths["page"] <= widths["screen"], (viewport, widths)
+
