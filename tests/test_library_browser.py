@@ -288,3 +288,18 @@ def test_a_long_file_name_chosen_stays_inside_the_page(page, tmp_path):
                                           screen: document.documentElement.clientWidth})""")
         assert widths["page"] <= widths["screen"], (viewport, widths)
 
+
+def test_files_the_browser_gives_back_after_back_are_shown(page, media):
+    """Back on the library after an upload, Chromium hands the file control the files it
+    had (form restoration): the zone says which, so that Upload and process does not send
+    them again unannounced."""
+    page.goto("/")
+    page.set_input_files("#upload-file", str(media["c"]))
+    page.click("#upload-submit")
+    page.wait_for_url(VIDEO_URL, timeout=30_000)
+    page.go_back()
+    expect(page.locator("#upload-submit")).to_be_enabled()
+    restored = page.evaluate("() => document.getElementById('upload-file').files.length")
+    assert restored == 1, "Chromium no longer restores the file control (adapt this test)"
+    expect(page.locator("#chosen")).to_have_text("1 file: charlie.mp4")
+

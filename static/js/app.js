@@ -36,6 +36,10 @@
       input.files = evt.dataTransfer.files;
       showChosen();
     });
+    // Back to this page after an upload, the browser may hand the control its files again
+    // (form restoration): say so, or the next press would upload them again unannounced.
+    showChosen();
+    window.addEventListener("pageshow", showChosen);
     form.addEventListener("submit", function (evt) {
       evt.preventDefault();
       if (!input.files.length) {
