@@ -303,3 +303,31 @@ def test_files_the_browser_gives_back_after_back_are_shown(page, media):
     assert restored == 1, "Chromium no longer restores the file control (adapt this test)"
     expect(page.locator("#chosen")).to_have_text("1 file: charlie.mp4")
 
+
+_OUTLINE_ROOM_JS = """(sel) => {
+    const el = document.querySelector(sel);
+    const list = el.closest('#storyboard, #transcript');
+    const style = getComputedStyle(el);
+    const r = el.getBoundingClientRect(), b = list.getBoundingClientRect();
+    const left = b.left + list.clientLeft, top = b.top + list.clientTop;
+    return {reach: parseFloat(style.outlineWidth) + parseFloat(style.outlineOffset),
+            style: style.outlineStyle,
+            room: [r.left - left, r.top - top, left + list.clientWidth - r.right]};
+}"""
+
+
+def test_a_focused_tile_or_transcript_line_shows_its_whole_outline(page, tmp_path):
+    """The storyboard and the transcript scroll, so they clip what overflows them: the
+    focus outline of their first tile or line must fit inside, on every side."""
+    talk = mediagen.make_speech_video(tmp_path / "talk.mp4", "Hello there. Good morning.")
+    vid = api_upload(page, talk)
+    page.request.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    page.goto(f"/videos/{vid}")
+    for selector in ("#storyboard .tile", "#transcript .line"):
+        page.locator(selector).first.wait_for()
+        page.keyboard.press("Tab")  # the keyboard is in use: :focus-visible
+        page.locator(selector).first.focus()
+        found = page.evaluate(_OUTLINE_ROOM_JS, selector)
+        assert found["style"] != "none" and found["reach"] >= 3, (selector, found)
+        assert min(found["room"]) >= found["reach"], (selector, found)
