@@ -331,3 +331,21 @@ def test_a_focused_tile_or_transcript_line_shows_its_whole_outline(page, tmp_pat
         found = page.evaluate(_OUTLINE_ROOM_JS, selector)
         assert found["style"] != "none" and found["reach"] >= 3, (selector, found)
         assert min(found["room"]) >= found["reach"], (selector, found)
+
+
+def test_files_dropped_beside_the_zone_do_not_leave_the_page(page):
+    """A drop that misses the zone is not the browser's to open (it would leave the page,
+    and any upload under way, for the file): the page cancels it; nothing is uploaded."""
+    page.goto("/")
+    cancelled = page.evaluate("""() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File(["x"], "missed.mp4", {type: "video/mp4"}));
+        return ["dragover", "drop"].map(type => {
+            const evt = new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true});
+            document.querySelector("#library").dispatchEvent(evt);
+            return evt.defaultPrevented;
+        });
+    }""")
+    assert cancelled == [True, True]
+    expect(page.locator("#chosen")).to_be_empty()
+    assert page.locator("#upload-list li").count() == 0

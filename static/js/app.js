@@ -30,6 +30,14 @@
     ["dragleave", "drop"].forEach(function (type) {
       zone.addEventListener(type, function () { zone.classList.remove("dragging"); });
     });
+    // Files dropped beside the zone are not the browser's to open: it would leave the page
+    // (and any upload under way) for the file itself.
+    ["dragover", "drop"].forEach(function (type) {
+      document.addEventListener(type, function (evt) {
+        var types = evt.dataTransfer ? Array.prototype.slice.call(evt.dataTransfer.types) : [];
+        if (types.indexOf("Files") >= 0) evt.preventDefault();
+      });
+    });
     zone.addEventListener("drop", function (evt) {
       evt.preventDefault();
       if (!evt.dataTransfer || !evt.dataTransfer.files.length) return;
