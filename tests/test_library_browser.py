@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests import browser, mediagen
-from tests.browser import api_upload
+from tests.browser import api_upload, wait_until
 from tests.conftest import run_worker
 from tests.helpers import publish_transcript
 
@@ -349,3 +349,29 @@ def test_files_dropped_beside_the_zone_do_not_leave_the_page(page):
     assert cancelled == [True, True]
     expect(page.locator("#chosen")).to_be_empty()
     assert page.locator("#upload-list li").count() == 0
+
+
+def test_leaving_the_page_during_an_upload_asks_first(page, media):
+    """Leaving the library stops the uploads under way: the browser asks first (and stays
+    if told to); once they are done, the page is left without a question."""
+    page.goto("/")
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": media["b"].stat().st_size / 4.0})
+    asked = []
+    page.on("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))
+    page.set_input_files("#upload-file", [str(media["a"]), str(media["b"])])
+    page.click("#upload-submit")
+    expect(page.locator("#upload-list li")).to_have_count(2)
+    page.click("a.brand")  # to the library again: a navigation
+    wait_until(lambda: asked, timeout=10, what="the browser asking before leaving")
+    assert asked == ["beforeunload"]
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    expect(page.locator("#upload-list li[data-state=done]")).to_have_count(2, timeout=30_000)
+    assert sorted(row_names(page)) == ["alpha.mp4", "bravo.mp4"]
+    page.click("nav a[href='/api/docs']")
+    page.wait_for_url("**/api/docs")
+    assert asked == ["beforeunload"]

@@ -12,6 +12,7 @@
 
   // -- uploads: several files, one request and one bar each --------------------------------
   var form = null, input = null, list = null, button = null, zone = null;
+  var uploading = false;
 
   function setUpUpload() {
     form = document.getElementById("upload-form");
@@ -37,6 +38,12 @@
         var types = evt.dataTransfer ? Array.prototype.slice.call(evt.dataTransfer.types) : [];
         if (types.indexOf("Files") >= 0) evt.preventDefault();
       });
+    });
+    // Leaving the page stops the uploads under way: the browser asks first.
+    window.addEventListener("beforeunload", function (evt) {
+      if (!uploading) return;
+      evt.preventDefault();
+      evt.returnValue = "";
     });
     zone.addEventListener("drop", function (evt) {
       evt.preventDefault();
@@ -72,6 +79,7 @@
   }
 
   function uploadAll(files) {
+    uploading = true;
     button.disabled = true;
     say("", false);
     list.textContent = "";
@@ -163,6 +171,7 @@
   }
 
   function finish(results) {
+    uploading = false;
     button.disabled = false;
     var ok = results.filter(function (r) { return r.ok; });
     if (results.length === 1 && ok.length === 1) {
