@@ -375,3 +375,16 @@ def test_leaving_the_page_during_an_upload_asks_first(page, media):
     page.click("nav a[href='/api/docs']")
     page.wait_for_url("**/api/docs")
     assert asked == ["beforeunload"]
+
+
+def test_the_filters_keep_each_label_beside_its_menu_on_a_phone(page):
+    """On a narrow screen the filters wrap; a label (Status, Sort, Per page) goes to the next
+    line with its menu, never stays alone at the end of the line above it."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto("/")
+    for name in ("status", "sort", "per-page"):
+        label = page.locator(f"label[for=filter-{name}]").bounding_box()
+        menu = page.locator(f"#filter-{name}").bounding_box()
+        middle = label["y"] + label["height"] / 2
+        assert menu["y"] <= middle <= menu["y"] + menu["height"], (name, label, menu)
+        assert 0 <= menu["x"] - (label["x"] + label["width"]) < 20, (name, label, menu)
