@@ -650,3 +650,26 @@ def test_a_video_deleted_meanwhile_is_said_in_place_of_its_row_or_panel(client, 
     assert "already been deleted" in soup(client.get("/")).select_one("#flashes").get_text()
     plain = client.get(f"/videos/{vid}/panel")  # without HTMX: the 404 page, as before
     assert plain.status_code == 404 and soup(plain).select("header.site")
+
+
+def test_the_selection_comes_back_to_the_library_after_a_refused_upload(client, clip, tmp_path):
+    """Without JavaScript a refused upload answers with the library at POST /videos: the
+    selection's actions (and the confirmation's Cancel) come back to the library's view,
+    not to /videos, which is no page (405)."""
+    vid = uploaded(client, clip, "kept.mp4")
+    client.post(f"/videos/{vid}/cancel")
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video at all\n" * 20)
+    page = soup(form_upload(client, bad))
+    back = page.select_one("#bulk-form input[name=back]")["value"]
+    assert back == "/"
+    ask = soup(client.post("/videos/selected", data={"action": "reprocess", "ids": [vid],
+                                                     "back": back}))
+    assert ask.select_one("#confirm-no")["href"] == "/"
+    done = client.post("/videos/selected", data={"action": "reprocess", "ids": [vid],
+                                                 "back": back, "confirmed": "1"})
+    assert done.status_code == 303 and client.get(done.headers["Location"]).status_code == 200
+    # The library's own view is kept (filter, sort, size, page), as before.
+    page = soup(client.get("/?status=active&sort=name&per_page=10"))
+    assert (page.select_one("#bulk-form input[name=back]")["value"]
+            == "/?status=active&sort=name&per_page=10")
