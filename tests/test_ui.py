@@ -459,7 +459,7 @@ def test_selection_asks_first_then_reports_each_video(client, clip):
 def test_delete_is_said_on_the_library(client, clip):
     vid = uploaded(client, clip, "gone.mp4")
     client.post(f"/videos/{vid}/cancel")
-    assert client.post(f"/videos/{vid}/delete").status_code == 303
+    assert client.post(f"/videos/{vid}/delete", data={"confirmed": "1"}).status_code == 303
     flash = soup(client.get("/")).select_one("#flashes .flash.ok")
     assert flash.get_text() == "Deleted gone.mp4 and all its files."
 
@@ -628,7 +628,7 @@ def test_a_video_deleted_meanwhile_is_said_in_place_of_its_row_or_panel(client, 
     page with a second site header inside the page."""
     vid = uploaded(client, clip, "gone.mp4")
     client.post(f"/videos/{vid}/cancel")
-    assert client.post(f"/videos/{vid}/delete").status_code == 303
+    assert client.post(f"/videos/{vid}/delete", headers=HX).status_code == 204
     row = client.get(f"/videos/{vid}/row", headers=HX)
     assert row.status_code == 404
     page = soup(row)
@@ -673,3 +673,26 @@ def test_the_selection_comes_back_to_the_library_after_a_refused_upload(client, 
     page = soup(client.get("/?status=active&sort=name&per_page=10"))
     assert (page.select_one("#bulk-form input[name=back]")["value"]
             == "/?status=active&sort=name&per_page=10")
+
+
+def test_delete_without_javascript_asks_first_on_a_page(client, clip):
+    """The video page's Delete asks first through the page's script (hx-confirm); without
+    JavaScript the form posts as it is, and a page asks, as for the selection."""
+    vid = uploaded(client, clip, "keep me.mp4")
+    client.post(f"/videos/{vid}/cancel")
+    ask = client.post(f"/videos/{vid}/delete")
+    assert ask.status_code == 200
+    page = soup(ask)
+    assert page.title.get_text().startswith("Delete 1 video?")
+    assert page.select_one("#confirm-title").get_text() == "Delete 1 video?"
+    assert [li.get_text() for li in page.select("#confirm-list li")] == ["keep me.mp4"]
+    assert page.select_one("#confirm-no")["href"] == f"/videos/{vid}"
+    form = page.select_one("form.actions")
+    assert form["action"] == f"/videos/{vid}/delete"
+    assert client.get(f"/videos/{vid}").status_code == 200  # nothing done yet
+    fields = {i["name"]: i["value"] for i in form.select("input[type=hidden]")}
+    done = client.post(form["action"], data=fields)
+    assert done.status_code == 303 and done.headers["Location"] == "/"
+    assert client.get(f"/videos/{vid}").status_code == 404
+    assert (soup(client.get("/")).select_one("#flashes .flash.ok").get_text()
+            == "Deleted keep me.mp4 and all its files.")

@@ -444,7 +444,14 @@ def cancel(video_id: str):
 
 @bp.post("/videos/<video_id>/delete", merge_slashes=False)
 def delete(video_id: str):
-    """Delete the video and its files, then back to the library, which says so."""
+    """Delete the video and its files, then back to the library, which says so. The page's
+    script asks first (hx-confirm); without it, a page asks, as for the selection."""
+    if not is_htmx() and request.form.get("confirmed") != "1":
+        video = processing.get_video(ext.db(), video_id)
+        page = url_for("ui.video_page", video_id=video_id)
+        return render_template("library/confirm.html", action="delete",
+                               label="Delete", videos=[video], ids=[video_id],
+                               back=page, post_to=url_for("ui.delete", video_id=video_id))
     try:
         name = processing.get_video(ext.db(), video_id).original_filename
         ingest.delete_video(ext.db(), ext.storage(), video_id)
