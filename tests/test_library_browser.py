@@ -388,3 +388,24 @@ def test_the_filters_keep_each_label_beside_its_menu_on_a_phone(page):
         middle = label["y"] + label["height"] / 2
         assert menu["y"] <= middle <= menu["y"] + menu["height"], (name, label, menu)
         assert 0 <= menu["x"] - (label["x"] + label["width"]) < 20, (name, label, menu)
+
+
+def test_the_line_being_spoken_is_brought_into_the_transcripts_view(page, media, settings):
+    """A long transcript scrolls in its own box: the line being spoken is brought into that
+    box's view when it becomes current (the highlight never runs off out of sight), and the
+    page itself stays where it is."""
+    vid = api_upload(page, media["b"])
+    page.request.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    publish_transcript(settings, vid, [(i / 10, (i + 1) / 10, f"Line number {i}.")
+                                       for i in range(30)])
+    page.goto(f"/videos/{vid}")
+    expect(page.locator("#transcript .line")).to_have_count(30)
+    page.locator("#player").evaluate("p => p.scrollIntoView({block: 'start'})")
+    scrolled = page.evaluate("() => window.scrollY")
+    page.locator("#player").evaluate("p => { p.currentTime = 2.75; }")
+    current = page.locator("#transcript .line.current")
+    expect(current).to_contain_text("Line number 27.")
+    box, line = page.locator("#transcript").bounding_box(), current.bounding_box()
+    assert box["y"] <= line["y"] and line["y"] + line["height"] <= box["y"] + box["height"]
+    assert page.evaluate("() => window.scrollY") == scrolled

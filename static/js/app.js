@@ -280,10 +280,24 @@
       var current = t >= parseFloat(line.dataset.start) && t < parseFloat(line.dataset.end);
       if (current !== line.classList.contains("current")) {
         line.classList.toggle("current", current);
-        if (current) line.setAttribute("aria-current", "true");
-        else line.removeAttribute("aria-current");
+        if (current) {
+          line.setAttribute("aria-current", "true");
+          keepInView(line);
+        } else {
+          line.removeAttribute("aria-current");
+        }
       }
     });
+  }
+
+  // The transcript scrolls on its own (max-height): the line being spoken is brought into
+  // its view when it becomes current, the page itself is left where it is.
+  function keepInView(line) {
+    var box = document.getElementById("transcript");
+    if (!box) return;
+    var inner = box.getBoundingClientRect(), at = line.getBoundingClientRect();
+    if (at.top >= inner.top && at.bottom <= inner.bottom) return;
+    box.scrollTop += at.top - inner.top - (inner.height - at.height) / 2;
   }
 
   // -- the transcript's copy button (shown where the clipboard can be written) -------------
