@@ -409,3 +409,18 @@ def test_the_line_being_spoken_is_brought_into_the_transcripts_view(page, media,
     box, line = page.locator("#transcript").bounding_box(), current.bounding_box()
     assert box["y"] <= line["y"] and line["y"] + line["height"] <= box["y"] + box["height"]
     assert page.evaluate("() => window.scrollY") == scrolled
+
+
+def test_a_refused_files_bar_is_in_the_error_colour(page, media, browser_log):
+    """Its bytes were all sent, so the bar of a refused file is full: it must not look like
+    the others' blue \"done\" bar."""
+    page.goto("/")
+    browser_log.expect_http_error("/videos")  # the text file's 422
+    page.set_input_files("#upload-file", [str(media["notes"]), str(media["a"])])
+    page.click("#upload-submit")
+    expect(page.locator("#upload-list li[data-state]")).to_have_count(2, timeout=30_000)
+    colours = page.locator("#upload-list progress").evaluate_all(
+        "bs => bs.map(b => getComputedStyle(b).accentColor)")
+    error = page.locator("#upload-list li[data-state=failed] .outcome").evaluate(
+        "o => getComputedStyle(o).color")
+    assert colours[0] == error and colours[1] != error, (colours, error)
