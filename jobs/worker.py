@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
@@ -18,7 +19,7 @@ from jobs.runner import StepFailed
 from webapp.config import ConfigError, Settings, configure_logging
 from webapp.db import session_factory
 from webapp.services import webhooks
-from webapp.services.queue import connect
+from webapp.services.queue import connect, unreachable
 
 
 class VidpipeWorker(Worker):
@@ -223,9 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         logging.getLogger("jobs.worker").error("vidpipe: %s", exc)
         return 1
+    log = logging.getLogger("jobs.worker")
+    try:  # a worker that never reached Redis has nothing to wait for: a typo, or no Redis
+        connect(settings.redis_url).ping()
+    except RedisError as exc:
+        log.error("vidpipe: %s; not starting", unreachable(settings.redis_url, exc))
+        return 1
     webhooks.configure(settings)  # its horses end tasks: they write the events
     if settings.server_url:
-        log = logging.getLogger("jobs.worker")
         try:
             unsure = remote.Server(settings, delays=()).check_token()
         except remote.TokenRefused as exc:

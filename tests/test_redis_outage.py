@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -22,6 +23,7 @@ from tests.conftest import start_worker, stop_worker
 from tests.helpers import assert_json_error, progress_of, subtasks, upload_ok, wait_for
 from tests.procs import children
 from webapp import create_app
+from webapp.config import PROJECT_ROOT
 from webapp.db import session_factory
 from webapp.models import ProcessingTask
 from webapp.services.queue import connect
@@ -329,3 +331,19 @@ def test_the_live_attempt_killed_after_the_superseded_one_stopped_is_retried(
     transcode = subtasks(state)["transcode"]
     assert state["status"] == "completed", (state["error"], transcode)
     assert transcode["attempt"] == 3, transcode
+
+
+def test_a_worker_that_finds_no_redis_at_start_says_so_in_a_sentence(settings):
+    """`make worker` with Redis down or REDIS_URL mistyped: the worker does not start (it has
+    nothing to wait for), and says where it looked and what to do, not a traceback, and
+    without the password in REDIS_URL."""
+    port = free_port()  # nothing listens there
+    url = f"redis://:a-redis-password@127.0.0.1:{port}/3"
+    done = subprocess.run([sys.executable, "-m", "jobs.worker"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "REDIS_URL": url})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert (f"vidpipe: the job queue (Redis) at redis://127.0.0.1:{port}/3 does not answer ("
+            in done.stderr), done.stderr
+    assert "start it (`make redis` starts a local one) or set REDIS_URL" in done.stderr
+    assert "Traceback" not in done.stderr and "a-redis-password" not in done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -38,6 +39,25 @@ def connect(redis_url: str) -> Redis:
     """A Redis client that fails fast when the server is away."""
     return Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10,
                           health_check_interval=30)
+
+
+def address(redis_url: str) -> str:
+    """REDIS_URL without its user and password, to name the server in a sentence or a log."""
+    parts = urlsplit(redis_url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def unreachable(redis_url: str, exc: RedisError) -> str:
+    """The sentence for a process that cannot start without Redis: where it looked, what
+    Redis (or the network) said, and what to do."""
+    said = " ".join(str(exc).split()) or type(exc).__name__
+    return (f"the job queue (Redis) at {address(redis_url)} does not answer ({said}): start "
+            "it (`make redis` starts a local one) or set REDIS_URL to where it runs, with "
+            "its password if it has one")
 
 
 def check_available(connection: Redis) -> None:
