@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent is not None and not follow_parent(args.parent):
         return 0  # the worker died while this process was starting
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C of `make worker` reaches the terminal's whole process group, this process too:
+    # an end like SIGTERM's (its worker stops as well), not a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     configure_logging()
     settings = Settings.from_env()
     service_webhooks.configure(settings)  # the steps it fails end tasks too

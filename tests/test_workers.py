@@ -241,3 +241,20 @@ def test_a_worker_told_to_stop_ends_at_once(settings, workers):
             pytest.fail("the worker was still there 5 s after SIGTERM")
         assert time.monotonic() - started < 3
         assert not procs.in_session(worker.pid)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_ctrl_c_of_make_worker_ends_it_and_its_reconciler_without_a_traceback(settings, workers):
+    """Ctrl-C in the terminal of `make worker` sends SIGINT to its whole process group, the
+    worker's reconciler too, which printed a KeyboardInterrupt traceback as it went."""
+    worker = workers()
+    reconciler = wait_for(lambda: (pid := reconciler_of(worker))
+                          and procs.handles_signal(pid, signal.SIGTERM) and pid,
+                          timeout=30, interval=0.01, what="the worker's reconciler")
+    log = Path(worker.log_path)
+    wait_for(lambda: "Listening on" in log.read_text(), timeout=30, what="the worker listening")
+    os.killpg(worker.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
+    assert worker.wait(10) == 0
+    wait_for(lambda: not procs.running(reconciler), timeout=10, what="the reconciler ending")
+    assert "Traceback" not in log.read_text() and "KeyboardInterrupt" not in log.read_text(), (
+        log.read_text()[-3000:])
