@@ -347,3 +347,20 @@ def test_a_worker_that_finds_no_redis_at_start_says_so_in_a_sentence(settings):
             in done.stderr), done.stderr
     assert "start it (`make redis` starts a local one) or set REDIS_URL" in done.stderr
     assert "Traceback" not in done.stderr and "a-redis-password" not in done.stderr
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_dashboard_says_the_queue_is_down_without_a_traceback(settings, caplog):
+    """rq-dashboard's pages and the data its open page asks for every few seconds were each a
+    500 "internal error" with a traceback in the log while Redis was down."""
+    app = create_app(replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    client = app.test_client()
+    for path in ("/rq/0/data/queues.json", "/rq/0/data/workers.json", "/rq/0/view/workers",
+                 "/rq/0/view/jobs", "/rq/0/view/job/no-such-job"):
+        caplog.clear()
+        resp = client.get(path)
+        assert resp.status_code == 503, (path, resp.status_code)
+        assert "the job queue (Redis) is unavailable; try again in a moment" in resp.get_data(
+            as_text=True), path
+        assert not any(r.exc_info for r in caplog.records), (path, caplog.text)
+        assert f"GET {path} answered 503: the job queue (Redis) is unavailable" in caplog.text

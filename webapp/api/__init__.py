@@ -10,6 +10,8 @@ from flask import Flask, Response, current_app, make_response, render_template, 
 from flask_smorest import Api as SmorestApi
 from flask_smorest.pagination import PaginationMetadataSchema
 from markupsafe import Markup
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import (
     HTTPException,
     InternalServerError,
@@ -25,6 +27,7 @@ from webapp.services.errors import (
     DATABASE_UNAVAILABLE,
     RETRY_AFTER_SECONDS,
     InsufficientStorage,
+    QueueUnavailable,
     ServiceError,
     internal_error,
     is_database_unavailable,
@@ -227,6 +230,16 @@ def database_unavailable(error: Exception):
             503, headers)
 
 
+def queue_down(error: Exception):
+    """Redis not answering where a page did not expect it (rq-dashboard at /rq, whose open
+    page asks for its data every few seconds) is an outage, not a bug: 503 saying so and one
+    line in the log, not a 500 with a traceback for each of the dashboard's requests."""
+    log.warning("%s %s answered 503: the job queue (Redis) is unavailable (%s)",
+                request.method, request.path, " ".join(str(error).split())[:200])
+    return handle_service_error(
+        QueueUnavailable("the job queue (Redis) is unavailable; try again in a moment"))
+
+
 def disk_full(error: Exception):
     """A full disk (MEDIA_ROOT's, or the database's) is no bug: 507 Insufficient Storage,
     saying so, and one line in the log for the operator instead of a traceback. The
@@ -261,4 +274,6 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(processing.blp, url_prefix=f"{API_PREFIX}/v1")
     api.register_blueprint(search.blp, url_prefix=f"{API_PREFIX}/v1")
     app.register_error_handler(ServiceError, handle_service_error)
+    app.register_error_handler(RedisConnectionError, queue_down)
+    app.register_error_handler(RedisTimeoutError, queue_down)
     app.register_error_handler(Exception, handle_unexpected)
