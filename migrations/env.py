@@ -3,8 +3,10 @@
 from logging.config import fileConfig
 
 from alembic import context
+from alembic.util import CommandError
+from sqlalchemy.exc import OperationalError
 
-from webapp.config import Settings
+from webapp.config import ConfigError, Settings, check_database_url, shown_database_url
 from webapp.db import get_engine
 from webapp.models import Base
 
@@ -16,7 +18,13 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    return config.attributes.get("database_url") or Settings.from_env().database_url
+    """The URL to migrate; a typo in it is alembic's one-line "FAILED: …", not a traceback."""
+    url = config.attributes.get("database_url") or Settings.from_env().database_url
+    try:
+        check_database_url(url)
+    except ConfigError as exc:
+        raise CommandError(f"vidpipe: {exc}") from None
+    return url
 
 
 def run_migrations_offline() -> None:
@@ -27,7 +35,14 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    with get_engine(database_url()).connect() as connection:
+    url = database_url()
+    try:
+        connection = get_engine(url).connect()
+    except OperationalError as exc:
+        said = " ".join(str(exc.orig or exc).split())
+        raise CommandError(f"vidpipe: could not open the database at "
+                           f"{shown_database_url(url)}: {said}") from None
+    with connection:
         context.configure(connection=connection, target_metadata=target_metadata,
                           render_as_batch=True)
         with context.begin_transaction():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -153,3 +154,69 @@ def test_the_worker_stops_at_a_short_secret(tmp_path):
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"vidpipe: {_short_secret_sentence('WORKER_TOKEN', 'secret', 16)}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# DATABASE_URL typos: each stops start-up (and `make migrate`) with one sentence; the
+# password stays out of it.
+BAD_DATABASE_URLS = [
+    ("postgres://vidpipe:pw@127.0.0.1/vidpipe",
+     "DATABASE_URL must begin postgresql+psycopg:// (SQLAlchemy does not know postgres://); "
+     "got 'postgres://vidpipe:***@127.0.0.1/vidpipe'."),
+    ("instance/vidpipe.db",
+     "DATABASE_URL must be a database URL such as postgresql+psycopg://user:password@host/"
+     "vidpipe or sqlite:////var/lib/vidpipe/vidpipe.db; got 'instance/vidpipe.db'."),
+    ("mysql://vidpipe:pw@127.0.0.1/vidpipe",
+     "DATABASE_URL must name a PostgreSQL or SQLite database, such as postgresql+psycopg://"
+     "user:password@host/vidpipe or sqlite:////var/lib/vidpipe/vidpipe.db; got "
+     "'mysql://vidpipe:***@127.0.0.1/vidpipe'."),
+]
+
+
+@pytest.mark.parametrize(("url", "says"), BAD_DATABASE_URLS)
+def test_a_database_url_that_cannot_work_is_a_sentence(url, says):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(database_url=url).validate()
+    assert str(caught.value) == says
+
+
+def test_database_urls_that_work_pass():
+    for url in ("sqlite:////tmp/x.db", "postgresql+psycopg://u:p@h/db?options=-csearch_path%3Ds",
+                "postgresql+psycopg://u@h:5433/db"):
+        Settings.from_env(database_url=url).validate()
+
+
+@pytest.mark.parametrize(("url", "says"), BAD_DATABASE_URLS[:2])
+def test_the_web_worker_and_migrate_stop_at_a_bad_database_url(url, says):
+    """The web master stops before it binds, instead of each of its workers failing to boot
+    with a traceback; the worker does not start taking jobs it would fail; `make migrate`
+    says it in alembic's one FAILED line."""
+    env = {**os.environ, "DATABASE_URL": url}
+    for command in ([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind",
+                     "127.0.0.1:0", "wsgi:app"],
+                    [sys.executable, "-m", "jobs.worker", "--burst"],
+                    [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"]):
+        done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=60, check=False, env=env)
+        assert done.returncode != 0, (command, done.stderr[-2000:])
+        assert f"vidpipe: {says}" in done.stderr, (command, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr and "Listening at" not in done.stderr, (
+            command, done.stderr[-2000:])
+        assert ":pw@" not in done.stderr
+
+
+def test_migrate_says_which_database_does_not_answer():
+    url = f"postgresql+psycopg://vidpipe:pw@127.0.0.1:{_free_port()}/vidpipe"
+    done = subprocess.run([str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+                          check=False, env={**os.environ, "DATABASE_URL": url})
+    said = done.stdout + done.stderr  # alembic prints its FAILED line to stdout
+    assert done.returncode != 0, said[-2000:]
+    assert ("FAILED: vidpipe: could not open the database at "
+            f"{url.replace(':pw@', ':***@')}: connection failed" in said), said
+    assert "Traceback" not in said
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

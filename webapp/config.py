@@ -73,6 +73,49 @@ def number_env(name: str, default: float, kind: type[int] | type[float] = int, *
     raise ConfigError(f"{name} must be {what}; got {raw!r}.")
 
 
+DATABASE_EXAMPLES = ("postgresql+psycopg://user:password@host/vidpipe or "
+                     "sqlite:////var/lib/vidpipe/vidpipe.db")
+
+
+def shown_database_url(url: str) -> str:
+    """DATABASE_URL as a sentence may show it: without its password."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def check_database_url(url: str) -> None:
+    """ConfigError unless `url` names a SQLite file or a PostgreSQL database whose driver is
+    installed. A typo (`postgres://`, a bare path) failed every web worker's boot with a
+    traceback, and a worker started, took jobs and burnt their retries on the same error."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = shown_database_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"DATABASE_URL must be a database URL such as {DATABASE_EXAMPLES}; "
+                          f"got {shown!r}.") from None
+    unusable = ConfigError(f"DATABASE_URL must name a PostgreSQL or SQLite database, such as "
+                           f"{DATABASE_EXAMPLES}; got {shown!r}.")
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        if parsed.drivername == "postgres":
+            raise ConfigError(f"DATABASE_URL must begin postgresql+psycopg:// (SQLAlchemy "
+                              f"does not know postgres://); got {shown!r}.") from None
+        raise unusable from None
+    if parsed.get_backend_name() not in ("postgresql", "sqlite"):
+        raise unusable
+    try:
+        if getattr(dialect, "is_async", False):
+            raise ImportError("an asyncio driver")
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ConfigError(f"DATABASE_URL's driver {parsed.drivername!r} cannot be used here "
+                          f"({exc}): write postgresql+psycopg://, whose driver vidpipe "
+                          f"installs; got {shown!r}.") from None
+
+
 def _weights_from_env() -> dict[str, float]:
     return {step: number_env(f"WEIGHT_{step.upper()}", DEFAULT_WEIGHTS[step], float,
                              positive=True)
@@ -201,11 +244,12 @@ class Settings:
         return cls(**values)
 
     def validate(self) -> None:
-        """ConfigError unless the speech settings name something usable; the web process
-        and the workers call it at start-up, so a typo stops them with a sentence instead of
-        failing every transcription later."""
+        """ConfigError unless DATABASE_URL and the speech settings name something usable;
+        the web process and the workers call it at start-up, so a typo stops them with a
+        sentence instead of failing every request or transcription later."""
         from webapp.services import whisper_models
 
+        check_database_url(self.database_url)
         try:
             whisper_models.model_dir(self.whisper_model)
         except whisper_models.ModelError as exc:
