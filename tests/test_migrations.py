@@ -291,3 +291,30 @@ def test_published_translations_are_indexed_by_the_upgrade(empty_url, tmp_path, 
         assert conn.execute(text("SELECT kind FROM search_entries ORDER BY kind")).scalars(
             ).all() == ["name", "segment"]
     command.downgrade(alembic(url), "0012")  # and back
+
+
+@pytest.mark.parametrize("start", ["0006", "0011"])
+def test_a_library_with_transcribed_videos_upgrades_from_before_0013(empty_url, tmp_path,
+                                                                     monkeypatch, start):
+    """A transcribed video has its language on its row. The rebuilds of 0007, 0011 and 0012
+    run today's code, which notes the languages it indexed stems of in search_languages, a
+    table only 0013 makes: `make migrate` of any such database older than 0013 failed
+    ("no such table: search_languages") and `make run` with it."""
+    url = empty_url
+    settings = Settings.from_env(database_url=url, media_root=tmp_path / "media")
+    vid, task = "0b6f5d6e-0000-4000-8000-000000000007", "0b6f5d6e-0000-4000-8000-000000000a07"
+    said = "The weather reports were published."
+    folder = write_transcript(settings, vid, task, [(0.0, 4.0, said)], "en")
+    monkeypatch.setenv("MEDIA_ROOT", str(settings.media_root))
+    command.upgrade(alembic(url), start)
+    with get_engine(url).begin() as conn:
+        insert_published_transcript(conn, vid, task, folder, "forecast.mp4", "en")
+
+    command.upgrade(alembic(url), "head")
+
+    with get_engine(url).connect() as conn:
+        assert conn.execute(text("SELECT language FROM search_languages")).scalars().all() == [
+            "en"]
+    assert_found(create_app(settings).test_client(), vid, (
+        ("report", False, [said]), ("forecast", True, [])))
+    command.downgrade(alembic(url), "0006")  # and back

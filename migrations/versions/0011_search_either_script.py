@@ -26,7 +26,8 @@ def upgrade() -> None:
     from webapp.services import search
     from webapp.services.storage import Storage
 
-    session = Session(bind=op.get_bind())
+    # No table search_languages before 0013, which rebuilds the index again and fills it.
+    session = Session(bind=op.get_bind(), info={search.NOTE_LANGUAGES: False})
     search.rebuild(session, Storage(Settings.from_env().media_root), commit=False)
     session.flush()
 

@@ -62,6 +62,12 @@ class Hit:
 
 # -- writing the index (in the caller's transaction) -----------------------------------------
 
+# Session.info key: False while migrations 0007, 0011 and 0012 rebuild the index with today's
+# code, before 0013 has made the table search_languages. Noting a language there failed the
+# upgrade of every database older than 0011 holding a transcribed video ("no such table:
+# search_languages"); 0013 rebuilds the index again and notes them.
+NOTE_LANGUAGES = "search_languages"
+
 def _insert(session: Session, video_id: str, rows: Sequence[tuple],
             language: str | None) -> None:
     """Insert entries (kind, position, start, end, text) of a video with their terms, the
@@ -69,7 +75,7 @@ def _insert(session: Session, video_id: str, rows: Sequence[tuple],
     if not rows:
         return
     postgres = session.get_bind().dialect.name == "postgresql"
-    if stemming.stems(language):
+    if stemming.stems(language) and session.info.get(NOTE_LANGUAGES, True):
         _note_language(session, language, postgres)
     terms_of = searchterms.tsvector if postgres else " ".join
     stmt = insert(SearchEntry)
