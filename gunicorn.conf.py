@@ -95,6 +95,15 @@ def on_starting(server) -> None:
         except InsecureExposure as exc:
             server.log.error("vidpipe: %s", exc)
             sys.exit(1)
+    from webapp import startup
+
+    try:  # MEDIA_ROOT writable, the database at this code's migration (webapp/startup.py)
+        unsure = startup.check(settings)
+    except ConfigError as exc:
+        server.log.error("vidpipe: %s", exc)
+        sys.exit(1)
+    if unsure:
+        server.log.warning("vidpipe: %s; starting anyway", unsure)
 
 
 def worker_exit(server, worker) -> None:

@@ -16,6 +16,7 @@ from rq.job_lifecycle import call_exception_handlers
 
 from jobs import delivery, hooks, reconciler, remote
 from jobs.runner import StepFailed
+from webapp import startup
 from webapp.config import ConfigError, Settings, configure_logging
 from webapp.db import session_factory
 from webapp.services import webhooks
@@ -225,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("jobs.worker").error("vidpipe: %s", exc)
         return 1
     log = logging.getLogger("jobs.worker")
+    try:  # MEDIA_ROOT writable, the database at this code's migration (webapp/startup.py)
+        unsure = startup.check(settings)
+    except ConfigError as exc:
+        log.error("vidpipe: %s", exc)
+        return 1
+    if unsure:
+        log.warning("vidpipe: %s; starting anyway", unsure)
     try:  # a worker that never reached Redis has nothing to wait for: a typo, or no Redis
         connect(settings.redis_url).ping()
     except RedisError as exc:

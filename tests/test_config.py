@@ -14,8 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from alembic import command as alembic_command
+from alembic.config import Config
+from sqlalchemy import text
 
 from webapp.config import MAKE_A_SECRET, PROJECT_ROOT, ConfigError, Settings
+from webapp.db import dispose, get_engine
 
 BAD = [
     ("TRANSCODE_NICE", "20", "a whole number from 0 to 19"),
@@ -85,8 +89,8 @@ def test_the_web_process_opens_no_control_socket_shared_with_other_gunicorns(tmp
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
-    env.update(HOME=str(home), WEB_WORKERS="1",
-               DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
+    env.update(HOME=str(home), WEB_WORKERS="1", DATABASE_URL=_migrated(tmp_path),
+               MEDIA_ROOT=str(tmp_path / "media"))
     log = tmp_path / "web.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
@@ -220,3 +224,99 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# -- what the web process and the worker check before they start (webapp/startup.py) ------
+
+WEB = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0",
+       "wsgi:app"]
+WORKER = [sys.executable, "-m", "jobs.worker", "--burst"]
+
+
+def _migrated(tmp_path: Path, revision: str = "head") -> str:
+    url = f"sqlite:///{tmp_path / 'vidpipe.db'}"
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.attributes["database_url"] = url
+    cfg.attributes["configure_logger"] = False
+    alembic_command.upgrade(cfg, revision)
+    dispose(url)
+    return url
+
+
+def _refused(command_line: list[str], env: dict[str, str], says: str) -> None:
+    done = subprocess.run(command_line, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60, check=False, env={**os.environ, **env})
+    assert done.returncode != 0, done.stderr[-2000:]
+    assert f"vidpipe: {says}" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Listening at" not in done.stderr, (
+        done.stderr[-2000:])
+    assert "Listening on" not in done.stderr, done.stderr[-2000:]  # the worker took no job
+
+
+def test_a_database_behind_on_migrations_stops_the_web_and_the_worker(tmp_path):
+    """A `git pull` without `make migrate` (or a worker host upgraded before the web host):
+    every request and step failed on a missing table or column, each step using up its
+    retries. Now neither starts, and the sentence says what to run."""
+    url = _migrated(tmp_path, "0014")
+    env = {"DATABASE_URL": url, "MEDIA_ROOT": str(tmp_path / "media")}
+    says = (f"the database at {url} is at migration 0014, but this vidpipe needs 0015: run "
+            "`make migrate` (on the web host, when workers run elsewhere), then start this "
+            "again.")
+    _refused(WEB, env, says)
+    _refused(WORKER, env, says)
+
+
+def test_a_database_never_migrated_or_migrated_by_a_newer_vidpipe_stops_start_up(tmp_path):
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    _refused(WORKER, {"DATABASE_URL": empty, "MEDIA_ROOT": str(tmp_path / "media")},
+             f"the database at {empty} has no vidpipe tables yet: run `make migrate` "
+             "(alembic upgrade head) first.")
+    url = _migrated(tmp_path)
+    with get_engine(url).begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    dispose(url)
+    _refused(WEB, {"DATABASE_URL": url, "MEDIA_ROOT": str(tmp_path / "media")},
+             f"the database at {url} is at migration 0099, which this vidpipe does not know "
+             "(it needs 0015): a newer vidpipe migrated it; run that version here too.")
+
+
+def test_a_media_root_or_sqlite_folder_that_cannot_be_written_stops_start_up(tmp_path):
+    """Uploads were 500s with a traceback (and /healthz "ok"), every page was a 500 for a
+    SQLite file whose folder could not be written."""
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    url = _migrated(tmp_path)
+    media = not_a_folder / "media"
+    says = (f"MEDIA_ROOT {media} cannot be written by this user (Not a directory): uploads "
+            "and outputs go there; make it writable, or set MEDIA_ROOT to a folder that is.")
+    for command_line in (WEB, WORKER):
+        _refused(command_line, {"DATABASE_URL": url, "MEDIA_ROOT": str(media)}, says)
+    _refused(WEB, {"DATABASE_URL": f"sqlite:///{not_a_folder / 'x.db'}",
+                   "MEDIA_ROOT": str(tmp_path / "media")},
+             f"the SQLite database {not_a_folder / 'x.db'} cannot be opened (")
+
+
+def test_a_postgresql_server_not_answering_yet_is_a_warning_not_a_refusal(tmp_path):
+    """It may be starting too (a reboot): the worker starts, and waits for it in its steps."""
+    url = f"postgresql+psycopg://vidpipe:pw@127.0.0.1:{_free_port()}/vidpipe"
+    done = subprocess.run(WORKER, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+                          check=False, env={**os.environ, "DATABASE_URL": url,
+                                            "QUEUE_NAME": f"ops-{os.getpid()}-empty",
+                                            "MEDIA_ROOT": str(tmp_path / "media")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (f"vidpipe: the database at {url.replace(':pw@', ':***@')} does not answer now ("
+            in done.stderr), done.stderr
+    assert "; starting anyway" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_reindex_says_the_database_is_not_migrated(tmp_path):
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    done = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "webapp",
+                           "reindex"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60, check=False,
+                          env={**os.environ, "DATABASE_URL": empty,
+                               "MEDIA_ROOT": str(tmp_path / "media")})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip() == (f"Error: vidpipe: the database at {empty} has no vidpipe "
+                                   "tables yet: run `make migrate` (alembic upgrade head) "
+                                   "first."), done.stderr

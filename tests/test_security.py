@@ -21,9 +21,11 @@ import pytest
 from bs4 import BeautifulSoup
 
 from tests import mediagen
+from tests.conftest import migrate
 from tests.helpers import progress_of, publish_files, upload_ok
 from webapp import create_app
 from webapp.config import PROJECT_ROOT, Settings
+from webapp.db import dispose
 from webapp.security import (
     CSP,
     InsecureExposure,
@@ -557,7 +559,10 @@ def gunicorn_env(tmp_path: Path, **extra: str) -> dict[str, str]:
            if k not in ("HOST", "PORT", "API_TOKEN", "ADMIN_PASSWORD", "ALLOW_INSECURE",
                         "GUNICORN_CMD_ARGS", "ALLOWED_HOSTS", "CORS_ORIGINS",
                         "TRUSTED_PROXIES")}
-    env.update({"DATABASE_URL": f"sqlite:///{tmp_path / 'unused.db'}",
+    url = f"sqlite:///{tmp_path / 'vidpipe.db'}"
+    migrate(url)  # the web process starts only on a database at this code's migration
+    dispose(url)
+    env.update({"DATABASE_URL": url,
                 "MEDIA_ROOT": str(tmp_path / "media"), "SECRET_KEY": "k",
                 "WEB_WORKERS": "1", **extra})
     return env

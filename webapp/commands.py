@@ -9,6 +9,8 @@ from flask import Flask
 from flask.cli import with_appcontext
 
 from webapp import extensions as ext
+from webapp import startup
+from webapp.config import ConfigError
 from webapp.services import search
 
 
@@ -16,6 +18,12 @@ from webapp.services import search
 @with_appcontext
 def reindex() -> None:
     """Rebuild the search index from every video's name and published transcript."""
+    try:  # a database not migrated, or not answering: a sentence, not a traceback
+        unsure = startup.check_database(ext.settings().database_url)
+    except ConfigError as exc:
+        raise click.ClickException(f"vidpipe: {exc}") from None
+    if unsure:
+        raise click.ClickException(f"vidpipe: {unsure}")
     started = time.monotonic()
     session = ext.handles().sessions()
     try:

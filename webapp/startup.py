@@ -1,0 +1,87 @@
+"""What the web process and the workers check before they start, beyond the settings: that
+MEDIA_ROOT can be written and that the database opens and is at this code's migration.
+
+Each of these failed later, and once per request or step: a web process whose MEDIA_ROOT it
+could not write answered every upload 500 with a traceback while /healthz said "ok"; a SQLite
+file in a folder it could not write (SQLite keeps its write-ahead log beside it) made every
+page a 500; a database not yet migrated, or migrated by an older vidpipe (a `git pull`
+without `make migrate`, or a worker host upgraded before the web host), failed requests and
+steps on a missing table or column, each step using up its retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from webapp.config import PROJECT_ROOT, ConfigError, Settings, shown_database_url
+from webapp.db import dispose, get_engine
+
+
+def check(settings: Settings) -> str | None:
+    """ConfigError for what would fail every request or step; a warning (returned) when the
+    database server does not answer now: an outage may end, so the process starts anyway."""
+    check_media_root(settings.media_root)
+    return check_database(settings.database_url)
+
+
+def check_media_root(media_root: Path) -> None:
+    try:
+        media_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=media_root, prefix=".writable-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"MEDIA_ROOT {media_root} cannot be written by this user "
+                          f"({exc.strerror or exc}): uploads and outputs go there; make it "
+                          f"writable, or set MEDIA_ROOT to a folder that is.") from None
+
+
+def check_database(url: str) -> str | None:
+    alembic_log = logging.getLogger("alembic")  # its INFO lines are for `make migrate`
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)
+    try:
+        return _check_database(url)
+    finally:
+        alembic_log.setLevel(level)
+
+
+def _check_database(url: str) -> str | None:
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(Config(str(PROJECT_ROOT / "alembic.ini")))
+    needed = set(script.get_heads())
+    shown = shown_database_url(url)
+    try:
+        with get_engine(url).connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    except (SQLAlchemyError, OSError) as exc:  # OSError: a SQLite folder not made
+        said = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        said = " ".join(str(getattr(said, "orig", None) or said).split())[:300]
+        if make_url(url).get_backend_name() == "sqlite":  # a file here: no outage to wait out
+            raise ConfigError(f"the SQLite database {make_url(url).database} cannot be opened "
+                              f"({said}): this user must be able to write the file and its "
+                              f"folder (SQLite writes its log beside it).") from None
+        return f"the database at {shown} does not answer now ({said})"
+    finally:
+        dispose(url)  # nothing of this check is kept, nor handed to forked processes
+    if current == needed:
+        return None
+    if not current:
+        raise ConfigError(f"the database at {shown} has no vidpipe tables yet: run `make "
+                          f"migrate` (alembic upgrade head) first.")
+    known = {revision.revision for revision in script.walk_revisions()}
+    at, need = ", ".join(sorted(current)), ", ".join(sorted(needed))
+    if current - known:
+        raise ConfigError(f"the database at {shown} is at migration {at}, which this vidpipe "
+                          f"does not know (it needs {need}): a newer vidpipe migrated it; "
+                          f"run that version here too.")
+    raise ConfigError(f"the database at {shown} is at migration {at}, but this vidpipe needs "
+                      f"{need}: run `make migrate` (on the web host, when workers run "
+                      f"elsewhere), then start this again.")
