@@ -3,20 +3,52 @@
 set -euo pipefail
 url="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 py="${PYTHON:-python3}"  # one that imports redis: make passes the virtualenv's
-read -r host port < <("$py" -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 6379)' "$url")
+# host, port, and the URL as said here: without its password, which is for nobody's log.
+read -r host port shown < <("$py" -c '
+import sys, urllib.parse as u
+p = u.urlparse(sys.argv[1])
+host = p.hostname or "127.0.0.1"
+netloc = (f"[{host}]" if ":" in host else host) + (f":{p.port}" if p.port else "")
+print(host, p.port or 6379, u.urlunparse((p.scheme, netloc, p.path, "", "", "")))' "$url")
 
-ping() { "$py" -c 'import sys, redis; redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()' "$url" 2>/dev/null; }
+# 0: it answers; 1: nothing answers; 2: a Redis answers but refuses (a password missing or
+# wrong, ...); 3: something else answers on that port. Both print what was said. Starting
+# another Redis on that port cannot help then: the script tried, and said "redis-server did
+# not come up" after half a minute.
+ping() { "$py" -c '
+import sys, redis
+from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
+try:
+    redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()
+except (AuthenticationError, ResponseError) as exc:
+    print(str(exc).rstrip("."))
+    sys.exit(2)
+except ConnectionError:
+    sys.exit(1)
+except RedisError as exc:
+    print(str(exc).rstrip("."))
+    sys.exit(3)' "$url" 2>/dev/null; }
 
-ping && exit 0
+status=0
+said=$(ping) || status=$?
+case "$status" in
+  0) exit 0 ;;
+  2) echo "a Redis answers at $shown but refuses this REDIS_URL ($said): put its password" \
+          "in REDIS_URL (redis://:PASSWORD@host:port/db), or point it at another Redis" >&2
+     exit 1 ;;
+  3) echo "something answers at $shown, but not as Redis does ($said): is REDIS_URL's" \
+          "port the Redis one?" >&2
+     exit 1 ;;
+esac
 case "$host" in
   127.0.0.1|localhost|::1) ;;
-  *) echo "Redis at $url does not answer, and it is not local: start it yourself" >&2; exit 1 ;;
+  *) echo "Redis at $shown does not answer, and it is not local: start it yourself" >&2; exit 1 ;;
 esac
 command -v redis-server >/dev/null || "$(dirname "$0")/system-deps.sh" redis-server
-echo "no Redis answers at $url; starting redis-server on $host:$port"
+echo "no Redis answers at $shown; starting redis-server on $host:$port"
 mkdir -p /tmp/vidpipe-redis
 redis-server --daemonize yes --bind "$host" --port "$port" --save "" --appendonly no \
   --dir /tmp/vidpipe-redis --logfile /tmp/vidpipe-redis/redis.log
-for _ in $(seq 50); do ping && exit 0; sleep 0.1; done
+for _ in $(seq 50); do ping >/dev/null && exit 0; sleep 0.1; done
 echo "redis-server did not come up; see /tmp/vidpipe-redis/redis.log" >&2
 exit 1

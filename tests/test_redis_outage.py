@@ -364,3 +364,40 @@ def test_the_dashboard_says_the_queue_is_down_without_a_traceback(settings, capl
             as_text=True), path
         assert not any(r.exc_info for r in caplog.records), (path, caplog.text)
         assert f"GET {path} answered 503: the job queue (Redis) is unavailable" in caplog.text
+
+
+def test_make_redis_says_a_redis_with_a_password_refuses_rather_than_starting_another(
+        tmp_path):
+    """scripts/ensure-redis.sh (`make run`, `make redis`) took a Redis that refused REDIS_URL's
+    password (or its lack of one) for none at all: it started redis-server on the same
+    port, which could not listen, and said "redis-server did not come up" half a minute
+    later."""
+    port = redis_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--requirepass", "the-right-one", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: Redis(port=port, password="the-right-one").ping(), timeout=10,
+                 what="the private redis-server")
+        for url in (f"redis://:a-wrong-one@127.0.0.1:{port}/0", f"redis://127.0.0.1:{port}/0"):
+            started = time.monotonic()
+            done = subprocess.run(["scripts/ensure-redis.sh"], cwd=PROJECT_ROOT,
+                                  capture_output=True, text=True, timeout=60, check=False,
+                                  env={**os.environ, "REDIS_URL": url,
+                                       "PYTHON": sys.executable})
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert time.monotonic() - started < 15
+            assert (f"a Redis answers at redis://127.0.0.1:{port}/0 but refuses this "
+                    "REDIS_URL (" in done.stderr), done.stderr
+            assert "put its password in REDIS_URL" in done.stderr
+            assert "starting redis-server" not in done.stdout and "a-wrong-one" not in (
+                done.stdout + done.stderr)
+        ok = subprocess.run(["scripts/ensure-redis.sh"], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=60, check=False,
+                            env={**os.environ, "PYTHON": sys.executable,
+                                 "REDIS_URL": f"redis://:the-right-one@127.0.0.1:{port}/0"})
+        assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+    finally:
+        server.kill()
+        server.wait()
