@@ -9,7 +9,9 @@ gunicorn will really bind, so a `--bind` on the command line is checked too.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 
 from gunicorn.util import parse_address
@@ -72,6 +74,22 @@ except ValueError as exc:
     sys.exit(f"vidpipe: {exc}")
 
 
+def _in_use(host: str, port: int) -> bool:
+    """Whether something listens on host:port already. gunicorn said "Connection in use"
+    five times over five seconds, then "Can't connect", while `make run`'s workers started
+    and were stopped again; the sentence below says what to do."""
+    if not port or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
+        return False  # a free port chosen by the kernel, or sockets handed over (USR2, systemd)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
 def on_starting(server) -> None:
     from webapp.config import Settings
     from webapp.security import InsecureExposure, check_exposure
@@ -94,6 +112,11 @@ def on_starting(server) -> None:
             check_exposure(host, settings)
         except InsecureExposure as exc:
             server.log.error("vidpipe: %s", exc)
+            sys.exit(1)
+        if isinstance(parsed, tuple) and _in_use(*parsed):
+            server.log.error("vidpipe: %s is in use already (another vidpipe, `make run` "
+                             "started twice, or another program): stop that, or set PORT "
+                             "to a free port.", address)
             sys.exit(1)
     from webapp import startup
 

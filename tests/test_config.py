@@ -320,3 +320,25 @@ def test_reindex_says_the_database_is_not_migrated(tmp_path):
     assert done.stderr.strip() == (f"Error: vidpipe: the database at {empty} has no vidpipe "
                                    "tables yet: run `make migrate` (alembic upgrade head) "
                                    "first."), done.stderr
+
+
+def test_a_port_in_use_is_one_sentence_at_once(tmp_path):
+    """`make run` twice, or another program on PORT: gunicorn said "Connection in use" five
+    times over five seconds and then "Can't connect"; now one sentence says what to do."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                               "wsgi:app"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=60, check=False,
+                              env={**os.environ, "PORT": str(port), "HOST": "127.0.0.1",
+                                   "DATABASE_URL": _migrated(tmp_path),
+                                   "MEDIA_ROOT": str(tmp_path / "media")})
+    assert done.returncode != 0
+    assert (f"vidpipe: 127.0.0.1:{port} is in use already (another vidpipe, `make run` "
+            "started twice, or another program): stop that, or set PORT to a free port."
+            in done.stderr), done.stderr
+    assert "Connection in use" not in done.stderr and "Listening at" not in done.stderr
+    assert time.monotonic() - started < 20
