@@ -19,17 +19,19 @@ from gunicorn.util import parse_address
 from webapp.accesslog import ACCESS_LOG_FORMAT, poll_log_seconds, slow_request_ms
 from webapp.config import ConfigError, number_env
 
-_host = os.environ.get("HOST") or "127.0.0.1"
-if ":" in _host and not _host.startswith("["):
-    _host = f"[{_host}]"  # an IPv6 address
-bind = [f"{_host}:{os.environ.get('PORT') or '5000'}"]
-
 
 def _number(name: str, default: int, **rule) -> int:
     try:
         return number_env(name, default, **rule)
     except ConfigError as exc:
         sys.exit(f"vidpipe: {exc}")
+
+
+# Stripped as Settings strips it: "127.0.0.1 " was a host name to resolve, five times.
+_host = (os.environ.get("HOST") or "").strip() or "127.0.0.1"
+if ":" in _host and not _host.startswith("["):
+    _host = f"[{_host}]"  # an IPv6 address
+bind = [f"{_host}:{_number('PORT', 5000, minimum=0, maximum=65535)}"]
 
 
 def _cores() -> int:
@@ -74,20 +76,25 @@ except ValueError as exc:
     sys.exit(f"vidpipe: {exc}")
 
 
-def _in_use(host: str, port: int) -> bool:
-    """Whether something listens on host:port already. gunicorn said "Connection in use"
-    five times over five seconds, then "Can't connect", while `make run`'s workers started
-    and were stopped again; the sentence below says what to do."""
-    if not port or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
-        return False  # a free port chosen by the kernel, or sockets handed over (USR2, systemd)
+def _cannot_bind(address: str, host: str, port: int) -> str | None:
+    """Why gunicorn could not listen on host:port, None if it can. For a port in use, or a
+    HOST that is not this machine's, gunicorn said "Connection in use" (or "Name or service
+    not known") five times over five seconds, then "Can't connect", while `make run`'s
+    workers started and were stopped again; this says what to do, at once."""
+    if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
+        return None  # sockets handed over (gunicorn's USR2 upgrade, systemd): in use by design
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
         try:
             probe.bind((host, port))
         except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-    return False
+            if exc.errno == errno.EADDRINUSE:
+                return (f"{address} is in use already (another vidpipe, `make run` started "
+                        f"twice, or another program): stop that, or set PORT to a free port.")
+            return (f"cannot listen on {address} ({exc.strerror or exc}): set HOST to an "
+                    f"address of this machine (127.0.0.1, the default, or 0.0.0.0 for all).")
+    return None
 
 
 def on_starting(server) -> None:
@@ -113,10 +120,9 @@ def on_starting(server) -> None:
         except InsecureExposure as exc:
             server.log.error("vidpipe: %s", exc)
             sys.exit(1)
-        if isinstance(parsed, tuple) and _in_use(*parsed):
-            server.log.error("vidpipe: %s is in use already (another vidpipe, `make run` "
-                             "started twice, or another program): stop that, or set PORT "
-                             "to a free port.", address)
+        reason = _cannot_bind(address, *parsed) if isinstance(parsed, tuple) else None
+        if reason:
+            server.log.error("vidpipe: %s", reason)
             sys.exit(1)
     from webapp import startup
 

@@ -342,3 +342,21 @@ def test_a_port_in_use_is_one_sentence_at_once(tmp_path):
             in done.stderr), done.stderr
     assert "Connection in use" not in done.stderr and "Listening at" not in done.stderr
     assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"PORT": "99999"}, "PORT must be a whole number from 0 to 65535; got '99999'."),
+    ({"HOST": "192.0.2.55", "ALLOW_INSECURE": "1", "ALLOWED_HOSTS": "videos.example.com"},
+     "cannot listen on 192.0.2.55:"),
+])
+def test_a_port_or_host_gunicorn_cannot_listen_on_is_a_sentence(tmp_path, env, says):
+    """PORT=99999 was a traceback (OverflowError), a HOST that is not this machine's five
+    retries over five seconds and "Can't connect"."""
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                           "wsgi:app"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60, check=False,
+                          env={**os.environ, "DATABASE_URL": _migrated(tmp_path),
+                               "MEDIA_ROOT": str(tmp_path / "media"), "PORT": "0", **env})
+    assert done.returncode != 0
+    assert f"vidpipe: {says}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "Listening at" not in done.stderr
