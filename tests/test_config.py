@@ -360,3 +360,20 @@ def test_a_port_or_host_gunicorn_cannot_listen_on_is_a_sentence(tmp_path, env, s
     assert done.returncode != 0
     assert f"vidpipe: {says}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "Listening at" not in done.stderr
+
+
+@pytest.mark.parametrize("value", ["ture", "2", "y es"])
+def test_a_yes_no_setting_that_is_neither_is_a_sentence(monkeypatch, value):
+    """ALLOW_INSECURE=ture was taken for "no" without a word."""
+    monkeypatch.setenv("ALLOW_INSECURE", value)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env()
+    assert str(caught.value) == ("ALLOW_INSECURE must be 1 (or true, yes, on) or 0 (or false, "
+                                 f"no, off); got {value!r}.")
+
+
+def test_yes_no_settings_are_read(monkeypatch):
+    for value, meant in (("1", True), ("Yes", True), (" on ", True), ("true", True),
+                         ("0", False), ("off", False), ("FALSE", False), ("", False)):
+        monkeypatch.setenv("ALLOW_INSECURE", value)
+        assert Settings.from_env().allow_insecure is meant, value

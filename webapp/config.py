@@ -48,6 +48,19 @@ def _list_env(name: str) -> tuple[str, ...]:
     return tuple(item for item in re.split(r"[,\s]+", os.environ.get(name, "")) if item)
 
 
+def bool_env(name: str, default: bool = False) -> bool:
+    """A yes/no setting: 1/true/yes/on or 0/false/no/off (any case). Anything else is a
+    ConfigError: ALLOW_INSECURE=ture was taken for "no" without a word, and the refusal
+    that followed named the setting as if it were unset."""
+    raw = _env(name, "1" if default else "0").strip()
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 (or true, yes, on) or 0 (or false, no, off); "
+                      f"got {raw!r}.")
+
+
 def number_env(name: str, default: float, kind: type[int] | type[float] = int, *,
                minimum: float | None = None, maximum: float | None = None,
                positive: bool = False) -> Any:
@@ -218,8 +231,7 @@ class Settings:
             "host": _env("HOST", "").strip(),
             "api_token": _env("API_TOKEN", ""),
             "admin_password": _env("ADMIN_PASSWORD", ""),
-            "allow_insecure": _env("ALLOW_INSECURE", "0").strip().lower()
-            in ("1", "true", "yes", "on"),
+            "allow_insecure": bool_env("ALLOW_INSECURE"),
             "secret_key": _env("SECRET_KEY", ""),
             "allowed_hosts": _list_env("ALLOWED_HOSTS"),
             "cors_origins": _list_env("CORS_ORIGINS"),
