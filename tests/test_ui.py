@@ -9,6 +9,7 @@ from bs4 import BeautifulSoup
 
 from tests import mediagen
 from tests.conftest import run_worker
+from tests.helpers import upload_ok
 from webapp.models import ProcessingTask
 from webapp.services import progress
 
@@ -382,6 +383,27 @@ def test_rq_dashboard_is_mounted(client):
     assert client.get("/rq/").status_code == 200
     queues = client.get("/rq/0/data/queues.json")
     assert queues.status_code == 200 and "queues" in queues.get_json()
+
+
+def test_rq_dashboard_shows_a_job_that_waits_for_another(client, tmp_path, caplog):
+    """rq-dashboard 0.9 read a job's dependency ids as RQ 2's bytes: with RQ 3 the page of
+    every transcription (it waits for its audio) was a 500 with a traceback in the log."""
+    clip = mediagen.make_video(tmp_path / "clip.mp4", duration=1.0)
+    vid = upload_ok(client, clip)["id"]
+    task = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    assert client.get(f"/rq/0/view/job/{task}-transcribe").status_code == 200
+    data = client.get(f"/rq/0/data/job/{task}-transcribe.json")
+    assert data.status_code == 200, data.get_data(as_text=True)[:300]
+    info = data.get_json()
+    assert (info["id"], info["status"], info["origin"]) == (
+        f"{task}-transcribe", "deferred", client.application.extensions["vidpipe"]
+        .settings.queue_name)
+    assert (info["depends_on"], info["depends_on_status"]) == (
+        [f"{task}-extract_audio"], ["active"])
+    audio = client.get(f"/rq/0/data/job/{task}-extract_audio.json").get_json()
+    assert audio["status"] == "queued" and "depends_on" not in audio
+    assert client.get("/rq/0/data/job/no-such-job.json").status_code == 404
+    assert "Traceback" not in caplog.text
 
 
 def test_static_assets_and_favicon(client):

@@ -71,3 +71,6 @@ def init_dashboard(app: Flask, settings: Settings) -> None:
     app.config["RQ_DASHBOARD_REDIS_URL"] = [settings.redis_url]
     rq_dashboard.web.setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
+    from webapp import dashboard
+
+    dashboard.init_app(app)  # a job's data, with RQ 3's dependency ids

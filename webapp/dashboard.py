@@ -1,0 +1,61 @@
+"""rq-dashboard (mounted at /rq by webapp.init_dashboard): what vidpipe changes in it."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Flask, current_app
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from werkzeug.exceptions import NotFound
+
+JOB_INFO = "rq_dashboard.job_info"  # the data of a job's page: /rq/<n>/data/job/<id>.json
+
+
+def job_info(instance_number: int, job_id: str) -> dict:
+    """rq-dashboard 0.9's job_info, with the ids of the job's dependencies read as RQ 3 gives
+    them. It decoded them as bytes (RQ 2's), and RQ 3 gives str: the data of every job with
+    a dependency (each transcription, after its audio) was a 500 with a traceback in the
+    log, and the job's page stayed empty. A job that has expired is a 404, not a 500."""
+    from rq_dashboard.web import config, format_job_description, serialize_date
+
+    connection = current_app.redis_conn
+    try:
+        job = Job.fetch(job_id, serializer=config.serializer, connection=connection)
+    except NoSuchJobError:  # expired (a day after it ended; a failed one, a week): no bug
+        raise NotFound(f"no job {job_id} in the queue: it has expired, or never was") from None
+    latest_result = job.latest_result()
+    encoder = current_app.config.get("RQ_DASHBOARD_JSON_ENCODER", json.JSONEncoder)
+    result = {
+        "id": job.id,
+        "created_at": serialize_date(job.created_at),
+        "enqueued_at": serialize_date(job.enqueued_at),
+        "started_at": serialize_date(job.started_at),
+        "ended_at": serialize_date(job.ended_at),
+        "origin": job.origin,
+        "status": job.get_status(),
+        "result": job.return_value(),
+        "exc_info": latest_result.exc_string if latest_result else None,
+        "description": format_job_description(job),
+        "metadata": json.dumps(job.get_meta(), cls=encoder),
+    }
+    dependencies = [(raw.decode() if isinstance(raw, bytes) else str(raw)).split(":")[-1].strip()
+                    for raw in job.dependency_ids]
+    if dependencies:
+        result["depends_on"] = dependencies
+        status = []
+        for dependency in dependencies:
+            try:
+                Job.fetch(dependency, serializer=config.serializer, connection=connection)
+                status.append("active")
+            except NoSuchJobError:
+                status.append("expired")
+        result["depends_on_status"] = status
+    return result
+
+
+def init_app(app: Flask) -> None:
+    """After rq-dashboard's blueprint is registered: its job data view replaced by ours."""
+    from rq_dashboard.web import jsonify
+
+    app.view_functions[JOB_INFO] = jsonify(job_info)
