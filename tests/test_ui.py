@@ -406,6 +406,19 @@ def test_rq_dashboard_shows_a_job_that_waits_for_another(client, tmp_path, caplo
     assert "Traceback" not in caplog.text
 
 
+def test_rq_dashboard_actions_on_what_is_gone_are_not_errors(client, caplog):
+    """"Compact" of an empty queue was a 500 (Redis: "no such key"), and so was "Requeue" of
+    a job that expired while its page was open, each with a traceback in the log."""
+    queue = client.application.extensions["vidpipe"].settings.queue_name
+    same = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
+    compact = client.post(f"/rq/queue/{queue}/compact", headers=same)
+    assert (compact.status_code, compact.get_json()) == (200, {"status": "OK"})
+    gone = client.post("/rq/job/no-such-job/requeue", headers=same)
+    assert gone.status_code == 404
+    assert "no such job in the queue" in gone.get_data(as_text=True)
+    assert "Traceback" not in caplog.text and "internal error" not in caplog.text
+
+
 def test_static_assets_and_favicon(client):
     for url in ("/favicon.ico", "/static/favicon.svg", "/static/css/app.css",
                 "/static/js/app.js", "/static/vendor/htmx/htmx.min.js"):

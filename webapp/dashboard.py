@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 from flask import Flask, current_app
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from werkzeug.exceptions import NotFound
 
 JOB_INFO = "rq_dashboard.job_info"  # the data of a job's page: /rq/<n>/data/job/<id>.json
+COMPACT = "rq_dashboard.compact_queue"  # POST /rq/queue/<name>/compact
 
 
 def job_info(instance_number: int, job_id: str) -> dict:
@@ -54,8 +56,31 @@ def job_info(instance_number: int, job_id: str) -> dict:
     return result
 
 
+def compact_queue(queue_name: str) -> dict:
+    """rq-dashboard's "Compact" (drop the ids of deleted jobs from a queue), for an empty
+    queue too: RQ renames the queue's list, which an empty queue does not have, and the
+    button answered 500 with Redis's "no such key" and a traceback in the log."""
+    from rq_dashboard.web import config
+
+    queue = Queue(queue_name, serializer=config.serializer, connection=current_app.redis_conn)
+    if queue.count:
+        queue.compact()
+    return {"status": "OK"}
+
+
+def no_such_job(error: NoSuchJobError):
+    """A job the dashboard's page still showed and that expired meanwhile (requeued twice,
+    say): 404, not a 500 with a traceback."""
+    from webapp.api import html_error
+
+    return html_error(404, "Not Found", "no such job in the queue: it has expired, or never "
+                                        "was; reload the page")
+
+
 def init_app(app: Flask) -> None:
-    """After rq-dashboard's blueprint is registered: its job data view replaced by ours."""
+    """After rq-dashboard's blueprint is registered: views of its replaced by ours."""
     from rq_dashboard.web import jsonify
 
     app.view_functions[JOB_INFO] = jsonify(job_info)
+    app.view_functions[COMPACT] = jsonify(compact_queue)
+    app.register_error_handler(NoSuchJobError, no_such_job)
