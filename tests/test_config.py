@@ -5,11 +5,13 @@ short to withstand guessing (README, "Security")."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from alembic.config import Config
 from sqlalchemy import text
 
 from webapp.config import MAKE_A_SECRET, PROJECT_ROOT, ConfigError, Settings
-from webapp.db import dispose, get_engine
+from webapp.db import CONNECT_TIMEOUT, dispose, get_engine
 
 BAD = [
     ("TRANSCODE_NICE", "20", "a whole number from 0 to 19"),
@@ -377,3 +379,52 @@ def test_yes_no_settings_are_read(monkeypatch):
                          ("0", False), ("off", False), ("FALSE", False), ("", False)):
         monkeypatch.setenv("ALLOW_INSECURE", value)
         assert Settings.from_env().allow_insecure is meant, value
+
+
+@pytest.fixture
+def silent_database():
+    """The URL of a "PostgreSQL" that accepts connections and never answers (a hung server;
+    a host that drops packets behaves alike), on this machine; closed at the end."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"postgresql+psycopg://vidpipe@127.0.0.1:{server.getsockname()[1]}/vidpipe"
+    server.shutdown(socket.SHUT_RDWR)
+    server.close()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+
+
+def test_a_database_that_never_answers_is_down_within_seconds(silent_database, tmp_path):
+    """libpq waits without end for a connection by default: /healthz (and every request)
+    hung, and so would the worker's start-up check. Now each gives up after
+    CONNECT_TIMEOUT seconds."""
+    from webapp import create_app
+
+    settings = Settings.from_env(database_url=silent_database, media_root=tmp_path / "media")
+    client = create_app(settings).test_client()
+    started = time.monotonic()
+    health = client.get("/healthz")
+    assert (health.status_code, health.get_json()["checks"]["database"]) == (
+        503, "down: OperationalError")
+    assert time.monotonic() - started < CONNECT_TIMEOUT + 10
+    dispose(silent_database)
+    started = time.monotonic()
+    done = subprocess.run(WORKER, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=120, check=False,
+                          env={**os.environ, "DATABASE_URL": silent_database,
+                               "QUEUE_NAME": f"ops-{os.getpid()}-silent",
+                               "MEDIA_ROOT": str(tmp_path / "media")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "does not answer now" in done.stderr and "; starting anyway" in done.stderr
+    assert time.monotonic() - started < CONNECT_TIMEOUT + 30

@@ -10,10 +10,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[tuple[str, bool], Engine] = {}
+# Seconds a PostgreSQL connection may take to be made (libpq's connect_timeout), unless the
+# URL sets its own. libpq waits without end by default: a database host that drops packets,
+# or a server that accepts and never answers, hung /healthz, every request, and the start of
+# the web process and the workers (their migration check).
+CONNECT_TIMEOUT = 10
 # Seconds a SQLite writer waits for another before "database is locked": SQLite's
 # busy_timeout (writers of other processes), and the longest wait for this process's write
 # turn (writers of other threads, below).
@@ -159,7 +164,10 @@ def get_engine(url: str, *, autocommit: bool = False) -> Engine:
                 **options)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=not autocommit, **options)
+            connect_args = ({} if "connect_timeout" in make_url(url).query
+                            else {"connect_timeout": CONNECT_TIMEOUT})
+            engine = create_engine(url, pool_pre_ping=not autocommit,
+                                   connect_args=connect_args, **options)
         _engines[key] = engine
     return engine
 
