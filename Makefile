@@ -18,7 +18,7 @@ BENCH_NEEDS := $(RUN_NEEDS) espeak-ng wrk curl redis-server postgresql iproute2
 SYSTEM_DEPS := PYTHON=$(PYTHON) scripts/system-deps.sh
 
 .PHONY: run web worker migrate reindex test bench lint deps system-deps system-deps-test \
-        system-deps-bench redis clean
+        system-deps-bench redis clean workers-setting
 
 $(BIN)/activate:
 	$(SYSTEM_DEPS) venv
@@ -53,7 +53,13 @@ migrate: deps  ## apply Alembic migrations to DATABASE_URL (default: SQLite unde
 reindex: deps migrate  ## rebuild the search index from every name and published transcript
 	$(BIN)/flask --app webapp reindex
 
-run: system-deps deps redis migrate  ## web + $(WORKERS) workers, via honcho and the Procfile
+# First of run's prerequisites: honcho said a WORKERS that is no number with a traceback,
+# after the setup and the migration.
+workers-setting:
+	@[[ "$(WORKERS)" =~ ^[0-9]+$$ ]] || { echo "vidpipe: WORKERS must be a whole number of" \
+	  "at least 0; got '$(WORKERS)'." >&2; exit 1; }
+
+run: workers-setting system-deps deps redis migrate  ## web + $(WORKERS) workers, via honcho and the Procfile
 	$(BIN)/honcho start -f Procfile -c web=1,worker=$(WORKERS)
 
 web: system-deps deps migrate  ## the web process alone (gunicorn), foreground

@@ -428,3 +428,13 @@ def test_a_database_that_never_answers_is_down_within_seconds(silent_database, t
     assert done.returncode == 0, done.stderr[-2000:]
     assert "does not answer now" in done.stderr and "; starting anyway" in done.stderr
     assert time.monotonic() - started < CONNECT_TIMEOUT + 30
+
+
+def test_make_run_says_a_workers_count_that_is_no_number_before_anything_starts():
+    """honcho said WORKERS=abc with a traceback, after the setup and the migration."""
+    done = subprocess.run(["make", "run", "WORKERS=abc"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert "vidpipe: WORKERS must be a whole number of at least 0; got 'abc'." in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "system-deps" not in done.stdout and "honcho" not in done.stdout, done.stdout
