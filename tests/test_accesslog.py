@@ -179,6 +179,33 @@ def test_a_slow_poll_is_logged_and_a_quick_one_counted(monkeypatch):
     assert re.search(r"polls: 1 in \d+ s \(200: 1\), slowest 249 ms$", lines.lines[-1])
 
 
+def test_the_data_polls_of_an_open_dashboard_are_counted(monkeypatch):
+    """rq-dashboard's page asks for its queues, workers and jobs every 2.5 s: with /rq open,
+    those lines were most of the log, as progress polls had been."""
+    monkeypatch.setenv("POLL_LOG_SECONDS", "60")
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    cfg.set("access_log_format", ACCESS_LOG_FORMAT)
+    logger = AccessLog(cfg)
+    lines = _Lines()
+    logger.access_log.handlers = [lines]
+    req = SimpleNamespace(headers=[])
+    ok = SimpleNamespace(status="200 OK", sent=120, headers=[])
+    for path in ("/rq/0/data/queues.json", "/rq/0/data/workers.json",
+                 "/rq/0/data/jobs/vidpipe/failed/8/asc/1.json", "/rq/0/data/job/abc-1.json"):
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "RAW_URI": path,
+                   "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1"}
+        logger.access(ok, req, environ, timedelta(milliseconds=5))
+    assert lines.lines == []
+    for path in ("/rq/", "/rq/0/view/jobs"):  # its pages keep their lines
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "RAW_URI": path,
+                   "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1"}
+        logger.access(ok, req, environ, timedelta(milliseconds=5))
+    assert len(lines.lines) == 2
+    logger.flush_polls()
+    assert re.search(r"polls: 4 in \d+ s \(200: 4\), slowest 5 ms$", lines.lines[-1])
+
+
 def test_a_file_sent_whole_is_logged_with_its_size(settings, tmp_path):
     """gunicorn sends a file with sendfile() and does not count those bytes: every artifact,
     preview and static file was logged as 0 bytes."""
