@@ -120,7 +120,9 @@ def on_starting(server) -> None:
         except InsecureExposure as exc:
             server.log.error("vidpipe: %s", exc)
             sys.exit(1)
-        reason = _cannot_bind(address, *parsed) if isinstance(parsed, tuple) else None
+        shared = server.cfg.reuse_port  # several masters on one port on purpose
+        reason = (_cannot_bind(address, *parsed)
+                  if isinstance(parsed, tuple) and not shared else None)
         if reason:
             server.log.error("vidpipe: %s", reason)
             sys.exit(1)
