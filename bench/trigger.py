@@ -303,8 +303,12 @@ def main() -> int:
         media_root = tmp / "media"
         try:
             targets = start_targets(stack, tmp, queue)
+            # The bare app reads no database, but gunicorn.conf.py's start-up checks want
+            # one at this code's migration (webapp/startup.py).
+            bare_db = f"sqlite:///{tmp / 'bare.db'}"
+            migrate(bare_db)
             bare = stack.enter_context(gunicorn("bench.bare_app:app", app_env(
-                tmp, "sqlite://", queue), tmp / "bare.log", "/progress"))
+                tmp, bare_db, queue), tmp / "bare.log", "/progress"))
             bare_runs = run_rounds(targets, bare, media_root, clip, queue)
             for target in targets:
                 check_tasks(target.database_url, target.measured_ids)

@@ -20,9 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.conftest import migrate
 from tests.helpers import wait_for
 from tests.test_redis_outage import free_port
 from webapp.config import PROJECT_ROOT
+from webapp.db import dispose
 
 WORKER = "webapp.webworker.BalancedThreadWorker"
 
@@ -31,11 +33,19 @@ WORKER = "webapp.webworker.BalancedThreadWorker"
 def sleepy_server(tmp_path: Path, worker: str, workers: int,
                   threads: int) -> Iterator[int]:
     port = free_port()
+    # gunicorn reads the project's gunicorn.conf.py from its working folder, whose start-up
+    # checks want a database at this code's migration and a writable MEDIA_ROOT: a fresh
+    # clone has neither at their defaults.
+    url = f"sqlite:///{tmp_path / 'vidpipe.db'}"
+    migrate(url)
+    dispose(url)
+    env = {**os.environ, "DATABASE_URL": url, "MEDIA_ROOT": str(tmp_path / "media")}
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-k", worker, "-w", str(workers), "--threads",
          str(threads), "--keep-alive", "5", "-b", f"127.0.0.1:{port}", "tests.sleepy_app:app"],
-        cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env)
     try:
         wait_for(lambda: proc.poll() is not None or _answers(port), timeout=30, interval=0.1,
                  what="gunicorn answering")
