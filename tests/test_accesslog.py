@@ -152,15 +152,21 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_a_slow_poll_is_logged_and_a_quick_one_counted(monkeypatch):
-    monkeypatch.setenv("SLOW_REQUEST_MS", "250")
-    monkeypatch.setenv("POLL_LOG_SECONDS", "60")
+def _logger() -> tuple[AccessLog, _Lines]:
+    """The access logger as gunicorn.conf.py configures it, its lines collected."""
     cfg = Config()
     cfg.set("accesslog", "-")
     cfg.set("access_log_format", ACCESS_LOG_FORMAT)
     logger = AccessLog(cfg)
     lines = _Lines()
     logger.access_log.handlers = [lines]
+    return logger, lines
+
+
+def test_a_slow_poll_is_logged_and_a_quick_one_counted(monkeypatch):
+    monkeypatch.setenv("SLOW_REQUEST_MS", "250")
+    monkeypatch.setenv("POLL_LOG_SECONDS", "60")
+    logger, lines = _logger()
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/v1/videos/abc/reprocess",
                "RAW_URI": "/api/v1/videos/abc/reprocess", "SERVER_PROTOCOL": "HTTP/1.1",
                "REMOTE_ADDR": "127.0.0.1"}
@@ -183,12 +189,7 @@ def test_the_data_polls_of_an_open_dashboard_are_counted(monkeypatch):
     """rq-dashboard's page asks for its queues, workers and jobs every 2.5 s: with /rq open,
     those lines were most of the log, as progress polls had been."""
     monkeypatch.setenv("POLL_LOG_SECONDS", "60")
-    cfg = Config()
-    cfg.set("accesslog", "-")
-    cfg.set("access_log_format", ACCESS_LOG_FORMAT)
-    logger = AccessLog(cfg)
-    lines = _Lines()
-    logger.access_log.handlers = [lines]
+    logger, lines = _logger()
     req = SimpleNamespace(headers=[])
     ok = SimpleNamespace(status="200 OK", sent=120, headers=[])
     for path in ("/rq/0/data/queues.json", "/rq/0/data/workers.json",
