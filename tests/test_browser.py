@@ -220,9 +220,10 @@ def test_upload_form_then_live_progress_until_completed(page, worker, browser_lo
     assert samples[-1]["status"] == "completed", samples[-1]
 
     statuses = [s["status"] for s in samples]
-    order = {"queued": 0, "running": 1, "completed": 2}
-    assert set(statuses) <= set(order), statuses
-    assert [order[s] for s in statuses] == sorted(order[s] for s in statuses), statuses
+    assert set(statuses) <= {"queued", "running", "completed"}, statuses
+    # Between two steps, while no step runs (its worker between two jobs), the run waits
+    # for a worker and says so: queued for a moment. It never comes back once ended.
+    assert "completed" not in statuses[:-1], statuses
     assert "running" in statuses, statuses
 
     values = [s["value"] for s in samples]

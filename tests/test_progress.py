@@ -97,6 +97,9 @@ def test_run_of_a_task_moves_forward_and_completes(db_session):
         assert (sub.status, sub.progress, sub.attempt) == ("running", 90.0, 1)
         assert progress.complete_subtask(db_session, task.id, step, attempt)
         totals.append(view(db_session, task.id).progress)
+        # No step runs until a worker starts the next: the task waits for one, and says so.
+        assert view(db_session, task.id).status == ("completed" if step == STEPS[-1]
+                                                    else "queued")
     assert totals == sorted(totals)
     final = view(db_session, task.id)
     assert (final.status, final.progress, final.error) == ("completed", 100.0, None)
@@ -110,7 +113,9 @@ def test_failed_step_fails_the_task_once_all_steps_ended(db_session):
     assert progress.finish_subtask(db_session, task.id, "extract_audio", "failed",
                                    "The audio could not be read.", attempt=attempt,
                                    detail="[aac] invalid data")
-    assert view(db_session, task.id).status == "running"  # other steps still to come
+    # Other steps are still to come, and none runs: the task waits for a worker.
+    waiting = view(db_session, task.id)
+    assert (waiting.status, waiting.active) == ("queued", True)
     progress.finish_subtask(db_session, task.id, "transcribe", "cancelled",
                             "not run because extract_audio failed")
     for step in ("thumbnails", "transcode"):

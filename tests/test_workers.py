@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from bs4 import BeautifulSoup
 from rq.job import Job
 
 from tests import mediagen, procs
-from tests.conftest import start_worker, stop_worker
+from tests.conftest import PROJECT_ROOT, start_worker, stop_worker
 from tests.helpers import progress_of, subtasks, upload_ok, wait_for
 from webapp.services import queue
 
@@ -201,6 +202,46 @@ def test_a_stopped_worker_stops_its_step_at_once_and_hands_it_back(client, setti
     transcode = subtasks(progress_of(client, vid))["transcode"]
     assert (transcode["status"], transcode["attempt"], transcode["error"]) == (
         "completed", 2, None), transcode
+
+
+def test_a_run_whose_workers_all_stop_between_two_steps_waits_for_a_worker(client, settings,
+                                                                           workers):
+    """Every worker stopped while idle, after one step of a run ended and before the next
+    began (a worker that runs one job and exits: nothing to interrupt, no hook runs). The
+    task said `running`, its page an ETA counting down ("about 1 s left"), for good, while
+    nobody worked on it. It waits for a worker and says so, and the next worker finishes it.
+    """
+    vid = upload_ok(client, mediagen.make_video(settings.media_root.parent / "short.mp4",
+                                                duration=2.0))["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    one_job = subprocess.run(  # the real worker (its hooks too) stopping after one job
+        [sys.executable, "-c", "from jobs.worker import build_worker; "
+         "from webapp.config import Settings; "
+         "build_worker(Settings.from_env()).work(max_jobs=1)"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert one_job.returncode == 0, one_job.stderr[-3000:]
+
+    state = progress_of(client, vid)
+    steps = {name: s["status"] for name, s in subtasks(state).items()}
+    assert sorted(steps.values()) == ["completed", "pending", "pending", "pending"], steps
+    assert state["status"] == "queued", (
+        f"nobody works on the task, yet it says {state['status']}: {steps}")
+    done = state["progress"]
+    assert done > 0
+    page = BeautifulSoup(panel_poll(client, vid).get_data(as_text=True), "html.parser")
+    assert page.select_one("#task-status").get_text() == "queued"
+    assert banner(str(page)) == NO_WORKER
+    eta = page.select_one("#eta").get_text()
+    assert eta == "waiting for a worker" or eta.endswith(" of work once a worker takes it"), eta
+    busy = client.post(f"/api/v1/videos/{vid}/reprocess")  # still the video's active run
+    assert (busy.status_code, busy.get_json()["task_id"]) == (409, task_id), busy.get_json()
+
+    workers()
+    final = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
+                     ("queued", "running") and s, timeout=120, what="the run ending")
+    assert (final["task_id"], final["status"], final["progress"]) == (task_id, "completed",
+                                                                      100.0)
+    assert final["started_at"] == state["started_at"]  # one run, started once
 
 
 def waiting_for_a_worker(client, vid: str, task_id: str) -> None:

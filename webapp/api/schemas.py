@@ -122,7 +122,8 @@ class TaskProgressSchema(ma.Schema):
     status = fields.String(required=True, validate=validate.OneOf(TASK_STATUSES), metadata={
         "description": "pending (never ran); queued (waiting for a worker: not started yet, "
         "or no step runs any more and one waits in the queue again, e.g. its worker was "
-        "stopped); running; completed; failed; cancelled. queued and running are active"})
+        "stopped, or every worker stopped between two steps); running (a step runs); "
+        "completed; failed; cancelled. queued and running are active"})
     progress = fields.Float(required=True, metadata={"description": "Weighted total, 0-100"})
     subtasks = fields.List(fields.Nested(SubTaskProgressSchema), required=True)
     created_at = fields.DateTime(allow_none=True)

@@ -226,8 +226,17 @@ def retry_subtask(session: Session, task_id: str, name: str, reason: str,
                           first_progress=None):
         return False
     # A worker stopped mid-step (Ctrl-C of `make run`) left the task "running" until the
-    # next worker came: the page said work went on while nothing ran. The touch above holds
-    # the task's lock, so of two steps handed back at once the later one sees the first.
+    # next worker came: the page said work went on while nothing ran.
+    _queue_if_idle(session, task_id)
+    session.commit()
+    return True
+
+
+def _queue_if_idle(session: Session, task_id: str) -> None:
+    """A running task of which no step runs any more waits for a worker: `queued` again
+    (start_subtask makes it `running` once a worker starts a step). The caller's touch of
+    the task holds its lock, so of two steps ending at once the later one sees the first.
+    """
     session.execute(
         update(ProcessingTask)
         .where(ProcessingTask.id == task_id, ProcessingTask.status == "running",
@@ -235,15 +244,19 @@ def retry_subtask(session: Session, task_id: str, name: str, reason: str,
         .values(status="queued")
         .execution_options(synchronize_session=False)
     )
-    session.commit()
-    return True
 
 
 def _close_task_if_done(session: Session, task_id: str, now: datetime) -> None:
     rows = session.execute(
         select(SubTask.name, SubTask.status).where(SubTask.task_id == task_id)
     ).all()
-    if not rows or any(status not in SUBTASK_FINAL for _, status in rows):
+    if not rows:
+        return
+    if any(status not in SUBTASK_FINAL for _, status in rows):
+        # Steps are left, but none may run: every worker stopped (or is busy with other
+        # runs) between two steps. "running" said work went on, with an ETA counting down,
+        # while nobody worked; a worker that takes the next step makes it running again.
+        _queue_if_idle(session, task_id)
         return
     failed = [name for name, status in rows if status == "failed"]
     not_run = [name for name, status in rows if status == "cancelled"]
