@@ -26,7 +26,7 @@ from webapp.config import Settings
 from webapp.db import session_factory
 from webapp.models import ACTIVE_STATUSES, SUBTASK_DONE, SUBTASK_FINAL, ProcessingTask, Video
 from webapp.services import ffrun, progress, publications
-from webapp.services.errors import ToolError, internal_error, without_paths
+from webapp.services.errors import ToolError, internal_error, is_disk_full, without_paths
 from webapp.services.ffrun import MediaError
 from webapp.services.queue import NEEDS
 from webapp.services.storage import STEP_OUTPUTS, Storage
@@ -78,6 +78,22 @@ class StepFailed(Exception):
 
 # Failures that another attempt would only repeat: bad media, bad model, too slow.
 PERMANENT = (ToolError, JobTimeoutException)
+
+
+# What a step's outputs are called when its own writes (transcript, captions, storyboard
+# text, the folder's sync to disk) find the disk full.
+_OUTPUTS = {"extract_audio": "The audio", "transcribe": "The transcript and captions",
+            "thumbnails": "The poster and storyboard", "transcode": "The preview"}
+
+
+def _disk_full(step: str, exc: Exception) -> Exception:
+    """A full disk met by the step's own Python writes, as the sentence ffmpeg's say
+    (ffrun.DISK_FULL): a ToolError, so not retried either (a try a moment later finds the
+    disk as full). It was an internal error with a traceback, tried three times."""
+    if isinstance(exc, ToolError) or not (isinstance(exc, OSError) and is_disk_full(exc)):
+        return exc
+    return ToolError(f"{_OUTPUTS.get(step, 'The outputs')} could not be saved: "
+                     f"{ffrun.DISK_FULL}.", detail=os.strerror(exc.errno))
 
 
 def readable_error(exc: BaseException) -> str | None:
@@ -341,6 +357,7 @@ def _record_failure(sessions: sessionmaker[Session], job: Job | None, task_id: s
     Users read the step's `error` and `error_detail`: a bug's own words (and traceback) go
     to the log only, under the reference the step shows, and no server path is kept.
     """
+    exc = _disk_full(step, exc)
     reason = readable_error(exc)
     if reason is None:  # logged here, with its traceback
         reason = internal_error(log, exc, f"in {step} of task {task_id} (attempt {attempt})")

@@ -772,6 +772,45 @@ def test_an_upload_that_fills_the_disk_is_507_and_leaves_nothing(settings, db_se
         assert (media / "videos" / stored["id"]).is_dir()
 
 
+def test_a_transcript_that_finds_the_disk_full_fails_in_a_sentence_and_keeps_the_old(
+        client, settings, clip):
+    """MEDIA_ROOT fills up while the transcription runs: whisper's transcript and captions
+    are written by the step itself, not by ffmpeg. Their ENOSPC was an internal error with a
+    reference and a traceback, tried three times; now it says the disk is full, like the
+    ffmpeg steps, once. What was published before stays, and nothing half-written is left.
+    """
+    with small_disk(settings.media_root, 4 * 1024 * 1024) as media:
+        vid = upload_ok(client, clip)["id"]
+        assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+        run_worker()
+        assert progress_of(client, vid)["status"] == "completed"
+        before = {name: client.get(f"/api/v1/videos/{vid}/artifacts/{name}").get_data()
+                  for name in ("transcript.json", "captions.vtt", "audio.wav")}
+        filler = media / "filler"
+        with open(filler, "wb") as fh, contextlib.suppress(OSError):
+            while True:
+                fh.write(bytes(64 * 1024))
+                fh.flush()
+        # Asking for English (the first run detected the language) redoes the transcription
+        # alone, on the audio already extracted.
+        resp = client.post(f"/api/v1/videos/{vid}/run_sync", json={"language": "en"})
+        assert resp.status_code == 202, resp.get_json()
+        task_id = resp.get_json()["task_id"]
+        run_worker()
+        state = progress_of(client, vid)
+        step = {s["name"]: s for s in state["subtasks"]}["transcribe"]
+        assert (state["task_id"], state["status"], step["status"]) == (task_id, "failed",
+                                                                      "failed"), state
+        assert step["error"] == ("The transcript and captions could not be saved: the "
+                                 "server's disk is full."), step
+        assert step["attempt"] == 1, "a full disk was tried again at once"
+        assert {name: client.get(f"/api/v1/videos/{vid}/artifacts/{name}").get_data()
+                for name in before} == before
+        assert not (media / "videos" / vid / "runs" / task_id).exists() or not any(
+            (media / "videos" / vid / "runs" / task_id).rglob("*.*"))
+        filler.unlink()
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_full_database_disk_is_507_and_changes_nothing(settings, db_session, tmp_path, clip):
     """The SQLite database on a disk that is full: a trigger cannot write its task. 507 with
