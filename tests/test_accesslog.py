@@ -52,7 +52,7 @@ def access_lines(text: str, needle: str) -> list[str]:
 
 def test_polls_are_counted_and_everything_else_logged(settings, tmp_path, clip):
     log = tmp_path / "gunicorn.log"
-    with web_server(tmp_path, SECRET_KEY="k", WEB_WORKERS="1",
+    with web_server(tmp_path, SECRET_KEY="k" * 32, WEB_WORKERS="1",
                     POLL_LOG_SECONDS="1") as (port, _):
         # The readiness probes of web_server are polls too: wait for their line.
         wait_for(lambda: POLLS.search(log.read_text()), timeout=10, interval=0.2,
@@ -91,7 +91,7 @@ def test_polls_are_counted_and_everything_else_logged(settings, tmp_path, clip):
 
 def test_a_worker_writes_its_last_counts_as_it_exits(settings, tmp_path, clip):
     log = tmp_path / "gunicorn.log"
-    with web_server(tmp_path, SECRET_KEY="k", WEB_WORKERS="1",
+    with web_server(tmp_path, SECRET_KEY="k" * 32, WEB_WORKERS="1",
                     POLL_LOG_SECONDS="3600") as (port, _):
         video = http_upload(port, clip.read_bytes(), "clip.mp4")
         poll = f"/api/v1/videos/{video}/reprocess"
@@ -117,7 +117,7 @@ def test_a_worker_writes_its_last_counts_as_it_exits(settings, tmp_path, clip):
 
 def test_every_poll_is_logged_with_poll_log_seconds_0(settings, tmp_path, clip):
     log = tmp_path / "gunicorn.log"
-    with web_server(tmp_path, SECRET_KEY="k", WEB_WORKERS="1", POLL_LOG_SECONDS="0") as (
+    with web_server(tmp_path, SECRET_KEY="k" * 32, WEB_WORKERS="1", POLL_LOG_SECONDS="0") as (
             port, _):
         video = http_upload(port, clip.read_bytes(), "clip.mp4")
         for _ in range(3):
@@ -212,7 +212,7 @@ def test_a_file_sent_whole_is_logged_with_its_size(settings, tmp_path):
     preview and static file was logged as 0 bytes."""
     log = tmp_path / "gunicorn.log"
     css = PROJECT_ROOT / "static" / "css" / "app.css"
-    with web_server(tmp_path, SECRET_KEY="k", WEB_WORKERS="1") as (port, _):
+    with web_server(tmp_path, SECRET_KEY="k" * 32, WEB_WORKERS="1") as (port, _):
         status, body = http_request(port, "GET", "/static/css/app.css")
         assert status == 200 and len(body) == css.stat().st_size
         assert http_request(port, "HEAD", "/static/css/app.css")[0] == 200

@@ -714,7 +714,7 @@ def test_upload_cut_short_over_a_real_connection(settings, db_session, tmp_path,
     temp = tmp_path / "server-tmp"
     temp.mkdir()
     cut, length, content_type = cut_upload(clip)
-    with web_server(tmp_path, SECRET_KEY="k", WEB_WORKERS="1", TMPDIR=str(temp)) as (port, _):
+    with web_server(tmp_path, SECRET_KEY="k" * 32, WEB_WORKERS="1", TMPDIR=str(temp)) as (port, _):
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             sock.sendall(f"POST /api/v1/videos HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                          f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"

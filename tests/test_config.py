@@ -119,6 +119,7 @@ SHORT_SECRETS = [
     ("API_TOKEN", "x" * 15, 16),
     ("WORKER_TOKEN", "x" * 15, 16),
     ("ADMIN_PASSWORD", "x" * 7, 8),
+    ("SECRET_KEY", "x" * 31, 32),  # was any length, "k" too: the cookie's key, guessed offline
 ]
 
 

@@ -22,7 +22,7 @@ from tests import mediagen
 from tests.helpers import multipart
 from tests.test_concurrency import web_server
 from tests.test_polling import flask_requests
-from tests.test_security import PASSWORD, TOKEN, basic, bearer
+from tests.test_security import PASSWORD, TEST_SECRET_KEY, TOKEN, basic, bearer
 from webapp import create_app
 from webapp.config import Settings
 from webapp.hosts import normalize_host
@@ -49,7 +49,7 @@ def clip(tmp_path_factory) -> Path:
 
 
 def make_app(settings: Settings, **changes):
-    app = create_app(replace(settings, secret_key="test-secret-key", **changes))
+    app = create_app(replace(settings, secret_key=TEST_SECRET_KEY, **changes))
     app.config["TESTING"] = True
     return app
 
@@ -389,7 +389,7 @@ def test_over_real_http_foreign_hosts_and_origins_change_nothing(settings, tmp_p
     """gunicorn as `make run` starts it: a rebound Host is 400 everywhere (the poll layer,
     /rq and static files included); cross-origin writes are 403; same-origin UI forms work;
     forwarded headers are ignored without TRUSTED_PROXIES."""
-    with web_server(tmp_path, SECRET_KEY="k", WEB_WORKERS="1") as (port, _):
+    with web_server(tmp_path, SECRET_KEY="k" * 32, WEB_WORKERS="1") as (port, _):
         own = f"http://127.0.0.1:{port}"
         ids = [http_upload(port, clip)[1]["id"] for _ in range(2)]
         idle, busy = ids
@@ -458,7 +458,7 @@ def test_behind_a_tls_proxy_the_forwarded_origin_is_compared(settings, tmp_path,
     """TRUSTED_PROXIES=1: scheme and host are what the proxy forwards (as nginx sends them
     with the README's configuration); both checks compare those."""
     public = "https://videos.example.com"
-    with web_server(tmp_path, SECRET_KEY="k", WEB_WORKERS="1", TRUSTED_PROXIES="1",
+    with web_server(tmp_path, SECRET_KEY="k" * 32, WEB_WORKERS="1", TRUSTED_PROXIES="1",
                     ALLOWED_HOSTS="videos.example.com") as (port, _):
         proxy = {"Host": f"127.0.0.1:{port}", "X-Forwarded-For": "203.0.113.7",
                  "X-Forwarded-Proto": "https", "X-Forwarded-Host": "videos.example.com"}

@@ -36,6 +36,7 @@ from webapp.security import (
 
 TOKEN = "s3cret-token-4f9c1e77"
 PASSWORD = "correct horse battery staple"
+TEST_SECRET_KEY = "test-secret-key-of-32-characters"  # SECRET_KEY's minimum
 HX = {"HX-Request": "true"}
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 
@@ -55,7 +56,7 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 
 
 def make_app(settings: Settings, **changes):
-    app = create_app(replace(settings, secret_key="test-secret-key", **changes))
+    app = create_app(replace(settings, secret_key=TEST_SECRET_KEY, **changes))
     app.config["TESTING"] = True
     return app
 
@@ -536,16 +537,16 @@ def test_settings_read_the_security_variables(monkeypatch):
 def test_create_app_checks_a_configured_host(settings):
     named = ("videos.example.com",)
     with pytest.raises(InsecureExposure, match="refusing to listen on 0.0.0.0"):
-        create_app(replace(settings, host="0.0.0.0", secret_key="k", allowed_hosts=named))
+        create_app(replace(settings, host="0.0.0.0", secret_key="k" * 32, allowed_hosts=named))
     with pytest.raises(InsecureExposure, match="ADMIN_PASSWORD is not set"):
-        create_app(replace(settings, host="0.0.0.0", api_token=TOKEN, secret_key="k",
+        create_app(replace(settings, host="0.0.0.0", api_token=TOKEN, secret_key="k" * 32,
                            allowed_hosts=named))
     with pytest.raises(InsecureExposure, match="ALLOWED_HOSTS is not set"):
         create_app(replace(settings, host="0.0.0.0", api_token=TOKEN, admin_password=PASSWORD,
-                           secret_key="k"))
+                           secret_key="k" * 32))
     for ok in ({"api_token": TOKEN, "admin_password": PASSWORD}, {"allow_insecure": True}, {}):
         host = "127.0.0.1" if not ok else "0.0.0.0"
-        create_app(replace(settings, host=host, secret_key="k", allowed_hosts=named, **ok))
+        create_app(replace(settings, host=host, secret_key="k" * 32, allowed_hosts=named, **ok))
 
 
 def free_port() -> int:
@@ -563,7 +564,7 @@ def gunicorn_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     migrate(url)  # the web process starts only on a database at this code's migration
     dispose(url)
     env.update({"DATABASE_URL": url,
-                "MEDIA_ROOT": str(tmp_path / "media"), "SECRET_KEY": "k",
+                "MEDIA_ROOT": str(tmp_path / "media"), "SECRET_KEY": "k" * 32,
                 "WEB_WORKERS": "1", **extra})
     return env
 
@@ -841,7 +842,7 @@ def test_secret_key_is_generated_once_and_shared(tmp_path):
 
 
 def test_the_app_uses_secret_key_or_the_persisted_one(settings):
-    assert make_app(settings).secret_key == "test-secret-key"
+    assert make_app(settings).secret_key == TEST_SECRET_KEY
     app = create_app(replace(settings, secret_key=""))
     assert app.secret_key == (Path(app.instance_path) / "secret_key").read_text().strip()
     assert create_app(replace(settings, secret_key="")).secret_key == app.secret_key

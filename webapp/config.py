@@ -23,9 +23,13 @@ API_PREFIX = "/api"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The shortest secret accepted (README, "Security"): the tokens are for programs, which
 # hold a long random one as easily as a short one; the password is typed by a person.
+# SECRET_KEY signs the session cookie: anyone who got one cookie can guess at the key
+# offline, as fast as their hardware goes and unthrottled, so it needs more than the
+# tokens, which are only guessed at through the server (AUTH_FAILURE_LIMIT).
 SECRET_MINIMUMS = (("API_TOKEN", "api_token", 16), ("WORKER_TOKEN", "worker_token", 16),
                    ("ADMIN_PASSWORD", "admin_password", 8),
-                   ("WEBHOOK_SECRET", "webhook_secret", 16))
+                   ("WEBHOOK_SECRET", "webhook_secret", 16),
+                   ("SECRET_KEY", "secret_key", 32))
 MAKE_A_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
