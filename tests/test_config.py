@@ -325,6 +325,20 @@ def test_reindex_says_the_database_is_not_migrated(tmp_path):
                                    "first."), done.stderr
 
 
+def test_reindex_with_a_bad_setting_says_only_the_sentence(tmp_path):
+    """`flask --app webapp reindex` printed create_app's traceback, the sentence only at its
+    end (exit status 1 too, but the reader had to find the line that mattered)."""
+    done = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "webapp",
+                           "reindex"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60, check=False,
+                          env={**os.environ, "DATABASE_URL": _migrated(tmp_path),
+                               "MEDIA_ROOT": str(tmp_path / "media"),
+                               "CHINESE_SCRIPT": "cyrillic"})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip() == ("Error: vidpipe: CHINESE_SCRIPT must be 'simplified' (the "
+                                   "default) or 'traditional'; got 'cyrillic'."), done.stderr
+
+
 def test_a_port_in_use_is_one_sentence_at_once(tmp_path):
     """`make run` twice, or another program on PORT: gunicorn said "Connection in use" five
     times over five seconds and then "Can't connect"; now one sentence says what to do."""

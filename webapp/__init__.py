@@ -11,13 +11,17 @@ from webapp.uploads import UploadRequest
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; tests pass their own Settings, everyone else gets the environment's."""
-    settings = settings or Settings.from_env()
-    settings.validate()  # WHISPER_MODEL, CHINESE_SCRIPT: stop here with a sentence
-    webhooks.configure(settings)  # the ends of runs this process writes are announced
-    if settings.host:  # no unprotected service on the network (README, "Security")
-        from webapp.security import check_exposure
+    try:
+        settings = settings or Settings.from_env()
+        settings.validate()  # WHISPER_MODEL, CHINESE_SCRIPT: stop here with a sentence
+        if settings.host:  # no unprotected service on the network (README, "Security")
+            from webapp.security import check_exposure
 
-        check_exposure(settings.host, settings)
+            check_exposure(settings.host, settings)
+    except Exception as exc:
+        _said_to_the_cli(exc)
+        raise
+    webhooks.configure(settings)  # the ends of runs this process writes are announced
     app = Flask(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),
@@ -61,6 +65,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     # In front of everything: ProxyFix (TRUSTED_PROXIES), then the Host check.
     app.wsgi_app = hosts.front(app.wsgi_app, settings)
     return app
+
+
+def _said_to_the_cli(exc: Exception) -> None:
+    """Under `flask --app webapp <command>` (reindex), a setting that stops start-up is the
+    command's one-line error and exit status 1, as the command's own errors are: Flask
+    printed create_app's traceback, the sentence only at its end."""
+    import os
+
+    import click
+
+    from webapp.config import ConfigError
+    from webapp.security import InsecureExposure
+
+    if (isinstance(exc, ConfigError | InsecureExposure)
+            and os.environ.get("FLASK_RUN_FROM_CLI") == "true"  # set by Flask's `flask`
+            and click.get_current_context(silent=True) is not None):
+        raise click.ClickException(f"vidpipe: {exc}") from None
 
 
 def init_dashboard(app: Flask, settings: Settings) -> None:
