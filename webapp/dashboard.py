@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flask import Flask, current_app
+from flask import Flask, current_app, make_response, render_template, url_for
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -12,6 +12,7 @@ from werkzeug.exceptions import NotFound
 
 JOB_INFO = "rq_dashboard.job_info"  # the data of a job's page: /rq/<n>/data/job/<id>.json
 COMPACT = "rq_dashboard.compact_queue"  # POST /rq/queue/<name>/compact
+OVERVIEW = "rq_dashboard.queues_overview"  # /rq/, the dashboard's first page
 
 
 def job_info(instance_number: int, job_id: str) -> dict:
@@ -77,10 +78,37 @@ def no_such_job(error: NoSuchJobError):
                                         "was; reload the page")
 
 
+def queues_overview(instance_number: int):
+    """rq-dashboard 0.9's first page (/rq/), letting Redis being down through to the app's
+    handler (webapp.api.queue_down): a 503 saying the queue is unavailable, with one log
+    line, as its other pages and data are. rq-dashboard caught it and answered 200 with a
+    bare "Connection Error" heading: a monitor took it for up, a person for a broken page."""
+    from rq import VERSION as rq_version
+    from rq_dashboard.version import VERSION as rq_dashboard_version
+    from rq_dashboard.web import escape_format_instance_list
+
+    queues = Queue.all(connection=current_app.redis_conn)  # Redis down: the 503
+    response = make_response(render_template(
+        "rq_dashboard/queues.html",
+        current_instance=instance_number,
+        instance_list=escape_format_instance_list(current_app.config.get(
+            "RQ_DASHBOARD_REDIS_URL")),
+        queues=queues,
+        rq_url_prefix=url_for(".queues_overview"),
+        rq_dashboard_version=rq_dashboard_version,
+        rq_version=rq_version,
+        active_tab="queues",
+        deprecation_options_usage=current_app.config.get("DEPRECATED_OPTIONS", False),
+    ))
+    response.headers.set("Cache-Control", "no-store")
+    return response
+
+
 def init_app(app: Flask) -> None:
     """After rq-dashboard's blueprint is registered: views of its replaced by ours."""
     from rq_dashboard.web import jsonify
 
     app.view_functions[JOB_INFO] = jsonify(job_info)
     app.view_functions[COMPACT] = jsonify(compact_queue)
+    app.view_functions[OVERVIEW] = queues_overview
     app.register_error_handler(NoSuchJobError, no_such_job)
