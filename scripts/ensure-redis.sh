@@ -47,8 +47,29 @@ esac
 command -v redis-server >/dev/null || "$(dirname "$0")/system-deps.sh" redis-server
 echo "no Redis answers at $shown; starting redis-server on $host:$port"
 mkdir -p /tmp/vidpipe-redis
-redis-server --daemonize yes --bind "$host" --port "$port" --save "" --appendonly no \
-  --dir /tmp/vidpipe-redis --logfile /tmp/vidpipe-redis/redis.log
+# REDIS_URL's credentials, if it has any, are the new Redis's: without them the app was
+# refused (AUTH) by a Redis that wants none, or worse, worked with one open to every local
+# user. They go in a config file only this user can read (a command line is anyone's to
+# read in ps), removed once redis-server has read it.
+conf=$(mktemp /tmp/vidpipe-redis/auth.XXXXXX.conf)  # mode 0600
+trap 'rm -f "$conf"' EXIT
+"$py" -c '
+import sys, urllib.parse as u
+p = u.urlparse(sys.argv[1])
+def quoted(value):  # redis.conf: a double-quoted string, with backslash escapes
+    return "\"" + "".join(chr(b) if chr(b).isalnum() and b < 128 else "\\x%02x" % b
+                           for b in value.encode()) + "\""
+user, password = u.unquote(p.username or ""), u.unquote(p.password or "")
+if password:
+    print("requirepass", quoted(password))  # the default user (redis://:PASSWORD@...)
+    if user and user != "default":  # redis://NAME:PASSWORD@...: an ACL user, all rights
+        print("user", quoted(user), "on", quoted(">" + password), "~* &* +@all")
+elif user and user != "default":
+    sys.exit("REDIS_URL names the Redis user " + repr(user) + " without a password: add "
+             "it (redis://" + user + ":PASSWORD@host:port/db), or start that Redis yourself")
+' "$url" > "$conf"
+redis-server "$conf" --daemonize yes --bind "$host" --port "$port" --save "" \
+  --appendonly no --dir /tmp/vidpipe-redis --logfile /tmp/vidpipe-redis/redis.log
 for _ in $(seq 50); do ping >/dev/null && exit 0; sleep 0.1; done
 echo "redis-server did not come up; see /tmp/vidpipe-redis/redis.log" >&2
 exit 1

@@ -13,9 +13,13 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
 from sqlalchemy import update
 
 from jobs import reconciler
@@ -368,6 +372,35 @@ def test_the_dashboard_says_the_queue_is_down_without_a_traceback(settings, capl
         said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(said) == 1 and said[0].startswith(  # one line for the operator
             f"GET {path} answered 503: the job queue (Redis) is unavailable"), (path, said)
+
+
+@pytest.mark.parametrize("user", ["", "vidpipe"])
+def test_make_redis_starts_a_local_redis_with_the_credentials_of_redis_url(user):
+    """scripts/ensure-redis.sh (`make run`, `make redis`) started its Redis without the
+    password REDIS_URL carries: the app was then refused (AUTH), or, had it no password,
+    worked with a Redis open to every local user. The password is not on the command line
+    (anyone may read it in ps), and the Redis listens on the loopback address only."""
+    port = redis_port()
+    password = "pass word/with:odd@chars\"é"
+    url = f"redis://{user}:{quote(password, safe='')}@127.0.0.1:{port}/0"
+    try:
+        done = subprocess.run(["scripts/ensure-redis.sh"], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=60, check=False,
+                              env={**os.environ, "REDIS_URL": url, "PYTHON": sys.executable})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert Redis.from_url(url).ping()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"PING\r\n")  # without credentials
+            assert sock.recv(100).startswith(b"-NOAUTH"), "it is open to anybody"
+        info = Redis.from_url(url).info("server")
+        cmdline = Path(f"/proc/{info['process_id']}/cmdline").read_bytes()
+        assert password.encode() not in cmdline and b"pass" not in cmdline, cmdline
+        assert Redis.from_url(url).config_get("bind") == {"bind": "127.0.0.1"}
+        assert not list(Path("/tmp/vidpipe-redis").glob("auth.*")), "its config file is left"
+    finally:
+        for stop in (url, f"redis://127.0.0.1:{port}/0"):  # the one it started, either way
+            with contextlib.suppress(RedisError):
+                Redis.from_url(stop, retry=Retry(NoBackoff(), 0)).shutdown(nosave=True)
 
 
 def test_make_redis_says_a_redis_with_a_password_refuses_rather_than_starting_another(
