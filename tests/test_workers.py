@@ -4,7 +4,9 @@ each never outlives it; a stopped worker stops its step and hands it back."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from rq.job import Job
 from tests import mediagen, procs
 from tests.conftest import PROJECT_ROOT, start_worker, stop_worker
 from tests.helpers import progress_of, subtasks, upload_ok, wait_for
+from webapp.config import PROJECT_ROOT
 from webapp.services import queue
 
 pytestmark = pytest.mark.e2e
@@ -152,6 +155,40 @@ def test_a_worker_killed_leaves_no_reconciler(settings, workers, when):
 
 
 # -- stopping a busy worker (Ctrl-C of `make run`) -------------------------------------------
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_ctrl_c_of_make_run_ends_every_process_with_status_0(settings, tmp_path):
+    """honcho said "web.1 stopped (rc=-15)" and the same of each worker on every Ctrl-C, as
+    for a crash: the status was the shell's that ran the Procfile's line (killed by the
+    SIGTERM honcho sends to its group), not gunicorn's or the worker's, which both end
+    cleanly (0). The Procfile's lines exec their program."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PORT": str(port), "PATH": f"{Path(sys.executable).parent}:"
+           f"{os.environ['PATH']}", "SECRET_KEY": "k" * 32, "WEB_WORKERS": "1"}
+    log = tmp_path / "honcho.log"
+    with log.open("w") as out:
+        honcho = subprocess.Popen([str(Path(sys.executable).parent / "honcho"), "start", "-f",
+                                   "Procfile", "-c", "web=1,worker=1"], cwd=PROJECT_ROOT,
+                                  stdout=out, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+    try:
+        wait_for(lambda: "Booting worker" in (text := log.read_text())
+                 and "Listening on" in text, timeout=60, what="web and worker up")
+        os.killpg(honcho.pid, signal.SIGINT)  # Ctrl-C: the terminal's whole foreground group
+        honcho.wait(30)
+    finally:
+        if honcho.poll() is None:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait(10)
+        for session in re.findall(r"started \(pid=(\d+)\)", log.read_text()):
+            for pid in procs.in_session(int(session)):  # honcho gives each its own session
+                procs.kill(pid)
+    said = log.read_text()
+    assert "web.1 stopped (rc=0)" in said and "worker.1 stopped (rc=0)" in said, said[-3000:]
+    assert "SIGKILL" not in said, said[-3000:]  # (honcho's own status is 130: Ctrl-C's)
+
 
 def test_a_stopped_worker_stops_its_step_at_once_and_hands_it_back(client, settings,
                                                                    redis_conn, workers,
