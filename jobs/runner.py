@@ -232,6 +232,7 @@ def run_step(task_id: str, step: str, work: Work) -> str:
     if started is None:
         return "not run"
     video, attempt = started.video, started.attempt
+    log.info("%s of task %s started (attempt %d, video %s)", step, task_id, attempt, video.id)
     inputs, published = with_retries(sessions, lambda s: _inputs(s, storage, video.id),
                                      f"reading the inputs of {step} of task {task_id}")
     started = dataclasses.replace(started, inputs=inputs, published=published)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -17,10 +18,13 @@ from rq.job_lifecycle import call_exception_handlers
 from jobs import delivery, hooks, reconciler, remote
 from jobs.runner import StepFailed
 from webapp import startup
-from webapp.config import ConfigError, Settings, configure_logging
+from webapp.config import ConfigError, Settings, configure_logging, rq_log_level
 from webapp.db import session_factory
 from webapp.services import webhooks
 from webapp.services.queue import connect, unreachable
+
+# vidpipe's own lines (RQ's "rq.worker" logger is at WARNING: webapp.config.rq_log_level)
+log = logging.getLogger("jobs.worker")
 
 
 class VidpipeWorker(Worker):
@@ -62,9 +66,18 @@ class VidpipeWorker(Worker):
             super().request_stop(signum, frame)  # idle: ends the loop; busy: after the job
         finally:
             if horse:
-                self.log.info("stopping the running step (%s); it runs again on the next "
-                              "worker", self.stopped_by)
+                log.info("stopping the running step (%s); it runs again on the next "
+                         "worker", self.stopped_by)
                 self.kill_horse()
+            else:
+                log.info("stopping (%s)", signal.Signals(signum).name)
+
+    def bootstrap(self, *args, **kwargs) -> None:
+        """RQ's start (registered, subscribed), then one line saying so: RQ's five are at
+        DEBUG only (LOG_LEVEL)."""
+        super().bootstrap(*args, **kwargs)
+        log.info("Listening on queue %s as worker %s (pid %d)",
+                 ", ".join(self.queue_names()), self.name, os.getpid())
 
     def _no_unexpected_death(self, record: logging.LogRecord) -> bool:
         """Drop RQ's "job … failed (Work-horse terminated unexpectedly; waitpid returned 9
@@ -135,8 +148,8 @@ class VidpipeWorker(Worker):
             pass
         if self._stopped_job_id == job.id:
             self._stopped_job_id = None
-        self.log.info("job %s: superseded by another delivery; its failure is not recorded",
-                      job.id)
+        log.info("job %s: superseded by another delivery; its failure is not recorded",
+                 job.id)
         self._leave_to_the_live_delivery(job, execution)
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry,
@@ -153,8 +166,8 @@ class VidpipeWorker(Worker):
             return
         except delivery.Superseded:
             pass
-        self.log.info("job %s: superseded by another delivery; its end is not recorded",
-                      job.id)
+        log.info("job %s: superseded by another delivery; its end is not recorded",
+                 job.id)
         self._leave_to_the_live_delivery(job, execution)
 
     def _leave_to_the_live_delivery(self, job: Job, execution) -> None:
@@ -223,9 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.validate()
         settings.validate_remote_worker()
     except ConfigError as exc:
-        logging.getLogger("jobs.worker").error("vidpipe: %s", exc)
+        log.error("vidpipe: %s", exc)
         return 1
-    log = logging.getLogger("jobs.worker")
     try:  # MEDIA_ROOT writable, the database at this code's migration (webapp/startup.py)
         unsure = startup.check(settings)
     except ConfigError as exc:
@@ -270,10 +282,9 @@ def _work_through_outages(worker: VidpipeWorker, settings: Settings,
     errors out, e.g. a reset while it reads) waits for Redis and goes on as a new worker
     (RQ's name: the old one may still be registered). One that never reached Redis, or a
     burst worker, ends with the error."""
-    log = logging.getLogger("jobs.worker")
     while True:
         try:
-            worker.work(burst=burst, logging_level="INFO")
+            worker.work(burst=burst, logging_level=rq_log_level())
             return worker
         except RedisConnectionError as exc:
             if burst or worker.birth_date is None:

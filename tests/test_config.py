@@ -140,6 +140,21 @@ def test_a_short_secret_stops_start_up_with_a_sentence(monkeypatch, name, value,
     Settings.from_env().validate()
 
 
+def test_log_level_is_one_of_four_and_rq_speaks_up_only_at_debug(monkeypatch):
+    from webapp.config import rq_log_level
+
+    monkeypatch.setenv("LOG_LEVEL", "verbose")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env().validate()
+    assert str(caught.value) == ("LOG_LEVEL must be DEBUG, INFO (the default), WARNING or "
+                                 "ERROR; got 'VERBOSE'.")
+    for level, rq_level in (("debug", "DEBUG"), ("INFO", "WARNING"), ("", "WARNING"),
+                            ("warning", "WARNING"), ("error", "ERROR")):
+        monkeypatch.setenv("LOG_LEVEL", level)
+        Settings.from_env().validate()
+        assert rq_log_level() == rq_level, level
+
+
 def test_unset_secrets_are_not_too_short(monkeypatch):
     for name, _, _ in SHORT_SECRETS:
         monkeypatch.delenv(name, raising=False)

@@ -111,8 +111,8 @@ def clip(tmp_path):
 def worker_proc():
     procs = []
 
-    def start():
-        procs.append(start_worker())
+    def start(**env: str):
+        procs.append(start_worker(env))
         return procs[-1]
 
     yield start
@@ -322,7 +322,7 @@ def test_the_live_attempt_killed_after_the_superseded_one_stopped_is_retried(
     share. Then attempt 2's horse is killed (SIGKILL): the step must be retried (attempt 3)
     and the task complete, not stay running with nobody working on it."""
     client = outage_app.test_client()
-    old = worker_proc()
+    old = worker_proc(LOG_LEVEL="DEBUG")  # RQ's own lines too: its "Job OK" below
     vid, task_id = start_a_long_transcode(client, tmp_path)
     restart_redis_empty(settings, redis_server, task_id)
     new = worker_proc()

@@ -319,7 +319,8 @@ def test_a_worker_refused_mid_run_hands_its_step_back_and_stops(client, settings
     saying why; that worker stops, with status 1, instead of failing every job
     it would take; a worker with the new token then does the whole run."""
     port = free_port()
-    old = start_worker(remote_env(tmp_path, port))  # the web app is not up yet
+    # (the web app is not up yet; LOG_LEVEL=DEBUG: RQ's own lines, its retry's below)
+    old = start_worker({**remote_env(tmp_path, port), "LOG_LEVEL": "DEBUG"})
     try:
         wait_for(lambda: "Listening on" in Path(old.log_path).read_text(), timeout=60,
                  what="the worker listening")

@@ -187,6 +187,10 @@ def test_ctrl_c_of_make_run_ends_every_process_with_status_0(settings, tmp_path)
                 procs.kill(pid)
     said = log.read_text()
     assert "web.1 stopped (rc=0)" in said and "worker.1 stopped (rc=0)" in said, said[-3000:]
+    # The worker's start and stop are one line each, vidpipe's; RQ wrote nine at INFO.
+    assert f"INFO jobs.worker: Listening on queue {settings.queue_name} as worker " in said
+    assert "INFO jobs.worker: stopping (SIGTERM)" in said, said[-3000:]
+    assert "INFO rq." not in said, said[-3000:]
     assert "SIGKILL" not in said, said[-3000:]  # (honcho's own status is 130: Ctrl-C's)
 
 
@@ -228,7 +232,7 @@ def test_a_stopped_worker_stops_its_step_at_once_and_hands_it_back(client, setti
     attempt_folder = settings.media_root / "videos" / vid / "runs" / task_id / "transcode.1"
     assert not attempt_folder.exists()
 
-    workers()  # the next worker takes the step up again, and the task runs again at once
+    second = workers()  # the next worker takes the step up again, and the task runs again
     again = wait_for(lambda: (s := progress_of(client, vid)) and any(
         sub["status"] == "running" for sub in s["subtasks"]) and s,
         timeout=60, what="a step running again on the next worker")
@@ -236,6 +240,12 @@ def test_a_stopped_worker_stops_its_step_at_once_and_hands_it_back(client, setti
     assert again["started_at"] == state["started_at"]  # the run started once
     wait_for(lambda: progress_of(client, vid)["status"] == "completed", timeout=240,
              what="the task completing on the next worker")
+    # Its log says each step's start and end once, in vidpipe's words; RQ's four lines a step
+    # ("Job OK", "result is kept for 86400 seconds", ...) are for LOG_LEVEL=DEBUG.
+    said = Path(second.log_path).read_text()
+    assert f"INFO jobs.runner: transcode of task {task_id} started (attempt " in said, said
+    assert f"INFO jobs.runner: transcode of task {task_id} completed (attempt " in said, said
+    assert "Job OK" not in said and "INFO rq." not in said, said[-3000:]
     transcode = subtasks(progress_of(client, vid))["transcode"]
     assert (transcode["status"], transcode["attempt"], transcode["error"]) == (
         "completed", 2, None), transcode

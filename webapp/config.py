@@ -33,9 +33,31 @@ SECRET_MINIMUMS = (("API_TOKEN", "api_token", 16), ("WORKER_TOKEN", "worker_toke
 MAKE_A_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def log_level() -> str:
+    """LOG_LEVEL, INFO when unset; one not in LOG_LEVELS is INFO here (Settings.from_env
+    refuses it with a sentence, the first thing each process does after this)."""
+    level = _env("LOG_LEVEL", "INFO").strip().upper()
+    return level if level in LOG_LEVELS else "INFO"
+
+
+def rq_log_level() -> str:
+    """RQ's own loggers: WARNING (ERROR with LOG_LEVEL=ERROR), unless LOG_LEVEL=DEBUG. At
+    INFO RQ wrote four lines per step (its description, "Successfully completed … job in
+    …", "Job OK", "result is kept for 86400 seconds") and five at each start, beside
+    vidpipe's own lines for each step's start and end (jobs.runner): an operator read the
+    same step five times over."""
+    level = log_level()
+    return level if level in ("DEBUG", "ERROR") else "WARNING"
+
+
 def configure_logging() -> None:
-    """INFO and up to stderr in LOG_FORMAT (what honcho, systemd and docker collect)."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    """LOG_LEVEL (INFO) and up to stderr in LOG_FORMAT (what honcho, systemd and docker
+    collect); RQ's own lines at rq_log_level()."""
+    logging.basicConfig(level=log_level(), format=LOG_FORMAT)
+    logging.getLogger("rq").setLevel(rq_log_level())
 
 
 class ConfigError(ValueError):
@@ -191,6 +213,7 @@ class Settings:
     # signed with WEBHOOK_SECRET, by the workers.
     webhook_url: str = ""
     webhook_secret: str = field(default="", repr=False)
+    log_level: str = "INFO"  # LOG_LEVEL: what configure_logging() applies
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -251,6 +274,7 @@ class Settings:
             "worker_name": _env("WORKER_NAME", "").strip()[:200],
             "webhook_url": _env("WEBHOOK_URL", "").strip(),
             "webhook_secret": _env("WEBHOOK_SECRET", ""),
+            "log_level": _env("LOG_LEVEL", cls.log_level).strip().upper(),
         }
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
@@ -270,6 +294,9 @@ class Settings:
             whisper_models.model_dir(self.whisper_model)
         except whisper_models.ModelError as exc:
             raise ConfigError(str(exc)) from None
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO (the default), WARNING or "
+                              f"ERROR; got {self.log_level!r}.")
         if self.chinese_script not in CHINESE_SCRIPTS:
             raise ConfigError(f"CHINESE_SCRIPT must be 'simplified' (the default) or "
                               f"'traditional'; got {self.chinese_script!r}.")
