@@ -355,6 +355,33 @@ def test_a_worker_that_finds_no_redis_at_start_says_so_in_a_sentence(settings):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_worker_refused_by_redis_at_start_says_so_not_that_it_does_not_answer(settings,
+                                                                                tmp_path):
+    """A Redis that wants a password REDIS_URL lacks (or has wrong): the worker said Redis
+    "does not answer" and to start it, which sent people to start a second Redis."""
+    port = redis_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--requirepass", "the-right-one", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: Redis(port=port, password="the-right-one").ping(), timeout=10,
+                 what="the private redis-server")
+        for url in (f"redis://127.0.0.1:{port}/3", f"redis://:a-wrong-one@127.0.0.1:{port}/3"):
+            done = subprocess.run([sys.executable, "-m", "jobs.worker"], cwd=PROJECT_ROOT,
+                                  capture_output=True, text=True, timeout=60, check=False,
+                                  env={**os.environ, "REDIS_URL": url})
+            assert done.returncode == 1, done.stderr[-2000:]
+            assert (f"vidpipe: the job queue (Redis) at redis://127.0.0.1:{port}/3 refuses "
+                    "REDIS_URL's credentials (" in done.stderr), done.stderr
+            assert "put its password in REDIS_URL" in done.stderr, done.stderr
+            assert "does not answer" not in done.stderr and "a-wrong-one" not in done.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_dashboard_says_the_queue_is_down_without_a_traceback(settings, caplog):
     """rq-dashboard's pages and the data its open page asks for every few seconds were each a
     500 "internal error" with a traceback in the log while Redis was down."""

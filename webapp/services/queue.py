@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 from rq import Callback, Queue, Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -55,6 +55,11 @@ def unreachable(redis_url: str, exc: RedisError) -> str:
     """The sentence for a process that cannot start without Redis: where it looked, what
     Redis (or the network) said, and what to do."""
     said = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, AuthenticationError):
+        # It answered: "does not answer ... start it" sent people to start a Redis that ran.
+        return (f"the job queue (Redis) at {address(redis_url)} refuses REDIS_URL's "
+                f"credentials ({said}): put its password in REDIS_URL "
+                "(redis://:PASSWORD@host:port/db, or redis://USER:PASSWORD@… for an ACL user)")
     return (f"the job queue (Redis) at {address(redis_url)} does not answer ({said}): start "
             "it (`make redis` starts a local one) or set REDIS_URL to where it runs, with "
             "its password if it has one")
