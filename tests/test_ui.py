@@ -348,8 +348,10 @@ def test_failed_steps_say_each_sentence_once_with_the_raw_output_behind_details(
     panel = soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#progress-panel")
     assert panel["data-status"] == "failed"
     text = panel.get_text()
-    for sentence in (AUDIO_FAILED, POSTER_FAILED, "not run because extract_audio failed"):
+    # Steps are named as the step table names them, not by the API's `name`.
+    for sentence in (AUDIO_FAILED, POSTER_FAILED, "Not run because extract audio failed"):
         assert text.count(sentence) == 1, (sentence, text)
+    assert "extract_audio" not in text
     assert AUDIO_FAILED in panel.select_one("#step-extract_audio").get_text()
     assert POSTER_FAILED in panel.select_one("#step-thumbnails").get_text()
     # The raw output: once, behind a closed "details" disclosure of its own step, as text.
@@ -368,14 +370,15 @@ def test_a_task_error_is_not_repeated_by_its_steps(client, clip, db_session):
     assert progress.cancel_task(db_session, task_id, "cancelled by user")
     db_session.commit()
     panel = soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#progress-panel")
-    assert panel.select_one("#task-error").get_text() == "cancelled by user"
-    assert panel.get_text().count("cancelled by user") == 1
-    # A failed task's error is a summary naming its steps; each step says why, once.
+    assert panel.select_one("#task-error").get_text() == "Cancelled by user"
+    assert panel.get_text().count("ancelled by user") == 1
+    # A failed task's error is a summary naming its steps (as the step table does, not as
+    # the API's summary "failed: extract_audio, thumbnails; ..."); each step says why, once.
     vid = uploaded(client, clip, "second.mp4")
     fail_steps(db_session, vid)
     panel = soup(client.get(f"/videos/{vid}/panel", headers=HX)).select_one("#progress-panel")
     assert panel.select_one("#task-error").get_text() == (
-        "failed: extract_audio, thumbnails; not run: transcribe")
+        "Failed: extract audio, thumbnails; not run: transcribe")
     assert panel.get_text().count(AUDIO_FAILED) == 1
 
 
@@ -534,7 +537,7 @@ def test_panel_styles_and_results_card(client, clip, db_session):
     audio = uploaded(client, mediagen.make_audio_only(Path(clip).parent / "memo.m4a", "hello"))
     page = soup(client.get(f"/videos/{audio}"))
     assert page.select_one("#error-thumbnails")["class"] == ["note"]  # "no video stream"
-    assert page.select_one("#error-thumbnails").get_text() == "no video stream"
+    assert page.select_one("#error-thumbnails").get_text() == "No video stream"
 
 
 def test_transcript_as_plain_text(client, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from collections.abc import Callable
 
 from flask import (
@@ -27,6 +28,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from webapp import extensions as ext
 from webapp.api import html_error
+from webapp.config import STEPS
 from webapp.models import ProcessingTask, Video
 from webapp.services import (
     bulk,
@@ -86,6 +88,27 @@ def language_helpers() -> dict:
             "language_name": languages.name, "text_direction": languages.direction,
             "artifact_language": languages.of_artifact,
             "video_format": video_format}
+
+
+# The API names steps by their `name` in its sentences too ("not run because extract_audio
+# failed"), which matches its `subtasks[].name`; a page says them as its step table does.
+STEP_NAME = re.compile(r"\b(" + "|".join(STEPS) + r")\b")
+
+
+@bp.app_template_filter("step_label")
+def step_label(name: str) -> str:
+    """A step as the page names it: "extract audio" for `extract_audio`."""
+    return name.replace("_", " ")
+
+
+@bp.app_template_filter("step_names")
+def step_names(sentence: str | None) -> str:
+    """A progress sentence of the API with its steps named as the page names them, its
+    first letter a capital: "Failed: extract audio; not run: transcribe"."""
+    if not sentence:
+        return ""
+    said = STEP_NAME.sub(lambda m: step_label(m[1]), sentence)
+    return said[:1].upper() + said[1:]
 
 
 @bp.app_template_filter("duration")

@@ -101,7 +101,9 @@ class SubTaskProgressSchema(ma.Schema):
         metadata={"description": "Why it failed or skipped, or a note on how it completed "
                   "(e.g. nothing to translate): one sentence for people, or "
                   "'internal error (reference <id>)' when a bug failed it (the worker's "
-                  "log has the details under that reference)"},
+                  "log has the details under that reference). Another step is named by its "
+                  "`name` ('not run because extract_audio failed'); the web page shows "
+                  "it as its step table does ('extract audio')"},
     )
     error_detail = fields.String(
         allow_none=True,
@@ -129,7 +131,11 @@ class TaskProgressSchema(ma.Schema):
     created_at = fields.DateTime(allow_none=True)
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
-    error = fields.String(allow_none=True)
+    error = fields.String(allow_none=True, metadata={"description": (
+        "Why the run did not complete: for a failed one, a summary naming its steps by their "
+        "`name` ('failed: extract_audio; not run: transcribe'; each step's `error` says "
+        "why); for a cancelled one, why ('cancelled by request', 'replaced by a forced "
+        "run'). null otherwise")})
     eta_seconds = fields.Float(allow_none=True, metadata={"description": (
         "Seconds until the run ends, as of its last change: the work left in the steps that "
         "really run (reused and skipped steps excluded), at the pace each has shown since "
