@@ -311,6 +311,19 @@ def test_audio_only_gets_an_audio_player(client, tmp_path):
     assert page.select("#transcript button.line")
 
 
+def test_a_video_without_sound_offers_no_language_to_transcribe(client, clip, tmp_path):
+    """Nothing can be transcribed without a sound track: its page says so instead of
+    offering the spoken language and the English captions, which would change nothing."""
+    silent = uploaded(client, mediagen.make_video(tmp_path / "silent.mp4", 1.0, audio=False))
+    panel = soup(client.get(f"/videos/{silent}")).select_one("#progress-panel")
+    assert not panel.select("select[name=language], input[name=translate], "
+                            "input[name=options]")
+    assert "no sound track" in panel.select_one("#run-form #no-sound").get_text()
+    assert panel.select_one("#btn-reprocess")  # its pictures can still be made again
+    talking = soup(client.get(f"/videos/{uploaded(client, clip)}")).select_one("#run-form")
+    assert talking.select_one("select[name=language]") and not talking.select_one("#no-sound")
+
+
 AUDIO_FAILED = "The audio could not be extracted: the file is cut short or damaged after 3.3 s."
 POSTER_FAILED = "The poster could not be made: the video data is damaged after 1.2 s."
 # Raw ffmpeg output, with characters that must come out as text, not markup.
