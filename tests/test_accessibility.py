@@ -79,7 +79,8 @@ def fail_a_run(settings, video_id: str, task_id: str) -> None:
             progress.complete_subtask(session, task_id, step, attempt)
 
 
-def test_every_page_has_no_serious_or_critical_finding(page, media, settings, browser_log):
+def test_every_page_has_no_serious_or_critical_finding(page, media, settings, browser_log,
+                                                      chromium, live_server):
     report: dict[str, list] = {}
     page.goto("/")
     expect(page.locator("#video-list")).to_contain_text("No videos yet")
@@ -127,6 +128,25 @@ def test_every_page_has_no_serious_or_critical_finding(page, media, settings, br
     page.goto(f"/videos/{running}")
     expect(page.locator("#progress-panel")).to_have_attribute("data-status", "running")
     check(page, "video, running", report)
+    # Without JavaScript nothing polls: a notice above the panel says as of when it is true
+    # and links to a fresh copy. axe-core itself needs scripts, so the notice is checked as
+    # such a browser renders it: put into the page from its <noscript>.
+    no_script = chromium.new_context(base_url=live_server, java_script_enabled=False)
+    try:
+        bare = no_script.new_page()
+        bare.goto(f"/videos/{running}")
+        expect(bare.locator("#no-live-progress")).to_be_visible()
+        expect(bare.locator("#progress-transcode")).to_have_attribute("value", "40.0")
+        with session_factory(settings.database_url)() as session:
+            progress.report_progress(session, running_task, "transcode", attempt, 70.0)
+        bare.get_by_role("link", name="Refresh").click()
+        expect(bare.locator("#progress-transcode")).to_have_attribute("value", "70.0")
+    finally:
+        no_script.close()
+    page.evaluate("""() => { const n = document.querySelector('noscript');
+                             n.insertAdjacentHTML('afterend', n.textContent); }""")
+    expect(page.locator("#no-live-progress")).to_be_visible()
+    check(page, "video, running, without JavaScript", report)
     page.goto(f"/videos/{done}")
     expect(page.locator("#progress-panel")).to_have_attribute("data-status", "completed")
     expect(page.locator("#transcript .line").first).to_be_visible()

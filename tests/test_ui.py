@@ -77,6 +77,13 @@ def test_form_upload_starts_processing_and_goes_to_the_video(client, clip):
     assert resp.headers["Location"] == f"/videos/{vid}"
     page = soup(client.get(f"/videos/{vid}"))
     assert page.select_one("#progress-panel")["data-status"] == "queued"
+    # Without JavaScript the panel is not polled: the page says as of when it is true, and
+    # links to itself to see more (no meta refresh: it would reset the form).
+    notice = page.select_one("noscript #no-live-progress")
+    assert "does not update itself" in notice.get_text() and notice.time["datetime"]
+    assert notice.select_one("a")["href"] == f"/videos/{vid}"
+    assert notice.select_one("a").get_text() == "Refresh"
+    assert not page.select('meta[http-equiv="refresh"]')
     assert page.h1.get_text() == "clip.mp4"
 
 
@@ -544,6 +551,7 @@ def test_panel_styles_and_results_card(client, clip, db_session):
     fail_steps(db_session, vid)
     page = soup(client.get(f"/videos/{vid}"))
     assert page.select_one("#results").has_attr("hidden")
+    assert not page.select("noscript")  # it ended: nothing more to see by refreshing
     assert "error" in page.select_one("#error-extract_audio")["class"]
     # A step not run because another failed is no error of its own: a note.
     assert page.select_one("#error-transcribe")["class"] == ["note"]

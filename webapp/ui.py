@@ -29,7 +29,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from webapp import extensions as ext
 from webapp.api import html_error
 from webapp.config import STEPS
-from webapp.models import ProcessingTask, Video
+from webapp.models import ProcessingTask, Video, utcnow
 from webapp.services import (
     bulk,
     ingest,
@@ -197,7 +197,7 @@ def show_video(video_id: str, message: str | None = None, status: int = 200,
     context = video_context(video, message)
     if not is_htmx():
         return render_template("videos/show.html", start_at=seconds_into(video, start_at),
-                               **context), status
+                               rendered_at=utcnow(), **context), status
     html = render_template("videos/_panel.html", **context)
     html += render_template("videos/_message.html", message=message, oob=True)
     return html, status
