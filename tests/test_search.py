@@ -11,6 +11,7 @@ import json
 import re
 
 import pytest
+from bs4 import BeautifulSoup
 from sqlalchemy import text
 
 from tests import mediagen
@@ -623,6 +624,13 @@ def test_search_page_says_what_is_wrong_with_a_query(client, library):
     resp = client.get("/search", query_string={"q": "x" * 300})
     assert resp.status_code == 422 and "at most 200" in resp.get_data(as_text=True)
     assert client.get("/search").status_code == 200  # the form alone
+    # Both words are said, in two lines: nothing matches, and the page says what to try.
+    resp = client.get("/search", query_string={"q": "backen Bäcker"})
+    assert resp.status_code == 200
+    summary = " ".join(BeautifulSoup(resp.get_data(as_text=True), "html.parser").select_one(
+        "#search-summary").get_text().split())
+    assert summary.startswith("No video matches backen Bäcker.") and "0 videos" not in summary
+    assert "one line" in summary and "try fewer words" in summary
 
 
 @pytest.mark.parametrize(("t", "start_at"), [
