@@ -407,28 +407,62 @@ def test_high_frame_rate_video_is_previewed_at_60_fps_at_most(tmp_path: Path, su
     assert video["level"] <= 31
 
 
-def test_variable_frame_rate_video_keeps_its_frames_and_their_times(tmp_path: Path) -> None:
-    # A phone's variable rate: 30 fps, 0.5 s at 120 (a quick pan), 30 fps again.
+@pytest.mark.parametrize(("parts", "kept"), [
+    # A phone's variable rate: 30 fps, 0.5 s at 120 (a quick pan), 30 fps again; the pan
+    # comes out at 60 fps, every other frame (r_frame_rate 120: capped).
+    (((30, 1.5), (120, 0.5), (30, 1.5)), 45 + 30 + 45),
+    # A phone in low light: 30 fps, a second at 15, 30 again (r_frame_rate 30: not capped,
+    # and MP4's default constant rate showed each of the 15 slow frames twice).
+    (((30, 1.0), (15, 1.0), (30, 1.0)), 30 + 15 + 30),
+])
+def test_variable_frame_rate_video_keeps_its_frames_and_their_times(
+        tmp_path: Path, parts: tuple[tuple[int, float], ...], kept: int) -> None:
     src = tmp_path / "variable.mp4"
-    parts = "".join(f"[{i}]" for i in range(3))
+    inputs = "".join(f"[{i}]" for i in range(len(parts)))
     subprocess.run(["ffmpeg", "-v", "error",
-                    *[arg for rate, length in ((30, 1.5), (120, 0.5), (30, 1.5))
+                    *[arg for rate, length in parts
                       for arg in ("-f", "lavfi", "-i",
                                   f"testsrc2=size=320x240:rate={rate}:duration={length}")],
-                    "-filter_complex", f"{parts}concat=n=3[v]", "-map", "[v]", "-fps_mode",
-                    "vfr", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-                    str(src)], check=True)
+                    "-filter_complex", f"{inputs}concat=n={len(parts)}[v]", "-map", "[v]",
+                    "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt",
+                    "yuv420p", str(src)], check=True)
     source = frame_times(src)
-    assert len(source) == 45 + 60 + 45
+    assert len(source) == sum(round(rate * length) for rate, length in parts)
     info = probe(src)
     dst = tmp_path / "preview.mp4"
     transcode_preview(src, dst, info.duration, has_audio=False, format_name=info.format_name)
     shown = frame_times(dst)
-    # The quick pan at 60 fps, every other frame; the rest as it was: no frame repeated to
-    # make a constant rate (ffmpeg's fps filter would make 208 of them, 60 a second).
-    assert len(shown) == 45 + 30 + 45
-    kept = [t for t in source if not 1.5 < t < 2.0] + [t for t in source if 1.5 < t < 2.0][1::2]
-    assert shown == pytest.approx(sorted(kept), abs=0.009)
+    # No frame repeated to make a constant rate (ffmpeg's fps filter would make 208 of the
+    # first, 60 a second; MP4's default 90 of the second); the rest as it was.
+    assert len(shown) == kept
+    fast = [t for t in source if 1.5 < t < 2.0] if parts[1][0] > 60 else []
+    expected = sorted([t for t in source if t not in fast] + fast[1::2])
+    assert shown == pytest.approx(expected, abs=0.009)
+
+
+@pytest.mark.parametrize("rate", [30, 120])
+def test_a_picture_that_starts_after_the_sound_does_so_in_the_preview(tmp_path: Path,
+                                                                      rate: int) -> None:
+    """A camera or an editor's export whose picture starts 25 ms after its sound: the
+    preview keeps the gap (an MP4 edit list, which Chromium honours: its first frame's
+    mediaTime is 0.025 while currentTime, the sound's and the captions' clock, starts at
+    0), at every rate. Made constant-rate, a 30 fps source had its first frame shown twice
+    and every other frame moved 8 ms late."""
+    video = mediagen.make_video(tmp_path / "video.mp4", duration=0.5, rate=rate, audio=False)
+    src = tmp_path / "late.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-itsoffset", "0.025", "-i", str(video),
+                    "-f", "lavfi", "-i", "sine=sample_rate=48000:duration=0.5", "-map", "0:v",
+                    "-map", "1:a", "-c:v", "copy", "-c:a", "aac", str(src)], check=True)
+    source = frame_times(src)
+    assert source[0] == pytest.approx(0.025, abs=0.001)
+    info = probe(src)
+    dst = tmp_path / "preview.mp4"
+    transcode_preview(src, dst, info.duration, format_name=info.format_name)
+    found = streams(dst)
+    assert float(found["audio"]["start_time"]) == 0.0
+    assert float(ffmpeg.probe(str(dst))["format"]["start_time"]) == 0.0
+    shown = frame_times(dst)
+    assert shown == pytest.approx(source[::2] if rate > 60 else source, abs=0.001)
 
 
 def test_transcode_brings_studio_sound_down_to_48_khz(tmp_path: Path) -> None:
@@ -685,9 +719,11 @@ def test_sdr_video_is_not_tone_mapped(gen_dir: Path, sdr_patches: dict[str, list
         "[s0]setsar=1[s1]",
     ]
     preview = commands[-1]
+    # (each frame at its own time, FRAME_TIMING_OPTIONS, the one addition since)
     assert preview[preview.index("[s1]"):-1] == [
-        "[s1]", "-crf", "28", "-movflags", "+faststart", "-pix_fmt", "yuv420p",
-        "-preset", "veryfast", "-threads", "0", "-vcodec", "libx264"]
+        "[s1]", "-crf", "28", "-enc_time_base:v", "1:90000", "-fps_mode", "vfr",
+        "-movflags", "+faststart", "-pix_fmt", "yuv420p", "-preset", "veryfast",
+        "-threads", "0", "-vcodec", "libx264"]
 
 
 def test_poster_with_unknown_duration(clip: Path, tmp_path: Path) -> None:

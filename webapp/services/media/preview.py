@@ -81,7 +81,9 @@ def transcode_preview(
     The source's audio goes in as it is when browsers play it and it is small enough
     (audio_copyable); other audio is encoded to AAC at 128 kb/s, in stereo at most (a 5.1
     mix's six channels would share the 128 kb/s). Video faster than PREVIEW_MAX_FRAME_RATE
-    is brought down to it (capped_rate). ffmpeg runs `nice` steps below the caller's CPU
+    is brought down to it (capped_rate); every frame keeps its time, so a variable rate stays
+    variable and a picture that starts after the sound still does (FRAME_TIMING_OPTIONS).
+    ffmpeg runs `nice` steps below the caller's CPU
     priority (the TRANSCODE_NICE setting).
     """
     options: dict[str, Any] = {
@@ -119,9 +121,10 @@ def transcode_preview(
         video = source[streams.video_spec]
         if streams.interlaced:
             video = deinterlaced(video)
+        options.update(FRAME_TIMING_OPTIONS)
         if (streams.frame_rate or 0) > PREVIEW_MAX_FRAME_RATE:
             video = capped_rate(video)
-            options.update(CAPPED_RATE_OPTIONS)
+            options["r"] = PREVIEW_MAX_FRAME_RATE
         video = (video
                  .filter("scale", "max(2,2*round(oh*dar/2))",
                          f"trunc(min(ih,{max_height})/2)*2")
@@ -136,20 +139,24 @@ def transcode_preview(
         check_reached_end(_length(tmp), duration)
 
 
-# The output options that go with capped_rate: x264 is told the capped rate (and states
-# the H.264 level that goes with it, not that of 240 fps); each frame keeps its own time
-# (`-fps_mode vfr`), on MPEG's 90 kHz clock, which holds the times of 240, 100, 59.94 fps
-# and Matroska's milliseconds exactly (with `-r` alone, the times would be rounded to
-# 1/60 s: 100 fps, every other frame kept, would come out 1/60 and 2/60 s apart in turn).
-CAPPED_RATE_OPTIONS = {"r": PREVIEW_MAX_FRAME_RATE, "fps_mode": "vfr",
-                       "enc_time_base:v": "1:90000"}
+# Each frame keeps its own time (`-fps_mode vfr`), on MPEG's 90 kHz clock, which holds
+# the times of 240, 100, 60, 59.94, 30, 29.97, 25, 24 fps and Matroska's milliseconds
+# exactly (23.976 fps to within 6 microseconds). ffmpeg 5.1's default for MP4 is a constant
+# rate at the source's r_frame_rate, as for every format that does not declare variable
+# rates: a phone's video that drops to 15 fps in low light (r_frame_rate 30) came out at
+# 30 with every slow frame shown twice, and a picture starting 25 ms after the sound was
+# moved to 0. With -r alone the times would be rounded to 1/r: 100 fps capped to every
+# other frame would come out 1/60 and 2/60 s apart in turn. Frames with the same time
+# (which no player shows) are the only ones dropped. For capped_rate, `-r` tells x264 the
+# capped rate, so it states the H.264 level that goes with it, not that of 240 fps.
+FRAME_TIMING_OPTIONS = {"fps_mode": "vfr", "enc_time_base:v": "1:90000"}
 
 
 def capped_rate(video: FilterableStream) -> FilterableStream:
     """At most PREVIEW_MAX_FRAME_RATE frames a second, each shown at its own time: a frame
     sooner than 1/PREVIEW_MAX_FRAME_RATE s after the last one kept is dropped (120 and 240
     fps give 60, 100 fps 50, evenly spaced), and no frame is repeated (with
-    CAPPED_RATE_OPTIONS).
+    FRAME_TIMING_OPTIONS).
 
     Not ffmpeg's `fps` filter: it makes a constant rate, repeating frames to fill every
     1/60 s, so a phone's variable rate video (ffprobe's r_frame_rate 120, from a quick pan,
