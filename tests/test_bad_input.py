@@ -323,6 +323,31 @@ def test_real_chunked_uploads_over_http(live_server, settings, db_session, clip)
     assert media_files(settings) == [f"videos/{body['id']}/source.mp4"]
 
 
+def test_a_windows_path_sent_raw_as_old_browsers_do_keeps_its_last_component(
+        live_server, settings, db_session, clip):
+    """Internet Explorer and legacy Edge send the whole path, backslashes unescaped; it was
+    stored as "C:Usersmetalk.mp4" (werkzeug reads a backslash as an escape). Over a socket,
+    with a Content-Length as those browsers send it. An escaped path, a UNC path and an
+    escaped quote are read as RFC 9110 says."""
+    cases = [(rb'filename="C:\Users\me\talk.mp4"', "talk.mp4"),
+             (rb'filename="\\nas\share\My talk.mp4"', "My talk.mp4"),
+             (rb'filename="C:\\Users\\me\\escaped.mp4"', "escaped.mp4"),
+             (rb'filename="say \"hi\".mp4"', 'say "hi".mp4')]
+    for disposition, expected in cases:
+        body, content_type = multipart(disposition, clip.read_bytes())
+        conn = http.client.HTTPConnection("127.0.0.1", live_server, timeout=30)
+        try:
+            conn.request("POST", "/api/v1/videos", body=body,
+                         headers={"Content-Type": content_type})
+            resp = conn.getresponse()
+            status, video = resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+        assert (status, video["original_filename"]) == (201, expected), disposition
+        db_session.expire_all()
+        assert db_session.get(Video, video["id"]).original_filename == expected
+
+
 def test_form_bombs_are_413_and_leave_nothing(client, settings, db_session):
     many_parts = {f"field{i}": "x" for i in range(1500)}
     big_field = {"note": "x" * (2 * 1024 * 1024)}

@@ -4,6 +4,7 @@ up while it is received too (507)."""
 
 from __future__ import annotations
 
+import re
 import typing as t
 
 from flask import Request
@@ -28,6 +29,9 @@ class UploadRequest(Request):
     werkzeug alone would hand the view an empty form, answered "file: Missing data".
     A disk that fills up while the file is received is a 507 (InsufficientStorage), the
     partial file deleted at once; it was a 500 "internal error" with a traceback.
+
+    A file part's name sent as a raw Windows path (legacy_filename) keeps its backslashes,
+    so that ingest.clean_filename keeps its last component.
     """
 
     _staged_upload: t.IO[bytes] | None = None
@@ -76,6 +80,9 @@ class UploadRequest(Request):
             raise InsufficientStorage(UPLOAD_DISK_FULL) from None
         if self._body_read is not None:
             self.__dict__["stream"] = self._body_read.stream
+        for _, file in self.files.items(multi=True):
+            file.filename = legacy_filename(file.headers.get("Content-Disposition", ""),
+                                            file.filename)
 
     def _no_form(self) -> None:
         """An empty form and files: a later look at them must not parse the body again."""
@@ -116,3 +123,31 @@ class _CountingReader:
         data = self.stream.read(size)
         self.count += len(data)
         return data
+
+
+# A quoted filename="..." parameter of a Content-Disposition header, as sent.
+_QUOTED_FILENAME = re.compile(r'(?:^|;)[ \t]*filename[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"',
+                              re.IGNORECASE)
+
+
+def legacy_filename(disposition: str, parsed: str | None) -> str | None:
+    """The file part's name, `parsed` (werkzeug's) unless the quoted filename was a raw
+    Windows path: then that path, as sent.
+
+    Internet Explorer and legacy Edge send the whole path, its backslashes unescaped
+    (filename="C:\\Users\\me\\talk.mp4"); werkzeug reads each backslash as an RFC 9110
+    escape of the next character, so the name was stored as "C:Usersmetalk.mp4". Browsers
+    send no backslash escapes in a file name (the HTML Standard writes a quote as %22), and
+    a backslash before anything but a quote or a backslash escapes nothing, so such a name
+    is taken as sent.
+    """
+    found = _QUOTED_FILENAME.search(disposition)
+    if found is None or parsed is None:
+        return parsed
+    raw = found.group(1)
+    escaped = re.findall(r"\\(.)", raw)  # (each backslash and what follows it, in turn)
+    # (only when `parsed` came from this parameter, not from an RFC 5987 filename*)
+    if (parsed == re.sub(r"\\(.)", r"\1", raw)
+            and any(char not in '\\"' for char in escaped)):
+        return raw
+    return parsed
