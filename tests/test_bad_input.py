@@ -9,6 +9,7 @@ on run_sync (test_api_processing), a source that goes bad after upload (test_pip
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import http.client
@@ -639,6 +640,41 @@ def test_compressed_bodies_are_415_saying_so(client, settings, db_session, video
     resp = client.post(f"/api/v1/videos/{video_id}/run_sync", json={"force": True},
                        headers={"Content-Encoding": "identity"})
     assert resp.status_code == 202, resp.get_json()
+
+
+def test_json_bodies_not_in_utf8_say_to_send_utf8(client, db_session, video_id):
+    """RFC 8259: JSON between systems MUST be UTF-8. UTF-16 and UTF-32 (PowerShell 5's
+    Out-File, Notepad's "Unicode") were a 400 "not valid JSON (Bytes decoding error :
+    invalid start byte ...)", Latin-1 likewise: now a sentence naming the encoding and the
+    cure, and nothing starts. A UTF-8 byte order mark, which a parser MAY ignore, is."""
+    url = f"/api/v1/videos/{video_id}/run_sync"
+    options = '{"force": true, "language": "fr"}'
+    cure = "send it in UTF-8, as JSON between systems must be (RFC 8259)"
+    for encoding, name in (("utf-16", "UTF-16"), ("utf-16-le", "UTF-16 (little-endian)"),
+                           ("utf-16-be", "UTF-16 (big-endian)"), ("utf-32", "UTF-32")):
+        resp = client.post(url, data=options.encode(encoding),
+                           content_type="application/json")
+        assert assert_json_error(resp, 415)["message"] == (
+            f"the JSON body is encoded in {name}; {cure}"), encoding
+    resp = client.post(url, data='{"language": "fr", "x": "é"}'.encode("latin-1"),
+                       content_type="application/json")
+    assert assert_json_error(resp, 400)["message"] == (
+        "the JSON body is not UTF-8 text (byte 26 is not part of a UTF-8 character: another "
+        f"encoding, such as Latin-1?); {cure}")
+    db_session.expire_all()
+    assert db_session.query(ProcessingTask).count() == 0
+    bom = codecs.BOM_UTF8
+    resp = client.post(url, data=bom + b'{"forse": true}', content_type="application/json")
+    assert assert_json_error(resp, 422)["message"] == (
+        "JSON field `forse` is not an option this request takes")  # (read past the mark)
+    resp = client.post(url, data=bom + options.encode(), content_type="application/json")
+    assert resp.status_code == 202, resp.get_json()
+    # (and the API description says so, where it describes the body)
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    for mode in ("run_sync", "reprocess"):
+        post = paths[f"/api/v1/videos/{{video_id}}/{mode}"]["post"]
+        assert "in UTF-8 (RFC 8259" in post["requestBody"]["description"]
+        assert "UTF-16 or UTF-32" in post["responses"]["415"]["description"]
 
 
 def test_refused_arguments_are_named_in_the_message(client, video_id):

@@ -35,7 +35,8 @@ def has_body() -> bool:
 
 def json_or_no_body(view: Callable) -> Callable:
     """Options as a small JSON object or nothing: 415 for other bodies, 413 over 64 KiB,
-    400 for JSON nested so deeply that Python's parser would raise RecursionError (a 500)."""
+    415 or 400 for a body that is not UTF-8 (refuse_other_encodings), 400 for JSON nested
+    so deeply that Python's parser would raise RecursionError (a 500)."""
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
@@ -49,6 +50,7 @@ def json_or_no_body(view: Callable) -> Callable:
             data = request.get_data(cache=True)
             if len(data) >= MAX_JSON_BYTES and _more_follows():
                 raise RequestEntityTooLarge()
+            refuse_other_encodings(data)
             try:
                 json.loads(data)
             except RecursionError:
@@ -58,6 +60,31 @@ def json_or_no_body(view: Callable) -> Callable:
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def refuse_other_encodings(data: bytes) -> None:
+    """415 for a JSON body in UTF-16 or UTF-32 (what PowerShell 5's Out-File and Notepad's
+    "Unicode" write), 400 for one that is not UTF-8 text at all (Latin-1, say), each saying
+    to send UTF-8; a UTF-8 byte order mark passes (OptionsParser drops it).
+
+    RFC 8259 (8.1): JSON exchanged between systems MUST be UTF-8, and a parser MAY ignore
+    a byte order mark. Either was a 400 "not valid JSON (Bytes decoding error : invalid
+    start byte ...)" that named neither the encoding nor the cure; UTF-16 without a byte
+    order mark was "Expecting property name enclosed in double quotes". UTF-16/32 are
+    recognised as RFC 4627 (3) did, by the byte order mark or the zero bytes of the first
+    two characters (Python's json.detect_encoding)."""
+    encoding = json.detect_encoding(data)
+    if encoding.startswith(("utf-16", "utf-32")):
+        name = encoding.upper().replace("-BE", " (big-endian)").replace("-LE",
+                                                                        " (little-endian)")
+        abort(415, message=f"the JSON body is encoded in {name}; send it in UTF-8, as JSON "
+                           "between systems must be (RFC 8259)")
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        abort(400, message=f"the JSON body is not UTF-8 text (byte {exc.start + 1} is not "
+                           "part of a UTF-8 character: another encoding, such as Latin-1?); "
+                           "send it in UTF-8, as JSON between systems must be (RFC 8259)")
 
 
 def _more_follows() -> bool:

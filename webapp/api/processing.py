@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
+
 from flask import Response, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
 
 from webapp import extensions as ext
 from webapp.api.guards import (
@@ -24,7 +28,25 @@ from webapp.api.videos import find_video
 from webapp.fastpoll import validators
 from webapp.services import processing, progress
 
-blp = Blueprint("processing", __name__, description="Run the pipeline and follow its progress")
+
+class _OptionsParser(FlaskParser):
+    """webargs' parser, but for a UTF-8 byte order mark ahead of a JSON body, which RFC 8259
+    (8.1) lets a parser ignore and Windows tools write (PowerShell's `-Encoding UTF8`, older
+    Notepad): webargs decodes the body as plain UTF-8, and Python's json refuses the mark
+    ("Unexpected UTF-8 BOM"). Other encodings are refused before (refuse_other_encodings)."""
+
+    def _raw_load_json(self, req):
+        if not is_json_request(req):
+            return core.missing
+        return core.parse_json(req.get_data(cache=True).removeprefix(codecs.BOM_UTF8))
+
+
+class _Blueprint(Blueprint):
+    ARGUMENTS_PARSER = _OptionsParser()
+
+
+blp = _Blueprint("processing", __name__,
+                 description="Run the pipeline and follow its progress")
 # Routes taking an id have merge_slashes=False: werkzeug would answer an id like `..%2F`
 # (so `/videos/..//panel`) with a 308 to a merged path instead of a plain 404.
 
@@ -33,6 +55,9 @@ _FORCE_QUERY, _FORCE_BODY = ForceQuerySchema(), ForceBodySchema()
 # A trigger changes state: a misspelt option (`?forse=true`) must not start a run without
 # it. 422 naming it, as an unknown field of the JSON body is (webargs excludes unknown query
 # parameters unless told otherwise).
+
+_BODY = ("Options as a JSON object, in UTF-8 (RFC 8259; a byte order mark ahead of it is "
+         "ignored, UTF-16 and UTF-32 are refused with 415); or no body at all")
 
 _MESSAGES = {
     "run_sync": "processing started; steps whose outputs already exist are kept",
@@ -86,11 +111,13 @@ def _trigger_docs(view):
         view = blp.alt_response({"NOT_FOUND": 404, "CONFLICT": 409,
                                  "SERVICE_UNAVAILABLE": 503}[code], response=code)(view)
     # 422 (a bad option, or a language the model does not know) comes with @blp.arguments.
-    view = error_response(blp, 400, "The body is not valid JSON, or nested too deeply")(view)
+    view = error_response(blp, 400, "The body is not valid JSON, not UTF-8 text, or nested "
+                                    "too deeply")(view)
     view = error_response(blp, 413, "A body over 64 KiB")(view)
     view = error_response(blp, 507, DISK_FULL_507)(view)
-    view = error_response(blp, 415, "A body that is not JSON (a form, text, ...), or is "
-                                    "compressed (Content-Encoding)")(view)
+    view = error_response(blp, 415, "A body that is not JSON (a form, text, ...), is "
+                                    "compressed (Content-Encoding), or is JSON in UTF-16 or "
+                                    "UTF-32 (send UTF-8, RFC 8259)")(view)
     return error_response(blp, 412, _IF_MATCH_412)(view)
 
 
@@ -98,7 +125,7 @@ def _trigger_docs(view):
 class RunSync(MethodView):
     @json_or_no_body
     @blp.arguments(_FORCE_QUERY, location="query", unknown=RAISE)
-    @blp.arguments(_FORCE_BODY, location="json", required=False)
+    @blp.arguments(_FORCE_BODY, location="json", required=False, description=_BODY)
     @blp.response(202, AsyncTaskSchema, headers=_LOCATION)
     @_trigger_docs
     @blp.doc(operationId="runSync")
@@ -129,7 +156,7 @@ class Progress(MethodView):
 
     @json_or_no_body
     @blp.arguments(_FORCE_QUERY, location="query", unknown=RAISE)
-    @blp.arguments(_FORCE_BODY, location="json", required=False)
+    @blp.arguments(_FORCE_BODY, location="json", required=False, description=_BODY)
     @blp.response(202, AsyncTaskSchema, headers=_LOCATION)
     @_trigger_docs
     @blp.doc(operationId="reprocess")
