@@ -346,3 +346,21 @@ def make_commentary_first(dst: Path, duration: float = 3.0) -> Path:
             "-pix_fmt", "yuv420p", "-c:a", "aac", "-disposition:a:0", "comment",
             "-disposition:a:1", "default", str(dst))
     return dst
+
+
+def make_with_subtitles(dst: Path, duration: float = 1.0, cue_end: float = 3.0) -> Path:
+    """A test pattern and a tone lasting `duration` with a subtitle track (mov_text in .mp4,
+    SubRip in .mkv) whose last cue ends at `cue_end`: closing credits' last line, or a
+    rip's subtitles timed to a longer cut, outlasting the sound and picture."""
+    cues = dst.with_name(f"{dst.stem}.srt")
+    end = f"00:00:{int(cue_end):02d},{round(cue_end % 1 * 1000):03d}"
+    cues.write_text(f"1\n00:00:00,100 --> {end}\nThe end\n", encoding="utf-8")
+    try:
+        _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=25:duration={duration}",
+                "-f", "lavfi", "-i", f"sine=sample_rate=48000:duration={duration}",
+                "-i", str(cues), "-map", "0", "-map", "1", "-map", "2", "-c:v", "libx264",
+                "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                "-c:s", "mov_text" if dst.suffix == ".mp4" else "srt", str(dst))
+    finally:
+        cues.unlink(missing_ok=True)
+    return dst

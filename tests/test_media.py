@@ -1017,6 +1017,26 @@ def test_storyboard_of_a_picture_that_starts_after_the_sound(tmp_path: Path,
         assert abs(tile_brightness(sprite, board, i) - seen(64 + 20 * shown)) <= 4, i
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_subtitles_that_outlast_the_sound_and_picture_do_not_lengthen_the_video(
+        tmp_path: Path, suffix: str) -> None:
+    """A subtitle cue ending 2 s after the picture and sound: the file is stated to last
+    3 s (its subtitles'), and the storyboard and the preview failed as "the video ends
+    before 1.0 s of 3.0 s (the file is cut short or damaged)". It lasts its 1 s of sound
+    and picture, and both are made."""
+    src = mediagen.make_with_subtitles(tmp_path / f"subtitled{suffix}", 1.0, cue_end=3.0)
+    assert float(ffmpeg.probe(str(src))["format"]["duration"]) == pytest.approx(3.0, abs=0.05)
+    info = probe(src)
+    assert info.duration == pytest.approx(1.0, abs=0.05)
+    assert (info.has_video, info.has_audio) == (True, True)
+    board = make_storyboard(src, tmp_path / "s.jpg", tmp_path / "s.vtt", info.duration,
+                            160, 120, format_name=info.format_name)
+    check_storyboard(board, tmp_path / "s.jpg", tmp_path / "s.vtt", info.duration)
+    dst = tmp_path / "preview.mp4"
+    transcode_preview(src, dst, info.duration, format_name=info.format_name)
+    assert float(streams(dst)["video"]["duration"]) == pytest.approx(1.0, abs=0.05)
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".ts"])
 def test_storyboard_reads_the_stream_facts_with_one_ffprobe(tmp_path: Path, suffix: str,
                                                              monkeypatch: pytest.MonkeyPatch

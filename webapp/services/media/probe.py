@@ -169,8 +169,14 @@ def _duration(fmt: dict[str, Any], streams: list[dict[str, Any]]) -> float | Non
     (preview, audio) lasts, as ffmpeg times them from the file's start."""
     duration = number(fmt.get("duration"), float)
     start = number(fmt.get("start_time"), float)
-    if (duration is not None and start is not None and start > 0
-            and mediainput.demuxer(str(fmt.get("format_name", ""))) in _ENDS_FROM_ZERO):
+    ends_from_zero = mediainput.demuxer(str(fmt.get("format_name", ""))) in _ENDS_FROM_ZERO
+    end = _sound_and_picture_end(streams) if ends_from_zero else None
+    if duration is not None and end is not None and end < duration:
+        # A subtitle track that outlasts the sound and picture (closing credits' last cue,
+        # a rip's subtitles timed to a longer cut): stated at its end, the file got
+        # "the video ends before 4.0 s of 9.0 s" from the storyboard and the preview.
+        duration = end
+    if duration is not None and start is not None and start > 0 and ends_from_zero:
         # A clip cut from a longer recording or a stream, keeping its timestamps: stated at
         # its end's time, such a file got "the file ends at 3.0 s of 5.0 s" at upload
         # (Matroska, WebM, ASF) or failed its preview as cut short (MP4, MOV).
@@ -179,6 +185,32 @@ def _duration(fmt: dict[str, Any], streams: list[dict[str, Any]]) -> float | Non
         known = [number(s.get("duration"), float) for s in streams]
         duration = max((d for d in known if d is not None), default=None)
     return duration if duration is not None and duration > 0 else None
+
+
+def _sound_and_picture_end(streams: list[dict[str, Any]]) -> float | None:
+    """Where the last audio or video stream ends on the file's clock from 0 (as MP4,
+    Matroska and ASF state the file's duration), when the file also has streams of other
+    kinds (subtitles, data) and every audio and video stream states its end; else None.
+
+    Matroska's DURATION tag is where the track ends, offset included; MP4's stream duration
+    is the track's own length, after its start. Cover art states no end and is left out."""
+    if all(s.get("codec_type") in ("audio", "video") for s in streams):
+        return None
+    ends = []
+    for stream in streams:
+        if (stream.get("codec_type") not in ("audio", "video")
+                or stream.get("disposition", {}).get("attached_pic") == 1):
+            continue
+        tagged = _clock_seconds(stream.get("tags", {}).get("DURATION"))
+        length = number(stream.get("duration"), float)
+        begins = number(stream.get("start_time"), float) or 0.0
+        if tagged:
+            ends.append(tagged)
+        elif length:
+            ends.append(begins + length)
+        else:
+            return None  # (one of them states no end: the file's own duration stands)
+    return max(ends, default=None)
 
 
 def _frame_rate(stream: dict[str, Any]) -> float | None:
