@@ -115,9 +115,11 @@ def transcode_preview(
         options.update(SDR_TAGS)
     with failing_as("The preview could not be encoded"), atomic_output(dst) as tmp:
         source = ffmpeg_input(src, format_name)
-        # Height capped and kept even (yuv420p needs even sizes); width follows the
-        # displayed aspect, in square pixels (a non-square pixel aspect, as in anamorphic
-        # DVD/HDV, is not honoured by every player), so the picture is that of the poster.
+        # Height capped and kept even (yuv420p needs even sizes), 2 at least (a 1-pixel
+        # high video, a tracking pixel or a test, came out 0 high: "ffmpeg stopped with an
+        # error"); width follows the displayed aspect, in square pixels (a non-square pixel
+        # aspect, as in anamorphic DVD/HDV, is not honoured by every player), so the
+        # picture is that of the poster.
         video = source[streams.video_spec]
         if streams.interlaced:
             video = deinterlaced(video)
@@ -127,7 +129,7 @@ def transcode_preview(
             options["r"] = PREVIEW_MAX_FRAME_RATE
         video = (video
                  .filter("scale", "max(2,2*round(oh*dar/2))",
-                         f"trunc(min(ih,{max_height})/2)*2")
+                         f"max(2,trunc(min(ih,{max_height})/2)*2)")
                  .filter("setsar", 1))
         if hdr:  # (at the preview's size, from the source's 10 bits)
             video = to_sdr(video, hdr)
