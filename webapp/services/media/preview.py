@@ -54,6 +54,11 @@ def _copyable(stream: dict[str, Any]) -> bool:
             and bit_rate is not None and 0 < bit_rate <= AUDIO_COPY_MAX_BITRATE)
 
 
+# The widest the preview is (pixels): what a 1080p screen shows, and within what phones'
+# H.264 decoders take (4096 wide at most, for many 1920). Only a picture over 4:1 (a
+# banner, a panorama: 4000x200 was previewed 4000 wide) is this wide at 480 lines.
+PREVIEW_MAX_WIDTH = 1920
+
 # The most frames a second the preview shows: what common screens show, and within H.264
 # level 3.1 at 854x480. Slow-motion phone video (120, 240 fps) would keep them all.
 PREVIEW_MAX_FRAME_RATE = 60
@@ -119,7 +124,8 @@ def transcode_preview(
         # high video, a tracking pixel or a test, came out 0 high: "ffmpeg stopped with an
         # error"); width follows the displayed aspect, in square pixels (a non-square pixel
         # aspect, as in anamorphic DVD/HDV, is not honoured by every player), so the
-        # picture is that of the poster.
+        # picture is that of the poster. The height is lowered further for a picture wider
+        # than PREVIEW_MAX_WIDTH at it (a banner or panorama over 4:1).
         video = source[streams.video_spec]
         if streams.interlaced:
             video = deinterlaced(video)
@@ -129,7 +135,7 @@ def transcode_preview(
             options["r"] = PREVIEW_MAX_FRAME_RATE
         video = (video
                  .filter("scale", "max(2,2*round(oh*dar/2))",
-                         f"max(2,trunc(min(ih,{max_height})/2)*2)")
+                         f"max(2,trunc(min(ih,min({max_height},{PREVIEW_MAX_WIDTH}/dar))/2)*2)")
                  .filter("setsar", 1))
         if hdr:  # (at the preview's size, from the source's 10 bits)
             video = to_sdr(video, hdr)
