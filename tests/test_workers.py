@@ -19,7 +19,6 @@ from rq.job import Job
 from tests import mediagen, procs
 from tests.conftest import PROJECT_ROOT, start_worker, stop_worker
 from tests.helpers import progress_of, subtasks, upload_ok, wait_for
-from webapp.config import PROJECT_ROOT
 from webapp.services import queue
 
 pytestmark = pytest.mark.e2e
