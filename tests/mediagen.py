@@ -364,3 +364,16 @@ def make_with_subtitles(dst: Path, duration: float = 1.0, cue_end: float = 3.0) 
     finally:
         cues.unlink(missing_ok=True)
     return dst
+
+
+def make_clock_jump(dst: Path, duration: float = 2.0, jump: float = 60.0) -> Path:
+    """An MPEG-TS (H.264/AAC) of a test pattern and a tone whose timestamps jump `jump`
+    seconds forward halfway (a recorder's clock reset, HLS segments joined across a
+    discontinuity); written in one go, so its continuity counters run on unbroken."""
+    shift = f"PTS+if(gte(T,{duration / 2}),{jump}/TB,0)"
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=25:duration={duration}",
+            "-f", "lavfi", "-i", f"sine=sample_rate=48000:duration={duration}",
+            "-vf", f"setpts='{shift}'", "-af", f"asetpts='{shift}'", "-fps_mode", "passthrough",
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+            str(dst))
+    return dst

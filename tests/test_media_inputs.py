@@ -366,6 +366,24 @@ def test_sources_are_stored_with_the_suffix_of_their_probed_format(client, setti
         assert [p.name for p in folder.iterdir()] == [stored], (made, sent)
 
 
+def test_an_mpeg_ts_whose_clock_jumps_lasts_as_long_as_its_data(client, settings, tmp_path):
+    """A TS whose timestamps jump 60 s forward halfway (a recorder's clock reset, HLS
+    segments joined across a discontinuity) is stated to last 62 s; ffmpeg reads it as
+    its 2 s, closing the jump up, so every step failed as "the input ends at 2.0 s of
+    62.0 s". It is recorded at 2 s, and its audio and preview are made."""
+    src = mediagen.make_clock_jump(tmp_path / "jump.ts", duration=2.0, jump=60.0)
+    stated = mediainput.ffprobe(src, "-show_entries", "format=duration")["format"]
+    assert float(stated["duration"]) == pytest.approx(62.0, abs=0.2)
+    body = upload_ok(client, src, "recording.ts")
+    assert body["duration"] == pytest.approx(2.0, abs=0.1)
+    source = next((settings.media_root / "videos" / body["id"]).glob("source.*"))
+    extract_audio(source, tmp_path / "audio.wav", body["duration"], format_name="mpegts")
+    preview = tmp_path / "preview.mp4"
+    transcode_preview(source, preview, body["duration"], format_name="mpegts")
+    made = mediainput.ffprobe(preview, "-show_entries", "format=duration")["format"]
+    assert float(made["duration"]) == pytest.approx(2.0, abs=0.1)
+
+
 # --- processing what an older version stored -------------------------------------------------
 
 

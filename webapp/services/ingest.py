@@ -100,6 +100,9 @@ def _whole_media(path: Path, deadline: Deadline) -> ProbeResult:
     cut = integrity.find_cut(path, info.format_name, info.duration, deadline)
     if cut is not None:
         raise InvalidMedia(f"{cut}; upload it again")
+    read = integrity.length_across_jumps(path, info.format_name, info.duration, deadline)
+    if read is not None:  # (MPEG-TS/PS whose timestamps jump: the length ffmpeg reads)
+        info = dataclasses.replace(info, duration=read)
     return info
 
 

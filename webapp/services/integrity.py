@@ -205,6 +205,68 @@ def measure_length(path: Path, format_name: str, deadline: Deadline | None = Non
     return round(last / 1_000_000, 3) if last else None
 
 
+# Demuxers whose timestamps may jump (a recorder's clock reset, HLS segments joined across
+# a discontinuity, a broadcast splice): ffmpeg closes such a jump up when it reads the file
+# (these formats are flagged AVFMT_TS_DISCONT), but ffprobe states the duration from the
+# first to the last timestamp, jump included.
+_TIMESTAMPS_MAY_JUMP = frozenset({"mpegts", "mpeg"})
+# Packets read from the start to tell how many bytes a second of the file takes.
+_RATE_PACKETS = 500
+# A stated duration this many times what the file's size and early data rate allow is a
+# jump, not a variable bit rate.
+_JUMP_FACTOR = 3
+
+
+def length_across_jumps(path: Path, format_name: str, duration: float | None,
+                        deadline: Deadline | None = None) -> float | None:
+    """How long an MPEG-TS/PS file lasts as ffmpeg reads it, when its timestamps jump so
+    far that the stated duration is at least _JUMP_FACTOR times what its size allows at
+    the data rate of its first packets; None otherwise, or when it cannot be told in half
+    the time left (the stated duration then stands).
+
+    A 4 s TS whose clock jumps 60 s forward was stated as 64 s (one jumping back from
+    101 s to 6 s as 26 hours), and every step failed as "the input ends at 4.0 s of
+    64.0 s". Only such files are read through (measure_length): a whole TS takes a
+    second per 300 MB or so.
+    """
+    if not duration or mediainput.demuxer(format_name) not in _TIMESTAMPS_MAY_JUMP:
+        return None
+    deadline = deadline or Deadline(None)
+    rate = _early_rate(path, format_name, deadline)
+    if not rate or path.stat().st_size / rate * _JUMP_FACTOR > duration:
+        return None
+    left = deadline.left()
+    measured = measure_length(path, format_name, Deadline(None if left is None else left / 2))
+    if measured and _short(measured, duration):
+        return measured
+    return None
+
+
+def _early_rate(path: Path, format_name: str, deadline: Deadline) -> float | None:
+    """Bytes a second in the file's first packets: their sizes over the longest time one
+    stream's packets cover (their durations summed, so a jump among them counts no time)."""
+    args = ["ffprobe", "-v", "error", "-of", "compact", "-read_intervals",
+            f"%+#{_RATE_PACKETS}", "-show_entries", "packet=stream_index,size,duration_time",
+            *mediainput.input_args(path, format_name)]
+    timeout = deadline.left()
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                              errors="replace")
+    except OSError:
+        return None
+    except subprocess.TimeoutExpired:
+        raise mediainput.ProbeTimeout(f"ffprobe took longer than {timeout:g} s") from None
+    size, covered = 0, {}
+    for line in done.stdout.splitlines():
+        fields = dict(part.partition("=")[::2] for part in line.split("|")[1:])
+        size += int(fields.get("size") or 0) if (fields.get("size") or "").isdigit() else 0
+        stream = fields.get("stream_index")
+        covered[stream] = covered.get(stream, 0.0) + (
+            _seconds(fields.get("duration_time")) or 0.0)
+    seconds = max(covered.values(), default=0.0)
+    return size / seconds if seconds > 0 and size > 0 else None
+
+
 def _seconds(value: str | None) -> float | None:
     try:
         return float(value) if value not in (None, "", "N/A") else None
