@@ -42,7 +42,8 @@ from webapp.services import progress, queue
 from webapp.services import webhooks as service_webhooks
 from webapp.services.queue import connect
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jobs.reconciler")  # run as __main__ (`python -m`): named all the same
+OUTAGE_REMINDER_SECONDS = 60.0  # how often it says again that Redis does not answer
 LOCK_KEY = "vidpipe:reconciler:{queue}"
 # A task younger than this may still be between its commit and its enqueue: longer than a
 # trigger's enqueue can take against a slow Redis (2 s to connect + 10 s socket timeout).
@@ -151,14 +152,31 @@ def _was_superseded(job: Job, status: JobStatus) -> bool:
 
 def run_forever(settings: Settings, connection: Redis, interval: float,
                 alive: Callable[[], bool] = lambda: True) -> None:
-    """Reconcile every `interval` seconds while alive(); never dies on an error."""
+    """Reconcile every `interval` seconds while alive(); never dies on an error.
+
+    Redis not answering is said when it starts, then once a minute, and its end too: a
+    line at every pass (every 5 s, beside each worker) buried the log during an outage,
+    and nothing said when it was over."""
+    down_since: float | None = None
+    said_at = 0.0
     while alive():
         try:
             acted = reconcile(settings, connection)
+            if down_since is not None:
+                log.info("reconciler: Redis answers again (after %.0f s)",
+                         time.monotonic() - down_since)
+                down_since = None
             if acted:
                 log.info("reconciler acted on %d step(s)", acted)
         except RedisError as exc:
-            log.warning("reconciler: Redis unavailable (%s)", exc)
+            now = time.monotonic()
+            if down_since is None:
+                down_since = said_at = now
+                log.warning("reconciler: Redis unavailable (%s)", exc)
+            elif now - said_at >= OUTAGE_REMINDER_SECONDS:
+                said_at = now
+                log.warning("reconciler: Redis still unavailable after %.0f s (%s)",
+                            now - down_since, exc)
         except SQLAlchemyError as exc:  # an outage, not a bug: one line, not a traceback
             log.warning("reconciler: database unavailable (%s)",
                         " ".join(str(getattr(exc, "orig", None) or exc).split())[:200])

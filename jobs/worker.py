@@ -25,6 +25,40 @@ from webapp.services.queue import connect, unreachable
 
 # vidpipe's own lines (RQ's "rq.worker" logger is at WARNING: webapp.config.rq_log_level)
 log = logging.getLogger("jobs.worker")
+# How often a worker waiting for Redis says so again.
+OUTAGE_REMINDER_SECONDS = 60.0
+
+
+class OutageLines(logging.Filter):
+    """RQ's "could not connect to Redis instance: … retrying in 2 seconds..." (an ERROR from
+    its main loop, and another from its command thread, every 2 to 5 seconds each): one
+    warning when Redis stops answering, then one a minute while it lasts, saying how many
+    were left out. A ten-minute outage wrote some 500 error lines per worker, burying
+    everything else; the reconciler beside the worker says when Redis answers again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said_at: float | None = None
+        self.left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "could not connect to Redis instance" not in str(record.msg):
+            return True
+        now = time.monotonic()
+        if self.said_at is not None and now - self.said_at < OUTAGE_REMINDER_SECONDS:
+            self.left_out += 1
+            return False
+        cause = record.args[1] if isinstance(record.args, tuple) and len(record.args) > 1 else ""
+        record.msg = "the job queue (Redis) does not answer (%s); trying again every few seconds%s"
+        record.args = (" ".join(str(cause).split()),
+                       f" ({self.left_out} more such errors in the last minute)"
+                       if self.left_out else "")
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        self.said_at, self.left_out = now, 0
+        return True
+
+
+OUTAGE_LINES = OutageLines()
 
 
 class VidpipeWorker(Worker):
@@ -45,6 +79,9 @@ class VidpipeWorker(Worker):
         self.heartbeat_grace = heartbeat_grace
         self.after_job = after_job
         self.stopped_by: str | None = None  # the signal that stopped the worker mid-step
+        self.stopping = False  # told to stop (SIGTERM, SIGINT)
+        if OUTAGE_LINES not in self.log.filters:
+            self.log.addFilter(OUTAGE_LINES)
         self.token_refused = False  # the web app refused WORKER_TOKEN: stopped, exit 1
 
     def request_stop(self, signum, frame) -> None:
@@ -59,6 +96,7 @@ class VidpipeWorker(Worker):
         once; `handle_work_horse_killed` records the step as waiting again and RQ puts its
         job back in the queue, where the next worker takes it up."""
         horse = self.horse_pid
+        self.stopping = True
         if horse:
             self.stopped_by = signal.Signals(signum).name
             self.log.addFilter(self._no_unexpected_death)
@@ -287,6 +325,10 @@ def _work_through_outages(worker: VidpipeWorker, settings: Settings,
             worker.work(burst=burst, logging_level=rq_log_level())
             return worker
         except RedisConnectionError as exc:
+            if worker.stopping:  # its goodbye to Redis failed: it stops all the same
+                log.info("stopped without unregistering from the job queue (Redis does not "
+                         "answer: %s)", exc)
+                return worker
             if burst or worker.birth_date is None:
                 raise
             log.warning("lost the job queue (Redis): %s; working again once it answers", exc)

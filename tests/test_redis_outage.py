@@ -154,6 +154,36 @@ def test_with_redis_down_the_service_degrades_honestly_and_recovers(
     assert state["progress"] == 100
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # about Redis only
+def test_a_worker_says_an_outage_once_and_its_end_and_stops_during_one_when_told(
+        outage_app, redis_server, worker_proc):
+    """A worker waiting out a Redis outage wrote two error lines every 2 to 5 seconds (RQ's
+    main loop and its command thread) and its reconciler one every pass: ~500 lines per
+    worker in ten minutes, and nothing said when it ended. And Ctrl-C during the outage
+    left it waiting for Redis (its goodbye to Redis failed, taken for a new outage) until
+    honcho's SIGKILL 5 s later."""
+    worker = worker_proc()
+    log = Path(worker.log_path)
+    wait_for(lambda: "Listening on" in log.read_text(), timeout=60, what="the worker up")
+    redis_server.stop()
+    wait_for(lambda: "the job queue (Redis) does not answer (" in log.read_text(),
+             timeout=15, what="the worker saying Redis does not answer")
+    time.sleep(4.5)  # a 2-5 s retry, twice over, and the reconciler's 1 s passes
+    said = log.read_text()
+    assert said.count("does not answer") == 1, said[-3000:]
+    assert said.count("could not connect to Redis") == 0, said[-3000:]
+    assert said.count("reconciler: Redis unavailable") == 1, said[-3000:]
+    redis_server.start()
+    wait_for(lambda: "reconciler: Redis answers again (after " in log.read_text(),
+             timeout=15, what="the reconciler saying Redis answers again")
+    redis_server.stop()
+    wait_for(lambda: log.read_text().count("reconciler: Redis unavailable") == 2, timeout=15,
+             what="the reconciler seeing the second outage")
+    os.killpg(worker.pid, signal.SIGTERM)  # Ctrl-C of `make run`: honcho's SIGTERM
+    assert worker.wait(5) == 0, log.read_text()[-3000:]
+    assert "stopped without unregistering from the job queue" in log.read_text()
+
+
 def test_jobs_forgotten_by_a_restarted_redis_are_enqueued_again(
         outage_app, redis_server, clip, worker_proc):
     client = outage_app.test_client()
