@@ -226,6 +226,25 @@ def test_the_web_worker_and_migrate_stop_at_a_bad_database_url(url, says):
         assert ":pw@" not in said
 
 
+def test_a_redis_url_that_cannot_work_stops_start_up_with_a_sentence():
+    """REDIS_URL without its scheme (or another's): the web process and the worker stopped
+    with redis-py's ValueError and a traceback."""
+    says = ("REDIS_URL must be a Redis URL such as redis://127.0.0.1:6379/0 (redis://:PASSWORD"
+            "@host:port/db with a password, rediss:// over TLS, unix:///path/to/redis.sock): ")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(redis_url="http://:pw@127.0.0.1:6379/0").validate()
+    assert str(caught.value) == (says + "Redis URL must specify one of the following schemes "
+                                 "(redis://, rediss://, unix://); got 'http://:***@127.0.0.1:"
+                                 "6379/0'.")
+    for url in ("redis://127.0.0.1:6379/0", "rediss://:pw@h:6380/1", "unix:///run/redis.sock"):
+        Settings.from_env(redis_url=url).validate()
+    done = subprocess.run([sys.executable, "-m", "jobs.worker", "--burst"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "REDIS_URL": "127.0.0.1:6379"})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"vidpipe: {says}" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def test_migrate_says_which_database_does_not_answer():
     url = f"postgresql+psycopg://vidpipe:pw@127.0.0.1:{_free_port()}/vidpipe"
     done = subprocess.run([str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],

@@ -155,6 +155,20 @@ def check_database_url(url: str) -> None:
                           f"installs; got {shown!r}.") from None
 
 
+def check_redis_url(url: str) -> None:
+    """ConfigError unless redis-py can use `url`: a typo (`127.0.0.1:6379`, `http://…`)
+    stopped the web process and the workers with redis-py's traceback."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        shown = shown_database_url(url)  # without its password, the same way
+        raise ConfigError(f"REDIS_URL must be a Redis URL such as redis://127.0.0.1:6379/0 "
+                          f"(redis://:PASSWORD@host:port/db with a password, rediss:// over "
+                          f"TLS, unix:///path/to/redis.sock): {exc}; got {shown!r}.") from None
+
+
 def _weights_from_env() -> dict[str, float]:
     return {step: number_env(f"WEIGHT_{step.upper()}", DEFAULT_WEIGHTS[step], float,
                              positive=True)
@@ -290,6 +304,7 @@ class Settings:
         from webapp.services import whisper_models
 
         check_database_url(self.database_url)
+        check_redis_url(self.redis_url)
         try:
             whisper_models.model_dir(self.whisper_model)
         except whisper_models.ModelError as exc:
