@@ -9,7 +9,9 @@ import sys, urllib.parse as u
 p = u.urlparse(sys.argv[1])
 host = p.hostname or "127.0.0.1"
 netloc = (f"[{host}]" if ":" in host else host) + (f":{p.port}" if p.port else "")
-print(host, p.port or 6379, u.urlunparse((p.scheme, netloc, p.path, "", "", "")))' "$url")
+shown = u.urlunparse((p.scheme, netloc, p.path, "", "", ""))
+shown = "unix://" + p.path if p.scheme == "unix" else shown  # unix:///path/to/redis.sock
+print(host, p.port or 6379, shown)' "$url")
 
 # 0: it answers; 1: nothing answers; 2: a Redis answers but refuses (a password missing or
 # wrong, ...); 3: something else answers on that port. Both print what was said. Starting
@@ -39,6 +41,13 @@ case "$status" in
   3) echo "something answers at $shown, but not as Redis does ($said): is REDIS_URL's" \
           "port the Redis one?" >&2
      exit 1 ;;
+esac
+# A socket file or TLS: a plain redis-server on host:port would not be what REDIS_URL names
+# (the script waited for it in vain; over TLS it hung, the plain Redis left running).
+case "$url" in
+  redis://*) ;;
+  *) echo "no Redis answers at $shown, and \`make redis\` starts only a plain local one" \
+          "(redis://127.0.0.1:PORT/DB): start that Redis yourself" >&2; exit 1 ;;
 esac
 case "$host" in
   127.0.0.1|localhost|::1) ;;

@@ -460,6 +460,24 @@ def test_make_redis_starts_a_local_redis_with_the_credentials_of_redis_url(user)
                 Redis.from_url(stop, retry=Retry(NoBackoff(), 0)).shutdown(nosave=True)
 
 
+def test_make_redis_does_not_start_a_plain_redis_for_a_socket_or_tls_url(tmp_path):
+    """REDIS_URL=unix://… or rediss://… with nothing answering: ensure-redis.sh started a plain
+    redis-server on 127.0.0.1 (6379, or the URL's port) and waited for it in vain ("did not come
+    up" after half a minute; over TLS it hung, and left that Redis running)."""
+    port = redis_port()
+    for url in (f"unix://{tmp_path}/redis.sock", f"rediss://:a-password@127.0.0.1:{port}/0"):
+        started = time.monotonic()
+        done = subprocess.run(["scripts/ensure-redis.sh"], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=60, check=False,
+                              env={**os.environ, "REDIS_URL": url, "PYTHON": sys.executable})
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert time.monotonic() - started < 10
+        assert "`make redis` starts only a plain local one" in done.stderr, done.stderr
+        assert "starting redis-server" not in done.stdout and "a-password" not in done.stderr
+    with pytest.raises(ConnectionRefusedError):  # no redis-server left on that port
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
 def test_make_redis_says_a_redis_with_a_password_refuses_rather_than_starting_another(
         tmp_path):
     """scripts/ensure-redis.sh (`make run`, `make redis`) took a Redis that refused REDIS_URL's
