@@ -245,10 +245,12 @@ def run_step(task_id: str, step: str, work: Work) -> str:
             if settings.server_url else None)
     out = away.out if away else storage.folder_path(video.id, folder)
     discard = away.discard if away else lambda: storage.remove_folder(video.id, folder)
-    out.mkdir(parents=True, exist_ok=True)
     published = False
     with watch, ffrun.stopping(watch.stop):
         try:
+            # Inside: the attempt has started, so a failure here (a disk too full for a
+            # folder) must be recorded too, or the step stays running with nobody on it.
+            out.mkdir(parents=True, exist_ok=True)
             if away:
                 source, inputs = away.prepare(video, step, started.published)
             else:

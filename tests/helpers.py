@@ -203,16 +203,18 @@ def small_disks(run: str) -> list[str]:
 
 
 @contextmanager
-def small_disk(path: Path, size: int) -> Iterator[Path]:
+def small_disk(path: Path, size: int, inodes: int | None = None) -> Iterator[Path]:
     """A disk of `size` bytes (a tmpfs) on `path`, for a disk that fills up; unmounted
     however the test ends. Mounted in the host's mount namespace, where processes the test
-    started before (a web server) see it too."""
+    started before (a web server) see it too. `inodes`: at most this many files and folders
+    (a full disk where even a new folder fails, as on ext4; a tmpfs's folders take no
+    space)."""
     path.mkdir(parents=True, exist_ok=True)
     from tests.conftest import RUN_MARK
 
     source = f"{SMALL_DISK}-{os.environ.get(RUN_MARK, 'none')}"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", source, str(path)],
-                   check=True)
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, source, str(path)], check=True)
     try:
         yield path
     finally:

@@ -31,7 +31,7 @@ from bs4 import BeautifulSoup
 from werkzeug.serving import make_server
 
 from tests import mediagen
-from tests.conftest import run_worker
+from tests.conftest import run_worker, start_worker, stop_worker
 from tests.helpers import (
     assert_json_error,
     progress_of,
@@ -39,6 +39,7 @@ from tests.helpers import (
     small_disk,
     upload,
     upload_ok,
+    wait_for,
 )
 from webapp import create_app
 from webapp.config import Settings
@@ -870,6 +871,40 @@ def test_a_transcript_that_finds_the_disk_full_fails_in_a_sentence_and_keeps_the
         assert not (media / "videos" / vid / "runs" / task_id).exists() or not any(
             (media / "videos" / vid / "runs" / task_id).rglob("*.*"))
         filler.unlink()
+
+
+def test_a_disk_too_full_for_a_steps_folder_fails_the_step_in_a_sentence(client, settings,
+                                                                         clip):
+    """MEDIA_ROOT so full that not even a folder can be made (ext4 at 100 %; here a tmpfs out
+    of inodes): each step's first write, its attempt folder, was outside the step's error
+    handling. The step stayed `running` with nobody on it, was tried three times, each
+    with a traceback, until the reconciler failed it "without recording a result". Now
+    each step fails at once saying the disk is full, and the run ends failed."""
+    with small_disk(settings.media_root, 4 * 1024 * 1024, inodes=64) as media:
+        vid = upload_ok(client, clip)["id"]
+        worker = start_worker()  # started before the disk fills: its start-up check writes
+        try:
+            wait_for(lambda: "Listening on" in Path(worker.log_path).read_text(), timeout=30,
+                     what="the worker listening")
+            fillers = []
+            with contextlib.suppress(OSError):
+                while True:
+                    fillers.append(media / f"filler-{len(fillers)}")
+                    fillers[-1].touch()
+            task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+            state = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
+                             ("queued", "running") and s, timeout=60, what="the run ending")
+        finally:
+            stop_worker(worker)
+        steps = {s["name"]: s for s in state["subtasks"]}
+        assert (state["task_id"], state["status"]) == (task_id, "failed"), state
+        saved = {"extract_audio": "The audio", "thumbnails": "The poster and storyboard",
+                 "transcode": "The preview"}
+        for name, what in saved.items():
+            assert (steps[name]["status"], steps[name]["attempt"], steps[name]["error"]) == (
+                "failed", 1, f"{what} could not be saved: the server's disk is full."), steps
+        assert steps["transcribe"]["status"] == "cancelled", steps
+        assert not (media / "videos" / vid / "runs" / task_id).exists()
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
