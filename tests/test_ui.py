@@ -316,6 +316,14 @@ def test_audio_only_gets_an_audio_player(client, tmp_path):
     page = soup(client.get(f"/videos/{vid}"))
     assert page.select_one("audio#player") and not page.select_one("video")
     assert page.select("#transcript button.line")
+    # Run with every output there: done at once, and the page says so (not an error), with
+    # or without the page's script.
+    for headers in (HX, {}):
+        resp = client.post(f"/videos/{vid}/run", headers=headers)
+        assert resp.status_code == 200
+        said = soup(resp).select_one("#message")
+        assert said["class"] == ["message", "note"], said
+        assert said.get_text().startswith("Nothing to run: every output is already there")
 
 
 def test_a_video_without_sound_offers_no_language_to_transcribe(client, clip, tmp_path):

@@ -190,16 +190,17 @@ def runs_ahead(video_id: str, status: str) -> int:
 
 
 def show_video(video_id: str, message: str | None = None, status: int = 200,
-               start_at: str | None = None):
-    """The video page, or for HTMX the fresh panel plus the action's message (out of band).
-    `start_at` (the page's `t`) is where its player starts, in seconds."""
+               start_at: str | None = None, notice: bool = False):
+    """The video page, or for HTMX the fresh panel plus the action's message (out of band):
+    an error, or with `notice` what the action did. `start_at` (the page's `t`) is where its
+    player starts, in seconds."""
     video = processing.get_video(ext.db(), video_id)
     context = video_context(video, message)
     if not is_htmx():
         return render_template("videos/show.html", start_at=seconds_into(video, start_at),
-                               rendered_at=utcnow(), **context), status
+                               rendered_at=utcnow(), notice=notice, **context), status
     html = render_template("videos/_panel.html", **context)
-    html += render_template("videos/_message.html", message=message, oob=True)
+    html += render_template("videos/_message.html", message=message, oob=True, notice=notice)
     return html, status
 
 
@@ -421,12 +422,15 @@ def panel(video_id: str):
     return polled_fragment(f"panel-{tag}-{session_tag}", render)
 
 
-def act(video_id: str, action: Callable[[], object]):
-    """Run a panel action: the updated panel (or page), with the error message if it failed."""
+def act(video_id: str, action: Callable[[], str | None]):
+    """Run a panel action: the updated panel (or page), with the error message if it failed,
+    or the note the action returned (the page itself, not a redirect that would lose it)."""
     try:
-        action()
+        note = action()
     except ServiceError as exc:
         return show_video(video_id, exc.message, exc.status)
+    if note:
+        return show_video(video_id, note, notice=True)
     if is_htmx():
         return show_video(video_id)
     return go_to(url_for("ui.video_page", video_id=video_id))
@@ -438,14 +442,22 @@ def start(video_id: str, action: str):
     mode, force = ACTIONS[action]
     language, translate = form_options()
 
-    def trigger() -> None:
+    def trigger() -> str | None:
         try:
-            processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(), video_id,
-                               mode, force=force, language=language, translate=translate)
+            task = processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
+                                      video_id, mode, force=force, language=language,
+                                      translate=translate)
         except Conflict as exc:
             raise Conflict(busy_message(exc), **exc.extra) from exc
+        # A Run with every output there (made with these options) is done at once: without
+        # a word, the press seemed to do nothing but blank the steps' times.
+        return NOTHING_TO_RUN if task.status == "completed" else None
 
     return act(video_id, trigger)
+
+
+NOTHING_TO_RUN = ("Nothing to run: every output is already there, made with these settings. "
+                  "Reprocess makes them all again.")
 
 
 def busy_message(exc: Conflict) -> str:
@@ -461,8 +473,10 @@ def busy_message(exc: Conflict) -> str:
 @bp.post("/videos/<video_id>/cancel", merge_slashes=False)
 def cancel(video_id: str):
     """Cancel the active task; answers with the updated panel."""
-    return act(video_id, lambda: processing.cancel(ext.db(), ext.storage(), ext.redis(),
-                                                   video_id))
+    def stop() -> None:
+        processing.cancel(ext.db(), ext.storage(), ext.redis(), video_id)
+
+    return act(video_id, stop)
 
 
 @bp.post("/videos/<video_id>/delete", merge_slashes=False)
