@@ -280,6 +280,9 @@ def test_finished_video_shows_player_storyboard_transcript_and_downloads(client,
     assert track["src"].endswith("/artifacts/captions.vtt") and track.has_attr("default")
     tiles = page.select("#storyboard button.tile[data-start]")
     assert len(tiles) >= 2 and float(tiles[1]["data-start"]) > 0
+    # Each tile is named once by the time it shows: the picture itself is not announced.
+    assert tiles[1]["aria-label"] == f"Frame at {tiles[1].span.get_text()}"
+    assert tiles[1].svg["aria-hidden"] == "true" and not tiles[1].svg.has_attr("aria-label")
     lines = page.select("#transcript button.line")
     assert lines and "tomorrow" in " ".join(li.get_text() for li in lines).lower()
     assert all(float(li["data-end"]) > float(li["data-start"]) for li in lines)
