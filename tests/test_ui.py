@@ -67,6 +67,7 @@ def test_library_page_has_upload_form_and_navigation(client):
     assert {a["href"] for a in page.select("nav a")} >= {"/", "/rq/"}
     assert page.select_one('link[rel=icon]')
     assert "No videos yet" in page.get_text()
+    assert not page.select("noscript")  # nothing runs: the page is as fresh as it gets
     assert page.select_one('script[src="/static/vendor/htmx/htmx.min.js"]')
 
 
@@ -84,6 +85,10 @@ def test_form_upload_starts_processing_and_goes_to_the_video(client, clip):
     assert notice.select_one("a")["href"] == f"/videos/{vid}"
     assert notice.select_one("a").get_text() == "Refresh"
     assert not page.select('meta[http-equiv="refresh"]')
+    # The library's rows are polled too: the same notice there while one is active.
+    notice = soup(client.get("/?sort=name")).select_one("noscript #no-live-progress")
+    assert "does not update itself" in notice.get_text()
+    assert notice.select_one("a")["href"] == "/?sort=name"
     assert page.h1.get_text() == "clip.mp4"
 
 

@@ -233,6 +233,7 @@ def library_page(view: dict | None = None, message: str | None = None) -> str:
     return render_template("library/index.html", rows=rows, page=page, total=total,
                            pages=max(1, -(-total // per_page)), posters=posters,
                            message=message, view=view, page_sizes=PAGE_SIZES,
+                           rendered_at=utcnow(),
                            library_url=lambda n: library_url(view, n))
 
 
