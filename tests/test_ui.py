@@ -177,8 +177,16 @@ def test_conflict_is_shown_as_a_message(client, clip):
     assert vid not in message
     plain = client.post(f"/videos/{vid}/run")
     assert plain.status_code == 409 and soup(plain).html is not None
+    # A page out of date when its button is pressed: a sentence for a person, no ids.
     resp = client.post(f"/videos/{vid}/delete", headers=HX)
-    assert resp.status_code == 409 and "cancel it first" in soup(resp).get_text()
+    assert resp.status_code == 409
+    assert soup(resp).select_one("#message").get_text() == (
+        "This video is being processed: cancel its run (or wait for it to end), then delete it.")
+    assert client.post(f"/videos/{vid}/cancel", headers=HX).status_code == 200
+    resp = client.post(f"/videos/{vid}/cancel", headers=HX)
+    assert resp.status_code == 409
+    assert soup(resp).select_one("#message").get_text() == (
+        "There is nothing to cancel: this video's run has already ended.")
 
 
 def test_a_server_error_to_htmx_is_a_message_or_nothing_not_the_error_page(client, clip,

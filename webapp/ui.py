@@ -457,6 +457,11 @@ def start(video_id: str, action: str):
     return act(video_id, trigger)
 
 
+# The 409s of a page that was out of date when its button was pressed (the run ended, or
+# started from elsewhere, since its last poll), said to a person: no ids, the page's way out.
+NOTHING_TO_CANCEL = "There is nothing to cancel: this video's run has already ended."
+STILL_RUNNING = ("This video is being processed: cancel its run (or wait for it to end), "
+                 "then delete it.")
 NOTHING_TO_RUN = ("Nothing to run: every output is already there, made with these settings. "
                   "Reprocess makes them all again.")
 
@@ -475,7 +480,10 @@ def busy_message(exc: Conflict) -> str:
 def cancel(video_id: str):
     """Cancel the active task; answers with the updated panel."""
     def stop() -> None:
-        processing.cancel(ext.db(), ext.storage(), ext.redis(), video_id)
+        try:
+            processing.cancel(ext.db(), ext.storage(), ext.redis(), video_id)
+        except Conflict as exc:  # the API's sentence names the video by id
+            raise Conflict(NOTHING_TO_CANCEL, **exc.extra) from exc
 
     return act(video_id, stop)
 
@@ -493,6 +501,8 @@ def delete(video_id: str):
     try:
         name = processing.get_video(ext.db(), video_id).original_filename
         ingest.delete_video(ext.db(), ext.storage(), video_id)
+    except Conflict as exc:  # the API's sentence names the video and its task by id
+        return show_video(video_id, STILL_RUNNING, exc.status)
     except ServiceError as exc:
         return show_video(video_id, exc.message, exc.status)
     flash(f"Deleted {name} and all its files.", "ok")
