@@ -9,7 +9,7 @@ from bs4 import BeautifulSoup
 
 from tests import mediagen
 from tests.conftest import run_worker
-from tests.helpers import upload_ok
+from tests.helpers import publish_transcript, upload_ok
 from webapp.models import ProcessingTask
 from webapp.services import progress
 
@@ -353,6 +353,24 @@ def test_a_video_without_sound_offers_no_language_to_transcribe(client, clip, tm
     assert panel.select_one("#btn-reprocess")  # its pictures can still be made again
     talking = soup(client.get(f"/videos/{uploaded(client, clip)}")).select_one("#run-form")
     assert talking.select_one("select[name=language]") and not talking.select_one("#no-sound")
+
+
+def test_the_english_translation_is_shown_beside_the_transcript(client, app, clip):
+    """A run with "English captions too" made a translation that only a <video>'s subtitle
+    menu showed: an audio file never, nor the line a search in English found."""
+    vid = upload_ok(client, clip, "vortrag.mp4")["id"]  # through the API: no run started
+    publish_transcript(app.extensions["vidpipe"].settings, vid,
+                       [(0.0, 1.5, "Ein alter Vortrag."), (1.5, 3.0, "Guten Tag.")], "de",
+                       translation=[(0.0, 1.5, "An old lecture."), (1.5, 3.0, "Good day.")])
+    page = soup(client.get(f"/videos/{vid}"))
+    assert page.select_one("#transcript")["lang"] == "de"
+    box = page.select_one("details#translation-box[open]")
+    assert "English translation" in box.summary.get_text()
+    assert box.select_one("ol#translation")["lang"] == "en"
+    lines = box.select("#translation button.line")
+    assert [" ".join(b.get_text().split()) for b in lines] == [
+        "0:00 An old lecture.", "0:01 Good day."]
+    assert (lines[1]["data-start"], lines[1]["data-end"]) == ("1.500", "3.000")
 
 
 AUDIO_FAILED = "The audio could not be extracted: the file is cut short or damaged after 3.3 s."

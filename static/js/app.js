@@ -241,7 +241,8 @@
 
   // -- seeking from a transcript line or a storyboard tile ---------------------------------
   document.addEventListener("click", function (evt) {
-    var target = evt.target.closest("#transcript [data-start], #storyboard [data-start]");
+    var target = evt.target.closest(
+      "#transcript [data-start], #translation [data-start], #storyboard [data-start]");
     var player = document.getElementById("player");
     if (!target || !player) return;
     player.currentTime = parseFloat(target.dataset.start);
@@ -275,7 +276,7 @@
 
   function highlight(player) {
     var t = player.currentTime;
-    var lines = document.querySelectorAll("#transcript .line");
+    var lines = document.querySelectorAll("#transcript .line, #translation .line");
     lines.forEach(function (line) {
       var current = t >= parseFloat(line.dataset.start) && t < parseFloat(line.dataset.end);
       if (current !== line.classList.contains("current")) {
@@ -290,10 +291,10 @@
     });
   }
 
-  // The transcript scrolls on its own (max-height): the line being spoken is brought into
-  // its view when it becomes current, the page itself is left where it is.
+  // The transcript (and its translation) scrolls on its own (max-height): the line being
+  // spoken is brought into its view when it becomes current, the page is left where it is.
   function keepInView(line) {
-    var box = document.getElementById("transcript");
+    var box = line.closest(".transcript");
     if (!box) return;
     var inner = box.getBoundingClientRect(), at = line.getBoundingClientRect();
     if (at.top >= inner.top && at.bottom <= inner.bottom) return;
