@@ -6,6 +6,7 @@ completed and failed, search results, the selection's confirmation page and the 
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -147,6 +148,14 @@ def test_every_page_has_no_serious_or_critical_finding(page, media, settings, br
                              n.insertAdjacentHTML('afterend', n.textContent); }""")
     expect(page.locator("#no-live-progress")).to_be_visible()
     check(page, "video, running, without JavaScript", report)
+    # The run fails while its page is open: a screen reader hears that, and why.
+    with session_factory(settings.database_url)() as session:
+        progress.finish_subtask(session, running_task, "transcode", "failed",
+                                "The preview could not be made.", attempt=attempt)
+        for step in ("extract_audio", "transcribe", "thumbnails"):
+            progress.finish_subtask(session, running_task, step, "cancelled", "not run")
+    expect(page.locator("#progress-announcer")).to_have_text(re.compile(
+        r"^Processing failed, \d+ percent\. Failed: transcode; not run: [a-z ,]*extract audio"))
     page.goto(f"/videos/{done}")
     expect(page.locator("#progress-panel")).to_have_attribute("data-status", "completed")
     expect(page.locator("#transcript .line").first).to_be_visible()

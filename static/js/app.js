@@ -338,7 +338,10 @@
       return;
     }
     if (status !== said.status || quarter !== said.quarter) {
-      out.textContent = "Processing " + status + ", " + Math.floor(value) + " percent.";
+      // A run that failed or was cancelled also says why: the summary above the steps.
+      var why = status !== said.status ? document.getElementById("task-error") : null;
+      out.textContent = "Processing " + status + ", " + Math.floor(value) + " percent." +
+        (why ? " " + why.textContent.trim() : "");
       said = {status: status, quarter: quarter};
     }
   }
