@@ -93,7 +93,7 @@ def test_an_unexpected_error_in_a_step_shows_a_reference(client, settings, task,
     assert f"thumbnails of task {task_id}" in details
     assert str(seen[0] / "not-made-yet" / "poster.jpg") in details  # the server path: log only
     page = client.get(f"/videos/{video_id}").get_data(as_text=True)
-    assert f"internal error (reference {reference})" in page
+    assert f"Internal error (reference {reference})" in page  # (as a sentence)
     assert str(settings.media_root) not in page and "No such file" not in page
 
 
