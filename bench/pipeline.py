@@ -214,10 +214,9 @@ def capture_commands(src: Path, out: Path, probe: Any, ffmpeg_threads: int) -> d
 
     # (The transcode's `nice` is vidpipe's scheduling, not part of the command: a script by
     # hand runs every tool at the same priority.)
-    def fake_run(stream, duration, on_progress=None, *, xerror=False, check_complete=True,
+    def fake_run(stream, duration, on_progress=None, *, check_complete=True,
                  paths=(), nice=0):
-        extra = ("-xerror",) if xerror else ()
-        captured.append(stream.global_args(*BY_HAND_GLOBALS, *extra).overwrite_output()
+        captured.append(stream.global_args(*BY_HAND_GLOBALS).overwrite_output()
                         .compile())
         return ffrun.RunResult(frames=plan.count)
 

@@ -8,6 +8,7 @@ from rq import get_current_job
 
 from jobs.runner import StepContext, StepResult, run_step
 from webapp.services import captions, chinese, transcription, workers
+from webapp.services.ffrun import damage_note
 from webapp.services.media import audio
 from webapp.services.media.preview import transcode_preview
 from webapp.services.media.thumbnails import make_poster, make_storyboard
@@ -15,9 +16,13 @@ from webapp.services.media.thumbnails import make_poster, make_storyboard
 log = logging.getLogger(__name__)
 
 
-def _extract_audio(ctx: StepContext) -> None:
-    audio.extract_audio(ctx.source, ctx.artifacts / "audio.wav", ctx.duration, ctx.on_progress,
-                        format_name=ctx.format_name)
+# A damaged source decoded through (ffrun.run) completes each step with a note saying so.
+
+
+def _extract_audio(ctx: StepContext) -> StepResult:
+    return StepResult(note=audio.extract_audio(
+        ctx.source, ctx.artifacts / "audio.wav", ctx.duration, ctx.on_progress,
+        format_name=ctx.format_name))
 
 
 def _transcribe(ctx: StepContext) -> StepResult:
@@ -59,23 +64,24 @@ def _transcribe(ctx: StepContext) -> StepResult:
 POSTER_SHARE = 0.35
 
 
-def _thumbnails(ctx: StepContext) -> None:
+def _thumbnails(ctx: StepContext) -> StepResult:
     make_poster(ctx.source, ctx.artifacts / "poster.jpg", ctx.duration,
                 format_name=ctx.format_name)
     ctx.on_progress(POSTER_SHARE)
-    make_storyboard(
+    board = make_storyboard(
         ctx.source, ctx.artifacts / "storyboard.jpg", ctx.artifacts / "storyboard.vtt",
         ctx.duration or 0.0, ctx.width or 0, ctx.height or 0,
         on_progress=lambda f: ctx.on_progress(POSTER_SHARE + (1 - POSTER_SHARE) * f),
         format_name=ctx.format_name,
     )
+    return StepResult(note=damage_note(board.damaged))
 
 
-def _transcode(ctx: StepContext) -> None:
-    transcode_preview(ctx.source, ctx.artifacts / "preview.mp4", ctx.duration,
-                      ctx.on_progress, has_audio=ctx.has_audio,
-                      threads=ctx.settings.ffmpeg_threads, format_name=ctx.format_name,
-                      nice=ctx.settings.transcode_nice)
+def _transcode(ctx: StepContext) -> StepResult:
+    return StepResult(note=transcode_preview(
+        ctx.source, ctx.artifacts / "preview.mp4", ctx.duration, ctx.on_progress,
+        has_audio=ctx.has_audio, threads=ctx.settings.ffmpeg_threads,
+        format_name=ctx.format_name, nice=ctx.settings.transcode_nice))
 
 
 def extract_audio(task_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 import subprocess
 from pathlib import Path
@@ -376,4 +377,36 @@ def make_clock_jump(dst: Path, duration: float = 2.0, jump: float = 60.0) -> Pat
             "-vf", f"setpts='{shift}'", "-af", f"asetpts='{shift}'", "-fps_mode", "passthrough",
             "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
             str(dst))
+    return dst
+
+
+def make_damaged(src: Path, dst: Path, garbage: int, at: float = 0.5, seed: int = 1) -> Path:
+    """src with `garbage` bytes of noise written over its own from `at` (a share of its
+    size) on: every byte is there, the index too (so the upload is accepted), but frames in
+    the middle are damaged, as by a flaky disk or network."""
+    data = bytearray(src.read_bytes())
+    start = int(len(data) * at)
+    noise = random.Random(seed)
+    data[start:start + garbage] = bytes(noise.randrange(256) for _ in range(garbage))
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def make_joined_ts(dst: Path, segments: int = 3, seconds: float = 1.0) -> Path:
+    """H.264/AAC MPEG-TS segments, each muxed on its own (as a camera, a phone's recorder or
+    HLS writes them) with continuous timestamps, then joined end to end like `cat`: their
+    continuity counters start again at each join, which ffmpeg reports as corrupt packets."""
+    pattern = dst.with_name(f"{dst.stem}.part%d.ts")
+    duration = segments * seconds
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=25:duration={duration}",
+            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={duration}",
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "25",
+            "-c:a", "aac", "-f", "segment", "-segment_time", str(seconds),
+            "-segment_format", "mpegts", str(pattern))
+    parts = [dst.with_name(f"{dst.stem}.part{i}.ts") for i in range(segments)]
+    try:
+        dst.write_bytes(b"".join(part.read_bytes() for part in parts))
+    finally:
+        for part in parts:
+            part.unlink(missing_ok=True)
     return dst

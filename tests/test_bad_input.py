@@ -45,6 +45,7 @@ from webapp import create_app
 from webapp.config import Settings
 from webapp.db import dispose
 from webapp.models import ProcessingTask, Video
+from webapp.services.storage import ARTIFACT_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +176,62 @@ def test_file_that_turns_bad_after_upload_fails_each_step_in_one_sentence(
     assert client.get(f"/api/v1/videos/{vid}/artifacts").get_json() == []
     assert media_files(settings) == [f"videos/{vid}/source.mp4"]
     assert files_outside_media(settings) == before
+
+
+DAMAGE_NOTE = re.compile(r"The source is damaged in places: (1 damaged frame was|\d+ damaged"
+                         r" frames were) skipped or concealed, as players do\.")
+
+
+@pytest.mark.e2e
+def test_damaged_but_readable_files_give_every_output_and_mostly_garbage_fails(
+        client, settings, tmp_path):
+    """What players play is processed (docs/RELIABILITY.md, "Damaged sources"): an MP4
+    with 4 KB of garbage in the middle gives every output, the damaged steps saying so in
+    a note; MPEG-TS segments joined by `cat` give every output without one; a file that
+    is mostly garbage still fails each step in one sentence and leaves nothing. One worker
+    run for the three (test_file_that_turns_bad_after_upload_... covers a cut file)."""
+    clip = mediagen.make_video(tmp_path / "clip.mp4", duration=3.0)
+    damaged = mediagen.make_damaged(clip, tmp_path / "damaged.mp4", garbage=4096)
+    joined = mediagen.make_joined_ts(tmp_path / "joined.ts")
+    garbage = mediagen.make_damaged(clip, tmp_path / "garbage.mp4",
+                                    garbage=int(clip.stat().st_size * 0.7), at=0.15)
+    vids = {name: upload_ok(client, path, f"{name}{path.suffix}")["id"]
+            for name, path in (("damaged", damaged), ("joined", joined),
+                               ("garbage", garbage))}
+    for vid in vids.values():
+        assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    log = run_worker().stderr
+    assert "Traceback" not in log, log[-3000:]
+
+    for name in ("damaged", "joined"):
+        state = progress_of(client, vids[name])
+        assert state["status"] == "completed", (name, state)
+        listed = client.get(f"/api/v1/videos/{vids[name]}/artifacts").get_json()
+        assert sorted(a["name"] for a in listed) == sorted(ARTIFACT_NAMES), name
+        # (a tone: the captions are empty, the transcript says so)
+        assert all(a["size_bytes"] > 0 for a in listed
+                   if not a["name"].startswith("captions")), (name, listed)
+        notes = {s["name"]: s["error"] for s in state["subtasks"]}
+        if name == "joined":  # nothing is lost at a join: nothing to say
+            assert set(notes.values()) == {None}, notes
+        else:  # the sound is hit (its frames are small and many): the audio step says so
+            assert DAMAGE_NOTE.fullmatch(notes["extract_audio"] or ""), notes
+            assert all(note is None or DAMAGE_NOTE.fullmatch(note) for note in notes.values())
+        page = client.get(f"/videos/{vids[name]}").get_data(as_text=True)
+        if name == "damaged":
+            assert "The source is damaged in places" in page
+
+    state = progress_of(client, vids["garbage"])
+    assert state["status"] == "failed"
+    failed = [s for s in state["subtasks"] if s["status"] == "failed"]
+    assert {s["name"] for s in failed} >= {"extract_audio", "transcode"}, state["subtasks"]
+    for step in failed:
+        assert re.fullmatch(r"The [a-z ]+ could not be [a-z]+: the (audio|video|media) data"
+                            r" is damaged \(\d+ frames could not be decoded\)\.",
+                            step["error"] or ""), step
+        assert step["error_detail"], step
+    listed = client.get(f"/api/v1/videos/{vids['garbage']}/artifacts").get_json()
+    assert not {a["name"] for a in listed} & {"audio.wav", "preview.mp4", "transcript.json"}
 
 
 def _empty_wav() -> bytes:

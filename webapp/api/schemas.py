@@ -99,7 +99,8 @@ class SubTaskProgressSchema(ma.Schema):
     error = fields.String(
         allow_none=True,
         metadata={"description": "Why it failed or skipped, or a note on how it completed "
-                  "(e.g. nothing to translate): one sentence for people, or "
+                  "(e.g. nothing to translate, damaged frames of the source skipped or concealed): "
+                  "one sentence for people, or "
                   "'internal error (reference <id>)' when a bug failed it (the worker's "
                   "log has the details under that reference). Another step is named by its "
                   "`name` ('not run because extract_audio failed'); the web page shows "

@@ -21,10 +21,19 @@ from webapp.services.errors import ToolError
 
 ProgressCallback = Callable[[float], None]
 
+# The most share of the frames ffmpeg decodes that may be lost to damage (packets a
+# decoder rejects) before a run fails as damaged (ffmpeg's exit code 69). Fewer are
+# decoded through, as players do: a decoder skips the frame (silence for sound) or hides
+# it from its neighbours (concealment), and RunResult.damaged counts them for the step's
+# note (damage_note). docs/RELIABILITY.md, "Damaged sources", says why a fifth.
+MAX_DAMAGED_SHARE = 0.2
+# ffmpeg's exit code when more than -max_error_rate of the frames failed to decode.
+TOO_MANY_ERRORS = 69
 # -progress reports every 0.5 s by default; 0.25 s keeps short jobs visibly moving.
 GLOBAL_ARGS = (
     "-nostdin", "-hide_banner", "-loglevel", "error",
     "-stats_period", "0.25", "-progress", "pipe:1", "-nostats",
+    "-max_error_rate", str(MAX_DAMAGED_SHARE),
 )
 # Output that stops before this share of the probed duration means the input ended early.
 COMPLETE_SHARE = 0.9
@@ -109,6 +118,27 @@ class RunResult:
     out_time: float | None = None  # seconds written, from the last progress report
     frames: int | None = None  # frames written to the first video output
     reported: float = 0.0  # last progress fraction passed to the callback
+    damaged: int = 0  # frames the decoders could not decode (skipped) or concealed
+    detail: str | None = None  # ffmpeg's last words (error_detail), for a later failure
+
+
+# ffmpeg's words (at -loglevel error) for a frame lost to damage: a packet the decoder
+# rejected ("Error while decoding stream #0:1: Invalid data found when processing input")
+# and a picture decoded with its damaged parts hidden (h264, MPEG-1/2/4's error
+# resilience: "concealing 1200 DC, 1200 AC, 1200 MV errors in P frame"). ffmpeg folds
+# repeats into "Last message repeated 3 times".
+_LOST_FRAME = re.compile(r"^Error while decoding stream #\d+:\d+")
+_CONCEALED_FRAME = re.compile(r"concealing \d+ DC, \d+ AC, \d+ MV errors")
+_REPEATED = re.compile(r"Last message repeated (\d+) times")
+
+
+def damage_note(damaged: int) -> str | None:
+    """The sentence a completed step shows when it decoded through damaged frames."""
+    if damaged <= 0:
+        return None
+    frames = "1 damaged frame was" if damaged == 1 else f"{damaged} damaged frames were"
+    return (f"The source is damaged in places: {frames} skipped or concealed, as players"
+            " do.")
 
 
 def error_tail(
@@ -177,7 +207,6 @@ def run(
     duration: float | None,
     on_progress: ProgressCallback | None = None,
     *,
-    xerror: bool = False,
     check_complete: bool = True,
     paths: Sequence[Path] = (),
     nice: int = 0,
@@ -185,18 +214,22 @@ def run(
     """Run ffmpeg to completion, reporting progress; raise MediaError on any failure.
 
     The error's message is a reason ("the video data is damaged after 3.3 s"), for the
-    caller to complete into a sentence with failing_as. check_complete compares the last
-    reported output time with duration, because a truncated input makes ffmpeg stop early
-    yet still exit 0. ffmpeg runs `nice` steps below the caller's CPU priority (see niced).
+    caller to complete into a sentence with failing_as. Damaged frames are decoded through
+    (skipped or concealed, counted in the result's `damaged`) unless they are more than
+    MAX_DAMAGED_SHARE of the frames decoded. check_complete compares the last reported
+    output time with duration, because a truncated input makes ffmpeg stop early yet still
+    exit 0. ffmpeg runs `nice` steps below the caller's CPU priority (see niced).
     """
     check_stop()
-    proc = _spawn(stream, xerror, nice)
+    proc = _spawn(stream, nice)
     stop = _STOP.get()
     if stop is not None:
         threading.Thread(target=_kill_on_stop, args=(proc, stop), daemon=True).start()
     tail: deque[str] = deque(maxlen=20)
+    damaged = [0]
     # ffmpeg blocks once the stderr pipe buffer is full, so it is drained concurrently.
-    drainer = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    drainer = threading.Thread(target=_drain, args=(proc.stderr, tail, damaged),
+                               daemon=True)
     drainer.start()
     try:
         result = _read_progress(proc.stdout, duration, on_progress)
@@ -210,6 +243,11 @@ def run(
         drainer.join(timeout=5)
         _close(proc)
     check_stop()  # killed on request: not a media error
+    result.damaged, result.detail = damaged[0], error_detail(tail, paths)
+    if code == TOO_MANY_ERRORS:
+        # Only known at the end: where ffmpeg stopped says nothing about the damage.
+        raise MediaError(f"{failure_reason(tail, None)} ({result.damaged} frames could not be"
+                         " decoded)", detail=error_detail(tail, paths))
     if code != 0:
         raise MediaError(failure_reason(tail, result.out_time),
                          detail=error_detail(tail, paths) or f"ffmpeg exit code {code}")
@@ -220,11 +258,9 @@ def run(
     return result
 
 
-def _spawn(stream: OutputStream, xerror: bool, nice: int = 0) -> subprocess.Popen[bytes]:
-    args = GLOBAL_ARGS + (("-xerror",) if xerror else ())
-
+def _spawn(stream: OutputStream, nice: int = 0) -> subprocess.Popen[bytes]:
     def start() -> subprocess.Popen[bytes]:
-        return stream.global_args(*args).overwrite_output().run_async(
+        return stream.global_args(*GLOBAL_ARGS).overwrite_output().run_async(
             pipe_stdout=True, pipe_stderr=True
         )
 
@@ -378,9 +414,19 @@ def _parse_us(value: str) -> float | None:
     return micros / 1_000_000 if micros >= 0 else None
 
 
-def _drain(stderr: IO[bytes], tail: deque[str]) -> None:
+def _drain(stderr: IO[bytes], tail: deque[str], damaged: list[int]) -> None:
+    """Keep the last lines in `tail`, and count the damaged frames into damaged[0]."""
+    last_was_damage = False
     for raw in stderr:
-        tail.append(raw.decode(errors="replace"))
+        line = raw.decode(errors="replace")
+        tail.append(line)
+        repeated = _REPEATED.search(line)
+        if repeated:
+            if last_was_damage:
+                damaged[0] += int(repeated.group(1))
+            continue
+        last_was_damage = bool(_LOST_FRAME.search(line) or _CONCEALED_FRAME.search(line))
+        damaged[0] += last_was_damage
 
 
 def _close(proc: subprocess.Popen[bytes]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from webapp.services.ffrun import (
     ProgressCallback,
     atomic_output,
+    damage_note,
     failing_as,
     require_output,
     run,
@@ -22,8 +23,9 @@ OFFSET_TO_KEEP = 0.025
 def extract_audio(
     src: Path, dst: Path, duration: float | None, on_progress: ProgressCallback | None = None,
     *, format_name: str | None = None,
-) -> None:
-    """Write the audio stream (sound_stream) as 16 kHz mono 16-bit WAV, what whisper wants.
+) -> str | None:
+    """Write the audio stream (sound_stream) as 16 kHz mono 16-bit WAV, what whisper wants;
+    return a note when damaged frames were skipped (damage_note), else None.
 
     format_name (every function of webapp.services.media takes it) is the source's probed
     format: its demuxer reads the file, none other (mediainput). Without it, ffmpeg picks
@@ -48,7 +50,8 @@ def extract_audio(
                      .filter("aresample", 16000)
                      .filter("adelay", delays=f"{round(offset * 16000)}S", all=1))
         stream = audio.output(str(tmp), ac=1, ar=16000, acodec="pcm_s16le", f="wav")
-        # -xerror does not catch a cut-off audio track (the demuxer just sees EOF early),
-        # only the output-duration check does.
-        run(stream, duration, on_progress, xerror=True, paths=(src, tmp))
+        # A cut-off audio track is no decoding error (the demuxer just sees EOF early):
+        # the output-duration check catches it.
+        result = run(stream, duration, on_progress, paths=(src, tmp))
         require_output(tmp)
+    return damage_note(result.damaged)

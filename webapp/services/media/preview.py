@@ -14,6 +14,7 @@ from webapp.services.ffrun import (
     ProgressCallback,
     atomic_output,
     check_reached_end,
+    damage_note,
     failing_as,
     require_output,
     run,
@@ -79,7 +80,7 @@ def transcode_preview(
     *,
     format_name: str | None = None,
     nice: int = 0,
-) -> None:
+) -> str | None:
     """Write a small web-playable MP4 (H.264/AAC, never upscaled, moov first for streaming),
     in SDR: HDR video is tone-mapped (to_sdr) and tagged BT.709 (SDR_TAGS).
 
@@ -89,7 +90,8 @@ def transcode_preview(
     is brought down to it (capped_rate); every frame keeps its time, so a variable rate stays
     variable and a picture that starts after the sound still does (FRAME_TIMING_OPTIONS).
     ffmpeg runs `nice` steps below the caller's CPU
-    priority (the TRANSCODE_NICE setting).
+    priority (the TRANSCODE_NICE setting). Returns a note when damaged frames were skipped
+    or concealed (damage_note), else None.
     """
     options: dict[str, Any] = {
         "vcodec": "libx264",
@@ -141,10 +143,11 @@ def transcode_preview(
             video = to_sdr(video, hdr)
         outputs = [video, source[streams.audio_spec]] if has_audio else [video]
         stream = ffmpeg.output(*outputs, str(tmp), **options)
-        run(stream, duration, on_progress, xerror=True, check_complete=False,
-            paths=(src, tmp), nice=nice)
+        result = run(stream, duration, on_progress, check_complete=False,
+                     paths=(src, tmp), nice=nice)
         require_output(tmp)
-        check_reached_end(_length(tmp), duration)
+        check_reached_end(_length(tmp), duration, result.detail)
+    return damage_note(result.damaged)
 
 
 # Each frame keeps its own time (`-fps_mode vfr`), on MPEG's 90 kHz clock, which holds

@@ -15,6 +15,7 @@ from webapp.services.ffrun import (
     COMPLETE_SHARE,
     MediaError,
     ProgressCallback,
+    RunResult,
     atomic_output,
     failing_as,
     require_output,
@@ -80,6 +81,7 @@ class Storyboard:
     start: float = 0.0  # seconds (of the file) before the first tile's frame: a picture
     # that starts after the sound (`offset`), then a black opening
     offset: float = 0.0  # seconds of the file before the picture's first frame
+    damaged: int = 0  # frames of the video skipped or concealed as damaged (damage_note)
 
 
 
@@ -141,7 +143,8 @@ def make_storyboard(
     thumbnail, and the first one shows a picture.
 
     The returned count is the number of tiles ffmpeg really produced, which can be one
-    short of the plan when the video track ends a moment before the container does.
+    short of the plan when the video track ends a moment before the container does;
+    `damaged` the frames decoded through as damaged (ffrun.run).
     """
     if duration <= 0 or width <= 0 or height <= 0:
         raise MediaError("The storyboard could not be made: the video's duration and size"
@@ -168,8 +171,8 @@ def make_storyboard(
     hdr = stream_hdr(streams.video)
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
         try:
-            frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
-                                      streams, hdr)
+            drawn = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
+                                     streams, hdr)
         except MediaError:
             if not plan.keyframes_only:
                 raise
@@ -177,13 +180,13 @@ def make_storyboard(
             # is told to skip ("Operation not permitted"). Decoding all of them is what
             # any video allows; a damaged one fails again, then for good.
             plan = replace(plan, keyframes_only=False)
-            frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
-                                      streams, hdr)
-        if plan.references_only and _tiles_missing(plan, frames, duration):
+            drawn = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
+                                     streams, hdr)
+        if plan.references_only and _tiles_missing(plan, drawn.frames, duration):
             plan = replace(plan, references_only=False)
-            frames = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
-                                      streams, hdr)
-        plan = _confirm_tiles(plan, frames, duration)
+            drawn = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
+                                     streams, hdr)
+        plan = replace(_confirm_tiles(plan, drawn.frames, duration), damaged=drawn.damaged)
         with atomic_output(vtt_dst) as vtt_tmp:
             vtt_tmp.write_text(_storyboard_vtt(plan, duration, sprite_name), encoding="utf-8")
     return plan
@@ -191,21 +194,20 @@ def make_storyboard(
 
 def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
                      on_progress: ProgressCallback | None, format_name: str | None,
-                     streams: Streams, hdr: Hdr | None = None) -> int | None:
-    """Write the sprite as planned from the video stream (`streams.video`); the number of
-    tiles ffmpeg made."""
+                     streams: Streams, hdr: Hdr | None = None) -> RunResult:
+    """Write the sprite as planned from the video stream (`streams.video`); `frames` is the
+    number of tiles ffmpeg made."""
     result = run(
         _storyboard_graph(src, dst, plan, format_name, streams.video_spec, hdr,
                           interlaced=streams.interlaced),
         duration,
         on_progress,
-        xerror=True,
         # Output times are those of the sampled frames, not of the decoded end.
         check_complete=False,
         paths=(src, dst),
     )
     require_output(dst)
-    return result.frames
+    return result
 
 
 def _storyboard_graph(src: Path, dst: Path, plan: Storyboard, format_name: str | None,
