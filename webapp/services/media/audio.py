@@ -20,6 +20,14 @@ from webapp.services.mediainput import ffmpeg_input
 OFFSET_TO_KEEP = 0.025
 
 
+# Sound frames a decoder skipped as damaged (ffrun.run decodes through them) leave gaps in
+# the timestamps: without them filled, the WAV would be shorter by as much (23 ms per AAC
+# frame) and every caption after the damage early by it. aresample fills a gap of more than
+# 10 ms with silence (async=1 turns its timestamp-following on; min_hard_comp is the gap;
+# nothing is stretched). A whole file's timestamps have no such gap.
+ON_THE_CLOCK = {"async": 1, "min_hard_comp": 0.01}
+
+
 def extract_audio(
     src: Path, dst: Path, duration: float | None, on_progress: ProgressCallback | None = None,
     *, format_name: str | None = None,
@@ -47,8 +55,10 @@ def extract_audio(
             # silence, or every caption would be early by as much. ffmpeg keeps or drops
             # that offset by itself depending on the format, hence from 0 and explicit.
             audio = (audio.filter("asetpts", "PTS-STARTPTS")
-                     .filter("aresample", 16000)
+                     .filter("aresample", 16000, **ON_THE_CLOCK)
                      .filter("adelay", delays=f"{round(offset * 16000)}S", all=1))
+        else:
+            audio = audio.filter("aresample", 16000, **ON_THE_CLOCK)
         stream = audio.output(str(tmp), ac=1, ar=16000, acodec="pcm_s16le", f="wav")
         # A cut-off audio track is no decoding error (the demuxer just sees EOF early):
         # the output-duration check catches it.
