@@ -406,7 +406,8 @@ def test_upload_of_a_non_media_file_is_refused_readably(page, browser_log, tmp_p
     assert info.value.status == 422
     outcome = page.locator("#upload-list li .outcome")
     expect(outcome).to_contain_text("not a playable audio or video file")
-    expect(page.locator("#upload-form [role=alert]")).to_contain_text("1 of 1 files were refused")
+    expect(page.locator("#upload-form [role=alert]")).to_have_text(
+        "The file was refused: see why beside its name, then choose another.")
     assert urlsplit(page.url).path == "/"
     expect(page.locator("#video-list .video-row")).to_have_count(0)
     # The form is ready for another try: button enabled, the file's line says "refused".

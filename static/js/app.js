@@ -178,8 +178,12 @@
       window.location.assign(ok[0].url);  // one file: straight to its page, as before
       return;
     }
-    if (ok.length < results.length) say((results.length - ok.length) + " of " +
-      results.length + " files were refused: see why beside each.", true);
+    if (results.length === 1 && !ok.length) {
+      say("The file was refused: see why beside its name, then choose another.", true);
+    } else if (ok.length < results.length) {
+      say((results.length - ok.length) + " of " + results.length +
+          " files were refused: see why beside each.", true);
+    }
     form.reset();
     showChosen();
     if (ok.length && window.htmx) {  // the new videos into the list below
