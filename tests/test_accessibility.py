@@ -148,7 +148,9 @@ def test_every_page_has_no_serious_or_critical_finding(page, media, settings, br
                              n.insertAdjacentHTML('afterend', n.textContent); }""")
     expect(page.locator("#no-live-progress")).to_be_visible()
     check(page, "video, running, without JavaScript", report)
-    # The run fails while its page is open: a screen reader hears that, and why.
+    # The run fails while its page is open, a keyboard user on its Cancel button: a screen
+    # reader hears that, and why; the focus stays in the panel, Cancel being disabled.
+    page.focus("#btn-cancel")
     with session_factory(settings.database_url)() as session:
         progress.finish_subtask(session, running_task, "transcode", "failed",
                                 "The preview could not be made.", attempt=attempt)
@@ -156,6 +158,10 @@ def test_every_page_has_no_serious_or_critical_finding(page, media, settings, br
             progress.finish_subtask(session, running_task, step, "cancelled", "not run")
     expect(page.locator("#progress-announcer")).to_have_text(re.compile(
         r"^Processing failed, \d+ percent\. Failed: transcode; not run: [a-z ,]*extract audio"))
+    expect(page.locator("#btn-cancel")).to_be_disabled()
+    expect(page.locator("#progress-title")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.locator("#btn-run")).to_be_focused()
     page.goto(f"/videos/{done}")
     expect(page.locator("#progress-panel")).to_have_attribute("data-status", "completed")
     expect(page.locator("#transcript .line").first).to_be_visible()

@@ -352,6 +352,25 @@
 
   document.addEventListener("htmx:afterSettle", announce);
 
+  // HTMX gives the focus back to the element with the same id after a swap, but not when
+  // the swap disabled it (Cancel, when the run ends): the focus fell to the page's top and
+  // a keyboard user started over from the header. It goes to the panel's heading instead,
+  // so that Tab goes on to Run and Reprocess.
+  var focusWasInPanel = false;
+  document.addEventListener("htmx:beforeSwap", function () {
+    var active = document.activeElement;
+    focusWasInPanel = !!(active && active.closest && active.closest("#progress-panel"));
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    var active = document.activeElement;
+    if (!focusWasInPanel || (active && active !== document.body)) return;
+    focusWasInPanel = false;
+    var title = document.getElementById("progress-title");
+    if (!title) return;
+    title.setAttribute("tabindex", "-1");
+    title.focus();
+  });
+
   function ready() {
     setUpUpload();
     setUpCopy();
