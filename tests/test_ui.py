@@ -419,7 +419,10 @@ def test_failed_steps_say_each_sentence_once_with_the_raw_output_behind_details(
     # The raw output: once, behind a closed "details" disclosure of its own step, as text.
     details = panel.select("details")
     assert [d["id"] for d in details] == [f"detail-{task_id}-extract_audio"]
-    assert details[0].summary.get_text() == "details" and not details[0].has_attr("open")
+    # "details" on screen; to a screen reader, which step's (several steps may fail).
+    assert details[0].summary.get_text() == "details of extract audio"
+    assert details[0].summary.span["class"] == ["visually-hidden"]
+    assert not details[0].has_attr("open")
     assert details[0].has_attr("hx-preserve")  # an opened one stays open while others poll
     assert details[0].pre.get_text() == AUDIO_DETAIL
     assert not panel.select("script") and text.count("Invalid NAL unit size") == 1
