@@ -203,7 +203,7 @@ def test_selection_reprocesses_and_deletes_reporting_each_refusal(page, media):
     page.wait_for_load_state()
     expect(page.locator("#flashes .flash.ok")).to_have_text("alpha.mp4: reprocessing started")
     refusal = page.locator("#flashes .flash.error")
-    expect(refusal).to_contain_text("bravo.mp4: not done (409)")
+    expect(refusal).to_contain_text("bravo.mp4: not reprocessed: it is being processed")
     assert "sort=name" in page.url  # back where it was
     statuses = {v["original_filename"]: v["processing"]["status"]
                 for v in page.request.get("/api/v1/videos").json()}

@@ -542,14 +542,18 @@ def test_selection_asks_first_then_reports_each_video(client, clip):
     flashes = soup(client.get("/?sort=name")).select("#flashes .flash")
     texts = [(f["class"][1], f.get_text()) for f in flashes]
     assert texts[0] == ("ok", "alpha.mp4: deleted with all its files")
-    assert texts[1][0] == "error" and texts[1][1].startswith("bravo.mp4: not done (409): ")
-    assert texts[2][0] == "error" and "not-a-video: not done (404)" in texts[2][1]
+    # Said to a person: what to do, no HTTP status, no ids.
+    assert texts[1] == ("error", "bravo.mp4: not deleted: it is being processed; cancel its "
+                                 "run (or wait for it to end), then delete it")
+    assert texts[2] == ("error", "not-a-video: not deleted: no such video (deleted meanwhile?)")
     assert client.get(f"/videos/{a}").status_code == 404
     assert client.get(f"/videos/{b}").status_code == 200
     assert not soup(client.get("/")).select("#flashes .flash")  # said once
     # Reprocess: the queued one is refused (409), by name.
     client.post("/videos/selected", data={"action": "reprocess", "ids": [b], "confirmed": "1"})
-    assert "bravo.mp4: not done (409)" in soup(client.get("/")).select_one("#flashes").get_text()
+    assert soup(client.get("/")).select_one("#flashes .flash.error").get_text() == (
+        "bravo.mp4: not reprocessed: it is being processed already; wait for it to end, or "
+        "cancel it first")
     client.post(f"/videos/{b}/cancel")
     client.post("/videos/selected", data={"action": "reprocess", "ids": [b], "confirmed": "1"})
     assert (soup(client.get("/")).select_one("#flashes .flash.ok").get_text()

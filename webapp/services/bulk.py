@@ -17,6 +17,16 @@ from webapp.services.storage import Storage, is_valid_id
 
 ACTIONS = ("delete", "reprocess")
 _DONE = {"delete": "deleted with all its files", "reprocess": "reprocessing started"}
+# The library says a refusal to a person: the service's 409 and 404 sentences are the API's
+# (ids of the video and its task, which the library shows nowhere).
+_REFUSED = {
+    ("delete", 409): "not deleted: it is being processed; cancel its run (or wait for it "
+                     "to end), then delete it",
+    ("reprocess", 409): "not reprocessed: it is being processed already; wait for it to "
+                        "end, or cancel it first",
+    ("delete", 404): "not deleted: no such video (deleted meanwhile?)",
+    ("reprocess", 404): "not reprocessed: no such video (deleted meanwhile?)",
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class Outcome:
     name: str  # the video's file name, or its id once unknown
     status: int  # the HTTP status the same action on the API would answer: 204, 202, 409 ...
     message: str
+    action: str = "delete"
 
     @property
     def ok(self) -> bool:
@@ -32,8 +43,12 @@ class Outcome:
 
     @property
     def sentence(self) -> str:
-        return f"{self.name}: {self.message}" if self.ok else (
-            f"{self.name}: not done ({self.status}): {self.message}")
+        """What became of the video, for a person: "bravo.mp4: not deleted: it is being
+        processed; ..."; a refusal of another kind (the queue down) gives the service's."""
+        if self.ok:
+            return f"{self.name}: {self.message}"
+        said = _REFUSED.get((self.action, self.status))
+        return f"{self.name}: {said or 'not done: ' + self.message}"
 
 
 def find(session: Session, ids: list[str]) -> list[Video]:
@@ -59,8 +74,8 @@ def apply(session: Session, settings: Settings, storage: Storage, connection: Re
                 processing.trigger(session, settings, storage, connection, video_id,
                                    "reprocess")
                 status = 202
-            outcomes.append(Outcome(video_id, name, status, _DONE[action]))
+            outcomes.append(Outcome(video_id, name, status, _DONE[action], action))
         except ServiceError as exc:
             session.rollback()
-            outcomes.append(Outcome(video_id, name, exc.status, exc.message))
+            outcomes.append(Outcome(video_id, name, exc.status, exc.message, action))
     return outcomes
