@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine
@@ -73,16 +74,35 @@ def test_progress_has_a_strong_etag_and_must_be_revalidated(client, running):
     assert other.status_code == 200 and other.headers["ETag"] == etag
 
 
-def test_same_etag_means_the_same_body(client, running):
+def test_same_etag_means_the_same_body(client, db_session, running):
     """A strong validator: nothing in the body depends on the time of the request (the ETA
-    is the one as of the task's last change)."""
-    video_id, _ = running
+    is the one as of the task's last change). `eta_at`, the time to count down to, is that
+    change plus `eta_seconds`: the same between changes too, so a 304 keeps it."""
+    video_id, task_id = running
     first = client.get(PROGRESS.format(video_id))
-    assert first.get_json()["eta_seconds"] is not None
+    state = first.get_json()
+    assert state["eta_seconds"] is not None
+    changed_at = db_session.get(ProcessingTask, task_id).updated_at
+    assert datetime.fromisoformat(state["eta_at"]) == changed_at + timedelta(
+        seconds=state["eta_seconds"])
     time.sleep(0.3)
     second = client.get(PROGRESS.format(video_id))
     assert second.headers["ETag"] == first.headers["ETag"]
     assert second.data == first.data
+    assert_not_modified(client.get(PROGRESS.format(video_id),
+                                   headers={"If-None-Match": first.headers["ETag"]}),
+                        first.headers["ETag"])
+    # A change moves it, from the new change; an ended run has neither.
+    progress.report_progress(db_session, task_id, "transcode", 1, 60)
+    moved = client.get(PROGRESS.format(video_id)).get_json()
+    db_session.expire_all()
+    changed_at = db_session.get(ProcessingTask, task_id).updated_at
+    assert datetime.fromisoformat(moved["eta_at"]) == changed_at + timedelta(
+        seconds=moved["eta_seconds"])
+    progress.cancel_task(db_session, task_id, "stop")
+    db_session.commit()
+    ended = client.get(PROGRESS.format(video_id)).get_json()
+    assert (ended["eta_seconds"], ended["eta_at"]) == (None, None)
 
 
 def test_every_change_of_the_task_changes_the_etag(client, db_session, running):

@@ -138,13 +138,21 @@ class TaskProgressSchema(ma.Schema):
         "why); for a cancelled one, why ('cancelled by request', 'replaced by a forced "
         "run'). null otherwise")})
     eta_seconds = fields.Float(allow_none=True, metadata={"description": (
-        "Seconds until the run ends, as of its last change: the work left in the steps that "
+        "Seconds until the run ends, counted from the run's last change (the last write of "
+        "its progress, the moment its ETag last changed), not from the request: it stays the "
+        "same between changes, so an unchanged answer keeps its ETag and a poll gets 304; to "
+        "count down, use `eta_at`. The work left in the steps that "
         "really run (reused and skipped steps excluded), at the pace each has shown since "
         "its first measured progress report; a step not measured yet is sized by what its "
         "kind cost on this installation per second of media (so a queued run has one too: "
         "the time its steps take, not the wait for a worker; so does a run whose worker was "
         "stopped, queued again until a worker takes a step). null when unknown (a new "
         "installation, before any step has shown a pace) or when the run has ended")})
+    eta_at = fields.DateTime(allow_none=True, metadata={"description": (
+        "When the run is expected to end (ISO 8601, UTC): its last change plus `eta_seconds`, "
+        "so it too stays the same between changes. Time left now = `eta_at` minus the "
+        "current time (the answer's Date header is the server's clock); once passed while "
+        "the run still goes, it takes longer than estimated. null when `eta_seconds` is")})
 
 
 class AsyncTaskSchema(ma.Schema):

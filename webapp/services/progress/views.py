@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from webapp.config import STEPS
 from webapp.models import ACTIVE_STATUSES, SUBTASK_DONE, ProcessingTask, SubTask, utcnow
@@ -39,6 +39,9 @@ class ProgressView:
     finished_at: datetime | None
     error: str | None
     eta_seconds: float | None
+    # When the run is expected to end: the task's last change (updated_at) plus eta_seconds,
+    # so it too stays the same between changes, and a client counts down to it.
+    eta_at: datetime | None = None
 
     @property
     def active(self) -> bool:
@@ -84,7 +87,8 @@ def task_view(task: ProcessingTask) -> ProgressView:
 
     A function of the stored rows only (so of `progress_tag`): the ETA is the one as of the
     task's last change, not of the moment of the request, so an unchanged task always shows
-    the same thing and a poll may answer 304 Not Modified.
+    the same thing and a poll may answer 304 Not Modified. `eta_at` (that change plus the
+    ETA) is what a client counts down to between changes.
     """
     return _view(task, list(task.subtasks))
 
@@ -92,6 +96,9 @@ def task_view(task: ProcessingTask) -> ProgressView:
 def _view(task, subs: list) -> ProgressView:
     """The view of a task and its subtasks, ORM objects or rows with the same attributes."""
     progress = weighted_total((s.weight, s.status, s.progress) for s in subs)
+    seconds = estimate_eta(task, subs, task.updated_at)
+    ends = (task.updated_at + timedelta(seconds=seconds)
+            if seconds is not None and task.updated_at is not None else None)
     return ProgressView(
         video_id=task.video_id,
         task_id=task.id,
@@ -103,7 +110,8 @@ def _view(task, subs: list) -> ProgressView:
         started_at=task.started_at,
         finished_at=task.finished_at,
         error=task.error,
-        eta_seconds=estimate_eta(task, subs, task.updated_at),
+        eta_seconds=seconds,
+        eta_at=ends,
     )
 
 
