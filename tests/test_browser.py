@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -631,3 +632,59 @@ def test_a_failed_poll_leaves_the_panel_and_polling_goes_on(page, media, browser
     assert answered.value.status in (200, 304)
     expect(panel(page)).to_have_attribute("hx-trigger", "every 1s")
     assert page.locator("header.site").count() == 1
+
+
+# -- 10. the ETA counts down between polls, on the server's clock ---------------------------
+
+def test_the_eta_counts_down_between_polls(page, media, browser_log, db_session):
+    """The ETA is the one as of the task's last change (an unchanged panel answers 304):
+    between changes the page counts down to its data-eta-at, once a second, on the server's
+    clock though the browser's is an hour off; past it, it says so instead of a number."""
+    from sqlalchemy import select
+
+    from tests.test_progress import make_task
+    from webapp.models import SubTask, Video
+    from webapp.services import progress
+
+    vid = api_upload(page, media["short"])
+    # No worker: the test writes the progress. Only the preview runs, from 1 % to 50 % in
+    # 20 s, so about 20 s are left: whole seconds, which show it count down.
+    task = make_task(db_session, db_session.get(Video, vid),
+                     skipped={s: "not in this test" for s in STEPS if s != "transcode"})
+    attempt = progress.start_subtask(db_session, task.id, "transcode")
+    progress.report_progress(db_session, task.id, "transcode", attempt, 1.0)
+    step = db_session.scalar(select(SubTask).where(SubTask.task_id == task.id,
+                                                   SubTask.name == "transcode"))
+    step.started_at -= timedelta(seconds=20)
+    step.first_progress_at -= timedelta(seconds=20)
+    db_session.commit()
+    progress.report_progress(db_session, task.id, "transcode", attempt, 50.0)
+    state = api_progress(page, vid)
+    assert state["status"] == "running" and 15 < state["eta_seconds"] < 40, state
+    ends = datetime.fromisoformat(state["eta_at"])
+
+    def left() -> int:
+        text = page.locator("#eta").inner_text().strip()
+        found = re.fullmatch(r"about (\d+) s left", text)
+        assert found, f"#eta reads {text!r}"
+        return int(found.group(1))
+
+    page.clock.install(time=datetime.now(UTC) - timedelta(hours=1))  # the browser's is off
+    page.goto(f"/videos/{vid}")
+    expect(panel(page)).to_have_attribute("hx-trigger", "every 1s")
+    eta_at = page.locator("#eta").get_attribute("data-eta-at")
+    first = left()
+    assert abs(first - (ends - datetime.now(UTC)).total_seconds()) <= 2, first
+    poll_path = f"/videos/{vid}/panel"
+    since = time.monotonic()
+    page.wait_for_timeout(2_600)
+    second = left()
+    polls = browser_log.requests_to(poll_path, since)
+    assert len(polls) >= 2, f"the panel did not poll meanwhile ({len(polls)} polls)"
+    assert page.locator("#eta").get_attribute("data-eta-at") == eta_at  # nothing changed
+    assert first - 6 <= second <= first - 2, (first, second)  # 2.6 s and the test's own
+    # The estimate runs out while the run goes on: no negative or frozen number.
+    page.clock.fast_forward((second + 1) * 1000)
+    expect(page.locator("#eta")).to_have_text("finishing")
+    page.clock.fast_forward(10_000)
+    expect(page.locator("#eta")).to_have_text("taking longer than estimated")

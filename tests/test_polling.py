@@ -21,6 +21,7 @@ from webapp.fastpoll import ProgressPolls
 from webapp.models import ProcessingTask
 from webapp.services import progress
 from webapp.services.errors import NotFound
+from webapp.ui import duration
 
 PANEL, ROW = "/videos/{}/panel?poll=1", "/videos/{}/row"
 PROGRESS = "/api/v1/videos/{}/reprocess"
@@ -424,6 +425,16 @@ def test_fragments_answer_304_until_the_progress_moves(client, db_session, runni
     etag = resp.headers["ETag"]
     assert not etag.startswith("W/") and resp.headers["Cache-Control"] == "no-cache, private"
     assert_not_modified(get(client, url.format(video_id), etag), etag)
+    if url == PANEL:  # what the page counts down to, and the text it shows without script
+        state = client.get(PROGRESS.format(video_id)).get_json()
+        eta = re.search(r'<span id="eta" data-eta-at="([^"]+)">\s*([^<]*)</span>',
+                        resp.get_data(as_text=True))
+        assert eta, resp.get_data(as_text=True)
+        assert abs(datetime.fromisoformat(eta.group(1))
+                   - datetime.fromisoformat(state["eta_at"])) < timedelta(milliseconds=1)
+        seconds = state["eta_seconds"]  # a tiny clip: from 0.1 to a few seconds
+        assert eta.group(2) == ("finishing" if seconds < 0.5
+                                else f"about {duration(seconds, approximate=True)} left")
     progress.report_progress(db_session, task_id, "transcode", 1, 31)
     moved = get(client, url.format(video_id), etag)
     assert moved.status_code == 200 and moved.headers["ETag"] != etag

@@ -371,11 +371,55 @@
     title.focus();
   });
 
+  // -- the ETA, counted down between polls ------------------------------------------------
+  // The server's ETA is as of the task's last change (so that an unchanged panel keeps its
+  // tag and a poll costs a 304): the page counts down to its data-eta-at instead, on the
+  // browser's clock corrected by the server's (#server-time, when the page was made, set
+  // against the browser's when the page starts). Past it, while the run goes on, it says so.
+  var LATE = 5;  // seconds past the estimate still said to be "finishing"
+  var skew = 0;  // server clock minus browser clock, in ms
+
+  function setUpClock() {
+    var stamp = document.getElementById("server-time");
+    var server = stamp ? Date.parse(stamp.getAttribute("datetime")) : NaN;
+    if (isNaN(server)) return;
+    // The page arrived a moment after it was made: the countdown errs on the long side.
+    skew = server - Date.now();
+  }
+
+  // As ui.duration(approximate=True) words it.
+  function approximately(seconds) {
+    seconds = Math.max(0, seconds);
+    if (seconds < 120) return Math.round(seconds) + " s";
+    var minutes = Math.round(seconds / 60);
+    if (minutes < 60) return minutes + " min";
+    minutes = 5 * Math.round(seconds / 300);
+    var hours = Math.floor(minutes / 60);
+    minutes %= 60;
+    return minutes ? hours + " h " + minutes + " min" : hours + " h";
+  }
+
+  function countDown() {
+    var eta = document.getElementById("eta");
+    var at = eta ? Date.parse(eta.dataset.etaAt || "") : NaN;
+    if (isNaN(at)) return;
+    var left = (at - (Date.now() + skew)) / 1000;
+    var text = left >= 0.5 ? "about " + approximately(left) + " left"
+      : left > -LATE ? "finishing" : "taking longer than estimated";
+    if (eta.textContent !== text) eta.textContent = text;
+  }
+
+  // Right after a swap too (before it is painted), not to show the rendered text again.
+  document.addEventListener("htmx:afterSwap", countDown);
+  setInterval(countDown, 250);
+
   function ready() {
     setUpUpload();
     setUpCopy();
     updateSelection();
     announce();
+    setUpClock();
+    countDown();
   }
   document.addEventListener("htmx:afterSettle", function () {
     setUpCopy();
