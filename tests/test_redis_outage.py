@@ -384,11 +384,10 @@ def test_a_worker_that_finds_no_redis_at_start_says_so_in_a_sentence(settings):
     assert "Traceback" not in done.stderr and "a-redis-password" not in done.stderr
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_worker_refused_by_redis_at_start_says_so_not_that_it_does_not_answer(settings,
-                                                                                tmp_path):
-    """A Redis that wants a password REDIS_URL lacks (or has wrong): the worker said Redis
-    "does not answer" and to start it, which sent people to start a second Redis."""
+
+@contextlib.contextmanager
+def redis_with_a_password(tmp_path: Path):
+    """A private redis-server on a free port whose password is "the-right-one"; its port."""
     port = redis_port()
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                                "--requirepass", "the-right-one", "--save", "",
@@ -397,6 +396,17 @@ def test_a_worker_refused_by_redis_at_start_says_so_not_that_it_does_not_answer(
     try:
         wait_for(lambda: Redis(port=port, password="the-right-one").ping(), timeout=10,
                  what="the private redis-server")
+        yield port
+    finally:
+        server.kill()
+        server.wait()
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_worker_refused_by_redis_at_start_says_so_not_that_it_does_not_answer(settings,
+                                                                                tmp_path):
+    """A Redis that wants a password REDIS_URL lacks (or has wrong): the worker said Redis
+    "does not answer" and to start it, which sent people to start a second Redis."""
+    with redis_with_a_password(tmp_path) as port:
         for url in (f"redis://127.0.0.1:{port}/3", f"redis://:a-wrong-one@127.0.0.1:{port}/3"):
             done = subprocess.run([sys.executable, "-m", "jobs.worker"], cwd=PROJECT_ROOT,
                                   capture_output=True, text=True, timeout=60, check=False,
@@ -406,9 +416,6 @@ def test_a_worker_refused_by_redis_at_start_says_so_not_that_it_does_not_answer(
                     "REDIS_URL's credentials (" in done.stderr), done.stderr
             assert "put its password in REDIS_URL" in done.stderr, done.stderr
             assert "does not answer" not in done.stderr and "a-wrong-one" not in done.stderr
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -484,14 +491,7 @@ def test_make_redis_says_a_redis_with_a_password_refuses_rather_than_starting_an
     password (or its lack of one) for none at all: it started redis-server on the same
     port, which could not listen, and said "redis-server did not come up" half a minute
     later."""
-    port = redis_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                               "--requirepass", "the-right-one", "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: Redis(port=port, password="the-right-one").ping(), timeout=10,
-                 what="the private redis-server")
+    with redis_with_a_password(tmp_path) as port:
         for url in (f"redis://:a-wrong-one@127.0.0.1:{port}/0", f"redis://127.0.0.1:{port}/0"):
             started = time.monotonic()
             done = subprocess.run(["scripts/ensure-redis.sh"], cwd=PROJECT_ROOT,
@@ -510,6 +510,3 @@ def test_make_redis_says_a_redis_with_a_password_refuses_rather_than_starting_an
                             env={**os.environ, "PYTHON": sys.executable,
                                  "REDIS_URL": f"redis://:the-right-one@127.0.0.1:{port}/0"})
         assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
-    finally:
-        server.kill()
-        server.wait()
