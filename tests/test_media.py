@@ -17,7 +17,7 @@ import pytest
 import webvtt
 
 from tests import mediagen
-from tests.helpers import top_level_boxes
+from tests.helpers import small_disk, top_level_boxes
 from webapp.services import ffrun, integrity, mediainput
 from webapp.services.ffrun import MediaError
 from webapp.services.keyframes import keyframe_gap
@@ -1141,6 +1141,22 @@ def test_truncated_transcode_fails(truncated_faststart: Path, tmp_path: Path) ->
                         str(caught.value)), str(caught.value)
     assert re.search(r"partial file|corrupt|Invalid NAL", caught.value.detail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_preview_whose_end_finds_the_disk_full_says_so(clip: Path, tmp_path: Path) -> None:
+    """The disk fills while ffmpeg writes the preview's end (+faststart copies the file to
+    put its index first): ffmpeg says "Error writing trailer … No space left on device" and
+    still exits 0. The step completed with a broken file, or failed as "the input ends at
+    0.0 s" (the output's length), where the disk is full is what to say."""
+    whole = tmp_path / "whole.mp4"
+    duration = probe(clip).duration
+    transcode_preview(clip, whole, duration)
+    with small_disk(tmp_path / "small", whole.stat().st_size * 4 // 5) as disk:
+        with pytest.raises(MediaError) as caught:
+            transcode_preview(clip, disk / "preview.mp4", duration)
+        assert str(caught.value) == ("The preview could not be encoded: the server's disk is "
+                                     "full."), caught.value.detail
+        assert list(disk.iterdir()) == []
 
 
 def test_truncated_storyboard_fails(truncated_faststart: Path, tmp_path: Path) -> None:

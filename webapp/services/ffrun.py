@@ -130,6 +130,10 @@ class RunResult:
 _LOST_FRAME = re.compile(r"^Error while decoding stream #\d+:\d+")
 _CONCEALED_FRAME = re.compile(r"concealing \d+ DC, \d+ AC, \d+ MV errors")
 _REPEATED = re.compile(r"Last message repeated (\d+) times")
+# An output ffmpeg could not finish writing ("Error writing trailer of …: No space left on
+# device", "Error closing file …"): it says so, and still exits 0.
+_WRITE_FAILED = re.compile(r"^Error (?:writing trailer of|closing file) |"
+                           r"No space left on device|Disk quota exceeded")
 
 
 def damage_note(damaged: int) -> str | None:
@@ -248,7 +252,9 @@ def run(
         # Only known at the end: where ffmpeg stopped says nothing about the damage.
         raise MediaError(f"{failure_reason(tail, None)} ({result.damaged} frames could not be"
                          " decoded)", detail=error_detail(tail, paths))
-    if code != 0:
+    if code != 0 or any(_WRITE_FAILED.search(line) for line in tail):
+        # (ffmpeg exits 0 when only its output's trailer or close failed, a full disk at the
+        # end: -xerror, which made that an exit code, is not used any more)
         raise MediaError(failure_reason(tail, result.out_time),
                          detail=error_detail(tail, paths) or f"ffmpeg exit code {code}")
     if check_complete:
@@ -353,7 +359,7 @@ def failure_reason(stderr: Iterable[str], reached: float | None) -> str:
         return f"the file has no {_KINDS.get(missing.group(1), 'such')} track"
     if "no such file or directory" in text:
         return "the source file is missing on the server"
-    if "no space left on device" in text:
+    if "no space left on device" in text or "disk quota exceeded" in text:
         return DISK_FULL
     if "format not on whitelist" in text:  # (see mediainput)
         return "it is not an audio or video file of an accepted format"
