@@ -426,3 +426,38 @@ def test_a_refused_files_bar_is_in_the_error_colour(page, media, browser_log):
     error = page.locator("#upload-list li[data-state=failed] .outcome").evaluate(
         "o => getComputedStyle(o).color")
     assert colours[0] == error and colours[1] != error, (colours, error)
+
+
+_PLAYER_IN_VIEW_JS = """() => {
+    const r = document.querySelector('#player').getBoundingClientRect();
+    return r.top > -1 && r.bottom < window.innerHeight + 1;  // scrolled to a fraction
+}"""
+
+
+def test_seeking_from_below_the_player_brings_it_into_view(page, media, settings):
+    """On a phone the transcript's lines (and the storyboard's tiles) are below the player:
+    a click seeks it, and the page scrolls to show it, or nothing seemed to happen. Under
+    prefers-reduced-motion it is there at once, not scrolled to smoothly."""
+    vid = api_upload(page, media["b"])
+    page.request.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    publish_transcript(settings, vid, [(i / 10, (i + 1) / 10, f"Line number {i}.")
+                                       for i in range(30)])
+    page.set_viewport_size({"width": 360, "height": 640})
+    page.goto(f"/videos/{vid}")
+    for selector, reduced in (("#transcript .line >> nth=20", "no-preference"),
+                              ("#storyboard .tile >> nth=1", "reduce")):
+        page.emulate_media(reduced_motion=reduced)
+        target = page.locator(selector)
+        target.scroll_into_view_if_needed()
+        page.evaluate("() => window.scrollBy(0, 200)")
+        assert not page.evaluate(_PLAYER_IN_VIEW_JS), selector
+        start = float(target.get_attribute("data-start"))
+        if reduced == "reduce":  # no animation: in view as the click returns
+            assert target.evaluate(f"(t) => {{ t.click(); return ({_PLAYER_IN_VIEW_JS})(); }}")
+        else:
+            target.click()
+            wait_until(lambda: page.evaluate(_PLAYER_IN_VIEW_JS), timeout=5,
+                       what=f"the player in view after a click on {selector}")
+        assert abs(page.evaluate("() => document.querySelector('#player').currentTime")
+                   - start) < 0.5

@@ -251,7 +251,16 @@
     if (!target || !player) return;
     player.currentTime = parseFloat(target.dataset.start);
     highlight(player);
+    showPlayer(player);
   });
+
+  // A line far down the transcript (or any line on a phone) is clicked with the player out
+  // of sight: it seeks unseen. The page scrolls just enough to show it (the transcript's own
+  // box keeps its place), at once for someone who asked for reduced motion.
+  function showPlayer(player) {
+    var still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    player.scrollIntoView({block: "nearest", behavior: still ? "auto" : "smooth"});
+  }
 
   // A page opened at a moment (/videos/<id>?t=12.3, e.g. from search) plays from there. If
   // the browser refuses to start playing by itself, the player waits at that moment.
