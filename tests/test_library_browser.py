@@ -17,7 +17,7 @@ from playwright.sync_api import Page, expect
 from tests import browser, mediagen
 from tests.browser import api_upload, wait_until
 from tests.conftest import run_worker
-from tests.helpers import publish_transcript
+from tests.helpers import always, publish_transcript
 
 chromium, browser_log, live_server, page = (
     browser.chromium, browser.browser_log, browser.live_server, browser.page)
@@ -461,3 +461,41 @@ def test_seeking_from_below_the_player_brings_it_into_view(page, media, settings
                        what=f"the player in view after a click on {selector}")
         assert abs(page.evaluate("() => document.querySelector('#player').currentTime")
                    - start) < 0.5
+
+
+_SHOWING_JS = """() => {
+    const p = document.querySelector('#player');
+    return p.readyState >= 1 ? Array.from(p.textTracks).filter(t => t.mode === 'showing')
+        .map(t => t.label) : null;
+}"""
+
+
+@pytest.mark.parametrize("languages, shown", [
+    (["en-GB", "de"], "English (translated)"),
+    (["fr-CA", "de-AT", "en"], "German"),  # the first the video has a track in
+    (["fr"], "German"),  # none: the spoken language's
+])
+def test_the_captions_shown_first_are_in_the_viewers_language(page, chromium, live_server,
+                                                            media, settings, languages, shown):
+    """With English captions too, the player showed the spoken language's captions to
+    everyone: a viewer whose browser asks for English sees the English ones, and one whose
+    browser asks for neither language the spoken language's."""
+    vid = api_upload(page, media["b"])
+    page.request.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    publish_transcript(settings, vid, [(0.0, 1.5, "Guten Tag.")], "de",
+                       translation=[(0.0, 1.5, "Good day.")])
+    context = chromium.new_context(base_url=live_server)
+    try:
+        viewer = context.new_page()
+        viewer.add_init_script(
+            f"Object.defineProperty(navigator, 'languages', {{get: () => {languages!r}}})")
+        viewer.goto(f"/videos/{vid}")
+        assert viewer.locator("#player track").count() == 2
+        wait_until(lambda: viewer.evaluate(_SHOWING_JS), timeout=10,
+                   what="the player's metadata and a track showing")
+        always(lambda: viewer.evaluate(_SHOWING_JS) == [shown], within=1.0,
+               what=f"{shown} captions alone showing for {languages}")
+        assert viewer.locator("#player track[default]").get_attribute("label") == shown
+    finally:
+        context.close()

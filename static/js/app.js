@@ -262,6 +262,34 @@
     player.scrollIntoView({block: "nearest", behavior: still ? "auto" : "smooth"});
   }
 
+  // -- the captions shown first: the viewer's language, when a track is in it --------------
+  // The server marks the spoken language's track `default`. With English captions too, a
+  // viewer whose browser asks for English (or the spoken language, or neither) is shown the
+  // track of the first of navigator.languages that one is in (by primary subtag: en-GB
+  // takes "en"); with none, the spoken language's stays. Once per player: a choice made in
+  // the player's own menu is left alone.
+  function chooseCaptions() {
+    var player = document.getElementById("player");
+    if (!player || player.dataset.captionsChosen) return;
+    player.dataset.captionsChosen = "1";
+    var tracks = Array.prototype.slice.call(player.querySelectorAll("track"));
+    if (tracks.length < 2) return;
+    var wanted = navigator.languages && navigator.languages.length
+      ? navigator.languages : [navigator.language || ""];
+    var primary = function (tag) { return String(tag || "").split("-")[0].toLowerCase(); };
+    var chosen = null;
+    for (var i = 0; i < wanted.length && !chosen; i++) {
+      chosen = tracks.filter(function (t) {
+        return primary(t.srclang) === primary(wanted[i]);
+      })[0] || null;
+    }
+    if (!chosen || chosen.hasAttribute("default")) return;
+    tracks.forEach(function (t) {
+      t.toggleAttribute("default", t === chosen);
+      t.track.mode = t === chosen ? "showing" : "disabled";
+    });
+  }
+
   // A page opened at a moment (/videos/<id>?t=12.3, e.g. from search) plays from there. If
   // the browser refuses to start playing by itself, the player waits at that moment.
   function startAt() {
@@ -423,6 +451,7 @@
   setInterval(countDown, 250);
 
   function ready() {
+    chooseCaptions();
     setUpUpload();
     setUpCopy();
     updateSelection();
@@ -431,6 +460,7 @@
     countDown();
   }
   document.addEventListener("htmx:afterSettle", function () {
+    chooseCaptions();  // the results came in with the run's last poll
     setUpCopy();
     updateSelection();
   });
