@@ -10,6 +10,8 @@ from bs4 import BeautifulSoup
 from tests import mediagen
 from tests.conftest import run_worker
 from tests.helpers import publish_transcript, upload_ok
+from webapp import create_app
+from webapp.config import Settings
 from webapp.models import ProcessingTask
 from webapp.services import progress
 
@@ -804,3 +806,27 @@ def test_delete_without_javascript_asks_first_on_a_page(client, clip):
     assert client.get(f"/videos/{vid}").status_code == 404
     assert (soup(client.get("/")).select_one("#flashes .flash.ok").get_text()
             == "Deleted keep me.mp4 and all its files.")
+
+
+@pytest.mark.parametrize(("weights", "shares"), [
+    ({}, ["10", "50", "10", "30"]),
+    ({"WEIGHT_EXTRACT_AUDIO": "1", "WEIGHT_TRANSCRIBE": "1", "WEIGHT_THUMBNAILS": "1",
+      "WEIGHT_TRANSCODE": "3"}, ["17", "17", "17", "50"]),
+])
+def test_each_step_says_its_share_of_the_total_not_a_weight(settings, clip, monkeypatch,
+                                                          weights, shares):
+    """"weight 50" meant nothing to a viewer: each step says the share of the overall bar
+    it counts for, from the configured weights (the API keeps `weight`)."""
+    for key, value in weights.items():
+        monkeypatch.setenv(key, value)
+    app = create_app(Settings.from_env())
+    client = app.test_client()
+    vid = upload_ok(client, clip)["id"]
+    page = soup(client.get(f"/videos/{vid}"))
+    rows = page.select("#progress-panel table.steps tbody th")
+    assert [" ".join(r.select_one(".share").get_text().split()) for r in rows] == [
+        f"{share} % of the total" for share in shares]
+    assert "weight" not in page.select_one("#progress-panel").get_text()
+    subtasks = client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["subtasks"]
+    assert [s["weight"] for s in subtasks] == [
+        float(weights.get(f"WEIGHT_{s['name'].upper()}", s["weight"])) for s in subtasks]
