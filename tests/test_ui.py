@@ -14,6 +14,7 @@ from webapp import create_app
 from webapp.config import Settings
 from webapp.models import ProcessingTask
 from webapp.services import progress
+from webapp.sizes import human_size
 
 HX = {"HX-Request": "true"}
 
@@ -830,3 +831,34 @@ def test_each_step_says_its_share_of_the_total_not_a_weight(settings, clip, monk
     subtasks = client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["subtasks"]
     assert [s["weight"] for s in subtasks] == [
         float(weights.get(f"WEIGHT_{s['name'].upper()}", s["weight"])) for s in subtasks]
+
+
+@pytest.mark.parametrize("htmx", [False, True])
+def test_the_upload_limit_is_said_in_the_units_of_the_readme(settings, clip, htmx):
+    """The limit was said as "262,144 bytes" on the page: the library names it up front
+    and a refusal says it, as the README does ("2 GiB"); the API adds the exact bytes."""
+    app = create_app(Settings.from_env(max_upload_bytes=256 * 1024))
+    client = app.test_client()
+    page = soup(client.get("/"))
+    assert "up to 256 KiB each" in page.select_one("#drop-zone label").get_text()
+    token = page.select_one('meta[name="csrf-token"]')["content"]
+    big = clip.parent / "big.mp4"
+    big.write_bytes(clip.read_bytes() + b"\0" * 300 * 1024)
+    resp = form_upload(client, big, headers={**(HX if htmx else {}), "X-CSRFToken": token})
+    assert resp.status_code == 413
+    said = soup(resp).select_one("#upload-message").get_text()
+    assert "the file is larger than the limit of 256 KiB" in said and "262" not in said, said
+    with open(big, "rb") as fh:
+        resp = client.post("/api/v1/videos", data={"file": (fh, "big.mp4")},
+                           content_type="multipart/form-data")
+    assert resp.get_json()["message"] == (
+        "the request body is larger than the limit of 256 KiB (262,144 bytes)")
+
+
+@pytest.mark.parametrize(("size", "said"), [
+    (0, "0 bytes"), (1, "1 byte"), (1023, "1,023 bytes"), (1024, "1 KiB"),
+    (497_964, "486 KiB"), (1_048_575, "1 MiB"), (1_740_900, "1.7 MiB"),
+    (2 * 1024**3, "2 GiB"), (5 * 1024**3 + 1024**3 // 2, "5.5 GiB"),
+])
+def test_sizes_read_in_binary_units(size, said):
+    assert human_size(size) == said

@@ -41,6 +41,7 @@ from webapp.services import (
 )
 from webapp.services.errors import Conflict, InvalidMedia, NotFound, ServiceError
 from webapp.services.mediainput import video_format
+from webapp.sizes import human_size
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ui", __name__)
@@ -87,12 +88,16 @@ def language_helpers() -> dict:
     return {"language_choices": lambda: languages.choices(ext.settings()),
             "language_name": languages.name, "text_direction": languages.direction,
             "artifact_language": languages.of_artifact,
-            "video_format": video_format}
+            "video_format": video_format,
+            "upload_limit": lambda: human_size(ext.settings().max_upload_bytes)}
 
 
 # The API names steps by their `name` in its sentences too ("not run because extract_audio
 # failed"), which matches its `subtasks[].name`; a page says them as its step table does.
 STEP_NAME = re.compile(r"\b(" + "|".join(STEPS) + r")\b")
+
+
+bp.add_app_template_filter(human_size, "filesize")
 
 
 @bp.app_template_filter("step_label")
@@ -333,8 +338,8 @@ def upload():
         language, translate = form_options()
         requested = languages.parse(ext.settings(), language)
     except RequestEntityTooLarge:
-        limit = ext.settings().max_upload_bytes
-        return upload_failed(f"the file is larger than the limit of {limit:,} bytes", 413)
+        limit = human_size(ext.settings().max_upload_bytes)
+        return upload_failed(f"the file is larger than the limit of {limit}", 413)
     except BadRequest as exc:  # the body was cut short, or is no readable form
         return upload_failed(str(exc.description), 400)
     except ServiceError as exc:

@@ -33,6 +33,7 @@ from webapp.services.errors import (
     is_database_unavailable,
     is_disk_full,
 )
+from webapp.sizes import human_size
 
 log = logging.getLogger(__name__)
 DISK_FULL = ("the server's disk is full: the request could not be completed; try again once "
@@ -66,7 +67,8 @@ class Api(SmorestApi):
         elif isinstance(error, RequestEntityTooLarge):
             limit, length = request.max_content_length, request.content_length
             if limit and (length is None or length > limit):
-                message = f"the request body is larger than the limit of {limit:,} bytes"
+                message = (f"the request body is larger than the limit of "
+                           f"{human_size(limit)} ({limit:,} bytes)")
             else:  # werkzeug's form limits: too many parts, or a big non-file field
                 message = "the form has too many parts, or a field besides the file is too big"
         elif isinstance(error, NotFound) and request.url_rule is None:
