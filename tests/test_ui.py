@@ -862,3 +862,27 @@ def test_the_upload_limit_is_said_in_the_units_of_the_readme(settings, clip, htm
 ])
 def test_sizes_read_in_binary_units(size, said):
     assert human_size(size) == said
+
+
+def test_after_a_cancelled_run_in_another_language_the_page_says_which_is_which(
+        client, clip, settings):
+    """A run asked for German, then cancelled: the menu shows German (the next run's) above
+    an English transcript. The page says that the menu is for the next run and what the
+    transcript shown is in."""
+    vid = upload_ok(client, clip)["id"]
+    publish_transcript(settings, vid, [(0.0, 1.0, "Hello there.")], "en")
+    assert not soup(client.get(f"/videos/{vid}")).select_one("#next-run-note")
+    resp = client.post(f"/videos/{vid}/reprocess", headers=HX,
+                       data={"options": "1", "language": "de", "translate": "1"})
+    assert resp.status_code == 200
+    assert client.post(f"/videos/{vid}/cancel", headers=HX).status_code == 200
+    page = soup(client.get(f"/videos/{vid}"))
+    assert page.select_one("#run-language option[selected]")["value"] == "de"
+    assert page.select_one("#transcript-language").get_text().startswith("English")
+    note = page.select_one("#run-form #next-run-note").get_text()
+    assert note == ("These settings are for the next run: the transcript shown below is in "
+                    "English (detected automatically), without English captions."), note
+    # The API is as it was: the video's options are the next run's.
+    video = client.get(f"/api/v1/videos/{vid}").get_json()
+    assert (video["requested_language"], video["translate"], video["language"]) == (
+        "de", True, "en")

@@ -178,10 +178,30 @@ def video_context(video: Video, message: str | None = None, poll: bool = False,
         "transcript": transcript,
         "lines": transcript.lines if transcript else None,
         "language_chosen": bool(made_by and made_by.language),
+        "next_run_note": next_run_note(video, transcript, made_by),
         "tiles": tiles,
         "sprite_size": (sprite_w, sprite_h),
         "ahead": runs_ahead(video.id, state.status),
     }
+
+
+def next_run_note(video: Video, transcript: results.TranscriptView | None,
+                  made_by: ProcessingTask | None) -> str | None:
+    """What the transcript shown is in, when the options the run form shows (the video's,
+    which a trigger stores, even one cancelled since) are not those that made it: the
+    menu said German above an English transcript, as if it were German."""
+    if transcript is None or made_by is None or not video.has_audio:
+        return None
+    other_language = (made_by.language or None) != (video.requested_language or None)
+    other_english = bool(made_by.translate) != bool(video.translate)
+    if not (other_language or other_english):
+        return None
+    how = "chosen" if made_by.language else "detected automatically"
+    said = f"{languages.name(transcript.language) or 'an unknown language'} ({how})"
+    if other_english:
+        said += (", with English captions" if transcript.translation
+                 else ", without English captions")
+    return f"These settings are for the next run: the transcript shown below is in {said}."
 
 
 def runs_ahead(video_id: str, status: str) -> int:
