@@ -510,3 +510,53 @@ def test_make_redis_says_a_redis_with_a_password_refuses_rather_than_starting_an
                             env={**os.environ, "PYTHON": sys.executable,
                                  "REDIS_URL": f"redis://:the-right-one@127.0.0.1:{port}/0"})
         assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # about Redis only
+def test_a_video_page_open_during_an_outage_says_it_as_it_starts_and_ends(
+        outage_app, redis_server, clip):
+    """The queue banner was the page's, as it was loaded: a run's page polled on through an
+    outage saying "waiting for a worker", no word of Redis, and one loaded during it still
+    said Redis was down once it was back. The polled panel says it, and of the run."""
+    from bs4 import BeautifulSoup
+
+    client = outage_app.test_client()
+    vid = upload_ok(client, clip)["id"]
+    assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202  # no worker
+    html = client.get(f"/videos/{vid}").get_data(as_text=True)
+    token = BeautifulSoup(html, "html.parser").select_one('meta[name="csrf-token"]')["content"]
+    hx = {"HX-Request": "true", "X-CSRFToken": token}
+
+    def poll(etag: str | None) -> tuple[str | None, object]:
+        resp = client.get(f"/videos/{vid}/panel?poll=1",
+                          headers={**hx, **({"If-None-Match": etag} if etag else {})})
+        if resp.status_code == 304:
+            return etag, None
+        assert resp.status_code == 200, resp.status_code
+        panel = BeautifulSoup(resp.get_data(as_text=True), "html.parser")
+        return resp.headers["ETag"], panel.select_one("#queue-banner")
+
+    etag, banner = poll(None)
+    assert banner is None
+    redis_server.stop()
+
+    def banner_said():
+        nonlocal etag
+        etag, banner = poll(etag)
+        return banner and " ".join(banner.get_text().split())
+
+    said = wait_for(banner_said, timeout=10, what="the polled panel saying Redis is down")
+    assert said == ("The job queue (Redis) is not answering: this run's steps that are "
+                    "already running go on; the others wait until it is back. Progress and "
+                    "results below are still up to date."), said
+    page = BeautifulSoup(client.get(f"/videos/{vid}").get_data(as_text=True), "html.parser")
+    assert len(page.select("#queue-banner")) == 1
+    assert page.select_one("#progress-panel #queue-banner")
+
+    redis_server.start()
+
+    def banner_gone():  # a fresh panel (not a 304 keeping the old one) without it
+        new_etag, banner = poll(etag)
+        return new_etag != etag and banner is None
+
+    wait_for(banner_gone, timeout=10, what="the banner gone with the outage")

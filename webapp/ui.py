@@ -71,15 +71,28 @@ def queue_status() -> dict:
                 g.queue_down = True
         return g.queue_down
 
-    return {"queue_down": queue_down, "no_worker": no_worker}
+    return {"queue_down": queue_down, "no_worker": no_worker,
+            "queue_unreachable": queue_unreachable}
+
+
+def worker_count() -> int | None:
+    """The workers serving the queue, None when Redis did not answer. Asked once per
+    request, and at most every 2 s per process (WorkerCensus)."""
+    if "worker_count" not in g:
+        g.worker_count = ext.handles().workers.count()
+    return g.worker_count
 
 
 def no_worker() -> bool:
     """True when Redis answers and no worker serves the queue: active tasks would wait
-    forever. Asked once per request, and at most every 2 s per process (WorkerCensus)."""
-    if "no_worker" not in g:
-        g.no_worker = ext.handles().workers.count() == 0
-    return g.no_worker
+    forever."""
+    return worker_count() == 0
+
+
+def queue_unreachable() -> bool:
+    """True when Redis did not answer the census: the polled panel says so, as it goes
+    down and when it is back (the page's own banner is as of its loading)."""
+    return worker_count() is None
 
 
 @bp.app_context_processor
@@ -436,7 +449,8 @@ def panel(video_id: str):
     # The panel says when no worker lives, and how many runs a queued one waits behind:
     # both are part of what it shows, so of its tag.
     ahead = runs_ahead(video_id, "queued") if tag.endswith("-queued") else 0
-    session_tag = f"{_csrf_digest()}-{int(poll)}-w{int(not no_worker())}-a{ahead}"
+    workers = {None: "down", 0: "0"}.get(worker_count(), "1")
+    session_tag = f"{_csrf_digest()}-{int(poll)}-w{workers}-a{ahead}"
 
     def render() -> tuple[str, str]:
         video = processing.get_video(ext.db(), video_id)
