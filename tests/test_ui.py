@@ -886,3 +886,16 @@ def test_after_a_cancelled_run_in_another_language_the_page_says_which_is_which(
     video = client.get(f"/api/v1/videos/{vid}").get_json()
     assert (video["requested_language"], video["translate"], video["language"]) == (
         "de", True, "en")
+
+
+def test_an_actions_message_is_a_sentence(client, clip):
+    """The service's messages are the API's ("unknown language 'xx' ..."): on the page,
+    beside the UI's own sentences, each begins with a capital and ends with a stop."""
+    vid = uploaded(client, clip)
+    for headers in (HX, {}):
+        resp = client.post(f"/videos/{vid}/force", headers=headers,
+                           data={"language": "xx", "options": "1"})
+        assert resp.status_code == 422
+        said = soup(resp).select_one("#message").get_text()
+        assert said.startswith("Unknown language 'xx'") and said.endswith("."), said
+        assert not said.endswith(".."), said

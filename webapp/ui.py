@@ -129,6 +129,16 @@ def step_names(sentence: str | None) -> str:
     return said[:1].upper() + said[1:]
 
 
+@bp.app_template_filter("sentence")
+def sentence(said: str) -> str:
+    """A message as a sentence on the page: the service's ("the job queue (Redis) is
+    unavailable; try again in a moment") begin in lower case and end without a stop."""
+    said = said.strip()
+    if said and said[-1] not in ".!?…":
+        said += "."
+    return said[:1].upper() + said[1:]
+
+
 @bp.app_template_filter("duration")
 def duration(seconds: float | None, approximate: bool = False) -> str:
     """Seconds as a person reads them: "8.4 s", "42 s", "3 min 05 s", "1 h 12 min".
