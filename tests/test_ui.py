@@ -262,10 +262,15 @@ def test_delete_goes_back_to_the_library(client, clip):
     assert client.get(f"/videos/{vid}").status_code == 404
 
 
-def test_unknown_video_page_is_an_html_404(client):
+def test_unknown_video_page_is_an_html_404(client, clip):
     resp = client.get("/videos/not-a-video")
     assert resp.status_code == 404 and resp.mimetype == "text/html"
     assert "Back to the library" in resp.get_data(as_text=True)
+    # A bookmark to a video deleted since: said to a person, not as "video <uuid> not found".
+    vid = upload_ok(client, clip)["id"]  # through the API: no run to wait for
+    assert client.delete(f"/api/v1/videos/{vid}").status_code == 204
+    said = soup(client.get(f"/videos/{vid}")).select_one("main").get_text(" ", strip=True)
+    assert "There is no such video: it may have been deleted" in said and vid not in said
 
 
 def test_original_filename_is_escaped(client, clip):

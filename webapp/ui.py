@@ -367,7 +367,12 @@ def video_gone(exc: NotFound):
         if request.endpoint == "ui.delete":
             flash("That video had already been deleted.", "ok")
             return go_to(url_for("ui.library"))
-    return html_error(exc.status, "Not Found", exc.message)
+    return html_error(exc.status, "Not Found", NO_SUCH_VIDEO)
+
+
+# The API's 404 says "video <uuid> not found": a person followed a link or a bookmark.
+NO_SUCH_VIDEO = ("There is no such video: it may have been deleted, or the link that led here "
+                 "is incomplete.")
 
 
 @bp.post("/videos")
