@@ -904,3 +904,13 @@ def test_an_actions_message_is_a_sentence(client, clip):
         said = soup(resp).select_one("#message").get_text()
         assert said.startswith("Unknown language 'xx'") and said.endswith("."), said
         assert not said.endswith(".."), said
+
+
+def test_a_video_never_run_says_how_to_start_it(client, clip):
+    """Uploaded while the queue was down (or through the API), a video stays "pending":
+    nothing starts it later by itself, and its page said nothing of what to do."""
+    vid = upload_ok(client, clip)["id"]
+    note = soup(client.get(f"/videos/{vid}")).select_one("#progress-panel #not-run")
+    assert note.get_text() == "Not processed yet: Run starts it."
+    assert client.post(f"/videos/{vid}/run", headers=HX).status_code == 200
+    assert not soup(client.get(f"/videos/{vid}")).select_one("#not-run")
