@@ -9,9 +9,10 @@ import signal
 import time
 from collections.abc import Callable
 
+from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from rq import Queue, Worker
+from rq import Queue, Worker, worker_registration
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
 
@@ -237,6 +238,34 @@ class VidpipeWorker(Worker):
             call_exception_handlers(self._exc_handlers, job, *exc_info)
             return
         super().handle_exception(job, *exc_info)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        """RQ's heartbeat, which also registers the worker again when Redis lost its
+        registration: a Redis restarted empty after an outage (nothing is kept on disk)
+        has no trace of it, and RQ's loop reconnects without registering again. The worker
+        went on working, counted by nobody: /healthz said 0 workers and the pages "No
+        worker is running" beside runs it was doing."""
+        super().heartbeat(timeout, pipeline)
+        if pipeline is None:  # RQ's own pipeline, busy: maintain_heartbeats checks after it
+            self._register_again_if_lost(timeout or self.worker_ttl + 60)
+
+    def maintain_heartbeats(self, job: Job, execution) -> None:
+        """RQ's heartbeats while a step runs, then the registration's check (heartbeat)."""
+        super().maintain_heartbeats(job, execution)
+        self._register_again_if_lost(self.job_monitoring_interval + 60)
+
+    def _register_again_if_lost(self, ttl: int) -> None:
+        if self.birth_date is None:  # not registered yet: RQ's start does it
+            return
+        if any(self.connection.hmget(self.key, "birth", "death")):  # there, or stopping
+            return
+        with self.connection.pipeline() as again:
+            again.hset(self.key, mapping=self.serialize())
+            worker_registration.register(self, again)
+            again.expire(self.key, ttl)
+            again.execute()
+        log.info("registered again as worker %s: the job queue (Redis) had lost its "
+                 "registration", self.name)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         interval = self.job_monitoring_interval

@@ -560,3 +560,25 @@ def test_a_video_page_open_during_an_outage_says_it_as_it_starts_and_ends(
         return new_etag != etag and banner is None
 
     wait_for(banner_gone, timeout=10, what="the banner gone with the outage")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # about Redis only
+def test_a_worker_that_waited_out_an_outage_is_counted_again(outage_app, redis_server,
+                                                             worker_proc):
+    """Redis restarted empty (nothing kept on disk) had lost the worker's registration, and
+    RQ reconnects without writing it again: the worker worked on, counted by nobody.
+    /healthz said 0 workers, and the pages "No worker is running" beside its runs."""
+    client = outage_app.test_client()
+    worker = worker_proc()
+    log = Path(worker.log_path)
+    wait_for(lambda: "Listening on" in log.read_text(), timeout=60, what="the worker up")
+    wait_for(lambda: client.get("/healthz").get_json()["workers"] == 1, timeout=10,
+             what="/healthz counting the worker")
+    redis_server.stop()
+    wait_for(lambda: "the job queue (Redis) does not answer (" in log.read_text(),
+             timeout=15, what="the worker saying Redis does not answer")
+    redis_server.start()
+    wait_for(lambda: client.get("/healthz").get_json()["workers"] == 1, timeout=20,
+             what="/healthz counting the worker again after the outage")
+    assert worker.poll() is None
+    assert "registered again as worker" in log.read_text()
