@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
     configure_logging()
 
-    # (ui_search adds the search page to ui.bp when imported)
+    # (ui_library, ui_video and ui_search add their pages to ui.bp when imported)
     from webapp import (  # noqa: F401
         api,
         commands,
@@ -46,7 +46,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         internal,
         security,
         ui,
+        ui_library,
         ui_search,
+        ui_video,
     )
 
     extensions.init_app(app, settings)

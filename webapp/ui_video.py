@@ -1,0 +1,228 @@
+"""The video page: metadata, the progress panel (polled) with its actions, the results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from flask import flash, g, render_template, request, url_for
+
+from webapp import extensions as ext
+from webapp.models import ProcessingTask, Video, utcnow
+from webapp.services import ingest, languages, processing, progress, publications, results
+from webapp.services.errors import Conflict, ServiceError
+from webapp.ui import (
+    bp,
+    csrf_digest,
+    form_options,
+    go_to,
+    is_htmx,
+    polled_fragment,
+    worker_count,
+)
+
+ACTIONS = {
+    "run": ("run_sync", False),
+    "reprocess": ("reprocess", False),
+    "force": ("reprocess", True),
+}
+
+
+def video_context(video: Video, message: str | None = None, poll: bool = False,
+                  state: progress.ProgressView | None = None) -> dict:
+    """Everything the video page and its fragments show."""
+    if state is None:
+        state = progress.video_progress(ext.db(), video, ext.settings().weights)
+    artifacts = {a.name: a
+                 for a in publications.artifacts(ext.db(), ext.storage(), video.id)}
+    tiles, sprite_w, sprite_h = results.storyboard_tiles(artifacts, video.id)
+    found = artifacts.get("transcript.json")
+    transcript = results.transcript(found, video.id)
+    # Whisper's probability is 1 for a language its run was given: not a detection to show.
+    made_by = ext.db().get(ProcessingTask, found.task_id) if found and found.task_id else None
+    return {
+        "video": video,
+        "state": state,
+        "message": message,
+        "poll": poll,
+        "artifacts": artifacts,
+        "transcript": transcript,
+        "lines": transcript.lines if transcript else None,
+        "language_chosen": bool(made_by and made_by.language),
+        "next_run_note": next_run_note(video, transcript, made_by),
+        "tiles": tiles,
+        "sprite_size": (sprite_w, sprite_h),
+        "ahead": runs_ahead(video.id, state.status),
+    }
+
+
+def next_run_note(video: Video, transcript: results.TranscriptView | None,
+                  made_by: ProcessingTask | None) -> str | None:
+    """What the transcript shown is in, when the options the run form shows (the video's,
+    which a trigger stores, even one cancelled since) are not those that made it: the
+    menu said German above an English transcript, as if it were German."""
+    if transcript is None or made_by is None or not video.has_audio:
+        return None
+    other_language = (made_by.language or None) != (video.requested_language or None)
+    other_english = bool(made_by.translate) != bool(video.translate)
+    if not (other_language or other_english):
+        return None
+    how = "chosen" if made_by.language else "detected automatically"
+    said = f"{languages.name(transcript.language) or 'an unknown language'} ({how})"
+    if other_english:
+        said += (", with English captions" if transcript.translation
+                 else ", without English captions")
+    return f"These settings are for the next run: the transcript shown below is in {said}."
+
+
+def runs_ahead(video_id: str, status: str) -> int:
+    """The runs a queued run waits behind (progress.runs_ahead); 0 for any other status.
+    Read once per request."""
+    if status != "queued":
+        return 0
+    if "runs_ahead" not in g:
+        g.runs_ahead = progress.runs_ahead(ext.db(), video_id)
+    return g.runs_ahead
+
+
+def show_video(video_id: str, message: str | None = None, status: int = 200,
+               start_at: str | None = None, notice: bool = False):
+    """The video page, or for HTMX the fresh panel plus the action's message (out of band):
+    an error, or with `notice` what the action did. `start_at` (the page's `t`) is where its
+    player starts, in seconds."""
+    video = processing.get_video(ext.db(), video_id)
+    context = video_context(video, message)
+    if not is_htmx():
+        return render_template("videos/show.html", start_at=seconds_into(video, start_at),
+                               rendered_at=utcnow(), notice=notice, **context), status
+    html = render_template("videos/_panel.html", **context)
+    html += render_template("videos/_message.html", message=message, oob=True, notice=notice)
+    return html, status
+
+
+@bp.get("/videos/<video_id>", merge_slashes=False)
+def video_page(video_id: str):
+    """One video: metadata, actions, live progress and, when done, the results; `?t=12.3`
+    plays it from that second (a link from search, or one to share)."""
+    return show_video(video_id, start_at=request.args.get("t"))
+
+
+def seconds_into(video: Video, value: str | None) -> float | None:
+    """A `t` parameter as a time in the video, None unless it is a number of seconds from 0
+    to the video's length (a link is never an error: a bad `t` is left out)."""
+    try:
+        seconds = float(value) if value and len(value) <= 32 else None
+    except ValueError:
+        return None
+    end = video.duration if video.duration is not None else math.inf
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= end:
+        return None
+    return seconds
+
+
+@bp.get("/videos/<video_id>/panel", merge_slashes=False)
+def panel(video_id: str):
+    """The progress panel fragment (polled while a task is active)."""
+    poll = request.args.get("poll") == "1"
+    weights = ext.settings().weights
+    tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
+    # The panel says when no worker lives, and how many runs a queued one waits behind:
+    # both are part of what it shows, so of its tag.
+    ahead = runs_ahead(video_id, "queued") if tag.endswith("-queued") else 0
+    workers = {None: "down", 0: "0"}.get(worker_count(), "1")
+    session_tag = f"{csrf_digest()}-{int(poll)}-w{workers}-a{ahead}"
+
+    def render() -> tuple[str, str]:
+        video = processing.get_video(ext.db(), video_id)
+        state, tag = progress.tagged_progress(ext.db(), video.id, weights)
+        html = render_template("videos/_panel.html",
+                               **video_context(video, poll=poll, state=state))
+        return html, f"panel-{tag}-{session_tag}"
+
+    return polled_fragment(f"panel-{tag}-{session_tag}", render)
+
+
+def act(video_id: str, action: Callable[[], str | None]):
+    """Run a panel action: the updated panel (or page), with the error message if it failed,
+    or the note the action returned (the page itself, not a redirect that would lose it)."""
+    try:
+        note = action()
+    except ServiceError as exc:
+        return show_video(video_id, exc.message, exc.status)
+    if note:
+        return show_video(video_id, note, notice=True)
+    if is_htmx():
+        return show_video(video_id)
+    return go_to(url_for("ui.video_page", video_id=video_id))
+
+
+@bp.post("/videos/<video_id>/<any(run, reprocess, force):action>", merge_slashes=False)
+def start(video_id: str, action: str):
+    """Run, Reprocess or Force reprocess; answers with the updated panel."""
+    mode, force = ACTIONS[action]
+    language, translate = form_options()
+
+    def trigger() -> str | None:
+        try:
+            task = processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
+                                      video_id, mode, force=force, language=language,
+                                      translate=translate)
+        except Conflict as exc:
+            raise Conflict(busy_message(exc), **exc.extra) from exc
+        # A Run with every output there (made with these options) is done at once: without
+        # a word, the press seemed to do nothing but blank the steps' times.
+        return NOTHING_TO_RUN if task.status == "completed" else None
+
+    return act(video_id, trigger)
+
+
+# The 409s of a page that was out of date when its button was pressed (the run ended, or
+# started from elsewhere, since its last poll), said to a person: no ids, the page's way out.
+NOTHING_TO_CANCEL = "There is nothing to cancel: this video's run has already ended."
+STILL_RUNNING = ("This video is being processed: cancel its run (or wait for it to end), "
+                 "then delete it.")
+NOTHING_TO_RUN = ("Nothing to run: every output is already there, made with these settings. "
+                  "Reprocess makes them all again.")
+
+
+def busy_message(exc: Conflict) -> str:
+    """The 409 of a trigger said to a person: the service's sentence is the API's (ids, and
+    `force=true`); a page offers its Force reprocess button instead."""
+    task = ext.db().get(ProcessingTask, exc.extra.get("task_id") or "")
+    status = f"a {task.status}" if task is not None and task.status in ("queued", "running") \
+        else "an active"
+    return (f"This video already has {status} task: wait for it to end, cancel it, "
+            "or use Force reprocess to replace it.")
+
+
+@bp.post("/videos/<video_id>/cancel", merge_slashes=False)
+def cancel(video_id: str):
+    """Cancel the active task; answers with the updated panel."""
+    def stop() -> None:
+        try:
+            processing.cancel(ext.db(), ext.storage(), ext.redis(), video_id)
+        except Conflict as exc:  # the API's sentence names the video by id
+            raise Conflict(NOTHING_TO_CANCEL, **exc.extra) from exc
+
+    return act(video_id, stop)
+
+
+@bp.post("/videos/<video_id>/delete", merge_slashes=False)
+def delete(video_id: str):
+    """Delete the video and its files, then back to the library, which says so. The page's
+    script asks first (hx-confirm); without it, a page asks, as for the selection."""
+    if not is_htmx() and request.form.get("confirmed") != "1":
+        video = processing.get_video(ext.db(), video_id)
+        page = url_for("ui.video_page", video_id=video_id)
+        return render_template("library/confirm.html", action="delete",
+                               label="Delete", videos=[video], ids=[video_id],
+                               back=page, post_to=url_for("ui.delete", video_id=video_id))
+    try:
+        name = processing.get_video(ext.db(), video_id).original_filename
+        ingest.delete_video(ext.db(), ext.storage(), video_id)
+    except Conflict as exc:  # the API's sentence names the video and its task by id
+        return show_video(video_id, STILL_RUNNING, exc.status)
+    except ServiceError as exc:
+        return show_video(video_id, exc.message, exc.status)
+    flash(f"Deleted {name} and all its files.", "ok")
+    return go_to(url_for("ui.library"))
