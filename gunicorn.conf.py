@@ -31,7 +31,8 @@ def _number(name: str, default: int, **rule) -> int:
 _host = (os.environ.get("HOST") or "").strip() or "127.0.0.1"
 if ":" in _host and not _host.startswith("["):
     _host = f"[{_host}]"  # an IPv6 address
-bind = [f"{_host}:{_number('PORT', 5000, minimum=0, maximum=65535)}"]
+# PORT=0 would listen on a port the kernel picks, which nobody is told: refused.
+bind = [f"{_host}:{_number('PORT', 5000, minimum=1, maximum=65535)}"]
 
 
 def _cores() -> int:

@@ -397,21 +397,40 @@ def test_a_port_in_use_is_one_sentence_at_once(tmp_path):
 
 
 @pytest.mark.parametrize(("env", "says"), [
-    ({"PORT": "99999"}, "PORT must be a whole number from 0 to 65535; got '99999'."),
+    ({"PORT": "99999"}, "PORT must be a whole number from 1 to 65535; got '99999'."),
+    ({"PORT": "0"}, "PORT must be a whole number from 1 to 65535; got '0'."),
+    ({"PORT": "-1"}, "PORT must be a whole number from 1 to 65535; got '-1'."),
     ({"HOST": "192.0.2.55", "ALLOW_INSECURE": "1", "ALLOWED_HOSTS": "videos.example.com"},
      "cannot listen on 192.0.2.55:"),
 ])
 def test_a_port_or_host_gunicorn_cannot_listen_on_is_a_sentence(tmp_path, env, says):
     """PORT=99999 was a traceback (OverflowError), a HOST that is not this machine's five
-    retries over five seconds and "Can't connect"."""
+    retries over five seconds and "Can't connect". PORT=0 listened on a port the kernel
+    picked, named only in gunicorn's "Listening at" line."""
     done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
                            "wsgi:app"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=60, check=False,
                           env={**os.environ, "DATABASE_URL": _migrated(tmp_path),
-                               "MEDIA_ROOT": str(tmp_path / "media"), "PORT": "0", **env})
+                               "MEDIA_ROOT": str(tmp_path / "media"),
+                               "PORT": str(_free_port()), **env})
     assert done.returncode != 0
     assert f"vidpipe: {says}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "Listening at" not in done.stderr
+
+
+def test_a_worker_name_too_long_to_record_stops_start_up(monkeypatch, tmp_path):
+    """WORKER_NAME was cut to 200 characters without a word: the steps then named a worker
+    nobody had configured."""
+    monkeypatch.setenv("WORKER_NAME", "w" * 201)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env()
+    assert str(caught.value) == ("WORKER_NAME must be at most 200 characters (it is recorded "
+                                 "with each step); got 201.")
+    done = _start(WORKER, tmp_path, {"WORKER_NAME": "w" * 201})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"vidpipe: {caught.value}" in done.stderr and "Traceback" not in done.stderr
+    monkeypatch.setenv("WORKER_NAME", " " + "w" * 200 + " ")
+    assert Settings.from_env().worker_name == "w" * 200
 
 
 @pytest.mark.parametrize("value", ["ture", "2", "y es"])

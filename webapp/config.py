@@ -30,6 +30,8 @@ SECRET_MINIMUMS = (("API_TOKEN", "api_token", 16), ("WORKER_TOKEN", "worker_toke
                    ("ADMIN_PASSWORD", "admin_password", 8),
                    ("WEBHOOK_SECRET", "webhook_secret", 16),
                    ("SECRET_KEY", "secret_key", 32))
+# WORKER_NAME's most characters: the steps' `worker` column (webapp/models.py).
+WORKER_NAME_LIMIT = 200
 MAKE_A_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
@@ -236,6 +238,9 @@ class Settings:
         self.server_url = self.server_url.rstrip("/")
         if not self.worker_name:
             self.worker_name = socket.gethostname()
+        if len(self.worker_name) > WORKER_NAME_LIMIT:  # it was cut there without a word
+            raise ConfigError(f"WORKER_NAME must be at most {WORKER_NAME_LIMIT} characters (it "
+                              f"is recorded with each step); got {len(self.worker_name)}.")
         if not 0 <= self.transcode_nice <= 19:
             raise ConfigError(f"TRANSCODE_NICE must be 0 to 19, got {self.transcode_nice}")
         if self.trusted_proxies < 0:
@@ -285,7 +290,7 @@ class Settings:
             "worker_token": _env("WORKER_TOKEN", ""),
             "worker_cache_bytes": number_env("WORKER_CACHE_BYTES", cls.worker_cache_bytes,
                                              positive=True),
-            "worker_name": _env("WORKER_NAME", "").strip()[:200],
+            "worker_name": _env("WORKER_NAME", "").strip(),
             "webhook_url": _env("WEBHOOK_URL", "").strip(),
             "webhook_secret": _env("WEBHOOK_SECRET", ""),
             "log_level": _env("LOG_LEVEL", cls.log_level).strip().upper(),
