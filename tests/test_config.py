@@ -374,6 +374,21 @@ def test_reindex_with_a_bad_setting_says_only_the_sentence(tmp_path):
                                    "default) or 'traditional'; got 'cyrillic'."), done.stderr
 
 
+@pytest.mark.parametrize("command", [["--help"], ["routes"], ["shell"]])
+def test_any_flask_command_with_a_bad_setting_says_only_the_sentence(tmp_path, command):
+    """`flask --app webapp --help` printed create_app's traceback (Flask shows one for any
+    error while it lists an app's commands), then its help, with exit status 0."""
+    done = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "webapp",
+                           *command], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60, check=False, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+                               "MEDIA_ROOT": str(tmp_path / "media"), "LOG_LEVEL": "loud"})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip() == ("Error: vidpipe: LOG_LEVEL must be DEBUG, INFO (the "
+                                   "default), WARNING or ERROR; got 'LOUD'."), done.stderr
+    assert done.stdout == ""
+
+
 def test_a_port_in_use_is_one_sentence_at_once(tmp_path):
     """`make run` twice, or another program on PORT: gunicorn said "Connection in use" five
     times over five seconds and then "Can't connect"; now one sentence says what to do."""

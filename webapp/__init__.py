@@ -70,10 +70,14 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _said_to_the_cli(exc: Exception) -> None:
-    """Under `flask --app webapp <command>` (reindex), a setting that stops start-up is the
-    command's one-line error and exit status 1, as the command's own errors are: Flask
-    printed create_app's traceback, the sentence only at its end."""
+    """Under `flask --app webapp <command>` (reindex, routes, --help), a setting that stops
+    start-up is the one-line error `Error: vidpipe: …` and exit status 1, as the commands'
+    own errors are: Flask printed create_app's traceback, the sentence only at its end.
+    Said here and ended with SystemExit: Flask prints the traceback of any Exception raised
+    while it lists the app's commands (`--help`, or no command at all), a ClickException
+    too, and then goes on to its help with exit status 0."""
     import os
+    import sys
 
     import click
 
@@ -83,7 +87,9 @@ def _said_to_the_cli(exc: Exception) -> None:
     if (isinstance(exc, ConfigError | InsecureExposure)
             and os.environ.get("FLASK_RUN_FROM_CLI") == "true"  # set by Flask's `flask`
             and click.get_current_context(silent=True) is not None):
-        raise click.ClickException(f"vidpipe: {exc}") from None
+        said = click.ClickException(f"vidpipe: {exc}")
+        said.show()
+        sys.exit(said.exit_code)
 
 
 def init_dashboard(app: Flask, settings: Settings) -> None:
