@@ -334,6 +334,32 @@ def test_a_media_root_or_sqlite_folder_that_cannot_be_written_stops_start_up(tmp
              f"the SQLite database {not_a_folder / 'x.db'} cannot be opened (")
 
 
+@pytest.mark.parametrize("full", ["bytes", "inodes"])
+def test_a_media_root_on_a_full_disk_is_said_to_be_full(tmp_path, full):
+    """A full disk was told to be made writable (no folder or file could be made: ext4 at
+    100 %, here a tmpfs out of inodes), or passed (a tmpfs out of bytes still makes an empty
+    file) and every upload failed after."""
+    from tests.helpers import small_disk
+
+    url = _migrated(tmp_path)
+    with small_disk(tmp_path / "disk", 256 * 1024, inodes=8 if full == "inodes" else None) as disk:
+        with contextlib.suppress(OSError):
+            if full == "inodes":
+                for n in range(100):
+                    (disk / f"filler-{n}").touch()
+            else:
+                with open(disk / "filler", "wb") as fh:
+                    while True:
+                        fh.write(bytes(4096))
+                        fh.flush()
+        media = disk / "media" if full == "bytes" else disk
+        says = (f"MEDIA_ROOT {media} is on a disk that is full (No space left on device): "
+                "uploads and outputs go there; free space on it, or set MEDIA_ROOT to a "
+                "folder on a disk with room.")
+        for command_line in (WEB, WORKER):
+            _refused(command_line, {"DATABASE_URL": url, "MEDIA_ROOT": str(media)}, says)
+
+
 def test_a_postgresql_server_not_answering_yet_is_a_warning_not_a_refusal(tmp_path):
     """It may be starting too (a reboot): the worker starts, and waits for it in its steps."""
     url = f"postgresql+psycopg://vidpipe:pw@127.0.0.1:{_free_port()}/vidpipe"

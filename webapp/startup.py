@@ -11,6 +11,7 @@ steps on a missing table or column, each step using up its retries.
 
 from __future__ import annotations
 
+import errno
 import logging
 import tempfile
 from pathlib import Path
@@ -29,12 +30,25 @@ def check(settings: Settings) -> str | None:
     return check_database(settings.database_url)
 
 
+# Errors of a disk (or the user's quota) that is full: no permission would help.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def check_media_root(media_root: Path) -> None:
+    """ConfigError unless a file with a few bytes in it can be made in MEDIA_ROOT. A disk
+    that is full was told to be made writable (a folder or file could not be made), or
+    passed (an empty file takes no space), and every upload failed."""
     try:
         media_root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=media_root, prefix=".writable-"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=media_root, prefix=".writable-") as probe:
+            probe.write(bytes(4096))
+            probe.flush()
     except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise ConfigError(f"MEDIA_ROOT {media_root} is on a disk that is full "
+                              f"({exc.strerror or exc}): uploads and outputs go there; free "
+                              f"space on it, or set MEDIA_ROOT to a folder on a disk with "
+                              f"room.") from None
         raise ConfigError(f"MEDIA_ROOT {media_root} cannot be written by this user "
                           f"({exc.strerror or exc}): uploads and outputs go there; make it "
                           f"writable, or set MEDIA_ROOT to a folder that is.") from None
