@@ -231,6 +231,7 @@ def settings(database_url, tmp_path, redis_conn, monkeypatch) -> Settings:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = Settings.from_env()
+    settings.media_root.mkdir(parents=True)  # as start-up makes it (webapp/startup.py)
     yield settings
     # No Redis key of the test outlives it: its queue's, and its tasks' jobs and results.
     purge_queue(redis_conn, settings.queue_name, _task_ids(settings.database_url))

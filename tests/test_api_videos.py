@@ -638,7 +638,7 @@ def test_docs_page_uses_only_vendored_assets(client):
 def test_healthz_reports_database_and_redis(client):
     resp = client.get("/healthz")
     assert resp.status_code == 200
-    assert resp.get_json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert resp.get_json()["checks"] == {"database": "ok", "redis": "ok", "media": "ok"}
     assert resp.get_json()["workers"] == 0  # none on this test's queue: still healthy
 
 

@@ -58,7 +58,7 @@ def panel_poll(client, vid: str, etag: str | None = None):
 
 def test_healthz_counts_the_workers_of_its_queue_and_is_200_without_any(client, workers):
     assert health(client) == (200, {"status": "ok", "workers": 0,
-                                    "checks": {"database": "ok", "redis": "ok"}})
+                                    "checks": {"database": "ok", "redis": "ok", "media": "ok"}})
     mine = workers()
     workers(QUEUE_NAME="another-queue")  # serves another queue: not counted
     wait_for(lambda: health(client)[1]["workers"] == 1, timeout=30,
@@ -73,7 +73,7 @@ def test_healthz_counts_the_workers_of_its_queue_and_is_200_without_any(client, 
     # ... and the web process counts again at most 2 s later (its count is cached)
     wait_for(lambda: health(client)[1]["workers"] == 0, timeout=5, what="the count drops")
     assert health(client) == (200, {"status": "ok", "workers": 0,
-                                    "checks": {"database": "ok", "redis": "ok"}})
+                                    "checks": {"database": "ok", "redis": "ok", "media": "ok"}})
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -40,9 +41,7 @@ def check_media_root(media_root: Path) -> None:
     passed (an empty file takes no space), and every upload failed."""
     try:
         media_root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=media_root, prefix=".writable-") as probe:
-            probe.write(bytes(4096))
-            probe.flush()
+        write_probe(media_root, ".writable-")
     except OSError as exc:
         if exc.errno in DISK_FULL:
             raise ConfigError(f"MEDIA_ROOT {media_root} is on a disk that is full "
@@ -52,6 +51,18 @@ def check_media_root(media_root: Path) -> None:
         raise ConfigError(f"MEDIA_ROOT {media_root} cannot be written by this user "
                           f"({exc.strerror or exc}): uploads and outputs go there; make it "
                           f"writable, or set MEDIA_ROOT to a folder that is.") from None
+
+
+def write_probe(folder: Path, prefix: str) -> None:
+    """Make a file of a few bytes in `folder` and remove it; OSError if either fails. Not
+    through a buffered file object: its close() writes again, and a second ENOSPC there
+    left the file behind."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=prefix)
+    try:
+        os.write(fd, bytes(4096))
+    finally:
+        os.close(fd)
+        os.unlink(name)
 
 
 def check_database(url: str) -> str | None:

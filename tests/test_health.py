@@ -1,0 +1,149 @@
+"""/healthz as an operator reads it: what is down, said as a sentence to act on (never a
+password), within seconds however the database, Redis or MEDIA_ROOT's disk fails."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import small_disk
+from tests.test_redis_outage import redis_with_a_password
+from webapp import create_app
+from webapp.config import Settings
+from webapp.db import dispose
+from webapp.health import CHECK_TIMEOUT
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers (a host that hangs); its number."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _health(settings: Settings) -> tuple[int, dict, float]:
+    client = create_app(settings).test_client()
+    started = time.monotonic()
+    resp = client.get("/healthz")
+    return resp.status_code, resp.get_json(), time.monotonic() - started
+
+
+def test_a_database_and_a_redis_that_hang_are_said_to_within_seconds(settings):
+    """A database and a Redis that accept connections and never answer held /healthz for
+    10 s (the connect and socket timeouts), saying only `down: OperationalError`."""
+    with silent_server() as port:
+        hung = Settings.from_env(
+            database_url=f"postgresql+psycopg://vidpipe:db-secret@127.0.0.1:{port}/vidpipe",
+            redis_url=f"redis://:redis-secret@127.0.0.1:{port}/0")
+        client = create_app(hung).test_client()
+        for _ in range(2):  # the second finds the first's checks still waiting
+            started = time.monotonic()
+            resp = client.get("/healthz")
+            took = time.monotonic() - started
+            assert took < CHECK_TIMEOUT + 1.5, took
+            assert resp.status_code == 503
+            assert resp.get_json() == {"status": "unavailable", "workers": None, "checks": {
+                "database": "down: no answer within 2 s: the database server DATABASE_URL "
+                            "names is overloaded, stopped or unreachable",
+                "redis": "down: no answer within 2 s: the Redis REDIS_URL names is "
+                         "overloaded, stopped or unreachable",
+                "media": "ok"}}
+        dispose(hung.database_url)
+
+
+def test_what_refuses_is_said_as_what_to_do_without_its_password(settings, tmp_path):
+    port = _closed_port()
+    refused = Settings.from_env(
+        database_url=f"postgresql+psycopg://vidpipe:db-secret@127.0.0.1:{port}/vidpipe",
+        redis_url=f"redis://:redis-secret@127.0.0.1:{port}/0")
+    status, body, took = _health(refused)
+    assert status == 503 and took < CHECK_TIMEOUT, (status, took)
+    assert body["checks"] == {
+        "database": "down: nothing listens at the host and port DATABASE_URL names "
+                    "(connection refused): start the database, or correct DATABASE_URL",
+        "redis": "down: nothing listens at the host and port REDIS_URL names (connection "
+                 "refused): start Redis, or correct REDIS_URL",
+        "media": "ok"}
+    assert "secret" not in str(body) and str(port) not in str(body)
+    dispose(refused.database_url)
+    with redis_with_a_password(tmp_path) as redis_port:
+        status, body, _ = _health(Settings.from_env(
+            redis_url=f"redis://:the-wrong-one@127.0.0.1:{redis_port}/0"))
+    assert (status, body["checks"]["redis"], body["checks"]["database"]) == (
+        503, "down: Redis refuses REDIS_URL's credentials: put its password (and user) in "
+             "REDIS_URL", "ok")
+    assert "wrong-one" not in str(body)
+
+
+def test_a_media_root_missing_read_only_or_full_is_down_saying_which(settings, caplog):
+    """/healthz said "ok" while no upload could be stored: MEDIA_ROOT deleted (or its disk
+    not mounted), read-only, or on a full disk."""
+    client = create_app(settings).test_client()
+    media = settings.media_root
+
+    def media_check() -> tuple[int, str]:
+        resp = client.get("/healthz")
+        assert resp.get_json()["checks"]["database"] == "ok"
+        return resp.status_code, resp.get_json()["checks"]["media"]
+
+    assert media_check() == (200, "ok")
+    shutil.rmtree(media)
+    caplog.set_level(logging.INFO, logger="webapp.health")
+    for _ in range(3):
+        assert media_check() == (503, "down: the folder MEDIA_ROOT names does not exist "
+                                      "(deleted, or its disk not mounted?): uploads and outputs "
+                                      "cannot be written; restore it")
+    said = [r.getMessage() for r in caplog.records if r.name == "webapp.health"]
+    assert said == [f"/healthz: the media check fails: {media}: FileNotFoundError: [Errno 2] "
+                    f"No such file or directory: '{media}/" + said[0].rsplit("/", 1)[-1]], said
+    with small_disk(media, 256 * 1024):
+        assert media_check() == (200, "ok")
+        assert caplog.records[-1].getMessage() == "/healthz: the media check passes again"
+        with contextlib.suppress(OSError), open(media / "filler", "wb") as fh:
+            while True:
+                fh.write(bytes(4096))
+                fh.flush()
+        assert media_check() == (503, "down: the disk MEDIA_ROOT is on is full: uploads and "
+                                      "outputs cannot be written until space is freed on it")
+        (media / "filler").unlink()
+        assert media_check() == (200, "ok")
+        subprocess.run(["mount", "-o", "remount,ro", str(media)], check=True)
+        assert media_check() == (503, "down: MEDIA_ROOT cannot be written by this web process "
+                                      "(read-only file system): make it writable by the user "
+                                      "it runs as")
+        assert not list(Path(media).glob(".healthz-*"))  # the full disk's probes too
