@@ -373,6 +373,27 @@ def test_a_postgresql_server_not_answering_yet_is_a_warning_not_a_refusal(tmp_pa
     assert "; starting anyway" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(("change", "says"), [
+    ({"database": "vidpipe_no_such_database"},
+     "has no such database: create it (createdb), or correct the database's name in it ("),
+    ({"username": "vidpipe_no_such_role", "password": "pw"},
+     "has no such user: create it (createuser), or correct the user in it ("),
+])
+def test_a_postgresql_server_that_refuses_database_url_stops_start_up(tmp_path, change, says):
+    """The server answered "database … does not exist" (or no such role): the worker said
+    the database "does not answer now", started anyway, and failed every step it took."""
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import TEST_POSTGRES_URL
+
+    url = make_url(TEST_POSTGRES_URL).set(**change).render_as_string(hide_password=False)
+    shown = url.replace(":pw@", ":***@")
+    env = {"DATABASE_URL": url, "MEDIA_ROOT": str(tmp_path / "media")}
+    for command_line in (WORKER, WEB):
+        _refused(command_line, env, f"the PostgreSQL server of DATABASE_URL {shown} answers, "
+                                    f"but {says}")
+
+
 def test_reindex_says_the_database_is_not_migrated(tmp_path):
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     done = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "webapp",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -65,6 +66,26 @@ def write_probe(folder: Path, prefix: str) -> None:
         os.unlink(name)
 
 
+# What a PostgreSQL server says when DATABASE_URL itself is wrong, and what to do. A worker
+# started anyway, saying the database "does not answer now", and failed every step.
+REFUSALS = (
+    (re.compile(r'database "[^"]*" does not exist'),
+     "has no such database: create it (createdb), or correct the database's name in it"),
+    (re.compile(r'role "[^"]*" does not exist'),
+     "has no such user: create it (createuser), or correct the user in it"),
+    (re.compile(r"password authentication failed|no password supplied|no pg_hba\.conf entry"),
+     "refuses its user and password: correct them in DATABASE_URL, or let them in "
+     "(pg_hba.conf)"),
+)
+
+
+def _refused(said: str) -> str | None:
+    for pattern, what in REFUSALS:
+        if pattern.search(said):
+            return what
+    return None
+
+
 def check_database(url: str) -> str | None:
     alembic_log = logging.getLogger("alembic")  # its INFO lines are for `make migrate`
     level = alembic_log.level
@@ -93,6 +114,10 @@ def _check_database(url: str) -> str | None:
             raise ConfigError(f"the SQLite database {make_url(url).database} cannot be opened "
                               f"({said}): this user must be able to write the file and its "
                               f"folder (SQLite writes its log beside it).") from None
+        refusal = _refused(said)
+        if refusal:  # it answered: waiting would not help
+            raise ConfigError(f"the PostgreSQL server of DATABASE_URL {shown} answers, but "
+                              f"{refusal} ({said}).") from None
         return f"the database at {shown} does not answer now ({said})"
     finally:
         dispose(url)  # nothing of this check is kept, nor handed to forked processes
