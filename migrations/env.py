@@ -16,6 +16,17 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 
 target_metadata = Base.metadata
 
+# Made by the migrations in SQL of their own and not described by the models: the search
+# index's FTS5 table (SQLite: search_fts and its shadow tables) and its GIN index
+# (PostgreSQL). Autogenerate proposed to drop them (`alembic check` failed on a database at
+# head, and `alembic revision --autogenerate` wrote a migration that deleted the index).
+NOT_IN_MODELS = ("search_fts", "ix_search_entries_terms")
+
+
+def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    return not (type_ in ("table", "index") and name is not None
+                and name.startswith(NOT_IN_MODELS))
+
 
 def database_url() -> str:
     """The URL to migrate; a typo in it is alembic's one-line "FAILED: …", not a traceback."""
@@ -44,7 +55,7 @@ def run_migrations_online() -> None:
                            f"{shown_database_url(url)}: {said}") from None
     with connection:
         context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=True)
+                          render_as_batch=True, include_name=include_name)
         with context.begin_transaction():
             context.run_migrations()
 
