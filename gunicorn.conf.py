@@ -136,6 +136,28 @@ def on_starting(server) -> None:
         sys.exit(1)
     if unsure:
         server.log.warning("vidpipe: %s; starting anyway", unsure)
+    said = _redis_unreachable(settings.redis_url)
+    if said:  # an outage may end: the web process serves what it can meanwhile (README)
+        server.log.warning("vidpipe: %s; starting anyway (runs cannot start, and /healthz "
+                           "says so, until it answers)", said)
+
+
+def _redis_unreachable(url: str) -> str | None:
+    """Why the job queue does not answer now, None when it does. The worker stops on it at
+    start-up; the web process started without a word, the first sign a 503 to a trigger."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from webapp.services.queue import unreachable
+
+    connection = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        connection.ping()
+    except RedisError as exc:
+        return unreachable(url, exc)
+    finally:
+        connection.close()
+    return None
 
 
 def worker_exit(server, worker) -> None:

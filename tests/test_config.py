@@ -394,6 +394,33 @@ def test_a_postgresql_server_that_refuses_database_url_stops_start_up(tmp_path, 
                                     f"but {says}")
 
 
+def test_the_web_process_says_at_start_that_redis_does_not_answer_and_starts(tmp_path):
+    """The worker stops on it; the web process started without a word, and the first sign
+    was a 503 to a trigger."""
+    port = _free_port()
+    log = tmp_path / "web.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(WEB, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "DATABASE_URL": _migrated(tmp_path),
+                                     "MEDIA_ROOT": str(tmp_path / "media"), "WEB_WORKERS": "1",
+                                     "REDIS_URL": f"redis://:a-secret@127.0.0.1:{port}/0"})
+    try:
+        deadline = time.monotonic() + 60
+        while "Booting worker" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    said = log.read_text()
+    assert (f"[WARNING] vidpipe: the job queue (Redis) at redis://127.0.0.1:{port}/0 does not "
+            f"answer (Error 111 connecting to 127.0.0.1:{port}. Connection refused.): start it "
+            "(`make redis` starts a local one) or set REDIS_URL to where it runs, with its "
+            "password if it has one; starting anyway (runs cannot start, and /healthz says "
+            "so, until it answers)" in said), said
+    assert "Listening at" in said and "a-secret" not in said and "Traceback" not in said
+
+
 def test_reindex_says_the_database_is_not_migrated(tmp_path):
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     done = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "webapp",
