@@ -144,7 +144,7 @@ def _redis(connection: Redis, queue_name: str) -> int:
 
 def _media(media_root: Path) -> None:
     """A file with a few bytes in it can be made in MEDIA_ROOT (as uploads are)."""
-    write_probe(media_root, ".healthz-")
+    write_probe(media_root, ".healthz-", 4096)
 
 
 TIMED_OUT = {

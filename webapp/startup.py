@@ -37,12 +37,14 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def check_media_root(media_root: Path) -> None:
-    """ConfigError unless a file with a few bytes in it can be made in MEDIA_ROOT. A disk
-    that is full was told to be made writable (a folder or file could not be made), or
-    passed (an empty file takes no space), and every upload failed."""
+    """ConfigError unless a file can be made in MEDIA_ROOT. A disk so full that none can
+    (out of inodes, or ext4 at 100 %) was told to be made writable. One that still makes
+    an empty file passes: the web process serves what it has, each step that cannot write
+    fails in a sentence, and /healthz says the disk is full (webapp/health.py); a worker
+    that stopped there would stop every process `make run` started."""
     try:
         media_root.mkdir(parents=True, exist_ok=True)
-        write_probe(media_root, ".writable-")
+        write_probe(media_root, ".writable-", 0)
     except OSError as exc:
         if exc.errno in DISK_FULL:
             raise ConfigError(f"MEDIA_ROOT {media_root} is on a disk that is full "
@@ -54,13 +56,14 @@ def check_media_root(media_root: Path) -> None:
                           f"writable, or set MEDIA_ROOT to a folder that is.") from None
 
 
-def write_probe(folder: Path, prefix: str) -> None:
-    """Make a file of a few bytes in `folder` and remove it; OSError if either fails. Not
+def write_probe(folder: Path, prefix: str, size: int) -> None:
+    """Make a file of `size` bytes in `folder` and remove it; OSError if either fails. Not
     through a buffered file object: its close() writes again, and a second ENOSPC there
     left the file behind."""
     fd, name = tempfile.mkstemp(dir=folder, prefix=prefix)
     try:
-        os.write(fd, bytes(4096))
+        if size:
+            os.write(fd, bytes(size))
     finally:
         os.close(fd)
         os.unlink(name)
