@@ -63,9 +63,10 @@ def _health(settings: Settings) -> tuple[int, dict, float]:
     return resp.status_code, resp.get_json(), time.monotonic() - started
 
 
-def test_a_database_and_a_redis_that_hang_are_said_to_within_seconds(settings):
+def test_a_database_and_a_redis_that_hang_are_said_to_within_seconds(settings, caplog):
     """A database and a Redis that accept connections and never answer held /healthz for
     10 s (the connect and socket timeouts), saying only `down: OperationalError`."""
+    caplog.set_level(logging.INFO, logger="webapp.health")
     with silent_server() as port:
         hung = Settings.from_env(
             database_url=f"postgresql+psycopg://vidpipe:db-secret@127.0.0.1:{port}/vidpipe",
@@ -84,6 +85,10 @@ def test_a_database_and_a_redis_that_hang_are_said_to_within_seconds(settings):
                          "overloaded, stopped or unreachable",
                 "media": "ok"}}
         dispose(hung.database_url)
+    assert [r.getMessage() for r in caplog.records if r.name == "webapp.health"] == [
+        f"/healthz: the database check fails: postgresql+psycopg://vidpipe:***@127.0.0.1:"
+        f"{port}/vidpipe: no answer within 2 s",
+        f"/healthz: the redis check fails: redis://127.0.0.1:{port}/0: no answer within 2 s"]
 
 
 def test_what_refuses_is_said_as_what_to_do_without_its_password(settings, tmp_path):

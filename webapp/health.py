@@ -70,7 +70,7 @@ def healthz():
             result = future.result(timeout=max(0.0, since + CHECK_TIMEOUT - time.monotonic()))
         except FutureTimeout:
             checks[name] = f"down: {TIMED_OUT[name]}"
-            _log_change(handles, name, checks[name], f"no answer for {CHECK_TIMEOUT:g} s")
+            _log_change(handles, name, checks[name], _detail(name, None, settings))
             continue
         except Exception as exc:  # noqa: BLE001 - said as a sentence, logged in full
             checks[name] = f"down: {_said(name, exc)}"
@@ -99,14 +99,17 @@ def _log_change(handles: object, name: str, said: str, detail: str) -> None:
         log.warning("/healthz: the %s check fails: %s", name, detail)
 
 
-def _detail(name: str, exc: BaseException, settings) -> str:
-    """For the log: where, and what the exception says (a URL without its password)."""
+def _detail(name: str, exc: BaseException | None, settings) -> str:
+    """For the log: where, and what the exception says (a URL without its password); no
+    exception: it timed out."""
     if name == "database":
         where = shown_database_url(settings.database_url)
     elif name == "redis":
         where = address(settings.redis_url)
     else:
         where = str(settings.media_root)
+    if exc is None:
+        return f"{where}: no answer within {CHECK_TIMEOUT:g} s"
     said = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
     return f"{where}: {type(exc).__name__}: {said}"
 
