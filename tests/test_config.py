@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from alembic import command as alembic_command
 from alembic.config import Config
+from redis import Redis
 from sqlalchemy import text
 
+from tests.conftest import TEST_REDIS_URL
 from webapp.config import MAKE_A_SECRET, PROJECT_ROOT, ConfigError, Settings
 from webapp.db import CONNECT_TIMEOUT, dispose, get_engine
 
@@ -153,6 +155,21 @@ def test_log_level_is_one_of_four_and_rq_speaks_up_only_at_debug(monkeypatch):
         monkeypatch.setenv("LOG_LEVEL", level)
         Settings.from_env().validate()
         assert rq_log_level() == rq_level, level
+
+
+def test_at_debug_a_worker_writes_rqs_lines_but_not_redis_pys_handshakes(tmp_path):
+    """redis-py wrote "Failed to enable maintenance notifications: unknown subcommand
+    'MAINT_NOTIFICATIONS'" at DEBUG for every new connection, read as a fault."""
+    done = subprocess.run(WORKER, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60, check=False,
+                          env={**os.environ, "DATABASE_URL": _migrated(tmp_path),
+                               "MEDIA_ROOT": str(tmp_path / "media"), "LOG_LEVEL": "debug",
+                               "REDIS_URL": TEST_REDIS_URL,
+                               "QUEUE_NAME": f"ops-{os.getpid()}-debug"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert " DEBUG rq.worker: " in done.stderr, done.stderr
+    assert " redis.connection: " not in done.stderr, done.stderr
+    Redis.from_url(TEST_REDIS_URL).delete(f"rq:queue:ops-{os.getpid()}-debug")
 
 
 def test_unset_secrets_are_not_too_short(monkeypatch):

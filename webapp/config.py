@@ -57,9 +57,13 @@ def rq_log_level() -> str:
 
 def configure_logging() -> None:
     """LOG_LEVEL (INFO) and up to stderr in LOG_FORMAT (what honcho, systemd and docker
-    collect); RQ's own lines at rq_log_level()."""
+    collect); RQ's own lines at rq_log_level(), redis-py's at INFO and up."""
     logging.basicConfig(level=log_level(), format=LOG_FORMAT)
     logging.getLogger("rq").setLevel(rq_log_level())
+    # redis-py's DEBUG lines are about its own handshakes: "Failed to enable maintenance
+    # notifications: unknown subcommand 'MAINT_NOTIFICATIONS'" at every new connection to a
+    # Redis before 8 (22 in a minute's run), read as a fault by operators chasing one.
+    logging.getLogger("redis").setLevel(max(logging.INFO, logging.getLevelName(log_level())))
 
 
 class ConfigError(ValueError):
