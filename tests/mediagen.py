@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import subprocess
@@ -386,6 +387,24 @@ def make_damaged(src: Path, dst: Path, garbage: int, at: float = 0.5, seed: int 
     the middle are damaged, as by a flaky disk or network."""
     data = bytearray(src.read_bytes())
     start = int(len(data) * at)
+    noise = random.Random(seed)
+    data[start:start + garbage] = bytes(noise.randrange(256) for _ in range(garbage))
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def make_concealed(src: Path, dst: Path, at: float, garbage: int = 400, seed: int = 3) -> Path:
+    """src with `garbage` bytes of noise written over the middle of the video packet shown
+    at `at` seconds: its size and framing are intact, so the decoder reads the picture,
+    finds it damaged, and hides the damage from its neighbours (concealment) without an
+    error line, as damage inside a frame from a flaky disk or network does."""
+    done = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-of", "json",
+         "-show_entries", "packet=pts_time,pos,size", str(src)],
+        capture_output=True, text=True, check=True, timeout=60)
+    packet = min(json.loads(done.stdout)["packets"], key=lambda p: abs(float(p["pts_time"]) - at))
+    data = bytearray(src.read_bytes())
+    start = int(packet["pos"]) + int(packet["size"]) // 3
     noise = random.Random(seed)
     data[start:start + garbage] = bytes(noise.randrange(256) for _ in range(garbage))
     dst.write_bytes(bytes(data))

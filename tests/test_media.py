@@ -4,11 +4,13 @@ real ffmpeg, on generated clips."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import pickle
 import re
 import struct
 import subprocess
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -1373,6 +1375,54 @@ def test_damage_in_places_is_decoded_through_with_a_note(tmp_path: Path) -> None
     assert notes["preview"] is None or NOTE.fullmatch(notes["preview"]), notes
     make_poster(src, tmp_path / "poster.jpg", 3.0)
     assert (tmp_path / "poster.jpg").stat().st_size > 0
+
+
+def test_frames_concealed_without_an_error_line_are_counted(tmp_path: Path) -> None:
+    """Noise inside one keyframe, its framing intact: h264 decodes it and hides the damage
+    from its neighbours, printing no error (only "concealing 192 DC, 192 AC, 192 MV
+    errors", at ffmpeg's info level, and the warning "corrupt decoded frame"). The preview
+    and the storyboard, which decode it, say so; the clean clip says nothing. (Before, the
+    damage went unnoted: only error lines were read.)"""
+    clip = mediagen.make_video(tmp_path / "clip.mp4", duration=3.0, size="640x360",
+                               audio=False, gop=25)
+    src = mediagen.make_concealed(clip, tmp_path / "damaged.mp4", at=2.0)
+
+    def notes(path: Path) -> tuple[str | None, str | None]:
+        preview = transcode_preview(path, tmp_path / "preview.mp4", 3.0, has_audio=False)
+        board = make_storyboard(path, tmp_path / "s.jpg", tmp_path / "s.vtt", 3.0, 640, 360)
+        return preview, ffrun.damage_note(board.damaged)
+
+    assert notes(clip) == (None, None)
+    assert notes(src) == (NOTE_ONE, NOTE_ONE)
+    assert _length(tmp_path / "preview.mp4") == pytest.approx(3.0, abs=0.15)
+
+
+NOTE_ONE = ("The source is damaged in places: 1 damaged frame was skipped or concealed, as"
+            " players do.")
+
+
+@pytest.mark.parametrize(("lines", "damaged"), [
+    # What ffmpeg 5.1 printed (-loglevel level+warning) on MP4 and MPEG-TS files with bytes
+    # overwritten or cut out.
+    (["[error] Error while decoding stream #0:1: Invalid data found when processing input",
+      "    Last message repeated 2 times"], 3),
+    (["[warning] /m/videos/x/source.mp4: corrupt decoded frame in stream 0"], 1),
+    (["[h264 @ 0x55] [error] Missing reference picture, default is 65780",
+      "[h264 @ 0x55] [error] reference picture missing during reorder",
+      "[h264 @ 0x55] [error] co located POCs unavailable",
+      "[h264 @ 0x55] [error] mmco: unref short failure"], 3),
+    # A join of MPEG-TS segments: packets marked corrupt, no frame lost.
+    (["[mpegts @ 0x55] [warning] Packet corrupt (stream = 1, dts = 549069).",
+      "[warning] joined.ts: corrupt input packet in stream 1",
+      "    Last message repeated 4 times"], 0),
+])
+def test_damaged_frames_are_counted_from_ffmpegs_words(lines: list[str], damaged: int) -> None:
+    tail: deque[str] = deque(maxlen=20)
+    count = [0]
+    ffrun._drain(io.BytesIO("".join(f"{line}\n" for line in lines).encode()), tail, count)
+    assert count[0] == damaged
+    # Only errors are kept for a failure's reason and detail, without their level tag.
+    assert all(not line.startswith("[warning]") and "[error]" not in line for line in tail)
 
 
 def test_joined_mpeg_ts_segments_give_every_output(tmp_path: Path) -> None:

@@ -30,8 +30,10 @@ MAX_DAMAGED_SHARE = 0.2
 # ffmpeg's exit code when more than -max_error_rate of the frames failed to decode.
 TOO_MANY_ERRORS = 69
 # -progress reports every 0.5 s by default; 0.25 s keeps short jobs visibly moving.
+# Warnings are read for the frames decoders concealed (see _drain); each line is tagged
+# with its level, and only errors are kept for the failure's reason and detail.
 GLOBAL_ARGS = (
-    "-nostdin", "-hide_banner", "-loglevel", "error",
+    "-nostdin", "-hide_banner", "-loglevel", "level+warning",
     "-stats_period", "0.25", "-progress", "pipe:1", "-nostats",
     "-max_error_rate", str(MAX_DAMAGED_SHARE),
 )
@@ -122,14 +124,26 @@ class RunResult:
     detail: str | None = None  # ffmpeg's last words (error_detail), for a later failure
 
 
-# ffmpeg's words (at -loglevel error) for a frame lost to damage: a packet the decoder
-# rejected ("Error while decoding stream #0:1: Invalid data found when processing input")
-# and a picture decoded with its damaged parts hidden (h264, MPEG-1/2/4's error
-# resilience: "concealing 1200 DC, 1200 AC, 1200 MV errors in P frame"). ffmpeg folds
-# repeats into "Last message repeated 3 times".
-_LOST_FRAME = re.compile(r"^Error while decoding stream #\d+:\d+")
-_CONCEALED_FRAME = re.compile(r"concealing \d+ DC, \d+ AC, \d+ MV errors")
+# ffmpeg's words for a frame lost to damage, one line a frame (measured with ffmpeg 5.1 on
+# MP4 and MPEG-TS files with bytes overwritten or cut out, docs/RELIABILITY.md):
+# - a packet the decoder rejected (error: "Error while decoding stream #0:1: Invalid data
+#   found when processing input");
+# - a picture decoded with damaged parts hidden, which h264 and MPEG-1/2/4 do without an
+#   error line ("concealing 192 DC, 192 AC, 192 MV errors" is at info level): ffmpeg's
+#   warning "corrupt decoded frame in stream 0";
+# - an H.264/HEVC picture predicted from one that was lost (bytes cut out, a dropped
+#   packet): the decoder stands another in for it silently, and says only "Missing
+#   reference picture, default is 65780", "reference picture missing during reorder",
+#   "co located POCs unavailable" (h264) or "Could not find ref with POC 12" (hevc).
+# ffmpeg folds repeats into "Last message repeated 3 times".
+_DAMAGED_FRAME = re.compile(
+    r"^Error while decoding stream #\d+:\d+|: corrupt decoded frame in stream \d+$|"
+    r"^\[(?:h264|hevc)\] (?:Missing reference picture|reference picture missing during"
+    r" reorder|co located POCs unavailable|Could not find ref with POC)")
 _REPEATED = re.compile(r"Last message repeated (\d+) times")
+# "[h264 @ 0x55d1c2] [error] ..." (-loglevel level+...): the level, after any context.
+_LEVEL = re.compile(r"^((?:\[[^\]]* @ 0x[0-9a-f]+\] )*)\[(\w+)\] ")
+_KEPT_LEVELS = {"error", "fatal", "panic"}
 # An output ffmpeg could not finish writing ("Error writing trailer of …: No space left on
 # device", "Error closing file …"): it says so, and still exits 0.
 _WRITE_FAILED = re.compile(r"^Error (?:writing trailer of|closing file) |"
@@ -421,17 +435,22 @@ def _parse_us(value: str) -> float | None:
 
 
 def _drain(stderr: IO[bytes], tail: deque[str], damaged: list[int]) -> None:
-    """Keep the last lines in `tail`, and count the damaged frames into damaged[0]."""
+    """Keep the last error lines in `tail` (their level tag removed), and count the damaged
+    frames into damaged[0]."""
     last_was_damage = False
     for raw in stderr:
-        line = raw.decode(errors="replace")
-        tail.append(line)
+        line = raw.decode(errors="replace").rstrip("\r\n")
         repeated = _REPEATED.search(line)
         if repeated:
             if last_was_damage:
                 damaged[0] += int(repeated.group(1))
             continue
-        last_was_damage = bool(_LOST_FRAME.search(line) or _CONCEALED_FRAME.search(line))
+        level = _LEVEL.match(line)
+        if level is not None:
+            line = level.group(1) + line[level.end():]
+        if level is None or level.group(2) in _KEPT_LEVELS:
+            tail.append(line)
+        last_was_damage = bool(_DAMAGED_FRAME.search(_ADDRESS.sub("]", line)))
         damaged[0] += last_was_damage
 
 
