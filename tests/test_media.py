@@ -1442,6 +1442,22 @@ def test_joined_mpeg_ts_segments_give_every_output(tmp_path: Path) -> None:
     assert _length(tmp_path / "preview.mp4") == pytest.approx(3.0, abs=0.15)
 
 
+def test_damaged_sound_in_mpeg_ts_does_not_stop_the_preview(tmp_path: Path) -> None:
+    """1 KB of noise in an MPEG-TS whose AAC the preview copies: the copy's ADTS-to-MP4
+    bitstream filter refused the damaged frame's header and failed the preview ("the media
+    data is damaged after 2.6 s"), where the audio step decodes through. The sound is then
+    encoded, and the preview goes to the end with the note."""
+    clean = mediagen.make_joined_ts(tmp_path / "clean.ts", segments=1, seconds=4.0)
+    src = mediagen.make_damaged(clean, tmp_path / "damaged.ts", garbage=1024, at=0.6)
+    info = probe(src)
+    assert audio_copyable(src, info.format_name)
+    note = transcode_preview(src, tmp_path / "preview.mp4", info.duration,
+                             format_name=info.format_name)
+    assert NOTE.fullmatch(note or ""), note
+    assert _length(tmp_path / "preview.mp4") == pytest.approx(4.0, abs=0.15)
+    assert streams(tmp_path / "preview.mp4")["audio"]["codec_name"] == "aac"
+
+
 def test_poster_of_a_file_without_pictures(tmp_path: Path) -> None:
     tone = mediagen.make_media(tmp_path / "tone.wav", 3.0)
     with pytest.raises(MediaError) as caught:

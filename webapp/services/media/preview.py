@@ -142,9 +142,18 @@ def transcode_preview(
         if hdr:  # (at the preview's size, from the source's 10 bits)
             video = to_sdr(video, hdr)
         outputs = [video, source[streams.audio_spec]] if has_audio else [video]
-        stream = ffmpeg.output(*outputs, str(tmp), **options)
-        result = run(stream, duration, on_progress, check_complete=False,
-                     paths=(src, tmp), nice=nice)
+        try:
+            result = run(ffmpeg.output(*outputs, str(tmp), **options), duration, on_progress,
+                         check_complete=False, paths=(src, tmp), nice=nice)
+        except MediaError as exc:
+            if options.get("acodec") != "copy" or "[aac_adtstoasc]" not in (exc.detail or ""):
+                raise
+            # AAC from MPEG-TS (ADTS) is copied through a bitstream filter that stops the
+            # whole run at a damaged frame's header, where a decoder skips the frame: such
+            # sound is encoded instead, as sound that cannot be copied is.
+            options.update({"acodec": "aac", "b:a": "128k"})
+            result = run(ffmpeg.output(*outputs, str(tmp), **options), duration, on_progress,
+                         check_complete=False, paths=(src, tmp), nice=nice)
         require_output(tmp)
         check_reached_end(_length(tmp), duration, result.detail)
     return damage_note(result.damaged)
