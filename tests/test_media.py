@@ -974,6 +974,30 @@ def test_storyboard_decodes_in_full_when_reference_frames_are_rare(tmp_path: Pat
         assert abs(tile_brightness(sprite, board, i) - seen(64 + 28 * i)) <= 3, i
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+def test_storyboard_of_an_open_gop_video(tmp_path: Path, suffix: str) -> None:
+    """x264 with open GOPs (keyframes that are I-frames but not IDR, as many encoders and
+    broadcasts make), a keyframe every 2 s: decoded alone, those keyframes came out out of
+    order (4 s, 2 s, 0 s, then none), and this clean video failed as "the video ends before
+    2.0 s of 10.0 s". The reference frames are decoded instead, and each tile shows its own
+    interval."""
+    ramp = mediagen.make_ramp_video(tmp_path / "ramp.mp4", duration=10.0, rate=25,
+                                    per_second=16, x264_params="open-gop=1", gop=50)
+    src = tmp_path / f"open-gop{suffix}"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(ramp), "-c", "copy",
+                    str(src)], check=True)
+    info = probe(src)
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = make_storyboard(src, sprite, vtt, info.duration, 320, 240,
+                            format_name=info.format_name)
+    assert not board.keyframes_only and board.references_only and board.damaged == 0
+    assert board.count == 5
+    check_storyboard(board, sprite, vtt, info.duration)
+    for i in range(board.count):  # luma 64 + 16 t: tile i from 2i s, a few frames on at most
+        assert seen(64 + 32 * i) - 3 <= tile_brightness(sprite, board, i) <= seen(
+            64 + 16 * (2 * i + 0.16)) + 3, i
+
+
 def tile_brightness(sprite: Path, board: Storyboard, index: int) -> int:
     """The mean luma (0-255) of one tile of a sprite, as ffmpeg reads the JPEG."""
     x = (index % board.columns) * board.tile_width

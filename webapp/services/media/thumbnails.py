@@ -182,6 +182,14 @@ def make_storyboard(
             plan = replace(plan, keyframes_only=False)
             drawn = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
                                      streams, hdr)
+        if plan.keyframes_only and (_tiles_missing(plan, drawn.frames, duration)
+                                    or _OUT_OF_ORDER in (drawn.detail or "")):
+            # An open GOP's keyframes (H.264 I-frames that are not IDR) decoded alone come
+            # out in the wrong order, their picture order counted from frames skipped:
+            # x264 with open-gop, 2 s GOPs, gave 3 tiles of 15 (4 s, 2 s, 0 s), then none.
+            plan = replace(plan, keyframes_only=False, references_only=True)
+            drawn = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
+                                     streams, hdr)
         if plan.references_only and _tiles_missing(plan, drawn.frames, duration):
             plan = replace(plan, references_only=False)
             drawn = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
@@ -190,6 +198,10 @@ def make_storyboard(
         with atomic_output(vtt_dst) as vtt_tmp:
             vtt_tmp.write_text(_storyboard_vtt(plan, duration, sprite_name), encoding="utf-8")
     return plan
+
+
+# What ffmpeg's muxer says of frames handed to it back in time (the tiles' null output).
+_OUT_OF_ORDER = "non monotonically increasing dts"
 
 
 def _draw_storyboard(src: Path, dst: Path, plan: Storyboard, duration: float,
