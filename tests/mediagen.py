@@ -219,6 +219,14 @@ def make_subtitles_only(dst: Path) -> Path:
     return dst
 
 
+def make_empty_recording(dst: Path) -> Path:
+    """An MP4 (M4A) recording stopped before its first sound frame: whole (ftyp, mdat and
+    its index, moov), but the index names no track."""
+    _ffmpeg("-f", "lavfi", "-i", "anullsrc=r=44100:cl=mono", "-t", "0", "-c:a", "aac",
+            str(dst))
+    return dst
+
+
 def make_truncated(src: Path, dst: Path, fraction: float = 0.5) -> Path:
     """Copy only the first fraction of src's bytes, like an interrupted upload."""
     data = src.read_bytes()

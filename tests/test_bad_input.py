@@ -260,6 +260,9 @@ BROKEN = [
      "not a playable audio or video file: it holds a still picture and no sound"),
     ("subtitles.mp4", lambda folder: mediagen.make_subtitles_only(folder / "s.mp4").read_bytes(),
      "not a playable audio or video file: it has no audio or video stream"),
+    ("stopped-at-once.m4a",
+     lambda folder: mediagen.make_empty_recording(folder / "e.m4a").read_bytes(),
+     "not a playable audio or video file: it has no audio or video stream"),
 ]
 
 

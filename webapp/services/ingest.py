@@ -86,8 +86,10 @@ def _whole_media(path: Path, deadline: Deadline) -> ProbeResult:
     except ProbeTimeout:
         raise
     except MediaError as exc:
-        # (An MP4 that was read and holds nothing to show is whole: it says so itself.)
-        if integrity.starts_like_mp4(path) and not isinstance(exc, NoStreams):
+        # (An MP4 that was read and holds nothing to show is whole: it says so itself. So
+        # is one whose index is all there but names no track.)
+        if (integrity.starts_like_mp4(path) and not isinstance(exc, NoStreams)
+                and not integrity.has_whole_mp4_index(path)):
             raise InvalidMedia("the file is incomplete: its MP4 index (moov atom) is missing"
                                " or cut off; upload it again") from None
         raise InvalidMedia(str(exc)) from None

@@ -286,6 +286,30 @@ def starts_like_mp4(path: Path) -> bool:
     return len(head) == 8 and head[4:8] in _MP4_FIRST_BOXES
 
 
+def has_whole_mp4_index(path: Path, boxes: int = 64) -> bool:
+    """Whether a whole "moov" box (the MP4/MOV index) is among the file's top-level boxes:
+    an MP4 that ffprobe reads no stream from then holds none (a recording stopped before
+    its first frame), instead of missing its index."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        for _ in range(boxes):
+            at = f.tell()
+            header = f.read(8)
+            if len(header) < 8:
+                return False
+            length, kind = struct.unpack(">I4s", header)
+            if length == 1:  # a 64-bit size follows the type
+                length = struct.unpack(">Q", f.read(8))[0]
+            elif length == 0:  # "to the end of the file"
+                length = size - at
+            if length < 8 or at + length > size:
+                return False
+            if kind == b"moov":
+                return True
+            f.seek(at + length)
+    return False
+
+
 def _wav_cut(path: Path, size: int) -> Cut | None:
     """A WAV header states how many bytes of samples follow; ffprobe just stops at EOF."""
     with path.open("rb") as f:
