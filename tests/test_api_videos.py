@@ -144,6 +144,27 @@ def test_upload_without_file_field_is_422(client):
     assert "file" in json.dumps(body["errors"])
 
 
+def test_an_upload_of_several_files_or_a_field_twice_is_422_and_stores_nothing(
+        client, settings, db_session, clip):
+    """Two files in `file` (curl -F file=@a -F file=@b, a form with `multiple`) gave a 201
+    for the first and dropped the second without a word; a `language` sent twice kept the
+    first. Each is a 422 naming the field, and nothing is stored."""
+    cases = [
+        ({"file": [(io.BytesIO(clip.read_bytes()), "a.mp4"),
+                   (io.BytesIO(clip.read_bytes()), "b.mp4")]},
+         "form field `file`: sent 2 times: send it once (one file a request)"),
+        ({"file": (io.BytesIO(clip.read_bytes()), "a.mp4"), "language": ["de", "fr"]},
+         "form field `language`: sent 2 times: send it once (one file a request)"),
+    ]
+    for data, message in cases:
+        resp = client.post("/api/v1/videos", data=data, content_type="multipart/form-data")
+        body = assert_json_error(resp, 422)
+        assert body["message"] == message, body
+        assert body["errors"]["files"], body
+    assert db_session.query(Video).count() == 0
+    assert media_files(settings) == []
+
+
 def test_upload_options_it_does_not_read_are_422_and_store_nothing(client, settings,
                                                                    db_session, clip):
     """The triggers take language and translate in the query; the upload reads them only as

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from collections import Counter
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -11,7 +12,7 @@ from flask import Response, request, send_file, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from flask_smorest.fields import Upload
-from marshmallow import RAISE
+from marshmallow import RAISE, ValidationError
 from webargs.flaskparser import FlaskParser
 from webargs.multidictproxy import MultiDictProxy
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
@@ -55,6 +56,13 @@ class _MultipartParser(FlaskParser):
         files = MultiDict([(k, v) for k, v in req.files.items(multi=True) if k is not None])
         form = MultiDict([(k, v) for k, v in req.form.items(multi=True)
                           if k is not None and k not in uploads])
+        # A field sent twice (two files in `file`, two languages) would be read once, the
+        # other value dropped without a word: a client sending several files got one video.
+        sent = Counter(k for parts in (files, form) for k, _ in parts.items(multi=True))
+        repeated = {name: [f"Sent {count} times: send it once (one file a request)."]
+                    for name, count in sent.items() if count > 1}
+        if repeated:
+            raise ValidationError(repeated)
         return MultiDictProxy(CombinedMultiDict([files, form]), schema)
 
 
@@ -114,7 +122,8 @@ class Videos(MethodView):
     def post(self, files):
         """Upload a video or audio file (multipart field `file`)
 
-        Optional fields `language` and `translate` say how its runs transcribe it.
+        One file a request. Optional fields `language` and `translate` say how its runs
+        transcribe it. A field sent twice (two files) is a 422.
         """
         upload = files["file"]
         language = languages.parse(ext.settings(), files["language"])  # 422 before storing
