@@ -165,6 +165,18 @@ def test_an_upload_of_several_files_or_a_field_twice_is_422_and_stores_nothing(
     assert media_files(settings) == []
 
 
+def test_an_upload_whose_file_is_text_says_so(client, settings, db_session):
+    """curl -F file=talk.mp4, the @ forgotten, sends the name as a text field: the 422 said
+    "form field `file` is missing" of a field that was sent. It says what was wrong."""
+    resp = client.post("/api/v1/videos", data={"file": "talk.mp4"},
+                       content_type="multipart/form-data")
+    assert assert_json_error(resp, 422)["message"] == (
+        "form field `file`: is text, not a file: send the file's content as a file part"
+        " (curl: -F file=@talk.mp4)")
+    assert db_session.query(Video).count() == 0
+    assert media_files(settings) == []
+
+
 def test_upload_options_it_does_not_read_are_422_and_store_nothing(client, settings,
                                                                    db_session, clip):
     """The triggers take language and translate in the query; the upload reads them only as

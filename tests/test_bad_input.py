@@ -762,7 +762,9 @@ def test_refused_arguments_are_named_in_the_message(client, video_id):
          "the body is not valid JSON (Expecting property name enclosed in double quotes: "
          "line 1 column 2 (char 1))"),
         (client.post("/api/v1/videos", data={"file": "not a file"},
-                     content_type="multipart/form-data"), 422, "form field `file` is missing"),
+                     content_type="multipart/form-data"), 422,
+         "form field `file`: is text, not a file: send the file's content as a file part"
+         " (curl: -F file=@talk.mp4)"),
     ]
     for resp, status, message in cases:
         body = assert_json_error(resp, status)

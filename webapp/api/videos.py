@@ -61,8 +61,12 @@ class _MultipartParser(FlaskParser):
         sent = Counter(k for parts in (files, form) for k, _ in parts.items(multi=True))
         repeated = {name: [f"Sent {count} times: send it once (one file a request)."]
                     for name, count in sent.items() if count > 1}
-        if repeated:
-            raise ValidationError(repeated)
+        # curl -F file=talk.mp4 (without the @) sends the name as text: "missing" misled.
+        texts = {name: ["Is text, not a file: send the file's content as a file part"
+                        " (curl: -F file=@talk.mp4)."]
+                 for name in uploads if name in req.form and name not in files}
+        if repeated or texts:
+            raise ValidationError({**texts, **repeated})
         return MultiDictProxy(CombinedMultiDict([files, form]), schema)
 
 
