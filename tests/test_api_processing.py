@@ -103,6 +103,25 @@ def test_bad_trigger_parameters_are_rejected(client, db_session, video_id, kwarg
     assert db_session.query(ProcessingTask).count() == 0
 
 
+def test_a_query_parameter_given_twice_is_422_naming_it(client, db_session, video_id):
+    """webargs reads the first of two values and drops the other: `?force=true&force=false`
+    started a forced run, `?status=failed&status=cancelled` listed only the failed videos.
+    Each is a 422 naming the parameter; no run starts."""
+    for method, url in [
+        (client.post, f"/api/v1/videos/{video_id}/run_sync?force=true&force=false"),
+        (client.post, f"/api/v1/videos/{video_id}/reprocess?language=de&language=fr"),
+        (client.get, "/api/v1/videos?status=failed&status=cancelled"),
+        (client.get, "/api/v1/videos?page=1&page=2"),
+        (client.get, "/api/v1/search?q=weather&q=report"),
+    ]:
+        body = assert_json_error(method(url), 422)
+        name = url.split("?")[1].split("=")[0]
+        assert body["message"] == f"query parameter `{name}`: sent 2 times: send it once", url
+        assert body["errors"] == {"query": {name: ["Sent 2 times: send it once."]}}, url
+    assert db_session.query(ProcessingTask).count() == 0
+    assert client.get("/api/v1/videos?status=failed&sort=name").status_code == 200
+
+
 def test_cancel_stops_the_active_task(client, redis_conn, video_id):
     assert_json_error(client.post(f"/api/v1/videos/{video_id}/cancel"), 409)
     task_id = client.post(f"/api/v1/videos/{video_id}/run_sync").get_json()["task_id"]

@@ -9,7 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 from webargs import core
-from webargs.flaskparser import FlaskParser, is_json_request
+from webargs.flaskparser import is_json_request
 
 from webapp import extensions as ext
 from webapp.api.guards import (
@@ -18,6 +18,7 @@ from webapp.api.guards import (
     json_or_no_body,
     refuse_entity_tags,
 )
+from webapp.api.parsing import Parser
 from webapp.api.schemas import (
     AsyncTaskSchema,
     ForceBodySchema,
@@ -29,7 +30,7 @@ from webapp.fastpoll import validators
 from webapp.services import processing, progress
 
 
-class _OptionsParser(FlaskParser):
+class _OptionsParser(Parser):
     """webargs' parser, but for a UTF-8 byte order mark ahead of a JSON body, which RFC 8259
     (8.1) lets a parser ignore and Windows tools write (PowerShell's `-Encoding UTF8`, older
     Notepad): webargs decodes the body as plain UTF-8, and Python's json refuses the mark

@@ -6,11 +6,17 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from webapp import extensions as ext
+from webapp.api.parsing import Parser
 from webapp.api.schemas import SearchHitSchema, SearchQuerySchema
 from webapp.api.videos import video_payload
 from webapp.services import progress, search
 
-blp = Blueprint("search", __name__, description="Find the moment something was said")
+
+class _Blueprint(Blueprint):
+    ARGUMENTS_PARSER = Parser()
+
+
+blp = _Blueprint("search", __name__, description="Find the moment something was said")
 
 
 @blp.route("/search")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from collections import Counter
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -13,7 +12,6 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from flask_smorest.fields import Upload
 from marshmallow import RAISE, ValidationError
-from webargs.flaskparser import FlaskParser
 from webargs.multidictproxy import MultiDictProxy
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
 from werkzeug.http import http_date, parse_date, parse_range_header
@@ -26,6 +24,7 @@ from webapp.api.guards import (
     no_entity_tag,
     refuse_entity_tags,
 )
+from webapp.api.parsing import Parser, refuse_repeated
 from webapp.api.schemas import (
     ArtifactSchema,
     ErrorSchema,
@@ -42,7 +41,7 @@ from webapp.services.processing import get_video
 from webapp.services.storage import ALL_ARTIFACT_NAMES, mime_type
 
 
-class _MultipartParser(FlaskParser):
+class _MultipartParser(Parser):
     """The upload's form fields (language, translate) beside its file: webargs reads
     location "files" from request.files alone, and a second `@blp.arguments` with location
     "form" would be documented as a second request body, which OpenAPI 3 cannot have.
@@ -56,17 +55,16 @@ class _MultipartParser(FlaskParser):
         files = MultiDict([(k, v) for k, v in req.files.items(multi=True) if k is not None])
         form = MultiDict([(k, v) for k, v in req.form.items(multi=True)
                           if k is not None and k not in uploads])
-        # A field sent twice (two files in `file`, two languages) would be read once, the
-        # other value dropped without a word: a client sending several files got one video.
-        sent = Counter(k for parts in (files, form) for k, _ in parts.items(multi=True))
-        repeated = {name: [f"Sent {count} times: send it once (one file a request)."]
-                    for name, count in sent.items() if count > 1}
         # curl -F file=talk.mp4 (without the @) sends the name as text: "missing" misled.
         texts = {name: ["Is text, not a file: send the file's content as a file part"
                         " (curl: -F file=@talk.mp4)."]
                  for name in uploads if name in req.form and name not in files}
-        if repeated or texts:
-            raise ValidationError({**texts, **repeated})
+        if texts:
+            raise ValidationError(texts)
+        # A field sent twice (two files in `file`, two languages) would be read once, the
+        # other value dropped without a word: a client sending several files got one video.
+        refuse_repeated((k for parts in (files, form) for k, _ in parts.items(multi=True)),
+                        "send it once (one file a request)")
         return MultiDictProxy(CombinedMultiDict([files, form]), schema)
 
 
