@@ -51,15 +51,19 @@ def make_video(
 
 
 def make_black_opening(dst: Path, black: float = 3.0, picture: float = 5.0,
-                       size: str = "320x240", gop: int | None = None) -> Path:
+                       size: str = "320x240", gop: int | None = None,
+                       x264_params: str | None = None) -> Path:
     """H.264 MP4 (no audio) that opens with `black` seconds of black, then `picture`
-    seconds of a moving test pattern (a fade-in's dark start, a leader)."""
+    seconds of a moving test pattern (a fade-in's dark start, a leader); x264_params as
+    x264 takes them (e.g. "open-gop=1")."""
     rate = 25
     graph = (f"color=black:size={size}:rate={rate}:duration={black}[b];"
              f"testsrc2=size={size}:rate={rate}:duration={picture}[p];[b][p]concat=n=2:v=1[v]")
     codecs = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
     if gop:
         codecs += ["-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
+    if x264_params:
+        codecs += ["-x264-params", x264_params]
     _ffmpeg("-filter_complex", graph, "-map", "[v]", *codecs, str(dst))
     return dst
 

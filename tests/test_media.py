@@ -1031,6 +1031,22 @@ def test_storyboard_starts_after_a_black_opening(tmp_path: Path, gop: int | None
     assert black_opening(plain, keyframes_only=gop is not None) == 0.0
 
 
+def test_storyboard_of_an_open_gop_video_starts_after_its_black_opening(tmp_path: Path) -> None:
+    """The black opening was looked for among an open GOP's keyframes, which come out of
+    order (test_storyboard_of_an_open_gop_video): a later keyframe came first, 0.0 s was
+    taken for the opening's end, and the storyboard, redone from the reference frames,
+    started with a black tile. It is looked for again with the frames the storyboard
+    decodes."""
+    src = mediagen.make_black_opening(tmp_path / "fade.mp4", black=3.0, picture=5.0, gop=25,
+                                      x264_params="open-gop=1:bframes=2")
+    sprite, vtt = tmp_path / "storyboard.jpg", tmp_path / "storyboard.vtt"
+    board = make_storyboard(src, sprite, vtt, 8.0, 320, 240)
+    assert not board.keyframes_only and board.references_only
+    assert board.start == pytest.approx(3.0, abs=0.05)
+    brightness = [tile_brightness(sprite, board, i) for i in range(board.count)]
+    assert min(brightness) > 40, f"a storyboard tile is black: mean luma {brightness}"
+
+
 def late_picture(folder: Path, suffix: str) -> Path:
     """An 8 s luma ramp (a keyframe a second) that starts 2 s after a 10 s tone."""
     ramp = mediagen.make_ramp_video(folder / "ramp.mp4", duration=8.0, rate=25,

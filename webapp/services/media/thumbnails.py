@@ -161,13 +161,16 @@ def make_storyboard(
     gap = keyframe_gap(src, duration - offset, format_name, stream=streams.video_spec,
                        start=streams.video_start, enough=longest)
     keyframes_only = gap is not None and gap <= longest
-    start = offset + black_opening(
-        src, format_name, stream=streams.video_spec, keyframes_only=keyframes_only,
-        limit=min(LOOK_AT_MOST, duration / 2))
-    if start > 0:
-        plan = plan_storyboard(duration - start, width, height)
-    plan = replace(plan, keyframes_only=keyframes_only, start=start, offset=offset,
-                   references_only=not keyframes_only)
+
+    def planned(keyframes_only: bool) -> Storyboard:
+        start = offset + black_opening(
+            src, format_name, stream=streams.video_spec, keyframes_only=keyframes_only,
+            limit=min(LOOK_AT_MOST, duration / 2))
+        return replace(plan_storyboard(duration - start, width, height),
+                       keyframes_only=keyframes_only, start=start, offset=offset,
+                       references_only=not keyframes_only)
+
+    plan = planned(keyframes_only)
     hdr = stream_hdr(streams.video)
     with failing_as("The storyboard could not be made"), atomic_output(sprite_dst) as tmp:
         try:
@@ -187,7 +190,8 @@ def make_storyboard(
             # An open GOP's keyframes (H.264 I-frames that are not IDR) decoded alone come
             # out in the wrong order, their picture order counted from frames skipped:
             # x264 with open-gop, 2 s GOPs, gave 3 tiles of 15 (4 s, 2 s, 0 s), then none.
-            plan = replace(plan, keyframes_only=False, references_only=True)
+            # (The black opening, looked for among the same keyframes, is looked for again.)
+            plan = planned(keyframes_only=False)
             drawn = _draw_storyboard(src, tmp, plan, duration, on_progress, format_name,
                                      streams, hdr)
         if plan.references_only and _tiles_missing(plan, drawn.frames, duration):
