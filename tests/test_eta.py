@@ -275,3 +275,20 @@ def test_a_steps_measured_position_counts_before_its_pace_does():
                 thumbnails=sub("thumbnails", "skipped"),
                 transcode=sub("transcode", "skipped"))
     assert left(subs, 12.0) == pytest.approx(round(0.11 * 9.0, 1))
+
+
+def test_the_eta_benchmark_scores_the_finish_a_client_counts_down_to():
+    """bench/eta.py judges eta_at, the finish the API states and the page counts down to.
+    eta_seconds is counted from the task's last change, so a sample read 6 s after that
+    change and scored as "read time + eta_seconds" was 6 s late for an exact estimate."""
+    from bench import eta as bench_eta
+
+    # Read at 10 s, the task last changed at 4 s, its eta 6 s: eta_at is 10 s, the finish.
+    exact = {"t": 10.0, "updated": 4.0, "status": "running", "own": 50.0, "shown": 50.0,
+             "eta": 6.0, "eta_at": 10.0}
+    unknown = exact | {"t": 9.0, "eta": None, "eta_at": None}
+    scored = bench_eta.judge([exact, unknown], finish=10.0)
+    assert scored["errors"] == [0.0, None]
+    assert (scored["judged"], scored["within"], scored["without_eta"]) == (2, 1, 1)
+    # The old scoring is still there, as its own column: 6 s late of a 10 s run.
+    assert bench_eta.judge([exact], 10.0, bench_eta.read_plus_eta)["errors"] == [0.6]
