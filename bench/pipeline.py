@@ -10,10 +10,11 @@ before the first trigger and kept across runs, as an operator runs them.
 
 By hand: the same steps one after another from this one process, with no queue or
 database: the exact ffmpeg commands vidpipe's wrappers build (captured from
-webapp/services/media/ with the runner stubbed out; only the -progress reporting
-arguments are left off), and whisper as a user's script would do it in a fresh Python
-process (load the same model, WHISPER_MODEL or vidpipe's default base, transcribe with the
-same settings, word timestamps included, and write the segments).
+webapp/services/media/ with the runner stubbed out, through `ffrun.command`, which also
+builds what the runner executes; only the -progress reporting arguments are left off), and
+whisper as a user's script would do it in a fresh Python process (load the same model,
+WHISPER_MODEL or vidpipe's default base, transcribe with the same settings, word timestamps
+included, and write the segments).
 
 Runs alternate (ABBA order), BENCH_RUNS of each (default 3). The machine may be shared, so
 each run records the CPU time other processes took meanwhile (from /proc), and a run where
@@ -73,8 +74,6 @@ RETRIES = int(os.environ.get("BENCH_RETRIES", "4"))
 WORKERS = 2
 POLL = 0.1
 RUN_TIMEOUT = 900.0
-# What a person typing the commands would use; vidpipe adds only -progress reporting.
-BY_HAND_GLOBALS = ("-nostdin", "-hide_banner", "-loglevel", "error")
 
 WHISPER_SCRIPT = textwrap.dedent('''\
     """What a user would write: load the model, transcribe the WAV, save the segments (with
@@ -203,8 +202,8 @@ def undisturbed(measure: Callable[[], dict[str, Any]], label: str, budget: list[
 def capture_commands(src: Path, out: Path, probe: Any, ffmpeg_threads: int) -> dict[str, list]:
     """The ffmpeg argv lists vidpipe's media wrappers build for src, writing into out.
 
-    The wrappers run with `run`, `atomic_output` and `require_output` replaced, so nothing
-    is executed here and outputs get their final names (no .part files and renames).
+    The wrappers run with `run`, `atomic_output`, `require_output` and `check_reached_end`
+    replaced, so nothing is executed here and outputs get their final names (no .part files and renames).
     """
     from webapp.services import ffrun
     from webapp.services.media import audio, preview, thumbnails
@@ -214,10 +213,10 @@ def capture_commands(src: Path, out: Path, probe: Any, ffmpeg_threads: int) -> d
 
     # (The transcode's `nice` is vidpipe's scheduling, not part of the command: a script by
     # hand runs every tool at the same priority.)
+    # The argv is ffrun.command's, what ffrun.run executes, less only the progress reporting.
     def fake_run(stream, duration, on_progress=None, *, check_complete=True,
                  paths=(), nice=0):
-        captured.append(stream.global_args(*BY_HAND_GLOBALS).overwrite_output()
-                        .compile())
+        captured.append(ffrun.command(stream, reporting=False))
         return ffrun.RunResult(frames=plan.count)
 
     @contextlib.contextmanager
@@ -231,6 +230,9 @@ def capture_commands(src: Path, out: Path, probe: Any, ffmpeg_threads: int) -> d
             stubs.enter_context(mock.patch.object(module, "atomic_output", in_place))
             stubs.enter_context(mock.patch.object(module, "require_output",
                                                   lambda path: None))
+            if hasattr(module, "check_reached_end"):  # (the preview's: nothing was written)
+                stubs.enter_context(mock.patch.object(module, "check_reached_end",
+                                                      lambda *args: None))
         audio.extract_audio(src, out / "audio.wav", probe.duration)
         commands["extract_audio"] = captured[-1]
         thumbnails.make_poster(src, out / "poster.jpg", probe.duration)
@@ -526,6 +528,7 @@ def single_pass_command(src: Path, out: Path, probe: Any, threads: int) -> list[
     """One ffmpeg decode feeding preview, sprite and WAV (what steps.py could do)."""
     import ffmpeg
 
+    from webapp.services import ffrun
     from webapp.services.media.thumbnails import plan_storyboard
 
     plan = plan_storyboard(probe.duration, probe.width, probe.height)
@@ -543,7 +546,7 @@ def single_pass_command(src: Path, out: Path, probe: Any, threads: int) -> list[
         source["a:0"].output(str(out / "audio.wav"), ac=1, ar=16000, acodec="pcm_s16le",
                              f="wav"),
     )
-    return outputs.global_args(*BY_HAND_GLOBALS, "-xerror").overwrite_output().compile()
+    return ffrun.command(outputs, reporting=False)
 
 
 def _timed_runs(cmd: list[str], runs: int) -> dict[str, float]:

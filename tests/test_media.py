@@ -1674,3 +1674,52 @@ def test_interlaced_video_is_deinterlaced_in_every_picture(tmp_path: Path) -> No
     shares = {"preview": ghost_share(preview, frame=10), "poster": ghost_share(poster),
               "storyboard": ghost_share(sprite)}
     assert all(share < 0.05 for share in shares.values()), shares
+
+
+def test_the_pipeline_benchmark_runs_by_hand_the_commands_the_steps_run(
+        clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/pipeline.py's reference ("by hand") runs the ffmpeg commands the steps run,
+    option for option, less only the progress reporting: when the service stopped passing
+    -xerror and passed -max_error_rate instead, the reference kept its own copy of the
+    global options and compared vidpipe with commands vidpipe no longer ran."""
+    from bench.pipeline import capture_commands, single_pass_command
+
+    ran: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    class Recorded(real_popen):  # the real Popen, which remembers the steps' ffmpeg argv
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            if args[0] == "ffmpeg" and "-progress" in args:
+                ran.append(list(args))
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    info = probe(clip)
+    out = tmp_path / "steps"
+    out.mkdir()
+    extract_audio(clip, out / "audio.wav", info.duration)
+    make_poster(clip, out / "poster.jpg", info.duration)
+    make_storyboard(clip, out / "storyboard.jpg", out / "storyboard.vtt", info.duration,
+                    info.width, info.height)
+    transcode_preview(clip, out / "preview.mp4", info.duration, has_audio=info.has_audio,
+                      threads=0)
+    monkeypatch.setattr(subprocess, "Popen", real_popen)
+    by_hand = tmp_path / "by-hand"
+    by_hand.mkdir()
+    captured = capture_commands(clip, by_hand, info, 0)
+
+    def shape(argv: list[str], *, reporting: bool) -> list[str]:
+        """The argv with its file names as <file> and, for the steps', without -progress
+        reporting (ffrun.REPORTING_ARGS)."""
+        argv = [("<file>" if str(tmp_path) in a else a) for a in argv]
+        if reporting:
+            at = next(i for i in range(len(argv))
+                      if tuple(argv[i:i + len(ffrun.REPORTING_ARGS)]) == ffrun.REPORTING_ARGS)
+            del argv[at:at + len(ffrun.REPORTING_ARGS)]
+        return argv
+
+    assert [shape(c, reporting=False) for c in captured.values()] == [
+        shape(c, reporting=True) for c in ran]
+    for argv in [*captured.values(), single_pass_command(clip, by_hand, info, 0)]:
+        assert "-xerror" not in argv
+        assert argv[argv.index("-max_error_rate") + 1] == str(ffrun.MAX_DAMAGED_SHARE)

@@ -29,14 +29,16 @@ ProgressCallback = Callable[[float], None]
 MAX_DAMAGED_SHARE = 0.2
 # ffmpeg's exit code when more than -max_error_rate of the frames failed to decode.
 TOO_MANY_ERRORS = 69
-# -progress reports every 0.5 s by default; 0.25 s keeps short jobs visibly moving.
+# What every ffmpeg command of the service says, beside its inputs and outputs ...
 # Warnings are read for the frames decoders concealed (see _drain); each line is tagged
 # with its level, and only errors are kept for the failure's reason and detail.
-GLOBAL_ARGS = (
-    "-nostdin", "-hide_banner", "-loglevel", "level+warning",
-    "-stats_period", "0.25", "-progress", "pipe:1", "-nostats",
+COMMAND_ARGS = (
+    "-nostdin", "-hide_banner", "-loglevel", "level+warning", "-nostats",
     "-max_error_rate", str(MAX_DAMAGED_SHARE),
 )
+# ... and how it reports its progress to `run` (-progress reports every 0.5 s by default;
+# 0.25 s keeps short jobs visibly moving).
+REPORTING_ARGS = ("-stats_period", "0.25", "-progress", "pipe:1")
 # Output that stops before this share of the probed duration means the input ended early.
 COMPLETE_SHARE = 0.9
 MAX_MESSAGE = 300
@@ -278,11 +280,17 @@ def run(
     return result
 
 
+def command(stream: OutputStream, *, reporting: bool = True) -> list[str]:
+    """The argv `run` executes for `stream`; without `reporting`, the same command as a
+    person would type it (bench/pipeline.py's reference runs exactly that)."""
+    args = (*COMMAND_ARGS, *REPORTING_ARGS) if reporting else COMMAND_ARGS
+    return stream.global_args(*args).overwrite_output().compile()
+
+
 def _spawn(stream: OutputStream, nice: int = 0) -> subprocess.Popen[bytes]:
     def start() -> subprocess.Popen[bytes]:
-        return stream.global_args(*GLOBAL_ARGS).overwrite_output().run_async(
-            pipe_stdout=True, pipe_stderr=True
-        )
+        return subprocess.Popen(command(stream), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
 
     try:
         return niced(start, nice)
