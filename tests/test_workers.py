@@ -345,3 +345,55 @@ def test_ctrl_c_of_make_worker_ends_it_and_its_reconciler_without_a_traceback(se
     wait_for(lambda: not procs.running(reconciler), timeout=10, what="the reconciler ending")
     assert "Traceback" not in log.read_text() and "KeyboardInterrupt" not in log.read_text(), (
         log.read_text()[-3000:])
+
+
+def test_a_run_queued_behind_others_gives_no_eta_until_its_turn(client, settings, workers):
+    """Three runs triggered while the only worker is away: the third waits behind two. Its
+    own steps take seconds (this installation knows what they cost), but when it ends
+    depends on the two runs ahead, which nothing estimates: the API said "eta_seconds": 3.1
+    and an eta_at 3 s away, a finish that was in fact after both other runs. It says how
+    many runs are ahead instead, with no ETA, and a poll sees that count fall; the page
+    says the work and the wait; once its turn comes it has an ETA again, and every run
+    ends completed."""
+    clip = mediagen.make_video(settings.media_root.parent / "short.mp4", duration=2.0)
+    # The installation's first run, so that what the steps cost is known.
+    first = upload_ok(client, clip, "first.mp4")["id"]
+    assert client.post(f"/api/v1/videos/{first}/run_sync").status_code == 202
+    worker = workers()
+    wait_for(lambda: progress_of(client, first)["status"] == "completed", timeout=180,
+             what="the first run completing")
+    stop_worker(worker)
+
+    vids = [upload_ok(client, clip, f"{n}.mp4")["id"] for n in ("a", "b", "c")]
+    for vid in vids:
+        assert client.post(f"/api/v1/videos/{vid}/run_sync").status_code == 202
+    states = [progress_of(client, vid) for vid in vids]
+    assert [(s["status"], s["runs_ahead"]) for s in states] == [
+        ("queued", 0), ("queued", 1), ("queued", 2)]
+    # The first in line: the time its steps take (nothing else is queued before it).
+    assert states[0]["eta_seconds"] is not None and states[0]["eta_at"] is not None
+    for state in states[1:]:
+        assert (state["eta_seconds"], state["eta_at"]) == (None, None), state
+    page = BeautifulSoup(panel_poll(client, vids[2]).get_data(as_text=True), "html.parser")
+    assert page.select_one("#eta").get_text().endswith(
+        " of work once a worker takes it, behind 2 other runs")
+
+    # A run ahead ends: the third's unchanged task row no longer means an unchanged answer.
+    url = f"/api/v1/videos/{vids[2]}/reprocess"
+    etag = client.get(url).headers["ETag"]
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    assert client.post(f"/api/v1/videos/{vids[0]}/cancel").status_code == 200
+    resp = client.get(url, headers={"If-None-Match": etag})
+    assert resp.status_code == 200 and resp.get_json()["runs_ahead"] == 1, resp.get_json()
+    assert resp.headers["ETag"] != etag
+
+    workers()
+    seen_eta = wait_for(lambda: (s := progress_of(client, vids[2]))["status"] == "running"
+                        and s["eta_at"] is not None and s, timeout=180,
+                        what="the third run running with an ETA")
+    assert seen_eta["runs_ahead"] == 0
+    for vid in vids[1:]:
+        final = wait_for(lambda vid=vid: (s := progress_of(client, vid))["status"] not in
+                         ("queued", "running") and s, timeout=180, what="the runs ending")
+        assert (final["status"], final["runs_ahead"], final["eta_seconds"]) == (
+            "completed", 0, None)

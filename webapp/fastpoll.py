@@ -2,7 +2,8 @@
 
 `GET /api/v1/videos/<id>/reprocess` is what every poller sends, once a second, for as long
 as a run lasts (and often after). Its answer is a function of the video's latest task row
-alone, named by the task's tag (`progress.progress_tag`: task id, version, status), so this
+alone (and, while it is queued, of how many runs are ahead of it), named by the task's tag
+(`progress.progress_tag`: task id, version, status, runs ahead), so this
 WSGI layer in front of the Flask app works like a validating HTTP cache:
 
 1. it reads the current tag (`progress.TAG_QUERY`: one indexed query, on a pooled

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from flask import flash, g, render_template, request, url_for
+from flask import flash, render_template, request, url_for
 
 from webapp import extensions as ext
 from webapp.models import ProcessingTask, Video, utcnow
@@ -52,7 +52,7 @@ def video_context(video: Video, message: str | None = None, poll: bool = False,
         "next_run_note": next_run_note(video, transcript, made_by),
         "tiles": tiles,
         "sprite_size": (sprite_w, sprite_h),
-        "ahead": runs_ahead(video.id, state.status),
+        "ahead": state.runs_ahead,
     }
 
 
@@ -73,16 +73,6 @@ def next_run_note(video: Video, transcript: results.TranscriptView | None,
         said += (", with English captions" if transcript.translation
                  else ", without English captions")
     return f"These settings are for the next run: the transcript shown below is in {said}."
-
-
-def runs_ahead(video_id: str, status: str) -> int:
-    """The runs a queued run waits behind (progress.runs_ahead); 0 for any other status.
-    Read once per request."""
-    if status != "queued":
-        return 0
-    if "runs_ahead" not in g:
-        g.runs_ahead = progress.runs_ahead(ext.db(), video_id)
-    return g.runs_ahead
 
 
 def show_video(video_id: str, message: str | None = None, status: int = 200,
@@ -126,11 +116,10 @@ def panel(video_id: str):
     poll = request.args.get("poll") == "1"
     weights = ext.settings().weights
     tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
-    # The panel says when no worker lives, and how many runs a queued one waits behind:
-    # both are part of what it shows, so of its tag.
-    ahead = runs_ahead(video_id, "queued") if tag.endswith("-queued") else 0
+    # The panel says when no worker lives: part of what it shows, so of its tag (as the
+    # runs a queued one waits behind are of the progress tag).
     workers = {None: "down", 0: "0"}.get(worker_count(), "1")
-    session_tag = f"{csrf_digest()}-{int(poll)}-w{workers}-a{ahead}"
+    session_tag = f"{csrf_digest()}-{int(poll)}-w{workers}"
 
     def render() -> tuple[str, str]:
         video = processing.get_video(ext.db(), video_id)

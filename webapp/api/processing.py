@@ -85,9 +85,10 @@ def _trigger(video_id: str, mode: str, query: dict, body: dict):
     return payload, 202, {"Location": url}
 
 
-# Progress polling is conditional: the ETag comes from the task row alone (see
-# progress.progress_tag), so a poll of an unchanged task costs one indexed query (the
-# video and its latest task's version) and answers 304 without building a body. Those
+# Progress polling is conditional: the ETag comes from the task row alone, and for a queued
+# task the runs ahead of it (see progress.progress_tag), so a poll of an unchanged task
+# costs one indexed query (the video and its latest task's version; a count of the runs
+# ahead when it is queued) and answers 304 without building a body. Those
 # 304s are answered in front of Flask by webapp/fastpoll.py; this view is the reference.
 _ETAG_HEADERS = {
     "ETag": {"description": "Strong validator of this progress (changes with any step)",

@@ -144,15 +144,22 @@ class TaskProgressSchema(ma.Schema):
         "count down, use `eta_at`. The work left in the steps that "
         "really run (reused and skipped steps excluded), at the pace each has shown since "
         "its first measured progress report; a step not measured yet is sized by what its "
-        "kind cost on this installation per second of media (so a queued run has one too: "
-        "the time its steps take, not the wait for a worker; so does a run whose worker was "
-        "stopped, queued again until a worker takes a step). null when unknown (a new "
-        "installation, before any step has shown a pace) or when the run has ended")})
+        "kind cost on this installation per second of media (so a queued run with no run "
+        "ahead of it has one too: the time its steps take once a worker takes it; so does "
+        "a run whose worker was stopped, queued again until a worker takes a step). null "
+        "when unknown: a new installation, before any step has shown a pace; a queued run "
+        "behind other runs (`runs_ahead` above 0: its end depends on their work, which is "
+        "not estimated); a run that has ended")})
     eta_at = fields.DateTime(allow_none=True, metadata={"description": (
         "When the run is expected to end (ISO 8601, UTC): its last change plus `eta_seconds`, "
         "so it too stays the same between changes. Time left now = `eta_at` minus the "
         "current time (the answer's Date header is the server's clock); once passed while "
         "the run still goes, it takes longer than estimated. null when `eta_seconds` is")})
+    runs_ahead = fields.Integer(required=True, metadata={"description": (
+        "While the run is queued: how many runs the queue serves before it (the active runs "
+        "of other videos triggered earlier, running or queued themselves); while any is "
+        "ahead, `eta_seconds` and `eta_at` are null. 0 when the run is not queued. Part of "
+        "the ETag: a poll gets a new answer when a run ahead ends")})
 
 
 class AsyncTaskSchema(ma.Schema):

@@ -6,7 +6,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from types import SimpleNamespace
 
-from sqlalchemy import and_, bindparam, event, func, or_, select
+from sqlalchemy import and_, bindparam, case, event, func, or_, select
 from sqlalchemy.orm import Session
 
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, SubTask, Video
@@ -43,26 +43,29 @@ def video_progress(session: Session, video: Video, weights: Mapping[str, float])
     prefetched = session.info.get(_PREFETCHED)
     if prefetched is not None and video.id in prefetched:
         found = prefetched.pop(video.id)
-        return _view(*found) if found else initial_view(video.id, weights)
+        return _view(*found, found[0].ahead) if found else initial_view(video.id, weights)
     return tagged_progress(session, video.id, weights)[0]
 
 
 
 # -- polls and lists: the same views from plain rows, in one query each -------------------
 
-def progress_tag(task: ProcessingTask | None, weights: Mapping[str, float]) -> str:
-    """A strong validator of what `video_progress` shows for a video whose latest task is
-    `task`: it changes whenever that would (the task's version is bumped on every write of
-    this service), so equal tags mean an equal view. Needs only the task row.
+def progress_tag(task: ProcessingTask | None, weights: Mapping[str, float],
+                 ahead: int = 0) -> str:
+    """A strong validator of what the progress endpoint shows for a video whose latest task
+    is `task`, queued behind `ahead` runs (`runs_ahead`): it changes whenever that would
+    (the task's version is bumped on every write of this service; the count of runs ahead
+    of a queued one changes with other tasks), so equal tags mean an equal view.
     """
     if task is None:  # the initial view depends only on the configured weights
         weights_crc = zlib.crc32(repr(sorted(weights.items())).encode())
         return f"initial-{weights_crc:08x}"
-    return _tag(task.id, task.version, task.status)
+    return _tag(task.id, task.version, task.status, ahead)
 
 
-def _tag(task_id: str, version: int, status: str) -> str:
-    return f"{task_id}-{version}-{status}"
+def _tag(task_id: str, version: int, status: str, ahead: int | None = 0) -> str:
+    tag = f"{task_id}-{version}-{status}"
+    return f"{tag}-behind{ahead}" if status == "queued" and ahead else tag
 
 
 def poll_tag(session: Session, video_id: str, weights: Mapping[str, float]) -> str:
@@ -77,11 +80,12 @@ def poll_tag(session: Session, video_id: str, weights: Mapping[str, float]) -> s
 
 
 def tag_of_row(row, weights: Mapping[str, float]) -> str:
-    """`progress_tag` from a row of TAG_QUERY (video id, task id, version, status)."""
-    _, task_id, version, status = row
+    """`progress_tag` from a row of TAG_QUERY (video id, task id, version, status, runs
+    ahead)."""
+    _, task_id, version, status, ahead = row
     if task_id is None:
         return progress_tag(None, weights)
-    return _tag(task_id, version, status)
+    return _tag(task_id, version, status, ahead)
 
 
 def tagged_progress(
@@ -97,7 +101,8 @@ def tagged_progress(
     if found is None:
         return initial_view(video_id, weights), progress_tag(None, weights)
     task, subs = found
-    return _view(task, subs), _tag(task.id, task.version, task.status)
+    ahead = task.ahead or 0
+    return _view(task, subs, ahead), _tag(task.id, task.version, task.status, ahead)
 
 
 def runs_ahead(session: Session, video_id: str) -> int:
@@ -108,14 +113,10 @@ def runs_ahead(session: Session, video_id: str) -> int:
     the front of the queue as their parents end: queue.enqueue_steps), so the runs ahead
     are the active ones triggered earlier, running or queued themselves.
     """
-    me, other = _TASKS.alias("me"), _TASKS.alias("other")
-    earlier = or_(other.c.created_at < me.c.created_at,
-                  and_(other.c.created_at == me.c.created_at, other.c.id < me.c.id))
+    me = _TASKS.alias("me")
     return session.connection().execute(
-        select(func.count()).select_from(me).join(other, earlier)
-        .where(me.c.video_id == video_id, me.c.status == "queued",
-               other.c.status.in_(ACTIVE_STATUSES))
-    ).scalar_one()
+        select(_ahead_of(me)).where(me.c.id == _latest_id(video_id))
+    ).scalar() or 0
 
 
 # session.info key: video id -> (task, subtasks) as plain rows, or None; see below.
@@ -163,11 +164,25 @@ def _latest_id(video_id):
     )
 
 
+def _ahead_of(task):
+    """The number of active runs triggered before `task` (a task table or alias: correlated)
+    when it is queued, else 0: what it waits behind (`runs_ahead`). Only a queued task
+    costs the count."""
+    other = _TASKS.alias("ahead")
+    earlier = or_(other.c.created_at < task.c.created_at,
+                  and_(other.c.created_at == task.c.created_at, other.c.id < task.c.id))
+    count = (select(func.count()).select_from(other)
+             .where(other.c.status.in_(ACTIVE_STATUSES), earlier)
+             .correlate(task).scalar_subquery())
+    return case((task.c.status == "queued", count), else_=0)
+
+
 def _with_subtasks(*where, tasks=_TASKS):
     """SELECT tasks joined with their subtasks (one row per subtask, in order; columns
-    t_<task column>, s_<subtask column>); `tasks` may be a join that holds the task table."""
+    t_<task column>, t_ahead (`_ahead_of`), s_<subtask column>); `tasks` may be a join that
+    holds the task table."""
     return (
-        select(*(c.label(f"t_{c.name}") for c in _TASKS.c),
+        select(*(c.label(f"t_{c.name}") for c in _TASKS.c), _ahead_of(_TASKS).label("t_ahead"),
                *(c.label(f"s_{c.name}") for c in _SUBTASKS.c))
         .select_from(tasks.outerjoin(_SUBTASKS, _SUBTASKS.c.task_id == _TASKS.c.id))
         .where(*where)
@@ -187,10 +202,10 @@ def latest_status(video_id):
     )
 
 
-# The video (so: does it exist) and its latest task's id, version and status; parameter
-# `video_id`. What a poll reads (here and in webapp/fastpoll.py).
+# The video (so: does it exist) and its latest task's id, version, status and runs ahead
+# (`_ahead_of`); parameter `video_id`. What a poll reads (here and in webapp/fastpoll.py).
 TAG_QUERY = (
-    select(_VIDEOS.c.id, _TASKS.c.id, _TASKS.c.version, _TASKS.c.status)
+    select(_VIDEOS.c.id, _TASKS.c.id, _TASKS.c.version, _TASKS.c.status, _ahead_of(_TASKS))
     .select_from(_VIDEOS.outerjoin(
         _TASKS, _TASKS.c.id == _latest_id(_VIDEOS.c.id).correlate(_VIDEOS)))
     .where(_VIDEOS.c.id == bindparam("video_id"))
@@ -217,7 +232,8 @@ def _tasks_of(rows) -> dict[str, tuple[SimpleNamespace, list[SimpleNamespace]]]:
         if video_id is None:  # a video without tasks
             continue
         if video_id not in found:
-            task = SimpleNamespace(**{name: values[f"t_{name}"] for name in _TASK_COLUMNS})
+            task = SimpleNamespace(**{name: values[f"t_{name}"] for name in _TASK_COLUMNS},
+                                   ahead=values["t_ahead"])
             found[video_id] = (task, [])
         if values["s_id"] is not None:
             found[video_id][1].append(

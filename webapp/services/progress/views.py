@@ -42,6 +42,12 @@ class ProgressView:
     # When the run is expected to end: the task's last change (updated_at) plus eta_seconds,
     # so it too stays the same between changes, and a client counts down to it.
     eta_at: datetime | None = None
+    # A queued run: the active runs triggered before it, which the queue serves first. Its
+    # end depends on their work, which is not estimated: eta_seconds and eta_at are None
+    # while it is behind any, and work_seconds says what its own steps take.
+    runs_ahead: int = 0
+    # The time its own steps take (what eta_seconds is, save behind other runs).
+    work_seconds: float | None = None
 
     @property
     def active(self) -> bool:
@@ -93,10 +99,13 @@ def task_view(task: ProcessingTask) -> ProgressView:
     return _view(task, list(task.subtasks))
 
 
-def _view(task, subs: list) -> ProgressView:
-    """The view of a task and its subtasks, ORM objects or rows with the same attributes."""
+def _view(task, subs: list, ahead: int = 0) -> ProgressView:
+    """The view of a task and its subtasks, ORM objects or rows with the same attributes;
+    `ahead`: the runs a queued one waits behind (queries.runs_ahead)."""
     progress = weighted_total((s.weight, s.status, s.progress) for s in subs)
-    seconds = estimate_eta(task, subs, task.updated_at)
+    ahead = ahead if task.status == "queued" else 0
+    work = estimate_eta(task, subs, task.updated_at)
+    seconds = None if ahead else work
     ends = (task.updated_at + timedelta(seconds=seconds)
             if seconds is not None and task.updated_at is not None else None)
     return ProgressView(
@@ -112,6 +121,8 @@ def _view(task, subs: list) -> ProgressView:
         error=task.error,
         eta_seconds=seconds,
         eta_at=ends,
+        runs_ahead=ahead,
+        work_seconds=work,
     )
 
 
