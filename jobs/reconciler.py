@@ -96,12 +96,31 @@ def sweep_staging(settings: Settings, older_than: float = STALE_UPLOAD) -> int:
     return removed
 
 
+# Active task id -> when this process first saw it not yet GRACE old (time.monotonic()).
+_first_seen: dict[str, float] = {}
+
+
+def _settled(session: Session) -> list[ProcessingTask]:
+    """The active tasks past their GRACE: created over GRACE ago, or seen by this process
+    for GRACE. The second is for a created_at in the future: the clock went back after the
+    trigger (a correction of hours), or the web host that made the task runs ahead of this
+    one; by created_at alone such a task was passed over until the clock caught up, and one
+    whose jobs Redis had lost stayed queued, nobody working on it, for as long."""
+    rows = session.execute(select(ProcessingTask, ProcessingTask.created_at < utcnow() - GRACE)
+                           .where(ProcessingTask.status.in_(ACTIVE_STATUSES))).all()
+    tick = time.monotonic()
+    for gone in _first_seen.keys() - {task.id for task, _ in rows}:
+        del _first_seen[gone]
+    settled = []
+    for task, old in rows:
+        if old or tick - _first_seen.setdefault(task.id, tick) >= GRACE.total_seconds():
+            settled.append(task)
+    return settled
+
+
 def _check_tasks(session: Session, settings: Settings, connection: Redis) -> int:
-    cutoff = utcnow() - GRACE
-    tasks = session.scalars(select(ProcessingTask).where(
-        ProcessingTask.status.in_(ACTIVE_STATUSES), ProcessingTask.created_at < cutoff)).all()
     acted = 0
-    for task in tasks:
+    for task in _settled(session):
         lost, waiting = [], set()
         for sub in task.subtasks:
             if sub.status not in ("pending", "running"):

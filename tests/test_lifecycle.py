@@ -309,3 +309,35 @@ def test_every_step_of_a_force_replaced_task_ends(client, settings, clip, db_ses
     client.post(f"/api/v1/videos/{vid}/reprocess", json={"force": True})
     state = {s.name: s.status for s in db_session.get(ProcessingTask, old).subtasks}
     assert state == dict.fromkeys(STEPS, "cancelled")
+
+
+def test_a_run_made_in_the_clocks_future_is_still_recovered_when_its_jobs_are_lost(
+        client, settings, clip, redis_conn, db_session):
+    """The clock went back two hours after a trigger (or the web host that made the task
+    runs ahead of the workers' host), so the task's created_at is in the future, and Redis
+    then lost its jobs. The reconciler leaves a task alone for its first 15 s (it may be
+    between its commit and its enqueue) and told that by created_at: it passed this one
+    over for two hours, queued with nobody working on it. It counts those 15 s itself."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from tests.cleanup import purge_queue
+    from tests.conftest import start_worker, stop_worker
+    from webapp.models import utcnow
+
+    vid = upload_ok(client, clip)["id"]
+    task_id = client.post(f"/api/v1/videos/{vid}/run_sync").get_json()["task_id"]
+    db_session.execute(update(ProcessingTask).where(ProcessingTask.id == task_id)
+                       .values(created_at=utcnow() + timedelta(hours=2)))
+    db_session.commit()
+    assert purge_queue(redis_conn, settings.queue_name, [task_id])  # Redis lost its jobs
+    worker = start_worker({"RECONCILE_INTERVAL": "1"})
+    try:
+        state = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
+                         ACTIVE_STATUSES and s, timeout=90, interval=0.5,
+                         what="the run ending")
+    finally:
+        stop_worker(worker)
+    assert (state["task_id"], state["status"], state["progress"]) == (
+        task_id, "completed", 100.0)
