@@ -7,21 +7,27 @@ UPDATE, so that of several senders (one per worker, on any host) one posts it. A
 delivers it; anything else (another status, no answer within the timeout, a refused
 connection) is tried again after the next of PAUSES, until the event is GIVE_UP old, when
 it is logged and left (`next_attempt_at` NULL, its last error kept). Redirects are not
-followed: a receiver that moved must be configured anew.
+followed: a receiver that moved must be configured anew. A whole post takes at most
+DEADLINE: a receiver that trickles its answer (a byte every few seconds: each read within
+the read timeout) held the sender for as long as it went on, and every other event waited.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import requests
+from requests.adapters import HTTPAdapter
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from webapp.config import Settings
 from webapp.models import WebhookEvent, utcnow
@@ -33,10 +39,36 @@ POLL = 0.5  # seconds between looks for due events while there are none
 BATCH = 20  # events read per look
 LEASE = timedelta(seconds=60)  # longer than a post can take (TIMEOUT)
 TIMEOUT = (5, 15)  # connect, read: seconds
+DEADLINE = 30.0  # seconds for a whole post, however its answer trickles in
 # Pauses after a failed post, the last one repeated: ~1 h to the 10th try, then hourly.
 PAUSES = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 GIVE_UP = timedelta(hours=24)
 KEEP = timedelta(days=7)  # events are deleted this long after they were made
+
+
+# Thread id -> the socket of the post that thread is making (see _Watched).
+_SOCKETS: dict[int, socket.socket] = {}
+
+
+class _WatchedHTTP(HTTPConnection):
+    """A connection that leaves its socket in _SOCKETS, for the post's deadline to cut."""
+
+    def connect(self) -> None:
+        super().connect()
+        _SOCKETS[threading.get_ident()] = self.sock
+
+
+class _WatchedHTTPS(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _SOCKETS[threading.get_ident()] = self.sock
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def get_connection_with_tls_context(self, *args, **kwargs):
+        pool = super().get_connection_with_tls_context(*args, **kwargs)
+        pool.ConnectionCls = _WatchedHTTPS if pool.scheme == "https" else _WatchedHTTP
+        return pool
 
 
 class Sender:
@@ -47,7 +79,10 @@ class Sender:
         self.secret = settings.webhook_secret
         self.sessions = sessions
         self.http = requests.Session()
-        self.http.headers["User-Agent"] = "vidpipe-webhooks"
+        self.http.mount("http://", _WatchedAdapter())
+        self.http.mount("https://", _WatchedAdapter())
+        # A new connection for every post: the one the deadline watches.
+        self.http.headers.update({"User-Agent": "vidpipe-webhooks", "Connection": "close"})
 
     def run(self, alive: Callable[[], bool], stop: threading.Event | None = None) -> None:
         """Send until alive() is false or `stop` is set; a database outage is waited out."""
@@ -91,11 +126,14 @@ class Sender:
                    "X-Vidpipe-Event-Id": event.id, "X-Vidpipe-Event-Type": event.type,
                    SIGNATURE_HEADER: signature(self.secret, int(time.time()), body)}
         try:
-            resp = self.http.post(self.url, data=body, headers=headers, timeout=TIMEOUT,
-                                  allow_redirects=False)
+            with _deadline(DEADLINE) as late:
+                resp = self.http.post(self.url, data=body, headers=headers,
+                                      timeout=TIMEOUT, allow_redirects=False)
             error = None if 200 <= resp.status_code < 300 else f"answered {resp.status_code}"
         except requests.RequestException as exc:
             error = _cause(exc)
+        if late.is_set():
+            error = f"no whole answer within {DEADLINE:g} s"
         self._record(event, error)
         return True
 
@@ -138,6 +176,29 @@ class Sender:
             session.execute(update(WebhookEvent).where(WebhookEvent.id == event.id)
                             .values(**values).execution_options(synchronize_session=False))
             session.commit()
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Within: the socket of this thread's post is shut once `seconds` have passed (its
+    reads end at once); the event yielded is set if it was."""
+    me, late = threading.get_ident(), threading.Event()
+
+    def cut() -> None:
+        sock = _SOCKETS.get(me)
+        if sock is not None:
+            late.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield late
+    finally:
+        timer.cancel()
+        _SOCKETS.pop(me, None)
 
 
 def prune(session: Session, now: datetime | None = None) -> int:

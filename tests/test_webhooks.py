@@ -261,3 +261,52 @@ def test_webhook_settings_that_cannot_work_stop_start_up(monkeypatch, env, messa
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match=message):
         Settings.from_env().validate()
+
+
+def test_a_receiver_that_trickles_its_answer_holds_the_sender_no_longer_than_its_deadline(
+        hooked, clip, monkeypatch):
+    """A receiver that answers a byte every half second: each read comes within the read
+    timeout, so the post went on for as long as the receiver did (minutes, or for good),
+    and every other event waited behind it. The whole post has a deadline; the event is
+    tried again later, saying why."""
+    import socket
+
+    monkeypatch.setattr(sender_module, "DEADLINE", 2.0, raising=False)
+    client = create_app(hooked).test_client()
+    vid = upload_ok(client, clip)["id"]
+    client.post(f"/api/v1/videos/{vid}/reprocess")
+    client.post(f"/api/v1/videos/{vid}/cancel")
+    server = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"." * 40:
+                if done.is_set():
+                    return
+                try:
+                    conn.send(bytes([byte]))
+                except OSError:  # the sender hung up
+                    return
+                time.sleep(0.5)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    sessions = session_factory(hooked.database_url)
+    slow = replace(hooked, webhook_url=f"http://127.0.0.1:{server.getsockname()[1]}/hooks")
+    started = time.monotonic()
+    try:
+        assert Sender(slow, sessions).send_due() == 1
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        thread.join(5)
+        server.close()
+    assert took < 4, f"the post took {took:.1f} s"
+    with sessions() as session:
+        event = session.scalars(select(WebhookEvent)).one()
+    assert (event.attempts, event.delivered_at) == (1, None)
+    assert event.last_error == "no whole answer within 2 s"
+    assert event.next_attempt_at is not None  # tried again later
