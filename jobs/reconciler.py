@@ -55,12 +55,13 @@ ENDED = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed",
          JobStatus.STOPPED: "was stopped", JobStatus.CANCELED: "was cancelled"}
 
 
-def reconcile(settings: Settings, connection: Redis) -> int:
-    """One pass; returns how many steps it acted on. Skips if another process holds the lock."""
+def reconcile(settings: Settings, connection: Redis) -> int | None:
+    """One pass; returns how many steps it acted on. Skips if another process holds the
+    lock: None (the database was not read)."""
     lock = connection.lock(LOCK_KEY.format(queue=settings.queue_name), timeout=60,
                            blocking=False)
     if not lock.acquire():
-        return 0
+        return None
     try:
         clean_registries(Queue(settings.queue_name, connection=connection))
         sweep_staging(settings)
@@ -169,36 +170,51 @@ def _was_superseded(job: Job, status: JobStatus) -> bool:
         return False
 
 
+class _Outage:
+    """Says that `what` does not answer once, again once a minute, and when it does again:
+    a line at every pass (every 5 s, beside each worker) buried the log during an outage,
+    and nothing said when it was over."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.since, self.said = what, None, 0.0
+
+    def failed(self, reason: str) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = self.said = now
+            log.warning("reconciler: %s unavailable (%s)", self.what, reason)
+        elif now - self.said >= OUTAGE_REMINDER_SECONDS:
+            self.said = now
+            log.warning("reconciler: %s still unavailable after %.0f s (%s)", self.what,
+                        now - self.since, reason)
+
+    def answered(self) -> None:
+        if self.since is not None:
+            log.info("reconciler: %s answers again (after %.0f s)", self.what,
+                     time.monotonic() - self.since)
+            self.since = None
+
+
 def run_forever(settings: Settings, connection: Redis, interval: float,
                 alive: Callable[[], bool] = lambda: True) -> None:
     """Reconcile every `interval` seconds while alive(); never dies on an error.
 
-    Redis not answering is said when it starts, then once a minute, and its end too: a
-    line at every pass (every 5 s, beside each worker) buried the log during an outage,
-    and nothing said when it was over."""
-    down_since: float | None = None
-    said_at = 0.0
+    Redis or the database not answering is said when it starts, then once a minute, and
+    its end too (_Outage)."""
+    redis, database = _Outage("Redis"), _Outage("database")
     while alive():
         try:
             acted = reconcile(settings, connection)
-            if down_since is not None:
-                log.info("reconciler: Redis answers again (after %.0f s)",
-                         time.monotonic() - down_since)
-                down_since = None
+            redis.answered()
+            if acted is not None:
+                database.answered()
             if acted:
                 log.info("reconciler acted on %d step(s)", acted)
         except RedisError as exc:
-            now = time.monotonic()
-            if down_since is None:
-                down_since = said_at = now
-                log.warning("reconciler: Redis unavailable (%s)", exc)
-            elif now - said_at >= OUTAGE_REMINDER_SECONDS:
-                said_at = now
-                log.warning("reconciler: Redis still unavailable after %.0f s (%s)",
-                            now - down_since, exc)
+            redis.failed(str(exc))
         except SQLAlchemyError as exc:  # an outage, not a bug: one line, not a traceback
-            log.warning("reconciler: database unavailable (%s)",
-                        " ".join(str(getattr(exc, "orig", None) or exc).split())[:200])
+            redis.answered()  # (its lock was taken: the database is read under it)
+            database.failed(" ".join(str(getattr(exc, "orig", None) or exc).split())[:200])
         except Exception:
             log.exception("reconciler pass failed")
         time.sleep(interval)

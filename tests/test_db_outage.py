@@ -300,3 +300,32 @@ def test_a_connection_lost_right_after_the_start_is_recorded_does_not_orphan_the
     assert killed, "the start never read the publications"
     transcode = subtasks(progress_of(client, vid))["transcode"]
     assert (result, transcode["status"]) == ("completed", "completed"), transcode
+
+
+def test_a_reconciler_says_a_database_outage_once_and_its_end(monkeypatch, tmp_path,
+                                                             redis_conn):
+    """PostgreSQL down: the reconciler beside a worker wrote "database unavailable" at every
+    pass (every 5 s by default, for each worker; every second here), burying the log, and
+    nothing when it ended. It says it once, then once a minute, and says when it is over,
+    as it does for Redis."""
+    with private_cluster() as cluster:
+        migrate(cluster.url)
+        settings = use_database(monkeypatch, tmp_path, cluster.url)
+        worker = start_worker({"RECONCILE_INTERVAL": "1"})
+        log = Path(worker.log_path)
+        try:
+            wait_for(lambda: "Listening on" in log.read_text(), timeout=60,
+                     what="the worker up")
+            cluster.stop()
+            wait_for(lambda: "reconciler: database unavailable (" in log.read_text(),
+                     timeout=15, what="the reconciler saying the database is down")
+            time.sleep(4.5)  # four more passes
+            assert log.read_text().count("database unavailable") == 1, log.read_text()[-3000:]
+            cluster.start()
+            wait_for(lambda: "reconciler: database answers again (after " in
+                     log.read_text(), timeout=15,
+                     what="the reconciler saying the database answers again")
+        finally:
+            stop_worker(worker)
+            purge_queue(redis_conn, settings.queue_name)
+            dispose(cluster.url)
