@@ -203,7 +203,8 @@ def capture_commands(src: Path, out: Path, probe: Any, ffmpeg_threads: int) -> d
     """The ffmpeg argv lists vidpipe's media wrappers build for src, writing into out.
 
     The wrappers run with `run`, `atomic_output`, `require_output` and `check_reached_end`
-    replaced, so nothing is executed here and outputs get their final names (no .part files and renames).
+    replaced, so nothing is executed here and outputs get their final names (no .part files
+    and renames).
     """
     from webapp.services import ffrun
     from webapp.services.media import audio, preview, thumbnails
