@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 import requests
 from requests.adapters import HTTPAdapter
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -43,6 +43,9 @@ DEADLINE = 30.0  # seconds for a whole post, however its answer trickles in
 # Pauses after a failed post, the last one repeated: ~1 h to the 10th try, then hourly.
 PAUSES = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 GIVE_UP = timedelta(hours=24)
+# No event is ever due further ahead than its longest pause (or LEASE): one that is was
+# scheduled before the clock went back (a correction of hours), and is due now.
+FURTHEST = timedelta(seconds=max(PAUSES)) + LEASE
 KEEP = timedelta(days=7)  # events are deleted this long after they were made
 
 
@@ -111,8 +114,7 @@ class Sender:
         with self.sessions() as session:
             due = session.scalars(
                 select(WebhookEvent.id)
-                .where(WebhookEvent.delivered_at.is_(None),
-                       WebhookEvent.next_attempt_at <= now)
+                .where(WebhookEvent.delivered_at.is_(None), _due(now))
                 .order_by(WebhookEvent.next_attempt_at).limit(BATCH)
             ).all()
         return sum(self._send(event_id) for event_id in due)
@@ -145,7 +147,7 @@ class Sender:
             taken = session.execute(
                 update(WebhookEvent)
                 .where(WebhookEvent.id == event_id, WebhookEvent.delivered_at.is_(None),
-                       WebhookEvent.next_attempt_at <= now)
+                       _due(now))
                 .values(next_attempt_at=now + LEASE)
                 .execution_options(synchronize_session=False))
             session.commit()
@@ -176,6 +178,14 @@ class Sender:
             session.execute(update(WebhookEvent).where(WebhookEvent.id == event.id)
                             .values(**values).execution_options(synchronize_session=False))
             session.commit()
+
+
+def _due(now: datetime):
+    """The condition of an event due at `now`: its next try has come, or is further ahead
+    than any pause puts it (FURTHEST: set before the clock went back; such an event waited
+    out the correction, hours, before)."""
+    return or_(WebhookEvent.next_attempt_at <= now,
+               WebhookEvent.next_attempt_at > now + FURTHEST)
 
 
 @contextlib.contextmanager

@@ -310,3 +310,35 @@ def test_a_receiver_that_trickles_its_answer_holds_the_sender_no_longer_than_its
     assert (event.attempts, event.delivered_at) == (1, None)
     assert event.last_error == "no whole answer within 2 s"
     assert event.next_attempt_at is not None  # tried again later
+
+
+def test_an_event_waiting_for_its_next_try_when_the_clock_goes_back_is_not_held_for_hours(
+        hooked, receiver, clip):
+    """An event due again in a few seconds when the clock was set back two hours (an NTP
+    correction, a host that ran ahead) was due two hours later by the clock now. No pause
+    puts an event more than an hour ahead: one further ahead is due; one within its pause
+    still waits for it."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from webapp.models import utcnow
+
+    client = create_app(hooked).test_client()
+    vid = upload_ok(client, clip)["id"]
+    client.post(f"/api/v1/videos/{vid}/reprocess")
+    client.post(f"/api/v1/videos/{vid}/cancel")
+    sessions = session_factory(hooked.database_url)
+
+    def due_in(delay: timedelta) -> None:
+        with sessions() as session:
+            session.execute(update(WebhookEvent).values(next_attempt_at=utcnow() + delay))
+            session.commit()
+
+    due_in(timedelta(seconds=30))  # a pause: not yet
+    assert Sender(hooked, sessions).send_due() == 0
+    due_in(timedelta(hours=2, seconds=5))  # set before the clock went back two hours
+    assert Sender(hooked, sessions).send_due() == 1
+    assert [verify(p)["type"] for p in receiver.posts] == ["task.cancelled"]
+    with sessions() as session:
+        assert session.scalars(select(WebhookEvent)).one().delivered_at is not None
