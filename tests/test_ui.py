@@ -771,7 +771,7 @@ def test_a_video_deleted_meanwhile_is_said_in_place_of_its_row_or_panel(client, 
 def test_the_selection_comes_back_to_the_library_after_a_refused_upload(client, clip, tmp_path):
     """Without JavaScript a refused upload answers with the library at POST /videos: the
     selection's actions (and the confirmation's Cancel) come back to the library's view,
-    not to /videos, which is no page (405)."""
+    not to /videos, which is no page (its GET sends to the library)."""
     vid = uploaded(client, clip, "kept.mp4")
     client.post(f"/videos/{vid}/cancel")
     bad = tmp_path / "notes.mp4"
@@ -914,3 +914,19 @@ def test_a_video_never_run_says_how_to_start_it(client, clip):
     assert note.get_text() == "Not processed yet: Run starts it."
     assert client.post(f"/videos/{vid}/run", headers=HX).status_code == 200
     assert not soup(client.get(f"/videos/{vid}")).select_one("#not-run")
+
+
+def test_an_actions_address_opened_as_a_page_leads_to_its_page(client, clip):
+    """Without JavaScript, a refused action's answer is shown at the address it posted to
+    (/videos for an upload, /videos/<id>/cancel, ...): opened again, it was "405 Method
+    Not Allowed" (or "no such video" for /videos/selected), a dead end in words no one
+    uses. It leads to the page the action belongs to."""
+    vid = upload_ok(client, clip)["id"]
+    for action in ("run", "reprocess", "force", "cancel", "delete"):
+        resp = client.get(f"/videos/{vid}/{action}")
+        assert (resp.status_code, resp.headers.get("Location")) == (303, f"/videos/{vid}")
+    for address in ("/videos", "/videos/selected"):
+        resp = client.get(address)
+        assert (resp.status_code, resp.headers.get("Location")) == (303, "/"), address
+    assert client.get("/videos/not-a-video/cancel").status_code == 404
+    assert client.get(f"/api/v1/videos/{vid}").get_json()["processing"]["status"] == "pending"

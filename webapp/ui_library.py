@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import flash, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from webapp import extensions as ext
@@ -180,3 +180,12 @@ def report_outcomes(action: str, outcomes: list[bulk.Outcome]) -> None:
         flash(outcome.sentence, "error")
     if len(refused) > NAMED_REFUSALS:
         flash(f"… and {len(refused) - NAMED_REFUSALS} more not done.", "error")
+
+
+@bp.get("/videos")
+@bp.get("/videos/selected")
+def library_address():
+    """The upload's and the selection's addresses opened as pages: without JavaScript a
+    refused upload (the library, saying why) or the selection's question is shown at them,
+    and opening one again was "405 Method Not Allowed" or "no such video". The library."""
+    return redirect(url_for("ui.library"), code=303)

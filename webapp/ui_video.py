@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from flask import flash, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 
 from webapp import extensions as ext
 from webapp.models import ProcessingTask, Video, utcnow
@@ -215,3 +215,13 @@ def delete(video_id: str):
         return show_video(video_id, exc.message, exc.status)
     flash(f"Deleted {name} and all its files.", "ok")
     return go_to(url_for("ui.library"))
+
+
+@bp.get("/videos/<video_id>/<any(run, reprocess, force, cancel, delete):action>",
+        merge_slashes=False)
+def action_address(video_id: str, action: str):
+    """An action's address opened as a page: without JavaScript a refused action's answer
+    (a 409's page, the delete's question) is shown at it, and opening it again (Enter in the
+    address bar, a bookmark) was "405 Method Not Allowed". The video's page instead."""
+    processing.get_video(ext.db(), video_id)  # 404 for an unknown video
+    return redirect(url_for("ui.video_page", video_id=video_id), code=303)
