@@ -582,3 +582,24 @@ def test_a_worker_that_waited_out_an_outage_is_counted_again(outage_app, redis_s
              what="/healthz counting the worker again after the outage")
     assert worker.poll() is None
     assert "registered again as worker" in log.read_text()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # about Redis only
+def test_a_page_loaded_during_an_outage_stops_saying_it_once_redis_answers(
+        outage_app, redis_server):
+    """The library (or a video not running) loaded during an outage said "The job queue
+    (Redis) is not answering" until it was reloaded, long after Redis was back: its banner
+    asks every 5 s whether it still holds, and is ended by an empty answer."""
+    from bs4 import BeautifulSoup
+
+    client = outage_app.test_client()
+    redis_server.stop()
+    page = BeautifulSoup(client.get("/").get_data(as_text=True), "html.parser")
+    banner = page.select_one("#queue-banner")
+    assert (banner["hx-get"], banner["hx-trigger"], banner["hx-swap"]) == (
+        "/queue-banner", "every 5s", "outerHTML")
+    again = BeautifulSoup(client.get("/queue-banner").get_data(as_text=True), "html.parser")
+    assert again.select_one("#queue-banner[hx-get]").get_text() == banner.get_text()
+    redis_server.start()
+    resp = client.get("/queue-banner")
+    assert resp.status_code == 200 and resp.get_data() == b""

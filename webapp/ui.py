@@ -17,6 +17,7 @@ from flask import (
     make_response,
     redirect,
     render_template,
+    render_template_string,
     request,
     send_from_directory,
     session,
@@ -41,18 +42,29 @@ bp = Blueprint("ui", __name__)
 def queue_status() -> dict:
     """Pages warn when the job queue is unreachable (progress and results still work), and
     when no worker serves it while a task is active (ui.no_worker)."""
-
-    def queue_down() -> bool:
-        if "queue_down" not in g:
-            try:
-                ext.redis().ping()
-                g.queue_down = False
-            except RedisError:
-                g.queue_down = True
-        return g.queue_down
-
     return {"queue_down": queue_down, "no_worker": no_worker,
             "queue_unreachable": queue_unreachable}
+
+
+def queue_down() -> bool:
+    """True when Redis does not answer a ping (asked once per request)."""
+    if "queue_down" not in g:
+        try:
+            ext.redis().ping()
+            g.queue_down = False
+        except RedisError:
+            g.queue_down = True
+    return g.queue_down
+
+
+@bp.get("/queue-banner")
+def queue_banner():
+    """The queue banner, polled by a page that showed it (every 5 s, only then): the same
+    while Redis does not answer, nothing once it does, so the page stops saying it is down."""
+    if not queue_down():
+        return ""
+    return render_template_string(
+        '{% from "_macros.html" import queue_banner %}{{ queue_banner(watch=true) }}')
 
 
 def worker_count() -> int | None:
