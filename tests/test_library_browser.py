@@ -499,3 +499,25 @@ def test_the_captions_shown_first_are_in_the_viewers_language(page, chromium, li
         assert viewer.locator("#player track[default]").get_attribute("label") == shown
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("touch, said", [
+    (False, "Drop video or audio files here\nor choose files (several at once, up to"),
+    (True, "Choose video or audio files\n(several at once, up to"),
+])
+def test_a_phone_is_asked_to_choose_files_not_to_drop_them(chromium, live_server, touch,
+                                                           said):
+    """A phone (a touch screen, 360 px wide) has no files to drag onto the zone: it said
+    "Drop video or audio files here" all the same. There the zone says to choose them (the
+    file control's name too, which is the zone's label); a mouse is still asked to drop."""
+    context = chromium.new_context(base_url=live_server, has_touch=touch,
+                                   viewport={"width": 360, "height": 640})
+    try:
+        phone = context.new_page()
+        phone.goto("/")
+        label = phone.locator("label[for=upload-file]")
+        assert label.inner_text().startswith(said), label.inner_text()
+        expect(phone.locator("#upload-file")).to_have_accessible_name(
+            re.compile("^" + re.escape(said.replace("\n", " "))))
+    finally:
+        context.close()
