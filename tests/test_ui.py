@@ -930,3 +930,35 @@ def test_an_actions_address_opened_as_a_page_leads_to_its_page(client, clip):
         assert (resp.status_code, resp.headers.get("Location")) == (303, "/"), address
     assert client.get("/videos/not-a-video/cancel").status_code == 404
     assert client.get(f"/api/v1/videos/{vid}").get_json()["processing"]["status"] == "pending"
+
+
+def test_a_cancelled_or_failed_run_says_the_earlier_results_are_kept(client, clip, settings):
+    """A run cancelled (or failed) after a completed one leaves that one's results published,
+    and the video's page shows them: its library row said "cancelled" alone, as if there
+    were nothing to see. It says the results from an earlier run are kept; a video whose
+    only run was cancelled, with nothing to show, does not."""
+    vid = uploaded(client, clip, "done.mp4")
+    never = uploaded(client, clip, "never.mp4")
+    client.post(f"/videos/{never}/cancel")
+    run_worker()
+
+    def row(video_id: str):
+        on_page = soup(client.get("/")).select_one(f'.video-row[data-video-id="{video_id}"]')
+        alone = soup(client.get(f"/videos/{video_id}/row", headers=HX)).select_one(".video-row")
+        assert str(on_page) == str(alone)
+        kept = on_page.select_one(".state .kept")
+        return on_page["data-status"], kept.get_text() if kept else None
+
+    assert row(vid) == ("completed", None)
+    assert row(never) == ("cancelled", None)
+    assert client.post(f"/videos/{vid}/reprocess", headers=HX).status_code == 200
+    assert client.post(f"/videos/{vid}/cancel", headers=HX).status_code == 200
+    assert row(vid) == ("cancelled", "results kept from an earlier run")
+    assert soup(client.get(f"/videos/{vid}")).select_one("#results #player")
+    # A run that fails keeps them too: its source spoilt, the transcode cannot read it.
+    source = next((settings.media_root / "videos" / vid).glob("source*"), None)
+    assert source, sorted(p.name for p in (settings.media_root / "videos" / vid).iterdir())
+    source.write_bytes(b"not a video any more\n" * 100)
+    assert client.post(f"/videos/{vid}/reprocess", headers=HX).status_code == 200
+    run_worker()
+    assert row(vid) == ("failed", "results kept from an earlier run")

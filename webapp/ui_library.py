@@ -48,6 +48,7 @@ def library_page(view: dict | None = None, message: str | None = None) -> str:
     posters = publications.with_step(ext.db(), (v.id for v in videos), "thumbnails")
     return render_template("library/index.html", rows=rows, page=page, total=total,
                            pages=max(1, -(-total // per_page)), posters=posters,
+                           kept=earlier_results_kept(rows),
                            message=message, view=view, page_sizes=PAGE_SIZES,
                            rendered_at=utcnow(),
                            library_url=lambda n: library_url(view, n))
@@ -60,6 +61,20 @@ def library_url(view: dict, page: int) -> str:
               "per_page": view["per_page"] if view["per_page"] != PAGE_SIZE else None,
               "page": page if page > 1 else None}
     return url_for("ui.library", **{k: v for k, v in params.items() if v is not None})
+
+
+def earlier_results_kept(rows: list[tuple[Video, progress.ProgressView]]) -> set[str]:
+    """The videos whose latest run was cancelled or failed while a whole set of results is
+    published (an earlier run's, which such a run leaves as it was): their page shows them,
+    so their row says so beside "cancelled" or "failed"."""
+    ended = [(video, state) for video, state in rows if state.status in ("cancelled", "failed")]
+    published = publications.published_steps(ext.db(), (video.id for video, _ in ended))
+    kept = set()
+    for video, state in ended:
+        steps = {sub.name for sub in state.subtasks if sub.status != "skipped"}
+        if steps and steps <= published[video.id]:
+            kept.add(video.id)
+    return kept
 
 
 @bp.get("/")
@@ -78,8 +93,9 @@ def library_row(video_id: str):
         video = processing.get_video(ext.db(), video_id)
         state, tag = progress.tagged_progress(ext.db(), video.id, weights)
         posters = publications.with_step(ext.db(), [video.id], "thumbnails")
+        kept = earlier_results_kept([(video, state)])
         return render_template("library/_row.html", video=video, state=state,
-                               posters=posters), f"row-{tag}"
+                               posters=posters, kept=kept), f"row-{tag}"
 
     return polled_fragment(f"row-{tag}", render)
 

@@ -89,6 +89,17 @@ def with_step(session: Session, video_ids: Iterable[str], step: str) -> set[str]
         Publication.video_id.in_(ids), Publication.step == step)))
 
 
+def published_steps(session: Session, video_ids: Iterable[str]) -> dict[str, set[str]]:
+    """video id -> the steps it has published, for these videos (one query, e.g. a page)."""
+    ids = list(video_ids)
+    found: dict[str, set[str]] = {video_id: set() for video_id in ids}
+    if ids:
+        for video_id, step in session.execute(select(
+                Publication.video_id, Publication.step).where(Publication.video_id.in_(ids))):
+            found[video_id].add(step)
+    return found
+
+
 def switch(session: Session, video_id: str, step: str, task_id: str, attempt: int,
            folder: str) -> str | None:
     """Publish an attempt's folder for (video, step) in the caller's transaction.
