@@ -469,6 +469,32 @@ def test_an_unknown_language_is_422_naming_the_valid_ones(client, settings) -> N
     assert client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"] is None
 
 
+def test_an_unknown_language_names_its_field_in_errors(client) -> None:
+    """As every other 422 (README: validation errors add `errors`), by location and field,
+    the language refused where it was sent; a code too long for the schema shows the shape."""
+    def post_upload(language: str):
+        with open(DE[1], "rb") as fh:
+            return client.post("/api/v1/videos", data={"file": (fh, "t.ogg"),
+                                                       "language": language},
+                               content_type="multipart/form-data")
+
+    too_long = assert_json_error(post_upload("x" * 65), 422)["errors"]
+    assert list(too_long) == ["files"] and list(too_long["files"]) == ["language"]
+    body = assert_json_error(post_upload("xx"), 422)
+    assert body["errors"] == {"files": {"language": [body["message"]]}}
+    assert "unknown language 'xx'" in body["message"]
+    vid = upload(client, DE[1]).get_json()["id"]
+    for url, kw, where in ((f"/api/v1/videos/{vid}/run_sync?language=klingon", {}, "query"),
+                           (f"/api/v1/videos/{vid}/reprocess", {"json": {"language": "xx"}},
+                            "json"),
+                           (f"/api/v1/videos/{vid}/run_sync?language=de",
+                            {"json": {"language": "xx"}}, "json")):
+        body = assert_json_error(client.post(url, **kw), 422)
+        assert body["errors"] == {where: {"language": [body["message"]]}}, url
+        assert "one of the codes" in body["message"]
+    assert client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"] is None
+
+
 def test_tiny_en_refuses_other_languages_with_a_sentence(settings) -> None:
     app = create_app(dataclasses.replace(settings, whisper_model="tiny.en"))
     client = app.test_client()

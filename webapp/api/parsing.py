@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from marshmallow import ValidationError
 from webargs.flaskparser import FlaskParser
+
+from webapp.services.languages import InvalidOption
 
 
 def refuse_repeated(names: Iterable[str], advice: str = "send it once") -> None:
@@ -15,6 +18,19 @@ def refuse_repeated(names: Iterable[str], advice: str = "send it once") -> None:
                 for name, count in Counter(names).items() if count > 1}
     if repeated:
         raise ValidationError(repeated)
+
+
+@contextmanager
+def option_errors(location: str | None, name: str) -> Iterator[None]:
+    """An InvalidOption raised inside (a language the model does not know) names the
+    argument it refuses in `errors`, by location and field as webargs' 422s do; None: the
+    request gave no such argument (the video's stored one was refused)."""
+    try:
+        yield
+    except InvalidOption as error:
+        if location is not None:
+            error.extra.setdefault("errors", {location: {name: [error.message]}})
+        raise
 
 
 class Parser(FlaskParser):

@@ -18,7 +18,7 @@ from webapp.api.guards import (
     json_or_no_body,
     refuse_entity_tags,
 )
-from webapp.api.parsing import Parser
+from webapp.api.parsing import Parser, option_errors
 from webapp.api.schemas import (
     AsyncTaskSchema,
     ForceBodySchema,
@@ -74,10 +74,12 @@ def _trigger(video_id: str, mode: str, query: dict, body: dict):
     # The body's options win over the query's; left out in both, the video's are used.
     language = body.get("language", query.get("language"))
     translate = body.get("translate", query.get("translate"))
+    where = "json" if "language" in body else "query" if "language" in query else None
     # 404 for an unknown video comes from the trigger's own read of it.
-    task = processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
-                              video_id, mode, force=force, language=language,
-                              translate=translate)
+    with option_errors(where, "language"):
+        task = processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
+                                  video_id, mode, force=force, language=language,
+                                  translate=translate)
     url = url_for("processing.Progress", video_id=task.video_id)
     message = _MESSAGES[mode] if task.status != "completed" else "nothing to do: all outputs exist"
     payload = {"task_id": task.id, "video_id": task.video_id, "status": task.status,

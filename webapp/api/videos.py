@@ -24,7 +24,7 @@ from webapp.api.guards import (
     no_entity_tag,
     refuse_entity_tags,
 )
-from webapp.api.parsing import Parser, refuse_repeated
+from webapp.api.parsing import Parser, option_errors, refuse_repeated
 from webapp.api.schemas import (
     ArtifactSchema,
     ErrorSchema,
@@ -128,7 +128,8 @@ class Videos(MethodView):
         transcribe it. A field sent twice (two files) is a 422.
         """
         upload = files["file"]
-        language = languages.parse(ext.settings(), files["language"])  # 422 before storing
+        with option_errors("files", "language"):  # 422 before storing
+            language = languages.parse(ext.settings(), files["language"])
         video = ingest.ingest(ext.db(), ext.storage(), upload.stream, upload.filename,
                               ext.settings().probe_timeout, requested_language=language,
                               translate=files["translate"])
