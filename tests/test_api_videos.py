@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from datetime import timedelta
 
@@ -603,6 +604,27 @@ def test_openapi_documents_the_location_header_of_201_and_202(client, clip):
     created = upload_ok(client, clip)
     started = client.post(f"/api/v1/videos/{created['id']}/reprocess")
     assert started.headers["Location"] == started.get_json()["progress_url"]
+
+
+def test_bodiless_answers_name_no_content_type(client, settings, clip):
+    """A 204 or 304 has no content, so no type of content either (RFC 9110 15.3.5): a
+    DELETE's 204 said application/json over its empty body, the pages' HX-Redirect text/html."""
+    vid = upload_ok(client, clip)["id"]
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": b"p" * 100})
+    url = f"/api/v1/videos/{vid}/artifacts/poster.jpg"
+    progress_url = f"/api/v1/videos/{vid}/reprocess"
+    token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text)[1]
+    answers = [
+        client.get(url, headers={"If-None-Match": client.get(url).headers["ETag"]}),
+        client.get(progress_url,
+                   headers={"If-None-Match": client.get(progress_url).headers["ETag"]}),
+        client.delete(f"/api/v1/videos/{vid}"),
+        client.post(f"/videos/{upload_ok(client, clip)['id']}/delete",
+                    headers={"HX-Request": "true", "X-CSRFToken": token}),
+    ]
+    assert [a.status_code for a in answers] == [304, 304, 204, 204]
+    for answer in answers:
+        assert answer.data == b"" and "Content-Type" not in answer.headers, answer.headers
 
 
 def test_openapi_documents_the_headers_of_downloads(client, settings, clip):

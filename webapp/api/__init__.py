@@ -251,6 +251,15 @@ def disk_full(error: Exception):
     return handle_service_error(InsufficientStorage(DISK_FULL))
 
 
+def no_content_no_type(response: Response) -> Response:
+    """after_request: a 204 has no content, so it names no content type (RFC 9110 15.3.5).
+    flask-smorest labels a DELETE's empty answer application/json, Flask's Response
+    text/html (the pages' HX-Redirect); werkzeug drops it from a 304 itself."""
+    if response.status_code == 204:
+        response.headers.pop("Content-Type", None)
+    return response
+
+
 def init_app(app: Flask) -> None:
     from webapp.api import processing, search, videos
 
@@ -279,3 +288,4 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(RedisConnectionError, queue_down)
     app.register_error_handler(RedisTimeoutError, queue_down)
     app.register_error_handler(Exception, handle_unexpected)
+    app.after_request(no_content_no_type)
