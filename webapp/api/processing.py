@@ -69,7 +69,7 @@ _MESSAGES = {
 def _trigger(video_id: str, mode: str, query: dict, body: dict):
     if "If-Match" in request.headers:  # (the lookup only then: triggers are a hot path)
         find_video(video_id)
-        refuse_entity_tags("A video")
+        refuse_entity_tags("a video")
     force = bool(query.get("force") or body.get("force"))
     # The body's options win over the query's; left out in both, the video's are used.
     language = body.get("language", query.get("language"))
@@ -180,6 +180,6 @@ class Cancel(MethodView):
     def post(self, video_id):
         """Stop the active run: running steps are stopped, waiting ones cancelled"""
         video = find_video(video_id)
-        refuse_entity_tags("A video")
+        refuse_entity_tags("a video")
         task = processing.cancel(ext.db(), ext.storage(), ext.redis(), video.id)
         return progress.task_view(task)

@@ -104,7 +104,7 @@ def video_payload(video: Video) -> dict:
 
 @blp.route("/videos")
 class Videos(MethodView):
-    @no_entity_tag("The list of videos")
+    @no_entity_tag("the list of videos")
     @multipart_upload
     @blp.arguments(UploadSchema, location="files", unknown=RAISE)
     @blp.response(201, VideoSchema, headers={"Location": {
@@ -169,7 +169,7 @@ class VideoById(MethodView):
     def delete(self, video_id):
         """Delete a video, its tasks and every file (409 while processing)"""
         find_video(video_id)
-        refuse_entity_tags("A video")
+        refuse_entity_tags("a video")
         ingest.delete_video(ext.db(), ext.storage(), video_id)
 
 
