@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -424,18 +425,65 @@ def test_the_dashboard_says_the_queue_is_down_without_a_traceback(settings, capl
     500 "internal error" with a traceback in the log while Redis was down."""
     app = create_app(replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     client = app.test_client()
-    for path in ("/rq/0/data/queues.json", "/rq/0/data/workers.json", "/rq/0/view/workers",
-                 "/rq/0/view/jobs", "/rq/0/view/job/no-such-job",
-                 "/rq/"):  # was 200 "Connection Error"
-        caplog.clear()
+    paths = ("/rq/0/data/queues.json", "/rq/0/data/workers.json", "/rq/0/view/workers",
+             "/rq/0/view/jobs", "/rq/0/view/job/no-such-job",
+             "/rq/")  # was 200 "Connection Error"
+    for path in paths:
         resp = client.get(path)
         assert resp.status_code == 503, (path, resp.status_code)
         assert "the job queue (Redis) is unavailable; try again in a moment" in resp.get_data(
             as_text=True), path
-        assert not any(r.exc_info for r in caplog.records), (path, caplog.text)
-        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-        assert len(said) == 1 and said[0].startswith(  # one line for the operator
-            f"GET {path} answered 503: the job queue (Redis) is unavailable"), (path, said)
+    assert not any(r.exc_info for r in caplog.records), caplog.text
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and said[0].startswith(  # one line for the operator (the outage's)
+        f"GET {paths[0]} answered 503: the job queue (Redis) is unavailable"), said
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_open_dashboard_says_an_outage_once_a_minute_and_its_end(
+        settings, redis_server, caplog, monkeypatch):
+    """An open rq-dashboard page asks for its data every 2.5 s: with Redis down each request
+    wrote a warning, some 240 in ten minutes. Said once, again at most once a minute with
+    how many were left out (as RQ's reconnect errors in the worker), and its end."""
+    from webapp import dashboard
+
+    monkeypatch.setattr(dashboard, "OUTAGE_REMINDER_SECONDS", 1.5, raising=False)
+    client = create_app(replace(settings, redis_url=redis_server.url)).test_client()
+    data = "/rq/0/data/queues.json"
+
+    def lines():
+        said = [(r.levelname, r.getMessage()) for r in caplog.records
+                if "the job queue (Redis)" in r.getMessage()]
+        caplog.clear()
+        return said
+
+    caplog.set_level(logging.INFO)
+    assert client.get(data).status_code == 200
+    assert lines() == []  # nothing to say while Redis answers
+    redis_server.stop()
+    for path in (data, "/rq/0/data/workers.json", data, data):
+        assert client.get(path).status_code == 503
+    [(level, said)] = lines()
+    assert level == "WARNING" and said.startswith(
+        f"GET {data} answered 503: the job queue (Redis) is unavailable ("), said
+    time.sleep(1.6)  # a reminder's time (a minute in service)
+    for _ in range(3):
+        assert client.get(data).status_code == 503
+    [(level, said)] = lines()
+    assert level == "WARNING" and re.fullmatch(
+        rf"GET {data} answered 503: the job queue \(Redis\) is still unavailable after \d+ s "
+        r"\(.+\); 3 more such requests since it was last said", said), said
+    assert client.get("/rq/static/js/jquery-3.5.1.min.js").status_code == 200  # no Redis read
+    assert lines() == []
+    redis_server.start()
+    assert client.get(data).status_code == 200
+    [(level, said)] = lines()
+    assert level == "INFO" and re.fullmatch(
+        r"the job queue \(Redis\) answers again \(unavailable for \d+ s\)", said), said
+    assert client.get(data).status_code == 200 and lines() == []
+    redis_server.stop()  # a new outage is said at once
+    assert client.get(data).status_code == 503
+    assert [level for level, _ in lines()] == ["WARNING"]
 
 
 @pytest.mark.parametrize("user", ["", "vidpipe"])

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 
-from flask import Flask, current_app, make_response, render_template, url_for
+from flask import Flask, Response, current_app, make_response, render_template, request, url_for
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from werkzeug.exceptions import NotFound
 
+log = logging.getLogger(__name__)
 JOB_INFO = "rq_dashboard.job_info"  # the data of a job's page: /rq/<n>/data/job/<id>.json
 COMPACT = "rq_dashboard.compact_queue"  # POST /rq/queue/<name>/compact
 OVERVIEW = "rq_dashboard.queues_overview"  # /rq/, the dashboard's first page
@@ -104,6 +108,60 @@ def queues_overview(instance_number: int):
     return response
 
 
+QUEUE_OUTAGE = "vidpipe_queue_outage"
+# How often a web process whose requests still meet Redis down says so again.
+OUTAGE_REMINDER_SECONDS = 60.0
+
+
+class QueueOutage:
+    """The web process's log of a Redis outage its requests meet (webapp.api.queue_down):
+    one warning when it starts, again at most once a minute while it lasts (with how many
+    requests were answered 503 meanwhile), and a line when the dashboard answers again. An open
+    rq-dashboard page wrote a warning every 2.5 s for as long as Redis was down, as RQ's
+    reconnect errors did in the worker (jobs.worker.OutageLines)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.since: float | None = None
+        self.said, self.left_out = 0.0, 0
+
+    def failed(self, what: str, reason: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if self.since is None:
+                self.since, self.said, self.left_out = now, now, 0
+                args = ("%s answered 503: the job queue (Redis) is unavailable (%s)", what,
+                        reason)
+            elif now - self.said >= OUTAGE_REMINDER_SECONDS:
+                args = ("%s answered 503: the job queue (Redis) is still unavailable after "
+                        "%.0f s (%s); %d more such requests since it was last said", what,
+                        now - self.since, reason, self.left_out)
+                self.said, self.left_out = now, 0
+            else:
+                self.left_out += 1
+                return
+        log.warning(*args)
+
+    def answered(self) -> None:
+        if self.since is None:  # (no lock: the usual case, read at each dashboard request)
+            return
+        with self.lock:
+            if self.since is None:
+                return
+            lasted, self.since = time.monotonic() - self.since, None
+        log.info("the job queue (Redis) answers again (unavailable for %.0f s)", lasted)
+
+
+def _dashboard_answered(response: Response) -> Response:
+    """after_request: a dashboard request answered with a success has read Redis (each of
+    its pages and data does; not its static files, nor a 401 or 403 refused before it ran),
+    so an outage said is over."""
+    if (request.blueprint == "rq_dashboard" and request.endpoint != "rq_dashboard.static"
+            and response.status_code < 400):
+        current_app.extensions[QUEUE_OUTAGE].answered()
+    return response
+
+
 def init_app(app: Flask) -> None:
     """After rq-dashboard's blueprint is registered: views of its replaced by ours."""
     from rq_dashboard.web import jsonify
@@ -112,3 +170,5 @@ def init_app(app: Flask) -> None:
     app.view_functions[COMPACT] = jsonify(compact_queue)
     app.view_functions[OVERVIEW] = queues_overview
     app.register_error_handler(NoSuchJobError, no_such_job)
+    app.extensions[QUEUE_OUTAGE] = QueueOutage()
+    app.after_request(_dashboard_answered)

@@ -21,6 +21,7 @@ from werkzeug.exceptions import (
     RequestEntityTooLarge,
 )
 
+from webapp import dashboard
 from webapp.api.schemas import ErrorSchema
 from webapp.config import API_PREFIX
 from webapp.services.errors import (
@@ -234,10 +235,11 @@ def database_unavailable(error: Exception):
 
 def queue_down(error: Exception):
     """Redis not answering where a page did not expect it (rq-dashboard at /rq, whose open
-    page asks for its data every few seconds) is an outage, not a bug: 503 saying so and one
-    line in the log, not a 500 with a traceback for each of the dashboard's requests."""
-    log.warning("%s %s answered 503: the job queue (Redis) is unavailable (%s)",
-                request.method, request.path, " ".join(str(error).split())[:200])
+    page asks for its data every few seconds) is an outage, not a bug: 503 saying so, not a
+    500 with a traceback for each of the dashboard's requests; the log says it as QueueOutage
+    does (webapp.dashboard)."""
+    current_app.extensions[dashboard.QUEUE_OUTAGE].failed(
+        f"{request.method} {request.path}", " ".join(str(error).split())[:200])
     return handle_service_error(
         QueueUnavailable("the job queue (Redis) is unavailable; try again in a moment"))
 
