@@ -13,6 +13,7 @@ from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from rq import Queue, Worker, worker_registration
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
 
@@ -361,14 +362,24 @@ def _work_through_outages(worker: VidpipeWorker, settings: Settings,
             if burst or worker.birth_date is None:
                 raise
             log.warning("lost the job queue (Redis): %s; working again once it answers", exc)
-        while True:
-            time.sleep(1.0)
-            try:
-                worker = build_worker(settings)
-                worker.connection.ping()
-                break
-            except RedisConnectionError:
-                continue
+        try:
+            worker = _wait_for_redis(settings)
+        except StopRequested:  # SIGTERM/Ctrl-C while waiting: the old worker's handler
+            log.info("stopped without unregistering from the job queue (Redis does not "
+                     "answer)")
+            return worker
+
+
+def _wait_for_redis(settings: Settings) -> VidpipeWorker:
+    """A new worker, once Redis answers again (tried every second)."""
+    while True:
+        time.sleep(1.0)
+        try:
+            worker = build_worker(settings)
+            worker.connection.ping()
+            return worker
+        except RedisConnectionError:
+            continue
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from sqlalchemy import update
 
 from jobs import reconciler
 from tests import mediagen
-from tests.conftest import start_worker, stop_worker
+from tests.conftest import TEST_REDIS_URL, start_worker, stop_worker
 from tests.helpers import assert_json_error, progress_of, subtasks, upload_ok, wait_for
 from tests.procs import children
 from webapp import create_app
@@ -651,3 +651,50 @@ def test_a_page_loaded_during_an_outage_stops_saying_it_once_redis_answers(
     redis_server.start()
     resp = client.get("/queue-banner")
     assert resp.status_code == 200 and resp.get_data() == b""
+
+
+_LOST_WHILE_WORKING = """
+import logging, os
+from dataclasses import replace
+from datetime import datetime, timezone
+from redis.exceptions import ConnectionError as RedisConnectionError
+from jobs import worker as w
+from webapp.config import Settings, configure_logging
+configure_logging()
+settings = Settings.from_env()
+old = w.build_worker(settings)  # built while Redis answered; it then went away
+old.birth_date = datetime.now(timezone.utc)  # it had been working
+def work(**_):  # RQ's loop as it ends on a reset it lets out: its handlers installed
+    old._install_signal_handlers()
+    raise RedisConnectionError("Error while reading from Redis : (104, 'Connection reset')")
+old.work = work
+w._work_through_outages(old, replace(settings, redis_url=os.environ["GONE_URL"]), False)
+logging.getLogger("jobs.worker").info("returned")
+"""
+
+
+def test_a_worker_waiting_for_a_lost_redis_stops_when_told(tmp_path):
+    """RQ's loop lets some connection errors out (a reset while it reads, as Redis stops):
+    the worker then waits for Redis, a second at a time. A SIGTERM (honcho's, on Ctrl-C)
+    during that wait raised RQ's StopRequested out of the sleep: a traceback and exit 1
+    (seen once in the full suite's outage test above). It stops, saying so, with 0."""
+    env = {**os.environ, "REDIS_URL": TEST_REDIS_URL,
+           "GONE_URL": f"redis://127.0.0.1:{free_port()}/0", "PYTHONPATH": str(PROJECT_ROOT)}
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _LOST_WHILE_WORKING], cwd=PROJECT_ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: "lost the job queue (Redis)" in log.read_text(), timeout=30,
+                 what="the worker waiting for Redis")
+        time.sleep(0.3)  # in its second-long sleep
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(10) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = log.read_text()
+    assert "stopped without unregistering from the job queue" in said, said
+    assert "Traceback" not in said and "returned" in said, said
