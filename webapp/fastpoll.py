@@ -119,10 +119,10 @@ class ProgressPolls:
         try:
             with self.engine.connect() as conn:
                 row = conn.execute(progress.TAG_QUERY, {"video_id": video_id}).first()
+                return progress.tag_of_row(conn, row, self.weights) if row is not None else None
         except SQLAlchemyError as exc:  # Flask answers this poll, with its own error if any
             log.debug("poll of %s left to the app: %s", video_id, exc)
             return None
-        return progress.tag_of_row(row, self.weights) if row is not None else None
 
     def _remember(self, video_id: str, environ: dict,
                   start_response: Callable) -> Iterable[bytes]:

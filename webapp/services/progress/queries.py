@@ -72,19 +72,23 @@ def poll_tag(session: Session, video_id: str, weights: Mapping[str, float]) -> s
     """`progress_tag` of the video's latest task, in one indexed query and no ORM objects:
     what a poll needs to tell that nothing changed. NotFound for unknown ids of any shape.
     """
-    row = (session.connection().execute(TAG_QUERY, {"video_id": video_id}).first()
+    connection = session.connection()
+    row = (connection.execute(TAG_QUERY, {"video_id": video_id}).first()
            if is_valid_id(video_id) else None)
     if row is None:
         raise NotFound(f"video {video_id} not found")
-    return tag_of_row(row, weights)
+    return tag_of_row(connection, row, weights)
 
 
-def tag_of_row(row, weights: Mapping[str, float]) -> str:
-    """`progress_tag` from a row of TAG_QUERY (video id, task id, version, status, runs
-    ahead)."""
-    _, task_id, version, status, ahead = row
+def tag_of_row(connection, row, weights: Mapping[str, float]) -> str:
+    """`progress_tag` from a row of TAG_QUERY (video id, task id, version, status); for a
+    queued task, the runs ahead of it are counted on `connection` (AHEAD_QUERY)."""
+    _, task_id, version, status = row
     if task_id is None:
         return progress_tag(None, weights)
+    ahead = 0
+    if status == "queued":
+        ahead = connection.execute(AHEAD_QUERY, {"task_id": task_id}).scalar() or 0
     return _tag(task_id, version, status, ahead)
 
 
@@ -205,11 +209,15 @@ def latest_status(video_id):
 # The video (so: does it exist) and its latest task's id, version, status and runs ahead
 # (`_ahead_of`); parameter `video_id`. What a poll reads (here and in webapp/fastpoll.py).
 TAG_QUERY = (
-    select(_VIDEOS.c.id, _TASKS.c.id, _TASKS.c.version, _TASKS.c.status, _ahead_of(_TASKS))
+    select(_VIDEOS.c.id, _TASKS.c.id, _TASKS.c.version, _TASKS.c.status)
     .select_from(_VIDEOS.outerjoin(
         _TASKS, _TASKS.c.id == _latest_id(_VIDEOS.c.id).correlate(_VIDEOS)))
     .where(_VIDEOS.c.id == bindparam("video_id"))
 )
+# The runs ahead of a task, asked only of a queued one (a count in TAG_QUERY made every
+# poll ~20 % dearer: docs/PERFORMANCE.md, section 2).
+_ME = _TASKS.alias("me")
+AHEAD_QUERY = select(_ahead_of(_ME)).where(_ME.c.id == bindparam("task_id"))
 # One video's latest task with its subtasks: one row per subtask, or one row of NULLs when
 # the video never ran, or no row when there is no such video ...
 _PROGRESS_QUERY = _with_subtasks(
