@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from redis import Redis
 from sqlalchemy import text
 
 from tests.conftest import TEST_REDIS_URL
+from tests.helpers import silent_server
 from webapp.config import MAKE_A_SECRET, PROJECT_ROOT, ConfigError, Settings
 from webapp.db import CONNECT_TIMEOUT, dispose, get_engine
 
@@ -552,24 +552,8 @@ def test_yes_no_settings_are_read(monkeypatch):
 def silent_database():
     """The URL of a "PostgreSQL" that accepts connections and never answers (a hung server;
     a host that drops packets behaves alike), on this machine; closed at the end."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                held.append(server.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"postgresql+psycopg://vidpipe@127.0.0.1:{server.getsockname()[1]}/vidpipe"
-    server.shutdown(socket.SHUT_RDWR)
-    server.close()
-    thread.join(5)
-    for conn in held:
-        conn.close()
+    with silent_server() as port:
+        yield f"postgresql+psycopg://vidpipe@127.0.0.1:{port}/vidpipe"
 
 
 def test_a_database_that_never_answers_is_down_within_seconds(silent_database, tmp_path):

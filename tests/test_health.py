@@ -8,14 +8,12 @@ import logging
 import shutil
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import small_disk
+from tests.helpers import silent_server, small_disk
 from tests.test_redis_outage import redis_with_a_password
 from webapp import create_app
 from webapp.config import Settings
@@ -23,31 +21,6 @@ from webapp.db import dispose
 from webapp.health import CHECK_TIMEOUT
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[int]:
-    """A port that accepts connections and never answers (a host that hangs); its number."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                held.append(server.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        thread.join(5)
-        for conn in held:
-            conn.close()
 
 
 def _closed_port() -> int:
