@@ -206,8 +206,8 @@ def latest_status(video_id):
     )
 
 
-# The video (so: does it exist) and its latest task's id, version, status and runs ahead
-# (`_ahead_of`); parameter `video_id`. What a poll reads (here and in webapp/fastpoll.py).
+# The video (so: does it exist) and its latest task's id, version and status; parameter
+# `video_id`. What a poll reads (here and in webapp/fastpoll.py).
 TAG_QUERY = (
     select(_VIDEOS.c.id, _TASKS.c.id, _TASKS.c.version, _TASKS.c.status)
     .select_from(_VIDEOS.outerjoin(
