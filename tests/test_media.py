@@ -1465,6 +1465,17 @@ def test_damaged_frames_are_counted_from_ffmpegs_words(lines: list[str], damaged
     assert all(not line.startswith("[warning]") and "[error]" not in line for line in tail)
 
 
+@pytest.mark.parametrize(("damaged", "words"), [
+    (410, "410 frames could not be decoded"),
+    (1, "1 frame could not be decoded"),
+    # ffmpeg gave up (exit 69) on damage that wrote no error line we count: no "0 frames".
+    (0, "more than 20 % of its frames could not be decoded"),
+])
+def test_a_source_given_up_on_says_how_much_could_not_be_decoded(damaged: int,
+                                                                 words: str) -> None:
+    assert ffrun.too_many_errors(damaged) == words
+
+
 def test_joined_mpeg_ts_segments_give_every_output(tmp_path: Path) -> None:
     """Segments muxed one by one and joined (continuity counters restart at each join,
     which ffmpeg calls corrupt packets, though no byte is lost) play through: no step

@@ -266,8 +266,8 @@ def run(
     result.damaged, result.detail = damaged[0], error_detail(tail, paths)
     if code == TOO_MANY_ERRORS:
         # Only known at the end: where ffmpeg stopped says nothing about the damage.
-        raise MediaError(f"{failure_reason(tail, None)} ({result.damaged} frames could not be"
-                         " decoded)", detail=error_detail(tail, paths))
+        raise MediaError(f"{failure_reason(tail, None)} ({too_many_errors(result.damaged)})",
+                         detail=error_detail(tail, paths))
     if code != 0 or any(_WRITE_FAILED.search(line) for line in tail):
         # (ffmpeg exits 0 when only its output's trailer or close failed, a full disk at the
         # end: -xerror, which made that an exit code, is not used any more)
@@ -370,6 +370,16 @@ _AUDIO_DECODERS = {"aac", "mp3", "mp3float", "mp2", "mp2float", "opus", "libopus
 # Complaints of video parsers, which ffmpeg prints without a name ("[NULL]").
 _VIDEO_SIGNS = ("nal unit", "missing picture", "slice header", "macroblock")
 _BRACKET = re.compile(r"^\[([\w,]+)\]")
+
+
+def too_many_errors(damaged: int) -> str:
+    """Why ffmpeg gave up on a damaged source, with the frames counted when there are any:
+    its own count (of every decoder error) is not printed, and ours reads error lines, which
+    some damage (a demuxer's lost packets) does not write."""
+    if damaged <= 0:
+        return f"more than {MAX_DAMAGED_SHARE * 100:.0f} % of its frames could not be decoded"
+    return "1 frame could not be decoded" if damaged == 1 else (
+        f"{damaged} frames could not be decoded")
 
 
 def failure_reason(stderr: Iterable[str], reached: float | None) -> str:
