@@ -199,12 +199,15 @@ class Server:
         return self._retrying(send, f"uploading {path.name}")
 
     def complete(self, task_id: str, step: str, attempt: int, files: dict[str, str],
-                 note: str | None, video: dict[str, object]) -> bool:
-        """Ask the web app to publish the uploaded files; False if the attempt is stale."""
+                 note: str | None, video: dict[str, object], began: float) -> bool:
+        """Ask the web app to publish the uploaded files; False if the attempt is stale.
+        The attempt's length so far (from `began`, time.monotonic()) goes with it: the two
+        hosts' clocks, which date its start and its end, may differ."""
         url = f"{self.base}/tasks/{task_id}/steps/{step}/{attempt}/complete"
 
         def send() -> bool:
-            resp = self.http.post(url, json={"files": files, "note": note, "video": video},
+            resp = self.http.post(url, json={"files": files, "note": note, "video": video,
+                                             "ran_for": time.monotonic() - began},
                                   timeout=(5, 120))
             self._check(resp)
             return True
@@ -380,15 +383,16 @@ class RemoteAttempt:
         return source, inputs
 
     def publish(self, task_id: str, step: str, attempt: int, note: str | None,
-                video_values: dict[str, object]) -> bool:
-        """Upload every output, then have them published; False if the attempt is stale."""
+                video_values: dict[str, object], began: float) -> bool:
+        """Upload every output, then have them published; False if the attempt is stale.
+        `began`: time.monotonic() when the attempt started."""
         files = {}
         try:
             for path in sorted(p for p in self.out.iterdir() if p.is_file()):
                 files[path.name] = self.server.upload(task_id, step, attempt, path)
         except Superseded:
             return False
-        return self.server.complete(task_id, step, attempt, files, note, video_values)
+        return self.server.complete(task_id, step, attempt, files, note, video_values, began)
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

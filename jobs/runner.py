@@ -231,6 +231,7 @@ def run_step(task_id: str, step: str, work: Work) -> str:
         f"starting {step} of task {task_id}")
     if started is None:
         return "not run"
+    began = time.monotonic()  # the wall clock may move while the step runs (_record_cost)
     video, attempt = started.video, started.attempt
     log.info("%s of task %s started (attempt %d, video %s)", step, task_id, attempt, video.id)
     inputs, published = with_retries(sessions, lambda s: _inputs(s, storage, video.id),
@@ -265,7 +266,8 @@ def run_step(task_id: str, step: str, work: Work) -> str:
             if not all((out / name).is_file() for name in STEP_OUTPUTS[step]):
                 raise MediaError(f"{step} did not write all its outputs")
             if away:
-                published = away.publish(task_id, step, attempt, result.note, result.video)
+                published = away.publish(task_id, step, attempt, result.note, result.video,
+                                          began)
             else:
                 storage.sync_folder(video.id, folder)  # on the disk before it is published
         except Exception as exc:
@@ -279,7 +281,8 @@ def run_step(task_id: str, step: str, work: Work) -> str:
                             settings.worker_name if away else None)
             raise
     if not away:
-        published = _publish(sessions, task_id, step, attempt, video.id, folder, result)
+        published = _publish(sessions, task_id, step, attempt, video.id, folder, result,
+                             began)
     if not published:
         discard()
         log.info("%s of task %s: attempt %d superseded; not published", step, task_id, attempt)
@@ -328,8 +331,9 @@ def _still_current(sessions: sessionmaker[Session], task_id: str, step: str,
 
 
 def _publish(sessions: sessionmaker[Session], task_id: str, step: str, attempt: int,
-             video_id: str, folder: str, result: StepResult) -> bool:
+             video_id: str, folder: str, result: StepResult, began: float) -> bool:
     """Complete the step and publish the folder; True if this attempt's files are published.
+    `began`: time.monotonic() when the attempt started.
 
     A retried write may find its first try committed after all (the answer was lost):
     the publication row then names this very attempt.
@@ -342,7 +346,8 @@ def _publish(sessions: sessionmaker[Session], task_id: str, step: str, attempt: 
         if progress.complete_subtask(session, task_id, step, attempt, video_id=video_id,
                                      folder=folder, note=result.note,
                                      video_values=result.video, segments=result.segments,
-                                     translation=result.translation):
+                                     translation=result.translation,
+                                     ran_for=time.monotonic() - began):
             return True
         pub = publications.published(session, video_id).get(step) if tries > 1 else None
         return pub is not None and (pub.task_id, pub.attempt) == (task_id, attempt)

@@ -307,6 +307,40 @@ def test_completed_steps_teach_the_installation_what_the_next_run_will_cost(db_s
     assert calibration.step_costs(make_video(db_session, duration=None), "base", False) == {}
 
 
+@pytest.mark.parametrize(("wall", "ran_for", "recorded"), [
+    (3600.0, 30.0, [15.0]),  # the clock jumped an hour ahead during a 30 s step
+    (30.0, 31.0, [15.0]),  # the clocks agree (a second of writes apart): the wall's share
+    (-600.0, 30.0, []),  # set back ten minutes: its span says nothing, no sample
+    (3600.0, None, [1800.0]),  # nothing to check the wall clock against: as before
+])
+def test_a_steps_cost_is_its_length_on_the_workers_clock_when_the_wall_clock_moved(
+        db_session, wall, ran_for, recorded):
+    """A step's cost, and every ETA of its kind after it, must not take in a jump of the
+    wall clock: the share of its span the step had alone (here half: the thumbnails ran
+    beside it all along) is applied to its length on the worker's monotonic clock."""
+    from datetime import timedelta
+
+    from webapp.models import StepCost
+    from webapp.services import calibration
+
+    video = make_video(db_session, duration=60.0, width=1280, height=720)
+    costs = calibration.step_costs(video, "base", translate=False)
+    task = progress.new_task(video, "run_sync", DEFAULT_WEIGHTS, {}, ["extract_audio",
+                             "transcribe"], costs=costs, expected={})
+    db_session.add(task)
+    db_session.commit()
+    attempts = {name: progress.start_subtask(db_session, task.id, name)
+                for name in ("transcode", "thumbnails")}
+    for step in db_session.scalars(select(SubTask).where(SubTask.task_id == task.id,
+                                                          SubTask.status == "running")):
+        step.started_at = utcnow() - timedelta(seconds=wall)
+    db_session.commit()
+    assert progress.complete_subtask(db_session, task.id, "transcode", attempts["transcode"],
+                                     ran_for=ran_for)
+    found = db_session.scalars(select(StepCost.seconds).where(StepCost.key == "transcode"))
+    assert list(found) == pytest.approx(recorded, rel=0.01)
+
+
 @pytest.mark.parametrize(("runs", "units", "expected"), [
     ([(10, 12.0), (40, 24.0)], 100, 48.0),  # 8 s fixed (model load) + 0.4 s a unit
     ([(10, 5.0), (10, 7.0)], 30, 18.0),  # sizes alike: proportional, 0.6 s a unit

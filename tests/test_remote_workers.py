@@ -165,7 +165,7 @@ def test_a_stale_attempts_uploads_are_refused_and_change_nothing(client, setting
     server = Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{web.port}"),
                     delays=(0.1,))
     stale = RemoteAttempt(server, out.parent)
-    assert stale.publish(task_id, "thumbnails", first, None, {}) is False
+    assert stale.publish(task_id, "thumbnails", first, None, {}, time.monotonic()) is False
     folder = settings.media_root / "videos" / vid / "runs" / task_id / "thumbnails.1"
     assert not folder.exists() or not any(folder.iterdir())
     # Its completion, sent anyway, is refused as well.
@@ -180,7 +180,7 @@ def test_a_stale_attempts_uploads_are_refused_and_change_nothing(client, setting
     current.out.mkdir(parents=True)
     for name in ("poster.jpg", "storyboard.jpg", "storyboard.vtt"):
         (current.out / name).write_bytes(b"new " + name.encode())
-    assert current.publish(task_id, "thumbnails", second, None, {}) is True
+    assert current.publish(task_id, "thumbnails", second, None, {}, time.monotonic()) is True
     after = artifacts(client, vid)
     assert after["poster.jpg"] == b"new poster.jpg"
     thumbnails = subtasks(progress_of(client, vid))["thumbnails"]
@@ -202,8 +202,15 @@ def test_a_completion_whose_video_facts_do_not_fit_is_refused(web):
                              headers={"Authorization": f"Bearer {TOKEN}"})
         assert resp.status_code == 400, (video, resp.text)
         assert "transcript_model" in resp.json()["message"]
+    # So must the attempt's length on the worker's clock (it corrects the step's cost).
+    for ran_for in ('"12.5"', "-1", "true", "NaN", "Infinity", "[3]"):
+        resp = requests.post(url, data=f'{{"files": {{}}, "ran_for": {ran_for}}}', timeout=10,
+                             headers={"Authorization": f"Bearer {TOKEN}",
+                                      "Content-Type": "application/json"})
+        assert resp.status_code == 400, (ran_for, resp.text)
+        assert "ran_for a number of seconds" in resp.json()["message"]
     # Facts that fit pass this check (the task, unknown, is then a 404).
-    resp = requests.post(url, json={"files": {}, "video": {
+    resp = requests.post(url, json={"files": {}, "ran_for": 12.5, "video": {
         "language": "de", "language_probability": 0.97, "transcript_model": "m" * 1024,
         "transcript_script": None}},
         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)

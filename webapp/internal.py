@@ -22,6 +22,7 @@ import errno
 import hashlib
 import hmac
 import logging
+import math
 import os
 import sys
 import uuid
@@ -68,6 +69,12 @@ def _video_value_ok(name: str, value: object) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     limit = Video.__table__.c[name].type.length
     return isinstance(value, str) and len(value) <= limit
+
+
+def _seconds_ok(value: object) -> bool:
+    """Whether a worker's `ran_for` is a length of time (finite, not negative)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
 
 
 def _is_sha(value: str | None) -> bool:
@@ -224,11 +231,14 @@ def complete(task_id: str, step: str, attempt: int):
     files: dict = body["files"]
     values = body.get("video") or {}
     note = body.get("note")
+    ran_for = body.get("ran_for")
     if (not isinstance(values, dict) or set(values) - set(VIDEO_VALUES)
             or not all(_video_value_ok(k, v) for k, v in values.items())
-            or not (note is None or isinstance(note, str))):
+            or not (note is None or isinstance(note, str))
+            or not (ran_for is None or _seconds_ok(ran_for))):
         return _error(400, f"video may only hold {', '.join(VIDEO_VALUES)} (strings that fit "
-                           "their columns, a number); note is a string")
+                           "their columns, a number); note is a string; ran_for a number of "
+                           "seconds")
     session = ext.db()
     task = session.get(ProcessingTask, task_id) if is_valid_id(task_id) else None
     if task is None or step not in STEPS or attempt < 1:
@@ -267,7 +277,8 @@ def complete(task_id: str, step: str, attempt: int):
         translation = [(line.start, line.end, line.text) for line in view.translation]
     if progress.complete_subtask(session, task_id, step, attempt, video_id=video_id,
                                  folder=folder, note=note, video_values=values,
-                                 segments=segments, translation=translation):
+                                 segments=segments, translation=translation,
+                                 ran_for=ran_for):
         published = True
     else:  # stale, or a retry of a completion whose answer was lost
         pub = publications.published(session, video_id).get(step)

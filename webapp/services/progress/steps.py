@@ -18,6 +18,13 @@ from webapp.models import (
 )
 from webapp.services import calibration, eta, publications, search, webhooks
 
+# A step's wall-clock span and its length on the worker's monotonic clock differ by more
+# than this (seconds, or share of its length) only when the wall clock moved meanwhile, or
+# two hosts' clocks differ (a remote worker starts its step, the web app completes it): only
+# the completing request of a remote worker (its files checked again) lies in between.
+CLOCK_SLACK = 5.0
+CLOCK_SHARE = 0.1
+
 
 def _touch_task(session: Session, task_id: str, now: datetime, *conditions) -> bool:
     """Bump the task's version before changing it or a subtask (see `progress_tag`).
@@ -153,7 +160,8 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
                      note: str | None = None,
                      video_values: Mapping[str, object] | None = None,
                      segments: Sequence[tuple[float, float, str]] | None = None,
-                     translation: Sequence[tuple[float, float, str]] = ()) -> bool:
+                     translation: Sequence[tuple[float, float, str]] = (),
+                     ran_for: float | None = None) -> bool:
     """Mark an attempt's step completed and publish its output folder, in one transaction.
 
     False (and nothing written) if the attempt is stale: its files must then never be
@@ -163,13 +171,14 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
     video in the same transaction (e.g. the transcript's language); `segments` (start,
     end, text) are a published transcript's, indexed for search in that transaction too,
     in place of the video's earlier ones, with its English `translation`'s (none: the
-    earlier translation's lines are gone too).
+    earlier translation's lines are gone too). `ran_for`: the attempt's length on the
+    worker's monotonic clock, which corrects its recorded cost when the wall clock moved.
     """
     now = utcnow()
     if not _fenced_update(session, task_id, name, attempt, now, status="completed",
                           progress=100.0, finished_at=now, error=note, error_detail=None):
         return False
-    _record_cost(session, task_id, name, now)
+    _record_cost(session, task_id, name, now, ran_for)
     if folder is not None:
         assert video_id is not None
         publications.switch(session, video_id, name, task_id, attempt, folder)
@@ -183,14 +192,27 @@ def complete_subtask(session: Session, task_id: str, name: str, attempt: int, *,
     return True
 
 
-def _record_cost(session: Session, task_id: str, name: str, now: datetime) -> None:
-    """What the step just completed cost, alone, into the installation's history."""
+def _record_cost(session: Session, task_id: str, name: str, now: datetime,
+                 ran_for: float | None) -> None:
+    """What the step just completed cost, alone, into the installation's history.
+
+    Its time alone is read off the wall clock (the steps' started_at/finished_at, which
+    is how it is shared with the steps beside it). When that clock moved during the step
+    (set by hand, stepped by NTP, or another host's clock at the start) its span is not
+    the time the step ran: the share of its span it had alone is then applied to
+    `ran_for`, else one step "lasting" an hour would skew the next SAMPLES runs' ETAs.
+    """
     subs = session.scalars(select(SubTask).where(SubTask.task_id == task_id)
                            .execution_options(populate_existing=True)).all()
     ran = [s for s in subs if not s.reused and s.status != "skipped"]
     done = next((s for s in ran if s.name == name), None)
-    if done is not None and done.cost_key:
-        calibration.record(session, done, eta.time_alone(ran, now)[0][name], now)
+    if done is None or not done.cost_key:
+        return
+    alone = eta.time_alone(ran, now)[0][name]
+    span = (now - done.started_at).total_seconds() if done.started_at else 0.0
+    if ran_for is not None and abs(span - ran_for) > max(CLOCK_SLACK, CLOCK_SHARE * ran_for):
+        alone = alone / span * ran_for if span > 0 else 0.0
+    calibration.record(session, done, alone, now)
 
 
 def finish_subtask(
