@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,16 @@ def no_process_outlives_the_run() -> Iterator[None]:
         procs.kill(proc.pid)
     assert not left, "processes outlived the test run (killed now):\n" + "\n".join(
         map(str, left))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def processes_use_the_test_redis() -> Iterator[None]:
+    """Every process a test starts works on the test Redis unless the test says otherwise:
+    one started without REDIS_URL worked in Settings' default database (a developer's own
+    vidpipe's), where a worker's registration outlived it by a minute."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REDIS_URL", TEST_REDIS_URL)
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -152,6 +163,52 @@ def error_answers_leak_nothing(monkeypatch) -> Iterator[None]:
     monkeypatch.setattr(http.client.HTTPResponse, "read", read_and_scan)
     yield
     assert not leaks, "error answers gave internals away:\n" + "\n".join(dict.fromkeys(leaks))
+
+
+# -- No Redis key outlives the test ------------------------------------------------------
+# A process started without the test's REDIS_URL works in Settings' default database (a
+# developer's own vidpipe's); a worker that ends leaves its registration for a minute.
+
+
+def _redis_keys(conn: Redis) -> set[bytes]:
+    return set(conn.scan_iter(count=1000))
+
+
+def _registrations_of(conn: Redis, pids: set[int]) -> list[bytes]:
+    """The keys of RQ workers of this host whose process is one of pids."""
+    host = socket.gethostname().encode()
+    return [key for key in conn.scan_iter(match="rq:worker:*", count=500, _type="hash")
+            if conn.hget(key, "hostname") == host
+            and int(conn.hget(key, "pid") or 0) in pids]
+
+
+@pytest.fixture(autouse=True)
+def no_redis_key_outlives_the_test(monkeypatch) -> Iterator[None]:
+    """No key in Redis's default database appears during a test, and no worker the test
+    started (its process a child of this one) is still registered at its end: both are
+    deleted, and the test fails naming them."""
+    started: set[int] = set()
+    popen_init = subprocess.Popen.__init__
+
+    def init_and_record(self, *args, **kwargs):
+        popen_init(self, *args, **kwargs)
+        started.add(self.pid)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", init_and_record)
+    default = Redis.from_url(Settings.redis_url)
+    test = Redis.from_url(TEST_REDIS_URL)
+    apart = default.connection_pool.connection_kwargs != test.connection_pool.connection_kwargs
+    before = _redis_keys(default) if apart else set()
+    yield
+    left = {"the default database": sorted(_redis_keys(default) - before) if apart else []}
+    left["the test database"] = _registrations_of(test, started)
+    for conn, keys in ((default, left["the default database"]), (test, left["the test database"])):
+        if keys:
+            conn.delete(*keys)
+            conn.srem("rq:workers", *keys)
+    default.close()
+    test.close()
+    assert not any(left.values()), f"Redis keys outlived the test (deleted now): {left}"
 
 
 def migrate(url: str) -> None:

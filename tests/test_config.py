@@ -12,15 +12,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic import command as alembic_command
 from alembic.config import Config
-from redis import Redis
 from sqlalchemy import text
 
-from tests.conftest import TEST_REDIS_URL
+from tests.cleanup import purge_queue
 from tests.helpers import silent_server
 from webapp.config import MAKE_A_SECRET, PROJECT_ROOT, ConfigError, Settings
 from webapp.db import CONNECT_TIMEOUT, dispose, get_engine
@@ -36,6 +37,16 @@ BAD = [
     ("HEARTBEAT_INTERVAL", "0", "a whole number above 0"),
     ("RECONCILE_INTERVAL", "inf", "a number of at least 0"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def test_queue(monkeypatch, redis_conn) -> Iterator[str]:
+    """The workers these tests start (they inherit the environment) serve a queue of their
+    own, whose keys go at the end: a worker's registration outlives it by a minute."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("QUEUE_NAME", name)
+    yield name
+    purge_queue(redis_conn, name)
 
 
 @pytest.mark.parametrize(("name", "value", "rule"), BAD)
@@ -163,13 +174,10 @@ def test_at_debug_a_worker_writes_rqs_lines_but_not_redis_pys_handshakes(tmp_pat
     done = subprocess.run(WORKER, cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=60, check=False,
                           env={**os.environ, "DATABASE_URL": _migrated(tmp_path),
-                               "MEDIA_ROOT": str(tmp_path / "media"), "LOG_LEVEL": "debug",
-                               "REDIS_URL": TEST_REDIS_URL,
-                               "QUEUE_NAME": f"ops-{os.getpid()}-debug"})
+                               "MEDIA_ROOT": str(tmp_path / "media"), "LOG_LEVEL": "debug"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert " DEBUG rq.worker: " in done.stderr, done.stderr
     assert " redis.connection: " not in done.stderr, done.stderr
-    Redis.from_url(TEST_REDIS_URL).delete(f"rq:queue:ops-{os.getpid()}-debug")
 
 
 def test_unset_secrets_are_not_too_short(monkeypatch):
@@ -374,7 +382,6 @@ def test_a_postgresql_server_not_answering_yet_is_a_warning_not_a_refusal(tmp_pa
     url = f"postgresql+psycopg://vidpipe:pw@127.0.0.1:{_free_port()}/vidpipe"
     done = subprocess.run(WORKER, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
                           check=False, env={**os.environ, "DATABASE_URL": url,
-                                            "QUEUE_NAME": f"ops-{os.getpid()}-empty",
                                             "MEDIA_ROOT": str(tmp_path / "media")})
     assert done.returncode == 0, done.stderr[-2000:]
     assert (f"vidpipe: the database at {url.replace(':pw@', ':***@')} does not answer now ("
@@ -575,7 +582,6 @@ def test_a_database_that_never_answers_is_down_within_seconds(silent_database, t
     done = subprocess.run(WORKER, cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=120, check=False,
                           env={**os.environ, "DATABASE_URL": silent_database,
-                               "QUEUE_NAME": f"ops-{os.getpid()}-silent",
                                "MEDIA_ROOT": str(tmp_path / "media")})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "does not answer now" in done.stderr and "; starting anyway" in done.stderr
