@@ -334,6 +334,7 @@ def test_a_database_never_migrated_or_migrated_by_a_newer_vidpipe_stops_start_up
     _refused(WORKER, {"DATABASE_URL": empty, "MEDIA_ROOT": str(tmp_path / "media")},
              f"the database at {empty} has no vidpipe tables yet: run `make migrate` "
              "(alembic upgrade head) first.")
+    assert not (tmp_path / "empty.db").exists()  # an empty database there hid the typo
     url = _migrated(tmp_path)
     with get_engine(url).begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
@@ -357,6 +358,35 @@ def test_a_media_root_or_sqlite_folder_that_cannot_be_written_stops_start_up(tmp
     _refused(WEB, {"DATABASE_URL": f"sqlite:///{not_a_folder / 'x.db'}",
                    "MEDIA_ROOT": str(tmp_path / "media")},
              f"the SQLite database {not_a_folder / 'x.db'} cannot be opened (")
+
+
+def test_a_sqlite_folder_that_does_not_exist_stops_everything_and_is_not_made(tmp_path):
+    """A typo in DATABASE_URL's path (`/var/lib/vidpip/vidpipe.db`): `make migrate` made the
+    folder and a new database there, and the service ran on it, empty, beside the real one;
+    the web process and the worker made the folder and an empty file before refusing."""
+    folder = tmp_path / "missing" / "sub"
+    url = f"sqlite:///{folder / 'x.db'}"
+    says = (f"DATABASE_URL's SQLite database {folder / 'x.db'} is in a folder that does not "
+            f"exist ({folder}): make the folder, or correct the path in DATABASE_URL.")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(database_url=url).validate()
+    assert str(caught.value) == says
+    env = {"DATABASE_URL": url, "MEDIA_ROOT": str(tmp_path / "media")}
+    _refused(WEB, env, says)
+    _refused(WORKER, env, says)
+    done = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "webapp",
+                           "reindex"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60, check=False, env={**os.environ, **env})
+    assert (done.returncode, done.stderr.strip()) == (1, f"Error: vidpipe: {says}")
+    for migration in (["upgrade", "head"], ["downgrade", "base"], ["current"]):
+        done = subprocess.run([str(Path(sys.executable).parent / "alembic"), *migration],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+                              check=False, env={**os.environ, **env})
+        said = done.stdout + done.stderr  # alembic prints its FAILED line to stdout
+        assert done.returncode != 0, (migration, said[-2000:])
+        assert said.count(f"FAILED: vidpipe: {says}") == 1, (migration, said[-2000:])
+        assert "Traceback" not in said, (migration, said[-2000:])
+    assert not (tmp_path / "missing").exists()
 
 
 def test_a_media_root_on_a_full_disk_is_said_to_be_full(tmp_path):
@@ -448,6 +478,7 @@ def test_reindex_says_the_database_is_not_migrated(tmp_path):
     assert done.stderr.strip() == (f"Error: vidpipe: the database at {empty} has no vidpipe "
                                    "tables yet: run `make migrate` (alembic upgrade head) "
                                    "first."), done.stderr
+    assert not (tmp_path / "empty.db").exists()
 
 
 def test_reindex_with_a_bad_setting_says_only_the_sentence(tmp_path):

@@ -159,6 +159,22 @@ def check_database_url(url: str) -> None:
         raise ConfigError(f"DATABASE_URL's driver {parsed.drivername!r} cannot be used here "
                           f"({exc}): write postgresql+psycopg://, whose driver vidpipe "
                           f"installs; got {shown!r}.") from None
+    if parsed.get_backend_name() == "sqlite":
+        check_sqlite_folder(parsed.database)
+
+
+def check_sqlite_folder(database: str | None) -> None:
+    """ConfigError when the folder of DATABASE_URL's SQLite file does not exist, save the
+    default's (instance/, made on first use). A typo in the path made the folder and an
+    empty database there, which `make migrate` then filled: the service ran on a new, empty
+    database beside the one it should have used."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    folder = Path(database).parent
+    if not folder.exists() and folder.resolve() != INSTANCE_DIR:
+        raise ConfigError(f"DATABASE_URL's SQLite database {database} is in a folder that does "
+                          f"not exist ({folder}): make the folder, or correct the path in "
+                          f"DATABASE_URL.")
 
 
 def check_redis_url(url: str) -> None:

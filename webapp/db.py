@@ -13,6 +13,8 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from webapp.config import INSTANCE_DIR
+
 _engines: dict[tuple[str, bool], Engine] = {}
 # Seconds a PostgreSQL connection may take to be made (libpq's connect_timeout), unless the
 # URL sets its own. libpq waits without end by default: a database host that drops packets,
@@ -156,9 +158,8 @@ def get_engine(url: str, *, autocommit: bool = False) -> Engine:
     if engine is None:
         options: dict = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if _in_instance_dir(url):  # the default's; any other folder is the operator's
+                INSTANCE_DIR.mkdir(exist_ok=True)
             engine = create_engine(
                 url, connect_args={"timeout": BUSY_TIMEOUT, "factory": TurnTakingConnection},
                 **options)
@@ -170,6 +171,11 @@ def get_engine(url: str, *, autocommit: bool = False) -> Engine:
                                    connect_args=connect_args, **options)
         _engines[key] = engine
     return engine
+
+
+def _in_instance_dir(url: str) -> bool:
+    database = make_url(url).database
+    return bool(database) and Path(database).parent.resolve() == INSTANCE_DIR
 
 
 @contextmanager

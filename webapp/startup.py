@@ -89,6 +89,21 @@ def _refused(said: str) -> str | None:
     return None
 
 
+NOT_MIGRATED = ("the database at {shown} has no vidpipe tables yet: run `make migrate` "
+                "(alembic upgrade head) first.")
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    """A SQLite file not there, in a folder that is (a folder that is not is a sentence of
+    its own: config.check_sqlite_folder, or the open's error below)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return False
+    path = Path(parsed.database)
+    return (parsed.database != ":memory:" and not parsed.database.startswith("file:")
+            and path.parent.is_dir() and not path.exists())
+
+
 def check_database(url: str) -> str | None:
     alembic_log = logging.getLogger("alembic")  # its INFO lines are for `make migrate`
     level = alembic_log.level
@@ -107,6 +122,8 @@ def _check_database(url: str) -> str | None:
     script = ScriptDirectory.from_config(Config(str(PROJECT_ROOT / "alembic.ini")))
     needed = set(script.get_heads())
     shown = shown_database_url(url)
+    if _sqlite_file_missing(url):  # opening it would make an empty one: nothing is there
+        raise ConfigError(NOT_MIGRATED.format(shown=shown))
     try:
         with get_engine(url).connect() as connection:
             current = set(MigrationContext.configure(connection).get_current_heads())
@@ -127,8 +144,7 @@ def _check_database(url: str) -> str | None:
     if current == needed:
         return None
     if not current:
-        raise ConfigError(f"the database at {shown} has no vidpipe tables yet: run `make "
-                          f"migrate` (alembic upgrade head) first.")
+        raise ConfigError(NOT_MIGRATED.format(shown=shown))
     known = {revision.revision for revision in script.walk_revisions()}
     at, need = ", ".join(sorted(current)), ", ".join(sorted(needed))
     if current - known:
