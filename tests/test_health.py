@@ -8,6 +8,7 @@ import logging
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tests.test_redis_outage import redis_with_a_password
 from webapp import create_app
 from webapp.config import Settings
 from webapp.db import dispose
-from webapp.health import CHECK_TIMEOUT
+from webapp.health import CHECK_GIVES_UP, CHECK_TIMEOUT
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -62,6 +63,26 @@ def test_a_database_and_a_redis_that_hang_are_said_to_within_seconds(settings, c
         f"/healthz: the database check fails: postgresql+psycopg://vidpipe:***@127.0.0.1:"
         f"{port}/vidpipe: no answer within 2 s",
         f"/healthz: the redis check fails: redis://127.0.0.1:{port}/0: no answer within 2 s"]
+
+
+def _checks_running() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("healthz-")]
+
+
+def test_a_check_of_a_hung_database_or_redis_ends_soon_after_its_answer(settings):
+    """The checks' threads waited out the connect timeout of the database (10 s) and Redis's
+    socket timeout (10 s) after /healthz had answered: one hung thread of each per web
+    worker, and a check started in the meantime found the old one's answer."""
+    with silent_server() as port:
+        hung = Settings.from_env(database_url=f"postgresql+psycopg://v@127.0.0.1:{port}/v",
+                                 redis_url=f"redis://127.0.0.1:{port}/0")
+        client = create_app(hung).test_client()
+        assert client.get("/healthz").status_code == 503
+        answered = time.monotonic()
+        while (running := _checks_running()) and time.monotonic() < answered + 10:
+            time.sleep(0.05)
+        assert time.monotonic() - answered < CHECK_GIVES_UP - CHECK_TIMEOUT + 0.5, running
+        dispose(hung.database_url)
 
 
 def test_what_refuses_is_said_as_what_to_do_without_its_password(settings, tmp_path):

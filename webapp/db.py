@@ -12,10 +12,12 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from webapp.config import INSTANCE_DIR
 
 _engines: dict[tuple[str, bool], Engine] = {}
+_check_engines: dict[tuple[str, int], Engine] = {}  # check_engine's
 # Seconds a PostgreSQL connection may take to be made (libpq's connect_timeout), unless the
 # URL sets its own. libpq waits without end by default: a database host that drops packets,
 # or a server that accepts and never answers, hung /healthz, every request, and the start of
@@ -170,6 +172,22 @@ def get_engine(url: str, *, autocommit: bool = False) -> Engine:
             engine = create_engine(url, pool_pre_ping=not autocommit,
                                    connect_args=connect_args, **options)
         _engines[key] = engine
+    return engine
+
+
+def check_engine(url: str, timeout: int) -> Engine:
+    """An engine for health checks (webapp/health.py) that are waited for at most `timeout`
+    seconds: on PostgreSQL no pool (no connection is kept to hang on later) and a connect
+    given up after `timeout` (libpq's least is 2), so that no check's thread outlives its
+    answer by much; on SQLite, a file here, this process's engine."""
+    if url.startswith("sqlite"):
+        return get_engine(url)
+    key = (url, timeout)
+    engine = _check_engines.get(key)
+    if engine is None:
+        engine = create_engine(url, poolclass=NullPool,
+                               connect_args={"connect_timeout": max(2, timeout)})
+        _check_engines[key] = engine
     return engine
 
 

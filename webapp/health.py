@@ -30,10 +30,10 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from webapp import extensions as ext
 from webapp.config import shown_database_url
+from webapp.db import check_engine
 from webapp.services.queue import address
 from webapp.services.workers import live_workers
 from webapp.startup import write_probe
@@ -42,10 +42,14 @@ log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
 CHECK_TIMEOUT = 2.0  # seconds each check may take before it is said to have timed out
+# When a check gives up by itself (its connect and read timeouts): a second after it is said
+# to have timed out, so that the answer says so whatever the race; its thread ends then.
+CHECK_GIVES_UP = 3
 _lock = threading.Lock()
 # (id of the app's handles, check name) -> the check's result, while it may still run
 _running: dict[tuple[int, str], tuple[float, Future]] = {}
 _last_said: dict[tuple[int, str], str] = {}  # what each check said last, to log its changes
+_redis_clients: dict[str, Redis] = {}  # REDIS_URL -> the checks' client
 
 
 @bp.get("/healthz")
@@ -60,8 +64,9 @@ def healthz():
     handles = ext.handles()
     settings = handles.settings
     started = {
-        "database": _start(handles, "database", lambda: _database(handles.sessions)),
-        "redis": _start(handles, "redis", lambda: _redis(handles.redis, settings.queue_name)),
+        "database": _start(handles, "database", lambda: _database(settings.database_url)),
+        "redis": _start(handles, "redis", lambda: _redis(_redis_client(settings.redis_url),
+                                                          settings.queue_name)),
         "media": _start(handles, "media", lambda: _media(settings.media_root)),
     }
     checks, workers = {}, None
@@ -135,9 +140,20 @@ def _start(handles: object, name: str, check: Callable[[], object]) -> tuple[flo
     return begun
 
 
-def _database(sessions) -> None:
-    with sessions() as session:
-        session.execute(text("SELECT 1"))
+def _database(url: str) -> None:
+    with check_engine(url, CHECK_GIVES_UP).connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _redis_client(url: str) -> Redis:
+    """A client of the app's Redis that gives up after CHECK_GIVES_UP seconds (the app's
+    own waits 10 s for an answer)."""
+    with _lock:
+        client = _redis_clients.get(url)
+        if client is None:
+            client = _redis_clients[url] = Redis.from_url(
+                url, socket_connect_timeout=CHECK_GIVES_UP, socket_timeout=CHECK_GIVES_UP)
+    return client
 
 
 def _redis(connection: Redis, queue_name: str) -> int:
@@ -169,9 +185,6 @@ def _said(name: str, exc: BaseException) -> str:
         return _said_of_media(exc)
     if name == "database":
         setting, what = "DATABASE_URL", "the database"
-        if isinstance(exc, PoolTimeout):
-            return ("every database connection of this web process is busy: requests hold "
-                    "them too long, or the database answers slowly")
     else:
         setting, what = "REDIS_URL", "Redis"
         if isinstance(exc, AuthenticationError) or any(
