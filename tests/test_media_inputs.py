@@ -23,7 +23,7 @@ from sqlalchemy import update
 from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from tests import mediagen
+from tests import mediagen, procs
 from tests.conftest import run_worker
 from tests.helpers import assert_json_error, progress_of, top_level_boxes, upload, upload_ok
 from webapp import create_app
@@ -494,11 +494,13 @@ def test_keyframe_gap_reads_a_long_video_to_its_end(long_video):
     assert keyframes.keyframe_gap(long_video, 3600.0) == pytest.approx(1.0, abs=0.05)
 
 
-def _ffprobe_children() -> list[int]:
+def _ffprobe_children(mark: bytes = b"packet=pts_time") -> list[int]:
+    """This process's children whose command line has `mark` (ffprobe's packet listing of
+    keyframe_gap by default)."""
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if b"packet=pts_time" in (proc / "cmdline").read_bytes():
+            if mark in (proc / "cmdline").read_bytes():
                 pids.append(int(proc.name))
         except OSError:
             continue
@@ -537,6 +539,44 @@ def test_keyframe_gap_is_stopped_by_the_steps_stop_event(long_video):
 
     with ffrun.stopping(stop), pytest.raises(ffrun.Stopped):  # already set: nothing starts
         keyframes.keyframe_gap(long_video, 3600.0)
+
+
+def test_the_black_opening_probe_is_stopped_by_the_steps_stop_event(tmp_path):
+    """The thumbnails step's look for a black opening runs ffmpeg through ffrun.reading,
+    as keyframe_gap does, so a cancelled run kills it too: here one reading a source that
+    never delivers (a FIFO nobody writes, as a hung network mount), which would have run
+    on after the cancel for as long as the step's time limit."""
+    from webapp.services.opening import black_opening
+
+    source = tmp_path / "hung.mp4"
+    os.mkfifo(source)
+    stop = threading.Event()
+    outcome: list[object] = []
+
+    def look() -> None:
+        with ffrun.stopping(stop):
+            try:
+                outcome.append(black_opening(source))
+            except ffrun.Stopped as exc:
+                outcome.append(exc)
+
+    thread = threading.Thread(target=look)
+    thread.start()
+    running: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not (running := _ffprobe_children(b"blackframe")):
+            assert time.monotonic() < deadline and thread.is_alive(), outcome
+            time.sleep(0.005)
+        stop.set()
+        thread.join(10)
+    finally:
+        alive = [pid for pid in running if Path(f"/proc/{pid}").exists()]
+        for pid in alive:  # a probe the stop did not end: it must not outlive the test
+            procs.kill(pid)
+        thread.join(10)
+    assert not alive, "the stop left the probe's ffmpeg running"
+    assert len(outcome) == 1 and isinstance(outcome[0], ffrun.Stopped), outcome
 
 
 def test_input_options_fix_the_demuxer_of_a_probed_format():
