@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -332,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
                  settings.server_url, settings.worker_name, settings.worker_cache_bytes,
                  settings.media_root / "cache")
     worker = build_worker(settings, args.name)
+    if args.name:
+        try:
+            _claim_name(worker)
+        except ConfigError as exc:
+            log.error("vidpipe: %s; not starting", exc)
+            return 1
     if worker.after_job is not None:
         worker.after_job()  # what a worker killed on this host before left behind
     helper = reconciler.spawn() if settings.reconcile_interval > 0 and not args.burst else None
@@ -342,6 +349,37 @@ def main(argv: list[str] | None = None) -> int:
             helper.terminate()
             helper.wait(10)
     return 1 if worker.token_refused else 0
+
+
+def _claim_name(worker: VidpipeWorker) -> None:
+    """ConfigError when a live worker already holds the name given with --name (RQ refused
+    the second with a ValueError and its traceback). One of this host that is gone (killed:
+    its registration stays in Redis until it expires, minutes later, and a service manager's
+    restarts failed until then) gives its name over."""
+    death, host, pid = (value.decode() if value else "" for value in
+                        worker.connection.hmget(worker.key, "death", "hostname", "pid"))
+    if not (host or pid) or death:  # not registered, or unregistering: RQ takes it
+        return
+    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        log.info("the worker named %r before this one (pid %s) is gone without unregistering "
+                 "from the job queue: taking its name over", worker.name, pid)
+        with worker.connection.pipeline() as pipeline:
+            worker_registration.unregister(worker, pipeline)
+            pipeline.delete(worker.key)
+            pipeline.execute()
+        return
+    raise ConfigError(f"a worker named {worker.name!r} already serves the job queue (pid {pid} "
+                      f"on {host}): give this one another --name, or stop that one")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: there
+        return True
+    return True
 
 
 def _work_through_outages(worker: VidpipeWorker, settings: Settings,

@@ -329,14 +329,16 @@ def run_worker(burst: bool = True, timeout: float = 240, **popen) -> subprocess.
     return proc
 
 
-def start_worker(env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A long-running worker process in its own session; the caller stops it.
+def start_worker(env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+                 ) -> subprocess.Popen:
+    """A long-running worker process (`args` added to its command) in its own session; the
+    caller stops it.
 
     Its log goes to a file (`proc.log_path`): an unread pipe would fill and block it.
     """
     with tempfile.NamedTemporaryFile("w", prefix="worker-", suffix=".log",
                                      delete=False) as log:
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=PROJECT_ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.worker", *args], cwd=PROJECT_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
     proc.log_path = log.name

@@ -31,8 +31,8 @@ def workers():
     """Start real worker processes (env overrides as keywords); all stopped at the end."""
     started: list[subprocess.Popen] = []
 
-    def start(**env: str) -> subprocess.Popen:
-        started.append(start_worker(env))
+    def start(*args: str, **env: str) -> subprocess.Popen:
+        started.append(start_worker(env, args))
         return started[-1]
 
     yield start
@@ -400,3 +400,35 @@ def test_a_run_queued_behind_others_gives_no_eta_until_its_turn(client, settings
                          ("queued", "running") and s, timeout=180, what="the runs ending")
         assert (final["status"], final["runs_ahead"], final["eta_seconds"]) == (
             "completed", 0, None)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_worker_name_in_use_is_a_sentence_and_a_killed_workers_is_taken_over(settings,
+                                                                               workers):
+    """`--name` of a worker still working stopped the new one with RQ's ValueError and its
+    traceback; so did the name of one killed (SIGKILL, the OOM killer), whose registration
+    stays in Redis for minutes: a service manager restarting it failed until it expired."""
+    name = f"twin-{os.getpid()}"
+    first = workers("--name", name)
+    log = Path(first.log_path)
+    wait_for(lambda: "Listening on" in log.read_text(), timeout=30, what="the worker listening")
+
+    def second() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "jobs.worker", "--burst", "--name", name],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+                              check=False)
+
+    refused = second()
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert (f"ERROR jobs.worker: vidpipe: a worker named '{name}' already serves the job "
+            f"queue (pid {first.pid} on {socket.gethostname()}): give this one another "
+            "--name, or stop that one; not starting" in refused.stderr), refused.stderr
+    assert "Traceback" not in refused.stderr
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    again = second()
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (f"INFO jobs.worker: the worker named '{name}' before this one (pid {first.pid}) "
+            "is gone without unregistering from the job queue: taking its name over"
+            in again.stderr), again.stderr
+    assert "Traceback" not in again.stderr
