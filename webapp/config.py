@@ -159,22 +159,33 @@ def check_database_url(url: str) -> None:
         raise ConfigError(f"DATABASE_URL's driver {parsed.drivername!r} cannot be used here "
                           f"({exc}): write postgresql+psycopg://, whose driver vidpipe "
                           f"installs; got {shown!r}.") from None
-    if parsed.get_backend_name() == "sqlite":
-        check_sqlite_folder(parsed.database)
+    check_sqlite_folder(url)
 
 
-def check_sqlite_folder(database: str | None) -> None:
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite DATABASE_URL names; None for another database, or one in memory."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or database.startswith("file:")):
+        return None
+    return Path(database)
+
+
+def check_sqlite_folder(url: str) -> None:
     """ConfigError when the folder of DATABASE_URL's SQLite file does not exist, save the
     default's (instance/, made on first use). A typo in the path made the folder and an
     empty database there, which `make migrate` then filled: the service ran on a new, empty
     database beside the one it should have used."""
-    if not database or database == ":memory:" or database.startswith("file:"):
+    path = sqlite_file(url)
+    if path is None:
         return
-    folder = Path(database).parent
-    if not folder.exists() and folder.resolve() != INSTANCE_DIR:
-        raise ConfigError(f"DATABASE_URL's SQLite database {database} is in a folder that does "
-                          f"not exist ({folder}): make the folder, or correct the path in "
-                          f"DATABASE_URL.")
+    if not path.parent.exists() and path.parent.resolve() != INSTANCE_DIR:
+        raise ConfigError(f"DATABASE_URL's SQLite database {path} is in a folder that does "
+                          f"not exist ({path.parent}): make the folder, or correct the path "
+                          f"in DATABASE_URL.")
 
 
 def check_redis_url(url: str) -> None:

@@ -8,13 +8,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from webapp.config import INSTANCE_DIR
+from webapp.config import INSTANCE_DIR, sqlite_file
 
 _engines: dict[tuple[str, bool], Engine] = {}
 _check_engines: dict[tuple[str, int], Engine] = {}  # check_engine's
@@ -192,8 +191,8 @@ def check_engine(url: str, timeout: int) -> Engine:
 
 
 def _in_instance_dir(url: str) -> bool:
-    database = make_url(url).database
-    return bool(database) and Path(database).parent.resolve() == INSTANCE_DIR
+    path = sqlite_file(url)
+    return path is not None and path.parent.resolve() == INSTANCE_DIR
 
 
 @contextmanager

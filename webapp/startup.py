@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from webapp.config import PROJECT_ROOT, ConfigError, Settings, shown_database_url
+from webapp.config import PROJECT_ROOT, ConfigError, Settings, shown_database_url, sqlite_file
 from webapp.db import dispose, get_engine
 
 
@@ -96,12 +96,8 @@ NOT_MIGRATED = ("the database at {shown} has no vidpipe tables yet: run `make mi
 def _sqlite_file_missing(url: str) -> bool:
     """A SQLite file not there, in a folder that is (a folder that is not is a sentence of
     its own: config.check_sqlite_folder, or the open's error below)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
-        return False
-    path = Path(parsed.database)
-    return (parsed.database != ":memory:" and not parsed.database.startswith("file:")
-            and path.parent.is_dir() and not path.exists())
+    path = sqlite_file(url)
+    return path is not None and path.parent.is_dir() and not path.exists()
 
 
 def check_database(url: str) -> str | None:
