@@ -236,6 +236,34 @@ def test_list_is_paginated_newest_first(client, clip):
     assert_json_error(client.get("/api/v1/videos?page=0"), 422)
 
 
+def test_every_page_says_which_page_it_is_and_the_totals(client, clip):
+    """A client pages until a page comes back empty: that page (past the last one, or the
+    first of an empty library) still says which page it is and the totals in X-Pagination;
+    flask-smorest's header left `page` out there."""
+    def pagination(url: str) -> dict:
+        resp = client.get(url)
+        assert resp.status_code == 200, resp.get_json()
+        return json.loads(resp.headers["X-Pagination"])
+
+    empty = {"total": 0, "total_pages": 0, "page": 1}
+    assert pagination("/api/v1/videos") == empty
+    assert pagination("/api/v1/search?q=weather") == empty
+    assert pagination("/api/v1/videos?page=3") == {**empty, "page": 3}
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        upload_ok(client, clip, name)
+    assert pagination("/api/v1/videos?page_size=2&page=2") == {
+        "total": 3, "total_pages": 2, "first_page": 1, "last_page": 2, "page": 2,
+        "previous_page": 1}
+    assert pagination("/api/v1/videos?page_size=2&page=3") == {
+        "total": 3, "total_pages": 2, "first_page": 1, "last_page": 2, "page": 3}
+    resp = client.get("/api/v1/videos?page_size=2&page=3")
+    assert resp.get_json() == []
+    components = client.get("/api/openapi.json").get_json()["components"]
+    ref = components["headers"]["PAGINATION"]["content"]["application/json"]["schema"]["$ref"]
+    schema = components["schemas"][ref.rsplit("/", 1)[1]]
+    assert set(schema.get("required", [])) == {"total", "total_pages", "page"}, schema
+
+
 def test_video_json_is_one_moment_of_its_progress(client, settings, clip, db_session):
     """Right after a trigger a worker starts a step while GET /videos/{id} reads: the
     video's processing summary is still one moment's, the same as the progress endpoint

@@ -8,7 +8,6 @@ from http import HTTPStatus
 
 from flask import Flask, Response, current_app, make_response, render_template, request
 from flask_smorest import Api as SmorestApi
-from flask_smorest.pagination import PaginationMetadataSchema
 from markupsafe import Markup
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -22,6 +21,7 @@ from werkzeug.exceptions import (
 )
 
 from webapp import dashboard
+from webapp.api.paging import PagingSchema
 from webapp.api.schemas import ErrorSchema
 from webapp.config import API_PREFIX
 from webapp.services.errors import (
@@ -54,7 +54,7 @@ class Api(SmorestApi):
         # "simple" header style (`total,3,page,1`), which is not what is sent; `content` is.
         self.spec.components.header("PAGINATION", {
             "description": "Pagination metadata, as a JSON object",
-            "content": {"application/json": {"schema": PaginationMetadataSchema}},
+            "content": {"application/json": {"schema": PagingSchema}},
         }, lazy=True)
 
     def handle_http_exception(self, error: HTTPException):

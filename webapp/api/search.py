@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from webapp import extensions as ext
+from webapp.api.paging import PagedBlueprint
 from webapp.api.parsing import Parser
 from webapp.api.schemas import SearchHitSchema, SearchQuerySchema
 from webapp.api.videos import video_payload
 from webapp.services import progress, search
 
 
-class _Blueprint(Blueprint):
+class _Blueprint(PagedBlueprint):
     ARGUMENTS_PARSER = Parser()
 
 

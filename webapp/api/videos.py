@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from flask import Response, request, send_file, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 from flask_smorest.fields import Upload
 from marshmallow import RAISE, ValidationError
 from webargs.multidictproxy import MultiDictProxy
@@ -24,6 +24,7 @@ from webapp.api.guards import (
     no_entity_tag,
     refuse_entity_tags,
 )
+from webapp.api.paging import PagedBlueprint
 from webapp.api.parsing import Parser, option_errors, refuse_repeated
 from webapp.api.schemas import (
     ArtifactSchema,
@@ -68,7 +69,7 @@ class _MultipartParser(Parser):
         return MultiDictProxy(CombinedMultiDict([files, form]), schema)
 
 
-class _Blueprint(Blueprint):
+class _Blueprint(PagedBlueprint):
     ARGUMENTS_PARSER = _MultipartParser()
 
 
