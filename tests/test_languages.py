@@ -24,6 +24,7 @@ import pytest
 import srt
 import webvtt
 from bs4 import BeautifulSoup
+from sqlalchemy import update
 
 from bench.transcription import edit_ops
 from tests import mediagen
@@ -493,6 +494,31 @@ def test_an_unknown_language_names_its_field_in_errors(client) -> None:
         assert body["errors"] == {where: {"language": [body["message"]]}}, url
         assert "one of the codes" in body["message"]
     assert client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"] is None
+
+
+@pytest.mark.parametrize("model, stored", [("base", "xx"), ("tiny.en", "de")])
+def test_a_stored_language_the_model_no_longer_knows_names_its_field(settings, db_session,
+                                                                     model, stored) -> None:
+    """A video keeps the language asked for at its upload; under another WHISPER_MODEL (or
+    a row written otherwise) the model may no longer know it. A trigger without `language`
+    is then a 422 shaped as every other one: `errors` names the field (the video's stored
+    `requested_language`) and the message the choices and how to replace it."""
+    client = create_app(dataclasses.replace(settings, whisper_model=model)).test_client()
+    vid = upload(client, DE[1]).get_json()["id"]
+    db_session.execute(update(Video).where(Video.id == vid).values(requested_language=stored))
+    db_session.commit()
+    for url, kw in ((f"/api/v1/videos/{vid}/run_sync", {}),
+                    (f"/api/v1/videos/{vid}/reprocess", {"json": {"force": True}})):
+        body = assert_json_error(client.post(url, **kw), 422)
+        assert body["errors"] == {"video": {"requested_language": [body["message"]]}}, url
+        assert f"stored on this video, {stored!r}" in body["message"]
+        assert "give a language with the run" in body["message"]
+        assert "'auto'" in body["message"]
+        assert "'en'" in body["message"] if model == "tiny.en" else "zh" in body["message"]
+    assert client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"] is None
+    resp = client.post(f"/api/v1/videos/{vid}/run_sync?language=auto")  # replaced: it runs
+    assert resp.status_code == 202, resp.get_json()
+    assert options_of(db_session, vid)[0] is None
 
 
 def test_tiny_en_refuses_other_languages_with_a_sentence(settings) -> None:

@@ -21,15 +21,14 @@ def refuse_repeated(names: Iterable[str], advice: str = "send it once") -> None:
 
 
 @contextmanager
-def option_errors(location: str | None, name: str) -> Iterator[None]:
+def option_errors(location: str, name: str) -> Iterator[None]:
     """An InvalidOption raised inside (a language the model does not know) names the
-    argument it refuses in `errors`, by location and field as webargs' 422s do; None: the
-    request gave no such argument (the video's stored one was refused)."""
+    argument it refuses in `errors`, by location and field as webargs' 422s do (location
+    "video": the video's stored option, which the request did not give, was refused)."""
     try:
         yield
     except InvalidOption as error:
-        if location is not None:
-            error.extra.setdefault("errors", {location: {name: [error.message]}})
+        error.extra.setdefault("errors", {location: {name: [error.message]}})
         raise
 
 

@@ -74,9 +74,12 @@ def _trigger(video_id: str, mode: str, query: dict, body: dict):
     # The body's options win over the query's; left out in both, the video's are used.
     language = body.get("language", query.get("language"))
     translate = body.get("translate", query.get("translate"))
-    where = "json" if "language" in body else "query" if "language" in query else None
+    # Not given, the video's stored language is used (VideoSchema's requested_language).
+    where, name = (("json", "language") if "language" in body else
+                   ("query", "language") if "language" in query else
+                   ("video", "requested_language"))
     # 404 for an unknown video comes from the trigger's own read of it.
-    with option_errors(where, "language"):
+    with option_errors(where, name):
         task = processing.trigger(ext.db(), ext.settings(), ext.storage(), ext.redis(),
                                   video_id, mode, force=force, language=language,
                                   translate=translate)

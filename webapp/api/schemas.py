@@ -17,7 +17,10 @@ class ErrorSchema(ma.Schema):
     code = fields.Integer(required=True, metadata={"description": "HTTP status code"})
     status = fields.String(required=True, metadata={"description": "HTTP status name"})
     message = fields.String(required=True, metadata={"description": "What went wrong"})
-    errors = fields.Dict(metadata={"description": "Validation errors by location and field"})
+    errors = fields.Dict(metadata={"description": (
+        "Validation errors by location (`query`, `json`, `files`, ...) and field, each a "
+        "list of messages; location `video`: an option stored on the video that the "
+        "request did not give (its `requested_language`, which the model no longer knows)")})
     task_id = fields.String(
         allow_none=True, metadata={"description": "On 409: the task that is already active"}
     )

@@ -89,3 +89,15 @@ def check(settings: Settings, code: str | None) -> str | None:
     raise InvalidOption(
         f"unknown language {code[:20]!r}: give 'auto' (detect it) or one of the codes the "
         f"{_label(settings)} model knows: {', '.join(sorted(known))}")
+
+
+def check_stored(settings: Settings, code: str | None) -> str | None:
+    """`check` for the language stored on a video (asked for at its upload or an earlier
+    run), which the configured model may no longer know (another WHISPER_MODEL): the 422
+    says it is the stored one and how to replace it, as the request did not name it."""
+    try:
+        return check(settings, code)
+    except InvalidOption as error:
+        raise InvalidOption(
+            f"the language stored on this video, {code[:20]!r}, is not one the model knows: "
+            f"give a language with the run to replace it ({error.message})") from None

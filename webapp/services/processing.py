@@ -111,7 +111,7 @@ def transcription_for(settings: Settings, video: Video | Row, language: str | No
     """
     wanted = Transcription(
         languages.parse(settings, language) if language is not None
-        else languages.check(settings, video.requested_language),
+        else languages.check_stored(settings, video.requested_language),
         bool(video.translate if translate is None else translate))
     stored = Transcription(video.requested_language, bool(video.translate))
     return wanted, wanted != stored
