@@ -500,6 +500,32 @@ def test_a_failed_if_match_on_an_artifact_is_a_json_412_even_with_a_range(
     assert "412" in responses
 
 
+def test_an_if_match_that_holds_on_an_artifact_serves_it(client, settings, clip):
+    """RFC 9110 13.1.1: `If-Match: *` holds for any file there is, and a list holds when it
+    names the file's tag (compared strongly: its weak form does not); werkzeug answered
+    `*` with a 412. A holding If-Match is then done with: If-None-Match naming the tag
+    too is a 304, where werkzeug sent the whole file."""
+    vid = upload_ok(client, clip)["id"]
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": b"p" * 5000,
+                                                "storyboard.jpg": b"y", "storyboard.vtt": b"W"})
+    url = f"/api/v1/videos/{vid}/artifacts/poster.jpg"
+    etag = client.get(url).headers["ETag"]
+    old = "Sun, 06 Nov 1994 08:49:37 GMT"
+    for if_match in ("*", f'"other", {etag}'):
+        resp = client.get(url, headers={"If-Match": if_match})
+        assert (resp.status_code, len(resp.data)) == (200, 5000), (if_match, resp.data[:200])
+        resp = client.get(url, headers={"If-Match": if_match, "Range": "bytes=100-"})
+        assert (resp.status_code, len(resp.data)) == (206, 4900), if_match
+        # If-Match decides alone: an If-Unmodified-Since beside it is not looked at.
+        resp = client.get(url, headers={"If-Match": if_match, "If-Unmodified-Since": old})
+        assert resp.status_code == 200, if_match
+        resp = client.get(url, headers={"If-Match": if_match, "If-None-Match": etag})
+        assert (resp.status_code, resp.data) == (304, b""), if_match
+    assert_json_error(client.get(url, headers={"If-Match": f"W/{etag}"}), 412)
+    assert_json_error(client.get(f"/api/v1/videos/{vid}/artifacts/nope.jpg",
+                                 headers={"If-Match": "*"}), 404)
+
+
 def test_if_unmodified_since_on_an_artifact_is_honoured(client, settings, clip):
     """RFC 9110 13.1.4 on a download that states its Last-Modified: a resumed download
     whose date no longer holds (a newer run replaced the file) is a JSON 412, before Range;

@@ -323,11 +323,22 @@ def _check_preconditions(path, mimetype: str, name: str) -> None:
     """412 (JSON) when If-Match, or without it If-Unmodified-Since, no longer holds. RFC 9110
     (13.2.2) evaluates them before Range, but werkzeug serves a Range first and ignores
     If-Match (a resumed download would join two different files), its own 412 carries the
-    whole file as its body, and it does not look at If-Unmodified-Since at all."""
+    whole file as its body, and it does not look at If-Unmodified-Since at all.
+    An If-Match that holds is done with and dropped: werkzeug refuses `*` (which any file
+    there is matches), and with If-Match holding it sends the whole file where If-None-Match
+    asks for a 304."""
     environ = request.environ
     if "HTTP_IF_MATCH" not in environ:
         _check_unmodified_since(path, name)
         return
+    if not request.if_match.star_tag:
+        _check_if_match(path, mimetype, name)
+    environ.pop("HTTP_IF_MATCH")
+
+
+def _check_if_match(path, mimetype: str, name: str) -> None:
+    """412 unless If-Match names the file's ETag (strong comparison, as werkzeug makes it)."""
+    environ = request.environ
     sent_range = environ.pop("HTTP_RANGE", None)
     try:
         checked = _send(path, mimetype, name)
