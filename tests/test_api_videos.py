@@ -369,8 +369,18 @@ def test_delete_removes_row_tasks_and_files(client, settings, clip, db_session, 
 
 
 def test_wrong_method_is_json_405(client):
-    assert_json_error(client.put("/api/v1/videos"), 405)
-    assert_json_error(client.get("/api/v1/nothing-here"), 404)
+    """Both name what was asked and what is there, in the API's words (lowercase, as
+    every other message): werkzeug's "The method is not allowed for the requested URL."
+    named neither the method nor the ones the path answers."""
+    resp = client.put("/api/v1/videos")
+    assert assert_json_error(resp, 405)["message"] == (
+        f"PUT is not allowed at /api/v1/videos; it answers {resp.headers['Allow']}")
+    body = assert_json_error(client.get("/api/v1/nothing-here"), 404)
+    assert body["message"] == ("there is nothing at /api/v1/nothing-here; the API's paths "
+                               "are listed in /api/openapi.json")
+    page = client.get("/nothing-here")  # a page says it too, without the API's list
+    assert page.status_code == 404
+    assert "there is nothing at /nothing-here<" in page.get_data(as_text=True)
 
 
 def test_slashes_in_a_row_are_404_naming_the_path_not_a_redirect(client, clip):
@@ -400,7 +410,8 @@ def test_a_path_with_a_trailing_slash_is_404_naming_the_path_without(client, cli
         assert body["message"] == (f"there is nothing at {path}; the path has no slash at "
                                    f"its end: {path.rstrip('/')}"), (method, path)
     body = assert_json_error(client.get("/api/v1/nothing-here/"), 404)
-    assert "spelling" in body["message"]  # nothing there without the slash either
+    # nothing there without the slash either
+    assert body["message"].startswith("there is nothing at /api/v1/nothing-here/; the API")
     page = client.get(f"/videos/{vid}/")  # the UI's pages say it too
     assert page.status_code == 404
     assert f"no slash at its end: /videos/{vid}<" in page.get_data(as_text=True)

@@ -73,11 +73,11 @@ class Api(SmorestApi):
             else:  # werkzeug's form limits: too many parts, or a big non-file field
                 message = "the form has too many parts, or a field besides the file is too big"
         elif isinstance(error, NotFound) and request.url_rule is None:
-            stripped = _route_without_slash()
-            if stripped:  # werkzeug's "... please check your spelling" hides the one slash
-                why = ("the path has slashes in a row" if "//" in request.path.rstrip("/")
-                       else "the path has no slash at its end")
-                message = f"there is nothing at {request.path}; {why}: {stripped}"
+            message = _nothing_there()
+        elif isinstance(error, MethodNotAllowed) and error.valid_methods:
+            # werkzeug's "The method is not allowed for the requested URL." names neither.
+            message = (f"{request.method} is not allowed at {request.path}; it answers "
+                       f"{', '.join(error.valid_methods)}")
         elif isinstance(error, RequestedRangeNotSatisfiable) and error.length is not None:
             # werkzeug's "The server cannot provide the requested range." names neither.
             message = (f"the range {request.headers.get('Range', '')!r} selects no byte of "
@@ -100,6 +100,21 @@ class Api(SmorestApi):
 
 
 api = Api()
+
+
+def _nothing_there() -> str:
+    """The 404 for a path no route answers, naming it (werkzeug's "The requested URL was not
+    found on the server. If you entered the URL manually please check your spelling ..."
+    named nothing, nor the one slash to drop)."""
+    stripped = _route_without_slash()
+    if stripped:
+        why = ("the path has slashes in a row" if "//" in request.path.rstrip("/")
+               else "the path has no slash at its end")
+        return f"there is nothing at {request.path}; {why}: {stripped}"
+    if request.path.startswith(API_PREFIX):
+        return (f"there is nothing at {request.path}; the API's paths are listed in "
+                f"{API_PREFIX}/openapi.json")
+    return f"there is nothing at {request.path}"
 
 
 def _route_without_slash() -> str | None:
