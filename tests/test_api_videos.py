@@ -8,6 +8,7 @@ import os
 import re
 import time
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import event
@@ -234,6 +235,21 @@ def test_list_is_paginated_newest_first(client, clip):
     page2 = client.get("/api/v1/videos?page=2&page_size=2").get_json()
     assert [v["id"] for v in page2] == [ids[0]]
     assert_json_error(client.get("/api/v1/videos?page=0"), 422)
+
+
+@pytest.mark.parametrize("value", ["1_0", "\uff11", "\u0661", " 1", "1 ", "+1"])
+def test_a_page_number_is_ascii_digits(client, value):
+    """Python's int() reads `1_0` as 10 and `１` (fullwidth) or `١` (Arabic-Indic) as 1:
+    such a page or page size is no integer to any other client or to the OpenAPI, and a
+    typo must not page silently elsewhere. 422 naming it, as `page=abc` is."""
+    for url in ("/api/v1/videos", "/api/v1/search?q=weather"):
+        for name in ("page", "page_size"):
+            sep = "&" if "?" in url else "?"
+            body = assert_json_error(client.get(f"{url}{sep}{name}={quote(value)}"), 422)
+            assert body["errors"] == {"query": {name: ["Not a valid integer."]}}, (url, name)
+            assert body["message"] == f"query parameter `{name}`: not a valid integer"
+    assert client.get("/api/v1/videos?page=01&page_size=-0").status_code == 422  # size 0
+    assert client.get("/api/v1/videos?page=01&page_size=007").status_code == 200
 
 
 def test_every_page_says_which_page_it_is_and_the_totals(client, clip):
