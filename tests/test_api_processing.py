@@ -122,6 +122,23 @@ def test_a_query_parameter_given_twice_is_422_naming_it(client, db_session, vide
     assert client.get("/api/v1/videos?status=failed&sort=name").status_code == 200
 
 
+def test_a_json_field_given_twice_is_422_naming_it(client, db_session, video_id):
+    """As a query parameter given twice: Python's json keeps the last of two values
+    without a word, so `{"force": true, "force": false}` started a run that was not forced
+    (RFC 8259 4: such an object's meaning is unpredictable). 422 naming it; no run starts."""
+    for mode in ("run_sync", "reprocess"):
+        resp = client.post(f"/api/v1/videos/{video_id}/{mode}",
+                           data=b'{"force": true, "language": "de", "force": false}',
+                           content_type="application/json")
+        body = assert_json_error(resp, 422)
+        assert body["message"] == "JSON field `force`: sent 2 times: send it once", mode
+        assert body["errors"] == {"json": {"force": ["Sent 2 times: send it once."]}}, mode
+    assert db_session.query(ProcessingTask).count() == 0
+    resp = client.post(f"/api/v1/videos/{video_id}/run_sync", data=b'{"force": true}',
+                       content_type="application/json")
+    assert resp.status_code == 202, resp.get_json()
+
+
 def test_cancel_stops_the_active_task(client, redis_conn, video_id):
     assert_json_error(client.post(f"/api/v1/videos/{video_id}/cancel"), 409)
     task_id = client.post(f"/api/v1/videos/{video_id}/run_sync").get_json()["task_id"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import json
 
 from flask import Response, request, url_for
 from flask.views import MethodView
@@ -18,7 +19,7 @@ from webapp.api.guards import (
     json_or_no_body,
     refuse_entity_tags,
 )
-from webapp.api.parsing import Parser, option_errors
+from webapp.api.parsing import Parser, option_errors, refuse_repeated
 from webapp.api.schemas import (
     AsyncTaskSchema,
     ForceBodySchema,
@@ -34,12 +35,23 @@ class _OptionsParser(Parser):
     """webargs' parser, but for a UTF-8 byte order mark ahead of a JSON body, which RFC 8259
     (8.1) lets a parser ignore and Windows tools write (PowerShell's `-Encoding UTF8`, older
     Notepad): webargs decodes the body as plain UTF-8, and Python's json refuses the mark
-    ("Unexpected UTF-8 BOM"). Other encodings are refused before (refuse_other_encodings)."""
+    ("Unexpected UTF-8 BOM"). Other encodings are refused before (refuse_other_encodings).
+    A field given twice is refused as a query parameter given twice is: Python's json keeps
+    the last value without a word (`{"force": true, "force": false}` was not forced)."""
 
     def _raw_load_json(self, req):
         if not is_json_request(req):
             return core.missing
-        return core.parse_json(req.get_data(cache=True).removeprefix(codecs.BOM_UTF8))
+        data = req.get_data(cache=True).removeprefix(codecs.BOM_UTF8)
+        body = core.parse_json(data)  # (its errors are webargs' 400 for JSON it cannot read)
+        if isinstance(body, dict):
+            json.loads(data, object_pairs_hook=_once_each)
+        return body
+
+
+def _once_each(pairs: list[tuple[str, object]]) -> dict:
+    refuse_repeated(name for name, _ in pairs)
+    return dict(pairs)
 
 
 class _Blueprint(Blueprint):
