@@ -275,6 +275,7 @@ def test_every_page_says_which_page_it_is_and_the_totals(client, clip):
     resp = client.get("/api/v1/videos?page_size=2&page=3")
     assert resp.get_json() == []
     components = client.get("/api/openapi.json").get_json()["components"]
+    assert components["headers"]["PAGINATION"]["required"] is True
     ref = components["headers"]["PAGINATION"]["content"]["application/json"]["schema"]["$ref"]
     schema = components["schemas"][ref.rsplit("/", 1)[1]]
     assert set(schema.get("required", [])) == {"total", "total_pages", "page"}, schema

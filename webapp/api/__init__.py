@@ -53,7 +53,8 @@ class Api(SmorestApi):
         # X-Pagination holds a JSON object. A bare `schema` would declare OpenAPI's default
         # "simple" header style (`total,3,page,1`), which is not what is sent; `content` is.
         self.spec.components.header("PAGINATION", {
-            "description": "Pagination metadata, as a JSON object",
+            "description": "Pagination metadata, as a JSON object, on every page",
+            "required": True,
             "content": {"application/json": {"schema": PagingSchema}},
         }, lazy=True)
 
