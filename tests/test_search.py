@@ -391,9 +391,12 @@ def test_operators_are_words(client, library, settings):
     ({"q": "…!?"}, "no letter or digit"),
 ])
 def test_bad_queries_are_422_with_a_clear_message(client, library, params, says):
+    """Each names the parameter in `errors` as every 422 does (README), the search's own
+    refusals (nothing but spaces, no letter or digit) too: they had the message alone."""
     resp = client.get("/api/v1/search", query_string=params)
     body = assert_json_error(resp, 422)
     assert says in json.dumps(body), body
+    assert list(body["errors"]) == ["query"] and list(body["errors"]["query"]) == ["q"], body
 
 
 def test_a_query_of_200_characters_is_searched(client, library):

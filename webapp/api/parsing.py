@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from marshmallow import ValidationError
 from webargs.flaskparser import FlaskParser
 
-from webapp.services.languages import InvalidOption
+from webapp.services.errors import InvalidArgument
 
 
 def refuse_repeated(names: Iterable[str], advice: str = "send it once") -> None:
@@ -22,12 +22,13 @@ def refuse_repeated(names: Iterable[str], advice: str = "send it once") -> None:
 
 @contextmanager
 def option_errors(location: str, name: str) -> Iterator[None]:
-    """An InvalidOption raised inside (a language the model does not know) names the
-    argument it refuses in `errors`, by location and field as webargs' 422s do (location
-    "video": the video's stored option, which the request did not give, was refused)."""
+    """An InvalidArgument raised inside (a language the model does not know, a search text
+    with nothing to search for) names the argument it refuses in `errors`, by location and
+    field as webargs' 422s do (location "video": the video's stored option, which the
+    request did not give, was refused)."""
     try:
         yield
-    except InvalidOption as error:
+    except InvalidArgument as error:
         error.extra.setdefault("errors", {location: {name: [error.message]}})
         raise
 

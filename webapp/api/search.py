@@ -6,7 +6,7 @@ from flask.views import MethodView
 
 from webapp import extensions as ext
 from webapp.api.paging import PagedBlueprint
-from webapp.api.parsing import Parser
+from webapp.api.parsing import Parser, option_errors
 from webapp.api.schemas import SearchHitSchema, SearchQuerySchema
 from webapp.api.videos import video_payload
 from webapp.services import progress, search
@@ -33,8 +33,9 @@ class Search(MethodView):
         searched too, and say so (`translation`). The total count is in the X-Pagination
         header, as for the list of videos.
         """
-        hits, total = search.search(ext.db(), args["q"], pagination_parameters.page,
-                                    pagination_parameters.page_size)
+        with option_errors("query", "q"):
+            hits, total = search.search(ext.db(), args["q"], pagination_parameters.page,
+                                        pagination_parameters.page_size)
         pagination_parameters.item_count = total
         progress.prefetch_progress(ext.db(), [h.video.id for h in hits])
         return [{"video": video_payload(h.video), "name_matches": h.in_name,

@@ -52,8 +52,15 @@ class InvalidMedia(ServiceError):
     status = 422
 
 
-class InvalidQuery(ServiceError):
+class InvalidArgument(ServiceError):
+    """An argument of the request the service refuses (422): the API names it in `errors`,
+    by location and field, as the 422s of its argument parser do (api.parsing)."""
+
     status = 422
+
+
+class InvalidQuery(InvalidArgument):
+    pass
 
 
 class QueueUnavailable(ServiceError):

@@ -5,16 +5,14 @@ from __future__ import annotations
 from webapp.config import Settings
 from webapp.models import Video
 from webapp.services import whisper_models
-from webapp.services.errors import ServiceError
+from webapp.services.errors import InvalidArgument
 from webapp.services.storage import TRANSLATED_CAPTIONS
 
 AUTO = whisper_models.AUTO
 
 
-class InvalidOption(ServiceError):
+class InvalidOption(InvalidArgument):
     """An option the service cannot honour (422), with a sentence saying what it can."""
-
-    status = 422
 
 
 def codes(settings: Settings) -> tuple[str, ...]:
