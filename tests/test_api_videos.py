@@ -81,6 +81,8 @@ def test_non_media_upload_is_422_and_leaves_nothing(client, settings, db_session
     path.write_bytes(content)
     body = assert_json_error(upload(client, path), 422)
     assert why in body["message"]
+    # The field refused, as in every 422 (README: validation errors add `errors`).
+    assert body["errors"] == {"files": {"file": [body["message"]]}}
     assert db_session.query(Video).count() == 0
     assert media_files(settings) == []
 

@@ -131,9 +131,10 @@ class Videos(MethodView):
         upload = files["file"]
         with option_errors("files", "language"):  # 422 before storing
             language = languages.parse(ext.settings(), files["language"])
-        video = ingest.ingest(ext.db(), ext.storage(), upload.stream, upload.filename,
-                              ext.settings().probe_timeout, requested_language=language,
-                              translate=files["translate"])
+        with option_errors("files", "file"):  # not media
+            video = ingest.ingest(ext.db(), ext.storage(), upload.stream, upload.filename,
+                                  ext.settings().probe_timeout, requested_language=language,
+                                  translate=files["translate"])
         return video_payload(video), 201, {"Location": url_for("videos.VideoById",
                                                               video_id=video.id)}
 

@@ -48,15 +48,15 @@ class Conflict(ServiceError):
     status = 409
 
 
-class InvalidMedia(ServiceError):
-    status = 422
-
-
 class InvalidArgument(ServiceError):
     """An argument of the request the service refuses (422): the API names it in `errors`,
     by location and field, as the 422s of its argument parser do (api.parsing)."""
 
     status = 422
+
+
+class InvalidMedia(InvalidArgument):
+    pass
 
 
 class InvalidQuery(InvalidArgument):
