@@ -530,6 +530,28 @@ def test_a_failed_if_match_on_an_artifact_is_a_json_412_even_with_a_range(
     assert "412" in responses
 
 
+def test_a_current_copy_is_304_even_with_a_range(client, settings, clip):
+    """RFC 9110 13.2.2: If-None-Match (without it, If-Modified-Since) is evaluated before
+    Range, so a client whose copy is current gets 304; werkzeug served the range first, a
+    206 of the file the client has. A copy that is not current still gets its range."""
+    vid = upload_ok(client, clip)["id"]
+    publish_files(settings, vid, "thumbnails", {"poster.jpg": b"p" * 5000,
+                                                "storyboard.jpg": b"y", "storyboard.vtt": b"W"})
+    url = f"/api/v1/videos/{vid}/artifacts/poster.jpg"
+    first = client.get(url)
+    etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+    for current in ({"If-None-Match": etag}, {"If-None-Match": f'W/{etag}, "x"'},
+                    {"If-None-Match": "*"}, {"If-Modified-Since": modified},
+                    {"If-None-Match": etag, "If-Range": etag}):
+        resp = client.get(url, headers={**current, "Range": "bytes=100-199"})
+        assert (resp.status_code, resp.data) == (304, b""), current
+        assert resp.headers["ETag"] == etag, current
+    for stale in ({"If-None-Match": '"x"'}, {"If-Modified-Since": "Sun, 06 Nov 1994 08:49:37 GMT"},
+                  {"If-None-Match": '"x"', "If-Modified-Since": modified}):
+        resp = client.get(url, headers={**stale, "Range": "bytes=100-199"})
+        assert (resp.status_code, len(resp.data)) == (206, 100), stale
+
+
 def test_an_if_match_that_holds_on_an_artifact_serves_it(client, settings, clip):
     """RFC 9110 13.1.1: `If-Match: *` holds for any file there is, and a list holds when it
     names the file's tag (compared strongly: its weak form does not); werkzeug answered

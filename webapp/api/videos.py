@@ -327,18 +327,26 @@ def _check_preconditions(path, mimetype: str, name: str) -> None:
     whole file as its body, and it does not look at If-Unmodified-Since at all.
     An If-Match that holds is done with and dropped: werkzeug refuses `*` (which any file
     there is matches), and with If-Match holding it sends the whole file where If-None-Match
-    asks for a 304."""
+    asks for a 304. A Range is dropped where the copy the client has is current."""
     environ = request.environ
     if "HTTP_IF_MATCH" not in environ:
         _check_unmodified_since(path, name)
-        return
-    if not request.if_match.star_tag:
-        _check_if_match(path, mimetype, name)
-    environ.pop("HTTP_IF_MATCH")
+    else:
+        if not request.if_match.star_tag and _status_without_range(path, mimetype, name) == 412:
+            abort(412, message=f"{name} has changed since the copy named in If-Match; "
+                               "download it again")
+        environ.pop("HTTP_IF_MATCH")
+    # If-None-Match, or without it If-Modified-Since, comes before Range too (13.2.2, steps
+    # 3-5): a client whose copy is current gets its 304, not a 206 of that copy.
+    revalidates = "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ
+    if ("HTTP_RANGE" in environ and revalidates
+            and _status_without_range(path, mimetype, name) == 304):
+        environ.pop("HTTP_RANGE")
 
 
-def _check_if_match(path, mimetype: str, name: str) -> None:
-    """412 unless If-Match names the file's ETag (strong comparison, as werkzeug makes it)."""
+def _status_without_range(path, mimetype: str, name: str) -> int:
+    """The status werkzeug answers this request with, its Range left out: 412 for an If-Match
+    that does not name the file's ETag (strong comparison), 304 for a copy that is current."""
     environ = request.environ
     sent_range = environ.pop("HTTP_RANGE", None)
     try:
@@ -347,9 +355,7 @@ def _check_if_match(path, mimetype: str, name: str) -> None:
     finally:
         if sent_range is not None:
             environ["HTTP_RANGE"] = sent_range
-    if checked.status_code == 412:
-        abort(412, message=f"{name} has changed since the copy named in If-Match; "
-                           "download it again")
+    return checked.status_code
 
 
 def _check_unmodified_since(path, name: str) -> None:
