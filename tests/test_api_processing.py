@@ -122,6 +122,17 @@ def test_a_query_parameter_given_twice_is_422_naming_it(client, db_session, vide
     assert client.get("/api/v1/videos?status=failed&sort=name").status_code == 200
 
 
+def test_a_triggers_503_documents_its_retry_after(client):
+    """The queue (or the database) not answering is a 503 with Retry-After (seconds); the
+    OpenAPI said only "Service Unavailable", so a generated client did not know to wait."""
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    for mode in ("run_sync", "reprocess"):
+        answer = paths[f"/api/v1/videos/{{video_id}}/{mode}"]["post"]["responses"]["503"]
+        header = answer["headers"]["Retry-After"]
+        assert header["required"] is True and header["schema"]["type"] == "integer", mode
+        assert "nothing was started" in answer["description"], mode
+
+
 def test_a_json_field_given_twice_is_422_naming_it(client, db_session, video_id):
     """As a query parameter given twice: Python's json keeps the last of two values
     without a word, so `{"force": true, "force": false}` started a run that was not forced

@@ -134,8 +134,9 @@ def test_with_redis_down_the_service_degrades_honestly_and_recovers(
              what="the worker listening")
     redis_server.stop()
 
-    body = assert_json_error(client.post(f"/api/v1/videos/{vid}/run_sync"), 503)
-    assert "Redis" in body["message"]
+    resp = client.post(f"/api/v1/videos/{vid}/run_sync")
+    body = assert_json_error(resp, 503)
+    assert "Redis" in body["message"] and resp.headers["Retry-After"] == "5"
     assert db_session.query(ProcessingTask).count() == 0
     assert progress_of(client, vid)["status"] == "pending"
     assert client.get("/api/v1/videos").status_code == 200

@@ -22,6 +22,7 @@ from webapp.api.guards import (
 from webapp.api.parsing import Parser, option_errors, refuse_repeated
 from webapp.api.schemas import (
     AsyncTaskSchema,
+    ErrorSchema,
     ForceBodySchema,
     ForceQuerySchema,
     TaskProgressSchema,
@@ -125,10 +126,16 @@ _IF_MATCH_412 = ("If-Match named entity tags: a video states none, so none can m
                  "nothing was done (If-Match: * is accepted)")
 
 
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again",
+                                "required": True, "schema": {"type": "integer"}}}
+
+
 def _trigger_docs(view):
-    for code in ("NOT_FOUND", "CONFLICT", "SERVICE_UNAVAILABLE"):
-        view = blp.alt_response({"NOT_FOUND": 404, "CONFLICT": 409,
-                                 "SERVICE_UNAVAILABLE": 503}[code], response=code)(view)
+    for code in ("NOT_FOUND", "CONFLICT"):
+        view = blp.alt_response({"NOT_FOUND": 404, "CONFLICT": 409}[code], response=code)(view)
+    view = blp.alt_response(503, schema=ErrorSchema, headers=_RETRY_AFTER, description=(
+        "The job queue (Redis) or the database does not answer: nothing was started; try "
+        "again after Retry-After seconds"))(view)
     # 422 (a bad option, or a language the model does not know) comes with @blp.arguments.
     view = error_response(blp, 400, "The body is not valid JSON, not UTF-8 text, or nested "
                                     "too deeply")(view)
