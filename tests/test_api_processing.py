@@ -122,6 +122,18 @@ def test_a_query_parameter_given_twice_is_422_naming_it(client, db_session, vide
     assert client.get("/api/v1/videos?status=failed&sort=name").status_code == 200
 
 
+def test_an_id_that_is_no_uuid_is_the_same_404_on_every_route(client):
+    """The progress said "video <the id> not found", echoing an id of any length (a few
+    KB), where every other route says what ids are."""
+    long_id = "a" * 300
+    for method, path in (("get", ""), ("delete", ""), ("get", "/artifacts"),
+                         ("get", "/transcript.txt"), ("get", "/reprocess"),
+                         ("post", "/run_sync"), ("post", "/cancel")):
+        resp = getattr(client, method)(f"/api/v1/videos/{long_id}{path}")
+        body = assert_json_error(resp, 404)
+        assert body["message"] == "no video has this id (ids are UUIDs)", (method, path)
+
+
 def test_a_triggers_503_documents_its_retry_after(client):
     """The queue (or the database) not answering is a 503 with Retry-After (seconds); the
     OpenAPI said only "Service Unavailable", so a generated client did not know to wait."""

@@ -44,6 +44,10 @@ class NotFound(ServiceError):
     status = 404
 
 
+# The 404 for an id that is not one this service hands out (not echoed: it may be long).
+NO_SUCH_ID = "no video has this id (ids are UUIDs)"
+
+
 class Conflict(ServiceError):
     status = 409
 

@@ -10,7 +10,7 @@ from sqlalchemy import and_, bindparam, case, event, func, or_, select
 from sqlalchemy.orm import Session
 
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, SubTask, Video
-from webapp.services.errors import NotFound
+from webapp.services.errors import NO_SUCH_ID, NotFound
 from webapp.services.progress.views import ProgressView, _view, initial_view
 from webapp.services.storage import is_valid_id
 
@@ -97,8 +97,9 @@ def tagged_progress(
 ) -> tuple[ProgressView, str]:
     """The video's progress and its `progress_tag`, both from one query (one snapshot), as
     plain rows: what a poll answers when something changed. NotFound for unknown ids."""
-    rows = (session.connection().execute(_PROGRESS_QUERY, {"video_id": video_id}).all()
-            if is_valid_id(video_id) else [])
+    if not is_valid_id(video_id):
+        raise NotFound(NO_SUCH_ID)
+    rows = session.connection().execute(_PROGRESS_QUERY, {"video_id": video_id}).all()
     if not rows:
         raise NotFound(f"video {video_id} not found")
     found = _tasks_of(rows).get(video_id)
