@@ -408,15 +408,20 @@ def test_a_word_whisper_gave_no_time_is_still_shown(tmp_path: Path) -> None:
            (9.5, 10.6, " Bye.", [(10.1, 10.6, " Bye.")])]  # the audio ends at 10.0
     segments = transcription._segments(raw, 10.0)
     cues = captions.cues(Transcript("en", 10.0, segments))
-    assert [c.text for c in cues] == ["Are you coming?", "Yes.", "Then hurry up.", "Bye."]
+    said = ["Are you coming?", "Yes.", "Then hurry up.", "Bye."]
+    assert [c.text for c in cues] == said
     assert all(c.end - c.start >= 0.3 for c in cues), cues
     assert all(a.end <= b.start for a, b in zip(cues, cues[1:], strict=False)), cues
     assert cues[0].start >= 0.0 and cues[-1].end <= 10.0, cues
     transcription.write_vtt(Transcript("en", 10.0, cues), tmp_path / "c.vtt")
     transcription.write_srt(Transcript("en", 10.0, cues), tmp_path / "c.srt")
-    for cue in webvtt.read(str(tmp_path / "c.vtt")).captions:
+    # Every cue is in both files (a file that lost them would have none to check below).
+    vtt = webvtt.read(str(tmp_path / "c.vtt")).captions
+    srt_cues = list(srt.parse((tmp_path / "c.srt").read_text(encoding="utf-8")))
+    assert [c.text for c in vtt] == [c.content for c in srt_cues] == said
+    for cue in vtt:
         assert cue.end_time.in_milliseconds() > cue.start_time.in_milliseconds(), cue
-    for cue in srt.parse((tmp_path / "c.srt").read_text(encoding="utf-8")):
+    for cue in srt_cues:
         assert cue.end > cue.start, cue
 
 
