@@ -245,13 +245,15 @@ def test_an_http_error_of_5xx_to_an_htmx_poll_changes_nothing_either(client, cli
 
 def test_force_and_run_answer_with_a_fresh_panel(client, clip):
     vid = uploaded(client, clip)
+    # The upload queued a run: cancelled, so that a panel from before the press differs.
+    assert client.post(f"/videos/{vid}/cancel", headers=HX).status_code == 200
     before = soup(client.get(f"/videos/{vid}")).select_one("#progress-panel")
+    assert before["data-status"] == "cancelled"
     resp = client.post(f"/videos/{vid}/force", headers=HX)
     assert resp.status_code == 200
     assert soup(resp).select_one("#progress-panel")["data-status"] == "queued"
     plain = client.post(f"/videos/{vid}/cancel")
     assert plain.status_code == 303 and plain.headers["Location"] == f"/videos/{vid}"
-    assert before is not None
 
 
 def test_delete_goes_back_to_the_library(client, clip):
