@@ -448,7 +448,7 @@ def test_an_open_dashboard_says_an_outage_once_a_minute_and_its_end(
     how many were left out (as RQ's reconnect errors in the worker), and its end."""
     from webapp import dashboard
 
-    monkeypatch.setattr(dashboard, "OUTAGE_REMINDER_SECONDS", 1.5, raising=False)
+    monkeypatch.setattr(dashboard, "OUTAGE_REMINDER_SECONDS", 1.5)
     client = create_app(replace(settings, redis_url=redis_server.url)).test_client()
     data = "/rq/0/data/queues.json"
 

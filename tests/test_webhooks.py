@@ -271,7 +271,7 @@ def test_a_receiver_that_trickles_its_answer_holds_the_sender_no_longer_than_its
     tried again later, saying why."""
     import socket
 
-    monkeypatch.setattr(sender_module, "DEADLINE", 2.0, raising=False)
+    monkeypatch.setattr(sender_module, "DEADLINE", 2.0)
     client = create_app(hooked).test_client()
     vid = upload_ok(client, clip)["id"]
     client.post(f"/api/v1/videos/{vid}/reprocess")
