@@ -223,6 +223,14 @@ def small_disk(path: Path, size: int, inodes: int | None = None) -> Iterator[Pat
         subprocess.run(["umount", "--lazy", str(path)], check=True)
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the kernel's pick): for a server to start on, or to
+    stand for one that is down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextmanager
 def silent_server() -> Iterator[int]:
     """A port that accepts connections and never answers (a host that hangs); its number."""

@@ -11,11 +11,12 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.helpers import free_port
 
 
 def _pg_bin() -> Path:
@@ -31,12 +32,6 @@ PG_BIN = _pg_bin()
 RUN_AS = "postgres"  # the system user initdb/postgres run as when the tests run as root
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PgCluster:
     """One initdb'd cluster on <host>:<port> (127.0.0.1 and a free port by default), trust
     auth, in a temporary folder; `wrap` prefixes its commands (e.g. `ip netns exec NS`, to
@@ -48,7 +43,7 @@ class PgCluster:
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
         self.host = host
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.wrap = wrap
         self.allow = allow  # a network (e.g. 10.1.2.0/24) whose clients are trusted too
         self.url = f"postgresql+psycopg://postgres@{host}:{self.port}/postgres"

@@ -33,8 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tests import mediagen
 from tests.cleanup import kill_sessions, purge_queue, wait_sessions_gone
 from tests.conftest import start_worker, stop_worker
-from tests.helpers import http_request, http_upload, wait_for
-from tests.test_redis_outage import free_port
+from tests.helpers import free_port, http_request, http_upload, wait_for
 from webapp.config import PROJECT_ROOT, STEPS, Settings
 from webapp.db import dispose, session_factory
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, Publication, SubTask

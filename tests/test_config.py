@@ -22,7 +22,7 @@ from alembic.config import Config
 from sqlalchemy import text
 
 from tests.cleanup import purge_queue
-from tests.helpers import silent_server
+from tests.helpers import free_port, silent_server
 from webapp.config import MAKE_A_SECRET, PROJECT_ROOT, ConfigError, Settings
 from webapp.db import CONNECT_TIMEOUT, dispose, get_engine
 
@@ -271,7 +271,7 @@ def test_a_redis_url_that_cannot_work_stops_start_up_with_a_sentence():
 
 
 def test_migrate_says_which_database_does_not_answer():
-    url = f"postgresql+psycopg://vidpipe:pw@127.0.0.1:{_free_port()}/vidpipe"
+    url = f"postgresql+psycopg://vidpipe:pw@127.0.0.1:{free_port()}/vidpipe"
     done = subprocess.run([str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
                           check=False, env={**os.environ, "DATABASE_URL": url})
@@ -281,12 +281,6 @@ def test_migrate_says_which_database_does_not_answer():
             f"{url.replace(':pw@', ':***@')}: connection failed" in said), said
     assert said.count("could not open the database") == 1, said  # not logged, then printed
     assert "Traceback" not in said
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- what the web process and the worker check before they start (webapp/startup.py) ------
@@ -409,7 +403,7 @@ def test_a_media_root_on_a_full_disk_is_said_to_be_full(tmp_path):
 
 def test_a_postgresql_server_not_answering_yet_is_a_warning_not_a_refusal(tmp_path):
     """It may be starting too (a reboot): the worker starts, and waits for it in its steps."""
-    url = f"postgresql+psycopg://vidpipe:pw@127.0.0.1:{_free_port()}/vidpipe"
+    url = f"postgresql+psycopg://vidpipe:pw@127.0.0.1:{free_port()}/vidpipe"
     done = subprocess.run(WORKER, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
                           check=False, env={**os.environ, "DATABASE_URL": url,
                                             "MEDIA_ROOT": str(tmp_path / "media")})
@@ -443,7 +437,7 @@ def test_a_postgresql_server_that_refuses_database_url_stops_start_up(tmp_path, 
 def test_the_web_process_says_at_start_that_redis_does_not_answer_and_starts(tmp_path):
     """The worker stops on it; the web process started without a word, and the first sign
     was a 503 to a trigger."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "web.log"
     with log.open("w") as out:
         proc = subprocess.Popen(WEB, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -548,7 +542,7 @@ def test_a_port_or_host_gunicorn_cannot_listen_on_is_a_sentence(tmp_path, env, s
                           timeout=60, check=False,
                           env={**os.environ, "DATABASE_URL": _migrated(tmp_path),
                                "MEDIA_ROOT": str(tmp_path / "media"),
-                               "PORT": str(_free_port()), **env})
+                               "PORT": str(free_port()), **env})
     assert done.returncode != 0
     assert f"vidpipe: {says}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "Listening at" not in done.stderr

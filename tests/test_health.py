@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import silent_server, small_disk
+from tests.helpers import free_port, silent_server, small_disk
 from tests.test_redis_outage import redis_with_a_password
 from webapp import create_app
 from webapp.config import Settings
@@ -22,12 +21,6 @@ from webapp.db import dispose
 from webapp.health import CHECK_GIVES_UP, CHECK_TIMEOUT
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _health(settings: Settings) -> tuple[int, dict, float]:
@@ -86,7 +79,7 @@ def test_a_check_of_a_hung_database_or_redis_ends_soon_after_its_answer(settings
 
 
 def test_what_refuses_is_said_as_what_to_do_without_its_password(settings, tmp_path):
-    port = _closed_port()
+    port = free_port()
     refused = Settings.from_env(
         database_url=f"postgresql+psycopg://vidpipe:db-secret@127.0.0.1:{port}/vidpipe",
         redis_url=f"redis://:redis-secret@127.0.0.1:{port}/0")

@@ -26,7 +26,14 @@ from sqlalchemy import update
 from jobs import reconciler
 from tests import mediagen
 from tests.conftest import TEST_REDIS_URL, start_worker, stop_worker
-from tests.helpers import assert_json_error, progress_of, subtasks, upload_ok, wait_for
+from tests.helpers import (
+    assert_json_error,
+    free_port,
+    progress_of,
+    subtasks,
+    upload_ok,
+    wait_for,
+)
 from tests.procs import children
 from webapp import create_app
 from webapp.config import PROJECT_ROOT
@@ -35,12 +42,6 @@ from webapp.models import ProcessingTask
 from webapp.services.queue import connect
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_port() -> int:

@@ -23,9 +23,15 @@ from jobs.cache import Cache
 from jobs.remote import RemoteAttempt, Server, TransferError
 from tests import mediagen
 from tests.conftest import PROJECT_ROOT, start_worker, stop_worker
-from tests.helpers import progress_of, small_disk, subtasks, upload_ok, wait_for
+from tests.helpers import (
+    free_port,
+    progress_of,
+    small_disk,
+    subtasks,
+    upload_ok,
+    wait_for,
+)
 from tests.test_concurrency import web_server
-from tests.test_redis_outage import free_port
 from webapp.db import session_factory
 from webapp.models import Publication, Video
 from webapp.services import progress
@@ -686,9 +692,7 @@ def test_an_unreachable_web_app_is_one_sentence_without_its_address(settings, tm
         return Server(remote_settings(settings, tmp_path, f"http://127.0.0.1:{port}"),
                       delays=(0.1,))
 
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
+    closed = free_port()  # a port nothing listens on
     video = Video(id=str(uuid.uuid4()), stored_name="source.mp4")
     with pytest.raises(TransferError) as refused:
         server(closed).source(video)

@@ -22,7 +22,7 @@ from bs4 import BeautifulSoup
 
 from tests import mediagen
 from tests.conftest import migrate
-from tests.helpers import progress_of, publish_files, upload_ok
+from tests.helpers import free_port, progress_of, publish_files, upload_ok
 from webapp import create_app
 from webapp.config import PROJECT_ROOT, Settings
 from webapp.db import dispose
@@ -547,12 +547,6 @@ def test_create_app_checks_a_configured_host(settings):
     for ok in ({"api_token": TOKEN, "admin_password": PASSWORD}, {"allow_insecure": True}, {}):
         host = "127.0.0.1" if not ok else "0.0.0.0"
         create_app(replace(settings, host=host, secret_key="k" * 32, allowed_hosts=named, **ok))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gunicorn_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -17,8 +17,7 @@ import pytest
 
 from tests import mediagen
 from tests.conftest import start_worker, stop_worker
-from tests.helpers import http_request, http_upload, wait_for
-from tests.test_redis_outage import free_port
+from tests.helpers import free_port, http_request, http_upload, wait_for
 
 pytestmark = pytest.mark.e2e
 UPLOADS = int(os.environ.get("SOAK_UPLOADS", "50"))

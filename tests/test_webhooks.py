@@ -18,8 +18,7 @@ from jobs import webhooks as sender_module
 from jobs.webhooks import Sender
 from tests import mediagen
 from tests.conftest import start_worker, stop_worker
-from tests.helpers import progress_of, upload_ok, wait_for
-from tests.test_redis_outage import free_port
+from tests.helpers import free_port, progress_of, upload_ok, wait_for
 from webapp import create_app
 from webapp.config import ConfigError, Settings
 from webapp.db import session_factory

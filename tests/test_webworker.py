@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import migrate
-from tests.helpers import wait_for
-from tests.test_redis_outage import free_port
+from tests.helpers import free_port, wait_for
 from webapp.config import PROJECT_ROOT
 from webapp.db import dispose
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from rq.job import Job
 
 from tests import mediagen, procs
 from tests.conftest import PROJECT_ROOT, start_worker, stop_worker
-from tests.helpers import progress_of, subtasks, upload_ok, wait_for
+from tests.helpers import free_port, progress_of, subtasks, upload_ok, wait_for
 from webapp.services import queue
 
 pytestmark = pytest.mark.e2e
@@ -161,9 +160,7 @@ def test_ctrl_c_of_make_run_ends_every_process_with_status_0(settings, tmp_path)
     for a crash: the status was the shell's that ran the Procfile's line (killed by the
     SIGTERM honcho sends to its group), not gunicorn's or the worker's, which both end
     cleanly (0). The Procfile's lines exec their program."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PORT": str(port), "PATH": f"{Path(sys.executable).parent}:"
            f"{os.environ['PATH']}", "SECRET_KEY": "k" * 32, "WEB_WORKERS": "1"}
     log = tmp_path / "honcho.log"
