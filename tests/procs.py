@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,24 @@ def children(pid: int) -> list[int]:
             if fields is not None and int(fields[1]) == pid:
                 kids.append(int(entry.name))
     return kids
+
+
+def horses(worker: subprocess.Popen) -> list[int]:
+    """An RQ worker's work-horses: its children that lead their own process group."""
+    found = []
+    for pid in children(worker.pid):
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) == pid:
+                found.append(pid)
+    return found
+
+
+def horse_of(worker: subprocess.Popen) -> int:
+    """The worker's work-horse, waited for (at most 10 s) while it is being forked."""
+    from tests.helpers import wait_for
+
+    return wait_for(lambda: next(iter(horses(worker)), None), timeout=10,
+                    what="the work-horse")
 
 
 def in_session(sid: int) -> list[int]:

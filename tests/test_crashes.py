@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from rq.job import Job
@@ -16,24 +15,12 @@ from jobs import hooks
 from tests import mediagen
 from tests.conftest import start_worker, stop_worker
 from tests.helpers import progress_of, subtasks, upload_ok, wait_for
+from tests.procs import horse_of, horses
 from webapp import create_app
 from webapp.services import progress, queue
 
 pytestmark = pytest.mark.e2e
 FAST_RECOVERY = {"HEARTBEAT_INTERVAL": "1", "HEARTBEAT_GRACE": "10", "RECONCILE_INTERVAL": "1"}
-
-
-def children(pid: int) -> list[int]:
-    """Direct child processes of pid, from /proc."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
 
 
 @pytest.fixture
@@ -62,22 +49,6 @@ def transcode_running(client, vid):
         sub = subtasks(progress_of(client, vid))["transcode"]
         return sub["status"] == "running" and sub["progress"] > 0 and sub
     return check
-
-
-def horses(worker: subprocess.Popen) -> list[int]:
-    """The worker's work-horses: children that lead their own process group."""
-    found = []
-    for pid in children(worker.pid):
-        try:
-            if os.getpgid(pid) == pid:
-                found.append(pid)
-        except ProcessLookupError:
-            pass
-    return found
-
-
-def horse_of(worker: subprocess.Popen) -> int:
-    return wait_for(lambda: next(iter(horses(worker)), None), timeout=10)
 
 
 def kill_horse(worker: subprocess.Popen) -> None:

@@ -34,7 +34,7 @@ from tests.helpers import (
     upload_ok,
     wait_for,
 )
-from tests.procs import children
+from tests.procs import horse_of
 from webapp import create_app
 from webapp.config import PROJECT_ROOT
 from webapp.db import session_factory
@@ -295,19 +295,6 @@ def test_redis_restarted_during_extract_audio_the_transcription_still_runs(
     assert steps["transcribe"]["status"] in ("running", "completed"), (
         state["error"], steps["transcribe"])
     client.post(f"/api/v1/videos/{vid}/cancel")
-
-
-def horse_of(worker: subprocess.Popen) -> int:
-    """The worker's work-horse: the child that leads its own process group."""
-    def find():
-        for pid in children(worker.pid):
-            try:
-                if os.getpgid(pid) == pid:
-                    return pid
-            except ProcessLookupError:
-                pass
-        return None
-    return wait_for(find, timeout=10, what="the work-horse")
 
 
 @pytest.mark.parametrize("retries", [0, 1])

@@ -640,7 +640,8 @@ def test_a_killed_attempt_leaves_nothing_on_the_worker_host(client, settings, we
     disk space eviction from the cache then never frees) and partial outputs. The worker
     removes it once the attempt is known dead, and the next one starting on the host
     removes what a whole worker killed left behind."""
-    from tests.test_crashes import horse_of, horses, transcode_running
+    from tests.procs import horse_of, horses
+    from tests.test_crashes import transcode_running
 
     video = mediagen.make_video(tmp_path / "long.mp4", duration=8.0, size="1280x720")
     vid = upload_ok(client, video)["id"]
