@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,7 @@ from tests import mediagen
 from tests.helpers import multipart
 from tests.test_concurrency import web_server
 from tests.test_polling import flask_requests
-from tests.test_security import PASSWORD, TEST_SECRET_KEY, TOKEN, basic, bearer
-from webapp import create_app
+from tests.test_security import PASSWORD, TOKEN, basic, bearer, make_app
 from webapp.config import Settings
 from webapp.hosts import normalize_host
 from webapp.origins import configured_origins
@@ -46,12 +44,6 @@ HX = {"HX-Request": "true"}
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     return mediagen.make_video(tmp_path_factory.mktemp("m") / "clip.mp4", duration=1.0)
-
-
-def make_app(settings: Settings, **changes):
-    app = create_app(replace(settings, secret_key=TEST_SECRET_KEY, **changes))
-    app.config["TESTING"] = True
-    return app
 
 
 def files_of(settings: Settings) -> list[str]:
