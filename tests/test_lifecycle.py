@@ -272,21 +272,21 @@ def test_queue_lost_during_a_forced_switch_the_reconciler_enqueues_the_new_task(
 
     server = RedisServer(tmp_path)
     server.start()
-    monkeypatch.setenv("REDIS_URL", server.url)
-    monkeypatch.setenv("RECONCILE_INTERVAL", "1")
-    app = create_app(replace(settings, redis_url=server.url))
-    client = app.test_client()
-    vid = upload_ok(client, clip)["id"]
-    old = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
-    real_stop_jobs = queue.stop_jobs
-
-    def redis_dies_now(connection, task_id):  # the outage hits right after the switch
-        server.stop()
-        real_stop_jobs(connection, task_id)
-
-    monkeypatch.setattr(processing.queue, "stop_jobs", redis_dies_now)
     worker = None
     try:
+        monkeypatch.setenv("REDIS_URL", server.url)
+        monkeypatch.setenv("RECONCILE_INTERVAL", "1")
+        app = create_app(replace(settings, redis_url=server.url))
+        client = app.test_client()
+        vid = upload_ok(client, clip)["id"]
+        old = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+        real_stop_jobs = queue.stop_jobs
+
+        def redis_dies_now(connection, task_id):  # the outage hits right after the switch
+            server.stop()
+            real_stop_jobs(connection, task_id)
+
+        monkeypatch.setattr(processing.queue, "stop_jobs", redis_dies_now)
         resp = client.post(f"/api/v1/videos/{vid}/reprocess?force=true")
         assert resp.status_code == 202, resp.get_json()
         new = resp.get_json()["task_id"]
