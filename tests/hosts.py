@@ -36,6 +36,7 @@ import requests
 
 from tests import cleanup
 from tests.pgcluster import PgCluster
+from tests.procs import REDIS_SERVER
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SERVER_NAME = "web-host"
@@ -211,7 +212,7 @@ class Site:
                             wrap=("ip", "netns", "exec", srv.namespace), allow=str(self.subnet))
         self.pg.init()
         self.pg.start()
-        self.redis = self.spawn(srv, ["redis-server", "--bind", srv.address, "--port", "6379",
+        self.redis = self.spawn(srv, [*REDIS_SERVER, "--bind", srv.address, "--port", "6379",
                                       "--requirepass", REDIS_PASSWORD, "--save", "",
                                       "--appendonly", "no", "--dir", str(self.base)],
                                 "redis.log", self._env())

@@ -34,7 +34,7 @@ from tests.helpers import (
     upload_ok,
     wait_for,
 )
-from tests.procs import horse_of
+from tests.procs import REDIS_SERVER, horse_of
 from webapp import create_app
 from webapp.config import PROJECT_ROOT
 from webapp.db import session_factory
@@ -72,7 +72,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [*REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.answers, timeout=10, interval=0.05)
@@ -379,7 +379,7 @@ def test_a_worker_that_finds_no_redis_at_start_says_so_in_a_sentence(settings):
 def redis_with_a_password(tmp_path: Path):
     """A private redis-server on a free port whose password is "the-right-one"; its port."""
     port = redis_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+    server = subprocess.Popen([*REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1",
                                "--requirepass", "the-right-one", "--save", "",
                                "--appendonly", "no", "--dir", str(tmp_path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
