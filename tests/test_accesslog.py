@@ -207,6 +207,28 @@ def test_the_data_polls_of_an_open_dashboard_are_counted(monkeypatch):
     assert re.search(r"polls: 4 in \d+ s \(200: 4\), slowest 5 ms$", lines.lines[-1])
 
 
+def test_the_queue_watch_of_every_open_page_is_counted(monkeypatch):
+    """Every page asks GET /queue-banner every 10 s whether the job queue answers (every 5 s
+    while it does not): with pages open all day, a line each was most of the log. Its
+    "nothing new" is a 204."""
+    monkeypatch.setenv("POLL_LOG_SECONDS", "60")
+    logger, lines = _logger()
+    req = SimpleNamespace(headers=[])
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/queue-banner",
+               "RAW_URI": "/queue-banner?shown=0", "QUERY_STRING": "shown=0",
+               "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1"}
+    for status in ("204 NO CONTENT", "204 NO CONTENT", "200 OK"):
+        logger.access(SimpleNamespace(status=status, sent=0, headers=[]), req, environ,
+                      timedelta(milliseconds=2))
+    assert lines.lines == []
+    logger.access(SimpleNamespace(status="204 NO CONTENT", sent=0, headers=[]), req,
+                  {**environ, "PATH_INFO": "/videos/abc/delete", "REQUEST_METHOD": "POST"},
+                  timedelta(milliseconds=2))  # an action's 204 (HX-Redirect) keeps its line
+    assert len(lines.lines) == 1
+    logger.flush_polls()
+    assert re.search(r"polls: 3 in \d+ s \(200: 1, 204: 2\), slowest 2 ms$", lines.lines[-1])
+
+
 def test_a_file_sent_whole_is_logged_with_its_size(settings, tmp_path):
     """gunicorn sends a file with sendfile() and does not count those bytes: every artifact,
     preview and static file was logged as 0 bytes."""

@@ -9,10 +9,12 @@ share of a poll's time (docs/PERFORMANCE.md, section 2). So a poll that went wel
 - a video's progress in the API (`/api/v1/videos/<id>/reprocess`),
 - its library row or page panel in the UI (`/videos/<id>/row`, `/videos/<id>/panel`),
 - `/healthz`,
+- the question every open page asks every 10 s, whether the job queue answers
+  (`/queue-banner`; its "nothing new" is a 204),
 - the data an open rq-dashboard page (`/rq`) asks for every 2.5 s (`/rq/<n>/data/….json`):
   three lines every 2.5 s while it was open,
 
-answered 200 or 304 in less than SLOW_REQUEST_MS. Each web worker writes one line of its
+answered 200, 204 or 304 in less than SLOW_REQUEST_MS. Each web worker writes one line of its
 counts every POLL_LOG_SECONDS in which it answered any, and its last counts when it exits:
 
     [03/Dec/2026:07:34:30 +0000] [24839] polls: 1790 in 60 s (200: 1200, 304: 590), slowest 14 ms
@@ -37,8 +39,8 @@ from gunicorn import glogging
 from webapp.config import number_env
 
 POLL_PATH = re.compile(r"/api/v1/videos/[^/]+/reprocess|/videos/[^/]+/(?:row|panel)|/healthz"
-                       r"|/rq/\d+/data/.+\.json")
-QUIET_STATUSES = ("200", "304")
+                       r"|/queue-banner|/rq/\d+/data/.+\.json")
+QUIET_STATUSES = ("200", "204", "304")
 DEFAULT_POLL_LOG_SECONDS = 60.0
 DEFAULT_SLOW_REQUEST_MS = 1000.0
 # gunicorn's default (the "combined" format) plus the request's duration.
