@@ -64,11 +64,13 @@ def assert_json_error(resp, status: int) -> dict:
 def publish_files(settings, video_id: str, step: str, files: dict[str, bytes],
                   segments: list[tuple[float, float, str]] | None = None,
                   video_values: dict | None = None,
-                  translation: list[tuple[float, float, str]] = ()) -> str:
+                  translation: list[tuple[float, float, str]] = (),
+                  task_id: str | None = None) -> str:
     """Publish `files` as the outputs of `step` of the video, the way a worker does: a task
     whose attempt writes them into its own folder and completes (with a transcript's
     `segments` and its English `translation`'s, which that completion indexes for search,
-    and the facts it writes on the video, `video_values`). Returns the task id."""
+    and the facts it writes on the video, `video_values`). The task is a new one, or the
+    active `task_id` (the step pending in it). Returns the task id."""
     from webapp.config import STEPS
     from webapp.db import session_factory
     from webapp.models import Video
@@ -77,21 +79,24 @@ def publish_files(settings, video_id: str, step: str, files: dict[str, bytes],
 
     storage = Storage(settings.media_root)
     with session_factory(settings.database_url)() as session:
-        video = session.get(Video, video_id)
-        others = {s: "not part of this test" for s in STEPS if s != step}
-        task = progress.new_task(video, "reprocess", settings.weights, others)
-        progress.insert_task(session, task)
-        session.commit()
-        attempt = progress.start_subtask(session, task.id, step)
-        folder = storage.attempt_folder(task.id, step, attempt)
+        if task_id is None:
+            video = session.get(Video, video_id)
+            others = {s: "not part of this test" for s in STEPS if s != step}
+            task = progress.new_task(video, "reprocess", settings.weights, others)
+            progress.insert_task(session, task)
+            session.commit()
+            task_id = task.id
+        attempt = progress.start_subtask(session, task_id, step)
+        assert attempt, f"{step} of task {task_id} cannot start"
+        folder = storage.attempt_folder(task_id, step, attempt)
         path = storage.folder_path(video_id, folder)
         path.mkdir(parents=True)
         for name, data in files.items():
             (path / name).write_bytes(data)
-        assert progress.complete_subtask(session, task.id, step, attempt, video_id=video_id,
+        assert progress.complete_subtask(session, task_id, step, attempt, video_id=video_id,
                                          folder=folder, segments=segments,
                                          video_values=video_values, translation=translation)
-        return task.id
+        return task_id
 
 
 def transcript_files(segments: list[tuple[float, float, str]],

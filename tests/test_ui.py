@@ -9,7 +9,7 @@ from bs4 import BeautifulSoup
 
 from tests import mediagen
 from tests.conftest import run_worker
-from tests.helpers import publish_transcript, upload_ok
+from tests.helpers import publish_files, publish_transcript, upload_ok
 from webapp import create_app
 from webapp.config import Settings
 from webapp.models import ProcessingTask
@@ -953,10 +953,15 @@ def test_a_cancelled_or_failed_run_says_the_earlier_results_are_kept(client, cli
 
     assert row(vid) == ("completed", None)
     assert row(never) == ("cancelled", None)
+    assert earlier_note(client, vid) is None  # its own results
+    completed_run = client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
     assert client.post(f"/videos/{vid}/reprocess", headers=HX).status_code == 200
     assert client.post(f"/videos/{vid}/cancel", headers=HX).status_code == 200
     assert row(vid) == ("cancelled", "results kept from an earlier run")
     assert soup(client.get(f"/videos/{vid}")).select_one("#results #player")
+    first = started(settings, completed_run)
+    assert earlier_note(client, vid) == (
+        f"The latest run was cancelled: these results are from an earlier run, started {first}.")
     # A run that fails keeps them too: its source spoilt, the transcode cannot read it.
     source = next((settings.media_root / "videos" / vid).glob("source*"), None)
     assert source, sorted(p.name for p in (settings.media_root / "videos" / vid).iterdir())
@@ -964,3 +969,51 @@ def test_a_cancelled_or_failed_run_says_the_earlier_results_are_kept(client, cli
     assert client.post(f"/videos/{vid}/reprocess", headers=HX).status_code == 200
     run_worker()
     assert row(vid) == ("failed", "results kept from an earlier run")
+    assert earlier_note(client, vid) == (
+        f"The latest run failed: these results are from an earlier run, started {first}.")
+
+
+def started(settings, task_id: str) -> str:
+    """When a run started, as the video page says it."""
+    from webapp.db import session_factory
+
+    with session_factory(settings.database_url)() as session:
+        task = session.get(ProcessingTask, task_id)
+        return (task.started_at or task.created_at).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def earlier_note(client, video_id: str) -> str | None:
+    """The video page's note on results from earlier runs (the same in the panel's last
+    poll, which brings the results in when a run ends), None without one."""
+    page = soup(client.get(f"/videos/{video_id}"))
+    note = page.select_one("#results #earlier-results")
+    polled = soup(client.get(f"/videos/{video_id}/panel?poll=1", headers=HX))
+    assert str(polled.select_one("#results #earlier-results")) == str(note)
+    return " ".join(note.get_text().split()) if note else None
+
+
+def test_a_run_ended_early_says_which_results_are_its_own_and_which_runs_made_the_others(
+        client, clip, settings):
+    """A run cancelled or failed after some of its steps completed: the page showed its
+    results and an earlier run's together, without a word of which were which (the library
+    says only "results kept from an earlier run"). A note names the steps kept from each
+    earlier run, with when it started, and the downloads say which files are not the
+    latest run's."""
+    vid = upload_ok(client, clip)["id"]
+    thumbs = publish_files(settings, vid, "thumbnails", {
+        "poster.jpg": b"jpeg", "storyboard.jpg": b"jpeg", "storyboard.vtt": b"WEBVTT\n\n"})
+    words = publish_transcript(settings, vid, [(0.0, 1.0, "Hello there.")])
+    assert client.post(f"/videos/{vid}/run", headers=HX).status_code == 200  # no worker
+    latest = client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    publish_files(settings, vid, "transcode", {"preview.mp4": b"mp4"}, task_id=latest)
+    assert client.post(f"/videos/{vid}/cancel", headers=HX).status_code == 200
+    assert earlier_note(client, vid) == (
+        "The latest run was cancelled: only some of these results are its own. From earlier "
+        f"runs: transcribe (started {started(settings, words)}); thumbnails (started "
+        f"{started(settings, thumbs)}).")
+    downloads = {li.select_one("a").get_text(): li.select_one("small").get_text()
+                 for li in soup(client.get(f"/videos/{vid}")).select("#downloads li")}
+    earlier = {name for name, said in downloads.items() if "from an earlier run" in said}
+    assert earlier == {"transcript.json", "captions.vtt", "captions.srt", "poster.jpg",
+                       "storyboard.jpg", "storyboard.vtt"}, downloads
+    assert "preview.mp4" in downloads

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
 
 from flask import flash, redirect, render_template, request, url_for
+from sqlalchemy import select
 
 from webapp import extensions as ext
+from webapp.config import STEPS
 from webapp.models import ProcessingTask, Video, utcnow
 from webapp.services import ingest, languages, processing, progress, publications, results
 from webapp.services.errors import Conflict, ServiceError
+from webapp.services.storage import ArtifactFile
 from webapp.ui import (
     bp,
     csrf_digest,
@@ -53,7 +58,36 @@ def video_context(video: Video, message: str | None = None, poll: bool = False,
         "tiles": tiles,
         "sprite_size": (sprite_w, sprite_h),
         "ahead": state.runs_ahead,
+        "earlier": earlier_runs(state, artifacts.values()),
     }
+
+
+@dataclass
+class EarlierRun:
+    """A run whose results a video's page shows though a later run ended without them."""
+
+    steps: list[str]  # in the pipeline's order
+    started_at: datetime
+
+
+def earlier_runs(state: progress.ProgressView,
+                 shown: Iterable[ArtifactFile]) -> list[EarlierRun]:
+    """The earlier runs that made results the page shows while its latest run failed or was
+    cancelled (which left the published ones as they were), by their first step in the
+    pipeline's order; none otherwise (a run active replaces them as its steps complete, one
+    completed made or kept them)."""
+    if state.status not in ("failed", "cancelled"):
+        return []
+    steps_of: dict[str, set[str]] = {}
+    for artifact in shown:
+        if artifact.task_id and artifact.task_id != state.task_id:
+            steps_of.setdefault(artifact.task_id, set()).add(artifact.step)
+    if not steps_of:
+        return []
+    tasks = ext.db().scalars(select(ProcessingTask).where(ProcessingTask.id.in_(steps_of)))
+    runs = [EarlierRun([s for s in STEPS if s in steps_of[task.id]],
+                       task.started_at or task.created_at) for task in tasks]
+    return sorted(runs, key=lambda run: STEPS.index(run.steps[0]))
 
 
 def next_run_note(video: Video, transcript: results.TranscriptView | None,
