@@ -450,6 +450,66 @@
   document.addEventListener("htmx:afterSwap", countDown);
   setInterval(countDown, 250);
 
+  // -- requests the server did not answer, or answered with a page not its own ------------
+  // HTMX says nothing when a request fails on the way (the connection down, a timeout), and
+  // swaps in any 4xx/5xx answer (the app's are fragments: a 409's panel and message): a
+  // proxy's error page took the panel's place. A failed action says so in the message line;
+  // a failed poll (a GET) says that the page may be out of date until a request succeeds
+  // again (every page asks at least every 10 s whether the job queue answers).
+  var lastHeard = new Date();
+
+  function isPage(xhr) {
+    return /^\s*(<!doctype|<html)/i.test(xhr.responseText || "");
+  }
+
+  function trouble(evt, what) {
+    var config = evt.detail.requestConfig || {};
+    var line = document.getElementById("message");
+    if ((config.verb || "get") !== "get" && line) {
+      line.className = "message error";
+      line.textContent = what + ": reload the page to see whether it was done, then try again.";
+      return;
+    }
+    var out = document.getElementById("connection-status");
+    if (!out || out.firstChild) return;  // said once, until a request succeeds
+    var p = document.createElement("p");
+    p.className = "banner";
+    p.id = "connection-lost";
+    p.textContent = what + ", so this page may be out of date: it last heard from it at " +
+      lastHeard.toLocaleTimeString() + ". It keeps asking.";
+    out.appendChild(p);
+  }
+
+  function noAnswer(evt) { trouble(evt, "The server did not answer"); }
+  document.addEventListener("htmx:sendError", noAnswer);
+  document.addEventListener("htmx:timeout", noAnswer);
+
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    var xhr = evt.detail.xhr;
+    if (xhr.status < 400 || !isPage(xhr)) return;
+    evt.detail.shouldSwap = false;
+    trouble(evt, "The server answered with an error (" + xhr.status +
+      (xhr.statusText ? " " + xhr.statusText : "") + ")");
+  });
+
+  // The app's own 5xx to a poll keeps what the page shows (HX-Reswap: none).
+  document.addEventListener("htmx:responseError", function (evt) {
+    var xhr = evt.detail.xhr;
+    if (xhr.status >= 500 && !isPage(xhr)) {
+      trouble(evt, "The server answered with an error (" + xhr.status + ")");
+    }
+  });
+
+  document.addEventListener("htmx:afterRequest", function (evt) {
+    var xhr = evt.detail.xhr;
+    if (!xhr || xhr.status === 0 || xhr.status >= 500 || isPage(xhr) && xhr.status >= 400) {
+      return;
+    }
+    lastHeard = new Date();
+    var out = document.getElementById("connection-status");
+    if (out) out.textContent = "";
+  });
+
   function ready() {
     chooseCaptions();
     setUpUpload();
