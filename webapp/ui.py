@@ -38,6 +38,17 @@ bp = Blueprint("ui", __name__)
 # Routes taking an id have merge_slashes=False: werkzeug would answer an id like `..%2F`
 # (so `/videos/..//panel`) with a 308 to a merged path instead of a plain 404.
 
+@bp.after_request
+def pages_are_not_stored(response: Response) -> Response:
+    """A page shows a video's state as it was when it was made: kept by the browser, Back or
+    Forward showed that copy ("Not processed yet" beside a run started since, a panel that
+    did not poll). `no-store` has the browser ask again; the polled fragments have their own
+    validators (polled_fragment), the favicon is a file."""
+    if response.mimetype == "text/html" and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.app_context_processor
 def queue_status() -> dict:
     """Pages warn when the job queue is unreachable (progress and results still work), and
