@@ -4,13 +4,14 @@ open page. Runs on SQLite (the outage is Redis's)."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from tests import browser, mediagen
-from tests.browser import api_upload
+from tests.browser import api_trigger, api_upload
 from tests.test_redis_outage import outage_app, redis_server
 
 chromium, browser_log, live_server, page = (
@@ -73,3 +74,24 @@ def test_an_open_page_learns_of_an_outage_and_of_its_end(page, redis_server, cli
     expect(banner).to_have_count(0, timeout=15_000)
     expect(status).to_have_attribute("data-since", "loaded")
     assert next_watch(page).status == 204
+
+
+def test_a_runs_page_says_an_outage_to_a_screen_reader_as_it_starts_and_ends(
+        page, redis_server, clip):
+    """The panel of an active run says an outage (and that no worker runs) in banners that
+    come and go with its polls, every second a new panel: a screen reader heard none of it,
+    only the run's status and quarters, said by the page's announcer. It says them too."""
+    vid = api_upload(page, clip)
+    api_trigger(page, vid)  # no worker: the run waits, and its panel polls
+    page.goto(f"/videos/{vid}")
+    expect(page.locator("#progress-panel #worker-banner")).to_have_count(1)
+    announcer = page.locator("#progress-announcer[aria-live=polite]")
+    expect(announcer).to_have_text("")  # the page as opened: nothing new to say
+    redis_server.stop()
+    expect(announcer).to_have_text(re.compile(
+        r"^The job queue \(Redis\) is not answering: this run's steps that are already "
+        r"running go on; the others wait until it is back\."), timeout=10_000)
+    redis_server.start()
+    expect(announcer).to_have_text(re.compile(
+        r"^The job queue \(Redis\) answers again\. No worker is running: queued tasks will "
+        r"wait until one starts"), timeout=10_000)

@@ -363,7 +363,23 @@
   });
 
   // -- progress, said to screen readers (the polled panel is replaced every second) --------
-  var said = {status: null, quarter: null};
+  // Its status, each quarter of the way, and its banners as they come and go: the job queue
+  // not answering (and answering again), no worker running.
+  var said = {status: null, quarter: null, queue: null, worker: null};
+
+  function bannerText(id) {
+    var banner = document.querySelector("#progress-panel #" + id);
+    return banner ? banner.textContent.replace(/\s+/g, " ").trim() : "";
+  }
+
+  function bannerNews(queue, worker) {
+    var news = [];
+    if (queue !== said.queue) {
+      news.push(queue || "The job queue (Redis) answers again.");
+    }
+    if (worker && worker !== said.worker) news.push(worker);
+    return news;
+  }
 
   function announce() {
     var panel = document.getElementById("progress-panel");
@@ -374,17 +390,22 @@
     if (!bar) return;  // the video was deleted meanwhile: its panel says so (role=alert)
     var value = parseFloat(bar.getAttribute("value"));
     var quarter = Math.floor(value / 25);
+    var now = {status: status, quarter: quarter, queue: bannerText("queue-banner"),
+               worker: bannerText("worker-banner")};
     if (said.status === null) {  // the page as opened: nothing new to say
-      said = {status: status, quarter: quarter};
+      said = now;
       return;
     }
+    var news = [];
     if (status !== said.status || quarter !== said.quarter) {
       // A run that failed or was cancelled also says why: the summary above the steps.
       var why = status !== said.status ? document.getElementById("task-error") : null;
-      out.textContent = "Processing " + status + ", " + Math.floor(value) + " percent." +
-        (why ? " " + why.textContent.trim() : "");
-      said = {status: status, quarter: quarter};
+      news.push("Processing " + status + ", " + Math.floor(value) + " percent." +
+        (why ? " " + why.textContent.trim() : ""));
     }
+    news = news.concat(bannerNews(now.queue, now.worker));
+    if (news.length) out.textContent = news.join(" ");
+    said = now;
   }
 
   document.addEventListener("htmx:afterSettle", announce);
