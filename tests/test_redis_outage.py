@@ -633,7 +633,9 @@ def test_a_page_loaded_during_an_outage_stops_saying_it_once_redis_answers(
 
     client = outage_app.test_client()
     redis_server.stop()
-    page = BeautifulSoup(client.get("/").get_data(as_text=True), "html.parser")
+    html = client.get("/").get_data(as_text=True)
+    assert '<p id="queue-banner" class="banner" hx-get=' in html
+    page = BeautifulSoup(html, "html.parser")
     banner = page.select_one("#queue-status[role=status] > #queue-banner")
     assert (banner["hx-get"], banner["hx-trigger"], banner["hx-swap"]) == (
         "/queue-banner?shown=1", "every 5s", "outerHTML")
@@ -646,6 +648,8 @@ def test_a_page_loaded_during_an_outage_stops_saying_it_once_redis_answers(
     # The census behind the answer is at most 2 s old.
     resp = wait_for(lambda: (r := client.get("/queue-banner?shown=1")).status_code == 200 and r,
                     timeout=5, what="an answer saying Redis is back")
+    # Attributes apart, as HTML has them (a parser that forgives nothing reads no hx-get).
+    assert resp.get_data(as_text=True).startswith('<span id="queue-watch" hx-get=')
     watch = BeautifulSoup(resp.get_data(as_text=True), "html.parser").select_one("#queue-watch")
     assert (watch["hx-get"], watch["hx-trigger"], watch["hx-swap"]) == (
         "/queue-banner?shown=0", "every 10s", "outerHTML")
