@@ -62,15 +62,20 @@ def test_an_action_without_an_answer_says_so_and_the_next_press_works(page, clip
 
 def test_an_action_that_hangs_past_the_timeout_says_so(page, clip):
     """A server that never answers (a lost connection that no one closes) left the page
-    waiting for ever, saying nothing: HTMX has no timeout of its own. The page's is 20 s
-    (made 1.5 s here)."""
+    waiting for ever, saying nothing, the button pressed looking as if nothing happened:
+    HTMX has no timeout of its own. The page's is 20 s (made 1.5 s here)."""
     vid = api_upload(page, clip)
     page.goto(f"/videos/{vid}")
     assert page.evaluate("() => htmx.config.timeout") == 20_000
     page.evaluate("() => { htmx.config.timeout = 1500; }")
     page.route(RUN, lambda route: None)  # taken, never answered
     page.click("#btn-run")
+    # Meanwhile the button says it is at work, to the eye and to a screen reader.
+    run = page.locator("#btn-run")
+    expect(run).to_have_attribute("aria-busy", "true")
+    assert run.evaluate("b => getComputedStyle(b).cursor") == "progress"
     expect(message(page)).to_have_text(NO_ANSWER, timeout=5_000)
+    expect(run).not_to_have_attribute("aria-busy", "true")
     panel_intact(page, "pending")
 
 

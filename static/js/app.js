@@ -521,7 +521,18 @@
     }
   });
 
+  // A button's request under way (an action, not a poll): it says it is at work (aria-busy,
+  // and the stylesheet's progress cursor) until the answer, or its absence, is in.
+  function isAction(evt) {
+    var config = evt.detail.requestConfig || {};
+    return (config.verb || evt.detail.verb || "get") !== "get";
+  }
+  document.addEventListener("htmx:beforeRequest", function (evt) {
+    if (isAction(evt)) evt.detail.elt.setAttribute("aria-busy", "true");
+  });
+
   document.addEventListener("htmx:afterRequest", function (evt) {
+    if (isAction(evt)) evt.detail.elt.removeAttribute("aria-busy");
     var xhr = evt.detail.xhr;
     if (!xhr || xhr.status === 0 || xhr.status >= 500 || isPage(xhr) && xhr.status >= 400) {
       return;
