@@ -275,3 +275,6 @@ def test_what_counts_as_a_waiting_poll():
     assert not waiting_poll(poll.replace(b"Host: x", b"Upgrade: h2c"))
     assert not waiting_poll(b"GET /healthz\r\n\r\n")  # not HTTP/1.x
     assert not waiting_poll(b"")
+    # Counted as a poll in the access log, but answered by the pool: it may wait for a Redis
+    # that does not answer (2 s to connect), which would hold every connection of the loop.
+    assert not waiting_poll(b"GET /queue-banner?shown=0 HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -39,7 +39,10 @@ from gunicorn import glogging
 from webapp.config import number_env
 
 POLL_PATH = re.compile(r"/api/v1/videos/[^/]+/reprocess|/videos/[^/]+/(?:row|panel)|/healthz"
-                       r"|/queue-banner|/rq/\d+/data/.+\.json")
+                       r"|/rq/\d+/data/.+\.json")
+# Counted too, though not a poll webapp/webworker.py answers on its event loop: the queue's
+# watch may wait for a Redis that does not answer.
+COUNTED_PATH = re.compile(f"{POLL_PATH.pattern}|/queue-banner")
 QUIET_STATUSES = ("200", "204", "304")
 DEFAULT_POLL_LOG_SECONDS = 60.0
 DEFAULT_SLOW_REQUEST_MS = 1000.0
@@ -91,7 +94,7 @@ class AccessLog(glogging.Logger):
         if self.poll_seconds > 0 and request_time < self.slow:
             status = status_code(resp)
             if (status in QUIET_STATUSES and environ.get("REQUEST_METHOD") in ("GET", "HEAD")
-                    and POLL_PATH.fullmatch(environ.get("PATH_INFO", ""))):
+                    and COUNTED_PATH.fullmatch(environ.get("PATH_INFO", ""))):
                 self._count(status, request_time)
                 return
         super().access(resp, req, environ, request_time)

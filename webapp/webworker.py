@@ -16,8 +16,8 @@ pause lasts ACCEPT_PAUSE_MAX at most, so when every worker is kept saturated by 
 clients a new client still gets in after that long (gthread would have queued it behind
 the same requests).
 
-A poll that arrives on a kept-alive connection (a GET or HEAD of a path accesslog counts
-as a poll, its header whole, no body) is answered on the worker's event-loop thread itself.
+A poll that arrives on a kept-alive connection (a GET or HEAD of a path of accesslog's
+POLL_PATH, its header whole, no body) is answered on the worker's event-loop thread itself.
 gthread hands every request to a pool thread and the connection back to the loop after
 it: two thread wake-ups and two waits for the GIL per request, which made vidpipe's p99
 under `wrk -c32` twice a sync worker's (docs/PERFORMANCE.md, section 2). A poll costs
@@ -80,7 +80,7 @@ CLOSERS = 2
 def waiting_poll(head: bytes) -> bool:
     """Whether `head`, the bytes waiting on a connection, is one whole bodiless poll.
 
-    A GET or HEAD of a progress poll (the paths accesslog counts as polls), its header
+    A GET or HEAD of a progress poll (accesslog.POLL_PATH), its header
     complete, nothing after it and no body announced. Anything else (an upload, a page, a
     request still arriving, pipelined requests, an upgrade) goes to the thread pool.
     """
