@@ -7,6 +7,7 @@ import threading
 import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
+from sqlalchemy import select
 
 from tests import mediagen
 from tests.helpers import assert_json_error, progress_of, subtasks, upload_ok
@@ -80,8 +81,15 @@ def test_force_replaces_the_active_task(client, redis_conn, db_session, video_id
     assert progress_of(client, video_id)["task_id"] == second["task_id"]
 
 
-def test_force_without_an_active_task_just_starts(client, video_id):
-    assert client.post(f"/api/v1/videos/{video_id}/run_sync?force=true").status_code == 202
+def test_force_without_an_active_task_just_starts(client, video_id, db_session):
+    resp = client.post(f"/api/v1/videos/{video_id}/run_sync?force=true")
+    assert resp.status_code == 202
+    started = resp.get_json()["task_id"]
+    # The run started is the video's one task, queued; nothing was there to cancel.
+    assert progress_of(client, video_id)["task_id"] == started
+    tasks = db_session.scalars(select(ProcessingTask).where(
+        ProcessingTask.video_id == video_id)).all()
+    assert [(t.id, t.status) for t in tasks] == [(started, "queued")]
 
 
 @pytest.mark.parametrize(

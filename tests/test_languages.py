@@ -727,7 +727,7 @@ def test_three_languages_end_to_end(ui_client, tmp_path: Path, db_session, setti
     assert wer(reference(DE[0]), transcript["text"]) <= MAX_WER_DE
     assert is_english(transcript["translation"]["text"]), transcript["translation"]
     spoken = cues_of(client, german, "captions.srt")
-    assert all(line_ok(c.content, 42) for c in spoken), spoken
+    assert spoken and all(line_ok(c.content, 42) for c in spoken), spoken
     translated = cues_of(client, german, "captions.en.srt")
     assert translated and is_english(" ".join(c.content for c in translated))
     assert all(line_ok(c.content, 42) for c in translated), translated

@@ -460,6 +460,7 @@ def test_a_stored_playlist_fails_its_run_unread_and_older_sources_still_work(
     for what in ("hls", "swapped"):
         state = progress_of(client, ids[what])
         assert state["status"] == "failed", (what, state)
+        assert len(state["subtasks"]) == 4, state
         for step in state["subtasks"]:
             if step["name"] == "transcribe":  # not run: it needs the audio
                 assert step["status"] == "cancelled", (what, step)
