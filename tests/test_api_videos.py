@@ -761,8 +761,28 @@ def test_openapi_documents_the_headers_of_downloads(client, settings, clip):
         resp = answers[status]
         assert resp.status_code == int(status)
         assert all(resp.headers.get(name) for name in names), (status, resp.headers)
-    text = paths["/api/v1/videos/{video_id}/transcript.txt"]["get"]["responses"]["200"]
-    assert set(text.get("headers", {})) == {"Content-Disposition", "Cache-Control"}
+    text = paths["/api/v1/videos/{video_id}/transcript.txt"]["get"]["responses"]
+    assert set(text["200"].get("headers", {})) == {"Content-Disposition", "Cache-Control", "ETag"}
+    assert set(text["304"].get("headers", {})) == {"ETag"}
+
+
+def test_transcript_text_is_revalidated_by_its_etag(client, settings, clip):
+    """A client keeping the downloaded transcript asks again with its ETag: a 304 while the
+    transcript is the same, the new text (and another ETag) once a run replaced it."""
+    vid = upload_ok(client, clip)["id"]
+    url = f"/api/v1/videos/{vid}/transcript.txt"
+    publish_files(settings, vid, "transcribe", transcript_files([(0.0, 1.0, "hello there")]),
+                  segments=[(0.0, 1.0, "hello there")])
+    first = client.get(url)
+    etag = first.headers["ETag"]
+    assert first.status_code == 200 and etag.startswith('"'), first.headers  # strong
+    same = client.get(url, headers={"If-None-Match": etag})
+    assert (same.status_code, same.data, same.headers.get("ETag")) == (304, b"", etag)
+    publish_files(settings, vid, "transcribe", transcript_files([(0.0, 1.0, "goodbye now")]),
+                  segments=[(0.0, 1.0, "goodbye now")])
+    newer = client.get(url, headers={"If-None-Match": etag})
+    assert (newer.status_code, newer.get_data(as_text=True)) == (200, "goodbye now\n")
+    assert newer.headers["ETag"] != etag
 
 
 def test_transcript_text_of_a_video_named_beyond_latin_1_is_served(client, settings, clip):

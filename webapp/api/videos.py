@@ -217,11 +217,19 @@ class TranscriptText(MethodView):
             "required": True, "schema": _TEXT},
             "Cache-Control": {"description": "`no-cache, private`: a newer run may replace "
                                              "the transcript", "required": True,
-                              "schema": _TEXT}}}})
+                              "schema": _TEXT},
+            "ETag": {"description": "Strong validator of this text (If-None-Match)",
+                     "required": True, "schema": _TEXT}}},
+        "304": {"description": "Not modified since the copy the client has (If-None-Match)",
+                "headers": {"ETag": {"description": "The text's validator", "required": True,
+                                     "schema": _TEXT}}}})
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.doc(operationId="getTranscriptText")
     def get(self, video_id):
-        """Download the transcript as plain text, one segment a line"""
+        """Download the transcript as plain text, one segment a line
+
+        With its ETag in If-None-Match, a client whose copy is current gets a 304 (a newer
+        run's transcript has another)."""
         video = find_video(video_id)
         text = results.transcript_text(
             publications.artifact(ext.db(), ext.storage(), video.id, "transcript.json"),
@@ -232,7 +240,8 @@ class TranscriptText(MethodView):
         response = Response(text, mimetype="text/plain")
         response.headers.set("Content-Disposition", "attachment", **_file_names(stem, ".txt"))
         response.headers["Cache-Control"] = "no-cache, private"
-        return response
+        response.add_etag()  # of the text: a client revalidating its copy gets a 304
+        return response.make_conditional(request)
 
 
 # Each artifact is served with its own media type (audio/wav, text/vtt, image/jpeg, ...);
