@@ -232,6 +232,8 @@ def test_only_the_worker_token_opens_the_exchange(client, settings, web, speech_
         resp = requests.get(url, headers=headers, timeout=10)
         assert resp.status_code == 401, (headers, resp.status_code)
         assert resp.json()["code"] == 401 and "video" not in resp.text
+        assert resp.headers["WWW-Authenticate"] == (
+            'Bearer error="invalid_token"' if "Bearer" in str(headers) else "Bearer"), headers
     put = requests.put(url.replace(f"videos/{vid}/source", "tasks/x/steps/transcode/1/files/"
                                    "preview.mp4"), data=b"x", timeout=10)
     assert put.status_code == 401

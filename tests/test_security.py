@@ -109,7 +109,11 @@ def test_api_needs_the_bearer_token(secured, clip):
                 resp = upload(client, clip, headers)
             else:
                 resp = client.open(url, method=method, headers=headers)
-            body = assert_unauthorized_json(resp)
+            # A bearer token that is wrong is said to be (RFC 6750); none, or another
+            # scheme, is asked for without an error code.
+            sent = headers.get("Authorization", "") if headers else ""
+            body = assert_unauthorized_json(resp, 'Bearer error="invalid_token"'
+                                            if sent.startswith("Bearer ") else "Bearer")
             expected = "is not valid" if headers else "Authorization: Bearer"
             assert expected in body["message"], (method, url, headers, body)
     # Nothing happened: still one video, never started.
@@ -124,7 +128,8 @@ def test_api_needs_the_bearer_token(secured, clip):
     # "bearer" is case-insensitive (RFC 7235), the token is not.
     assert client.get("/api/v1/videos", headers={"Authorization": f"bearer {TOKEN}"}
                       ).status_code == 200
-    assert_unauthorized_json(client.get("/api/v1/videos", headers=bearer(TOKEN.upper())))
+    assert_unauthorized_json(client.get("/api/v1/videos", headers=bearer(TOKEN.upper())),
+                             'Bearer error="invalid_token"')
 
 
 def upload_ok_with_token(client, path: Path) -> str:
@@ -227,6 +232,8 @@ def test_artifacts_also_accept_the_admin_login(secured, settings, clip):
     both = 'Bearer, Basic realm="vidpipe"'
     assert_unauthorized_json(client.get(url), both)
     assert_unauthorized_json(client.get(url, headers=basic(password="nope")), both)
+    assert_unauthorized_json(client.get(url, headers=bearer("wrong")),
+                             'Bearer error="invalid_token", Basic realm="vidpipe"')
     # Only reading artifact files: not the listing, not anything else.
     assert_unauthorized_json(client.get(f"/api/v1/videos/{vid}/artifacts", headers=basic()))
     assert_unauthorized_json(client.get(f"/api/v1/videos/{vid}", headers=basic()))

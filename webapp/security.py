@@ -224,7 +224,7 @@ def _worker_refusal(status: int):
     log.warning("refused %s %s from %s: %s", request.method, request.path,
                 request.remote_addr, why)
     return ({"code": 401, "status": "Unauthorized", "message": why}, 401,
-            {"WWW-Authenticate": "Bearer"})
+            {"WWW-Authenticate": bearer_challenge()})
 
 
 @admin_auth.verify_password
@@ -239,6 +239,16 @@ def _artifact_read() -> bool:
             and request.method in origins.SAFE_METHODS)
 
 
+def bearer_challenge() -> str:
+    """`Bearer`, with `error="invalid_token"` when the request sent a bearer token (RFC 6750,
+    3.1: a client then knows its token is at fault, not that it sent none); no error code
+    for a request without one, or with another scheme, which the RFC leaves without."""
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return 'Bearer error="invalid_token"'
+    return "Bearer"
+
+
 @token_auth.error_handler
 def _api_refusal(status: int):
     """401 in the API's JSON error shape."""
@@ -246,7 +256,9 @@ def _api_refusal(status: int):
         message = "the API token is not valid"
     else:
         message = "an API token is required: send 'Authorization: Bearer <API_TOKEN>'"
-    challenge = f'Bearer, Basic realm="{REALM}"' if _artifact_read() else "Bearer"
+    challenge = bearer_challenge()
+    if _artifact_read():
+        challenge += f', Basic realm="{REALM}"'
     return ({"code": 401, "status": "Unauthorized", "message": message}, 401,
             {"WWW-Authenticate": challenge})
 
@@ -419,7 +431,9 @@ def document_api_auth(settings: Settings) -> None:
                            "artifact files, nor the admin login when ADMIN_PASSWORD is set)",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             "headers": {"WWW-Authenticate": {
-                "description": "`Bearer` (artifact files: also `Basic realm=\"vidpipe\"`)",
+                "description": "`Bearer`, with `error=\"invalid_token\"` when a bearer token "
+                               "was sent (RFC 6750); artifact files: also "
+                               "`Basic realm=\"vidpipe\"`",
                 "required": True, "schema": {"type": "string"}}},
         })
         # And 429 once an address has sent too many wrong tokens (webapp/throttle.py).
