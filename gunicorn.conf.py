@@ -165,3 +165,13 @@ def worker_exit(server, worker) -> None:
     flush = getattr(worker.log, "flush_polls", None)
     if flush is not None:
         flush()
+
+
+def on_exit(server) -> None:
+    """The master's last step before its `sys.exit`: the stop signals are blocked from here
+    on. Ctrl-C of gunicorn in a terminal, a service manager's SIGTERM, a second Ctrl-C: a
+    signal after the first, one that came once Python's exit had put the default handlers
+    back, ended the master by it (status -15 or -2, not 0: honcho's "web stopped (rc=-15)")."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT})

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from jobs import webhooks
+from webapp import stopsignals
 from webapp.config import Settings, configure_logging
 from webapp.db import session_factory
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, Video, utcnow
@@ -246,6 +247,26 @@ def follow_parent(parent: int) -> bool:
     return os.getppid() == parent
 
 
+_ending = False  # a first SIGTERM/SIGINT came: this process is on its way out
+
+
+def _end(signum, frame) -> None:
+    """SIGTERM or SIGINT: end with status 0, once. Ctrl-C of `make worker` brings SIGINT, then
+    the worker's SIGTERM as it stops (and the kernel's, PR_SET_PDEATHSIG, once it has gone):
+    a second `sys.exit` raised while this process was already exiting (in logging's or
+    weakref's atexit callbacks) printed "Exception ignored in atexit callback" and a
+    traceback; one at the very end of the exit (handlers back to the default) ended the
+    process by the signal. The signals after the first are blocked, and one already on its
+    way does nothing. (Not SIG_IGN: a signal that came in before the change is then reported
+    as "Signal 15 ignored due to race condition", with a traceback of its own.)"""
+    global _ending
+    if _ending:
+        return
+    _ending = True
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--parent", type=int, metavar="PID",
@@ -253,18 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.parent is not None and not follow_parent(args.parent):
         return 0  # the worker died while this process was starting
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Ctrl-C of `make worker` reaches the terminal's whole process group, this process too:
     # an end like SIGTERM's (its worker stops as well), not a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, _end)
+    signal.signal(signal.SIGTERM, _end)  # last: a SIGTERM handler says both are in place
     configure_logging()
     settings = Settings.from_env()
     service_webhooks.configure(settings)  # the steps it fails end tasks too
     alive = (lambda: True) if args.parent is None else (lambda: os.getppid() == args.parent)
     if settings.webhook_url:  # a thread: this process is never forked
         sender = webhooks.Sender(settings, session_factory(settings.database_url))
-        threading.Thread(target=sender.run, args=(alive,), name="webhooks",
-                         daemon=True).start()
+        with stopsignals.threads_started_here_block_them():  # (a daemon at the exit)
+            threading.Thread(target=sender.run, args=(alive,), name="webhooks",
+                             daemon=True).start()
     run_forever(settings, connect(settings.redis_url), settings.reconcile_interval, alive)
     return 0
 

@@ -61,6 +61,11 @@ class TokenRefused(TransferError):
     it is set right; the step is handed back to the queue and the worker stops."""
 
 
+class WebAppRefused(TransferError):
+    """The web app answered a starting worker's check with a 400: the same request of every
+    step would be refused the same way (a SERVER_URL host name not in its ALLOWED_HOSTS)."""
+
+
 class Superseded(Exception):
     """The web app refused this attempt's files: it is no longer the step's running one."""
 
@@ -93,16 +98,24 @@ class Server:
 
     def check_token(self) -> str | None:
         """Ask the web app whether it takes this worker's token (one try): raises
-        TokenRefused when it does not; a sentence when it could not tell (not reached,
-        an error, this address locked out), None when it does."""
+        TokenRefused when it does not, WebAppRefused when it refuses the request itself (a
+        400: its host check); a sentence when it could not tell (not reached, an error, this
+        address locked out), None when it does."""
         try:
             resp = self.http.get(self.base + "/hello", timeout=(5, 10))
             self._check(resp)
         except _Refused as exc:
             raise TokenRefused(f"{exc} (401 from {self.base}/hello): set the same "
                                "WORKER_TOKEN as the web app's") from None
-        except (_Final, _Again, requests.RequestException) as exc:
-            return _cause(exc) if not isinstance(exc, _Final) else str(exc)
+        except _Final as exc:
+            if resp.status_code != 400:
+                return str(exc)
+            # The worker started and failed every step it took, each with this sentence.
+            raise WebAppRefused(f"{exc} (400 from {self.base}/hello): every step's requests "
+                                "would be refused the same way; set SERVER_URL to a name the "
+                                "web app answers to (one in its ALLOWED_HOSTS)") from None
+        except (_Again, requests.RequestException) as exc:
+            return _cause(exc)
         return None
 
     # -- downloads --------------------------------------------------------------------

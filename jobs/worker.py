@@ -97,7 +97,17 @@ class VidpipeWorker(Worker):
         repeated "sending SIGKILL" ten times a second until they ended, and the step was
         left "running". Here the horse (with its ffmpeg or whisper, in its group) is killed at
         once; `handle_work_horse_killed` records the step as waiting again and RQ puts its
-        job back in the queue, where the next worker takes it up."""
+        job back in the queue, where the next worker takes it up.
+
+        Only the first signal does that; the worker is then on its way out, and the later
+        ones are blocked (a pending one does nothing, `request_force_stop`), as in the
+        reconciler (jobs/reconciler.py, `_end`). Signals come in twos and threes: Ctrl-C of
+        `make worker` and a service manager's SIGTERM to the whole group, a second Ctrl-C.
+        One that came after RQ's `SystemExit` had begun, or after Python's exit had put the
+        default handlers back, ended the worker by SIGTERM (status -15) instead of 0."""
+        if self.stopping:  # a signal that was on its way when the first came
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         horse = self.horse_pid
         self.stopping = True
         if horse:
@@ -112,6 +122,25 @@ class VidpipeWorker(Worker):
                 self.kill_horse()
             else:
                 log.info("stopping (%s)", signal.Signals(signum).name)
+
+    def request_force_stop(self, signum, frame) -> None:
+        """RQ's cold shutdown, on a signal after the first (RQ installs it as the handler):
+        it killed the horse, already killed by `request_stop`, then raised `SystemExit`
+        wherever the stopping worker was, in its goodbye to Redis or in Python's exit
+        ("Exception ignored in atexit callback" and a traceback). Such a signal was pending
+        when `request_stop` blocked them: nothing is left for it to do."""
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's upkeep (its registries cleaned: at the first turn, then every 10 minutes),
+        through an outage like any other of the worker's Redis calls. RQ let its connection
+        error out of the loop: "found an unhandled exception, quitting..." with a traceback,
+        and the worker started over as another. Here the turn goes on to RQ's dequeue, which
+        waits for Redis and says so (OutageLines); the upkeep, not done, is due again at the
+        next turn."""
+        try:
+            super().run_maintenance_tasks()
+        except RedisConnectionError as exc:
+            log.debug("upkeep of the job queue left for the next turn (Redis: %s)", exc)
 
     def bootstrap(self, *args, **kwargs) -> None:
         """RQ's start (registered, subscribed), then one line saying so: RQ's five are at
@@ -215,6 +244,19 @@ class VidpipeWorker(Worker):
         with self.connection.pipeline() as pipeline:
             self.cleanup_execution(job, pipeline=pipeline, execution=execution)
             pipeline.execute()
+
+    def teardown(self) -> None:
+        """RQ's goodbye (unregistered, unsubscribed) on fresh connections.
+
+        A stop signal raises StopRequested wherever the idle worker is, between a command
+        sent and its answer read too: RQ's wait for a job (BLMOVE) was then left pending on
+        a connection that went back to the pool, and the goodbye, sent on it behind the
+        BLMOVE, waited for its 405 s. The worker hung until a SIGKILL and stayed counted
+        for 8 minutes (/healthz, the pages). The pool's idle connections are closed first
+        (the listening thread's, in use, is kept for its unsubscribe)."""
+        if not self.is_horse:
+            self.connection.connection_pool.disconnect(inuse_connections=False)
+        super().teardown()
 
     def unsubscribe(self) -> None:
         """Stop listening for RQ's commands without waiting a minute for it.
@@ -323,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.server_url:
         try:
             unsure = remote.Server(settings, delays=()).check_token()
-        except remote.TokenRefused as exc:
+        except (remote.TokenRefused, remote.WebAppRefused) as exc:
             log.error("vidpipe: %s; not starting", exc)
             return 1
         if unsure:  # the web app may start after its workers: the steps will try again
@@ -401,17 +443,23 @@ def _work_through_outages(worker: VidpipeWorker, settings: Settings,
                 raise
             log.warning("lost the job queue (Redis): %s; working again once it answers", exc)
         try:
-            worker = _wait_for_redis(settings)
+            worker = _wait_for_redis(settings, worker)
         except StopRequested:  # SIGTERM/Ctrl-C while waiting: the old worker's handler
             log.info("stopped without unregistering from the job queue (Redis does not "
                      "answer)")
             return worker
 
 
-def _wait_for_redis(settings: Settings) -> VidpipeWorker:
-    """A new worker, once Redis answers again (tried every second)."""
+def _wait_for_redis(settings: Settings, old: VidpipeWorker) -> VidpipeWorker:
+    """A new worker, once Redis answers again (tried every second); StopRequested once the
+    old one is told to stop. Its handler, still installed, raises that itself only when it
+    was idle: RQ's loop may have left in the middle of a step (still "busy"), and RQ then
+    only notes the stop, for after the step. Such a worker waited on for Redis until
+    honcho's SIGKILL: the first signal blocks the later ones (`request_stop`)."""
     while True:
         time.sleep(1.0)
+        if old.stopping:
+            raise StopRequested
         try:
             worker = build_worker(settings)
             worker.connection.ping()

@@ -180,6 +180,19 @@ def wait_until(predicate: Callable[[], object], timeout: float = 60, interval: f
     return wait_for(predicate, timeout=timeout, interval=interval, what=what)
 
 
+def requests_so_far(page: Page, log: BrowserLog, path: str,
+                    since: float = 0.0) -> list[SeenRequest]:
+    """log.requests_to(path, since) with every request the page has made until now in it.
+
+    Playwright hands its events (requests, dialogs, console messages) to their handlers only
+    while one of its own calls runs: a check that sleeps between looks at the log (always,
+    wait_until) saw the same list for its whole window, and a poll made meanwhile was never
+    seen. A round trip to the page first delivers what came before its answer.
+    """
+    page.evaluate("() => 0")
+    return log.requests_to(path, since)
+
+
 _PANEL_JS = """() => {
   const panel = document.querySelector('#progress-panel');
   const bar = document.querySelector('#overall-progress');

@@ -37,6 +37,8 @@ BACKENDS = ("sqlite", "postgresql")
 # In the environment of every process the tests start (children inherit it): the run's id,
 # and under RUN_MARK_TEST the test during which it started.
 RUN_MARK = "VIDPIPE_TEST_RUN"
+# SECRET_KEY of the apps and processes the tests start (32 characters, its minimum)
+TEST_SECRET_KEY = "vidpipe-tests-secret-key-32chars"
 EXIT_GRACE = 10.0  # seconds for processes stopped by the last teardowns to finish exiting
 
 
@@ -65,6 +67,93 @@ def processes_use_the_test_redis() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("REDIS_URL", TEST_REDIS_URL)
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def processes_keep_their_key_out_of_the_project_tree() -> Iterator[None]:
+    """Every app and process a test starts has a SECRET_KEY unless the test says otherwise:
+    without one, each wrote PROJECT_ROOT/instance/secret_key (the persisted key), in the
+    clone the tests run from."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SECRET_KEY", TEST_SECRET_KEY)
+        yield
+
+
+# -- Nothing is written into the project tree ---------------------------------------------
+_HYPOTHESIS_HOME: str | None = None
+_TREE_BEFORE_COLLECTION: set[str] | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis (schemathesis, and the tests with @given) caches what it reads, each
+    module's constants and its Unicode tables, in `.hypothesis/` of the working directory:
+    the clone under `make test`, already while the tests are collected. On a clean clone
+    the first test using it failed nothing_written_into_the_project_tree. Its caches go in
+    a folder of the run instead, removed at its end (HYPOTHESIS_STORAGE_DIRECTORY, when
+    set, still says where). Its example database is off in every test that uses it."""
+    global _HYPOTHESIS_HOME, _TREE_BEFORE_COLLECTION
+    _TREE_BEFORE_COLLECTION = _project_tree()  # what test modules write as they are imported
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        return
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="vidpipe-tests-hypothesis-")
+    set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _HYPOTHESIS_HOME is not None:
+        shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
+
+
+# A test writes under tmp_path (or another temporary folder), and so does every process it
+# starts: a file or folder that appears in the clone (instance/, a media folder, a log, a
+# .db) fails the test during which it appeared. It is left there, for a look.
+TREE_NORMAL = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def _project_tree() -> set[str]:
+    """The files and folders of the project tree, relative, without TREE_NORMAL's (a walk
+    of some 300 entries: about 1 ms)."""
+    found: set[str] = set()
+    folders = [str(PROJECT_ROOT)]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.name in TREE_NORMAL:
+                        continue
+                    found.add(os.path.relpath(entry.path, PROJECT_ROOT))
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+        except FileNotFoundError:  # removed meanwhile
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_tree_seen() -> Iterator[set[str]]:
+    """The project tree as it was when the run started, with what tests have been blamed
+    for since; what appears during the last teardowns fails the run."""
+    seen = _project_tree()
+    if _TREE_BEFORE_COLLECTION is not None:  # a test module's import wrote there
+        collected = sorted(seen - _TREE_BEFORE_COLLECTION)
+        assert not collected, (f"written into the project tree {PROJECT_ROOT} while the "
+                               f"tests were collected (a module's import): {collected}")
+    yield seen
+    new = sorted(_project_tree() - seen)
+    assert not new, f"written into the project tree {PROJECT_ROOT} during the run: {new}"
+
+
+@pytest.fixture(autouse=True)
+def nothing_written_into_the_project_tree(project_tree_seen) -> Iterator[None]:
+    """The test (with the fixtures set up for it, module-scoped ones too, and the processes
+    it started) wrote nothing into the project tree."""
+    yield
+    new = sorted(_project_tree() - project_tree_seen)
+    project_tree_seen.update(new)  # blamed once, on the test during which it appeared
+    assert not new, (f"written into the project tree {PROJECT_ROOT} (write under tmp_path "
+                     f"instead; not removed): {new}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -335,16 +424,16 @@ def run_worker(burst: bool = True, timeout: float = 240, **popen) -> subprocess.
     return proc
 
 
-def start_worker(env: dict[str, str] | None = None, args: tuple[str, ...] = ()
-                 ) -> subprocess.Popen:
-    """A long-running worker process (`args` added to its command) in its own session; the
-    caller stops it.
+def start_worker(env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 module: str = "jobs.worker") -> subprocess.Popen:
+    """A long-running worker process (`args` added to its command; `module` run in place of
+    jobs.worker, one that wraps it) in its own session; the caller stops it.
 
     Its log goes to a file (`proc.log_path`): an unread pipe would fill and block it.
     """
     with tempfile.NamedTemporaryFile("w", prefix="worker-", suffix=".log",
                                      delete=False) as log:
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.worker", *args], cwd=PROJECT_ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
     proc.log_path = log.name

@@ -150,9 +150,10 @@ def always(predicate, within: float, interval: float = 0.05, what: str = "condit
 
 
 def http_request(port: int, method: str, path: str, body: bytes | None = None,
-                 headers: dict | None = None, timeout: float = 60) -> tuple[int, bytes]:
-    """One request to a real server on 127.0.0.1:port: (status, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                 headers: dict | None = None, timeout: float = 60,
+                 host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """One request to a real server on host:port (loopback): (status, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()

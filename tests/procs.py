@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,12 @@ def running(pid: int) -> bool:
     """The process exists and is not a zombie (dead, waiting to be reaped)."""
     fields = _stat_fields(pid)
     return fields is not None and fields[0] not in ("Z", "X")
+
+
+def parent(pid: int) -> int | None:
+    """The parent of pid, None if it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields is not None else None
 
 
 def children(pid: int) -> list[int]:
@@ -145,3 +152,24 @@ def marked(name: str, value: str) -> list[Marked]:
 def kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def signal_storm(proc: subprocess.Popen, first: int = signal.SIGINT,
+                 then: int = signal.SIGTERM, *, group: bool = False,
+                 seconds: float = 10.0) -> None:
+    """`first` (to the process's whole group with `group`, as Ctrl-C in its terminal), then
+    `then` every 0.5 ms until it has ended, for `seconds` at most. Signals come in twos and
+    threes as a process stops (Ctrl-C, then its parent's or the service manager's SIGTERM):
+    the storm makes one arrive at every stage of its exit, in its atexit callbacks and after
+    Python has put the default handlers back too, every time instead of once in a while."""
+    if group:
+        os.killpg(proc.pid, first)
+    else:
+        proc.send_signal(first)
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            proc.send_signal(then)
+        except ProcessLookupError:
+            break
+        time.sleep(0.0005)

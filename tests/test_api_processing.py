@@ -142,6 +142,24 @@ def test_an_id_that_is_no_uuid_is_the_same_404_on_every_route(client):
         assert body["message"] == "no video has this id (ids are UUIDs)", (method, path)
 
 
+def test_an_id_in_upper_case_is_a_404_that_says_so_on_every_route(client, video_id):
+    """This service's ids are lowercase UUIDs; Swift's `uuidString` (and some .NET code)
+    writes a UUID in upper case, and such a client got "no video has this id (ids are
+    UUIDs)" for a UUID it had been given. Still a 404 (an id names one path; traversal
+    tests keep it so), saying what to send; nothing is started or deleted."""
+    upper = video_id.upper()
+    for method, path in (("get", ""), ("delete", ""), ("get", "/artifacts"),
+                         ("get", "/artifacts/poster.jpg"), ("get", "/transcript.txt"),
+                         ("get", "/reprocess"), ("post", "/run_sync"), ("post", "/reprocess"),
+                         ("post", "/cancel")):
+        resp = getattr(client, method)(f"/api/v1/videos/{upper}{path}")
+        body = assert_json_error(resp, 404)
+        assert body["message"] == (
+            "no video has this id: ids are UUIDs written in lower case, and this one is in "
+            f"upper case ({video_id} in lower case)"), (method, path)
+    assert client.get(f"/api/v1/videos/{video_id}").get_json()["processing"]["task_id"] is None
+
+
 def test_a_triggers_503_documents_its_retry_after(client):
     """The queue (or the database) not answering is a 503 with Retry-After (seconds); the
     OpenAPI said only "Service Unavailable", so a generated client did not know to wait."""

@@ -8,7 +8,7 @@ import os
 import re
 import time
 from datetime import timedelta
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from sqlalchemy import event
@@ -223,7 +223,8 @@ def test_upload_over_the_limit_is_413(settings, clip):
     small = Settings.from_env(max_upload_bytes=1000)
     client = create_app(small).test_client()
     body = assert_json_error(upload(client, clip), 413)
-    assert body["message"]
+    # the limit said once: "1,000 bytes (1,000 bytes)" was the same number twice
+    assert body["message"] == "the request body is larger than the limit of 1,000 bytes"
     assert media_files(settings) == []
 
 
@@ -400,6 +401,34 @@ def test_wrong_method_is_json_405(client):
     page = client.get("/nothing-here")  # a page says it too, without the API's list
     assert page.status_code == 404
     assert "there is nothing at /nothing-here<" in page.get_data(as_text=True)
+
+
+def test_options_is_204_with_the_methods_in_allow(client, clip):
+    """OPTIONS (a client asking what a route takes, a CORS preflight) was Flask's automatic
+    200 with an empty text/html body, which a JSON client fails to parse, and its Allow in
+    a set's order. Now 204, no body and no content type, Allow sorted; a 405 lists the same."""
+    vid = upload_ok(client, clip)["id"]
+    routes = {"/api/v1/videos": "GET, HEAD, OPTIONS, POST",
+              f"/api/v1/videos/{vid}": "DELETE, GET, HEAD, OPTIONS",
+              f"/api/v1/videos/{vid}/run_sync": "OPTIONS, POST",
+              f"/api/v1/videos/{vid}/reprocess": "GET, HEAD, OPTIONS, POST",
+              f"/api/v1/videos/{vid}/cancel": "OPTIONS, POST",
+              f"/api/v1/videos/{vid}/artifacts": "GET, HEAD, OPTIONS",
+              f"/api/v1/videos/{vid}/artifacts/poster.jpg": "GET, HEAD, OPTIONS",
+              f"/api/v1/videos/{vid}/transcript.txt": "GET, HEAD, OPTIONS",
+              "/api/v1/search": "GET, HEAD, OPTIONS",
+              "/api/openapi.json": "GET, HEAD, OPTIONS",
+              "/": "GET, HEAD, OPTIONS"}
+    for path, allow in routes.items():
+        resp = client.options(path)
+        assert resp.status_code == 204, (path, resp.status_code)
+        assert resp.data == b"" and "Content-Type" not in resp.headers, path
+        assert resp.headers["Allow"] == allow, path
+    resp = client.put(f"/api/v1/videos/{vid}")
+    assert assert_json_error(resp, 405)["message"].endswith("it answers DELETE, GET, HEAD, "
+                                                            "OPTIONS")
+    assert resp.headers["Allow"] == "DELETE, GET, HEAD, OPTIONS"
+    assert client.get(f"/api/v1/videos/{vid}").status_code == 200  # OPTIONS changed nothing
 
 
 def test_slashes_in_a_row_are_404_naming_the_path_not_a_redirect(client, clip):
@@ -806,6 +835,45 @@ def test_transcript_text_of_a_video_named_beyond_latin_1_is_served(client, setti
         assert (resp.status_code, resp.get_data(as_text=True)) == (200, "hello there\n")
         header = resp.headers["Content-Disposition"]
         assert header == disposition and header.isascii(), name
+
+
+def test_transcript_text_of_a_long_name_fits_a_file_system(client, settings, clip):
+    """A video may be named with 255 characters; in Chinese that is 765 bytes of UTF-8, and
+    `<name>.txt` a file name no usual file system takes (255 bytes at most): the download's
+    name is cut to whole characters that fit."""
+    name = "广州" * 125 + "市.mp4"  # 255 characters, the most a name keeps
+    with open(clip, "rb") as fh:
+        vid = client.post("/api/v1/videos", data={"file": (fh, name)}).get_json()["id"]
+    assert client.get(f"/api/v1/videos/{vid}").get_json()["original_filename"] == name
+    publish_files(settings, vid, "transcribe", transcript_files([(0.0, 1.0, "hello there")]),
+                  segments=[(0.0, 1.0, "hello there")])
+    header = client.get(f"/api/v1/videos/{vid}/transcript.txt").headers["Content-Disposition"]
+    encoded = header.split("filename*=UTF-8''", 1)[1]
+    download = unquote(encoded)
+    assert download.endswith(".txt") and len(download.encode()) <= 255, download
+    assert download == name[:len(download) - 4] + ".txt"  # whole characters, from the start
+    assert len(download.encode()) > 250  # cut no more than a character needs
+
+
+def test_artifacts_are_named_after_the_video(client, settings, clip):
+    """An artifact's Content-Disposition names it `<the video's name>.<artifact>`: saved
+    from a browser, every video's outputs were preview.mp4, captions.vtt, ..."""
+    names = {
+        "my talk.mp4": 'inline; filename="my talk.captions.vtt"',
+        "日本語 🎬.mov": "inline; filename=captions.vtt; filename*=UTF-8''"
+                        "%E6%97%A5%E6%9C%AC%E8%AA%9E%20%F0%9F%8E%AC.captions.vtt",
+        ".mp4": "inline; filename=captions.vtt",  # nothing to name it after
+        # no leading dot (a hidden file) nor the space after it: it was " x.captions.vtt"
+        ". x .mp4": 'inline; filename=x.captions.vtt',
+    }
+    for name, disposition in names.items():
+        with open(clip, "rb") as fh:
+            vid = client.post("/api/v1/videos", data={"file": (fh, name)}).get_json()["id"]
+        publish_files(settings, vid, "transcribe", transcript_files([(0.0, 1.0, "hi")]),
+                      segments=[(0.0, 1.0, "hi")])
+        resp = client.get(f"/api/v1/videos/{vid}/artifacts/captions.vtt")
+        assert resp.status_code == 200
+        assert resp.headers["Content-Disposition"] == disposition, name
 
 
 def test_docs_page_uses_only_vendored_assets(client):

@@ -627,6 +627,16 @@ BAD_TRIGGERS = [
     ({"query_string": "force=%00"}, 422),
     ({"json": {"force": "maybe"}}, 422),
     ({"json": {"force": None}}, 422),
+    # JSON has booleans: marshmallow's other spellings were read as flags in a body
+    # ({"force": 1} forced a run, {"force": "no"} did not), the OpenAPI saying boolean.
+    ({"json": {"force": 1}}, 422),
+    ({"json": {"force": 1.0}}, 422),
+    ({"json": {"force": "yes"}}, 422),
+    ({"json": {"force": "true"}}, 422),
+    ({"json": {"force": "on"}}, 422),
+    ({"json": {"force": 0}}, 422),
+    ({"json": {"translate": 1}}, 422),
+    ({"json": {"translate": "false"}}, 422),
     ({"json": {"force": True, "priority": 9}}, 422),
     ({"json": [{"force": True}]}, 422),
     ({"json": "force"}, 422),
@@ -755,7 +765,11 @@ def test_refused_arguments_are_named_in_the_message(client, video_id):
         (client.post(f"{trigger}?forse=true"), 422,
          "query parameter `forse` is not an option this request takes"),
         (client.post(trigger, json={"force": None, "translate": "perhaps"}), 422,
-         "JSON field `force` may not be null; JSON field `translate`: not a valid boolean"),
+         "JSON field `force` may not be null; JSON field `translate`: must be true or false "
+         "(a JSON boolean, not a string or a number)"),
+        (client.post(trigger, json={"force": 1}), 422,
+         "JSON field `force`: must be true or false (a JSON boolean, not a string or a "
+         "number)"),
         (client.post(trigger, json=[{"force": True}]), 422,
          'the JSON body is not an object: send options as one, e.g. {"force": true}'),
         (client.post(trigger, data="{not json", content_type="application/json"), 400,
@@ -770,6 +784,25 @@ def test_refused_arguments_are_named_in_the_message(client, video_id):
         body = assert_json_error(resp, status)
         assert body["message"] == message, (resp.request.url, body)
         assert body["errors"], body  # the details by location and field stay as they were
+
+
+def test_flags_are_json_booleans_in_a_body_and_keep_their_spellings_in_the_query(
+        client, video_id):
+    """A JSON body's flags are true and false (1 and "yes" are 422, BAD_TRIGGERS); the query
+    string, which is text, keeps the spellings it always took (1, yes, on, any case)."""
+    active = client.post(f"/api/v1/videos/{video_id}/run_sync").get_json()["task_id"]
+    for query in ("force=1", "force=yes", "force=On", "force=TRUE", "force=t"):
+        resp = client.post(f"/api/v1/videos/{video_id}/run_sync?{query}")
+        assert resp.status_code == 202, (query, resp.get_json())
+        assert resp.get_json()["task_id"] != active, query  # forced: a new run replaced it
+        active = resp.get_json()["task_id"]
+    for query in ("force=0", "force=no", "force=off", "force=false"):
+        resp = client.post(f"/api/v1/videos/{video_id}/run_sync?{query}")
+        assert assert_json_error(resp, 409)["task_id"] == active, query
+    assert assert_json_error(client.post(f"/api/v1/videos/{video_id}/run_sync",
+                                         json={"force": False}), 409)["task_id"] == active
+    resp = client.post(f"/api/v1/videos/{video_id}/run_sync", json={"force": True})
+    assert resp.status_code == 202 and resp.get_json()["task_id"] != active
 
 
 def test_json_options_with_a_json_media_type_variant_are_read(client, video_id):
@@ -832,6 +865,20 @@ def test_upload_cut_short_is_400_and_leaves_nothing(client, settings, db_session
     assert files_outside_media(settings) == before
 
 
+def test_an_empty_upload_body_says_it_is_empty(client, settings, db_session):
+    """A multipart upload with no body at all (a client that forgot to attach the form)
+    was told "the upload is incomplete: the body ends before the multipart form's closing
+    boundary; nothing was stored, send it again": sent again, it was the same nothing."""
+    resp = client.post("/api/v1/videos", content_type="multipart/form-data; boundary=b",
+                       input_stream=io.BytesIO(b""), environ_overrides={"CONTENT_LENGTH": "0"})
+    assert resp.request.content_length == 0
+    assert assert_json_error(resp, 400)["message"] == (
+        "the body is empty: send the file as multipart/form-data, in the field `file`; "
+        "nothing was stored")
+    no_rows(db_session)
+    assert media_files(settings) == []
+
+
 def test_upload_cut_short_over_a_real_connection(settings, db_session, tmp_path, clip):
     """gunicorn as `make run` starts it; the client sends 60 % of the body its Content-Length
     announces and stops sending (half-closes). A 400 saying so, and no row, no file in
@@ -859,6 +906,39 @@ def test_upload_cut_short_over_a_real_connection(settings, db_session, tmp_path,
         no_rows(db_session)
         assert media_files(settings) == []
         assert list(temp.iterdir()) == []
+
+
+def test_chunked_upload_cut_short_over_a_real_connection(settings, db_session, tmp_path, clip):
+    """gunicorn as `make run` starts it; a chunked upload (no Content-Length) whose sender
+    stops before the body's last chunk: in the middle of a chunk, or with the whole form sent
+    but never the zero-length chunk that ends the body. A 400 saying the upload was cut short,
+    as for a Content-Length that promised more; it said "the multipart/form-data body is
+    malformed (400 Bad Request: The browser (or proxy) sent a request that this server could
+    not understand.)", werkzeug's words, which name nothing the client can fix."""
+    from tests.test_concurrency import web_server
+
+    body, content_type = multipart(b'filename="clip.mp4"', clip.read_bytes())
+    cases = {  # what is sent after the headers
+        "in the middle of a chunk": b"%x\r\n" % len(body) + body[:int(len(body) * 0.6)],
+        "without the last chunk": b"%x\r\n" % len(body) + body + b"\r\n",
+    }
+    with web_server(tmp_path, SECRET_KEY="k" * 32, WEB_WORKERS="1") as (port, _):
+        for case, sent in cases.items():
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(f"POST /api/v1/videos HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                             f"Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"
+                             "Connection: close\r\n\r\n".encode() + sent)
+                sock.shutdown(socket.SHUT_WR)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            head, _, answered = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 "), (case, answer[:500])
+            error = json.loads(answered)
+            assert CUT_SHORT.search(error["message"]), (case, error)
+            assert "chunk" in error["message"], (case, error)
+            no_rows(db_session)
+            assert media_files(settings) == []
 
 
 DISK = 2 * 1024 * 1024  # the small disk's size: an upload of twice that fills it

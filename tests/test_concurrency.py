@@ -78,8 +78,9 @@ def web_server(tmp_path: Path, port: int | None = None,
         cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env})
     try:
-        wait_for(lambda: proc.poll() is not None or _healthy(port), timeout=60, interval=0.2,
-                 what="gunicorn answering /healthz")
+        host = env.get("HOST", "127.0.0.1")  # a loopback address: tests listen on no other
+        wait_for(lambda: proc.poll() is not None or _healthy(port, host), timeout=60,
+                 interval=0.2, what="gunicorn answering /healthz")
         assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()[-3000:]
         yield port, proc
     finally:
@@ -93,9 +94,11 @@ def web_server(tmp_path: Path, port: int | None = None,
         log.close()
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, host: str = "127.0.0.1") -> bool:
+    # With a Host it answers to: 127.0.0.2 is not one of its names unless allowed.
     try:
-        return http_request(port, "GET", "/healthz", timeout=5)[0] == 200
+        return http_request(port, "GET", "/healthz", timeout=5, host=host,
+                            headers={"Host": f"localhost:{port}"})[0] == 200
     except OSError:
         return False
 

@@ -160,7 +160,7 @@ def test_a_page_on_another_port_changes_nothing(app, chromium, live_server, atta
         request = sent[(method, path)]
         assert request["status"] == 403 and request["site"] == "same-site", request
     assert ("DELETE", f"/api/v1/videos/{idle}") not in sent  # the browser never sent it
-    assert sent[("OPTIONS", f"/api/v1/videos/{idle}")]["status"] == 200
+    assert sent[("OPTIONS", f"/api/v1/videos/{idle}")]["status"] == 204
 
 
 def test_a_page_under_a_rebound_name_reads_and_changes_nothing(app, chromium, live_server,

@@ -85,7 +85,7 @@ def use_database(monkeypatch, tmp_path: Path, url: str) -> Settings:
 
 @dataclass(frozen=True)
 class Seen:
-    at: float  # time.monotonic()
+    at: float  # time.monotonic() when the poll was sent (it read the database after)
     status: str
     progress: float
     step_status: str
@@ -105,6 +105,10 @@ class Poller:
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
+            # Stamped when sent, not when answered: a poll sent before the lock was taken
+            # could be answered after it (a loaded machine) with what it read before, and
+            # count as one sent while it was held.
+            sent = time.monotonic()
             try:
                 resp = self.client.get(f"/api/v1/videos/{self.video_id}/reprocess")
                 state = resp.get_json() if resp.status_code == 200 else None
@@ -114,7 +118,7 @@ class Poller:
                 self.failures += 1
                 continue
             sub = next(s for s in state["subtasks"] if s["name"] == self.step)
-            self.seen.append(Seen(time.monotonic(), state["status"], state["progress"],
+            self.seen.append(Seen(sent, state["status"], state["progress"],
                                   sub["status"], sub["progress"]))
 
     def latest(self) -> Seen | None:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import sqlite3
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,8 +19,10 @@ from sqlalchemy import text
 
 from jobs.runner import StepContext, StepFailed, run_step
 from tests import mediagen
+from tests.cleanup import purge_queue
+from tests.conftest import TEST_REDIS_URL
 from tests.helpers import assert_json_error, progress_of, subtasks, upload_ok
-from webapp import create_app
+from webapp import create_app, db
 from webapp.config import Settings
 from webapp.db import get_engine
 from webapp.services.ffrun import MediaError
@@ -164,3 +169,104 @@ def test_sqlite_busy_is_an_outage_and_its_other_errors_are_not(message, unavaila
 
     error = OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
     assert is_database_unavailable(error) is unavailable
+
+
+# -- 503 for a database that does not answer, on every operation ----------------------------
+
+
+def operations(client) -> list[tuple[str, str, dict]]:
+    """(method, path template, operation) of every operation the OpenAPI document lists."""
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    return [(method, path, operation) for path, ops in paths.items()
+            for method, operation in ops.items() if method != "parameters"]
+
+
+def test_every_operation_documents_the_503_of_a_database_that_does_not_answer(client):
+    """Every operation reads the database, so each answers 503 with Retry-After while it
+    does not answer (below); only the triggers listed a 503, so a client generated from
+    the document knew of no Retry-After anywhere else."""
+    spec = client.get("/api/openapi.json").get_json()
+    found = operations(client)
+    assert len(found) == 12
+    for method, path, operation in found:
+        answer = operation["responses"].get("503")
+        assert answer is not None, (method, path)
+        if "$ref" in answer:
+            answer = spec["components"]["responses"][answer["$ref"].rsplit("/", 1)[1]]
+        assert "database" in answer["description"], (method, path)
+        header = answer["headers"]["Retry-After"]
+        assert header["required"] is True and header["schema"]["type"] == "integer"
+        assert answer["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"}
+
+
+def _request(client, method: str, path: str, video_id: str, clip: Path):
+    """One request of each operation: an upload carries a file, a search a text."""
+    url = path.replace("{video_id}", video_id).replace("{name}", "poster.jpg")
+    if (method, path) == ("post", "/api/v1/videos"):
+        return client.post(url, data={"file": (clip.open("rb"), "clip.mp4")})
+    if path.endswith("/search"):
+        url += "?q=weather"
+    return getattr(client, method)(url)
+
+
+def test_every_operation_answers_503_while_postgresql_does_not_answer(tmp_path):
+    """Each operation the document lists, to a PostgreSQL that does not answer: a 503
+    with Retry-After it documents, and nothing kept of an upload."""
+    clip = mediagen.make_video(tmp_path / "clip.mp4", duration=1.0)
+    url = "postgresql+psycopg://vidpipe@127.0.0.1:1/vidpipe"  # nothing listens there
+    media = tmp_path / "media"
+    media.mkdir()
+    down = create_app(Settings.from_env(database_url=url, media_root=str(media))).test_client()
+    found = operations(down)
+    for method, path, operation in found:
+        resp = _request(down, method, path, "3f0c1a2b-0000-4000-8000-000000000000", clip)
+        assert_json_error(resp, 503)
+        assert resp.headers["Retry-After"] == "5", (method, path)
+        assert "503" in operation["responses"], (method, path)
+    assert [p for p in media.rglob("*") if p.is_file()] == []
+
+
+def test_writes_answer_503_while_another_process_holds_sqlite_locked(
+        sqlite_template, tmp_path, monkeypatch, redis_conn):
+    """SQLite locked by another process beyond the busy timeout (a long write of a worker,
+    `sqlite3` open in a shell): every operation that writes answers the documented 503 with
+    Retry-After, and nothing changed: no task, no video lost, no file of the upload kept.
+    (The busy timeout is shortened from 10 s: the test waits for it five times.)"""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT", 0.5)
+    path = tmp_path / "vidpipe.db"
+    shutil.copy(sqlite_template, path)
+    media = tmp_path / "media"
+    media.mkdir()
+    queue = f"test-{uuid.uuid4().hex[:12]}"
+    app = create_app(Settings.from_env(database_url=f"sqlite:///{path}", media_root=str(media),
+                                       redis_url=TEST_REDIS_URL, queue_name=queue))
+    client = app.test_client()
+    clip = mediagen.make_video(tmp_path / "clip.mp4", duration=1.0)
+    idle = upload_ok(client, clip)["id"]
+    busy = upload_ok(client, clip)["id"]
+    task = client.post(f"/api/v1/videos/{busy}/run_sync").get_json()["task_id"]
+    files = sorted(p for p in media.rglob("*") if p.is_file())
+    before = {v["id"]: v["processing"] for v in client.get("/api/v1/videos").get_json()}
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+        writes = {("post", "/api/v1/videos"): idle,
+                  ("delete", "/api/v1/videos/{video_id}"): idle,
+                  ("post", "/api/v1/videos/{video_id}/run_sync"): idle,
+                  ("post", "/api/v1/videos/{video_id}/reprocess"): idle,
+                  ("post", "/api/v1/videos/{video_id}/cancel"): busy}
+        documented = {(m, p): op for m, p, op in operations(client)}
+        for (method, path), video_id in writes.items():
+            resp = _request(client, method, path, video_id, clip)
+            assert_json_error(resp, 503)
+            assert resp.headers["Retry-After"] == "5", (method, path)
+            assert "503" in documented[(method, path)]["responses"], (method, path)
+        holder.execute("ROLLBACK")
+        after = {v["id"]: v["processing"] for v in client.get("/api/v1/videos").get_json()}
+        assert after == before
+        assert sorted(p for p in media.rglob("*") if p.is_file()) == files
+    finally:
+        holder.close()
+        db.dispose(f"sqlite:///{path}")
+        purge_queue(redis_conn, queue, [task])

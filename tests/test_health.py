@@ -43,7 +43,9 @@ def test_a_database_and_a_redis_that_hang_are_said_to_within_seconds(settings, c
             started = time.monotonic()
             resp = client.get("/healthz")
             took = time.monotonic() - started
-            assert took < CHECK_TIMEOUT + 1.5, took
+            # Said at CHECK_TIMEOUT (the answers below say so); the hold was the 10 s
+            # timeouts. 3 × leaves a loaded machine room and stays well under them.
+            assert took < 3 * CHECK_TIMEOUT, took
             assert resp.status_code == 503
             assert resp.get_json() == {"status": "unavailable", "workers": None, "checks": {
                 "database": "down: no answer within 2 s: the database server DATABASE_URL "
@@ -74,7 +76,9 @@ def test_a_check_of_a_hung_database_or_redis_ends_soon_after_its_answer(settings
         answered = time.monotonic()
         while (running := _checks_running()) and time.monotonic() < answered + 10:
             time.sleep(0.05)
-        assert time.monotonic() - answered < CHECK_GIVES_UP - CHECK_TIMEOUT + 0.5, running
+        # The threads end CHECK_GIVES_UP after they started, 1 s after the answer; they
+        # waited 10 s. 2 s more leave a loaded machine room and still tell them apart.
+        assert time.monotonic() - answered < CHECK_GIVES_UP - CHECK_TIMEOUT + 2, running
         dispose(hung.database_url)
 
 

@@ -41,8 +41,19 @@ def media(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+ROW_NAMES = "#video-list .video-row .name"
+
+
 def row_names(page: Page) -> list[str]:
-    return page.locator("#video-list .video-row .name").all_text_contents()
+    """The names in the list as it is now: read once its rows are known to be there."""
+    return page.locator(ROW_NAMES).all_text_contents()
+
+
+def expect_rows(page: Page, names: list[str]) -> None:
+    """The list shows these names, in this order, once it does. After a click that
+    navigates, Playwright returns as the new page starts to load: a read at once saw it
+    half parsed (`[]` on a slow network or a loaded machine), or still the page before."""
+    expect(page.locator(ROW_NAMES)).to_have_text(names)
 
 
 def drop_files(page: Page, paths: list[Path]) -> None:
@@ -147,34 +158,34 @@ def test_filters_sorting_and_pages(page, media):
            for key, name in (("a", "alpha.mp4"), ("b", "bravo.mp4"), ("c", "charlie.mp4"))}
     page.request.post(f"/api/v1/videos/{ids['bravo.mp4']}/run_sync")  # queued (no worker)
     page.goto("/")
-    assert row_names(page) == ["charlie.mp4", "bravo.mp4", "alpha.mp4"]  # newest first
+    expect_rows(page, ["charlie.mp4", "bravo.mp4", "alpha.mp4"])  # newest first
     page.select_option("#filter-sort", "duration")
     page.click("#filter-apply")
-    assert row_names(page) == ["bravo.mp4", "charlie.mp4", "alpha.mp4"]
+    expect_rows(page, ["bravo.mp4", "charlie.mp4", "alpha.mp4"])
     page.select_option("#filter-sort", "name")
     page.select_option("#filter-per-page", "10")
     page.click("#filter-apply")
-    assert row_names(page) == ["alpha.mp4", "bravo.mp4", "charlie.mp4"]
+    expect_rows(page, ["alpha.mp4", "bravo.mp4", "charlie.mp4"])
     page.select_option("#filter-status", "active")
     page.click("#filter-apply")
-    assert row_names(page) == ["bravo.mp4"]
+    expect_rows(page, ["bravo.mp4"])
     page.select_option("#filter-status", "pending")
     page.click("#filter-apply")
-    assert row_names(page) == ["alpha.mp4", "charlie.mp4"]
+    expect_rows(page, ["alpha.mp4", "charlie.mp4"])
     page.select_option("#filter-status", "failed")
     page.click("#filter-apply")
     expect(page.locator("#video-list")).to_contain_text("No video is failed")
 
     # Pages keep the sort and filter; two a page.
     page.goto("/?sort=name&per_page=2")
-    assert row_names(page) == ["alpha.mp4", "bravo.mp4"]
+    expect_rows(page, ["alpha.mp4", "bravo.mp4"])
     expect(page.locator(".pages .page-of")).to_have_text("Page 1 of 2")
     page.click(".pages a[rel=next]")
-    assert row_names(page) == ["charlie.mp4"]
+    expect_rows(page, ["charlie.mp4"])
     assert "sort=name" in page.url and "per_page=2" in page.url
     expect(page.locator(".pages [aria-current=page]")).to_have_text("2")
     page.click(".pages a[rel=first]")
-    assert row_names(page) == ["alpha.mp4", "bravo.mp4"]
+    expect_rows(page, ["alpha.mp4", "bravo.mp4"])
 
 
 def test_selection_reprocesses_and_deletes_reporting_each_refusal(page, media):
@@ -223,7 +234,7 @@ def test_selection_reprocesses_and_deletes_reporting_each_refusal(page, media):
     page.keyboard.press("Enter")
     page.wait_for_load_state()
     expect(page.locator("#flashes .flash.ok")).to_have_text("Deleted 2 videos.")
-    assert row_names(page) == ["bravo.mp4"]
+    expect_rows(page, ["bravo.mp4"])
 
 
 def test_transcript_downloads_as_text_and_copies(page, media, tmp_path):
@@ -245,6 +256,15 @@ def test_transcript_downloads_as_text_and_copies(page, media, tmp_path):
     page.click("#transcript-copy")
     expect(page.locator("#copy-status")).to_have_text("Copied to the clipboard.")
     assert page.evaluate("() => navigator.clipboard.readText()") == text
+    # Saved from the page, the files are named after the video: they were all preview.mp4,
+    # captions.vtt, ... for every video (the server's name wins over the link's).
+    for name in ("captions.vtt", "preview.mp4"):
+        with page.expect_download() as saved:
+            page.locator("#downloads a", has_text=name).click()
+        assert saved.value.suggested_filename == f"talk.{name}"
+    with page.expect_download() as saved:
+        page.click("#transcript-download")
+    assert saved.value.suggested_filename == "talk.txt"
 
 
 @pytest.mark.parametrize("language, said, direction", [
@@ -368,11 +388,16 @@ def test_leaving_the_page_during_an_upload_asks_first(page, media):
     page.click("#upload-submit")
     expect(page.locator("#upload-list li")).to_have_count(2)
     page.click("a.brand")  # to the library again: a navigation
-    wait_until(lambda: asked, timeout=10, what="the browser asking before leaving")
+    # Playwright hands the dialog to its handler only while one of its calls runs: a round
+    # trip to the page in each look (once dismissed, the page answers again).
+    wait_until(lambda: page.evaluate("() => 0") == 0 and asked, timeout=10,
+               what="the browser asking before leaving")
     assert asked == ["beforeunload"]
     cdp.send("Network.emulateNetworkConditions", {
         "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
     expect(page.locator("#upload-list li[data-state=done]")).to_have_count(2, timeout=30_000)
+    # The list below is fetched again once both are done: wait for it, then read it.
+    expect(page.locator("#video-list .video-row")).to_have_count(2)
     assert sorted(row_names(page)) == ["alpha.mp4", "bravo.mp4"]
     page.click("nav a[href='/api/docs']")
     page.wait_for_url("**/api/docs")
@@ -411,6 +436,156 @@ def test_the_line_being_spoken_is_brought_into_the_transcripts_view(page, media,
     box, line = page.locator("#transcript").bounding_box(), current.bounding_box()
     assert box["y"] <= line["y"] and line["y"] + line["height"] <= box["y"] + box["height"]
     assert page.evaluate("() => window.scrollY") == scrolled
+
+
+def test_more_matching_lines_of_a_search_are_shown_marked(page, media, settings):
+    """A search's "and 7 more matching lines" led to the top of the video page: the lines it
+    promised were far below, and in the transcript's box beyond its first lines. The page
+    is taken to them, and the box to the first of them."""
+    vid = api_upload(page, media["c"])
+    page.request.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    publish_transcript(settings, vid, [
+        (i / 20, (i + 1) / 20, f"Line {i}: the budget" if i >= 30 and i % 3 == 0 else f"Line {i}.")
+        for i in range(40)])
+    page.goto("/search?q=budget")
+    page.click("li.more a")
+    first = page.locator("#transcript .line.match").first
+    expect(first).to_contain_text("Line 30: the budget")
+    expect(page.locator("#transcript-matches")).to_be_in_viewport()
+    expect(first).to_be_in_viewport()
+    box, line = page.locator("#transcript").bounding_box(), first.bounding_box()
+    assert box["y"] <= line["y"] and line["y"] + line["height"] <= box["y"] + box["height"]
+    expect(page.locator("#transcript .line.match mark")).to_have_text(["budget"] * 4)
+
+
+def test_the_storyboard_and_the_transcript_are_one_tab_stop_each(page, media, settings):
+    """Every frame of the storyboard and every transcript line was a tab stop: past a long
+    video's hundred frames and hundreds of lines, its downloads were hundreds of Tabs away.
+    Each list is one stop now, the arrow keys (and Home, End) move within it, and Tab
+    leaves it; coming back lands where one left it, or on what is playing."""
+    vid = api_upload(page, media["b"])
+    page.request.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    publish_transcript(settings, vid, [(i / 10, (i + 1) / 10, f"Line number {i}.")
+                                       for i in range(30)])
+    page.goto(f"/videos/{vid}")
+    tiles, lines = page.locator("#storyboard .tile"), page.locator("#transcript .line")
+    expect(lines).to_have_count(30)
+    assert tiles.count() >= 2
+    tiles.first.focus()
+    page.keyboard.press("ArrowRight")
+    expect(tiles.nth(1)).to_be_focused()
+    page.keyboard.press("Tab")  # out of the storyboard, not to its next frame
+    expect(page.locator("#transcript-download")).to_be_focused()
+    for _ in range(2):  # past "Copy text", where the browser lets it show
+        if page.evaluate("() => !!document.activeElement.closest('#transcript')"):
+            break
+        page.keyboard.press("Tab")
+    expect(lines.first).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    expect(lines.nth(2)).to_be_focused()
+    page.keyboard.press("End")
+    expect(lines.last).to_be_focused()
+    box, line = page.locator("#transcript").bounding_box(), lines.last.bounding_box()
+    assert box["y"] <= line["y"] and line["y"] + line["height"] <= box["y"] + box["height"]
+    page.keyboard.press("Tab")  # out of the transcript, to the downloads
+    expect(page.locator("#downloads a").first).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    expect(lines.last).to_be_focused()
+    page.keyboard.press("Home")
+    expect(lines.first).to_be_focused()
+    for _ in range(5):
+        page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")  # still a button: it seeks
+    wait_until(lambda: abs(page.evaluate("() => document.querySelector('#player').currentTime")
+                           - 0.5) < 0.05, timeout=5, what="a seek to line 5 (0.5 s)")
+    for _ in range(3):
+        page.keyboard.press("Shift+Tab")
+        if page.evaluate("() => !!document.activeElement.closest('#storyboard')"):
+            break
+    # The frame of the moment the line's seek went to (0.5 s), as the transcript's stop
+    # follows the line being spoken, not the frame it was left on.
+    expect(tiles.first).to_be_focused()
+
+
+def test_a_focused_rows_link_keeps_the_focus_when_the_row_is_refreshed(page, media):
+    """The row of a video being processed is replaced as its progress changes: a keyboard
+    user on its name lost the focus to the page's top at the next change (the next Tab
+    started from the header again). The focus stays on the name, the row's box likewise."""
+    vid = api_upload(page, media["a"])
+    assert page.request.post(f"/api/v1/videos/{vid}/run_sync").status == 202  # no worker
+    page.goto("/")
+    row = page.locator(f".video-row[data-video-id='{vid}']")
+    expect(row).to_have_attribute("data-status", "queued")
+    page.keyboard.press("Tab")  # the keyboard is in use
+    row.locator("a.name").focus()
+    row.evaluate("r => { r.dataset.before = '1'; }")
+    assert page.request.post(f"/api/v1/videos/{vid}/cancel").status == 200
+    expect(row).to_have_attribute("data-status", "cancelled")  # the row's last refresh
+    assert row.evaluate("r => !r.dataset.before"), "the row was not replaced"
+    expect(row.locator("a.name")).to_be_focused()
+    page.keyboard.press("Shift+Tab")  # on from where it was: the row's own box
+    expect(page.locator(f"#select-{vid}")).to_be_focused()
+
+
+def test_the_storyboard_follows_the_player(page, tmp_path):
+    """The transcript showed the line being spoken; the storyboard showed nothing of where
+    the player was, and on a phone its strip stayed at its first frames. The frame of the
+    moment is marked (aria-current), brought into the strip's view without moving the page,
+    and is where Tab enters the strip."""
+    clip = mediagen.make_video(tmp_path / "twelve.mp4", duration=12.0, size="160x120")
+    vid = api_upload(page, clip)
+    page.request.post(f"/api/v1/videos/{vid}/run_sync")
+    run_worker()
+    page.set_viewport_size({"width": 360, "height": 640})
+    page.goto(f"/videos/{vid}")
+    tiles = page.locator("#storyboard .tile")
+    expect(tiles).to_have_count(6)  # one every 2 s
+    last = tiles.last
+    assert not last.evaluate(_IN_STRIP_JS), "the strip shows its last frame already"
+    page.locator("#player").evaluate("p => p.scrollIntoView({block: 'start'})")
+    scrolled = page.evaluate("() => window.scrollY")
+    page.locator("#player").evaluate("p => { p.currentTime = 11; }")
+    expect(last).to_have_attribute("aria-current", "true")
+    expect(page.locator("#storyboard .tile.current")).to_have_count(1)
+    wait_until(lambda: last.evaluate(_IN_STRIP_JS), timeout=5, what="the frame in view")
+    assert page.evaluate("() => window.scrollY") == scrolled
+    page.locator("#player").evaluate("p => { p.currentTime = 2.5; }")
+    expect(tiles.nth(1)).to_have_attribute("aria-current", "true")
+    expect(last).not_to_have_attribute("aria-current", "true")
+    page.locator("#player").focus()
+    for _ in range(12):  # past the player's own controls, if the browser gives them stops
+        page.keyboard.press("Tab")
+        if page.evaluate("() => !!document.activeElement.closest('#storyboard')"):
+            break
+    expect(tiles.nth(1)).to_be_focused()
+
+
+_IN_STRIP_JS = """(tile) => {
+    const strip = tile.parentNode.getBoundingClientRect(), r = tile.getBoundingClientRect();
+    return r.left >= strip.left - 1 && r.right <= strip.right + 1;
+}"""
+
+
+def test_the_first_tab_offers_to_skip_the_header(page, media):
+    """Every page began with the header's six stops (the name, three links, the search box
+    and its button) before its own content. The first Tab shows "Skip to content", and
+    Enter on it makes the next Tab the page's first control."""
+    vid = api_upload(page, media["a"])
+    for path, first in (("/", "#upload-file"), (f"/videos/{vid}", "#btn-run")):
+        page.goto(path)
+        page.keyboard.press("Tab")
+        skip = page.locator("a.skip-link")
+        expect(skip).to_be_focused()
+        expect(skip).to_be_in_viewport()
+        assert skip.bounding_box()["height"] > 10
+        page.keyboard.press("Enter")
+        page.keyboard.press("Tab")
+        expect(page.locator(first)).to_be_focused()
+        assert not skip.evaluate("a => { const r = a.getBoundingClientRect(); "
+                                 "return r.bottom > 0 && r.top < innerHeight; }")
 
 
 def test_a_refused_files_bar_is_in_the_error_colour(page, media, browser_log):

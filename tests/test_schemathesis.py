@@ -39,6 +39,7 @@ from schemathesis.checks import (
 )
 
 from tests import mediagen
+from tests.conftest import TEST_SECRET_KEY
 from tests.helpers import publish_files, upload_ok
 from webapp import create_app
 from webapp.config import Settings
@@ -50,7 +51,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 def _openapi() -> dict:
     """The served description; it does not depend on the database, so any settings do."""
-    app = create_app(Settings(database_url="sqlite://",
+    # (a SECRET_KEY: without one the app wrote PROJECT_ROOT/instance/secret_key, at import)
+    app = create_app(Settings(database_url="sqlite://", secret_key=TEST_SECRET_KEY,
                               media_root=Path(tempfile.gettempdir()) / "vidpipe-unused"))
     resp = app.test_client().get("/api/openapi.json")
     assert resp.status_code == 200
@@ -206,3 +208,16 @@ def test_every_documented_answer_conforms(app, client, known, settings, media_sa
     conforms(client.get(f"/api/v1/videos/{busy}"), VIDEO, "GET", 404)
     conforms(client.get(f"/api/v1/videos/{busy}/reprocess"), f"{VIDEO}/reprocess", "GET", 404)
     conforms(client.get(f"/api/v1/videos/{busy}/artifacts"), f"{VIDEO}/artifacts", "GET", 404)
+
+
+def test_hypothesis_keeps_its_caches_out_of_the_project_tree():
+    """Hypothesis caches what it reads (each module's constants, its Unicode tables) in
+    `.hypothesis/` of the working directory: the clone, under `make test`. On a clean clone
+    the first test here failed nothing_written_into_the_project_tree ('.hypothesis/constants/…',
+    '.hypothesis/unicode_data/…'), and a changed source file did it again on any clone."""
+    from hypothesis.configuration import storage_directory
+
+    from webapp.config import PROJECT_ROOT
+
+    where = storage_directory("constants", intent_to_write=False).path.resolve()
+    assert not where.is_relative_to(PROJECT_ROOT.resolve()), where

@@ -446,6 +446,47 @@ def test_at_most_three_segments_per_video_earliest_first(client, settings, clip)
                      page), page
 
 
+def test_more_matching_lines_lead_to_a_page_that_marks_them(client, settings, clip):
+    """"and 7 more matching lines" led to the video page, where nothing showed which of its
+    lines they were: it carries the query there, and the page marks the lines holding every
+    word of it (not those holding one), says how many, and links back to the search."""
+    vid = upload_ok(client, clip, "long.wav")["id"]
+    segments = []
+    for i in range(10):
+        segments.append((2.0 * i, 2.0 * i + 1, f"{i}: the budget report again"))
+        segments.append((2.0 * i + 1, 2.0 * i + 2, f"{i}: only the budget"))
+    publish_transcript(settings, vid, segments)
+    page = client.get("/search", query_string={"q": "budget reports"}).get_data(as_text=True)
+    more = BeautifulSoup(page, "html.parser").select_one("li.more a")
+    assert more.get_text() == "and 7 more matching lines", page
+    resp = client.get(more["href"])
+    assert resp.status_code == 200
+    soup = BeautifulSoup(resp.get_data(as_text=True), "html.parser")
+    matches = soup.select("#transcript button.line.match")
+    assert [float(b["data-start"]) for b in matches] == [2.0 * i for i in range(10)]
+    assert [str(m) for m in matches[3].select("mark")] == ["<mark>budget</mark>",
+                                                           "<mark>report</mark>"]
+    assert not soup.select("#transcript button.line:not(.match) mark")
+    note = soup.select_one("#transcript-matches")
+    assert " ".join(note.get_text().split()) == (
+        "10 lines hold budget reports: they are marked. Back to the search")
+    assert note.q.get_text() == "budget reports"  # quoted by the browser
+    assert note.a["href"] == "/search?q=budget+reports"
+    # Without the query (the video's own link), nothing is marked or said.
+    plain = BeautifulSoup(client.get(f"/videos/{vid}").get_data(as_text=True), "html.parser")
+    assert not plain.select("#transcript mark, #transcript .match, #transcript-matches")
+    # A query no line holds says so; one without a word marks nothing and says nothing.
+    none = BeautifulSoup(client.get(f"/videos/{vid}", query_string={"q": "weather"})
+                         .get_data(as_text=True), "html.parser")
+    assert " ".join(none.select_one("#transcript-matches").get_text().split()) == (
+        "No line holds weather. Back to the search")
+    assert not none.select("#transcript mark")
+    for q in ("", "  ", "!!!", "x" * 201):
+        resp = client.get(f"/videos/{vid}", query_string={"q": q})
+        assert resp.status_code == 200
+        assert "transcript-matches" not in resp.get_data(as_text=True), q
+
+
 def test_english_translations_are_found_and_say_so(client, library, settings):
     """A task run with `translate` publishes an English translation beside the transcript:
     a person searching in English finds the German video, and is told the line found is
@@ -624,6 +665,10 @@ def test_search_page_says_what_is_wrong_with_a_query(client, library):
     resp = client.get("/search", query_string={"q": "   "})
     assert resp.status_code == 422
     assert "The search text is empty" in resp.get_data(as_text=True)
+    # Its tab was titled "– search" (the spaces said as nothing); a search's title is its words.
+    assert BeautifulSoup(resp.data, "html.parser").title.get_text() == "Search · vidpipe"
+    page = client.get("/search", query_string={"q": "  weather  "}).get_data(as_text=True)
+    assert BeautifulSoup(page, "html.parser").title.get_text() == "weather – search · vidpipe"
     resp = client.get("/search", query_string={"q": "x" * 300})
     assert resp.status_code == 422 and "at most 200" in resp.get_data(as_text=True)
     assert client.get("/search").status_code == 200  # the form alone

@@ -23,7 +23,7 @@ from bs4 import BeautifulSoup
 from tests import mediagen
 from tests.conftest import migrate
 from tests.helpers import free_port, progress_of, publish_files, upload_ok
-from webapp import create_app
+from webapp import config, create_app
 from webapp.config import PROJECT_ROOT, Settings
 from webapp.db import dispose
 from webapp.security import (
@@ -842,8 +842,13 @@ def test_secret_key_is_generated_once_and_shared(tmp_path):
         persistent_secret_key(instance)
 
 
-def test_the_app_uses_secret_key_or_the_persisted_one(settings):
-    assert make_app(settings).secret_key == TEST_SECRET_KEY
+def test_the_app_uses_secret_key_or_the_persisted_one(settings, tmp_path, monkeypatch):
+    app = make_app(settings)
+    assert app.secret_key == TEST_SECRET_KEY
+    assert app.instance_path == str(PROJECT_ROOT / "instance")  # where the key is persisted
+    # ... moved under tmp_path here: the test wrote PROJECT_ROOT/instance/secret_key.
+    monkeypatch.setattr(config, "INSTANCE_DIR", tmp_path / "instance")
     app = create_app(replace(settings, secret_key=""))
-    assert app.secret_key == (Path(app.instance_path) / "secret_key").read_text().strip()
+    assert app.instance_path == str(tmp_path / "instance")
+    assert app.secret_key == (tmp_path / "instance" / "secret_key").read_text().strip()
     assert create_app(replace(settings, secret_key="")).secret_key == app.secret_key

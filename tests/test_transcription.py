@@ -220,11 +220,14 @@ def test_progress_moves_smoothly_between_windows(long_speech_wav: Path) -> None:
     assert shares == sorted(shares), shares
     assert shares[-1] == 1.0 and all(s < 1.0 for s in shares[:-1])
     # Whisper reports a 30 s window at a time; without the estimate, progress would stand
-    # still for the whole of a window and then jump by it (3 windows here, each ~1.5 s).
-    # Estimates come every TICK (0.25 s); 4 ticks leave room for a loaded machine's
-    # scheduling (0.514 s was seen with 3 test runs side by side) and still rule that out.
+    # still for the whole of a window and then jump by it (3 windows here: a window is a
+    # third of the run or more). Estimates come every TICK (0.25 s), but how long the run
+    # and a gap between two estimates take depends on the machine (a window is ~1.5 s on 2
+    # idle cores, several times that beside a loaded CI's other work, where this process
+    # also waits for a core): a gap may be 4 ticks, or a sixth of the run on a slow one.
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert max(gaps) <= 4 * transcription.TICK, gaps
+    took = times[-1] - times[0]
+    assert max(gaps) <= max(4 * transcription.TICK, took / 6), (took, gaps)
     # A window's segments move progress only by what the estimate (at the rate of earlier
     # windows) had not shown yet: bounded by half a window of audio, where reporting
     # whole windows would jump by a whole one.
@@ -271,10 +274,16 @@ def test_stop_kills_whisper_at_once(long_speech_wav: Path) -> None:
         assert len(children) == 1
         stopped_at = time.monotonic()
         stop.set()
+        reported = len(progress)  # an estimate being made as stop was set may still come
         worker.join(timeout=5)
         assert not worker.is_alive()
-        assert wait_for(lambda: not alive(children[0]), 1.0)
-        assert time.monotonic() - stopped_at <= 1.0
+        # At once, whatever the machine's speed: whisper is dead (killed and reaped) when
+        # transcribe() has raised, and no estimate came after the stop but the one under
+        # way; one that waited for whisper's next window would go on estimating (a TICK
+        # apart) until then. The time is a loaded machine's (the promise is ~0.1 s).
+        assert not alive(children[0])
+        assert len(progress) <= reported + 1, (reported, progress)
+        assert time.monotonic() - stopped_at <= 2.0
         assert len(outcome) == 1 and isinstance(outcome[0], Stopped), outcome
     finally:
         stop.set()

@@ -10,6 +10,7 @@ from bs4 import BeautifulSoup
 from tests import mediagen
 from tests.conftest import run_worker
 from tests.helpers import publish_files, publish_transcript, upload_ok
+from tests.test_progress import make_video
 from webapp import create_app
 from webapp.config import Settings
 from webapp.models import ProcessingTask
@@ -949,7 +950,11 @@ def test_a_cancelled_or_failed_run_says_the_earlier_results_are_kept(client, cli
         alone = soup(client.get(f"/videos/{video_id}/row", headers=HX)).select_one(".video-row")
         assert str(on_page) == str(alone)
         kept = on_page.select_one(".state .kept")
+        why = on_page.select_one(".state .why")
+        whys.append(why.get_text() if why else None)
         return on_page["data-status"], kept.get_text() if kept else None
+
+    whys: list[str | None] = []  # why each row's run ended, as the row says it
 
     assert row(vid) == ("completed", None)
     assert row(never) == ("cancelled", None)
@@ -971,6 +976,9 @@ def test_a_cancelled_or_failed_run_says_the_earlier_results_are_kept(client, cli
     assert row(vid) == ("failed", "results kept from an earlier run")
     assert earlier_note(client, vid) == (
         f"The latest run failed: these results are from an earlier run, started {first}.")
+    # Each ended row says why, as the video page does: a failed row said "failed" alone.
+    assert whys == [None, "cancelled by request", "cancelled by request",
+                    "failed: extract_audio, thumbnails, transcode; not run: transcribe"]
 
 
 def started(settings, task_id: str) -> str:
@@ -1017,3 +1025,17 @@ def test_a_run_ended_early_says_which_results_are_its_own_and_which_runs_made_th
     assert earlier == {"transcript.json", "captions.vtt", "captions.srt", "poster.jpg",
                        "storyboard.jpg", "storyboard.vtt"}, downloads
     assert "preview.mp4" in downloads
+
+
+def test_a_portrait_videos_resolution_is_named_by_its_short_side(client, db_session):
+    """A phone's 360x640 portrait video was "640p" in the library, beside "360p" for the
+    same pixels held sideways (and "1920p" for a 1080x1920 one): the "p" names the short
+    side, as players and video sites name it."""
+    for name, width, height in (("wide.mp4", 640, 360), ("tall.mp4", 360, 640),
+                                ("phone.mp4", 1080, 1920)):
+        make_video(db_session, original_filename=name, width=width, height=height)
+    page = soup(client.get("/?sort=name"))
+    facts = {row.select_one("a.name").get_text(): " ".join(row.select_one(".facts").text.split())
+             for row in page.select("#video-list .video-row")}
+    assert " · 1080p · " in facts["phone.mp4"], facts
+    assert " · 360p · " in facts["tall.mp4"] and " · 360p · " in facts["wide.mp4"], facts

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response
 
+from webapp import config
 from webapp.config import PROJECT_ROOT, Settings, configure_logging
 from webapp.services import webhooks
 from webapp.uploads import UploadRequest
+
+
+class VidpipeFlask(Flask):
+    """Flask, answering its automatic OPTIONS (every route's, an API client's or a CORS
+    preflight's) with 204 and the route's methods in Allow, sorted. Flask's answer was a
+    200 with an empty text/html body, which a JSON client cannot parse, and its Allow in
+    the order of a set, which differs between processes."""
+
+    def make_default_options_response(self) -> Response:
+        response = super().make_default_options_response()
+        response.status_code = 204
+        response.headers.remove("Content-Type")  # no content, so no type (RFC 9110 15.3.5)
+        response.headers["Allow"] = ", ".join(sorted(response.allow))
+        return response
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -22,11 +37,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         _said_to_the_cli(exc)
         raise
     webhooks.configure(settings)  # the ends of runs this process writes are announced
-    app = Flask(
+    app = VidpipeFlask(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder=str(PROJECT_ROOT / "static"),
-        instance_path=str(PROJECT_ROOT / "instance"),
+        instance_path=str(config.INSTANCE_DIR),  # PROJECT_ROOT/instance
     )
     app.request_class = UploadRequest
     # `/api/v1//videos` is a 404 naming the path, not werkzeug's 308 to `/api/v1/videos`

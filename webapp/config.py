@@ -32,7 +32,7 @@ SECRET_MINIMUMS = (("API_TOKEN", "api_token", 16), ("WORKER_TOKEN", "worker_toke
                    ("SECRET_KEY", "secret_key", 32))
 # WORKER_NAME's most characters: the steps' `worker` column (webapp/models.py).
 WORKER_NAME_LIMIT = 200
-MAKE_A_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+MAKE_A_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -108,6 +108,14 @@ def number_env(name: str, default: float, kind: type[int] | type[float] = int, *
             and (maximum is None or value <= maximum)
             and (not positive or value > 0)):
         return value
+    raise ConfigError(f"{name} must be {number_rule(kind, minimum, maximum, positive)}; "
+                      f"got {raw!r}.")
+
+
+def number_rule(kind: type[int] | type[float] = int, minimum: float | None = None,
+                maximum: float | None = None, positive: bool = False) -> str:
+    """What a number setting must be, in the words of its refusal and of README's
+    "Configuration" table: "a whole number from 0 to 19"."""
     what = "a whole number" if kind is int else "a number"
     if positive:
         what += " above 0"
@@ -115,7 +123,7 @@ def number_env(name: str, default: float, kind: type[int] | type[float] = int, *
         what += f" from {minimum:g} to {maximum:g}"
     elif minimum is not None:
         what += f" of at least {minimum:g}"
-    raise ConfigError(f"{name} must be {what}; got {raw!r}.")
+    return what
 
 
 DATABASE_EXAMPLES = ("postgresql+psycopg://user:password@host/vidpipe or "

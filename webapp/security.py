@@ -414,7 +414,7 @@ def security_headers(response: Response) -> Response:
 
 def document_api_auth(settings: Settings) -> None:
     """The bearer scheme is always described; it is required globally only when enforced."""
-    from webapp.api import api
+    from webapp.api import api, document_on_every_operation
 
     api.spec.components.security_scheme("bearerAuth", {
         "type": "http",
@@ -446,13 +446,7 @@ def document_api_auth(settings: Settings) -> None:
                 "description": "seconds until requests from this address are answered again",
                 "required": True, "schema": {"type": "integer"}}},
         })
-        for operations in api.spec._paths.values():  # apispec has no public way to edit them
-            for operation in operations.values():
-                if isinstance(operation, dict) and "responses" in operation:
-                    operation["responses"].setdefault(
-                        "401", {"$ref": "#/components/responses/UNAUTHORIZED"})
-                    operation["responses"].setdefault(
-                        "429", {"$ref": "#/components/responses/TOO_MANY_REQUESTS"})
+        document_on_every_operation({"401": "UNAUTHORIZED", "429": "TOO_MANY_REQUESTS"})
 
 
 # -- wiring -------------------------------------------------------------------------------

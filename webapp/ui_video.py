@@ -13,7 +13,16 @@ from sqlalchemy import select
 from webapp import extensions as ext
 from webapp.config import STEPS
 from webapp.models import ProcessingTask, Video, utcnow
-from webapp.services import ingest, languages, processing, progress, publications, results
+from webapp.services import (
+    ingest,
+    languages,
+    processing,
+    progress,
+    publications,
+    results,
+    search,
+    searchterms,
+)
 from webapp.services.errors import Conflict, ServiceError
 from webapp.services.storage import ArtifactFile
 from webapp.ui import (
@@ -60,6 +69,36 @@ def video_context(video: Video, message: str | None = None, poll: bool = False,
         "ahead": state.runs_ahead,
         "earlier": earlier_runs(state, artifacts.values()),
     }
+
+
+@dataclass
+class Matches:
+    """A search's words in a transcript (the page's `q`): each line's pieces, None for a line
+    that does not hold them all; the translation's the same way."""
+
+    query: str
+    lines: list[list[tuple[str, bool]] | None]
+    translation: list[list[tuple[str, bool]] | None]
+
+    @property
+    def count(self) -> int:
+        return sum(1 for pieces in (*self.lines, *self.translation) if pieces)
+
+
+def transcript_matches(transcript: results.TranscriptView | None,
+                       query: str | None) -> Matches | None:
+    """Where "and 7 more matching lines" of a search leads: the lines that hold every word
+    searched for, to mark. None without a transcript, or a query of nothing to search."""
+    query = (query or "").strip()
+    if transcript is None or not query or len(query) > search.MAX_QUERY:
+        return None
+    if not searchterms.query_units(query):
+        return None
+    return Matches(
+        query,
+        [search.marked_if_matching(line.text, query, transcript.language)
+         for line in transcript.lines],
+        [search.marked_if_matching(line.text, query, "en") for line in transcript.translation])
 
 
 @dataclass
@@ -110,15 +149,17 @@ def next_run_note(video: Video, transcript: results.TranscriptView | None,
 
 
 def show_video(video_id: str, message: str | None = None, status: int = 200,
-               start_at: str | None = None, notice: bool = False):
+               start_at: str | None = None, notice: bool = False, query: str | None = None):
     """The video page, or for HTMX the fresh panel plus the action's message (out of band):
     an error, or with `notice` what the action did. `start_at` (the page's `t`) is where its
-    player starts, in seconds."""
+    player starts, in seconds; `query` (its `q`) a search whose lines it marks."""
     video = processing.get_video(ext.db(), video_id)
     context = video_context(video, message)
     if not is_htmx():
         return render_template("videos/show.html", start_at=seconds_into(video, start_at),
-                               rendered_at=utcnow(), notice=notice, **context), status
+                               rendered_at=utcnow(), notice=notice,
+                               matches=transcript_matches(context["transcript"], query),
+                               **context), status
     html = render_template("videos/_panel.html", **context)
     html += render_template("videos/_message.html", message=message, oob=True, notice=notice)
     return html, status
@@ -127,8 +168,9 @@ def show_video(video_id: str, message: str | None = None, status: int = 200,
 @bp.get("/videos/<video_id>", merge_slashes=False)
 def video_page(video_id: str):
     """One video: metadata, actions, live progress and, when done, the results; `?t=12.3`
-    plays it from that second (a link from search, or one to share)."""
-    return show_video(video_id, start_at=request.args.get("t"))
+    plays it from that second (a link from search, or one to share); `?q=words` marks the
+    transcript's lines that hold them (a search's "and 7 more matching lines")."""
+    return show_video(video_id, start_at=request.args.get("t"), query=request.args.get("q"))
 
 
 def seconds_into(video: Video, value: str | None) -> float | None:

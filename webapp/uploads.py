@@ -25,7 +25,8 @@ class UploadRequest(Request):
     body), when werkzeug never hands it to `files`.
 
     A multipart body that cannot be read to its closing boundary (the client went away, its
-    Content-Length promised more than it sent, or the form is malformed) is a 400 saying so;
+    Content-Length promised more than it sent, a chunked body ended before its last chunk,
+    or the form is malformed) is a 400 saying so;
     werkzeug alone would hand the view an empty form, answered "file: Missing data".
     A disk that fills up while the file is received is a 507 (InsufficientStorage), the
     partial file deleted at once; it was a 500 "internal error" with a traceback.
@@ -93,6 +94,14 @@ class UploadRequest(Request):
         """Why the multipart body could not be read, in a sentence."""
         read = self._body_read.count if self._body_read else 0
         length = self.content_length
+        # Chunked (no length), the connection gone: cut short, even in its first chunk,
+        # before a byte was read; checked before "empty", which that would also look like.
+        if length is None and isinstance(exc, ClientDisconnected):
+            return ("the upload was cut short: the connection ended before the last chunk of "
+                    "its chunked body arrived; nothing was stored, send it again")
+        if read == 0 and not length:  # nothing sent: "send it again" would send nothing
+            return ("the body is empty: send the file as multipart/form-data, in the field "
+                    "`file`; nothing was stored")
         if length is not None and (isinstance(exc, ClientDisconnected) or read < length):
             return (f"the upload was cut short: {read:,} of the {length:,} bytes its "
                     "Content-Length announced arrived before the connection ended; "

@@ -51,13 +51,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import json
+import signal
 import socket
 import struct
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from gunicorn import util
+from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.gthread import _DEFER, DEFAULT_WORKER_DATA_TIMEOUT, TConn, ThreadWorker
 
+from webapp import stopsignals
 from webapp.accesslog import POLL_PATH
 
 # Seconds a saturated worker leaves new connections to the others at most.
@@ -104,12 +110,53 @@ class BalancedThreadWorker(ThreadWorker):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.busy = 0  # connections handed to the thread pool and not finished yet
+        self.quitting = False  # a SIGINT or SIGQUIT came: on its way out
+        self.loop_ended = False  # gthread's run() has returned (or raised)
         self.paused_since: float | None = None  # accept paused for busy threads, since
         self.closers: ThreadPoolExecutor | None = None  # made in the worker process
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
         gc.freeze()  # what start-up made lives as long as the process (see above)
+
+    def handle_quit(self, sig, frame) -> None:
+        """SIGINT or SIGQUIT: gthread's quick exit, once, and from the event loop. They come
+        in twos: Ctrl-C of gunicorn in a terminal reaches the worker (SIGINT) and the master,
+        which then sends its workers SIGQUIT. gunicorn's handler ran again for each, inside
+        the previous one's 0.1 s sleep or during the exit itself (a SystemExit in the atexit
+        callbacks); one that came after Python had put the default handlers back killed the
+        worker by SIGQUIT (the master: "Worker (pid:…) was sent SIGQUIT!"), and a burst of
+        them nested the handler until "Error: maximum recursion depth exceeded". The later
+        ones are blocked, and one already on its way does nothing (as in the job worker and
+        its reconciler).
+
+        gthread's handler also shut the thread pool down and raised SystemExit wherever
+        this thread was. In the pool's `submit` (a new connection, starting a thread) that
+        hung the worker for good: on the lock `shutdown` takes, which `submit` held; or, the
+        SystemExit raised as the new thread started, before the pool had recorded it, at the
+        exit, which waited for that thread, never told to end. The exit is raised on the
+        event loop instead, between two events (the loop wakes up for it at once); Python's
+        exit ends the pool's threads (concurrent.futures' atexit), after the requests in
+        progress, as before."""
+        if self.quitting:
+            return
+        self.quitting = True
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGQUIT,
+                                                  signal.SIGTERM})
+        self.alive = False
+        self.cfg.worker_int(self)
+        if not self.loop_ended:  # else the worker is exiting already, with status 0
+            self.method_queue.defer(sys.exit, 0)
+
+    def get_thread_pool(self) -> ThreadPoolExecutor:
+        # Its threads leave the stop signals to the main thread (webapp/stopsignals.py).
+        return ThreadPoolExecutor(self.cfg.threads, initializer=stopsignals.block_in_this_thread)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.loop_ended = True  # the loop's pipe is closed: nothing more is deferred
 
     def handle(self, conn):
         """gthread's, but a new connection that has sent nothing is closed once the worker
@@ -124,13 +171,52 @@ class BalancedThreadWorker(ThreadWorker):
                     return _DEFER  # gthread's: the connection waits on the event loop
         return super().handle(conn)
 
+    def handle_error(self, req, client, addr, exc) -> None:
+        """A request line or header over gunicorn's limits (limit_request_line, 4094 bytes;
+        limit_request_fields, 100; limit_request_field_size, 8190 bytes) is refused before
+        the app sees it: gunicorn's answer was an HTML page ("<h1><p>URI Too Long</p></h1>")
+        without the security headers, where every other error of the API is JSON. The same
+        414 or 431, in the API's error shape with the headers every answer has (the path
+        is not read yet, so the pages get it too); anything else is gunicorn's."""
+        if not isinstance(exc, LimitRequestLine | LimitRequestHeaders):
+            super().handle_error(req, client, addr, exc)
+            return
+        from webapp.security import CSP, FIXED_HEADERS  # (loaded with the app by now)
+
+        self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+        if isinstance(exc, LimitRequestLine):
+            code, status = 414, "URI Too Long"
+            size = (f" is {exc.size:,} bytes," if isinstance(exc.size, int) else " is")
+            limit = exc.max_size or self.cfg.limit_request_line
+            message = (f"the request line (method, path and query string){size} more than "
+                       f"this server reads ({limit:,} bytes): shorten the URL (no request "
+                       "of the API needs one this long)")
+        else:
+            code, status = 431, "Request Header Fields Too Large"
+            message = (f"the request's header fields are more or larger than this server "
+                       f"reads (at most {self.cfg.limit_request_fields} fields of at most "
+                       f"{self.cfg.limit_request_field_size:,} bytes each): send fewer or "
+                       "shorter ones")
+        body = json.dumps({"code": code, "message": message, "status": status},
+                          separators=(",", ":")).encode() + b"\n"  # as Flask writes it
+        headers = {"Connection": "close", "Content-Type": "application/json",
+                   "Content-Length": str(len(body)), "Content-Security-Policy": CSP,
+                   **FIXED_HEADERS}
+        head = f"HTTP/1.1 {code} {status}\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+        try:
+            util.write_nonblock(client, head.encode("latin-1") + body)
+        except Exception:
+            self.log.debug("Failed to send error message.")
+
     def close_connection(self, conn, graceful: bool = False) -> None:
         """TConn.close, its graceful wait handed to the closer threads."""
         if not graceful or getattr(conn, "silent", False):
             TConn.close(conn)
             return
         if self.closers is None:
-            self.closers = ThreadPoolExecutor(CLOSERS, thread_name_prefix="closer")
+            self.closers = ThreadPoolExecutor(CLOSERS, thread_name_prefix="closer",
+                                              initializer=stopsignals.block_in_this_thread)
         try:
             self.closers.submit(TConn.close, conn, True)
         except RuntimeError:  # the pool is shut down: the worker is exiting

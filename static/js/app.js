@@ -3,6 +3,8 @@
 // Every page works without it: the forms post as they are.
 (function () {
   "use strict";
+  // The lists whose items are one tab stop together (see "one tab stop each" below).
+  var ROVING = "#storyboard, #transcript, #translation";
   document.documentElement.classList.add("js");
 
   function csrfToken() {
@@ -310,6 +312,19 @@
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", startAt);
   else startAt();
 
+  // A page opened from a search's "and 7 more matching lines" (/videos/<id>?q=...) is read
+  // for its marked lines: the page is taken to them, and the transcript's own box to the
+  // first (it was the top of the page and of the box: the marks were out of sight).
+  function showMatches() {
+    var note = document.getElementById("transcript-matches");
+    var first = document.querySelector("#transcript .line.match, #translation .line.match");
+    if (!note || !first) return;
+    keepInView(first);
+    note.scrollIntoView({ block: "start" });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", showMatches);
+  else showMatches();
+
   // Media events do not bubble: listen in the capture phase so swapped-in players work too.
   document.addEventListener("timeupdate", function (evt) {
     if (evt.target.id === "player") highlight(evt.target);
@@ -317,6 +332,24 @@
 
   function highlight(player) {
     var t = player.currentTime;
+    // The storyboard's frame of this moment too, brought into the strip's view (the page is
+    // left where it is), and the strip's tab stop unless the keyboard is in it.
+    document.querySelectorAll("#storyboard .tile").forEach(function (tile) {
+      var current = t >= parseFloat(tile.dataset.start) && t < parseFloat(tile.dataset.end);
+      if (current === tile.classList.contains("current")) return;
+      tile.classList.toggle("current", current);
+      if (current) {
+        tile.setAttribute("aria-current", "true");
+        var strip = tile.parentNode, inner = strip.getBoundingClientRect();
+        var at = tile.getBoundingClientRect();
+        if (at.left < inner.left || at.right > inner.right) {
+          strip.scrollLeft += at.left - inner.left - (inner.width - at.width) / 2;
+        }
+        if (!strip.contains(document.activeElement)) tabStop(tile);
+      } else {
+        tile.removeAttribute("aria-current");
+      }
+    });
     var lines = document.querySelectorAll("#transcript .line, #translation .line");
     lines.forEach(function (line) {
       var current = t >= parseFloat(line.dataset.start) && t < parseFloat(line.dataset.end);
@@ -325,6 +358,9 @@
         if (current) {
           line.setAttribute("aria-current", "true");
           keepInView(line);
+          // Tab into the transcript lands on the line being spoken, unless the keyboard
+          // is in it already (its focus is not moved from under it).
+          if (!line.closest(ROVING).contains(document.activeElement)) tabStop(line);
         } else {
           line.removeAttribute("aria-current");
         }
@@ -341,6 +377,56 @@
     if (at.top >= inner.top && at.bottom <= inner.bottom) return;
     box.scrollTop += at.top - inner.top - (inner.height - at.height) / 2;
   }
+
+  // -- one tab stop each for the storyboard, the transcript and its translation -----------
+  // A long video has a hundred frames and hundreds of lines, each a button: the downloads
+  // were hundreds of Tabs away. Each list is one stop (its item last moved to, or the line
+  // being spoken), and the arrow keys, Home and End move within it. Without JavaScript every
+  // item stays a stop of its own.
+  function rovingItems(list) {
+    return Array.prototype.slice.call(list.querySelectorAll("[data-start]"));
+  }
+
+  function tabStop(item) {
+    rovingItems(item.closest(ROVING)).forEach(function (other) {
+      other.tabIndex = other === item ? 0 : -1;
+    });
+  }
+
+  function setUpRoving() {
+    document.querySelectorAll(ROVING).forEach(function (list) {
+      var all = rovingItems(list);
+      if (!all.length || all.some(function (item) { return item.getAttribute("tabindex") === "0"; })) {
+        return;
+      }
+      tabStop(all[0]);
+      if (list.id === "storyboard") {
+        list.setAttribute("role", "toolbar");
+        list.setAttribute("aria-label", "Storyboard: a frame every few seconds");
+      }
+    });
+  }
+
+  document.addEventListener("keydown", function (evt) {
+    var item = evt.target.closest && evt.target.closest("[data-start]");
+    var list = item && item.closest(ROVING);
+    if (!list || evt.altKey || evt.ctrlKey || evt.metaKey || evt.shiftKey) return;
+    var all = rovingItems(list), at = all.indexOf(item), to;
+    if (evt.key === "ArrowRight" || evt.key === "ArrowDown") to = Math.min(at + 1, all.length - 1);
+    else if (evt.key === "ArrowLeft" || evt.key === "ArrowUp") to = Math.max(at - 1, 0);
+    else if (evt.key === "Home") to = 0;
+    else if (evt.key === "End") to = all.length - 1;
+    else return;
+    evt.preventDefault();
+    tabStop(all[to]);
+    all[to].focus();
+  });
+
+  // A click (or a search's marked line) makes its item the list's stop too.
+  document.addEventListener("focusin", function (evt) {
+    var item = evt.target.closest && evt.target.closest("[data-start]");
+    if (item && item.closest(ROVING)) tabStop(item);
+  });
 
   // -- the transcript's copy button (shown where the clipboard can be written) -------------
   function setUpCopy() {
@@ -543,6 +629,7 @@
   });
 
   function ready() {
+    setUpRoving();
     chooseCaptions();
     setUpUpload();
     setUpCopy();
@@ -552,6 +639,7 @@
     countDown();
   }
   document.addEventListener("htmx:afterSettle", function () {
+    setUpRoving();
     chooseCaptions();  // the results came in with the run's last poll
     setUpCopy();
     updateSelection();

@@ -69,14 +69,17 @@ class Api(SmorestApi):
         elif isinstance(error, RequestEntityTooLarge):
             limit, length = request.max_content_length, request.content_length
             if limit and (length is None or length > limit):
-                message = (f"the request body is larger than the limit of "
-                           f"{human_size(limit)} ({limit:,} bytes)")
+                said = human_size(limit)  # "1,000 bytes (1,000 bytes)" said it twice
+                exact = f" ({limit:,} bytes)" if limit >= 1024 else ""
+                message = f"the request body is larger than the limit of {said}{exact}"
             else:  # werkzeug's form limits: too many parts, or a big non-file field
                 message = "the form has too many parts, or a field besides the file is too big"
         elif isinstance(error, NotFound) and request.url_rule is None:
             message = _nothing_there()
         elif isinstance(error, MethodNotAllowed) and error.valid_methods:
-            # werkzeug's "The method is not allowed for the requested URL." names neither.
+            # werkzeug's "The method is not allowed for the requested URL." names neither;
+            # its Allow lists them in a set's order, sorted here as for OPTIONS.
+            error.valid_methods = sorted(error.valid_methods)
             message = (f"{request.method} is not allowed at {request.path}; it answers "
                        f"{', '.join(error.valid_methods)}")
         elif isinstance(error, RequestedRangeNotSatisfiable) and error.length is not None:
@@ -278,6 +281,34 @@ def no_content_no_type(response: Response) -> Response:
     return response
 
 
+def document_database_unavailable() -> None:
+    """Every operation reads the database, so each can answer 503 when it does not answer
+    (database_unavailable): listed with each, as every status an operation can answer is;
+    only the triggers listed it (for the queue), so a generated client of any other
+    operation had no Retry-After to wait for. The triggers keep their own description."""
+    api.spec.components.response("DATABASE_UNAVAILABLE", {
+        "description": "Service Unavailable: the database does not answer (restarting, out "
+                       "of reach, or SQLite locked by another process beyond its busy "
+                       "timeout); nothing was changed: try again after Retry-After seconds",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        "headers": {"Retry-After": {
+            "description": "Seconds to wait before trying again",
+            "required": True, "schema": {"type": "integer"}}},
+    })
+    document_on_every_operation({"503": "DATABASE_UNAVAILABLE"})
+
+
+def document_on_every_operation(responses: dict[str, str]) -> None:
+    """List each status (a key) with every operation already registered, as a reference to
+    the response component (its value), unless the operation lists that status itself."""
+    for operations in api.spec._paths.values():  # apispec has no public way to edit them
+        for operation in operations.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                for status, component in responses.items():
+                    operation["responses"].setdefault(
+                        status, {"$ref": f"#/components/responses/{component}"})
+
+
 def init_app(app: Flask) -> None:
     from webapp.api import processing, search, videos
 
@@ -302,6 +333,7 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(videos.blp, url_prefix=f"{API_PREFIX}/v1")
     api.register_blueprint(processing.blp, url_prefix=f"{API_PREFIX}/v1")
     api.register_blueprint(search.blp, url_prefix=f"{API_PREFIX}/v1")
+    document_database_unavailable()
     app.register_error_handler(ServiceError, handle_service_error)
     app.register_error_handler(RedisConnectionError, queue_down)
     app.register_error_handler(RedisTimeoutError, queue_down)

@@ -66,24 +66,50 @@ class VideoListQuerySchema(ma.Schema):
         "`duration` (longest first, unknown lengths last)"})
 
 
+# A query string is text: a flag there is `true` or `false`, and marshmallow's other
+# spellings (1/0, yes/no, on/off, t/f, y/n, any case) are read too, as they always were.
+_QUERY_FLAG = " `true` or `false` (also 1/0, yes/no, on/off)."
+
+
+class JsonBoolean(fields.Boolean):
+    """A JSON body's flag: the JSON literals true and false only. marshmallow's Boolean also
+    took 1, 0, "yes", "on", "true", "f"...: `{"force": 1}` forced a run and `{"force":
+    "no"}` did not, where the OpenAPI says boolean, so a client that built its body as
+    text (a template, a shell variable) never learnt it was wrong. A 422 naming the
+    field, as for any other value of the wrong type."""
+
+    default_error_messages = {
+        "invalid": "Must be true or false (a JSON boolean, not a string or a number)."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class ForceQuerySchema(ma.Schema):
 
     force = fields.Boolean(
         load_default=False,
-        metadata={"description": "Cancel an active task and start a new one instead of 409"},
+        metadata={"description": "Cancel an active task and start a new one instead of 409:"
+                                 + _QUERY_FLAG},
     )
     language = fields.String(**_LANGUAGE_FIELD, metadata={
         "description": _LANGUAGE + "." + _STORED + " left out, the video's is used"})
     translate = fields.Boolean(metadata={
-        "description": _TRANSLATE + "." + _STORED + " left out, the video's is used"})
+        "description": _TRANSLATE + "." + _STORED + " left out, the video's is used;"
+                       + _QUERY_FLAG})
 
 
 class ForceBodySchema(ma.Schema):
-    force = fields.Boolean(load_default=False, metadata={"description": "Same as the query flag"})
+    force = JsonBoolean(load_default=False, metadata={
+        "description": "Same as the query flag, as a JSON boolean: true or false (1, "
+                       "\"true\" or \"yes\" are 422)"})
     language = fields.String(**_LANGUAGE_FIELD, metadata={
         "description": "Same as the query parameter (wins over it)"})
-    translate = fields.Boolean(metadata={
-        "description": "Same as the query parameter (wins over it)"})
+    translate = JsonBoolean(metadata={
+        "description": "Same as the query parameter (wins over it), as a JSON boolean: "
+                       "true or false"})
 
 
 class SubTaskProgressSchema(ma.Schema):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import string
 import unicodedata
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -111,9 +112,12 @@ class Videos(MethodView):
     @blp.response(201, VideoSchema, headers={"Location": {
         "description": "The new video's URL", "required": True, "schema": {"type": "string"}}})
     @error_response(blp, 400, "The upload was cut short (the body ends before the form's "
-                              "closing boundary or its Content-Length), or the form is "
-                              "malformed; nothing stored")
-    @error_response(blp, 411, "No Content-Length, and the server cannot read a chunked body")
+                              "closing boundary, its Content-Length or a chunked body's last "
+                              "chunk), the body is empty, or the form is malformed; "
+                              "nothing stored")
+    @error_response(blp, 411, "No Content-Length, and the WSGI server in front does not end a "
+                              "chunked body (gunicorn, as the Procfile runs it, does: there "
+                              "a chunked upload is taken)")
     @error_response(blp, 413, "Larger than MAX_UPLOAD_BYTES (or a form bomb); nothing stored")
     @error_response(blp, 412, "If-Match named entity tags: the list of videos states none, "
                               "so none can match; the body was not read, nothing stored")
@@ -193,18 +197,48 @@ class Artifacts(MethodView):
 
 
 
-def _file_names(stem: str, suffix: str) -> dict[str, str]:
+def _file_names(stem: str, suffix: str, bare: str = "transcript.txt") -> dict[str, str]:
     """Content-Disposition's file name parameters for `stem` + `suffix` (RFC 6266): a name
     beyond ASCII goes in filename* (UTF-8, percent-encoded), beside an ASCII filename for
     old clients. Put in filename as it was, a header value must be Latin-1: gunicorn answered
     a video named in Chinese or with an emoji with a bare 500, and sent `café` as one byte
-    clients read in their own charset. (Flask's send_file does the same for artifacts.)"""
+    clients read in their own charset. `bare` is the ASCII name when the stem has no ASCII
+    letters (Flask's send_file left " .captions.vtt" of "日本語 🎬")."""
+    stem = _fitted(stem, suffix)
     name = stem + suffix
     if name.isascii():
         return {"filename": name}
     plain = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode().strip()
-    return {"filename": (plain or "transcript") + suffix,
+    plain = _fitted(plain, suffix).strip(" .")
+    return {"filename": plain + suffix if plain else bare,
             "filename*": "UTF-8''" + quote(name, safe="!#$&+-.^_`|~")}
+
+
+def _stem(video) -> str:
+    """The video's name without its extension, and without leading dots (no hidden file)
+    or spaces at either end (". x.mp4" too, whose space follows the dot): what its
+    downloads are named after."""
+    return video.original_filename.rsplit(".", 1)[0].strip(string.whitespace + ".")
+
+
+# A file name's most bytes on the usual file systems (ext4, btrfs, XFS, APFS, NTFS's 255
+# UTF-16 units are more): a video may be named with 255 characters, up to 4 bytes each.
+_NAME_BYTES = 255
+
+
+def _fitted(stem: str, suffix: str) -> str:
+    """`stem` cut so that it and `suffix` are at most _NAME_BYTES bytes of UTF-8 (whole
+    characters, never a combining mark left without its letter), trailing spaces and dots
+    dropped: a 255-character name in Chinese gave a 769-byte file name that the browser's
+    disk would refuse."""
+    room = _NAME_BYTES - len(suffix.encode())
+    if len(stem.encode()) <= room:
+        return stem
+    cut = stem.encode()[:room].decode("utf-8", "ignore")
+    # a letter whose combining marks would be cut off goes with them
+    while cut and unicodedata.combining(stem[len(cut)]):
+        cut = cut[:-1]
+    return cut.rstrip(" .")
 
 
 @blp.route("/videos/<string:video_id>/transcript.txt", merge_slashes=False)
@@ -213,7 +247,8 @@ class TranscriptText(MethodView):
         "The published transcript as plain UTF-8 text, one segment a line (as an attachment "
         "named after the video)"), "content": {"text/plain": {"schema": _TEXT}},
         "headers": {"Content-Disposition": {
-            "description": "`attachment`, named after the video (`<its name>.txt`)",
+            "description": "`attachment`, named after the video (`<its name>.txt`, "
+                           "cut to whole characters within 255 bytes of UTF-8)",
             "required": True, "schema": _TEXT},
             "Cache-Control": {"description": "`no-cache, private`: a newer run may replace "
                                              "the transcript", "required": True,
@@ -236,7 +271,7 @@ class TranscriptText(MethodView):
             video.id)
         if text is None:
             raise NotFound(f"video {video.id} has no transcript yet")
-        stem = video.original_filename.rsplit(".", 1)[0] or "transcript"
+        stem = _stem(video) or "transcript"
         response = Response(text, mimetype="text/plain")
         response.headers.set("Content-Disposition", "attachment", **_file_names(stem, ".txt"))
         response.headers["Cache-Control"] = "no-cache, private"
@@ -264,7 +299,10 @@ _FILE_HEADERS = {
                                      "If-Unmodified-Since)", "required": True, "schema": _STRING},
     "Accept-Ranges": {"description": "`bytes`: byte ranges can be asked for (Range)",
                       "required": True, "schema": _STRING},
-    "Content-Disposition": {"description": "`inline`, with the artifact's name",
+    "Content-Disposition": {"description": "`inline`, named `<the video's name>.<artifact>` "
+                                           "(`my talk.captions.vtt`; the video's name "
+                                           "without its extension, cut to whole "
+                                           "characters within 255 bytes)",
                             "required": True, "schema": _STRING},
 }
 _CONTENT_RANGE = {"description": "The range sent and the file's length, "
@@ -325,8 +363,17 @@ def _check_if_range(path) -> None:
         request.environ.pop("HTTP_RANGE", None)
 
 
-def _send(path, mimetype: str, name: str) -> Response:
-    return send_file(path, mimetype=mimetype, conditional=True, download_name=name, max_age=0)
+def _send(path, mimetype: str, name: str, video=None) -> Response:
+    response = send_file(path, mimetype=mimetype, conditional=True, download_name=name,
+                         max_age=0)
+    stem = _stem(video) if video is not None else ""
+    if stem:
+        # `<the video's name>.<artifact>` ("my talk.captions.vtt"): saved from the page,
+        # every video's files were preview.mp4, captions.vtt, ... (the browser takes this
+        # name over the link's own), and a second video's became "preview (1).mp4".
+        response.headers.set("Content-Disposition", "inline",
+                             **_file_names(stem, "." + name, bare=name))
+    return response
 
 
 def _check_preconditions(path, mimetype: str, name: str) -> None:
@@ -409,7 +456,7 @@ class Artifact(MethodView):
             _check_if_range(artifact.path)
             try:
                 _check_preconditions(artifact.path, artifact.mime_type, name)
-                return _send(artifact.path, artifact.mime_type, name)
+                return _send(artifact.path, artifact.mime_type, name, video)
             except FileNotFoundError:
                 ext.db().rollback()
         raise NotFound(f"artifact {name!r} does not exist for video {video.id}")

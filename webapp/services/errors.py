@@ -48,6 +48,18 @@ class NotFound(ServiceError):
 NO_SUCH_ID = "no video has this id (ids are UUIDs)"
 
 
+def no_such_id(video_id: str) -> NotFound:
+    """The 404 for an id that is not one this service hands out. A UUID in upper case (as
+    Swift's `uuidString` and some .NET code write them) is told so: "ids are UUIDs" left
+    such a client wondering what was wrong with the one it had been given."""
+    from webapp.services.storage import is_valid_id
+
+    if video_id.isascii() and video_id != video_id.lower() and is_valid_id(video_id.lower()):
+        return NotFound("no video has this id: ids are UUIDs written in lower case, and this "
+                        f"one is in upper case ({video_id.lower()} in lower case)")
+    return NotFound(NO_SUCH_ID)
+
+
 class Conflict(ServiceError):
     status = 409
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from webapp.config import STEPS, Settings
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, Video
 from webapp.services import calibration, languages, progress, publications, queue
-from webapp.services.errors import NO_SUCH_ID, Conflict, NotFound, QueueUnavailable
+from webapp.services.errors import Conflict, NotFound, QueueUnavailable, no_such_id
 from webapp.services.storage import Storage, is_valid_id
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ MODES = ("run_sync", "reprocess")
 def get_video(session: Session, video_id: str) -> Video:
     """The video, or NotFound for unknown ids of any shape."""
     if not is_valid_id(video_id):
-        raise NotFound(NO_SUCH_ID)
+        raise no_such_id(video_id)
     video = session.get(Video, video_id)
     if video is None:
         raise NotFound(f"video {video_id} not found")
@@ -48,7 +48,7 @@ def trigger_video(session: Session, video_id: str) -> Row:
     """What a trigger needs of the video (id, media facts, transcription options), or
     NotFound as get_video."""
     if not is_valid_id(video_id):
-        raise NotFound(NO_SUCH_ID)
+        raise no_such_id(video_id)
     row = session.connection().execute(_TRIGGER_VIDEO, {"video_id": video_id}).first()
     if row is None:
         raise NotFound(f"video {video_id} not found")

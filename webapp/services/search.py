@@ -293,6 +293,17 @@ def marked(text_: str, query: str, language: str | None = None) -> list[tuple[st
     return searchterms.marked(text_, searchterms.query_units(query, [language]), language)
 
 
+def marked_if_matching(text_: str, query: str,
+                       language: str | None = None) -> list[tuple[str, bool]] | None:
+    """`text_` in pieces as `marked` cuts it when it holds every unit of `query` (a line
+    the search counts as matching); None when it does not, or the query has no unit."""
+    units = searchterms.query_units(query, [language])
+    if not units or not all(any(hit for _, hit in searchterms.marked(text_, [unit], language))
+                            for unit in units):
+        return None
+    return searchterms.marked(text_, units, language)
+
+
 def stemmed_languages(session: Session) -> list[str]:
     """The languages whose stems the index holds (a query's words stand for their stems in
     each), and English, the commonest; one read of a few rows (table search_languages, not

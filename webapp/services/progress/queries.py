@@ -10,7 +10,7 @@ from sqlalchemy import and_, bindparam, case, event, func, or_, select
 from sqlalchemy.orm import Session
 
 from webapp.models import ACTIVE_STATUSES, ProcessingTask, SubTask, Video
-from webapp.services.errors import NO_SUCH_ID, NotFound
+from webapp.services.errors import NotFound, no_such_id
 from webapp.services.progress.views import ProgressView, _view, initial_view
 from webapp.services.storage import is_valid_id
 
@@ -98,7 +98,7 @@ def tagged_progress(
     """The video's progress and its `progress_tag`, both from one query (one snapshot), as
     plain rows: what a poll answers when something changed. NotFound for unknown ids."""
     if not is_valid_id(video_id):
-        raise NotFound(NO_SUCH_ID)
+        raise no_such_id(video_id)
     rows = session.connection().execute(_PROGRESS_QUERY, {"video_id": video_id}).all()
     if not rows:
         raise NotFound(f"video {video_id} not found")
