@@ -21,11 +21,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 from redis import Redis
 from redis.exceptions import LockError, RedisError
+from redis.lock import Lock
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -46,6 +47,10 @@ from webapp.services.queue import connect
 log = logging.getLogger("jobs.reconciler")  # run as __main__ (`python -m`): named all the same
 OUTAGE_REMINDER_SECONDS = 60.0  # how often it says again that Redis does not answer
 LOCK_KEY = "vidpipe:reconciler:{queue}"
+# How long a pass's lock outlives the last renewal of its holder: a reconciler cut off in
+# the middle of a pass (its host's link down) holds up the other hosts' for at most this
+# long. It was a fixed 60 s, which alone took a step's takeover past 60 s.
+LOCK_SECONDS = 15.0
 # A task younger than this may still be between its commit and its enqueue: longer than a
 # trigger's enqueue can take against a slow Redis (2 s to connect + 10 s socket timeout).
 GRACE = timedelta(seconds=15)
@@ -59,24 +64,57 @@ ENDED = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed",
 def reconcile(settings: Settings, connection: Redis) -> int | None:
     """One pass; returns how many steps it acted on. Skips if another process holds the
     lock: None (the database was not read)."""
-    lock = connection.lock(LOCK_KEY.format(queue=settings.queue_name), timeout=60,
-                           blocking=False)
+    lock = connection.lock(LOCK_KEY.format(queue=settings.queue_name), timeout=LOCK_SECONDS,
+                           blocking=False, thread_local=False)  # renewed from a thread
     if not lock.acquire():
         return None
     try:
-        clean_registries(Queue(settings.queue_name, connection=connection))
-        sweep_staging(settings)
-        with session_factory(settings.database_url)() as session:
-            acted = _check_tasks(session, settings, connection)
-            global _pruned_at
-            if time.monotonic() - _pruned_at >= PRUNE_EVERY:
-                _pruned_at = time.monotonic()
-                if webhooks.prune(session):
-                    session.commit()
-            return acted
+        with _kept(lock):
+            return _pass(settings, connection)
     finally:
         with contextlib.suppress(RedisError, LockError):
             lock.release()
+
+
+def _pass(settings: Settings, connection: Redis) -> int:
+    clean_registries(Queue(settings.queue_name, connection=connection))
+    sweep_staging(settings)
+    with session_factory(settings.database_url)() as session:
+        acted = _check_tasks(session, settings, connection)
+        global _pruned_at
+        if time.monotonic() - _pruned_at >= PRUNE_EVERY:
+            _pruned_at = time.monotonic()
+            if webhooks.prune(session):
+                session.commit()
+        return acted
+
+
+@contextlib.contextmanager
+def _kept(lock: Lock) -> Iterator[None]:
+    """Hold `lock` for as long as the pass takes: a thread renews it every third of its
+    timeout. A holder that can no longer renew it (its host cut off, the process stopped)
+    loses it within LOCK_SECONDS, and another host's reconciler takes over."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(LOCK_SECONDS / 3):
+            try:
+                lock.reacquire()
+            except LockError:  # expired (this process stood still), or taken by another
+                if not done.is_set():  # (not merely released as the pass ended)
+                    log.warning("reconciler: this pass outlasted its lock (%g s without "
+                                "renewal); another process may reconcile beside it",
+                                LOCK_SECONDS)
+                return
+            except RedisError:
+                pass  # cut off: the lock expires, as it should; tried again while the pass runs
+
+    with stopsignals.threads_started_here_block_them():
+        threading.Thread(target=renew, name="reconciler-lock", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def sweep_staging(settings: Settings, older_than: float = STALE_UPLOAD) -> int:

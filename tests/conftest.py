@@ -12,7 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -174,6 +174,22 @@ def no_mount_outlives_the_run(no_process_outlives_the_run) -> Iterator[None]:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Name the test in the environment before any of its fixtures starts a process."""
     os.environ[f"{RUN_MARK}_TEST"] = item.nodeid
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test's report gets the `failure_report()` of its fixtures that have one (the
+    multi-host site: its hosts' logs), as the failure's own section: a module's fixture
+    printing them at its end shows them only when its last test fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        describe = getattr(value, "failure_report", None)
+        if callable(describe):
+            with suppress(Exception):  # never a second failure of its own
+                report.sections.append((f"{name}: at the failure", describe()))
 
 
 # -- No error answer gives a server's internals away ---------------------------------------

@@ -298,6 +298,12 @@ class Site:
         except OSError:
             return ""
 
+    def failure_report(self, chars: int = 2500) -> str:
+        """The tail of every host's log, the workers' last (what a failed test shows)."""
+        names = sorted(p.name for p in self.logs.iterdir())
+        names.sort(key=lambda n: n.startswith("worker-"))
+        return "\n".join(f"--- {n} (tail) ---\n{self.log_tail(n, chars)}" for n in names)
+
     def logs_text(self, name: str) -> str:
         try:
             return (self.logs / name).read_text(errors="replace")

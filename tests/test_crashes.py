@@ -7,11 +7,12 @@ import signal
 import subprocess
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from rq.job import Job
 
-from jobs import hooks
+from jobs import hooks, reconciler
 from tests import mediagen
 from tests.conftest import start_worker, stop_worker
 from tests.helpers import progress_of, subtasks, upload_ok, wait_for
@@ -108,6 +109,59 @@ def test_whole_worker_killed_is_noticed_and_a_later_worker_finishes(client, long
     state = wait_for(lambda: (s := progress_of(client, vid))["status"] == "completed" and s,
                      timeout=120)
     assert subtasks(state)["transcode"]["attempt"] == 2
+
+
+def _reconciler_in_its_pass(env: dict[str, str]):
+    """tests/slow_reconciler.py started, once it stands still in its first pass (lock held)."""
+    proc = start_worker(env, module="tests.slow_reconciler")
+    wait_for(lambda: proc.poll() is not None or "in its pass" in Path(proc.log_path).read_text(),
+             timeout=60, interval=0.1, what="the reconciler's first pass")
+    assert proc.poll() is None, Path(proc.log_path).read_text()
+    return proc
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # Redis's lock alone
+def test_a_reconciler_cut_off_in_its_pass_holds_up_the_others_at_most_its_lock_time(
+        settings, redis_conn):
+    """A reconciler that stands still in the middle of a pass, as on a host whose link goes
+    down, cannot renew the pass's lock: the others take over when it expires. It was a
+    fixed 60 s, during which no host's reconciler could declare the cut-off host's steps
+    abandoned (test_multihost's takeover took over 60 s)."""
+    proc = _reconciler_in_its_pass({})
+    try:
+        proc.send_signal(signal.SIGSTOP)  # alive, but never heard from again
+        stopped = time.monotonic()
+        assert reconciler.reconcile(settings, redis_conn) is None  # it holds the lock
+        wait_for(lambda: reconciler.reconcile(settings, redis_conn) is not None, timeout=45,
+                 interval=0.25, what="a pass of this process")
+        took = time.monotonic() - stopped
+        assert took <= reconciler.LOCK_SECONDS + 3, took
+    finally:
+        proc.kill()  # (a stopped process takes SIGKILL at once)
+        proc.wait(10)
+        stop_worker(proc)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_pass_longer_than_its_lock_time_keeps_the_lock_and_releases_it_at_its_end(
+        settings, redis_conn):
+    """The lock is renewed while its pass runs (here a 3 s lock, a 9 s pass): a slow pass is
+    never joined by a second reconciler, and its end frees the lock at once."""
+    proc = _reconciler_in_its_pass({"LOCK_SECONDS": "3", "PASS_SECONDS": "9"})
+    key = reconciler.LOCK_KEY.format(queue=settings.queue_name)
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 7:  # more than twice the lock's time
+            assert reconciler.reconcile(settings, redis_conn) is None
+            assert redis_conn.pttl(key) > 0
+            time.sleep(0.25)
+        # Its pass ends ~9 s in, and the next starts 5 s later (RECONCILE_INTERVAL): this
+        # process's passes run in between.
+        wait_for(lambda: reconciler.reconcile(settings, redis_conn) is not None, timeout=30,
+                 interval=0.25, what="a pass of this process once the slow one ended")
+        assert "outlasted its lock" not in Path(proc.log_path).read_text()
+    finally:
+        stop_worker(proc)
 
 
 def test_uploads_abandoned_in_staging_are_swept(settings):
