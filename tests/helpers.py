@@ -6,6 +6,7 @@ import dataclasses
 import http.client
 import json
 import os
+import random as _random
 import socket
 import struct
 import subprocess
@@ -229,12 +230,29 @@ def small_disk(path: Path, size: int, inodes: int | None = None) -> Iterator[Pat
         subprocess.run(["umount", "--lazy", str(path)], check=True)
 
 
+def _ephemeral_low(default: int = 32768) -> int:
+    """The first port the kernel hands out to outgoing connections (and to bind(0))."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
 def free_port() -> int:
-    """A port nothing listens on now (the kernel's pick): for a server to start on, or to
-    stand for one that is down."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now: for a server to start on, or to stand for one that is
+    down. Below the kernel's ephemeral range: a port of that range (the kernel's pick for
+    bind(0)) could be taken by any outgoing connection of the run (Redis, PostgreSQL,
+    HTTP) in the seconds before the server binds it."""
+    top = min(_ephemeral_low(), 32768)
+    for _ in range(200):
+        port = _random.randrange(max(top - 12000, 1024), top)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use: another
+                continue
+            return port
+    raise AssertionError("no free port found below the ephemeral range")
 
 
 @contextmanager
