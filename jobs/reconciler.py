@@ -49,7 +49,7 @@ OUTAGE_REMINDER_SECONDS = 60.0  # how often it says again that Redis does not an
 LOCK_KEY = "vidpipe:reconciler:{queue}"
 # How long a pass's lock outlives the last renewal of its holder: a reconciler cut off in
 # the middle of a pass (its host's link down) holds up the other hosts' for at most this
-# long. It was a fixed 60 s, which alone took a step's takeover past 60 s.
+# long. It was a fixed 60 s, which alone could take a step's takeover past 60 s.
 LOCK_SECONDS = 15.0
 # A task younger than this may still be between its commit and its enqueue: longer than a
 # trigger's enqueue can take against a slow Redis (2 s to connect + 10 s socket timeout).
