@@ -24,9 +24,18 @@ $(BIN)/activate:
 	$(SYSTEM_DEPS) venv
 	$(PYTHON) -m venv $(VENV)
 
+# An install cut short (Ctrl-C during the first `make run`) can leave a package that pip
+# counts as installed without all its files (gunicorn's metadata without bin/gunicorn), which
+# the next `pip install` skips: `make run` then failed for good. The mark `.installing`, left
+# by such an install, has the virtualenv made again from scratch.
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	@if [ -e $(VENV)/.installing ]; then \
+	  echo "vidpipe: the last install into $(VENV) did not finish; making it again"; \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); fi
+	touch $(VENV)/.installing
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	rm $(VENV)/.installing
 	touch $@
 
 $(WHISPER_BASE): $(VENV)/.installed

@@ -629,3 +629,39 @@ def test_make_run_says_a_workers_count_that_is_no_number_before_anything_starts(
     assert "vidpipe: WORKERS must be a whole number of at least 0; got 'abc'." in done.stderr
     assert "Traceback" not in done.stderr
     assert "system-deps" not in done.stdout and "honcho" not in done.stdout, done.stdout
+
+
+# A stand-in for the interpreter the Makefile makes its virtualenv with: `-m venv DIR` gives
+# DIR/bin/activate and a pip that writes its arguments to DIR/pip.log (the real install takes
+# minutes and the package index; what is checked here is the Makefile's own logic).
+_FAKE_PYTHON = """#!/bin/sh
+[ "$1" = "-m" ] && [ "$2" = "venv" ] || exit 2
+mkdir -p "$3/bin" && touch "$3/bin/activate"
+printf '#!/bin/sh\\necho "$*" >> "%s/pip.log"\\n' "$3" > "$3/bin/pip"
+chmod +x "$3/bin/pip"
+"""
+
+
+@pytest.mark.parametrize("cut_short", [True, False])
+def test_make_deps_makes_the_virtualenv_again_after_an_install_cut_short(tmp_path, cut_short):
+    """Ctrl-C during the first `make run`'s pip install left gunicorn's metadata without
+    bin/gunicorn; the next `pip install` took gunicorn as installed, and `make run` failed
+    from then on. Such an install leaves its mark, and the virtualenv is made again."""
+    python = tmp_path / "python"
+    python.write_text(_FAKE_PYTHON)
+    python.chmod(0o755)
+    venv = tmp_path / "venv"
+    subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
+    (venv / "half-installed-package").touch()
+    if cut_short:
+        (venv / ".installing").touch()
+    done = subprocess.run(["make", f"VENV={venv}", f"PYTHON={python}", f"{venv}/.installed"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    remade = "the last install into" in done.stdout
+    assert remade == cut_short, done.stdout
+    assert (venv / "half-installed-package").exists() != cut_short
+    assert (venv / "pip.log").read_text().splitlines() == [
+        "install --quiet --upgrade pip", "install --quiet -e .[dev]"]
+    assert (venv / ".installed").exists() and not (venv / ".installing").exists()
