@@ -814,6 +814,33 @@ def test_transcript_text_is_revalidated_by_its_etag(client, settings, clip):
     assert newer.headers["ETag"] != etag
 
 
+def test_transcript_text_if_match_is_a_documented_json_412(client, settings, clip):
+    """If-Match on transcript.txt (a client making sure the text it resumes or compares is
+    still the one it has): werkzeug answered one that no longer holds with a 412 carrying
+    the whole transcript as its body, text/plain, where every error under /api is JSON and
+    the description listed no 412; and `If-Match: *`, which any transcript there is
+    matches, with that 412 too. Now a JSON 412 as for an artifact, and `*` or the text's own
+    ETag serve the text (an If-None-Match naming it still gets its 304)."""
+    from tests.test_schemathesis import conforms
+
+    vid = upload_ok(client, clip)["id"]
+    url = f"/api/v1/videos/{vid}/transcript.txt"
+    publish_files(settings, vid, "transcribe", transcript_files([(0.0, 1.0, "hello there")]),
+                  segments=[(0.0, 1.0, "hello there")])
+    etag = client.get(url).headers["ETag"]
+    path = "/api/v1/videos/{video_id}/transcript.txt"
+    for sent in ('"an-older-copy"', f"W/{etag}"):  # strong comparison: a weak tag never holds
+        stale = conforms(client.get(url, headers={"If-Match": sent}), path, "GET", 412)
+        assert "changed" in assert_json_error(stale, 412)["message"]
+    for sent in ("*", etag, f'"other", {etag}'):
+        held = conforms(client.get(url, headers={"If-Match": sent}), path, "GET", 200)
+        assert held.get_data(as_text=True) == "hello there\n"
+    both = client.get(url, headers={"If-Match": etag, "If-None-Match": etag})
+    assert (both.status_code, both.data) == (304, b"")
+    gone = client.get(f"/api/v1/videos/{upload_ok(client, clip)['id']}/transcript.txt",
+                      headers={"If-Match": "*"})
+    assert_json_error(gone, 404)  # no transcript: nothing for `*` to match
+
 def test_transcript_text_of_a_video_named_beyond_latin_1_is_served(client, settings, clip):
     """transcript.txt is named after the video. A name beyond Latin-1 (Chinese, an emoji)
     went into Content-Disposition as it was, which a header cannot carry: gunicorn answered

@@ -259,12 +259,15 @@ class TranscriptText(MethodView):
                 "headers": {"ETag": {"description": "The text's validator", "required": True,
                                      "schema": _TEXT}}}})
     @blp.alt_response(404, response="NOT_FOUND")
+    @error_response(blp, 412, "If-Match no longer holds: the transcript changed since the "
+                              "copy the client has (strong comparison; `*` holds for any "
+                              "transcript there is)")
     @blp.doc(operationId="getTranscriptText")
     def get(self, video_id):
         """Download the transcript as plain text, one segment a line
 
         With its ETag in If-None-Match, a client whose copy is current gets a 304 (a newer
-        run's transcript has another)."""
+        run's transcript has another); with it in If-Match, a 412 once it changed."""
         video = find_video(video_id)
         text = results.transcript_text(
             publications.artifact(ext.db(), ext.storage(), video.id, "transcript.json"),
@@ -276,7 +279,21 @@ class TranscriptText(MethodView):
         response.headers.set("Content-Disposition", "attachment", **_file_names(stem, ".txt"))
         response.headers["Cache-Control"] = "no-cache, private"
         response.add_etag()  # of the text: a client revalidating its copy gets a 304
+        _check_if_match(response.get_etag()[0], "the transcript")
         return response.make_conditional(request)
+
+
+def _check_if_match(etag: str, what: str) -> None:
+    """412 (JSON) when If-Match names no current copy of `what` (strong comparison, RFC 9110
+    13.1.1; `*` holds, as it exists). werkzeug's make_conditional answered an If-Match that
+    did not hold with a 412 carrying the whole text as its body, and `*` with that 412 too.
+    One that holds is done with and dropped, so that werkzeug looks at If-None-Match."""
+    if "HTTP_IF_MATCH" not in request.environ:
+        return
+    if not request.if_match.contains(etag):  # (contains: `*`, or the strong tag)
+        abort(412, message=f"{what} has changed since the copy named in If-Match; "
+                           "download it again")
+    request.environ.pop("HTTP_IF_MATCH")
 
 
 # Each artifact is served with its own media type (audio/wav, text/vtt, image/jpeg, ...);
