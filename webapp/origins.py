@@ -137,9 +137,28 @@ def init_app(app: Flask, settings: Settings) -> None:
     origins = configured_origins(settings.cors_origins)
     app.extensions["vidpipe_origins"] = origins
     app.before_request(refuse_foreign)
+    document_refusal()
     if origins:
         # No credentials: the API's credential is the bearer token a page sends itself;
         # always_send off: no Access-Control-Allow-Origin on requests without an Origin.
         CORS(app, resources={CORS_PATHS: {"origins": list(origins)}},
              allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS,
              supports_credentials=False, always_send=False, max_age=600)
+
+
+def document_refusal() -> None:
+    """refuse_foreign's 403 is an answer of every state-changing operation of the API:
+    listed with each (as every status an operation can answer is, webapp/api/__init__.py),
+    so that a client generated from the description, and a conformance check, knows it."""
+    from webapp.api import api, document_on_every_operation
+
+    api.spec.components.response("CROSS_ORIGIN", {
+        "description": "Forbidden: a browser marks the request as another origin's (Origin, "
+                       "or Referer, of another scheme, host or port, Origin: null, or "
+                       "Sec-Fetch-Site cross-site or same-site), and that origin is not in "
+                       "CORS_ORIGINS; nothing was changed. Clients that send none of these "
+                       "headers are not refused",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    })
+    document_on_every_operation({"403": "CROSS_ORIGIN"},
+                                methods=[m.lower() for m in SAFE_METHODS], exclude=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from http import HTTPStatus
 
 from flask import Flask, Response, current_app, make_response, render_template, request
@@ -298,11 +299,17 @@ def document_database_unavailable() -> None:
     document_on_every_operation({"503": "DATABASE_UNAVAILABLE"})
 
 
-def document_on_every_operation(responses: dict[str, str]) -> None:
+def document_on_every_operation(responses: dict[str, str], methods: Iterable[str] = (),
+                                exclude: bool = False) -> None:
     """List each status (a key) with every operation already registered, as a reference to
-    the response component (its value), unless the operation lists that status itself."""
+    the response component (its value), unless the operation lists that status itself.
+    With `methods` (lower case), only with the operations of those methods, or with
+    `exclude` those of every other method."""
+    methods = frozenset(methods)
     for operations in api.spec._paths.values():  # apispec has no public way to edit them
-        for operation in operations.values():
+        for method, operation in operations.items():
+            if methods and (method in methods) == exclude:
+                continue
             if isinstance(operation, dict) and "responses" in operation:
                 for status, component in responses.items():
                     operation["responses"].setdefault(
