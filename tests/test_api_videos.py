@@ -795,6 +795,38 @@ def test_openapi_documents_the_headers_of_downloads(client, settings, clip):
     assert set(text["304"].get("headers", {})) == {"ETag"}
 
 
+def test_openapi_documents_the_request_headers_each_operation_honours(client):
+    """The conditional and range headers a client sends (README, "Conditional requests")
+    were documented on the progress poll alone (If-None-Match): a client generated from the
+    description had no Range or If-None-Match for a download, nor If-Match for a write."""
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    video = "/api/v1/videos/{video_id}"
+    expected = {
+        ("post", "/api/v1/videos"): {"If-Match"},
+        ("delete", video): {"If-Match"},
+        ("post", f"{video}/run_sync"): {"If-Match"},
+        ("post", f"{video}/reprocess"): {"If-Match"},
+        ("post", f"{video}/cancel"): {"If-Match"},
+        ("get", f"{video}/reprocess"): {"If-None-Match"},
+        ("get", f"{video}/transcript.txt"): {"If-None-Match", "If-Match"},
+        ("get", f"{video}/artifacts/{{name}}"): {"Range", "If-Range", "If-None-Match",
+                                                 "If-Modified-Since", "If-Match",
+                                                 "If-Unmodified-Since"},
+    }
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            headers = [p for p in op.get("parameters", []) if p["in"] == "header"]
+            assert {p["name"] for p in headers} == expected.get((method, path), set()), (
+                method, path)
+            assert all(not p["required"] and p["description"] for p in headers), headers
+    for mode in ("run_sync", "reprocess"):  # the query's options are still there beside them
+        parameters = paths[f"{video}/{mode}"]["post"]["parameters"]
+        assert {p["name"] for p in parameters if p["in"] == "query"} == {
+            "force", "language", "translate"}, mode
+
+
 def test_transcript_text_is_revalidated_by_its_etag(client, settings, clip):
     """A client keeping the downloaded transcript asks again with its ETag: a 304 while the
     transcript is the same, the new text (and another ETag) once a run replaced it."""

@@ -22,6 +22,7 @@ from werkzeug.exceptions import (
 )
 
 from webapp import dashboard
+from webapp.api.guards import IF_MATCH_WRITE
 from webapp.api.paging import PagingSchema
 from webapp.api.schemas import ErrorSchema
 from webapp.config import API_PREFIX
@@ -316,6 +317,16 @@ def document_on_every_operation(responses: dict[str, str], methods: Iterable[str
                         status, {"$ref": f"#/components/responses/{component}"})
 
 
+def document_if_match_on_writes() -> None:
+    """Every write honours If-Match (refuse_entity_tags): listed as a header parameter of
+    each. Added here: a `parameters` list given with @blp.doc replaces the query parameters
+    flask-smorest documents from @blp.arguments (the triggers' force, language, translate)."""
+    for operations in api.spec._paths.values():  # apispec has no public way to edit them
+        for method, operation in operations.items():
+            if method in ("post", "put", "patch", "delete"):
+                operation.setdefault("parameters", []).append(IF_MATCH_WRITE)
+
+
 def init_app(app: Flask) -> None:
     from webapp.api import processing, search, videos
 
@@ -341,6 +352,7 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(processing.blp, url_prefix=f"{API_PREFIX}/v1")
     api.register_blueprint(search.blp, url_prefix=f"{API_PREFIX}/v1")
     document_database_unavailable()
+    document_if_match_on_writes()
     app.register_error_handler(ServiceError, handle_service_error)
     app.register_error_handler(RedisConnectionError, queue_down)
     app.register_error_handler(RedisTimeoutError, queue_down)

@@ -163,6 +163,18 @@ def no_entity_tag(what: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def header_parameter(name: str, description: str) -> dict:
+    """An optional request header an operation reads, as an OpenAPI parameter."""
+    return {"name": name, "in": "header", "required": False, "schema": {"type": "string"},
+            "description": description}
+
+
+# What a write does with If-Match (refuse_entity_tags).
+IF_MATCH_WRITE = header_parameter(
+    "If-Match", "`*` is accepted; entity tags are a 412, as the target states none "
+                "(nothing is done)")
+
+
 def error_response(blp, code: int, description: str) -> Callable:
     """Document an error answer by number (HTTPStatus names differ between Python versions)."""
     return blp.alt_response(code, schema=ErrorSchema, description=description)

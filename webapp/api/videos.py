@@ -21,6 +21,7 @@ from webapp import extensions as ext
 from webapp.api.guards import (
     DISK_FULL_507,
     error_response,
+    header_parameter,
     multipart_upload,
     no_entity_tag,
     refuse_entity_tags,
@@ -262,7 +263,11 @@ class TranscriptText(MethodView):
     @error_response(blp, 412, "If-Match no longer holds: the transcript changed since the "
                               "copy the client has (strong comparison; `*` holds for any "
                               "transcript there is)")
-    @blp.doc(operationId="getTranscriptText")
+    @blp.doc(operationId="getTranscriptText", parameters=[
+        header_parameter("If-None-Match", "The ETag of the copy the client has: 304 while "
+                                          "the transcript is the same"),
+        header_parameter("If-Match", "The ETag of the copy the client has (or `*`): 412 "
+                                     "once the transcript changed")])
     def get(self, video_id):
         """Download the transcript as plain text, one segment a line
 
@@ -335,6 +340,25 @@ _FILE_RESPONSES = {
     "304": {"description": "Not modified since the copy the client has (conditional request)",
             "headers": _VALIDATORS},
 }
+
+
+# The request headers a download honours (RFC 9110: Range and the conditional ones).
+_FILE_PARAMETERS = [
+    header_parameter("Range", "One byte range, `bytes=<first>-[<last>]` or `bytes=-<suffix>`: "
+                              "206 with that range (several ranges, or another unit's, are "
+                              "answered with the whole file), 416 when it is outside the file"),
+    header_parameter("If-Range", "With Range: the file's ETag, or its Last-Modified exactly; "
+                                 "the range is served only if it still holds, else the "
+                                 "whole file"),
+    header_parameter("If-None-Match", "The ETag of the copy the client has: 304 while it "
+                                      "is current"),
+    header_parameter("If-Modified-Since", "Without If-None-Match: 304 unless the file was "
+                                          "written later"),
+    header_parameter("If-Match", "ETags (strong comparison), or `*`: 412 when the file is "
+                                 "none of them (it was replaced)"),
+    header_parameter("If-Unmodified-Since", "Without If-Match: 412 when the file was "
+                                            "written later (an invalid date is ignored)"),
+]
 
 
 def _servable_range(size: int) -> None:
@@ -459,7 +483,7 @@ class Artifact(MethodView):
         "The requested byte range is outside the file"), headers={"Content-Range": {
             "description": "The file's length, `bytes */<length>`", "required": True,
             "schema": _STRING}})
-    @blp.doc(operationId="getArtifact")
+    @blp.doc(operationId="getArtifact", parameters=_FILE_PARAMETERS)
     def get(self, video_id, name):
         """Download one output; supports HTTP Range so players can seek"""
         video = find_video(video_id)
