@@ -76,7 +76,7 @@ class RedisServer:
             [*REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.answers, timeout=10, interval=0.05)
+        wait_for(self.answers, timeout=60, interval=0.05, what="the redis-server answering")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -393,9 +393,15 @@ def redis_with_a_password(tmp_path: Path):
                                "--requirepass", "the-right-one", "--save", "",
                                "--appendonly", "no", "--dir", str(tmp_path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def answers() -> bool:  # not yet listening: refused (redis-py gives up after ~3 s)
+        try:
+            return bool(Redis(port=port, password="the-right-one",
+                              socket_connect_timeout=0.5).ping())
+        except RedisError:
+            return False
+
     try:
-        wait_for(lambda: Redis(port=port, password="the-right-one").ping(), timeout=10,
-                 what="the private redis-server")
+        wait_for(answers, timeout=60, interval=0.05, what="the private redis-server")
         yield port
     finally:
         server.kill()
