@@ -60,10 +60,10 @@ def horses(worker: subprocess.Popen) -> list[int]:
 
 
 def horse_of(worker: subprocess.Popen) -> int:
-    """The worker's work-horse, waited for (at most 10 s) while it is being forked."""
+    """The worker's work-horse, waited for (at most 60 s) while it is being forked."""
     from tests.helpers import wait_for
 
-    return wait_for(lambda: next(iter(horses(worker)), None), timeout=10,
+    return wait_for(lambda: next(iter(horses(worker)), None), timeout=60,
                     what="the work-horse")
 
 

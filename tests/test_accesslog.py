@@ -55,7 +55,7 @@ def test_polls_are_counted_and_everything_else_logged(settings, tmp_path, clip):
     with web_server(tmp_path, SECRET_KEY="k" * 32, WEB_WORKERS="1",
                     POLL_LOG_SECONDS="1") as (port, _):
         # The readiness probes of web_server are polls too: wait for their line.
-        wait_for(lambda: POLLS.search(log.read_text()), timeout=10, interval=0.2,
+        wait_for(lambda: POLLS.search(log.read_text()), timeout=60, interval=0.2,
                  what="the counts of the readiness probes")
         time.sleep(1.2)
         offset = len(log.read_text())
@@ -72,7 +72,7 @@ def test_polls_are_counted_and_everything_else_logged(settings, tmp_path, clip):
         assert http_request(port, "GET", missing)[0] == 404
         assert http_request(port, "GET", f"/videos/{video}")[0] == 200  # a page, not a poll
 
-        wait_for(lambda: sum(counted(log.read_text()[offset:]).values()) >= 8, timeout=10,
+        wait_for(lambda: sum(counted(log.read_text()[offset:]).values()) >= 8, timeout=60,
                  interval=0.2, what="the counts of the test's polls")
         time.sleep(1.5)  # no line may count more than was sent
         text = log.read_text()[offset:]

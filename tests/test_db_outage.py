@@ -322,12 +322,12 @@ def test_a_reconciler_says_a_database_outage_once_and_its_end(monkeypatch, tmp_p
                      what="the worker up")
             cluster.stop()
             wait_for(lambda: "reconciler: database unavailable (" in log.read_text(),
-                     timeout=15, what="the reconciler saying the database is down")
+                     timeout=60, what="the reconciler saying the database is down")
             time.sleep(4.5)  # four more passes
             assert log.read_text().count("database unavailable") == 1, log.read_text()[-3000:]
             cluster.start()
             wait_for(lambda: "reconciler: database answers again (after " in
-                     log.read_text(), timeout=15,
+                     log.read_text(), timeout=60,
                      what="the reconciler saying the database answers again")
         finally:
             stop_worker(worker)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import replace
 
 import pytest
@@ -136,9 +135,8 @@ def test_cancelled_reprocess_leaves_the_published_outputs_untouched(client, sett
         return {f"runs/{p.parent.name}/{p.name}" for p in runs.glob("*/*")}
     with session_factory(settings.database_url)() as session:
         published = {p.folder for p in session.query(Publication).filter_by(video_id=vid)}
-    deadline = time.monotonic() + 10
-    while on_disk() != published and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: on_disk() == published, timeout=60,
+             what="only the published folders left on disk")
     assert on_disk() == published
 
 
@@ -156,10 +154,10 @@ def test_a_step_stops_within_3_s_of_a_cancel_the_worker_is_not_told_about(
     wait_for(lambda: not tool_processes(settings, vid), timeout=3, interval=0.05,
              what="no ffmpeg working on the video")
     job = Job.fetch(queue.job_id(task_id, "transcode"), connection=redis_conn)
-    assert wait_for(lambda: job.get_status(refresh=True) == "finished" and job, timeout=10)
+    assert wait_for(lambda: job.get_status(refresh=True) == "finished" and job, timeout=60)
     assert job.return_value() == "stopped"
     runs = settings.media_root / "videos" / vid / "runs" / task_id
-    wait_for(lambda: not runs.exists() or not any(runs.glob("transcode.*")), timeout=5)
+    wait_for(lambda: not runs.exists() or not any(runs.glob("transcode.*")), timeout=60)
     assert "preview.mp4" not in {a["name"] for a in
                                  client.get(f"/api/v1/videos/{vid}/artifacts").get_json()}
 

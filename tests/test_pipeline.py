@@ -384,7 +384,7 @@ def test_cancel_stops_a_running_step(client, long_video, worker, redis_conn, set
     assert state["status"] == "cancelled"
     assert not [s for s in state["subtasks"] if s["status"] in ("pending", "running")]
     job = Job.fetch(f"{task_id}-transcode", connection=redis_conn)
-    wait_for(lambda: job.get_status() == JobStatus.STOPPED, timeout=10)
+    wait_for(lambda: job.get_status() == JobStatus.STOPPED, timeout=60)
     frozen = progress_of(client, vid)
     assert frozen["status"] == "cancelled"
     listed = {a["name"] for a in client.get(f"/api/v1/videos/{vid}/artifacts").get_json()}

@@ -374,5 +374,5 @@ def test_a_watch_says_nothing_of_its_attempt_completing_under_it(settings, db_se
     with caplog.at_level(logging.INFO, logger="jobs.attempt"), watch:
         assert progress.cancel_task(db_session, task.id, "cancelled by request")
         db_session.commit()
-        assert watch.stop.wait(2)  # a cancelled attempt is still stopped, and says so
+        assert watch.stop.wait(60)  # a cancelled attempt is still stopped, and says so
     assert "thumbnails of task" in caplog.text and "no longer wanted" in caplog.text

@@ -704,13 +704,13 @@ def test_a_killed_attempt_leaves_nothing_on_the_worker_host(client, settings, we
         state = wait_for(lambda: (s := progress_of(client, vid))["status"] not in
                          ("queued", "running") and s, timeout=180, interval=0.5)
         assert state["status"] == "completed" and subtasks(state)["transcode"]["attempt"] == 2
-        wait_for(lambda: not leftovers(), timeout=10, what="the killed attempt's files gone")
+        wait_for(lambda: not leftovers(), timeout=60, what="the killed attempt's files gone")
         # A cancelled run: RQ's stop command kills the horse.
         assert client.post(f"/api/v1/videos/{vid}/reprocess").status_code == 202
         wait_for(transcode_running(client, vid), timeout=60, interval=0.05)
         assert client.post(f"/api/v1/videos/{vid}/cancel").status_code == 200
-        wait_for(lambda: not horses(worker), timeout=10, what="the horse gone")
-        wait_for(lambda: not leftovers(), timeout=10, what="the stopped attempt's files gone")
+        wait_for(lambda: not horses(worker), timeout=60, what="the horse gone")
+        wait_for(lambda: not leftovers(), timeout=60, what="the stopped attempt's files gone")
     finally:
         stop_worker(worker)
     # What a whole worker killed left (its work folder, a download cut short) goes when the

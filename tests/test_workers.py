@@ -244,7 +244,7 @@ def test_a_stopped_worker_stops_its_step_at_once_and_hands_it_back(client, setti
     # on a loaded machine the test read the log first.)
     said = wait_for(lambda: (text := Path(second.log_path).read_text()) and (
         f"INFO jobs.runner: transcode of task {task_id} completed (attempt " in text) and text,
-        timeout=10, what="the worker logging the transcode's end")
+        timeout=60, what="the worker logging the transcode's end")
     assert f"INFO jobs.runner: transcode of task {task_id} started (attempt " in said, said
     assert "Job OK" not in said and "INFO rq." not in said, said[-3000:]
     transcode = subtasks(progress_of(client, vid))["transcode"]
