@@ -152,7 +152,7 @@ def play_muted(page: Page) -> None:
 def expect_seek_to(page: Page, start: float) -> None:
     page.wait_for_function(
         "([s, tol]) => Math.abs(document.querySelector('#player').currentTime - s) < tol",
-        arg=[start, SEEK_TOLERANCE], timeout=5_000)
+        arg=[start, SEEK_TOLERANCE], timeout=30_000)
 
 
 def float_attr(locator, name: str) -> float:
@@ -480,7 +480,7 @@ def test_conflict_is_shown_as_a_message_and_force_replaces_the_task(page, worker
         }""")
     assert info.value.status == 409
     message = page.locator("#message")
-    expect(message).to_contain_text("already", timeout=5_000)
+    expect(message).to_contain_text("already", timeout=30_000)
     assert message.get_attribute("role") == "alert"
     assert first_task in message.text_content() or "running" in message.text_content()
     # Readable means it stays long enough to be read, whatever the panel's polling does
@@ -496,7 +496,7 @@ def test_conflict_is_shown_as_a_message_and_force_replaces_the_task(page, worker
                               and urlsplit(r.url).path == f"/videos/{vid}/force") as info:
         page.click("#btn-force")
     assert info.value.status in (200, 202), info.value.status
-    wait_until(lambda: api_progress(page, vid)["task_id"] != first_task, timeout=10,
+    wait_until(lambda: api_progress(page, vid)["task_id"] != first_task, timeout=60,
                what="a new task replacing the running one")
     second = api_progress(page, vid)["task_id"]
     assert panel_state(page)["status"] in ("queued", "running")

@@ -500,7 +500,7 @@ def test_the_storyboard_and_the_transcript_are_one_tab_stop_each(page, media, se
         page.keyboard.press("ArrowDown")
     page.keyboard.press("Enter")  # still a button: it seeks
     wait_until(lambda: abs(page.evaluate("() => document.querySelector('#player').currentTime")
-                           - 0.5) < 0.05, timeout=5, what="a seek to line 5 (0.5 s)")
+                           - 0.5) < 0.05, timeout=30, what="a seek to line 5 (0.5 s)")
     for _ in range(3):
         page.keyboard.press("Shift+Tab")
         if page.evaluate("() => !!document.activeElement.closest('#storyboard')"):
@@ -550,7 +550,7 @@ def test_the_storyboard_follows_the_player(page, tmp_path):
     page.locator("#player").evaluate("p => { p.currentTime = 11; }")
     expect(last).to_have_attribute("aria-current", "true")
     expect(page.locator("#storyboard .tile.current")).to_have_count(1)
-    wait_until(lambda: last.evaluate(_IN_STRIP_JS), timeout=5, what="the frame in view")
+    wait_until(lambda: last.evaluate(_IN_STRIP_JS), timeout=30, what="the frame in view")
     assert page.evaluate("() => window.scrollY") == scrolled
     page.locator("#player").evaluate("p => { p.currentTime = 2.5; }")
     expect(tiles.nth(1)).to_have_attribute("aria-current", "true")
@@ -632,7 +632,7 @@ def test_seeking_from_below_the_player_brings_it_into_view(page, media, settings
             assert target.evaluate(f"(t) => {{ t.click(); return ({_PLAYER_IN_VIEW_JS})(); }}")
         else:
             target.click()
-            wait_until(lambda: page.evaluate(_PLAYER_IN_VIEW_JS), timeout=5,
+            wait_until(lambda: page.evaluate(_PLAYER_IN_VIEW_JS), timeout=30,
                        what=f"the player in view after a click on {selector}")
         assert abs(page.evaluate("() => document.querySelector('#player').currentTime")
                    - start) < 0.5
