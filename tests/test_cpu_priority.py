@@ -67,7 +67,7 @@ def test_a_time_limit_while_starting_leaves_nothing_running() -> None:
     started: list[subprocess.Popen[bytes]] = []
 
     def slow_start() -> subprocess.Popen[bytes]:
-        time.sleep(0.5)  # the limit strikes in the caller's join meanwhile
+        time.sleep(1.5)  # the limit (at 0.1 s) strikes in the caller's wait meanwhile
         proc = subprocess.Popen(["sleep", "30"])
         started.append(proc)
         return proc
