@@ -135,7 +135,9 @@ def test_a_reconciler_cut_off_in_its_pass_holds_up_the_others_at_most_its_lock_t
         assert reconciler.reconcile(settings, redis_conn) is None  # it holds the lock
         freed = wait_for(lambda: not redis_conn.exists(key) and time.monotonic(), timeout=45,
                          interval=0.1, what="the stopped reconciler's lock expiring")
-        assert freed - stopped <= reconciler.LOCK_SECONDS + 1, freed - stopped
+        # Freed LOCK_SECONDS after the last renewal, which came before the stop; the slack
+        # is this test's polling on a busy machine (the old lock held 60 s).
+        assert freed - stopped <= reconciler.LOCK_SECONDS + 3, freed - stopped
         assert reconciler.reconcile(settings, redis_conn) is not None  # this process's pass
     finally:
         proc.kill()  # (a stopped process takes SIGKILL at once)
