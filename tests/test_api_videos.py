@@ -873,6 +873,7 @@ def test_transcript_text_if_match_is_a_documented_json_412(client, settings, cli
                       headers={"If-Match": "*"})
     assert_json_error(gone, 404)  # no transcript: nothing for `*` to match
 
+
 def test_transcript_text_of_a_video_named_beyond_latin_1_is_served(client, settings, clip):
     """transcript.txt is named after the video. A name beyond Latin-1 (Chinese, an emoji)
     went into Content-Disposition as it was, which a header cannot carry: gunicorn answered

@@ -393,6 +393,7 @@ def redis_with_a_password(tmp_path: Path):
                                "--requirepass", "the-right-one", "--save", "",
                                "--appendonly", "no", "--dir", str(tmp_path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def answers() -> bool:  # not yet listening: refused (redis-py gives up after ~3 s)
         try:
             return bool(Redis(port=port, password="the-right-one",
