@@ -464,6 +464,21 @@ def test_cancel_then_run_again_from_the_browser(page, worker, media):
     assert api_progress(page, vid)["status"] == "completed"
 
 
+def test_a_cancel_shows_what_the_run_left_without_a_reload(page, worker, media):
+    """A run cancelled once extract_audio has made audio.wav: the page said nothing of it
+    (its results stayed hidden, as when it was opened) until it was reloaded."""
+    upload_with_form(page, media["long"])
+    expect(page.locator("#status-extract_audio")).to_have_text("completed", timeout=30_000)
+    expect(panel(page)).to_have_attribute("data-status", "running")
+    page.click("#btn-cancel")
+    expect(panel(page)).to_have_attribute("data-status", "cancelled", timeout=10_000)
+    expect(page.locator("#results")).to_be_visible()
+    shown = page.locator("#downloads a").all_inner_texts()
+    assert "audio.wav" in shown, shown
+    page.reload()
+    assert page.locator("#downloads a").all_inner_texts() == shown
+
+
 # -- 5. conflicts are readable; force replaces the running task -----------------------------
 
 def test_conflict_is_shown_as_a_message_and_force_replaces_the_task(page, worker, media,

@@ -149,10 +149,13 @@ def next_run_note(video: Video, transcript: results.TranscriptView | None,
 
 
 def show_video(video_id: str, message: str | None = None, status: int = 200,
-               start_at: str | None = None, notice: bool = False, query: str | None = None):
+               start_at: str | None = None, notice: bool = False, query: str | None = None,
+               results_too: bool = False):
     """The video page, or for HTMX the fresh panel plus the action's message (out of band):
     an error, or with `notice` what the action did. `start_at` (the page's `t`) is where its
-    player starts, in seconds; `query` (its `q`) a search whose lines it marks."""
+    player starts, in seconds; `query` (its `q`) a search whose lines it marks.
+    `results_too`: an HTMX answer whose run is over brings the results too (out of band),
+    as the panel's last poll does: a Cancel's panel stops polling, so nothing else would."""
     video = processing.get_video(ext.db(), video_id)
     context = video_context(video, message)
     if not is_htmx():
@@ -161,6 +164,8 @@ def show_video(video_id: str, message: str | None = None, status: int = 200,
                                matches=transcript_matches(context["transcript"], query),
                                **context), status
     html = render_template("videos/_panel.html", **context)
+    if results_too and not context["state"].active:
+        html += render_template("videos/_results.html", oob=True, **context)
     html += render_template("videos/_message.html", message=message, oob=True, notice=notice)
     return html, status
 
@@ -207,17 +212,18 @@ def panel(video_id: str):
     return polled_fragment(f"panel-{tag}-{session_tag}", render)
 
 
-def act(video_id: str, action: Callable[[], str | None]):
+def act(video_id: str, action: Callable[[], str | None], results_too: bool = False):
     """Run a panel action: the updated panel (or page), with the error message if it failed,
-    or the note the action returned (the page itself, not a redirect that would lose it)."""
+    or the note the action returned (the page itself, not a redirect that would lose it);
+    `results_too` as for show_video."""
     try:
         note = action()
     except ServiceError as exc:
-        return show_video(video_id, exc.message, exc.status)
+        return show_video(video_id, exc.message, exc.status, results_too=results_too)
     if note:
-        return show_video(video_id, note, notice=True)
+        return show_video(video_id, note, notice=True, results_too=results_too)
     if is_htmx():
-        return show_video(video_id)
+        return show_video(video_id, results_too=results_too)
     return go_to(url_for("ui.video_page", video_id=video_id))
 
 
@@ -269,7 +275,9 @@ def cancel(video_id: str):
         except Conflict as exc:  # the API's sentence names the video by id
             raise Conflict(NOTHING_TO_CANCEL, **exc.extra) from exc
 
-    return act(video_id, stop)
+    # What the ended run left (a first run's audio.wav; which results are an earlier run's)
+    # was shown only after a reload: the page showed the results as they were when opened.
+    return act(video_id, stop, results_too=True)
 
 
 @bp.post("/videos/<video_id>/delete", merge_slashes=False)
