@@ -278,6 +278,28 @@ def test_a_redis_url_that_cannot_work_stops_start_up_with_a_sentence():
     assert f"vidpipe: {says}" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_a_redis_url_whose_database_is_no_number_stops_start_up():
+    """redis-py passes over a database it cannot read (`/1O`: a letter O) and connects to
+    database 0: the web process and the worker started on another queue than the one set."""
+    for url in ("redis://127.0.0.1:6379/1O", "redis://:pw@127.0.0.1:6379/abc",
+                "rediss://h:6380/-1"):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env(redis_url=url).validate()
+        shown = url.replace(":pw@", ":***@")
+        assert str(caught.value) == ("REDIS_URL's database (after the port) must be a whole "
+                                     "number of at least 0, such as redis://127.0.0.1:6379/0; "
+                                     f"got {shown!r}.")
+    for url in ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://h:6379/15",
+                "redis://h:6379/?db=3", "unix:///run/redis.sock?db=2"):
+        Settings.from_env(redis_url=url).validate()
+    done = subprocess.run([sys.executable, "-m", "jobs.worker", "--burst"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "REDIS_URL": "redis://127.0.0.1:6379/1O"})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "vidpipe: REDIS_URL's database" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Listening" not in done.stderr, done.stderr
+
+
 def test_migrate_says_which_database_does_not_answer():
     url = f"postgresql+psycopg://vidpipe:pw@127.0.0.1:{free_port()}/vidpipe"
     done = subprocess.run([str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],

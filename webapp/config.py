@@ -199,15 +199,24 @@ def check_sqlite_folder(url: str) -> None:
 def check_redis_url(url: str) -> None:
     """ConfigError unless redis-py can use `url`: a typo (`127.0.0.1:6379`, `http://…`)
     stopped the web process and the workers with redis-py's traceback."""
+    from urllib.parse import unquote, urlsplit
+
     from redis.connection import parse_url
 
+    shown = shown_database_url(url)  # without its password, the same way
     try:
-        parse_url(url)
+        parsed = parse_url(url)
     except ValueError as exc:
-        shown = shown_database_url(url)  # without its password, the same way
         raise ConfigError(f"REDIS_URL must be a Redis URL such as redis://127.0.0.1:6379/0 "
                           f"(redis://:PASSWORD@host:port/db with a password, rediss:// over "
                           f"TLS, unix:///path/to/redis.sock): {exc}; got {shown!r}.") from None
+    # redis-py passes over a database number it cannot read (`/1O`, `/abc`) and uses
+    # database 0: the queue was then shared, without a word, with whatever else uses it.
+    path = unquote(urlsplit(url).path).strip("/")
+    if (not url.lower().startswith("unix://") and path
+            and not (isinstance(parsed.get("db"), int) and parsed["db"] >= 0)):
+        raise ConfigError(f"REDIS_URL's database (after the port) must be a whole number of "
+                          f"at least 0, such as redis://127.0.0.1:6379/0; got {shown!r}.")
 
 
 def _weights_from_env() -> dict[str, float]:
