@@ -24,7 +24,7 @@ try:
     redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()
 except (AuthenticationError, ResponseError) as exc:
     print(str(exc).rstrip("."))
-    sys.exit(2)
+    sys.exit(4 if "db index is out of range" in str(exc).lower() else 2)
 except ConnectionError:
     sys.exit(1)
 except RedisError as exc:
@@ -37,6 +37,9 @@ case "$status" in
   0) exit 0 ;;
   2) echo "a Redis answers at $shown but refuses this REDIS_URL ($said): put its password" \
           "in REDIS_URL (redis://:PASSWORD@host:port/db), or point it at another Redis" >&2
+     exit 1 ;;
+  4) echo "a Redis answers at $shown but has no database of the number REDIS_URL names" \
+          "($said): set one below its \`databases\` setting (16 by default, numbered from 0)" >&2
      exit 1 ;;
   3) echo "something answers at $shown, but not as Redis does ($said): is REDIS_URL's" \
           "port the Redis one?" >&2

@@ -491,6 +491,19 @@ def test_the_web_process_says_at_start_that_redis_does_not_answer_and_starts(tmp
     assert "Listening at" in said and "a-secret" not in said and "Traceback" not in said
 
 
+def test_a_redis_database_past_the_servers_last_is_said_as_such(tmp_path):
+    """REDIS_URL naming database 9999 of a Redis with 16: the worker said the job queue
+    "does not answer" and to start it (`make redis`), though it answered."""
+    from tests.conftest import TEST_REDIS_URL
+
+    url = TEST_REDIS_URL.rsplit("/", 1)[0] + "/9999"
+    _refused(WORKER, {"DATABASE_URL": _migrated(tmp_path), "REDIS_URL": url,
+                      "MEDIA_ROOT": str(tmp_path / "media")},
+             f"the job queue (Redis) at {url} has no database of the number REDIS_URL names "
+             "(DB index is out of range): set one below the server's `databases` setting (16 "
+             "by default, numbered from 0); not starting")
+
+
 def test_reindex_says_the_database_is_not_migrated(tmp_path):
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     done = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "webapp",

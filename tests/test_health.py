@@ -4,6 +4,7 @@ password), within seconds however the database, Redis or MEDIA_ROOT's disk fails
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import subprocess
@@ -104,6 +105,15 @@ def test_what_refuses_is_said_as_what_to_do_without_its_password(settings, tmp_p
         503, "down: Redis refuses REDIS_URL's credentials: put its password (and user) in "
              "REDIS_URL", "ok")
     assert "wrong-one" not in str(body)
+
+
+def test_a_redis_database_past_the_servers_last_is_said_as_what_to_do(settings):
+    """It said "Redis answers with an error (DB): Redis's log says why", which it does not."""
+    past = dataclasses.replace(settings, redis_url=settings.redis_url.rsplit("/", 1)[0] + "/9999")
+    status, body, _ = _health(past)
+    assert (status, body["checks"]["redis"], body["checks"]["database"]) == (
+        503, "down: Redis has no database of the number REDIS_URL names: set one below its "
+             "`databases` setting (16 by default, numbered from 0)", "ok")
 
 
 def test_a_media_root_missing_read_only_or_full_is_down_saying_which(settings, caplog):

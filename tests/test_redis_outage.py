@@ -566,6 +566,22 @@ def test_make_redis_says_a_redis_with_a_password_refuses_rather_than_starting_an
         assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
 
 
+def test_make_redis_says_a_database_past_the_servers_last_is_none_of_its(tmp_path):
+    """A REDIS_URL database past the server's last (redis://…/20 of a Redis with 16): the
+    script said "put its password in REDIS_URL", which there was none to put."""
+    port = Redis.from_url(TEST_REDIS_URL).connection_pool.connection_kwargs["port"]
+    done = subprocess.run(["scripts/ensure-redis.sh"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHON": sys.executable,
+                               "REDIS_URL": f"redis://127.0.0.1:{port}/9999"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr == (f"a Redis answers at redis://127.0.0.1:{port}/9999 but has no "
+                           "database of the number REDIS_URL names (DB index is out of "
+                           "range): set one below its `databases` setting (16 by default, "
+                           "numbered from 0)\n"), done.stderr
+    assert "starting redis-server" not in done.stdout
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # about Redis only
 def test_a_video_page_open_during_an_outage_says_it_as_it_starts_and_ends(
         outage_app, redis_server, clip):

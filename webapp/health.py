@@ -195,6 +195,9 @@ def _said(name: str, exc: BaseException) -> str:
         if isinstance(exc, RedisTimeout):
             return (f"Redis did not answer in time: the Redis {setting} names is "
                     f"overloaded, stopped or unreachable")
+        if "db index is out of range" in said:
+            return (f"Redis has no database of the number {setting} names: set one below "
+                    f"its `databases` setting (16 by default, numbered from 0)")
         if "loading" in said:
             return "Redis is still loading its data after a start: wait for it"
         if isinstance(exc, ResponseError):

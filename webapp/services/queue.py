@@ -60,6 +60,11 @@ def unreachable(redis_url: str, exc: RedisError) -> str:
         return (f"the job queue (Redis) at {address(redis_url)} refuses REDIS_URL's "
                 f"credentials ({said}): put its password in REDIS_URL "
                 "(redis://:PASSWORD@host:port/db, or redis://USER:PASSWORD@… for an ACL user)")
+    if "db index is out of range" in said.lower():
+        # It answered too: REDIS_URL's database number is past the server's last one.
+        return (f"the job queue (Redis) at {address(redis_url)} has no database of the "
+                f"number REDIS_URL names ({said}): set one below the server's `databases` "
+                "setting (16 by default, numbered from 0)")
     return (f"the job queue (Redis) at {address(redis_url)} does not answer ({said}): start "
             "it (`make redis` starts a local one) or set REDIS_URL to where it runs, with "
             "its password if it has one")
