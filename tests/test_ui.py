@@ -533,6 +533,11 @@ def test_library_filters_sorts_and_pages(client, clip, tmp_path):
     assert nav.select_one("[aria-current=page]").get_text() == "1"
     assert nav.select_one("a[rel=next]")["href"] == "/?sort=name&per_page=2&page=2"
     assert names(soup(client.get(nav.select_one("a[rel=next]")["href"]))) == ["charlie.mp4"]
+    # A size the menu does not offer (a link, an API habit) is shown as the one chosen,
+    # not as the menu's first entry: re-sorting the page would otherwise change its size.
+    menu = page.select_one("select[name=per_page]")
+    assert menu.select_one("option[selected]")["value"] == "2"
+    assert [o["value"] for o in menu.select("option")] == ["2", "10", "20", "50", "100"]
     assert b  # (queued)
 
 

@@ -49,7 +49,8 @@ def library_page(view: dict | None = None, message: str | None = None) -> str:
     return render_template("library/index.html", rows=rows, page=page, total=total,
                            pages=max(1, -(-total // per_page)), posters=posters,
                            kept=earlier_results_kept(rows),
-                           message=message, view=view, page_sizes=PAGE_SIZES,
+                           message=message, view=view,
+                           page_sizes=sorted({*PAGE_SIZES, per_page}),
                            rendered_at=utcnow(),
                            library_url=lambda n: library_url(view, n))
 
