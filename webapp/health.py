@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from webapp import extensions as ext
 from webapp.config import shown_database_url
 from webapp.db import check_engine
-from webapp.services.queue import address
+from webapp.services.queue import address, no_such_database
 from webapp.services.workers import live_workers
 from webapp.startup import write_probe
 
@@ -195,7 +195,7 @@ def _said(name: str, exc: BaseException) -> str:
         if isinstance(exc, RedisTimeout):
             return (f"Redis did not answer in time: the Redis {setting} names is "
                     f"overloaded, stopped or unreachable")
-        if "db index is out of range" in said:
+        if no_such_database(exc):
             return (f"Redis has no database of the number {setting} names: set one below "
                     f"its `databases` setting (16 by default, numbered from 0)")
         if "loading" in said:

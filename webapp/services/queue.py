@@ -51,6 +51,12 @@ def address(redis_url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def no_such_database(exc: BaseException) -> bool:
+    """Whether Redis answered that REDIS_URL's database number is past its last one (its
+    `databases` setting): a server that answers, so "start it" is the wrong advice."""
+    return "db index is out of range" in str(exc).lower()
+
+
 def unreachable(redis_url: str, exc: RedisError) -> str:
     """The sentence for a process that cannot start without Redis: where it looked, what
     Redis (or the network) said, and what to do."""
@@ -60,7 +66,7 @@ def unreachable(redis_url: str, exc: RedisError) -> str:
         return (f"the job queue (Redis) at {address(redis_url)} refuses REDIS_URL's "
                 f"credentials ({said}): put its password in REDIS_URL "
                 "(redis://:PASSWORD@host:port/db, or redis://USER:PASSWORD@… for an ACL user)")
-    if "db index is out of range" in said.lower():
+    if no_such_database(exc):
         # It answered too: REDIS_URL's database number is past the server's last one.
         return (f"the job queue (Redis) at {address(redis_url)} has no database of the "
                 f"number REDIS_URL names ({said}): set one below the server's `databases` "
