@@ -35,6 +35,7 @@ from tests.browser import (
 from tests.helpers import always
 from webapp.config import STEPS
 from webapp.services.storage import ARTIFACT_NAMES
+from webapp.ui_video import STILL_RUNNING
 
 # The harness's fixtures, used by name below.
 chromium, browser_log, live_server, page = (
@@ -529,6 +530,31 @@ def test_conflict_is_shown_as_a_message_and_force_replaces_the_task(page, worker
         "panel's next poll (hx-swap outerHTML) replaced it with an empty #message")
 
 
+def test_delete_on_a_page_that_missed_a_run_shows_the_run_in_place(page, media,
+                                                                    browser_log):
+    """A page opened before a run began (from another tab, through the API) still offers
+    Delete; the server refuses it (409) and answers with the panel as it is now and the
+    message. The panel went inside the Delete form: a second panel, polling, within the
+    first, which still said "pending", and no Delete button."""
+    vid = api_upload(page, media["short"])
+    page.goto(f"/videos/{vid}")
+    expect(panel(page)).to_have_attribute("data-status", "pending")
+    api_trigger(page, vid)  # no worker: the run stays queued
+    browser_log.expect_http_error(f"/videos/{vid}/delete")
+    page.once("dialog", lambda d: d.accept())
+    with page.expect_response(lambda r: r.request.method == "POST"
+                              and urlsplit(r.url).path == f"/videos/{vid}/delete") as info:
+        page.click("#btn-delete")
+    assert info.value.status == 409
+    expect(page.locator("#message")).to_have_text(STILL_RUNNING)
+    expect(page.locator("#progress-panel")).to_have_count(1)
+    expect(panel(page)).to_have_attribute("data-status", "queued")
+    expect(panel(page)).to_have_attribute("hx-trigger", "every 1s")
+    expect(page.locator("#btn-delete")).to_have_count(1)
+    expect(page.locator("#btn-delete")).to_be_disabled()
+    expect(page.locator("#btn-cancel")).to_be_enabled()
+
+
 # -- 6. screenshots of the library, an active and a finished video page ---------------------
 
 def test_library_and_screenshots(page, worker, media, tmp_path):
@@ -659,6 +685,9 @@ def test_a_failed_poll_leaves_the_panel_and_polling_goes_on(page, media, browser
                    timeout=15, what="polling on after a failed poll")
         assert page.locator("header.site").count() == 1, "the error page went into the panel"
         expect(panel(page)).to_have_attribute("data-status", "queued")
+        # The page says it may be out of date (it said nothing, the ETA counting down).
+        expect(page.locator("#connection-status")).to_contain_text(
+            "The server answered with an error (500)")
     # The database answers again: the panel polls on by itself, no reload. A 500 seen now
     # is one answered before the patch was undone, delivered late: the next answer after it.
     with page.expect_response(lambda r: urlsplit(r.url).path == poll_path
@@ -667,6 +696,7 @@ def test_a_failed_poll_leaves_the_panel_and_polling_goes_on(page, media, browser
     assert answered.value.status in (200, 304)
     expect(panel(page)).to_have_attribute("hx-trigger", "every 1s")
     assert page.locator("header.site").count() == 1
+    expect(page.locator("#connection-status")).to_have_text("")
 
 
 # -- 10. the ETA counts down between polls, on the server's clock ---------------------------

@@ -696,3 +696,94 @@ def test_a_phone_is_asked_to_choose_files_not_to_drop_them(chromium, live_server
             re.compile("^" + re.escape(said.replace("\n", " "))))
     finally:
         context.close()
+
+
+def test_a_kept_box_keeps_the_focus_in_a_browser_without_move_before(page, media):
+    """A row's box is kept across the row's refreshes (hx-preserve). Where the browser has no
+    Element.moveBefore (Safari), HTMX takes the kept box out of the page and puts it back,
+    which drops the focus, and HTMX gives the focus back only to an element that left the
+    page for good: a keyboard user on a running video's box lost it at every poll."""
+    page.add_init_script("delete Element.prototype.moveBefore")
+    vid = api_upload(page, media["a"])
+    assert page.request.post(f"/api/v1/videos/{vid}/run_sync").status == 202  # no worker
+    page.goto("/")
+    assert page.evaluate("() => !('moveBefore' in Element.prototype)")
+    row = page.locator(f".video-row[data-video-id='{vid}']")
+    expect(row).to_have_attribute("data-status", "queued")
+    box = page.locator(f"#select-{vid}")
+    box.focus()
+    row.evaluate("r => { r.dataset.before = '1'; }")
+    wait_until(lambda: row.evaluate("r => !r.dataset.before"), timeout=15,
+               what="the row refreshed by its poll")
+    page.wait_for_timeout(1500)  # a refresh more
+    expect(box).to_be_focused()
+    page.keyboard.press("Space")  # still the keyboard's: it ticks the box
+    expect(page.locator("#selected-count")).to_have_text("1 selected")
+
+
+def test_a_confirmed_selection_action_is_sent_once(page, media):
+    """After the question was answered, the selection's answer can take a while (many
+    videos); a second press meanwhile sent the selection again, unasked, and the page then
+    showed the second answer's refusals for an action that had worked. Here the answer is
+    a 204 (the browser stays on the page, as while a slow answer is on its way)."""
+    ids = [api_upload(page, media[key]) for key in ("a", "c")]
+    page.goto("/")
+    for vid in ids:
+        page.check(f"#select-{vid}")
+    sent = []
+
+    def no_answer_yet(route):
+        sent.append(route.request.post_data)
+        route.fulfill(status=204)
+
+    page.route("**/videos/selected", no_answer_yet)
+    questions = []
+    page.on("dialog", lambda d: (questions.append(d.message), d.accept()))
+    page.click("#bulk-reprocess")
+    wait_until(lambda: page.evaluate("() => 0") == 0 and sent, timeout=15,
+               what="the selection sent")
+    expect(page.locator("#bulk-reprocess")).to_be_disabled()
+    expect(page.locator("#bulk-delete")).to_be_disabled()
+    # A submit by other means than the disabled buttons (Enter in the form) sends nothing.
+    page.evaluate("() => document.getElementById('bulk-form').requestSubmit()")
+    page.wait_for_timeout(500)
+    page.evaluate("() => 0")  # the requests made meanwhile handed to the route
+    assert len(sent) == 1, sent
+    assert "action=reprocess" in sent[0] and "confirmed=1" in sent[0], sent[0]
+    assert questions == ["Reprocess 2 selected videos from scratch?"]
+
+
+def test_a_failing_row_poll_is_said_until_it_answers_again(page, media, browser_log,
+                                                          monkeypatch):
+    """A row whose poll the app answers with a 500 (its database not answering) keeps what
+    it shows; the page says it may be out of date (it said nothing: HTMX's responseError
+    does not fire for the page's responseHandling), and keeps saying so though the queue's
+    watch, answered from Redis, goes on answering every 10 s meanwhile."""
+    from sqlalchemy.exc import OperationalError
+
+    from webapp.services import progress
+
+    vid = api_upload(page, media["a"])
+    assert page.request.post(f"/api/v1/videos/{vid}/run_sync").status == 202  # no worker
+    page.goto("/")
+    expect(page.locator(f".video-row[data-video-id='{vid}']")).to_have_attribute(
+        "data-status", "queued")
+    status = page.locator("#connection-status")
+    row_path = f"/videos/{vid}/row"
+
+    def database_down(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("the database is not answering"))
+
+    browser_log.expect_http_error(row_path)
+    with monkeypatch.context() as patched:
+        patched.setattr(progress, "poll_tag", database_down)
+        expect(status).to_contain_text("The server answered with an error (500)",
+                                       timeout=15_000)
+        with page.expect_response(lambda r: urlsplit(r.url).path == "/queue-banner",
+                                  timeout=30_000) as watch:
+            pass
+        assert watch.value.status == 204
+        page.wait_for_timeout(300)  # the watch's answer handled
+        expect(status).to_contain_text("The server answered with an error (500)")
+    expect(status).to_have_text("", timeout=15_000)
+    expect(page.locator(f".video-row[data-video-id='{vid}']")).to_have_count(1)

@@ -225,8 +225,11 @@
 
   document.addEventListener("submit", function (evt) {
     var bulk = evt.target;
-    if (bulk.id !== "bulk-form" || bulk.dataset.confirmed) return;
+    if (bulk.id !== "bulk-form") return;
     evt.preventDefault();
+    // Confirmed and on its way (a slow answer): a second press would send the selection
+    // again, unasked, with the first action's "confirmed".
+    if (bulk.dataset.confirmed) return;
     var action = evt.submitter ? evt.submitter.value : "";
     var n = boxes().filter(function (b) { return b.checked; }).length;
     if (!n || !action) return;
@@ -242,7 +245,24 @@
       bulk.appendChild(hidden);
     });
     bulk.dataset.confirmed = "1";
+    bulk.setAttribute("aria-busy", "true");
     bulk.submit();
+    ["bulk-delete", "bulk-reprocess"].forEach(function (id) {
+      var b = document.getElementById(id);
+      if (b) b.disabled = true;
+    });
+  });
+
+  // Back to the library from the answer, a browser may show the page as it was left, the
+  // selection's form sent: it can be used again.
+  window.addEventListener("pageshow", function (evt) {
+    var bulk = document.getElementById("bulk-form");
+    if (!evt.persisted || !bulk || !bulk.dataset.confirmed) return;
+    delete bulk.dataset.confirmed;
+    bulk.removeAttribute("aria-busy");
+    Array.prototype.slice.call(bulk.querySelectorAll("input[type=hidden][name=action], " +
+      "input[type=hidden][name=confirmed]")).forEach(function (i) { i.remove(); });
+    updateSelection();
   });
 
   // -- seeking from a transcript line or a storyboard tile ---------------------------------
@@ -500,14 +520,28 @@
   // the swap disabled it (Cancel, when the run ends): the focus fell to the page's top and
   // a keyboard user started over from the header. It goes to the panel's heading instead,
   // so that Tab goes on to Run and Reprocess.
+  // A control kept across the swap (hx-preserve: a row's checkbox, the run's language menu,
+  // an opened error detail) keeps the focus too. Browsers without Element.moveBefore
+  // (Safari) have HTMX take it out of the page and put it back, which drops the focus, and
+  // HTMX gives it back only to an element that left the page for good: a keyboard user's
+  // place was lost at every poll, once a second.
   var focusWasInPanel = false;
+  var focusedBeforeSwap = null;
   document.addEventListener("htmx:beforeSwap", function () {
     var active = document.activeElement;
+    focusedBeforeSwap = active && active !== document.body ? active : null;
     focusWasInPanel = !!(active && active.closest && active.closest("#progress-panel"));
   });
   document.addEventListener("htmx:afterSettle", function () {
     var active = document.activeElement;
-    if (!focusWasInPanel || (active && active !== document.body)) return;
+    var kept = focusedBeforeSwap;
+    focusedBeforeSwap = null;
+    if (active && active !== document.body) return;
+    if (kept && kept.isConnected && !kept.disabled) {
+      kept.focus({preventScroll: true});
+      if (document.activeElement === kept) return;
+    }
+    if (!focusWasInPanel) return;
     focusWasInPanel = false;
     var title = document.getElementById("progress-title");
     if (!title) return;
@@ -564,6 +598,11 @@
   // a failed poll (a GET) says that the page may be out of date until a request succeeds
   // again (every page asks at least every 10 s whether the job queue answers).
   var lastHeard = new Date();
+  // The polls (GETs) whose last request failed: the banner stays until each has succeeded
+  // again or left the page. Another poll's success is no sign for them: the queue's watch,
+  // answered from Redis, went on answering 204 through a database outage and took the
+  // banner away every 10 s while the page's own polls still failed.
+  var failing = [];
 
   function isPage(xhr) {
     return /^\s*(<!doctype|<html)/i.test(xhr.responseText || "");
@@ -577,8 +616,9 @@
       line.textContent = what + ": reload the page to see whether it was done, then try again.";
       return;
     }
+    if (failing.indexOf(evt.detail.elt) < 0) failing.push(evt.detail.elt);
     var out = document.getElementById("connection-status");
-    if (!out || out.firstChild) return;  // said once, until a request succeeds
+    if (!out || out.firstChild) return;  // said once, until the failed requests succeed
     var p = document.createElement("p");
     p.className = "banner";
     p.id = "connection-lost";
@@ -599,13 +639,15 @@
       (xhr.statusText ? " " + xhr.statusText : "") + ")");
   });
 
-  // The app's own 5xx to a poll keeps what the page shows (HX-Reswap: none).
-  document.addEventListener("htmx:responseError", function (evt) {
+  // The app's own 5xx to a poll keeps what the page shows (HX-Reswap: none), but the page
+  // is no longer up to date: said like a request that got no answer. (HTMX's
+  // htmx:responseError does not fire here: the page's responseHandling, base.html, swaps
+  // 4xx/5xx fragments in, and only a rule marked "error" fires it.) An action's 5xx brings
+  // its own sentence, which goes to the message line.
+  function appError(evt) {
     var xhr = evt.detail.xhr;
-    if (xhr.status >= 500 && !isPage(xhr)) {
-      trouble(evt, "The server answered with an error (" + xhr.status + ")");
-    }
-  });
+    return !isAction(evt) && xhr && xhr.status >= 500 && !isPage(xhr);
+  }
 
   // A button's request under way (an action, not a poll): it says it is at work (aria-busy,
   // and the stylesheet's progress cursor) until the answer, or its absence, is in.
@@ -620,12 +662,18 @@
   document.addEventListener("htmx:afterRequest", function (evt) {
     if (isAction(evt)) evt.detail.elt.removeAttribute("aria-busy");
     var xhr = evt.detail.xhr;
+    if (appError(evt)) {
+      trouble(evt, "The server answered with an error (" + xhr.status + ")");
+      return;
+    }
     if (!xhr || xhr.status === 0 || xhr.status >= 500 || isPage(xhr) && xhr.status >= 400) {
       return;
     }
     lastHeard = new Date();
+    var elt = evt.detail.elt;
+    failing = failing.filter(function (e) { return e !== elt && e.isConnected; });
     var out = document.getElementById("connection-status");
-    if (out) out.textContent = "";
+    if (out && !failing.length) out.textContent = "";
   });
 
   function ready() {
