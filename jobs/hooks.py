@@ -71,6 +71,7 @@ def _refresh_attempt(job: Job) -> bool:
 
 
 TOKEN_REFUSED = "token_refused"  # job meta: the worker whose WORKER_TOKEN was refused
+TAKEOVER = "takeover"  # job meta: its next attempt may take over a step shown running
 
 
 def worker_identity(pid: int) -> str:
@@ -112,12 +113,33 @@ def attempt_failed(job: Job, reason: str) -> None:
 
 def attempt_interrupted(job: Job, reason: str) -> None:
     """Record an attempt stopped with its worker (jobs/worker.py, request_stop): the step
-    waits again, saying why, and its job goes back to the queue without using a try."""
+    waits again, saying why, and its job goes back to the queue without using a try.
+
+    The job goes back marked to take the step over (TAKEOVER, as the reconciler's jobs
+    are). The write below is fenced by the attempt number the horse saved in the job's meta,
+    and the horse saves it only after the step was committed running (jobs/runner.py,
+    `_remember_attempt`; a Redis error there is let pass): a stop in between left the step
+    running, the write changed nothing, and the job, put back with its tries unchanged, was
+    refused the step by the next worker ("not run"), which the reconciler then took for the
+    step's failure. A stopped worker failed the run.
+
+    Taking over robs no live attempt. The horse's attempt is over: its worker killed its
+    process group (the step's ffmpeg or whisper with it) and waited for it. Another delivery
+    of the job, the one way an attempt of this step could have started meanwhile, is seen
+    first (`superseded` in the worker, then `_refresh_attempt`: nothing is marked), and the
+    mark reaches Redis only in RQ's retry, whose commit Redis refuses once it holds another
+    delivery (jobs/delivery.py, `fenced`). Were the step's attempt live all the same (RQ
+    took this worker for dead, its heartbeats missing, and ran this very delivery on another
+    worker), that attempt, fenced by its number like every write, would find itself stale
+    and stop: the step runs once more, nothing is published twice or lost."""
     task_id, step = job.meta.get("task_id"), job.meta.get("step")
     if not task_id or not step:
         return
     if not _refresh_attempt(job):
         return
+    # Set after the refresh (it replaces the meta) and before the writes (which may fail):
+    # RQ's retry saves the meta with the job it puts back (Queue._persist_job).
+    job.meta[TAKEOVER] = True
     attempt = job.meta.get("attempt")
     settings = Settings.from_env()
     sessions = session_factory(settings.database_url)

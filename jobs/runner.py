@@ -187,11 +187,12 @@ def _wait_for_parent(sessions: sessionmaker[Session], task_id: str, step: str,
 
 def _takeover(job: Job | None) -> bool:
     """Whether this job may take over a step that still shows running: it is a retry of an
-    attempt that died, or the reconciler enqueued it again after its job vanished."""
+    attempt that died, the reconciler enqueued it again after its job vanished, or its
+    worker was stopped while it ran (jobs.hooks.attempt_interrupted)."""
     if job is None:
         return False
     first_try_retries = int(job.meta.get("max_tries", 1)) - 1
-    return bool(job.meta.get("takeover")) or (job.retries_left or 0) < first_try_retries
+    return bool(job.meta.get(hooks.TAKEOVER)) or (job.retries_left or 0) < first_try_retries
 
 
 def _remember_attempt(job: Job | None, attempt: int) -> None:

@@ -252,6 +252,43 @@ def test_a_stopped_worker_stops_its_step_at_once_and_hands_it_back(client, setti
         "completed", 2, None), transcode
 
 
+def test_a_worker_stopped_before_its_step_knew_its_attempt_hands_the_step_back(
+        client, settings, redis_conn, workers, tmp_path):
+    """A stop landing after the step was committed running but before its horse saved the
+    attempt number into the job's meta (or when that save met a Redis error): the stop's
+    fenced write, given no attempt, changed nothing, the step stayed running, and the job
+    went back to the queue unable to take it over. The next worker's attempt was refused
+    ("not run"), and the reconciler then failed the step ("its job finished without
+    recording a result"): a stopped worker failed the run. The worker here never saves the
+    attempt, and holds the step there (tests/forgetful_worker.py)."""
+    clip = mediagen.make_video(tmp_path / "clip.mp4", duration=2.0)
+    vid = upload_ok(client, clip)["id"]
+    first = workers(module="tests.forgetful_worker")
+    task_id = client.post(f"/api/v1/videos/{vid}/reprocess").get_json()["task_id"]
+    log = Path(first.log_path)
+    held = wait_for(lambda: re.search(r"holding (\w+) attempt (\d+)", log.read_text()),
+                    timeout=60, what="the first worker holding a step")
+    step = held.group(1)
+    assert subtasks(progress_of(client, vid))[step]["status"] == "running"
+
+    os.killpg(first.pid, signal.SIGTERM)  # what honcho sends to the worker's process group
+    try:
+        assert first.wait(5) == 0, log.read_text()[-3000:]
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker was still there 5 s after SIGTERM:\n" + log.read_text()[-3000:])
+    assert "stopping the running step (SIGTERM)" in log.read_text(), log.read_text()[-3000:]
+    job = Job.fetch(queue.job_id(task_id, step), connection=redis_conn)
+    assert job.get_status() == "queued"
+    assert job.retries_left == settings.step_retries  # the stop was not one of its tries
+
+    workers(RECONCILE_INTERVAL="1")  # a reconciler quick to fail a step nobody runs
+    ended = wait_for(lambda: (s := progress_of(client, vid))["status"] not in (
+        "queued", "running") and s, timeout=180, what="the run ending on the next worker")
+    held_step = subtasks(ended)[step]
+    assert (ended["status"], held_step["status"], held_step["attempt"],
+            held_step["error"]) == ("completed", "completed", 2, None), ended
+
+
 def test_a_run_whose_workers_all_stop_between_two_steps_waits_for_a_worker(client, settings,
                                                                            workers):
     """Every worker stopped while idle, after one step of a run ended and before the next
