@@ -6,7 +6,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.client import Pipeline
 from redis.connection import Connection
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from rq import Queue
 from rq.job import Job, JobStatus
 
@@ -14,6 +19,7 @@ from tests import mediagen
 from tests.helpers import upload_ok
 from webapp.config import STEPS
 from webapp.services import queue
+from webapp.services.errors import QueueUnavailable
 
 
 @pytest.fixture
@@ -25,8 +31,8 @@ def fetch(redis_conn, task_id: str, step: str) -> Job:
     return Job.fetch(queue.job_id(task_id, step), connection=redis_conn)
 
 
-def test_a_new_tasks_jobs_reach_redis_in_one_round_trip(settings, redis_conn, rq_queue,
-                                                        monkeypatch):
+def test_a_new_tasks_jobs_reach_redis_in_one_transaction(settings, redis_conn, rq_queue,
+                                                         monkeypatch):
     conn = queue.connect(settings.redis_url)
     # The connection exists, and RQ knows the server's version, before counting.
     Queue(settings.queue_name, connection=conn).get_redis_server_version()
@@ -37,7 +43,9 @@ def test_a_new_tasks_jobs_reach_redis_in_one_round_trip(settings, redis_conn, rq
     task_id = str(uuid.uuid4())
     ids = queue.enqueue_steps(conn, settings, task_id, "video-1", STEPS, duration=30.0)
     monkeypatch.undo()
-    assert len(sent) == 1, f"{len(sent)} round trips to Redis"
+    # The WATCH of the first job (see test_an_enqueue_whose_answer_was_lost_queues_each_job_once),
+    # then the one MULTI/EXEC.
+    assert len(sent) == 2, f"{len(sent)} round trips to Redis"
     assert sorted(ids) == sorted(queue.job_id(task_id, s) for s in STEPS)
     # What workers find: the longest step first, then the audio and the thumbnails; the
     # transcription waits for the audio.
@@ -62,6 +70,72 @@ def test_a_new_tasks_jobs_reach_redis_in_one_round_trip(settings, redis_conn, rq
     assert child.get_status() == JobStatus.DEFERRED
     assert (child.allow_dependency_failures, child.enqueue_at_front) == (True, True)
     assert child._dependency_ids == [queue.job_id(task_id, "extract_audio")]
+
+
+def _lose_first_transaction(monkeypatch, run_it: bool) -> list[int]:
+    """The first MULTI/EXEC sent fails as a timeout: after Redis ran it (its answer lost) when
+    `run_it`, before it reached Redis otherwise. Later ones go through. Counts the calls."""
+    calls = []
+    real = Pipeline._execute_transaction
+
+    def execute(self, connection, commands, raise_on_error):
+        calls.append(1)
+        if len(calls) == 1:
+            if run_it:
+                watching = self.watching
+                real(self, connection, commands, raise_on_error)
+                # The real call read EXEC's answer, and so cleared the pipeline's watch; an
+                # answer lost on its way never gets that far.
+                self.watching = watching
+            raise RedisTimeoutError("Timeout reading from socket")
+        return real(self, connection, commands, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "_execute_transaction", execute)
+    return calls
+
+
+@pytest.fixture(params=["connect", "retrying"])
+def enqueue_conn(request, settings) -> Redis:
+    """The app's connection (queue.connect: redis-py's from_url retries nothing), and one
+    that sends a failed command again (redis-py's Redis() made without from_url does, up to
+    10 times; a REDIS_URL with ?retry_on_timeout=true once)."""
+    if request.param == "connect":
+        return queue.connect(settings.redis_url)
+    return Redis.from_url(settings.redis_url, socket_timeout=10, retry=Retry(NoBackoff(), 10))
+
+
+def test_an_enqueue_whose_answer_was_lost_queues_each_job_once(settings, redis_conn, rq_queue,
+                                                               enqueue_conn, monkeypatch):
+    """EXEC ran but its answer was lost (a socket timeout, a reset). A connection that sends
+    a failed command again sent the transaction again, and every job id was pushed twice:
+    the copy that found its step running ended over the live job, and the reconciler failed
+    the step. One that does not raised, and the trigger deleted a task whose jobs ran."""
+    calls = _lose_first_transaction(monkeypatch, run_it=True)
+    task_id = str(uuid.uuid4())
+    ids = queue.enqueue_steps(enqueue_conn, settings, task_id, "video-1", STEPS, duration=30.0)
+    monkeypatch.undo()
+    assert sorted(ids) == sorted(queue.job_id(task_id, s) for s in STEPS)
+    assert redis_conn.lrange(rq_queue.key, 0, -1) == [
+        queue.job_id(task_id, s).encode() for s in ("transcode", "extract_audio", "thumbnails")]
+    assert len(calls) == 1  # not sent again
+    assert rq_queue.deferred_job_registry.get_job_ids() == [queue.job_id(task_id, "transcribe")]
+    assert fetch(redis_conn, task_id, "extract_audio").dependent_ids == [
+        queue.job_id(task_id, "transcribe")]
+
+
+def test_an_enqueue_lost_before_it_reached_redis_is_unavailable_and_queues_nothing(
+        settings, redis_conn, rq_queue, enqueue_conn, monkeypatch):
+    """The request itself was lost: nothing ran, and Redis says so (no job of this enqueue):
+    the caller hears QueueUnavailable (a trigger is undone), nothing waits in the queue, and
+    the transaction is not sent again (a trigger's 503 says "try again")."""
+    calls = _lose_first_transaction(monkeypatch, run_it=False)
+    task_id = str(uuid.uuid4())
+    with pytest.raises(QueueUnavailable):
+        queue.enqueue_steps(enqueue_conn, settings, task_id, "video-1", STEPS, duration=30.0)
+    monkeypatch.undo()
+    assert len(calls) == 1
+    assert redis_conn.lrange(rq_queue.key, 0, -1) == []
+    assert not any(redis_conn.exists(Job.key_for(queue.job_id(task_id, s))) for s in STEPS)
 
 
 def test_every_step_has_its_place_in_the_queue():

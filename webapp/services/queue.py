@@ -8,7 +8,9 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisError, WatchError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue, Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -149,7 +151,7 @@ def enqueue_steps(connection: Redis, settings: Settings, task_id: str, video_id:
 
 
 def _enqueue_together(queue: Queue, specs: list[dict]) -> None:
-    """Enqueue jobs whose parents are all among them, in one MULTI/EXEC: one round trip.
+    """Enqueue jobs whose parents are all among them, in one MULTI/EXEC.
 
     RQ's own enqueue checks each dependant's parents under WATCH (several round trips per
     job) because a parent may already have ended. Here every parent is created in the same
@@ -161,9 +163,21 @@ def _enqueue_together(queue: Queue, specs: list[dict]) -> None:
     rq:queues once and the ids to run go in one RPUSH, in order: RQ's enqueue_job writes the
     status and then the whole job, and names the queue, once per job (17 commands for a
     task's 4 jobs, 9 here). What a worker finds is the same.
+
+    The first job's hash is WATCHed before MULTI (one more round trip). A MULTI/EXEC whose
+    answer was lost (a socket timeout, a reset) may have run: a client that retries
+    (redis-py's Redis() made without from_url, up to 10 times; a REDIS_URL with
+    ?retry_on_timeout=true) sent an unwatched one again, pushing every job id twice, and the
+    copy that found its step running ended over the live job; one that does not (connect's)
+    raised, and the trigger deleted a task whose jobs ran. Under WATCH redis-py raises
+    WatchError instead of sending it again, and whether the transaction ran is read off
+    Redis (`_landed`): it did, and this enqueue is done; it did not, or Redis cannot tell,
+    and the error goes to the caller as it came.
     """
     queued = []
+    first = Job.key_for(specs[0]["job_id"])
     with queue.connection.pipeline() as pipe:
+        pipe.watch(first)
         pipe.multi()
         for spec in specs:
             deferred = spec["depends_on"] is not None
@@ -179,7 +193,26 @@ def _enqueue_together(queue: Queue, specs: list[dict]) -> None:
         if queued:
             pipe.sadd(queue.redis_queues_keys, queue.key)
             pipe.rpush(queue.key, *queued)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except (WatchError, RedisConnectionError, RedisTimeoutError):
+            if _landed(queue, first, specs[0]["meta"][DELIVERY]):
+                log.warning("the job queue's answer to the enqueue of %s was lost, but "
+                            "its jobs are in Redis", specs[0]["job_id"])
+                return
+            raise
+
+
+def _landed(queue: Queue, key: str, delivery: str) -> bool:
+    """Whether Redis holds the job hash `key` with this enqueue's delivery token: the
+    MULTI/EXEC that wrote it (and every other job of the enqueue) ran. False when it holds
+    none, another delivery's, or Redis does not answer (it cannot tell)."""
+    try:
+        raw = queue.connection.hget(key, "meta")
+        meta = queue.serializer.loads(raw) if raw else None
+    except Exception:  # Redis still away, or a meta that cannot be read: it cannot tell
+        return False
+    return isinstance(meta, dict) and meta.get(DELIVERY) == delivery
 
 
 def stop_jobs(connection: Redis, task_id: str) -> None:
