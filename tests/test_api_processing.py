@@ -220,6 +220,71 @@ def test_triggers_with_redis_down_are_503_and_leave_no_task(settings, db_session
     assert progress_of(down, vid)["status"] == "pending"
 
 
+@pytest.mark.parametrize("how_far", ["started", "completed"])
+def test_a_trigger_whose_queue_failed_after_a_worker_took_a_step_keeps_its_task(
+        client, settings, video_id, db_session, monkeypatch, how_far):
+    """The jobs reached Redis, but Redis could not say so (its answer lost, then unreachable
+    when asked), and a worker started a step of the new task meanwhile, even published its
+    outputs. Undoing the trigger deleted the task, and with it the video's publications
+    that named it (ON DELETE CASCADE): the task stays, and the trigger stands (202)."""
+    from webapp.db import session_factory
+    from webapp.models import Publication
+    from webapp.services import progress, queue
+    from webapp.services.errors import QueueUnavailable
+
+    sessions = session_factory(settings.database_url)
+    enqueue_steps = queue.enqueue_steps
+
+    def landed_unconfirmed(connection, settings_, task_id, vid, *args, **kwargs):
+        enqueue_steps(connection, settings_, task_id, vid, *args, **kwargs)
+        with sessions() as session:  # a worker takes the thumbnails
+            attempt = progress.start_subtask(session, task_id, "thumbnails")
+            assert attempt == 1
+            if how_far == "completed":
+                assert progress.complete_subtask(session, task_id, "thumbnails", attempt,
+                                                 video_id=vid,
+                                                 folder=f"runs/{task_id}/thumbnails.1")
+        raise QueueUnavailable("the job queue (Redis) is unavailable; try again in a moment")
+
+    monkeypatch.setattr(queue, "enqueue_steps", landed_unconfirmed)
+    resp = client.post(f"/api/v1/videos/{video_id}/run_sync",
+                       json={"language": "de", "translate": True})
+    assert resp.status_code == 202, resp.get_json()
+    task_id = resp.get_json()["task_id"]
+    task = db_session.get(ProcessingTask, task_id)
+    assert task is not None and task.status in ("queued", "running")  # its other steps wait
+    thumbnails = subtasks(progress_of(client, video_id))["thumbnails"]
+    assert thumbnails["status"] == ("completed" if how_far == "completed" else "running")
+    published = db_session.scalars(select(Publication.task_id).where(
+        Publication.video_id == video_id)).all()
+    assert published == ([task_id] if how_far == "completed" else [])
+    video = client.get(f"/api/v1/videos/{video_id}").get_json()
+    assert (video["requested_language"], video["translate"]) == ("de", True)  # the run's
+
+
+def test_a_trigger_whose_queue_failed_before_any_step_started_is_undone(
+        client, settings, video_id, db_session, monkeypatch):
+    """The same failure with no step started: the trigger is undone (503, no task), its
+    options with it, whether its jobs reached Redis or not (none of them can start a step
+    of a task that is gone)."""
+    from webapp.services import queue
+    from webapp.services.errors import QueueUnavailable
+
+    enqueue_steps = queue.enqueue_steps
+
+    def landed_unconfirmed(*args, **kwargs):
+        enqueue_steps(*args, **kwargs)
+        raise QueueUnavailable("the job queue (Redis) is unavailable; try again in a moment")
+
+    monkeypatch.setattr(queue, "enqueue_steps", landed_unconfirmed)
+    resp = client.post(f"/api/v1/videos/{video_id}/run_sync",
+                       json={"language": "de", "translate": True})
+    assert_json_error(resp, 503)
+    assert db_session.query(ProcessingTask).count() == 0
+    video = client.get(f"/api/v1/videos/{video_id}").get_json()
+    assert (video["requested_language"], video["translate"]) == ("auto", False)
+
+
 def test_a_trigger_refused_with_503_changes_none_of_the_videos_options(settings, clip):
     """A 503 says "try again": the language and translate the refused trigger gave are not
     stored on the video (they are when the trigger is accepted)."""

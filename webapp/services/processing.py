@@ -216,7 +216,13 @@ def _enqueue(session: Session, settings: Settings, connection: Redis, task: NewT
     """Enqueue the new task's jobs. If the queue fails now, a plain trigger is undone (503),
     with the options it stored on the video (`changed`; `video` holds them as they were
     before); a forced one has already replaced the old run, so its task stays queued and
-    the reconciler enqueues its jobs once Redis answers again."""
+    the reconciler enqueues its jobs once Redis answers again.
+
+    The jobs may have reached Redis though it could not say so (its answer lost, and Redis
+    unreachable when asked), and a worker may have started a step of the task meanwhile,
+    even completed and published it: the task is then not undone (its removal would take
+    the video's publications that name it), and the trigger stands; the reconciler looks
+    after its jobs as after any task's."""
     if not task.steps:
         return
     try:
@@ -225,13 +231,18 @@ def _enqueue(session: Session, settings: Settings, connection: Redis, task: NewT
         if replaced:
             log.warning("task %s: queue unavailable; the reconciler will enqueue it", task.id)
             return
-        if changed and progress.task_status(session, task.id) in ACTIVE_STATUSES:
-            # Still the video's run: no forced trigger replaced it meanwhile and stored
-            # options of its own. The options were stored with the task, and go with it.
+        # Still the video's run: no forced trigger replaced it meanwhile and stored options
+        # of its own (read with the task's row lock, before it goes).
+        active = changed and progress.task_status(session, task.id) in ACTIVE_STATUSES
+        if not progress.delete_unstarted_task(session, task.id):
+            session.rollback()
+            log.warning("task %s: the queue did not confirm its jobs, but a worker has "
+                        "started a step of it: kept", task.id)
+            return
+        if active:  # the options were stored with the task, and go with it
             session.connection().execute(_SET_OPTIONS, {
                 "video_id": video.id, "new_language": video.requested_language,
                 "new_translate": video.translate})
-        progress.delete_task(session, task.id)
         session.commit()
         raise
 

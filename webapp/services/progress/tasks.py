@@ -118,6 +118,26 @@ def delete_task(session: Session, task_id: str) -> None:
     session.execute(delete(ProcessingTask).where(ProcessingTask.id == task_id))
 
 
+def delete_unstarted_task(session: Session, task_id: str) -> bool:
+    """`delete_task`, while no step of the task has started (none has an attempt:
+    start_subtask numbers them from 1); False, nothing removed, once one has.
+
+    A started step may have published outputs: the video's publications name the task,
+    and go with it (ON DELETE CASCADE). The task's row is locked first, as start_subtask's
+    first write locks it (PostgreSQL); the check and the removal are one statement (SQLite
+    writes one statement at a time)."""
+    session.scalar(select(ProcessingTask.id).where(ProcessingTask.id == task_id)
+                   .with_for_update())
+    started = (select(SubTask.id)
+               .where(SubTask.task_id == task_id, SubTask.attempt > 0).exists())
+    removed = session.execute(
+        delete(ProcessingTask).where(ProcessingTask.id == task_id, ~started)
+        .execution_options(synchronize_session=False)).rowcount
+    if removed:  # gone with it already where foreign keys cascade
+        session.execute(delete(SubTask).where(SubTask.task_id == task_id))
+    return bool(removed)
+
+
 def _row(obj) -> dict:
     """The column values set on a new ORM object (unset ones get the column's default)."""
     return {c.key: value for c in obj.__table__.columns
