@@ -32,7 +32,6 @@ from webapp.services.progress.steps import (
 from webapp.services.progress.tasks import (
     cancel_active,
     cancel_task,
-    delete_task,
     delete_unstarted_task,
     insert_task,
     insert_task_rows,
@@ -60,7 +59,6 @@ __all__ = [
     "cancel_active",
     "cancel_task",
     "complete_subtask",
-    "delete_task",
     "delete_unstarted_task",
     "estimate_eta",
     "finish_subtask",

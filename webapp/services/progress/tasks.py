@@ -112,15 +112,10 @@ def task_status(session: Session, task_id: str) -> str | None:
                           .where(ProcessingTask.id == task_id).with_for_update())
 
 
-def delete_task(session: Session, task_id: str) -> None:
-    """Remove a task that never ran (its subtasks go with it: ON DELETE CASCADE)."""
-    session.execute(delete(SubTask).where(SubTask.task_id == task_id))
-    session.execute(delete(ProcessingTask).where(ProcessingTask.id == task_id))
-
-
 def delete_unstarted_task(session: Session, task_id: str) -> bool:
-    """`delete_task`, while no step of the task has started (none has an attempt:
-    start_subtask numbers them from 1); False, nothing removed, once one has.
+    """Remove a task that never ran, with its subtasks, while no step of it has started
+    (none has an attempt: start_subtask numbers them from 1); False, nothing removed, once
+    one has.
 
     A started step may have published outputs: the video's publications name the task,
     and go with it (ON DELETE CASCADE). The task's row is locked first, as start_subtask's
