@@ -764,3 +764,76 @@ def test_the_eta_counts_down_between_polls(page, media, browser_log, db_session)
     expect(page.locator("#eta")).to_have_text("finishing")
     page.clock.fast_forward(10_000)
     expect(page.locator("#eta")).to_have_text("taking longer than estimated")
+
+
+# -- a run started from a completed video's page: the viewer keeps their place -------------
+
+@pytest.mark.parametrize("playing", [False, True], ids=["paused", "playing"])
+def test_the_end_of_a_run_keeps_the_viewers_place_in_the_results(page, worker, media,
+                                                                 playing):
+    """A run started from a completed video's page leaves the results shown, and its end
+    brings them anew (the panel's last poll, out of band): the player started again from 0,
+    paused; captions turned off in its menu came back; a search's marks (`?q=`) were gone."""
+    vid = api_upload(page, media["short"])
+    api_trigger(page, vid)
+    wait_api_status(page, vid, "completed", timeout=RUN_TIMEOUT)
+    page.goto(f"/videos/{vid}?q=weather")
+    marks = page.locator("#transcript .line.match mark")
+    expect(marks.first).to_be_visible()
+    marked = marks.all_inner_texts()
+    expect(page.locator("#transcript-matches")).to_be_visible()
+    expect_captions_showing(page)
+    page.wait_for_function("() => document.querySelector('#player').readyState >= 1")
+    at = 2.0 if playing else 4.0
+    page.evaluate("""([at, playing]) => {
+        const p = document.querySelector('#player');
+        p.firstPlayer = true;
+        p.currentTime = at;
+        if (playing) {  // playing (muted, as a browser plays by itself) at `at` when it ends
+            p.muted = true;
+            p.loop = true;
+            document.addEventListener('htmx:oobBeforeSwap', () => { p.currentTime = at; },
+                                      true);
+            return p.play();
+        }
+        p.textTracks[0].mode = 'disabled';  // captions turned off in the player's menu
+    }""", [at, playing])
+    expect_seek_to(page, at)
+    page.click("#btn-reprocess")
+    expect(panel(page)).to_have_attribute("data-status", re.compile(r"^(queued|running)$"))
+    expect(panel(page)).to_have_attribute("data-status", "completed",
+                                          timeout=RUN_TIMEOUT * 1000)
+    page.wait_for_function("""() => {
+        const p = document.querySelector('#player');
+        return p && !p.firstPlayer && p.readyState >= 1;
+    }""", timeout=10_000)
+
+    problems = []
+    try:
+        page.wait_for_function(
+            "([at, playing]) => { const p = document.querySelector('#player');"
+            " return p.currentTime >= at - 0.05 && p.paused === !playing; }",
+            arg=[at, playing], timeout=5_000)
+    except PlaywrightError:
+        problems.append(f"the player is not at {at} s, {'playing' if playing else 'paused'}:"
+                        f" {player_state(page)}")
+    if playing:
+        try:
+            expect_captions_showing(page)  # the page's own choice, made again
+        except AssertionError as exc:
+            problems.append(str(exc))
+    elif not always_true(lambda: captions_mode(page) == "disabled", within=1.5):
+        problems.append(f"the captions turned off are {captions_mode(page)!r} again")
+    if marks.all_inner_texts() != marked or not page.locator("#transcript-matches").count():
+        problems.append(f"the marks of ?q=weather are {marks.all_inner_texts()}, "
+                        f"not {marked}")
+    assert not problems, problems
+
+
+def always_true(predicate, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not predicate():
+            return False
+        time.sleep(0.1)
+    return True

@@ -43,8 +43,11 @@ ACTIONS = {
 
 
 def video_context(video: Video, message: str | None = None, poll: bool = False,
-                  state: progress.ProgressView | None = None) -> dict:
-    """Everything the video page and its fragments show."""
+                  state: progress.ProgressView | None = None, query: str | None = None,
+                  marked: bool = False) -> dict:
+    """Everything the video page and its fragments show. `query`: the page's `q`, which its
+    panel carries on (its polls, its buttons) so that the results a run's end brings mark
+    its lines too; `marked`: the results are shown, marked for it (ui_video.Matches)."""
     if state is None:
         state = progress.video_progress(ext.db(), video, ext.settings().weights)
     artifacts = {a.name: a
@@ -68,7 +71,15 @@ def video_context(video: Video, message: str | None = None, poll: bool = False,
         "sprite_size": (sprite_w, sprite_h),
         "ahead": state.runs_ahead,
         "earlier": earlier_runs(state, artifacts.values()),
+        "query": page_query(query),
+        "matches": transcript_matches(transcript, query) if marked else None,
     }
+
+
+def page_query(query: str | None) -> str | None:
+    """A page's `q` to carry on, None for nothing to search (or too long to be one)."""
+    query = (query or "").strip()
+    return query if query and len(query) <= search.MAX_QUERY else None
 
 
 @dataclass
@@ -157,12 +168,11 @@ def show_video(video_id: str, message: str | None = None, status: int = 200,
     `results_too`: an HTMX answer whose run is over brings the results too (out of band),
     as the panel's last poll does: a Cancel's panel stops polling, so nothing else would."""
     video = processing.get_video(ext.db(), video_id)
-    context = video_context(video, message)
+    context = video_context(video, message, query=query,
+                            marked=not is_htmx() or results_too)
     if not is_htmx():
         return render_template("videos/show.html", start_at=seconds_into(video, start_at),
-                               rendered_at=utcnow(), notice=notice,
-                               matches=transcript_matches(context["transcript"], query),
-                               **context), status
+                               rendered_at=utcnow(), notice=notice, **context), status
     html = render_template("videos/_panel.html", **context)
     if results_too and not context["state"].active:
         html += render_template("videos/_results.html", oob=True, **context)
@@ -193,8 +203,10 @@ def seconds_into(video: Video, value: str | None) -> float | None:
 
 @bp.get("/videos/<video_id>/panel", merge_slashes=False)
 def panel(video_id: str):
-    """The progress panel fragment (polled while a task is active)."""
+    """The progress panel fragment (polled while a task is active); its `q`, the page's,
+    marks the lines of the results its last poll brings."""
     poll = request.args.get("poll") == "1"
+    query = request.args.get("q")
     weights = ext.settings().weights
     tag = progress.poll_tag(ext.db(), video_id, weights)  # 404 for an unknown video
     # The panel says when no worker lives: part of what it shows, so of its tag (as the
@@ -206,7 +218,8 @@ def panel(video_id: str):
         video = processing.get_video(ext.db(), video_id)
         state, tag = progress.tagged_progress(ext.db(), video.id, weights)
         html = render_template("videos/_panel.html",
-                               **video_context(video, poll=poll, state=state))
+                               **video_context(video, poll=poll, state=state, query=query,
+                                               marked=poll and not state.active))
         return html, f"panel-{tag}-{session_tag}"
 
     return polled_fragment(f"panel-{tag}-{session_tag}", render)
@@ -215,16 +228,18 @@ def panel(video_id: str):
 def act(video_id: str, action: Callable[[], str | None], results_too: bool = False):
     """Run a panel action: the updated panel (or page), with the error message if it failed,
     or the note the action returned (the page itself, not a redirect that would lose it);
-    `results_too` as for show_video."""
+    `results_too` as for show_video. The form's `q` (the page's) goes on with the panel."""
+    query = page_query(request.form.get("q"))
     try:
         note = action()
     except ServiceError as exc:
-        return show_video(video_id, exc.message, exc.status, results_too=results_too)
+        return show_video(video_id, exc.message, exc.status, results_too=results_too,
+                          query=query)
     if note:
-        return show_video(video_id, note, notice=True, results_too=results_too)
+        return show_video(video_id, note, notice=True, results_too=results_too, query=query)
     if is_htmx():
-        return show_video(video_id, results_too=results_too)
-    return go_to(url_for("ui.video_page", video_id=video_id))
+        return show_video(video_id, results_too=results_too, query=query)
+    return go_to(url_for("ui.video_page", video_id=video_id, q=query))
 
 
 @bp.post("/videos/<video_id>/<any(run, reprocess, force):action>", merge_slashes=False)

@@ -312,6 +312,88 @@
     });
   }
 
+  // -- the viewer's place, kept when a run's end brings the results anew ------------------
+  // A run started from a completed video's page leaves its results shown; the panel's last
+  // poll brings them anew (out of band), a new player among them: it started again from 0,
+  // paused, the transcript's box at its top, and captions picked in the player's menu were
+  // the page's choice again. The old player's time, whether it played, its sound and its
+  // captions (a pick of the viewer's only: the page's own choice is made anew, the run may
+  // have brought other tracks) go to the new one once it can seek, the boxes' scroll at once.
+  var place = null;
+
+  function trackKey(track) {
+    return track ? (track.srclang || track.language || "") + "|" + (track.label || "") : "";
+  }
+
+  function showingKey(player) {
+    var showing = Array.prototype.filter.call(player.textTracks, function (t) {
+      return t.mode === "showing";
+    })[0];
+    return trackKey(showing);
+  }
+
+  function defaultKey(player) {
+    return trackKey(player.querySelector("track[default]"));
+  }
+
+  document.addEventListener("htmx:oobBeforeSwap", function (evt) {
+    var old = document.getElementById("player");
+    var fresh = evt.detail.fragment && evt.detail.fragment.querySelector("#player");
+    if (evt.target.id !== "results" || !old || !fresh || !evt.detail.shouldSwap) return;
+    var scroll = {};
+    document.querySelectorAll("#results .transcript[id]").forEach(function (box) {
+      scroll[box.id] = box.scrollTop;
+    });
+    place = {time: old.currentTime, playing: !old.paused && !old.ended, muted: old.muted,
+             volume: old.volume, rate: old.playbackRate, scroll: scroll};
+    // Captions picked by hand (off too) that the new player has: they are its default, and
+    // the page does not choose anew.
+    var picked = showingKey(old);
+    var tracks = Array.prototype.slice.call(fresh.querySelectorAll("track"));
+    var has = tracks.some(function (t) { return trackKey(t) === picked; });
+    // (A player that never loaded shows none yet: nothing was picked.)
+    if (old.readyState >= 1 && picked !== defaultKey(old) && (has || !picked)) {
+      tracks.forEach(function (t) { t.toggleAttribute("default", trackKey(t) === picked); });
+      fresh.dataset.captionsChosen = "1";
+      place.captions = picked;
+    }
+  });
+
+  function restorePlace() {
+    var kept = place, player = document.getElementById("player");
+    place = null;
+    if (!kept || !player) return;
+    Object.keys(kept.scroll).forEach(function (id) {
+      var box = document.getElementById(id);
+      if (box) box.scrollTop = kept.scroll[id];
+    });
+    player.muted = kept.muted;
+    player.volume = kept.volume;
+    if ("captions" in kept) {
+      Array.prototype.forEach.call(player.querySelectorAll("track"), function (t) {
+        t.track.mode = trackKey(t) === kept.captions ? "showing" : "disabled";
+      });
+    }
+    function go() {
+      player.currentTime = Math.min(kept.time, player.duration || kept.time);
+      player.playbackRate = kept.rate;
+      highlight(player);
+      // The line being spoken is marked without moving the box the viewer left as it was.
+      Object.keys(kept.scroll).forEach(function (id) {
+        var box = document.getElementById(id);
+        if (box) box.scrollTop = kept.scroll[id];
+      });
+      if (!kept.playing) return;
+      var playing = player.play();  // the browser may refuse to play with sound: it waits
+      if (playing && playing.catch) playing.catch(function () {});
+    }
+    if (kept.time > 0 || kept.playing) {
+      if (player.readyState >= 1) go();
+      else player.addEventListener("loadedmetadata", go, {once: true});
+    }
+  }
+  document.addEventListener("htmx:afterSwap", restorePlace);
+
   // A page opened at a moment (/videos/<id>?t=12.3, e.g. from search) plays from there. If
   // the browser refuses to start playing by itself, the player waits at that moment.
   function startAt() {
