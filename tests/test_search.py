@@ -487,6 +487,30 @@ def test_more_matching_lines_lead_to_a_page_that_marks_them(client, settings, cl
         assert "transcript-matches" not in resp.get_data(as_text=True), q
 
 
+def test_the_results_a_runs_end_brings_keep_the_pages_marks(client, settings, clip):
+    """The panel's last poll brings the results anew (out of band): without the page's `q`
+    they had no marks, and the lines found went unmarked the moment a run ended. The panel
+    carries it on: its forms post it, its polls ask with it."""
+    vid = upload_ok(client, clip, "long.wav")["id"]
+    publish_transcript(settings, vid, [(0.0, 1.0, "the budget report"), (1.0, 2.0, "other")])
+    page = BeautifulSoup(client.get(f"/videos/{vid}", query_string={"q": "budget"})
+                         .get_data(as_text=True), "html.parser")
+    assert [i["value"] for i in page.select("#progress-panel form input[name=q]")] == [
+        "budget", "budget"]
+    plain = BeautifulSoup(client.get(f"/videos/{vid}").get_data(as_text=True), "html.parser")
+    assert not plain.select("#progress-panel input[name=q]")
+    last = BeautifulSoup(client.get(f"/videos/{vid}/panel",
+                                    query_string={"poll": "1", "q": "budget"})
+                         .get_data(as_text=True), "html.parser")
+    results = last.select_one("#results[hx-swap-oob]")
+    assert [str(m) for m in results.select("#transcript .line.match mark")] == [
+        "<mark>budget</mark>"]
+    assert results.select_one("#transcript-matches")
+    unmarked = BeautifulSoup(client.get(f"/videos/{vid}/panel", query_string={"poll": "1"})
+                             .get_data(as_text=True), "html.parser")
+    assert not unmarked.select("#transcript mark, #transcript-matches")
+
+
 def test_english_translations_are_found_and_say_so(client, library, settings):
     """A task run with `translate` publishes an English translation beside the transcript:
     a person searching in English finds the German video, and is told the line found is
