@@ -207,15 +207,17 @@ def test_the_data_polls_of_an_open_dashboard_are_counted(monkeypatch):
     assert re.search(r"polls: 4 in \d+ s \(200: 4\), slowest 5 ms$", lines.lines[-1])
 
 
-def test_the_queue_watch_of_every_open_page_is_counted(monkeypatch):
+@pytest.mark.parametrize("path", ["/queue-banner", "/worker-banner"])
+def test_the_queue_watch_of_every_open_page_is_counted(monkeypatch, path):
     """Every page asks GET /queue-banner every 10 s whether the job queue answers (every 5 s
     while it does not): with pages open all day, a line each was most of the log. Its
-    "nothing new" is a 204."""
+    "nothing new" is a 204. So does the library while it has active rows, whether a worker
+    serves the queue (/worker-banner)."""
     monkeypatch.setenv("POLL_LOG_SECONDS", "60")
     logger, lines = _logger()
     req = SimpleNamespace(headers=[])
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/queue-banner",
-               "RAW_URI": "/queue-banner?shown=0", "QUERY_STRING": "shown=0",
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path,
+               "RAW_URI": f"{path}?shown=0", "QUERY_STRING": "shown=0",
                "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1"}
     for status in ("204 NO CONTENT", "204 NO CONTENT", "200 OK"):
         logger.access(SimpleNamespace(status=status, sent=0, headers=[]), req, environ,

@@ -16,7 +16,7 @@ from playwright.sync_api import Page, expect
 
 from tests import browser, mediagen
 from tests.browser import api_upload, wait_until
-from tests.conftest import run_worker
+from tests.conftest import run_worker, start_worker, stop_worker
 from tests.helpers import always, publish_transcript
 
 chromium, browser_log, live_server, page = (
@@ -787,3 +787,54 @@ def test_a_failing_row_poll_is_said_until_it_answers_again(page, media, browser_
         expect(status).to_contain_text("The server answered with an error (500)")
     expect(status).to_have_text("", timeout=15_000)
     expect(page.locator(f".video-row[data-video-id='{vid}']")).to_have_count(1)
+
+
+NO_WORKER = "No worker is running: queued tasks will wait until one starts"
+
+
+def test_the_no_worker_banner_comes_and_goes_with_the_workers(page, media, tmp_path):
+    """The library said "No worker is running" as of its loading: a worker started and the
+    rows ran to completed under it, or the only worker died mid-run and nothing was said.
+    Its watch asks again while rows are active (GET /worker-banner), in a live region that
+    was on the page from its loading, and goes once no row is active."""
+    page.goto("/")
+    status = page.locator("#worker-status[role=status]")
+    expect(status).to_be_empty()  # nothing active: nothing shown, nothing asked
+    expect(status.locator("[hx-get]")).to_have_count(0)
+
+    # The long video first: the worker is busy with it while the other one waits.
+    long_clip = mediagen.make_video(tmp_path / "long.mp4", duration=12.0, size="1280x720")
+    vids = [api_upload(page, long_clip), api_upload(page, media["a"])]
+    for vid in vids:
+        assert page.request.post(f"/api/v1/videos/{vid}/run_sync").status == 202
+    page.goto("/")
+    banner = status.locator("#worker-banner")
+    expect(banner).to_contain_text(NO_WORKER)
+    page.evaluate("() => { document.querySelector('#worker-status').dataset.since = 'loaded'; }")
+    started = []
+    try:
+        started.append(start_worker())
+        # Within the watch's 5 s, the 2 s census and the worker's start.
+        expect(banner).to_have_count(0, timeout=15_000)
+        # Gone by the watch's answer, while the rows are still active: it asks on.
+        expect(status.locator("#worker-watch[hx-get]")).to_have_count(1)
+        assert page.locator(".video-row[hx-get]").count() >= 1, "both rows ended first"
+        expect(status).to_have_attribute("data-since", "loaded")
+
+        # The only worker stops mid-run: its step goes back to the queue, the rows poll on.
+        stop_worker(started[-1])
+        expect(banner).to_contain_text(NO_WORKER, timeout=16_000)  # 10 s watch, 2 s census
+        expect(status).to_have_attribute("data-since", "loaded")
+        assert page.locator(".video-row[hx-get]").count() == 2
+
+        # A worker again: the rows run to completed, and then nothing is asked any more.
+        started.append(start_worker())
+        expect(banner).to_have_count(0, timeout=15_000)
+        expect(page.locator(".video-row[data-status=completed]")).to_have_count(
+            2, timeout=180_000)
+        expect(status).to_be_empty()
+        expect(page.locator("[hx-trigger*='every']:not(#queue-watch):not(#queue-banner)")
+               ).to_have_count(0)
+    finally:
+        for proc in started:
+            stop_worker(proc)

@@ -92,7 +92,12 @@ def test_pages_say_when_no_worker_serves_an_active_task(client, clips, workers):
         assert client.post(f"/api/v1/videos/{v}/run_sync").status_code == 202
 
     assert banner(client.get(f"/videos/{vid}").get_data(as_text=True)) == NO_WORKER
-    assert banner(client.get("/").get_data(as_text=True)) == NO_WORKER
+    library = BeautifulSoup(client.get("/").get_data(as_text=True), "html.parser")
+    watch = library.select_one("#worker-status[role=status] > #worker-banner")
+    assert banner(str(library)) == NO_WORKER and watch is not None  # said in a live region
+    assert (watch["hx-get"], watch["hx-trigger"], watch["hx-swap"]) == (
+        "/worker-banner?shown=1", "every 5s", "outerHTML")  # and asked again
+    assert client.get("/worker-banner?shown=1", headers=HX).status_code == 204  # unchanged
     first = panel_poll(client, vid)
     assert first.status_code == 200 and banner(first.get_data(as_text=True)) == NO_WORKER
     assert panel_poll(client, vid, first.headers["ETag"]).status_code == 304
@@ -108,6 +113,11 @@ def test_pages_say_when_no_worker_serves_an_active_task(client, clips, workers):
         f"the panel changed only once the task was {status}: 304s kept a stale banner while "
         "it was queued (or the long video is too short to keep it queued)")
     assert banner(str(page)) is None
+    # The library's watch hears it too: the empty watch in the banner's place, then 204s.
+    gone = BeautifulSoup(client.get("/worker-banner?shown=1", headers=HX).get_data(
+        as_text=True), "html.parser").select_one("#worker-watch")
+    assert (gone["hx-get"], gone["hx-trigger"]) == ("/worker-banner?shown=0", "every 10s")
+    assert client.get("/worker-banner?shown=0", headers=HX).status_code == 204
 
     wait_for(lambda: client.get(f"/api/v1/videos/{vid}/reprocess").get_json()["status"]
              == "completed", timeout=180, what="both videos processed")
@@ -123,7 +133,10 @@ def test_a_finished_task_shows_no_banner_without_workers(client, clips, workers)
     stop_worker(proc)
     assert health(client)[1]["workers"] == 0
     assert banner(client.get(f"/videos/{vid}").get_data(as_text=True)) is None
-    assert banner(client.get("/").get_data(as_text=True)) is None
+    library = BeautifulSoup(client.get("/").get_data(as_text=True), "html.parser")
+    assert banner(str(library)) is None
+    # Nothing active: the live region is there, empty, and asks nothing.
+    assert library.select_one("#worker-status[role=status]").decode_contents() == ""
 
 
 # -- the reconciler process beside each worker ----------------------------------------------

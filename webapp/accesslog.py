@@ -10,7 +10,8 @@ share of a poll's time (docs/PERFORMANCE.md, section 2). So a poll that went wel
 - its library row or page panel in the UI (`/videos/<id>/row`, `/videos/<id>/panel`),
 - `/healthz`,
 - the question every open page asks every 10 s, whether the job queue answers
-  (`/queue-banner`; its "nothing new" is a 204),
+  (`/queue-banner`; its "nothing new" is a 204), and the library's while it has active
+  rows, whether a worker serves the queue (`/worker-banner`, the same way),
 - the data an open rq-dashboard page (`/rq`) asks for every 2.5 s (`/rq/<n>/data/….json`):
   three lines every 2.5 s while it was open,
 
@@ -40,9 +41,9 @@ from webapp.config import number_env
 
 POLL_PATH = re.compile(r"/api/v1/videos/[^/]+/reprocess|/videos/[^/]+/(?:row|panel)|/healthz"
                        r"|/rq/\d+/data/.+\.json")
-# Counted too, though not a poll webapp/webworker.py answers on its event loop: the queue's
-# watch may wait for a Redis that does not answer.
-COUNTED_PATH = re.compile(f"{POLL_PATH.pattern}|/queue-banner")
+# Counted too, though not polls webapp/webworker.py answers on its event loop: the queue's
+# and the workers' watches may wait for a Redis that does not answer.
+COUNTED_PATH = re.compile(f"{POLL_PATH.pattern}|/queue-banner|/worker-banner")
 QUIET_STATUSES = ("200", "204", "304")
 DEFAULT_POLL_LOG_SECONDS = 60.0
 DEFAULT_SLOW_REQUEST_MS = 1000.0

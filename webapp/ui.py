@@ -83,6 +83,21 @@ def queue_banner():
         down=down)
 
 
+@bp.get("/worker-banner")
+def worker_banner():
+    """Whether a worker serves the queue, asked by the library while it has active rows
+    (templates/_macros.html, worker_status) every 10 s, every 5 s while it says none does:
+    204 while it is as the page shows it (`shown`: 1 the banner, 0 nothing), else what the
+    page is to show now. From the census, as queue_banner; a Redis that does not answer is
+    the queue banner's to say, not this one's."""
+    shown = no_worker()
+    if request.args.get("shown") == str(int(shown)):
+        return Response(status=204)
+    return render_template_string(
+        '{% from "_macros.html" import worker_watch %}{{ worker_watch(shown) }}',
+        shown=shown)
+
+
 def worker_count() -> int | None:
     """The workers serving the queue, None when Redis did not answer. Asked once per
     request, and at most every 2 s per process (WorkerCensus)."""

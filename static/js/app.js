@@ -758,6 +758,17 @@
     if (out && !failing.length) out.textContent = "";
   });
 
+  // -- the library's worker watch, while rows are active ----------------------------------
+  // The watch in #worker-status (templates/_macros.html, worker_status) asks whether a
+  // worker serves the queue while a row of the page polls: once the last one has ended,
+  // it goes, and the banner with it (what it said was of the tasks that were waiting).
+  function endWorkerWatch() {
+    var status = document.getElementById("worker-status");
+    if (status && status.firstChild && !document.querySelector(".video-row[hx-get]")) {
+      status.textContent = "";
+    }
+  }
+
   function ready() {
     setUpRoving();
     chooseCaptions();
@@ -769,6 +780,7 @@
     countDown();
   }
   document.addEventListener("htmx:afterSettle", function () {
+    endWorkerWatch();
     setUpRoving();
     chooseCaptions();  // the results came in with the run's last poll
     setUpCopy();
